@@ -1,0 +1,1 @@
+"""keypost.core: key containers, issuance policy and S/MIME; pure, no sockets."""
