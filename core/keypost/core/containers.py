@@ -37,7 +37,9 @@ class GatewayKey:
     capabilities: tuple[Capability, ...] = DEFAULT_CAPABILITIES
 
     @staticmethod
-    def from_pem(data: bytes, capabilities: Sequence[Capability] = DEFAULT_CAPABILITIES) -> GatewayKey:
+    def from_pem(
+        data: bytes, capabilities: Sequence[Capability] = DEFAULT_CAPABILITIES
+    ) -> GatewayKey:
         """Load a certificate or SubjectPublicKeyInfo PEM (or DER). Raises ContainerError."""
         raise NotImplementedError
 
@@ -111,8 +113,9 @@ class DirectoryCA:
         raise NotImplementedError
 
     @staticmethod
-    def load(cert_pem: bytes, key_pem: bytes, password: bytes | None = None,
-             directory_url: str = "") -> DirectoryCA:
+    def load(
+        cert_pem: bytes, key_pem: bytes, password: bytes | None = None, directory_url: str = ""
+    ) -> DirectoryCA:
         raise NotImplementedError
 
     def key_pem(self, password: bytes | None = None) -> bytes:
@@ -141,6 +144,7 @@ def verify_container(
 
 
 # Serialisation helpers -------------------------------------------------------------
+
 
 def to_pem(cert: x509.Certificate) -> bytes:
     raise NotImplementedError

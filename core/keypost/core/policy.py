@@ -63,7 +63,9 @@ def decide(
     target = address.domain
     if purpose is Purpose.SIGN:
         if requestor.kind is not RequestorKind.GATEWAY:
-            return Decision((), refused="signing containers are issued only to the sender's gateway")
+            return Decision(
+                (), refused="signing containers are issued only to the sender's gateway"
+            )
         if requestor.domain != target:
             return Decision(
                 (), refused=f"the gateway of {requestor.domain} cannot sign for {target}"
