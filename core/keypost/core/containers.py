@@ -1,22 +1,54 @@
 """Key containers: X.509 v3 certificates that bind a gateway's public key to an address.
 
-CONTRACT (written first so components can be built in parallel): the public names
-and signatures below are what the directory, gateway and host use. Bodies marked
-`NotImplementedError` are being filled in; keep the signatures stable.
+The container profile (see README, section core-containers):
+  subject         CN=<address> (when <= 64 characters) and, for ASCII addresses,
+                  emailAddress=<address>: gpgsm and older Outlook/gateway code match on
+                  the subject's emailAddress; Thunderbird and modern Outlook use the SAN.
+  SAN             rfc822Name (ASCII local part, lower-case A-label domain) or, for a
+                  non-ASCII local part, otherName SmtpUTF8Mailbox (RFC 8398/9598,
+                  UTF8String, domain as U-labels); critical only if the subject is empty.
+  keyUsage        keyEncipherment (RSA) / keyAgreement (EC) to encrypt; digitalSignature
+                  to sign (critical).  extendedKeyUsage: emailProtection only.
+  basicConstraints CA=false (critical).  SKI = SKI of the gateway key (identical in every
+                  container of one key); AKI = the directory CA's key identifier.
+  noRevAvail      RFC 9608: short life instead of revocation.
+  SMIMECapabilities from the gateway's preferences; keypost extension (x509_ext): role,
+                  SHA-256 of the gateway certificate/SPKI, directory URL.
+  validity        now - 5 min .. now + lifetime (24 h encrypt, 30 days sign, >= 5 min).
+  serial          random, 159 bits.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from keypost.core.address import Address
+from keypost.core import x509_checks as checks
+from keypost.core.address import Address, parse_address
+from keypost.core.errors import AddressError, ContainerError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose, Role
+from keypost.core.x509_ext import (
+    NULL_DER,
+    OID_KEYPOST_CONTAINER,
+    OID_NO_REV_AVAIL,
+    OID_SMIME_CAPABILITIES,
+    OID_SMTP_UTF8_MAILBOX,
+    KeypostExtension,
+    decode_smime_capabilities,
+    decode_smtp_utf8_mailbox,
+    encode_smime_capabilities,
+    smtp_utf8_mailbox,
+)
 
 CAKeyType = Literal["ecdsa-p256", "rsa-3072"]
 PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
@@ -26,6 +58,28 @@ DEFAULT_SKEW = dt.timedelta(minutes=5)
 DEFAULT_ENCRYPT_LIFETIME = dt.timedelta(hours=24)
 DEFAULT_SIGN_LIFETIME = dt.timedelta(days=30)
 MIN_LIFETIME = dt.timedelta(minutes=5)
+MAX_CN = 64  # ub-common-name (RFC 5280)
+
+_ROLE_FOR_PURPOSE = {Purpose.ENCRYPT: Role.PROXY_ENCRYPTION, Purpose.SIGN: Role.PROXY_SIGNING}
+_SHA256 = hashes.SHA256()
+
+
+def default_lifetime(purpose: Purpose) -> dt.timedelta:
+    return DEFAULT_SIGN_LIFETIME if purpose is Purpose.SIGN else DEFAULT_ENCRYPT_LIFETIME
+
+
+def _utcnow(now: dt.datetime | None) -> dt.datetime:
+    if now is None:
+        return dt.datetime.now(dt.UTC)
+    return now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
+
+
+def _check_public_key(key: object) -> PublicKey:
+    problem = checks.key_problem(key, "gateway")
+    if problem:
+        raise ContainerError(problem)
+    assert isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+    return key
 
 
 @dataclass(frozen=True)
@@ -41,17 +95,53 @@ class GatewayKey:
         data: bytes, capabilities: Sequence[Capability] = DEFAULT_CAPABILITIES
     ) -> GatewayKey:
         """Load a certificate or SubjectPublicKeyInfo PEM (or DER). Raises ContainerError."""
-        raise NotImplementedError
+        cert: x509.Certificate | None = None
+        key: object
+        try:
+            if b"-----BEGIN CERTIFICATE-----" in data:
+                cert = x509.load_pem_x509_certificate(data)
+                key = cert.public_key()
+            elif b"-----BEGIN PUBLIC KEY-----" in data:
+                key = serialization.load_pem_public_key(data)
+            elif b"-----BEGIN" in data:
+                raise ContainerError("expected a certificate or public key PEM (not a private key)")
+            else:
+                try:
+                    cert = x509.load_der_x509_certificate(data)
+                    key = cert.public_key()
+                except ValueError:
+                    key = serialization.load_der_public_key(data)
+        except (ValueError, TypeError) as exc:
+            raise ContainerError("unreadable gateway certificate or public key") from exc
+        return GatewayKey(_check_public_key(key), cert, tuple(capabilities))
 
-    @property
+    @cached_property
     def fingerprint(self) -> str:
         """Lower-case hex SHA-256 of the certificate DER (or of the SPKI DER when bare)."""
-        raise NotImplementedError
+        return self.fingerprint_bytes.hex()
+
+    @cached_property
+    def fingerprint_bytes(self) -> bytes:
+        if self.certificate is not None:
+            der = self.certificate.public_bytes(serialization.Encoding.DER)
+        else:
+            der = self.public_key.public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        return hashlib.sha256(der).digest()
+
+    @cached_property
+    def ski(self) -> x509.SubjectKeyIdentifier:
+        """RFC 5280 method-1 key identifier: the same in every container of this key."""
+        return x509.SubjectKeyIdentifier.from_public_key(self.public_key)
 
     @property
     def smime_usable(self) -> bool:
         """True for RSA >= 2048 (the S/MIME engine only does RSA key transport so far)."""
-        raise NotImplementedError
+        return (
+            isinstance(self.public_key, rsa.RSAPublicKey)
+            and self.public_key.key_size >= checks.MIN_RSA_BITS
+        )
 
 
 @dataclass(frozen=True)
@@ -87,21 +177,99 @@ class ContainerRequest:
     purpose: Purpose
     gateway: GatewayKey
     lifetime: dt.timedelta | None = None  # None -> default for the purpose; >= MIN_LIFETIME
-    compat_issuer_serial: bool = False  # copy issuer+serial of the gateway's own certificate
+    # Copy issuer+serial of the gateway's own certificate, for gateways that pick their
+    # private key by the RecipientInfo's issuer+serial. Trade-off: the container's
+    # (issuer, serial) pair is no longer unique as RFC 5280 4.1.2.2 requires: every
+    # container of the gateway and the gateway's own certificate share it, and the issuer
+    # name is not the directory CA's, so name-based path building (openssl verify,
+    # Thunderbird) cannot find the signer. verify_container accepts such a container
+    # through its authority key identifier. Off by default.
+    compat_issuer_serial: bool = False
     extra: dict[str, str] = field(default_factory=dict)
 
 
+def _subject(address: Address, display: str) -> x509.Name:
+    attrs: list[x509.NameAttribute[str]] = []
+    if len(display) <= MAX_CN:
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, display))
+    if address.ascii_local:
+        attrs.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, display))
+    return x509.Name(attrs)
+
+
+def _display_address(address: Address) -> str:
+    """The address as certificates write it: A-labels with an ASCII local part (rfc822Name),
+    U-labels with a UTF-8 local part (SmtpUTF8Mailbox, RFC 8398 section 3)."""
+    if address.ascii_local:
+        return str(address)
+    try:
+        domain = address.domain.encode("ascii").decode("idna")
+    except UnicodeError as exc:
+        raise AddressError(f"cannot write domain {address.domain!r} as U-labels") from exc
+    return f"{address.local}@{domain}"
+
+
 class DirectoryCA:
-    """The directory's CA: holds its key and issues containers."""
+    """The directory's CA: holds its key and issues containers.
+
+    Everything that does not depend on the request (issuer name, AKI, the constant
+    extensions) is built once here, so issuing costs little beyond the signature.
+    """
 
     def __init__(
         self, certificate: x509.Certificate, key: CAPrivateKey, directory_url: str = ""
     ) -> None:
-        raise NotImplementedError
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise ContainerError("directory CA key must be RSA or EC")
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        der = serialization.Encoding.DER
+        if certificate.public_key().public_bytes(der, spki) != key.public_key().public_bytes(
+            der, spki
+        ):
+            raise ContainerError("directory CA key does not belong to the CA certificate")
+        problem = checks.key_problem(key.public_key(), "directory CA")
+        if problem:
+            raise ContainerError(problem)
+        try:
+            ca_flag = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            ca_flag = False
+        if not ca_flag:
+            raise ContainerError("directory CA certificate is not a CA (basicConstraints)")
+        if not directory_url.isascii():
+            raise ContainerError("directory URL must be ASCII")
+        self._cert = certificate
+        self._key = key
+        self.directory_url = directory_url
+        self._issuer = certificate.subject
+        self._not_after = certificate.not_valid_after_utc
+        try:
+            ca_ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value)
+        except x509.ExtensionNotFound:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key())
+        self._fixed = (
+            x509.Extension(x509.BasicConstraints.oid, True, x509.BasicConstraints(False, None)),
+            x509.Extension(
+                x509.ExtendedKeyUsage.oid,
+                False,
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
+            ),
+            x509.Extension(x509.AuthorityKeyIdentifier.oid, False, aki),
+            x509.Extension(
+                OID_NO_REV_AVAIL, False, x509.UnrecognizedExtension(OID_NO_REV_AVAIL, NULL_DER)
+            ),
+        )
+        self._ku = {
+            (Purpose.ENCRYPT, True): _key_usage(key_encipherment=True),
+            (Purpose.ENCRYPT, False): _key_usage(key_agreement=True),
+            (Purpose.SIGN, True): _key_usage(digital_signature=True),
+            (Purpose.SIGN, False): _key_usage(digital_signature=True),
+        }
 
     @property
     def certificate(self) -> x509.Certificate:
-        raise NotImplementedError
+        return self._cert
 
     @staticmethod
     def generate(
@@ -110,24 +278,221 @@ class DirectoryCA:
         directory_url: str = "",
         validity: dt.timedelta = dt.timedelta(days=3650),
     ) -> DirectoryCA:
-        raise NotImplementedError
+        key: CAPrivateKey
+        if key_type == "ecdsa-p256":
+            key = ec.generate_private_key(ec.SECP256R1())
+        elif key_type == "rsa-3072":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
+        else:
+            raise ContainerError(f"unknown CA key type {key_type!r} (ecdsa-p256 or rsa-3072)")
+        now = dt.datetime.now(dt.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:MAX_CN])])
+        pub = key.public_key()
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(pub)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - DEFAULT_SKEW)
+            .not_valid_after(now + validity)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+            .add_extension(
+                _key_usage(key_cert_sign=True, crl_sign=True, digital_signature=True).value,
+                critical=True,
+            )
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(pub), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False)
+            .sign(key, _SHA256)
+        )
+        return DirectoryCA(cert, key, directory_url)
 
     @staticmethod
     def load(
         cert_pem: bytes, key_pem: bytes, password: bytes | None = None, directory_url: str = ""
     ) -> DirectoryCA:
-        raise NotImplementedError
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem)
+        except ValueError as exc:
+            raise ContainerError("unreadable directory CA certificate (PEM expected)") from exc
+        try:
+            key = serialization.load_pem_private_key(key_pem, password)
+        except (ValueError, TypeError) as exc:
+            # Never echo key material or the password: only say what went wrong.
+            raise ContainerError("unreadable directory CA key (PEM, wrong password?)") from exc
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise ContainerError("directory CA key must be RSA or EC")
+        return DirectoryCA(cert, key, directory_url)
 
     def key_pem(self, password: bytes | None = None) -> bytes:
-        raise NotImplementedError
+        enc: serialization.KeySerializationEncryption = (
+            serialization.BestAvailableEncryption(password)
+            if password
+            else serialization.NoEncryption()
+        )
+        return self._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
+        )
 
     def issue(self, request: ContainerRequest, now: dt.datetime | None = None) -> x509.Certificate:
         """Make an encryption (role proxy-encryption) or signing (proxy-signing) container."""
-        raise NotImplementedError
+        gateway = request.gateway
+        _check_public_key(gateway.public_key)
+        purpose = request.purpose
+        limit = default_lifetime(purpose)
+        lifetime = limit if request.lifetime is None else request.lifetime
+        if not MIN_LIFETIME <= lifetime <= limit:
+            raise ContainerError(
+                f"lifetime {lifetime} outside {MIN_LIFETIME} .. {limit} for {purpose.value}"
+            )
+        start = _utcnow(now)
+        not_after = start + lifetime
+        if not_after > self._not_after:
+            raise ContainerError("the directory CA expires before the container would")
+        issuer, serial = self._issuer, x509.random_serial_number()
+        if request.compat_issuer_serial:
+            if gateway.certificate is None:
+                raise ContainerError("compatibility mode needs the gateway's certificate")
+            issuer, serial = gateway.certificate.issuer, gateway.certificate.serial_number
+
+        address = request.address
+        display = _display_address(address)
+        subject = _subject(address, display)
+        san: x509.GeneralName = (
+            x509.RFC822Name(display) if address.ascii_local else smtp_utf8_mailbox(display)
+        )
+        role = _ROLE_FOR_PURPOSE[purpose]
+        keypost = KeypostExtension(role, gateway.fingerprint_bytes, self.directory_url).encode()
+        is_rsa = isinstance(gateway.public_key, rsa.RSAPublicKey)
+        extensions = [
+            *self._fixed,
+            self._ku[(purpose, is_rsa)],
+            x509.Extension(
+                x509.SubjectAlternativeName.oid,
+                len(subject) == 0,  # RFC 5280 4.2.1.6: critical when the subject is empty
+                x509.SubjectAlternativeName([san]),
+            ),
+            x509.Extension(x509.SubjectKeyIdentifier.oid, False, gateway.ski),
+            x509.Extension(
+                OID_SMIME_CAPABILITIES,
+                False,
+                x509.UnrecognizedExtension(
+                    OID_SMIME_CAPABILITIES, encode_smime_capabilities(gateway.capabilities)
+                ),
+            ),
+            x509.Extension(
+                OID_KEYPOST_CONTAINER,
+                False,
+                x509.UnrecognizedExtension(OID_KEYPOST_CONTAINER, keypost),
+            ),
+        ]
+        # The constructor takes everything at once: the fluent setters would copy the
+        # builder and re-check duplicate extensions once per call.
+        builder = x509.CertificateBuilder(
+            issuer_name=issuer,
+            subject_name=subject,
+            public_key=gateway.public_key,
+            serial_number=serial,
+            not_valid_before=(start - DEFAULT_SKEW).replace(tzinfo=None),
+            not_valid_after=not_after.replace(tzinfo=None),
+            extensions=extensions,
+        )
+        return builder.sign(self._key, _SHA256)
+
+
+def _key_usage(
+    *,
+    digital_signature: bool = False,
+    key_encipherment: bool = False,
+    key_agreement: bool = False,
+    key_cert_sign: bool = False,
+    crl_sign: bool = False,
+) -> x509.Extension[x509.KeyUsage]:
+    ku = x509.KeyUsage(
+        digital_signature=digital_signature,
+        content_commitment=False,
+        key_encipherment=key_encipherment,
+        data_encipherment=False,
+        key_agreement=key_agreement,
+        key_cert_sign=key_cert_sign,
+        crl_sign=crl_sign,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    return x509.Extension(x509.KeyUsage.oid, True, ku)
 
 
 def describe(cert: x509.Certificate) -> ContainerInfo:
-    raise NotImplementedError
+    """Read what a container (or any certificate) says about itself. Raises ContainerError
+    for malformed extensions; checks nothing."""
+    addresses: list[str] = []
+    role = fingerprint = url = None
+    caps: tuple[Capability, ...] = ()
+    try:
+        for ext in cert.extensions:
+            value = ext.value
+            if isinstance(value, x509.SubjectAlternativeName):
+                addresses.extend(value.get_values_for_type(x509.RFC822Name))
+                for other in value.get_values_for_type(x509.OtherName):
+                    if other.type_id == OID_SMTP_UTF8_MAILBOX:
+                        addresses.append(decode_smtp_utf8_mailbox(other.value))
+            elif isinstance(value, x509.UnrecognizedExtension):
+                if ext.oid == OID_KEYPOST_CONTAINER:
+                    kp = KeypostExtension.decode(value.value)
+                    role, fingerprint, url = kp.role, kp.gateway_sha256.hex(), kp.directory_url
+                elif ext.oid == OID_SMIME_CAPABILITIES:
+                    caps = decode_smime_capabilities(value.value)
+        if not addresses:
+            # Certificates without a SAN (old genuine ones) name the address in the subject.
+            for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
+                addresses.append(str(attr.value))
+    except ValueError as exc:  # cryptography's lazy extension parsing
+        raise ContainerError(f"malformed certificate extension: {exc}") from exc
+    return ContainerInfo(
+        addresses=tuple(addresses),
+        role=role,
+        gateway_fingerprint=fingerprint,
+        directory_url=url,
+        not_before=cert.not_valid_before_utc,
+        not_after=cert.not_valid_after_utc,
+        capabilities=caps,
+        serial=cert.serial_number,
+        key_description=checks.key_description(cert.public_key()),
+    )
+
+
+def _address_problems(info: ContainerInfo, wanted: Address | str) -> list[str]:
+    """RFC 5280 4.2.1.6 matching: the domain case-insensitively (both normalised to
+    lower-case A-labels), the local part exactly."""
+    try:
+        target = wanted if isinstance(wanted, Address) else parse_address(wanted)
+    except AddressError as exc:
+        return [str(exc)]
+    for written in info.addresses:
+        try:
+            if parse_address(written) == target:
+                return []
+        except AddressError:
+            continue
+    named = ", ".join(info.addresses) or "no address"
+    return [f"issued for {named}, not for {target}"]
+
+
+def _role_problems(
+    info: ContainerInfo, purpose: Purpose, expected: Sequence[Role] | None
+) -> tuple[list[str], bool]:
+    """Role reasons and whether the certificate is treated as a genuine one."""
+    allowed = set(expected) if expected is not None else {_ROLE_FOR_PURPOSE[purpose]}
+    if info.role is None:
+        if Role.GENUINE in allowed:
+            return [], True
+        return ["no keypost role extension (not a key container)"], False
+    if info.role not in allowed:
+        wanted = ", ".join(sorted(r.value for r in allowed))
+        return [f"role {info.role.value} is not one of the expected roles ({wanted})"], False
+    if info.role is not Role.GENUINE and info.role is not _ROLE_FOR_PURPOSE[purpose]:
+        return [f"role {info.role.value} does not fit purpose {purpose.value}"], False
+    return [], info.role is Role.GENUINE
 
 
 def verify_container(
@@ -139,31 +504,66 @@ def verify_container(
     expected_roles: Sequence[Role] | None = None,
 ) -> VerificationResult:
     """Chain, validity, key usage/EKU, address, role extension, algorithms. Never raises
-    for a bad certificate: the reasons say what is wrong."""
-    raise NotImplementedError
+    for a bad certificate: the reasons say what is wrong.
+
+    `expected_roles` defaults to the proxy role of `purpose`; include Role.GENUINE to
+    accept a recipient's own (non-keypost) certificate issued by one of the anchors."""
+    at = _utcnow(now)
+    try:
+        info = describe(cert)
+    except ContainerError as exc:
+        return VerificationResult(False, (str(exc),), None)
+    try:
+        reasons = checks.algorithm_problems(cert, "certificate")
+        anchor, chain = checks.find_issuer(cert, trust_anchors)
+        reasons += chain
+        if anchor is not None:
+            reasons += checks.anchor_problems(anchor, at)
+        reasons += checks.validity_problems(cert, at)
+        role_reasons, genuine = _role_problems(info, purpose, expected_roles)
+        reasons += role_reasons
+        reasons += checks.usage_problems(cert, purpose, required=not genuine)
+        reasons += _address_problems(info, address)
+    except (ValueError, TypeError) as exc:  # malformed parts cryptography parses lazily
+        reasons = [f"malformed certificate: {exc}"]
+    return VerificationResult(not reasons, tuple(reasons), info)
 
 
 # Serialisation helpers -------------------------------------------------------------
 
 
 def to_pem(cert: x509.Certificate) -> bytes:
-    raise NotImplementedError
+    return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def to_der(cert: x509.Certificate) -> bytes:
-    raise NotImplementedError
+    return cert.public_bytes(serialization.Encoding.DER)
 
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """PEM (one or many), DER, or a PKCS#7 certs-only bundle (DER or PEM). Raises ContainerError."""
-    raise NotImplementedError
+    try:
+        if b"-----BEGIN PKCS7-----" in data:
+            return pkcs7.load_pem_pkcs7_certificates(data)
+        if b"-----BEGIN CERTIFICATE-----" in data:
+            return x509.load_pem_x509_certificates(data)
+        if b"-----BEGIN" in data:
+            raise ContainerError("PEM data holds no certificate")
+        try:
+            return [x509.load_der_x509_certificate(data)]
+        except ValueError:
+            return pkcs7.load_der_pkcs7_certificates(data)
+    except ValueError as exc:
+        raise ContainerError("no readable certificate (PEM, DER or PKCS#7 expected)") from exc
 
 
 def pkcs7_bundle(certs: Sequence[x509.Certificate]) -> bytes:
     """A DER PKCS#7 certs-only bundle (for LDAP userSMIMECertificate)."""
-    raise NotImplementedError
+    if not certs:
+        raise ContainerError("a PKCS#7 bundle needs at least one certificate")
+    return pkcs7.serialize_certificates(list(certs), serialization.Encoding.DER)
 
 
 def sha256_fingerprint(cert: x509.Certificate) -> str:
     """Colon-separated upper-case hex SHA-256 of the DER, as `openssl x509 -fingerprint` prints."""
-    raise NotImplementedError
+    return cert.fingerprint(_SHA256).hex(":").upper()

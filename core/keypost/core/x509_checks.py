@@ -1,0 +1,177 @@
+"""Checks behind verify_container: each returns human-readable reasons, none raises.
+
+Chain building is a direct signature check against the pinned anchors rather than
+cryptography's `x509.verification.ClientVerifier`: that verifier accepts our containers
+only with a permissive end-entity policy (its default insists on id-kp-clientAuth),
+requires the issuer name to chain (so compatibility containers, whose issuer name is the
+gateway certificate's issuer, always fail) and applies the Web PKI CA profile to whatever
+CA a genuine certificate comes from. Containers are issued directly by the directory CA,
+so one level, checked the same way for all three cases, is all there is.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from keypost.core.types import Purpose
+
+MIN_RSA_BITS = 2048
+_WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+
+
+def key_description(key: object) -> str:
+    """The key as people name it (RSA-2048, EC P-256, ...) for messages and ContainerInfo."""
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA-{key.key_size}"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        names = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+        return f"EC {names.get(key.curve.name, key.curve.name)}"
+    return type(key).__name__.removesuffix("PublicKey").lstrip("_") or "unknown key"
+
+
+def key_problem(key: object, what: str) -> str | None:
+    """Why `key` is not acceptable (RSA < 2048, DSA, ...), or None."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_BITS:
+            return f"{what} key is RSA-{key.key_size}; at least RSA-{MIN_RSA_BITS} is required"
+        return None
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return None
+    return f"{what} key type {key_description(key)} is not accepted (RSA or EC only)"
+
+
+def algorithm_problems(cert: x509.Certificate, what: str) -> list[str]:
+    reasons: list[str] = []
+    try:
+        algo = cert.signature_hash_algorithm
+    except UnsupportedAlgorithm:
+        reasons.append(f"{what} uses an unsupported signature algorithm")
+    else:
+        if isinstance(algo, _WEAK_HASHES):
+            reasons.append(f"{what} is signed with {algo.name.upper()}, which is not accepted")
+    problem = key_problem(cert.public_key(), what)
+    if problem:
+        reasons.append(problem)
+    return reasons
+
+
+def signature_valid(cert: x509.Certificate, issuer_key: object) -> bool:
+    """Does `issuer_key` verify the certificate's signature (any name aside)?"""
+    try:
+        algo = cert.signature_hash_algorithm
+        params = cert.signature_algorithm_parameters
+        if (
+            isinstance(issuer_key, rsa.RSAPublicKey)
+            and isinstance(params, padding.PKCS1v15 | padding.PSS)
+            and isinstance(algo, hashes.HashAlgorithm)
+        ):
+            issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, params, algo)
+            return True
+        if isinstance(issuer_key, ec.EllipticCurvePublicKey) and isinstance(params, ec.ECDSA):
+            issuer_key.verify(cert.signature, cert.tbs_certificate_bytes, params)
+            return True
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError, TypeError):
+        return False
+    return False
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _aki(cert: x509.Certificate) -> bytes | None:
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return None
+    return ext.value.key_identifier
+
+
+def find_issuer(
+    cert: x509.Certificate, anchors: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate | None, list[str]]:
+    """The anchor that signed `cert`. Its issuer name must be the anchor's subject, or (for
+    compatibility containers, which carry the gateway certificate's issuer name) its
+    authority key identifier must be the anchor's key identifier."""
+    aki = _aki(cert)
+    for anchor in anchors:
+        by_name = anchor.subject == cert.issuer
+        if not by_name and (aki is None or aki != _ski(anchor)):
+            continue
+        if signature_valid(cert, anchor.public_key()):
+            return anchor, []
+        if by_name:
+            return None, [
+                f"signature does not verify with trust anchor {anchor.subject.rfc4514_string()}"
+            ]
+    return None, [f"not issued by a trusted directory CA (issuer {cert.issuer.rfc4514_string()})"]
+
+
+def anchor_problems(anchor: x509.Certificate, now: dt.datetime) -> list[str]:
+    reasons = algorithm_problems(anchor, "trust anchor")
+    try:
+        bc = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if not bc.ca:
+            reasons.append("trust anchor is not a CA certificate")
+    except x509.ExtensionNotFound:
+        reasons.append("trust anchor has no basicConstraints (not a CA certificate)")
+    if not anchor.not_valid_before_utc <= now <= anchor.not_valid_after_utc:
+        reasons.append("trust anchor is outside its validity period")
+    return reasons
+
+
+def validity_problems(cert: x509.Certificate, now: dt.datetime) -> list[str]:
+    if now < cert.not_valid_before_utc:
+        return [f"not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"]
+    if now > cert.not_valid_after_utc:
+        return [f"expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC"]
+    return []
+
+
+def usage_problems(cert: x509.Certificate, purpose: Purpose, required: bool) -> list[str]:
+    """KeyUsage and EKU for `purpose`. `required`: the extensions must be present (keypost
+    containers); genuine certificates may omit them (RFC 5280: absent = unrestricted)."""
+    reasons: list[str] = []
+    key = cert.public_key()
+    try:
+        ku: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        ku = None
+    if ku is None:
+        if required:
+            reasons.append("no keyUsage extension")
+    elif purpose is Purpose.SIGN:
+        if not ku.digital_signature:
+            reasons.append("keyUsage lacks digitalSignature (not a signing certificate)")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        if not ku.key_agreement:
+            reasons.append("keyUsage lacks keyAgreement (not an encryption certificate)")
+    elif not ku.key_encipherment:
+        reasons.append("keyUsage lacks keyEncipherment (not an encryption certificate)")
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        if required:
+            reasons.append("no extendedKeyUsage extension (emailProtection required)")
+    else:
+        if ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku and (
+            required or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku
+        ):
+            reasons.append("extendedKeyUsage lacks emailProtection")
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+        if bc.ca:
+            reasons.append("is a CA certificate, not an end-entity container")
+    except x509.ExtensionNotFound:
+        pass
+    return reasons
