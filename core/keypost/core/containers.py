@@ -68,6 +68,19 @@ def default_lifetime(purpose: Purpose) -> dt.timedelta:
     return DEFAULT_SIGN_LIFETIME if purpose is Purpose.SIGN else DEFAULT_ENCRYPT_LIFETIME
 
 
+def format_duration(delta: dt.timedelta) -> str:
+    """A duration as people say it: "2 d 3 h", "23 h 59 min", "5 min", "40 s"."""
+    secs = int(abs(delta.total_seconds()))
+    days, rest = divmod(secs, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes = rest // 60
+    if days:
+        return f"{days} d {hours} h" if hours else f"{days} d"
+    if hours:
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    return f"{minutes} min" if minutes else f"{secs} s"
+
+
 def _utcnow(now: dt.datetime | None) -> dt.datetime:
     if now is None:
         return dt.datetime.now(dt.UTC)
@@ -343,7 +356,8 @@ class DirectoryCA:
         lifetime = limit if request.lifetime is None else request.lifetime
         if not MIN_LIFETIME <= lifetime <= limit:
             raise ContainerError(
-                f"lifetime {lifetime} outside {MIN_LIFETIME} .. {limit} for {purpose.value}"
+                f"lifetime {format_duration(lifetime)} is outside "
+                f"{format_duration(MIN_LIFETIME)} .. {format_duration(limit)} for {purpose.value}"
             )
         start = _utcnow(now)
         not_after = start + lifetime
@@ -542,19 +556,24 @@ def to_der(cert: x509.Certificate) -> bytes:
 
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     """PEM (one or many), DER, or a PKCS#7 certs-only bundle (DER or PEM). Raises ContainerError."""
+    certs: list[x509.Certificate]
     try:
         if b"-----BEGIN PKCS7-----" in data:
-            return pkcs7.load_pem_pkcs7_certificates(data)
-        if b"-----BEGIN CERTIFICATE-----" in data:
-            return x509.load_pem_x509_certificates(data)
-        if b"-----BEGIN" in data:
+            certs = pkcs7.load_pem_pkcs7_certificates(data)
+        elif b"-----BEGIN CERTIFICATE-----" in data:
+            certs = x509.load_pem_x509_certificates(data)
+        elif b"-----BEGIN" in data:
             raise ContainerError("PEM data holds no certificate")
-        try:
-            return [x509.load_der_x509_certificate(data)]
-        except ValueError:
-            return pkcs7.load_der_pkcs7_certificates(data)
+        else:
+            try:
+                certs = [x509.load_der_x509_certificate(data)]
+            except ValueError:
+                certs = pkcs7.load_der_pkcs7_certificates(data)
     except ValueError as exc:
         raise ContainerError("no readable certificate (PEM, DER or PKCS#7 expected)") from exc
+    if not certs:
+        raise ContainerError("no certificate in the data")
+    return certs
 
 
 def pkcs7_bundle(certs: Sequence[x509.Certificate]) -> bytes:
