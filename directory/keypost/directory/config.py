@@ -1,0 +1,123 @@
+"""The data directory's layout and settings (directory.toml), with every default in one place."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+from keypost.directory.errors import ConfigError
+
+SETTINGS_FILE = "directory.toml"
+DATABASE_FILE = "directory.db"
+CA_CERT_FILE = "ca.pem"
+CA_KEY_FILE = "ca-key.pem"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of the directory; `init` writes them to directory.toml, documented."""
+
+    # LDAP naming context: entries are named mail=<address>,<suffix>.
+    suffix: str = "dc=keypost"
+    # URL of this directory, written into every container it issues (may be empty).
+    url: str = ""
+    # Lifetime of encryption containers in hours (short: the lifetime replaces revocation).
+    encrypt_hours: int = 24
+    # Lifetime of signing containers in days (longer: signatures must outlive mail in transit).
+    sign_days: int = 30
+    # Audit records (who asked, hashed address, roles, serials) are purged after this many days.
+    audit_retention_days: int = 90
+    # Containers kept in memory (LRU); the store keeps every issued container until it expires.
+    cache_size: int = 100_000
+    # Most addresses one request (LDAP search or HTTP call) may ask for.
+    max_addresses: int = 100
+
+
+_DOCS = {
+    f.name: doc
+    for f, doc in zip(
+        fields(Settings),
+        [
+            "LDAP naming context: entries are named mail=<address>,<suffix>",
+            "URL of this directory, written into every container it issues (may be empty)",
+            "lifetime of encryption containers, hours",
+            "lifetime of signing containers, days",
+            "audit records are purged after this many days",
+            "containers kept in memory (LRU); the store keeps all until they expire",
+            "most addresses one LDAP search or HTTP request may ask for",
+        ],
+        strict=True,
+    )
+}
+
+
+@dataclass(frozen=True)
+class DataDir:
+    """Paths inside a directory data folder."""
+
+    root: Path
+
+    @property
+    def settings(self) -> Path:
+        return self.root / SETTINGS_FILE
+
+    @property
+    def database(self) -> Path:
+        return self.root / DATABASE_FILE
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.root / CA_CERT_FILE
+
+    @property
+    def ca_key(self) -> Path:
+        return self.root / CA_KEY_FILE
+
+    def require(self) -> None:
+        """Fail with one line unless `init` has run here."""
+        if not self.settings.is_file() or not self.ca_cert.is_file():
+            raise ConfigError(f"{self.root} is not an initialised directory (run `init` first)")
+
+
+def load_settings(data: DataDir) -> Settings:
+    data.require()
+    try:
+        raw = tomllib.loads(data.settings.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {data.settings}: {exc}") from exc
+    known = {f.name: f.type for f in fields(Settings)}
+    values: dict[str, object] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"{data.settings}: unknown setting {key!r}")
+        default = getattr(Settings(), key)
+        if type(value) is not type(default):
+            raise ConfigError(f"{data.settings}: {key} must be a {type(default).__name__}")
+        values[key] = value
+    settings = replace(Settings(), **values)  # type: ignore[arg-type]
+    if settings.encrypt_hours < 1 or settings.sign_days < 1 or settings.max_addresses < 1:
+        raise ConfigError(f"{data.settings}: lifetimes and max_addresses must be positive")
+    return settings
+
+
+def write_settings(data: DataDir, settings: Settings) -> None:
+    lines = ["# keypost directory settings (read by `keypost directory serve`)", ""]
+    for f in fields(Settings):
+        value = getattr(settings, f.name)
+        rendered = f'"{_toml_escape(value)}"' if isinstance(value, str) else str(value)
+        lines += [f"# {_DOCS[f.name]}", f"{f.name} = {rendered}", ""]
+    data.settings.write_text("\n".join(lines), encoding="utf-8")
+
+
+def _toml_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def write_private(path: Path, content: bytes) -> None:
+    """Write a secret file that only the owner can read (mode 0600 from creation on)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(content)
+    os.chmod(path, 0o600)

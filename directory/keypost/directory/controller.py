@@ -1,0 +1,293 @@
+"""The directory's brain: requestor class, policy, CA, cache, audit and the request log.
+
+Purpose rule where the protocol cannot say (LDAP has no purpose parameter): a gateway
+account asking for an address of its own domain gets the signing container (that is
+the only thing a gateway needs for its own senders); everything else is a request for
+encryption containers. HTTP callers state the purpose explicitly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from cryptography import x509
+
+from keypost.core.address import Address, parse_address
+from keypost.core.containers import (
+    ContainerRequest,
+    DirectoryCA,
+    GatewayKey,
+    pkcs7_bundle,
+    to_der,
+)
+from keypost.core.errors import KeypostError
+from keypost.core.policy import DirectoryView, decide
+from keypost.core.types import Capability, Purpose, Requestor, RequestorKind, Role
+from keypost.directory.metrics import Metrics
+from keypost.directory.store import (
+    AccountRecord,
+    AccountRole,
+    AuditRecord,
+    CacheKey,
+    IssuedRecord,
+    KeyUse,
+    Store,
+)
+
+log = logging.getLogger("keypost.directory.requests")
+
+
+def address_hash(address_key: str) -> str:
+    """What logs and the audit keep instead of an address: truncated SHA-256."""
+    return hashlib.sha256(address_key.encode("utf-8")).hexdigest()[:16]
+
+
+def requestor_of(account: AccountRecord | None) -> Requestor:
+    """Anonymous -> external; a user of D -> internal to D; a gateway of D -> gateway of D."""
+    if account is None:
+        return Requestor.anonymous()
+    kind = RequestorKind.GATEWAY if account.role is AccountRole.GATEWAY else RequestorKind.USER
+    return Requestor(kind, account.domain)
+
+
+def requestor_label(requestor: Requestor) -> str:
+    if requestor.domain is None:
+        return requestor.kind.value
+    return f"{requestor.kind.value}:{requestor.domain}"
+
+
+def ldap_purpose(requestor: Requestor, address: Address) -> Purpose:
+    """The LDAP purpose rule (module docstring)."""
+    if requestor.kind is RequestorKind.GATEWAY and requestor.domain == address.domain:
+        return Purpose.SIGN
+    return Purpose.ENCRYPT
+
+
+@dataclass(frozen=True)
+class Container:
+    """One container in an answer."""
+
+    role: Role
+    der: bytes
+    serial: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+    gateway: str | None  # the gateway's domain for proxy roles
+
+
+@dataclass(frozen=True)
+class Answer:
+    """Everything handed out for one address."""
+
+    address: str
+    address_key: str
+    containers: tuple[Container, ...]
+    refused: str | None = None
+    _bundle: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    def bundle(self) -> bytes | None:
+        """DER PKCS#7 certs-only bundle of the containers (computed once)."""
+        if not self.containers:
+            return None
+        if not self._bundle:
+            certs = [x509.load_der_x509_certificate(c.der) for c in self.containers]
+            self._bundle.append(pkcs7_bundle(certs))
+        return self._bundle[0]
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """The store's configuration as parsed values; rebuilt when the store changes."""
+
+    change: int
+    view: DirectoryView
+    keys: dict[tuple[str, KeyUse], tuple[GatewayKey, str]]  # -> (key, fingerprint)
+    genuine: dict[str, tuple[Container, ...]]
+
+
+@dataclass(frozen=True)
+class Lifetimes:
+    encrypt: dt.timedelta = dt.timedelta(hours=24)
+    sign: dt.timedelta = dt.timedelta(days=30)
+
+
+class Controller:
+    """Answers "which containers does this requestor get for these addresses"."""
+
+    def __init__(
+        self,
+        store: Store,
+        ca: DirectoryCA,
+        lifetimes: Lifetimes | None = None,
+        cache_size: int = 100_000,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.store = store
+        self.ca = ca
+        self.lifetimes = lifetimes or Lifetimes()
+        self.cache_size = cache_size
+        self.metrics = metrics or Metrics()
+        self._cache: OrderedDict[CacheKey, Container] = OrderedDict()
+        self._pending_issued: list[IssuedRecord] = []
+        self._pending_audit: list[AuditRecord] = []
+        self._snapshot: _Snapshot | None = None
+
+    # configuration -----------------------------------------------------------------
+    def snapshot(self) -> _Snapshot:
+        change = self.store.change_counter()
+        snap = self._snapshot
+        if snap is None or snap.change != change:
+            snap = self._load(change)
+            if self._snapshot is not None:
+                self._drop_stale(snap)
+            self._snapshot = snap
+        return snap
+
+    def _load(self, change: int) -> _Snapshot:
+        keys: dict[tuple[str, KeyUse], tuple[GatewayKey, str]] = {}
+        for rec in self.store.domain_keys():
+            caps = tuple(Capability(c) for c in rec.capabilities)
+            keys[(rec.domain, rec.use)] = (GatewayKey.from_pem(rec.pem, caps), rec.fingerprint)
+        now = dt.datetime.now(dt.UTC)
+        genuine: dict[str, list[Container]] = {}
+        for g in self.store.genuine():
+            if g.not_after <= now:
+                continue
+            cert = x509.load_der_x509_certificate(g.der)
+            genuine.setdefault(g.address_key, []).append(
+                Container(Role.GENUINE, g.der, cert.serial_number, cert.not_valid_before_utc,
+                          cert.not_valid_after_utc, None)
+            )
+        domains = frozenset(self.store.domains())
+        view = DirectoryView(
+            served_domains=frozenset(d for d in domains if (d, KeyUse.ENCRYPTION) in keys),
+            genuine_addresses=frozenset(genuine),
+            signing_domains=frozenset(d for d in domains if (d, KeyUse.SIGNING) in keys),
+        )
+        return _Snapshot(change, view, keys, {k: tuple(v) for k, v in genuine.items()})
+
+    def _drop_stale(self, snap: _Snapshot) -> None:
+        """After a rekey or removal, containers of keys no longer current go at once."""
+        current = {fp for _, fp in snap.keys.values()}
+        for key in [k for k in self._cache if k.gateway_fingerprint not in current]:
+            del self._cache[key]
+
+    # answering ---------------------------------------------------------------------
+    def answer(
+        self,
+        requestor: Requestor,
+        addresses: Sequence[str],
+        purpose: Purpose | None,
+        protocol: str,
+        now: dt.datetime | None = None,
+    ) -> list[Answer]:
+        """Answers for the well-formed addresses (malformed ones are left out; callers
+        that must reject them parse first). `purpose` None applies the LDAP rule."""
+        started = time.perf_counter()
+        now = now or dt.datetime.now(dt.UTC)
+        snap = self.snapshot()
+        answers: list[Answer] = []
+        for text in addresses:
+            try:
+                address = parse_address(text)
+            except KeypostError:
+                continue
+            p = purpose or ldap_purpose(requestor, address)
+            answers.append(self._answer_one(snap, requestor, address, p, now))
+        elapsed = time.perf_counter() - started
+        self._log(protocol, requestor, answers, elapsed)
+        self.metrics.request(protocol, "ok", elapsed)
+        return answers
+
+    def _answer_one(
+        self, snap: _Snapshot, requestor: Requestor, address: Address, purpose: Purpose,
+        now: dt.datetime,
+    ) -> Answer:
+        decision = decide(requestor, address, purpose, snap.view)
+        if decision.refused:
+            return Answer(str(address), address.key(), (), refused=decision.refused)
+        out: list[Container] = []
+        for spec in decision.specs:
+            if spec.role is Role.GENUINE:
+                out.extend(snap.genuine.get(address.key(), ()))
+                continue
+            assert spec.domain is not None  # proxy roles always name their gateway
+            use = KeyUse.SIGNING if spec.purpose is Purpose.SIGN else KeyUse.ENCRYPTION
+            gateway, fingerprint = snap.keys[(spec.domain, use)]
+            out.append(self._container(address, spec.role, spec.domain, purpose, gateway,
+                                       fingerprint, now))
+        if out:
+            self._pending_audit.append(AuditRecord(
+                now, requestor_label(requestor), address_hash(address.key()),
+                tuple(c.role.value for c in out), tuple(c.serial for c in out)))
+        return Answer(str(address), address.key(), tuple(out))
+
+    def _container(
+        self, address: Address, role: Role, domain: str, purpose: Purpose, gateway: GatewayKey,
+        fingerprint: str, now: dt.datetime,
+    ) -> Container:
+        key = CacheKey(address.key(), role.value, fingerprint, purpose.value)
+        hit = self._cache.get(key)
+        if hit is not None and _fresh(hit, now):
+            self._cache.move_to_end(key)
+            self.metrics.cache_hits += 1
+            return hit
+        stored = self.store.issued(key)
+        if stored is not None:
+            c = Container(role, stored.der, stored.serial, stored.not_before, stored.not_after,
+                          domain)
+            if _fresh(c, now):
+                self._remember(key, c)
+                self.metrics.cache_hits += 1
+                return c
+        self.metrics.cache_misses += 1
+        lifetime = self.lifetimes.sign if purpose is Purpose.SIGN else self.lifetimes.encrypt
+        cert = self.ca.issue(ContainerRequest(address, purpose, gateway, lifetime), now=now)
+        c = Container(role, to_der(cert), cert.serial_number, cert.not_valid_before_utc,
+                      cert.not_valid_after_utc, domain)
+        self.metrics.issued[role.value] += 1
+        self._pending_issued.append(IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
+        self._remember(key, c)
+        return c
+
+    def _remember(self, key: CacheKey, container: Container) -> None:
+        self._cache[key] = container
+        self._cache.move_to_end(key)
+        while len(self._cache) > self.cache_size:
+            self._cache.popitem(last=False)
+
+    def _log(self, protocol: str, requestor: Requestor, answers: list[Answer],
+             elapsed: float) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        hashes = ",".join(address_hash(a.address_key) for a in answers) or "-"
+        roles = ",".join("+".join(c.role.value for c in a.containers) or "none"
+                         for a in answers) or "-"
+        log.info("event=lookup protocol=%s requestor=%s addresses=%s roles=%s ms=%.2f",
+                 protocol, requestor_label(requestor), hashes, roles, elapsed * 1000)
+
+    # persistence -------------------------------------------------------------------
+    def flush(self) -> None:
+        """Write issued containers and audit records collected since the last flush
+        (batched: one transaction per flush, not one per search)."""
+        issued, self._pending_issued = self._pending_issued, []
+        audit, self._pending_audit = self._pending_audit, []
+        self.store.save_issued(issued)
+        self.store.append_audit(audit)
+
+    def purge(self, retention: dt.timedelta, now: dt.datetime | None = None) -> tuple[int, int]:
+        """Drop expired containers and audit records older than `retention`."""
+        now = now or dt.datetime.now(dt.UTC)
+        return self.store.purge_issued(now), self.store.purge_audit(now - retention)
+
+
+def _fresh(container: Container, now: dt.datetime) -> bool:
+    """Reuse a container while more than half of its life remains."""
+    half = (container.not_after - container.not_before) / 2
+    return now < container.not_before + half

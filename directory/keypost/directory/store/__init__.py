@@ -1,0 +1,169 @@
+"""The directory's persistent state behind one interface (`Store`); SQLite is the default.
+
+Everything the directory keeps goes through `Store`, so another backend (PostgreSQL)
+only has to implement this Protocol. Records are frozen values; certificates and keys
+travel as DER/PEM bytes so the store never needs the crypto layer.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class KeyUse(enum.Enum):
+    ENCRYPTION = "encryption"
+    SIGNING = "signing"
+
+
+class AccountRole(enum.Enum):
+    USER = "user"
+    GATEWAY = "gateway"
+
+
+@dataclass(frozen=True)
+class GatewayKeyRecord:
+    """One registered gateway key of a domain (current when `retired` is None)."""
+
+    domain: str
+    use: KeyUse
+    pem: bytes  # certificate or SubjectPublicKeyInfo PEM, as registered
+    fingerprint: str  # GatewayKey.fingerprint (hex SHA-256)
+    capabilities: tuple[str, ...]  # Capability values in preference order
+    added: dt.datetime
+    retired: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class PasswordHash:
+    """scrypt parameters, salt and derived key of one account."""
+
+    salt: bytes
+    n: int
+    r: int
+    p: int
+    digest: bytes
+
+
+@dataclass(frozen=True)
+class AccountRecord:
+    name: str
+    role: AccountRole
+    domain: str
+    password: PasswordHash
+    created: dt.datetime
+
+
+@dataclass(frozen=True)
+class GenuineRecord:
+    """A recipient's own certificate, handed out for `address_key` (Address.key())."""
+
+    address_key: str
+    der: bytes
+    fingerprint: str
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
+class CacheKey:
+    """What makes two issued containers interchangeable."""
+
+    address_key: str
+    role: str  # Role value
+    gateway_fingerprint: str
+    purpose: str  # Purpose value
+
+
+@dataclass(frozen=True)
+class IssuedRecord:
+    key: CacheKey
+    der: bytes
+    serial: int
+    not_before: dt.datetime
+    not_after: dt.datetime
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One answer that handed out containers. The address is only kept as a hash."""
+
+    time: dt.datetime
+    requestor: str  # "anonymous", "user:example.com", "gateway:example.com"
+    address_hash: str
+    roles: tuple[str, ...]
+    serials: tuple[int, ...]
+
+
+class Store(Protocol):
+    """All persistent state of the directory. Methods raise StoreError on refusal."""
+
+    def schema_version(self) -> int:
+        """The migration level of the store."""
+        ...
+
+    def change_counter(self) -> int:
+        """A number that changes whenever domains, keys or genuine certificates change
+        (also when another process, e.g. the CLI, changed them); cheap to call."""
+        ...
+
+    # gateway keys per domain ---------------------------------------------------------
+    def add_domain(self, domain: str, keys: Sequence[GatewayKeyRecord]) -> None: ...
+
+    def rekey_domain(self, domain: str, keys: Sequence[GatewayKeyRecord]) -> list[str]:
+        """Make `keys` current (retiring the current key of each use given); drop issued
+        containers of the retired keys. Returns the retired fingerprints."""
+        ...
+
+    def remove_domain(self, domain: str) -> int:
+        """Remove a domain, its key history, issued containers and accounts; returns the
+        number of accounts removed."""
+        ...
+
+    def domains(self) -> list[str]: ...
+
+    def domain_keys(
+        self, domain: str | None = None, history: bool = False
+    ) -> list[GatewayKeyRecord]:
+        """Current keys (all retired ones too with `history`), of one domain or all."""
+        ...
+
+    # accounts -------------------------------------------------------------------------
+    def add_account(self, account: AccountRecord) -> None: ...
+
+    def account(self, name: str) -> AccountRecord | None: ...
+
+    def accounts(self) -> list[AccountRecord]: ...
+
+    def remove_account(self, name: str) -> bool: ...
+
+    # genuine certificates -------------------------------------------------------------
+    def add_genuine(self, records: Sequence[GenuineRecord]) -> None: ...
+
+    def remove_genuine(self, address_key: str) -> int: ...
+
+    def genuine(self) -> list[GenuineRecord]: ...
+
+    # issued containers (the cache's persistent tier) ----------------------------------
+    def save_issued(self, records: Sequence[IssuedRecord]) -> None: ...
+
+    def issued(self, key: CacheKey) -> IssuedRecord | None:
+        """The latest stored container for `key`, if any."""
+        ...
+
+    def purge_issued(self, now: dt.datetime) -> int:
+        """Delete expired containers; returns how many."""
+        ...
+
+    # audit --------------------------------------------------------------------------
+    def append_audit(self, records: Sequence[AuditRecord]) -> None: ...
+
+    def audit(self, since: dt.datetime | None = None) -> list[AuditRecord]: ...
+
+    def purge_audit(self, older_than: dt.datetime) -> int:
+        """Delete audit records older than the given time; returns how many."""
+        ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,363 @@
+"""The embedded default store: one SQLite file in the data dir (WAL, numbered migrations)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from keypost.directory.errors import StoreError
+from keypost.directory.store import (
+    AccountRecord,
+    AccountRole,
+    AuditRecord,
+    CacheKey,
+    GatewayKeyRecord,
+    GenuineRecord,
+    IssuedRecord,
+    KeyUse,
+    PasswordHash,
+)
+
+# Migrations are append-only: never edit a released step, add the next one.
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the first schema
+    """
+    CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+    INSERT INTO meta VALUES ('changes', 0);
+    CREATE TABLE domains (name TEXT PRIMARY KEY, added INTEGER NOT NULL);
+    CREATE TABLE gateway_keys (
+        id INTEGER PRIMARY KEY,
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        use TEXT NOT NULL CHECK (use IN ('encryption', 'signing')),
+        pem BLOB NOT NULL,
+        fingerprint TEXT NOT NULL,
+        capabilities TEXT NOT NULL,
+        added INTEGER NOT NULL,
+        retired INTEGER
+    );
+    CREATE TABLE accounts (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'gateway')),
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        salt BLOB NOT NULL, n INTEGER NOT NULL, r INTEGER NOT NULL, p INTEGER NOT NULL,
+        digest BLOB NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE genuine (
+        address_key TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,
+        der BLOB NOT NULL,
+        not_after INTEGER NOT NULL,
+        PRIMARY KEY (address_key, fingerprint)
+    );
+    CREATE TABLE issued (
+        address_key TEXT NOT NULL, role TEXT NOT NULL,
+        gateway_fingerprint TEXT NOT NULL, purpose TEXT NOT NULL,
+        serial TEXT NOT NULL, der BLOB NOT NULL,
+        not_before INTEGER NOT NULL, not_after INTEGER NOT NULL
+    );
+    CREATE INDEX issued_key ON issued (address_key, role, gateway_fingerprint, purpose);
+    CREATE TABLE audit (
+        time INTEGER NOT NULL, requestor TEXT NOT NULL, address_hash TEXT NOT NULL,
+        roles TEXT NOT NULL, serials TEXT NOT NULL
+    );
+    """,
+    # 2: indexes for the purges that run while serving
+    """
+    CREATE INDEX audit_time ON audit (time);
+    CREATE INDEX issued_expiry ON issued (not_after);
+    CREATE INDEX issued_gateway ON issued (gateway_fingerprint);
+    """,
+)
+
+
+def _ts(when: dt.datetime) -> int:
+    return int(when.timestamp())
+
+
+def _dt(ts: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ts, dt.UTC)
+
+
+def _now() -> int:
+    return _ts(dt.datetime.now(dt.UTC))
+
+
+class SqliteStore:
+    """`Store` over one SQLite file. Use from one thread (the event loop's)."""
+
+    def __init__(self, path: Path | str, migrations: Sequence[str] = MIGRATIONS) -> None:
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate(migrations)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open store {path}: {exc}") from exc
+        self._data_version = -1
+        self._changes = 0
+
+    # schema ------------------------------------------------------------------------
+    def _migrate(self, migrations: Sequence[str]) -> None:
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations"
+            " (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)"
+        )
+        current = self.schema_version()
+        if current > len(migrations):
+            raise StoreError(
+                f"store schema version {current} is newer than this keypost ({len(migrations)})"
+            )
+        for version in range(current + 1, len(migrations) + 1):
+            with self._tx():
+                for statement in migrations[version - 1].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(
+                    "INSERT INTO schema_migrations VALUES (?, ?)", (version, _now())
+                )
+
+    def schema_version(self) -> int:
+        row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
+        return int(row[0] or 0)
+
+    @contextmanager
+    def _tx(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _bump(self) -> None:
+        self._db.execute("UPDATE meta SET value = value + 1 WHERE name = 'changes'")
+        self._data_version = -1  # our own commit does not move data_version
+
+    def change_counter(self) -> int:
+        # PRAGMA data_version moves only when another connection committed: a cheap
+        # check on every request, and a real read only after the CLI changed something.
+        version = int(self._db.execute("PRAGMA data_version").fetchone()[0])
+        if version != self._data_version:
+            self._data_version = version
+            row = self._db.execute("SELECT value FROM meta WHERE name = 'changes'").fetchone()
+            self._changes = int(row[0])
+        return self._changes
+
+    # domains and gateway keys --------------------------------------------------------
+    def _insert_keys(self, keys: Sequence[GatewayKeyRecord]) -> None:
+        for k in keys:
+            self._db.execute(
+                "INSERT INTO gateway_keys (domain, use, pem, fingerprint, capabilities, added)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (k.domain, k.use.value, k.pem, k.fingerprint, ",".join(k.capabilities),
+                 _ts(k.added)),
+            )
+
+    def add_domain(self, domain: str, keys: Sequence[GatewayKeyRecord]) -> None:
+        with self._tx():
+            if self._has_domain(domain):
+                raise StoreError(f"domain {domain} is already registered (use `domain rekey`)")
+            self._db.execute("INSERT INTO domains VALUES (?, ?)", (domain, _now()))
+            self._insert_keys(keys)
+            self._bump()
+
+    def _has_domain(self, domain: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM domains WHERE name = ?", (domain,)).fetchone()
+        return row is not None
+
+    def _require_domain(self, domain: str) -> None:
+        if not self._has_domain(domain):
+            raise StoreError(f"unknown domain {domain} (see `domain list`)")
+
+    def rekey_domain(self, domain: str, keys: Sequence[GatewayKeyRecord]) -> list[str]:
+        retired: list[str] = []
+        with self._tx():
+            self._require_domain(domain)
+            now = _now()
+            for k in keys:
+                rows = self._db.execute(
+                    "SELECT id, fingerprint FROM gateway_keys"
+                    " WHERE domain = ? AND use = ? AND retired IS NULL",
+                    (domain, k.use.value),
+                ).fetchall()
+                for key_id, fingerprint in rows:
+                    self._db.execute(
+                        "UPDATE gateway_keys SET retired = ? WHERE id = ?", (now, key_id)
+                    )
+                    self._db.execute(
+                        "DELETE FROM issued WHERE gateway_fingerprint = ?", (fingerprint,)
+                    )
+                    retired.append(str(fingerprint))
+            self._insert_keys(keys)
+            self._bump()
+        return retired
+
+    def remove_domain(self, domain: str) -> int:
+        with self._tx():
+            self._require_domain(domain)
+            fps = [r[0] for r in self._db.execute(
+                "SELECT fingerprint FROM gateway_keys WHERE domain = ?", (domain,))]
+            for fp in fps:
+                self._db.execute("DELETE FROM issued WHERE gateway_fingerprint = ?", (fp,))
+            n = self._db.execute("DELETE FROM accounts WHERE domain = ?", (domain,)).rowcount
+            self._db.execute("DELETE FROM domains WHERE name = ?", (domain,))
+            self._bump()
+        return int(n)
+
+    def domains(self) -> list[str]:
+        return [r[0] for r in self._db.execute("SELECT name FROM domains ORDER BY name")]
+
+    def domain_keys(
+        self, domain: str | None = None, history: bool = False
+    ) -> list[GatewayKeyRecord]:
+        sql = "SELECT domain, use, pem, fingerprint, capabilities, added, retired FROM gateway_keys"
+        where: list[str] = []
+        params: list[object] = []
+        if domain is not None:
+            where.append("domain = ?")
+            params.append(domain)
+        if not history:
+            where.append("retired IS NULL")
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY domain, use, id DESC"
+        return [
+            GatewayKeyRecord(
+                domain=d, use=KeyUse(u), pem=bytes(pem), fingerprint=fp,
+                capabilities=tuple(c for c in caps.split(",") if c),
+                added=_dt(added), retired=None if retired is None else _dt(retired),
+            )
+            for d, u, pem, fp, caps, added, retired in self._db.execute(sql, params)
+        ]
+
+    # accounts ------------------------------------------------------------------------
+    def add_account(self, account: AccountRecord) -> None:
+        with self._tx():
+            self._require_domain(account.domain)
+            if self.account(account.name) is not None:
+                raise StoreError(f"account {account.name} already exists")
+            h = account.password
+            self._db.execute(
+                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (account.name, account.role.value, account.domain, h.salt, h.n, h.r, h.p,
+                 h.digest, _ts(account.created)),
+            )
+
+    def _account_rows(self, where: str = "", params: Sequence[object] = ()) -> list[AccountRecord]:
+        rows = self._db.execute(
+            "SELECT name, role, domain, salt, n, r, p, digest, created FROM accounts"
+            + where + " ORDER BY name",
+            tuple(params),
+        )
+        return [
+            AccountRecord(name, AccountRole(role), domain,
+                          PasswordHash(bytes(salt), n, r, p, bytes(digest)), _dt(created))
+            for name, role, domain, salt, n, r, p, digest, created in rows
+        ]
+
+    def account(self, name: str) -> AccountRecord | None:
+        found = self._account_rows(" WHERE name = ?", (name,))
+        return found[0] if found else None
+
+    def accounts(self) -> list[AccountRecord]:
+        return self._account_rows()
+
+    def remove_account(self, name: str) -> bool:
+        with self._tx():
+            n = self._db.execute("DELETE FROM accounts WHERE name = ?", (name,)).rowcount
+        return bool(n)
+
+    # genuine certificates ------------------------------------------------------------
+    def add_genuine(self, records: Sequence[GenuineRecord]) -> None:
+        with self._tx():
+            for g in records:
+                self._db.execute(
+                    "INSERT OR REPLACE INTO genuine VALUES (?, ?, ?, ?)",
+                    (g.address_key, g.fingerprint, g.der, _ts(g.not_after)),
+                )
+            self._bump()
+
+    def remove_genuine(self, address_key: str) -> int:
+        with self._tx():
+            n = self._db.execute(
+                "DELETE FROM genuine WHERE address_key = ?", (address_key,)
+            ).rowcount
+            self._bump()
+        return int(n)
+
+    def genuine(self) -> list[GenuineRecord]:
+        rows = self._db.execute(
+            "SELECT address_key, der, fingerprint, not_after FROM genuine"
+            " ORDER BY address_key, not_after DESC"
+        )
+        return [GenuineRecord(a, bytes(d), fp, _dt(na)) for a, d, fp, na in rows]
+
+    # issued containers ---------------------------------------------------------------
+    def save_issued(self, records: Sequence[IssuedRecord]) -> None:
+        if not records:
+            return
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO issued VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (r.key.address_key, r.key.role, r.key.gateway_fingerprint, r.key.purpose,
+                     str(r.serial), r.der, _ts(r.not_before), _ts(r.not_after))
+                    for r in records
+                ],
+            )
+
+    def issued(self, key: CacheKey) -> IssuedRecord | None:
+        row = self._db.execute(
+            "SELECT serial, der, not_before, not_after FROM issued WHERE address_key = ?"
+            " AND role = ? AND gateway_fingerprint = ? AND purpose = ?"
+            " ORDER BY not_after DESC LIMIT 1",
+            (key.address_key, key.role, key.gateway_fingerprint, key.purpose),
+        ).fetchone()
+        if row is None:
+            return None
+        return IssuedRecord(key, bytes(row[1]), int(row[0]), _dt(row[2]), _dt(row[3]))
+
+    def purge_issued(self, now: dt.datetime) -> int:
+        with self._tx():
+            n = self._db.execute("DELETE FROM issued WHERE not_after <= ?", (_ts(now),)).rowcount
+        return int(n)
+
+    # audit ---------------------------------------------------------------------------
+    def append_audit(self, records: Sequence[AuditRecord]) -> None:
+        if not records:
+            return
+        with self._tx():
+            self._db.executemany(
+                "INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
+                [
+                    (_ts(a.time), a.requestor, a.address_hash, ",".join(a.roles),
+                     ",".join(str(s) for s in a.serials))
+                    for a in records
+                ],
+            )
+
+    def audit(self, since: dt.datetime | None = None) -> list[AuditRecord]:
+        rows = self._db.execute(
+            "SELECT time, requestor, address_hash, roles, serials FROM audit"
+            " WHERE time >= ? ORDER BY time, rowid",
+            (0 if since is None else _ts(since),),
+        )
+        return [
+            AuditRecord(_dt(t), req, h, tuple(x for x in roles.split(",") if x),
+                        tuple(int(s) for s in serials.split(",") if s))
+            for t, req, h, roles, serials in rows
+        ]
+
+    def purge_audit(self, older_than: dt.datetime) -> int:
+        with self._tx():
+            n = self._db.execute("DELETE FROM audit WHERE time < ?", (_ts(older_than),)).rowcount
+        return int(n)
+
+    def close(self) -> None:
+        self._db.close()
