@@ -1,0 +1,318 @@
+// The add-on's behaviour: Encrypt toggle, background recipient lookups, encrypt-on-send.
+// Everything that touches `messenger.*` lives here; decisions are made by the pure modules.
+
+import { HostClient, HOST_NAME, PROTOCOL_VERSION } from "./host.js";
+import { bufferToBase64, prepareForOutbox, setHeaders } from "./message.js";
+import { collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
+import { carryOver, describeError, statusList, summarize } from "./status.js";
+import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
+import { keyedDebounce } from "./debounce.js";
+
+const POLL_MS = 1500;
+const LOOKUP_QUIET_MS = 600;
+const POPUP = "popup/popup.html";
+
+const msg = (key, subs) => messenger.i18n.getMessage(key, subs) || key;
+const session = () => messenger.storage.session;
+
+export const host = new HostClient(() => messenger.runtime.connectNative(HOST_NAME));
+
+const lookups = keyedDebounce((tabId) => runLookup(tabId).catch(console.error), LOOKUP_QUIET_MS);
+/** Tabs whose send is being encrypted right now: polling must not race with closing. */
+const sending = new Set();
+
+// ---- badge and title ---------------------------------------------------------------------
+
+export async function renderButton(tabId, state) {
+  const ca = messenger.composeAction;
+  if (!state.encrypt) {
+    await ca.setBadgeText({ tabId, text: msg("badgeOff") });
+    await ca.setBadgeBackgroundColor({ tabId, color: "#6b6b6b" });
+    await ca.setTitle({ tabId, title: msg("titleOff") });
+    await ca.setPopup({ tabId, popup: "" }); // a click turns Encrypt on
+    return;
+  }
+  const summary = summarize(state.statuses);
+  let color = "#1a7f37";
+  let title = msg("titleReady", [String(summary.total)]);
+  if (state.error || state.lookupError || summary.failing > 0) {
+    color = "#c62828";
+    title = msg("titleFailing", [String(summary.failing || 1)]);
+  } else if (!summary.ready) {
+    color = "#b26a00";
+    title = msg("titlePending");
+  }
+  await ca.setBadgeText({ tabId, text: msg("badgeOn") });
+  await ca.setBadgeBackgroundColor({ tabId, color });
+  await ca.setTitle({ tabId, title });
+  // While on, a click opens the status popup (which has the switch to turn it off).
+  await ca.setPopup({ tabId, popup: POPUP });
+}
+
+// ---- toggling ----------------------------------------------------------------------------
+
+export async function setEncrypt(tabId, on) {
+  const state = await updateTabState(session(), tabId, { encrypt: on, error: "", key: "" });
+  await renderButton(tabId, state);
+  if (on) await checkRecipients(tabId, true);
+  return state;
+}
+
+export async function onActionClicked(tab) {
+  const state = await getTabState(session(), tab.id);
+  await setEncrypt(tab.id, !state.encrypt);
+}
+
+// ---- background recipient discovery -------------------------------------------------------
+
+/** Re-read the compose window's recipients; schedule a lookup when they changed. */
+export async function checkRecipients(tabId, immediately = false) {
+  if (sending.has(tabId)) return;
+  const state = await getTabState(session(), tabId);
+  if (!state.encrypt) return;
+  let details;
+  try {
+    details = await messenger.compose.getComposeDetails(tabId);
+  } catch {
+    return; // the window closed meanwhile
+  }
+  const rcpts = collectRecipients(details);
+  const from = extractAddress(details.from ?? "");
+  const key = recipientsKey(from, rcpts.all);
+  if (key === state.key && !immediately) return;
+  const statuses = carryOver(rcpts.all, state.statuses);
+  for (const bad of rcpts.invalid) {
+    statuses.push({ address: bad, state: "invalid_address", gateways: [], reason: msg("reasonInvalidAddress") });
+  }
+  const next = await updateTabState(session(), tabId, { recipients: rcpts.all, statuses, key });
+  await renderButton(tabId, next);
+  if (rcpts.all.length === 0) return;
+  if (immediately) await runLookup(tabId);
+  else lookups.schedule(tabId);
+}
+
+
+async function runLookup(tabId) {
+  const state = await getTabState(session(), tabId);
+  if (!state.encrypt || state.recipients.length === 0) return;
+  const [from] = state.key.split("\n");
+  const asked = state.key;
+  let entries = [];
+  let lookupError = "";
+  try {
+    const result = await host.request("lookup", { from, recipients: state.recipients });
+    entries = result?.recipients ?? [];
+  } catch (e) {
+    lookupError = e.message;
+  }
+  const now = await getTabState(session(), tabId);
+  if (now.key !== asked) return; // recipients changed meanwhile; a newer lookup is scheduled
+  const statuses = lookupError
+    ? state.recipients.map((address) => ({ address, state: "error", gateways: [], reason: lookupError }))
+    : statusList(state.recipients, entries);
+  const next = await updateTabState(session(), tabId, { statuses, lookupError });
+  await renderButton(tabId, next);
+}
+
+/** Poll the open compose tabs with Encrypt on (no API reports recipient edits as they happen). */
+export async function pollComposeTabs() {
+  const tabs = await messenger.tabs.query({ type: "messageCompose" });
+  for (const tab of tabs) await checkRecipients(tab.id).catch(() => {});
+}
+
+export function startPolling() {
+  return setInterval(() => pollComposeTabs().catch(console.error), POLL_MS);
+}
+
+// ---- sending -----------------------------------------------------------------------------
+
+async function gatherAttachments(tabId) {
+  const out = [];
+  for (const att of await messenger.compose.listAttachments(tabId)) {
+    const file = await messenger.compose.getAttachmentFile(att.id);
+    out.push({
+      name: att.name || file.name,
+      content_type: file.type || "application/octet-stream",
+      data_base64: bufferToBase64(await file.arrayBuffer()),
+    });
+  }
+  return out;
+}
+
+async function findFolder(query) {
+  const found = await messenger.folders.query(query);
+  return found.length > 0 ? found[0] : null;
+}
+
+/** Local Folders' "Unsent Messages": the Outbox Thunderbird sends from. */
+async function findOutbox() {
+  const accounts = await messenger.accounts.list(false);
+  const local = accounts.find((a) => a.type === "none");
+  return (
+    (local && (await findFolder({ accountId: local.id, specialUse: ["outbox"] }))) ||
+    (await findFolder({ specialUse: ["outbox"] }))
+  );
+}
+
+function toList(v) {
+  if (v === undefined || v === null) return [];
+  return (Array.isArray(v) ? v : [v]).filter((x) => typeof x === "string" && x.trim() !== "");
+}
+
+/** The encrypt parameters (PROTOCOL.md `encrypt`) from compose details. */
+export async function encryptParams(tab, details, identity) {
+  const plainOnly = details.isPlainText === true;
+  return {
+    from: details.from,
+    to: toList(details.to),
+    cc: toList(details.cc),
+    bcc: toList(details.bcc),
+    reply_to: toList(details.replyTo)[0] ?? null,
+    subject: details.subject ?? "",
+    body_plain: plainOnly ? (details.plainTextBody ?? details.body ?? "") : (details.plainTextBody ?? null),
+    body_html: plainOnly ? null : (details.body ?? null),
+    attachments: await gatherAttachments(tab.id),
+    headers: Object.fromEntries(
+      (details.customHeaders ?? [])
+        .filter((h) => /^x-/i.test(h.name))
+        .map((h) => [h.name, h.value]),
+    ),
+    identity_key: identity.id,
+    account_key: identity.accountId,
+    for_outbox: true,
+  };
+}
+
+async function failSend(tab, title, lines) {
+  const text = lines.join("\n");
+  const state = await updateTabState(session(), tab.id, { error: text });
+  await renderButton(tab.id, state).catch(() => {});
+  await messenger.notifications
+    .create(`keypost-${tab.id}`, {
+      type: "basic",
+      iconUrl: messenger.runtime.getURL("icons/keypost.svg"),
+      title: msg("notSentTitle"),
+      message: `${title}\n${text}`,
+    })
+    .catch(console.error);
+  messenger.composeAction.openPopup({ windowId: tab.windowId }).catch(() => {});
+}
+
+/**
+ * compose.onBeforeSend: with Encrypt on, encrypt through the host, queue the result in the
+ * Outbox, file the clear copy in Sent and cancel Thunderbird's own send. Fails closed: any
+ * error cancels the send and keeps the window open.
+ */
+export async function onBeforeSend(tab, details) {
+  const state = await getTabState(session(), tab.id);
+  if (!state.encrypt) return {};
+  sending.add(tab.id);
+  try {
+    const rcpts = collectRecipients(details);
+    if (rcpts.unresolved > 0 || rcpts.invalid.length > 0) {
+      await failSend(tab, msg("errorRecipients"), [
+        ...rcpts.invalid.map((a) => `${a}: ${msg("reasonInvalidAddress")}`),
+        ...(rcpts.unresolved > 0 ? [msg("reasonAddressBookEntry")] : []),
+      ]);
+      return { cancel: true };
+    }
+    const identity = await messenger.identities.get(details.identityId);
+    const params = await encryptParams(tab, details, identity);
+    let result;
+    try {
+      result = await host.request("encrypt", params);
+    } catch (e) {
+      const { title, lines } = describeError({ name: e.codeName, message: e.message, details: e.details });
+      await failSend(tab, title, lines);
+      return { cancel: true };
+    }
+    const sender = extractAddress(details.from ?? "");
+    const outgoing = prepareForOutbox(result.message, {
+      identityKey: identity.id,
+      accountKey: identity.accountId,
+      sender,
+    });
+    const outbox = await findOutbox();
+    if (!outbox) {
+      await failSend(tab, msg("errorNoOutbox"), [msg("errorNoOutbox")]);
+      return { cancel: true };
+    }
+    // The clear copy first: Thunderbird's own Sent copy of the encrypted message carries the
+    // same Message-ID, and import refuses a Message-ID the folder already has.
+    if (typeof result.sent_copy === "string") {
+      const sent = await findFolder({ accountId: identity.accountId, specialUse: ["sent"] });
+      if (sent) {
+        const copy = setHeaders(result.sent_copy, { "X-Identity-Key": null, "X-Account-Key": null });
+        await messenger.messages
+          .import(new File([copy], "keypost-sent.eml", { type: "message/rfc822" }), sent.id, { read: true })
+          .catch((e) => console.error("keypost: filing the Sent copy failed", e));
+      }
+    }
+    try {
+      await messenger.messages.import(
+        new File([outgoing], "keypost-outbox.eml", { type: "message/rfc822" }),
+        outbox.id,
+        { read: true },
+      );
+    } catch (e) {
+      await failSend(tab, msg("errorQueue"), [String(e?.message ?? e)]);
+      return { cancel: true };
+    }
+    await updateTabState(session(), tab.id, { error: "" });
+    // Close after this listener has returned its cancel, so Thunderbird is not mid-send.
+    setTimeout(() => closeCompose(tab).catch(console.error), 0);
+    return { cancel: true };
+  } catch (e) {
+    await failSend(tab, msg("errorInternal"), [String(e?.message ?? e)]);
+    return { cancel: true };
+  } finally {
+    sending.delete(tab.id);
+  }
+}
+
+async function closeCompose(tab) {
+  sending.add(tab.id);
+  await messenger.compose.setComposeDetails(tab.id, { isModified: false }).catch(() => {});
+  await messenger.windows.remove(tab.windowId);
+}
+
+export async function onTabRemoved(tabId) {
+  lookups.cancel(tabId);
+  sending.delete(tabId);
+  await dropTabState(session(), tabId);
+}
+
+export async function onComposeTabCreated(tab) {
+  if (tab.type !== "messageCompose") return;
+  await renderButton(tab.id, await getTabState(session(), tab.id));
+}
+
+// ---- host set-up ---------------------------------------------------------------------------
+
+export async function ping() {
+  return host.request("ping", {
+    protocol: PROTOCOL_VERSION,
+    version: messenger.runtime.getManifest().version,
+  });
+}
+
+/** Admins preset the directory URL through storage.managed; configure an unconfigured host. */
+export async function applyManagedDirectory() {
+  let managed;
+  try {
+    managed = await messenger.storage.managed.get(["directoryUrl"]);
+  } catch {
+    return; // no managed storage manifest: nothing preset
+  }
+  if (!managed?.directoryUrl) return;
+  const status = await host.request("status", {});
+  if (status.configured) return;
+  // The host needs a trust anchor before it accepts a directory; the installer provides it.
+  if (managed.trustAnchorPem) {
+    await host.request("configure", {
+      directory: managed.directoryUrl,
+      trust_anchor_pem: managed.trustAnchorPem,
+      test: false,
+    });
+  }
+}

@@ -1,0 +1,130 @@
+// The native messaging client: one connectNative port, request ids, chunked replies (PROTOCOL.md).
+
+import { ChunkAssembler, ChunkError } from "./chunks.js";
+
+export const HOST_NAME = "org.keypost.host";
+export const PROTOCOL_VERSION = 1;
+
+/** A failed request: `code`/`name` are PROTOCOL.md's stable error codes (0 = add-on side). */
+export class HostError extends Error {
+  /**
+   * @param {{code?: number, name?: string, message?: string, details?: any}} error
+   */
+  constructor(error) {
+    super(error?.message ?? "host error");
+    this.code = error?.code ?? 0;
+    this.codeName = error?.name ?? "host_unavailable";
+    this.details = error?.details ?? null;
+  }
+}
+
+/**
+ * Talks to the host over one port opened lazily and reopened after it closes.
+ * `connect` is `() => browser.runtime.connectNative(HOST_NAME)` in the add-on and a fake in tests.
+ */
+export class HostClient {
+  /**
+   * @param {() => any} connect
+   * @param {{timeoutMs?: number, setTimer?: typeof setTimeout, clearTimer?: typeof clearTimeout}} [opts]
+   */
+  constructor(connect, opts = {}) {
+    this.connect = connect;
+    this.timeoutMs = opts.timeoutMs ?? 120000;
+    this.setTimer = opts.setTimer ?? setTimeout;
+    this.clearTimer = opts.clearTimer ?? clearTimeout;
+    this.port = null;
+    this.nextId = 1;
+    /** @type {Map<string, {resolve: Function, reject: Function, timer: any}>} */
+    this.pending = new Map();
+    this.chunks = new ChunkAssembler();
+  }
+
+  ensurePort() {
+    if (this.port) return this.port;
+    const port = this.connect();
+    this.port = port;
+    port.onMessage.addListener((frame) => this.onFrame(frame));
+    port.onDisconnect.addListener((p) => this.onDisconnect(port, p?.error ?? port.error));
+    return port;
+  }
+
+  /**
+   * Send one request; resolves with `result`, rejects with HostError.
+   * @param {string} action
+   * @param {object} [params]
+   * @returns {Promise<any>}
+   */
+  request(action, params = {}) {
+    const id = this.nextId++;
+    return new Promise((resolve, reject) => {
+      const key = JSON.stringify(id);
+      const timer = this.setTimer(() => {
+        this.pending.delete(key);
+        reject(new HostError({ code: 0, name: "timeout", message: `the keypost host did not answer ${action}` }));
+      }, this.timeoutMs);
+      this.pending.set(key, { resolve, reject, timer });
+      try {
+        this.ensurePort().postMessage({ id, action, params });
+      } catch (e) {
+        this.clearTimer(timer);
+        this.pending.delete(key);
+        this.port = null;
+        reject(new HostError({ code: 0, name: "host_unavailable", message: String(e?.message ?? e) }));
+      }
+    });
+  }
+
+  onFrame(frame) {
+    let done;
+    try {
+      done = this.chunks.feed(frame);
+    } catch (e) {
+      if (e instanceof ChunkError) {
+        this.settle(frame?.id, null, { code: 0, name: "bad_chunk", message: e.message });
+        return;
+      }
+      throw e;
+    }
+    if (!done.done) return;
+    const reply = done.reply;
+    if (reply?.ok === true) this.settle(reply.id, reply.result, null);
+    else this.settle(reply?.id, null, reply?.error ?? { message: "malformed reply from the host" });
+  }
+
+  settle(id, result, error) {
+    const key = JSON.stringify(id ?? null);
+    const waiter = this.pending.get(key);
+    if (!waiter) {
+      // id null: the host could not read a frame; fail everything outstanding rather than hang.
+      if (id === null || id === undefined) {
+        for (const k of [...this.pending.keys()]) this.settle(JSON.parse(k), null, error);
+      }
+      return;
+    }
+    this.pending.delete(key);
+    this.clearTimer(waiter.timer);
+    if (error) waiter.reject(new HostError(error));
+    else waiter.resolve(result);
+  }
+
+  onDisconnect(port, err) {
+    if (this.port === port) this.port = null;
+    this.chunks.reset();
+    const message = err?.message
+      ? `the keypost host stopped: ${err.message}`
+      : "the keypost host is not installed or stopped (run `keypost install thunderbird`)";
+    for (const key of [...this.pending.keys()]) {
+      this.settle(JSON.parse(key), null, { code: 0, name: "host_unavailable", message });
+    }
+  }
+
+  /** Close the port (tests, shutdown). */
+  close() {
+    if (this.port) {
+      const port = this.port;
+      this.port = null;
+      port.disconnect();
+      this.onDisconnect(port, null);
+    }
+  }
+}

@@ -1,0 +1,120 @@
+// Recipient parsing and normalising: compose fields -> unique, lower-cased-domain addresses.
+
+/**
+ * Split one compose recipient string ("Name <a@b>", "a@b", "Doe, Jane" <j@x>, or several
+ * comma-separated) into bare addresses. Quoted display names may contain commas.
+ * @param {string} text
+ * @returns {string[]}
+ */
+export function splitAddressList(text) {
+  const out = [];
+  let current = "";
+  let quoted = false;
+  let angle = 0;
+  for (let i = 0; i < text.length; i++) {
+    const ch = text[i];
+    if (ch === "\\" && quoted && i + 1 < text.length) {
+      current += ch + text[++i];
+      continue;
+    }
+    if (ch === '"') quoted = !quoted;
+    else if (!quoted && ch === "<") angle++;
+    else if (!quoted && ch === ">") angle = Math.max(0, angle - 1);
+    if ((ch === "," || ch === ";") && !quoted && angle === 0) {
+      out.push(current);
+      current = "";
+    } else {
+      current += ch;
+    }
+  }
+  out.push(current);
+  return out.map(extractAddress).filter((a) => a !== "");
+}
+
+/**
+ * The address part of one mailbox: the last <...> outside quotes, else the whole text.
+ * @param {string} mailbox
+ * @returns {string}
+ */
+export function extractAddress(mailbox) {
+  const s = mailbox.trim();
+  if (s === "") return "";
+  let quoted = false;
+  let start = -1;
+  let found = "";
+  for (let i = 0; i < s.length; i++) {
+    const ch = s[i];
+    if (ch === "\\" && quoted) {
+      i++;
+      continue;
+    }
+    if (ch === '"') quoted = !quoted;
+    else if (!quoted && ch === "<") start = i;
+    else if (!quoted && ch === ">" && start >= 0) {
+      found = s.slice(start + 1, i);
+      start = -1;
+    }
+  }
+  return (found || s).trim();
+}
+
+/**
+ * Normalise an address for matching: trim, lower-case the domain (local parts keep their
+ * case, as the host and directory treat them), strip a trailing dot. Returns "" when the text
+ * is not shaped like local@domain.
+ * @param {string} address
+ * @returns {string}
+ */
+export function normalizeAddress(address) {
+  const s = address.trim();
+  const at = s.lastIndexOf("@");
+  if (at <= 0 || at === s.length - 1 || /\s/.test(s)) return "";
+  const domain = s.slice(at + 1).replace(/\.$/, "").toLowerCase();
+  if (!domain.includes(".") || domain.startsWith(".") || domain.includes("..")) return "";
+  return `${s.slice(0, at)}@${domain}`;
+}
+
+/**
+ * Collect the recipients of compose details ({to, cc, bcc}; each a string or an array of
+ * strings / address book references). Address book references (objects) cannot be resolved
+ * without extra permissions: they are returned in `unresolved` so the caller can fail closed.
+ * @param {{to?: unknown, cc?: unknown, bcc?: unknown}} details
+ * @returns {{to: string[], cc: string[], bcc: string[], all: string[], invalid: string[], unresolved: number}}
+ */
+export function collectRecipients(details) {
+  const seen = new Set();
+  const result = { to: [], cc: [], bcc: [], all: [], invalid: [], unresolved: 0 };
+  for (const field of ["to", "cc", "bcc"]) {
+    let values = details[field] ?? [];
+    if (!Array.isArray(values)) values = [values];
+    for (const value of values) {
+      if (typeof value !== "string") {
+        result.unresolved++;
+        continue;
+      }
+      for (const raw of splitAddressList(value)) {
+        const norm = normalizeAddress(raw);
+        if (norm === "") {
+          result.invalid.push(raw);
+          continue;
+        }
+        const key = norm.toLowerCase();
+        if (seen.has(key)) continue;
+        seen.add(key);
+        result[field].push(norm);
+        result.all.push(norm);
+      }
+    }
+  }
+  return result;
+}
+
+/**
+ * A stable key for a recipient set, used to skip lookups when nothing changed.
+ * @param {string} sender
+ * @param {string[]} recipients
+ * @returns {string}
+ */
+export function recipientsKey(sender, recipients) {
+  return [sender.toLowerCase(), ...recipients.map((r) => r.toLowerCase()).sort()].join("\n");
+}

@@ -1,0 +1,108 @@
+// Recipient status from host lookup/encrypt entries: what the popup shows and whether sending may go on.
+
+/** States the popup knows; each has a _locales message "status_<state>". */
+export const STATES = Object.freeze([
+  "pending",
+  "gateway",
+  "genuine",
+  "no_container",
+  "invalid",
+  "invalid_address",
+  "error",
+]);
+
+/**
+ * One recipient's display state from a PROTOCOL.md lookup entry.
+ * @param {any} entry  {address, status, containers, reason}
+ * @returns {{address: string, state: string, gateways: string[], reason: string}}
+ */
+export function classify(entry) {
+  const address = String(entry?.address ?? "");
+  const reason = entry?.reason ? String(entry.reason) : "";
+  const status = entry?.status;
+  const used = (Array.isArray(entry?.containers) ? entry.containers : []).filter(
+    (c) => c && c.valid && c.used !== false,
+  );
+  if (status === "ok" && used.length > 0) {
+    const gateways = [];
+    for (const c of used) {
+      if (c.role === "proxy-encryption") {
+        const g = c.gateway || c.gateway_fingerprint?.slice(0, 12) || "?";
+        if (!gateways.includes(g)) gateways.push(g);
+      }
+    }
+    if (gateways.length > 0) return { address, state: "gateway", gateways, reason };
+    return { address, state: "genuine", gateways: [], reason };
+  }
+  if (status === "ok") return { address, state: "invalid", gateways: [], reason: reason || "no usable container" };
+  const known = ["no_container", "invalid", "invalid_address", "error"];
+  return {
+    address,
+    state: known.includes(status) ? status : "error",
+    gateways: [],
+    reason: reason || String(status ?? "no answer"),
+  };
+}
+
+/**
+ * Status of every recipient in compose order: entries from the host where known, "pending"
+ * for recipients the host has not answered for yet.
+ * @param {string[]} recipients
+ * @param {any[]} entries
+ * @returns {{address: string, state: string, gateways: string[], reason: string}[]}
+ */
+export function statusList(recipients, entries) {
+  const byKey = new Map();
+  for (const e of entries ?? []) {
+    if (e && typeof e.address === "string") byKey.set(e.address.toLowerCase(), e);
+  }
+  return recipients.map((r) => {
+    const e = byKey.get(r.toLowerCase());
+    return e ? classify(e) : { address: r, state: "pending", gateways: [], reason: "" };
+  });
+}
+
+/**
+ * Keep the known status of recipients still present while a new lookup runs, so only newly
+ * entered recipients show "pending".
+ * @param {string[]} recipients
+ * @param {{address: string, state: string}[]} previous
+ */
+export function carryOver(recipients, previous) {
+  const known = new Map((previous ?? []).map((s) => [s.address.toLowerCase(), s]));
+  return recipients.map(
+    (r) => known.get(r.toLowerCase()) ?? { address: r, state: "pending", gateways: [], reason: "" },
+  );
+}
+
+/**
+ * Summary for the badge and title: ready when every recipient has a usable container.
+ * @param {{state: string}[]} list
+ * @returns {{ready: boolean, failing: number, pending: number, total: number}}
+ */
+export function summarize(list) {
+  let failing = 0;
+  let pending = 0;
+  for (const s of list) {
+    if (s.state === "pending") pending++;
+    else if (s.state !== "gateway" && s.state !== "genuine") failing++;
+  }
+  return { ready: list.length > 0 && failing === 0 && pending === 0, failing, pending, total: list.length };
+}
+
+/**
+ * The one-line user message for a failed encrypt reply (PROTOCOL.md error object): names each
+ * failing recipient and why, so the user can fix the recipient list.
+ * @param {any} error  {code, name, message, details}
+ * @returns {{title: string, lines: string[]}}
+ */
+export function describeError(error) {
+  const lines = [];
+  const failing = error?.details?.recipients;
+  if (Array.isArray(failing) && failing.length > 0) {
+    for (const r of failing) lines.push(`${r.address}: ${r.reason}`);
+  } else {
+    lines.push(String(error?.message ?? "unknown error"));
+  }
+  return { title: String(error?.name ?? "error"), lines };
+}

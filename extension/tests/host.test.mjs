@@ -1,0 +1,78 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { HostClient, HostError } from "../modules/host.js";
+
+// A fake native port: records posted requests; the test plays the host.
+function fakePort() {
+  const port = {
+    sent: [],
+    msgListeners: [],
+    discListeners: [],
+    disconnected: false,
+    onMessage: { addListener: (f) => port.msgListeners.push(f) },
+    onDisconnect: { addListener: (f) => port.discListeners.push(f) },
+    postMessage: (m) => port.sent.push(m),
+    disconnect: () => (port.disconnected = true),
+    emit: (frame) => port.msgListeners.forEach((f) => f(frame)),
+    die: (error) => port.discListeners.forEach((f) => f({ error })),
+  };
+  return port;
+}
+
+test("requests get distinct ids and replies resolve the right promise", async () => {
+  const ports = [];
+  const client = new HostClient(() => (ports.push(fakePort()), ports.at(-1)));
+  const a = client.request("ping", { protocol: 1 });
+  const b = client.request("status");
+  const [p] = ports;
+  assert.equal(ports.length, 1, "one port for both requests");
+  assert.deepEqual(p.sent.map((m) => m.action), ["ping", "status"]);
+  assert.notEqual(p.sent[0].id, p.sent[1].id);
+  p.emit({ id: p.sent[1].id, ok: true, result: { configured: false } });
+  p.emit({ id: p.sent[0].id, ok: false, error: { code: 3, name: "version_mismatch", message: "v" } });
+  assert.deepEqual(await b, { configured: false });
+  await assert.rejects(a, (e) => e instanceof HostError && e.code === 3 && e.codeName === "version_mismatch");
+  client.close();
+});
+
+test("a chunked reply resolves once complete", async () => {
+  const port = fakePort();
+  const client = new HostClient(() => port);
+  const pending = client.request("encrypt", {});
+  const id = port.sent[0].id;
+  const text = JSON.stringify({ id, ok: true, result: { message: "m".repeat(3000) } });
+  const n = 4;
+  const size = Math.ceil(text.length / n);
+  for (let i = 0; i < n; i++) port.emit({ id, chunk: { index: i, count: n, data: text.slice(i * size, (i + 1) * size) } });
+  assert.equal((await pending).message.length, 3000);
+  client.close();
+});
+
+test("a dying host fails outstanding requests and the next request reconnects", async () => {
+  const ports = [];
+  const client = new HostClient(() => (ports.push(fakePort()), ports.at(-1)));
+  const a = client.request("lookup", {});
+  ports[0].die({ message: "No such native application org.keypost.host" });
+  await assert.rejects(a, (e) => e.codeName === "host_unavailable" && /No such native application/.test(e.message));
+  const b = client.request("status");
+  assert.equal(ports.length, 2);
+  ports[1].emit({ id: ports[1].sent[0].id, ok: true, result: 1 });
+  assert.equal(await b, 1);
+  client.close();
+});
+
+test("a bad frame (id null) fails every outstanding request instead of hanging", async () => {
+  const port = fakePort();
+  const client = new HostClient(() => port);
+  const a = client.request("status");
+  port.emit({ id: null, ok: false, error: { code: 1, name: "bad_request", message: "not JSON" } });
+  await assert.rejects(a, (e) => e.code === 1);
+  client.close();
+});
+
+test("requests time out", async () => {
+  const port = fakePort();
+  const client = new HostClient(() => port, { timeoutMs: 5 });
+  await assert.rejects(client.request("status"), (e) => e.codeName === "timeout");
+  client.close();
+});

@@ -1,0 +1,52 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import {
+  collectRecipients,
+  extractAddress,
+  normalizeAddress,
+  recipientsKey,
+  splitAddressList,
+} from "../modules/recipients.js";
+
+test("extractAddress takes the angle address, ignoring <> inside quotes", () => {
+  assert.equal(extractAddress("Bob <bob@example.org>"), "bob@example.org");
+  assert.equal(extractAddress('"Doe <x>, Jane" <jane@example.net>'), "jane@example.net");
+  assert.equal(extractAddress("  carol@example.com "), "carol@example.com");
+  assert.equal(extractAddress(""), "");
+});
+
+test("splitAddressList splits on commas outside quotes and angles", () => {
+  assert.deepEqual(splitAddressList('"Doe, Jane" <jane@example.net>, bob@example.org; c@d.de'), [
+    "jane@example.net",
+    "bob@example.org",
+    "c@d.de",
+  ]);
+  assert.deepEqual(splitAddressList(" , "), []);
+});
+
+test("normalizeAddress lower-cases the domain only and rejects non-addresses", () => {
+  assert.equal(normalizeAddress("Bob@Example.ORG."), "Bob@example.org");
+  assert.equal(normalizeAddress("no-at-sign"), "");
+  assert.equal(normalizeAddress("@example.org"), "");
+  assert.equal(normalizeAddress("a@localhost"), "");
+  assert.equal(normalizeAddress("a b@example.org"), "");
+});
+
+test("collectRecipients dedupes across To/Cc/Bcc, keeps Bcc, reports invalid and unresolved", () => {
+  const r = collectRecipients({
+    to: ["Bob <bob@EXAMPLE.org>", "x"],
+    cc: "bob@example.org, carol@example.net",
+    bcc: ["dave@example.org", { id: "abc", type: "contact" }],
+  });
+  assert.deepEqual(r.to, ["bob@example.org"]);
+  assert.deepEqual(r.cc, ["carol@example.net"]);
+  assert.deepEqual(r.bcc, ["dave@example.org"]);
+  assert.deepEqual(r.all, ["bob@example.org", "carol@example.net", "dave@example.org"]);
+  assert.deepEqual(r.invalid, ["x"]);
+  assert.equal(r.unresolved, 1);
+});
+
+test("recipientsKey ignores order and case", () => {
+  assert.equal(recipientsKey("A@x.org", ["b@y.org", "C@z.org"]), recipientsKey("a@x.org", ["c@z.org", "B@y.org"]));
+  assert.notEqual(recipientsKey("a@x.org", ["b@y.org"]), recipientsKey("a@x.org", ["b@y.org", "c@z.org"]));
+});
