@@ -1,0 +1,884 @@
+"""Key container profile, issuance rules and verification, checked with cryptography,
+pyasn1 and the real openssl / gpgsm command-line tools."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pyasn1.codec.der import decoder as der_decoder
+from pyasn1.type import char, namedtype, univ
+
+from keypost.core import containers as kc
+from keypost.core.address import parse_address
+from keypost.core.errors import ContainerError
+from keypost.core.types import Capability, Purpose, Role
+from keypost.core.x509_ext import (
+    OID_KEYPOST_CONTAINER,
+    OID_NO_REV_AVAIL,
+    OID_SMIME_CAPABILITIES,
+    OID_SMTP_UTF8_MAILBOX,
+    der_tlv,
+)
+
+# Real time (certificates carry whole seconds): the generated CAs are valid from "now".
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+URL = "https://keys.example.org/"
+OPENSSL = shutil.which("openssl")
+needs_openssl = pytest.mark.skipif(OPENSSL is None, reason="openssl not installed")
+
+
+@pytest.fixture(scope="module")
+def ca() -> kc.DirectoryCA:
+    return kc.DirectoryCA.generate(directory_url=URL)
+
+
+@pytest.fixture(scope="module")
+def rsa_ca() -> kc.DirectoryCA:
+    return kc.DirectoryCA.generate("rsa-3072", "keypost RSA CA", URL)
+
+
+@pytest.fixture(scope="module")
+def gw_priv() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def gw(gw_priv: rsa.RSAPrivateKey) -> kc.GatewayKey:
+    return kc.GatewayKey(gw_priv.public_key())
+
+
+def issue(
+    ca: kc.DirectoryCA,
+    gw: kc.GatewayKey,
+    address: str = "alice@example.org",
+    purpose: Purpose = Purpose.ENCRYPT,
+    **kw: object,
+) -> x509.Certificate:
+    request = kc.ContainerRequest(parse_address(address), purpose, gw, **kw)  # type: ignore[arg-type]
+    return ca.issue(request, now=NOW)
+
+
+def ext_value(
+    cert: x509.Certificate, oid: x509.ObjectIdentifier
+) -> x509.Extension[x509.ExtensionType]:
+    return cert.extensions.get_extension_for_oid(oid)
+
+
+def unknown_ext_bytes(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bytes:
+    value = cert.extensions.get_extension_for_oid(oid).value
+    assert isinstance(value, x509.UnrecognizedExtension)
+    return value.value
+
+
+def write_pem(path: Path, *certs: x509.Certificate) -> Path:
+    path.write_bytes(b"".join(kc.to_pem(c) for c in certs))
+    return path
+
+
+def openssl(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    assert OPENSSL is not None
+    return subprocess.run(
+        [OPENSSL, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+class KeypostContainerAsn1(univ.Sequence):  # type: ignore[misc]
+    """The keypost extension's ASN.1 as documented, for an independent decoder."""
+
+    componentType = namedtype.NamedTypes(
+        namedtype.NamedType("role", univ.Enumerated()),
+        namedtype.NamedType("gateway", univ.OctetString()),
+        namedtype.NamedType("directory", char.IA5String()),
+    )
+
+
+# The profile, read with cryptography and pyasn1 ---------------------------------------
+
+
+def test_encryption_container_profile(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw, "Alice@Example.ORG")
+    assert cert.version is x509.Version.v3
+    assert cert.issuer == ca.certificate.subject
+    assert cert.public_key() == gw.public_key
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
+
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "Alice@example.org"
+    assert cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)[0].value == (
+        "Alice@example.org"
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert not san.critical
+    assert san.value.get_values_for_type(x509.RFC822Name) == ["Alice@example.org"]
+
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage)
+    assert ku.critical
+    assert ku.value.key_encipherment and not ku.value.digital_signature
+    assert not ku.value.key_agreement and not ku.value.data_encipherment
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    assert list(eku.value) == [ExtendedKeyUsageOID.EMAIL_PROTECTION]
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca is False
+
+    ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    assert ski == x509.SubjectKeyIdentifier.from_public_key(gw.public_key)
+    aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+    ca_ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert aki.key_identifier == ca_ski.value.digest
+
+    norev = ext_value(cert, OID_NO_REV_AVAIL)
+    assert not norev.critical
+    assert unknown_ext_bytes(cert, OID_NO_REV_AVAIL) == b"\x05\x00"
+
+    # SMIMECapabilities written out by hand from RFC 8551 / RFC 3565 (aes256-cbc, aes128-cbc).
+    expected_caps = bytes.fromhex("301a300b060960864801650304012a300b0609608648016503040102")
+    assert unknown_ext_bytes(cert, OID_SMIME_CAPABILITIES) == expected_caps
+    assert not ext_value(cert, OID_KEYPOST_CONTAINER).critical
+
+    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
+    assert cert.not_valid_before_utc == NOW - dt.timedelta(minutes=5)
+    assert cert.not_valid_after_utc == NOW + dt.timedelta(hours=24)
+    assert lifetime == dt.timedelta(hours=24, minutes=5)
+    assert 0 < cert.serial_number < 2**159
+
+
+def test_keypost_extension_decodes_with_pyasn1(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw)
+    value, rest = der_decoder.decode(
+        unknown_ext_bytes(cert, OID_KEYPOST_CONTAINER), KeypostContainerAsn1()
+    )
+    assert rest == b""
+    assert int(value["role"]) == 0  # proxy-encryption
+    spki = gw.public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    assert bytes(value["gateway"]) == hashlib.sha256(spki).digest()
+    assert str(value["directory"]) == URL
+    info = kc.describe(cert)
+    assert info.role is Role.PROXY_ENCRYPTION
+    assert info.gateway_fingerprint == gw.fingerprint
+    assert info.directory_url == URL
+    assert info.capabilities == (Capability.AES256_CBC, Capability.AES128_CBC)
+    assert info.key_description == "RSA-2048"
+    signing = issue(ca, gw, purpose=Purpose.SIGN)
+    value, _ = der_decoder.decode(
+        unknown_ext_bytes(signing, OID_KEYPOST_CONTAINER), KeypostContainerAsn1()
+    )
+    assert int(value["role"]) == 1  # proxy-signing
+
+
+def test_signing_container(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw, "bob@example.org", Purpose.SIGN)
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.digital_signature and not ku.key_encipherment and not ku.key_agreement
+    assert cert.not_valid_after_utc == NOW + dt.timedelta(days=30)
+    assert kc.describe(cert).role is Role.PROXY_SIGNING
+    assert kc.verify_container(cert, [ca.certificate], "bob@example.org", Purpose.SIGN, NOW).ok
+
+
+def test_ec_gateway_key(ca: kc.DirectoryCA) -> None:
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    gw = kc.GatewayKey(key)
+    assert gw.smime_usable is False
+    cert = issue(ca, gw)
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_agreement and not ku.key_encipherment
+    assert kc.describe(cert).key_description == "EC P-256"
+    assert kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW).ok
+
+
+def test_smime_usable(gw: kc.GatewayKey) -> None:
+    assert gw.smime_usable is True
+
+
+def test_capabilities_follow_gateway_preferences(
+    ca: kc.DirectoryCA, gw_priv: rsa.RSAPrivateKey
+) -> None:
+    only128 = kc.GatewayKey(gw_priv.public_key(), capabilities=(Capability.AES128_CBC,))
+    cert = issue(ca, only128)
+    assert kc.describe(cert).capabilities == (Capability.AES128_CBC,)
+    assert unknown_ext_bytes(cert, OID_SMIME_CAPABILITIES) == bytes.fromhex(
+        "300d300b0609608648016503040102"
+    )
+
+
+def test_ski_same_for_every_container_of_one_key(
+    ca: kc.DirectoryCA, rsa_ca: kc.DirectoryCA, gw: kc.GatewayKey
+) -> None:
+    certs = [
+        issue(ca, gw, "a@one.example"),
+        issue(ca, gw, "b@two.example", Purpose.SIGN),
+        issue(rsa_ca, gw, "c@three.example"),
+        issue(ca, kc.GatewayKey(gw.public_key), "d@four.example"),  # a fresh GatewayKey object
+    ]
+    skis = {c.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value for c in certs}
+    assert len(skis) == 1
+    assert len({c.serial_number for c in certs}) == len(certs)
+    other = kc.GatewayKey(rsa.generate_private_key(65537, 2048).public_key())
+    other_ski = issue(ca, other).extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    assert other_ski.value not in skis
+
+
+def test_serials_are_random_159_bit(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    serials = [issue(ca, gw).serial_number for _ in range(64)]
+    assert len(set(serials)) == 64
+    assert all(0 < s < 2**159 for s in serials)
+    # 64 random 159-bit numbers: the largest is below 2**150 with probability 2**-576.
+    assert max(s.bit_length() for s in serials) > 150
+
+
+# Addresses: IDN, SmtpUTF8Mailbox, long addresses ---------------------------------------
+
+
+def test_idn_domain_written_as_a_label(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw, "Info@Bücher.Example")
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == ["Info@xn--bcher-kva.example"]
+    for wanted in ("Info@bücher.example", "Info@XN--BCHER-KVA.example"):
+        assert kc.verify_container(cert, [ca.certificate], wanted, Purpose.ENCRYPT, NOW).ok
+
+
+def test_non_ascii_local_part_uses_smtputf8mailbox(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw, "jörg@bücher.example")
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == []
+    (other,) = san.get_values_for_type(x509.OtherName)
+    assert other.type_id == OID_SMTP_UTF8_MAILBOX
+    assert OID_SMTP_UTF8_MAILBOX.dotted_string == "1.3.6.1.5.5.7.8.9"
+    decoded, rest = der_decoder.decode(other.value, char.UTF8String())
+    assert rest == b""
+    assert str(decoded) == "jörg@bücher.example"  # RFC 8398 section 3: domain as U-labels
+    # emailAddress is an IA5String: a UTF-8 address can only go into the CN.
+    assert cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS) == []
+    assert (
+        cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "jörg@bücher.example"
+    )
+    assert kc.describe(cert).addresses == ("jörg@bücher.example",)
+    ok = kc.verify_container(
+        cert, [ca.certificate], "jörg@xn--bcher-kva.example", Purpose.ENCRYPT, NOW
+    )
+    assert ok.ok, ok.reasons
+    wrong = kc.verify_container(cert, [ca.certificate], "jorg@bücher.example", Purpose.ENCRYPT, NOW)
+    assert not wrong.ok
+
+
+def test_long_addresses(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    long_ascii = "a" * 60 + "@example.org"  # > 64 characters: no CN (ub-common-name)
+    cert = issue(ca, gw, long_ascii)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []
+    assert cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)[0].value == long_ascii
+    assert not cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    long_utf8 = "ü" * 30 + "@" + "x" * 40 + ".example"
+    cert = issue(ca, gw, long_utf8)
+    assert len(cert.subject) == 0
+    assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
+    assert kc.verify_container(cert, [ca.certificate], long_utf8, Purpose.ENCRYPT, NOW).ok
+
+
+# Lifetimes ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("purpose", "lifetime", "ok"),
+    [
+        (Purpose.ENCRYPT, dt.timedelta(minutes=5), True),
+        (Purpose.ENCRYPT, dt.timedelta(minutes=4, seconds=59), False),
+        (Purpose.ENCRYPT, dt.timedelta(hours=1), True),
+        (Purpose.ENCRYPT, dt.timedelta(hours=24), True),
+        (Purpose.ENCRYPT, dt.timedelta(hours=24, seconds=1), False),
+        (Purpose.SIGN, dt.timedelta(days=30), True),
+        (Purpose.SIGN, dt.timedelta(days=30, seconds=1), False),
+        (Purpose.SIGN, dt.timedelta(minutes=5), True),
+        (Purpose.SIGN, dt.timedelta(0), False),
+        (Purpose.ENCRYPT, dt.timedelta(hours=-1), False),
+    ],
+)
+def test_lifetimes(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey, purpose: Purpose, lifetime: dt.timedelta, ok: bool
+) -> None:
+    if not ok:
+        with pytest.raises(ContainerError, match="lifetime"):
+            issue(ca, gw, purpose=purpose, lifetime=lifetime)
+        return
+    cert = issue(ca, gw, purpose=purpose, lifetime=lifetime)
+    assert cert.not_valid_before_utc == NOW - kc.DEFAULT_SKEW
+    assert cert.not_valid_after_utc == NOW + lifetime
+
+
+def test_container_cannot_outlive_the_ca(gw: kc.GatewayKey) -> None:
+    short = kc.DirectoryCA.generate(validity=dt.timedelta(hours=1))
+    with pytest.raises(ContainerError, match="CA expires"):
+        short.issue(kc.ContainerRequest(parse_address("a@b.example"), Purpose.ENCRYPT, gw))
+
+
+# Compatibility option ------------------------------------------------------------------
+
+
+def self_signed_gateway_cert(key: rsa.RSAPrivateKey, serial: int = 4242) -> x509.Certificate:
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mail gateway of example.org")])
+    issuer = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Gateway Vendor CA")])
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer)
+        .public_key(key.public_key())
+        .serial_number(serial)
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=365))
+        .sign(key, hashes.SHA256())
+    )
+
+
+def test_compat_issuer_serial(
+    ca: kc.DirectoryCA, gw_priv: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    gw_cert = self_signed_gateway_cert(gw_priv)
+    gw = kc.GatewayKey.from_pem(kc.to_pem(gw_cert))
+    cert = issue(ca, gw, compat_issuer_serial=True)
+    assert cert.issuer == gw_cert.issuer and cert.serial_number == gw_cert.serial_number
+    # still signed by the directory CA, found through the authority key identifier
+    ca_key = ca.certificate.public_key()
+    assert isinstance(ca_key, ec.EllipticCurvePublicKey)
+    ca_key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(hashes.SHA256()))
+    result = kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    assert result.ok, result.reasons
+    other_ca = kc.DirectoryCA.generate()
+    assert not kc.verify_container(
+        cert, [other_ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
+    ).ok
+    # off by default
+    assert issue(ca, gw).issuer == ca.certificate.subject
+    with pytest.raises(ContainerError, match="certificate"):
+        issue(ca, kc.GatewayKey(gw_priv.public_key()), compat_issuer_serial=True)
+
+
+@needs_openssl
+def test_compat_container_breaks_name_chaining_in_openssl(
+    ca: kc.DirectoryCA, gw_priv: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    """The documented trade-off: name-based path building cannot find the signer."""
+    gw = kc.GatewayKey.from_pem(kc.to_pem(self_signed_gateway_cert(gw_priv)))
+    cert = ca.issue(
+        kc.ContainerRequest(parse_address("a@b.example"), Purpose.ENCRYPT, gw, None, True)
+    )
+    res = openssl(
+        "verify",
+        "-CAfile",
+        write_pem(tmp_path / "ca.pem", ca.certificate),
+        write_pem(tmp_path / "c.pem", cert),
+    )
+    assert res.returncode != 0
+
+
+# Real openssl / gpgsm ------------------------------------------------------------------
+
+
+@needs_openssl
+@pytest.mark.parametrize("ca_name", ["ca", "rsa_ca"])
+def test_openssl_verify_purposes(
+    request: pytest.FixtureRequest, ca_name: str, gw: kc.GatewayKey, tmp_path: Path
+) -> None:
+    directory_ca: kc.DirectoryCA = request.getfixturevalue(ca_name)
+    ca_pem = write_pem(tmp_path / "ca.pem", directory_ca.certificate)
+    enc = write_pem(
+        tmp_path / "enc.pem",
+        directory_ca.issue(
+            kc.ContainerRequest(parse_address("alice@example.org"), Purpose.ENCRYPT, gw)
+        ),
+    )
+    sig = write_pem(
+        tmp_path / "sig.pem",
+        directory_ca.issue(
+            kc.ContainerRequest(parse_address("alice@example.org"), Purpose.SIGN, gw)
+        ),
+    )
+    res = openssl("verify", "-CAfile", ca_pem, "-purpose", "smimeencrypt", enc)
+    assert res.returncode == 0, res.stdout + res.stderr
+    res = openssl("verify", "-CAfile", ca_pem, "-purpose", "smimesign", sig)
+    assert res.returncode == 0, res.stdout + res.stderr
+    # and openssl refuses the wrong purpose, so the key usages really differ
+    assert openssl("verify", "-CAfile", ca_pem, "-purpose", "smimeencrypt", sig).returncode != 0
+    assert openssl("verify", "-CAfile", ca_pem, "-purpose", "smimesign", enc).returncode != 0
+    other = write_pem(tmp_path / "other.pem", kc.DirectoryCA.generate().certificate)
+    assert openssl("verify", "-CAfile", other, enc).returncode != 0
+
+
+@needs_openssl
+def test_openssl_text_shows_profile(ca: kc.DirectoryCA, gw: kc.GatewayKey, tmp_path: Path) -> None:
+    cert = issue(ca, gw)
+    path = write_pem(tmp_path / "c.pem", cert)
+    text = openssl("x509", "-in", path, "-noout", "-text").stdout
+    lines = [line.strip() for line in text.splitlines()]
+    assert "X509v3 Basic Constraints: critical" in lines
+    assert "CA:FALSE" in lines
+    assert "X509v3 Key Usage: critical" in lines
+    assert "Key Encipherment" in lines
+    assert "X509v3 Extended Key Usage:" in lines and "E-mail Protection" in lines
+    assert "email:alice@example.org" in lines
+    assert "Subject: CN = alice@example.org, emailAddress = alice@example.org" in lines
+    assert "Issuer: CN = keypost directory CA" in lines
+    assert any(line.startswith("X509v3 No Revocation Available") for line in lines)
+    assert any(line.startswith("S/MIME Capabilities") for line in lines)
+    assert any(line.startswith(OID_KEYPOST_CONTAINER.dotted_string) for line in lines)
+    assert "Signature Algorithm: ecdsa-with-SHA256" in lines
+    fp = openssl("x509", "-in", path, "-noout", "-fingerprint", "-sha256").stdout.strip()
+    assert fp.split("=", 1)[1] == kc.sha256_fingerprint(cert)
+    serial = openssl("x509", "-in", path, "-noout", "-serial").stdout.strip()
+    assert int(serial.split("=", 1)[1], 16) == cert.serial_number
+
+
+@needs_openssl
+def test_pkcs7_bundle_read_by_openssl(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey, tmp_path: Path
+) -> None:
+    certs = [issue(ca, gw), ca.certificate]
+    bundle = tmp_path / "b.p7b"
+    bundle.write_bytes(kc.pkcs7_bundle(certs))
+    res = openssl("pkcs7", "-inform", "DER", "-in", bundle, "-print_certs")
+    assert res.returncode == 0, res.stderr
+    certs.sort(key=kc.to_der)
+    assert sorted(kc.load_certificates(res.stdout.encode()), key=kc.to_der) == certs
+    assert sorted(kc.load_certificates(bundle.read_bytes()), key=kc.to_der) == certs
+    pem = openssl("pkcs7", "-inform", "DER", "-in", bundle, "-outform", "PEM").stdout.encode()
+    assert sorted(kc.load_certificates(pem), key=kc.to_der) == certs
+
+
+@pytest.mark.skipif(shutil.which("gpgsm") is None, reason="gpgsm not installed")
+def test_gpgsm_imports_and_lists_address(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey, tmp_path: Path
+) -> None:
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+    cert = ca.issue(kc.ContainerRequest(parse_address("carol@example.org"), Purpose.ENCRYPT, gw))
+    path = write_pem(tmp_path / "both.pem", ca.certificate, cert)
+    try:
+        run = subprocess.run(
+            ["gpgsm", "--batch", "--disable-dirmngr", "--import", str(path)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        listed = subprocess.run(
+            [
+                "gpgsm",
+                "--batch",
+                "--with-colons",
+                "--disable-dirmngr",
+                "--list-keys",
+                "carol@example.org",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False)
+    assert listed.returncode == 0, listed.stderr
+    uids = [line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("uid:")]
+    assert "<carol@example.org>" in uids
+    fprs = [line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:")]
+    assert cert.fingerprint(hashes.SHA1()).hex().upper() in fprs  # gpgsm's own id, not ours
+
+
+# Verification failure reasons ----------------------------------------------------------
+
+
+def reasons_of(result: kc.VerificationResult) -> str:
+    assert not result.ok
+    assert result.reasons
+    return " | ".join(result.reasons)
+
+
+def test_result_cannot_be_truth_tested(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    result = kc.verify_container(
+        issue(ca, gw), [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
+    )
+    assert result.ok and result.reasons == ()
+    with pytest.raises(TypeError):
+        bool(result)
+
+
+def test_wrong_anchor(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw)
+    other = kc.DirectoryCA.generate()
+    text = reasons_of(
+        kc.verify_container(cert, [other.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "signature does not verify" in text  # same CA name, different key
+    renamed = kc.DirectoryCA.generate(common_name="another CA")
+    text = reasons_of(
+        kc.verify_container(cert, [renamed.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "not issued by a trusted directory CA" in text
+    assert reasons_of(kc.verify_container(cert, [], "alice@example.org", Purpose.ENCRYPT, NOW))
+    # the right anchor among others still works
+    assert kc.verify_container(
+        cert, [renamed.certificate, ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
+    ).ok
+
+
+def test_expired_and_not_yet_valid(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw, lifetime=dt.timedelta(minutes=10))
+    later = NOW + dt.timedelta(minutes=10, seconds=1)
+    assert "expired" in reasons_of(
+        kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, later)
+    )
+    assert kc.verify_container(
+        cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW + dt.timedelta(minutes=10)
+    ).ok
+    earlier = NOW - dt.timedelta(minutes=6)
+    assert "not valid before" in reasons_of(
+        kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, earlier)
+    )
+    # the 5-minute skew is real: a clock 4 minutes slow still accepts it
+    assert kc.verify_container(
+        cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW - dt.timedelta(minutes=4)
+    ).ok
+
+
+def test_wrong_address(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = issue(ca, gw, "alice@example.org")
+    for wrong in ("bob@example.org", "alice@example.com", "Alice@example.org"):
+        text = reasons_of(kc.verify_container(cert, [ca.certificate], wrong, Purpose.ENCRYPT, NOW))
+        assert "not for" in text
+    assert "invalid" in reasons_of(
+        kc.verify_container(cert, [ca.certificate], "not an address", Purpose.ENCRYPT, NOW)
+    )
+    # the domain matches case-insensitively; a parsed Address works as well as a string
+    for right in ("alice@EXAMPLE.org", parse_address("alice@Example.Org")):
+        assert kc.verify_container(cert, [ca.certificate], right, Purpose.ENCRYPT, NOW).ok
+
+
+def test_wrong_purpose(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    enc = issue(ca, gw)
+    text = reasons_of(
+        kc.verify_container(enc, [ca.certificate], "alice@example.org", Purpose.SIGN, NOW)
+    )
+    assert "digitalSignature" in text and "proxy-encryption" in text
+    sig = issue(ca, gw, purpose=Purpose.SIGN)
+    text = reasons_of(
+        kc.verify_container(sig, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "keyEncipherment" in text
+    # even when the caller accepts both roles, the role must fit the purpose
+    text = reasons_of(
+        kc.verify_container(
+            sig,
+            [ca.certificate],
+            "alice@example.org",
+            Purpose.ENCRYPT,
+            NOW,
+            expected_roles=[Role.PROXY_ENCRYPTION, Role.PROXY_SIGNING],
+        )
+    )
+    assert "does not fit purpose encrypt" in text
+
+
+def ca_private_key(ca: kc.DirectoryCA) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey:
+    key = serialization.load_pem_private_key(ca.key_pem(), None)
+    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
+    return key
+
+
+def hand_built(
+    ca: kc.DirectoryCA,
+    public_key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey,
+    *,
+    keypost_role: bool,
+    address: str = "alice@example.org",
+) -> x509.Certificate:
+    """A container-like certificate built without DirectoryCA.issue."""
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(minutes=5))
+        .not_valid_after(NOW + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
+        .add_extension(
+            x509.KeyUsage(False, False, True, False, False, False, False, False, False),
+            critical=True,
+        )
+        .add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False
+        )
+    )
+    if keypost_role:
+        builder = builder.add_extension(
+            x509.UnrecognizedExtension(
+                OID_KEYPOST_CONTAINER,
+                bytes.fromhex("30270a01000420") + bytes(32) + bytes.fromhex("1600"),
+            ),
+            critical=False,
+        )
+    return builder.sign(ca_private_key(ca), hashes.SHA256())
+
+
+def resign_with_sha1(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> x509.Certificate:
+    """Turn a sha256WithRSAEncryption certificate into a sha1WithRSAEncryption one by hand:
+    cryptography refuses to sign with SHA-1, so swap the algorithm OIDs and re-sign."""
+    sha256_rsa = bytes.fromhex("06092a864886f70d01010b")
+    sha1_rsa = bytes.fromhex("06092a864886f70d010105")
+    tbs = cert.tbs_certificate_bytes
+    assert tbs.count(sha256_rsa) == 1
+    tbs = tbs.replace(sha256_rsa, sha1_rsa)
+    signature = key.sign(tbs, padding.PKCS1v15(), hashes.SHA1())
+    algorithm = der_tlv(0x30, sha1_rsa + b"\x05\x00")
+    der = der_tlv(0x30, tbs + algorithm + der_tlv(0x03, b"\x00" + signature))
+    return x509.load_der_x509_certificate(der)
+
+
+def test_sha1_signed_container_refused(rsa_ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    key = ca_private_key(rsa_ca)
+    assert isinstance(key, rsa.RSAPrivateKey)
+    good = hand_built(rsa_ca, gw.public_key, keypost_role=True)
+    assert kc.verify_container(
+        good, [rsa_ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
+    ).ok
+    sha1 = resign_with_sha1(good, key)
+    assert isinstance(sha1.signature_hash_algorithm, hashes.SHA1)
+    text = reasons_of(
+        kc.verify_container(sha1, [rsa_ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "SHA1" in text
+    assert "signature does not verify" not in text  # the signature itself is genuine
+
+
+def test_rsa_1024_container_refused(ca: kc.DirectoryCA) -> None:
+    weak = rsa.generate_private_key(65537, 1024).public_key()
+    cert = hand_built(ca, weak, keypost_role=True)
+    text = reasons_of(
+        kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "RSA-1024" in text
+    with pytest.raises(ContainerError, match="RSA-1024"):
+        issue(ca, kc.GatewayKey(weak))
+
+
+def test_missing_role_extension(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = hand_built(ca, gw.public_key, keypost_role=False)
+    text = reasons_of(
+        kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "no keypost role extension" in text
+    # accepted as a genuine certificate only when the caller asks for that role
+    genuine = kc.verify_container(
+        cert,
+        [ca.certificate],
+        "alice@example.org",
+        Purpose.ENCRYPT,
+        NOW,
+        expected_roles=[Role.GENUINE, Role.PROXY_ENCRYPTION],
+    )
+    assert genuine.ok, genuine.reasons
+    assert genuine.info is not None and genuine.info.role is None
+
+
+def test_malformed_keypost_extension_is_a_reason(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([]))
+        .issuer_name(ca.certificate.subject)
+        .public_key(gw.public_key)
+        .serial_number(7)
+        .not_valid_before(NOW)
+        .not_valid_after(NOW + dt.timedelta(hours=1))
+        .add_extension(
+            x509.UnrecognizedExtension(OID_KEYPOST_CONTAINER, b"\x30\x05\x0a\x01"), critical=False
+        )
+        .sign(ca_private_key(ca), hashes.SHA256())
+    )
+    result = kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    assert "truncated" in reasons_of(result)
+    with pytest.raises(ContainerError):
+        kc.describe(cert)
+
+
+def genuine_cert(
+    issuer: x509.Certificate,
+    issuer_key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey,
+    address: str,
+    *,
+    san: bool = True,
+) -> x509.Certificate:
+    key = rsa.generate_private_key(65537, 2048)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.EMAIL_ADDRESS, address)]))
+        .issuer_name(issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(NOW - dt.timedelta(days=1))
+        .not_valid_after(NOW + dt.timedelta(days=365))
+    )
+    if san:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def test_genuine_certificate_against_given_roots() -> None:
+    public_ca = kc.DirectoryCA.generate(common_name="Some Public S/MIME CA")
+    key = ca_private_key(public_ca)
+    cert = genuine_cert(public_ca.certificate, key, "dave@example.net")
+    roles = [Role.GENUINE]
+    ok = kc.verify_container(
+        cert,
+        [public_ca.certificate],
+        "dave@example.net",
+        Purpose.ENCRYPT,
+        NOW,
+        expected_roles=roles,
+    )
+    assert ok.ok, ok.reasons
+    assert ok.info is not None and ok.info.addresses == ("dave@example.net",)
+    assert not kc.verify_container(
+        cert,
+        [kc.DirectoryCA.generate().certificate],
+        "dave@example.net",
+        Purpose.ENCRYPT,
+        NOW,
+        expected_roles=roles,
+    ).ok
+    # no SAN: the subject's emailAddress names the address (RFC 8550 legacy)
+    old = genuine_cert(public_ca.certificate, key, "erin@example.net", san=False)
+    assert kc.describe(old).addresses == ("erin@example.net",)
+    assert kc.verify_container(
+        old, [public_ca.certificate], "erin@example.net", Purpose.SIGN, NOW, expected_roles=roles
+    ).ok
+    # by default only keypost containers are accepted
+    assert "no keypost role" in reasons_of(
+        kc.verify_container(cert, [public_ca.certificate], "dave@example.net", Purpose.ENCRYPT, NOW)
+    )
+
+
+def test_weak_or_expired_anchor(gw: kc.GatewayKey) -> None:
+    short = kc.DirectoryCA.generate(validity=dt.timedelta(days=2))
+    cert = short.issue(kc.ContainerRequest(parse_address("a@b.example"), Purpose.ENCRYPT, gw))
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    text = reasons_of(
+        kc.verify_container(cert, [short.certificate], "a@b.example", Purpose.ENCRYPT, later)
+    )
+    assert "trust anchor is outside its validity" in text
+
+
+# Keys, loading, serialisation ---------------------------------------------------------
+
+
+def test_gateway_key_from_pem_forms(gw_priv: rsa.RSAPrivateKey, tmp_path: Path) -> None:
+    spki_der = gw_priv.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    spki_pem = gw_priv.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    for data in (spki_pem, spki_der):
+        key = kc.GatewayKey.from_pem(data)
+        assert key.certificate is None
+        assert key.fingerprint == hashlib.sha256(spki_der).hexdigest()
+    cert = self_signed_gateway_cert(gw_priv)
+    for data in (kc.to_pem(cert), kc.to_der(cert)):
+        key = kc.GatewayKey.from_pem(data, [Capability.AES128_CBC])
+        assert key.certificate == cert
+        assert key.capabilities == (Capability.AES128_CBC,)
+        assert key.fingerprint == kc.sha256_fingerprint(cert).replace(":", "").lower()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: rsa.generate_private_key(65537, 1024).public_key(), "RSA-1024"),
+        (lambda: ed25519.Ed25519PrivateKey.generate().public_key(), "not accepted"),
+    ],
+)
+def test_gateway_key_refused(make: object, message: str) -> None:
+    pub = make()  # type: ignore[operator]
+    pem = pub.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(ContainerError, match=message):
+        kc.GatewayKey.from_pem(pem)
+
+
+def test_gateway_key_garbage(gw_priv: rsa.RSAPrivateKey) -> None:
+    priv_pem = gw_priv.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    for data in (priv_pem, b"hello", b"", b"-----BEGIN CERTIFICATE-----\nAAAA\n"):
+        with pytest.raises(ContainerError):
+            kc.GatewayKey.from_pem(data)
+
+
+def test_ca_load_roundtrip(rsa_ca: kc.DirectoryCA, ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    cert_pem = kc.to_pem(rsa_ca.certificate)
+    locked = rsa_ca.key_pem(b"s3cret")
+    assert b"ENCRYPTED" in locked
+    loaded = kc.DirectoryCA.load(cert_pem, locked, b"s3cret", directory_url=URL)
+    assert loaded.certificate == rsa_ca.certificate
+    cert = loaded.issue(kc.ContainerRequest(parse_address("a@b.example"), Purpose.ENCRYPT, gw))
+    assert isinstance(cert.signature_hash_algorithm, hashes.SHA256)
+    assert kc.verify_container(cert, [rsa_ca.certificate], "a@b.example", Purpose.ENCRYPT).ok
+    with pytest.raises(ContainerError, match="password") as err:
+        kc.DirectoryCA.load(cert_pem, locked, b"wrong")
+    assert "wrong" not in str(err.value).replace("wrong password", "")
+    with pytest.raises(ContainerError, match="does not belong"):
+        kc.DirectoryCA.load(cert_pem, ca.key_pem())
+    leaf = kc.to_pem(issue(ca, gw))
+    with pytest.raises(ContainerError):
+        kc.DirectoryCA.load(leaf, ca.key_pem())
+    with pytest.raises(ContainerError):
+        kc.DirectoryCA.load(b"nonsense", ca.key_pem())
+
+
+def test_ca_profile(rsa_ca: kc.DirectoryCA) -> None:
+    cert = rsa_ca.certificate
+    bc = cert.extensions.get_extension_for_class(x509.BasicConstraints)
+    assert bc.critical and bc.value.ca
+    ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert ku.key_cert_sign and ku.crl_sign
+    key = cert.public_key()
+    assert isinstance(key, rsa.RSAPublicKey) and key.key_size == 3072
+    with pytest.raises(ContainerError):
+        kc.DirectoryCA.generate("dsa-1024")  # type: ignore[arg-type]
+
+
+def test_load_certificates_forms(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    a, b = issue(ca, gw), ca.certificate
+    assert kc.load_certificates(kc.to_pem(a) + kc.to_pem(b)) == [a, b]
+    assert kc.load_certificates(kc.to_der(a)) == [a]
+    # PKCS#7 holds a DER SET OF certificates: the order is the encoding's, not ours
+    assert sorted(kc.load_certificates(kc.pkcs7_bundle([a, b])), key=kc.to_der) == sorted(
+        [a, b], key=kc.to_der
+    )
+    for bad in (b"", b"junk", b"-----BEGIN PUBLIC KEY-----\nAA\n-----END PUBLIC KEY-----\n"):
+        with pytest.raises(ContainerError):
+            kc.load_certificates(bad)
+    with pytest.raises(ContainerError):
+        kc.pkcs7_bundle([])
+
+
+def test_sha256_fingerprint_format(ca: kc.DirectoryCA) -> None:
+    fp = kc.sha256_fingerprint(ca.certificate)
+    parts = fp.split(":")
+    assert len(parts) == 32 and all(len(p) == 2 and p == p.upper() for p in parts)
+    assert bytes.fromhex("".join(parts)) == hashlib.sha256(kc.to_der(ca.certificate)).digest()
