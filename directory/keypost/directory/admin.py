@@ -1,0 +1,173 @@
+"""Operator actions on a data directory (init, domains, genuine certificates, accounts, CA).
+
+The CLI parses arguments and prints; these functions do the work and raise DirectoryError
+(or a core KeypostError) with one-line messages.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from keypost.core.address import parse_address
+from keypost.core.containers import (
+    CAKeyType,
+    DirectoryCA,
+    GatewayKey,
+    load_certificates,
+    sha256_fingerprint,
+    to_der,
+    to_pem,
+)
+from keypost.core.errors import KeypostError
+from keypost.core.types import DEFAULT_CAPABILITIES, Capability
+from keypost.directory.accounts import hash_password
+from keypost.directory.config import DataDir, Settings, write_private, write_settings
+from keypost.directory.errors import ConfigError, DirectoryError
+from keypost.directory.store import (
+    AccountRecord,
+    AccountRole,
+    GatewayKeyRecord,
+    GenuineRecord,
+    KeyUse,
+)
+from keypost.directory.store.sqlite import SqliteStore
+
+
+def read_file(path: Path | str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise DirectoryError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def open_store(data: DataDir) -> SqliteStore:
+    data.require()
+    return SqliteStore(data.database)
+
+
+def load_ca(data: DataDir, settings: Settings) -> DirectoryCA:
+    return DirectoryCA.load(read_file(data.ca_cert, "CA certificate"),
+                            read_file(data.ca_key, "CA key"), directory_url=settings.url)
+
+
+def init(data: DataDir, key_type: CAKeyType, suffix: str, url: str) -> DirectoryCA:
+    if data.settings.exists() or data.ca_key.exists():
+        raise ConfigError(f"{data.root} is already initialised")
+    try:
+        data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {data.root}: {exc.strerror or exc}") from None
+    ca = DirectoryCA.generate(key_type, directory_url=url)
+    write_private(data.ca_key, ca.key_pem())
+    data.ca_cert.write_bytes(to_pem(ca.certificate))
+    write_settings(data, Settings(suffix=suffix, url=url))
+    SqliteStore(data.database).close()
+    return ca
+
+
+def parse_capabilities(text: str | None) -> tuple[Capability, ...]:
+    if text is None:
+        return DEFAULT_CAPABILITIES
+    try:
+        caps = tuple(Capability(c.strip().lower()) for c in text.split(",") if c.strip())
+    except ValueError:
+        known = ", ".join(c.value for c in Capability)
+        raise DirectoryError(f"unknown capability in {text!r} (known: {known})") from None
+    if not caps:
+        raise DirectoryError("give at least one capability")
+    return caps
+
+
+def _key_record(domain: str, use: KeyUse, path: Path | str,
+                caps: Sequence[Capability]) -> GatewayKeyRecord:
+    data = read_file(path, f"{use.value} key")
+    gateway = GatewayKey.from_pem(data, caps)
+    if use is KeyUse.ENCRYPTION and not gateway.smime_usable:
+        raise DirectoryError(f"{path}: the encryption key must be RSA with at least 2048 bits")
+    pem = data if b"-----BEGIN" in data else _spki_or_cert_pem(gateway)
+    return GatewayKeyRecord(domain, use, pem, gateway.fingerprint,
+                            tuple(c.value for c in caps), dt.datetime.now(dt.UTC))
+
+
+def _spki_or_cert_pem(gateway: GatewayKey) -> bytes:
+    if gateway.certificate is not None:
+        return to_pem(gateway.certificate)
+    return gateway.public_key.public_bytes(serialization.Encoding.PEM,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def gateway_keys(domain: str, encryption: Path | str, signing: Path | str | None,
+                 caps: Sequence[Capability]) -> list[GatewayKeyRecord]:
+    keys = [_key_record(domain, KeyUse.ENCRYPTION, encryption, caps)]
+    if signing is not None:
+        keys.append(_key_record(domain, KeyUse.SIGNING, signing, caps))
+    return keys
+
+
+def domain_name(text: str) -> str:
+    """Normalise a domain via the core's address rules (IDNs to A-labels)."""
+    return parse_address(f"x@{text}").domain
+
+
+@dataclass(frozen=True)
+class GenuineAdded:
+    addresses: tuple[str, ...]
+    fingerprint: str
+
+
+def genuine_records(path: Path | str) -> tuple[list[GenuineRecord], list[GenuineAdded]]:
+    certs = load_certificates(read_file(path, "certificate"))
+    now = dt.datetime.now(dt.UTC)
+    records: list[GenuineRecord] = []
+    added: list[GenuineAdded] = []
+    for cert in certs:
+        if cert.not_valid_after_utc <= now:
+            expired = f"{cert.not_valid_after_utc:%Y-%m-%d}"
+            raise DirectoryError(f"{path}: certificate expired on {expired}")
+        keys = tuple(dict.fromkeys(_cert_addresses(cert)))
+        if not keys:
+            raise DirectoryError(f"{path}: certificate names no e-mail address (SAN rfc822Name)")
+        fp = sha256_fingerprint(cert)
+        der = to_der(cert)
+        records += [GenuineRecord(k, der, fp, cert.not_valid_after_utc) for k in keys]
+        added.append(GenuineAdded(keys, fp))
+    return records, added
+
+
+def _cert_addresses(cert: x509.Certificate) -> list[str]:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    out = []
+    for text in san.get_values_for_type(x509.RFC822Name):
+        try:
+            out.append(parse_address(text).key())
+        except KeypostError:
+            continue
+    return out
+
+
+def account_record(name: str, role: str, domain: str, password: bytes) -> AccountRecord:
+    bad = any(c in name for c in ',=+<>#;\\"') or name != name.strip()
+    if not name or len(name) > 256 or bad:
+        raise DirectoryError(f"invalid account name {name!r}")
+    if not password:
+        raise DirectoryError("empty password")
+    return AccountRecord(name, AccountRole(role), domain_name(domain), hash_password(password),
+                         dt.datetime.now(dt.UTC))
+
+
+def ensure_private(path: Path) -> None:
+    """The CA key must stay 0600; refuse to serve with a key others can read."""
+    mode = os.stat(path).st_mode & 0o077
+    if mode:
+        raise ConfigError(f"{path} is readable by others (chmod 600 it)")
+

@@ -1,0 +1,252 @@
+"""`keypost directory ...`: set up, administer and serve a key container directory."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from keypost.core.address import parse_address
+from keypost.core.containers import sha256_fingerprint, to_pem
+from keypost.directory import admin
+from keypost.directory.config import DataDir, load_settings
+from keypost.directory.errors import DirectoryError
+from keypost.directory.store.sqlite import SqliteStore
+
+DATA_ENV = "KEYPOST_DIRECTORY_DATA"
+Command = Callable[[argparse.Namespace], int]
+
+
+def _data(args: argparse.Namespace) -> DataDir:
+    return DataDir(Path(args.data))
+
+
+def _with_store(fn: Callable[[argparse.Namespace, SqliteStore], int]) -> Command:
+    def run(args: argparse.Namespace) -> int:
+        store = admin.open_store(_data(args))
+        try:
+            return fn(args, store)
+        finally:
+            store.close()
+
+    return run
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    ca = admin.init(_data(args), args.ca_key_type, args.suffix, args.url)
+    print(f"initialised {args.data}: CA {args.ca_key_type}, suffix {args.suffix}")
+    print(f"trust anchor SHA-256 fingerprint: {sha256_fingerprint(ca.certificate)}")
+    return 0
+
+
+@_with_store
+def cmd_domain_add(args: argparse.Namespace, store: SqliteStore) -> int:
+    domain = admin.domain_name(args.domain)
+    caps = admin.parse_capabilities(args.capabilities)
+    keys = admin.gateway_keys(domain, args.encryption_cert, args.signing_cert, caps)
+    store.add_domain(domain, keys)
+    for k in keys:
+        print(f"{domain}: {k.use.value} key {k.fingerprint}")
+    return 0
+
+
+@_with_store
+def cmd_domain_rekey(args: argparse.Namespace, store: SqliteStore) -> int:
+    domain = admin.domain_name(args.domain)
+    current = store.domain_keys(domain)
+    if args.capabilities is None and current:
+        caps = admin.parse_capabilities(",".join(current[0].capabilities))
+    else:
+        caps = admin.parse_capabilities(args.capabilities)
+    keys = admin.gateway_keys(domain, args.encryption_cert, args.signing_cert, caps)
+    retired = store.rekey_domain(domain, keys)
+    for k in keys:
+        print(f"{domain}: new {k.use.value} key {k.fingerprint}")
+    for fp in retired:
+        print(f"{domain}: retired {fp} (its cached containers are dropped)")
+    return 0
+
+
+@_with_store
+def cmd_domain_list(args: argparse.Namespace, store: SqliteStore) -> int:
+    keys = store.domain_keys(history=args.history)
+    for domain in store.domains():
+        print(domain)
+        for k in keys:
+            if k.domain == domain:
+                state = "current" if k.retired is None else f"retired {k.retired:%Y-%m-%d}"
+                print(f"  {k.use.value:10} {k.fingerprint} {state} [{','.join(k.capabilities)}]")
+    return 0
+
+
+@_with_store
+def cmd_domain_remove(args: argparse.Namespace, store: SqliteStore) -> int:
+    domain = admin.domain_name(args.domain)
+    n = store.remove_domain(domain)
+    print(f"removed {domain} ({n} account(s) of it removed too)")
+    return 0
+
+
+@_with_store
+def cmd_genuine_add(args: argparse.Namespace, store: SqliteStore) -> int:
+    records, added = admin.genuine_records(args.cert)
+    store.add_genuine(records)
+    for a in added:
+        print(f"genuine certificate {a.fingerprint} for {', '.join(a.addresses)}")
+    return 0
+
+
+@_with_store
+def cmd_genuine_remove(args: argparse.Namespace, store: SqliteStore) -> int:
+    key = parse_address(args.address).key()
+    if store.remove_genuine(key) == 0:
+        raise DirectoryError(f"no genuine certificate is kept for {args.address}")
+    print(f"removed the genuine certificate(s) of {args.address}")
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> bytes:
+    if args.password_stdin:
+        line = sys.stdin.buffer.readline()
+        return line.rstrip(b"\r\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise DirectoryError("the passwords differ")
+    return first.encode("utf-8")
+
+
+@_with_store
+def cmd_account_add(args: argparse.Namespace, store: SqliteStore) -> int:
+    password = _read_password(args)
+    record = admin.account_record(args.name, args.role, args.domain, password)
+    store.add_account(record)
+    print(f"account {record.name}: {record.role.value} of {record.domain}")
+    return 0
+
+
+@_with_store
+def cmd_account_list(args: argparse.Namespace, store: SqliteStore) -> int:
+    for a in store.accounts():
+        print(f"{a.name}\t{a.role.value}\t{a.domain}\t{a.created:%Y-%m-%d}")
+    return 0
+
+
+@_with_store
+def cmd_account_remove(args: argparse.Namespace, store: SqliteStore) -> int:
+    if not store.remove_account(args.name):
+        raise DirectoryError(f"no account named {args.name}")
+    print(f"removed account {args.name}")
+    return 0
+
+
+def cmd_ca_export(args: argparse.Namespace) -> int:
+    data = _data(args)
+    ca = admin.load_ca(data, load_settings(data))
+    pem = to_pem(ca.certificate)
+    if args.out:
+        Path(args.out).write_bytes(pem)
+    else:
+        sys.stdout.write(pem.decode("ascii"))
+    print(f"SHA-256 fingerprint: {sha256_fingerprint(ca.certificate)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from keypost.directory.serve import ServeOptions, parse_hostport, run
+
+    options = ServeOptions(
+        data=_data(args),
+        ldap=parse_hostport(args.ldap, "--ldap"),
+        ldaps=parse_hostport(args.ldaps, "--ldaps") if args.ldaps else None,
+        http=parse_hostport(args.http, "--http") if args.http else None,
+        tls_cert=Path(args.tls_cert) if args.tls_cert else None,
+        tls_key=Path(args.tls_key) if args.tls_key else None,
+        log_level=args.log_level,
+    )
+    return run(options)
+
+
+def _guard(fn: Command) -> Command:
+    """Operating-system errors become one-line messages too (never a traceback)."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except OSError as exc:
+            where = f": {exc.filename}" if exc.filename else ""
+            raise DirectoryError(f"{exc.strerror or exc}{where}") from None
+        except ValueError as exc:
+            text = str(exc).splitlines()
+            raise DirectoryError(text[0] if text else "invalid value") from None
+
+    return run
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `keypost directory ...` to the keypost command."""
+    top = subparsers.add_parser("directory", help="the key container directory (LDAP + HTTP)")
+    sub = top.add_subparsers(dest="directory_command", metavar="COMMAND", required=True)
+    default_data = os.environ.get(DATA_ENV, "keypost-directory")
+
+    def add(parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+            fn: Command, help_text: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help_text)
+        p.add_argument("--data", default=default_data,
+                       help=f"data directory (default ${DATA_ENV} or ./keypost-directory)")
+        p.set_defaults(func=_guard(fn))
+        return p
+
+    p = add(sub, "init", cmd_init, "create the CA, settings and store in --data")
+    p.add_argument("--ca-key-type", choices=["ecdsa-p256", "rsa-3072"], default="ecdsa-p256")
+    p.add_argument("--suffix", default="dc=keypost", help="LDAP naming context")
+    p.add_argument("--url", default="", help="this directory's URL, written into containers")
+
+    domain = sub.add_parser("domain", help="gateway keys of served domains")
+    dsub = domain.add_subparsers(dest="domain_command", metavar="COMMAND", required=True)
+    for name, fn, text in (("add", cmd_domain_add, "serve a domain with its gateway's keys"),
+                           ("rekey", cmd_domain_rekey, "replace a domain's gateway keys now")):
+        p = add(dsub, name, fn, text)
+        p.add_argument("domain")
+        p.add_argument("--encryption-cert", required=True, metavar="FILE",
+                       help="gateway encryption certificate or public key (PEM)")
+        p.add_argument("--signing-cert", metavar="FILE",
+                       help="gateway signing certificate or public key (PEM)")
+        p.add_argument("--capabilities", help="e.g. aes256-cbc,aes128-cbc")
+    p = add(dsub, "list", cmd_domain_list, "list served domains and their keys")
+    p.add_argument("--history", action="store_true", help="show retired keys too")
+    p = add(dsub, "remove", cmd_domain_remove, "stop serving a domain (removes its accounts)")
+    p.add_argument("domain")
+
+    genuine = sub.add_parser("genuine", help="recipients' own certificates")
+    gsub = genuine.add_subparsers(dest="genuine_command", metavar="COMMAND", required=True)
+    p = add(gsub, "add", cmd_genuine_add, "keep a certificate to hand out (role genuine)")
+    p.add_argument("cert")
+    p = add(gsub, "remove", cmd_genuine_remove, "forget the certificates of an address")
+    p.add_argument("address")
+
+    account = sub.add_parser("account", help="user and gateway accounts")
+    asub = account.add_subparsers(dest="account_command", metavar="COMMAND", required=True)
+    p = add(asub, "add", cmd_account_add, "add an account (password prompted or from stdin)")
+    p.add_argument("name")
+    p.add_argument("--role", choices=["user", "gateway"], required=True)
+    p.add_argument("--domain", required=True)
+    p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add(asub, "list", cmd_account_list, "list accounts")
+    p = add(asub, "remove", cmd_account_remove, "remove an account")
+    p.add_argument("name")
+
+    ca = sub.add_parser("ca", help="the directory CA")
+    csub = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
+    p = add(csub, "export", cmd_ca_export, "print the trust anchor PEM and fingerprint")
+    p.add_argument("--out", help="write the PEM to this file instead of stdout")
+
+    p = add(sub, "serve", cmd_serve, "serve LDAP (and HTTP) from --data")
+    p.add_argument("--ldap", default="127.0.0.1:3890", metavar="HOST:PORT")
+    p.add_argument("--ldaps", metavar="HOST:PORT")
+    p.add_argument("--tls-cert", metavar="FILE", help="server certificate for StartTLS/LDAPS")
+    p.add_argument("--tls-key", metavar="FILE")
+    p.add_argument("--http", metavar="HOST:PORT")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -1,0 +1,177 @@
+"""The HTTP API (aiohttp, on the LDAP server's event loop): containers, trust anchor, health,
+metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.resources
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from keypost.core.address import parse_address
+from keypost.core.containers import to_pem
+from keypost.core.errors import AddressError
+from keypost.core.types import Purpose
+from keypost.directory.accounts import Authenticator
+from keypost.directory.controller import Answer, Controller, requestor_of
+from keypost.directory.errors import RequestError
+from keypost.directory.store import AccountRecord
+
+log = logging.getLogger("keypost.directory.http")
+
+CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
+AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
+SETTINGS: web.AppKey[dict[str, object]] = web.AppKey("settings", dict)
+REALM = 'Basic realm="keypost directory", charset="UTF-8"'
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
+           ) -> web.Response:
+    return web.json_response({"error": {"code": code, "message": message}}, status=status,
+                             headers=headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON with a stable code; no traceback reaches a client."""
+    metrics = request.app[CONTROLLER].metrics
+    try:
+        return await handler(request)
+    except RequestError as exc:
+        metrics.request("http", "bad_request")
+        return _error(400, exc.code, str(exc))
+    except web.HTTPException as exc:
+        if exc.status == 404:
+            return _error(404, "not_found", f"no such resource: {request.path}")
+        if exc.status == 405:
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        raise
+    except Exception:
+        log.exception("internal error answering %s", request.path)
+        metrics.request("http", "error")
+        return _error(500, "internal", "internal error")
+
+
+async def _requestor_account(request: web.Request) -> AccountRecord | web.Response | None:
+    """The account of valid Basic credentials, None when absent, or a 401 response."""
+    header = request.headers.get("Authorization")
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    unauthorized = _error(401, "invalid_credentials", "invalid credentials",
+                          {"WWW-Authenticate": REALM})
+    if scheme.lower() != "basic":
+        return unauthorized
+    try:
+        name, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
+        user = name.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise RequestError("bad_credentials", "malformed Basic credentials") from None
+    if not sep or not user or not password:
+        return unauthorized
+    peer = request.remote or "unknown"
+    account = await request.app[AUTHENTICATOR].verify(user, password, peer)
+    if account is None:
+        request.app[CONTROLLER].metrics.request("http", "unauthorized")
+        return unauthorized
+    return account
+
+
+def _parse_query(request: web.Request, max_addresses: int) -> tuple[list[str], Purpose]:
+    addresses = request.query.getall("address", [])
+    if not addresses:
+        raise RequestError("missing_address", "give at least one address=")
+    if len(addresses) > max_addresses:
+        raise RequestError("too_many_addresses", f"at most {max_addresses} addresses per request")
+    for text in addresses:
+        try:
+            parse_address(text)
+        except AddressError as exc:
+            raise RequestError("invalid_address", str(exc)) from None
+    purposes = request.query.getall("purpose", ["encrypt"])
+    if len(purposes) != 1 or purposes[0] not in {p.value for p in Purpose}:
+        raise RequestError("invalid_purpose", "purpose must be encrypt or sign")
+    return addresses, Purpose(purposes[0])
+
+
+def _result(answer: Answer, directory_url: str) -> dict[str, object]:
+    result: dict[str, object] = {
+        "address": answer.address,
+        "containers": [
+            {
+                "role": c.role.value,
+                "format": "x509",
+                "pem": ssl.DER_cert_to_PEM_cert(c.der),
+                "not_after": c.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "gateway": c.gateway,
+                "directory": directory_url if c.gateway is not None else None,
+            }
+            for c in answer.containers
+        ],
+    }
+    if answer.refused:
+        result["refused"] = answer.refused
+    return result
+
+
+async def containers(request: web.Request) -> web.StreamResponse:
+    """GET /v1/containers?address=A[&address=B...]&purpose=encrypt|sign"""
+    settings = request.app[SETTINGS]
+    max_addresses = settings["max_addresses"]
+    assert isinstance(max_addresses, int)
+    addresses, purpose = _parse_query(request, max_addresses)
+    account = await _requestor_account(request)
+    if isinstance(account, web.Response):
+        return account
+    answers = request.app[CONTROLLER].answer(requestor_of(account), addresses, purpose, "http")
+    url = str(settings["url"])
+    return web.json_response({"results": [_result(a, url) for a in answers]})
+
+
+async def trust_anchor(request: web.Request) -> web.StreamResponse:
+    pem = to_pem(request.app[CONTROLLER].ca.certificate)
+    return web.Response(body=pem, content_type="application/x-pem-file")
+
+
+async def healthz(request: web.Request) -> web.StreamResponse:
+    version = request.app[CONTROLLER].store.schema_version()
+    return web.json_response({"status": "ok", "schema_version": version})
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
+    text = request.app[CONTROLLER].metrics.render()
+    return web.Response(text=text, content_type="text/plain",
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
+def openapi_document() -> dict[str, object]:
+    """The hand-written OpenAPI 3.1 description shipped as package data."""
+    text = importlib.resources.files("keypost.directory").joinpath("openapi.json").read_text(
+        encoding="utf-8")
+    doc: dict[str, object] = json.loads(text)
+    return doc
+
+
+async def openapi(request: web.Request) -> web.StreamResponse:
+    return web.json_response(openapi_document())
+
+
+def make_app(controller: Controller, authenticator: Authenticator, url: str,
+             max_addresses: int) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware])
+    app[CONTROLLER] = controller
+    app[AUTHENTICATOR] = authenticator
+    app[SETTINGS] = {"url": url, "max_addresses": max_addresses}
+    app.router.add_get("/v1/containers", containers)
+    app.router.add_get("/v1/ca", trust_anchor)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/openapi.json", openapi)
+    return app

@@ -1,0 +1,164 @@
+"""Controller: requestor classes, the LDAP purpose rule, the cache and its half-life rule,
+rekey, no existence oracle, audit and the request log."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keypost.core.containers import DirectoryCA, GatewayKey, describe
+from keypost.core.types import Purpose, Requestor, RequestorKind, Role
+from keypost.directory.controller import Controller, address_hash, ldap_purpose
+from keypost.directory.store import GatewayKeyRecord, KeyUse
+from keypost.directory.store.sqlite import SqliteStore
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def spki(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+@pytest.fixture(scope="module")
+def keys() -> list[rsa.RSAPrivateKey]:
+    return [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(3)]
+
+
+@pytest.fixture(scope="module")
+def ca() -> DirectoryCA:
+    return DirectoryCA.generate("ecdsa-p256", directory_url="ldap://dir.test")
+
+
+def record(domain: str, key: rsa.RSAPrivateKey, use: KeyUse) -> GatewayKeyRecord:
+    pem = spki(key)
+    return GatewayKeyRecord(domain, use, pem, GatewayKey.from_pem(pem).fingerprint,
+                            ("aes256-cbc",), NOW)
+
+
+@pytest.fixture()
+def controller(tmp_path: Path, ca: DirectoryCA, keys: list[rsa.RSAPrivateKey]) -> Controller:
+    store = SqliteStore(tmp_path / "d.db")
+    store.add_domain("example.com", [record("example.com", keys[0], KeyUse.ENCRYPTION),
+                                     record("example.com", keys[1], KeyUse.SIGNING)])
+    store.add_domain("example.org", [record("example.org", keys[2], KeyUse.ENCRYPTION)])
+    return Controller(store, ca)
+
+
+def fp(key: rsa.RSAPrivateKey) -> str:
+    return GatewayKey.from_pem(spki(key)).fingerprint
+
+
+USER = Requestor(RequestorKind.USER, "example.com")
+GATEWAY = Requestor(RequestorKind.GATEWAY, "example.com")
+
+
+def test_anonymous_gets_target_gateway_container(controller: Controller,
+                                                 keys: list[rsa.RSAPrivateKey]) -> None:
+    [a] = controller.answer(Requestor.anonymous(), ["Alice@Example.COM"], None, "test")
+    assert a.address == "Alice@example.com"
+    [c] = a.containers
+    info = describe(x509.load_der_x509_certificate(c.der))
+    assert c.role is Role.PROXY_ENCRYPTION and info.role is Role.PROXY_ENCRYPTION
+    assert info.addresses == ("Alice@example.com",)
+    assert info.gateway_fingerprint == fp(keys[0]) and c.gateway == "example.com"
+
+
+def test_user_gets_own_gateway_for_external_address(controller: Controller,
+                                                    keys: list[rsa.RSAPrivateKey]) -> None:
+    [a] = controller.answer(USER, ["bob@example.org"], None, "test")
+    fps = [describe(x509.load_der_x509_certificate(c.der)).gateway_fingerprint
+           for c in a.containers]
+    assert fps == [fp(keys[0]), fp(keys[2])]
+    [b] = controller.answer(USER, ["carol@unserved.example"], None, "test")
+    assert [c.gateway for c in b.containers] == ["example.com"]
+
+
+def test_ldap_purpose_rule_gives_gateway_its_signing_container(
+        controller: Controller, keys: list[rsa.RSAPrivateKey]) -> None:
+    from keypost.core.address import parse_address
+    assert ldap_purpose(GATEWAY, parse_address("a@example.com")) is Purpose.SIGN
+    assert ldap_purpose(GATEWAY, parse_address("a@example.org")) is Purpose.ENCRYPT
+    assert ldap_purpose(USER, parse_address("a@example.com")) is Purpose.ENCRYPT
+    [a] = controller.answer(GATEWAY, ["alice@example.com"], None, "test")
+    [c] = a.containers
+    assert c.role is Role.PROXY_SIGNING
+    assert describe(x509.load_der_x509_certificate(c.der)).gateway_fingerprint == fp(keys[1])
+    [r] = controller.answer(USER, ["alice@example.com"], Purpose.SIGN, "test")
+    assert r.containers == () and r.refused
+
+
+def test_no_existence_oracle(controller: Controller) -> None:
+    real, made_up = controller.answer(
+        Requestor.anonymous(), ["alice@example.com", "zq9-nobody@example.com"], None, "test")
+    shape = [(c.role, c.gateway, c.not_after - c.not_before) for c in real.containers]
+    assert shape == [(c.role, c.gateway, c.not_after - c.not_before)
+                     for c in made_up.containers]
+    [r], [m] = real.containers, made_up.containers
+    ext = [[e.oid for e in x509.load_der_x509_certificate(c.der).extensions] for c in (r, m)]
+    assert ext[0] == ext[1]
+    # unserved domains get nothing (the domain, not the mailbox, decides)
+    [none] = controller.answer(Requestor.anonymous(), ["x@unserved.example"], None, "test")
+    assert none.containers == ()
+
+
+def test_malformed_addresses_are_left_out(controller: Controller) -> None:
+    answers = controller.answer(Requestor.anonymous(), ["not an address", "a@example.com"],
+                                None, "test")
+    assert [a.address for a in answers] == ["a@example.com"]
+
+
+def test_cache_reuses_until_half_life(controller: Controller) -> None:
+    first = controller.answer(Requestor.anonymous(), ["a@example.com"], None, "t", now=NOW)
+    again = controller.answer(Requestor.anonymous(), ["A@example.com"], None, "t",
+                              now=NOW + dt.timedelta(hours=11))
+    assert again[0].containers[0].serial == first[0].containers[0].serial
+    assert controller.metrics.cache_hits == 1 and controller.metrics.cache_misses == 1
+    later = controller.answer(Requestor.anonymous(), ["a@example.com"], None, "t",
+                              now=NOW + dt.timedelta(hours=12, minutes=5))
+    assert later[0].containers[0].serial != first[0].containers[0].serial
+
+
+def test_store_tier_survives_restart(controller: Controller, ca: DirectoryCA) -> None:
+    first = controller.answer(Requestor.anonymous(), ["a@example.com"], None, "t")
+    controller.flush()
+    fresh = Controller(controller.store, ca)
+    again = fresh.answer(Requestor.anonymous(), ["a@example.com"], None, "t")
+    assert again[0].containers[0].serial == first[0].containers[0].serial
+    assert fresh.metrics.cache_misses == 0
+
+
+def test_rekey_drops_cached_containers_at_once(
+        tmp_path: Path, controller: Controller, keys: list[rsa.RSAPrivateKey]) -> None:
+    before = controller.answer(Requestor.anonymous(), ["a@example.com"], None, "t")
+    controller.flush()
+    new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cli = SqliteStore(tmp_path / "d.db")  # the CLI is another connection
+    cli.rekey_domain("example.com", [record("example.com", new_key, KeyUse.ENCRYPTION)])
+    after = controller.answer(Requestor.anonymous(), ["a@example.com"], None, "t")
+    cert = x509.load_der_x509_certificate(after[0].containers[0].der)
+    assert describe(cert).gateway_fingerprint == fp(new_key)
+    assert after[0].containers[0].serial != before[0].containers[0].serial
+    assert all(k.gateway_fingerprint != fp(keys[0]) for k in controller._cache)
+
+
+def test_audit_and_log_keep_only_hashes(controller: Controller,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="keypost.directory.requests"):
+        controller.answer(USER, ["Secret.Person@example.org"], None, "ldap")
+    controller.flush()
+    [entry] = controller.store.audit()
+    assert entry.requestor == "user:example.com"
+    assert entry.address_hash == address_hash("secret.person@example.org")
+    assert entry.roles == ("proxy-encryption", "proxy-encryption")
+    assert len(entry.serials) == 2
+    text = caplog.text
+    assert "secret" not in text.lower()
+    assert "requestor=user:example.com" in text and "protocol=ldap" in text
+    assert address_hash("secret.person@example.org") in text
