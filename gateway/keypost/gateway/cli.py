@@ -1,0 +1,72 @@
+"""`keypost gateway check-config|serve`: validate a configuration, run the gateway."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+from pathlib import Path
+
+from keypost.gateway.config import GatewayConfig, load_config
+from keypost.gateway.serve import build, run
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("gateway", help="the secure mail gateway (SMTP content filter)")
+    gsub = p.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
+    check = gsub.add_parser("check-config", help="validate a configuration and print the plan")
+    check.add_argument("--config", type=Path, required=True, metavar="FILE")
+    check.set_defaults(func=_check)
+    serve = gsub.add_parser("serve", help="run the gateway")
+    serve.add_argument("--config", type=Path, required=True, metavar="FILE")
+    serve.set_defaults(func=_serve)
+
+
+def describe(cfg: GatewayConfig) -> list[str]:
+    """What the gateway would do, in words (no secrets)."""
+    d, p = cfg.directory, cfg.policy
+    lines = [
+        f"listen on {cfg.listen}; relay to next hop {cfg.next_hop}",
+        f"messages over {cfg.max_message_size} bytes are refused (552/554)",
+        f"directory: {d.url or 'none (no signing, no re-encryption)'}"
+        + (f" as {d.username}" if d.username else ""),
+    ]
+    for dom in cfg.domains:
+        retired = len(dom.encryption_keys) - 1
+        lines.append(
+            f"domain {dom.name}: decrypt with current key {dom.encryption_keys[0].name}"
+            + (f" and {retired} retired key(s)" if retired else "")
+            + (f"; sign with {dom.signing_key.name}" if dom.signing_key else "; no signing key")
+        )
+    scan = (
+        f"command {' '.join(cfg.scan.command)}" if cfg.scan.command
+        else f"entry point {cfg.scan.entry_point}" if cfg.scan.entry_point else "none"
+    )
+    lines += [
+        f"scan hook: {scan} ({'all mail' if cfg.scan.scan_plain else 'decrypted mail'})",
+        f"outbound without genuine certificate: {p.outbound_no_genuine.value}",
+        "sign outbound: "
+        + ("always" if p.sign_all_outbound else
+           f"when Subject has {p.sign_subject_tag!r} or {p.sign_header}: yes"),
+        f"malformed or undecryptable mail: {p.malformed.value}; quarantine {cfg.quarantine_dir}",
+    ]
+    return lines
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    gw = build(cfg)  # loads keys and secrets: the same checks as serve
+    for line in describe(gw.config):
+        print(line)
+    print("configuration OK")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    logging.basicConfig(
+        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    gw = build(cfg)
+    asyncio.run(run(gw))
+    return 0

@@ -1,0 +1,348 @@
+"""The gateway's TOML configuration: one dataclass per table, every default in one place.
+
+Paths are resolved against the directory of the configuration file. Secrets (the
+directory password, key passphrases) are read from files or environment variables
+named here, never written into the configuration itself.
+"""
+
+from __future__ import annotations
+
+import enum
+import shlex
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from keypost.core.address import normalize_domain
+from keypost.core.errors import AddressError
+from keypost.gateway.errors import ConfigError
+
+DEFAULT_LISTEN = "127.0.0.1:10025"
+DEFAULT_NEXT_HOP = "127.0.0.1:10026"
+DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
+DEFAULT_QUARANTINE = "quarantine"
+DEFAULT_LDAP_BASE = "dc=keypost"
+
+E = TypeVar("E", bound=enum.Enum)
+
+
+class NoGenuinePolicy(enum.Enum):
+    """Fig. 2: what to send when the directory knows no genuine certificate for a recipient."""
+
+    ENCRYPT_ONLY = "encrypt-only"  # recipient's gateway container if any, else refuse
+    CLEAR = "clear"  # recipient's gateway container if any, else deliver in the clear
+    REFUSE = "refuse"  # a genuine certificate is required, else refuse
+
+
+class MalformedPolicy(enum.Enum):
+    """What to do with input the gateway must handle but cannot read."""
+
+    REJECT = "reject"  # 554 to the sending MTA (it bounces to the sender)
+    QUARANTINE = "quarantine"  # keep it in the quarantine maildir, notify the recipients
+
+
+@dataclass(frozen=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Seconds. Any of them running out answers 451 (the sending MTA retries)."""
+
+    smtp_session: float = 300.0  # idle time of an incoming SMTP session
+    processing: float = 120.0  # decrypt + scan + directory + re-encrypt for one message
+    next_hop: float = 60.0  # connect and each command to the next hop
+    directory: float = 10.0  # connect and each LDAP/HTTP request
+    scan: float = 60.0  # the external scan command
+
+
+@dataclass(frozen=True)
+class DirectoryConfig:
+    url: str | None = None  # ldap://, ldaps://, http:// or https://; None = no directory
+    username: str | None = None  # the gateway account
+    password_file: Path | None = None
+    password_env: str | None = None
+    trust_anchor: Path | None = None  # the directory CA (PEM)
+    genuine_roots: tuple[Path, ...] = ()  # CAs accepted for recipients' genuine certificates
+    base: str = DEFAULT_LDAP_BASE  # LDAP search base (the directory's suffix)
+    negative_cache: float = 60.0  # seconds a "no certificate" answer is remembered
+
+
+@dataclass(frozen=True)
+class DomainConfig:
+    name: str  # lower-case A-label
+    encryption_keys: tuple[Path, ...]  # first is current, the rest retired
+    signing_key: Path | None = None
+    key_passphrase_file: Path | None = None
+    key_passphrase_env: str | None = None
+
+
+@dataclass(frozen=True)
+class ScanConfig:
+    command: tuple[str, ...] = ()  # message on stdin; exit 0 accept, 1 reject, 2 quarantine
+    entry_point: str | None = None  # name in entry point group keypost.gateway.scanners
+    scan_plain: bool = False  # also scan plain mail (by default only what the gateway decrypted)
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    outbound_no_genuine: NoGenuinePolicy = NoGenuinePolicy.ENCRYPT_ONLY
+    sign_all_outbound: bool = False
+    sign_subject_tag: str = "[sign]"  # "" disables the subject tag
+    sign_header: str = "X-Keypost-Sign"  # "" disables the header
+    malformed: MalformedPolicy = MalformedPolicy.REJECT
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    listen: HostPort = field(default_factory=lambda: parse_hostport(DEFAULT_LISTEN, "listen"))
+    next_hop: HostPort = field(
+        default_factory=lambda: parse_hostport(DEFAULT_NEXT_HOP, "next_hop")
+    )
+    hostname: str = "keypost-gateway"
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
+    log_level: str = "info"
+    directory: DirectoryConfig = field(default_factory=DirectoryConfig)
+    domains: tuple[DomainConfig, ...] = ()
+    scan: ScanConfig = field(default_factory=ScanConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def domain(self, name: str) -> DomainConfig | None:
+        for d in self.domains:
+            if d.name == name:
+                return d
+        return None
+
+
+def parse_hostport(text: object, what: str) -> HostPort:
+    if not isinstance(text, str):
+        raise ConfigError(f"{what}: expected \"host:port\"")
+    host, sep, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"{what}: expected \"host:port\", got {text!r}")
+    return HostPort(host, int(port))
+
+
+class _Table:
+    """Typed access to one TOML table that remembers unknown keys (typos are errors)."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, base: Path) -> None:
+        self.data, self.where, self.base = data, where, base
+        self.used: set[str] = set()
+
+    def _get(self, key: str) -> Any:
+        self.used.add(key)
+        return self.data.get(key)
+
+    def _fail(self, key: str, wanted: str) -> ConfigError:
+        return ConfigError(f"{self.where}{key}: expected {wanted}")
+
+    def text(self, key: str, default: str | None = None) -> str | None:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, str):
+            raise self._fail(key, "a string")
+        return v
+
+    def flag(self, key: str, default: bool) -> bool:
+        v = self._get(key)
+        if v is None:
+            return default
+        if not isinstance(v, bool):
+            raise self._fail(key, "true or false")
+        return v
+
+    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int | float) or v <= minimum:
+            raise self._fail(key, f"a number > {minimum:g}")
+        return float(v)
+
+    def path(self, key: str) -> Path | None:
+        v = self.text(key)
+        return None if v is None else (self.base / v)
+
+    def paths(self, key: str) -> tuple[Path, ...]:
+        v = self._get(key)
+        if v is None:
+            return ()
+        if isinstance(v, str):
+            v = [v]
+        if not isinstance(v, list) or not all(isinstance(p, str) for p in v):
+            raise self._fail(key, "a list of file names")
+        return tuple(self.base / p for p in v)
+
+    def table(self, key: str) -> _Table:
+        v = self._get(key)
+        if v is None:
+            v = {}
+        if not isinstance(v, dict):
+            raise self._fail(key, "a table")
+        return _Table(v, f"{self.where}{key}.", self.base)
+
+    def finish(self) -> None:
+        unknown = sorted(set(self.data) - self.used)
+        if unknown:
+            raise ConfigError(f"unknown setting {self.where}{unknown[0]}")
+
+
+def _enum(cls: type[E], value: str | None, default: E, where: str) -> E:
+    if value is None:
+        return default
+    try:
+        return cls(value)
+    except ValueError:
+        choices = " | ".join(repr(m.value) for m in cls)
+        raise ConfigError(f"{where}: expected one of {choices}, got {value!r}") from None
+
+
+def _domain(t: _Table) -> DomainConfig:
+    raw = t.text("name")
+    if not raw:
+        raise ConfigError(f"{t.where}name: every [[domain]] needs a name")
+    try:
+        name = normalize_domain(raw)
+    except AddressError as exc:
+        raise ConfigError(f"{t.where}name: {exc}") from None
+    keys = t.paths("encryption_keys")
+    if not keys:
+        raise ConfigError(f"{t.where}encryption_keys: domain {name} needs at least one key")
+    d = DomainConfig(
+        name=name,
+        encryption_keys=keys,
+        signing_key=t.path("signing_key"),
+        key_passphrase_file=t.path("key_passphrase_file"),
+        key_passphrase_env=t.text("key_passphrase_env"),
+    )
+    t.finish()
+    return d
+
+
+def _scan(t: _Table) -> ScanConfig:
+    raw = t._get("command")
+    if raw is None:
+        command: tuple[str, ...] = ()
+    elif isinstance(raw, str):
+        command = tuple(shlex.split(raw))
+    elif isinstance(raw, list) and all(isinstance(a, str) for a in raw):
+        command = tuple(raw)
+    else:
+        raise ConfigError(f"{t.where}command: expected a string or a list of strings")
+    s = ScanConfig(command, t.text("entry_point"), t.flag("scan_plain", False))
+    if s.command and s.entry_point:
+        raise ConfigError(f"{t.where}: set either command or entry_point, not both")
+    t.finish()
+    return s
+
+
+def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
+    """Build the configuration from parsed TOML; `base` resolves relative paths."""
+    top = _Table(data, "", base)
+    listen = parse_hostport(top.text("listen", DEFAULT_LISTEN), "listen")
+    next_hop = parse_hostport(top.text("next_hop", DEFAULT_NEXT_HOP), "next_hop")
+    size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024)
+
+    dt = top.table("directory")
+    directory = DirectoryConfig(
+        url=dt.text("url"),
+        username=dt.text("username"),
+        password_file=dt.path("password_file"),
+        password_env=dt.text("password_env"),
+        trust_anchor=dt.path("trust_anchor"),
+        genuine_roots=dt.paths("genuine_roots"),
+        base=dt.text("base", DEFAULT_LDAP_BASE) or DEFAULT_LDAP_BASE,
+        negative_cache=dt.number("negative_cache", 60.0),
+    )
+    dt.finish()
+    if directory.url is not None:
+        if not directory.url.startswith(("ldap://", "ldaps://", "http://", "https://")):
+            raise ConfigError("directory.url: expected ldap://, ldaps://, http:// or https://")
+        if directory.trust_anchor is None:
+            raise ConfigError("directory.trust_anchor: needed to verify what the directory sends")
+
+    raw_domains = top._get("domain") or []
+    if not isinstance(raw_domains, list) or not all(isinstance(d, dict) for d in raw_domains):
+        raise ConfigError("domain: expected [[domain]] tables")
+    domains = tuple(
+        _domain(_Table(d, f"domain[{i}].", base)) for i, d in enumerate(raw_domains)
+    )
+    names = [d.name for d in domains]
+    if len(set(names)) != len(names):
+        raise ConfigError("domain: a domain is listed twice")
+
+    st = top.table("scan")
+    scan = _scan(st)
+
+    pt = top.table("policy")
+    policy = PolicyConfig(
+        outbound_no_genuine=_enum(
+            NoGenuinePolicy,
+            pt.text("outbound_no_genuine"),
+            NoGenuinePolicy.ENCRYPT_ONLY,
+            "policy.outbound_no_genuine",
+        ),
+        sign_all_outbound=pt.flag("sign_all_outbound", False),
+        sign_subject_tag=pt.text("sign_subject_tag", "[sign]") or "",
+        sign_header=pt.text("sign_header", "X-Keypost-Sign") or "",
+        malformed=_enum(
+            MalformedPolicy, pt.text("malformed"), MalformedPolicy.REJECT, "policy.malformed"
+        ),
+    )
+    pt.finish()
+    if policy.sign_all_outbound and any(d.signing_key is None for d in domains):
+        raise ConfigError("policy.sign_all_outbound: every domain needs a signing_key")
+
+    tt = top.table("timeouts")
+    defaults = Timeouts()
+    timeouts = Timeouts(
+        smtp_session=tt.number("smtp_session", defaults.smtp_session),
+        processing=tt.number("processing", defaults.processing),
+        next_hop=tt.number("next_hop", defaults.next_hop),
+        directory=tt.number("directory", defaults.directory),
+        scan=tt.number("scan", defaults.scan),
+    )
+    tt.finish()
+
+    level = (top.text("log_level", "info") or "info").lower()
+    if level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("log_level: expected debug, info, warning or error")
+    cfg = GatewayConfig(
+        listen=listen,
+        next_hop=next_hop,
+        hostname=top.text("hostname", "keypost-gateway") or "keypost-gateway",
+        max_message_size=int(size),
+        quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,
+        log_level=level,
+        directory=directory,
+        domains=domains,
+        scan=scan,
+        policy=policy,
+        timeouts=timeouts,
+    )
+    top.finish()
+    return cfg
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and check a gateway.toml. Raises ConfigError with a one-line reason."""
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return parse_config(data, path.resolve().parent)

@@ -1,0 +1,311 @@
+"""Asks the key container directory (LDAP or HTTP, as the gateway account) for certificates.
+
+Everything the directory sends is verified against the pinned trust anchor (containers)
+or the configured roots (genuine certificates) before use, and cached until half of
+its life has passed (the directory itself renews at that point).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import ldap3
+import requests
+from cryptography import x509
+from ldap3.core.exceptions import LDAPException
+from ldap3.utils.conv import escape_filter_chars
+
+from keypost.core.address import Address
+from keypost.core.containers import describe, load_certificates, verify_container
+from keypost.core.errors import ContainerError
+from keypost.core.types import Purpose, Role
+from keypost.gateway.config import DirectoryConfig
+from keypost.gateway.errors import ConfigError, DirectoryUnavailable
+from keypost.gateway.keys import read_secret
+
+log = logging.getLogger("keypost.gateway.directory")
+
+Clock = Callable[[], dt.datetime]
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """Verified certificates for one recipient address."""
+
+    gateways: tuple[x509.Certificate, ...] = ()  # proxy-encryption containers
+    genuine: tuple[x509.Certificate, ...] = ()  # the recipient's own certificates
+    signing: tuple[x509.Certificate, ...] = ()  # proxy-signing containers (own senders)
+
+    @property
+    def encryption(self) -> tuple[x509.Certificate, ...]:
+        return self.gateways + self.genuine
+
+
+class DirectoryClient(Protocol):
+    """What the pipeline needs from the directory. Both raise DirectoryUnavailable."""
+
+    def encryption_certificates(self, address: Address) -> Certificates: ...
+
+    def signing_container(self, address: Address) -> x509.Certificate | None: ...
+
+
+class NoDirectory:
+    """No directory configured: nobody has certificates, nothing can be signed."""
+
+    def encryption_certificates(self, address: Address) -> Certificates:
+        return Certificates()
+
+    def signing_container(self, address: Address) -> x509.Certificate | None:
+        return None
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _load_pem_files(paths: Sequence[Path], what: str) -> list[x509.Certificate]:
+    certs: list[x509.Certificate] = []
+    for p in paths:
+        try:
+            certs.extend(load_certificates(p.read_bytes()))
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read {p}: {exc.strerror}") from None
+        except ContainerError as exc:
+            raise ConfigError(f"{what}: {p}: {exc}") from None
+    return certs
+
+
+class _Fetcher(Protocol):
+    def fetch(self, address: Address, purpose: Purpose) -> list[x509.Certificate]: ...
+
+
+class _LdapFetcher:
+    """One bound ldap3 connection, shared under a lock (ldap3's sync strategy is not
+    thread-safe), re-opened after any error."""
+
+    def __init__(self, cfg: DirectoryConfig, password: str | None, timeout: float) -> None:
+        url = urlsplit(cfg.url or "")
+        self.server = ldap3.Server(
+            url.hostname or "127.0.0.1",
+            port=url.port,
+            use_ssl=url.scheme == "ldaps",
+            connect_timeout=timeout,
+            get_info=ldap3.NONE,
+        )
+        self.cfg, self.password, self.timeout = cfg, password, timeout
+        self.lock = threading.Lock()
+        self.conn: ldap3.Connection | None = None
+
+    def _connect(self) -> ldap3.Connection:
+        conn = ldap3.Connection(
+            self.server,
+            user=self.cfg.username,
+            password=self.password,
+            receive_timeout=self.timeout,
+            read_only=True,
+            raise_exceptions=False,
+        )
+        if not conn.bind():
+            result = conn.result or {}
+            conn.unbind()
+            raise DirectoryUnavailable(
+                f"directory bind refused ({result.get('description', 'error')})"
+            )
+        return conn
+
+    def fetch(self, address: Address, purpose: Purpose) -> list[x509.Certificate]:
+        flt = f"(mail={escape_filter_chars(str(address))})"
+        with self.lock:
+            for attempt in (1, 2):
+                try:
+                    if self.conn is None:
+                        self.conn = self._connect()
+                    ok = self.conn.search(
+                        self.cfg.base, flt, attributes=["userCertificate;binary"], size_limit=2
+                    )
+                    result = self.conn.result or {}
+                    if not ok and result.get("result", 0) not in (0, 4, 32):
+                        raise DirectoryUnavailable(
+                            f"directory search failed ({result.get('description', 'error')})"
+                        )
+                    return self._certificates(self.conn.response or [])
+                except (LDAPException, OSError) as exc:
+                    self._drop()
+                    if attempt == 2:
+                        raise DirectoryUnavailable(f"directory unreachable: {exc}") from None
+                except DirectoryUnavailable:
+                    self._drop()
+                    raise
+        raise DirectoryUnavailable("directory unreachable")  # pragma: no cover
+
+    def _drop(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(LDAPException, OSError):
+                self.conn.unbind()
+        self.conn = None
+
+    @staticmethod
+    def _certificates(response: list[dict[str, object]]) -> list[x509.Certificate]:
+        certs: list[x509.Certificate] = []
+        for entry in response:
+            if entry.get("type") != "searchResEntry":
+                continue
+            raw = entry.get("raw_attributes")
+            if not isinstance(raw, dict):
+                continue
+            for name, values in raw.items():
+                if not str(name).lower().startswith("usercertificate"):
+                    continue
+                for der in values:
+                    try:
+                        certs.append(x509.load_der_x509_certificate(bytes(der)))
+                    except ValueError:
+                        log.warning("directory sent an unreadable certificate; ignored")
+        return certs
+
+
+class _HttpFetcher:
+    """GET /v1/containers with HTTP Basic credentials of the gateway account."""
+
+    def __init__(self, cfg: DirectoryConfig, password: str | None, timeout: float) -> None:
+        self.base = (cfg.url or "").rstrip("/")
+        self.auth = (cfg.username, password or "") if cfg.username else None
+        self.timeout = timeout
+        self.local = threading.local()
+
+    def fetch(self, address: Address, purpose: Purpose) -> list[x509.Certificate]:
+        session = getattr(self.local, "session", None)
+        if session is None:
+            session = self.local.session = requests.Session()
+        try:
+            resp = session.get(
+                f"{self.base}/v1/containers",
+                params={"address": str(address), "purpose": purpose.value},
+                auth=self.auth,
+                timeout=self.timeout,
+            )
+        except requests.RequestException as exc:
+            raise DirectoryUnavailable(f"directory unreachable: {type(exc).__name__}") from None
+        if resp.status_code != 200:
+            raise DirectoryUnavailable(f"directory answered HTTP {resp.status_code}")
+        certs: list[x509.Certificate] = []
+        try:
+            for result in resp.json().get("results", []):
+                for c in result.get("containers", []):
+                    certs.extend(load_certificates(str(c["pem"]).encode()))
+        except (ValueError, KeyError, TypeError, AttributeError, ContainerError):
+            raise DirectoryUnavailable("directory sent an unreadable answer") from None
+        return certs
+
+
+@dataclass(frozen=True)
+class _Entry:
+    certs: Certificates
+    fresh_until: dt.datetime
+
+
+class CachingDirectory:
+    """The DirectoryClient the gateway uses: fetch, verify, cache until half-life."""
+
+    def __init__(
+        self,
+        fetcher: _Fetcher,
+        trust_anchors: Sequence[x509.Certificate],
+        genuine_roots: Sequence[x509.Certificate] = (),
+        negative_cache: float = 60.0,
+        clock: Clock = _utcnow,
+    ) -> None:
+        self.fetcher = fetcher
+        self.anchors = list(trust_anchors)
+        self.genuine_roots = list(genuine_roots)
+        self.negative = dt.timedelta(seconds=negative_cache)
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.cache: dict[tuple[str, Purpose], _Entry] = {}
+
+    def encryption_certificates(self, address: Address) -> Certificates:
+        return self._lookup(address, Purpose.ENCRYPT)
+
+    def signing_container(self, address: Address) -> x509.Certificate | None:
+        found = self._lookup(address, Purpose.SIGN).signing
+        return found[0] if found else None
+
+    def _lookup(self, address: Address, purpose: Purpose) -> Certificates:
+        key = (address.key(), purpose)
+        now = self.clock()
+        with self.lock:
+            entry = self.cache.get(key)
+        if entry is not None and now < entry.fresh_until:
+            return entry.certs
+        certs = self._verify(address, purpose, self.fetcher.fetch(address, purpose), now)
+        lives = [
+            c.not_valid_before_utc + (c.not_valid_after_utc - c.not_valid_before_utc) / 2
+            for c in certs.gateways + certs.genuine + certs.signing
+        ]
+        fresh = min(lives) if lives else now + self.negative
+        with self.lock:
+            if len(self.cache) > 10_000:  # bounded: a flood of new addresses cannot grow it
+                self.cache.clear()
+            self.cache[key] = _Entry(certs, fresh)
+        return certs
+
+    def _verify(
+        self, address: Address, purpose: Purpose, found: list[x509.Certificate], now: dt.datetime
+    ) -> Certificates:
+        gateways: list[x509.Certificate] = []
+        genuine: list[x509.Certificate] = []
+        signing: list[x509.Certificate] = []
+        for cert in found:
+            try:
+                role = describe(cert).role
+            except ContainerError:
+                log.warning("directory sent a malformed certificate for %s; ignored", address)
+                continue
+            if role is Role.PROXY_ENCRYPTION and purpose is Purpose.ENCRYPT:
+                res = verify_container(cert, self.anchors, address, Purpose.ENCRYPT, now)
+                bucket = gateways
+            elif role is Role.PROXY_SIGNING and purpose is Purpose.SIGN:
+                res = verify_container(cert, self.anchors, address, Purpose.SIGN, now)
+                bucket = signing
+            elif role in (None, Role.GENUINE) and purpose is Purpose.ENCRYPT:
+                if not self.genuine_roots:
+                    log.info("genuine certificate for %s ignored: no genuine_roots set", address)
+                    continue
+                res = verify_container(
+                    cert, self.genuine_roots, address, Purpose.ENCRYPT, now,
+                    expected_roles=[Role.GENUINE],
+                )
+                bucket = genuine
+            else:
+                continue
+            if res.ok:
+                bucket.append(cert)
+            else:
+                log.warning(
+                    "certificate for %s from the directory rejected: %s",
+                    address, "; ".join(res.reasons),
+                )
+        return Certificates(tuple(gateways), tuple(genuine), tuple(signing))
+
+
+def make_directory(cfg: DirectoryConfig, timeout: float) -> DirectoryClient:
+    if cfg.url is None:
+        return NoDirectory()
+    password = read_secret(cfg.password_file, cfg.password_env, "directory password")
+    pw = password.decode() if password is not None else None
+    anchors = _load_pem_files([cfg.trust_anchor] if cfg.trust_anchor else [], "trust_anchor")
+    roots = _load_pem_files(cfg.genuine_roots, "genuine_roots")
+    fetcher: _Fetcher
+    if cfg.url.startswith(("http://", "https://")):
+        fetcher = _HttpFetcher(cfg, pw, timeout)
+    else:
+        fetcher = _LdapFetcher(cfg, pw, timeout)
+    return CachingDirectory(fetcher, anchors, roots, cfg.negative_cache)

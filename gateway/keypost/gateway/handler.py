@@ -1,0 +1,108 @@
+"""The aiosmtpd handler: runs the pipeline off the event loop and carries out its outcomes.
+
+Lose nothing: the reply to DATA is 250 only after every outcome has been carried out
+(relayed to the next hop, or written to the quarantine); any failure before that is 451,
+so the sending MTA keeps the message and retries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from keypost.gateway import headers, notices
+from keypost.gateway.errors import SmtpFailure
+from keypost.gateway.pipeline import Action, Outcome, ProcessFn
+from keypost.gateway.quarantine import Maildir
+from keypost.gateway.relay import Relay
+
+log = logging.getLogger("keypost.gateway")
+
+
+class GatewayHandler:
+    """aiosmtpd handler object (not a server subclass)."""
+
+    def __init__(
+        self,
+        process: ProcessFn,
+        relay: Relay,
+        quarantine: Maildir,
+        hostname: str,
+        processing_timeout: float = 120.0,
+    ) -> None:
+        self.process = process
+        self.relay = relay
+        self.quarantine = quarantine
+        self.hostname = hostname
+        self.timeout = processing_timeout
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        data = envelope.original_content or envelope.content or b""
+        if isinstance(data, str):  # only when the server decodes; ours does not
+            data = data.encode("utf-8", "surrogateescape")
+        mail_from: str = envelope.mail_from or ""
+        rcpts: list[str] = list(envelope.rcpt_tos)
+        options: list[str] = list(envelope.mail_options or [])
+        try:
+            outcomes = await asyncio.wait_for(
+                asyncio.to_thread(self.process, mail_from, rcpts, data), self.timeout
+            )
+            reply = await asyncio.to_thread(self.settle, mail_from, data, outcomes, options)
+        except SmtpFailure as exc:
+            reply = exc.reply
+        except TimeoutError:
+            reply = "451 4.4.7 processing timed out, try again later"
+        except Exception:  # an unexpected bug must cost a retry, never the message
+            log.exception("internal error while handling a message")
+            reply = "451 4.3.0 internal error, try again later"
+        log.info("from=<%s> rcpts=%d size=%d -> %s", mail_from, len(rcpts), len(data), reply)
+        return reply
+
+    def settle(
+        self, mail_from: str, original: bytes, outcomes: Sequence[Outcome], options: Sequence[str]
+    ) -> str:
+        """Carry out the outcomes (blocking; runs in a worker thread) and return the reply."""
+        rejects = [o for o in outcomes if o.action is Action.REJECT]
+        others = [o for o in outcomes if o.action is not Action.REJECT]
+        if not others:
+            return rejects[0].reply if rejects else "554 5.5.1 no valid recipients"
+        subject = headers.get(original, "Subject")
+        delivered = held = 0
+        for o in others:
+            if o.action is Action.QUARANTINE:
+                qid = self.quarantine.store(o.message, mail_from, o.recipients, o.reply)
+                log.info("quarantined %s for %d recipient(s): %s", qid, len(o.recipients), o.reply)
+                held += len(o.recipients)
+                notify = [r for r in o.notify if r]
+                if notify:
+                    notice = notices.quarantine_notice(
+                        o.recipients, mail_from, subject, o.reply, qid, self.hostname
+                    )
+                    self.relay.send("", notify, notice)
+        failed: list[tuple[str, str]] = [(r, o.reply) for o in rejects for r in o.recipients]
+        for o in others:
+            if o.action is Action.RELAY:
+                refused = self.relay.send(mail_from, o.recipients, o.message, options)
+                failed += refused.recipients
+                delivered += len(o.recipients) - len(refused.recipients)
+                log.debug("relayed to %d recipient(s): %s", len(o.recipients), o.note)
+        if failed:
+            self._report(mail_from, original, failed, subject)
+        return f"250 2.0.0 OK delivered={delivered} quarantined={held} refused={len(failed)}"
+
+    def _report(
+        self, mail_from: str, original: bytes, failed: list[tuple[str, str]],
+        subject: str | None,
+    ) -> None:
+        """Recipients refused while others were accepted: the sender learns it by a report
+        (SMTP has one DATA reply for all recipients). A bounce (null sender) must not be
+        bounced again, so it is kept in the quarantine instead."""
+        if not mail_from:
+            reason = "; ".join(f"{r}: {why}" for r, why in failed)
+            qid = self.quarantine.store(original, mail_from, [r for r, _ in failed], reason)
+            log.warning("refused recipient(s) of a bounce kept as %s", qid)
+            return
+        report = notices.non_delivery_report(mail_from, failed, subject, self.hostname)
+        self.relay.send("", [mail_from], report)

@@ -1,0 +1,104 @@
+"""Raw header surgery on message bytes: read, add, remove fields without re-serialising.
+
+The gateway keeps the original header bytes (DKIM signatures and odd-but-valid
+formatting survive); only the fields it adds or removes change.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_BOUNDARY = re.compile(rb"(\r?\n)\r?\n")
+
+
+@dataclass(frozen=True)
+class Split:
+    head: bytes  # header fields, each line ending with its own line break
+    body: bytes  # after the blank line (may be empty)
+    eol: bytes  # the message's line ending, b"\r\n" or b"\n"
+
+
+def split(message: bytes) -> Split:
+    """Header block and body. A message without a blank line is all header (RFC 5322 allows
+    no body)."""
+    m = _BOUNDARY.search(message)
+    if message.startswith((b"\r\n", b"\n")):
+        eol = b"\r\n" if message.startswith(b"\r\n") else b"\n"
+        return Split(b"", message[len(eol) :], eol)
+    if m is None:
+        eol = b"\r\n" if b"\r\n" in message else b"\n"
+        head = message if message.endswith(b"\n") or not message else message + eol
+        return Split(head, b"", eol)
+    eol = m.group(1)
+    return Split(message[: m.start() + len(eol)], message[m.end() :], eol)
+
+
+def join(parts: Split) -> bytes:
+    return parts.head + parts.eol + parts.body
+
+
+def fields(head: bytes) -> list[bytes]:
+    """Each header field with its continuation lines, as raw bytes."""
+    out: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] += line
+        else:
+            out.append(line)
+    return out
+
+
+def _name(field: bytes) -> str:
+    name, _, _ = field.partition(b":")
+    return name.strip().decode("ascii", "replace").lower()
+
+
+def _value(field: bytes) -> str:
+    _, _, value = field.partition(b":")
+    return " ".join(value.decode("utf-8", "replace").split())
+
+
+def get(message: bytes, name: str) -> str | None:
+    """The first field's unfolded value, or None."""
+    wanted = name.lower()
+    for f in fields(split(message).head):
+        if _name(f) == wanted:
+            return _value(f)
+    return None
+
+
+def remove(message: bytes, name: str) -> bytes:
+    parts = split(message)
+    wanted = name.lower()
+    head = b"".join(f for f in fields(parts.head) if _name(f) != wanted)
+    return join(Split(head, parts.body, parts.eol))
+
+
+def prepend(message: bytes, name: str, value: str) -> bytes:
+    """Add a field at the top (where trace fields go); `value` must be printable ASCII."""
+    if not value.isascii() or any(ch in value for ch in "\r\n"):
+        raise ValueError("header value must be one line of ASCII")
+    parts = split(message)
+    line = f"{name}: {value}".encode("ascii") + parts.eol
+    return join(Split(line + parts.head, parts.body, parts.eol))
+
+
+def strip_subject_tag(message: bytes, tag: str) -> tuple[bytes, bool]:
+    """Remove the first occurrence of `tag` (case-insensitive) from the Subject field."""
+    if not tag:
+        return message, False
+    parts = split(message)
+    out: list[bytes] = []
+    found = False
+    pattern = re.compile(re.escape(tag.encode()) + rb"[ \t]?", re.IGNORECASE)
+    for f in fields(parts.head):
+        if not found and _name(f) == "subject":
+            new, n = pattern.subn(b"", f, count=1)
+            if n:
+                found = True
+                colon = new.index(b":")
+                # "Subject: [sign] Hello" -> "Subject: Hello", never "Subject:  Hello"
+                f = new[: colon + 1] + b" " + new[colon + 1 :].lstrip(b" \t")
+        out.append(f)
+    return join(Split(b"".join(out), parts.body, parts.eol)), found

@@ -1,0 +1,115 @@
+"""Loads the gateway's private keys: refuses files others can read, never logs key material."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from keypost.core.smime import Decryptor, PrivateKey
+from keypost.gateway.config import DomainConfig, GatewayConfig
+from keypost.gateway.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class DomainKeys:
+    """One served domain's keys, ready to use. `fingerprints` are SHA-256 of each key's SPKI."""
+
+    name: str
+    decryptor: Decryptor
+    fingerprints: tuple[str, ...]  # parallel to the configured encryption_keys
+    signing_key: PrivateKey | None
+
+    def describe_key(self, index: int) -> str:
+        """What the X-Keypost-Decrypted header says about key `index` (no secrets)."""
+        which = "current" if index == 0 else f"retired-{index}"
+        return f"key={which} fingerprint={self.fingerprints[index]}"
+
+
+def check_private_file(path: Path) -> bytes:
+    """Read a secret file that must be a regular file without group/other permissions."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ConfigError(f"cannot read key file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ConfigError(f"{path} is not a regular file")
+    if st.st_mode & 0o077:
+        raise ConfigError(
+            f"{path} is readable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            "run chmod 600 on it"
+        )
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def read_secret(path: Path | None, env: str | None, what: str) -> bytes | None:
+    """A password/passphrase from a 0600 file (first line) or an environment variable."""
+    if path is not None:
+        data = check_private_file(path).splitlines()
+        return data[0] if data else b""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ConfigError(f"{what}: environment variable {env} is not set")
+        return value.encode()
+    return None
+
+
+def spki_fingerprint(key: PrivateKey) -> str:
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def load_private_key(path: Path, passphrase: bytes | None) -> PrivateKey:
+    data = check_private_file(path)
+    try:
+        if b"-----BEGIN" in data:
+            key = serialization.load_pem_private_key(data, passphrase)
+        else:
+            key = serialization.load_der_private_key(data, passphrase)
+    except TypeError:
+        # cryptography: a passphrase was given for a clear key or is missing for an encrypted one
+        raise ConfigError(f"{path}: passphrase missing or not needed") from None
+    except ValueError:
+        # The message never includes key bytes; cryptography's text may, so it is not used.
+        raise ConfigError(f"{path}: not a readable private key (or wrong passphrase)") from None
+    if isinstance(key, rsa.RSAPrivateKey):
+        if key.key_size < 2048:
+            raise ConfigError(f"{path}: RSA keys must have at least 2048 bits")
+        return key
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key
+    raise ConfigError(f"{path}: only RSA and EC keys are supported")
+
+
+def load_domain_keys(domain: DomainConfig) -> DomainKeys:
+    passphrase = read_secret(
+        domain.key_passphrase_file, domain.key_passphrase_env, f"domain {domain.name}"
+    )
+    keys = [load_private_key(p, passphrase) for p in domain.encryption_keys]
+    if not isinstance(keys[0], rsa.RSAPrivateKey):
+        raise ConfigError(f"domain {domain.name}: the current encryption key must be RSA")
+    signing = (
+        load_private_key(domain.signing_key, passphrase) if domain.signing_key else None
+    )
+    return DomainKeys(
+        name=domain.name,
+        decryptor=Decryptor(keys),
+        fingerprints=tuple(spki_fingerprint(k) for k in keys),
+        signing_key=signing,
+    )
+
+
+def load_all_keys(config: GatewayConfig) -> Mapping[str, DomainKeys]:
+    return {d.name: load_domain_keys(d) for d in config.domains}

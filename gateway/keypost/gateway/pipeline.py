@@ -1,0 +1,313 @@
+"""The gateway's decisions as a pure-ish pipeline: (envelope, bytes) -> per-recipient outcomes.
+
+No sockets here: the directory and the scanner come in as Protocol objects, and the
+SMTP glue (handler.py) carries out the outcomes. Tests drive this directly.
+
+Direction comes from the envelope: a sender in a served domain writing to a recipient
+outside = outbound; everything else is inbound. Inbound mail for a served domain is
+decrypted with that domain's keys only; inbound mail for a domain we do not serve
+passes unchanged (the gateway never hands clear text to a stranger).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from keypost.core import smime
+from keypost.core.address import Address, parse_address
+from keypost.core.errors import AddressError, DecryptError, SmimeError
+from keypost.gateway import headers, mimecheck
+from keypost.gateway.config import MalformedPolicy, NoGenuinePolicy, PolicyConfig
+from keypost.gateway.directory import DirectoryClient
+from keypost.gateway.errors import PermFailure, TempFailure
+from keypost.gateway.keys import DomainKeys
+from keypost.gateway.scan import Scanner, Verdict
+
+log = logging.getLogger("keypost.gateway.pipeline")
+
+DECRYPTED_HEADER = "X-Keypost-Decrypted"
+
+
+class Action(enum.Enum):
+    RELAY = "relay"  # send `message` to `recipients` through the next hop
+    REJECT = "reject"  # refuse permanently with `reply` (5xx)
+    QUARANTINE = "quarantine"  # keep `message` in the quarantine, notify `notify`
+
+
+@dataclass(frozen=True)
+class Outcome:
+    recipients: tuple[str, ...]
+    action: Action
+    message: bytes = b""
+    reply: str = ""  # the SMTP reply for REJECT; the reason for QUARANTINE
+    notify: tuple[str, ...] = ()  # who gets a quarantine notice
+    note: str = ""  # what was done, for the log (never content or secrets)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    clear: bytes
+    key_index: int
+    algorithm: str
+    rids: tuple[smime.RecipientId, ...]
+
+
+def _address(text: str) -> Address | None:
+    try:
+        return parse_address(text)
+    except AddressError:
+        return None
+
+
+def _public_der(key: smime.PrivateKey | x509.Certificate) -> bytes:
+    pub = key.public_key()
+    return pub.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+class Pipeline:
+    """Decides what happens to one message. Raises TempFailure (-> 451) when a
+    dependency (directory, scanner) cannot answer; everything the sender caused ends in
+    a REJECT or QUARANTINE outcome instead of an exception."""
+
+    def __init__(
+        self,
+        domains: Mapping[str, DomainKeys],
+        policy: PolicyConfig,
+        scanner: Scanner,
+        directory: DirectoryClient,
+        directory_issuers: Sequence[x509.Name] = (),
+        scan_plain: bool = False,
+        max_message_size: int = 25 * 1024 * 1024,
+    ) -> None:
+        self.domains = dict(domains)
+        self.policy = policy
+        self.scanner = scanner
+        self.directory = directory
+        self.issuers = list(directory_issuers)
+        self.scan_plain = scan_plain
+        self.max_size = max_message_size
+
+    # --- entry point -------------------------------------------------------------
+
+    def process(self, mail_from: str, rcpt_tos: Sequence[str], data: bytes) -> list[Outcome]:
+        rcpts = tuple(rcpt_tos)
+        if len(data) > self.max_size:
+            return [Outcome(rcpts, Action.REJECT, reply="554 5.3.4 message too big")]
+        sender = _address(mail_from) if mail_from else None
+        sender_keys = self.domains.get(sender.domain) if sender else None
+        inbound: dict[str, list[str]] = {}
+        outbound: list[str] = []
+        foreign: list[str] = []
+        for r in rcpts:
+            a = _address(r)
+            if a is not None and a.domain in self.domains:
+                inbound.setdefault(a.domain, []).append(r)
+            elif sender_keys is not None:
+                outbound.append(r)
+            else:
+                foreign.append(r)
+        encrypted = self._is_encrypted(data)
+        out: list[Outcome] = []
+        if foreign:
+            out.append(Outcome(tuple(foreign), Action.RELAY, data, note="not for us"))
+        for domain, group in inbound.items():
+            out += self._inbound(self.domains[domain], tuple(group), mail_from, data, encrypted)
+        if outbound and sender is not None and sender_keys is not None:
+            out += self._outbound(sender, sender_keys, tuple(outbound), mail_from, data, encrypted)
+        return merge(out)
+
+    # --- inbound (Fig. 1) ---------------------------------------------------------
+
+    def _inbound(
+        self, keys: DomainKeys, rcpts: tuple[str, ...], mail_from: str, data: bytes,
+        encrypted: bool,
+    ) -> list[Outcome]:
+        if not encrypted:
+            return self._scanned(rcpts, mail_from, data, rcpts, self.scan_plain, "plain")
+        opened = self._open(keys, data)
+        if isinstance(opened, str):
+            return [self._malformed(rcpts, opened, data, rcpts)]
+        if opened is None:
+            return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
+        value = f"{keys.describe_key(opened.key_index)}, alg={opened.algorithm}"
+        clear = headers.prepend(opened.clear, DECRYPTED_HEADER, value)
+        return self._scanned(rcpts, mail_from, clear, rcpts, True, f"decrypted {value}")
+
+    # --- outbound (Figs. 2 and 3) -------------------------------------------------
+
+    def _outbound(
+        self, sender: Address, keys: DomainKeys, rcpts: tuple[str, ...], mail_from: str,
+        data: bytes, encrypted: bool,
+    ) -> list[Outcome]:
+        data, sign = self._sign_request(data)
+        notify = (mail_from,)
+        if not encrypted:
+            scanned = self._scanned(rcpts, mail_from, data, notify, self.scan_plain, "plain")
+            if sign:
+                return [self._signed(o, sender, keys) for o in scanned]
+            return scanned
+        opened = self._open(keys, data)
+        if isinstance(opened, str):
+            return [self._malformed(rcpts, opened, data, notify)]
+        if opened is None:
+            # End-to-end encrypted past us: nothing to scan, nothing to change.
+            o = Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")
+            return [self._signed(o, sender, keys)] if sign else [o]
+        verdict = self._scanned(rcpts, mail_from, opened.clear, notify, True, "decrypted")
+        if verdict[0].action is not Action.RELAY:
+            return verdict
+        out: list[Outcome] = []
+        theirs = {(rid.issuer, rid.serial) for rid in opened.rids}
+        for r in rcpts:
+            out.append(self._onward(r, sender, keys, data, opened.clear, theirs, sign))
+        return out
+
+    def _onward(
+        self, rcpt: str, sender: Address, keys: DomainKeys, original: bytes, clear: bytes,
+        rids: set[tuple[x509.Name, int]], sign: bool,
+    ) -> Outcome:
+        addr = _address(rcpt)
+        found = self.directory.encryption_certificates(addr) if addr else None
+        one = (rcpt,)
+        if found is not None and rids & {(c.issuer, c.serial_number) for c in found.encryption}:
+            # Fig. 2 whole-path message: the next gateway or the recipient can read the
+            # original; forward it untouched ("the gateways need not re-encrypt").
+            o = Outcome(one, Action.RELAY, original, note="scanned; original ciphertext")
+            return self._signed(o, sender, keys) if sign else o
+        policy = self.policy.outbound_no_genuine
+        targets: tuple[x509.Certificate, ...] = ()
+        if found is not None and (found.genuine or policy is not NoGenuinePolicy.REFUSE):
+            targets = found.encryption
+        if not targets and policy is not NoGenuinePolicy.CLEAR:
+            why = "no genuine certificate" if policy is NoGenuinePolicy.REFUSE else "no certificate"
+            return Outcome(
+                one, Action.REJECT,
+                reply=f"554 5.7.1 {why} for {rcpt}; policy refuses to send it unencrypted",
+            )
+        body = clear
+        if sign:
+            try:
+                body = self._sign(sender, keys, body)
+            except PermFailure as exc:
+                return Outcome(one, Action.REJECT, reply=exc.reply)
+        if not targets:
+            return Outcome(one, Action.RELAY, body, note="decrypted; sent clear by policy")
+        try:
+            return Outcome(
+                one, Action.RELAY, smime.encrypt_message(body, targets),
+                note=f"re-encrypted for {len(targets)} certificate(s)",
+            )
+        except SmimeError as exc:
+            return Outcome(one, Action.REJECT, reply=f"554 5.7.1 cannot encrypt for {rcpt}: {exc}")
+
+    def _sign_request(self, data: bytes) -> tuple[bytes, bool]:
+        """Strip the user's signing request (subject tag, header); say whether there was one."""
+        asked = self.policy.sign_all_outbound
+        if self.policy.sign_header:
+            value = headers.get(data, self.policy.sign_header)
+            if value is not None:
+                asked = asked or value.strip().lower() in ("yes", "true", "1")
+                data = headers.remove(data, self.policy.sign_header)
+        data, tagged = headers.strip_subject_tag(data, self.policy.sign_subject_tag)
+        return data, asked or tagged
+
+    def _signed(self, o: Outcome, sender: Address, keys: DomainKeys) -> Outcome:
+        if o.action is not Action.RELAY:
+            return o
+        try:
+            return Outcome(o.recipients, o.action, self._sign(sender, keys, o.message),
+                           note=f"{o.note}; signed")
+        except PermFailure as exc:
+            return Outcome(o.recipients, Action.REJECT, reply=exc.reply)
+
+    def _sign(self, sender: Address, keys: DomainKeys, message: bytes) -> bytes:
+        if keys.signing_key is None:
+            raise PermFailure(f"signing asked for, but {keys.name} has no signing key", "5.7.0")
+        container = self.directory.signing_container(sender)
+        if container is None:
+            raise TempFailure(f"the directory has no signing container for {sender}", "4.7.0")
+        if _public_der(container) != _public_der(keys.signing_key):
+            log.error("signing container for %s does not carry %s's signing key",
+                      sender, keys.name)
+            raise TempFailure("signing container does not match the signing key", "4.7.0")
+        try:
+            return smime.sign_message(message, keys.signing_key, container)
+        except SmimeError as exc:
+            raise PermFailure(f"message cannot be signed: {exc}", "5.6.0") from None
+
+    # --- shared steps -------------------------------------------------------------
+
+    @staticmethod
+    def _is_encrypted(data: bytes) -> bool:
+        try:
+            return smime.is_encrypted(data)
+        except (SmimeError, ValueError):
+            return False
+
+    def _open(self, keys: DomainKeys, data: bytes) -> _Opened | str | None:
+        """Decrypt with the domain's keys: the clear message, None when the message is not
+        for us (no RecipientInfo issued by our directory), or a reason it is malformed."""
+        try:
+            rids = tuple(smime.recipient_ids(data))
+        except (SmimeError, ValueError):
+            return "not a readable S/MIME message"
+        try:
+            res = keys.decryptor.decrypt_message(data)
+        except DecryptError:
+            if rids and self.issuers and all(r.issuer in self.issuers for r in rids):
+                return "encrypted to a key this gateway does not hold"
+            return None
+        except (SmimeError, ValueError):
+            return "not a readable S/MIME message"
+        problem = mimecheck.problem(res.message)
+        if problem is not None:
+            return f"decrypted content is not a readable message: {problem}"
+        return _Opened(res.message, res.key_index, res.algorithm, rids)
+
+    def _malformed(
+        self, rcpts: tuple[str, ...], reason: str, data: bytes, notify: tuple[str, ...]
+    ) -> Outcome:
+        if self.policy.malformed is MalformedPolicy.QUARANTINE:
+            return Outcome(rcpts, Action.QUARANTINE, data, reason, notify, note="malformed")
+        return Outcome(rcpts, Action.REJECT, reply=f"554 5.6.0 {reason}")
+
+    def _scanned(
+        self, rcpts: tuple[str, ...], mail_from: str, message: bytes,
+        notify: tuple[str, ...], scan: bool, note: str,
+    ) -> list[Outcome]:
+        if not scan:
+            return [Outcome(rcpts, Action.RELAY, message, note=note)]
+        result = self.scanner.scan(message, mail_from, rcpts)
+        if result.verdict is Verdict.ACCEPT:
+            return [Outcome(rcpts, Action.RELAY, message, note=f"{note}; scanned")]
+        reason = result.reason or result.verdict.value
+        if result.verdict is Verdict.REJECT:
+            return [Outcome(rcpts, Action.REJECT, reply=f"554 5.7.1 {reason}")]
+        return [Outcome(rcpts, Action.QUARANTINE, message, reason, notify, note="scan")]
+
+
+def merge(outcomes: Sequence[Outcome]) -> list[Outcome]:
+    """Join outcomes that do the same thing, so each distinct message is relayed once."""
+    merged: dict[tuple[Action, bytes, str], Outcome] = {}
+    for o in outcomes:
+        key = (o.action, o.message, o.reply)
+        prev = merged.get(key)
+        if prev is None:
+            merged[key] = o
+        else:
+            merged[key] = Outcome(
+                prev.recipients + o.recipients, o.action, o.message, o.reply,
+                tuple(dict.fromkeys(prev.notify + o.notify)), prev.note,
+            )
+    return list(merged.values())
+
+
+ProcessFn = Callable[[str, Sequence[str], bytes], list[Outcome]]

@@ -1,0 +1,48 @@
+"""Stores held messages durably in a Maildir (tmp/ -> fsync -> new/) before anyone gets a 250."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from keypost.gateway.errors import TempFailure
+
+
+class Maildir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def ensure(self) -> None:
+        for sub in ("tmp", "new", "cur"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def store(self, message: bytes, mail_from: str, rcpts: Sequence[str], reason: str) -> str:
+        """Write the message with a small envelope header; returns its quarantine id.
+        Raises TempFailure when the disk refuses (the sender retries; nothing is lost)."""
+        qid = f"{int(time.time())}.{uuid.uuid4().hex}.{socket.gethostname()}"
+        envelope = (
+            f"X-Keypost-Quarantine-Reason: {' '.join(reason.split())}\r\n"
+            f"X-Keypost-Envelope-From: <{mail_from}>\r\n"
+            f"X-Keypost-Envelope-To: {', '.join(f'<{r}>' for r in rcpts)}\r\n"
+        ).encode("utf-8", "replace")
+        try:
+            self.ensure()
+            tmp = self.root / "tmp" / qid
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(envelope + message)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, self.root / "new" / qid)
+            dfd = os.open(self.root / "new", os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            raise TempFailure(f"quarantine unavailable ({exc.strerror})", "4.3.0") from None
+        return qid

@@ -1,0 +1,76 @@
+"""Hands a message to the next hop (smtplib in a worker thread) and maps its answers."""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from keypost.gateway.config import HostPort
+from keypost.gateway.errors import NextHopUnavailable, PermFailure
+
+log = logging.getLogger("keypost.gateway.relay")
+
+_PASS_OPTIONS = ("SMTPUTF8", "BODY=")
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Recipients the next hop refused while accepting others: (recipient, reply) pairs."""
+
+    recipients: tuple[tuple[str, str], ...] = ()
+
+
+def _text(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return " ".join(text.split())
+
+
+class Relay:
+    """One SMTP transaction per call. Raises NextHopUnavailable (-> 451) when the next hop is
+    down, slow or answers 4xx, PermFailure with the next hop's 5xx when it refuses the
+    message; returns the recipients it refused when it accepted the others."""
+
+    def __init__(self, next_hop: HostPort, timeout: float, hostname: str) -> None:
+        self.next_hop, self.timeout, self.hostname = next_hop, timeout, hostname
+
+    def send(
+        self,
+        mail_from: str,
+        rcpts: Sequence[str],
+        message: bytes,
+        mail_options: Sequence[str] = (),
+    ) -> Refused:
+        host, port = self.next_hop.host, self.next_hop.port
+        try:
+            with smtplib.SMTP(
+                host, port, local_hostname=self.hostname, timeout=self.timeout
+            ) as smtp:
+                smtp.ehlo()
+                opts = [o for o in mail_options if o.upper().startswith(_PASS_OPTIONS)]
+                if not smtp.has_extn("smtputf8"):
+                    opts = [o for o in opts if o.upper() != "SMTPUTF8"]
+                if not smtp.has_extn("8bitmime"):
+                    opts = [o for o in opts if not o.upper().startswith("BODY=")]
+                refused = smtp.sendmail(mail_from, list(rcpts), message, opts)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            if all(code >= 500 for code in codes):
+                code, text = next(iter(exc.recipients.values()))
+                raise _perm(code, text) from None
+            raise NextHopUnavailable("next hop refused the recipients for now") from None
+        except smtplib.SMTPResponseException as exc:
+            if exc.smtp_code >= 500:
+                raise _perm(exc.smtp_code, exc.smtp_error) from None
+            raise NextHopUnavailable(f"next hop answered {exc.smtp_code}") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            log.warning("next hop %s:%d unavailable: %s", host, port, type(exc).__name__)
+            raise NextHopUnavailable("next hop unavailable") from None
+        return Refused(tuple((r, f"{c} {_text(t)}") for r, (c, t) in refused.items()))
+
+
+def _perm(code: int, text: bytes | str) -> PermFailure:
+    err = PermFailure(f"next hop refused: {_text(text)[:200]}", "5.0.0")
+    err.code = code
+    return err

@@ -1,0 +1,90 @@
+"""Builds the gateway from a configuration and runs the aiosmtpd server until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiosmtpd.smtp import SMTP
+
+from keypost.gateway.config import GatewayConfig
+from keypost.gateway.directory import DirectoryClient, make_directory
+from keypost.gateway.handler import GatewayHandler
+from keypost.gateway.keys import DomainKeys, load_all_keys
+from keypost.gateway.pipeline import Pipeline
+from keypost.gateway.quarantine import Maildir
+from keypost.gateway.relay import Relay
+from keypost.gateway.scan import Scanner, make_scanner
+
+log = logging.getLogger("keypost.gateway")
+
+
+@dataclass(frozen=True)
+class Gateway:
+    config: GatewayConfig
+    keys: dict[str, DomainKeys]
+    scanner: Scanner
+    directory: DirectoryClient
+    pipeline: Pipeline
+    handler: GatewayHandler
+
+
+def build(config: GatewayConfig) -> Gateway:
+    """Load keys and secrets, connect nothing yet. Raises ConfigError."""
+    keys = dict(load_all_keys(config))
+    scanner = make_scanner(config.scan, config.timeouts.scan)
+    directory = make_directory(config.directory, config.timeouts.directory)
+    issuers = list(getattr(directory, "anchors", []))
+    pipeline = Pipeline(
+        keys,
+        config.policy,
+        scanner,
+        directory,
+        directory_issuers=[c.subject for c in issuers],
+        scan_plain=config.scan.scan_plain,
+        max_message_size=config.max_message_size,
+    )
+    quarantine = Maildir(config.quarantine_dir)
+    quarantine.ensure()
+    handler = GatewayHandler(
+        pipeline.process,
+        Relay(config.next_hop, config.timeouts.next_hop, config.hostname),
+        quarantine,
+        config.hostname,
+        config.timeouts.processing,
+    )
+    return Gateway(config, keys, scanner, directory, pipeline, handler)
+
+
+def smtp_factory(gw: Gateway) -> SMTP:
+    cfg = gw.config
+    return SMTP(
+        gw.handler,
+        hostname=cfg.hostname,
+        ident="keypost gateway",
+        data_size_limit=cfg.max_message_size,
+        enable_SMTPUTF8=True,
+        decode_data=False,
+        timeout=cfg.timeouts.smtp_session,
+    )
+
+
+async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: smtp_factory(gw), host=gw.config.listen.host, port=gw.config.listen.port
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
+    log.info("keypost gateway listening on %s, next hop %s", addrs, gw.config.next_hop)
+    print(f"keypost gateway listening on {addrs} (next hop {gw.config.next_hop})", flush=True)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    server.close()
+    await server.wait_closed()
+    log.info("keypost gateway stopped")
