@@ -1,0 +1,120 @@
+"""Mail address parsing and normalisation as certificates need it."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from keypost.core.address import MAX_LOCAL, Address, normalize_domain, parse_address
+from keypost.core.errors import AddressError, KeypostError
+
+
+@pytest.mark.parametrize(
+    ("text", "local", "domain"),
+    [
+        ("alice@example.org", "alice", "example.org"),
+        ("Alice@Example.ORG", "Alice", "example.org"),  # local case kept, domain folded
+        ("<bob@b.example>", "bob", "b.example"),
+        ("  bob@b.example ", "bob", "b.example"),
+        ("a@b.example.", "a", "b.example"),  # the root dot is not part of the name
+        ("x.y+tag@sub.b.example", "x.y+tag", "sub.b.example"),
+        ("o'hara!#$%&*=?^_`{|}~-@b.example", "o'hara!#$%&*=?^_`{|}~-", "b.example"),
+        ("info@bücher.example", "info", "xn--bcher-kva.example"),  # IDN -> A-label
+        ("info@BÜCHER.Example", "info", "xn--bcher-kva.example"),
+        ("info@XN--BCHER-KVA.example", "info", "xn--bcher-kva.example"),
+        ("jörg@bücher.example", "jörg", "xn--bcher-kva.example"),  # RFC 6531 local part
+        ("用户@例子.example", "用户", "xn--fsqu00a.example"),
+        ("a" * MAX_LOCAL + "@b.example", "a" * MAX_LOCAL, "b.example"),
+    ],
+)
+def test_parse_valid(text: str, local: str, domain: str) -> None:
+    address = parse_address(text)
+    assert address == Address(local, domain)
+    assert str(address) == f"{local}@{domain}"
+    assert address.ascii_local is local.isascii()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "   ",
+        "alice",
+        "@b.example",
+        "alice@",
+        "alice@b",  # single-label domains are not mail domains
+        "a b@c.example",
+        '"a b"@c.example',  # quoted local parts: no CA profile accepts them
+        '"ab"@c.example',
+        "a..b@c.example",
+        ".a@c.example",
+        "a.@c.example",
+        "jö..rg@c.example",
+        "jö(rg@c.example",
+        "a@b@c.example",
+        "a@-b.example",
+        "a@b-.example",
+        "a@b_c.example",
+        "a@b..example",
+        "a@" + "x" * 64 + ".example",  # label > 63
+        "x" * (MAX_LOCAL + 1) + "@b.example",
+        "ü" * 33 + "@b.example",  # 66 octets in UTF-8
+        "a@" + ".".join(["abcdefgh"] * 30) + ".example",  # > 254
+        "a\x00@b.example",
+        "a\tb@c.example",
+    ],
+)
+def test_parse_invalid(text: str) -> None:
+    with pytest.raises(AddressError) as err:
+        parse_address(text)
+    assert isinstance(err.value, KeypostError)
+    message = str(err.value)
+    assert message and "\n" not in message
+
+
+def test_non_string_is_an_address_error() -> None:
+    with pytest.raises(AddressError):
+        parse_address(b"a@b.example")  # type: ignore[arg-type]
+
+
+def test_key_folds_local_part_only_for_matching() -> None:
+    a, b = parse_address("Alice@Example.org"), parse_address("alice@example.ORG")
+    assert a != b  # local parts are case-sensitive in principle (RFC 5321 2.4)
+    assert a.key() == b.key() == "alice@example.org"
+    assert parse_address("JÖRG@b.example").key() == "jörg@b.example"
+
+
+def test_addresses_order_and_hash() -> None:
+    items = {
+        parse_address("b@x.example"),
+        parse_address("a@x.example"),
+        parse_address("a@x.example"),
+    }
+    assert sorted(items) == [Address("a", "x.example"), Address("b", "x.example")]
+
+
+def test_normalize_domain() -> None:
+    assert normalize_domain("Example.ORG.") == "example.org"
+    assert normalize_domain("bücher.example") == "xn--bcher-kva.example"
+    for bad in ("", ".", "localhost", "a..b", "-a.example"):
+        with pytest.raises(AddressError):
+            normalize_domain(bad)
+
+
+atext = st.text(
+    st.sampled_from(
+        "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789!#$%&'*+/=?^_`{|}~-"
+    ),
+    min_size=1,
+    max_size=20,
+)
+labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+
+
+@given(st.lists(atext, min_size=1, max_size=3), st.lists(labels, min_size=2, max_size=4))
+def test_parse_is_idempotent(atoms: list[str], domain_labels: list[str]) -> None:
+    text = ".".join(atoms) + "@" + ".".join(domain_labels)
+    address = parse_address(text)
+    assert parse_address(str(address)) == address
+    assert parse_address(str(address).upper()).domain == address.domain
