@@ -1,1 +1,1 @@
-"""keypost.host."""
+"""keypost.host: the native messaging host behind the Thunderbird add-on (see PROTOCOL.md)."""

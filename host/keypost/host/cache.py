@@ -1,0 +1,115 @@
+"""Container cache: hits kept until shortly before their not-after, misses for a minute.
+
+In memory, mirrored to `containers.json` in the user cache dir so a new host process
+(Thunderbird may start one per message) starts warm. Containers are public data.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from keypost.host.directory_client import RawContainer
+from keypost.host.paths import write_private
+
+CACHE_FILE = "containers.json"
+MISS_TTL = 60.0  # seconds an empty answer is trusted (a new account shows up quickly)
+EXPIRY_MARGIN = 300.0  # refresh this long before the earliest not-after
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    containers: tuple[RawContainer, ...]
+    expires: float  # epoch seconds
+
+
+class ContainerCache:
+    """Keyed by (directory, requestor, address key): what the directory answers depends on
+    who asks (a user of a served domain also gets their own gateway's container)."""
+
+    def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
+        self._path = path
+        self._clock = clock
+        self._entries: dict[str, CacheEntry] = {}
+        self._dirty = False
+        if path is not None:
+            self._load(path)
+
+    @staticmethod
+    def key(directory: str, requestor: str | None, address_key: str) -> str:
+        return f"{directory}|{requestor or ''}|{address_key}"
+
+    def get(self, key: str) -> CacheEntry | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry.expires <= self._clock():
+            del self._entries[key]
+            self._dirty = True
+            return None
+        return entry
+
+    def put(self, key: str, containers: Sequence[RawContainer], not_after: float | None) -> None:
+        """`not_after`: the earliest not-after of the containers (None for a miss)."""
+        now = self._clock()
+        if containers and not_after is not None:
+            expires = not_after - EXPIRY_MARGIN
+            if expires <= now:
+                return  # about to expire: not worth keeping
+        else:
+            expires = now + MISS_TTL
+        self._entries[key] = CacheEntry(tuple(containers), expires)
+        self._dirty = True
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self._dirty = True
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the file if anything changed (once per request, not per address)."""
+        if self._path is None or not self._dirty:
+            return
+        now = self._clock()
+        data = {
+            "format": FORMAT,
+            "entries": {
+                key: {
+                    "expires": e.expires,
+                    "containers": [
+                        {"der": base64.b64encode(c.der).decode("ascii"), "gateway": c.gateway}
+                        for c in e.containers
+                    ],
+                }
+                for key, e in self._entries.items()
+                if e.expires > now
+            },
+        }
+        try:
+            write_private(self._path, json.dumps(data).encode("utf-8"))
+        except OSError:
+            return  # a cache that cannot be written is only slower
+        self._dirty = False
+
+    def _load(self, path: Path) -> None:
+        try:
+            data = json.loads(path.read_text("utf-8"))
+            if data.get("format") != FORMAT:
+                return
+            now = self._clock()
+            for key, e in data["entries"].items():
+                expires = float(e["expires"])
+                if expires <= now:
+                    continue
+                containers = tuple(
+                    RawContainer(base64.b64decode(c["der"]), c.get("gateway"))
+                    for c in e["containers"]
+                )
+                self._entries[str(key)] = CacheEntry(containers, expires)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self._entries.clear()  # unreadable cache: start cold rather than fail

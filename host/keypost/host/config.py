@@ -1,0 +1,209 @@
+"""The host's saved configuration: directory URL, account name, pinned trust anchor, roots.
+
+Stored as `host.toml` plus PEM files in the config dir. Secrets never go here: the
+password lives only in the OS keyring (keyring_store).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from cryptography import x509
+
+from keypost.core.containers import load_certificates, sha256_fingerprint, to_pem
+from keypost.core.errors import ContainerError
+from keypost.host.errors import BadRequest, NotConfigured, TrustAnchorMismatch
+from keypost.host.paths import config_dir, write_private
+
+CONFIG_FILE = "host.toml"
+ANCHOR_FILE = "trust-anchor.pem"
+ROOTS_FILE = "extra-roots.pem"
+TLS_CA_FILE = "tls-ca.pem"
+DEFAULT_BASE_DN = "dc=keypost"
+DEFAULT_PORTS = {"ldap": 389, "ldaps": 636, "http": 80, "https": 443}
+DEFAULT_TIMEOUT = 10.0  # seconds per directory operation
+
+
+@dataclass(frozen=True)
+class DirectoryUrl:
+    """A parsed, checked directory URL."""
+
+    url: str
+    scheme: str  # ldap, ldaps, http, https
+    host: str
+    port: int
+    base: str  # LDAP base DN, or the HTTP path prefix without trailing slash
+
+    @property
+    def is_ldap(self) -> bool:
+        return self.scheme in ("ldap", "ldaps")
+
+    @property
+    def loopback(self) -> bool:
+        return is_loopback(self.host)
+
+    @property
+    def http_base(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}{self.base}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_directory_url(text: str) -> DirectoryUrl:
+    """ldap://, ldaps://, https:// (and http:// for loopback hosts only). Raises BadRequest."""
+    try:
+        parts = urlsplit(text.strip())
+        port = parts.port
+    except ValueError:
+        raise BadRequest(f"invalid directory URL: {text!r}", {"param": "directory"}) from None
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").lower()
+    if scheme not in DEFAULT_PORTS or not host:
+        raise BadRequest(
+            "the directory URL must be ldap://, ldaps:// or https:// with a host name",
+            {"param": "directory"},
+        )
+    if scheme == "http" and not is_loopback(host):
+        raise BadRequest(
+            "http:// is only accepted for loopback addresses; use https://",
+            {"param": "directory"},
+        )
+    if parts.username or parts.password:
+        raise BadRequest(
+            "put the user name in the username field, not in the URL", {"param": "directory"}
+        )
+    path = unquote(parts.path)
+    is_ldap = scheme in ("ldap", "ldaps")
+    base = (path.lstrip("/") or DEFAULT_BASE_DN) if is_ldap else path.rstrip("/")
+    return DirectoryUrl(text.strip(), scheme, host, port or DEFAULT_PORTS[scheme], base)
+
+
+@dataclass(frozen=True)
+class TrustAnchor:
+    certificate: x509.Certificate
+    pem: bytes
+
+    @property
+    def fingerprint(self) -> str:
+        return sha256_fingerprint(self.certificate)
+
+
+def normalize_fingerprint(text: str) -> str:
+    hexdigits = "".join(ch for ch in text if ch not in ": \t").upper()
+    return ":".join(hexdigits[i : i + 2] for i in range(0, len(hexdigits), 2))
+
+
+def parse_trust_anchor(pem: str | bytes, expected_fingerprint: str | None = None) -> TrustAnchor:
+    """One CA certificate (PEM or DER); checked against the fingerprint the user confirmed."""
+    data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
+    try:
+        certs = load_certificates(data)
+    except ContainerError as exc:
+        raise BadRequest(f"trust anchor: {exc}", {"param": "trust_anchor_pem"}) from None
+    if len(certs) != 1:
+        raise BadRequest(
+            f"the trust anchor must be one certificate, got {len(certs)}",
+            {"param": "trust_anchor_pem"},
+        )
+    cert = certs[0]
+    anchor = TrustAnchor(cert, to_pem(cert))
+    if expected_fingerprint:
+        expected = normalize_fingerprint(expected_fingerprint)
+        if expected != anchor.fingerprint:
+            raise TrustAnchorMismatch(
+                "the trust anchor's fingerprint is not the one confirmed",
+                {"expected": expected, "actual": anchor.fingerprint},
+            )
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise TrustAnchorMismatch(
+            "the trust anchor is not a CA certificate", {"actual": anchor.fingerprint}
+        )
+    return anchor
+
+
+def parse_roots(pem: str | bytes, param: str) -> tuple[x509.Certificate, ...]:
+    data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
+    try:
+        return tuple(load_certificates(data))
+    except ContainerError as exc:
+        raise BadRequest(f"{param}: {exc}", {"param": param}) from None
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    directory: DirectoryUrl
+    username: str | None
+    anchor: TrustAnchor
+    extra_roots: tuple[x509.Certificate, ...] = ()
+    tls_ca_pem: bytes | None = None
+    timeout: float = DEFAULT_TIMEOUT
+
+
+def _toml_string(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"')
+    escaped = "".join(ch if ord(ch) >= 0x20 and ch != "\x7f" else f"\\u{ord(ch):04x}"
+                      for ch in escaped)
+    return f'"{escaped}"'
+
+
+def save(config: HostConfig, folder: Path | None = None) -> Path:
+    """Write host.toml and the PEM files; returns the config folder."""
+    folder = folder or config_dir()
+    lines = [
+        "# keypost host configuration (written by `keypost host`; the password is in the",
+        "# OS keyring, service \"keypost\", never here).",
+        f"directory = {_toml_string(config.directory.url)}",
+        f"username = {_toml_string(config.username or '')}",
+        f"timeout = {float(config.timeout)!r}",
+        "",
+    ]
+    write_private(folder / ANCHOR_FILE, config.anchor.pem)
+    for name, data in (
+        (ROOTS_FILE, b"".join(to_pem(c) for c in config.extra_roots) or None),
+        (TLS_CA_FILE, config.tls_ca_pem),
+    ):
+        if data:
+            write_private(folder / name, data)
+        else:
+            (folder / name).unlink(missing_ok=True)
+    write_private(folder / CONFIG_FILE, "\n".join(lines).encode("utf-8"))
+    return folder
+
+
+def load(folder: Path | None = None) -> HostConfig | None:
+    """The saved configuration, or None when there is none. Raises NotConfigured if broken."""
+    folder = folder or config_dir()
+    path = folder / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        data = tomllib.loads(path.read_text("utf-8"))
+        directory = parse_directory_url(str(data["directory"]))
+        anchor = parse_trust_anchor((folder / ANCHOR_FILE).read_bytes())
+        roots_path = folder / ROOTS_FILE
+        roots = parse_roots(roots_path.read_bytes(), "extra roots") if roots_path.exists() else ()
+        tls_path = folder / TLS_CA_FILE
+        tls_ca = tls_path.read_bytes() if tls_path.exists() else None
+        timeout = float(data.get("timeout", DEFAULT_TIMEOUT))
+    except (OSError, KeyError, ValueError, BadRequest, TrustAnchorMismatch) as exc:
+        raise NotConfigured(
+            f"the configuration in {folder} is unreadable ({exc}); run configure"
+        ) from None
+    username = str(data.get("username") or "") or None
+    return HostConfig(directory, username, anchor, roots, tls_ca, timeout)

@@ -1,0 +1,305 @@
+"""Fetching key containers from the directory over LDAP (ldap3) or HTTP (requests).
+
+One connection per host session, reused; one LDAP search (or one HTTP request) asks for
+all addresses at once. Returns raw certificates; verification happens in `resolve`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import ldap3
+import requests
+from ldap3.core import exceptions as ldap_exc
+from ldap3.utils.conv import escape_filter_chars
+
+from keypost.core.address import parse_address
+from keypost.core.containers import load_certificates, to_der
+from keypost.core.errors import KeypostError
+from keypost.host.config import DirectoryUrl
+from keypost.host.errors import AuthenticationFailed, DirectoryFailure, DirectoryUnreachable
+from keypost.host.paths import cache_dir, write_private
+
+CERT_ATTRIBUTE = "userCertificate;binary"
+MAX_PER_REQUEST = 100  # addresses per search/request: keeps filters and URLs a sane size
+LDAP_INVALID_CREDENTIALS = 49
+# What `check` searches for: a real search proves the whole path (RFC 2606 .invalid).
+PROBE_ADDRESS = "connection-test@keypost.invalid"
+
+
+@dataclass(frozen=True)
+class RawContainer:
+    """One certificate as the directory served it (unverified)."""
+
+    der: bytes
+    gateway: str | None = None  # the gateway's domain when the directory says (HTTP)
+
+
+class DirectoryClient(Protocol):
+    """What the resolver needs from a directory transport."""
+
+    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+        """Containers per address key (Address.key()) for the given bare addresses; an
+        address the directory has nothing for maps to [] (or is absent)."""
+        ...
+
+    def check(self) -> bool:
+        """Connect, authenticate and search once; True when authenticated (False = anonymous)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def _key(address: str) -> str | None:
+    try:
+        return parse_address(address).key()
+    except KeypostError:
+        return None
+
+
+class LdapDirectoryClient:
+    """LDAP via ldap3: LDAPS, or StartTLS on ldap:// (plain only on loopback)."""
+
+    def __init__(
+        self,
+        url: DirectoryUrl,
+        username: str | None,
+        password: str | None,
+        tls_ca_pem: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self._url = url
+        self._username = username
+        self._password = password
+        self._tls_ca = tls_ca_pem.decode("ascii", "replace") if tls_ca_pem else None
+        self._timeout = timeout
+        self._conn: ldap3.Connection | None = None
+
+    def _bind_dn(self) -> str:
+        assert self._username
+        if "=" in self._username:
+            return self._username
+        return f"uid={self._username},{self._url.base}"
+
+    def _connect(self) -> ldap3.Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_data=self._tls_ca)
+        server = ldap3.Server(
+            self._url.host,
+            port=self._url.port,
+            use_ssl=self._url.scheme == "ldaps",
+            tls=tls,
+            get_info=ldap3.NONE,
+            connect_timeout=self._timeout,
+        )
+        authenticated = bool(self._username)
+        conn = ldap3.Connection(
+            server,
+            user=self._bind_dn() if authenticated else None,
+            password=self._password if authenticated else None,
+            authentication=ldap3.SIMPLE if authenticated else ldap3.ANONYMOUS,
+            receive_timeout=self._timeout,
+            read_only=True,
+            raise_exceptions=False,
+        )
+        where = {"directory": self._url.url}
+        try:
+            conn.open()
+            if self._url.scheme == "ldap" and not self._url.loopback and not conn.start_tls():
+                raise DirectoryUnreachable(
+                    f"StartTLS with {self._url.host} failed: {conn.result.get('description')}",
+                    where,
+                )
+            if authenticated and not conn.bind():
+                code = conn.result.get("result")
+                conn.unbind()
+                if code == LDAP_INVALID_CREDENTIALS:
+                    raise AuthenticationFailed("the directory refused the user name or password")
+                raise DirectoryFailure(
+                    f"the directory refused the bind: {conn.result.get('description')}", where
+                )
+        except ldap_exc.LDAPStartTLSError as exc:
+            raise DirectoryUnreachable(
+                f"StartTLS with {self._url.host} failed: {exc}", where
+            ) from None
+        except ldap_exc.LDAPException as exc:
+            raise DirectoryUnreachable(
+                f"cannot reach the directory at {self._url.host}:{self._url.port}: "
+                f"{type(exc).__name__}",
+                where,
+            ) from None
+        self._conn = conn
+        return conn
+
+    def check(self) -> bool:
+        self.fetch([PROBE_ADDRESS])
+        return bool(self._username)
+
+    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+        found: dict[str, list[RawContainer]] = {}
+        for start in range(0, len(addresses), MAX_PER_REQUEST):
+            batch = addresses[start : start + MAX_PER_REQUEST]
+            try:
+                entries = self._search(batch)
+            except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSessionTerminatedByServerError,
+                    ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError):
+                # The server may close idle connections: reconnect once, then give up.
+                self.close()
+                try:
+                    entries = self._search(batch)
+                except ldap_exc.LDAPException as exc:
+                    raise DirectoryUnreachable(
+                        f"the directory connection failed: {type(exc).__name__}",
+                        {"directory": self._url.url},
+                    ) from None
+            for address, ders in entries:
+                found.setdefault(address, []).extend(RawContainer(der) for der in ders)
+        return found
+
+    def _search(self, batch: Sequence[str]) -> list[tuple[str, list[bytes]]]:
+        conn = self._connect()
+        terms = "".join(f"(mail={escape_filter_chars(a)})" for a in batch)
+        flt = terms if len(batch) == 1 else f"(|{terms})"
+        ok = conn.search(
+            self._url.base,
+            flt,
+            search_scope=ldap3.SUBTREE,
+            attributes=["mail", CERT_ATTRIBUTE],
+        )
+        result = conn.result or {}
+        if not ok and result.get("result") not in (0, 32, 4):  # success, noSuchObject, sizeLimit
+            raise DirectoryFailure(
+                f"the directory search failed: {result.get('description')}",
+                {"directory": self._url.url},
+            )
+        out: list[tuple[str, list[bytes]]] = []
+        for entry in conn.response or []:
+            if entry.get("type") != "searchResEntry":
+                continue
+            raw: dict[str, list[bytes]] = entry.get("raw_attributes", {})
+            address = _entry_address(entry.get("dn", ""), raw)
+            if address is None:
+                continue
+            ders: list[bytes] = []
+            for name, values in raw.items():
+                if name.lower() in ("usercertificate;binary", "usercertificate"):
+                    ders.extend(values)
+            out.append((address, ders))
+        return out
+
+    def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(ldap_exc.LDAPException):
+                self._conn.unbind()
+            self._conn = None
+
+
+def _entry_address(dn: str, raw: dict[str, list[bytes]]) -> str | None:
+    """The entry's address: its `mail` value, else the `mail=` RDN of its DN."""
+    for name, values in raw.items():
+        if name.lower() == "mail" and values:
+            return _key(values[0].decode("utf-8", "replace"))
+    first = dn.split(",", 1)[0]
+    attr, _, value = first.partition("=")
+    if attr.strip().lower() == "mail":
+        return _key(value.strip())
+    return None
+
+
+class HttpDirectoryClient:
+    """The directory's HTTP API: GET /v1/containers?address=..&purpose=encrypt, Basic auth."""
+
+    def __init__(
+        self,
+        url: DirectoryUrl,
+        username: str | None,
+        password: str | None,
+        tls_ca_pem: bytes | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self._url = url
+        self._timeout = timeout
+        self._session = requests.Session()
+        if username:
+            self._session.auth = (username, password or "")
+        if tls_ca_pem:
+            # requests wants a file: keep one per CA content in the cache dir.
+            digest = hashlib.sha256(tls_ca_pem).hexdigest()[:16]
+            path = cache_dir() / f"tls-ca-{digest}.pem"
+            if not path.exists():
+                write_private(path, tls_ca_pem)
+            self._session.verify = str(Path(path))
+        self._authenticated = bool(username)
+
+    def _get(self, addresses: Sequence[str]) -> Any:
+        params = [("address", a) for a in addresses] + [("purpose", "encrypt")]
+        where = {"directory": self._url.url}
+        try:
+            resp = self._session.get(
+                f"{self._url.http_base}/v1/containers", params=params, timeout=self._timeout
+            )
+        except requests.RequestException as exc:
+            raise DirectoryUnreachable(
+                f"cannot reach the directory at {self._url.host}:{self._url.port}: "
+                f"{type(exc).__name__}",
+                where,
+            ) from None
+        if resp.status_code in (401, 403):
+            raise AuthenticationFailed("the directory refused the user name or password")
+        if resp.status_code != 200:
+            raise DirectoryFailure(f"the directory answered HTTP {resp.status_code}", where)
+        try:
+            return resp.json()
+        except ValueError:
+            raise DirectoryFailure("the directory answered with malformed JSON", where) from None
+
+    def check(self) -> bool:
+        self.fetch([PROBE_ADDRESS])
+        return self._authenticated
+
+    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+        found: dict[str, list[RawContainer]] = {}
+        for start in range(0, len(addresses), MAX_PER_REQUEST):
+            data = self._get(addresses[start : start + MAX_PER_REQUEST])
+            try:
+                for item in data["results"]:
+                    key = _key(str(item["address"]))
+                    if key is None:
+                        continue
+                    bucket = found.setdefault(key, [])
+                    for c in item.get("containers", []):
+                        if c.get("format", "x509") != "x509":
+                            continue
+                        gateway = c.get("gateway")
+                        for cert in load_certificates(str(c["pem"]).encode("ascii")):
+                            bucket.append(
+                                RawContainer(to_der(cert), str(gateway) if gateway else None)
+                            )
+            except (KeyError, TypeError, AttributeError, KeypostError, UnicodeError):
+                raise DirectoryFailure(
+                    "the directory's answer is not in the expected form",
+                    {"directory": self._url.url},
+                ) from None
+        return found
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def make_client(
+    url: DirectoryUrl,
+    username: str | None,
+    password: str | None,
+    tls_ca_pem: bytes | None = None,
+    timeout: float = 10.0,
+) -> DirectoryClient:
+    if url.is_ldap:
+        return LdapDirectoryClient(url, username, password, tls_ca_pem, timeout)
+    return HttpDirectoryClient(url, username, password, tls_ca_pem, timeout)

@@ -1,0 +1,46 @@
+"""Where the host keeps its configuration and cache, per OS (platformdirs' rules, by hand)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+APP = "keypost"
+
+
+def config_dir() -> Path:
+    """$KEYPOST_CONFIG_DIR, else the OS's per-user configuration folder + /keypost."""
+    override = os.environ.get("KEYPOST_CONFIG_DIR")
+    if override:
+        return Path(override)
+    home = Path.home()
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming") / APP
+    if sys.platform == "darwin":
+        return home / "Library" / "Application Support" / APP
+    return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / APP
+
+
+def cache_dir() -> Path:
+    """$KEYPOST_CACHE_DIR, else the OS's per-user cache folder + /keypost."""
+    override = os.environ.get("KEYPOST_CACHE_DIR")
+    if override:
+        return Path(override)
+    home = Path.home()
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local"
+        return Path(local) / APP / "Cache"
+    if sys.platform == "darwin":
+        return home / "Library" / "Caches" / APP
+    return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / APP
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a file atomically, readable only by the user (configuration is nobody else's)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
