@@ -83,6 +83,16 @@ def describe_text(cert: x509.Certificate, now: dt.datetime) -> str:
     return "\n".join(f"  {k + ':':<14}{v}" for k, v in rows)
 
 
+def _at(text: str | None) -> dt.datetime | None:
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise ContainerError(f"invalid time {text!r} (ISO 8601, e.g. 2026-01-31T12:00Z)") from exc
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
 def cmd_ca_new(args: argparse.Namespace) -> int:
     ca = kc.DirectoryCA.generate(
         args.key_type, args.common_name, validity=dt.timedelta(days=args.validity_days)
@@ -121,7 +131,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     certs = kc.load_certificates(_read(args.file))
     roles = [Role(r) for r in args.role] if args.role else None
     result = kc.verify_container(
-        certs[0], anchors, args.address, Purpose(args.purpose), expected_roles=roles
+        certs[0], anchors, args.address, Purpose(args.purpose), _at(args.at), roles
     )
     if not result.ok:
         print(f"keypost: container rejected: {'; '.join(result.reasons)}", file=sys.stderr)
@@ -189,5 +199,6 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         choices=[r.value for r in Role],
         help="accepted role(s); default: the proxy role of the purpose",
     )
+    p.add_argument("--at", metavar="TIME", help="check validity at this ISO 8601 time (UTC)")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=_guarded(cmd_verify))

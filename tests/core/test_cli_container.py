@@ -1,0 +1,222 @@
+"""`keypost container ...` run as a real subprocess: output, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+
+from keypost.core import containers as kc
+from keypost.core.types import Purpose, Role
+
+KEYPOST = Path(sys.executable).with_name("keypost")
+OPENSSL = shutil.which("openssl")
+
+
+def keypost(*args: str | Path, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = [str(KEYPOST)] if KEYPOST.exists() else [sys.executable, "-m", "keypost.core.cli"]
+    return subprocess.run(
+        [*cmd, "container", *map(str, args)],
+        input=stdin.decode() if stdin is not None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_one_line_error(res: subprocess.CompletedProcess[str], code: int = 1) -> str:
+    assert res.returncode == code, (res.stdout, res.stderr)
+    assert "Traceback" not in res.stderr
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("keypost: ")
+    return lines[0]
+
+
+def public_pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory CA made by `ca-new` and a gateway key pair (bare SPKI)."""
+    d = tmp_path_factory.mktemp("cli")
+    res = keypost("ca-new", "--out-cert", d / "ca.pem", "--out-key", d / "ca.key")
+    assert res.returncode == 0, res.stderr
+    gw = rsa.generate_private_key(65537, 2048)
+    (d / "gw.pub").write_bytes(public_pem(gw))
+    (d / "gw.key").write_bytes(
+        gw.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return d
+
+
+def issue(work: Path, *extra: str | Path, address: str = "alice@example.org") -> Path:
+    res = keypost(
+        "issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key",
+        "--gateway-cert", work / "gw.pub", "--address", address, *extra,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = work / f"c-{len(list(work.iterdir()))}.pem"
+    out.write_text(res.stdout)
+    return out
+
+
+def test_ca_new(work: Path, tmp_path: Path) -> None:
+    assert stat.S_IMODE((work / "ca.key").stat().st_mode) == 0o600
+    (ca,) = kc.load_certificates((work / "ca.pem").read_bytes())
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    # refuses to overwrite, unless told to
+    res = keypost("ca-new", "--out-cert", work / "ca.pem", "--out-key", work / "ca.key")
+    assert "exists" in assert_one_line_error(res)
+    assert (work / "ca.pem").read_bytes() == kc.to_pem(ca)
+    cert, key = tmp_path / "r.pem", tmp_path / "r.key"
+    key.write_text("old")
+    key.chmod(0o644)
+    res = keypost("ca-new", "--out-cert", cert, "--out-key", key, "--key-type", "rsa-3072",
+                  "--force")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    loaded = kc.DirectoryCA.load(cert.read_bytes(), key.read_bytes())
+    pub = loaded.certificate.public_key()
+    assert isinstance(pub, rsa.RSAPublicKey) and pub.key_size == 3072
+
+
+def test_issue_prints_pem(work: Path) -> None:
+    path = issue(work, "--purpose", "sign", "--lifetime", "30m", "--directory-url",
+                 "https://keys.example/", address="Bob@Example.ORG")  # fmt: skip
+    (cert,) = kc.load_certificates(path.read_bytes())
+    assert path.read_text().startswith("-----BEGIN CERTIFICATE-----")
+    info = kc.describe(cert)
+    assert info.addresses == ("Bob@example.org",)
+    assert info.role is Role.PROXY_SIGNING
+    assert info.directory_url == "https://keys.example/"
+    assert info.not_after - info.not_before == dt.timedelta(minutes=35)  # 30 min + 5 min skew
+    (ca,) = kc.load_certificates((work / "ca.pem").read_bytes())
+    assert kc.verify_container(cert, [ca], "Bob@example.org", Purpose.SIGN).ok
+
+
+def test_issue_accepts_gateway_certificate(work: Path, tmp_path: Path) -> None:
+    # a gateway certificate made by openssl itself, not by us
+    if OPENSSL is None:
+        pytest.skip("openssl not installed")
+    gw_cert = tmp_path / "gw.crt"
+    subprocess.run(
+        [OPENSSL, "req", "-x509", "-new", "-key", str(work / "gw.key"), "-subj", "/CN=gw",
+         "-days", "2", "-out", str(gw_cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    res = keypost("issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key",
+                  "--gateway-cert", gw_cert, "--address", "a@b.example")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "c.pem"
+    out.write_text(res.stdout)
+    verify = subprocess.run(
+        [OPENSSL, "verify", "-CAfile", str(work / "ca.pem"), "-purpose", "smimeencrypt",
+         str(out)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    (cert,) = kc.load_certificates(out.read_bytes())
+    gw = kc.GatewayKey.from_pem(gw_cert.read_bytes())
+    assert kc.describe(cert).gateway_fingerprint == gw.fingerprint
+
+
+def test_show(work: Path) -> None:
+    path = issue(work, "--lifetime", "2h", address="jörg@bücher.example")
+    res = keypost("show", path)
+    assert res.returncode == 0, res.stderr
+    gw = kc.GatewayKey.from_pem((work / "gw.pub").read_bytes())
+    out = res.stdout
+    assert "jörg@bücher.example" in out
+    assert "proxy-encryption" in out
+    assert gw.fingerprint in out
+    assert "aes256-cbc, aes128-cbc" in out
+    assert "RSA-2048" in out
+    assert "1 h 59 min left" in out or "2 h left" in out
+    # stdin and a CA certificate (not a container) work too
+    res = keypost("show", "-", stdin=(work / "ca.pem").read_bytes())
+    assert res.returncode == 0 and "not a keypost container" in res.stdout
+
+
+def test_verify(work: Path) -> None:
+    path = issue(work)
+    ok = keypost("verify", "--trust-anchor", work / "ca.pem", "--address", "alice@EXAMPLE.org",
+                 "--purpose", "encrypt", path)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK")
+    bad = keypost("verify", "--trust-anchor", work / "ca.pem", "--address", "bob@example.org",
+                  "--purpose", "sign", path)  # fmt: skip
+    line = assert_one_line_error(bad)
+    assert "not for bob@example.org" in line and "digitalSignature" in line
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(days=2)).isoformat()
+    expired = keypost("verify", "--trust-anchor", work / "ca.pem", "--address",
+                      "alice@example.org", "--purpose", "encrypt", "--at", later, path)  # fmt: skip
+    assert "expired" in assert_one_line_error(expired)
+
+
+def test_verify_wrong_anchor(work: Path, tmp_path: Path) -> None:
+    other = kc.DirectoryCA.generate(common_name="other CA")
+    (tmp_path / "other.pem").write_bytes(kc.to_pem(other.certificate))
+    res = keypost("verify", "--trust-anchor", tmp_path / "other.pem", "--address",
+                  "alice@example.org", "--purpose", "encrypt", issue(work))  # fmt: skip
+    assert "not issued by a trusted directory CA" in assert_one_line_error(res)
+
+
+def test_bad_input_is_one_line(work: Path, tmp_path: Path) -> None:
+    (tmp_path / "weak.pub").write_bytes(public_pem(rsa.generate_private_key(65537, 1024)))
+    (tmp_path / "ed.pub").write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate()))
+    (tmp_path / "junk").write_bytes(b"\x00\x01junk")
+    base = ["issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key"]
+    cases: list[tuple[list[str | Path], str]] = [
+        ([*base, "--gateway-cert", tmp_path / "missing.pem", "--address", "a@b.example"],
+         "cannot read"),
+        ([*base, "--gateway-cert", work / "gw.key", "--address", "a@b.example"], "private key"),
+        ([*base, "--gateway-cert", tmp_path / "weak.pub", "--address", "a@b.example"],
+         "RSA-1024"),
+        ([*base, "--gateway-cert", tmp_path / "ed.pub", "--address", "a@b.example"],
+         "not accepted"),
+        ([*base, "--gateway-cert", tmp_path / "junk", "--address", "a@b.example"], "unreadable"),
+        ([*base, "--gateway-cert", work / "gw.pub", "--address", "not an address"], "invalid"),
+        ([*base, "--gateway-cert", work / "gw.pub", "--address", "a@b.example", "--lifetime",
+          "25h"], "lifetime"),
+        ([*base, "--gateway-cert", work / "gw.pub", "--address", "a@b.example", "--lifetime",
+          "soon"], "invalid lifetime"),
+        (["issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "gw.key", "--gateway-cert",
+          work / "gw.pub", "--address", "a@b.example"], "does not belong"),
+        (["issue", "--ca-cert", work / "gw.pub", "--ca-key", work / "ca.key", "--gateway-cert",
+          work / "gw.pub", "--address", "a@b.example"], "unreadable directory CA certificate"),
+        (["show", tmp_path / "junk"], "no readable certificate"),
+        (["show", work / "ca.key"], "no certificate"),
+        (["show", tmp_path], "cannot read"),
+        (["verify", "--trust-anchor", tmp_path / "junk", "--address", "a@b.example",
+          "--purpose", "encrypt", work / "ca.pem"], "no readable certificate"),
+        (["verify", "--trust-anchor", work / "ca.pem", "--address", "a@b.example",
+          "--purpose", "encrypt", "--at", "yesterday", work / "ca.pem"], "invalid time"),
+    ]  # fmt: skip
+    for args, needle in cases:
+        line = assert_one_line_error(keypost(*args))
+        assert needle in line, (args, line)
+        assert "PRIVATE KEY" not in line
+
+
+def test_usage_errors_exit_2_without_traceback(work: Path) -> None:
+    for args in (["issue"], ["verify", "--purpose", "both", "x"], ["frobnicate"]):
+        res = keypost(*args)
+        assert res.returncode == 2
+        assert "Traceback" not in res.stderr and "error:" in res.stderr
