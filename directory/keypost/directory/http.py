@@ -163,15 +163,21 @@ async def openapi(request: web.Request) -> web.StreamResponse:
     return web.json_response(openapi_document())
 
 
+ROUTES: tuple[tuple[str, Handler], ...] = (
+    ("/v1/containers", containers),
+    ("/v1/ca", trust_anchor),
+    ("/healthz", healthz),
+    ("/metrics", metrics),
+    ("/openapi.json", openapi),
+)
+
+
 def make_app(controller: Controller, authenticator: Authenticator, url: str,
              max_addresses: int) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
     app[CONTROLLER] = controller
     app[AUTHENTICATOR] = authenticator
     app[SETTINGS] = {"url": url, "max_addresses": max_addresses}
-    app.router.add_get("/v1/containers", containers)
-    app.router.add_get("/v1/ca", trust_anchor)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+    for path, handler in ROUTES:
+        app.router.add_get(path, handler)
     return app

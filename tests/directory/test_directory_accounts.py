@@ -1,0 +1,106 @@
+"""Accounts: scrypt hashing, equal work for right/wrong/unknown, throttling of failures."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from keypost.directory import accounts
+from keypost.directory.accounts import Authenticator, Throttle, check_password, hash_password
+from keypost.directory.store import AccountRecord, AccountRole, GatewayKeyRecord, KeyUse
+from keypost.directory.store.sqlite import SqliteStore
+
+
+def test_hash_is_salted_scrypt_with_strong_parameters() -> None:
+    a, b = hash_password(b"pw"), hash_password(b"pw")
+    assert a.salt != b.salt and a.digest != b.digest
+    assert (a.n, a.r, a.p) == (2**14, 8, 1) and len(a.salt) >= 16
+    assert check_password(b"pw", a) and not check_password(b"pW", a)
+    assert not check_password(b"pw" + b"x" * 2000, a)
+
+
+def test_throttle_grows_exponentially_and_is_bounded() -> None:
+    t = Throttle(base=0.1, cap=1.0, free=2, window=60, max_keys=3)
+    delays = []
+    for i in range(8):
+        delays.append(t.delay("k", now=i))
+        t.failed("k", now=i)
+    assert delays == [0.0, 0.0, 0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+    assert t.delay("k", now=200) == 0.0  # forgotten after the window
+    for k in "abcd":
+        t.failed(k, now=300)
+        t.failed(k, now=300)
+    assert t.delay("a", now=300) == 0.0 and t.delay("d", now=300) > 0  # oldest dropped
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> SqliteStore:
+    s = SqliteStore(tmp_path / "d.db")
+    s.add_domain("example.com", [GatewayKeyRecord("example.com", KeyUse.ENCRYPTION, b"x", "fp",
+                                                  (), dt.datetime.now(dt.UTC))])
+    s.add_account(AccountRecord("alice", AccountRole.USER, "example.com",
+                                hash_password(b"right"), dt.datetime.now(dt.UTC)))
+    return s
+
+
+def test_unknown_and_wrong_cost_one_scrypt_like_right(store: SqliteStore,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    auth = Authenticator(store, throttle=Throttle(free=100))
+    calls: list[tuple[int, int, int]] = []
+    real = accounts._scrypt
+
+    def counting(password: bytes, salt: bytes, n: int, r: int, p: int) -> bytes:
+        calls.append((n, r, p))
+        return real(password, salt, n, r, p)
+
+    monkeypatch.setattr(accounts, "_scrypt", counting)
+
+    async def attempts() -> list[object]:
+        return [await auth.verify("alice", b"right", "h1"),
+                await auth.verify("alice", b"wrong", "h2"),
+                await auth.verify("mallory", b"right", "h3")]
+
+    right, wrong, unknown = asyncio.run(attempts())
+    assert isinstance(right, AccountRecord) and wrong is None and unknown is None
+    assert calls == [(2**14, 8, 1)] * 3
+
+
+def test_failures_slow_down_the_next_attempts(store: SqliteStore) -> None:
+    auth = Authenticator(store, throttle=Throttle(base=0.3, cap=0.3, free=1))
+
+    async def run() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        assert await auth.verify("alice", b"bad", "h") is None
+        t0 = loop.time()
+        assert await auth.verify("alice", b"bad", "other-host") is None  # account counter
+        t1 = loop.time()
+        assert await auth.verify("bob", b"bad", "h") is None  # source counter
+        t2 = loop.time()
+        return t1 - t0, t2 - t1
+
+    by_account, by_source = asyncio.run(run())
+    assert by_account >= 0.3 and by_source >= 0.3
+
+
+def test_scrypt_runs_off_the_event_loop(store: SqliteStore) -> None:
+    auth = Authenticator(store)
+
+    async def run() -> int:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.002)
+                ticks += 1
+
+        task = asyncio.create_task(ticker())
+        for _ in range(3):
+            await auth.verify("alice", b"right", "h")
+        task.cancel()
+        return ticks
+
+    assert asyncio.run(run()) >= 5
