@@ -1,0 +1,247 @@
+"""What a search returns: base/scope planning, attribute selection and entry encoding.
+
+Pure functions over values; the server only adds I/O and the backend call. Encoded
+entries are cached by (entry, attribute selection, typesOnly), so a cached container
+costs one dict lookup, not a re-encoding (nor a new PKCS#7 bundle).
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+
+from keypost.core import containers
+from keypost.directory.ldap import ber
+from keypost.directory.ldap.backend import AddressEntry
+from keypost.directory.ldap.connection import SUPPORTED_CONTROLS
+from keypost.directory.ldap.dn import Dn, InvalidDN, escape_value, is_within, parse_dn
+from keypost.directory.ldap.filters import addresses_from_filter
+from keypost.directory.ldap.messages import (
+    OID_START_TLS,
+    OpTag,
+    ResultCode,
+    Scope,
+    SearchRequest,
+    encode_attribute,
+)
+
+OBJECT_CLASSES = (b"top", b"person", b"organizationalPerson", b"inetOrgPerson")
+
+
+class Attr(enum.Enum):
+    """The attributes of an address entry."""
+
+    OBJECT_CLASS = "objectClass"
+    MAIL = "mail"
+    CN = "cn"
+    CERTIFICATES = "userCertificate;binary"
+    SMIME = "userSMIMECertificate"
+
+
+_NAMES = {
+    "objectclass": Attr.OBJECT_CLASS,
+    "2.5.4.0": Attr.OBJECT_CLASS,
+    "mail": Attr.MAIL,
+    "rfc822mailbox": Attr.MAIL,
+    "0.9.2342.19200300.100.1.3": Attr.MAIL,
+    "cn": Attr.CN,
+    "commonname": Attr.CN,
+    "2.5.4.3": Attr.CN,
+    "usercertificate": Attr.CERTIFICATES,
+    "2.5.4.36": Attr.CERTIFICATES,
+    "usersmimecertificate": Attr.SMIME,
+    "2.16.840.1.113730.3.1.40": Attr.SMIME,
+}
+_BINARY_ATTRS = (Attr.CERTIFICATES, Attr.SMIME)
+Selection = tuple[tuple[Attr, str], ...]  # attribute and the name to return it under
+ALL_ATTRIBUTES: Selection = tuple((a, a.value) for a in Attr)
+
+
+@functools.lru_cache(maxsize=1024)
+def select_attributes(requested: tuple[str, ...]) -> Selection:
+    """Which attributes to return, named as the client asked (RFC 4511 4.5.1.8).
+
+    Empty or `*` = all user attributes (certificates as `userCertificate;binary`, as
+    OpenLDAP names them). `1.1` alone = none; `+` adds nothing (no operational
+    attributes). Names match case-insensitively, also by OID; `;binary` is accepted on
+    the two certificate attributes (RFC 4522) and returned as written; other options
+    (e.g. `;lang-de`) name nothing here.
+    """
+    if not requested or "*" in requested:
+        return ALL_ATTRIBUTES
+    out: list[tuple[Attr, str]] = []
+    seen: set[Attr] = set()
+    for name in requested:
+        base, _, options = name.partition(";")
+        attr = _NAMES.get(base.lower())
+        if attr is None or attr in seen:
+            continue
+        opts = {o.lower() for o in options.split(";")} if options else set()
+        if opts and (opts != {"binary"} or attr not in _BINARY_ATTRS):
+            continue
+        seen.add(attr)
+        out.append((attr, name))
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- planning
+
+
+class PlanKind(enum.Enum):
+    ROOT_DSE = "root-dse"
+    ENTRIES = "entries"  # look the addresses up
+    RESULT = "result"  # answer with `code` and no entries
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    kind: PlanKind
+    addresses: tuple[str, ...] = ()
+    code: ResultCode = ResultCode.SUCCESS
+    matched_dn: str = ""
+    diagnostic: str = ""
+
+
+_EMPTY = SearchPlan(PlanKind.RESULT)
+
+
+def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> SearchPlan:
+    """Decide what a search is: the root DSE, a lookup of addresses, or a bare result.
+
+    Entries are named `mail=<address>,<suffix>`. A base naming one such entry reads
+    it (scope base or sub; filter permitting). Any other base inside the suffix is
+    treated as the suffix (clients configured with e.g. `ou=people,<suffix>` work); the
+    root "" and bases above the suffix see the entries with scope sub/subordinate. Other
+    bases get noSuchObject.
+    """
+    try:
+        base = parse_dn(request.base)
+    except InvalidDN as exc:
+        return SearchPlan(PlanKind.RESULT, code=ResultCode.INVALID_DN_SYNTAX, diagnostic=str(exc))
+    scope = request.scope
+    if not base and scope == Scope.BASE:
+        return SearchPlan(PlanKind.ROOT_DSE)
+    if not (is_within(base, suffix) or is_within(suffix, base)):
+        return SearchPlan(PlanKind.RESULT, code=ResultCode.NO_SUCH_OBJECT)
+    depth = len(base) - len(suffix)  # entries are at depth 1 below the suffix
+    if depth == 1 and base[0][0][0] == "mail":
+        # The base is an entry: only it can be in scope, and only for BASE and SUB.
+        if scope not in (Scope.BASE, Scope.SUB):
+            return _EMPTY
+        entry_address = base[0][0][1]  # case-folded by parse_dn
+        asked = addresses_from_filter(request.filter, max_addresses)
+        if asked and entry_address not in {a.casefold() for a in asked}:
+            return _EMPTY
+        return SearchPlan(PlanKind.ENTRIES, (asked[0] if asked else entry_address,))
+    # The base is the suffix (or inside it, treated alike) or above it.
+    depth = min(depth, 0)
+    in_scope = (
+        scope == Scope.SUB
+        or (scope in (Scope.ONE, Scope.SUBORDINATE) and depth == 0)
+        or (scope == Scope.SUBORDINATE and depth < 0)
+    )
+    if not in_scope:
+        return _EMPTY
+    addresses = addresses_from_filter(request.filter, max_addresses)
+    if not addresses:
+        return _EMPTY
+    return SearchPlan(PlanKind.ENTRIES, tuple(addresses))
+
+
+# --------------------------------------------------------------------------- encoding
+
+
+def entry_dn(address: str, suffix: str) -> str:
+    return f"mail={escape_value(address)},{suffix}"
+
+
+def smime_bundle(certificates: Sequence[bytes]) -> bytes:
+    """DER PKCS#7 certs-only bundle of DER certificates (for userSMIMECertificate)."""
+    certs = [x509.load_der_x509_certificate(c) for c in certificates]
+    try:
+        return containers.pkcs7_bundle(certs)
+    except NotImplementedError:  # until the core's helper lands
+        return pkcs7.serialize_certificates(certs, Encoding.DER)
+
+
+def encode_entry(
+    entry: AddressEntry, suffix: str, selection: Selection, types_only: bool
+) -> bytes:
+    """The SearchResultEntry protocolOp for one address."""
+    attrs = []
+    for attr, name in selection:
+        values: tuple[bytes, ...] | list[bytes]
+        if attr is Attr.OBJECT_CLASS:
+            values = OBJECT_CLASSES
+        elif attr is Attr.MAIL or attr is Attr.CN:
+            values = (entry.address.encode("utf-8"),)
+        elif attr is Attr.CERTIFICATES:
+            values = entry.certificates
+        else:
+            if not entry.certificates:
+                continue
+            bundle = entry.smime_bundle
+            values = (bundle if bundle is not None else smime_bundle(entry.certificates),)
+        if not values:
+            continue  # an attribute has at least one value (RFC 4512 2.5)
+        attrs.append(encode_attribute(name, () if types_only else values))
+    return ber.tlv(
+        OpTag.SEARCH_RESULT_ENTRY,
+        ber.encode_str(entry_dn(entry.address, suffix)) + ber.encode_seq(attrs),
+    )
+
+
+class EntryCache:
+    """A bounded LRU of encoded entries keyed by (entry, selection, typesOnly)."""
+
+    def __init__(self, suffix: str, size: int = 4096) -> None:
+        self.suffix = suffix
+        self.size = size
+        self._items: OrderedDict[tuple[AddressEntry, Selection, bool], bytes] = OrderedDict()
+
+    def encode(self, entry: AddressEntry, selection: Selection, types_only: bool) -> bytes:
+        key = (entry, selection, types_only)
+        items = self._items
+        op = items.get(key)
+        if op is not None:
+            items.move_to_end(key)
+            return op
+        op = encode_entry(entry, self.suffix, selection, types_only)
+        items[key] = op
+        if len(items) > self.size:
+            items.popitem(last=False)
+        return op
+
+
+def root_dse(
+    suffix: str, selection_requested: tuple[str, ...], starttls: bool, types_only: bool
+) -> bytes:
+    """The root DSE entry (RFC 4512 5.1) as a SearchResultEntry protocolOp.
+
+    Its attributes are operational, but they are returned for an empty list, `*` and
+    `+` alike so that `ldapsearch -b "" -s base` shows them; by name otherwise.
+    """
+    attributes: list[tuple[str, tuple[bytes, ...]]] = [
+        ("objectClass", (b"top",)),
+        ("namingContexts", (suffix.encode("utf-8"),)),
+        ("supportedLDAPVersion", (b"3",)),
+        ("supportedExtension", (OID_START_TLS.encode(),) if starttls else ()),
+        ("supportedControl", tuple(c.encode() for c in SUPPORTED_CONTROLS)),
+        ("supportedSASLMechanisms", ()),
+        ("vendorName", (b"keypost",)),
+    ]
+    wanted = {a.lower() for a in selection_requested}
+    everything = not wanted or "*" in wanted or "+" in wanted
+    parts = [
+        encode_attribute(name, () if types_only else values)
+        for name, values in attributes
+        if values and (everything or name.lower() in wanted)
+    ]
+    return ber.tlv(OpTag.SEARCH_RESULT_ENTRY, ber.encode_str("") + ber.encode_seq(parts))
+
