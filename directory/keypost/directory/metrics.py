@@ -29,8 +29,11 @@ class Metrics:
         self._buckets: dict[str, list[int]] = {}  # protocol -> counts per bucket (+Inf last)
         self._sum: dict[str, float] = {}
 
-    def request(self, protocol: str, result: str, seconds: float) -> None:
+    def request(self, protocol: str, result: str, seconds: float | None = None) -> None:
+        """Count a request; `seconds` (answered look-ups only) feeds the histogram."""
         self.requests[(protocol, result)] += 1
+        if seconds is None:
+            return
         counts = self._buckets.setdefault(protocol, [0] * (len(LATENCY_BUCKETS) + 1))
         counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
         self._sum[protocol] = self._sum.get(protocol, 0.0) + seconds
