@@ -1,0 +1,139 @@
+"""`keypost setup`: directory URL, account, password and trust anchor, in a window or the terminal.
+
+The answers go to the host's `configure` (hostconfig), which stores the password in the OS
+keyring; nothing here writes a secret anywhere. pywebview is an optional extra ("gui") and is
+imported only when a window can actually open.
+"""
+
+from __future__ import annotations
+
+import getpass
+import importlib
+import importlib.util
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from keypost.core.containers import load_certificates, sha256_fingerprint
+from keypost.core.errors import KeypostError
+from keypost.installer import hostconfig
+from keypost.installer.manifest_locations import OS, current_os
+
+
+@dataclass(frozen=True)
+class Answers:
+    directory: str
+    username: str | None
+    password: str | None
+    trust_anchor_pem: str
+    fingerprint: str  # what the user confirmed
+
+
+def anchor_fingerprint(pem: str) -> tuple[str, str]:
+    """(SHA-256 fingerprint, subject) of the first certificate in a PEM text."""
+    certs = load_certificates(pem.encode("utf-8"))
+    if not certs:
+        raise KeypostError("the trust anchor file holds no certificate")
+    return sha256_fingerprint(certs[0]), certs[0].subject.rfc4514_string()
+
+
+def gui_available(
+    os_name: OS, environ: Mapping[str, str], has_module: Callable[[str], bool]
+) -> bool:
+    """A window can open: pywebview is installed and (on Linux) there is a display."""
+    if not has_module("webview"):
+        return False
+    if os_name == "linux":
+        return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+def ask_terminal(
+    ask: Callable[[str], str] = input,
+    ask_secret: Callable[[str], str] = getpass.getpass,
+    read_file: Callable[[str], str] = lambda p: Path(p).expanduser().read_text("utf-8"),
+    say: Callable[[str], None] = print,
+) -> Answers | None:
+    """Ask the questions; None when the user does not confirm the fingerprint."""
+    directory = ask("Directory URL (ldaps://, ldap:// or https://): ").strip()
+    if not directory:
+        raise KeypostError("a directory URL is needed")
+    username = ask("User name (empty for anonymous): ").strip() or None
+    password = ask_secret("Password (input hidden): ") if username else None
+    pem = read_file(ask("Directory CA certificate file (PEM): ").strip())
+    fingerprint, subject = anchor_fingerprint(pem)
+    say(f"Trust anchor: {subject}\nSHA-256 fingerprint: {fingerprint}")
+    if ask(
+        "Does this fingerprint match the one your administrator gave you? [y/N] "
+    ).strip().lower() not in (
+        "y",
+        "yes",
+        "j",
+        "ja",
+    ):
+        say("Not saved.")
+        return None
+    return Answers(directory, username, password or None, pem, fingerprint)
+
+
+def save(answers: Answers, python: str | None = None) -> dict[str, Any]:
+    return hostconfig.configure(
+        answers.directory,
+        username=answers.username,
+        password=answers.password,
+        trust_anchor_pem=answers.trust_anchor_pem,
+        trust_anchor_fingerprint=answers.fingerprint,
+        test=True,
+        command=hostconfig.host_command(python),
+    )
+
+
+class WindowApi:
+    """Methods the setup window's JavaScript calls (pywebview js_api); replies are plain dicts."""
+
+    def __init__(self, python: str | None) -> None:
+        self._python = python
+
+    def fingerprint(self, pem: str) -> dict[str, str]:
+        try:
+            fp, subject = anchor_fingerprint(pem)
+        except KeypostError as exc:
+            return {"error": str(exc)}
+        return {"fingerprint": fp, "subject": subject}
+
+    def save(
+        self, directory: str, username: str, password: str, pem: str, fingerprint: str
+    ) -> dict[str, str]:
+        answers = Answers(
+            directory.strip(), username.strip() or None, password or None, pem, fingerprint
+        )
+        try:
+            status = save(answers, self._python)
+        except KeypostError as exc:
+            return {"error": str(exc)}
+        return {"ok": f"Saved: {status.get('directory')}"}
+
+
+def _run_window(python: str | None) -> None:
+    webview: Any = importlib.import_module("webview")
+    html = (Path(__file__).parent / "setup_window.html").read_text("utf-8")
+    webview.create_window(
+        "keypost setup", html=html, js_api=WindowApi(python), width=560, height=520
+    )
+    webview.start()
+
+
+def run(terminal: bool = False, python: str | None = None) -> int:
+    has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
+    if not terminal and gui_available(current_os(), os.environ, has):
+        _run_window(python)
+        return 0
+    answers = ask_terminal()
+    if answers is None:
+        return 1
+    status = save(answers, python)
+    user = status.get("username") or "anonymous"
+    print(f"Saved. The host uses {status.get('directory')} as {user}.")
+    return 0

@@ -1,0 +1,134 @@
+"""install/uninstall round trips in a temporary HOME, Windows via an in-memory registry."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zipfile
+from pathlib import Path
+
+from keypost.installer.manifest_locations import Environment
+from keypost.installer.registry import MemoryRegistry
+from keypost.installer.thunderbird import InstallOptions, install, uninstall
+
+REPO = Path(__file__).resolve().parents[2]
+ADDON = "keypost@keypost.example.xpi"
+
+
+def _profile_home(home: Path, root: str = ".thunderbird") -> Path:
+    profile = home / root / "abcd.default"
+    profile.mkdir(parents=True)
+    (home / root / "profiles.ini").write_text(
+        "[Profile0]\nName=default\nIsRelative=1\nPath=abcd.default\nDefault=1\n", "utf-8"
+    )
+    return profile
+
+
+def _quiet(_line: str) -> None:
+    pass
+
+
+def _tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()}
+
+
+def test_linux_round_trip(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    profile = _profile_home(home)
+    (profile / "prefs.js").write_text("// Thunderbird's own\n", "utf-8")
+    before = _tree(home)
+    env = Environment("linux", home, {})
+    result = install(
+        env, InstallOptions(python="/opt/py/bin/python3", send_in_background=True), log=_quiet
+    )
+
+    manifest_path = home / ".mozilla/native-messaging-hosts/org.keypost.host.json"
+    assert result.manifests == (manifest_path,)
+    manifest = json.loads(manifest_path.read_text("utf-8"))
+    launcher = home / ".local/share/keypost/keypost-host"
+    assert manifest["path"] == str(launcher)
+    assert manifest["allowed_extensions"] == ["keypost@keypost.example"]
+    assert "'/opt/py/bin/python3' -m keypost.host" in launcher.read_text("utf-8")
+    assert launcher.stat().st_mode & 0o111
+    xpi = profile / "extensions" / ADDON
+    assert zipfile.ZipFile(xpi).read("manifest.json")
+    assert xpi.read_bytes() == (home / ".local/share/keypost" / ADDON).read_bytes()
+    assert 'user_pref("mailnews.sendInBackground", true);' in (profile / "user.js").read_text()
+
+    uninstall(env, log=_quiet)
+    assert _tree(home) == before
+    assert not (home / ".local/share/keypost").exists()
+
+
+def test_reinstall_after_moving_rewrites_paths(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    profile = _profile_home(home)
+    env = Environment("linux", home, {})
+    old_src = tmp_path / "old" / "extension"
+    shutil.copytree(REPO / "extension", old_src)
+    install(env, InstallOptions(python="/old/venv/bin/python", extension_dir=old_src), log=_quiet)
+    # The environment moved and the add-on was upgraded meanwhile.
+    new_src = tmp_path / "new" / "extension"
+    shutil.copytree(REPO / "extension", new_src)
+    manifest = json.loads((new_src / "manifest.json").read_text("utf-8"))
+    manifest["version"] = "0.2.0"
+    (new_src / "manifest.json").write_text(json.dumps(manifest), "utf-8")
+    shutil.rmtree(old_src)
+    install(env, InstallOptions(python="/new/venv/bin/python", extension_dir=new_src), log=_quiet)
+
+    launcher = (home / ".local/share/keypost/keypost-host").read_text("utf-8")
+    assert "/new/venv/bin/python" in launcher and "/old/" not in launcher
+    shipped = json.loads(zipfile.ZipFile(profile / "extensions" / ADDON).read("manifest.json"))
+    assert shipped["version"] == "0.2.0"
+    assert not (profile / "user.js").exists(), "no prefs asked for, no user.js written"
+
+
+def test_windows_registry_and_paths(tmp_path: Path) -> None:
+    home = tmp_path / "User"
+    appdata = home / "AppData/Roaming"
+    profile = _profile_home(appdata, "Thunderbird")
+    env = Environment(
+        "win32", home, {"APPDATA": str(appdata), "LOCALAPPDATA": str(home / "AppData/Local")}
+    )
+    reg = MemoryRegistry()
+    result = install(
+        env,
+        InstallOptions(
+            python=r"C:\Python311\python.exe", managed={"directoryUrl": "ldaps://d.example"}
+        ),
+        registry=reg,
+        log=_quiet,
+    )
+    manifest_file = home / "AppData/Local/keypost/native-messaging-hosts/org.keypost.host.json"
+    key = ("HKEY_CURRENT_USER", r"Software\Mozilla\NativeMessagingHosts\org.keypost.host")
+    assert reg.values[key] == str(manifest_file)
+    assert json.loads(manifest_file.read_text("utf-8"))["path"].endswith("keypost-host.cmd")
+    assert result.launcher.read_bytes().startswith(b"@echo off\r\n")
+    managed_key = ("HKEY_CURRENT_USER", r"Software\Mozilla\ManagedStorage\keypost@keypost.example")
+    managed = json.loads(Path(reg.values[managed_key]).read_text("utf-8"))
+    assert managed["type"] == "storage" and managed["data"]["directoryUrl"] == "ldaps://d.example"
+    assert (profile / "extensions" / ADDON).is_file()
+
+    uninstall(env, registry=reg, log=_quiet)
+    assert reg.values == {}
+    assert not manifest_file.exists()
+    assert not (profile / "extensions" / ADDON).exists()
+
+
+def test_macos_locations(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    profile = _profile_home(home / "Library", "Thunderbird")
+    env = Environment("darwin", home, {})
+    result = install(env, InstallOptions(python="/usr/local/bin/python3"), log=_quiet)
+    assert result.manifests == (
+        home / "Library/Mozilla/NativeMessagingHosts/org.keypost.host.json",
+    )
+    assert result.launcher == home / "Library/Application Support/keypost/keypost-host"
+    assert result.profiles == (profile,)
+
+
+def test_no_profile_prints_where_the_xpi_is(tmp_path: Path) -> None:
+    lines: list[str] = []
+    result = install(Environment("linux", tmp_path, {}), InstallOptions(), log=lines.append)
+    assert result.profiles == ()
+    assert any(str(result.xpi) in line and "Add-ons Manager" in line for line in lines)

@@ -1,0 +1,71 @@
+"""profiles.ini parsing and the user.js block the installer manages."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from keypost.installer.manifest_locations import Environment
+from keypost.installer.profiles import find_profiles, parse_profiles_ini, write_user_prefs
+
+INI = """[Install6F193CCC56814779]
+Default=abcd.second
+
+[Profile1]
+Name=default
+IsRelative=1
+Path=wxyz.default
+
+[Profile0]
+Name=second
+IsRelative=1
+Path=abcd.second
+
+[Profile2]
+Name=elsewhere
+IsRelative=0
+Path={abs}
+
+[General]
+StartWithLastProfile=1
+Version=2
+"""
+
+
+def test_parse_relative_absolute_and_install_default(tmp_path: Path) -> None:
+    root = tmp_path / ".thunderbird"
+    profiles = parse_profiles_ini(INI.format(abs=tmp_path / "abs"), root)
+    by_name = {p.name: p for p in profiles}
+    assert by_name["default"].path == root / "wxyz.default"
+    assert by_name["second"].path == root / "abcd.second"
+    assert by_name["second"].default is True
+    assert by_name["default"].default is False
+    assert by_name["elsewhere"].path == tmp_path / "abs"
+
+
+def test_find_profiles_skips_missing_folders(tmp_path: Path) -> None:
+    root = tmp_path / ".thunderbird"
+    (root / "wxyz.default").mkdir(parents=True)
+    (root / "profiles.ini").write_text(INI.format(abs=tmp_path / "nope"), "utf-8")
+    found = find_profiles(Environment("linux", tmp_path, {}))
+    assert [p.path for p in found] == [root / "wxyz.default"]
+
+
+def test_user_js_block_is_replaced_and_removed_keeping_user_lines(tmp_path: Path) -> None:
+    user_js = tmp_path / "user.js"
+    user_js.write_text('user_pref("mail.mine", 1);\n', "utf-8")
+    write_user_prefs(tmp_path, {"mailnews.sendInBackground": True})
+    write_user_prefs(tmp_path, {"mailnews.sendInBackground": True, "x.y": 'a"b'})
+    text = user_js.read_text("utf-8")
+    assert text.count("mailnews.sendInBackground") == 1
+    assert 'user_pref("mailnews.sendInBackground", true);' in text
+    assert 'user_pref("x.y", "a\\"b");' in text
+    assert text.startswith('user_pref("mail.mine", 1);\n')
+    write_user_prefs(tmp_path, {})
+    assert user_js.read_text("utf-8") == 'user_pref("mail.mine", 1);\n'
+
+
+def test_user_js_created_only_by_us_is_deleted_on_removal(tmp_path: Path) -> None:
+    write_user_prefs(tmp_path, {"a.b": 0})
+    assert (tmp_path / "user.js").exists()
+    write_user_prefs(tmp_path, {})
+    assert not (tmp_path / "user.js").exists()

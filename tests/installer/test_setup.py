@@ -1,0 +1,97 @@
+"""`keypost setup` in the terminal: questions, fingerprint confirmation, GUI detection."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from keypost.installer.setup_wizard import anchor_fingerprint, ask_terminal, gui_available
+
+
+@pytest.fixture(scope="module")
+def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "setup test CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def test_fingerprint_matches_openssl(ca_pem: str, tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text(ca_pem, "utf-8")
+    out = subprocess.run(
+        ["openssl", "x509", "-in", str(tmp_path / "ca.pem"), "-noout", "-fingerprint", "-sha256"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    fp, subject = anchor_fingerprint(ca_pem)
+    assert out.strip().split("=", 1)[1] == fp
+    assert subject == "CN=setup test CA"
+
+
+def _answers(*values: str) -> Iterator[str]:
+    yield from values
+
+
+def test_terminal_questions_and_confirmation(ca_pem: str) -> None:
+    said: list[str] = []
+    it = _answers("ldaps://d.example", "alice", "/ca.pem", "ja")
+    answers = ask_terminal(
+        ask=lambda _q: next(it),
+        ask_secret=lambda _q: "pw",
+        read_file=lambda _p: ca_pem,
+        say=said.append,
+    )
+    assert answers is not None
+    assert (answers.directory, answers.username, answers.password) == (
+        "ldaps://d.example",
+        "alice",
+        "pw",
+    )
+    assert answers.fingerprint == anchor_fingerprint(ca_pem)[0]
+    assert any(answers.fingerprint in s for s in said)
+
+
+def test_terminal_refusal_saves_nothing_and_anonymous_gets_no_password(ca_pem: str) -> None:
+    it = _answers("ldap://d.example", "", "/ca.pem", "n")
+    secrets: list[str] = []
+
+    def ask_secret(question: str) -> str:
+        secrets.append(question)
+        return "x"
+
+    result = ask_terminal(
+        ask=lambda _q: next(it),
+        ask_secret=ask_secret,
+        read_file=lambda _p: ca_pem,
+        say=lambda _s: None,
+    )
+    assert result is None
+    assert secrets == [], "no password asked for an anonymous account"
+
+
+def test_gui_needs_pywebview_and_a_display() -> None:
+    has = lambda name: name == "webview"  # noqa: E731
+    assert gui_available("linux", {"DISPLAY": ":0"}, has) is True
+    assert gui_available("linux", {}, has) is False
+    assert gui_available("win32", {}, has) is True
+    assert gui_available("darwin", {"DISPLAY": ":0"}, lambda _n: False) is False
