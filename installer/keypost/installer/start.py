@@ -77,41 +77,20 @@ class Layout:
 def _gateway_key(demo: Path, use: str) -> Path:
     """An RSA-3072 key pair for the demo gateway; returns the public key file."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
-    write_private(
-        demo / f"gateway-{use}-key.pem",
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-    )
+    write_private(demo / f"gateway-{use}-key.pem", key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
     public = demo / f"gateway-{use}-public.pem"
-    public.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
+    public.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     return public
 
 
 def _account(layout: Layout, name: str, role: str) -> None:
     password = secrets.token_urlsafe(18)
-    run_step(
-        keypost(
-            "directory",
-            "account",
-            "add",
-            name,
-            "--role",
-            role,
-            "--domain",
-            DEMO_DOMAIN,
-            "--password-stdin",
-            "--data",
-            str(layout.directory),
-        ),
-        stdin=password.encode() + b"\n",
-    )
+    run_step(keypost("directory", "account", "add", name, "--role", role, "--domain",
+                     DEMO_DOMAIN, "--password-stdin", "--data", str(layout.directory)),
+             stdin=password.encode() + b"\n")
     write_private(layout.demo / f"{name}-password", password.encode() + b"\n")
 
 
@@ -125,20 +104,9 @@ def first_run(layout: Layout) -> bool:
     run_step(keypost("directory", "init", "--data", str(layout.directory)))
     encryption = _gateway_key(layout.demo, "encryption")
     signing = _gateway_key(layout.demo, "signing")
-    run_step(
-        keypost(
-            "directory",
-            "domain",
-            "add",
-            DEMO_DOMAIN,
-            "--encryption-cert",
-            str(encryption),
-            "--signing-cert",
-            str(signing),
-            "--data",
-            str(layout.directory),
-        )
-    )
+    run_step(keypost("directory", "domain", "add", DEMO_DOMAIN, "--encryption-cert",
+                     str(encryption), "--signing-cert", str(signing),
+                     "--data", str(layout.directory)))
     _account(layout, DEMO_USER, "user")
     _account(layout, DEMO_GATEWAY_ACCOUNT, "gateway")
     return True
@@ -204,19 +172,9 @@ class Service:
 
 def directory_service(layout: Layout) -> Service:
     ldap, http = free_port(LDAP_PORT), free_port(HTTP_PORT)
-    return Service(
-        "directory",
-        keypost(
-            "directory",
-            "serve",
-            "--data",
-            str(layout.directory),
-            "--ldap",
-            f"127.0.0.1:{ldap}",
-            "--http",
-            f"127.0.0.1:{http}",
-        ),
-    )
+    return Service("directory", keypost(
+        "directory", "serve", "--data", str(layout.directory),
+        "--ldap", f"127.0.0.1:{ldap}", "--http", f"127.0.0.1:{http}"))
 
 
 def services(layout: Layout) -> list[Service]:
