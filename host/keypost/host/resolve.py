@@ -124,7 +124,7 @@ class Resolver:
                 parsed.append((str(addr), addr.key(), None))
             except KeypostError as exc:
                 parsed.append((text, None, str(exc)))
-        raw, sources, failure = self._containers([k for _, k, _ in parsed if k], at)
+        raw, sources, failure = self._containers([(a, k) for a, k, _ in parsed if k])
         sender_domain = parsed[-1][1].rpartition("@")[2] if sender and parsed[-1][1] else None
         own_fps: set[str] = set()
         if sender and parsed[-1][1]:
@@ -146,24 +146,27 @@ class Resolver:
         return Resolution(tuple(reports), sender_report, failure)
 
     def _containers(
-        self, keys: Sequence[str], at: dt.datetime
+        self, wanted: Sequence[tuple[str, str]]
     ) -> tuple[dict[str, list[RawContainer]], dict[str, str], HostError | None]:
-        """Cached or fetched raw containers per key; one fetch for all misses."""
+        """Cached or fetched raw containers per address key; one fetch for all misses.
+        `wanted`: (normalised address, its key) pairs."""
         url, user = self.config.directory.url, self.config.username
         out: dict[str, list[RawContainer]] = {}
         sources: dict[str, str] = {}
-        missing: list[str] = []
-        for key in dict.fromkeys(keys):
+        missing: dict[str, str] = {}  # key -> address as asked
+        for address, key in wanted:
+            if key in out or key in missing:
+                continue
             entry = self.cache.get(ContainerCache.key(url, user, key))
             if entry is None:
-                missing.append(key)
+                missing[key] = address
             else:
                 out[key] = list(entry.containers)
                 sources[key] = "cache"
         if not missing:
             return out, sources, None
         try:
-            fetched = self.client.fetch(missing)
+            fetched = self.client.fetch(list(missing.values()))
         except HostError as exc:
             return out, sources, exc
         self.fetched_addresses.append(len(missing))

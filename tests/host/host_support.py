@@ -1,0 +1,187 @@
+"""Host test helpers: an in-memory keyring, a real directory runner, an in-process directory."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keyring
+import keyring.backend
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keypost.core.address import parse_address
+from keypost.core.containers import ContainerRequest, GatewayKey, to_der
+from keypost.core.policy import DirectoryView, decide
+from keypost.core.types import Purpose, Requestor, RequestorKind, Role
+from keypost.host.directory_client import RawContainer
+
+KEYPOST = str(Path(sys.executable).with_name("keypost"))
+PASSWORD = "correct horse battery staple 7f3a"  # searched for in files and logs by tests
+
+
+class MemoryKeyring(keyring.backend.KeyringBackend):
+    """A keyring backend that keeps passwords in a dict (tests only)."""
+
+    priority = 1
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self.store: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.store.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.store[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        if (service, username) not in self.store:
+            import keyring.errors
+
+            raise keyring.errors.PasswordDeleteError("not found")
+        del self.store[(service, username)]
+
+
+@dataclass(frozen=True)
+class GatewayKeys:
+    keys: dict[str, rsa.RSAPrivateKey]  # domain -> gateway encryption key
+
+    def public_pem(self, domain: str) -> bytes:
+        return self.keys[domain].public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A running `keypost directory serve` (example.com and example.org served; user alice
+    of example.com with PASSWORD)."""
+
+    ldap_url: str
+    http_url: str
+    anchor_pem: str
+    fingerprint: str
+    data: Path
+
+
+def directory_available() -> bool:
+    if not Path(KEYPOST).exists():
+        return False
+    out = subprocess.run([KEYPOST, "--help"], capture_output=True, text=True, check=False)
+    return re.search(r"\bdirectory\b", out.stdout) is not None
+
+
+def _run(*args: str, stdin: str | None = None) -> str:
+    proc = subprocess.run(
+        [KEYPOST, "directory", *args], input=stdin, capture_output=True, text=True, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"keypost directory {' '.join(args)} failed: {proc.stderr}")
+    return proc.stdout
+
+
+def start_directory(
+    base: Path, gateway_keys: GatewayKeys
+) -> tuple[Directory, subprocess.Popen[str]]:
+    """Initialise a directory in `base` and serve it on ephemeral loopback ports."""
+    data = base / "dir"
+    _run("init", "--data", str(data), "--url", "ldap://127.0.0.1/")
+    for domain in gateway_keys.keys:
+        pem = base / f"{domain}.pem"
+        pem.write_bytes(gateway_keys.public_pem(domain))
+        _run("domain", "add", domain, "--data", str(data), "--encryption-cert", str(pem))
+    _run("account", "add", "alice", "--data", str(data), "--role", "user",
+         "--domain", "example.com", "--password-stdin", stdin=PASSWORD + "\n")
+    anchor = base / "anchor.pem"
+    _run("ca", "export", "--data", str(data), "--out", str(anchor))
+    proc = subprocess.Popen(
+        [KEYPOST, "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0",
+         "--http", "127.0.0.1:0", "--log-level", "warning"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    timer = threading.Timer(30, proc.kill)  # a hung start must not hang the test session
+    timer.start()
+    try:
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.strip() == "ready":
+                break
+    finally:
+        timer.cancel()
+    text = "\n".join(lines)
+    ldap = re.search(r"listening (ldap://127\.0\.0\.1:\d+)", text)
+    http = re.search(r"listening (http://127\.0\.0\.1:\d+)", text)
+    fp = re.search(r"trust anchor SHA-256 (\S+)", text)
+    if not (ldap and http and fp):
+        proc.kill()
+        raise RuntimeError(f"directory did not start: {text}")
+    directory = Directory(ldap.group(1), http.group(1), anchor.read_text(), fp.group(1), data)
+    return directory, proc
+
+
+def host_env(config: Path, cache: Path, keyring_file: Path) -> dict[str, str]:
+    """Environment for a `keypost host` subprocess: private dirs and a file keyring."""
+    env = dict(os.environ)
+    env["KEYPOST_CONFIG_DIR"] = str(config)
+    env["KEYPOST_CACHE_DIR"] = str(cache)
+    env["PYTHON_KEYRING_BACKEND"] = "keyrings.alt.file.PlaintextKeyring"
+    env["XDG_DATA_HOME"] = str(keyring_file)
+    return env
+
+
+class PolicyDirectory:
+    """An in-process stand-in for the directory *transport* (the real one is tested in
+    test_directory_client.py): real containers from a real DirectoryCA, chosen by the
+    core's policy table, so resolver/action tests need no server."""
+
+    def __init__(self, ca: Any, gateway_keys: GatewayKeys, requestor_domain: str | None,
+                 genuine: dict[str, bytes] | None = None) -> None:
+        self.ca = ca
+        self.keys = gateway_keys
+        self.requestor_domain = requestor_domain
+        self.genuine = genuine or {}
+        self.calls: list[list[str]] = []
+        self.fail: Exception | None = None
+        self.closed = 0
+        self.lifetime: dt.timedelta | None = None
+
+    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+        self.calls.append(list(addresses))
+        if self.fail is not None:
+            raise self.fail
+        view = DirectoryView(frozenset(self.keys.keys),
+                             frozenset(parse_address(a).key() for a in self.genuine))
+        requestor = (Requestor(RequestorKind.USER, self.requestor_domain)
+                     if self.requestor_domain else Requestor.anonymous())
+        out: dict[str, list[RawContainer]] = {}
+        for text in addresses:
+            addr = parse_address(text)
+            found: list[RawContainer] = []
+            for spec in decide(requestor, addr, Purpose.ENCRYPT, view).specs:
+                if spec.role is Role.GENUINE:
+                    found.append(RawContainer(self.genuine[str(addr)]))
+                    continue
+                assert spec.domain is not None
+                key = GatewayKey(self.keys.keys[spec.domain].public_key())
+                cert = self.ca.issue(ContainerRequest(addr, Purpose.ENCRYPT, key, self.lifetime))
+                found.append(RawContainer(to_der(cert), spec.domain))
+            out[addr.key()] = found
+        return out
+
+    def check(self) -> bool:
+        self.fetch(["connection-test@keypost.invalid"])
+        return self.requestor_domain is not None
+
+    def close(self) -> None:
+        self.closed += 1
