@@ -296,12 +296,18 @@ class CachingDirectory:
         return Certificates(tuple(gateways), tuple(genuine), tuple(signing))
 
 
-def make_directory(cfg: DirectoryConfig, timeout: float) -> DirectoryClient:
+def load_trust_anchors(cfg: DirectoryConfig) -> list[x509.Certificate]:
+    """The directory CA(s) from `trust_anchor` (empty when not configured)."""
+    return _load_pem_files([cfg.trust_anchor] if cfg.trust_anchor else [], "trust_anchor")
+
+
+def make_directory(
+    cfg: DirectoryConfig, timeout: float, anchors: Sequence[x509.Certificate]
+) -> DirectoryClient:
     if cfg.url is None:
         return NoDirectory()
     password = read_secret(cfg.password_file, cfg.password_env, "directory password")
     pw = password.decode() if password is not None else None
-    anchors = _load_pem_files([cfg.trust_anchor] if cfg.trust_anchor else [], "trust_anchor")
     roots = _load_pem_files(cfg.genuine_roots, "genuine_roots")
     fetcher: _Fetcher
     if cfg.url.startswith(("http://", "https://")):

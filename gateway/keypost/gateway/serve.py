@@ -6,11 +6,12 @@ import asyncio
 import logging
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
 from keypost.gateway.config import GatewayConfig
-from keypost.gateway.directory import DirectoryClient, make_directory
+from keypost.gateway.directory import DirectoryClient, load_trust_anchors, make_directory
 from keypost.gateway.handler import GatewayHandler
 from keypost.gateway.keys import DomainKeys, load_all_keys
 from keypost.gateway.pipeline import Pipeline
@@ -35,14 +36,14 @@ def build(config: GatewayConfig) -> Gateway:
     """Load keys and secrets, connect nothing yet. Raises ConfigError."""
     keys = dict(load_all_keys(config))
     scanner = make_scanner(config.scan, config.timeouts.scan)
-    directory = make_directory(config.directory, config.timeouts.directory)
-    issuers = list(getattr(directory, "anchors", []))
+    anchors = load_trust_anchors(config.directory)
+    directory = make_directory(config.directory, config.timeouts.directory, anchors)
     pipeline = Pipeline(
         keys,
         config.policy,
         scanner,
         directory,
-        directory_issuers=[c.subject for c in issuers],
+        directory_issuers=[c.subject for c in anchors],
         scan_plain=config.scan.scan_plain,
         max_message_size=config.max_message_size,
     )
@@ -58,17 +59,20 @@ def build(config: GatewayConfig) -> Gateway:
     return Gateway(config, keys, scanner, directory, pipeline, handler)
 
 
+def smtp_kwargs(cfg: GatewayConfig) -> dict[str, Any]:
+    """aiosmtpd SMTP settings: raw bytes (no decoding), SIZE limit, SMTPUTF8, idle timeout."""
+    return {
+        "hostname": cfg.hostname,
+        "ident": "keypost gateway",
+        "data_size_limit": cfg.max_message_size,
+        "enable_SMTPUTF8": True,
+        "decode_data": False,
+        "timeout": cfg.timeouts.smtp_session,
+    }
+
+
 def smtp_factory(gw: Gateway) -> SMTP:
-    cfg = gw.config
-    return SMTP(
-        gw.handler,
-        hostname=cfg.hostname,
-        ident="keypost gateway",
-        data_size_limit=cfg.max_message_size,
-        enable_SMTPUTF8=True,
-        decode_data=False,
-        timeout=cfg.timeouts.smtp_session,
-    )
+    return SMTP(gw.handler, **smtp_kwargs(gw.config))
 
 
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:

@@ -1,0 +1,19 @@
+"""Fixtures for the gateway tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from gw_support import Pki, Sink, make_pki, running_sink
+
+
+@pytest.fixture
+def sink() -> Iterator[Sink]:
+    with running_sink() as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))

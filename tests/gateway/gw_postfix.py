@@ -1,0 +1,112 @@
+"""A real Postfix instance in a temporary directory on loopback ports, for the gateway tests.
+
+Layout: smtpd on `port` hands every message to the content filter (the gateway,
+`content_filter = smtp:[127.0.0.1]:<gateway port>`); the gateway re-injects on
+`reinject_port`, an smtpd with an empty content_filter; Postfix then relays to the
+final sink (relayhost). Own config, queue and data directories; always stopped.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+POSTFIX = "/usr/sbin/postfix"
+POSTQUEUE = "/usr/sbin/postqueue"
+
+MASTER_CF = """\
+127.0.0.1:{port}     inet  n       -       n       -       -       smtpd
+127.0.0.1:{reinject} inet  n       -       n       -       -       smtpd
+  -o content_filter=
+  -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
+pickup    unix  n       -       n       60      1       pickup
+cleanup   unix  n       -       n       -       0       cleanup
+qmgr      unix  n       -       n       300     1       qmgr
+rewrite   unix  -       -       n       -       -       trivial-rewrite
+bounce    unix  -       -       n       -       0       bounce
+defer     unix  -       -       n       -       0       bounce
+trace     unix  -       -       n       -       0       bounce
+verify    unix  -       -       n       -       1       verify
+flush     unix  n       -       n       1000?   0       flush
+proxymap  unix  -       -       n       -       -       proxymap
+proxywrite unix -       -       n       -       1       proxymap
+smtp      unix  -       -       n       -       -       smtp
+relay     unix  -       -       n       -       -       smtp
+showq     unix  n       -       n       -       -       showq
+error     unix  -       -       n       -       -       error
+retry     unix  -       -       n       -       -       error
+discard   unix  -       -       n       -       -       discard
+anvil     unix  -       -       n       -       1       anvil
+scache    unix  -       -       n       -       1       scache
+postlog   unix-dgram n  -       n       -       1       postlogd
+"""
+
+MAIN_CF = """\
+compatibility_level = 3.6
+queue_directory = {root}/queue
+data_directory = {root}/data
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = mta.test.invalid
+mydomain = test.invalid
+myorigin = $myhostname
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject
+relayhost = [127.0.0.1]:{sink}
+content_filter = smtp:[127.0.0.1]:{gateway}
+smtp_dns_support_level = disabled
+smtp_tls_security_level = none
+smtpd_tls_security_level = none
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+maillog_file = {root}/maillog
+queue_run_delay = 2s
+minimal_backoff_time = 2s
+maximal_backoff_time = 4s
+smtp_connect_timeout = 5s
+"""
+
+
+def available() -> bool:
+    return Path(POSTFIX).exists() and shutil.which("postconf") is not None
+
+
+class Postfix:
+    def __init__(self, root: Path, port: int, reinject_port: int, gateway_port: int,
+                 sink_port: int) -> None:
+        self.root = root
+        self.port, self.reinject_port = port, reinject_port
+        self.etc = root / "etc"
+        self.etc.mkdir(parents=True, exist_ok=True)
+        (self.etc / "main.cf").write_text(
+            MAIN_CF.format(root=root, sink=sink_port, gateway=gateway_port)
+        )
+        (self.etc / "master.cf").write_text(MASTER_CF.format(port=port, reinject=reinject_port))
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed: {done.stderr}{self.log()}")
+        return done
+
+    def start(self) -> None:
+        self._run(POSTFIX, "-c", str(self.etc), "start")
+
+    def stop(self) -> None:
+        self._run(POSTFIX, "-c", str(self.etc), "stop", check=False)
+
+    def flush(self) -> None:
+        self._run(POSTQUEUE, "-c", str(self.etc), "-f")
+
+    def queue(self) -> str:
+        return self._run(POSTQUEUE, "-c", str(self.etc), "-p").stdout
+
+    def log(self) -> str:
+        p = self.root / "maillog"
+        return p.read_text(errors="replace") if p.exists() else ""

@@ -1,0 +1,189 @@
+"""Helpers for the gateway tests: free ports, an aiosmtpd sink, key files, a local CA, a gateway."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keypost.core.address import parse_address
+from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey, to_pem
+from keypost.core.types import Purpose
+from keypost.gateway.config import load_config
+from keypost.gateway.serve import Gateway, build, smtp_kwargs
+
+KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+
+
+@dataclass
+class SinkHandler:
+    """The final next hop: records what it accepts; `reply` makes it refuse."""
+
+    messages: list[Received] = field(default_factory=list)
+    reply: str = "250 2.0.0 OK"
+    arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.reply.startswith("250"):
+            with self.arrived:
+                self.messages.append(
+                    Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+                )
+                self.arrived.notify_all()
+        return self.reply
+
+    def wait(self, count: int, timeout: float = 30.0) -> list[Received]:
+        with self.arrived:
+            self.arrived.wait_for(lambda: len(self.messages) >= count, timeout)
+        return list(self.messages)
+
+
+@dataclass
+class Sink:
+    handler: SinkHandler
+    port: int
+
+
+@contextmanager
+def running_sink() -> Iterator[Sink]:
+    handler = SinkHandler()
+    port = free_port()
+    ctl = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True,
+                     data_size_limit=0)
+    ctl.start()
+    try:
+        yield Sink(handler, port)
+    finally:
+        ctl.stop()
+
+
+def write_private(path: Path, data: bytes) -> Path:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o600)
+    return path
+
+
+def key_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def pub_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+@dataclass
+class Pki:
+    """example.com's gateway keys (current, retired, signing) and a local directory CA."""
+
+    root: Path
+    ca: DirectoryCA
+    current: rsa.RSAPrivateKey
+    retired: rsa.RSAPrivateKey
+    signing: rsa.RSAPrivateKey
+    stranger: rsa.RSAPrivateKey  # a key the gateway does not hold
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def container(self, key: rsa.RSAPrivateKey, address: str = "alice@example.com",
+                  purpose: Purpose = Purpose.ENCRYPT) -> x509.Certificate:
+        gk = GatewayKey.from_pem(pub_pem(key))
+        return self.ca.issue(ContainerRequest(parse_address(address), purpose, gk))
+
+    def config(self, next_hop: int, listen: int = 0, extra: str = "", domain_extra: str = "",
+               directory: str = "") -> Path:
+        text = f"""
+listen = "127.0.0.1:{listen or free_port()}"
+next_hop = "127.0.0.1:{next_hop}"
+hostname = "gw.example.com"
+quarantine_dir = "quarantine"
+{extra}
+[directory]
+trust_anchor = "ca.pem"
+{directory}
+[[domain]]
+name = "example.com"
+encryption_keys = ["enc-current.key", "enc-retired.key"]
+signing_key = "sign.key"
+{domain_extra}
+"""
+        p = self.root / "gateway.toml"
+        p.write_text(text)
+        return p
+
+
+def make_pki(root: Path) -> Pki:
+    root.mkdir(parents=True, exist_ok=True)
+    ca = DirectoryCA.generate()
+    keys = [rsa.generate_private_key(65537, 2048) for _ in range(4)]
+    for name, key in zip(("enc-current", "enc-retired", "sign", "stranger"), keys, strict=True):
+        write_private(root / f"{name}.key", key_pem(key))
+        (root / f"{name}.pub").write_bytes(pub_pem(key))
+    (root / "ca.pem").write_bytes(to_pem(ca.certificate))
+    return Pki(root, ca, *keys)
+
+
+@dataclass
+class RunningGateway:
+    gateway: Gateway
+    port: int
+
+
+@contextmanager
+def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
+    """The gateway in this process (aiosmtpd Controller thread), built like `serve` builds it."""
+    cfg = load_config(config_path)
+    gw = build(cfg)
+    kwargs = smtp_kwargs(cfg)
+    ctl = Controller(
+        gw.handler, hostname=cfg.listen.host, port=cfg.listen.port,
+        server_hostname=kwargs.pop("hostname"), **kwargs,
+    )
+    ctl.start()
+    try:
+        yield RunningGateway(gw, cfg.listen.port)
+    finally:
+        ctl.stop()

@@ -1,0 +1,131 @@
+"""Configuration parsing, defaults, refusals, and private key file permissions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from gw_support import KEYPOST, Pki, write_private
+
+from keypost.gateway.config import (
+    GatewayConfig,
+    MalformedPolicy,
+    NoGenuinePolicy,
+    load_config,
+    parse_config,
+)
+from keypost.gateway.errors import ConfigError
+from keypost.gateway.keys import check_private_file, load_private_key, read_secret
+
+SAMPLE = Path(__file__).resolve().parents[2] / "gateway" / "gateway.toml"
+
+
+def test_sample_config_parses_with_documented_values() -> None:
+    cfg = load_config(SAMPLE)
+    base = SAMPLE.parent
+    assert str(cfg.listen) == "127.0.0.1:10025"
+    assert str(cfg.next_hop) == "127.0.0.1:10026"
+    assert cfg.directory.url == "ldap://127.0.0.1:3890"
+    assert cfg.directory.password_file == base / "gw.pass"
+    assert cfg.domains[0].name == "example.com"
+    assert cfg.domains[0].encryption_keys == (base / "enc-current.key", base / "enc-retired.key")
+    assert cfg.policy.outbound_no_genuine is NoGenuinePolicy.ENCRYPT_ONLY
+    assert cfg.policy.malformed is MalformedPolicy.REJECT
+    assert cfg.timeouts.directory == 10
+
+
+def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
+    cfg = parse_config({}, tmp_path)
+    default = GatewayConfig()
+    assert cfg.listen == default.listen and cfg.next_hop == default.next_hop
+    assert cfg.policy == default.policy and cfg.timeouts == default.timeouts
+    assert cfg.quarantine_dir == tmp_path / "quarantine"
+    assert cfg.directory.url is None and cfg.domains == ()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"listen": "nohost"}, "listen"),
+        ({"lisen": "1.2.3.4:5"}, "unknown setting lisen"),
+        ({"policy": {"malformed": "drop"}}, "policy.malformed"),
+        ({"policy": {"outbound_no_genuine": "maybe"}}, "outbound_no_genuine"),
+        ({"directory": {"url": "ftp://x"}}, "directory.url"),
+        ({"directory": {"url": "ldap://x:1"}}, "trust_anchor"),
+        ({"domain": [{"name": "example.com"}]}, "encryption_keys"),
+        ({"domain": [{"name": "bad domain", "encryption_keys": ["k"]}]}, "name"),
+        ({"timeouts": {"scan": -1}}, "timeouts.scan"),
+        ({"scan": {"command": "x", "entry_point": "y"}}, "either"),
+        (
+            {"policy": {"sign_all_outbound": True},
+             "domain": [{"name": "example.com", "encryption_keys": ["k"]}]},
+            "signing_key",
+        ),
+    ],
+)
+def test_bad_settings_are_refused_with_the_setting_named(
+    tmp_path: Path, data: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data, tmp_path)
+
+
+def test_scan_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
+    cfg = parse_config({"scan": {"command": "/bin/scan --mode 'a b'"}}, tmp_path)
+    assert cfg.scan.command == ("/bin/scan", "--mode", "a b")
+
+
+def test_key_files_readable_by_others_are_refused(tmp_path: Path, pki: Pki) -> None:
+    loose = tmp_path / "loose.key"
+    loose.write_bytes(pki.path("enc-current.key").read_bytes())
+    os.chmod(loose, 0o640)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_private_key(loose, None)
+    os.chmod(loose, 0o600)
+    assert load_private_key(loose, None).key_size == 2048  # type: ignore[union-attr]
+
+
+def test_wrong_passphrase_message_holds_no_key_material(tmp_path: Path, pki: Pki) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    enc = pki.current.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"right"),
+    )
+    path = write_private(tmp_path / "enc.key", enc)
+    with pytest.raises(ConfigError) as err:
+        load_private_key(path, b"hunter2x")
+    assert "BEGIN" not in str(err.value) and "hunter2x" not in str(err.value)
+    assert load_private_key(path, b"right").key_size == 2048  # type: ignore[union-attr]
+
+
+def test_secrets_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    p = write_private(tmp_path / "pw", b"s3cret\nignored\n")
+    assert read_secret(p, None, "x") == b"s3cret"
+    monkeypatch.setenv("GW_PW", "from-env")
+    assert read_secret(None, "GW_PW", "x") == b"from-env"
+    with pytest.raises(ConfigError, match="NOPE"):
+        read_secret(None, "NOPE", "x")
+    os.chmod(p, 0o644)
+    with pytest.raises(ConfigError):
+        check_private_file(p)
+
+
+def test_check_config_refuses_loose_keys_and_prints_no_secrets(tmp_path: Path, pki: Pki) -> None:
+    cfg = pki.config(next_hop=2525)
+    ok = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "configuration OK" in ok.stdout
+    assert "domain example.com" in ok.stdout and "1 retired key" in ok.stdout
+    assert "PRIVATE KEY" not in ok.stdout + ok.stderr
+    os.chmod(pki.path("enc-retired.key"), 0o644)
+    try:
+        bad = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=60)
+    finally:
+        os.chmod(pki.path("enc-retired.key"), 0o600)
+    assert bad.returncode == 1
+    assert "readable by others" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,61 @@
+"""Raw header surgery keeps every byte it does not mean to change."""
+
+from __future__ import annotations
+
+import pytest
+
+from keypost.gateway import headers, mimecheck
+
+MSG = (
+    b"Received: from a\r\n\tby b\r\n"
+    b"Subject: [SIGN] Quarterly\r\n figures\r\n"
+    b"X-Keypost-Sign: yes\r\n"
+    b"From: alice@example.com\r\n\r\nbody\r\n\r\nmore\r\n"
+)
+
+
+def test_get_unfolds_and_is_case_insensitive() -> None:
+    assert headers.get(MSG, "subject") == "[SIGN] Quarterly figures"
+    assert headers.get(MSG, "x-keypost-sign") == "yes"
+    assert headers.get(MSG, "Cc") is None
+
+
+def test_remove_and_prepend_leave_the_rest_untouched() -> None:
+    out = headers.remove(MSG, "X-Keypost-Sign")
+    assert out == MSG.replace(b"X-Keypost-Sign: yes\r\n", b"")
+    out2 = headers.prepend(out, "X-Test", "v")
+    assert out2 == b"X-Test: v\r\n" + out
+    with pytest.raises(ValueError):
+        headers.prepend(MSG, "X-Bad", "a\r\nInjected: yes")
+
+
+def test_subject_tag_is_removed_once_keeping_folding() -> None:
+    out, found = headers.strip_subject_tag(MSG, "[sign]")
+    assert found
+    assert b"Subject: Quarterly\r\n figures\r\n" in out
+    assert out.endswith(b"\r\n\r\nbody\r\n\r\nmore\r\n")
+    again, found2 = headers.strip_subject_tag(out, "[sign]")
+    assert not found2 and again == out
+
+
+def test_lf_only_messages_and_header_only_messages() -> None:
+    lf = b"Subject: x\nFrom: a@b.c\n\nbody\n"
+    assert headers.prepend(lf, "X-A", "1") == b"X-A: 1\n" + lf
+    only = b"Subject: x\r\n"
+    assert headers.get(only, "Subject") == "x"
+
+
+@pytest.mark.parametrize(
+    ("message", "ok"),
+    [
+        (b"Content-Type: text/plain\r\n\r\nhello\r\n", True),
+        (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n", True),
+        (b"Content-Type: multipart/mixed; boundary=b\r\n\r\nno parts at all\r\n", False),
+        (b"Content-Type: multipart/mixed\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n", False),
+        (b"\x00\x81garbage without headers", False),
+        (b"Content-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n!!!***\r\n",
+         False),
+    ],
+)
+def test_mimecheck_tells_messages_from_garbage(message: bytes, ok: bool) -> None:
+    assert (mimecheck.problem(message) is None) is ok

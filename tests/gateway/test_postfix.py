@@ -1,0 +1,96 @@
+"""A real Postfix with the gateway as its content filter (after-queue)."""
+
+from __future__ import annotations
+
+import smtplib
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gw_postfix import Postfix, available
+from gw_support import KEYPOST, Pki, Sink, free_port, wait_port
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not available(), reason="postfix is not installed"),
+]
+
+PLAIN = (
+    b"From: sender@outside.test\r\nTo: alice@example.com\r\nSubject: via postfix\r\n"
+    b"Message-ID: <pf-1@outside.test>\r\n\r\nplain body through postfix\r\n"
+)
+
+
+class GatewayProcess:
+    """`keypost gateway serve` as a child process (so it can be stopped and restarted)."""
+
+    def __init__(self, config: Path, port: int) -> None:
+        self.config, self.port = config, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [*KEYPOST, "gateway", "serve", "--config", str(self.config)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_port(self.port, timeout=20)
+        except TimeoutError:
+            self.proc.kill()
+            out = self.proc.communicate()[0].decode(errors="replace")
+            raise AssertionError(f"gateway did not start: {out}") from None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+            self.proc = None
+
+
+@pytest.fixture
+def mta(tmp_path: Path, pki: Pki, sink: Sink) -> Iterator[tuple[Postfix, GatewayProcess, Sink]]:
+    gw_port, reinject = free_port(), free_port()
+    cfg = pki.config(next_hop=reinject, listen=gw_port)
+    gateway = GatewayProcess(cfg, gw_port)
+    postfix = Postfix(tmp_path / "postfix", free_port(), reinject, gw_port, sink.port)
+    gateway.start()
+    postfix.start()
+    try:
+        wait_port(postfix.port)
+        yield postfix, gateway, sink
+    finally:
+        postfix.stop()
+        gateway.stop()
+
+
+def submit(postfix: Postfix, message: bytes, rcpt: str = "alice@example.com") -> None:
+    with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as s:
+        s.sendmail("sender@outside.test", [rcpt], message)
+
+
+def test_plain_mail_passes_postfix_and_gateway_unchanged(mta: tuple[Postfix, GatewayProcess, Sink]) -> None:
+    postfix, _, sink = mta
+    submit(postfix, PLAIN)
+    got = sink.handler.wait(1)
+    assert len(got) == 1, postfix.log()
+    assert got[0].rcpt_tos == ["alice@example.com"]
+    assert b"plain body through postfix" in got[0].data
+    assert b"X-Keypost-Decrypted" not in got[0].data
+
+
+def test_postfix_keeps_mail_while_the_gateway_is_down(
+    mta: tuple[Postfix, GatewayProcess, Sink],
+) -> None:
+    postfix, gateway, sink = mta
+    gateway.stop()
+    submit(postfix, PLAIN)
+    time.sleep(3)
+    assert sink.handler.messages == []
+    assert "alice@example.com" in postfix.queue()
+    gateway.start()
+    postfix.flush()
+    got = sink.handler.wait(1, timeout=60)
+    assert len(got) == 1, postfix.log()
+    assert b"plain body through postfix" in got[0].data
