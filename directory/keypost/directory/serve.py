@@ -1,0 +1,156 @@
+"""`keypost directory serve`: one asyncio process serving LDAP, LDAPS and HTTP from a data dir."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiohttp import web
+
+from keypost.core.containers import sha256_fingerprint
+from keypost.directory import admin
+from keypost.directory.accounts import Authenticator
+from keypost.directory.config import DataDir, load_settings
+from keypost.directory.controller import Controller, Lifetimes
+from keypost.directory.errors import ConfigError
+from keypost.directory.http import make_app
+from keypost.directory.ldap.server import LdapServer
+from keypost.directory.ldap_backend import DirectoryLdapBackend
+from keypost.directory.store.sqlite import SqliteStore
+
+log = logging.getLogger("keypost.directory")
+
+FLUSH_SECONDS = 1.0  # issued containers and audit records are written in batches
+PURGE_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    data: DataDir
+    ldap: tuple[str, int]
+    ldaps: tuple[str, int] | None = None
+    http: tuple[str, int] | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    log_level: str = "info"
+
+
+def parse_hostport(text: str, flag: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ConfigError(f"{flag} wants HOST:PORT, not {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def _tls_context(options: ServeOptions) -> ssl.SSLContext | None:
+    if options.tls_cert is None and options.tls_key is None:
+        if options.ldaps is not None:
+            raise ConfigError("--ldaps needs --tls-cert and --tls-key")
+        return None
+    if options.tls_cert is None or options.tls_key is None:
+        raise ConfigError("give both --tls-cert and --tls-key")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(options.tls_cert, options.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from None
+    return context
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        stream=sys.stderr,
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+async def _maintain(controller: Controller, retention: dt.timedelta) -> None:
+    """Batch writes every second; purge expired containers and old audit hourly."""
+    since_purge = PURGE_SECONDS
+    while True:
+        await asyncio.sleep(FLUSH_SECONDS)
+        try:
+            controller.flush()
+            since_purge += FLUSH_SECONDS
+            if since_purge >= PURGE_SECONDS:
+                since_purge = 0.0
+                issued, audit = controller.purge(retention)
+                if issued or audit:
+                    log.info("event=purge issued=%d audit=%d", issued, audit)
+        except Exception:
+            log.exception("event=maintenance_failed")
+
+
+async def serve(options: ServeOptions) -> None:
+    data = options.data
+    settings = load_settings(data)
+    admin.ensure_private(data.ca_key)
+    ca = admin.load_ca(data, settings)
+    tls = _tls_context(options)
+    store = SqliteStore(data.database)
+    lifetimes = Lifetimes(dt.timedelta(hours=settings.encrypt_hours),
+                          dt.timedelta(days=settings.sign_days))
+    controller = Controller(store, ca, lifetimes, settings.cache_size)
+    controller.snapshot()  # fail now, not on the first request, when a stored key is bad
+    authenticator = Authenticator(store)
+    backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
+    ldap = LdapServer(backend, tls=tls, max_addresses=settings.max_addresses)
+    runner: web.AppRunner | None = None
+    maintenance = asyncio.create_task(
+        _maintain(controller, dt.timedelta(days=settings.audit_retention_days)))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        host, port = await ldap.listen(*options.ldap)
+        _say(f"listening ldap://{host}:{port}/{settings.suffix}")
+        if options.ldaps is not None:
+            host, port = await ldap.listen(*options.ldaps, implicit_tls=True)
+            _say(f"listening ldaps://{host}:{port}/{settings.suffix}")
+        if options.http is not None:
+            app = make_app(controller, authenticator, settings.url, settings.max_addresses)
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, *options.http)
+            await site.start()
+            for sock_host, sock_port, *_ in runner.addresses:
+                _say(f"listening http://{sock_host}:{sock_port}/")
+                break
+        _say(f"trust anchor SHA-256 {sha256_fingerprint(ca.certificate)}")
+        _say("ready")
+        await stop.wait()
+        log.info("event=shutdown")
+    finally:
+        maintenance.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await maintenance
+        await ldap.close()
+        if runner is not None:
+            await runner.cleanup()
+        controller.flush()
+        authenticator.close()
+        store.close()
+
+
+def run(options: ServeOptions) -> int:
+    _configure_logging(options.log_level)
+    try:
+        asyncio.run(serve(options))
+    except OSError as exc:
+        raise ConfigError(f"cannot serve: {exc.strerror or exc}") from None
+    return 0

@@ -1,0 +1,133 @@
+"""`keypost directory ...` administration through the real command line: effects and
+one-line errors with a non-zero exit (never a traceback)."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import keypost, write_rsa
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    keypost("directory", "init", "--data", str(root / "d"), "--ca-key-type", "rsa-3072",
+            "--suffix", "dc=example,dc=test")
+    _, pub = write_rsa(root / "gw.pem")
+    keypost("directory", "domain", "add", "Example.NET", "--encryption-cert", str(pub),
+            "--capabilities", "aes128-cbc", "--data", str(root / "d"))
+    return root / "d"
+
+
+def one_line_error(*args: str, stdin: str | None = None) -> str:
+    done = keypost(*args, stdin=stdin, check=False)
+    assert done.returncode != 0, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    return str(lines[0])
+
+
+def test_init_makes_private_ca_key_and_settings(data: Path) -> None:
+    assert stat.S_IMODE((data / "ca-key.pem").stat().st_mode) == 0o600
+    assert 'suffix = "dc=example,dc=test"' in (data / "directory.toml").read_text()
+    out = keypost("directory", "ca", "export", "--data", str(data)).stdout
+    assert out.startswith("-----BEGIN CERTIFICATE-----") and "SHA-256 fingerprint: " in out
+    assert "already initialised" in one_line_error("directory", "init", "--data", str(data))
+
+
+def test_domain_list_shows_normalised_domain_and_capabilities(data: Path) -> None:
+    out = keypost("directory", "domain", "list", "--data", str(data)).stdout
+    assert out.splitlines()[0] == "example.net" and "[aes128-cbc]" in out
+
+
+def test_rekey_keeps_history(data: Path, tmp_path: Path) -> None:
+    _, pub = write_rsa(tmp_path / "new.pem")
+    out = keypost("directory", "domain", "rekey", "example.net", "--encryption-cert", str(pub),
+                  "--data", str(data)).stdout
+    assert "retired" in out
+    listing = keypost("directory", "domain", "list", "--history", "--data", str(data)).stdout
+    assert listing.count("encryption") == 2 and "current" in listing and "retired" in listing
+    assert "[aes128-cbc]" in listing.splitlines()[1]  # capabilities carried over
+
+
+def test_accounts_add_list_remove(data: Path) -> None:
+    keypost("directory", "account", "add", "carol", "--role", "gateway", "--domain",
+            "example.net", "--password-stdin", "--data", str(data), stdin="pw\n")
+    assert "carol\tgateway\texample.net" in keypost(
+        "directory", "account", "list", "--data", str(data)).stdout
+    digest = sqlite3.connect(data / "directory.db").execute(
+        "SELECT digest FROM accounts WHERE name = 'carol'").fetchone()[0]
+    assert b"pw" not in digest and len(digest) == 32
+    keypost("directory", "account", "remove", "carol", "--data", str(data))
+    assert "no account named carol" in one_line_error(
+        "directory", "account", "remove", "carol", "--data", str(data))
+
+
+def test_genuine_add_and_remove(data: Path, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Dora")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=9))
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("Dora@Example.net")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / "dora.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    out = keypost("directory", "genuine", "add", str(path), "--data", str(data)).stdout
+    assert "dora@example.net" in out
+    keypost("directory", "genuine", "remove", "dora@example.net", "--data", str(data))
+    assert "no genuine certificate" in one_line_error(
+        "directory", "genuine", "remove", "dora@example.net", "--data", str(data))
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["domain", "add", "x.org", "--encryption-cert", "/nonexistent.pem"], "cannot read"),
+    (["domain", "add", "x.org", "--encryption-cert", "/etc/hostname"], "unreadable"),
+    (["domain", "rekey", "nope.org", "--encryption-cert", "@PUB"], "unknown domain"),
+    (["domain", "remove", "nope.org"], "unknown domain"),
+    (["domain", "add", "example.net", "--encryption-cert", "@PUB"], "already registered"),
+    (["domain", "add", "x.org", "--encryption-cert", "@PUB", "--capabilities", "des"],
+     "unknown capability"),
+    (["domain", "add", "not a domain", "--encryption-cert", "@PUB"], "invalid"),
+    (["account", "add", "dave", "--role", "user", "--domain", "nope.org", "--password-stdin"],
+     "unknown domain"),
+    (["genuine", "add", "@PUB"], "certificate"),
+    (["genuine", "remove", "not-an-address"], "invalid address"),
+])
+def test_error_paths_are_one_line(data: Path, tmp_path: Path, args: list[str],
+                                  expected: str) -> None:
+    _, pub = write_rsa(tmp_path / "k.pem")
+    argv = [str(pub) if a == "@PUB" else a for a in args]
+    line = one_line_error("directory", *argv, "--data", str(data), stdin="pw\n")
+    assert line.startswith("keypost: error: ") and expected in line, line
+
+
+def test_uninitialised_data_dir(tmp_path: Path) -> None:
+    line = one_line_error("directory", "account", "list", "--data", str(tmp_path / "none"))
+    assert "not an initialised directory" in line
+    line = one_line_error("directory", "serve", "--data", str(tmp_path / "none"))
+    assert "not an initialised directory" in line
+
+
+def test_ec_encryption_key_is_refused(data: Path, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    pub = tmp_path / "ec.pem"
+    pub.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    line = one_line_error("directory", "domain", "add", "ec.example", "--encryption-cert",
+                          str(pub), "--data", str(data))
+    assert "RSA" in line

@@ -1,0 +1,142 @@
+"""The HTTP API through a real HTTP client (requests) against `keypost directory serve`."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import requests
+from conftest import (
+    DOMAIN,
+    GATEWAY,
+    GATEWAY_PW,
+    USER,
+    USER_PW,
+    Directory,
+    openssl_verify,
+    spki_der,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from keypost.directory.http import ROUTES, openapi_document
+
+
+def get(d: Directory, *addresses: str, purpose: str | None = None,
+        auth: tuple[str, str] | None = None) -> requests.Response:
+    params: list[tuple[str, str]] = [("address", a) for a in addresses]
+    if purpose:
+        params.append(("purpose", purpose))
+    return requests.get(d.http + "v1/containers", params=params, auth=auth, timeout=30)
+
+
+def spki_of(pem: str) -> bytes:
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def containers(resp: requests.Response) -> list[dict[str, Any]]:
+    assert resp.status_code == 200, resp.text
+    [result] = resp.json()["results"]
+    out: list[dict[str, Any]] = result["containers"]
+    return out
+
+
+def test_anonymous_lookup_verifies_with_openssl(directory: Directory) -> None:
+    resp = get(directory, "alice@example.com")
+    [c] = containers(resp)
+    assert resp.json()["results"][0]["address"] == "alice@example.com"
+    assert c["role"] == "proxy-encryption" and c["format"] == "x509"
+    assert c["gateway"] == DOMAIN and c["directory"] == "ldap://127.0.0.1/"
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", c["not_after"])
+    verified = openssl_verify(c["pem"], directory.ca_file)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    cert = x509.load_pem_x509_certificate(c["pem"].encode())
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == ["alice@example.com"]
+    assert spki_of(c["pem"]) == spki_der(directory.gateway_key)
+
+
+def test_user_gets_outbound_container_for_external_address(directory: Directory) -> None:
+    cs = containers(get(directory, "bob@example.org", auth=(USER, USER_PW)))
+    assert [c["gateway"] for c in cs] == [DOMAIN, "example.org"]
+    assert spki_of(cs[0]["pem"]) == spki_der(directory.gateway_key)
+    assert spki_of(cs[1]["pem"]) == spki_der(directory.other_key)
+    # anonymous asking the same gets only the recipient's gateway
+    assert [c["gateway"] for c in containers(get(directory, "bob@example.org"))] == [
+        "example.org"]
+
+
+def test_gateway_gets_signing_container(directory: Directory) -> None:
+    [c] = containers(get(directory, "alice@example.com", purpose="sign",
+                         auth=(GATEWAY, GATEWAY_PW)))
+    assert c["role"] == "proxy-signing"
+    assert spki_of(c["pem"]) == spki_der(directory.gateway_signing_key)
+    ok = openssl_verify(c["pem"], directory.ca_file, purpose="smimesign")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    refused = get(directory, "alice@example.com", purpose="sign")
+    assert refused.status_code == 200
+    [result] = refused.json()["results"]
+    assert result["containers"] == [] and "gateway" in result["refused"]
+
+
+def test_made_up_address_looks_like_a_real_one(directory: Directory) -> None:
+    real = containers(get(directory, "alice@example.com"))
+    fake = containers(get(directory, "no-such-person-7f3a@example.com"))
+    assert [(c["role"], c["gateway"]) for c in real] == [(c["role"], c["gateway"]) for c in fake]
+    assert openssl_verify(fake[0]["pem"], directory.ca_file).returncode == 0
+
+
+def test_several_addresses_in_one_request(directory: Directory) -> None:
+    resp = get(directory, "a@example.com", "b@example.org", "c@unserved.example")
+    assert [r["address"] for r in resp.json()["results"]] == [
+        "a@example.com", "b@example.org", "c@unserved.example"]
+    assert [len(r["containers"]) for r in resp.json()["results"]] == [1, 1, 0]
+
+
+def test_wrong_password_is_401(directory: Directory) -> None:
+    for auth in ((USER, "wrong"), ("nobody", "wrong")):
+        resp = get(directory, "alice@example.com", auth=auth)
+        assert resp.status_code == 401
+        assert resp.headers["WWW-Authenticate"].startswith("Basic")
+        assert resp.json()["error"]["code"] == "invalid_credentials"
+        assert "nobody" not in resp.text
+
+
+def test_bad_input_is_400(directory: Directory) -> None:
+    cases = {
+        "missing_address": get(directory),
+        "invalid_address": get(directory, "not an address"),
+        "invalid_purpose": get(directory, "a@example.com", purpose="decrypt"),
+        "too_many_addresses": get(directory, *[f"u{i}@example.com" for i in range(101)]),
+    }
+    for code, resp in cases.items():
+        assert resp.status_code == 400, (code, resp.text)
+        assert resp.json()["error"]["code"] == code
+        assert resp.json()["error"]["message"]
+    assert requests.get(directory.http + "nope", timeout=10).json()["error"]["code"] == "not_found"
+
+
+def test_trust_anchor_health_and_metrics(directory: Directory) -> None:
+    ca = requests.get(directory.http + "v1/ca", timeout=10)
+    assert ca.status_code == 200 and ca.text.encode() in directory.ca_file.read_bytes()
+    assert requests.get(directory.http + "healthz", timeout=10).json()["status"] == "ok"
+    get(directory, "metrics@example.com")
+    text = requests.get(directory.http + "metrics", timeout=10).text
+    assert re.search(r'keypost_requests_total\{protocol="http",result="ok"\} [1-9]', text)
+    assert re.search(r'keypost_containers_issued_total\{role="proxy-encryption"\} [1-9]', text)
+    assert re.search(r"keypost_cache_misses_total [1-9]", text)
+    assert re.search(r"keypost_cache_hits_total \d", text)
+    assert 'keypost_request_duration_seconds_bucket{protocol="http",le="+Inf"}' in text
+
+
+def test_openapi_lists_every_route(directory: Directory) -> None:
+    served = requests.get(directory.http + "openapi.json", timeout=10).json()
+    assert served == openapi_document()
+    assert served["openapi"].startswith("3.1")
+    assert {path for path, _ in ROUTES} == set(served["paths"])
+    for path in served["paths"]:
+        assert set(served["paths"][path]) == {"get"}
+        status = requests.get(directory.http + path.lstrip("/"), timeout=10).status_code
+        assert status == (400 if path == "/v1/containers" else 200), path

@@ -1,0 +1,153 @@
+"""The directory over LDAP with real clients: OpenLDAP's ldapsearch and ldap3 (plain,
+StartTLS, LDAPS; anonymous, user and gateway binds)."""
+
+from __future__ import annotations
+
+import base64
+import os
+import ssl
+import subprocess
+
+import ldap3
+import pytest
+from conftest import (
+    GATEWAY,
+    GATEWAY_PW,
+    SUFFIX,
+    USER,
+    USER_PW,
+    Directory,
+    openssl_verify,
+    spki_der,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from ldap3.core.exceptions import LDAPBindError
+
+
+def ldapsearch(d: Directory, address: str, *extra: str, url: str | None = None,
+               env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    argv = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", url or d.ldap_url,
+            "-b", SUFFIX, *extra, f"(mail={address})", "userCertificate", "mail"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def ldif_certs(ldif: str) -> list[x509.Certificate]:
+    out = []
+    for line in ldif.splitlines():
+        name, sep, value = line.partition(":: ")
+        if sep and name.lower().startswith("usercertificate"):
+            out.append(x509.load_der_x509_certificate(base64.b64decode(value)))
+    return out
+
+
+def check_container(d: Directory, cert: x509.Certificate, address: str, gateway_spki: bytes,
+                    purpose: str = "smimeencrypt") -> None:
+    pem = cert.public_bytes(serialization.Encoding.PEM)
+    verified = openssl_verify(pem, d.ca_file, purpose=purpose)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == [address]
+    spki = cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+    assert spki == gateway_spki
+
+
+def test_ldapsearch_anonymous(directory: Directory) -> None:
+    done = ldapsearch(directory, "alice@example.com")
+    assert done.returncode == 0, done.stderr
+    assert f"dn: mail=alice@example.com,{SUFFIX}" in done.stdout
+    [cert] = ldif_certs(done.stdout)
+    check_container(directory, cert, "alice@example.com", spki_der(directory.gateway_key))
+
+
+def test_ldapsearch_user_gets_outbound_container(directory: Directory) -> None:
+    done = ldapsearch(directory, "bob@example.org", "-D", f"uid={USER},{SUFFIX}", "-w", USER_PW)
+    assert done.returncode == 0, done.stderr
+    certs = ldif_certs(done.stdout)
+    assert len(certs) == 2
+    check_container(directory, certs[0], "bob@example.org", spki_der(directory.gateway_key))
+    check_container(directory, certs[1], "bob@example.org", spki_der(directory.other_key))
+
+
+def test_ldapsearch_gateway_gets_signing_container(directory: Directory) -> None:
+    done = ldapsearch(directory, "alice@example.com", "-D", GATEWAY, "-w", GATEWAY_PW)
+    assert done.returncode == 0, done.stderr
+    [cert] = ldif_certs(done.stdout)
+    check_container(directory, cert, "alice@example.com",
+                    spki_der(directory.gateway_signing_key), purpose="smimesign")
+
+
+def test_ldapsearch_wrong_password_is_49(directory: Directory) -> None:
+    for name in (f"uid={USER},{SUFFIX}", f"cn=nobody,{SUFFIX}"):
+        done = ldapsearch(directory, "alice@example.com", "-D", name, "-w", "wrong")
+        assert done.returncode == 49, (done.returncode, done.stderr)
+        assert "Invalid credentials" in done.stderr
+
+
+def test_made_up_address_gets_a_container_like_a_real_one(directory: Directory) -> None:
+    made_up = "zz-not-a-mailbox-31415@example.com"
+    done = ldapsearch(directory, made_up)
+    [cert] = ldif_certs(done.stdout)
+    check_container(directory, cert, made_up, spki_der(directory.gateway_key))
+    real = ldif_certs(ldapsearch(directory, "alice@example.com").stdout)
+    assert [e.oid for e in real[0].extensions] == [e.oid for e in cert.extensions]
+
+
+def test_ldapsearch_starttls_and_ldaps(directory: Directory) -> None:
+    env = {"LDAPTLS_CACERT": str(directory.tls_ca), "LDAPTLS_REQCERT": "demand"}
+    tls = ldapsearch(directory, "alice@example.com", "-ZZ", env=env,
+                     url=directory.ldap_url)  # libldap checks the IP SAN
+    assert tls.returncode == 0, tls.stderr
+    check_container(directory, ldif_certs(tls.stdout)[0], "alice@example.com",
+                    spki_der(directory.gateway_key))
+    ldaps = ldapsearch(directory, "alice@example.com", "-D", USER, "-w", USER_PW, env=env,
+                       url=directory.ldaps_url)
+    assert ldaps.returncode == 0, ldaps.stderr
+    assert len(ldif_certs(ldaps.stdout)) == 1
+
+
+def ldap3_certs(conn: ldap3.Connection, address: str) -> list[x509.Certificate]:
+    assert conn.search(SUFFIX, f"(mail={address})", attributes=["userCertificate;binary"])
+    [entry] = conn.response
+    raw = entry["raw_attributes"]
+    values = next(v for k, v in raw.items() if k.lower().startswith("usercertificate"))
+    return [x509.load_der_x509_certificate(v) for v in values]
+
+
+def test_ldap3_anonymous_user_gateway(directory: Directory) -> None:
+    server = ldap3.Server(directory.ldap[0], port=directory.ldap[1], get_info=ldap3.NONE)
+    with ldap3.Connection(server, auto_bind=True) as anon:
+        [cert] = ldap3_certs(anon, "carol@example.com")
+        check_container(directory, cert, "carol@example.com", spki_der(directory.gateway_key))
+    with ldap3.Connection(server, f"uid={USER},{SUFFIX}", USER_PW, auto_bind=True) as user:
+        assert len(ldap3_certs(user, "dan@example.org")) == 2
+    with ldap3.Connection(server, f"cn={GATEWAY},{SUFFIX}", GATEWAY_PW, auto_bind=True) as gw:
+        [cert] = ldap3_certs(gw, "carol@example.com")
+        check_container(directory, cert, "carol@example.com",
+                        spki_der(directory.gateway_signing_key), purpose="smimesign")
+    with pytest.raises(LDAPBindError):
+        ldap3.Connection(server, f"uid={USER},{SUFFIX}", "wrong", auto_bind=True)
+    conn = ldap3.Connection(server, f"uid={USER},{SUFFIX}", "wrong")
+    assert not conn.bind() and conn.result["result"] == 49
+
+
+def test_ldap3_starttls_and_ldaps(directory: Directory) -> None:
+    tls = ldap3.Tls(validate=ssl.CERT_REQUIRED, ca_certs_file=str(directory.tls_ca))
+    server = ldap3.Server("localhost", port=directory.ldap[1], tls=tls, get_info=ldap3.NONE)
+    with ldap3.Connection(server) as conn:
+        assert conn.start_tls()
+        assert conn.bind()
+        assert len(ldap3_certs(conn, "erin@example.com")) == 1
+    secure = ldap3.Server("localhost", port=directory.ldaps[1], use_ssl=True, tls=tls,
+                          get_info=ldap3.NONE)
+    with ldap3.Connection(secure, USER, USER_PW, auto_bind=True) as conn:
+        assert len(ldap3_certs(conn, "erin@example.org")) == 2
+
+
+def test_request_log_has_hashes_not_passwords(directory: Directory) -> None:
+    ldapsearch(directory, "logged-person@example.com", "-D", USER, "-w", USER_PW)
+    log = directory.log.read_text()
+    assert "event=lookup protocol=ldap requestor=user:example.com" in log
+    assert USER_PW not in log and GATEWAY_PW not in log and "logged-person" not in log
