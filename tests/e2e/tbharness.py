@@ -1,0 +1,164 @@
+"""Real Thunderbird for end-to-end tests: a profile made from user.js, started headless with
+Marionette, always stopped by the PID we started."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ADDON_ID = "keypost@keypost.example"
+# Thunderbird derives the compose action's element id from the add-on id.
+COMPOSE_BUTTON = "keypost_keypost_example-composeAction-toolbarbutton"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _pref(name: str, value: bool | int | str) -> str:
+    if isinstance(value, bool):
+        v = "true" if value else "false"
+    elif isinstance(value, int):
+        v = str(value)
+    else:
+        v = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f'user_pref("{name}", {v});'
+
+
+def profile_prefs(smtp_port: int, marionette_port: int, email: str, name: str) -> dict[str, Any]:
+    """A POP account that never polls, Local Folders, one identity, one SMTP server."""
+    return {
+        "mail.accountmanager.accounts": "account1,account2",
+        "mail.accountmanager.defaultaccount": "account1",
+        "mail.accountmanager.localfoldersserver": "server2",
+        "mail.account.account1.identities": "id1",
+        "mail.account.account1.server": "server1",
+        "mail.account.account2.server": "server2",
+        "mail.server.server1.type": "pop3",
+        "mail.server.server1.hostname": "127.0.0.1",
+        "mail.server.server1.port": 9,  # discard: never contacted, polling is off
+        "mail.server.server1.userName": email.split("@")[0],
+        "mail.server.server1.name": email,
+        "mail.server.server1.login_at_startup": False,
+        "mail.server.server1.check_new_mail": False,
+        "mail.server.server1.download_on_biff": False,
+        "mail.server.server2.type": "none",
+        "mail.server.server2.hostname": "Local Folders",
+        "mail.server.server2.userName": "nobody",
+        "mail.server.server2.name": "Local Folders",
+        "mail.identity.id1.useremail": email,
+        "mail.identity.id1.fullName": name,
+        "mail.identity.id1.smtpServer": "smtp1",
+        "mail.identity.id1.fcc": True,
+        "mail.identity.id1.valid": True,
+        "mail.smtpservers": "smtp1",
+        "mail.smtp.defaultserver": "smtp1",
+        "mail.smtpserver.smtp1.hostname": "127.0.0.1",
+        "mail.smtpserver.smtp1.port": smtp_port,
+        "mail.smtpserver.smtp1.authMethod": 1,
+        "mail.smtpserver.smtp1.try_ssl": 0,
+        "mail.smtpserver.smtp1.username": "",
+        "mailnews.sendInBackground": True,
+        "extensions.autoDisableScopes": 0,
+        "marionette.port": marionette_port,
+        "mail.provider.enabled": False,
+        "mailnews.start_page.enabled": False,
+        "mail.shell.checkDefaultClient": False,
+        "mail.spotlight.firstRunDone": True,
+        "mail.winsearch.firstRunDone": True,
+        "mail.rights.version": 1,
+        "mail.startup.enabledMailCheckOnce": True,
+        "datareporting.policy.dataSubmissionEnabled": False,
+        "datareporting.healthreport.uploadEnabled": False,
+        "toolkit.telemetry.reportingpolicy.firstRun": False,
+        "app.update.disabledForTesting": True,
+        "browser.dom.window.dump.enabled": True,
+        "devtools.console.stdout.chrome": True,
+        "extensions.logging.enabled": False,
+    }
+
+
+def write_profile(profile: Path, prefs: Mapping[str, Any]) -> None:
+    profile.mkdir(parents=True, exist_ok=True)
+    lines = [_pref(k, v) for k, v in prefs.items()]
+    (profile / "user.js").write_text("\n".join(lines) + "\n", "utf-8")
+
+
+@dataclass
+class Thunderbird:
+    """A running Thunderbird; `stop` kills exactly the process (group) it started."""
+
+    proc: subprocess.Popen[bytes]
+    marionette_port: int
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            # Thunderbird was started in its own session: signal its process group by the
+            # group id of our child (its helpers, e.g. the native host, are in the group).
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=15)
+
+    def log_text(self) -> str:
+        return self.log.read_text("utf-8", errors="replace") if self.log.exists() else ""
+
+
+def thunderbird_binary() -> str | None:
+    return os.environ.get("KEYPOST_THUNDERBIRD") or shutil.which("thunderbird")
+
+
+def start(
+    binary: str, profile: Path, env: Mapping[str, str], marionette_port: int, log: Path
+) -> Thunderbird:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--headless",
+                "--marionette",
+                "-remote-allow-system-access",
+                "--no-remote",
+                "-profile",
+                str(profile),
+            ],
+            env=dict(env),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Thunderbird(proc, marionette_port, log)
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25
+) -> Any:
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:
+            last_exc = exc
+        time.sleep(interval)
+    raise TimeoutError(
+        f"timed out waiting for {what}" + (f" (last error: {last_exc})" if last_exc else "")
+    )
