@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -105,7 +106,7 @@ class LdapDirectoryClient:
             user=self._bind_dn() if authenticated else None,
             password=self._password if authenticated else None,
             authentication=ldap3.SIMPLE if authenticated else ldap3.ANONYMOUS,
-            receive_timeout=self._timeout,
+            receive_timeout=max(1, math.ceil(self._timeout)),  # ldap3 packs it as an int
             read_only=True,
             raise_exceptions=False,
         )

@@ -1,0 +1,143 @@
+"""The directory client against a real `keypost directory serve` (LDAP via ldap3, HTTP)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from host_support import PASSWORD, Directory, GatewayKeys, MemoryKeyring
+
+from keypost.core.containers import describe, load_certificates, verify_container
+from keypost.core.types import Purpose, Role
+from keypost.host.actions import Host
+from keypost.host.config import parse_directory_url
+from keypost.host.directory_client import DirectoryClient, make_client
+from keypost.host.errors import AuthenticationFailed, DirectoryUnreachable
+
+ADDRESSES = ["bob@example.org", "carol@example.net", "Dave@Example.COM"]
+
+
+def client(url: str, user: str | None = None, password: str | None = None) -> DirectoryClient:
+    return make_client(parse_directory_url(url), user, password)
+
+
+def gateways(found: list[bytes], keys: GatewayKeys) -> list[str]:
+    """Which gateway's key each container carries (by public key)."""
+    out = []
+    for der in found:
+        key = x509.load_der_x509_certificate(der).public_key()
+        out += [d for d, k in keys.keys.items() if k.public_key() == key]
+    return sorted(out)
+
+
+@pytest.fixture(params=["ldap", "http"])
+def url(request: pytest.FixtureRequest, directory: Directory) -> str:
+    return directory.ldap_url if request.param == "ldap" else directory.http_url
+
+
+def test_anonymous_gets_the_recipient_gateway_only(
+    url: str, directory: Directory, gateway_keys: GatewayKeys
+) -> None:
+    c = client(url)
+    try:
+        found = c.fetch(ADDRESSES)
+    finally:
+        c.close()
+    assert gateways([r.der for r in found["bob@example.org"]], gateway_keys) == ["example.org"]
+    assert found.get("carol@example.net", []) == []
+    assert gateways([r.der for r in found["dave@example.com"]], gateway_keys) == ["example.com"]
+    anchor = load_certificates(directory.anchor_pem.encode())
+    for raw in found["bob@example.org"]:
+        cert = x509.load_der_x509_certificate(raw.der)
+        result = verify_container(cert, anchor, "bob@example.org", Purpose.ENCRYPT)
+        assert result.ok, result.reasons
+        assert describe(cert).role is Role.PROXY_ENCRYPTION
+
+
+def test_authenticated_user_also_gets_own_gateway_in_one_connection(
+    url: str, gateway_keys: GatewayKeys
+) -> None:
+    c = client(url, "alice", PASSWORD)
+    try:
+        assert c.check() is True
+        found = c.fetch(ADDRESSES)
+        again = c.fetch(["erin@example.org"])  # the same connection, reused
+    finally:
+        c.close()
+    assert gateways([r.der for r in found["bob@example.org"]], gateway_keys) == [
+        "example.com", "example.org"]
+    assert gateways([r.der for r in found["carol@example.net"]], gateway_keys) == ["example.com"]
+    assert len(again["erin@example.org"]) == 2
+    if url.startswith("http"):
+        assert {r.gateway for r in found["bob@example.org"]} == {"example.com", "example.org"}
+
+
+def test_wrong_password_is_authentication_failed(url: str) -> None:
+    c = client(url, "alice", "not the password")
+    with pytest.raises(AuthenticationFailed):
+        c.fetch(["bob@example.org"])
+    c.close()
+
+
+def test_unreachable_directory(url: str) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nobody listens here once closed
+    scheme = url.split(":", 1)[0]
+    c = make_client(parse_directory_url(f"{scheme}://127.0.0.1:{port}"), None, None, None, 2.0)
+    with pytest.raises(DirectoryUnreachable):
+        c.fetch(["bob@example.org"])
+    c.close()
+
+
+def answered(directory: Directory, protocol: str) -> int:
+    """The directory's own count of answered look-ups (its /metrics)."""
+    text = requests.get(f"{directory.http_url}/metrics", timeout=10).text
+    pattern = rf'keypost_requests_total{{protocol="{protocol}",result="ok"}} (\d+)'
+    match = re.search(pattern, text)
+    return int(match.group(1)) if match else 0
+
+
+def test_many_recipients_one_search(url: str, directory: Directory) -> None:
+    addresses = [f"user{i}@example.org" for i in range(60)]
+    protocol = url.split(":", 1)[0]
+    before = answered(directory, protocol)
+    c = client(url, "alice", PASSWORD)
+    try:
+        found = c.fetch(addresses)
+    finally:
+        c.close()
+    assert answered(directory, protocol) == before + 1
+    assert sorted(found) == sorted(addresses)
+    assert all(len(v) == 2 for v in found.values())
+
+
+def test_host_lookup_against_real_directory(
+    url: str, directory: Directory, host_dirs: tuple[Path, Path],
+    memory_keyring: MemoryKeyring,
+) -> None:
+    host = Host(*host_dirs)
+    reply = host.handle({"id": 1, "action": "configure", "params": {
+        "directory": url, "username": "alice", "password": PASSWORD,
+        "trust_anchor_pem": directory.anchor_pem,
+        "trust_anchor_fingerprint": directory.fingerprint}})
+    assert reply["ok"], reply
+    reply = host.handle({"id": 2, "action": "lookup", "params": {
+        "from": "alice@example.com", "recipients": [*ADDRESSES, "x@@y"]}})
+    assert reply["ok"], reply
+    bob, carol, dave, junk = reply["result"]["recipients"]
+    assert bob["status"] == "ok"
+    assert sorted(c["gateway"] for c in bob["containers"]) == ["example.com", "example.org"]
+    assert carol["status"] == "ok" and carol["summary"] == "via the gateway of example.com"
+    assert dave["address"] == "Dave@example.com" and dave["status"] == "ok"
+    assert junk["status"] == "invalid_address"
+    for c in bob["containers"]:
+        not_after = dt.datetime.strptime(c["not_after"], "%Y-%m-%dT%H:%M:%SZ")
+        assert not_after > dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    assert host.handle({"id": 3, "action": "test_connection"})["result"]["authenticated"]
+    host.close()
