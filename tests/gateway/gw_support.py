@@ -142,15 +142,14 @@ hostname = "gw.example.com"
 quarantine_dir = "quarantine"
 {extra}
 [directory]
-trust_anchor = "ca.pem"
-{directory}
+{directory or 'trust_anchor = "ca.pem"'}
 [[domain]]
 name = "example.com"
 encryption_keys = ["enc-current.key", "enc-retired.key"]
 signing_key = "sign.key"
 {domain_extra}
 """
-        p = self.root / "gateway.toml"
+        p = self.root / f"gateway-{free_port()}.toml"
         p.write_text(text)
         return p
 

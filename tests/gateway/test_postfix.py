@@ -70,7 +70,9 @@ def submit(postfix: Postfix, message: bytes, rcpt: str = "alice@example.com") ->
         s.sendmail("sender@outside.test", [rcpt], message)
 
 
-def test_plain_mail_passes_postfix_and_gateway_unchanged(mta: tuple[Postfix, GatewayProcess, Sink]) -> None:
+def test_plain_mail_passes_postfix_and_gateway_unchanged(
+    mta: tuple[Postfix, GatewayProcess, Sink],
+) -> None:
     postfix, _, sink = mta
     submit(postfix, PLAIN)
     got = sink.handler.wait(1)

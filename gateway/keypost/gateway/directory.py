@@ -11,7 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -159,7 +159,7 @@ class _LdapFetcher:
             if entry.get("type") != "searchResEntry":
                 continue
             raw = entry.get("raw_attributes")
-            if not isinstance(raw, dict):
+            if not isinstance(raw, Mapping):  # ldap3 uses its own case-insensitive dict
                 continue
             for name, values in raw.items():
                 if not str(name).lower().startswith("usercertificate"):

@@ -1,0 +1,57 @@
+"""The scan hook: exit codes of a real command, timeouts, entry-point style callables."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from keypost.gateway.errors import TempFailure
+from keypost.gateway.scan import CallableScanner, CommandScanner, ScanResult, Verdict
+
+MSG = b"Subject: t\r\n\r\nEICAR-LIKE-TEST-STRING\r\n"
+
+
+def script(tmp_path: Path, body: str) -> list[str]:
+    p = tmp_path / "scanner.py"
+    p.write_text("import sys\ndata = sys.stdin.buffer.read()\n" + body)
+    return [sys.executable, str(p)]
+
+
+def test_exit_codes_map_to_verdicts_with_stdout_as_reason(tmp_path: Path) -> None:
+    cmd = script(
+        tmp_path,
+        "if b'EICAR' in data:\n    print('Found: test\\r\\nsignature'); sys.exit(1)\nsys.exit(0)\n",
+    )
+    scanner = CommandScanner(cmd, timeout=30)
+    result = scanner.scan(MSG, "a@b.c", ["d@e.f"])
+    assert result == ScanResult(Verdict.REJECT, "Found: test signature")
+    assert scanner.scan(b"Subject: clean\r\n\r\nhi\r\n", "", []).verdict is Verdict.ACCEPT
+
+
+def test_exit_two_quarantines(tmp_path: Path) -> None:
+    scanner = CommandScanner(script(tmp_path, "print('suspicious'); sys.exit(2)\n"), 30)
+    assert scanner.scan(MSG, "", []) == ScanResult(Verdict.QUARANTINE, "suspicious")
+
+
+@pytest.mark.parametrize("body", ["sys.exit(3)\n", "import time; time.sleep(5)\n"])
+def test_other_exits_and_timeouts_are_temporary(tmp_path: Path, body: str) -> None:
+    scanner = CommandScanner(script(tmp_path, body), timeout=1)
+    with pytest.raises(TempFailure):
+        scanner.scan(MSG, "", [])
+
+
+def test_missing_command_is_temporary() -> None:
+    with pytest.raises(TempFailure, match="unavailable"):
+        CommandScanner(["/nonexistent/scanner"], 5).scan(MSG, "", [])
+
+
+def test_callable_scanner_accepts_verdicts_or_results() -> None:
+    assert CallableScanner(lambda m, f, r: Verdict.ACCEPT).scan(MSG, "", []).verdict is (
+        Verdict.ACCEPT
+    )
+    res = ScanResult(Verdict.REJECT, "no")
+    assert CallableScanner(lambda m, f, r: res).scan(MSG, "", []) is res
+    with pytest.raises(TempFailure):
+        CallableScanner(lambda m, f, r: None).scan(MSG, "", [])
