@@ -21,6 +21,7 @@ The container profile (see README, section core-containers):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,11 +44,14 @@ from keypost.core.x509_ext import (
     OID_NO_REV_AVAIL,
     OID_SMIME_CAPABILITIES,
     OID_SMTP_UTF8_MAILBOX,
+    TAG_SEQUENCE,
     KeypostExtension,
     decode_smime_capabilities,
     decode_smtp_utf8_mailbox,
+    der_tlv,
     encode_smime_capabilities,
-    smtp_utf8_mailbox,
+    rfc822_name_der,
+    smtp_utf8_mailbox_der,
 )
 
 CAKeyType = Literal["ecdsa-p256", "rsa-3072"]
@@ -59,6 +63,7 @@ DEFAULT_ENCRYPT_LIFETIME = dt.timedelta(hours=24)
 DEFAULT_SIGN_LIFETIME = dt.timedelta(days=30)
 MIN_LIFETIME = dt.timedelta(minutes=5)
 MAX_CN = 64  # ub-common-name (RFC 5280)
+_CACHE_SIZE = 4096  # addresses / gateway keys whose constant certificate parts are kept
 
 _ROLE_FOR_PURPOSE = {Purpose.ENCRYPT: Role.PROXY_ENCRYPTION, Purpose.SIGN: Role.PROXY_SIGNING}
 _SHA256 = hashes.SHA256()
@@ -201,13 +206,9 @@ class ContainerRequest:
     extra: dict[str, str] = field(default_factory=dict)
 
 
-def _subject(address: Address, display: str) -> x509.Name:
-    attrs: list[x509.NameAttribute[str]] = []
-    if len(display) <= MAX_CN:
-        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, display))
-    if address.ascii_local:
-        attrs.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, display))
-    return x509.Name(attrs)
+def _raw_extension(oid: x509.ObjectIdentifier, der: bytes) -> x509.Extension[x509.ExtensionType]:
+    """A non-critical extension whose DER value we encode ourselves."""
+    return x509.Extension(oid, False, x509.UnrecognizedExtension(oid, der))
 
 
 def _display_address(address: Address) -> str:
@@ -220,6 +221,28 @@ def _display_address(address: Address) -> str:
     except UnicodeError as exc:
         raise AddressError(f"cannot write domain {address.domain!r} as U-labels") from exc
     return f"{address.local}@{domain}"
+
+
+@functools.lru_cache(maxsize=_CACHE_SIZE)
+def _address_parts(address: Address) -> tuple[x509.Name, x509.Extension[x509.ExtensionType]]:
+    """Subject and SAN for an address. Cached: x509.Name and cryptography's RFC822Name
+    validation cost more than the rest of issuing put together (see bench/bench_issue.py);
+    the SAN is DER-encoded here (its value is already validated by parse_address)."""
+    display = _display_address(address)
+    attrs: list[x509.NameAttribute[str]] = []
+    if len(display) <= MAX_CN:
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, display))
+    if address.ascii_local:
+        attrs.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, display))
+    subject = x509.Name(attrs)
+    name = rfc822_name_der(display) if address.ascii_local else smtp_utf8_mailbox_der(display)
+    san_oid = x509.SubjectAlternativeName.oid
+    san = x509.Extension(
+        san_oid,
+        not attrs,  # RFC 5280 4.2.1.6: critical when the subject is empty
+        x509.UnrecognizedExtension(san_oid, der_tlv(TAG_SEQUENCE, name)),
+    )
+    return subject, san
 
 
 class DirectoryCA:
@@ -269,10 +292,12 @@ class DirectoryCA:
                 x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
             ),
             x509.Extension(x509.AuthorityKeyIdentifier.oid, False, aki),
-            x509.Extension(
-                OID_NO_REV_AVAIL, False, x509.UnrecognizedExtension(OID_NO_REV_AVAIL, NULL_DER)
-            ),
+            _raw_extension(OID_NO_REV_AVAIL, NULL_DER),
         )
+        self._per_gateway: dict[
+            tuple[bytes, tuple[Capability, ...], Purpose],
+            tuple[x509.Extension[x509.ExtensionType], ...],
+        ] = {}
         self._ku = {
             (Purpose.ENCRYPT, True): _key_usage(key_encipherment=True),
             (Purpose.ENCRYPT, False): _key_usage(key_agreement=True),
@@ -347,10 +372,33 @@ class DirectoryCA:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, enc
         )
 
+    def _gateway_parts(
+        self, gateway: GatewayKey, purpose: Purpose
+    ) -> tuple[x509.Extension[x509.ExtensionType], ...]:
+        """KU, SKI, SMIMECapabilities and keypost extension: the same in every container of
+        one gateway key and purpose, so built (and the key checked) once."""
+        key = (gateway.fingerprint_bytes, gateway.capabilities, purpose)
+        parts = self._per_gateway.get(key)
+        if parts is None:
+            public_key = _check_public_key(gateway.public_key)
+            role = KeypostExtension(
+                _ROLE_FOR_PURPOSE[purpose], gateway.fingerprint_bytes, self.directory_url
+            )
+            caps = encode_smime_capabilities(gateway.capabilities)
+            parts = (
+                self._ku[(purpose, isinstance(public_key, rsa.RSAPublicKey))],
+                x509.Extension(x509.SubjectKeyIdentifier.oid, False, gateway.ski),
+                _raw_extension(OID_SMIME_CAPABILITIES, caps),
+                _raw_extension(OID_KEYPOST_CONTAINER, role.encode()),
+            )
+            if len(self._per_gateway) >= _CACHE_SIZE:
+                self._per_gateway.clear()
+            self._per_gateway[key] = parts
+        return parts
+
     def issue(self, request: ContainerRequest, now: dt.datetime | None = None) -> x509.Certificate:
         """Make an encryption (role proxy-encryption) or signing (proxy-signing) container."""
         gateway = request.gateway
-        _check_public_key(gateway.public_key)
         purpose = request.purpose
         limit = default_lifetime(purpose)
         lifetime = limit if request.lifetime is None else request.lifetime
@@ -369,37 +417,8 @@ class DirectoryCA:
                 raise ContainerError("compatibility mode needs the gateway's certificate")
             issuer, serial = gateway.certificate.issuer, gateway.certificate.serial_number
 
-        address = request.address
-        display = _display_address(address)
-        subject = _subject(address, display)
-        san: x509.GeneralName = (
-            x509.RFC822Name(display) if address.ascii_local else smtp_utf8_mailbox(display)
-        )
-        role = _ROLE_FOR_PURPOSE[purpose]
-        keypost = KeypostExtension(role, gateway.fingerprint_bytes, self.directory_url).encode()
-        is_rsa = isinstance(gateway.public_key, rsa.RSAPublicKey)
-        extensions = [
-            *self._fixed,
-            self._ku[(purpose, is_rsa)],
-            x509.Extension(
-                x509.SubjectAlternativeName.oid,
-                len(subject) == 0,  # RFC 5280 4.2.1.6: critical when the subject is empty
-                x509.SubjectAlternativeName([san]),
-            ),
-            x509.Extension(x509.SubjectKeyIdentifier.oid, False, gateway.ski),
-            x509.Extension(
-                OID_SMIME_CAPABILITIES,
-                False,
-                x509.UnrecognizedExtension(
-                    OID_SMIME_CAPABILITIES, encode_smime_capabilities(gateway.capabilities)
-                ),
-            ),
-            x509.Extension(
-                OID_KEYPOST_CONTAINER,
-                False,
-                x509.UnrecognizedExtension(OID_KEYPOST_CONTAINER, keypost),
-            ),
-        ]
+        subject, san = _address_parts(request.address)
+        extensions = [*self._fixed, san, *self._gateway_parts(gateway, purpose)]
         # The constructor takes everything at once: the fluent setters would copy the
         # builder and re-check duplicate extensions once per call.
         builder = x509.CertificateBuilder(

@@ -198,8 +198,16 @@ class KeypostExtension:
 # SmtpUTF8Mailbox (RFC 8398 / RFC 9598) -----------------------------------------------
 
 
-def smtp_utf8_mailbox(address: str) -> x509.OtherName:
-    return x509.OtherName(OID_SMTP_UTF8_MAILBOX, der_tlv(TAG_UTF8STRING, address.encode("utf-8")))
+def rfc822_name_der(address: str) -> bytes:
+    """GeneralName rfc822Name: [1] IMPLICIT IA5String."""
+    return der_tlv(0x81, address.encode("ascii"))
+
+
+def smtp_utf8_mailbox_der(address: str) -> bytes:
+    """GeneralName otherName: [0] IMPLICIT SEQUENCE { id-on-SmtpUTF8Mailbox,
+    [0] EXPLICIT UTF8String }."""
+    value = der_tlv(0xA0, der_tlv(TAG_UTF8STRING, address.encode("utf-8")))
+    return der_tlv(0xA0, der_oid(OID_SMTP_UTF8_MAILBOX.dotted_string) + value)
 
 
 def decode_smtp_utf8_mailbox(value: bytes) -> str:
