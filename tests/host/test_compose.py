@@ -1,0 +1,113 @@
+"""Building the clear RFC 5322 message from the add-on's compose details."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+
+from keypost.host.compose import build_message, header_block, parse_compose
+from keypost.host.errors import BadRequest
+
+PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40
+
+
+def params(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "from": "Älice Example <alice@example.com>",
+        "to": ["Bob <bob@example.org>", "carol@example.net"],
+        "cc": ['"Dave, D." <dave@example.com>'],
+        "bcc": ["secret@example.org"],
+        "subject": "Grüße – figures",
+        "body_plain": "Hello Bob,\nsee attached. Ünïcödé.\n",
+    }
+    base.update(extra)
+    return base
+
+
+def parse(data: bytes) -> EmailMessage:
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def test_plain_message_headers_and_no_bcc() -> None:
+    c = parse_compose(params())
+    data = build_message(c).as_bytes()
+    assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
+    assert max(data) < 128  # 7-bit: non-ASCII is encoded
+    msg = parse(data)
+    assert msg["From"].addresses[0].addr_spec == "alice@example.com"
+    assert msg["From"].addresses[0].display_name == "Älice Example"
+    assert [a.addr_spec for a in msg["To"].addresses] == ["bob@example.org", "carol@example.net"]
+    assert msg["Cc"].addresses[0].display_name == "Dave, D."
+    assert msg["Subject"] == "Grüße – figures"
+    assert msg["Message-ID"].endswith("@example.com>") and msg["Date"]
+    assert "Bcc" not in msg and b"secret@example.org" not in data
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content().replace("\r\n", "\n") == "Hello Bob,\nsee attached. Ünïcödé.\n"
+    assert [m.address for m in c.recipients] == [
+        "bob@example.org", "carol@example.net", "dave@example.com", "secret@example.org"]
+
+
+def test_alternative_and_mixed_with_attachments() -> None:
+    c = parse_compose(params(
+        body_html="<p>Hello <b>Bob</b></p>",
+        attachments=[
+            {"name": "figures.pdf", "content_type": "application/pdf",
+             "data_base64": base64.b64encode(PDF).decode()},
+            {"name": "notes.txt", "content_type": "bogus",
+             "data_base64": base64.b64encode(b"n").decode()},
+        ],
+        headers={"X-Mozilla-Draft-Info": "internal/draft; vcard=0", "In-Reply-To": "<a@b>"},
+    ))
+    msg = parse(build_message(c).as_bytes())
+    assert msg.get_content_type() == "multipart/mixed"
+    body, pdf, txt = msg.iter_parts()
+    assert body.get_content_type() == "multipart/alternative"
+    plain, html = body.iter_parts()
+    assert plain.get_content_type() == "text/plain" and html.get_content_type() == "text/html"
+    assert "<b>Bob</b>" in html.get_content()
+    assert pdf.get_filename() == "figures.pdf" and pdf.get_content() == PDF
+    assert txt.get_content_type() == "application/octet-stream"
+    assert msg["X-Mozilla-Draft-Info"] == "internal/draft; vcard=0"
+    assert msg["In-Reply-To"] == "<a@b>"
+
+
+def test_html_only_and_outbox_keys() -> None:
+    c = parse_compose(params(body_plain=None, body_html="<p>x</p>", identity_key="id3",
+                             account_key="account2", for_outbox=True))
+    msg = parse(build_message(c).as_bytes())
+    assert msg.get_content_type() == "text/html"
+    assert msg["X-Identity-Key"] == "id3" and msg["X-Account-Key"] == "account2"
+    assert c.for_outbox is True
+
+
+def test_header_block_is_one_folded_header() -> None:
+    c = parse_compose(params(bcc=[f"user{i}@example.org" for i in range(20)]))
+    block = header_block("Bcc", c.bcc)
+    assert block.startswith(b"Bcc: ") and block.endswith(b"\r\n")
+    assert b"\r\n\r\n" not in block
+    assert all(len(line) <= 78 for line in block.split(b"\r\n"))
+    assert parse(block + b"\r\n")["Bcc"].addresses[19].addr_spec == "user19@example.org"
+
+
+@pytest.mark.parametrize("bad", [
+    {"from": None},
+    {"to": [], "cc": [], "bcc": []},
+    {"cc": 5},
+    {"to": ["Bob <bob@example.org>\r\nBcc: x@example.org"]},
+    {"body_plain": None},
+    {"attachments": [{"name": "a", "data_base64": "not base64!"}]},
+    {"attachments": {"name": "a"}},
+    {"headers": {"Received": "from evil"}},
+    {"headers": {"X-Ok": "a\r\nBcc: evil@example.org"}},
+    {"subject": "hi\r\nBcc: evil@example.org"},
+])
+def test_bad_compose_params(bad: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest):
+        build_message(parse_compose(params(**bad)))
