@@ -114,6 +114,8 @@ def first_run(layout: Layout) -> bool:
 
 def free_port(preferred: int) -> int:
     """`preferred` when it is free on loopback, else 0 (the service picks one)."""
+    if preferred == 0:
+        return 0
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", preferred))
@@ -170,16 +172,24 @@ class Service:
             self.process.wait()
 
 
-def directory_service(layout: Layout) -> Service:
-    ldap, http = free_port(LDAP_PORT), free_port(HTTP_PORT)
+def directory_service(layout: Layout, ports: Ports) -> Service:
+    ldap, http = free_port(ports.ldap), free_port(ports.http)
     return Service("directory", keypost(
         "directory", "serve", "--data", str(layout.directory),
         "--ldap", f"127.0.0.1:{ldap}", "--http", f"127.0.0.1:{http}"))
 
 
-def services(layout: Layout) -> list[Service]:
+@dataclass(frozen=True)
+class Ports:
+    """Preferred loopback ports (0 = any free port)."""
+
+    ldap: int = LDAP_PORT
+    http: int = HTTP_PORT
+
+
+def services(layout: Layout, ports: Ports) -> list[Service]:
     """Everything `keypost start` runs, in start order."""
-    return [directory_service(layout)]
+    return [directory_service(layout, ports)]
 
 
 def summary(layout: Layout, running: Sequence[Service]) -> str:
@@ -216,7 +226,7 @@ def cmd_start(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     running: list[Service] = []
     try:
-        for service in services(layout):
+        for service in services(layout, Ports(args.ldap_port, args.http_port)):
             service.start()
             running.append(service)
         print(summary(layout, running), flush=True)
@@ -236,4 +246,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add `keypost start` to the keypost command."""
     p = subparsers.add_parser("start", help="run keypost on loopback with a demo (first command)")
     p.add_argument("--data", default="keypost-data", help="data folder (created on first run)")
+    p.add_argument("--ldap-port", type=int, default=LDAP_PORT,
+                   help=f"directory LDAP port (default {LDAP_PORT}; 0 or busy = any free port)")
+    p.add_argument("--http-port", type=int, default=HTTP_PORT,
+                   help=f"directory HTTP port (default {HTTP_PORT}; 0 or busy = any free port)")
     p.set_defaults(func=cmd_start)
