@@ -12,13 +12,16 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from host_support import (
     Directory,
+    Factory,
     GatewayKeys,
     MemoryKeyring,
+    PolicyDirectory,
     directory_available,
     start_directory,
 )
 
 from keypost.core.containers import DirectoryCA
+from keypost.host.actions import Host
 
 
 @pytest.fixture
@@ -70,3 +73,11 @@ def directory(
 @pytest.fixture(scope="session")
 def ca() -> DirectoryCA:
     return DirectoryCA.generate()
+
+
+@pytest.fixture
+def setup(host_dirs: tuple[Path, Path], memory_keyring: MemoryKeyring, ca: DirectoryCA,
+          gateway_keys: GatewayKeys) -> tuple[Host, Factory, MemoryKeyring]:
+    factory = Factory(PolicyDirectory(ca, gateway_keys, "example.com"))
+    host = Host(host_dirs[0], host_dirs[1], client_factory=factory)
+    return host, factory, memory_keyring

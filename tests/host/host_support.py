@@ -19,9 +19,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keypost.core.address import parse_address
-from keypost.core.containers import ContainerRequest, GatewayKey, to_der
+from keypost.core.containers import (
+    ContainerRequest,
+    DirectoryCA,
+    GatewayKey,
+    sha256_fingerprint,
+    to_der,
+    to_pem,
+)
 from keypost.core.policy import DirectoryView, decide
 from keypost.core.types import Purpose, Requestor, RequestorKind, Role
+from keypost.host.actions import Host
+from keypost.host.config import DirectoryUrl
 from keypost.host.directory_client import RawContainer
 
 KEYPOST = str(Path(sys.executable).with_name("keypost"))
@@ -185,3 +194,47 @@ class PolicyDirectory:
 
     def close(self) -> None:
         self.closed += 1
+
+
+class Factory:
+    """Hands the host a PolicyDirectory and records what the host passed to it."""
+
+    def __init__(self, directory: PolicyDirectory) -> None:
+        self.directory = directory
+        self.seen: list[tuple[str, str | None, str | None]] = []
+
+    def __call__(self, url: DirectoryUrl, user: str | None, password: str | None,
+                 tls: bytes | None, timeout: float) -> PolicyDirectory:
+        self.seen.append((url.url, user, password))
+        return self.directory
+
+
+def call(host: Host, action: str, **params: Any) -> dict[str, Any]:
+    return host.handle({"id": 1, "action": action, "params": params})
+
+
+def ok(host: Host, action: str, **params: Any) -> dict[str, Any]:
+    reply = call(host, action, **params)
+    assert reply["ok"] is True, reply
+    result: dict[str, Any] = reply["result"]
+    return result
+
+
+def code(reply: dict[str, Any]) -> int:
+    assert reply["ok"] is False, reply
+    assert set(reply["error"]) >= {"code", "name", "message"}
+    value: int = reply["error"]["code"]
+    return value
+
+
+def configure(host: Host, ca: DirectoryCA, **extra: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "directory": "ldap://127.0.0.1:3890",
+        "username": "alice",
+        "password": PASSWORD,
+        "trust_anchor_pem": to_pem(ca.certificate).decode(),
+        "trust_anchor_fingerprint": sha256_fingerprint(ca.certificate).lower(),
+    }
+    params.update(extra)
+    # `...` as a value means "leave the parameter out".
+    return call(host, "configure", **{k: v for k, v in params.items() if v is not ...})

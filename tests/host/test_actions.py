@@ -8,66 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from host_support import PASSWORD, GatewayKeys, MemoryKeyring, PolicyDirectory
+from host_support import PASSWORD, GatewayKeys, call, code, configure, ok
 
-from keypost.core.containers import DirectoryCA, sha256_fingerprint, to_pem
+from keypost.core.containers import DirectoryCA, sha256_fingerprint
 from keypost.host.actions import Host
 from keypost.host.cache import ContainerCache
-from keypost.host.config import DirectoryUrl
 from keypost.host.directory_client import RawContainer
 from keypost.host.errors import AuthenticationFailed, DirectoryUnreachable
-
-
-class Factory:
-    """Hands the host a PolicyDirectory and records what the host passed to it."""
-
-    def __init__(self, directory: PolicyDirectory) -> None:
-        self.directory = directory
-        self.seen: list[tuple[str, str | None, str | None]] = []
-
-    def __call__(self, url: DirectoryUrl, user: str | None, password: str | None,
-                 tls: bytes | None, timeout: float) -> PolicyDirectory:
-        self.seen.append((url.url, user, password))
-        return self.directory
-
-
-@pytest.fixture
-def setup(host_dirs: tuple[Path, Path], memory_keyring: MemoryKeyring, ca: DirectoryCA,
-          gateway_keys: GatewayKeys) -> tuple[Host, Factory, MemoryKeyring]:
-    factory = Factory(PolicyDirectory(ca, gateway_keys, "example.com"))
-    host = Host(host_dirs[0], host_dirs[1], client_factory=factory)
-    return host, factory, memory_keyring
-
-
-def call(host: Host, action: str, **params: Any) -> dict[str, Any]:
-    return host.handle({"id": 1, "action": action, "params": params})
-
-
-def ok(host: Host, action: str, **params: Any) -> dict[str, Any]:
-    reply = call(host, action, **params)
-    assert reply["ok"] is True, reply
-    result: dict[str, Any] = reply["result"]
-    return result
-
-
-def code(reply: dict[str, Any]) -> int:
-    assert reply["ok"] is False, reply
-    assert set(reply["error"]) >= {"code", "name", "message"}
-    value: int = reply["error"]["code"]
-    return value
-
-
-def configure(host: Host, ca: DirectoryCA, **extra: Any) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "directory": "ldap://127.0.0.1:3890",
-        "username": "alice",
-        "password": PASSWORD,
-        "trust_anchor_pem": to_pem(ca.certificate).decode(),
-        "trust_anchor_fingerprint": sha256_fingerprint(ca.certificate).lower(),
-    }
-    params.update(extra)
-    # `...` as a value means "leave the parameter out".
-    return call(host, "configure", **{k: v for k, v in params.items() if v is not ...})
 
 
 def test_ping_exchanges_versions(setup: Any) -> None:
