@@ -81,9 +81,9 @@ class Sink:
 
 
 @contextmanager
-def running_sink() -> Iterator[Sink]:
+def running_sink(port: int = 0) -> Iterator[Sink]:
     handler = SinkHandler()
-    port = free_port()
+    port = port or free_port()
     ctl = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True,
                      data_size_limit=0)
     ctl.start()
@@ -134,12 +134,12 @@ class Pki:
         return self.ca.issue(ContainerRequest(parse_address(address), purpose, gk))
 
     def config(self, next_hop: int, listen: int = 0, extra: str = "", domain_extra: str = "",
-               directory: str = "") -> Path:
+               directory: str = "", quarantine: str = "quarantine") -> Path:
         text = f"""
 listen = "127.0.0.1:{listen or free_port()}"
 next_hop = "127.0.0.1:{next_hop}"
 hostname = "gw.example.com"
-quarantine_dir = "quarantine"
+quarantine_dir = "{quarantine}"
 {extra}
 [directory]
 {directory or 'trust_anchor = "ca.pem"'}
@@ -186,3 +186,38 @@ def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
         yield RunningGateway(gw, cfg.listen.port)
     finally:
         ctl.stop()
+
+
+def send(port: int, mail_from: str, rcpts: list[str], data: bytes) -> tuple[int, str]:
+    """One SMTP transaction; the DATA reply (or the first refusal) as (code, text)."""
+    import smtplib
+
+    with smtplib.SMTP("127.0.0.1", port, timeout=120) as s:
+        s.ehlo()
+        code, msg = s.mail(mail_from)
+        if code != 250:
+            return code, msg.decode(errors="replace")
+        for r in rcpts:
+            code, msg = s.rcpt(r)
+            if code != 250:
+                return code, msg.decode(errors="replace")
+        code, msg = s.data(data)
+        return code, msg.decode(errors="replace")
+
+
+def plain_message(
+    sender: str = "sender@outside.test", to: str = "alice@example.com",
+    subject: str = "Quarterly", body: str = "secret quarterly figures",
+) -> bytes:
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
+        f"Date: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{abs(hash(body))}@test>\r\n"
+        "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"{body}\r\n"
+    ).encode()
+
+
+def body_of(message: bytes) -> bytes:
+    """Everything after the header block (CRLF-normalised)."""
+    m = message.replace(b"\r\n", b"\n")
+    return m.split(b"\n\n", 1)[1] if b"\n\n" in m else b""

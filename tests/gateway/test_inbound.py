@@ -1,0 +1,229 @@
+"""Inbound (Fig. 1) through real SMTP: sender -> gateway -> aiosmtpd sink, no directory needed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import aiosmtplib
+import pytest
+from gw_support import (
+    Pki,
+    Sink,
+    body_of,
+    free_port,
+    plain_message,
+    running_gateway,
+    running_sink,
+    send,
+)
+
+from keypost.core import smime
+from keypost.core.containers import DirectoryCA
+from keypost.gateway.keys import spki_fingerprint
+
+ALICE = "alice@example.com"
+
+
+def encrypted_for(pki: Pki, key: object, body: str = "secret quarterly figures",
+                  to: str = ALICE) -> bytes:
+    return smime.encrypt_message(plain_message(to=to, body=body), [pki.container(key, to)])  # type: ignore[arg-type]
+
+
+def test_inbound_decrypts_with_the_current_key(pki: Pki, sink: Sink) -> None:
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, "sender@outside.test", [ALICE], encrypted_for(pki, pki.current))
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert got.rcpt_tos == [ALICE]
+    assert b"secret quarterly figures" in got.data
+    assert b"pkcs7-mime" not in got.data
+    header = f"X-Keypost-Decrypted: key=current fingerprint={spki_fingerprint(pki.current)}"
+    assert header.encode() in got.data
+    assert b"alg=aes256-cbc" in got.data
+    assert b"Subject: Quarterly" in got.data and b"From: sender@outside.test" in got.data
+    assert b"PRIVATE" not in got.data
+
+
+def test_inbound_decrypts_with_a_retired_key(pki: Pki, sink: Sink) -> None:
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, _ = send(gw.port, "sender@outside.test", [ALICE], encrypted_for(pki, pki.retired))
+    assert code == 250
+    [got] = sink.handler.messages
+    assert b"X-Keypost-Decrypted: key=retired-1" in got.data
+    assert b"secret quarterly figures" in got.data
+
+
+def test_mail_encrypted_only_for_someone_else_passes_unchanged(pki: Pki, sink: Sink) -> None:
+    other_ca = DirectoryCA.generate(common_name="somebody else's CA")
+    from gw_support import pub_pem
+
+    from keypost.core.address import parse_address
+    from keypost.core.containers import ContainerRequest, GatewayKey
+    from keypost.core.types import Purpose
+
+    cert = other_ca.issue(ContainerRequest(parse_address(ALICE), Purpose.ENCRYPT,
+                                           GatewayKey.from_pem(pub_pem(pki.stranger))))
+    enc = smime.encrypt_message(plain_message(), [cert])
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, _ = send(gw.port, "sender@outside.test", [ALICE], enc)
+    assert code == 250
+    [got] = sink.handler.messages
+    assert body_of(got.data) == body_of(enc)
+    assert b"X-Keypost-Decrypted" not in got.data
+
+
+def test_encrypted_to_a_key_we_do_not_hold_is_refused_not_delivered(pki: Pki, sink: Sink) -> None:
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, "sender@outside.test", [ALICE],
+                          encrypted_for(pki, pki.stranger))
+        assert code == 554 and "does not hold" in text
+        # the process keeps serving
+        code2, _ = send(gw.port, "sender@outside.test", [ALICE], encrypted_for(pki, pki.current))
+    assert code2 == 250
+    assert len(sink.handler.messages) == 1
+    assert b"X-Keypost-Decrypted" in sink.handler.messages[0].data
+
+
+def test_recipients_outside_our_domains_get_the_ciphertext_untouched(
+    pki: Pki, sink: Sink
+) -> None:
+    enc = encrypted_for(pki, pki.current)
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, _ = send(gw.port, "sender@outside.test", [ALICE, "x@outside.test"], enc)
+    assert code == 250
+    by_rcpt = {tuple(m.rcpt_tos): m.data for m in sink.handler.messages}
+    assert set(by_rcpt) == {(ALICE,), ("x@outside.test",)}
+    assert b"secret quarterly figures" in by_rcpt[(ALICE,)]
+    assert body_of(by_rcpt[("x@outside.test",)]) == body_of(enc)
+
+
+SCANNER = """
+import sys
+data = sys.stdin.buffer.read()
+if b"VIRUS" in data:
+    print("Found: Test.Virus"); sys.exit(1)
+if b"SUSPECT" in data:
+    print("looks suspicious"); sys.exit(2)
+if b"SCANFAIL" in data:
+    sys.exit(7)
+if b"SLOW" in data:
+    import time; time.sleep(10)
+sys.exit(0)
+"""
+
+
+@pytest.fixture
+def scanned(pki: Pki, sink: Sink, tmp_path: Path):  # type: ignore[no-untyped-def]
+    script = tmp_path / "scan.py"
+    script.write_text(SCANNER)
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"), extra=(
+        f'[scan]\ncommand = ["{sys.executable}", "{script}"]\n'
+        "[timeouts]\nprocessing = 3\n"
+    ))
+    with running_gateway(cfg) as gw:
+        yield gw, tmp_path / "q"
+
+
+def test_scan_sees_clear_text_and_rejects_with_its_reason(pki: Pki, sink: Sink, scanned) -> None:  # type: ignore[no-untyped-def]
+    gw, _ = scanned
+    code, text = send(gw.port, "s@outside.test", [ALICE],
+                      encrypted_for(pki, pki.current, body="a VIRUS inside"))
+    assert code == 554 and "Found: Test.Virus" in text
+    code, _ = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current))
+    assert code == 250
+    assert len(sink.handler.messages) == 1
+
+
+def test_scan_quarantine_keeps_the_message_and_notifies(pki: Pki, sink: Sink, scanned) -> None:  # type: ignore[no-untyped-def]
+    gw, qdir = scanned
+    code, _ = send(gw.port, "s@outside.test", [ALICE],
+                   encrypted_for(pki, pki.current, body="SUSPECT content"))
+    assert code == 250
+    held = list((qdir / "new").iterdir())
+    assert len(held) == 1
+    assert b"SUSPECT content" in held[0].read_bytes()
+    assert oct(held[0].stat().st_mode & 0o777) == "0o600"
+    [notice] = sink.handler.messages
+    assert notice.rcpt_tos == [ALICE] and notice.mail_from in ("", "<>")
+    assert b"quarantine" in notice.data and held[0].name.encode() in notice.data
+    assert b"SUSPECT content" not in notice.data
+
+
+def test_scanner_failure_and_timeout_answer_451(pki: Pki, sink: Sink, scanned) -> None:  # type: ignore[no-untyped-def]
+    gw, _ = scanned
+    code, _ = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current, "SCANFAIL"))
+    assert code == 451
+    code, text = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current, "SLOW"))
+    assert code == 451 and "timed out" in text
+    assert sink.handler.messages == []
+
+
+def test_next_hop_down_answers_451_then_delivers_on_retry(pki: Pki) -> None:
+    hop = free_port()
+    enc = encrypted_for(pki, pki.current)
+    with running_gateway(pki.config(hop)) as gw:
+        code, _ = send(gw.port, "s@outside.test", [ALICE], enc)
+        assert code == 451
+        with running_sink(port=hop) as sink:
+            code, _ = send(gw.port, "s@outside.test", [ALICE], enc)
+            assert code == 250
+            assert len(sink.handler.messages) == 1
+
+
+@pytest.mark.parametrize(("reply", "expected"), [("451 4.3.0 busy", 451), ("554 5.7.1 no", 554)])
+def test_next_hop_refusals_are_passed_back(pki: Pki, sink: Sink, reply: str, expected: int) -> None:
+    sink.handler.reply = reply
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, _ = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current))
+    assert code == expected
+
+
+def test_internal_error_answers_451_and_keeps_serving(pki: Pki, sink: Sink) -> None:
+    with running_gateway(pki.config(sink.port)) as gw:
+        real = gw.gateway.handler.process
+
+        def broken(*args: object) -> list[object]:
+            raise RuntimeError("a bug")
+
+        gw.gateway.handler.process = broken  # type: ignore[assignment]
+        code, _ = send(gw.port, "s@outside.test", [ALICE], plain_message())
+        assert code == 451
+        gw.gateway.handler.process = real
+        code, _ = send(gw.port, "s@outside.test", [ALICE], plain_message())
+        assert code == 250
+
+
+def test_split_envelope_inbound_clear_outbound_refused_with_report(pki: Pki, sink: Sink) -> None:
+    """alice writes to a colleague and to an outsider; no directory, so the outsider has no
+    certificate and the default policy (encrypt-only) refuses that copy."""
+    enc = smime.encrypt_message(plain_message(sender=ALICE, to="bob@example.com"),
+                                [pki.container(pki.current, "bob@example.com")])
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, _ = send(gw.port, ALICE, ["bob@example.com", "x@outside.test"], enc)
+    assert code == 250
+    by_rcpt = {tuple(m.rcpt_tos): m for m in sink.handler.messages}
+    assert b"secret quarterly figures" in by_rcpt[("bob@example.com",)].data
+    report = by_rcpt[(ALICE,)]
+    assert report.mail_from in ("", "<>") and b"x@outside.test" in report.data
+    assert b"secret quarterly figures" not in report.data
+    assert ("x@outside.test",) not in by_rcpt
+
+
+def test_concurrent_senders_all_arrive(pki: Pki, sink: Sink) -> None:
+    messages = [encrypted_for(pki, pki.current, body=f"message {i}") for i in range(12)]
+
+    async def one(port: int, data: bytes) -> None:
+        await aiosmtplib.send(data, sender="s@outside.test", recipients=[ALICE],
+                              hostname="127.0.0.1", port=port, timeout=60)
+
+    async def all_of(port: int) -> None:
+        await asyncio.gather(*(one(port, m) for m in messages))
+
+    with running_gateway(pki.config(sink.port)) as gw:
+        asyncio.run(all_of(gw.port))
+    bodies = sorted(body_of(m.data).strip() for m in sink.handler.messages)
+    assert bodies == sorted(f"message {i}".encode() for i in range(12))
+    assert os.path.exists(pki.root)
