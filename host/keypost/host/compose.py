@@ -77,6 +77,9 @@ def _mailboxes(value: Any, param: str) -> tuple[Mailbox, ...]:
         raise BadRequest(f"{param} must be a list of strings", {"param": param})
     out: list[Mailbox] = []
     for text in value:
+        if "<" not in text:  # a bare address: keep it exactly as typed (errors quote it)
+            out.append(Mailbox("", text.strip()))
+            continue
         pairs = [(n, a) for n, a in getaddresses([text]) if a]
         if len(pairs) != 1:
             # Keep it: the resolver reports it as an invalid address (fail closed, with why).

@@ -1,0 +1,150 @@
+"""The encrypt action: every party's key, Bcc hidden, fail closed, the Sent copy."""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.policy
+from email.message import EmailMessage
+from typing import Any
+
+import pytest
+from host_support import GatewayKeys, call, code, configure, ok
+
+from keypost.core import smime
+from keypost.core.containers import DirectoryCA
+from keypost.host.errors import DirectoryUnreachable
+
+ATTACHMENT = bytes(range(256)) * 200
+
+
+def params(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "from": "Alice <alice@example.com>",
+        "to": ["Bob <bob@example.org>"],
+        "cc": ["carol@example.net"],
+        "bcc": ["secret@example.org"],
+        "subject": "Quarterly figures",
+        "body_plain": "Hello Bob, the figures.",
+        "body_html": "<p>Hello Bob, the <b>figures</b>.</p>",
+        "attachments": [{"name": "figures.bin", "content_type": "application/octet-stream",
+                         "data_base64": base64.b64encode(ATTACHMENT).decode()}],
+        "headers": {"X-Mailer-Note": "keypost test"},
+        "identity_key": "id1",
+        "account_key": "account1",
+    }
+    base.update(extra)
+    return base
+
+
+def parse(data: bytes | str) -> EmailMessage:
+    raw = data.encode() if isinstance(data, str) else data
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+def head(data: str) -> str:
+    return data.split("\r\n\r\n", 1)[0]
+
+
+def test_encrypts_for_every_gateway_on_the_path(
+    setup: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    factory.directory.calls.clear()
+    result = ok(host, "encrypt", **params())
+    # One directory round trip for To, Cc, Bcc and the sender together.
+    assert len(factory.directory.calls) == 1
+    assert sorted(factory.directory.calls[0]) == sorted(
+        ["bob@example.org", "carol@example.net", "secret@example.org", "alice@example.com"])
+    message = result["message"].encode()
+    assert smime.is_encrypted(message)
+    outer = parse(message)
+    assert outer.get_content_type() == "application/pkcs7-mime"
+    assert outer["Message-ID"] == result["message_id"]
+    assert outer["X-Identity-Key"] == "id1" and outer["X-Mailer-Note"] == "keypost test"
+    assert "Bcc" not in outer and "secret@example.org" not in result["message"]
+    # Both gateways (the sender's example.com and the recipients' example.org) can open
+    # it; each key once, though the sender's gateway is bound to four addresses.
+    assert result["key_count"] == 2
+    assert len(smime.recipient_ids(message)) == 2
+    for domain in ("example.com", "example.org"):
+        clear = smime.Decryptor([gateway_keys.keys[domain]]).decrypt_message(message).message
+        inner = parse(clear)
+        assert inner["Subject"] == "Quarterly figures"
+        assert b"secret@example.org" not in clear and "Bcc" not in inner
+        parts = {p.get_content_type(): p for p in inner.walk()}
+        assert "Hello Bob" in parts["text/plain"].get_content()
+        assert "<b>figures</b>" in parts["text/html"].get_content()
+        assert parts["application/octet-stream"].get_content() == ATTACHMENT
+    statuses = {r["address"]: (r["party"], r["status"]) for r in result["recipients"]}
+    assert statuses == {"bob@example.org": ("recipient", "ok"),
+                        "carol@example.net": ("recipient", "ok"),
+                        "secret@example.org": ("recipient", "ok"),
+                        "alice@example.com": ("sender", "ok")}
+
+
+def test_outbox_copy_carries_bcc_outside_only(
+    setup: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    result = ok(host, "encrypt", **params(for_outbox=True))
+    outer = parse(result["message"])
+    assert [a.addr_spec for a in outer["Bcc"].addresses] == ["secret@example.org"]
+    message = result["message"].encode()
+    clear = smime.Decryptor([gateway_keys.keys["example.org"]]).decrypt_message(message).message
+    # The decrypted entity is the content only: the Bcc line is outside the envelope.
+    encrypted_body = message.split(b"\r\n\r\n", 1)[1]
+    assert b"secret@example.org" not in encrypted_body
+    assert b"secret@example.org" not in clear.split(b"\r\n\r\n", 1)[1]
+
+
+def test_sent_copy_is_the_clear_message(setup: Any, ca: DirectoryCA) -> None:
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    result = ok(host, "encrypt", **params())
+    sent = parse(result["sent_copy"])
+    assert sent["Message-ID"] == result["message_id"]
+    assert sent["X-Keypost-Encrypted"] == "yes"
+    assert [a.addr_spec for a in sent["Bcc"].addresses] == ["secret@example.org"]
+    assert sent.get_content_type() == "multipart/mixed"
+    assert not smime.is_encrypted(result["sent_copy"].encode())
+    assert head(result["message"]).count("Message-ID") == 1
+
+
+def test_fail_closed_lists_each_recipient(setup: Any, ca: DirectoryCA) -> None:
+    host, factory, _ = setup
+    factory.directory.requestor_domain = None  # anonymous: nobody serves example.net
+    assert configure(host, ca, username=None, password=...)["ok"]
+    reply = call(host, "encrypt", **params(to=["bob@example.org", "bad@@address"]))
+    assert code(reply) == 10
+    assert "result" not in reply
+    failing = {r["address"]: r for r in reply["error"]["details"]["recipients"]}
+    assert set(failing) == {"bad@@address", "carol@example.net"}
+    assert failing["carol@example.net"]["status"] == "no_container"
+    assert "carol@example.net" in reply["error"]["message"]
+
+
+def test_fail_closed_on_containers_from_another_ca(setup: Any, ca: DirectoryCA) -> None:
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    factory.directory.ca = DirectoryCA.generate()
+    reply = call(host, "encrypt", **params())
+    assert code(reply) == 10
+
+
+def test_directory_down_is_reported_not_encrypted(setup: Any, ca: DirectoryCA) -> None:
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    factory.directory.fail = DirectoryUnreachable("cannot reach the directory", {})
+    assert code(call(host, "encrypt", **params())) == 7
+
+
+@pytest.mark.parametrize("bad", [{"to": [], "cc": [], "bcc": []}, {"headers": {"Bcc": "x"}}])
+def test_bad_encrypt_params(setup: Any, ca: DirectoryCA, bad: dict[str, Any]) -> None:
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    assert code(call(host, "encrypt", **params(**bad))) == 1
