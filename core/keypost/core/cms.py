@@ -1,0 +1,436 @@
+"""CMS (RFC 5652) structures the engine reads and writes itself: EnvelopedData recipients,
+SignedData for multipart/signed.
+
+The reader walks DER and the BER that real senders produce (indefinite lengths and
+chunked OCTET STRINGs, as gpgsm and `openssl cms -stream` write them) by offsets into one
+memoryview, so a 10 MB ciphertext is never copied while its envelope is read. Every
+malformation becomes SmimeError; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from keypost.core.errors import SmimeError
+from keypost.core.types import Capability
+from keypost.core.x509_ext import der_oid, der_tlv, encode_smime_capabilities
+
+MAX_DEPTH = 24  # nesting limit: hostile BER must not exhaust the stack
+
+
+def _oid(dotted: str) -> bytes:
+    """The content octets of an OID (compared without decoding)."""
+    return der_oid(dotted)[2:]
+
+
+OID_DATA = _oid("1.2.840.113549.1.7.1")
+OID_SIGNED_DATA = _oid("1.2.840.113549.1.7.2")
+OID_ENVELOPED_DATA = _oid("1.2.840.113549.1.7.3")
+OID_RSA_ENCRYPTION = _oid("1.2.840.113549.1.1.1")
+OID_CONTENT_TYPE = _oid("1.2.840.113549.1.9.3")
+OID_MESSAGE_DIGEST = _oid("1.2.840.113549.1.9.4")
+OID_SIGNING_TIME = _oid("1.2.840.113549.1.9.5")
+OID_SMIME_CAPABILITIES = _oid("1.2.840.113549.1.9.15")
+OID_ECDSA_SHA256 = _oid("1.2.840.10045.4.3.2")
+
+# Content ciphers: OID -> (name, key length). AES-192 is read, never written.
+CONTENT_CIPHERS: dict[bytes, tuple[str, int]] = {
+    _oid("2.16.840.1.101.3.4.1.42"): (Capability.AES256_CBC.value, 32),
+    _oid("2.16.840.1.101.3.4.1.22"): ("aes192-cbc", 24),
+    _oid("2.16.840.1.101.3.4.1.2"): (Capability.AES128_CBC.value, 16),
+}
+
+DIGESTS: dict[bytes, hashes.HashAlgorithm] = {
+    _oid("2.16.840.1.101.3.4.2.1"): hashes.SHA256(),
+    _oid("2.16.840.1.101.3.4.2.2"): hashes.SHA384(),
+    _oid("2.16.840.1.101.3.4.2.3"): hashes.SHA512(),
+}
+OID_SHA256 = _oid("2.16.840.1.101.3.4.2.1")
+
+# Signature algorithms a SignerInfo may name: OID -> (kind, hash or None = digestAlgorithm).
+SIGNATURE_ALGORITHMS: dict[bytes, tuple[str, hashes.HashAlgorithm | None]] = {
+    OID_RSA_ENCRYPTION: ("rsa", None),
+    _oid("1.2.840.113549.1.1.11"): ("rsa", hashes.SHA256()),
+    _oid("1.2.840.113549.1.1.12"): ("rsa", hashes.SHA384()),
+    _oid("1.2.840.113549.1.1.13"): ("rsa", hashes.SHA512()),
+    OID_ECDSA_SHA256: ("ecdsa", hashes.SHA256()),
+    _oid("1.2.840.10045.4.3.3"): ("ecdsa", hashes.SHA384()),
+    _oid("1.2.840.10045.4.3.4"): ("ecdsa", hashes.SHA512()),
+}
+
+T_INTEGER, T_OCTETS, T_NULL, T_OID = 0x02, 0x04, 0x05, 0x06
+T_UTCTIME, T_GENTIME, T_SEQUENCE, T_SET = 0x17, 0x18, 0x30, 0x31
+T_CTX0, T_CTX1, T_CTX0_PRIM = 0xA0, 0xA1, 0x80
+
+
+# Reading -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tlv:
+    tag: int
+    head: int  # offset of the tag byte
+    start: int  # first content byte
+    end: int  # one past the last content byte
+    next: int  # one past the element (after the end-of-contents octets if indefinite)
+
+
+def _bad(what: str = "malformed CMS structure") -> SmimeError:
+    return SmimeError(what)
+
+
+def read_tlv(buf: memoryview, pos: int, limit: int, depth: int = 0) -> Tlv:
+    """One element at `pos` that must end by `limit`."""
+    if depth > MAX_DEPTH:
+        raise _bad("CMS structure nested too deeply")
+    if pos + 2 > limit:
+        raise _bad("truncated CMS structure")
+    tag = buf[pos]
+    if tag & 0x1F == 0x1F:
+        raise _bad()  # multi-byte tags never occur in CMS
+    first = buf[pos + 1]
+    start = pos + 2
+    if first < 0x80:
+        length = first
+    elif first == 0x80:  # BER indefinite length: constructed, ends with 00 00
+        if not tag & 0x20:
+            raise _bad()
+        q = start
+        while True:
+            if q + 2 > limit:
+                raise _bad("truncated CMS structure")
+            if buf[q] == 0 and buf[q + 1] == 0:
+                return Tlv(tag, pos, start, q, q + 2)
+            q = read_tlv(buf, q, limit, depth + 1).next
+    else:
+        count = first & 0x7F
+        if count > 8 or start + count > limit:
+            raise _bad("truncated CMS structure")
+        length = int.from_bytes(buf[start : start + count], "big")
+        start += count
+    end = start + length
+    if end > limit:
+        raise _bad("truncated CMS structure")
+    return Tlv(tag, pos, start, end, end)
+
+
+def children(buf: memoryview, parent: Tlv, depth: int = 1) -> list[Tlv]:
+    out: list[Tlv] = []
+    pos = parent.start
+    while pos < parent.end:
+        child = read_tlv(buf, pos, parent.end, depth)
+        out.append(child)
+        pos = child.next
+    return out
+
+
+def expect(buf: memoryview, parent: Tlv, tags: Sequence[int]) -> list[Tlv]:
+    """Children of `parent` whose leading tags must be `tags` (more may follow)."""
+    kids = children(buf, parent)
+    if len(kids) < len(tags) or any(k.tag != t for k, t in zip(kids, tags, strict=False)):
+        raise _bad()
+    return kids
+
+
+def content(buf: memoryview, t: Tlv) -> memoryview:
+    return buf[t.start : t.end]
+
+
+def octets(buf: memoryview, t: Tlv, depth: int = 1) -> bytes | memoryview:
+    """An OCTET STRING's value: a view when primitive; joined chunks when BER-constructed."""
+    if not t.tag & 0x20:
+        return buf[t.start : t.end]
+    if depth > MAX_DEPTH:
+        raise _bad("CMS structure nested too deeply")
+    return b"".join(octets(buf, c, depth + 1) for c in children(buf, t, depth))
+
+
+def integer(buf: memoryview, t: Tlv) -> int:
+    if t.tag != T_INTEGER or t.start == t.end:
+        raise _bad()
+    return int.from_bytes(buf[t.start : t.end], "big", signed=True)
+
+
+def _content_info(buf: memoryview, oid: bytes, what: str) -> Tlv:
+    """The inner SEQUENCE of ContentInfo { contentType = oid, [0] EXPLICIT content }."""
+    top = read_tlv(buf, 0, len(buf))
+    if top.tag != T_SEQUENCE:
+        raise _bad(f"not CMS {what}")
+    kids = children(buf, top)
+    if len(kids) < 2 or kids[0].tag != T_OID or content(buf, kids[0]) != oid:
+        raise _bad(f"not CMS {what}")
+    inner = expect(buf, kids[1], [T_SEQUENCE]) if kids[1].tag == T_CTX0 else []
+    if not inner:
+        raise _bad(f"not CMS {what}")
+    return inner[0]
+
+
+# EnvelopedData -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyTransRecipient:
+    """KeyTransRecipientInfo (RFC 5652 6.2.1): who (issuer+serial or SKI) and the wrapped key."""
+
+    issuer_der: bytes | None
+    serial: int | None
+    ski: bytes | None
+    rsa_pkcs1: bool  # keyEncryptionAlgorithm is rsaEncryption (PKCS#1 v1.5)
+    encrypted_key: bytes
+
+
+@dataclass(frozen=True)
+class Enveloped:
+    recipients: tuple[KeyTransRecipient, ...]  # other RecipientInfo kinds are skipped
+    cipher_oid: bytes
+    iv: bytes
+    ciphertext: bytes | memoryview
+
+
+def parse_enveloped(der: bytes | memoryview) -> Enveloped:
+    """Read a ContentInfo holding EnvelopedData. Raises SmimeError."""
+    buf = memoryview(der)
+    try:
+        env = _content_info(buf, OID_ENVELOPED_DATA, "EnvelopedData")
+        fields = children(buf, env)
+        i = 1  # after version
+        if len(fields) > i and fields[i].tag == T_CTX0:  # originatorInfo
+            i += 1
+        if len(fields) < i + 2 or fields[i].tag != T_SET or fields[i + 1].tag != T_SEQUENCE:
+            raise _bad()
+        recipients = tuple(
+            _key_trans(buf, ri) for ri in children(buf, fields[i]) if ri.tag == T_SEQUENCE
+        )
+        eci = expect(buf, fields[i + 1], [T_OID, T_SEQUENCE])
+        alg = expect(buf, eci[1], [T_OID])
+        cipher_oid = bytes(content(buf, alg[0]))
+        iv = bytes(octets(buf, alg[1])) if len(alg) > 1 and alg[1].tag & 0x1F == T_OCTETS else b""
+        if len(eci) < 3 or eci[2].tag not in (T_CTX0_PRIM, T_CTX0):
+            raise _bad("EnvelopedData without encrypted content")
+        ciphertext = octets(buf, eci[2])
+    except IndexError as exc:  # defensive: offsets are checked, but never leak IndexError
+        raise _bad() from exc
+    return Enveloped(recipients, cipher_oid, iv, ciphertext)
+
+
+def _identifier(buf: memoryview, t: Tlv) -> tuple[bytes | None, int | None, bytes | None]:
+    """RecipientIdentifier / SignerIdentifier: IssuerAndSerialNumber or [0] SKI ->
+    (issuer Name DER, serial, SKI)."""
+    if t.tag == T_SEQUENCE:
+        ias = expect(buf, t, [T_SEQUENCE, T_INTEGER])
+        return bytes(buf[ias[0].head : ias[0].next]), integer(buf, ias[1]), None
+    if t.tag == T_CTX0_PRIM:
+        return None, None, bytes(content(buf, t))
+    raise _bad()
+
+
+def _key_trans(buf: memoryview, ri: Tlv) -> KeyTransRecipient:
+    kids = children(buf, ri)
+    if len(kids) < 4:
+        raise _bad()
+    rid, alg, key = kids[1], kids[2], kids[3]
+    issuer, serial, ski = _identifier(buf, rid)
+    if alg.tag != T_SEQUENCE or key.tag & 0x1F != T_OCTETS:
+        raise _bad()
+    alg_oid = expect(buf, alg, [T_OID])[0]
+    pkcs1 = content(buf, alg_oid) == OID_RSA_ENCRYPTION
+    return KeyTransRecipient(issuer, serial, ski, pkcs1, bytes(octets(buf, key)))
+
+
+def name_from_der(der: bytes) -> x509.Name:
+    try:
+        return x509.Name.from_bytes(der)
+    except ValueError as exc:
+        raise _bad("malformed issuer name in CMS structure") from exc
+
+
+# SignedData: writing ------------------------------------------------------------------
+
+
+def _der_int(value: int) -> bytes:
+    return der_tlv(T_INTEGER, value.to_bytes(value.bit_length() // 8 + 1, "big", signed=True))
+
+
+def _der_set(items: Sequence[bytes]) -> bytes:
+    return der_tlv(T_SET, b"".join(sorted(items)))  # DER: SET OF sorted by encoding
+
+
+def _der_time(when: dt.datetime) -> bytes:
+    """RFC 5652 11.3: UTCTime for 1950-2049, GeneralizedTime otherwise; always UTC, seconds."""
+    when = when.astimezone(dt.UTC)
+    if 1950 <= when.year < 2050:
+        return der_tlv(T_UTCTIME, when.strftime("%y%m%d%H%M%SZ").encode("ascii"))
+    return der_tlv(T_GENTIME, when.strftime("%Y%m%d%H%M%SZ").encode("ascii"))
+
+
+def _attribute(oid: bytes, value: bytes) -> bytes:
+    return der_tlv(T_SEQUENCE, der_tlv(T_OID, oid) + _der_set([value]))
+
+
+SigningKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
+
+def build_signed_data(
+    content: bytes,
+    key: SigningKey,
+    signer: x509.Certificate,
+    certificates: Sequence[x509.Certificate],
+    signing_time: dt.datetime,
+    capabilities: Sequence[Capability],
+) -> bytes:
+    """Detached SignedData (SHA-256) over `content`, with our own signingTime.
+
+    cryptography's PKCS7SignatureBuilder always stamps signingTime with the current time;
+    Thunderbird rejects signatures whose signing time is more than an hour from the Date
+    header, so the attributes are built here: contentType, signingTime, messageDigest,
+    smimeCapabilities, DER-sorted as a SET OF (RFC 5652 5.4)."""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(content)
+    sha256_alg = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_SHA256))
+    attrs = [
+        _attribute(OID_CONTENT_TYPE, der_tlv(T_OID, OID_DATA)),
+        _attribute(OID_SIGNING_TIME, _der_time(signing_time)),
+        _attribute(OID_MESSAGE_DIGEST, der_tlv(T_OCTETS, digest.finalize())),
+        _attribute(OID_SMIME_CAPABILITIES, encode_smime_capabilities(capabilities)),
+    ]
+    signed_attrs = _der_set(attrs)  # what the signature covers: tagged as SET
+    if isinstance(key, rsa.RSAPrivateKey):
+        signature = key.sign(signed_attrs, padding.PKCS1v15(), hashes.SHA256())
+        sig_alg = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_RSA_ENCRYPTION) + der_tlv(T_NULL, b""))
+    elif isinstance(key, ec.EllipticCurvePrivateKey):
+        signature = key.sign(signed_attrs, ec.ECDSA(hashes.SHA256()))
+        sig_alg = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_ECDSA_SHA256))
+    else:
+        raise SmimeError("signing key must be RSA or EC")
+    sid = der_tlv(T_SEQUENCE, signer.issuer.public_bytes() + _der_int(signer.serial_number))
+    signer_info = der_tlv(
+        T_SEQUENCE,
+        _der_int(1)
+        + sid
+        + sha256_alg
+        + bytes((T_CTX0,))
+        + signed_attrs[1:]  # same length and content, IMPLICIT [0] instead of SET
+        + sig_alg
+        + der_tlv(T_OCTETS, signature),
+    )
+    certs = [c.public_bytes(serialization.Encoding.DER) for c in certificates]
+    signed_data = der_tlv(
+        T_SEQUENCE,
+        _der_int(1)
+        + _der_set([sha256_alg])
+        + der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_DATA))  # detached: no eContent
+        + der_tlv(T_CTX0, b"".join(sorted(certs)))
+        + _der_set([signer_info]),
+    )
+    return der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_SIGNED_DATA) + der_tlv(T_CTX0, signed_data))
+
+
+# SignedData: reading ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SignerInfo:
+    issuer_der: bytes | None
+    serial: int | None
+    ski: bytes | None
+    digest_oid: bytes
+    signature_oid: bytes
+    signature: bytes
+    signed_attrs: bytes | None  # DER re-tagged as SET OF: the bytes the signature covers
+    content_type: bytes | None  # OID content octets
+    message_digest: bytes | None
+    signing_time: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class SignedData:
+    certificates: tuple[bytes, ...]  # DER
+    signers: tuple[SignerInfo, ...]
+    detached: bool
+
+
+def parse_signed(der: bytes | memoryview) -> SignedData:
+    """Read a ContentInfo holding SignedData. Raises SmimeError."""
+    buf = memoryview(der)
+    try:
+        sd = _content_info(buf, OID_SIGNED_DATA, "SignedData")
+        fields = expect(buf, sd, [T_INTEGER, T_SET, T_SEQUENCE])
+        encap = children(buf, fields[2])
+        detached = len(encap) < 2
+        certs: list[bytes] = []
+        signer_set: Tlv | None = None
+        for field in fields[3:]:
+            if field.tag == T_CTX0:
+                certs.extend(
+                    bytes(buf[c.head : c.next]) for c in children(buf, field) if c.tag == T_SEQUENCE
+                )
+            elif field.tag == T_SET:
+                signer_set = field
+        if signer_set is None:
+            raise _bad()
+        signers = tuple(_signer_info(buf, si) for si in children(buf, signer_set))
+    except IndexError as exc:
+        raise _bad() from exc
+    return SignedData(tuple(certs), signers, detached)
+
+
+def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
+    kids = children(buf, si)
+    if len(kids) < 5 or kids[0].tag != T_INTEGER:
+        raise _bad()
+    sid, digest_alg = kids[1], kids[2]
+    issuer, serial, ski = _identifier(buf, sid)
+    rest = kids[3:]
+    attrs_tlv = rest.pop(0) if rest and rest[0].tag == T_CTX0 else None
+    if len(rest) < 2 or rest[0].tag != T_SEQUENCE or rest[1].tag != T_OCTETS:
+        raise _bad()
+    digest_oid = bytes(content(buf, expect(buf, digest_alg, [T_OID])[0]))
+    sig_oid = bytes(content(buf, expect(buf, rest[0], [T_OID])[0]))
+    signature = bytes(content(buf, rest[1]))
+    signed_attrs = content_type = message_digest = signing_time = None
+    if attrs_tlv is not None:
+        raw = bytes(buf[attrs_tlv.head : attrs_tlv.next])
+        signed_attrs = bytes((T_SET,)) + raw[1:]
+        for attr in children(buf, attrs_tlv):
+            parts = expect(buf, attr, [T_OID, T_SET])
+            values = children(buf, parts[1])
+            if len(values) != 1:
+                raise _bad("signed attribute with other than one value")
+            oid, value = content(buf, parts[0]), values[0]
+            if oid == OID_CONTENT_TYPE and value.tag == T_OID:
+                content_type = bytes(content(buf, value))
+            elif oid == OID_MESSAGE_DIGEST and value.tag == T_OCTETS:
+                message_digest = bytes(content(buf, value))
+            elif oid == OID_SIGNING_TIME:
+                signing_time = _parse_time(value.tag, bytes(content(buf, value)))
+    return SignerInfo(
+        issuer,
+        serial,
+        ski,
+        digest_oid,
+        sig_oid,
+        signature,
+        signed_attrs,
+        content_type,
+        message_digest,
+        signing_time,
+    )
+
+
+def _parse_time(tag: int, text: bytes) -> dt.datetime:
+    formats = {T_UTCTIME: "%y%m%d%H%M%SZ", T_GENTIME: "%Y%m%d%H%M%SZ"}
+    if tag not in formats:
+        raise _bad("malformed signingTime")
+    try:
+        when = dt.datetime.strptime(text.decode("ascii"), formats[tag])
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise _bad("malformed signingTime") from exc
+    if tag == T_UTCTIME and when.year >= 2050:  # RFC 5280 4.1.2.5.1: YY >= 50 is 19YY
+        when = when.replace(year=when.year - 100)
+    return when.replace(tzinfo=dt.UTC)

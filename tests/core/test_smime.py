@@ -1,0 +1,406 @@
+"""Unit tests of the S/MIME engine: encrypt/decrypt as a gateway, negotiation, uniform
+failures, sign/verify (signingTime = Date)."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import datetime as dt
+import email.utils
+import re
+
+import pytest
+from pyasn1.codec.der import decoder as der_decoder
+from pyasn1_modules import rfc5652
+from test_smime_pki import container, directory_ca, ec_certificate, gateway
+
+from keypost.core import cms, smime
+from keypost.core.errors import DecryptError, SmimeError
+from keypost.core.types import Capability, Purpose
+from keypost.core.x509_ext import der_tlv
+
+MESSAGE = (
+    b"From: Alice <alice@a.example>\n"
+    b"To: bob@b.example\n"
+    b"Cc: carol@c.example\n"
+    b"Bcc: hidden@secret.example\n"
+    b"Subject: quarterly figures\n"
+    b"Date: Sat, 28 Nov 2026 14:00:00 +0000\n"
+    b"Message-ID: <1@a.example>\n"
+    b"MIME-Version: 1.0\n"
+    b"Content-Type: text/plain; charset=utf-8\n"
+    b"Content-Transfer-Encoding: 8bit\n"
+    b"\n"
+    b"Gr\xc3\xbc\xc3\x9fe,\nthe figures are attached.\n"
+)
+
+
+def _body_of(message: bytes) -> bytes:
+    return message.split(b"\r\n\r\n", 1)[1]
+
+
+def _der_of(message: bytes) -> bytes:
+    return base64.b64decode(_body_of(message))
+
+
+def _now_date() -> bytes:
+    return email.utils.format_datetime(dt.datetime.now(dt.UTC).replace(microsecond=0)).encode()
+
+
+# encrypt -------------------------------------------------------------------------------
+
+
+def test_encrypt_message_format_and_clear_headers() -> None:
+    out = smime.encrypt_message(MESSAGE, [container("bob@b.example", gateway())])
+    head, body = out.split(b"\r\n\r\n", 1)
+    assert b"\n" not in out.replace(b"\r\n", b"")  # CRLF everywhere
+    for field in (
+        b"From: Alice",
+        b"To: bob",
+        b"Cc: carol",
+        b"Subject: quarterly",
+        b"Date: ",
+        b"Message-ID: ",
+    ):
+        assert field in head
+    assert b"Bcc" not in out and b"hidden@" not in out
+    assert (
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m" in head
+    )
+    assert b"Content-Disposition: attachment; filename=smime.p7m" in head
+    assert b"Content-Transfer-Encoding: base64" in head
+    assert head.count(b"MIME-Version") == 1
+    lines = body.split(b"\r\n")
+    assert lines[-1] == b""
+    assert all(len(line) == 76 for line in lines[:-2]) and 0 < len(lines[-2]) <= 76
+    assert b"figures are attached" not in out and b"Gr\xc3\xbc" not in out
+
+
+def test_round_trip_for_several_recipients_each_gateway_decrypts() -> None:
+    gw_b, gw_c = gateway("gw.b.example"), gateway("gw.c.example")
+    recipients = [container("bob@b.example", gw_b), container("carol@c.example", gw_c)]
+    out = smime.encrypt_message(MESSAGE, recipients)
+    assert len(smime.recipient_ids(out)) == 2
+    for gw in (gw_b, gw_c):
+        result = smime.Decryptor([gw.key]).decrypt_message(out)
+        assert result.key_index == 0
+        assert result.algorithm == "aes256-cbc"
+        head, body = result.message.split(b"\r\n\r\n", 1)
+        assert body == b"Gr\xc3\xbc\xc3\x9fe,\r\nthe figures are attached.\r\n"
+        assert b"Subject: quarterly figures" in head
+        assert b"Content-Type: text/plain; charset=utf-8" in head
+        assert b"hidden@" not in result.message
+
+
+def test_recipient_ids_name_the_containers_not_the_gateway() -> None:
+    gw = gateway()
+    cont = container("bob@b.example", gw)
+    ids = smime.recipient_ids(smime.encrypt_message(MESSAGE, [cont]))
+    assert ids == [smime.RecipientId(cont.issuer, cont.serial_number)]
+    assert ids[0].serial != gw.cert.serial_number
+
+
+def test_retired_key_still_decrypts() -> None:
+    old, new = gateway("gw-2025"), gateway("gw-2026")
+    out = smime.encrypt_message(MESSAGE, [container("bob@b.example", old)])
+    result = smime.Decryptor([new.key, old.key]).decrypt_message(out)
+    assert result.key_index == 1
+    assert result.message.endswith(b"the figures are attached.\r\n")
+
+
+def test_encrypt_entity_and_decrypt_der() -> None:
+    entity = b"Content-Type: text/plain\r\n\r\nhello\r\n"
+    out = smime.encrypt_entity(entity, [container("bob@b.example", gateway())])
+    assert out.startswith(b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data")
+    clear, index, algorithm = smime.Decryptor([gateway().key]).decrypt_der(_der_of(out))
+    assert (clear, index, algorithm) == (entity, 0, "aes256-cbc")
+
+
+def test_large_body_round_trip() -> None:
+    body = bytes(range(256)) * 4096  # 1 MiB of every byte value, binary-safe inside CMS
+    entity = (
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        + body
+    )
+    out = smime.encrypt_entity(entity, [container("bob@b.example", gateway())])
+    clear, _, _ = smime.Decryptor([gateway().key]).decrypt_der(_der_of(out))
+    assert clear == entity
+
+
+def test_message_without_content_type_gets_one() -> None:
+    plain = b"From: a@a.example\r\nTo: bob@b.example\r\nSubject: x\r\n\r\nhi\r\n"
+    out = smime.encrypt_message(plain, [container("bob@b.example", gateway())])
+    result = smime.Decryptor([gateway().key]).decrypt_message(out)
+    assert b"Content-Type: text/plain; charset=us-ascii\r\n\r\nhi\r\n" in result.message
+
+
+# cipher negotiation --------------------------------------------------------------------
+
+
+def test_choose_cipher_intersects_capabilities() -> None:
+    gw = gateway()
+    both = container("a@b.example", gw)
+    only128 = container("b@b.example", gw, caps=(Capability.AES128_CBC,))
+    only256 = container("c@b.example", gw, caps=(Capability.AES256_CBC,))
+    no_ext = gw.cert  # the gateway's own certificate has no SMIMECapabilities
+    assert smime.choose_cipher([both]) is Capability.AES256_CBC
+    assert smime.choose_cipher([no_ext]) is Capability.AES256_CBC
+    assert smime.choose_cipher([both, only128]) is Capability.AES128_CBC
+    assert smime.choose_cipher([no_ext, only128]) is Capability.AES128_CBC
+    assert smime.choose_cipher([only256, both]) is Capability.AES256_CBC
+    with pytest.raises(SmimeError, match="no content-encryption"):
+        smime.choose_cipher([only128, only256])
+
+
+def test_negotiated_cipher_is_what_the_envelope_uses() -> None:
+    gw = gateway()
+    out = smime.encrypt_message(
+        MESSAGE,
+        [container("a@b.example", gw), container("b@b.example", gw, caps=(Capability.AES128_CBC,))],
+    )
+    content_info, _ = der_decoder.decode(_der_of(out), asn1Spec=rfc5652.ContentInfo())
+    enveloped, _ = der_decoder.decode(content_info["content"], asn1Spec=rfc5652.EnvelopedData())
+    algorithm = enveloped["encryptedContentInfo"]["contentEncryptionAlgorithm"]["algorithm"]
+    assert str(algorithm) == "2.16.840.1.101.3.4.1.2"  # aes128-CBC
+    assert smime.Decryptor([gw.key]).decrypt_message(out).algorithm == "aes128-cbc"
+
+
+def test_ec_recipient_is_refused_clearly() -> None:
+    with pytest.raises(SmimeError, match="RSA"):
+        smime.encrypt_message(MESSAGE, [ec_certificate()])
+    with pytest.raises(SmimeError):
+        smime.encrypt_message(MESSAGE, [])
+
+
+# uniform failures ----------------------------------------------------------------------
+
+
+def _failure(decrypt: object, data: bytes) -> tuple[type[BaseException], str]:
+    assert callable(decrypt)
+    with pytest.raises(SmimeError) as info:
+        decrypt(data)
+    return type(info.value), str(info.value)
+
+
+def _tamper_padding(der: bytes, content_len: int, new_pad: int) -> bytes:
+    """Make the last plaintext byte `new_pad` by flipping the previous ciphertext block."""
+    pad = 16 - content_len % 16
+    out = bytearray(der)
+    out[-17] ^= pad ^ new_pad
+    return bytes(out)
+
+
+def test_failures_are_uniform() -> None:
+    gw, stranger = gateway(), gateway("stranger")
+    entity = b"Content-Type: text/plain\r\n\r\n" + b"x" * 100 + b"\r\n"
+    message = smime.encrypt_message(b"Subject: s\r\n" + entity, [container("bob@b.example", gw)])
+    der = _der_of(smime.encrypt_entity(entity, [container("bob@b.example", gw)]))
+    good = smime.Decryptor([gw.key])
+    assert good.decrypt_der(der)[0] == entity
+    inputs = {
+        "wrong key": (smime.Decryptor([stranger.key]).decrypt_der, der),
+        "truncated": (good.decrypt_der, der[: len(der) // 2]),
+        "truncated by one": (good.decrypt_der, der[:-1]),
+        "garbage": (good.decrypt_der, b"\x30\x82\xff\xff" + b"garbage" * 10),
+        "padding zero": (good.decrypt_der, _tamper_padding(der, len(entity), 0)),
+        "padding 17": (good.decrypt_der, _tamper_padding(der, len(entity), 17)),
+        "garbage base64": (good.decrypt_message, message.replace(b"\r\n\r\nMII", b"\r\n\r\n!!*~")),
+        "cut message": (good.decrypt_message, message[: len(message) - 300]),
+        "wrong key message": (smime.Decryptor([stranger.key]).decrypt_message, message),
+    }
+    seen = {name: _failure(fn, data) for name, (fn, data) in inputs.items()}
+    assert set(seen.values()) == {(DecryptError, str(DecryptError()))}, seen
+
+
+def test_hostile_der_never_raises_anything_else() -> None:
+    gw = gateway()
+    der = _der_of(
+        smime.encrypt_entity(
+            b"Content-Type: text/plain\r\n\r\nhi\r\n", [container("bob@b.example", gw)]
+        )
+    )
+    dec = smime.Decryptor([gw.key])
+    for cut in range(0, len(der), 7):
+        with pytest.raises(DecryptError):
+            dec.decrypt_der(der[:cut])
+    for pos in range(0, len(der) - 64, 3):  # bit flips in the envelope (not the content)
+        flipped = bytearray(der)
+        flipped[pos] ^= 0x41
+        with contextlib.suppress(DecryptError):
+            dec.decrypt_der(bytes(flipped))
+        with contextlib.suppress(SmimeError):  # recipient_ids may fail, but only as SmimeError
+            smime.recipient_ids(bytes(flipped))
+    # indefinite nesting bomb
+    with pytest.raises(DecryptError):
+        dec.decrypt_der(b"\x30\x80" * 5000)
+
+
+def test_not_encrypted_input() -> None:
+    assert not smime.is_encrypted(MESSAGE)
+    with pytest.raises(SmimeError):
+        smime.recipient_ids(MESSAGE)
+    with pytest.raises(SmimeError):
+        smime.Decryptor([gateway().key]).decrypt_message(MESSAGE)
+    out = smime.encrypt_message(MESSAGE, [container("bob@b.example", gateway())])
+    assert smime.is_encrypted(out)
+    assert smime.is_encrypted(out.replace(b"; smime-type=enveloped-data", b""))
+    assert not smime.is_encrypted(out.replace(b"enveloped-data", b"signed-data"))
+
+
+def test_decryptor_refuses_ec_keys() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    with pytest.raises(SmimeError, match="RSA"):
+        smime.Decryptor([ec.generate_private_key(ec.SECP256R1())])
+    with pytest.raises(SmimeError):
+        smime.Decryptor([])
+
+
+def test_ber_indefinite_length_is_read() -> None:
+    """Rewrite our DER as BER with indefinite lengths and a chunked encryptedContent (the
+    shape gpgsm and `openssl cms -stream` produce) and decrypt it."""
+    gw = gateway()
+    entity = b"Content-Type: text/plain\r\n\r\n" + b"y" * 5000 + b"\r\n"
+    der = _der_of(smime.encrypt_entity(entity, [container("bob@b.example", gw)]))
+    env = cms.parse_enveloped(der)
+    ct = bytes(env.ciphertext)
+    chunks = b"".join(der_tlv(0x04, ct[i : i + 1000]) for i in range(0, len(ct), 1000))
+    head = der[: len(der) - len(ct)]
+    # locate the primitive [0] header (0x80 + long length) right before the ciphertext
+    prim = head.rindex(b"\x80\x82")
+    body = head[:prim] + b"\xa0\x80" + chunks + b"\x00\x00"
+    # re-wrap the outer definite lengths as indefinite: ContentInfo, [0], EnvelopedData, ECI
+    ci = cms.read_tlv(memoryview(der), 0, len(der))
+    outer = cms.children(memoryview(der), ci)
+    env_seq = cms.children(memoryview(der), outer[1])[0]
+    fields = cms.children(memoryview(der), env_seq)
+    eci = fields[-1]
+    prefix = (
+        b"\x30\x80"
+        + der[outer[0].head : outer[0].next]
+        + b"\xa0\x80\x30\x80"
+        + der[fields[0].head : eci.head]
+        + b"\x30\x80"
+        + body[eci.start : prim]
+    )
+    ber = prefix + b"\xa0\x80" + chunks + b"\x00\x00" * 5
+    assert smime.Decryptor([gw.key]).decrypt_der(ber)[0] == entity
+
+
+# sign / verify -------------------------------------------------------------------------
+
+
+def _signing(address: str = "alice@a.example") -> tuple[object, object]:
+    gw = gateway("gw.a.example")
+    return gw, container(address, gw, Purpose.SIGN)
+
+
+def _fresh_message() -> bytes:
+    return MESSAGE.replace(b"Sat, 28 Nov 2026 14:00:00 +0000", _now_date())
+
+
+def test_sign_sets_signing_time_to_date_and_verifies() -> None:
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    message = _fresh_message()
+    signed = smime.sign_message(message, gw.key, cont)
+    head = signed.split(b"\r\n\r\n", 1)[0]
+    assert b'multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256' in head
+    assert b"Bcc" not in signed
+    # independent decoding of the SignedData (pyasn1)
+    p7s = re.search(rb"filename=smime.p7s.*?\r\n\r\n(.*?)\r\n--", signed, re.S)
+    assert p7s is not None
+    content_info, _ = der_decoder.decode(
+        base64.b64decode(p7s.group(1)), asn1Spec=rfc5652.ContentInfo()
+    )
+    signed_data, _ = der_decoder.decode(content_info["content"], asn1Spec=rfc5652.SignedData())
+    assert not signed_data["encapContentInfo"]["eContent"].hasValue()  # detached
+    signer = signed_data["signerInfos"][0]
+    attrs = {str(a["attrType"]): a["attrValues"][0] for a in signer["signedAttrs"]}
+    time_der = bytes(attrs["1.2.840.113549.1.9.5"])
+    stamp = dt.datetime.strptime(time_der[2:].decode(), "%y%m%d%H%M%SZ").replace(tzinfo=dt.UTC)
+    date_field = re.search(rb"Date: (.*)\r\n", signed)
+    assert date_field is not None
+    date = email.utils.parsedate_to_datetime(date_field.group(1).decode())
+    assert stamp == date
+    assert str(signer["digestAlgorithm"]["algorithm"]) == "2.16.840.1.101.3.4.2.1"
+    assert len(signed_data["certificates"]) == 1
+    result = smime.verify_signed(signed, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    assert result.signing_time == date
+    assert result.signer == cont
+    assert result.content.startswith(b"Content-Type: text/plain; charset=utf-8")
+
+
+def test_sign_adds_missing_date() -> None:
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    message = b"From: alice@a.example\r\nTo: b@b.example\r\nSubject: s\r\n\r\nhi\r\n"
+    signed = smime.sign_message(message, gw.key, cont)
+    result = smime.verify_signed(signed, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    date = re.search(rb"\r\nDate: (.*?)\r\n", signed)
+    assert date is not None
+    assert email.utils.parsedate_to_datetime(date.group(1).decode()) == result.signing_time
+
+
+def test_signed_8bit_content_is_transport_safe_and_survives_lf_conversion() -> None:
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    message = _fresh_message().replace(
+        b"attached.\n", b"attached.   \nFrom here on\n" + b"z" * 1200 + b"\n"
+    )
+    signed = smime.sign_message(message, gw.key, cont)
+    assert signed.isascii()
+    assert b" \r\n" not in signed and b"\r\nFrom here" not in signed
+    assert all(len(line) <= 998 for line in signed.split(b"\r\n"))
+    assert b"Content-Transfer-Encoding: quoted-printable" in signed
+    as_lf = signed.replace(b"\r\n", b"\n")  # a mailbox stored with LF line ends
+    result = smime.verify_signed(as_lf, [directory_ca().certificate])
+    assert result.ok, result.reasons
+
+
+def test_tampered_content_fails_verification() -> None:
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    signed = smime.sign_message(_fresh_message(), gw.key, cont)
+    tampered = signed.replace(b"quarterly", b"quarterlY").replace(b"Gr=C3=BC", b"Gr=C3=BD")
+    assert tampered != signed
+    result = smime.verify_signed(tampered, [directory_ca().certificate])
+    assert not result.ok
+    assert any("messageDigest" in r for r in result.reasons)
+
+
+def test_verify_reports_untrusted_wrong_sender_and_date_skew() -> None:
+    gw = gateway("gw.a.example")
+    cont = container("mallory@a.example", gw, Purpose.SIGN)
+    signed = smime.sign_message(_fresh_message(), gw.key, cont)
+    result = smime.verify_signed(signed, [gw.cert])
+    assert not result.ok
+    assert any("not issued by a trusted" in r for r in result.reasons)
+    assert any("not for alice@a.example" in r for r in result.reasons)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(hours=3)
+    skewed = signed.replace(
+        re.search(rb"Date: (.*?)\r\n", signed).group(1),  # type: ignore[union-attr]
+        email.utils.format_datetime(later).encode(),
+    )
+    result = smime.verify_signed(skewed, [directory_ca().certificate])
+    assert any("1 h away from the Date" in r for r in result.reasons)
+
+
+def test_verify_never_raises_on_garbage() -> None:
+    anchors = [directory_ca().certificate]
+    for junk in (
+        b"",
+        b"garbage",
+        MESSAGE,
+        b"Content-Type: multipart/signed; boundary=x\r\n\r\n--x\r\n",
+    ):
+        result = smime.verify_signed(junk, anchors)
+        assert not result.ok and result.reasons
+
+
+def test_sign_refuses_a_key_that_is_not_the_containers() -> None:
+    cont = container("alice@a.example", gateway("gw.a.example"), Purpose.SIGN)
+    with pytest.raises(SmimeError, match="does not belong"):
+        smime.sign_message(MESSAGE, gateway("other").key, cont)
