@@ -14,7 +14,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 
 from cryptography import x509
 
@@ -83,22 +84,35 @@ class Container:
 
 @dataclass(frozen=True)
 class Answer:
-    """Everything handed out for one address."""
+    """Everything handed out for one address (immutable: shared by the answer cache)."""
 
     address: str
     address_key: str
     containers: tuple[Container, ...]
     refused: str | None = None
-    _bundle: list[bytes] = field(default_factory=list, compare=False, repr=False)
+
+    @cached_property
+    def ders(self) -> tuple[bytes, ...]:
+        return tuple(c.der for c in self.containers)
+
+    @cached_property
+    def hash(self) -> str:
+        return address_hash(self.address_key)
+
+    @cached_property
+    def fresh_until(self) -> dt.datetime | None:
+        """Until when the whole answer may be reused (None: no expiry of its own)."""
+        times = [_half_life(c) if c.role is not Role.GENUINE else c.not_after
+                 for c in self.containers]
+        return min(times) if times else None
 
     def bundle(self) -> bytes | None:
         """DER PKCS#7 certs-only bundle of the containers (computed once)."""
-        if not self.containers:
-            return None
-        if not self._bundle:
-            certs = [x509.load_der_x509_certificate(c.der) for c in self.containers]
-            self._bundle.append(pkcs7_bundle(certs))
-        return self._bundle[0]
+        return self._bundle if self.containers else None
+
+    @cached_property
+    def _bundle(self) -> bytes:
+        return pkcs7_bundle([x509.load_der_x509_certificate(d) for d in self.ders])
 
 
 @dataclass(frozen=True)
@@ -127,6 +141,7 @@ class Controller:
         lifetimes: Lifetimes | None = None,
         cache_size: int = 100_000,
         metrics: Metrics | None = None,
+        recheck_seconds: float = 0.05,
     ) -> None:
         self.store = store
         self.ca = ca
@@ -134,18 +149,31 @@ class Controller:
         self.cache_size = cache_size
         self.metrics = metrics or Metrics()
         self._cache: OrderedDict[CacheKey, Container] = OrderedDict()
+        # Whole answers by (requestor, address as asked, purpose): a repeated search costs
+        # two dict look-ups, no parsing, no policy, no PKCS#7 building.
+        self._answers: OrderedDict[tuple[Requestor, str, Purpose | None], Answer] = OrderedDict()
         self._pending_issued: list[IssuedRecord] = []
         self._pending_audit: list[AuditRecord] = []
         self._snapshot: _Snapshot | None = None
+        # How often to ask the store whether the CLI changed keys (a cheap query, but
+        # not free at tens of thousands of searches a second; 50 ms is "at once" for
+        # an operator whose CLI command takes longer than that to start).
+        self.recheck_seconds = recheck_seconds
+        self._checked = -1e9
 
     # configuration -----------------------------------------------------------------
     def snapshot(self) -> _Snapshot:
-        change = self.store.change_counter()
         snap = self._snapshot
+        tick = time.monotonic()
+        if snap is not None and tick - self._checked < self.recheck_seconds:
+            return snap
+        self._checked = tick
+        change = self.store.change_counter()
         if snap is None or snap.change != change:
             snap = self._load(change)
             if self._snapshot is not None:
                 self._drop_stale(snap)
+            self._answers.clear()
             self._snapshot = snap
         return snap
 
@@ -194,12 +222,22 @@ class Controller:
         snap = self.snapshot()
         answers: list[Answer] = []
         for text in addresses:
+            key = (requestor, text, purpose)
+            hit = self._answers.get(key)
+            if hit is not None and (hit.fresh_until is None or now < hit.fresh_until):
+                self.metrics.cache_hits += len(hit.containers)
+                answers.append(hit)
+                continue
             try:
                 address = parse_address(text)
             except KeypostError:
                 continue
             p = purpose or ldap_purpose(requestor, address)
-            answers.append(self._answer_one(snap, requestor, address, p, now))
+            fresh = self._answer_one(snap, requestor, address, p, now)
+            answers.append(fresh)
+            self._answers[key] = fresh
+            if len(self._answers) > self.cache_size:
+                self._answers.popitem(last=False)
         elapsed = time.perf_counter() - started
         self._log(protocol, requestor, answers, elapsed)
         self.metrics.request(protocol, "ok", elapsed)
@@ -220,17 +258,13 @@ class Controller:
             assert spec.domain is not None  # proxy roles always name their gateway
             use = KeyUse.SIGNING if spec.purpose is Purpose.SIGN else KeyUse.ENCRYPTION
             gateway, fingerprint = snap.keys[(spec.domain, use)]
-            out.append(self._container(address, spec.role, spec.domain, purpose, gateway,
-                                       fingerprint, now))
-        if out:
-            self._pending_audit.append(AuditRecord(
-                now, requestor_label(requestor), address_hash(address.key()),
-                tuple(c.role.value for c in out), tuple(c.serial for c in out)))
+            out.append(self._container(requestor, address, spec.role, spec.domain, purpose,
+                                       gateway, fingerprint, now))
         return Answer(str(address), address.key(), tuple(out))
 
     def _container(
-        self, address: Address, role: Role, domain: str, purpose: Purpose, gateway: GatewayKey,
-        fingerprint: str, now: dt.datetime,
+        self, requestor: Requestor, address: Address, role: Role, domain: str,
+        purpose: Purpose, gateway: GatewayKey, fingerprint: str, now: dt.datetime,
     ) -> Container:
         key = CacheKey(address.key(), role.value, fingerprint, purpose.value)
         hit = self._cache.get(key)
@@ -252,6 +286,9 @@ class Controller:
         c = Container(role, to_der(cert), cert.serial_number, cert.not_valid_before_utc,
                       cert.not_valid_after_utc, domain)
         self.metrics.issued[role.value] += 1
+        self._pending_audit.append(AuditRecord(
+            now, requestor_label(requestor), address_hash(key.address_key), (role.value,),
+            (c.serial,)))
         self._pending_issued.append(IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
         self._remember(key, c)
         return c
@@ -266,7 +303,7 @@ class Controller:
              elapsed: float) -> None:
         if not log.isEnabledFor(logging.INFO):
             return
-        hashes = ",".join(address_hash(a.address_key) for a in answers) or "-"
+        hashes = ",".join(a.hash for a in answers) or "-"
         roles = ",".join("+".join(c.role.value for c in a.containers) or "none"
                          for a in answers) or "-"
         log.info("event=lookup protocol=%s requestor=%s addresses=%s roles=%s ms=%.2f",
@@ -287,7 +324,10 @@ class Controller:
         return self.store.purge_issued(now), self.store.purge_audit(now - retention)
 
 
+def _half_life(container: Container) -> dt.datetime:
+    return container.not_before + (container.not_after - container.not_before) / 2
+
+
 def _fresh(container: Container, now: dt.datetime) -> bool:
     """Reuse a container while more than half of its life remains."""
-    half = (container.not_after - container.not_before) / 2
-    return now < container.not_before + half
+    return now < _half_life(container)

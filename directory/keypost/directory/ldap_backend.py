@@ -37,6 +37,6 @@ class DirectoryLdapBackend:
         account = principal if isinstance(principal, AccountRecord) else None
         answers = self.controller.answer(requestor_of(account), addresses, None, "ldap")
         return [
-            AddressEntry(a.address, tuple(c.der for c in a.containers), a.bundle())
+            AddressEntry(a.address, a.ders, a.bundle())
             for a in answers
         ]
