@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -198,24 +197,27 @@ def encode_entry(
 
 
 class EntryCache:
-    """A bounded LRU of encoded entries keyed by (entry, selection, typesOnly)."""
+    """Encoded entries keyed by (entry, requested attributes, typesOnly); bounded, FIFO.
+
+    FIFO rather than LRU: a hit then costs one dict lookup and nothing else, and an
+    evicted popular entry simply comes back on its next use.
+    """
 
     def __init__(self, suffix: str, size: int = 4096) -> None:
         self.suffix = suffix
         self.size = size
-        self._items: OrderedDict[tuple[AddressEntry, Selection, bool], bytes] = OrderedDict()
+        self._items: dict[tuple[AddressEntry, tuple[str, ...], bool], bytes] = {}
 
-    def encode(self, entry: AddressEntry, selection: Selection, types_only: bool) -> bytes:
-        key = (entry, selection, types_only)
+    def encode(self, entry: AddressEntry, requested: tuple[str, ...], types_only: bool) -> bytes:
+        """The SearchResultEntry protocolOp for `entry` with the attributes `requested`."""
+        key = (entry, requested, types_only)
         items = self._items
         op = items.get(key)
-        if op is not None:
-            items.move_to_end(key)
-            return op
-        op = encode_entry(entry, self.suffix, selection, types_only)
-        items[key] = op
-        if len(items) > self.size:
-            items.popitem(last=False)
+        if op is None:
+            op = encode_entry(entry, self.suffix, select_attributes(requested), types_only)
+            if len(items) >= self.size:
+                del items[next(iter(items))]
+            items[key] = op
         return op
 
 

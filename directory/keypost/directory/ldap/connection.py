@@ -65,6 +65,7 @@ class Search:
     message_id: int
     request: SearchRequest
     paged: bool = False  # the client sent the paged results control: echo an empty cookie
+    small: bool = False  # a small request kept in the SearchCache: fine to memoise by
 
 
 @dataclass(frozen=True)
@@ -118,11 +119,59 @@ Event = (
 )
 
 
+class SearchCache:
+    """Decoded search requests keyed by their encoding after the messageID.
+
+    Clients repeat the same search with a new messageID (a mail client re-checking its
+    recipients, a gateway looking up the same addresses): a hit skips the decoding,
+    which is most of the protocol cost of a cached lookup. Decoded requests are frozen
+    values, so one connection's request can be handed to another. Only searches are
+    kept (never a bind: it carries a password), only small ones, and a bounded number.
+    """
+
+    MAX_KEY = 512
+    MAX_ENTRIES = 1024
+
+    def __init__(self, size: int = MAX_ENTRIES) -> None:
+        self.size = size
+        self._items: dict[bytes, tuple[SearchRequest, bool]] = {}
+
+    def get(self, key: bytes) -> tuple[SearchRequest, bool] | None:
+        return self._items.get(key)
+
+    def put(self, key: bytes, request: SearchRequest, paged: bool) -> bool:
+        """Keep a decoded request; False when it is too large to keep."""
+        if len(key) > self.MAX_KEY:
+            return False
+        items = self._items
+        if len(items) >= self.size:
+            del items[next(iter(items))]
+        items[key] = (request, paged)
+        return True
+
+
+def _split_message_id(raw: bytes) -> tuple[int, bytes] | None:
+    """(messageID, the bytes after it) for the usual short encodings, else None."""
+    h = 2 + (raw[1] & 0x7F if raw[1] & 0x80 else 0)
+    if len(raw) < h + 3 or raw[h] != ber.INTEGER or not 1 <= raw[h + 1] <= 4:
+        return None
+    end = h + 2 + raw[h + 1]
+    message_id = int.from_bytes(raw[h + 2 : end], "big", signed=True)
+    if message_id < 0:
+        return None
+    return message_id, raw[end:]
+
+
 class ServerConnection:
     """Protocol state of one LDAP connection, without any I/O."""
 
-    def __init__(self, max_message_size: int = ber.DEFAULT_MAX_MESSAGE) -> None:
+    def __init__(
+        self,
+        max_message_size: int = ber.DEFAULT_MAX_MESSAGE,
+        search_cache: SearchCache | None = None,
+    ) -> None:
         self.max_message_size = max_message_size
+        self.search_cache = search_cache
         # Usually one request arrives per read: keep that `bytes` as is (no copy) and
         # switch to a bytearray only when a message spans reads.
         self._buf: bytes | bytearray = b""
@@ -147,9 +196,9 @@ class ServerConnection:
 
     def next_event(self) -> Event | None:
         """The next event, or None until more data arrives."""
-        if self._finished:
-            return None
         buf = self._buf
+        if self._finished or (not buf and not self._eof):
+            return None
         try:
             n = ber.frame_length(buf, self.max_message_size)
         except ProtocolError as exc:
@@ -168,6 +217,12 @@ class ServerConnection:
                 del buf[:n]  # amortised O(1): CPython moves the start of a bytearray
             else:
                 self._buf = buf[n:]
+        cache = self.search_cache
+        split = _split_message_id(raw) if cache is not None else None
+        if split is not None and cache is not None:
+            hit = cache.get(split[1])
+            if hit is not None:
+                return Search(split[0], hit[0], hit[1], True)
         try:
             msg = decode_message(raw)
         except ProtocolError as exc:
@@ -183,6 +238,8 @@ class ServerConnection:
                 if refusal is not None:
                     return refusal
         if isinstance(op, SearchRequest):
+            if split is not None and cache is not None and cache.put(split[1], op, paged):
+                return Search(mid, op, paged, True)
             return Search(mid, op, paged)
         if isinstance(op, BindRequest):
             return self._bind(mid, op)

@@ -7,6 +7,8 @@ naming attribute the directory uses - dc, mail, cn, uid, o, ou - matches case-in
 
 from __future__ import annotations
 
+import functools
+
 from keypost.core.errors import KeypostError
 
 Rdn = tuple[tuple[str, str], ...]  # sorted (type, value) pairs of one RDN
@@ -36,6 +38,7 @@ class InvalidDN(KeypostError):
     """A DN that does not follow RFC 4514 (answer: invalidDNSyntax)."""
 
 
+@functools.lru_cache(maxsize=4096)  # clients repeat their base DN on every search
 def parse_dn(text: str) -> Dn:
     """Parse and normalise an RFC 4514 string. The empty string is the root (no RDNs)."""
     if not text.strip():
