@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import os
 import socket
 import sys
@@ -211,7 +212,7 @@ def plain_message(
 ) -> bytes:
     return (
         f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        f"Date: Sat, 28 Nov 2026 12:00:00 +0000\r\nMessage-ID: <{abs(hash(body))}@test>\r\n"
+        f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{abs(hash(body))}@test>\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         f"{body}\r\n"
     ).encode()

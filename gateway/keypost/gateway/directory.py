@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import logging
+import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -109,7 +110,7 @@ class _LdapFetcher:
             self.server,
             user=self.cfg.username,
             password=self.password,
-            receive_timeout=self.timeout,
+            receive_timeout=max(1, math.ceil(self.timeout)),  # ldap3 packs it as an int
             read_only=True,
             raise_exceptions=False,
         )

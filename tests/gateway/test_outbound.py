@@ -1,0 +1,282 @@
+"""Outbound (Figs. 2 and 3) against a real `keypost directory serve` over LDAP.
+
+alice@example.com is a user behind the gateway under test. bob@partner.org is behind
+another served domain and has a genuine certificate; carol@elsewhere.net has only a
+genuine certificate; dave@nowhere.test has nothing; eve@partner.org has no genuine one.
+"""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import ldap3
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from gw_directory import USER_ACCOUNT, USER_PW, DirectoryWorld
+from gw_support import (
+    Pki,
+    RunningGateway,
+    Sink,
+    body_of,
+    free_port,
+    plain_message,
+    running_gateway,
+    send,
+)
+
+from keypost.core import smime
+from keypost.core.containers import describe
+from keypost.core.errors import DecryptError
+from keypost.core.types import Role
+
+ALICE = "alice@example.com"
+BOB, CAROL, DAVE, EVE = "bob@partner.org", "carol@elsewhere.net", "dave@nowhere.test", (
+    "eve@partner.org"
+)
+
+
+def user_containers(world: DirectoryWorld, address: str) -> list[x509.Certificate]:
+    """What alice's add-on gets from the directory for `address` (the whole path)."""
+    conn = ldap3.Connection(ldap3.Server("127.0.0.1", port=world.ldap_port),
+                            user=USER_ACCOUNT, password=USER_PW, auto_bind=True)
+    conn.search("dc=keypost", f"(mail={address})", attributes=["userCertificate;binary"])
+    certs = [x509.load_der_x509_certificate(bytes(v))
+             for e in conn.response for v in e["raw_attributes"]["userCertificate;binary"]]
+    conn.unbind()
+    return certs
+
+
+def own_gateway(world: DirectoryWorld, address: str) -> x509.Certificate:
+    """The example.com gateway's container for an outside address (Fig. 2)."""
+    for c in user_containers(world, address):
+        info = describe(c)
+        if info.role is Role.PROXY_ENCRYPTION and c.public_key() is not None:
+            if _same_key(c, world, "example.com"):
+                return c
+    raise AssertionError("directory gave alice no container of her own gateway")
+
+
+def _same_key(cert: x509.Certificate, world: DirectoryWorld, domain: str) -> bool:
+    pub = (world.root.parent / "pki").glob("*") if False else None  # noqa: F841
+    return domain == "example.com" and not _is_partner(cert, world)
+
+
+def _is_partner(cert: x509.Certificate, world: DirectoryWorld) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    return cert.public_key().public_bytes(enc, fmt) == (
+        world.partner_key.public_key().public_bytes(enc, fmt)
+    )
+
+
+def config(pki: Pki, world: DirectoryWorld, sink: Sink, policy: str = "", url: str = "") -> Path:
+    return pki.config(sink.port, directory=world.gateway_directory_lines(url or None),
+                      extra=policy)
+
+
+@pytest.fixture
+def gw(pki: Pki, world: DirectoryWorld, sink: Sink) -> Iterator[RunningGateway]:
+    with running_gateway(config(pki, world, sink)) as g:
+        yield g
+
+
+def openssl_verify(message: bytes, ca: Path, tmp: Path) -> subprocess.CompletedProcess[bytes]:
+    (tmp / "signed.eml").write_bytes(message)
+    return subprocess.run(
+        ["openssl", "cms", "-verify", "-in", str(tmp / "signed.eml"), "-CAfile", str(ca)],
+        capture_output=True, timeout=60, check=False,
+    )
+
+
+# --- Fig. 3: signing ---------------------------------------------------------------
+
+
+def test_subject_tag_asks_for_a_signature_that_openssl_verifies(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, tmp_path: Path
+) -> None:
+    msg = plain_message(sender=ALICE, to=CAROL, subject="[sign] Offer", body="signed offer")
+    code, text = send(gw.port, ALICE, [CAROL], msg)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert b"multipart/signed" in got.data
+    assert b"Subject: Offer\r\n" in got.data and b"[sign]" not in got.data
+    done = openssl_verify(got.data, world.ca_pem, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert b"signed offer" in done.stdout
+    res = smime.verify_signed(got.data, [x509.load_pem_x509_certificate(world.ca_pem.read_bytes())])
+    assert res.ok, res.reasons
+    assert res.signer is not None
+    assert ALICE in describe(res.signer).addresses
+
+
+def test_signature_verifies_with_gpgsm(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, tmp_path: Path
+) -> None:
+    if shutil.which("gpgsm") is None:
+        pytest.skip("gpgsm not installed")
+    msg = plain_message(sender=ALICE, to=CAROL, subject="[sign] gpgsm", body="for gpgsm")
+    assert send(gw.port, ALICE, [CAROL], msg)[0] == 250
+    data = sink.handler.messages[0].data
+    boundary = data.split(b'boundary="', 1)[1].split(b'"', 1)[0]
+    parts = data.split(b"--" + boundary)
+    signed = parts[1][2:-2]  # between the CRLF after the delimiter and the CRLF before the next
+    sig_b64 = parts[2].split(b"\r\n\r\n", 1)[1]
+    (tmp_path / "content").write_bytes(signed)
+    (tmp_path / "sig").write_bytes(base64.b64decode(b"".join(sig_b64.split())))
+    home = tmp_path / "gnupg"
+    home.mkdir(mode=0o700)
+    (home / "gpgsm.conf").write_text("disable-crl-checks\ndisable-policy-checks\n")
+    env = {"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
+    ca = x509.load_pem_x509_certificate(world.ca_pem.read_bytes())
+    fpr = ca.fingerprint(__import__("cryptography.hazmat.primitives.hashes",
+                                     fromlist=["SHA1"]).SHA1()).hex(":").upper()
+    (home / "trustlist.txt").write_text(f"{fpr} S relax\n")
+    subprocess.run(["gpgsm", "--batch", "--import", str(world.ca_pem)], env=env,
+                   capture_output=True, timeout=60, check=True)
+    done = subprocess.run(
+        ["gpgsm", "--batch", "--verify", str(tmp_path / "sig"), str(tmp_path / "content")],
+        env=env, capture_output=True, timeout=60, check=False,
+    )
+    subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    assert b"Good signature" in done.stderr
+
+
+def test_sign_header_is_removed_and_honoured(gw: RunningGateway, sink: Sink) -> None:
+    msg = plain_message(sender=ALICE, to=CAROL, body="by header").replace(
+        b"Subject:", b"X-Keypost-Sign: yes\r\nSubject:")
+    assert send(gw.port, ALICE, [CAROL], msg)[0] == 250
+    [got] = sink.handler.messages
+    assert b"multipart/signed" in got.data and b"X-Keypost-Sign" not in got.data
+
+
+def test_without_a_request_outbound_plain_mail_is_unchanged(gw: RunningGateway, sink: Sink) -> None:
+    msg = plain_message(sender=ALICE, to=CAROL, body="as is")
+    assert send(gw.port, ALICE, [CAROL], msg)[0] == 250
+    assert sink.handler.messages[0].data.rstrip() == msg.rstrip()
+
+
+# --- Fig. 2: decrypt, scan, re-encrypt or forward ------------------------------------
+
+
+def _only_to_our_gateway(world: DirectoryWorld, rcpt: str, body: str) -> bytes:
+    certs = [c for c in user_containers(world, rcpt)
+             if describe(c).role is Role.PROXY_ENCRYPTION and not _is_partner(c, world)]
+    assert len(certs) == 1
+    return smime.encrypt_message(plain_message(sender=ALICE, to=rcpt, body=body), certs)
+
+
+def test_fig2_reencrypts_for_the_genuine_certificate(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, pki: Pki
+) -> None:
+    enc = _only_to_our_gateway(world, CAROL, "for carol only")
+    assert send(gw.port, ALICE, [CAROL], enc)[0] == 250
+    [got] = sink.handler.messages
+    assert smime.is_encrypted(got.data)
+    clear = smime.Decryptor([world.carol_key]).decrypt_message(got.data).message
+    assert b"for carol only" in clear
+    with pytest.raises(DecryptError):  # not left readable by the sending gateway's key
+        smime.Decryptor([pki.current]).decrypt_message(got.data)
+
+
+def test_fig2_reencrypts_for_the_recipients_gateway_and_genuine(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld
+) -> None:
+    enc = _only_to_our_gateway(world, BOB, "for bob")
+    assert send(gw.port, ALICE, [BOB], enc)[0] == 250
+    [got] = sink.handler.messages
+    for key in (world.bob_key, world.partner_key):
+        assert b"for bob" in smime.Decryptor([key]).decrypt_message(got.data).message
+    assert len(smime.recipient_ids(got.data)) == 2
+
+
+def test_whole_path_message_is_forwarded_untouched(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, pki: Pki
+) -> None:
+    path = user_containers(world, BOB)  # own gateway + partner gateway + bob's genuine
+    assert len(path) == 3
+    enc = smime.encrypt_message(plain_message(sender=ALICE, to=BOB, body="whole path"), path)
+    assert send(gw.port, ALICE, [BOB], enc)[0] == 250
+    [got] = sink.handler.messages
+    assert body_of(got.data) == body_of(enc)
+
+
+def test_fig2_scan_rejects_before_anything_leaves(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    script = tmp_path / "scan.sh"
+    script.write_text("#!/bin/sh\nif grep -q VIRUS; then echo 'Found: X'; exit 1; fi\nexit 0\n")
+    script.chmod(0o755)
+    cfg = config(pki, world, sink, policy=f'[scan]\ncommand = "{script}"')
+    with running_gateway(cfg) as g:
+        enc = _only_to_our_gateway(world, CAROL, "a VIRUS here")
+        code, text = send(g.port, ALICE, [CAROL], enc)
+    assert code == 554 and "Found: X" in text
+    assert sink.handler.messages == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "rcpt", "expect"),
+    [
+        ("encrypt-only", DAVE, "refused"),
+        ("clear", DAVE, "clear"),
+        ("refuse", EVE, "refused"),
+        ("encrypt-only", EVE, "encrypted"),
+        ("refuse", CAROL, "encrypted"),
+    ],
+)
+def test_outbound_no_genuine_policy(
+    pki: Pki, world: DirectoryWorld, sink: Sink, policy: str, rcpt: str, expect: str
+) -> None:
+    cfg = config(pki, world, sink, policy=f'[policy]\noutbound_no_genuine = "{policy}"')
+    enc = _only_to_our_gateway(world, rcpt, f"policy {policy}")
+    with running_gateway(cfg) as g:
+        code, text = send(g.port, ALICE, [rcpt], enc)
+    if expect == "refused":
+        assert code == 554 and rcpt in text
+        assert sink.handler.messages == []
+        return
+    assert code == 250
+    [got] = sink.handler.messages
+    if expect == "clear":
+        assert not smime.is_encrypted(got.data) and f"policy {policy}".encode() in got.data
+    else:
+        assert smime.is_encrypted(got.data) and b"policy" not in got.data
+
+
+def test_sign_and_reencrypt(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, tmp_path: Path
+) -> None:
+    enc = _only_to_our_gateway(world, CAROL, "signed and sealed")
+    enc = enc.replace(b"Subject: Quarterly", b"Subject: [sign] Quarterly")
+    assert send(gw.port, ALICE, [CAROL], enc)[0] == 250
+    [got] = sink.handler.messages
+    inner = smime.Decryptor([world.carol_key]).decrypt_message(got.data).message
+    assert b"multipart/signed" in inner
+    done = openssl_verify(inner, world.ca_pem, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert b"signed and sealed" in done.stdout
+
+
+# --- the directory being down ---------------------------------------------------------
+
+
+def test_directory_down_defers_only_mail_that_needs_it(
+    pki: Pki, world: DirectoryWorld, sink: Sink
+) -> None:
+    cfg = config(pki, world, sink, url=f"ldap://127.0.0.1:{free_port()}")
+    fig2 = _only_to_our_gateway(world, CAROL, "needs the directory")
+    with running_gateway(cfg) as g:
+        assert send(g.port, ALICE, [CAROL], fig2)[0] == 451
+        signed = plain_message(sender=ALICE, to=CAROL, subject="[sign] x")
+        assert send(g.port, ALICE, [CAROL], signed)[0] == 451
+        assert sink.handler.messages == []
+        inbound = smime.encrypt_message(plain_message(), [pki.container(pki.current)])
+        assert send(g.port, "s@outside.test", [ALICE], inbound)[0] == 250
+        assert send(g.port, ALICE, [CAROL], plain_message(sender=ALICE, to=CAROL))[0] == 250
+    assert len(sink.handler.messages) == 2
