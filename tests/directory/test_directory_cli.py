@@ -131,3 +131,25 @@ def test_ec_encryption_key_is_refused(data: Path, tmp_path: Path) -> None:
     line = one_line_error("directory", "domain", "add", "ec.example", "--encryption-cert",
                           str(pub), "--data", str(data))
     assert "RSA" in line
+
+
+def test_serve_refuses_bad_setups_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    keypost("directory", "init", "--data", str(data))
+    (data / "ca-key.pem").chmod(0o644)
+    assert "readable by others" in one_line_error("directory", "serve", "--data", str(data),
+                                                  "--ldap", "127.0.0.1:0")
+    (data / "ca-key.pem").chmod(0o600)
+    assert "--ldaps needs" in one_line_error("directory", "serve", "--data", str(data),
+                                             "--ldap", "127.0.0.1:0", "--ldaps", "127.0.0.1:0")
+    assert "HOST:PORT" in one_line_error("directory", "serve", "--data", str(data),
+                                         "--ldap", "nowhere")
+    assert "TLS certificate" in one_line_error(
+        "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0",
+        "--tls-cert", "/etc/hostname", "--tls-key", "/etc/hostname")
+    settings = data / "directory.toml"
+    settings.write_text(settings.read_text().replace("encrypt_hours = 24", "encrypt_hours = 48"))
+    assert "encrypt_hours" in one_line_error("directory", "serve", "--data", str(data),
+                                             "--ldap", "127.0.0.1:0")
+    settings.write_text(settings.read_text() + "\nbogus = 1\n")
+    assert "unknown setting" in one_line_error("directory", "serve", "--data", str(data))

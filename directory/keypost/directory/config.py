@@ -97,8 +97,13 @@ def load_settings(data: DataDir) -> Settings:
             raise ConfigError(f"{data.settings}: {key} must be a {type(default).__name__}")
         values[key] = value
     settings = replace(Settings(), **values)  # type: ignore[arg-type]
-    if settings.encrypt_hours < 1 or settings.sign_days < 1 or settings.max_addresses < 1:
-        raise ConfigError(f"{data.settings}: lifetimes and max_addresses must be positive")
+    # The core caps container lifetimes (24 h encryption, 30 d signing): check here so a
+    # bad value fails at start, not on every request.
+    if not 1 <= settings.encrypt_hours <= 24 or not 1 <= settings.sign_days <= 30:
+        raise ConfigError(f"{data.settings}: encrypt_hours must be 1..24 and sign_days 1..30")
+    if settings.max_addresses < 1 or settings.cache_size < 1 or settings.audit_retention_days < 1:
+        raise ConfigError(
+            f"{data.settings}: max_addresses, cache_size, audit_retention_days must be positive")
     return settings
 
 

@@ -1,0 +1,69 @@
+"""Administration while `serve` runs: rekey takes effect at once, genuine certificates are
+handed out as soon as they are added (the CLI and the server are separate processes)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import requests
+from conftest import Directory, keypost, spki_der, write_rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+from test_directory_ldap_clients import ldapsearch, ldif_certs
+
+
+def lookup(d: Directory, address: str) -> list[dict[str, str]]:
+    resp = requests.get(d.http + "v1/containers", params={"address": address}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    result: list[dict[str, str]] = resp.json()["results"][0]["containers"]
+    return result
+
+
+def spki_of(pem: str) -> bytes:
+    return x509.load_pem_x509_certificate(pem.encode()).public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_rekey_takes_effect_at_once(directory: Directory, tmp_path: Path) -> None:
+    old_key, old_pub = write_rsa(tmp_path / "old.pem")
+    new_key, new_pub = write_rsa(tmp_path / "new.pem")
+    data = str(directory.data)
+    keypost("directory", "domain", "add", "rekey.example", "--encryption-cert", str(old_pub),
+            "--data", data)
+    [before] = lookup(directory, "x@rekey.example")
+    assert spki_of(before["pem"]) == spki_der(old_key)
+    assert lookup(directory, "x@rekey.example")[0]["pem"] == before["pem"]  # cached
+    keypost("directory", "domain", "rekey", "rekey.example", "--encryption-cert", str(new_pub),
+            "--data", data)
+    [after] = lookup(directory, "x@rekey.example")
+    assert spki_of(after["pem"]) == spki_der(new_key)
+    keypost("directory", "domain", "remove", "rekey.example", "--data", data)
+    assert lookup(directory, "x@rekey.example") == []
+
+
+def test_genuine_certificate_is_handed_out(directory: Directory, tmp_path: Path) -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gina")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("gina@example.com")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / "gina.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    data = str(directory.data)
+    assert [c["role"] for c in lookup(directory, "gina@example.com")] == ["proxy-encryption"]
+    keypost("directory", "genuine", "add", str(path), "--data", data)
+    got = lookup(directory, "Gina@Example.com")
+    assert [c["role"] for c in got] == ["proxy-encryption", "genuine"]
+    assert got[1]["gateway"] is None and spki_of(got[1]["pem"]) == spki_der(key)
+    ldap = ldif_certs(ldapsearch(directory, "gina@example.com").stdout)
+    assert [c.serial_number for c in ldap][1] == cert.serial_number
+    keypost("directory", "genuine", "remove", "gina@example.com", "--data", data)
+    assert [c["role"] for c in lookup(directory, "gina@example.com")] == ["proxy-encryption"]
