@@ -14,6 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.type import char, namedtype, univ
@@ -379,6 +380,47 @@ def test_compat_container_breaks_name_chaining_in_openssl(
     assert res.returncode != 0
 
 
+@needs_openssl
+def test_compat_container_lets_issuer_serial_gateways_decrypt(
+    ca: kc.DirectoryCA, gw_priv: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    """What the option is for: a sender (openssl cms) encrypts to the container and a gateway
+    that looks its key up by issuer+serial (openssl cms -recip, cryptography's
+    pkcs7_decrypt_der) finds it with its own certificate; without the option it cannot."""
+    gw_cert = self_signed_gateway_cert(gw_priv)
+    gw = kc.GatewayKey.from_pem(kc.to_pem(gw_cert))
+    gw_cert_pem = write_pem(tmp_path / "gw.pem", gw_cert)
+    gw_key_pem = tmp_path / "gw.key"
+    gw_key_pem.write_bytes(
+        gw_priv.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    message = tmp_path / "msg.txt"
+    message.write_bytes(b"Content-Type: text/plain\r\n\r\nhello\r\n")
+    for compat in (True, False):
+        cert = issue(ca, gw, compat_issuer_serial=compat)
+        container = write_pem(tmp_path / f"c{compat}.pem", cert)
+        enc = tmp_path / f"enc{compat}.der"
+        res = openssl("cms", "-encrypt", "-aes256", "-binary", "-outform", "DER",
+                      "-in", message, "-out", enc, container)  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        dec = openssl("cms", "-decrypt", "-inform", "DER", "-in", enc, "-recip", gw_cert_pem,
+                      "-inkey", gw_key_pem)  # fmt: skip
+        assert (dec.returncode == 0) is compat, dec.stderr
+        if compat:
+            assert "hello" in dec.stdout
+        options: list[pkcs7.PKCS7Options] = []
+        if compat:
+            clear = pkcs7.pkcs7_decrypt_der(enc.read_bytes(), gw_cert, gw_priv, options)
+            assert clear.endswith(b"hello\r\n")
+        else:
+            with pytest.raises(ValueError):
+                pkcs7.pkcs7_decrypt_der(enc.read_bytes(), gw_cert, gw_priv, options)
+
+
 # Real openssl / gpgsm ------------------------------------------------------------------
 
 
@@ -453,46 +495,57 @@ def test_pkcs7_bundle_read_by_openssl(
 
 
 @pytest.mark.skipif(shutil.which("gpgsm") is None, reason="gpgsm not installed")
-def test_gpgsm_imports_and_lists_address(
-    ca: kc.DirectoryCA, gw: kc.GatewayKey, tmp_path: Path
+def test_gpgsm_validates_and_encrypts_to_container(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey, gw_priv: rsa.RSAPrivateKey, tmp_path: Path
 ) -> None:
+    """gpgsm (an independent X.509 stack) finds the container by address, validates it
+    under the trusted directory CA and encrypts to it; the gateway key decrypts (openssl)."""
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     env = {**os.environ, "GNUPGHOME": str(home)}
+    ca_fpr = ca.certificate.fingerprint(hashes.SHA1()).hex(":").upper()
+    (home / "trustlist.txt").write_text(f"{ca_fpr} S\n")
     cert = ca.issue(kc.ContainerRequest(parse_address("carol@example.org"), Purpose.ENCRYPT, gw))
     path = write_pem(tmp_path / "both.pem", ca.certificate, cert)
+    # gpgsm 2.2 knows no RFC 9608 noRevAvail and would ask dirmngr for a CRL
+    base = ["gpgsm", "--batch", "--disable-dirmngr", "--disable-crl-checks"]
+
+    def gpgsm(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [*base, *args], input=stdin, capture_output=True, env=env, timeout=60, check=False
+        )
+
     try:
-        run = subprocess.run(
-            ["gpgsm", "--batch", "--disable-dirmngr", "--import", str(path)],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        run = gpgsm("--import", str(path))
         assert run.returncode == 0, run.stderr
-        listed = subprocess.run(
-            [
-                "gpgsm",
-                "--batch",
-                "--with-colons",
-                "--disable-dirmngr",
-                "--list-keys",
-                "carol@example.org",
-            ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=60,
-            check=False,
-        )
+        listed = gpgsm("--with-colons", "--list-keys", "carol@example.org")
+        validated = gpgsm("--with-validation", "--list-keys", "carol@example.org")
+        encrypted = gpgsm("--encrypt", "-r", "carol@example.org", stdin=b"hello carol\n")
     finally:
         subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False)
     assert listed.returncode == 0, listed.stderr
-    uids = [line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("uid:")]
+    lines = listed.stdout.decode().splitlines()
+    uids = [line.split(":")[9] for line in lines if line.startswith("uid:")]
     assert "<carol@example.org>" in uids
-    fprs = [line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:")]
+    fprs = [line.split(":")[9] for line in lines if line.startswith("fpr:")]
     assert cert.fingerprint(hashes.SHA1()).hex().upper() in fprs  # gpgsm's own id, not ours
+    assert b"[certificate is good]" in validated.stdout, validated.stdout + validated.stderr
+    assert encrypted.returncode == 0, encrypted.stderr
+    if OPENSSL is None:
+        return
+    (tmp_path / "enc.der").write_bytes(encrypted.stdout)
+    key = tmp_path / "gw.key"
+    key.write_bytes(
+        gw_priv.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    dec = openssl("cms", "-decrypt", "-inform", "DER", "-in", tmp_path / "enc.der",
+                  "-inkey", key)  # fmt: skip
+    assert dec.returncode == 0, dec.stderr
+    assert dec.stdout == "hello carol\n"
 
 
 # Verification failure reasons ----------------------------------------------------------
