@@ -1,0 +1,359 @@
+"""Interoperability of the S/MIME engine with independent implementations: OpenSSL's
+`openssl cms` and GnuPG's `gpgsm`, run as real programs."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import email.utils
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.serialization import pkcs12
+from test_smime_pki import Gateway, container, directory_ca, gateway, pem
+
+from keypost.core import smime
+from keypost.core.address import parse_address
+from keypost.core.containers import ContainerRequest
+from keypost.core.types import Purpose
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
+needs_gpgsm = pytest.mark.skipif(shutil.which("gpgsm") is None, reason="gpgsm not installed")
+
+ENTITY = b"Content-Type: text/plain; charset=us-ascii\r\n\r\nmeet at noon\r\nbring the keys\r\n"
+P12_PASSWORD = "interop-test"
+
+
+def _message(date: dt.datetime | None = None) -> bytes:
+    when = email.utils.format_datetime((date or dt.datetime.now(dt.UTC)).replace(microsecond=0))
+    return (
+        b"From: Alice <alice@a.example>\r\nTo: bob@b.example\r\nBcc: eve@e.example\r\n"
+        b"Subject: interop\r\nDate: " + when.encode() + b"\r\nMessage-ID: <i@a.example>\r\n"
+        b"MIME-Version: 1.0\r\n" + ENTITY
+    )
+
+
+def _run(
+    *args: str | Path, stdin: bytes | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [str(a) for a in args], input=stdin, capture_output=True, timeout=60, env=env, check=False
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """PEM files for the CA, the gateway's own certificate and key, and a container."""
+    d = tmp_path_factory.mktemp("smime-interop")
+    gw = gateway()
+    out = {
+        "ca": d / "ca.pem",
+        "gw_cert": d / "gw.pem",
+        "gw_key": d / "gw.key",
+        "container": d / "container.pem",
+    }
+    out["ca"].write_bytes(pem(directory_ca().certificate))
+    out["gw_cert"].write_bytes(pem(gw.cert))
+    out["gw_key"].write_bytes(gw.key_pem())
+    out["container"].write_bytes(pem(container("bob@b.example", gw)))
+    return out
+
+
+def _container_of(files: dict[str, Path]) -> bytes:
+    return files["container"].read_bytes()
+
+
+def _encrypted(files: dict[str, Path]) -> bytes:
+    from cryptography import x509
+
+    cont = x509.load_pem_x509_certificate(_container_of(files))
+    return smime.encrypt_message(_message(), [cont])
+
+
+# our encryption -> openssl ------------------------------------------------------------
+
+
+def test_openssl_decrypts_with_the_gateway_key_alone(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The realistic gateway case: it holds its key, not the container the sender used.
+    Without -recip, openssl tries the key on every RecipientInfo."""
+    msg = tmp_path / "msg.eml"
+    msg.write_bytes(_encrypted(files))
+    res = _run("openssl", "cms", "-decrypt", "-in", msg, "-inkey", files["gw_key"])
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ENTITY
+
+
+def test_openssl_recip_container_works_recip_gateway_cert_does_not(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    msg = tmp_path / "msg.eml"
+    msg.write_bytes(_encrypted(files))
+    ok = _run("openssl", "cms", "-decrypt", "-in", msg, "-recip", files["container"],
+              "-inkey", files["gw_key"])  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout == ENTITY
+    # The gateway's own certificate names another issuer+serial: no RecipientInfo matches.
+    # This is why the engine cannot lean on issuer+serial lookup either.
+    bad = _run("openssl", "cms", "-decrypt", "-in", msg, "-recip", files["gw_cert"],
+               "-inkey", files["gw_key"])  # fmt: skip
+    assert bad.returncode != 0
+
+
+def test_openssl_decrypts_aes128_for_mixed_recipients(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    from keypost.core.types import Capability
+
+    other = gateway("gw.c.example")
+    recipients = [
+        container("bob@b.example", gateway()),
+        container("carol@c.example", other, caps=(Capability.AES128_CBC,)),
+    ]
+    msg = tmp_path / "msg.eml"
+    msg.write_bytes(smime.encrypt_message(_message(), recipients))
+    printed = _run("openssl", "cms", "-cmsout", "-print", "-in", msg)
+    assert printed.returncode == 0, printed.stderr
+    assert b"aes-128-cbc" in printed.stdout
+    for key in (files["gw_key"], tmp_path / "c.key"):
+        if key.name == "c.key":
+            key.write_bytes(other.key_pem())
+        res = _run("openssl", "cms", "-decrypt", "-in", msg, "-inkey", key)
+        assert res.returncode == 0, res.stderr
+        assert res.stdout == ENTITY
+
+
+# openssl encryption -> our Decryptor --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "algorithm"),
+    [
+        (["-aes256"], "aes256-cbc"),
+        (["-aes128"], "aes128-cbc"),
+        (["-aes256", "-stream"], "aes256-cbc"),  # BER, indefinite lengths, chunked content
+        (["-aes256", "-keyid"], "aes256-cbc"),  # SubjectKeyIdentifier RecipientInfo
+    ],
+)
+def test_openssl_encrypted_message_decrypts_with_our_decryptor(
+    files: dict[str, Path], tmp_path: Path, options: list[str], algorithm: str
+) -> None:
+    entity = tmp_path / "entity"
+    entity.write_bytes(ENTITY)
+    out = tmp_path / "out.eml"
+    res = _run("openssl", "cms", "-encrypt", *options, "-binary", "-in", entity, "-out", out,
+               files["container"])  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    message = b"From: x@x.example\r\nSubject: from openssl\r\n" + out.read_bytes()
+    retired_first = smime.Decryptor([gateway("gw-new").key, gateway().key])
+    result = retired_first.decrypt_message(message)
+    assert result.key_index == 1
+    assert result.algorithm == algorithm
+    assert result.message.startswith(b"From: x@x.example\r\nSubject: from openssl\r\n")
+    assert result.message.endswith(ENTITY)
+
+
+def test_openssl_der_output_decrypts_and_lists_recipients(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    entity = tmp_path / "entity"
+    entity.write_bytes(ENTITY)
+    out = tmp_path / "out.der"
+    res = _run("openssl", "cms", "-encrypt", "-aes256", "-binary", "-outform", "DER", "-in",
+               entity, "-out", out, files["container"], files["gw_cert"])  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    der = out.read_bytes()
+    clear, _, _ = smime.Decryptor([gateway().key]).decrypt_der(der)
+    assert clear == ENTITY
+    ids = smime.recipient_ids(der)
+    assert len(ids) == 2
+    assert smime.RecipientId(gateway().cert.issuer, gateway().cert.serial_number) in ids
+
+
+# gpgsm ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gnupghome() -> Iterator[dict[str, str]]:
+    """A throw-away GNUPGHOME (short path: the agent's socket name has a length limit)."""
+    home = Path(tempfile.mkdtemp(prefix="kpg", dir="/tmp"))
+    home.chmod(0o700)
+    (home / "gpg-agent.conf").write_text("allow-loopback-pinentry\n")
+    (home / "gpgsm.conf").write_text("disable-crl-checks\ndisable-policy-checks\n")
+    env = {"GNUPGHOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    try:
+        yield env
+    finally:
+        _run("gpgconf", "--kill", "all", env=env)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _gpgsm(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess[bytes]:
+    loopback = ("--pinentry-mode", "loopback", "--passphrase-fd", "0")
+    password = P12_PASSWORD.encode() + b"\n"
+    return _run("gpgsm", "--batch", "--disable-dirmngr", *loopback, *args, stdin=password, env=env)
+
+
+def _import_gateway_key(env: dict[str, str], gw: Gateway, tmp_path: Path) -> None:
+    # gpgsm 2.2 reads only the classic PKCS#12 ciphers (not PBES2/AES): this file only
+    # carries the key into the test keyring, it is not how keypost stores keys.
+    encryption = (
+        serialization.PrivateFormat.PKCS12.encryption_builder()
+        .kdf_rounds(2048)
+        .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+        .hmac_hash(hashes.SHA1())
+        .build(P12_PASSWORD.encode())
+    )
+    p12 = tmp_path / "gw.p12"
+    p12.write_bytes(pkcs12.serialize_key_and_certificates(b"gw", gw.key, gw.cert, None, encryption))
+    res = _gpgsm(env, "--import", p12)
+    assert b"secret keys imported: 1" in res.stderr, res.stderr
+
+
+def _trust_directory_ca(env: dict[str, str]) -> None:
+    """trustlist.txt: the CA's SHA-1 fingerprint (gpgsm's certificate id) + S(/MIME)."""
+    fpr = directory_ca().certificate.fingerprint(hashes.SHA1()).hex().upper()
+    (Path(env["GNUPGHOME"]) / "trustlist.txt").write_text(f"{fpr} S relax\n")
+
+
+def _body_der(message: bytes) -> bytes:
+    return base64.b64decode(message.split(b"\r\n\r\n", 1)[1])
+
+
+@needs_gpgsm
+def test_gpgsm_decrypts_with_the_container_imported(
+    files: dict[str, Path], gnupghome: dict[str, str], tmp_path: Path
+) -> None:
+    """gpgsm finds the key through the certificate the RecipientInfo names, then by keygrip
+    (which only depends on the public key): importing the container next to the gateway's
+    key is enough."""
+    _import_gateway_key(gnupghome, gateway(), tmp_path)
+    der = tmp_path / "msg.der"
+    der.write_bytes(_body_der(_encrypted(files)))
+    without = _gpgsm(gnupghome, "--decrypt", der)
+    assert without.returncode != 0  # container unknown: gpgsm cannot pick the key
+    assert _gpgsm(gnupghome, "--import", files["ca"], files["container"]).returncode == 0
+    res = _gpgsm(gnupghome, "--decrypt", der)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.replace(b"\r\n", b"\n") == ENTITY.replace(b"\r\n", b"\n")
+
+
+@needs_gpgsm
+def test_gpgsm_decrypts_a_compatibility_container_with_only_the_gateway_cert(
+    gnupghome: dict[str, str], tmp_path: Path
+) -> None:
+    """With the compatibility option the container names the gateway certificate's
+    issuer+serial, so a gpgsm gateway needs nothing but its own PKCS#12."""
+    gw = gateway()
+    request = ContainerRequest(
+        parse_address("bob@b.example"), Purpose.ENCRYPT, gw.gateway_key(), compat_issuer_serial=True
+    )
+    compat = directory_ca().issue(request)
+    _import_gateway_key(gnupghome, gw, tmp_path)
+    der = tmp_path / "msg.der"
+    der.write_bytes(_body_der(smime.encrypt_message(_message(), [compat])))
+    res = _gpgsm(gnupghome, "--decrypt", der)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.replace(b"\r\n", b"\n") == ENTITY.replace(b"\r\n", b"\n")
+
+
+@needs_gpgsm
+def test_gpgsm_encrypted_message_decrypts_with_our_decryptor(
+    files: dict[str, Path], gnupghome: dict[str, str], tmp_path: Path
+) -> None:
+    """gpgsm writes BER with indefinite lengths: the engine must read it."""
+    assert _gpgsm(gnupghome, "--import", files["ca"], files["container"]).returncode == 0
+    _trust_directory_ca(gnupghome)
+    entity = tmp_path / "entity"
+    entity.write_bytes(ENTITY)
+    out = tmp_path / "out.der"
+    res = _gpgsm(gnupghome, "--encrypt", "-r", "bob@b.example", "-o", out, entity)
+    assert res.returncode == 0, res.stderr
+    assert out.read_bytes()[:2] == b"\x30\x80"  # indefinite length, as promised
+    clear, index, _ = smime.Decryptor([gateway().key]).decrypt_der(out.read_bytes())
+    assert (clear, index) == (ENTITY, 0)
+
+
+# signatures -----------------------------------------------------------------------------
+
+
+def _signed(tmp_path: Path) -> tuple[bytes, Path]:
+    gw = gateway("gw.a.example")
+    signing = container("alice@a.example", gw, Purpose.SIGN)
+    signed = smime.sign_message(_message(), gw.key, signing)
+    path = tmp_path / "signed.eml"
+    path.write_bytes(signed)
+    return signed, path
+
+
+def test_openssl_verifies_our_signature(files: dict[str, Path], tmp_path: Path) -> None:
+    signed, path = _signed(tmp_path)
+    res = _run("openssl", "cms", "-verify", "-CAfile", files["ca"], "-in", path)
+    assert res.returncode == 0, res.stderr
+    assert b"Verification successful" in res.stderr
+    assert res.stdout == ENTITY
+    printed = _run("openssl", "cms", "-cmsout", "-print", "-in", path).stdout.decode()
+    stamp = re.search(r"signingTime.*?UTCTIME:(.*?)\n", printed, re.S)
+    assert stamp is not None
+    date = re.search(rb"\r\nDate: (.*?)\r\n", signed)
+    assert date is not None
+    date_value = email.utils.parsedate_to_datetime(date.group(1).decode())
+    assert (
+        dt.datetime.strptime(stamp.group(1).strip(), "%b %d %H:%M:%S %Y %Z").replace(tzinfo=dt.UTC)
+        == date_value
+    )
+
+
+def test_openssl_rejects_tampered_content(files: dict[str, Path], tmp_path: Path) -> None:
+    signed, path = _signed(tmp_path)
+    path.write_bytes(signed.replace(b"meet at noon", b"meet at nine"))
+    res = _run("openssl", "cms", "-verify", "-CAfile", files["ca"], "-in", path)
+    assert res.returncode != 0
+
+
+@needs_gpgsm
+def test_gpgsm_verifies_our_signature(
+    files: dict[str, Path], gnupghome: dict[str, str], tmp_path: Path
+) -> None:
+    signed, _ = _signed(tmp_path)
+    boundary = re.search(rb'boundary="([^"]+)"', signed)
+    assert boundary is not None
+    parts = signed.split(b"--" + boundary.group(1))
+    content = parts[1][2:-2]  # without the CRLF after the delimiter and before the next
+    signature = base64.b64decode(parts[2].split(b"\r\n\r\n", 1)[1])
+    (tmp_path / "content").write_bytes(content)
+    (tmp_path / "sig").write_bytes(signature)
+    assert _gpgsm(gnupghome, "--import", files["ca"]).returncode == 0
+    _trust_directory_ca(gnupghome)
+    res = _gpgsm(gnupghome, "--verify", tmp_path / "sig", tmp_path / "content")
+    assert res.returncode == 0, res.stderr
+    assert b"Good signature" in res.stderr
+    (tmp_path / "content").write_bytes(content.replace(b"noon", b"nine"))
+    assert _gpgsm(gnupghome, "--verify", tmp_path / "sig", tmp_path / "content").returncode != 0
+
+
+def test_openssl_signed_message_verifies_with_our_verifier(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The other direction: a signature made by openssl (its own signingTime = now) with the
+    signing container verifies with verify_signed."""
+    gw = gateway("gw.a.example")
+    signing = container("alice@a.example", gw, Purpose.SIGN)
+    (tmp_path / "signer.pem").write_bytes(pem(signing))
+    (tmp_path / "signer.key").write_bytes(gw.key_pem())
+    (tmp_path / "entity").write_bytes(ENTITY)
+    res = _run("openssl", "cms", "-sign", "-md", "sha256", "-signer", tmp_path / "signer.pem",
+               "-inkey", tmp_path / "signer.key", "-in", tmp_path / "entity")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    head = _message().split(b"MIME-Version: 1.0\r\n")[0]
+    result = smime.verify_signed(head + res.stdout, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    assert result.signer == signing
