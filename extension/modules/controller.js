@@ -35,9 +35,13 @@ export async function renderButton(tabId, state) {
   const summary = summarize(state.statuses);
   let color = "#1a7f37";
   let title = msg("titleReady", [String(summary.total)]);
-  if (state.error || state.lookupError || summary.failing > 0) {
+  if (state.error) {
+    color = "#c62828";
+    title = `${msg("notSentTitle")}\n${state.error}`; // the hover names who and why
+  } else if (state.lookupError || summary.failing > 0) {
     color = "#c62828";
     title = msg("titleFailing", [String(summary.failing || 1)]);
+    if (state.lookupError) title += `\n${state.lookupError}`;
   } else if (!summary.ready) {
     color = "#b26a00";
     title = msg("titlePending");
@@ -144,6 +148,20 @@ async function findFolder(query) {
   return found.length > 0 ? found[0] : null;
 }
 
+/**
+ * The account's Sent folder. A fresh account has none until Thunderbird's first copy, so it
+ * is created under the name Thunderbird's default Fcc location uses ("Sent" at the root).
+ */
+async function findSentFolder(accountId) {
+  const found =
+    (await findFolder({ accountId, specialUse: ["sent"] })) ||
+    (await findFolder({ accountId, path: "/Sent" }));
+  if (found) return found;
+  const account = await messenger.accounts.get(accountId, false);
+  if (!account?.rootFolder) return null;
+  return messenger.folders.create(account.rootFolder.id, "Sent");
+}
+
 /** Local Folders' "Unsent Messages": the Outbox Thunderbird sends from. */
 async function findOutbox() {
   const accounts = await messenger.accounts.list(false);
@@ -240,12 +258,14 @@ export async function onBeforeSend(tab, details) {
     // The clear copy first: Thunderbird's own Sent copy of the encrypted message carries the
     // same Message-ID, and import refuses a Message-ID the folder already has.
     if (typeof result.sent_copy === "string") {
-      const sent = await findFolder({ accountId: identity.accountId, specialUse: ["sent"] });
-      if (sent) {
+      try {
+        const sent = await findSentFolder(identity.accountId);
         const copy = setHeaders(result.sent_copy, { "X-Identity-Key": null, "X-Account-Key": null });
-        await messenger.messages
-          .import(new File([copy], "keypost-sent.eml", { type: "message/rfc822" }), sent.id, { read: true })
-          .catch((e) => console.error("keypost: filing the Sent copy failed", e));
+        const file = new File([copy], "keypost-sent.eml", { type: "message/rfc822" });
+        if (sent) await messenger.messages.import(file, sent.id, { read: true });
+      } catch (e) {
+        // The message itself still goes out; only the readable copy is missing.
+        console.error("keypost: filing the Sent copy failed", e);
       }
     }
     try {

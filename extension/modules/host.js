@@ -30,8 +30,9 @@ export class HostClient {
   constructor(connect, opts = {}) {
     this.connect = connect;
     this.timeoutMs = opts.timeoutMs ?? 120000;
-    this.setTimer = opts.setTimer ?? setTimeout;
-    this.clearTimer = opts.clearTimer ?? clearTimeout;
+    // Wrapped: called as methods, the bare globals would throw "illegal invocation".
+    this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
+    this.clearTimer = opts.clearTimer ?? ((t) => clearTimeout(t));
     this.port = null;
     this.nextId = 1;
     /** @type {Map<string, {resolve: Function, reject: Function, timer: any}>} */

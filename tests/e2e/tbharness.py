@@ -86,6 +86,7 @@ def profile_prefs(smtp_port: int, marionette_port: int, email: str, name: str) -
         "app.update.disabledForTesting": True,
         "browser.dom.window.dump.enabled": True,
         "devtools.console.stdout.chrome": True,
+        "devtools.console.stdout.content": True,
         "extensions.logging.enabled": False,
     }
 
@@ -118,6 +119,33 @@ class Thunderbird:
 
     def log_text(self) -> str:
         return self.log.read_text("utf-8", errors="replace") if self.log.exists() else ""
+
+
+def descendants(pid: int) -> list[int]:
+    """PIDs of the processes below `pid` (Linux /proc), children first."""
+    out: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            try:
+                kids = (task / "children").read_text().split()
+            except OSError:
+                continue
+            for k in map(int, kids):
+                if k not in out:
+                    out.append(k)
+                    todo.append(k)
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return (
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
+    except OSError:
+        return ""
 
 
 def thunderbird_binary() -> str | None:

@@ -8,6 +8,7 @@ Thunderbird sends. Started once per module; every process is stopped by the PID 
 from __future__ import annotations
 
 import contextlib
+import email
 import os
 import subprocess
 import sys
@@ -358,3 +359,112 @@ def test_addon_loads_and_compose_button_exists(thunderbird: Session) -> None:
     assert label == "Encrypt"
     m.close_chrome_window()
     assert handle not in m.chrome_window_handles
+
+
+def _button(m: Any, attr: str) -> Any:
+    return m.execute_script(
+        "const b = document.getElementById(arguments[0]);"
+        " return b && b.getAttribute(arguments[1]);",
+        script_args=[tb.COMPOSE_BUTTON, attr],
+    )
+
+
+def _error_text(m: Any) -> str | None:
+    """The add-on puts the reason a send was refused into its button's tooltip."""
+    text = _button(m, "tooltiptext")
+    return text if text and text.startswith("Not sent") else None
+
+
+def turn_encrypt_on(session: Session, ready: bool) -> None:
+    """Click the add-on's button; wait until the background lookup has answered."""
+    m = session.marionette
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    tb.wait_for(lambda: _button(m, "badge") == "ON", 30, "badge ON")
+    want = "keypost: encrypted for all" if ready else "cannot be encrypted for"
+    tb.wait_for(
+        lambda: want in (_button(m, "tooltiptext") or ""), 60, f"the recipient lookup ({want!r})"
+    )
+
+
+def click_send(session: Session) -> None:
+    session.marionette.find_element("id", "button-send").click()
+
+
+def sent_folder_text(profile: Path) -> str:
+    """Everything in the profile's Sent mbox files (Thunderbird's own storage)."""
+    return "".join(
+        p.read_text("utf-8", errors="replace")
+        for p in (profile / "Mail").rglob("Sent")
+        if p.is_file()
+    )
+
+
+def _decrypt(message: bytes, key_pem: Path) -> bytes:
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    from keypost.core.smime import Decryptor
+
+    key = load_pem_private_key(key_pem.read_bytes(), password=None)
+    return Decryptor([key]).decrypt_message(message).message  # type: ignore[list-item]
+
+
+def test_encrypt_and_send_to_external_and_served_recipient(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory
+) -> None:
+    m = thunderbird.marionette
+    subject = "Quarterly figures e2e"
+    body = "Hello Bob and Carol, the figures are attached in spirit."
+    handle = open_compose(thunderbird, f"{EXTERNAL}, Bob <{SERVED}>", subject, body)
+    assert _button(m, "badge") == "OFF"
+    turn_encrypt_on(thunderbird, ready=True)
+    before = len(smtp.snapshot())
+    click_send(thunderbird)
+
+    got = tb.wait_for(lambda: smtp.snapshot()[before:], 90, "the message at the SMTP server")
+    assert len(got) == 1
+    captured = got[0]
+    assert captured.mail_from == SENDER
+    assert sorted(captured.rcpt_tos) == sorted([EXTERNAL, SERVED])
+    msg = email.message_from_bytes(captured.data)
+    assert msg.get_content_type() == "application/pkcs7-mime"
+    assert "enveloped-data" in msg.get("Content-Type", "")
+    assert msg["Subject"] == subject
+    assert msg["X-Identity-Key"] is None and msg["X-Account-Key"] is None
+    assert body.encode() not in captured.data
+
+    # The served domain's gateway and the sender's own gateway can both open it.
+    for domain in ("example.org", "example.com"):
+        clear = _decrypt(captured.data, directory.gateway_keys[domain])
+        assert body.encode() in clear.replace(b"\r\n", b"\n"), domain
+
+    # The compose window closed itself; the clear copy sits in Sent.
+    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+    sent = tb.wait_for(lambda: sent_folder_text(thunderbird.profile), 60, "the Sent copy")
+    assert subject in sent
+    assert body in sent
+    assert "X-Keypost-Encrypted: yes" in sent
+
+
+def test_recipient_without_container_blocks_sending(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory, base_env: dict[str, str]
+) -> None:
+    # Without a directory account the host asks anonymously: the external recipient then has
+    # no container at all (only served domains get gateway containers).
+    install_keypost(base_env, thunderbird.profile, directory, None)
+    for pid in tb.descendants(thunderbird.tb.proc.pid):
+        if "keypost.host" in tb.cmdline(pid):
+            os.kill(pid, 15)  # the add-on reconnects: a new host reads the new configuration
+    m = thunderbird.marionette
+    subject = "must not leave"
+    handle = open_compose(thunderbird, f"{SERVED}, {EXTERNAL}", subject, "secret")
+    turn_encrypt_on(thunderbird, ready=False)
+    before = len(smtp.snapshot())
+    click_send(thunderbird)
+    # The add-on answers the send with cancel and says why; give Thunderbird time to misbehave.
+    tb.wait_for(lambda: EXTERNAL in (_error_text(m) or ""), 60, "the add-on's error")
+    time.sleep(5)
+    assert smtp.snapshot()[before:] == []
+    assert handle in m.chrome_window_handles, "the compose window must stay open"
+    m.switch_to_window(handle)
+    assert _button(m, "badge") == "ON"
+    assert subject not in sent_folder_text(thunderbird.profile)
