@@ -66,6 +66,7 @@ alias_database =
 local_recipient_maps =
 biff = no
 maillog_file = {root}/maillog
+maillog_file_prefixes = {root}
 queue_run_delay = 2s
 minimal_backoff_time = 2s
 maximal_backoff_time = 4s
@@ -96,6 +97,10 @@ class Postfix:
         return done
 
     def start(self) -> None:
+        (self.root / "queue").mkdir(exist_ok=True)  # root-owned; Postfix makes its subdirs
+        data = self.root / "data"
+        data.mkdir(exist_ok=True)
+        shutil.chown(data, "postfix", "postfix")  # master.lock and caches live here
         self._run(POSTFIX, "-c", str(self.etc), "start")
 
     def stop(self) -> None:

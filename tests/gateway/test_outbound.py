@@ -51,21 +51,6 @@ def user_containers(world: DirectoryWorld, address: str) -> list[x509.Certificat
     return certs
 
 
-def own_gateway(world: DirectoryWorld, address: str) -> x509.Certificate:
-    """The example.com gateway's container for an outside address (Fig. 2)."""
-    for c in user_containers(world, address):
-        info = describe(c)
-        if info.role is Role.PROXY_ENCRYPTION and c.public_key() is not None:
-            if _same_key(c, world, "example.com"):
-                return c
-    raise AssertionError("directory gave alice no container of her own gateway")
-
-
-def _same_key(cert: x509.Certificate, world: DirectoryWorld, domain: str) -> bool:
-    pub = (world.root.parent / "pki").glob("*") if False else None  # noqa: F841
-    return domain == "example.com" and not _is_partner(cert, world)
-
-
 def _is_partner(cert: x509.Certificate, world: DirectoryWorld) -> bool:
     fmt = serialization.PublicFormat.SubjectPublicKeyInfo
     enc = serialization.Encoding.DER

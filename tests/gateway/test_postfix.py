@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import smtplib
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 from gw_postfix import Postfix, available
 from gw_support import KEYPOST, Pki, Sink, free_port, wait_port
+
+from keypost.core import smime
 
 pytestmark = [
     pytest.mark.slow,
@@ -54,7 +58,11 @@ def mta(tmp_path: Path, pki: Pki, sink: Sink) -> Iterator[tuple[Postfix, Gateway
     gw_port, reinject = free_port(), free_port()
     cfg = pki.config(next_hop=reinject, listen=gw_port)
     gateway = GatewayProcess(cfg, gw_port)
-    postfix = Postfix(tmp_path / "postfix", free_port(), reinject, gw_port, sink.port)
+    # Postfix opens its data directory as the postfix user, who cannot enter pytest's
+    # private (0700) tmp_path: use a traversable temporary directory of its own.
+    root = Path(tempfile.mkdtemp(prefix="keypost-postfix-"))
+    root.chmod(0o755)
+    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port)
     gateway.start()
     postfix.start()
     try:
@@ -63,6 +71,7 @@ def mta(tmp_path: Path, pki: Pki, sink: Sink) -> Iterator[tuple[Postfix, Gateway
     finally:
         postfix.stop()
         gateway.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def submit(postfix: Postfix, message: bytes, rcpt: str = "alice@example.com") -> None:
@@ -70,24 +79,33 @@ def submit(postfix: Postfix, message: bytes, rcpt: str = "alice@example.com") ->
         s.sendmail("sender@outside.test", [rcpt], message)
 
 
-def test_plain_mail_passes_postfix_and_gateway_unchanged(
-    mta: tuple[Postfix, GatewayProcess, Sink],
+def encrypted(pki: Pki) -> bytes:
+    return smime.encrypt_message(PLAIN, [pki.container(pki.current)])
+
+
+def test_encrypted_mail_comes_out_of_postfix_decrypted(
+    mta: tuple[Postfix, GatewayProcess, Sink], pki: Pki,
 ) -> None:
     postfix, _, sink = mta
-    submit(postfix, PLAIN)
-    got = sink.handler.wait(1)
-    assert len(got) == 1, postfix.log()
-    assert got[0].rcpt_tos == ["alice@example.com"]
-    assert b"plain body through postfix" in got[0].data
-    assert b"X-Keypost-Decrypted" not in got[0].data
+    submit(postfix, encrypted(pki))
+    submit(postfix, PLAIN.replace(b"plain body", b"second, plain body"))
+    got = sink.handler.wait(2)
+    assert len(got) == 2, postfix.log()
+    by_body = {b"second" in m.data: m for m in got}
+    clear = by_body[False]
+    assert clear.rcpt_tos == ["alice@example.com"]
+    assert b"plain body through postfix" in clear.data
+    assert b"X-Keypost-Decrypted: key=current" in clear.data
+    assert not smime.is_encrypted(clear.data)
+    assert b"X-Keypost-Decrypted" not in by_body[True].data  # plain mail passes unchanged
 
 
 def test_postfix_keeps_mail_while_the_gateway_is_down(
-    mta: tuple[Postfix, GatewayProcess, Sink],
+    mta: tuple[Postfix, GatewayProcess, Sink], pki: Pki,
 ) -> None:
     postfix, gateway, sink = mta
     gateway.stop()
-    submit(postfix, PLAIN)
+    submit(postfix, encrypted(pki))
     time.sleep(3)
     assert sink.handler.messages == []
     assert "alice@example.com" in postfix.queue()
@@ -96,3 +114,4 @@ def test_postfix_keeps_mail_while_the_gateway_is_down(
     got = sink.handler.wait(1, timeout=60)
     assert len(got) == 1, postfix.log()
     assert b"plain body through postfix" in got[0].data
+    assert b"X-Keypost-Decrypted: key=current" in got[0].data
