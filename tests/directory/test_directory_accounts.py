@@ -48,7 +48,7 @@ def store(tmp_path: Path) -> SqliteStore:
 
 def test_unknown_and_wrong_cost_one_scrypt_like_right(store: SqliteStore,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    auth = Authenticator(store, throttle=Throttle(free=100))
+    auth = Authenticator(store, throttle=Throttle(free=100), source_throttle=Throttle(free=100))
     calls: list[tuple[int, int, int]] = []
     real = accounts._scrypt
 
@@ -69,7 +69,8 @@ def test_unknown_and_wrong_cost_one_scrypt_like_right(store: SqliteStore,
 
 
 def test_failures_slow_down_the_next_attempts(store: SqliteStore) -> None:
-    auth = Authenticator(store, throttle=Throttle(base=0.3, cap=0.3, free=1))
+    auth = Authenticator(store, throttle=Throttle(base=0.3, cap=0.3, free=1),
+                         source_throttle=Throttle(base=0.3, cap=0.3, free=1))
 
     async def run() -> tuple[float, float]:
         loop = asyncio.get_running_loop()

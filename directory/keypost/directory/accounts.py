@@ -95,16 +95,21 @@ class Authenticator:
     code. Failures slow down later attempts for the account name and the source host.
     """
 
-    def __init__(self, store: Store, workers: int = 2, throttle: Throttle | None = None) -> None:
+    def __init__(self, store: Store, workers: int = 2, throttle: Throttle | None = None,
+                 source_throttle: Throttle | None = None) -> None:
         self._store = store
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scrypt")
         self._dummy = hash_password(os.urandom(16))
-        self.throttle = throttle or Throttle()
+        # Per account: slowed after 3 failures, reset by a success. Per source host: more
+        # lenient (many honest users may share a NAT), never reset by a success, so an
+        # attacker cannot clear it by logging in to an account of their own.
+        self.throttle = throttle or Throttle(free=3)
+        self.source_throttle = source_throttle or Throttle(free=10)
 
     async def verify(self, name: str, password: bytes, source: str) -> AccountRecord | None:
         """The account when `password` is right, else None (after equal work)."""
-        account_key, source_key = "a:" + name.casefold(), "s:" + source
-        wait = max(self.throttle.delay(account_key), self.throttle.delay(source_key))
+        account_key = name.casefold()
+        wait = max(self.throttle.delay(account_key), self.source_throttle.delay(source))
         if wait > 0:
             await asyncio.sleep(wait)
         account = self._store.account(name) if len(name) <= 256 else None
@@ -115,7 +120,7 @@ class Authenticator:
             self.throttle.reset(account_key)
             return account
         self.throttle.failed(account_key)
-        self.throttle.failed(source_key)
+        self.source_throttle.failed(source)
         return None
 
     def close(self) -> None:
