@@ -182,7 +182,7 @@ def test_bad_input_is_one_line(work: Path, tmp_path: Path) -> None:
     (tmp_path / "weak.pub").write_bytes(public_pem(rsa.generate_private_key(65537, 1024)))
     (tmp_path / "ed.pub").write_bytes(public_pem(ed25519.Ed25519PrivateKey.generate()))
     (tmp_path / "junk").write_bytes(b"\x00\x01junk")
-    base = ["issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key"]
+    base: list[str | Path] = ["issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key"]
     cases: list[tuple[list[str | Path], str]] = [
         ([*base, "--gateway-cert", tmp_path / "missing.pem", "--address", "a@b.example"],
          "cannot read"),

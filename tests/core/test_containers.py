@@ -583,6 +583,10 @@ def test_wrong_anchor(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
     assert kc.verify_container(
         cert, [renamed.certificate, ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
     ).ok
+    # a rotated CA under the same name pinned next to the current one (old one first)
+    assert kc.verify_container(
+        cert, [other.certificate, ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
+    ).ok
 
 
 def test_expired_and_not_yet_valid(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:

@@ -104,16 +104,18 @@ def find_issuer(
     compatibility containers, which carry the gateway certificate's issuer name) its
     authority key identifier must be the anchor's key identifier."""
     aki = _aki(cert)
+    named = None
     for anchor in anchors:
         by_name = anchor.subject == cert.issuer
         if not by_name and (aki is None or aki != _ski(anchor)):
             continue
         if signature_valid(cert, anchor.public_key()):
             return anchor, []
-        if by_name:
-            return None, [
-                f"signature does not verify with trust anchor {anchor.subject.rfc4514_string()}"
-            ]
+        named = named or (anchor if by_name else None)
+    if named is not None:  # e.g. a rotated CA under the same name: every one was tried
+        return None, [
+            f"signature does not verify with trust anchor {named.subject.rfc4514_string()}"
+        ]
     return None, [f"not issued by a trusted directory CA (issuer {cert.issuer.rfc4514_string()})"]
 
 
