@@ -305,6 +305,17 @@ const fields = Cc["@mozilla.org/messengercompose/composefields;1"]
 fields.to = arguments[0];
 fields.subject = arguments[1];
 fields.body = arguments[2];
+if (arguments[3]) fields.bcc = arguments[3];
+if (arguments[4]) {
+  const file = Cc["@mozilla.org/file/local;1"].createInstance(Ci.nsIFile);
+  file.initWithPath(arguments[4]);
+  const att = Cc["@mozilla.org/messengercompose/attachment;1"]
+    .createInstance(Ci.nsIMsgAttachment);
+  att.url = Services.io.newFileURI(file).spec;
+  att.name = file.leafName;
+  att.size = file.fileSize;
+  fields.addAttachment(att);
+}
 params.type = Ci.nsIMsgCompType.New;
 params.format = Ci.nsIMsgCompFormat.PlainText;
 params.composeFields = fields;
@@ -322,12 +333,14 @@ def _addon_state(m: Any) -> Any:
     )
 
 
-def open_compose(session: Session, to: str, subject: str, body: str) -> str:
+def open_compose(
+    session: Session, to: str, subject: str, body: str, bcc: str = "", attach: Path | None = None
+) -> str:
     """Open a compose window; returns its chrome window handle (Marionette is switched to it)."""
     m = session.marionette
     m.switch_to_window(m.chrome_window_handles[0])
     before = set(m.chrome_window_handles)
-    m.execute_script(OPEN_COMPOSE, script_args=[to, subject, body])
+    m.execute_script(OPEN_COMPOSE, script_args=[to, subject, body, bcc, str(attach or "")])
     handle = tb.wait_for(
         lambda: (set(m.chrome_window_handles) - before) or None, 60, "the compose window"
     )
@@ -443,6 +456,37 @@ def test_encrypt_and_send_to_external_and_served_recipient(
     assert subject in sent
     assert body in sent
     assert "X-Keypost-Encrypted: yes" in sent
+
+
+def test_bcc_and_a_large_attachment(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory, tmp_path: Path
+) -> None:
+    """Bcc recipients get the mail without being named; a 1.5 MB attachment makes the host's
+    reply larger than Thunderbird's 1 MiB message limit, so it arrives in chunks."""
+    m = thunderbird.marionette
+    blob = os.urandom(1_500_000)
+    attachment = tmp_path / "figures.bin"
+    attachment.write_bytes(blob)
+    bcc = "dave@example.org"
+    handle = open_compose(thunderbird, SERVED, "with attachment", "see attached", bcc, attachment)
+    turn_encrypt_on(thunderbird, ready=True)
+    before = len(smtp.snapshot())
+    click_send(thunderbird)
+
+    got = tb.wait_for(lambda: smtp.snapshot()[before:], 120, "the message at the SMTP server")
+    assert len(got) == 1
+    captured = got[0]
+    assert sorted(captured.rcpt_tos) == sorted([SERVED, bcc])
+    outer = email.message_from_bytes(captured.data)
+    assert outer["Bcc"] is None
+    assert outer.get_content_type() == "application/pkcs7-mime"
+    clear = _decrypt(captured.data, directory.gateway_keys["example.org"])
+    assert bcc.encode() not in clear, "the Bcc recipient must not be named inside"
+    inner = email.message_from_bytes(clear)
+    parts = [p for p in inner.walk() if p.get_filename() == "figures.bin"]
+    assert len(parts) == 1
+    assert parts[0].get_payload(decode=True) == blob
+    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
 
 
 def test_recipient_without_container_blocks_sending(
