@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from keypost.directory.accounts import Authenticator
 from keypost.directory.controller import Controller, requestor_of
-from keypost.directory.ldap.backend import AddressEntry
+from keypost.directory.ldap.backend import AddressEntry, LdapBackend
 from keypost.directory.store import AccountRecord
 
 
@@ -40,3 +40,8 @@ class DirectoryLdapBackend:
             AddressEntry(a.address, a.ders, a.bundle())
             for a in answers
         ]
+
+
+def _conforms(backend: DirectoryLdapBackend) -> LdapBackend:
+    """mypy checks here that the backend still implements the LDAP server's protocol."""
+    return backend

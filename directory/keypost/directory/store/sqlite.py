@@ -19,6 +19,7 @@ from keypost.directory.store import (
     IssuedRecord,
     KeyUse,
     PasswordHash,
+    Store,
 )
 
 # Migrations are append-only: never edit a released step, add the next one.
@@ -361,3 +362,8 @@ class SqliteStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+def _conforms(store: SqliteStore) -> Store:
+    """mypy checks here that SqliteStore still implements the Store protocol."""
+    return store
