@@ -1,49 +1,53 @@
-"""Decides whether decrypted content is a readable MIME message, so garbage is never delivered."""
+"""Decides whether decrypted content is a readable MIME message, so garbage is never delivered.
+
+A structural walk over the core's MIME helpers (headers, multipart delimiters, base64
+bodies); the stdlib email parser would do the same at ~8 ms per 50 KB.
+"""
 
 from __future__ import annotations
 
-import email
 import re
-from email import errors as mail_errors
-from email.policy import compat32
 
+from keypost.core import mime
 from keypost.gateway import headers
 
-# Defects that mean the receiver would see garbage or lose parts, not cosmetic slips.
-_FATAL = (
-    mail_errors.NoBoundaryInMultipartDefect,
-    mail_errors.StartBoundaryNotFoundDefect,
-    mail_errors.CloseBoundaryNotFoundDefect,
-    mail_errors.MultipartInvariantViolationDefect,
-    mail_errors.MissingHeaderBodySeparatorDefect,
-    mail_errors.InvalidBase64CharactersDefect,
-    mail_errors.InvalidBase64LengthDefect,
-)
+MAX_DEPTH = 30  # nested multiparts deeper than this are not mail but an attack on parsers
 _FIELD = re.compile(rb"^[!-9;-~]+[ \t]*:")
+_BASE64 = re.compile(rb"[A-Za-z0-9+/]*=*")
 
 
 def problem(message: bytes) -> str | None:
     """None when `message` looks like a readable MIME message, else a one-line reason."""
-    parts = headers.split(message)
-    lines = headers.fields(parts.head)
+    lines = headers.fields(headers.split(message).head)
     if not lines:
         return "no header section"
-    for f in lines:
-        if not _FIELD.match(f):
-            return "malformed header field"
-    msg = email.message_from_bytes(message, policy=compat32)
-    for part in msg.walk():
-        for defect in part.defects:
-            if isinstance(defect, _FATAL):
-                return f"broken MIME structure ({type(defect).__name__})"
-        if part.get_content_maintype() == "multipart" and part.get_boundary() is None:
+    if not all(_FIELD.match(f) for f in lines):
+        return "malformed header field"
+    return _entity(mime.to_crlf(message), 0)
+
+
+def _entity(data: bytes, depth: int) -> str | None:
+    if depth > MAX_DEPTH:
+        return "MIME nesting too deep"
+    fields, body = mime.split_entity(data)
+    ctype = mime.content_type_of(fields)
+    if ctype.mime_type.startswith("multipart/"):
+        boundary = ctype.param("boundary")
+        if not boundary:
             return "multipart without boundary"
-        cte = str(part.get("Content-Transfer-Encoding", "")).strip().lower()
-        if cte == "base64" and not part.is_multipart():
-            payload = part.get_payload()
-            if isinstance(payload, str):
-                # decode=True is lenient and only records defects; the check above reads them.
-                part.get_payload(decode=True)
-                if any(isinstance(d, _FATAL) for d in part.defects):
-                    return "invalid base64 content"
+        parts = mime.split_multipart(bytes(body), boundary)
+        if not parts.parts:
+            return "multipart boundary not found"
+        if not parts.closed:
+            return "multipart without closing delimiter"
+        for part in parts.parts:
+            found = _entity(part, depth + 1)
+            if found is not None:
+                return found
+        return None
+    cte = mime.find_header(fields, "Content-Transfer-Encoding")
+    if cte is not None and cte.value.strip().lower() == "base64":
+        # Only the alphabet is checked: readers tolerate missing padding, not binary junk.
+        if not _BASE64.fullmatch(b"".join(bytes(body).split())):
+            return "invalid base64 content"
     return None
