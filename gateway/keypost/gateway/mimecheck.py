@@ -46,8 +46,8 @@ def _entity(data: bytes, depth: int) -> str | None:
                 return found
         return None
     cte = mime.find_header(fields, "Content-Transfer-Encoding")
-    if cte is not None and cte.value.strip().lower() == "base64":
-        # Only the alphabet is checked: readers tolerate missing padding, not binary junk.
-        if not _BASE64.fullmatch(b"".join(bytes(body).split())):
-            return "invalid base64 content"
+    is_base64 = cte is not None and cte.value.strip().lower() == "base64"
+    # Only the alphabet is checked: readers tolerate missing padding, not binary junk.
+    if is_base64 and not _BASE64.fullmatch(b"".join(bytes(body).split())):
+        return "invalid base64 content"
     return None
