@@ -165,3 +165,22 @@ def test_audit_and_log_keep_only_hashes(controller: Controller,
     assert "secret" not in text.lower()
     assert "requestor=user:example.com" in text and "protocol=ldap" in text
     assert address_hash("secret.person@example.org") in text
+
+
+def test_caches_are_bounded(tmp_path: Path, ca: DirectoryCA,
+                            keys: list[rsa.RSAPrivateKey]) -> None:
+    store = SqliteStore(tmp_path / "b.db")
+    store.add_domain("example.com", [record("example.com", keys[0], KeyUse.ENCRYPTION)])
+    small = Controller(store, ca, cache_size=8, recheck_seconds=0)
+    small.answer(Requestor.anonymous(), [f"u{i}@example.com" for i in range(50)], None, "t")
+    assert len(small._cache) == 8 and len(small._answers) == 2
+
+
+def test_purge_applies_retention(controller: Controller) -> None:
+    controller.answer(Requestor.anonymous(), ["a@example.com"], None, "t",
+                      now=NOW - dt.timedelta(days=100))
+    controller.answer(Requestor.anonymous(), ["b@example.com"], None, "t", now=NOW)
+    controller.flush()
+    issued, audit = controller.purge(dt.timedelta(days=90), now=NOW)
+    assert (issued, audit) == (1, 1)  # the 100-day-old container expired long ago
+    assert [e.time for e in controller.store.audit()] == [NOW]

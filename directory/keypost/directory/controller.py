@@ -147,6 +147,8 @@ class Controller:
         self.ca = ca
         self.lifetimes = lifetimes or Lifetimes()
         self.cache_size = cache_size
+        # Answers also hold a PKCS#7 bundle (~1-3 KB): keep fewer of them than containers.
+        self._answers_size = max(1, cache_size // 4)
         self.metrics = metrics or Metrics()
         self._cache: OrderedDict[CacheKey, Container] = OrderedDict()
         # Whole answers by (requestor, address as asked, purpose): a repeated search costs
@@ -225,6 +227,7 @@ class Controller:
             key = (requestor, text, purpose)
             hit = self._answers.get(key)
             if hit is not None and (hit.fresh_until is None or now < hit.fresh_until):
+                self._answers.move_to_end(key)
                 self.metrics.cache_hits += len(hit.containers)
                 answers.append(hit)
                 continue
@@ -236,7 +239,7 @@ class Controller:
             fresh = self._answer_one(snap, requestor, address, p, now)
             answers.append(fresh)
             self._answers[key] = fresh
-            if len(self._answers) > self.cache_size:
+            if len(self._answers) > self._answers_size:
                 self._answers.popitem(last=False)
         elapsed = time.perf_counter() - started
         self._log(protocol, requestor, answers, elapsed)
