@@ -148,7 +148,15 @@ def cmdline(pid: int) -> str:
         return ""
 
 
-def thunderbird_binary() -> str | None:
+# Thunderbird 140 ESR unpacked next to the installed 153 (tests/e2e/fetch-thunderbird-140.sh).
+TB140_DEFAULT = "/var/cache/keypost-tb140/root/usr/lib/thunderbird/thunderbird"
+
+
+def thunderbird_binary(version: str) -> str | None:
+    """The Thunderbird to test: "153" is the installed one, "140" the unpacked ESR."""
+    if version == "140":
+        path = os.environ.get("KEYPOST_THUNDERBIRD_140") or TB140_DEFAULT
+        return path if os.access(path, os.X_OK) else None
     return os.environ.get("KEYPOST_THUNDERBIRD") or shutil.which("thunderbird")
 
 

@@ -258,16 +258,19 @@ def install_keypost(
     return _run(args, env, stdin)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["153", "140"])
 def thunderbird(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     base_env: dict[str, str],
     smtp: SmtpCapture,
     directory: Directory,
 ) -> Iterator[Session]:
-    binary = tb.thunderbird_binary()
+    version: str = request.param
+    binary = tb.thunderbird_binary(version)
     if binary is None:
-        pytest.skip("thunderbird is not installed")
+        fetch = " (fetch it with tests/e2e/fetch-thunderbird-140.sh)" if version == "140" else ""
+        pytest.skip(f"Thunderbird {version} is not installed{fetch}")
     from marionette_driver.marionette import Marionette
 
     profile = tmp_path_factory.mktemp("profile")
