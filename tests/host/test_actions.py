@@ -175,6 +175,8 @@ def test_lookup_answers_from_memory_then_disk_cache(
     second = ok(host, "lookup", recipients=["bob@example.org", "carol@example.net"])
     assert len(factory.directory.calls) == 1
     assert [r["source"] for r in second["recipients"]] == ["cache", "cache"]
+    assert not (host_dirs[1] / "containers.json").exists()  # written after the reply
+    host.idle()  # what the stdio loop does after writing each reply
     fresh = Host(host_dirs[0], host_dirs[1], client_factory=factory)
     third = ok(fresh, "lookup", recipients=["bob@example.org", "erin@example.org"])
     assert factory.directory.calls[1:] == [["erin@example.org"]]

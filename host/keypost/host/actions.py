@@ -122,7 +122,20 @@ class Host:
                  rid, outcome, (time.perf_counter() - started) * 1000)
         return reply
 
+    def idle(self) -> None:
+        """Deferred work, run after a reply has been written: saving the container cache
+        file keeps the add-on waiting for nothing."""
+        self._cache.flush()
+
+    def forget_containers(self) -> None:
+        """Drop every cached container (memory and file) and remembered verification, e.g.
+        for a cold-cache measurement."""
+        self._cache.clear()
+        if self._resolver is not None:
+            self._resolver.verified.clear()
+
     def close(self) -> None:
+        self.idle()
         if self._resolver is not None:
             self._resolver.client.close()
             self._resolver = None

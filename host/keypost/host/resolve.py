@@ -16,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keypost.core.address import parse_address
-from keypost.core.containers import describe, sha256_fingerprint, verify_container
+from keypost.core.containers import sha256_fingerprint, verify_container
 from keypost.core.errors import KeypostError
 from keypost.core.types import Purpose, Role
 from keypost.host.cache import ContainerCache
@@ -105,6 +105,7 @@ class Resolver:
     client: DirectoryClient
     cache: ContainerCache
     fetched_addresses: list[int] = field(default_factory=list)  # batch sizes, for tests
+    verified: dict[tuple[bytes, str], _Verified] = field(default_factory=dict)
 
     def resolve(
         self,
@@ -125,25 +126,30 @@ class Resolver:
             except KeypostError as exc:
                 parsed.append((text, None, str(exc)))
         raw, sources, failure = self._containers([(a, k) for a, k, _ in parsed if k])
-        sender_domain = parsed[-1][1].rpartition("@")[2] if sender and parsed[-1][1] else None
-        own_fps: set[str] = set()
-        if sender and parsed[-1][1]:
-            for c in raw.get(parsed[-1][1], []):
-                fp = _gateway_fp(c)
-                if fp:
-                    own_fps.add(fp)
-        reports: list[RecipientReport] = []
-        for shown, key, error in parsed:
+
+        def report(entry: tuple[str, str | None, str | None], own: set[str],
+                   own_domain: str | None) -> RecipientReport:
+            shown, key, error = entry
             if key is None:
-                reports.append(RecipientReport(shown, STATUS_INVALID_ADDRESS,
-                                               "invalid address", error or "invalid address"))
-            elif key not in raw and failure is not None:
-                reports.append(RecipientReport(shown, STATUS_ERROR, "lookup failed", str(failure)))
-            else:
-                reports.append(self._verify(shown, raw.get(key, []), at, sources.get(key),
-                                            own_fps, sender_domain))
-        sender_report = _as_sender(reports.pop()) if sender else None
-        return Resolution(tuple(reports), sender_report, failure)
+                return RecipientReport(shown, STATUS_INVALID_ADDRESS, "invalid address",
+                                       error or "invalid address")
+            if key not in raw and failure is not None:
+                return RecipientReport(shown, STATUS_ERROR, "lookup failed", str(failure))
+            return self._verify(shown, raw.get(key, []), at, sources.get(key), own, own_domain)
+
+        # The sender first: its gateway fingerprints tell which recipient containers are
+        # the sender's own gateway (LDAP does not name the gateway).
+        sender_report = None
+        own_fps: set[str] = set()
+        sender_domain = None
+        if sender:
+            entry = parsed.pop()
+            sender_domain = entry[1].rpartition("@")[2] if entry[1] else None
+            sender_report = _as_sender(report(entry, set(), sender_domain))
+            own_fps = {c.gateway_fingerprint for c in sender_report.containers
+                       if c.valid and c.gateway_fingerprint}
+        reports = tuple(report(entry, own_fps, sender_domain) for entry in parsed)
+        return Resolution(reports, sender_report, failure)
 
     def _containers(
         self, wanted: Sequence[tuple[str, str]]
@@ -176,8 +182,7 @@ class Resolver:
             sources[key] = "directory"
             self.cache.put(ContainerCache.key(url, user, key), containers,
                            _earliest_not_after(containers))
-        self.cache.flush()
-        return out, sources, None
+        return out, sources, None  # the cache file is written later (Host.idle)
 
     def _verify(
         self,
@@ -200,7 +205,8 @@ class Resolver:
             if item.der in seen:
                 continue
             seen.add(item.der)
-            reports.append(_check(item, address, anchor, roots, at, own_fps, sender_domain))
+            reports.append(_check(item, address, anchor, roots, at, own_fps, sender_domain,
+                                  self.verified))
         proxies = [r for r in reports if r.role is Role.PROXY_ENCRYPTION]
         valid = [r for r in reports if r.valid]
         # Every gateway on the path must be able to decrypt: one bad proxy container fails
@@ -219,11 +225,57 @@ class Resolver:
         return RecipientReport(address, STATUS_OK, _summary(used), None, used, source)
 
 
-def _gateway_fp(item: RawContainer) -> str | None:
+@dataclass(frozen=True)
+class _Verified:
+    """A container that passed verification for an address: reused while it is within its
+    validity period (the signature, chain, roles and names cannot change)."""
+
+    certificate: x509.Certificate
+    role: Role
+    gateway_fingerprint: str | None
+
+
+MAX_VERIFIED = 20_000  # memo entries per session before it starts over
+
+
+def _verify_one(
+    item: RawContainer,
+    address: str,
+    anchor: x509.Certificate,
+    roots: Sequence[x509.Certificate],
+    at: dt.datetime,
+    memo: dict[tuple[bytes, str], _Verified],
+) -> tuple[x509.Certificate | None, Role, str | None, tuple[str, ...]]:
+    """(certificate, role, gateway fingerprint, reasons); no reasons = valid."""
+    hit = memo.get((item.der, address))
+    if hit is not None:
+        cert = hit.certificate
+        if cert.not_valid_before_utc <= at < cert.not_valid_after_utc:
+            return cert, hit.role, hit.gateway_fingerprint, ()
     try:
-        return describe(x509.load_der_x509_certificate(item.der)).gateway_fingerprint
-    except (ValueError, KeypostError):
-        return None
+        cert = x509.load_der_x509_certificate(item.der)
+    except ValueError:
+        return None, Role.GENUINE, None, ("the directory sent something that is not a "
+                                          "certificate",)
+    # One verification accepting both roles against all roots; describe() runs inside.
+    result = verify_container(cert, roots, address, Purpose.ENCRYPT, at,
+                              (Role.PROXY_ENCRYPTION, Role.GENUINE))
+    info = result.info
+    if info is None:
+        return cert, Role.GENUINE, None, result.reasons
+    role = info.role or Role.GENUINE
+    if role is Role.PROXY_ENCRYPTION and len(roots) > 1:
+        # Proxy containers must come from the pinned directory CA, not an extra root.
+        result = verify_container(cert, (anchor,), address, Purpose.ENCRYPT, at,
+                                  (Role.PROXY_ENCRYPTION,))
+    reasons = list(result.reasons)
+    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+        reasons.append(f"{info.key_description} keys cannot be encrypted to yet (RSA only)")
+    if not reasons:
+        if len(memo) >= MAX_VERIFIED:
+            memo.clear()
+        memo[(item.der, address)] = _Verified(cert, role, info.gateway_fingerprint)
+    return cert, role, info.gateway_fingerprint, tuple(reasons)
 
 
 def _check(
@@ -234,36 +286,18 @@ def _check(
     at: dt.datetime,
     own_fps: set[str],
     sender_domain: str | None,
+    memo: dict[tuple[bytes, str], _Verified],
 ) -> ContainerReport:
-    try:
-        cert = x509.load_der_x509_certificate(item.der)
-    except ValueError:
-        return ContainerReport(None, Role.GENUINE, item.gateway, None, False,
-                               ("the directory sent something that is not a certificate",))
-    try:
-        info = describe(cert)
-    except KeypostError as exc:
-        return ContainerReport(cert, Role.GENUINE, item.gateway, None, False, (str(exc),))
-    role = info.role or Role.GENUINE
-    if role is Role.GENUINE:
-        result = verify_container(cert, roots, address, Purpose.ENCRYPT, at, (Role.GENUINE,))
-    else:
-        # Proxy containers must come from the pinned directory CA, nothing else.
-        result = verify_container(cert, (anchor,), address, Purpose.ENCRYPT, at,
-                                  (Role.PROXY_ENCRYPTION,))
-    reasons = list(result.reasons)
-    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-        reasons.append(f"{info.key_description} keys cannot be encrypted to yet (RSA only)")
+    cert, role, gateway_fp, reasons = _verify_one(item, address, anchor, roots, at, memo)
     gateway = item.gateway
     if gateway is None and role is Role.PROXY_ENCRYPTION:
         # LDAP does not say whose gateway it is: the sender's own gateway is the one that
         # also appears for the sender's address; any other proxy is the recipient's.
-        if info.gateway_fingerprint and info.gateway_fingerprint in own_fps and sender_domain:
+        if gateway_fp and gateway_fp in own_fps and sender_domain:
             gateway = sender_domain
         else:
             gateway = address.rpartition("@")[2]
-    return ContainerReport(cert, role, gateway, info.gateway_fingerprint, not reasons,
-                           tuple(reasons))
+    return ContainerReport(cert, role, gateway, gateway_fp, not reasons, reasons)
 
 
 def _summary(containers: Sequence[ContainerReport]) -> str:

@@ -59,6 +59,7 @@ def serve(stdin: BinaryIO, stdout: BinaryIO, host: Host | None = None) -> int:
             for event in events:
                 if isinstance(event, framing.Message):
                     send(host.handle(event.value))
+                    host.idle()
                 elif isinstance(event, framing.Oversized):
                     err = MessageTooLarge(
                         f"request of {event.length} bytes exceeds the limit of {event.limit}",

@@ -1,0 +1,278 @@
+"""Host: look up, verify and encrypt a 100 KB message for 1, 10, 50 recipients vs one LDAP
+search per recipient (goal: <= 100 ms for 10 recipients, >= 5x faster than one-at-a-time).
+
+Starts a real `keypost directory serve` on loopback (two served domains, user alice of
+example.com), configures a host session (ldap3 over LDAP, keyring credentials from an
+in-memory keyring) and measures, in the same run, interleaved:
+
+  host          Host.handle("encrypt") with an empty container cache: one LDAP search for
+                all recipients + the sender, verification of every container against the
+                pinned anchor, MIME build, S/MIME encrypt, reply framing.
+  host (cached) the same with the host's container cache warm (verification still runs).
+  one-by-one    the anchor: one `(mail=x)` search per address on the same kind of bound
+                ldap3 connection (what Thunderbird's built-in fetch does per address),
+                then the same verification and encryption.
+
+The directory caches issued containers, so after the warm-up all three paths get the
+same, already issued certificates: the difference is the round trips.
+
+    python bench/bench_host.py [--rounds 5] [--rtt 10]
+
+--rtt adds a second run through a relay that delays each direction by half the given
+round-trip time, as a directory across a LAN/WAN would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import keyring
+import ldap3
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from keyrings.alt.file import PlaintextKeyring
+
+from keypost.core import smime
+from keypost.core.containers import load_certificates, verify_container
+from keypost.core.types import Purpose, Role
+from keypost.host.actions import Host
+from keypost.host.compose import build_message, parse_compose
+from keypost.host.config import parse_directory_url
+from keypost.host.directory_client import LdapDirectoryClient
+from keypost.host.framing import encode_reply
+
+KEYPOST = str(Path(sys.executable).with_name("keypost"))
+PASSWORD = "bench password 4711"
+SIZES = (1, 10, 50)
+
+
+def directory_cli(*args: str, stdin: str | None = None) -> None:
+    subprocess.run([KEYPOST, "directory", *args], input=stdin, text=True, check=True,
+                   capture_output=True)
+
+
+def start_directory(base: Path) -> tuple[subprocess.Popen[str], str, str]:
+    """Init + serve; returns the process, the LDAP URL and the trust anchor PEM."""
+    data = str(base / "data")
+    directory_cli("init", "--data", data)
+    for domain in ("example.com", "example.org"):
+        key = rsa.generate_private_key(65537, 2048).public_key()
+        pem = base / f"{domain}.pem"
+        pem.write_bytes(key.public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+        directory_cli("domain", "add", domain, "--data", data, "--encryption-cert", str(pem))
+    directory_cli("account", "add", "alice", "--data", data, "--role", "user", "--domain",
+                  "example.com", "--password-stdin", stdin=PASSWORD + "\n")
+    directory_cli("ca", "export", "--data", data, "--out", str(base / "anchor.pem"))
+    proc = subprocess.Popen(
+        [KEYPOST, "directory", "serve", "--data", data, "--ldap", "127.0.0.1:0",
+         "--log-level", "warning"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    url = None
+    for line in proc.stdout:
+        found = re.search(r"listening (ldap://127\.0\.0\.1:\d+)", line)
+        url = url or (found.group(1) if found else None)
+        if line.strip() == "ready":
+            break
+    if url is None:
+        proc.kill()
+        raise SystemExit("the directory did not start")
+    return proc, url, (base / "anchor.pem").read_text()
+
+
+def compose_params(n: int, attachment: bytes) -> dict[str, Any]:
+    return {
+        "from": "alice@example.com",
+        "to": [f"user{i}@example.org" for i in range(n)],
+        "subject": "bench",
+        "body_plain": "100 KB attached.",
+        "attachments": [{"name": "a.bin", "content_type": "application/octet-stream",
+                         "data_base64": base64.b64encode(attachment).decode()}],
+    }
+
+
+class OneByOne:
+    """The anchor: one search per address, then the same verification and encryption."""
+
+    def __init__(self, url: str, anchor: x509.Certificate) -> None:
+        host, port = url.removeprefix("ldap://").split(":")
+        server = ldap3.Server(host, int(port), get_info=ldap3.NONE)
+        self.conn = ldap3.Connection(server, "uid=alice,dc=keypost", PASSWORD, auto_bind=True,
+                                     read_only=True)
+        self.anchor = anchor
+
+    def lookup(self, addresses: list[str]) -> list[tuple[str, bytes]]:
+        found = []
+        for address in addresses:
+            self.conn.search("dc=keypost", f"(mail={address})",
+                             attributes=["userCertificate;binary"])
+            for entry in self.conn.response:
+                for der in entry.get("raw_attributes", {}).get("userCertificate;binary", []):
+                    found.append((address, der))
+        return found
+
+    def run(self, params: dict[str, Any]) -> bytes:
+        compose = parse_compose(params)
+        certs: dict[bytes, x509.Certificate] = {}
+        for address, der in self.lookup([*params["to"], params["from"]]):
+            cert = x509.load_der_x509_certificate(der)
+            result = verify_container(cert, [self.anchor], address, Purpose.ENCRYPT,
+                                      expected_roles=[Role.PROXY_ENCRYPTION])
+            if not result.ok:
+                raise SystemExit(f"anchor path: invalid container: {result.reasons}")
+            spki = cert.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+            certs.setdefault(spki, cert)
+        return smime.encrypt_message(build_message(compose).as_bytes(), list(certs.values()))
+
+
+class DelayProxy:
+    """A TCP relay that holds every chunk for `delay` seconds each way: a network round
+    trip of 2 x delay on loopback (the directory is rarely on the same machine)."""
+
+    def __init__(self, target: tuple[str, int], delay: float) -> None:
+        self.target, self.delay = target, delay
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.port = 0
+        threading.Thread(target=self._run, daemon=True).start()
+        self.ready.wait(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        server = self.loop.run_until_complete(
+            asyncio.start_server(self._client, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        while data := await reader.read(65536):
+            # Equal delays keep the order: asyncio runs equal deadlines first-in first-out.
+            loop.call_later(self.delay, writer.write, data)
+        loop.call_later(self.delay, writer.close)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
+                             return_exceptions=True)
+
+
+def timed(fn: Callable[[], object], before: Callable[[], object] | None = None) -> float:
+    if before is not None:
+        before()  # preparation that is not part of the measured work
+    start = time.perf_counter()
+    fn()
+    return (time.perf_counter() - start) * 1000
+
+
+def measure(host: Host, one_by_one: OneByOne, client: LdapDirectoryClient, n: int,
+            attachment: bytes, rounds: int) -> dict[str, float]:
+    """Median milliseconds per contender for n recipients, interleaved round by round."""
+    params = compose_params(n, attachment)
+    request = {"id": 1, "action": "encrypt", "params": params}
+    addresses = [*params["to"], params["from"]]
+
+    def host_encrypt() -> None:
+        # Until the reply frames are ready; the cache file is written after (Host.idle).
+        reply = host.handle(request)
+        assert reply["ok"], reply.get("error")
+        encode_reply(reply)
+
+    def anchor_run() -> None:
+        one_by_one.run(params)
+
+    def one_search() -> None:
+        assert len(client.fetch(addresses)) == len(addresses)
+
+    def n_searches() -> None:
+        assert len(one_by_one.lookup(addresses)) >= len(addresses)
+
+    contenders: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {
+        "host": (host_encrypt, host.forget_containers),
+        "cached": (host_encrypt, host.idle),
+        "1-by-1": (anchor_run, None),
+        "lookup 1": (one_search, None),
+        "lookup N": (n_searches, None),
+    }
+    host_encrypt()  # warm-up: the directory issues each container once
+    anchor_run()
+    runs: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (fn, before) in contenders.items():
+            runs[name].append(timed(fn, before))
+    return {name: statistics.median(v) for name, v in runs.items()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rtt", type=float, default=0.0,
+                    help="also measure through a relay adding this round-trip time (ms)")
+    args = ap.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="bench_host_"))
+    # A file keyring in the temporary folder: the bench must not touch the user's keyring.
+    bench_keyring = PlaintextKeyring()
+    bench_keyring.file_path = str(base / "keyring.cfg")
+    keyring.set_keyring(bench_keyring)
+    os.environ["KEYPOST_CONFIG_DIR"] = str(base / "config")
+    os.environ["KEYPOST_CACHE_DIR"] = str(base / "cache")
+    proc, direct_url, anchor_pem = start_directory(base)
+    urls = [("loopback", direct_url)]
+    if args.rtt > 0:
+        port = int(direct_url.rsplit(":", 1)[1])
+        relay = DelayProxy(("127.0.0.1", port), args.rtt / 2000)
+        urls.append((f"RTT {args.rtt:g} ms", f"ldap://127.0.0.1:{relay.port}"))
+    attachment = os.urandom(100 * 1024)
+    anchor = load_certificates(anchor_pem.encode())[0]
+    print(f"100 KB message; median of {args.rounds} rounds (ms). host: encrypt action with an "
+          "empty container cache (1 search + verify + MIME + encrypt + framing); cached: "
+          "the same, containers cached; 1-by-1: one search per address + the same "
+          "verification and encryption; lookup 1 / N: the searches alone")
+    try:
+        for label, url in urls:
+            host = Host()
+            reply = host.handle({"id": 0, "action": "configure", "params": {
+                "directory": url, "username": "alice", "password": PASSWORD,
+                "trust_anchor_pem": anchor_pem}})
+            if not reply["ok"]:
+                raise SystemExit(f"configure failed: {reply['error']}")
+            one_by_one = OneByOne(url, anchor)
+            client = LdapDirectoryClient(parse_directory_url(url), "alice", PASSWORD)
+            print(f"\n{label} ({url})")
+            names = ("host", "cached", "1-by-1", "lookup 1", "lookup N")
+            print(f"{'rcpts':>5} " + " ".join(f"{n:>8}" for n in names)
+                  + f" {'full x':>7} {'lookup x':>8}")
+            for n in SIZES:
+                m = measure(host, one_by_one, client, n, attachment, args.rounds)
+                print(f"{n:>5} " + " ".join(f"{m[name]:>8.1f}" for name in names)
+                      + f" {m['1-by-1'] / m['host']:>6.1f}x"
+                      + f" {m['lookup N'] / m['lookup 1']:>7.1f}x")
+            client.close()
+            host.close()
+        print("\ngoal: host <= 100 ms for 10 recipients; 1-by-1 / host >= 5x")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
