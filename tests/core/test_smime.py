@@ -404,3 +404,26 @@ def test_sign_refuses_a_key_that_is_not_the_containers() -> None:
     cont = container("alice@a.example", gateway("gw.a.example"), Purpose.SIGN)
     with pytest.raises(SmimeError, match="does not belong"):
         smime.sign_message(MESSAGE, gateway("other").key, cont)
+
+
+# base64 backends -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_base64_backends_agree_with_the_stdlib(fast: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    from keypost.core import mime
+
+    if not fast:
+        monkeypatch.setattr(mime, "_FAST_B64", None)
+    elif mime._FAST_B64 is None:
+        pytest.skip("pybase64 not installed")
+    for size in (0, 1, 56, 57, 58, 114, 1000, 100_003):
+        data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
+        expected = base64.encodebytes(data).replace(b"\n", b"\r\n")
+        assert mime.b64_lines(data) == expected
+        assert mime.b64_lines(memoryview(data), b"H: v\r\n\r\n") == b"H: v\r\n\r\n" + expected
+        if data:
+            assert mime.b64_decode(memoryview(expected)) == data
+    for junk in (b"abc", b"MII!!\r\n", b"!!*~"):
+        with pytest.raises(SmimeError):
+            mime.b64_decode(junk)

@@ -10,10 +10,12 @@ from __future__ import annotations
 import binascii
 import datetime as dt
 import email.utils
+import importlib
 import itertools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from keypost.core.errors import SmimeError
 
@@ -50,18 +52,20 @@ def to_crlf(data: bytes) -> bytes:
 
 
 def _body_start(data: bytes) -> tuple[int, int]:
-    """(end of the header block, start of the body). No blank line: all headers."""
-    if data.startswith(b"\r\n"):
-        return 0, 2
-    if data.startswith(b"\n"):
-        return 0, 1
-    lf = data.find(b"\n\n")
-    crlf = data.find(b"\n\r\n")
-    if lf < 0 and crlf < 0:
-        return len(data), len(data)
-    if crlf < 0 or 0 <= lf < crlf:
-        return lf + 1, lf + 2
-    return crlf + 1, crlf + 3
+    """(end of the header block, start of the body). No blank line: all headers.
+
+    Walks the header lines only: a find() for the blank line over a 10 MB body that has
+    none in the other line-end style would scan all of it."""
+    pos = 0
+    size = len(data)
+    while pos < size:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            return size, size
+        if nl == pos or (nl == pos + 1 and data[pos] == 0x0D):  # empty line ends headers
+            return pos, nl + 1
+        pos = nl + 1
+    return size, size
 
 
 def parse_headers(block: bytes) -> list[Header]:
@@ -99,11 +103,15 @@ def split_entity(data: bytes) -> tuple[list[Header], memoryview]:
 def canonical_entity(headers: Sequence[Header], body: bytes | memoryview) -> bytes:
     """Header fields + CRLF + body as one CRLF entity. A `binary` body (RFC 3030) is bytes,
     not lines, and is left exactly as it is."""
-    cte = find_header(headers, "Content-Transfer-Encoding")
     head = header_lines(headers) + CRLF
-    if cte is not None and cte.value.lower() == "binary":
+    if is_binary(headers):
         return b"".join((head, body))
     return to_crlf(b"".join((head, body)))
+
+
+def is_binary(headers: Sequence[Header]) -> bool:
+    cte = find_header(headers, "Content-Transfer-Encoding")
+    return cte is not None and cte.value.lower() == "binary"
 
 
 def find_header(headers: Sequence[Header], name: str) -> Header | None:
@@ -187,18 +195,42 @@ def content_type_of(headers: Sequence[Header]) -> ContentType:
 # base64 -------------------------------------------------------------------------------
 
 
-def b64_lines(data: bytes | memoryview) -> bytes:
-    """base64 in 76-column CRLF-terminated lines.
+def _load_fast_base64() -> Any:
+    """pybase64 (SIMD) when installed: 4-6x faster base64 decoding and 2x faster wrapped
+    encoding than binascii; same results, same errors (binascii.Error), tested both ways."""
+    try:
+        return importlib.import_module("pybase64")
+    except ImportError:
+        return None
 
-    binascii encodes in one C call; the 76-byte lines are then cut by struct.iter_unpack
+
+_FAST_B64: Any = _load_fast_base64()
+BASE64_BACKEND = "pybase64" if _FAST_B64 is not None else "binascii"
+
+
+def b64_lines(data: bytes | memoryview, head: bytes = b"") -> bytes:
+    """`head` (empty or ending in CRLF) + base64 of `data` in 76-column CRLF lines."""
+    if head and not head.endswith(CRLF):
+        raise ValueError("head must end with CRLF")
+    if _FAST_B64 is not None:
+        wrapped: bytes = _FAST_B64.encodebytes(data)  # 76-column lines ending in LF
+        return b"".join((head, wrapped.replace(b"\n", CRLF)))
+    return _b64_lines_stdlib(data, head)
+
+
+def _b64_lines_stdlib(data: bytes | memoryview, head: bytes) -> bytes:
+    """binascii encodes in one C call; the 76-byte lines are then cut by struct.iter_unpack
     (C-level iteration) and joined, the fastest pure-stdlib wrap measured (a Python slice
-    loop costs ~1.6x, base64.encodebytes ~2x)."""
+    loop costs ~1.6x, base64.encodebytes ~2x). `head` rides in the same join, so a 10 MB
+    message is not copied once more to put its headers in front."""
     enc = binascii.b2a_base64(data, newline=False)
     full = len(enc) - len(enc) % LINE
     lines = [chunk for (chunk,) in _LINE_STRUCT.iter_unpack(memoryview(enc)[:full])]
     if full < len(enc):
         lines.append(enc[full:])
     lines.append(b"")
+    if head:
+        lines.insert(0, head[:-2])
     return CRLF.join(lines)
 
 
@@ -206,7 +238,10 @@ def b64_decode(data: bytes | memoryview) -> bytes:
     """Decode base64 that may contain line breaks. Raises SmimeError for garbage."""
     try:
         # Non-strict mode skips CR/LF and other non-alphabet bytes (as RFC 2045 asks).
-        out = binascii.a2b_base64(data)
+        if _FAST_B64 is not None:
+            out: bytes = _FAST_B64.b64decode(data, validate=False)
+        else:
+            out = binascii.a2b_base64(data)
     except (binascii.Error, ValueError) as exc:
         raise SmimeError("malformed base64 content") from exc
     if not out:

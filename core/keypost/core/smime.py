@@ -94,8 +94,8 @@ def choose_cipher(recipients: Sequence[x509.Certificate]) -> Capability:
     raise SmimeError("the recipients share no content-encryption algorithm (AES-128/256-CBC)")
 
 
-def _envelope(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
-    """CRLF entity -> base64 body lines of the EnvelopedData."""
+def _envelope(entity: bytes, recipients: Sequence[x509.Certificate], head: bytes) -> bytes:
+    """CRLF entity -> `head` + the base64 lines of its EnvelopedData."""
     if not recipients:
         raise SmimeError("no recipient certificates to encrypt for")
     for cert in recipients:
@@ -108,15 +108,16 @@ def _envelope(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     # DER + our own base64: Encoding.SMIME goes through the email package (10-18x slower);
     # Binary: the entity is already canonical CRLF, so no conversion pass is needed.
     der = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    return m.b64_lines(der)
+    return m.b64_lines(der, head)
 
 
 def encrypt_entity(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     """Encrypt a MIME entity (its Content-* headers + body) -> an application/pkcs7-mime
     entity (headers + base64 body, 76-column lines). Raises SmimeError."""
     headers, view = m.split_entity(entity)
-    body = _envelope(m.canonical_entity(headers, view), recipients)
-    return b"".join((_ENVELOPED_HEADERS, m.CRLF, body))
+    # Already canonical (the usual case): encrypt the caller's bytes, no 10 MB re-join.
+    canonical = m.canonical_entity(headers, view) if m.is_binary(headers) else m.to_crlf(entity)
+    return _envelope(canonical, recipients, _ENVELOPED_HEADERS + m.CRLF)
 
 
 def _content_entity(headers: Sequence[m.Header], body: memoryview) -> bytes:
@@ -145,8 +146,8 @@ def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate]) -> b
     enveloped. Bcc headers are dropped. Returns a complete RFC 5322 message."""
     headers, body = m.split_entity(message)
     entity = _content_entity(headers, body)
-    b64 = _envelope(entity, recipients)
-    return b"".join((_outer_headers(headers), _ENVELOPED_HEADERS, m.CRLF, b64))
+    head = _outer_headers(headers) + _ENVELOPED_HEADERS + m.CRLF
+    return _envelope(entity, recipients, head)
 
 
 @dataclass(frozen=True)
@@ -159,7 +160,10 @@ def _enveloped_der(message_or_der: bytes) -> bytes | memoryview:
     """The EnvelopedData DER of a message (or the DER itself). Raises SmimeError."""
     if message_or_der[:1] == b"\x30":
         return message_or_der
-    headers, body = m.split_entity(message_or_der)
+    return _der_of_parts(*m.split_entity(message_or_der))
+
+
+def _der_of_parts(headers: Sequence[m.Header], body: memoryview) -> bytes | memoryview:
     ctype = m.content_type_of(headers)
     if ctype.mime_type not in _PKCS7_MIME_TYPES:
         raise SmimeError("not an S/MIME encrypted message (no application/pkcs7-mime content)")
@@ -185,7 +189,7 @@ def recipient_ids(message_or_der: bytes) -> list[RecipientId]:
 
 def is_encrypted(message: bytes) -> bool:
     """True when the message's top-level content is application/(x-)pkcs7-mime enveloped."""
-    headers, _ = m.split_entity(message)
+    headers, body = m.split_entity(message)
     ctype = m.content_type_of(headers)
     if ctype.mime_type not in _PKCS7_MIME_TYPES:
         return False
@@ -193,7 +197,7 @@ def is_encrypted(message: bytes) -> bool:
     if smime_type is not None:
         return smime_type.lower() == "enveloped-data"
     try:  # old clients omit smime-type: look at the CMS content type itself
-        cms.parse_enveloped(_enveloped_der(message))
+        cms.parse_enveloped(_der_of_parts(headers, body))
     except SmimeError:
         return False
     return True
@@ -294,8 +298,8 @@ class Decryptor:
 
     def decrypt_message(self, message: bytes) -> DecryptResult:
         try:
-            headers, _ = m.split_entity(message)
-            der = _enveloped_der(message)
+            headers, body = m.split_entity(message)
+            der = _der_of_parts(headers, body)
         except SmimeError:
             raise DecryptError() from None
         plain, pad, index, name = self._open(der)
