@@ -235,7 +235,7 @@ class Session:
 
 
 def install_keypost(
-    env: dict[str, str], profile: Path, directory: Directory, username: str | None
+    env: dict[str, str], profile: Path, url: str, ca_pem: Path, username: str | None
 ) -> str:
     """`keypost install thunderbird` exactly as a user would run it."""
     args = [
@@ -247,9 +247,9 @@ def install_keypost(
         "--send-in-background",
         "--auto-enable",
         "--directory",
-        directory.http_url,
+        url,
         "--trust-anchor",
-        str(directory.ca_pem),
+        str(ca_pem),
     ]
     stdin = None
     if username:
@@ -276,7 +276,8 @@ def thunderbird(
     profile = tmp_path_factory.mktemp("profile")
     port = tb.free_port()
     tb.write_profile(profile, tb.profile_prefs(smtp.port, port, SENDER, "Alice"))
-    install_keypost(base_env, profile, directory, "alice")
+    # The user's host talks LDAP (StartTLS is skipped only for loopback, as PROTOCOL.md says).
+    install_keypost(base_env, profile, directory.ldap_url, directory.ca_pem, "alice")
     log = profile.parent / "thunderbird.log"
     proc = tb.start(binary, profile, base_env, port, log)
     client = None
@@ -497,7 +498,8 @@ def test_recipient_without_container_blocks_sending(
 ) -> None:
     # Without a directory account the host asks anonymously: the external recipient then has
     # no container at all (only served domains get gateway containers).
-    install_keypost(base_env, thunderbird.profile, directory, None)
+    # (over HTTP this time, so both of the directory's protocols are used end to end)
+    install_keypost(base_env, thunderbird.profile, directory.http_url, directory.ca_pem, None)
     for pid in tb.descendants(thunderbird.tb.proc.pid):
         if "keypost.host" in tb.cmdline(pid):
             os.kill(pid, 15)  # the add-on reconnects: a new host reads the new configuration
