@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from keypost.gateway.config import GatewayConfig, load_config
+from keypost.gateway.demo import register_demo
 from keypost.gateway.serve import build, run
 
 
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve = gsub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, required=True, metavar="FILE")
     serve.set_defaults(func=_serve)
+    register_demo(gsub)
 
 
 def describe(cfg: GatewayConfig) -> list[str]:

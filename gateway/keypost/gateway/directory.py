@@ -88,7 +88,7 @@ class _Fetcher(Protocol):
     def fetch(self, address: Address, purpose: Purpose) -> list[x509.Certificate]: ...
 
 
-class _LdapFetcher:
+class LdapFetcher:
     """One bound ldap3 connection, shared under a lock (ldap3's sync strategy is not
     thread-safe), re-opened after any error."""
 
@@ -102,6 +102,8 @@ class _LdapFetcher:
             get_info=ldap3.NONE,
         )
         self.cfg, self.password, self.timeout = cfg, password, timeout
+        # ldap://host:port/dc=keypost names the search base in the URL (RFC 4516)
+        self.base = url.path.lstrip("/") or cfg.base
         self.lock = threading.Lock()
         self.conn: ldap3.Connection | None = None
 
@@ -130,7 +132,7 @@ class _LdapFetcher:
                     if self.conn is None:
                         self.conn = self._connect()
                     ok = self.conn.search(
-                        self.cfg.base, flt, attributes=["userCertificate;binary"], size_limit=2
+                        self.base, flt, attributes=["userCertificate;binary"], size_limit=2
                     )
                     result = self.conn.result or {}
                     if not ok and result.get("result", 0) not in (0, 4, 32):
@@ -173,7 +175,7 @@ class _LdapFetcher:
         return certs
 
 
-class _HttpFetcher:
+class HttpFetcher:
     """GET /v1/containers with HTTP Basic credentials of the gateway account."""
 
     def __init__(self, cfg: DirectoryConfig, password: str | None, timeout: float) -> None:
@@ -312,7 +314,7 @@ def make_directory(
     roots = _load_pem_files(cfg.genuine_roots, "genuine_roots")
     fetcher: _Fetcher
     if cfg.url.startswith(("http://", "https://")):
-        fetcher = _HttpFetcher(cfg, pw, timeout)
+        fetcher = HttpFetcher(cfg, pw, timeout)
     else:
-        fetcher = _LdapFetcher(cfg, pw, timeout)
+        fetcher = LdapFetcher(cfg, pw, timeout)
     return CachingDirectory(fetcher, anchors, roots, cfg.negative_cache)

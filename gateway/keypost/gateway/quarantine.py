@@ -23,18 +23,22 @@ class Maildir:
     def store(self, message: bytes, mail_from: str, rcpts: Sequence[str], reason: str) -> str:
         """Write the message with a small envelope header; returns its quarantine id.
         Raises TempFailure when the disk refuses (the sender retries; nothing is lost)."""
-        qid = f"{int(time.time())}.{uuid.uuid4().hex}.{socket.gethostname()}"
         envelope = (
             f"X-Keypost-Quarantine-Reason: {' '.join(reason.split())}\r\n"
             f"X-Keypost-Envelope-From: <{mail_from}>\r\n"
             f"X-Keypost-Envelope-To: {', '.join(f'<{r}>' for r in rcpts)}\r\n"
         ).encode("utf-8", "replace")
+        return self.deliver(envelope + message)
+
+    def deliver(self, message: bytes) -> str:
+        """Write one message durably (tmp/, fsync, rename into new/); returns its file name."""
+        qid = f"{int(time.time())}.{uuid.uuid4().hex}.{socket.gethostname()}"
         try:
             self.ensure()
             tmp = self.root / "tmp" / qid
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "wb") as f:
-                f.write(envelope + message)
+                f.write(message)
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, self.root / "new" / qid)

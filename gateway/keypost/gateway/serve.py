@@ -76,6 +76,8 @@ def smtp_factory(gw: Gateway) -> SMTP:
 
 
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT. Prints `listening smtp://HOST:PORT` lines, then `ready`
+    (what `keypost start` waits for)."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
         lambda: smtp_factory(gw), host=gw.config.listen.host, port=gw.config.listen.port
@@ -83,9 +85,12 @@ async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    addrs = ", ".join(f"{s.getsockname()[0]}:{s.getsockname()[1]}" for s in server.sockets)
-    log.info("keypost gateway listening on %s, next hop %s", addrs, gw.config.next_hop)
-    print(f"keypost gateway listening on {addrs} (next hop {gw.config.next_hop})", flush=True)
+    for sock in server.sockets:
+        host, port = sock.getsockname()[:2]
+        print(f"listening smtp://{host}:{port}", flush=True)
+    log.info("keypost gateway up, next hop %s", gw.config.next_hop)
+    print(f"next hop smtp://{gw.config.next_hop}", flush=True)
+    print("ready", flush=True)
     if ready is not None:
         ready.set()
     await stop.wait()
