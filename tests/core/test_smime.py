@@ -427,3 +427,21 @@ def test_base64_backends_agree_with_the_stdlib(fast: bool, monkeypatch: pytest.M
     for junk in (b"abc", b"MII!!\r\n", b"!!*~"):
         with pytest.raises(SmimeError):
             mime.b64_decode(junk)
+
+
+def test_signing_container_must_cover_the_date_header() -> None:
+    """A message queued for hours: a container issued now would not be valid at Date (the
+    signing time), so the signature could never verify; one issued at Date works."""
+    gw = gateway("gw.a.example")
+    sent = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=3)
+    message = MESSAGE.replace(
+        b"Sat, 28 Nov 2026 14:00:00 +0000", email.utils.format_datetime(sent).encode()
+    )
+    with pytest.raises(SmimeError, match="does not cover the message's Date"):
+        smime.sign_message(message, gw.key, container("alice@a.example", gw, Purpose.SIGN))
+    at_date = container("alice@a.example", gw, Purpose.SIGN, now=sent)
+    result = smime.verify_signed(
+        smime.sign_message(message, gw.key, at_date), [directory_ca().certificate]
+    )
+    assert result.ok, result.reasons
+    assert result.signing_time == sent

@@ -252,9 +252,6 @@ class Decryptor:
                 raise SmimeError(f"RSA-{key.key_size} key refused; RSA-2048+ required")
             rsa_keys.append(key)
         self._keys = tuple(rsa_keys)
-        self._skis = tuple(
-            x509.SubjectKeyIdentifier.from_public_key(k.public_key()).digest for k in rsa_keys
-        )
 
     def _open(self, der: bytes | memoryview) -> tuple[bytes, int, int, str]:
         """-> (padded plaintext, pad length, key index, algorithm). Raises DecryptError."""
@@ -272,8 +269,10 @@ class Decryptor:
         chosen: tuple[bytes, int] | None = None
         for index, key in enumerate(self._keys):
             for ri in env.recipients:
-                if not ri.rsa_pkcs1 or (ri.ski is not None and ri.ski != self._skis[index]):
-                    continue  # public facts: another algorithm or a named other key
+                # An SKI RecipientInfo is not used to skip keys: SKI methods differ between
+                # issuers (SHA-1 of the key, RFC 7093 variants), a mismatch proves nothing.
+                if not ri.rsa_pkcs1:
+                    continue  # a public fact: another key-transport algorithm
                 try:
                     cek = key.decrypt(ri.encrypted_key, padding.PKCS1v15())
                 except ValueError:  # wrong length / out of range: public, no oracle
@@ -337,6 +336,15 @@ def sign_message(
         raise SmimeError("the signing key does not belong to the signing container")
     headers, body = m.split_entity(message)
     when = _date_of(headers)
+    if not container.not_valid_before_utc <= when <= container.not_valid_after_utc:
+        # Verifiers (Thunderbird, verify_signed) check the signer at the signing time, and
+        # signingTime must equal Date: a container that does not cover Date would yield a
+        # signature that never verifies. Issue it with DirectoryCA.issue(now=<Date>).
+        raise SmimeError(
+            f"the signing container is valid {container.not_valid_before_utc:%Y-%m-%d %H:%M}"
+            f" .. {container.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, which does not cover"
+            f" the message's Date {when.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
+        )
     entity = m.transport_safe(_content_entity(headers, body))
     offered = _capabilities(container)
     caps = [c for c in DEFAULT_CAPABILITIES if c in offered]
