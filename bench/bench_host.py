@@ -138,7 +138,7 @@ class OneByOne:
             spki = cert.public_key().public_bytes(
                 serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
             certs.setdefault(spki, cert)
-        return smime.encrypt_message(build_message(compose).as_bytes(), list(certs.values()))
+        return smime.encrypt_message(build_message(compose), list(certs.values()))
 
 
 class DelayProxy:

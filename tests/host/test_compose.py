@@ -37,7 +37,7 @@ def parse(data: bytes) -> EmailMessage:
 
 def test_plain_message_headers_and_no_bcc() -> None:
     c = parse_compose(params())
-    data = build_message(c).as_bytes()
+    data = build_message(c)
     assert b"\r\n" in data and b"\n" not in data.replace(b"\r\n", b"")
     assert max(data) < 128  # 7-bit: non-ASCII is encoded
     msg = parse(data)
@@ -65,7 +65,7 @@ def test_alternative_and_mixed_with_attachments() -> None:
         ],
         headers={"X-Mozilla-Draft-Info": "internal/draft; vcard=0", "In-Reply-To": "<a@b>"},
     ))
-    msg = parse(build_message(c).as_bytes())
+    msg = parse(build_message(c))
     assert msg.get_content_type() == "multipart/mixed"
     body, pdf, txt = msg.iter_parts()
     assert body.get_content_type() == "multipart/alternative"
@@ -81,7 +81,7 @@ def test_alternative_and_mixed_with_attachments() -> None:
 def test_html_only_and_outbox_keys() -> None:
     c = parse_compose(params(body_plain=None, body_html="<p>x</p>", identity_key="id3",
                              account_key="account2", for_outbox=True))
-    msg = parse(build_message(c).as_bytes())
+    msg = parse(build_message(c))
     assert msg.get_content_type() == "text/html"
     assert msg["X-Identity-Key"] == "id3" and msg["X-Account-Key"] == "account2"
     assert c.for_outbox is True

@@ -311,7 +311,7 @@ class Host:
         )
         _fail_closed(found)
         certs = _distinct_keys(found)
-        clear = build_message(compose).as_bytes()
+        clear = build_message(compose)
         try:
             encrypted = smime.encrypt_message(clear, certs)
             cipher = smime.choose_cipher(certs).value

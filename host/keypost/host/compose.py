@@ -10,18 +10,39 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import email.charset
 import email.policy
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.headerregistry import Address as HeaderAddress
-from email.message import EmailMessage
-from email.utils import format_datetime, getaddresses, make_msgid
+from email import encoders
+from email.header import Header
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.nonmultipart import MIMENonMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime, formataddr, getaddresses, make_msgid
 from typing import Any
 
 from keypost.host.errors import BadRequest
 
-POLICY = email.policy.SMTP.clone(cte_type="7bit")  # CRLF, and 7-bit safe bodies
+# The compat32 classes (email.mime) rather than EmailMessage: the header objects of the
+# modern API cost more than the whole encryption (see bench/bench_host.py), and every
+# value here is checked and encoded by this module anyway.
+POLICY = email.policy.compat32.clone(linesep="\r\n")
 ALLOWED_HEADERS = ("in-reply-to", "references")  # besides X-*
+_HEADER_NAME = re.compile(r"^[!-9;-~]+$")  # RFC 5322 ftext
+_QP_UTF8 = email.charset.Charset("utf-8")
+_QP_UTF8.header_encoding = email.charset.QP
+_QP_UTF8.body_encoding = email.charset.QP
+MAX_LINE = 998
+
+
+def _clean(value: str, what: str) -> str:
+    if "\r" in value or "\n" in value or "\0" in value:
+        raise BadRequest(f"{what} must not contain line breaks", {"param": "headers"})
+    return value
 
 
 @dataclass(frozen=True)
@@ -29,13 +50,12 @@ class Mailbox:
     display: str
     address: str  # addr-spec as given (the resolver normalises it)
 
-    def header(self) -> HeaderAddress:
-        try:
-            return HeaderAddress(display_name=self.display, addr_spec=self.address)
-        except (ValueError, IndexError) as exc:
-            raise BadRequest(
-                f"cannot write the address {self.address!r} in a header: {exc}"
-            ) from None
+    def header(self) -> str:
+        """RFC 5322 mailbox; a non-ASCII display name as an RFC 2047 encoded word."""
+        _clean(self.address, "an address")
+        if any(ch in self.address for ch in " <>,;\""):
+            raise BadRequest(f"cannot write the address {self.address!r} in a header")
+        return formataddr((_clean(self.display, "a display name"), self.address), "utf-8")
 
 
 @dataclass(frozen=True)
@@ -156,51 +176,88 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     )
 
 
-def _set_addresses(msg: EmailMessage, name: str, boxes: Sequence[Mailbox]) -> None:
+def _set_addresses(msg: Message, name: str, boxes: Sequence[Mailbox]) -> None:
     if boxes:
-        msg[name] = tuple(b.header() for b in boxes)
+        msg[name] = ", ".join(b.header() for b in boxes)
+
+
+def _text(text: str, subtype: str) -> Message:
+    """7bit when it is short-lined ASCII, else UTF-8 quoted-printable."""
+    lines = text.splitlines()
+    if text.isascii() and all(len(line) <= MAX_LINE for line in lines):
+        return MIMEText(text, subtype, "us-ascii")
+    part = MIMENonMultipart("text", subtype)
+    part.set_payload(text, _QP_UTF8)
+    return part
+
+
+def _encoded(value: str, name: str) -> str:
+    """A header value: checked, and RFC 2047 encoded when it is not ASCII."""
+    _clean(value, f"header {name}")
+    if value.isascii():
+        return value
+    return Header(value, _QP_UTF8, header_name=name).encode(maxlinelen=0)
+
+
+def _attachment(att: Attachment) -> MIMEBase:
+    maintype, _, subtype = att.content_type.partition("/")
+    part = MIMEBase(maintype, subtype)
+    part.set_payload(att.data)
+    encoders.encode_base64(part)
+    name = _clean(att.name, "an attachment name")
+    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
+    part.add_header("Content-Disposition", "attachment", filename=filename)
+    return part
 
 
 def build_message(
     c: Compose, now: dt.datetime | None = None, message_id: str | None = None
-) -> EmailMessage:
-    """The clear message, without any Bcc header."""
-    msg = EmailMessage(policy=POLICY)
-    try:
-        _set_addresses(msg, "From", [c.sender])
-        _set_addresses(msg, "To", c.to)
-        _set_addresses(msg, "Cc", c.cc)
-        if c.reply_to:
-            _set_addresses(msg, "Reply-To", [c.reply_to])
-        msg["Subject"] = c.subject
-        msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
-        domain = c.sender.address.rpartition("@")[2] or None
-        msg["Message-ID"] = message_id or make_msgid(domain=domain)
-        if c.identity_key:
-            msg["X-Identity-Key"] = c.identity_key
-        if c.account_key:
-            msg["X-Account-Key"] = c.account_key
-        for name, value in c.headers:
-            msg[name] = value
-    except (ValueError, TypeError) as exc:  # CR/LF in values, malformed header syntax
-        raise BadRequest(f"a header value is not allowed: {exc}", {"param": "headers"}) from None
+) -> bytes:
+    """The clear message (CRLF, 7-bit), without any Bcc header."""
+    body: Message
     if c.body_plain is not None and c.body_html is not None:
-        msg.set_content(c.body_plain)
-        msg.add_alternative(c.body_html, subtype="html")
+        body = MIMEMultipart("alternative", _subparts=[_text(c.body_plain, "plain"),
+                                                       _text(c.body_html, "html")])
     elif c.body_html is not None:
-        msg.set_content(c.body_html, subtype="html")
+        body = _text(c.body_html, "html")
     else:
-        msg.set_content(c.body_plain or "")
-    for att in c.attachments:
-        maintype, _, subtype = att.content_type.partition("/")
-        msg.add_attachment(att.data, maintype=maintype, subtype=subtype, filename=att.name)
-    return msg
+        body = _text(c.body_plain or "", "plain")
+    msg = body
+    if c.attachments:
+        msg = MIMEMultipart("mixed", _subparts=[body, *(_attachment(a) for a in c.attachments)])
+    for part in msg.walk():
+        if part is not msg:
+            del part["MIME-Version"]  # email.mime puts one in every part; only the top wants it
+    # Headers first in the usual order: MIME classes already set Content-Type & co.
+    content = list(msg.items())
+    for name, _ in content:
+        del msg[name]
+    _set_addresses(msg, "From", [c.sender])
+    _set_addresses(msg, "To", c.to)
+    _set_addresses(msg, "Cc", c.cc)
+    if c.reply_to:
+        _set_addresses(msg, "Reply-To", [c.reply_to])
+    msg["Subject"] = _encoded(c.subject, "Subject")
+    msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
+    domain = c.sender.address.rpartition("@")[2] or None
+    msg["Message-ID"] = message_id or make_msgid(domain=domain)
+    extra = [("X-Identity-Key", c.identity_key), ("X-Account-Key", c.account_key),
+             *c.headers]
+    for name, value in extra:
+        if value:
+            if not _HEADER_NAME.match(name):
+                raise BadRequest(f"invalid header name {name!r}", {"param": "headers"})
+            msg[name] = _encoded(value, name)
+    for name, value in content:
+        msg[name] = value
+    if msg["MIME-Version"] is None:
+        msg["MIME-Version"] = "1.0"
+    return msg.as_bytes(policy=POLICY)
 
 
 def header_block(name: str, boxes: Sequence[Mailbox]) -> bytes:
     """One folded header line (CRLF-terminated), e.g. the Bcc of an Outbox copy."""
-    msg = EmailMessage(policy=POLICY)
+    msg = Message()
     _set_addresses(msg, name, boxes)
-    head, _, _ = msg.as_bytes().partition(b"\r\n\r\n")
+    head, _, _ = msg.as_bytes(policy=POLICY).partition(b"\r\n\r\n")
     return head + b"\r\n"
-
