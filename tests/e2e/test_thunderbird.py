@@ -505,8 +505,16 @@ def test_recipient_without_container_blocks_sending(
             os.kill(pid, 15)  # the add-on reconnects: a new host reads the new configuration
     m = thunderbird.marionette
     subject = "must not leave"
-    handle = open_compose(thunderbird, f"{SERVED}, {EXTERNAL}", subject, "secret")
-    turn_encrypt_on(thunderbird, ready=False)
+    handle = open_compose(thunderbird, SERVED, subject, "secret")
+    turn_encrypt_on(thunderbird, ready=True)
+    # A recipient typed in after Encrypt was turned on is looked up in the background.
+    field = m.find_element("id", "toAddrInput")
+    field.send_keys(EXTERNAL + ",")
+    tb.wait_for(
+        lambda: "cannot be encrypted for" in (_button(m, "tooltiptext") or ""),
+        60,
+        "the background lookup of the typed recipient",
+    )
     before = len(smtp.snapshot())
     click_send(thunderbird)
     # The add-on answers the send with cancel and says why; give Thunderbird time to misbehave.
