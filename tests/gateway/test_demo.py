@@ -1,0 +1,43 @@
+"""`keypost gateway demo` + `demo-send` (what `keypost start` runs) against a real directory."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+from gw_directory import GATEWAY_PW, DirectoryWorld, keypost
+from gw_support import KEYPOST, Pki, write_private
+
+
+def test_demo_gateway_decrypts_what_an_outsider_sends(
+    tmp_path: Path, pki: Pki, world: DirectoryWorld
+) -> None:
+    # the layout `keypost start` leaves behind: demo/ secrets, directory/ data
+    demo = tmp_path / "demo"
+    demo.mkdir(mode=0o700)
+    shutil.copy(pki.path("enc-current.key"), demo / "gateway-encryption-key.pem")
+    shutil.copy(pki.path("sign.key"), demo / "gateway-signing-key.pem")
+    write_private(demo / "gw-example-password", GATEWAY_PW.encode() + b"\n")
+    (tmp_path / "directory").symlink_to(world.root / "data")
+    proc = subprocess.Popen(
+        [*KEYPOST, "gateway", "demo", "--data", str(tmp_path), "--account", "gw-example",
+         "--directory", f"{world.ldap_url}/dc=keypost", "--port", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.strip() == "ready":
+                break
+        assert any(x.startswith("listening smtp://127.0.0.1:") for x in lines), lines
+        out = keypost("gateway", "demo-send", "--data", str(tmp_path))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert "arrived decrypted" in out and "key=current" in out
+    [filed] = list((tmp_path / "gateway" / "inbox" / "new").iterdir())
+    data = filed.read_bytes()
+    assert b"decrypted by the gateway" in data and b"pkcs7-mime" not in data
