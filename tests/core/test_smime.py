@@ -7,9 +7,12 @@ import base64
 import contextlib
 import datetime as dt
 import email.utils
+import functools
 import re
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1_modules import rfc5652
 from test_smime_pki import container, directory_ca, ec_certificate, gateway
@@ -445,3 +448,57 @@ def test_signing_container_must_cover_the_date_header() -> None:
     )
     assert result.ok, result.reasons
     assert result.signing_time == sent
+
+
+def test_ecdsa_signing_container_signs_and_verifies() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from keypost.core.address import parse_address
+    from keypost.core.containers import ContainerRequest, GatewayKey
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = ContainerRequest(
+        parse_address("alice@a.example"), Purpose.SIGN, GatewayKey(key.public_key())
+    )
+    cont = directory_ca().issue(request)
+    signed = smime.sign_message(_fresh_message(), key, cont)
+    result = smime.verify_signed(signed, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    tampered = smime.verify_signed(
+        signed.replace(b"=C3=BC", b"=C3=BD"), [directory_ca().certificate]
+    )
+    assert not tampered.ok
+
+
+# property tests: hostile input only ever raises SmimeError -----------------------------
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=600))
+def test_parsers_raise_only_smime_errors(data: bytes) -> None:
+    for parse in (cms.parse_enveloped, cms.parse_signed):
+        with contextlib.suppress(SmimeError):
+            parse(b"\x30" + data)
+        with contextlib.suppress(SmimeError):
+            parse(data)
+    with contextlib.suppress(SmimeError):
+        smime.recipient_ids(data)
+    assert not smime.verify_signed(data, [directory_ca().certificate]).ok
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data())
+def test_mutated_envelopes_raise_only_decrypt_error(data: st.DataObject) -> None:
+    der = _sample_der()
+    pos = data.draw(st.integers(0, len(der) - 1))
+    value = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(pos + 1, len(der)))
+    mutated = der[:pos] + bytes((value,)) + der[pos + 1 : cut]
+    with contextlib.suppress(DecryptError):
+        smime.Decryptor([gateway().key]).decrypt_der(mutated)
+
+
+@functools.cache
+def _sample_der() -> bytes:
+    entity = b"Content-Type: text/plain\r\n\r\nsample\r\n"
+    return _der_of(smime.encrypt_entity(entity, [container("bob@b.example", gateway())]))

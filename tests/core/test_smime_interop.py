@@ -357,3 +357,20 @@ def test_openssl_signed_message_verifies_with_our_verifier(
     result = smime.verify_signed(head + res.stdout, [directory_ca().certificate])
     assert result.ok, result.reasons
     assert result.signer == signing
+
+
+def test_openssl_verifies_an_ecdsa_signature(files: dict[str, Path], tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from keypost.core.containers import GatewayKey
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    request = ContainerRequest(
+        parse_address("alice@a.example"), Purpose.SIGN, GatewayKey(key.public_key())
+    )
+    signing = directory_ca().issue(request)
+    path = tmp_path / "signed.eml"
+    path.write_bytes(smime.sign_message(_message(), key, signing))
+    res = _run("openssl", "cms", "-verify", "-CAfile", files["ca"], "-in", path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == ENTITY
