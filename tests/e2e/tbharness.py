@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from keypost.installer.profiles import pref_line
+
 ADDON_ID = "keypost@keypost.example"
 # Thunderbird derives the compose action's element id from the add-on id.
 COMPOSE_BUTTON = "keypost_keypost_example-composeAction-toolbarbutton"
@@ -25,16 +27,6 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def _pref(name: str, value: bool | int | str) -> str:
-    if isinstance(value, bool):
-        v = "true" if value else "false"
-    elif isinstance(value, int):
-        v = str(value)
-    else:
-        v = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f'user_pref("{name}", {v});'
 
 
 def profile_prefs(smtp_port: int, marionette_port: int, email: str, name: str) -> dict[str, Any]:
@@ -93,7 +85,7 @@ def profile_prefs(smtp_port: int, marionette_port: int, email: str, name: str) -
 
 def write_profile(profile: Path, prefs: Mapping[str, Any]) -> None:
     profile.mkdir(parents=True, exist_ok=True)
-    lines = [_pref(k, v) for k, v in prefs.items()]
+    lines = [pref_line(k, v) for k, v in prefs.items()]
     (profile / "user.js").write_text("\n".join(lines) + "\n", "utf-8")
 
 
