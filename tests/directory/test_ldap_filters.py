@@ -1,0 +1,167 @@
+"""Addresses from filters (what real clients send), DNs, attribute selection, search plans."""
+
+from __future__ import annotations
+
+import pytest
+
+from keypost.directory.ldap import filters as F
+from keypost.directory.ldap.answers import (
+    ALL_ATTRIBUTES,
+    Attr,
+    PlanKind,
+    plan_search,
+    select_attributes,
+)
+from keypost.directory.ldap.dn import (
+    InvalidDN,
+    escape_value,
+    is_within,
+    parse_dn,
+    reduce_bind_name,
+)
+from keypost.directory.ldap.messages import DerefAliases, ResultCode, Scope, SearchRequest
+
+
+def eq(attr: str, value: str) -> F.EqualityMatch:
+    return F.EqualityMatch(attr, value.encode())
+
+
+@pytest.mark.parametrize(
+    ("f", "expected"),
+    [
+        # Thunderbird: (&(objectClass=*)(|(mail=a)(mail=b)))
+        (
+            F.And((F.Present("objectClass"), F.Or((eq("mail", "a@x.org"), eq("mail", "b@y.org"))))),
+            ["a@x.org", "b@y.org"],
+        ),
+        (eq("mail", "alice@example.com"), ["alice@example.com"]),  # gpgsm
+        # Outlook: (&(mail=a)(objectClass=person)) and (|(mail=a)(proxyAddresses=smtp:a))
+        (F.And((eq("mail", "a@x.org"), eq("objectClass", "person"))), ["a@x.org"]),
+        (F.Or((eq("mail", "a@x.org"), eq("proxyAddresses", "smtp:a@x.org"))), ["a@x.org"]),
+        (eq("MAIL", "a@x.org"), ["a@x.org"]),
+        (eq("email", "a@x.org"), ["a@x.org"]),
+        (eq("rfc822Mailbox", "a@x.org"), ["a@x.org"]),
+        (eq("0.9.2342.19200300.100.1.3", "a@x.org"), ["a@x.org"]),
+        # duplicates (case-insensitive) once, first spelling wins
+        (F.Or((eq("mail", "A@x.org"), eq("mail", "a@X.org"))), ["A@x.org"]),
+        # never an enumeration
+        (F.Substrings("mail", ((F.SubstringKind.ANY, b"@x.org"),)), []),
+        (F.Present("mail"), []),
+        (F.GreaterOrEqual("mail", b"a"), []),
+        (F.ApproxMatch("mail", b"a@x.org"), []),
+        (F.ExtensibleMatch(None, "mail", b"a@x.org"), []),
+        (F.Not(eq("mail", "a@x.org")), []),
+        (F.And((eq("mail", "a@x.org"), F.Not(eq("mail", "b@x.org")))), ["a@x.org"]),
+        (eq("cn", "a@x.org"), []),
+        (eq("mail;lang-de", "a@x.org"), []),
+        (F.EqualityMatch("mail", b"\xff\xfe"), []),
+        (F.And(()), []),
+    ],
+)
+def test_addresses_from_filter(f: F.Filter, expected: list[str]) -> None:
+    assert F.addresses_from_filter(f) == expected
+
+
+def test_addresses_limit() -> None:
+    f = F.Or(tuple(eq("mail", f"u{i}@x.org") for i in range(10)))
+    assert F.addresses_from_filter(f, limit=3) == ["u0@x.org", "u1@x.org", "u2@x.org"]
+
+
+def test_dn_normalisation() -> None:
+    assert parse_dn("MAIL=Alice\\+x@Example.com , DC=keypost") == parse_dn(
+        "mail=alice+x@example.com".replace("+", "\\2B") + ",dc=keypost"
+    )
+    assert parse_dn("0.9.2342.19200300.100.1.25=KeyPost") == parse_dn("dc=keypost")
+    assert parse_dn("") == ()
+    assert is_within(parse_dn("mail=a@x.org,dc=keypost"), parse_dn("dc=keypost"))
+    assert not is_within(parse_dn("dc=other"), parse_dn("dc=keypost"))
+    with pytest.raises(InvalidDN):
+        parse_dn("no equals sign")
+    with pytest.raises(InvalidDN):
+        parse_dn("cn=a<b")
+
+
+def test_escape_value_round_trips() -> None:
+    for value in ["a+b@x.org", "#hash", " lead", "trail ", 'q"uote', "semi;colon,comma"]:
+        dn = f"mail={escape_value(value)},dc=keypost"
+        assert parse_dn(dn)[0] == (("mail", value.casefold()),)
+
+
+@pytest.mark.parametrize(
+    ("name", "account"),
+    [
+        ("uid=alice,dc=keypost", "alice"),
+        ("UID=Alice,dc=keypost", "Alice"),
+        ("cn=alice,ou=people,dc=example,dc=com", "alice"),
+        ("cn=Bob\\2C Jr,ou=x", "Bob, Jr"),
+        ("alice", "alice"),
+        (" alice ", "alice"),
+        ("mail=a@x.org,dc=keypost", "mail=a@x.org,dc=keypost"),
+    ],
+)
+def test_reduce_bind_name(name: str, account: str) -> None:
+    assert reduce_bind_name(name) == account
+
+
+def test_select_attributes() -> None:
+    assert select_attributes(()) == ALL_ATTRIBUTES
+    assert select_attributes(("*",)) == ALL_ATTRIBUTES
+    assert select_attributes(("1.1",)) == ()
+    assert select_attributes(("+",)) == ()
+    assert select_attributes(("usercertificate;binary",)) == (
+        (Attr.CERTIFICATES, "usercertificate;binary"),
+    )
+    assert select_attributes(("userCertificate",)) == ((Attr.CERTIFICATES, "userCertificate"),)
+    assert select_attributes(("2.5.4.36", "userCertificate;binary")) == (
+        (Attr.CERTIFICATES, "2.5.4.36"),
+    )
+    assert select_attributes(("mail;binary", "cn;lang-de", "MAIL")) == ((Attr.MAIL, "MAIL"),)
+    assert select_attributes(("1.1", "userSMIMECertificate")) == (
+        (Attr.SMIME, "userSMIMECertificate"),
+    )
+
+
+SUFFIX = parse_dn("dc=keypost")
+
+
+def search(base: str, scope: Scope, f: F.Filter) -> SearchRequest:
+    return SearchRequest(base, scope, DerefAliases.NEVER, 0, 0, False, f, ())
+
+
+@pytest.mark.parametrize(
+    ("base", "scope", "kind", "addresses", "code"),
+    [
+        ("", Scope.BASE, PlanKind.ROOT_DSE, (), ResultCode.SUCCESS),
+        ("dc=keypost", Scope.SUB, PlanKind.ENTRIES, ("a@x.org",), ResultCode.SUCCESS),
+        ("DC=KeyPost", Scope.ONE, PlanKind.ENTRIES, ("a@x.org",), ResultCode.SUCCESS),
+        ("dc=keypost", Scope.BASE, PlanKind.RESULT, (), ResultCode.SUCCESS),
+        ("ou=people,dc=keypost", Scope.SUB, PlanKind.ENTRIES, ("a@x.org",), ResultCode.SUCCESS),
+        ("", Scope.SUB, PlanKind.ENTRIES, ("a@x.org",), ResultCode.SUCCESS),
+        ("", Scope.ONE, PlanKind.RESULT, (), ResultCode.SUCCESS),
+        ("dc=example,dc=com", Scope.SUB, PlanKind.RESULT, (), ResultCode.NO_SUCH_OBJECT),
+        ("mail=a@x.org,dc=keypost", Scope.BASE, PlanKind.ENTRIES, ("a@x.org",), 0),
+        ("mail=b@x.org,dc=keypost", Scope.BASE, PlanKind.RESULT, (), ResultCode.SUCCESS),
+        ("mail=a@x.org,dc=keypost", Scope.ONE, PlanKind.RESULT, (), ResultCode.SUCCESS),
+        ("not a dn", Scope.SUB, PlanKind.RESULT, (), ResultCode.INVALID_DN_SYNTAX),
+    ],
+)
+def test_plan_search(
+    base: str, scope: Scope, kind: PlanKind, addresses: tuple[str, ...], code: int
+) -> None:
+    plan = plan_search(search(base, scope, eq("mail", "a@x.org")), SUFFIX, 100)
+    assert (plan.kind, plan.addresses, plan.code) == (kind, addresses, code)
+    if code == ResultCode.NO_SUCH_OBJECT:
+        assert plan.matched_dn == ""
+
+
+def test_plan_reads_entry_by_dn_without_address_in_filter() -> None:
+    plan = plan_search(
+        search("mail=a@x.org,dc=keypost", Scope.BASE, F.Present("objectClass")), SUFFIX, 100
+    )
+    assert (plan.kind, plan.addresses) == (PlanKind.ENTRIES, ("a@x.org",))
+
+
+def test_plan_substring_gives_nothing() -> None:
+    f = F.Substrings("mail", ((F.SubstringKind.INITIAL, b"a"),))
+    plan = plan_search(search("dc=keypost", Scope.SUB, f), SUFFIX, 100)
+    assert (plan.kind, plan.code) == (PlanKind.RESULT, ResultCode.SUCCESS)
