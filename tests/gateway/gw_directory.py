@@ -9,6 +9,7 @@ issued by a test CA, and has the accounts gw-example (gateway of example.com) an
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,11 +76,32 @@ def make_genuine(ca_key: rsa.RSAPrivateKey, ca: x509.Certificate, address: str
     return key, cert
 
 
+def make_tls_cert(ca_key: rsa.RSAPrivateKey, ca: x509.Certificate
+                  ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A server certificate for 127.0.0.1 from the test CA (for LDAPS)."""
+    key = rsa.generate_private_key(65537, 2048)
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name("127.0.0.1")).issuer_name(ca.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName(
+            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
+            False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return key, cert
+
+
 @dataclass
 class DirectoryWorld:
     root: Path
     ldap_port: int
     http_port: int
+    ldaps_port: int
+    tls_ca_pem: Path  # the CA of the directory's LDAPS certificate
     ca_pem: Path  # the directory CA (trust anchor)
     genuine_ca_pem: Path
     gateway_pw_file: Path
@@ -92,9 +114,10 @@ class DirectoryWorld:
     def ldap_url(self) -> str:
         return f"ldap://127.0.0.1:{self.ldap_port}"
 
-    def gateway_directory_lines(self, url: str | None = None) -> str:
+    def gateway_directory_lines(self, url: str | None = None, tls_ca: bool = True) -> str:
         return (
-            f'url = "{url or self.ldap_url}"\n'
+            (f'tls_ca = "{self.tls_ca_pem}"\n' if tls_ca else "")
+            + f'url = "{url or self.ldap_url}"\n'
             f'username = "{GATEWAY_ACCOUNT}"\n'
             f'password_file = "{self.gateway_pw_file}"\n'
             f'trust_anchor = "{self.ca_pem}"\n'
@@ -139,18 +162,27 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
     pem = export[export.index("-----BEGIN") : export.index("-----END CERTIFICATE-----") + 25]
     (root / "directory-ca.pem").write_text(pem + "\n")
     pw = write_private(root / "gw.pass", GATEWAY_PW.encode() + b"\n")
-    ldap_port, http_port = free_port(), free_port()
+    tls_key, tls_cert = make_tls_cert(ca_key, ca)  # the genuine test CA doubles as TLS CA
+    write_private(root / "tls.key", tls_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    (root / "tls.pem").write_bytes(tls_cert.public_bytes(serialization.Encoding.PEM))
+    ldap_port, http_port, ldaps_port = free_port(), free_port(), free_port()
     proc = subprocess.Popen(
         [*KEYPOST, "directory", "serve", "--data", str(data),
-         "--ldap", f"127.0.0.1:{ldap_port}", "--http", f"127.0.0.1:{http_port}"],
+         "--ldap", f"127.0.0.1:{ldap_port}", "--http", f"127.0.0.1:{http_port}",
+         "--ldaps", f"127.0.0.1:{ldaps_port}", "--tls-cert", str(root / "tls.pem"),
+         "--tls-key", str(root / "tls.key")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    world = DirectoryWorld(root, ldap_port, http_port, root / "directory-ca.pem",
+    world = DirectoryWorld(root, ldap_port, http_port, ldaps_port, root / "genuine-ca.pem",
+                           root / "directory-ca.pem",
                            root / "genuine-ca.pem", pw, partner,
                            keys["bob@partner.org"], keys["carol@elsewhere.net"], proc)
     try:
         wait_port(ldap_port)
         wait_port(http_port)
+        wait_port(ldaps_port)
     except TimeoutError:
         world.stop()
         raise

@@ -59,8 +59,9 @@ def _is_partner(cert: x509.Certificate, world: DirectoryWorld) -> bool:
     )
 
 
-def config(pki: Pki, world: DirectoryWorld, sink: Sink, policy: str = "", url: str = "") -> Path:
-    return pki.config(sink.port, directory=world.gateway_directory_lines(url or None),
+def config(pki: Pki, world: DirectoryWorld, sink: Sink, policy: str = "", url: str = "",
+           tls_ca: bool = True) -> Path:
+    return pki.config(sink.port, directory=world.gateway_directory_lines(url or None, tls_ca),
                       extra=policy)
 
 
@@ -265,3 +266,33 @@ def test_directory_down_defers_only_mail_that_needs_it(
         assert send(g.port, "s@outside.test", [ALICE], inbound)[0] == 250
         assert send(g.port, ALICE, [CAROL], plain_message(sender=ALICE, to=CAROL))[0] == 250
     assert len(sink.handler.messages) == 2
+
+
+# --- the other ways to reach the directory ----------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["http", "ldaps"])
+def test_fig2_over_http_and_ldaps(
+    pki: Pki, world: DirectoryWorld, sink: Sink, scheme: str
+) -> None:
+    port = world.http_port if scheme == "http" else world.ldaps_port
+    cfg = config(pki, world, sink, url=f"{scheme}://127.0.0.1:{port}")
+    enc = _only_to_our_gateway(world, CAROL, f"via {scheme}")
+    with running_gateway(cfg) as g:
+        assert send(g.port, ALICE, [CAROL], enc)[0] == 250
+        signed = plain_message(sender=ALICE, to=CAROL, subject="[sign] s", body=f"sig {scheme}")
+        assert send(g.port, ALICE, [CAROL], signed)[0] == 250
+    got = sink.handler.messages
+    clear = smime.Decryptor([world.carol_key]).decrypt_message(got[0].data).message
+    assert f"via {scheme}".encode() in clear
+    assert b"multipart/signed" in got[1].data
+
+
+def test_ldaps_with_an_untrusted_server_certificate_is_a_temporary_failure(
+    pki: Pki, world: DirectoryWorld, sink: Sink
+) -> None:
+    cfg = config(pki, world, sink, url=f"ldaps://127.0.0.1:{world.ldaps_port}", tls_ca=False)
+    with running_gateway(cfg) as g:
+        code, _ = send(g.port, ALICE, [CAROL], _only_to_our_gateway(world, CAROL, "tls"))
+    assert code == 451
+    assert sink.handler.messages == []

@@ -72,6 +72,7 @@ class DirectoryConfig:
     trust_anchor: Path | None = None  # the directory CA (PEM)
     genuine_roots: tuple[Path, ...] = ()  # CAs accepted for recipients' genuine certificates
     base: str = DEFAULT_LDAP_BASE  # LDAP search base (the directory's suffix)
+    tls_ca: Path | None = None  # CA of the directory's TLS certificate; None = system store
     negative_cache: float = 60.0  # seconds a "no certificate" answer is remembered
 
 
@@ -264,6 +265,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         trust_anchor=dt.path("trust_anchor"),
         genuine_roots=dt.paths("genuine_roots"),
         base=dt.text("base", DEFAULT_LDAP_BASE) or DEFAULT_LDAP_BASE,
+        tls_ca=dt.path("tls_ca"),
         negative_cache=dt.number("negative_cache", 60.0),
     )
     dt.finish()

@@ -11,6 +11,7 @@ import contextlib
 import datetime as dt
 import logging
 import math
+import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -94,10 +95,16 @@ class LdapFetcher:
 
     def __init__(self, cfg: DirectoryConfig, password: str | None, timeout: float) -> None:
         url = urlsplit(cfg.url or "")
+        # ldap3 does not check server certificates unless told to.
+        tls = ldap3.Tls(
+            validate=ssl.CERT_REQUIRED,
+            ca_certs_file=str(cfg.tls_ca) if cfg.tls_ca else None,
+        )
         self.server = ldap3.Server(
             url.hostname or "127.0.0.1",
             port=url.port,
             use_ssl=url.scheme == "ldaps",
+            tls=tls,
             connect_timeout=timeout,
             get_info=ldap3.NONE,
         )
@@ -182,6 +189,7 @@ class HttpFetcher:
         self.base = (cfg.url or "").rstrip("/")
         self.auth = (cfg.username, password or "") if cfg.username else None
         self.timeout = timeout
+        self.verify: str | bool = str(cfg.tls_ca) if cfg.tls_ca else True
         self.local = threading.local()
 
     def fetch(self, address: Address, purpose: Purpose) -> list[x509.Certificate]:
@@ -194,6 +202,7 @@ class HttpFetcher:
                 params={"address": str(address), "purpose": purpose.value},
                 auth=self.auth,
                 timeout=self.timeout,
+                verify=self.verify,
             )
         except requests.RequestException as exc:
             raise DirectoryUnavailable(f"directory unreachable: {type(exc).__name__}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from keypost.gateway.relay import Relay
 from keypost.gateway.scan import Scanner, make_scanner
 
 log = logging.getLogger("keypost.gateway")
+
+WORKERS = 32
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,9 @@ async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT. Prints `listening smtp://HOST:PORT` lines, then `ready`
     (what `keypost start` waits for)."""
     loop = asyncio.get_running_loop()
+    # Worker threads mostly wait on the next hop, the directory or a scanner process;
+    # the default pool (cores + 4) would queue concurrent sessions behind a few of them.
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=WORKERS))
     server = await loop.create_server(
         lambda: smtp_factory(gw), host=gw.config.listen.host, port=gw.config.listen.port
     )
