@@ -184,3 +184,27 @@ def test_purge_applies_retention(controller: Controller) -> None:
     issued, audit = controller.purge(dt.timedelta(days=90), now=NOW)
     assert (issued, audit) == (1, 1)  # the 100-day-old container expired long ago
     assert [e.time for e in controller.store.audit()] == [NOW]
+
+
+def test_genuine_certificates_until_they_expire(controller: Controller,
+                                                keys: list[rsa.RSAPrivateKey]) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    from keypost.directory.store import GenuineRecord
+
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gus")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(keys[2].public_key()).serial_number(42)
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(NOW + dt.timedelta(hours=6))
+            .sign(keys[2], hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    controller.store.add_genuine([GenuineRecord("gus@example.com", der, "fp",
+                                                cert.not_valid_after_utc)])
+    [a] = controller.answer(Requestor.anonymous(), ["Gus@example.com"], None, "t", now=NOW)
+    assert [c.role for c in a.containers] == [Role.PROXY_ENCRYPTION, Role.GENUINE]
+    assert a.containers[1].der == der
+    later = NOW + dt.timedelta(hours=7)
+    [b] = controller.answer(Requestor.anonymous(), ["Gus@example.com"], None, "t", now=later)
+    assert [c.role for c in b.containers] == [Role.PROXY_ENCRYPTION]

@@ -256,7 +256,8 @@ class Controller:
         out: list[Container] = []
         for spec in decision.specs:
             if spec.role is Role.GENUINE:
-                out.extend(snap.genuine.get(address.key(), ()))
+                # the snapshot may outlive a certificate: check its expiry per answer
+                out.extend(g for g in snap.genuine.get(address.key(), ()) if now < g.not_after)
                 continue
             assert spec.domain is not None  # proxy roles always name their gateway
             use = KeyUse.SIGNING if spec.purpose is Purpose.SIGN else KeyUse.ENCRYPTION
