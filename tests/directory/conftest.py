@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import subprocess
 import sys
 import time
@@ -167,12 +166,10 @@ def spki_der(key: rsa.RSAPrivateKey) -> bytes:
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def openssl_verify(pem: str | bytes, ca_file: Path, purpose: str = "smimeencrypt",
-                   tmp: Path | None = None) -> subprocess.CompletedProcess[str]:
+def openssl_verify(pem: str | bytes, ca_file: Path,
+                   purpose: str = "smimeencrypt") -> subprocess.CompletedProcess[str]:
+    """`openssl verify` of one certificate (read from stdin) against the directory CA."""
     data = pem.encode() if isinstance(pem, str) else pem
     return subprocess.run(["openssl", "verify", "-CAfile", str(ca_file), "-purpose", purpose],
                           input=data.decode(), capture_output=True, text=True, timeout=30)
 
-
-def env_without(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}
