@@ -58,7 +58,16 @@ class SinkHandler:
 
     messages: list[Received] = field(default_factory=list)
     reply: str = "250 2.0.0 OK"
+    refuse: set[str] = field(default_factory=set)  # recipients refused at RCPT with 550
     arrived: threading.Condition = field(default_factory=threading.Condition)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such user here"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.reply.startswith("250"):

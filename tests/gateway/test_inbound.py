@@ -227,3 +227,16 @@ def test_concurrent_senders_all_arrive(pki: Pki, sink: Sink) -> None:
     bodies = sorted(body_of(m.data).strip() for m in sink.handler.messages)
     assert bodies == sorted(f"message {i}".encode() for i in range(12))
     assert os.path.exists(pki.root)
+
+
+def test_next_hop_refusing_one_recipient_reports_it_to_the_sender(pki: Pki, sink: Sink) -> None:
+    sink.handler.refuse = {"gone@example.com"}
+    enc = encrypted_for(pki, pki.current)
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, _ = send(gw.port, "s@outside.test", [ALICE, "gone@example.com"], enc)
+    assert code == 250
+    by_rcpt = {tuple(m.rcpt_tos): m for m in sink.handler.messages}
+    assert b"secret quarterly figures" in by_rcpt[(ALICE,)].data
+    report = by_rcpt[("s@outside.test",)].data
+    assert b"gone@example.com" in report and b"550" in report
+    assert b"secret quarterly figures" not in report
