@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -178,6 +179,8 @@ def _guard(fn: Command) -> Command:
         except OSError as exc:
             where = f": {exc.filename}" if exc.filename else ""
             raise DirectoryError(f"{exc.strerror or exc}{where}") from None
+        except sqlite3.Error as exc:
+            raise DirectoryError(f"store error: {exc}") from None
         except ValueError as exc:
             text = str(exc).splitlines()
             raise DirectoryError(text[0] if text else "invalid value") from None
