@@ -111,7 +111,7 @@ def _result(answer: Answer, directory_url: str) -> dict[str, object]:
                 "pem": ssl.DER_cert_to_PEM_cert(c.der),
                 "not_after": c.not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "gateway": c.gateway,
-                "directory": directory_url if c.gateway is not None else None,
+                "directory": (directory_url or None) if c.gateway is not None else None,
             }
             for c in answer.containers
         ],
