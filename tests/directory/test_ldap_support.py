@@ -62,6 +62,7 @@ class MemoryBackend:
     delay: float = 0.0
     certs: dict[str, tuple[bytes, ...]] = field(default_factory=dict)
     lookups: list[tuple[object | None, tuple[str, ...]]] = field(default_factory=list)
+    cancelled: int = 0
 
     def certificates(self, address: str) -> tuple[bytes, ...]:
         key = address.casefold()
@@ -77,7 +78,11 @@ class MemoryBackend:
     ) -> Sequence[AddressEntry]:
         self.lookups.append((principal, tuple(addresses)))
         if self.delay:
-            await asyncio.sleep(self.delay)
+            try:
+                await asyncio.sleep(self.delay)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if self.fail:
             raise RuntimeError("backend broke")
         out = []

@@ -1,0 +1,311 @@
+"""The asyncio LDAP server with real clients: OpenLDAP's ldapsearch (plain, StartTLS,
+LDAPS), ldap3 (anonymous and simple binds, abandon, root DSE, writes refused), raw
+sockets for malformed PDUs, and the abuse limits."""
+
+from __future__ import annotations
+
+import base64
+import os
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import ldap3
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
+from ldap3.core.exceptions import LDAPBindError
+from test_ldap_support import PASSWORD, SUFFIX, MemoryBackend, ServerThread, tls_files
+
+from keypost.directory.ldap import connection as C
+from keypost.directory.ldap import filters as F
+from keypost.directory.ldap import messages as M
+from keypost.directory.ldap.server import Limits
+
+ALICE = "alice@example.com"
+
+
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ssl.SSLContext]:
+    return tls_files(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def server(tls: tuple[Path, ssl.SSLContext]) -> Iterator[ServerThread]:
+    thread = ServerThread(MemoryBackend(), tls=tls[1])
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(autouse=True)
+def _reset(server: ServerThread) -> None:
+    server.backend.fail = False
+    server.backend.delay = 0.0
+
+
+def ldapsearch(
+    url: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    argv = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", url, "-b", SUFFIX, *args]
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})}
+    )
+
+
+def ldif_values(ldif: str, attribute: str) -> list[bytes]:
+    out = []
+    for line in ldif.splitlines():
+        name, sep, value = line.partition(":: ")
+        if sep and name.lower() == attribute.lower():
+            out.append(base64.b64decode(value))
+    return out
+
+
+def test_ldapsearch_anonymous_gets_all_certificates(server: ServerThread) -> None:
+    done = ldapsearch(server.url, f"(mail={ALICE})", "userCertificate;binary")
+    assert done.returncode == 0, done.stderr
+    assert f"dn: mail={ALICE},{SUFFIX}" in done.stdout
+    assert ldif_values(done.stdout, "userCertificate;binary") == list(
+        server.backend.certificates(ALICE)
+    )
+
+
+def test_ldapsearch_thunderbird_filter_and_size_limit(server: ServerThread) -> None:
+    f = "(&(objectClass=*)(|(mail=a@example.com)(mail=b@example.com)))"
+    done = ldapsearch(server.url, f, "usercertificate;binary")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("dn: mail=") == 2
+    assert len(ldif_values(done.stdout, "usercertificate;binary")) == 4
+    limited = ldapsearch(server.url, "-z", "1", f, "mail")
+    assert limited.returncode == 4  # sizeLimitExceeded, after one entry
+    assert limited.stdout.count("dn: mail=") == 1
+
+
+@pytest.mark.parametrize("f", ["(mail=*@example.com)", "(mail=*)", "(!(mail=a@example.com))"])
+def test_no_enumeration(server: ServerThread, f: str) -> None:
+    done = ldapsearch(server.url, f)
+    assert done.returncode == 0, done.stderr
+    assert "dn:" not in done.stdout
+
+
+def test_base_outside_suffix_is_no_such_object(server: ServerThread) -> None:
+    done = subprocess.run(
+        ["ldapsearch", "-x", "-H", server.url, "-b", "dc=example,dc=com", f"(mail={ALICE})"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 32
+
+
+def test_ldapsearch_starttls_and_ldaps(
+    server: ServerThread, tls: tuple[Path, ssl.SSLContext]
+) -> None:
+    env = {"LDAPTLS_CACERT": str(tls[0]), "LDAPTLS_REQCERT": "demand"}
+    done = ldapsearch(server.url, "-ZZ", f"(mail={ALICE})", "userCertificate", env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(ldif_values(done.stdout, "userCertificate")) == 2
+    url = f"ldaps://127.0.0.1:{server.ldaps_port}"
+    done = ldapsearch(url, f"(mail={ALICE})", "userCertificate;binary", env=env)
+    assert done.returncode == 0, done.stderr
+    assert len(ldif_values(done.stdout, "userCertificate;binary")) == 2
+    # Without trusting the test CA the handshake must fail.
+    untrusted = ldapsearch(url, f"(mail={ALICE})", env={"LDAPTLS_REQCERT": "demand"})
+    assert untrusted.returncode != 0
+
+
+def test_sasl_bind_refused(server: ServerThread) -> None:
+    srv = ldap3.Server("127.0.0.1", port=server.port, get_info=ldap3.NONE)
+    conn = ldap3.Connection(
+        srv,
+        authentication=ldap3.SASL,
+        sasl_mechanism=ldap3.PLAIN,
+        sasl_credentials=(None, "alice", PASSWORD.decode()),
+    )
+    conn.open()
+    assert not conn.bind()
+    assert conn.result["result"] == 7  # authMethodNotSupported
+    conn.unbind()
+
+
+def connect(server: ServerThread, user: str | None = None, password: bytes | None = None,
+            **kw: object) -> ldap3.Connection:
+    srv = ldap3.Server("127.0.0.1", port=server.port, get_info=ldap3.NONE)
+    if user is None:
+        return ldap3.Connection(srv, auto_bind=True, **kw)
+    return ldap3.Connection(srv, user=user, password=password, auto_bind=True, **kw)
+
+
+def test_ldap3_root_dse(server: ServerThread) -> None:
+    srv = ldap3.Server("127.0.0.1", port=server.port, get_info=ldap3.DSA)
+    conn = ldap3.Connection(srv, auto_bind=True)
+    assert srv.info is not None
+    assert srv.info.naming_contexts == [SUFFIX]
+    assert "3" in [str(v) for v in srv.info.supported_ldap_versions]
+    assert M.OID_START_TLS in [e[0] for e in srv.info.supported_extensions]
+    conn.unbind()
+
+
+@pytest.mark.parametrize("user", ["uid=alice,dc=keypost", "cn=alice,ou=people,dc=x", "alice"])
+def test_ldap3_simple_bind_forms(server: ServerThread, user: str) -> None:
+    conn = connect(server, user, PASSWORD)
+    assert conn.search(SUFFIX, f"(mail={ALICE})", attributes=["userCertificate;binary"])
+    (entry,) = conn.response
+    assert len(entry["raw_attributes"]["userCertificate;binary"]) == 3  # + the internal one
+    assert server.backend.lookups[-1] == ("account:alice", (ALICE,))
+    conn.unbind()
+
+
+def test_ldap3_wrong_password_is_49(server: ServerThread) -> None:
+    with pytest.raises(LDAPBindError):
+        connect(server, "uid=alice,dc=keypost", b"wrong")
+    srv = ldap3.Server("127.0.0.1", port=server.port, get_info=ldap3.NONE)
+    conn = ldap3.Connection(srv, user="uid=alice,dc=keypost", password="wrong")
+    conn.open()
+    assert not conn.bind()
+    assert conn.result["result"] == 49
+    # A failed bind leaves the connection anonymous, and it still works.
+    assert conn.search(SUFFIX, f"(mail={ALICE})", attributes=["userCertificate"])
+    assert server.backend.lookups[-1] == (None, (ALICE,))
+    assert len(conn.response[0]["raw_attributes"]["userCertificate"]) == 2
+    conn.unbind()
+
+
+def test_ldap3_attribute_selection_and_smime_bundle(server: ServerThread) -> None:
+    conn = connect(server)
+    conn.search(SUFFIX, f"(mail={ALICE})", attributes=["userSMIMECertificate", "MAIL"])
+    attrs = conn.response[0]["raw_attributes"]
+    assert set(attrs) == {"userSMIMECertificate", "MAIL"}
+    (bundle,) = attrs["userSMIMECertificate"]
+    certs = pkcs7.load_der_pkcs7_certificates(bundle)
+    # certificates is a SET OF: order is not kept
+    assert sorted(c.public_bytes(Encoding.DER) for c in certs) == sorted(
+        server.backend.certificates(ALICE)
+    )
+    conn.search(SUFFIX, f"(mail={ALICE})", attributes=["1.1"])
+    assert conn.response[0]["raw_attributes"] == {}
+    conn.search(SUFFIX, f"(mail={ALICE})", attributes=["*"], types_only=True)
+    assert all(not v for v in conn.response[0]["raw_attributes"].values())
+    assert "objectClass" in conn.response[0]["raw_attributes"]
+    conn.unbind()
+
+
+def test_ldap3_abandon(server: ServerThread) -> None:
+    server.backend.delay = 2.0
+    srv = ldap3.Server("127.0.0.1", port=server.port, get_info=ldap3.NONE)
+    conn = ldap3.Connection(srv, client_strategy=ldap3.ASYNC, auto_bind=True)
+    before = server.backend.cancelled
+    msg_id = conn.search(SUFFIX, "(mail=slow@example.com)", attributes=["mail"])
+    time.sleep(0.3)
+    assert conn.abandon(msg_id)
+    deadline = time.monotonic() + 5
+    while server.backend.cancelled == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.backend.cancelled == before + 1
+    server.backend.delay = 0.0
+    other = conn.search(SUFFIX, f"(mail={ALICE})", attributes=["mail"])
+    response, result = conn.get_response(other)
+    assert result["result"] == 0 and len(response) == 1
+    conn.unbind()
+
+
+def test_ldap3_writes_refused(server: ServerThread) -> None:
+    conn = connect(server)
+    assert not conn.modify(f"mail={ALICE},{SUFFIX}", {"cn": [(ldap3.MODIFY_REPLACE, ["x"])]})
+    assert conn.result["result"] == 53
+    assert not conn.delete(f"mail={ALICE},{SUFFIX}")
+    assert conn.result["result"] == 53
+    assert conn.result["type"] == "delResponse"
+    conn.unbind()
+
+
+def test_backend_failure_fails_the_operation_only(server: ServerThread) -> None:
+    conn = connect(server)
+    server.backend.fail = True
+    assert not conn.search(SUFFIX, f"(mail={ALICE})")
+    assert conn.result["result"] == 80
+    server.backend.fail = False
+    assert conn.search(SUFFIX, f"(mail={ALICE})")
+    assert len(conn.response) == 1
+    conn.unbind()
+
+
+def test_slow_backend_runs_as_task_and_others_proceed(server: ServerThread) -> None:
+    server.backend.delay = 0.2
+    conn = connect(server)
+    assert conn.search(SUFFIX, f"(mail={ALICE})", attributes=["mail"])
+    assert len(conn.response) == 1
+    conn.unbind()
+
+
+def raw_exchange(port: int, data: bytes) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(data)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_malformed_pdu_gets_notice_of_disconnection(server: ServerThread) -> None:
+    for junk in [b"\x30\x84\x7f\xff\xff\xff", b"\x31\x00", b"\x30\x03\x02\x01\x01"]:
+        reply = raw_exchange(server.port, junk)  # returns at EOF: the server closed
+        notice = M.decode_message(reply)
+        assert notice.message_id == 0
+        assert isinstance(notice.op, M.ExtendedResponse)
+        assert notice.op.name == M.OID_NOTICE_OF_DISCONNECTION
+        assert notice.op.result.code == M.ResultCode.PROTOCOL_ERROR
+    done = ldapsearch(server.url, f"(mail={ALICE})", "mail")  # others are still served
+    assert done.returncode == 0 and f"mail: {ALICE}" in done.stdout
+
+
+def test_unauthenticated_bind_refused_over_the_wire(server: ServerThread) -> None:
+    bind = M.encode_message(M.LDAPMessage(1, M.BindRequest(3, "uid=alice,dc=keypost", b"")))
+    unbind = M.encode_message(M.LDAPMessage(2, M.UnbindRequest()))
+    reply = M.decode_message(raw_exchange(server.port, bind + unbind))
+    assert reply.op == M.BindResponse(
+        M.LDAPResult(M.ResultCode.UNWILLING_TO_PERFORM, "", "unauthenticated bind is not allowed")
+    )
+
+
+def test_pipelined_searches_answered_in_full(server: ServerThread) -> None:
+    search = M.SearchRequest(
+        SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+        F.EqualityMatch("mail", ALICE.encode()), ("mail",),
+    )
+    data = b"".join(M.encode_message(M.LDAPMessage(i, search)) for i in range(1, 101))
+    data += M.encode_message(M.LDAPMessage(200, M.UnbindRequest()))
+    reply = raw_exchange(server.port, data)
+    conn = C.ServerConnection(max_message_size=1 << 20)
+    conn.receive_data(reply)
+    done = []
+    pos = 0
+    while pos < len(reply):
+        n = C.ber.frame_length(reply[pos:])
+        assert n is not None
+        msg = M.decode_message(reply[pos : pos + n])
+        if isinstance(msg.op, M.SearchResultDone):
+            done.append(msg.message_id)
+        pos += n
+    assert sorted(done) == list(range(1, 101))
+
+
+def test_connection_cap_and_idle_timeout() -> None:
+    thread = ServerThread(MemoryBackend(), limits=Limits(max_connections=2, idle_timeout=0.5))
+    try:
+        first = socket.create_connection(("127.0.0.1", thread.port), timeout=10)
+        second = socket.create_connection(("127.0.0.1", thread.port), timeout=10)
+        time.sleep(0.2)
+        third = raw_exchange(thread.port, b"")
+        notice = M.decode_message(third)
+        assert isinstance(notice.op, M.ExtendedResponse)
+        assert notice.op.result.code == M.ResultCode.BUSY
+        start = time.monotonic()
+        assert first.recv(100) == b""  # closed by the idle timeout
+        assert time.monotonic() - start < 5
+        second.close()
+        first.close()
+    finally:
+        thread.stop()
