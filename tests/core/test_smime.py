@@ -502,3 +502,64 @@ def test_mutated_envelopes_raise_only_decrypt_error(data: st.DataObject) -> None
 def _sample_der() -> bytes:
     entity = b"Content-Type: text/plain\r\n\r\nsample\r\n"
     return _der_of(smime.encrypt_entity(entity, [container("bob@b.example", gateway())]))
+
+
+MULTIPART = (
+    b"From: alice@a.example\r\nTo: bob@b.example\r\nSubject: parts\r\nDate: DATE\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b'Content-Type: multipart/mixed; boundary="outer"\r\n\r\n'
+    b"preamble\r\n--outer\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    b"Gr\xc3\xbc\xc3\x9fe   \r\n"
+    b"--outer\r\n"
+    b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+    + bytes(range(256))
+    + b"\r\n--outer\r\n"
+    b"Content-Type: text/plain\r\n\r\nalready safe\r\n"
+    b"--outer--\r\n"
+)
+
+
+def test_signing_makes_multipart_parts_transport_safe() -> None:
+    from keypost.core import mime
+
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    message = MULTIPART.replace(b"DATE", _now_date())
+    signed = smime.sign_message(message, gw.key, cont)
+    assert signed.isascii()
+    result = smime.verify_signed(signed, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    headers, body = mime.split_entity(result.content)
+    assert mime.content_type_of(headers).param("boundary") == "outer"
+    parts = mime.split_multipart(bytes(body), "outer").parts
+    assert len(parts) == 3
+    text_headers, text_body = mime.split_entity(parts[0])
+    assert mime.find_header(text_headers, "Content-Transfer-Encoding").value == (  # type: ignore[union-attr]
+        "quoted-printable"
+    )
+    assert bytes(text_body) == b"Gr=C3=BC=C3=9Fe  =20"  # the last CRLF is the delimiter's
+    bin_headers, bin_body = mime.split_entity(parts[1])
+    assert mime.find_header(bin_headers, "Content-Transfer-Encoding").value == "base64"  # type: ignore[union-attr]
+    assert base64.b64decode(bytes(bin_body)) == bytes(range(256))
+    assert parts[2] == b"Content-Type: text/plain\r\n\r\nalready safe"
+
+
+def test_lf_message_with_binary_part_keeps_the_binary_bytes() -> None:
+    """Line-end conversion must not touch a `binary` part (its LF bytes are data)."""
+    from keypost.core import mime
+
+    message = MULTIPART.replace(b"DATE", _now_date()).replace(b"\r\n", b"\n")
+    blob = bytes(range(256))  # holds \n and \r bytes
+    assert blob.replace(b"\r\n", b"\n") in message  # the conversion above spared nothing
+    message = message.replace(blob.replace(b"\r\n", b"\n"), blob)
+    gw = gateway()
+    out = smime.encrypt_message(message, [container("bob@b.example", gw)])
+    clear = smime.Decryptor([gw.key]).decrypt_message(out).message
+    _, body = mime.split_entity(clear)
+    parts = mime.split_multipart(bytes(body), "outer").parts
+    assert len(parts) == 3
+    assert parts[1].endswith(b"binary\r\n\r\n" + blob)
+    assert parts[0].endswith(b"\r\n\r\nGr\xc3\xbc\xc3\x9fe   ")
+    assert parts[2] == b"Content-Type: text/plain\r\n\r\nalready safe"
+    assert clear.endswith(b"--outer--\r\n")

@@ -12,6 +12,7 @@ import datetime as dt
 import email.utils
 import importlib
 import itertools
+import re
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -43,12 +44,46 @@ class Header:
         return unfolded.decode("utf-8", "replace")
 
 
-def to_crlf(data: bytes) -> bytes:
-    """Canonical CRLF line ends; returns `data` itself (no copy) when already canonical."""
+def is_canonical(data: bytes) -> bool:
+    """Every LF is part of a CRLF (two C-level counts, no copy)."""
     lf = data.count(b"\n")
-    if lf == 0 or lf == data.count(b"\r\n"):
+    return lf == 0 or lf == data.count(b"\r\n")
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Canonical CRLF line ends; returns `data` itself (no copy) when already canonical.
+    Converts every line: use `canonical` for entities that may hold binary parts."""
+    if is_canonical(data):
         return data
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+_BINARY_CTE = re.compile(rb"(?im)^content-transfer-encoding:[ \t]*binary")
+
+
+def canonical(entity: bytes) -> bytes:
+    """A MIME entity with CRLF line ends, except inside `binary` parts (RFC 3030), which
+    are bytes, not lines, and stay exactly as they are. No copy when already canonical."""
+    if is_canonical(entity):
+        return entity
+    if _BINARY_CTE.search(entity) is None:
+        return to_crlf(entity)
+    return _canonical_parts(entity)
+
+
+def _canonical_parts(entity: bytes) -> bytes:
+    headers, view = split_entity(entity)
+    head = header_lines(headers) + CRLF
+    if is_binary(headers):
+        return b"".join((head, view))
+    body = bytes(view)
+    boundary = content_type_of(headers).param("boundary")
+    if content_type_of(headers).mime_type.startswith("multipart/") and boundary:
+        split = split_multipart(body, boundary)
+        if split.parts:
+            parts = [_canonical_parts(p) for p in split.parts]
+            return head + join_multipart(to_crlf(split.preamble), parts, boundary)
+    return head + to_crlf(body)
 
 
 def _body_start(data: bytes) -> tuple[int, int]:
@@ -101,12 +136,8 @@ def split_entity(data: bytes) -> tuple[list[Header], memoryview]:
 
 
 def canonical_entity(headers: Sequence[Header], body: bytes | memoryview) -> bytes:
-    """Header fields + CRLF + body as one CRLF entity. A `binary` body (RFC 3030) is bytes,
-    not lines, and is left exactly as it is."""
-    head = header_lines(headers) + CRLF
-    if is_binary(headers):
-        return b"".join((head, body))
-    return to_crlf(b"".join((head, body)))
+    """Header fields + CRLF + body as one canonical entity (see `canonical`)."""
+    return canonical(b"".join((header_lines(headers), CRLF, body)))
 
 
 def is_binary(headers: Sequence[Header]) -> bool:
@@ -278,22 +309,24 @@ class Multipart:
 
 
 def split_multipart(body: bytes, boundary: str) -> Multipart:
-    """Split a CRLF multipart body. The CRLF before each delimiter belongs to the delimiter,
-    so a part's bytes are exactly what a detached signature covers."""
-    delim = b"\r\n--" + boundary.encode("ascii", "replace")
+    """Split a multipart body. The line break before each delimiter belongs to the
+    delimiter (RFC 2046 5.1.1), so a part's bytes are exactly what a detached signature
+    covers. CRLF is expected; bare LF line breaks are tolerated."""
+    dash = b"\n--" + boundary.encode("ascii", "replace")
     data = b"\r\n" + body
     marks: list[tuple[int, int, bool]] = []  # (delimiter start, next line start, closing)
     pos = 0
     while True:
-        i = data.find(delim, pos)
+        i = data.find(dash, pos)
         if i < 0:
             break
-        after = i + len(delim)
-        eol = data.find(b"\r\n", after)
+        after = i + len(dash)
+        eol = data.find(b"\n", after)
         tail = data[after : eol if eol >= 0 else len(data)]
         closing = tail.startswith(b"--")
-        if closing or not tail.strip(b" \t"):
-            marks.append((i, eol + 2 if eol >= 0 else len(data), closing))
+        if closing or not tail.strip(b" \t\r"):
+            start = i - 1 if data[i - 1] == 0x0D else i
+            marks.append((start, eol + 1 if eol >= 0 else len(data), closing))
             if closing:
                 break
         pos = after

@@ -114,10 +114,8 @@ def _envelope(entity: bytes, recipients: Sequence[x509.Certificate], head: bytes
 def encrypt_entity(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     """Encrypt a MIME entity (its Content-* headers + body) -> an application/pkcs7-mime
     entity (headers + base64 body, 76-column lines). Raises SmimeError."""
-    headers, view = m.split_entity(entity)
-    # Already canonical (the usual case): encrypt the caller's bytes, no 10 MB re-join.
-    canonical = m.canonical_entity(headers, view) if m.is_binary(headers) else m.to_crlf(entity)
-    return _envelope(canonical, recipients, _ENVELOPED_HEADERS + m.CRLF)
+    # Already canonical (the usual case): the caller's bytes are encrypted, no copy.
+    return _envelope(m.canonical(entity), recipients, _ENVELOPED_HEADERS + m.CRLF)
 
 
 def _content_entity(headers: Sequence[m.Header], body: memoryview) -> bytes:
@@ -303,7 +301,7 @@ class Decryptor:
             raise DecryptError() from None
         plain, pad, index, name = self._open(der)
         outer = m.header_lines(h for h in headers if not m.is_content_header(h))
-        clear = m.to_crlf(b"".join((outer, memoryview(plain)[:-pad])))
+        clear = m.canonical(b"".join((outer, memoryview(plain)[:-pad])))
         return DecryptResult(clear, index, name)
 
 
