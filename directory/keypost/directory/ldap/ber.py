@@ -69,12 +69,8 @@ def read_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     pos += 2
     if n < 0x80:
         length = n
-    elif n == 0x80:
-        raise ProtocolError("BER indefinite length is not allowed in LDAP")
     else:
-        k = n & 0x7F
-        if k > _MAX_LENGTH_OCTETS:
-            raise ProtocolError("BER length field too long")
+        k = _long_length_octets(n)
         if pos + k > end:
             raise ProtocolError("truncated BER length")
         length = int.from_bytes(data[pos : pos + k], "big")
@@ -83,6 +79,16 @@ def read_header(data: bytes, pos: int, end: int) -> tuple[int, int, int]:
     if cend > end:
         raise ProtocolError("BER element longer than its container")
     return tag, pos, cend
+
+
+def _long_length_octets(n: int) -> int:
+    """How many length octets follow a long-form first octet `n` (0x80 = indefinite)."""
+    if n == 0x80:
+        raise ProtocolError("BER indefinite length is not allowed in LDAP")
+    k = n & 0x7F
+    if k > _MAX_LENGTH_OCTETS:
+        raise ProtocolError("BER length field too long")
+    return k
 
 
 def expect(data: bytes, pos: int, end: int, tag: int, what: str) -> tuple[int, int]:
@@ -109,12 +115,8 @@ def frame_length(buf: bytes | bytearray, max_size: int = DEFAULT_MAX_MESSAGE) ->
     n = buf[1]
     if n < 0x80:
         total = 2 + n
-    elif n == 0x80:
-        raise ProtocolError("BER indefinite length is not allowed in LDAP")
     else:
-        k = n & 0x7F
-        if k > _MAX_LENGTH_OCTETS:
-            raise ProtocolError("BER length field too long")
+        k = _long_length_octets(n)
         if avail < 2 + k:
             return None
         total = 2 + k + int.from_bytes(buf[2 : 2 + k], "big")

@@ -54,27 +54,31 @@ class Not:
 
 
 @dataclass(frozen=True)
-class EqualityMatch:
+class AttributeValueAssertion:
+    """Base of the four assertion filters; each subclass compares unequal to the others."""
+
     attribute: str
     value: bytes
 
 
 @dataclass(frozen=True)
-class GreaterOrEqual:
-    attribute: str
-    value: bytes
+class EqualityMatch(AttributeValueAssertion):
+    pass
 
 
 @dataclass(frozen=True)
-class LessOrEqual:
-    attribute: str
-    value: bytes
+class GreaterOrEqual(AttributeValueAssertion):
+    pass
 
 
 @dataclass(frozen=True)
-class ApproxMatch:
-    attribute: str
-    value: bytes
+class LessOrEqual(AttributeValueAssertion):
+    pass
+
+
+@dataclass(frozen=True)
+class ApproxMatch(AttributeValueAssertion):
+    pass
 
 
 class SubstringKind(enum.IntEnum):
@@ -219,7 +223,7 @@ def _decode_extensible(data: bytes, s: int, e: int) -> ExtensibleMatch:
 
 def encode_filter(f: Filter) -> bytes:
     """The BER form of a filter (used by tests, the benchmark client and round trips)."""
-    if isinstance(f, EqualityMatch | GreaterOrEqual | LessOrEqual | ApproxMatch):
+    if isinstance(f, AttributeValueAssertion):
         return ber.tlv(
             _AVA_TAGS[type(f)], ber.encode_str(f.attribute) + ber.encode_octets(f.value)
         )
