@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import os
 import re
 import subprocess
@@ -15,8 +16,10 @@ from typing import Any
 
 import keyring
 import keyring.backend
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 
 from keypost.core.address import parse_address
 from keypost.core.containers import (
@@ -75,11 +78,42 @@ class Directory:
     """A running `keypost directory serve` (example.com and example.org served; user alice
     of example.com with PASSWORD)."""
 
-    ldap_url: str
+    ldap_url: str  # plain, with StartTLS offered
     http_url: str
     anchor_pem: str
     fingerprint: str
     data: Path
+    ldaps_url: str
+    tls_ca_pem: str  # the CA of the LDAP server's TLS certificate (IP 127.0.0.1)
+
+
+def tls_files(base: Path) -> tuple[Path, Path, str]:
+    """A TLS CA and a server certificate for 127.0.0.1: (cert file, key file, CA PEM)."""
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test TLS CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - dt.timedelta(hours=1))
+          .not_valid_after(now + dt.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    cert_file, key_file = base / "tls.crt", base / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_file, key_file, ca.public_bytes(serialization.Encoding.PEM).decode()
 
 
 def directory_available() -> bool:
@@ -111,9 +145,11 @@ def start_directory(
     _run("account", "add", "alice", "--data", str(data), "--role", "user",
          "--domain", "example.com", "--password-stdin", stdin=PASSWORD + "\n")
     anchor = base / "anchor.pem"
+    cert_file, key_file, tls_ca = tls_files(base)
     _run("ca", "export", "--data", str(data), "--out", str(anchor))
     proc = subprocess.Popen(
         [KEYPOST, "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0",
+         "--ldaps", "127.0.0.1:0", "--tls-cert", str(cert_file), "--tls-key", str(key_file),
          "--http", "127.0.0.1:0", "--log-level", "warning"],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
@@ -131,11 +167,13 @@ def start_directory(
     text = "\n".join(lines)
     ldap = re.search(r"listening (ldap://127\.0\.0\.1:\d+)", text)
     http = re.search(r"listening (http://127\.0\.0\.1:\d+)", text)
+    ldaps = re.search(r"listening (ldaps://127\.0\.0\.1:\d+)", text)
     fp = re.search(r"trust anchor SHA-256 (\S+)", text)
-    if not (ldap and http and fp):
+    if not (ldap and http and fp and ldaps):
         proc.kill()
         raise RuntimeError(f"directory did not start: {text}")
-    directory = Directory(ldap.group(1), http.group(1), anchor.read_text(), fp.group(1), data)
+    directory = Directory(ldap.group(1), http.group(1), anchor.read_text(), fp.group(1), data,
+                          ldaps.group(1), tls_ca)
     return directory, proc
 
 

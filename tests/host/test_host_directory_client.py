@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 from cryptography import x509
-from host_support import PASSWORD, Directory, GatewayKeys, MemoryKeyring
+from host_support import PASSWORD, Directory, GatewayKeys, MemoryKeyring, tls_files
 
 from keypost.core.containers import describe, load_certificates, verify_container
 from keypost.core.types import Purpose, Role
@@ -140,4 +140,37 @@ def test_host_lookup_against_real_directory(
         not_after = dt.datetime.strptime(c["not_after"], "%Y-%m-%dT%H:%M:%SZ")
         assert not_after > dt.datetime.now(dt.UTC).replace(tzinfo=None)
     assert host.handle({"id": 3, "action": "test_connection"})["result"]["authenticated"]
+    host.close()
+
+
+@pytest.mark.parametrize("scheme", ["ldaps", "starttls"])
+def test_tls_to_the_directory(scheme: str, directory: Directory, tmp_path: Path) -> None:
+    url = directory.ldaps_url if scheme == "ldaps" else directory.ldap_url
+    right = directory.tls_ca_pem.encode()
+    c = make_client(parse_directory_url(url), "alice", PASSWORD, right, 5.0)
+    try:
+        assert len(c.fetch(["bob@example.org"])["bob@example.org"]) == 2
+    finally:
+        c.close()
+    # Another CA: the server certificate is refused, so TLS really was in use.
+    other = tls_files(tmp_path)[2].encode()
+    c = make_client(parse_directory_url(url), "alice", PASSWORD, other, 5.0)
+    with pytest.raises(DirectoryUnreachable):
+        c.fetch(["bob@example.org"])
+    c.close()
+
+
+def test_configure_with_tls_ca(directory: Directory, host_dirs: tuple[Path, Path],
+                               memory_keyring: MemoryKeyring) -> None:
+    host = Host(*host_dirs)
+    reply = host.handle({"id": 1, "action": "configure", "params": {
+        "directory": directory.ldaps_url, "username": "alice", "password": PASSWORD,
+        "trust_anchor_pem": directory.anchor_pem, "tls_ca_pem": directory.tls_ca_pem}})
+    assert reply["ok"], reply
+    assert (host_dirs[0] / "tls-ca.pem").read_text() == directory.tls_ca_pem
+    again = Host(*host_dirs)  # a new session uses the saved TLS CA
+    [bob] = again.handle({"id": 2, "action": "lookup", "params": {
+        "recipients": ["bob@example.org"]}})["result"]["recipients"]
+    assert bob["status"] == "ok"
+    again.close()
     host.close()

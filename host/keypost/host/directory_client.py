@@ -113,7 +113,9 @@ class LdapDirectoryClient:
         where = {"directory": self._url.url}
         try:
             conn.open()
-            if self._url.scheme == "ldap" and not self._url.loopback and not conn.start_tls():
+            # Plain LDAP only to a loopback address, and only when no TLS CA is configured.
+            starttls = self._url.scheme == "ldap" and (not self._url.loopback or self._tls_ca)
+            if starttls and not conn.start_tls():
                 raise DirectoryUnreachable(
                     f"StartTLS with {self._url.host} failed: {conn.result.get('description')}",
                     where,
