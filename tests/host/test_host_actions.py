@@ -7,8 +7,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import keyring
 import pytest
 from host_support import PASSWORD, GatewayKeys, call, code, configure, ok
+from keyring.backends.fail import Keyring as FailKeyring
 
 from keypost.core.containers import DirectoryCA, sha256_fingerprint
 from keypost.host.actions import Host
@@ -236,3 +238,16 @@ def test_expired_containers_are_reported(setup: Any, ca: DirectoryCA) -> None:
     [zed] = found.recipients
     assert zed.status == "invalid"
     assert any("expire" in r or "valid" in r for c in zed.containers for r in c.reasons)
+
+
+def test_keyring_unavailable(setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path]) -> None:
+    host = setup[0]
+    keyring.set_keyring(FailKeyring())  # no OS keyring at all (restored by the fixture)
+    reply = configure(host, ca)
+    assert code(reply) == 6 and "keyring" in reply["error"]["message"]
+    assert PASSWORD not in str(reply)
+    assert not (host_dirs[0] / "host.toml").exists()
+    status = ok(host, "status")
+    assert status["password_in_keyring"] is False  # nothing configured yet
+    assert configure(host, ca, username=None, password=...)["ok"]  # anonymous still works
+    assert ok(host, "status")["configured"] is True
