@@ -563,3 +563,18 @@ def test_lf_message_with_binary_part_keeps_the_binary_bytes() -> None:
     assert parts[0].endswith(b"\r\n\r\nGr\xc3\xbc\xc3\x9fe   ")
     assert parts[2] == b"Content-Type: text/plain\r\n\r\nalready safe"
     assert clear.endswith(b"--outer--\r\n")
+
+
+def test_many_keys_and_recipients_never_pick_a_wrong_key() -> None:
+    """Three gateway keys (one current, two retired) against messages with three
+    RecipientInfos: eight wrong key/recipient pairs per message, each of which passes a
+    bare CBC-padding check about once in 256 tries. The right content must come back every
+    time (a padding-only choice fails this test with probability ~96%)."""
+    keys = [gateway(f"gw{i}.example").key for i in range(3)]
+    others = [container("x@x.example", gateway("x")), container("y@y.example", gateway("y"))]
+    mine = container("bob@b.example", gateway("gw2.example"))
+    decryptor = smime.Decryptor(keys)
+    for n in range(100):
+        entity = b"Content-Type: text/plain\r\n\r\nmessage %d\r\n" % n
+        der = _der_of(smime.encrypt_entity(entity, [*others, mine]))
+        assert decryptor.decrypt_der(der) == (entity, 2, "aes256-cbc")

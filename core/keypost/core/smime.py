@@ -46,7 +46,7 @@ _AES: dict[Capability, type[algorithms.AES128] | type[algorithms.AES256]] = {
     Capability.AES256_CBC: algorithms.AES256,
     Capability.AES128_CBC: algorithms.AES128,
 }
-_DROPPED_OUTER = ("bcc", "mime-version")
+_DROPPED_OUTER = ("bcc", "resent-bcc", "mime-version")
 # Signatures within this distance of the Date header are accepted by Thunderbird.
 MAX_DATE_SKEW = dt.timedelta(hours=1)
 FUTURE_SKEW = dt.timedelta(minutes=5)
@@ -132,8 +132,8 @@ def _content_entity(headers: Sequence[m.Header], body: memoryview) -> bytes:
 
 
 def _outer_headers(headers: Sequence[m.Header]) -> bytes:
-    """Fields that stay in the clear: everything but Content-*, Bcc (must never travel)
-    and MIME-Version (written afresh)."""
+    """Fields that stay in the clear: everything but Content-*, Bcc and Resent-Bcc (must
+    never travel) and MIME-Version (written afresh)."""
     kept = [h for h in headers if not m.is_content_header(h) and h.key not in _DROPPED_OUTER]
     return m.header_lines(kept) + b"MIME-Version: 1.0\r\n"
 
@@ -221,6 +221,16 @@ def _block_padding_ok(key: bytes, previous: bytes, last: bytes) -> bool:
     return True
 
 
+_HEADER_TEXT = bytes(range(0x20, 0x7F)) + b"\t\r\n"
+
+
+def _looks_like_mime(key: bytes, iv: bytes, first: bytes) -> bool:
+    """Does the first block decrypt to printable ASCII, as a MIME entity's header does?
+    Random bytes pass with probability ~(99/256)^16, about 2e-7."""
+    block = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor().update(first)
+    return not block.translate(None, _HEADER_TEXT)
+
+
 class Decryptor:
     """Decrypts as a gateway holding one or more RSA keys (current first, then retired)
     without knowing which container the sender used. All failures raise the same
@@ -231,9 +241,10 @@ class Decryptor:
     them. RSA PKCS#1 v1.5 decryption runs with OpenSSL's implicit rejection (3.2+, bundled
     in cryptography's wheels): a wrong key or bad padding yields a pseudo-random "key"
     instead of an error, in constant time. A result of the wrong length is replaced by a
-    random key, and every candidate gets the same one-block padding probe. Then exactly one
-    full AES-CBC decryption runs, with the first candidate that passed the probe or a
-    random key when none did, and its padding is checked once more. So "wrong key",
+    random key, and every candidate gets the same two one-block probes (last block: PKCS#7
+    padding; first block: header text). Then exactly one full AES-CBC decryption runs, with
+    the best candidate or a random key when none passed, and its padding is checked once
+    more. So "wrong key",
     "garbled key", "tampered padding" all take the same steps and end in the same
     DecryptError; only public facts (structure, number of keys and recipients) shape the
     work. CBC without a MAC cannot detect tampering elsewhere in the content: that is
@@ -262,23 +273,35 @@ class Decryptor:
         if cipher is None or len(env.iv) != 16 or not ct or len(ct) % 16:
             raise DecryptError()
         name, key_len = cipher
+        first = bytes(ct[:16])
         previous = bytes(ct[-32:-16]) if len(ct) >= 32 else env.iv
         last = bytes(ct[-16:])
-        chosen: tuple[bytes, int] | None = None
+        best: tuple[bytes, int] | None = None  # passed the padding probe, looks like MIME
+        fallback: tuple[bytes, int] | None = None  # passed the padding probe only
         for index, key in enumerate(self._keys):
             for ri in env.recipients:
                 # An SKI RecipientInfo is not used to skip keys: SKI methods differ between
                 # issuers (SHA-1 of the key, RFC 7093 variants), a mismatch proves nothing.
                 if not ri.rsa_pkcs1:
                     continue  # a public fact: another key-transport algorithm
+                filler = os.urandom(key_len)  # drawn every time: both outcomes cost the same
                 try:
                     cek = key.decrypt(ri.encrypted_key, padding.PKCS1v15())
                 except ValueError:  # wrong length / out of range: public, no oracle
                     cek = b""
-                if len(cek) != key_len:
-                    cek = os.urandom(key_len)
-                if _block_padding_ok(cek, previous, last) and chosen is None:
-                    chosen = (cek, index)
+                right_length = len(cek) == key_len
+                cek = cek if right_length else filler
+                # Every pair gets both probes. A wrong key passes the padding probe about
+                # once in 256 tries, so the probe alone would pick a wrong key for some
+                # messages when several keys meet several RecipientInfos; the second probe
+                # (the first block decrypts to header text) ranks the candidates.
+                eligible = right_length & _block_padding_ok(cek, previous, last)
+                plausible = _looks_like_mime(cek, env.iv, first)
+                if eligible and plausible and best is None:
+                    best = (cek, index)
+                if eligible and fallback is None:
+                    fallback = (cek, index)
+        chosen = best or fallback
         cek, index = chosen if chosen is not None else (os.urandom(key_len), -1)
         decryptor = Cipher(algorithms.AES(cek), modes.CBC(env.iv)).decryptor()
         plain = decryptor.update(ct) + decryptor.finalize()
