@@ -57,6 +57,8 @@ class GatewayHandler:
         except Exception:  # an unexpected bug must cost a retry, never the message
             log.exception("internal error while handling a message")
             reply = "451 4.3.0 internal error, try again later"
+        # One line, printable ASCII: reasons from scanners or the core must not break SMTP.
+        reply = "".join(c if " " <= c <= "~" else " " for c in " ".join(reply.split()))[:500]
         log.info("from=<%s> rcpts=%d size=%d -> %s", mail_from, len(rcpts), len(data), reply)
         return reply
 
