@@ -95,6 +95,10 @@ def test_configure_password_null_deletes_and_absent_keeps(setup: Any, ca: Direct
     reply = call(host, "configure", password=None, test=False, **params)
     assert reply["ok"] and reply["result"]["password_in_keyring"] is False
     assert ("keypost", "alice") not in kr.store
+    # Switching accounts removes the previous account's password.
+    assert configure(host, ca)["ok"]
+    assert configure(host, ca, username="bert", password="bert's secret")["ok"]
+    assert kr.store == {("keypost", "bert"): "bert's secret"}
 
 
 def test_configure_refusals_save_nothing(setup: Any, ca: DirectoryCA,

@@ -276,6 +276,8 @@ class Host:
         elif new_password is None and username is not None:
             keyring_store.delete_password(username)
         cfg.save(config, self._config_dir)
+        if old is not None and old.username and old.username != username:
+            keyring_store.delete_password(old.username)  # no stale secret left behind
         self.close()  # the next lookup connects with the new settings
         return self.status({})
 
