@@ -153,3 +153,39 @@ def test_serve_refuses_bad_setups_in_one_line(tmp_path: Path) -> None:
                                              "--ldap", "127.0.0.1:0")
     settings.write_text(settings.read_text() + "\nbogus = 1\n")
     assert "unknown setting" in one_line_error("directory", "serve", "--data", str(data))
+
+
+def test_serve_shuts_down_cleanly_and_flushes(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    import requests
+    from conftest import KEYPOST
+
+    data = tmp_path / "d"
+    keypost("directory", "init", "--data", str(data))
+    _, pub = write_rsa(tmp_path / "gw.pem")
+    keypost("directory", "domain", "add", "example.com", "--encryption-cert", str(pub),
+            "--data", str(data))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        proc = subprocess.Popen([*KEYPOST, "directory", "serve", "--data", str(data),
+                                 "--ldap", "127.0.0.1:0", "--http", "127.0.0.1:0"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line.strip())
+            if line.strip() == "ready":
+                break
+        http = next(x.split()[1] for x in lines if x.startswith("listening http://"))
+        address = f"flush-{sig.name.lower()}@example.com"
+        resp = requests.get(http + "v1/containers", params={"address": address}, timeout=30)
+        assert resp.status_code == 200
+        proc.send_signal(sig)  # at once: the batched writes have not run yet
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and "event=shutdown" in err and "Traceback" not in err
+    rows = sqlite3.connect(data / "directory.db").execute(
+        "SELECT address_key FROM issued ORDER BY address_key").fetchall()
+    assert [r[0] for r in rows] == ["flush-sigint@example.com", "flush-sigterm@example.com"]
+    audit = sqlite3.connect(data / "directory.db").execute("SELECT COUNT(*) FROM audit")
+    assert audit.fetchone()[0] == 2
