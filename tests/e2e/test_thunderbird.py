@@ -493,6 +493,101 @@ def test_bcc_and_a_large_attachment(
     tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
 
 
+OPTIONS_STATE = """
+const done = arguments[arguments.length - 1];
+const browser = document.getElementById("tabmail").currentTabInfo.browser;
+const mm = browser.messageManager;
+const listener = (msg) => { mm.removeMessageListener("keypost:state", listener); done(msg.data); };
+mm.addMessageListener("keypost:state", listener);
+// The add-on's pages live in the extension process: a frame script reads the page there.
+const script = (click) => {
+  const d = content.document;
+  if (click) d.getElementById(click).click();
+  sendAsyncMessage("keypost:state", {
+    fingerprint: d.getElementById("fingerprint").textContent,
+    directory: d.getElementById("directory").value,
+    managed: !d.getElementById("managed").hidden,
+    result: d.getElementById("result").textContent,
+  });
+};
+mm.loadFrameScript("data:,(" + encodeURIComponent(String(script)) + ")("
+  + JSON.stringify(arguments[0]) + ")", false);
+"""
+
+
+def _options_state(m: Any, click: str | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = m.execute_async_script(
+        OPTIONS_STATE, script_args=[click], script_timeout=10000
+    )
+    return state
+
+
+def test_options_page_shows_the_host_and_tests_the_connection(
+    thunderbird: Session, directory: Directory, base_env: dict[str, str]
+) -> None:
+    # An administrator's preset (managed storage) for the directory URL.
+    _run(
+        [
+            *KEYPOST,
+            "install",
+            "thunderbird",
+            "--profile",
+            str(thunderbird.profile),
+            "--send-in-background",
+            "--auto-enable",
+            "--managed",
+            "--offline",
+            "--directory",
+            directory.ldap_url,
+            "--username",  # the keyring keeps alice's password: no --password-stdin needed
+            "alice",
+            "--trust-anchor",
+            str(directory.ca_pem),
+        ],
+        base_env,
+    )
+    expected_fp = (
+        subprocess.run(
+            ["openssl", "x509", "-in", str(directory.ca_pem), "-noout", "-fingerprint", "-sha256"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .split("=", 1)[1]
+    )
+    m = thunderbird.marionette
+    m.switch_to_window(m.chrome_window_handles[0])
+    url = m.execute_script(
+        "return WebExtensionPolicy.getByID(arguments[0]).getURL('options/options.html')",
+        script_args=[tb.ADDON_ID],
+    )
+    m.execute_script(
+        "document.getElementById('tabmail').openTab('contentTab', {url: arguments[0]});",
+        script_args=[url],
+    )
+    try:
+        state = tb.wait_for(
+            lambda: (s := _options_state(m)) and s["fingerprint"] not in ("", "-") and s,
+            60,
+            "the options page to show the host's status",
+        )
+        assert state["fingerprint"] == expected_fp
+        assert state["directory"] == directory.ldap_url
+        assert state["managed"] is True, "the managed storage preset is shown"
+        _options_state(m, click="test")
+        result = tb.wait_for(
+            lambda: "Connected" in (r := _options_state(m)["result"]) and r,
+            60,
+            "the connection test",
+        )
+        assert directory.ldap_url in result
+    finally:
+        m.execute_script(
+            "const t = document.getElementById('tabmail'); t.closeTab(t.currentTabInfo);"
+        )
+
+
 def test_recipient_without_container_blocks_sending(
     thunderbird: Session, smtp: SmtpCapture, directory: Directory, base_env: dict[str, str]
 ) -> None:
