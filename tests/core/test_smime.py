@@ -578,3 +578,39 @@ def test_many_keys_and_recipients_never_pick_a_wrong_key() -> None:
         entity = b"Content-Type: text/plain\r\n\r\nmessage %d\r\n" % n
         der = _der_of(smime.encrypt_entity(entity, [*others, mine]))
         assert decryptor.decrypt_der(der) == (entity, 2, "aes256-cbc")
+
+
+_part = st.tuples(
+    st.sampled_from([b"text/plain; charset=utf-8", b"application/octet-stream"]),
+    st.sampled_from([b"7bit", b"8bit", b"binary", None]),
+    st.binary(max_size=300),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_part, min_size=1, max_size=3), st.booleans())
+def test_any_signed_multipart_verifies_after_transport(
+    parts: list[tuple[bytes, bytes | None, bytes]], lf_store: bool
+) -> None:
+    """Whatever the parts hold, the signed message is 7-bit clean and verifies, also after
+    a mailbox stored it with LF line ends."""
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    body = b""
+    for ctype, cte, data in parts:
+        if b"--kp-bound" in data:
+            data = data.replace(b"--kp-bound", b"")
+        head = b"Content-Type: " + ctype + b"\r\n"
+        if cte is not None:
+            head += b"Content-Transfer-Encoding: " + cte + b"\r\n"
+        body += b"--kp-bound\r\n" + head + b"\r\n" + data + b"\r\n"
+    message = (
+        b"From: alice@a.example\r\nTo: bob@b.example\r\nDate: " + _now_date() + b"\r\n"
+        b'Content-Type: multipart/mixed; boundary="kp-bound"\r\n\r\n' + body + b"--kp-bound--\r\n"
+    )
+    signed = smime.sign_message(message, gw.key, cont)
+    assert signed.isascii()
+    assert all(len(line) <= 998 for line in signed.split(b"\r\n"))
+    stored = signed.replace(b"\r\n", b"\n") if lf_store else signed
+    result = smime.verify_signed(stored, [directory_ca().certificate])
+    assert result.ok, result.reasons
