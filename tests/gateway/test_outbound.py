@@ -8,6 +8,7 @@ genuine certificate; dave@nowhere.test has nothing; eve@partner.org has no genui
 from __future__ import annotations
 
 import base64
+import logging
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ import ldap3
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from gw_directory import USER_ACCOUNT, USER_PW, DirectoryWorld
+from gw_directory import GATEWAY_PW, USER_ACCOUNT, USER_PW, DirectoryWorld
 from gw_support import (
     Pki,
     RunningGateway,
@@ -296,3 +297,18 @@ def test_ldaps_with_an_untrusted_server_certificate_is_a_temporary_failure(
         code, _ = send(g.port, ALICE, [CAROL], _only_to_our_gateway(world, CAROL, "tls"))
     assert code == 451
     assert sink.handler.messages == []
+
+
+def test_logs_hold_no_secrets(
+    pki: Pki, world: DirectoryWorld, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with running_gateway(config(pki, world, sink)) as g:
+        send(g.port, ALICE, [CAROL], plain_message(sender=ALICE, to=CAROL, subject="[sign] l"))
+        send(g.port, ALICE, [CAROL], _only_to_our_gateway(world, CAROL, "log check"))
+        send(g.port, ALICE, [DAVE], _only_to_our_gateway(world, DAVE, "refused"))
+    assert len(sink.handler.messages) == 2
+    text = caplog.text
+    assert "-> 250" in text and "-> 554" in text  # the log says what happened ...
+    assert GATEWAY_PW not in text and "PRIVATE KEY" not in text  # ... and nothing secret
+    assert "log check" not in text  # nor message content
