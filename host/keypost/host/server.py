@@ -41,17 +41,22 @@ def _read(stream: BinaryIO) -> bytes:
     return bytes(data)
 
 
-def serve(stdin: BinaryIO, stdout: BinaryIO, host: Host | None = None) -> int:
+def serve(
+    stdin: BinaryIO,
+    stdout: BinaryIO,
+    host: Host | None = None,
+    max_request: int = framing.MAX_REQUEST_BYTES,
+) -> int:
     """Answer frames until end of input. Returns the exit code."""
     host = host or Host()
-    decoder = framing.FrameDecoder()
+    decoder = framing.FrameDecoder(max_request)
 
     def send(reply: dict[str, object]) -> None:
         for frame in framing.encode_reply(reply):
             stdout.write(frame)
         stdout.flush()
 
-    log.info("host started (protocol %s)", "1")
+    log.info("host started")
     try:
         while True:
             data = _read(stdin)
