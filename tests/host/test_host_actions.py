@@ -246,7 +246,7 @@ def test_expired_containers_are_reported(setup: Any, ca: DirectoryCA) -> None:
 
 def test_keyring_unavailable(setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path]) -> None:
     host = setup[0]
-    keyring.set_keyring(FailKeyring())  # no OS keyring at all (restored by the fixture)
+    keyring.set_keyring(FailKeyring())  # type: ignore[no-untyped-call]  # restored by fixture
     reply = configure(host, ca)
     assert code(reply) == 6 and "keyring" in reply["error"]["message"]
     assert PASSWORD not in str(reply)
