@@ -141,6 +141,11 @@ def test_openssl_decrypts_aes128_for_mixed_recipients(
         (["-aes128"], "aes128-cbc"),
         (["-aes256", "-stream"], "aes256-cbc"),  # BER, indefinite lengths, chunked content
         (["-aes256", "-keyid"], "aes256-cbc"),  # SubjectKeyIdentifier RecipientInfo
+        (["-aes256", "-keyopt", "rsa_padding_mode:oaep"], "aes256-cbc"),  # RSAES-OAEP, SHA-1
+        (
+            ["-aes256", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256"],
+            "aes256-cbc",
+        ),
     ],
 )
 def test_openssl_encrypted_message_decrypts_with_our_decryptor(
@@ -149,8 +154,10 @@ def test_openssl_encrypted_message_decrypts_with_our_decryptor(
     entity = tmp_path / "entity"
     entity.write_bytes(ENTITY)
     out = tmp_path / "out.eml"
-    res = _run("openssl", "cms", "-encrypt", *options, "-binary", "-in", entity, "-out", out,
-               files["container"])  # fmt: skip
+    keyopts = [o for o in options if o.startswith("rsa_") or o == "-keyopt"]  # after -recip
+    cipher = [o for o in options if o not in keyopts]
+    res = _run("openssl", "cms", "-encrypt", *cipher, "-binary", "-in", entity, "-out", out,
+               "-recip", files["container"], *keyopts)  # fmt: skip
     assert res.returncode == 0, res.stderr
     message = b"From: x@x.example\r\nSubject: from openssl\r\n" + out.read_bytes()
     retired_first = smime.Decryptor([gateway("gw-new").key, gateway().key])

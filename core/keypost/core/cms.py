@@ -33,6 +33,9 @@ OID_DATA = _oid("1.2.840.113549.1.7.1")
 OID_SIGNED_DATA = _oid("1.2.840.113549.1.7.2")
 OID_ENVELOPED_DATA = _oid("1.2.840.113549.1.7.3")
 OID_RSA_ENCRYPTION = _oid("1.2.840.113549.1.1.1")
+OID_RSAES_OAEP = _oid("1.2.840.113549.1.1.7")
+OID_MGF1 = _oid("1.2.840.113549.1.1.8")
+OID_SHA1 = _oid("1.3.14.3.2.26")  # only inside OAEP parameters
 OID_CONTENT_TYPE = _oid("1.2.840.113549.1.9.3")
 OID_MESSAGE_DIGEST = _oid("1.2.840.113549.1.9.4")
 OID_SIGNING_TIME = _oid("1.2.840.113549.1.9.5")
@@ -181,7 +184,7 @@ class KeyTransRecipient:
     issuer_der: bytes | None
     serial: int | None
     ski: bytes | None
-    rsa_pkcs1: bool  # keyEncryptionAlgorithm is rsaEncryption (PKCS#1 v1.5)
+    padding: padding.AsymmetricPadding | None  # PKCS1v15 or OAEP; None: not RSA we can use
     encrypted_key: bytes
 
 
@@ -238,9 +241,45 @@ def _key_trans(buf: memoryview, ri: Tlv) -> KeyTransRecipient:
     issuer, serial, ski = _identifier(buf, rid)
     if alg.tag != T_SEQUENCE or key.tag & 0x1F != T_OCTETS:
         raise _bad()
-    alg_oid = expect(buf, alg, [T_OID])[0]
-    pkcs1 = content(buf, alg_oid) == OID_RSA_ENCRYPTION
-    return KeyTransRecipient(issuer, serial, ski, pkcs1, bytes(octets(buf, key)))
+    return KeyTransRecipient(issuer, serial, ski, _key_transport(buf, alg), bytes(octets(buf, key)))
+
+
+def _key_transport(buf: memoryview, alg: Tlv) -> padding.AsymmetricPadding | None:
+    """rsaEncryption -> PKCS#1 v1.5; id-RSAES-OAEP -> OAEP with its hash and MGF1 hash
+    (RFC 4055 defaults: SHA-1 for both, which is what `openssl cms -keyopt
+    rsa_padding_mode:oaep` sends; OAEP does not rely on collision resistance, RFC 8017
+    B.1). A label (pSourceFunc) or anything else: None, the recipient is skipped."""
+    kids = expect(buf, alg, [T_OID])
+    oid = content(buf, kids[0])
+    if oid == OID_RSA_ENCRYPTION:
+        return padding.PKCS1v15()
+    if oid != OID_RSAES_OAEP:
+        return None
+    digest: hashes.HashAlgorithm = hashes.SHA1()
+    mgf_digest: hashes.HashAlgorithm = hashes.SHA1()
+    if len(kids) > 1 and kids[1].tag == T_SEQUENCE:
+        for param in children(buf, kids[1]):
+            if param.tag == T_CTX0:  # hashFunc
+                found = _oaep_hash(buf, expect(buf, param, [T_SEQUENCE])[0])
+            elif param.tag == T_CTX1:  # maskGenFunc: mgf1 with its hash
+                mgf = expect(buf, expect(buf, param, [T_SEQUENCE])[0], [T_OID, T_SEQUENCE])
+                if content(buf, mgf[0]) != OID_MGF1:
+                    return None
+                found = _oaep_hash(buf, mgf[1])
+            else:
+                return None  # pSourceFunc: a label we were never given
+            if found is None:
+                return None
+            if param.tag == T_CTX0:
+                digest = found
+            else:
+                mgf_digest = found
+    return padding.OAEP(mgf=padding.MGF1(mgf_digest), algorithm=digest, label=None)
+
+
+def _oaep_hash(buf: memoryview, alg: Tlv) -> hashes.HashAlgorithm | None:
+    oid = bytes(content(buf, expect(buf, alg, [T_OID])[0]))
+    return hashes.SHA1() if oid == OID_SHA1 else DIGESTS.get(oid)
 
 
 def name_from_der(der: bytes) -> x509.Name:

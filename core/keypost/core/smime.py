@@ -282,12 +282,15 @@ class Decryptor:
             for ri in env.recipients:
                 # An SKI RecipientInfo is not used to skip keys: SKI methods differ between
                 # issuers (SHA-1 of the key, RFC 7093 variants), a mismatch proves nothing.
-                if not ri.rsa_pkcs1:
+                if ri.padding is None:
                     continue  # a public fact: another key-transport algorithm
                 filler = os.urandom(key_len)  # drawn every time: both outcomes cost the same
                 try:
-                    cek = key.decrypt(ri.encrypted_key, padding.PKCS1v15())
-                except ValueError:  # wrong length / out of range: public, no oracle
+                    cek = key.decrypt(ri.encrypted_key, ri.padding)
+                except ValueError:
+                    # PKCS#1 v1.5: only public facts (length, range) raise, thanks to
+                    # implicit rejection. OAEP: OpenSSL's decoding is constant-time and any
+                    # failure continues exactly like a wrong key.
                     cek = b""
                 right_length = len(cek) == key_len
                 cek = cek if right_length else filler
