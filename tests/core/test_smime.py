@@ -335,6 +335,19 @@ def test_sign_sets_signing_time_to_date_and_verifies() -> None:
     assert result.content.startswith(b"Content-Type: text/plain; charset=utf-8")
 
 
+def test_verify_at_a_given_time() -> None:
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    signed = smime.sign_message(_fresh_message(), gw.key, cont)
+    anchors = [directory_ca().certificate]
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=3)
+    assert smime.verify_signed(signed, anchors, now=later).ok
+    assert smime.verify_signed(signed, anchors, now=later.replace(tzinfo=None)).ok
+    before = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    result = smime.verify_signed(signed, anchors, now=before)
+    assert any("future" in r for r in result.reasons)
+
+
 def test_sign_adds_missing_date() -> None:
     gw = gateway("gw.a.example")
     cont = container("alice@a.example", gw, Purpose.SIGN)

@@ -527,6 +527,8 @@ def _verify(
     message: bytes, trust_anchors: Sequence[x509.Certificate], now: dt.datetime | None
 ) -> SignatureResult:
     at_now = now or dt.datetime.now(dt.UTC)
+    if at_now.tzinfo is None:  # a naive time is taken as UTC, as everywhere in keypost
+        at_now = at_now.replace(tzinfo=dt.UTC)
     try:
         headers, content, der = _signed_parts(message)
     except SmimeError as exc:
