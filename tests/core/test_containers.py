@@ -3,6 +3,7 @@ pyasn1 and the real openssl / gpgsm command-line tools."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import os
@@ -16,6 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.type import char, namedtype, univ
 
@@ -23,6 +26,7 @@ from keypost.core import containers as kc
 from keypost.core.address import parse_address
 from keypost.core.errors import ContainerError
 from keypost.core.types import Capability, Purpose, Role
+from keypost.core.x509_checks import PARSE_ERRORS
 from keypost.core.x509_ext import (
     OID_KEYPOST_CONTAINER,
     OID_NO_REV_AVAIL,
@@ -939,3 +943,36 @@ def test_sha256_fingerprint_format(ca: kc.DirectoryCA) -> None:
     parts = fp.split(":")
     assert len(parts) == 32 and all(len(p) == 2 and p == p.upper() for p in parts)
     assert bytes.fromhex("".join(parts)) == hashlib.sha256(kc.to_der(ca.certificate)).digest()
+
+
+@pytest.fixture(scope="module")
+def container_der(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> bytes:
+    return kc.to_der(issue(ca, gw, "jörg@bücher.example"))
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_mutated_containers_never_raise(
+    ca: kc.DirectoryCA, container_der: bytes, data: st.DataObject
+) -> None:
+    """Whatever bytes a peer hands over: a parseable certificate gets reasons, not a crash."""
+    der = bytearray(container_der)
+    for _ in range(data.draw(st.integers(1, 4))):
+        pos = data.draw(st.integers(0, len(der) - 1))
+        der[pos] = data.draw(st.integers(0, 255))
+    try:
+        cert = x509.load_der_x509_certificate(bytes(der))
+    except PARSE_ERRORS:
+        return
+    result = kc.verify_container(
+        cert, [ca.certificate], "jörg@bücher.example", Purpose.ENCRYPT, NOW
+    )
+    original = x509.load_der_x509_certificate(container_der)
+    if cert.tbs_certificate_bytes != original.tbs_certificate_bytes:
+        # what the signature covers changed: it must not verify (changes outside it, e.g.
+        # the unused-bits octet of the signature BIT STRING, leave the signed data intact)
+        assert not result.ok and result.reasons
+    with contextlib.suppress(ContainerError):
+        kc.describe(cert)

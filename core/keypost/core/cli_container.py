@@ -17,6 +17,7 @@ from keypost.core import containers as kc
 from keypost.core.address import parse_address
 from keypost.core.errors import ContainerError, KeypostError
 from keypost.core.types import Purpose, Role
+from keypost.core.x509_checks import PARSE_ERRORS
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LIFETIME = re.compile(r"^\s*(\d{1,7})\s*([smhd])\s*$")
@@ -147,7 +148,7 @@ def _guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Na
     def run(args: argparse.Namespace) -> int:
         try:
             return func(args)
-        except (ValueError, TypeError) as exc:
+        except PARSE_ERRORS as exc:
             raise ContainerError(f"bad input: {exc}") from exc
 
     return run

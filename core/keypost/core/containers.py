@@ -127,9 +127,9 @@ class GatewayKey:
                 try:
                     cert = x509.load_der_x509_certificate(data)
                     key = cert.public_key()
-                except ValueError:
+                except checks.PARSE_ERRORS:
                     key = serialization.load_der_public_key(data)
-        except (ValueError, TypeError) as exc:
+        except checks.PARSE_ERRORS as exc:
             raise ContainerError("unreadable gateway certificate or public key") from exc
         return GatewayKey(_check_public_key(key), cert, tuple(capabilities))
 
@@ -351,11 +351,11 @@ class DirectoryCA:
     ) -> DirectoryCA:
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
-        except ValueError as exc:
+        except checks.PARSE_ERRORS as exc:
             raise ContainerError("unreadable directory CA certificate (PEM expected)") from exc
         try:
             key = serialization.load_pem_private_key(key_pem, password)
-        except (ValueError, TypeError) as exc:
+        except checks.PARSE_ERRORS as exc:
             # Never echo key material or the password: only say what went wrong.
             raise ContainerError("unreadable directory CA key (PEM, wrong password?)") from exc
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
@@ -479,8 +479,9 @@ def describe(cert: x509.Certificate) -> ContainerInfo:
             # Certificates without a SAN (old genuine ones) name the address in the subject.
             for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
                 addresses.append(str(attr.value))
-    except ValueError as exc:  # cryptography's lazy extension parsing
-        raise ContainerError(f"malformed certificate extension: {exc}") from exc
+        key_text = checks.key_description(cert.public_key())
+    except checks.PARSE_ERRORS as exc:  # cryptography parses lazily
+        raise ContainerError(f"malformed certificate: {_first_sentence(exc)}") from exc
     return ContainerInfo(
         addresses=tuple(addresses),
         role=role,
@@ -490,8 +491,13 @@ def describe(cert: x509.Certificate) -> ContainerInfo:
         not_after=cert.not_valid_after_utc,
         capabilities=caps,
         serial=cert.serial_number,
-        key_description=checks.key_description(cert.public_key()),
+        key_description=key_text,
     )
+
+
+def _first_sentence(exc: Exception) -> str:
+    """cryptography's parse errors run to several sentences; a reason needs one."""
+    return str(exc).split(". ")[0][:160]
 
 
 def _address_problems(info: ContainerInfo, wanted: Address | str) -> list[str]:
@@ -557,8 +563,8 @@ def verify_container(
         reasons += role_reasons
         reasons += checks.usage_problems(cert, purpose, required=not genuine)
         reasons += _address_problems(info, address)
-    except (ValueError, TypeError) as exc:  # malformed parts cryptography parses lazily
-        reasons = [f"malformed certificate: {exc}"]
+    except checks.PARSE_ERRORS as exc:  # parsed lazily
+        reasons = [f"malformed certificate: {_first_sentence(exc)}"]
     return VerificationResult(not reasons, tuple(reasons), info)
 
 
@@ -586,9 +592,9 @@ def load_certificates(data: bytes) -> list[x509.Certificate]:
         else:
             try:
                 certs = [x509.load_der_x509_certificate(data)]
-            except ValueError:
+            except checks.PARSE_ERRORS:
                 certs = pkcs7.load_der_pkcs7_certificates(data)
-    except ValueError as exc:
+    except checks.PARSE_ERRORS as exc:
         raise ContainerError("no readable certificate (PEM, DER or PKCS#7 expected)") from exc
     if not certs:
         raise ContainerError("no certificate in the data")

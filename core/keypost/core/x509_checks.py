@@ -23,6 +23,16 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from keypost.core.types import Purpose
 
 MIN_RSA_BITS = 2048
+# What cryptography raises while lazily parsing a hostile certificate (found by fuzzing in
+# tests/core/test_containers.py): callers turn these into reasons or ContainerError.
+PARSE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError,
+    TypeError,
+    UnsupportedAlgorithm,
+    x509.InvalidVersion,
+    x509.DuplicateExtension,
+    x509.UnsupportedGeneralNameType,
+)
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
 
 
