@@ -154,3 +154,11 @@ def test_decoder_never_raises_on_arbitrary_bytes(data: bytes, cuts: list[int]) -
     dec.feed(data[pos:])
     for ev in dec.close():
         assert isinstance(ev, Truncated)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.text(alphabet='\\"a\u00e4\x01\U0001f600\r\n', min_size=200, max_size=2000),
+       st.integers(min_value=200, max_value=400))
+def test_chunk_cuts_never_split_an_escape(text: str, max_frame: int) -> None:
+    # Escape-dense text and tiny frames: many cuts land next to backslashes.
+    _check_chunks({"id": "x", "ok": True, "result": {"t": text}}, max_frame=max_frame)
