@@ -16,6 +16,7 @@ import os
 import signal
 import smtplib
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -129,19 +130,17 @@ def run_senders(port: int, data: bytes, senders: int, seconds: float) -> tuple[i
     return sum(counts), sum(errors)
 
 
-def measure(config: Path, data: bytes, senders: int, seconds: float) -> float:
-    port = listen_port(config)
+def serve(config: Path) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([*KEYPOST, "gateway", "serve", "--config", str(config)],
                             stdout=subprocess.DEVNULL)
-    try:
-        wait_port(port)
-        run_senders(port, data, senders, 0.5)  # warm-up: imports, first connections
-        t0 = time.perf_counter()
-        ok, bad = run_senders(port, data, senders, seconds)
-        elapsed = time.perf_counter() - t0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=30)
+    wait_port(listen_port(config))
+    return proc
+
+
+def measure(config: Path, data: bytes, senders: int, seconds: float) -> float:
+    t0 = time.perf_counter()
+    ok, bad = run_senders(listen_port(config), data, senders, seconds)
+    elapsed = time.perf_counter() - t0  # includes the messages in flight at the deadline
     if bad:
         raise SystemExit(f"{bad} messages were refused; the benchmark is invalid")
     return ok / elapsed
@@ -149,7 +148,8 @@ def measure(config: Path, data: bytes, senders: int, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--seconds", type=float, default=2.0, help="per side and round")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=20)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,16 +157,28 @@ def main() -> None:
         sink_port = free_port()
         sink = subprocess.Popen([sys.executable, "-c", SINK, str(sink_port)],
                                 stdout=subprocess.PIPE, text=True)
+        procs: list[subprocess.Popen[bytes]] = []
         try:
             assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
             gateway, anchor, data = setup(root, sink_port)
-            print(f"message: {len(data)} bytes encrypted (50 KB clear), RSA-2048, AES-256-CBC")
+            procs = [serve(anchor), serve(gateway)]
+            for config in (anchor, gateway):  # warm-up: imports, first connections
+                run_senders(listen_port(config), data, 2, 0.5)
+            print(f"message: {len(data)} bytes encrypted (50 KB clear), RSA-2048, AES-256-CBC;"
+                  f" {args.rounds} alternating rounds of {args.seconds:g} s per side, medians")
             print(f"{'senders':>8} {'pass-through msg/s':>19} {'gateway msg/s':>14} {'ratio':>6}")
             for senders in (1, args.concurrency):
-                base = measure(anchor, data, senders, args.seconds)
-                gw = measure(gateway, data, senders, args.seconds)
-                print(f"{senders:>8} {base:>19.1f} {gw:>14.1f} {gw / base:>6.2f}")
+                rows = []
+                for _ in range(args.rounds):
+                    base = measure(anchor, data, senders, args.seconds)
+                    gw = measure(gateway, data, senders, args.seconds)
+                    rows.append((base, gw, gw / base))
+                base, gw, ratio = (statistics.median(col) for col in zip(*rows, strict=True))
+                print(f"{senders:>8} {base:>19.1f} {gw:>14.1f} {ratio:>6.2f}")
         finally:
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=30)
             sink.send_signal(signal.SIGTERM)
             out, _ = sink.communicate(timeout=30)
         total = out.strip().splitlines()[-1]
