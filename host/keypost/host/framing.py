@@ -129,7 +129,8 @@ def encode_frame(value: object) -> bytes:
 def encode_reply(reply: dict[str, Any], max_frame: int = MAX_REPLY_FRAME) -> list[bytes]:
     """The frames for one reply: itself when it fits in `max_frame` bytes (header included),
     else chunk frames `{id, chunk: {index, count, data}}` whose `data` joined in order is the
-    reply's JSON text."""
+    reply's JSON text. A reply carrying a 10 MB attachment (both the encrypted message and
+    the clear Sent copy, ~27 MB of JSON) costs ~0.3 s of CPU, nearly all in json.dumps."""
     text = _dumps(reply)
     whole = text.encode("utf-8")
     if HEADER.size + len(whole) <= max_frame:
