@@ -395,7 +395,8 @@ def _error_text(m: Any) -> str | None:
 def turn_encrypt_on(session: Session, ready: bool) -> None:
     """Click the add-on's button; wait until the background lookup has answered."""
     m = session.marionette
-    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    if _button(m, "badge") != "ON":  # while on, a click opens the popup instead
+        m.find_element("id", tb.COMPOSE_BUTTON).click()
     tb.wait_for(lambda: _button(m, "badge") == "ON", 30, "badge ON")
     want = "keypost: encrypted for all" if ready else "cannot be encrypted for"
     tb.wait_for(
@@ -444,7 +445,23 @@ def test_encrypt_and_send_to_external_and_served_recipient(
     subject = "Quarterly figures e2e"
     body = "Hello Bob and Carol, the figures are attached in spirit."
     handle = open_compose(thunderbird, f"{EXTERNAL}, Bob <{SERVED}>", subject, body)
-    assert _button(m, "badge") == "OFF"
+    tb.wait_for(lambda: _button(m, "badge") == "OFF", 20, "badge OFF on a new compose window")
+    # The popup lists each recipient with the gateway that will receive it.
+    turn_encrypt_on(thunderbird, ready=True)
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    popup = tb.wait_for(
+        lambda: (p := read_page(m, "popup", POPUP_READER)) and p["rows"] and p,
+        30,
+        "the popup's recipient list",
+    )
+    assert popup["encrypt"] is True
+    assert sorted(popup["rows"]) == sorted(
+        [
+            [EXTERNAL, "via the gateway of example.com"],
+            [SERVED, "via the gateway of example.com, example.org"],
+        ]
+    )
+    m.execute_script("document.querySelector('panel[panelopen]')?.hidePopup()")
     captured = encrypt_send_capture(thunderbird, smtp)
     assert captured.mail_from == SENDER
     assert sorted(captured.rcpt_tos) == sorted([EXTERNAL, SERVED])
@@ -493,33 +510,48 @@ def test_bcc_and_a_large_attachment(
     tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
 
 
-OPTIONS_STATE = """
-const done = arguments[arguments.length - 1];
-const browser = document.getElementById("tabmail").currentTabInfo.browser;
+PAGE_READ = """
+const [where, reader, click, done] = arguments;
+const browser = where === "popup"
+  ? document.querySelector("browser.webextension-popup-browser")
+  : document.getElementById("tabmail").currentTabInfo.browser;
 const mm = browser.messageManager;
-const listener = (msg) => { mm.removeMessageListener("keypost:state", listener); done(msg.data); };
-mm.addMessageListener("keypost:state", listener);
+const listener = (msg) => { mm.removeMessageListener("keypost:page", listener); done(msg.data); };
+mm.addMessageListener("keypost:page", listener);
 // The add-on's pages live in the extension process: a frame script reads the page there.
-const script = (click) => {
+const script = `(() => {
   const d = content.document;
+  const click = ${JSON.stringify(click)};
   if (click) d.getElementById(click).click();
-  sendAsyncMessage("keypost:state", {
-    fingerprint: d.getElementById("fingerprint").textContent,
-    directory: d.getElementById("directory").value,
-    managed: !d.getElementById("managed").hidden,
-    result: d.getElementById("result").textContent,
-  });
-};
-mm.loadFrameScript("data:,(" + encodeURIComponent(String(script)) + ")("
-  + JSON.stringify(arguments[0]) + ")", false);
+  sendAsyncMessage("keypost:page", (${reader})(d));
+})()`;
+mm.loadFrameScript("data:," + encodeURIComponent(script), false);
 """
+
+OPTIONS_READER = """(d) => ({
+  fingerprint: d.getElementById("fingerprint").textContent,
+  directory: d.getElementById("directory").value,
+  managed: !d.getElementById("managed").hidden,
+  result: d.getElementById("result").textContent,
+})"""
+
+POPUP_READER = """(d) => ({
+  encrypt: d.getElementById("encrypt").checked,
+  rows: Array.from(d.querySelectorAll("#recipients tr")).map(
+    (tr) => Array.from(tr.cells).map((c) => c.firstChild ? c.firstChild.textContent : "")),
+})"""
+
+
+def read_page(m: Any, where: str, reader: str, click: str | None = None) -> dict[str, Any]:
+    """Read (and optionally click in) an add-on page: the options tab or the compose popup."""
+    state: dict[str, Any] = m.execute_async_script(
+        PAGE_READ, script_args=[where, reader, click], script_timeout=10000
+    )
+    return state
 
 
 def _options_state(m: Any, click: str | None = None) -> dict[str, Any]:
-    state: dict[str, Any] = m.execute_async_script(
-        OPTIONS_STATE, script_args=[click], script_timeout=10000
-    )
-    return state
+    return read_page(m, "tab", OPTIONS_READER, click)
 
 
 def test_options_page_shows_the_host_and_tests_the_connection(
