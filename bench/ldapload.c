@@ -1,8 +1,10 @@
 /* ldapload: a closed-loop LDAP load generator (epoll, one thread) for bench/bench_ldap.py.
  *
  * Each connection sends one pre-encoded request, waits for its final response, and
- * sends it again, so the figure is the server's rate, not the client's. Requests are
+ * sends the next, so the figure is the server's rate, not the client's. Requests are
  * read pre-encoded from files so this program knows nothing of BER beyond framing.
+ * SEARCH_FILE may hold several searches back to back: they are sent in turn (all
+ * connections share one cursor), e.g. one per address to defeat caches.
  *
  * usage: ldapload HOST PORT CONNS SECONDS WARMUP MODE SEARCH_FILE [BIND_FILE]
  *   MODE persist: CONNS persistent connections repeating SEARCH_FILE
@@ -39,8 +41,9 @@ typedef struct {
     uint8_t buf[BUF];
 } conn_t;
 
-static uint8_t *search_req, *bind_req;
-static size_t search_len, bind_len;
+static uint8_t *search_file, *bind_req;
+static size_t search_file_len, bind_len;
+static size_t *req_off, *req_len, nreqs, next_req;
 static int session_mode;
 static struct sockaddr_in addr;
 static int ep;
@@ -57,11 +60,41 @@ static double now(void) {
 static uint8_t *slurp(const char *path, size_t *len) {
     FILE *f = fopen(path, "rb");
     if (!f) { perror(path); exit(2); }
-    uint8_t *data = malloc(65536);
-    *len = fread(data, 1, 65536, f);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *data = malloc((size_t)size + 1);
+    *len = fread(data, 1, (size_t)size, f);
     fclose(f);
     return data;
 }
+
+/* Split the search file into its LDAPMessages (definite lengths only). */
+static void split_requests(void) {
+    size_t cap = 16;
+    req_off = malloc(cap * sizeof *req_off);
+    req_len = malloc(cap * sizeof *req_len);
+    for (size_t p = 0; p + 2 <= search_file_len;) {
+        size_t hl = 2, body = search_file[p + 1];
+        if (body & 0x80) {
+            size_t k = body & 0x7f;
+            body = 0;
+            for (size_t i = 0; i < k; i++) body = body << 8 | search_file[p + 2 + i];
+            hl += k;
+        }
+        if (nreqs == cap) {
+            cap *= 2;
+            req_off = realloc(req_off, cap * sizeof *req_off);
+            req_len = realloc(req_len, cap * sizeof *req_len);
+        }
+        req_off[nreqs] = p;
+        req_len[nreqs++] = hl + body;
+        p += hl + body;
+    }
+    if (nreqs == 0) { fprintf(stderr, "no request in the search file\n"); exit(2); }
+}
+
+static void send_search(conn_t *c);
 
 static void send_all(conn_t *c, const uint8_t *data, size_t len) {
     size_t off = 0;
@@ -105,10 +138,15 @@ static void start_request(conn_t *c) {
         c->state = 1;
         send_all(c, bind_req, bind_len);
     } else {
-        c->state = 2;
         if (!session_mode) c->started = now();
-        send_all(c, search_req, search_len);
+        send_search(c);
     }
+}
+
+static void send_search(conn_t *c) {
+    size_t i = next_req++ % nreqs;
+    c->state = 2;
+    send_all(c, search_file + req_off[i], req_len[i]);
 }
 
 /* One complete LDAPMessage arrived: react to its protocolOp tag. */
@@ -123,8 +161,7 @@ static void on_message(conn_t *c, const uint8_t *m, size_t len) {
     int code = (q + 2 < len) ? m[q + 2] : -1; /* resultCode: ENUMERATED, one octet */
     if (tag == 0x61) { /* BindResponse */
         if (code != 0) errors++;
-        c->state = 2;
-        send_all(c, search_req, search_len);
+        send_search(c);
     } else if (tag == 0x65) { /* SearchResultDone */
         double t = now();
         if (code != 0) errors++;
@@ -182,7 +219,8 @@ int main(int argc, char **argv) {
     int nconns = atoi(argv[3]);
     double seconds = atof(argv[4]), warmup = atof(argv[5]);
     session_mode = strcmp(argv[6], "session") == 0;
-    search_req = slurp(argv[7], &search_len);
+    search_file = slurp(argv[7], &search_file_len);
+    split_requests();
     if (argc > 8) bind_req = slurp(argv[8], &bind_len);
     if (nconns < 1 || nconns > MAX_CONNS) return 2;
     addr.sin_family = AF_INET;

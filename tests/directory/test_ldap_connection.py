@@ -171,7 +171,7 @@ def test_search_cache_shares_decoded_requests() -> None:
     assert second[0].request is first[0].request  # decoded once
     # Binds are never cached: they carry passwords.
     events(M.LDAPMessage(2, M.BindRequest(3, "uid=a", b"secret")), cache=cache)
-    assert len(cache._items) == 1
+    assert len(cache) == 1
 
 
 def test_encoders_decode() -> None:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from keypost.core import containers
 from keypost.directory.ldap import ber
 from keypost.directory.ldap.backend import AddressEntry
+from keypost.directory.ldap.cache import FifoCache
 from keypost.directory.ldap.connection import SUPPORTED_CONTROLS
 from keypost.directory.ldap.dn import Dn, InvalidDN, escape_value, is_within, parse_dn
 from keypost.directory.ldap.filters import addresses_from_filter
@@ -197,27 +198,21 @@ def encode_entry(
 
 
 class EntryCache:
-    """Encoded entries keyed by (entry, requested attributes, typesOnly); bounded, FIFO.
-
-    FIFO rather than LRU: a hit then costs one dict lookup and nothing else, and an
-    evicted popular entry simply comes back on its next use.
-    """
+    """Encoded entries keyed by (entry, requested attributes, typesOnly); bounded."""
 
     def __init__(self, suffix: str, size: int = 4096) -> None:
         self.suffix = suffix
-        self.size = size
-        self._items: dict[tuple[AddressEntry, tuple[str, ...], bool], bytes] = {}
+        self._items: FifoCache[tuple[AddressEntry, tuple[str, ...], bool], bytes] = FifoCache(
+            size
+        )
 
     def encode(self, entry: AddressEntry, requested: tuple[str, ...], types_only: bool) -> bytes:
         """The SearchResultEntry protocolOp for `entry` with the attributes `requested`."""
         key = (entry, requested, types_only)
-        items = self._items
-        op = items.get(key)
+        op = self._items.get(key)
         if op is None:
             op = encode_entry(entry, self.suffix, select_attributes(requested), types_only)
-            if len(items) >= self.size:
-                del items[next(iter(items))]
-            items[key] = op
+            self._items.put(key, op)
         return op
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from keypost.directory.ldap import ber
 from keypost.directory.ldap.ber import ProtocolError
+from keypost.directory.ldap.cache import FifoCache
 from keypost.directory.ldap.messages import (
     OID_NOTICE_OF_DISCONNECTION,
     OID_START_TLS,
@@ -133,8 +134,10 @@ class SearchCache:
     MAX_ENTRIES = 1024
 
     def __init__(self, size: int = MAX_ENTRIES) -> None:
-        self.size = size
-        self._items: dict[bytes, tuple[SearchRequest, bool]] = {}
+        self._items: FifoCache[bytes, tuple[SearchRequest, bool]] = FifoCache(size)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def get(self, key: bytes) -> tuple[SearchRequest, bool] | None:
         return self._items.get(key)
@@ -143,10 +146,7 @@ class SearchCache:
         """Keep a decoded request; False when it is too large to keep."""
         if len(key) > self.MAX_KEY:
             return False
-        items = self._items
-        if len(items) >= self.size:
-            del items[next(iter(items))]
-        items[key] = (request, paged)
+        self._items.put(key, (request, paged))
         return True
 
 

@@ -29,6 +29,7 @@ from keypost.directory.ldap.answers import (
     root_dse,
 )
 from keypost.directory.ldap.backend import AddressEntry, LdapBackend
+from keypost.directory.ldap.cache import FifoCache
 from keypost.directory.ldap.connection import (
     Abandon,
     Bind,
@@ -89,7 +90,7 @@ class LdapServer:
         self.suffix_dn = parse_dn(backend.suffix)
         self.entries = EntryCache(backend.suffix)
         self.searches = SearchCache()
-        self._plans: dict[SearchRequest, SearchPlan] = {}
+        self._plans: FifoCache[SearchRequest, SearchPlan] = FifoCache(SearchCache.MAX_ENTRIES)
         self._servers: list[asyncio.Server] = []
         self._connections: set[_LdapProtocol] = set()
 
@@ -118,13 +119,10 @@ class LdapServer:
         """plan_search, memoised for small requests: clients repeat them (see SearchCache)."""
         if not small:
             return plan_search(request, self.suffix_dn, self.limits.max_addresses)
-        plans = self._plans
-        plan = plans.get(request)
+        plan = self._plans.get(request)
         if plan is None:
             plan = plan_search(request, self.suffix_dn, self.limits.max_addresses)
-            if len(plans) >= SearchCache.MAX_ENTRIES:
-                del plans[next(iter(plans))]
-            plans[request] = plan
+            self._plans.put(request, plan)
         return plan
 
     @property

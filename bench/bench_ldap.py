@@ -1,0 +1,344 @@
+"""LDAP search serving: `keypost directory serve` against OpenLDAP slapd, same load, same run.
+
+Anchor: slapd (Debian package, back-mdb) holding a static entry that carries the very
+certificates keypost serves for the address, so both answer with entries of the same
+size. Load: bench/ldapload.c (compiled here with gcc), a closed-loop epoll client sending
+one pre-encoded search per connection, 16 persistent connections. On a machine with 2+
+CPUs each server is pinned to CPU 0 and the load generator to CPU 1 (slapd with all its
+threads), i.e. one core each. Rounds alternate between the servers; the median round
+is reported. Also measured:
+- bind+search+unbind per connection (anonymous bind), both servers;
+- cache misses: keypost answering a search for a new address every time (each one a
+  new container) against the bare issue rate of the same CA key (DirectoryCA.issue in a
+  loop on the same core).
+
+    python bench/bench_ldap.py [--seconds 3] [--rounds 3] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from keypost.core.address import parse_address
+from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
+from keypost.core.types import Purpose
+from keypost.directory.ldap import ber
+from keypost.directory.ldap import filters as F
+from keypost.directory.ldap import messages as M
+
+HERE = Path(__file__).resolve().parent
+KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
+SUFFIX = "dc=keypost"
+DOMAIN = "example.com"
+ADDRESS = f"alice@{DOMAIN}"
+ATTRIBUTES = ("userCertificate;binary",)  # what Thunderbird asks for
+
+Result = dict[str, float]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+def pinned(cpu: int) -> list[str]:
+    """A taskset prefix pinning to one CPU, when there are two to share out."""
+    if (os.cpu_count() or 1) >= 2 and shutil.which("taskset"):
+        return ["taskset", "-c", str(cpu)]
+    return []
+
+
+@contextmanager
+def process(argv: Sequence[str], **kw: object) -> Iterator[subprocess.Popen[bytes]]:
+    proc = subprocess.Popen(argv, **kw)  # type: ignore[call-overload]
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def search_message(address: str, message_id: int = 1) -> bytes:
+    request = M.SearchRequest(
+        SUFFIX,
+        M.Scope.SUB,
+        M.DerefAliases.NEVER,
+        0,
+        0,
+        False,
+        F.EqualityMatch("mail", address.encode()),
+        ATTRIBUTES,
+    )
+    return M.encode_message(M.LDAPMessage(message_id, request))
+
+
+def fetch_certificates(port: int, address: str) -> list[bytes]:
+    """One search with the codec under test, over a plain socket."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(search_message(address))
+        data = b""
+        certs: list[bytes] = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise RuntimeError("the directory closed the connection")
+            data += chunk
+            while (n := ber.frame_length(data)) is not None:
+                msg = M.decode_message(data[:n])
+                data = data[n:]
+                if isinstance(msg.op, M.SearchResultEntry):
+                    for attribute in msg.op.attributes:
+                        certs.extend(attribute.values)
+                elif isinstance(msg.op, M.SearchResultDone):
+                    return certs
+
+
+def gateway_certificate(folder: Path) -> Path:
+    """A self-signed RSA-2048 certificate standing for the gateway's encryption key."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"gateway.{DOMAIN}")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .sign(key, hashes.SHA256())
+    )
+    path = folder / "gateway.pem"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def keypost_cli(*args: str) -> None:
+    done = subprocess.run([*KEYPOST, *args], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"keypost {' '.join(args)}: {done.stderr.strip()}")
+
+
+def slapd_folder(folder: Path, certificates: Sequence[bytes]) -> Path:
+    """slapd.conf with back-mdb and an entry carrying `certificates`, loaded by slapadd."""
+    import base64
+
+    (folder / "db").mkdir(parents=True)
+    conf = folder / "slapd.conf"
+    conf.write_text(
+        "include /etc/ldap/schema/core.schema\n"
+        "include /etc/ldap/schema/cosine.schema\n"
+        "include /etc/ldap/schema/inetorgperson.schema\n"
+        "modulepath /usr/lib/ldap\n"
+        "moduleload back_mdb\n"
+        f"pidfile {folder}/slapd.pid\n"
+        "database mdb\n"
+        f'suffix "{SUFFIX}"\n'
+        f'rootdn "cn=admin,{SUFFIX}"\n'
+        f"directory {folder}/db\n"
+        "maxsize 104857600\n"
+        "index mail eq\n"
+        "access to * by * read\n"
+    )
+    values = "".join(
+        f"userCertificate;binary:: {base64.b64encode(c).decode()}\n" for c in certificates
+    )
+    ldif = folder / "data.ldif"
+    ldif.write_text(
+        f"dn: {SUFFIX}\nobjectClass: dcObject\nobjectClass: organization\n"
+        "dc: keypost\no: keypost\n\n"
+        f"dn: mail={ADDRESS},{SUFFIX}\nobjectClass: inetOrgPerson\n"
+        f"cn: {ADDRESS}\nsn: {ADDRESS}\nmail: {ADDRESS}\n{values}"
+    )
+    subprocess.run(
+        ["slapadd", "-q", "-f", str(conf), "-l", str(ldif)],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    return conf
+
+
+def run_load(
+    ldapload: Path,
+    port: int,
+    connections: int,
+    seconds: float,
+    mode: str,
+    search_file: Path,
+    bind_file: Path | None = None,
+) -> Result:
+    argv = [
+        *pinned(1),
+        str(ldapload),
+        "127.0.0.1",
+        str(port),
+        str(connections),
+        str(seconds),
+        "0.5",  # warm-up, not counted
+        mode,
+        str(search_file),
+    ]
+    if bind_file is not None:
+        argv.append(str(bind_file))
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"ldapload failed: {done.stderr.strip()}")
+    result: Result = json.loads(done.stdout)
+    if result["errors"]:
+        raise RuntimeError(f"ldapload saw {result['errors']} error results")
+    return result
+
+
+def median_run(runs: list[Result]) -> Result:
+    return sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+
+
+def bare_issue_rate(data: Path, gateway_pem: Path, seconds: float) -> float:
+    """DirectoryCA.issue with the directory's own CA key, one core, new address each time."""
+    from keypost.directory.config import DataDir
+
+    paths = DataDir(data)
+    ca = DirectoryCA.load(paths.ca_cert.read_bytes(), paths.ca_key.read_bytes())
+    gateway = GatewayKey.from_pem(gateway_pem.read_bytes())
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2:
+        os.sched_setaffinity(0, {0})  # the core the server had
+    n = 0
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        address = parse_address(f"bare{n}@{DOMAIN}")
+        ca.issue(ContainerRequest(address, Purpose.ENCRYPT, gateway))
+        n += 1
+    return n / (time.perf_counter() - start)
+
+
+def line(name: str, r: Result) -> str:
+    rate, p50, p99 = r["rate"], r["p50_us"], r["p99_us"]
+    return f"  {name:34s} {rate:9.0f}/s   p50 {p50:6.0f} us   p99 {p99:6.0f} us"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--log-level", default="warning", help="keypost serve --log-level")
+    args = parser.parse_args()
+    for tool in ("gcc", "slapd", "slapadd"):
+        if shutil.which(tool) is None:
+            print(f"bench_ldap: {tool} is needed", file=sys.stderr)
+            return 2
+
+    with tempfile.TemporaryDirectory(prefix="bench-ldap-") as tmp:
+        folder = Path(tmp)
+        ldapload = folder / "ldapload"
+        subprocess.run(
+            ["gcc", "-O2", "-o", str(ldapload), str(HERE / "ldapload.c")],
+            check=True,
+            timeout=120,
+        )
+        data = folder / "data"
+        gateway_pem = gateway_certificate(folder)
+        keypost_cli("directory", "init", "--data", str(data), "--suffix", SUFFIX)
+        keypost_cli(
+            "directory", "domain", "add", DOMAIN, "--encryption-cert", str(gateway_pem),
+            "--data", str(data),
+        )
+        search_file = folder / "search.ber"
+        search_file.write_bytes(search_message(ADDRESS))
+        bind_file = folder / "bind.ber"
+        bind_file.write_bytes(M.encode_message(M.LDAPMessage(1, M.BindRequest(3, "", b""))))
+        miss_file = folder / "misses.ber"
+        miss_file.write_bytes(
+            b"".join(search_message(f"user{i}@{DOMAIN}", 1) for i in range(200_000))
+        )
+
+        kp_port, slapd_port = free_port(), free_port()
+        serve = [
+            *pinned(0), *KEYPOST, "directory", "serve", "--data", str(data),
+            "--ldap", f"127.0.0.1:{kp_port}", "--log-level", args.log_level,
+        ]
+        results: dict[str, list[Result]] = {}
+        with process(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+            wait_port(kp_port)
+            certificates = fetch_certificates(kp_port, ADDRESS)
+            if not certificates:
+                raise RuntimeError("keypost returned no certificate for the benchmark address")
+            conf = slapd_folder(folder / "slapd", certificates)
+            slapd = [
+                *pinned(0), "slapd", "-f", str(conf), "-h", f"ldap://127.0.0.1:{slapd_port}/",
+                "-d", "0",
+            ]
+            with process(slapd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+                wait_port(slapd_port)
+                slapd_certs = fetch_certificates(slapd_port, ADDRESS)
+                assert slapd_certs == certificates, "slapd must serve the same certificates"
+                for _ in range(args.rounds):
+                    for name, port in (("slapd", slapd_port), ("keypost", kp_port)):
+                        for mode in ("persist", "session"):
+                            r = run_load(
+                                ldapload, port, args.connections, args.seconds, mode,
+                                search_file, bind_file if mode == "session" else None,
+                            )
+                            results.setdefault(f"{name} {mode}", []).append(r)
+            miss = run_load(ldapload, kp_port, args.connections, args.seconds, "persist",
+                            miss_file)
+        bare = bare_issue_rate(data, gateway_pem, min(args.seconds, 2.0))
+
+    size = sum(len(c) for c in certificates)
+    print(f"LDAP search, {args.connections} connections, {len(certificates)} certificate(s) "
+          f"of {size} bytes per entry, median of {args.rounds} rounds of {args.seconds:g} s")
+    med = {k: median_run(v) for k, v in results.items()}
+    print(line("slapd back-mdb (anchor)", med["slapd persist"]))
+    print(line("keypost, cached containers", med["keypost persist"]))
+    print(line("slapd bind+search+unbind", med["slapd session"]))
+    print(line("keypost bind+search+unbind", med["keypost session"]))
+    print(line("keypost, new container per search", miss))
+    print(f"  {'bare issue rate, same CA key':34s} {bare:9.0f}/s")
+    print("ratios:")
+    print(f"  cached search vs slapd:          "
+          f"{med['keypost persist']['rate'] / med['slapd persist']['rate']:.2f}x  (goal >= 1.0)")
+    print(f"  bind+search+unbind vs slapd:     "
+          f"{med['keypost session']['rate'] / med['slapd session']['rate']:.2f}x")
+    print(f"  new container per search vs bare issue: {miss['rate'] / bare:.2f}x  (goal >= 0.5)")
+    spread = [statistics.pstdev([r["rate"] for r in v]) / statistics.mean([r["rate"] for r in v])
+              for v in results.values()]
+    print(f"  (round-to-round spread up to {max(spread) * 100:.0f}% of the mean)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
