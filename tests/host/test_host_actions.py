@@ -149,6 +149,7 @@ def test_lookup_reports_every_recipient_from_one_search(setup: Any, ca: Director
         ["Bob@example.org", "carol@example.net", "dave@example.com", "alice@example.com"]]
     bob, carol, junk, dave = result["recipients"]
     assert bob["address"] == "Bob@example.org" and bob["status"] == "ok"
+    assert bob["given"] == "Bob@Example.ORG"  # lets the add-on match what was typed
     assert sorted(c["gateway"] for c in bob["containers"]) == ["example.com", "example.org"]
     assert all(c["valid"] and c["used"] and c["role"] == "proxy-encryption"
                for c in bob["containers"])
@@ -255,3 +256,13 @@ def test_keyring_unavailable(setup: Any, ca: DirectoryCA, host_dirs: tuple[Path,
     assert status["password_in_keyring"] is False  # nothing configured yet
     assert configure(host, ca, username=None, password=...)["ok"]  # anonymous still works
     assert ok(host, "status")["configured"] is True
+
+
+def test_internationalised_domain_is_looked_up_as_a_label(setup: Any, ca: DirectoryCA) -> None:
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    factory.directory.calls.clear()
+    [entry] = ok(host, "lookup", recipients=["kim@b\u00fccher.example"])["recipients"]
+    assert factory.directory.calls == [["kim@xn--bcher-kva.example"]]
+    assert entry["address"] == "kim@xn--bcher-kva.example"
+    assert entry["given"] == "kim@b\u00fccher.example"

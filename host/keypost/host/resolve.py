@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography import x509
@@ -71,6 +71,7 @@ class RecipientReport:
     containers: tuple[ContainerReport, ...] = ()
     source: str | None = None
     party: str = "recipient"  # or "sender"
+    given: str | None = None  # the address as the caller wrote it
 
     @property
     def usable(self) -> tuple[x509.Certificate, ...]:
@@ -79,6 +80,7 @@ class RecipientReport:
     def to_wire(self) -> dict[str, Any]:
         return {
             "address": self.address,
+            "given": self.address if self.given is None else self.given,
             "party": self.party,
             "status": self.status,
             "summary": self.summary,
@@ -148,7 +150,10 @@ class Resolver:
             sender_report = _as_sender(report(entry, set(), sender_domain))
             own_fps = {c.gateway_fingerprint for c in sender_report.containers
                        if c.valid and c.gateway_fingerprint}
-        reports = tuple(report(entry, own_fps, sender_domain) for entry in parsed)
+        reports = tuple(replace(report(entry, own_fps, sender_domain), given=text)
+                        for entry, text in zip(parsed, addresses, strict=True))
+        if sender_report is not None:
+            sender_report = replace(sender_report, given=sender)
         return Resolution(reports, sender_report, failure)
 
     def _containers(
@@ -314,8 +319,7 @@ def _summary(containers: Sequence[ContainerReport]) -> str:
 
 
 def _as_sender(report: RecipientReport) -> RecipientReport:
-    return RecipientReport(report.address, report.status, report.summary, report.reason,
-                           report.containers, report.source, party="sender")
+    return replace(report, party="sender")
 
 
 def _earliest_not_after(containers: Sequence[RawContainer]) -> float | None:
