@@ -312,3 +312,20 @@ def test_logs_hold_no_secrets(
     assert "-> 250" in text and "-> 554" in text  # the log says what happened ...
     assert GATEWAY_PW not in text and "PRIVATE KEY" not in text  # ... and nothing secret
     assert "log check" not in text  # nor message content
+
+
+def test_whole_path_with_a_signing_request_is_signed_inside_and_reencrypted(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, tmp_path: Path
+) -> None:
+    path = user_containers(world, BOB)
+    msg = plain_message(sender=ALICE, to=BOB, subject="[sign] path", body="signed path")
+    enc = smime.encrypt_message(msg, path)
+    assert send(gw.port, ALICE, [BOB], enc)[0] == 250
+    [got] = sink.handler.messages
+    assert smime.is_encrypted(got.data)  # the partner gateway still finds its envelope
+    assert body_of(got.data) != body_of(enc)
+    for key in (world.partner_key, world.bob_key):
+        inner = smime.Decryptor([key]).decrypt_message(got.data).message
+        done = openssl_verify(inner, world.ca_pem, tmp_path)
+        assert done.returncode == 0, done.stderr
+        assert b"signed path" in done.stdout

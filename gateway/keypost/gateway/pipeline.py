@@ -158,9 +158,10 @@ class Pipeline:
         if isinstance(opened, str):
             return [self._malformed(rcpts, opened, data, notify)]
         if opened is None:
-            # End-to-end encrypted past us: nothing to scan, nothing to change.
-            o = Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")
-            return [self._signed(o, sender, keys)] if sign else [o]
+            # End-to-end encrypted past us: nothing to scan, nothing to change. Not signed
+            # either: a multipart/signed around it would hide the enveloped data from the
+            # receiving gateway, which looks for a top-level application/pkcs7-mime.
+            return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
         verdict = self._scanned(rcpts, mail_from, opened.clear, notify, True, "decrypted")
         if verdict[0].action is not Action.RELAY:
             return verdict
@@ -177,11 +178,14 @@ class Pipeline:
         addr = _address(rcpt)
         found = self.directory.encryption_certificates(addr) if addr else None
         one = (rcpt,)
-        if found is not None and rids & {(c.issuer, c.serial_number) for c in found.encryption}:
+        readable = found is not None and rids & {
+            (c.issuer, c.serial_number) for c in found.encryption
+        }
+        if readable and not sign:
             # Fig. 2 whole-path message: the next gateway or the recipient can read the
-            # original; forward it untouched ("the gateways need not re-encrypt").
-            o = Outcome(one, Action.RELAY, original, note="scanned; original ciphertext")
-            return self._signed(o, sender, keys) if sign else o
+            # original; forward it untouched ("the gateways need not re-encrypt"). A
+            # signature must go inside, so a signing request means sign and re-encrypt.
+            return Outcome(one, Action.RELAY, original, note="scanned; original ciphertext")
         policy = self.policy.outbound_no_genuine
         targets: tuple[x509.Certificate, ...] = ()
         if found is not None and (found.genuine or policy is not NoGenuinePolicy.REFUSE):
