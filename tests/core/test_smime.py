@@ -627,3 +627,14 @@ def test_any_signed_multipart_verifies_after_transport(
     stored = signed.replace(b"\r\n", b"\n") if lf_store else signed
     result = smime.verify_signed(stored, [directory_ca().certificate])
     assert result.ok, result.reasons
+
+
+def test_header_parsing_keeps_odd_but_legal_fields() -> None:
+    from keypost.core import mime
+
+    block = b"Subject : old style\r\nX-Long: a\r\n  b\r\nFrom mbox line\r\nTo:x@y.example\r\n"
+    headers = mime.parse_headers(block)
+    assert [h.key for h in headers] == ["subject", "x-long", "to"]
+    assert headers[0].value == "old style"
+    assert headers[1].raw == b"X-Long: a\r\n  b"
+    assert headers[1].value == "a  b"

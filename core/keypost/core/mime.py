@@ -116,7 +116,9 @@ def parse_headers(block: bytes) -> list[Header]:
         if current:
             headers.append(_header(current))
             current = []
-        if b":" in line and line.split(b":", 1)[0].strip() and b" " not in line.split(b":", 1)[0]:
+        name, colon, _ = line.partition(b":")
+        name = name.rstrip(b" \t")  # RFC 5322 4.5.3 obsolete syntax: blanks before ':'
+        if colon and name and b" " not in name and b"\t" not in name:
             current = [line]
     if current:
         headers.append(_header(current))
@@ -124,7 +126,7 @@ def parse_headers(block: bytes) -> list[Header]:
 
 
 def _header(lines: list[bytes]) -> Header:
-    name = lines[0].split(b":", 1)[0].decode("ascii", "replace")
+    name = lines[0].partition(b":")[0].rstrip(b" \t").decode("ascii", "replace")
     return Header(name, b"\r\n".join(lines))
 
 
