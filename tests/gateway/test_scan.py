@@ -7,8 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from keypost.gateway.errors import TempFailure
-from keypost.gateway.scan import CallableScanner, CommandScanner, ScanResult, Verdict
+from keypost.gateway.errors import ConfigError, TempFailure
+from keypost.gateway.scan import (
+    CallableScanner,
+    CommandScanner,
+    ScanResult,
+    Verdict,
+    load_entry_point,
+)
 
 MSG = b"Subject: t\r\n\r\nEICAR-LIKE-TEST-STRING\r\n"
 
@@ -55,3 +61,25 @@ def test_callable_scanner_accepts_verdicts_or_results() -> None:
     assert CallableScanner(lambda m, f, r: res).scan(MSG, "", []) is res
     with pytest.raises(TempFailure):
         CallableScanner(lambda m, f, r: None).scan(MSG, "", [])
+
+
+def test_scanner_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plug-in installed the ordinary way (a dist-info with entry_points.txt)."""
+    (tmp_path / "gw_test_plugin.py").write_text(
+        "from keypost.gateway.scan import ScanResult, Verdict\n"
+        "def scan(message, mail_from, recipients):\n"
+        "    return ScanResult(Verdict.REJECT, 'plugin says no') if b'BAD' in message"
+        " else ScanResult(Verdict.ACCEPT)\n"
+    )
+    info = tmp_path / "gw_test_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: gw-test-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[keypost.gateway.scanners]\ntoy = gw_test_plugin:scan\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    scanner = load_entry_point("toy")
+    assert scanner.scan(b"BAD", "", []) == ScanResult(Verdict.REJECT, "plugin says no")
+    assert scanner.scan(b"fine", "", []).verdict is Verdict.ACCEPT
+    with pytest.raises(ConfigError, match="no scanner named"):
+        load_entry_point("missing")
