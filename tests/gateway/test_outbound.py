@@ -329,3 +329,30 @@ def test_whole_path_with_a_signing_request_is_signed_inside_and_reencrypted(
         done = openssl_verify(inner, world.ca_pem, tmp_path)
         assert done.returncode == 0, done.stderr
         assert b"signed path" in done.stdout
+
+
+def test_sign_all_outbound_policy(pki: Pki, world: DirectoryWorld, sink: Sink) -> None:
+    cfg = config(pki, world, sink, policy="[policy]\nsign_all_outbound = true")
+    with running_gateway(cfg) as g:
+        assert send(g.port, ALICE, [CAROL], plain_message(sender=ALICE, to=CAROL))[0] == 250
+        # inbound mail is never signed by the receiving gateway
+        assert send(g.port, CAROL, [ALICE], plain_message(sender=CAROL, to=ALICE))[0] == 250
+    out, inbound = sink.handler.messages
+    assert b"multipart/signed" in out.data
+    assert b"multipart/signed" not in inbound.data
+
+
+def test_outbound_quarantine_notifies_the_sender(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    script = tmp_path / "scan.sh"
+    script.write_text("#!/bin/sh\nif grep -q HOLD; then echo held; exit 2; fi\nexit 0\n")
+    script.chmod(0o755)
+    cfg = pki.config(sink.port, directory=world.gateway_directory_lines(),
+                     quarantine=str(tmp_path / "q"), extra=f'[scan]\ncommand = "{script}"')
+    with running_gateway(cfg) as g:
+        code, _ = send(g.port, ALICE, [CAROL], _only_to_our_gateway(world, CAROL, "HOLD me"))
+    assert code == 250
+    [notice] = sink.handler.messages
+    assert notice.rcpt_tos == [ALICE] and b"HOLD me" not in notice.data
+    assert len(list((tmp_path / "q" / "new").iterdir())) == 1

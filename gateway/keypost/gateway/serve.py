@@ -50,8 +50,7 @@ def build(config: GatewayConfig) -> Gateway:
         scan_plain=config.scan.scan_plain,
         max_message_size=config.max_message_size,
     )
-    quarantine = Maildir(config.quarantine_dir)
-    quarantine.ensure()
+    quarantine = Maildir(config.quarantine_dir)  # created on first use (or by `run`)
     handler = GatewayHandler(
         pipeline.process,
         Relay(config.next_hop, config.timeouts.next_hop, config.hostname),
@@ -81,6 +80,7 @@ def smtp_factory(gw: Gateway) -> SMTP:
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT. Prints `listening smtp://HOST:PORT` lines, then `ready`
     (what `keypost start` waits for)."""
+    gw.handler.quarantine.ensure()  # a quarantine that cannot be created stops the start
     loop = asyncio.get_running_loop()
     # Worker threads mostly wait on the next hop, the directory or a scanner process;
     # the default pool (cores + 4) would queue concurrent sessions behind a few of them.
