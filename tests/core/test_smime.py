@@ -11,7 +11,7 @@ import functools
 import re
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1_modules import rfc5652
@@ -596,12 +596,14 @@ def test_many_keys_and_recipients_never_pick_a_wrong_key() -> None:
 _part = st.tuples(
     st.sampled_from([b"text/plain; charset=utf-8", b"application/octet-stream"]),
     st.sampled_from([b"7bit", b"8bit", b"binary", None]),
-    st.binary(max_size=300),
+    st.binary(max_size=1200),
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_part, min_size=1, max_size=3), st.booleans())
+@example([(b"text/plain; charset=utf-8", b"7bit", b"\r")], True)  # a bare CR (found)
+@example([(b"text/plain", None, b"x" * 1500 + b" ")], False)  # long line, trailing blank
 def test_any_signed_multipart_verifies_after_transport(
     parts: list[tuple[bytes, bytes | None, bytes]], lf_store: bool
 ) -> None:

@@ -364,6 +364,9 @@ def _seven_bit_safe(body: bytes) -> bool:
     return all(len(line) <= _MAX_LINE for line in body.split(b"\r\n"))
 
 
+_BARE_CR = re.compile(rb"\r(?!\n)")
+
+
 def transport_safe(entity: bytes) -> bytes:
     """Re-encode a CRLF entity so that transport cannot alter it (RFC 8551 3.1.2): unsafe
     text leaves become quoted-printable, other unsafe leaves base64; multiparts recurse.
@@ -387,7 +390,10 @@ def transport_safe(entity: bytes) -> bytes:
         return entity
     if ctype.mime_type.startswith("text/"):
         new_cte, encoded = "quoted-printable", binascii.b2a_qp(body, istext=True)
-        encoded = to_crlf(encoded).replace(b"\r\nFrom ", b"\r\n=46rom ")
+        # b2a_qp leaves a bare CR as it is; a relay or mailbox would turn it into a line
+        # break and break the signature, so it is encoded like any other control byte.
+        encoded = _BARE_CR.sub(b"=0D", to_crlf(encoded))
+        encoded = encoded.replace(b"\r\nFrom ", b"\r\n=46rom ")
         if encoded.startswith(b"From "):
             encoded = b"=46" + encoded[1:]
         if encoded.endswith((b" ", b"\t")):
