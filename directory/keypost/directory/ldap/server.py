@@ -147,7 +147,7 @@ class LdapServer:
         await self.close()
 
 
-_READ_SIZE = 65536
+_READ_SIZE = 16384  # requests are small; a large one simply takes several reads
 
 
 class _LdapProtocol(asyncio.BufferedProtocol):
@@ -242,6 +242,10 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         if isinstance(event, Search):
             self._search(event)
         elif isinstance(event, Bind):
+            if event.anonymous and not self.tasks:  # nothing to wait for: answer at once
+                self.principal = None
+                self._write(bind_response(event.message_id, ResultCode.SUCCESS))
+                return
             self.blocked = True  # RFC 4511 4.2.1: nothing else runs during a bind
             self._start(event.message_id, self._bind(event))
         elif isinstance(event, BindRefused):
