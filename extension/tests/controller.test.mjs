@@ -1,0 +1,154 @@
+import { test, beforeEach } from "node:test";
+import assert from "node:assert/strict";
+
+// A stand-in for the parts of Thunderbird's `messenger` the controller uses. The host behind
+// connectNative is played by `hostReply`, a function of the request.
+const calls = [];
+let hostReply = () => ({ ok: true, result: {} });
+const session = new Map();
+const listeners = () => ({ addListener() {} });
+
+function makePort() {
+  const onMessage = [];
+  return {
+    onMessage: { addListener: (f) => onMessage.push(f) },
+    onDisconnect: { addListener() {} },
+    postMessage(req) {
+      calls.push(["host", req.action, req.params]);
+      const reply = hostReply(req);
+      queueMicrotask(() => onMessage.forEach((f) => f({ id: req.id, ...reply })));
+    },
+    disconnect() {},
+  };
+}
+
+globalThis.messenger = {
+  i18n: { getMessage: (key, subs) => (subs ? `${key}:${subs.join(",")}` : key) },
+  runtime: { connectNative: () => makePort(), getURL: (p) => p, getManifest: () => ({ version: "0" }) },
+  storage: {
+    session: {
+      get: async (key) => (session.has(key) ? { [key]: session.get(key) } : {}),
+      set: async (obj) => Object.entries(obj).forEach(([k, v]) => session.set(k, v)),
+      remove: async (key) => session.delete(key),
+    },
+  },
+  composeAction: {
+    setBadgeText: async (d) => calls.push(["badge", d.text]),
+    setBadgeBackgroundColor: async () => {},
+    setTitle: async (d) => calls.push(["title", d.title]),
+    setPopup: async () => {},
+    openPopup: async () => {},
+  },
+  compose: {
+    listAttachments: async () => [{ id: 5, name: "a.txt" }],
+    getAttachmentFile: async () => new File(["hello"], "a.txt", { type: "text/plain" }),
+    getComposeDetails: async () => ({}),
+    setComposeDetails: async (tabId, d) => calls.push(["setComposeDetails", tabId, d]),
+  },
+  identities: { get: async (id) => ({ id, accountId: "account1" }) },
+  accounts: { list: async () => [{ id: "account9", type: "none" }], get: async () => null },
+  folders: {
+    query: async (q) => {
+      if (q.specialUse?.[0] === "outbox") return [{ id: "outbox-id" }];
+      if (q.specialUse?.[0] === "sent") return [{ id: "sent-id" }];
+      return [];
+    },
+    create: async () => null,
+  },
+  messages: {
+    import: async (file, folderId) => calls.push(["import", folderId, await file.text()]),
+  },
+  notifications: { create: async (id, n) => calls.push(["notify", n.message]) },
+  windows: { remove: async (id) => calls.push(["closeWindow", id]) },
+  tabs: { query: async () => [], onCreated: listeners(), onRemoved: listeners() },
+};
+
+const c = await import("../modules/controller.js");
+
+const TAB = { id: 3, windowId: 30 };
+const DETAILS = {
+  identityId: "id1",
+  from: "Alice <alice@example.com>",
+  to: ["Bob <bob@example.org>"],
+  cc: [],
+  bcc: ["dave@example.org"],
+  subject: "s",
+  isPlainText: true,
+  plainTextBody: "hi",
+};
+const ENCRYPTED = "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nContent-Type: application/pkcs7-mime\r\n\r\nMIAG\r\n";
+const CLEAR = "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nX-Keypost-Encrypted: yes\r\n\r\nhi\r\n";
+
+beforeEach(() => {
+  calls.length = 0;
+  session.clear();
+});
+
+async function encryptOn() {
+  session.set("tab:3", { encrypt: true, recipients: [], statuses: [], key: "", error: "", lookupError: "" });
+}
+
+test("Encrypt off: Thunderbird sends as usual", async () => {
+  assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), {});
+  assert.equal(calls.filter((x) => x[0] === "host").length, 0);
+});
+
+test("success: clear copy to Sent first, then the Outbox with identity keys, then close", async () => {
+  await encryptOn();
+  hostReply = (req) => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  const [, action, params] = calls.find((x) => x[0] === "host");
+  assert.equal(action, "encrypt");
+  assert.deepEqual(params.bcc, ["dave@example.org"]);
+  assert.equal(params.for_outbox, true);
+  assert.equal(params.identity_key, "id1");
+  assert.equal(params.account_key, "account1");
+  assert.deepEqual(params.attachments, [{ name: "a.txt", content_type: "text/plain", data_base64: "aGVsbG8=" }]);
+  const imports = calls.filter((x) => x[0] === "import");
+  assert.deepEqual(imports.map((x) => x[1]), ["sent-id", "outbox-id"]);
+  assert.match(imports[1][2], /^X-Identity-Key: id1\r\nX-Account-Key: account1\r\nMessage-ID: <m1@example.com>\r\n/);
+  assert.doesNotMatch(imports[0][2], /X-Identity-Key/);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(calls.find((x) => x[0] === "closeWindow"), ["closeWindow", 30]);
+});
+
+test("fail closed: no container -> cancel, nothing imported, the user is told who and why", async () => {
+  await encryptOn();
+  hostReply = () => ({
+    ok: false,
+    error: { code: 10, name: "no_valid_container", message: "m",
+      details: { recipients: [{ address: "carol@external.test", reason: "no gateway serves external.test" }] } },
+  });
+  assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+  const note = calls.find((x) => x[0] === "notify");
+  assert.match(note[1], /carol@external\.test: no gateway serves external\.test/);
+  assert.match(session.get("tab:3").error, /carol@external\.test/);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+});
+
+test("address book entries are refused before the host is asked", async () => {
+  await encryptOn();
+  const details = { ...DETAILS, to: [{ id: "x", type: "mailingList" }] };
+  assert.deepEqual(await c.onBeforeSend(TAB, details), { cancel: true });
+  assert.equal(calls.filter((x) => x[0] === "host").length, 0);
+  assert.ok(calls.some((x) => x[0] === "notify" && /reasonAddressBookEntry/.test(x[1])));
+});
+
+test("the Outbox refusing the message keeps the window open", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED } });
+  const original = messenger.messages.import;
+  messenger.messages.import = async () => {
+    throw new Error("duplicate Message-ID");
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.messages.import = original;
+  }
+  assert.match(session.get("tab:3").error, /duplicate Message-ID/);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+});
