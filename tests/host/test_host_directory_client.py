@@ -16,7 +16,7 @@ from keypost.core.containers import describe, load_certificates, verify_containe
 from keypost.core.types import Purpose, Role
 from keypost.host.actions import Host
 from keypost.host.config import parse_directory_url
-from keypost.host.directory_client import DirectoryClient, make_client
+from keypost.host.directory_client import DirectoryClient, LdapDirectoryClient, make_client
 from keypost.host.errors import AuthenticationFailed, DirectoryUnreachable
 
 ADDRESSES = ["bob@example.org", "carol@example.net", "Dave@Example.COM"]
@@ -174,3 +174,17 @@ def test_configure_with_tls_ca(directory: Directory, host_dirs: tuple[Path, Path
     assert bob["status"] == "ok"
     again.close()
     host.close()
+
+
+def test_ldap_reconnects_once_after_a_dropped_connection(directory: Directory) -> None:
+    c = make_client(parse_directory_url(directory.ldap_url), "alice", PASSWORD)
+    assert isinstance(c, LdapDirectoryClient)
+    try:
+        assert len(c.fetch(["bob@example.org"])["bob@example.org"]) == 2
+        conn = c._conn  # the session's connection, dropped as an idle timeout would
+        assert conn is not None
+        conn.socket.shutdown(socket.SHUT_RDWR)
+        assert len(c.fetch(["bob@example.org"])["bob@example.org"]) == 2
+        assert c._conn is not conn
+    finally:
+        c.close()
