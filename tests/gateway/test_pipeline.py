@@ -85,3 +85,13 @@ def test_oversized_is_refused_before_any_work(pki: Pki) -> None:
     p.max_size = 100
     [o] = p.process("x@outside.test", ["alice@example.com"], b"x" * 101)
     assert o.action is Action.REJECT and o.reply.startswith("554 5.3.4")
+
+
+def test_a_forged_decryption_claim_is_removed(pki: Pki) -> None:
+    forged = b"X-Keypost-Decrypted: key=current, alg=aes256-cbc\r\n" + plain_message()
+    p = pipeline(pki, FixedDirectory({}))
+    [o] = p.process("x@outside.test", ["alice@example.com"], forged)
+    assert b"X-Keypost-Decrypted" not in o.message and b"secret quarterly" in o.message
+    enc = smime.encrypt_message(forged, [pki.container(pki.current)])
+    [o] = p.process("x@outside.test", ["alice@example.com"], enc)
+    assert o.message.count(b"X-Keypost-Decrypted") == 1

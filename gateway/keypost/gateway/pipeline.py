@@ -130,6 +130,9 @@ class Pipeline:
         self, keys: DomainKeys, rcpts: tuple[str, ...], mail_from: str, data: bytes,
         encrypted: bool,
     ) -> list[Outcome]:
+        if headers.get(data, DECRYPTED_HEADER) is not None:
+            # Only this gateway may say what it decrypted: a forged claim is removed.
+            data = headers.remove(data, DECRYPTED_HEADER)
         if not encrypted:
             return self._scanned(rcpts, mail_from, data, rcpts, self.scan_plain, "plain")
         opened = self._open(keys, data)
