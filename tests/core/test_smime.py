@@ -603,6 +603,7 @@ _part = st.tuples(
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(_part, min_size=1, max_size=3), st.booleans())
 @example([(b"text/plain; charset=utf-8", b"7bit", b"\r")], True)  # a bare CR (found)
+@example([(b"text/plain; charset=utf-8", b"binary", b"\n")], False)  # a bare LF (found)
 @example([(b"text/plain", None, b"x" * 1500 + b" ")], False)  # long line, trailing blank
 def test_any_signed_multipart_verifies_after_transport(
     parts: list[tuple[bytes, bytes | None, bytes]], lf_store: bool
@@ -634,9 +635,10 @@ def test_any_signed_multipart_verifies_after_transport(
 def test_header_parsing_keeps_odd_but_legal_fields() -> None:
     from keypost.core import mime
 
-    block = b"Subject : old style\r\nX-Long: a\r\n  b\r\nFrom mbox line\r\nTo:x@y.example\r\n"
+    block = b"Subject : old style\r\nX-Long: a\r\n  b\r\nFrom mbox line\r\nTo:x@y.example\r\r\n"
     headers = mime.parse_headers(block)
     assert [h.key for h in headers] == ["subject", "x-long", "to"]
     assert headers[0].value == "old style"
     assert headers[1].raw == b"X-Long: a\r\n  b"
     assert headers[1].value == "a  b"
+    assert headers[2].raw == b"To:x@y.example"

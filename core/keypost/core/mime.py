@@ -108,7 +108,8 @@ def parse_headers(block: bytes) -> list[Header]:
     continuation are skipped rather than failing: mail in the wild has them."""
     headers: list[Header] = []
     current: list[bytes] = []
-    for line in block.replace(b"\r\n", b"\n").split(b"\n"):
+    for raw in block.replace(b"\r\n", b"\n").split(b"\n"):
+        line = raw.rstrip(b"\r")  # a stray CR before the line end would survive as a bare CR
         if line[:1] in (b" ", b"\t"):
             if current:
                 current.append(line)
@@ -353,13 +354,16 @@ _MAX_LINE = 998  # RFC 5322 2.1.1
 
 
 def _seven_bit_safe(body: bytes) -> bool:
-    """Would this body cross any MTA unchanged? ASCII, no NUL or bare CR, lines <= 998,
+    """Would this body cross any MTA unchanged? ASCII, no NUL, bare CR or LF, lines <= 998,
     no trailing blanks (some relays strip them), no 'From ' line (mbox escaping)."""
     if not body.isascii() or b"\x00" in body:
         return False
     if b" \r\n" in body or b"\t\r\n" in body or body.endswith((b" ", b"\t")):
         return False
-    if body.count(b"\r") != body.count(b"\r\n") or b"\nFrom " in body or body.startswith(b"From "):
+    crlf = body.count(b"\r\n")
+    if body.count(b"\r") != crlf or body.count(b"\n") != crlf:  # a bare CR or LF
+        return False
+    if b"\nFrom " in body or body.startswith(b"From "):
         return False
     return all(len(line) <= _MAX_LINE for line in body.split(b"\r\n"))
 
