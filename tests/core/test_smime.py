@@ -642,3 +642,20 @@ def test_header_parsing_keeps_odd_but_legal_fields() -> None:
     assert headers[1].raw == b"X-Long: a\r\n  b"
     assert headers[1].value == "a  b"
     assert headers[2].raw == b"To:x@y.example"
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=3000), st.booleans())
+def test_any_body_round_trips(body: bytes, binary: bool) -> None:
+    """Binary bodies come back byte for byte; others come back with CRLF line ends."""
+    gw = gateway()
+    cte = b"binary" if binary else b"8bit"
+    message = (
+        b"From: a@a.example\r\nTo: bob@b.example\r\nSubject: any\r\n"
+        b"Content-Type: application/octet-stream\r\nContent-Transfer-Encoding: " + cte + b"\r\n\r\n"
+    ) + body
+    out = smime.encrypt_message(message, [container("bob@b.example", gw)])
+    clear = smime.Decryptor([gw.key]).decrypt_message(out).message
+    head, _, got = clear.partition(b"\r\n\r\n")
+    assert b"Subject: any" in head
+    assert got == (body if binary else body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
