@@ -13,7 +13,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from keypost.installer.setup_wizard import anchor_fingerprint, ask_terminal, gui_available
+from keypost.installer.setup_wizard import (
+    WindowApi,
+    anchor_fingerprint,
+    ask_terminal,
+    gui_available,
+)
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +100,12 @@ def test_gui_needs_pywebview_and_a_display() -> None:
     assert gui_available("linux", {}, has) is False
     assert gui_available("win32", {}, has) is True
     assert gui_available("darwin", {"DISPLAY": ":0"}, lambda _n: False) is False
+
+
+def test_window_api_fingerprint_and_bad_input(ca_pem: str) -> None:
+    api = WindowApi(python=None)
+    assert api.fingerprint(ca_pem) == {
+        "fingerprint": anchor_fingerprint(ca_pem)[0],
+        "subject": "CN=setup test CA",
+    }
+    assert "error" in api.fingerprint("not a certificate")

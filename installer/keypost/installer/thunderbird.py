@@ -230,7 +230,8 @@ def purge_host_config(python: str | None = None, log: Log = print) -> None:
             log(f"removed the keyring entry of {username}")
         except keyring.errors.KeyringError:
             pass
-    config_dir = status.get("config_dir")
-    if isinstance(config_dir, str) and Path(config_dir).is_dir():
-        shutil.rmtree(config_dir)
-        log(f"removed {config_dir}")
+    for key in ("config_dir", "cache_dir"):
+        folder = status.get(key)
+        if isinstance(folder, str) and Path(folder).is_dir():
+            shutil.rmtree(folder)
+            log(f"removed {folder}")
