@@ -225,33 +225,8 @@ class Host:
             old = cfg.load(self._config_dir)
         except NotConfigured:
             old = None  # a broken configuration is what configure is there to repair
-        directory = params.get("directory")
-        if not isinstance(directory, str):
-            raise BadRequest("directory (URL) is required", {"param": "directory"})
-        url = cfg.parse_directory_url(directory)
-        username = params.get("username") or None
-        if username is not None and (not isinstance(username, str) or not username.strip()):
-            raise BadRequest("username must be a string", {"param": "username"})
-        username = username.strip() if username else None
-        anchor_pem = params.get("trust_anchor_pem")
-        fingerprint = params.get("trust_anchor_fingerprint")
-        if anchor_pem:
-            anchor = cfg.parse_trust_anchor(str(anchor_pem), fingerprint and str(fingerprint))
-        elif old is not None:
-            anchor = cfg.parse_trust_anchor(old.anchor.pem, fingerprint and str(fingerprint))
-        else:
-            raise BadRequest("trust_anchor_pem is required", {"param": "trust_anchor_pem"})
-        roots = old.extra_roots if old else ()
-        if "extra_roots_pem" in params:
-            value = params["extra_roots_pem"]
-            roots = cfg.parse_roots(str(value), "extra_roots_pem") if value else ()
-        tls_ca = old.tls_ca_pem if old else None
-        if "tls_ca_pem" in params:
-            value = params["tls_ca_pem"]
-            tls_ca = None
-            if value:
-                cfg.parse_roots(str(value), "tls_ca_pem")  # must be PEM certificates
-                tls_ca = str(value).encode("ascii", "replace")
+        config = cfg.from_params(params, old)
+        url, username, tls_ca = config.directory, config.username, config.tls_ca_pem
         # Password: a string sets it, null deletes it, absent keeps what the keyring has.
         new_password = params.get("password", ...)
         if new_password is not ... and new_password is not None:
@@ -259,8 +234,6 @@ class Host:
                 raise BadRequest("password must be a non-empty string", {"param": "password"})
             if username is None:
                 raise BadRequest("a password needs a username", {"param": "password"})
-        config = cfg.HostConfig(url, username, anchor, roots, tls_ca,
-                                old.timeout if old else cfg.DEFAULT_TIMEOUT)
         if params.get("test", True):
             if new_password is ...:
                 password = self._password(username)

@@ -10,6 +10,7 @@ import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
@@ -153,6 +154,42 @@ class HostConfig:
     extra_roots: tuple[x509.Certificate, ...] = ()
     tls_ca_pem: bytes | None = None
     timeout: float = DEFAULT_TIMEOUT
+
+
+def from_params(params: dict[str, Any], old: HostConfig | None) -> HostConfig:
+    """The configuration a `configure` request asks for (PROTOCOL.md), on top of the old
+    one: absent optional parameters keep their old values. Raises BadRequest or
+    TrustAnchorMismatch."""
+    directory = params.get("directory")
+    if not isinstance(directory, str):
+        raise BadRequest("directory (URL) is required", {"param": "directory"})
+    url = parse_directory_url(directory)
+    username = params.get("username") or None
+    if username is not None and (not isinstance(username, str) or not username.strip()):
+        raise BadRequest("username must be a string", {"param": "username"})
+    username = username.strip() if username else None
+    anchor_pem = params.get("trust_anchor_pem")
+    fingerprint = params.get("trust_anchor_fingerprint")
+    expected = str(fingerprint) if fingerprint else None
+    if anchor_pem:
+        anchor = parse_trust_anchor(str(anchor_pem), expected)
+    elif old is not None:
+        anchor = parse_trust_anchor(old.anchor.pem, expected)
+    else:
+        raise BadRequest("trust_anchor_pem is required", {"param": "trust_anchor_pem"})
+    roots = old.extra_roots if old else ()
+    if "extra_roots_pem" in params:
+        value = params["extra_roots_pem"]
+        roots = parse_roots(str(value), "extra_roots_pem") if value else ()
+    tls_ca = old.tls_ca_pem if old else None
+    if "tls_ca_pem" in params:
+        value = params["tls_ca_pem"]
+        tls_ca = None
+        if value:
+            parse_roots(str(value), "tls_ca_pem")  # must be PEM certificates
+            tls_ca = str(value).encode("ascii", "replace")
+    timeout = old.timeout if old else DEFAULT_TIMEOUT
+    return HostConfig(url, username, anchor, roots, tls_ca, timeout)
 
 
 def _toml_string(value: str) -> str:
