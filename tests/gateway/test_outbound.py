@@ -20,6 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from gw_directory import GATEWAY_PW, USER_ACCOUNT, USER_PW, DirectoryWorld
 from gw_support import (
+    KEYPOST,
     Pki,
     RunningGateway,
     Sink,
@@ -28,6 +29,7 @@ from gw_support import (
     plain_message,
     running_gateway,
     send,
+    write_private,
 )
 
 from keypost.core import smime
@@ -356,3 +358,19 @@ def test_outbound_quarantine_notifies_the_sender(
     [notice] = sink.handler.messages
     assert notice.rcpt_tos == [ALICE] and b"HOLD me" not in notice.data
     assert len(list((tmp_path / "q" / "new").iterdir())) == 1
+
+
+def test_check_config_connect_logs_in_and_checks_the_signing_container(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    cfg = config(pki, world, sink)
+    ok = subprocess.run([*KEYPOST, "gateway", "check-config", "--connect", "--config", str(cfg)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "signing container for postmaster@example.com valid until" in ok.stdout
+    bad_pw = write_private(tmp_path / "bad.pass", b"wrong\n")
+    bad = pki.config(sink.port, directory=world.gateway_directory_lines().replace(
+        str(world.gateway_pw_file), str(bad_pw)))
+    no = subprocess.run([*KEYPOST, "gateway", "check-config", "--connect", "--config", str(bad)],
+                        capture_output=True, text=True, timeout=60)
+    assert no.returncode == 1 and "bind refused" in no.stderr and "Traceback" not in no.stderr

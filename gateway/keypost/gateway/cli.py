@@ -7,9 +7,12 @@ import asyncio
 import logging
 from pathlib import Path
 
+from keypost.core.address import parse_address
 from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
-from keypost.gateway.serve import build, run
+from keypost.gateway.errors import DirectoryUnavailable
+from keypost.gateway.pipeline import same_public_key
+from keypost.gateway.serve import Gateway, build, run
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -17,6 +20,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     gsub = p.add_subparsers(dest="gateway_command", metavar="ACTION", required=True)
     check = gsub.add_parser("check-config", help="validate a configuration and print the plan")
     check.add_argument("--config", type=Path, required=True, metavar="FILE")
+    check.add_argument("--connect", action="store_true",
+                       help="also log in to the directory and fetch each signing container")
     check.set_defaults(func=_check)
     serve = gsub.add_parser("serve", help="run the gateway")
     serve.add_argument("--config", type=Path, required=True, metavar="FILE")
@@ -60,8 +65,33 @@ def _check(args: argparse.Namespace) -> int:
     gw = build(cfg)  # loads keys and secrets: the same checks as serve
     for line in describe(gw.config):
         print(line)
+    if args.connect:
+        for line in probe(gw):
+            print(line)
     print("configuration OK")
     return 0
+
+
+def probe(gw: Gateway) -> list[str]:
+    """Log in to the directory as the gateway; fetch and check each signing container.
+    Raises DirectoryUnavailable (a one-line error) when the directory says no."""
+    if gw.config.directory.url is None:
+        return ["directory: none configured"]
+    lines = []
+    for name, keys in gw.keys.items():
+        sender = parse_address(f"postmaster@{name}")
+        if keys.signing_key is None:
+            gw.directory.encryption_certificates(parse_address("probe@keypost.invalid"))
+            lines.append(f"directory: login and search OK ({name} has no signing key)")
+            continue
+        cert = gw.directory.signing_container(sender)
+        if cert is None:
+            raise DirectoryUnavailable(f"the directory gives no signing container for {sender}")
+        if not same_public_key(cert, keys.signing_key):
+            raise DirectoryUnavailable(f"the directory's signing key for {name} is not ours")
+        lines.append(f"directory: signing container for {sender} valid until "
+                     f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, matches the signing key")
+    return lines
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -72,6 +72,11 @@ def _public_der(key: smime.PrivateKey | x509.Certificate) -> bytes:
     )
 
 
+def same_public_key(cert: x509.Certificate, key: smime.PrivateKey) -> bool:
+    """Does the container carry the public half of `key`?"""
+    return _public_der(cert) == _public_der(key)
+
+
 class Pipeline:
     """Decides what happens to one message. Raises TempFailure (-> 451) when a
     dependency (directory, scanner) cannot answer; everything the sender caused ends in
@@ -241,7 +246,7 @@ class Pipeline:
         container = self.directory.signing_container(sender)
         if container is None:
             raise TempFailure(f"the directory has no signing container for {sender}", "4.7.0")
-        if _public_der(container) != _public_der(keys.signing_key):
+        if not same_public_key(container, keys.signing_key):
             log.error("signing container for %s does not carry %s's signing key",
                       sender, keys.name)
             raise TempFailure("signing container does not match the signing key", "4.7.0")
