@@ -118,8 +118,10 @@ class Host:
             reply = {"id": rid, "ok": False, "error": bug.to_wire()}
             outcome = "internal"
         # Only the action, id, outcome and time: parameters may hold passwords or mail.
-        log.info("%s id=%r -> %s (%.1f ms)", action if isinstance(action, str) else "?",
-                 rid, outcome, (time.perf_counter() - started) * 1000)
+        # Known action names only: the log must not carry text the caller chose.
+        name = action if isinstance(action, str) and action in self._handlers else "?"
+        log.info("%s id=%r -> %s (%.1f ms)", name, rid, outcome,
+                 (time.perf_counter() - started) * 1000)
         return reply
 
     def idle(self) -> None:
