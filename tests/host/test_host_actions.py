@@ -37,6 +37,8 @@ def test_envelope_errors(setup: Any) -> None:
     assert reply["error"]["name"] == "unknown_action"
     assert code(host.handle({"id": 2, "action": "ping", "params": [1]})) == 1
     assert code(host.handle({"id": 2, "params": {}})) == 1
+    reply = host.handle({"id": "x" * 257, "action": "ping", "params": {"protocol": 1}})
+    assert reply["id"] is None and code(reply) == 1
 
 
 def test_internal_errors_are_reported_without_traceback(setup: Any, ca: DirectoryCA) -> None:

@@ -39,6 +39,7 @@ from keypost.host.resolve import STATUS_ERROR, STATUS_OK, Resolution, Resolver
 
 PROTOCOL_VERSION = 1
 MAX_RECIPIENTS = 500
+MAX_ID = 256  # characters of a string request id
 log = logging.getLogger("keypost.host")
 
 ClientFactory = Callable[
@@ -89,7 +90,9 @@ class Host:
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         """One request object -> one reply object. Never raises."""
         rid = request.get("id")
-        if isinstance(rid, bool) or not isinstance(rid, str | int | float):
+        if isinstance(rid, bool) or not isinstance(rid, str | int | float) or (
+            isinstance(rid, str) and len(rid) > MAX_ID
+        ):
             rid = None
         started = time.perf_counter()
         action = request.get("action")
