@@ -11,6 +11,10 @@ is reported. Also measured:
 - cache misses: keypost answering a search for a new address every time (each one a
   new container) against the bare issue rate of the same CA key (DirectoryCA.issue in a
   loop on the same core).
+Besides rates and latencies it prints the server CPU time per search (from /proc) and
+how much of a core each server got: on a shared machine a single-threaded server gets a
+smaller share of its core than slapd's thread pool, so CPU per search is the fairer
+comparison of efficiency there.
 
     python bench/bench_ldap.py [--seconds 3] [--rounds 3] [--connections 16]
 """
@@ -192,8 +196,15 @@ def slapd_folder(folder: Path, certificates: Sequence[bytes]) -> Path:
     return conf
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(
     ldapload: Path,
+    server_pid: int,
     port: int,
     connections: int,
     seconds: float,
@@ -214,10 +225,15 @@ def run_load(
     ]
     if bind_file is not None:
         argv.append(str(bind_file))
+    cpu_before = cpu_seconds(server_pid)
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60)
+    cpu = cpu_seconds(server_pid) - cpu_before
     if done.returncode != 0:
         raise RuntimeError(f"ldapload failed: {done.stderr.strip()}")
     result: Result = json.loads(done.stdout)
+    # Server CPU per answered search (warm-up included in both): robust against other
+    # load on the machine, which the rate is not.
+    result["cpu_us"] = cpu * 1e6 / max(1.0, result["completed"] * (seconds + 0.5) / seconds)
     if result["errors"]:
         raise RuntimeError(f"ldapload saw {result['errors']} error results")
     return result
@@ -246,8 +262,10 @@ def bare_issue_rate(data: Path, gateway_pem: Path, seconds: float) -> float:
 
 
 def line(name: str, r: Result) -> str:
-    rate, p50, p99 = r["rate"], r["p50_us"], r["p99_us"]
-    return f"  {name:34s} {rate:9.0f}/s   p50 {p50:6.0f} us   p99 {p99:6.0f} us"
+    rate, p50, p99, cpu = r["rate"], r["p50_us"], r["p99_us"], r["cpu_us"]
+    share = rate * cpu / 1e6  # how much of a core the server actually got
+    return (f"  {name:34s} {rate:7.0f}/s  p50 {p50:6.0f} us  p99 {p99:6.0f} us"
+            f"  server CPU {cpu:4.0f} us/search, {share:4.2f} cores")
 
 
 def main() -> int:
@@ -292,7 +310,7 @@ def main() -> int:
             "--ldap", f"127.0.0.1:{kp_port}", "--log-level", args.log_level,
         ]
         results: dict[str, list[Result]] = {}
-        with process(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+        with process(serve, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as kp:
             wait_port(kp_port)
             certificates = fetch_certificates(kp_port, ADDRESS)
             if not certificates:
@@ -302,20 +320,21 @@ def main() -> int:
                 *pinned(0), "slapd", "-f", str(conf), "-h", f"ldap://127.0.0.1:{slapd_port}/",
                 "-d", "0",
             ]
-            with process(slapd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL):
+            with process(slapd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) as sl:
                 wait_port(slapd_port)
                 slapd_certs = fetch_certificates(slapd_port, ADDRESS)
                 assert slapd_certs == certificates, "slapd must serve the same certificates"
                 for _ in range(args.rounds):
-                    for name, port in (("slapd", slapd_port), ("keypost", kp_port)):
+                    for name, pid, port in (("slapd", sl.pid, slapd_port),
+                                            ("keypost", kp.pid, kp_port)):
                         for mode in ("persist", "session"):
                             r = run_load(
-                                ldapload, port, args.connections, args.seconds, mode,
+                                ldapload, pid, port, args.connections, args.seconds, mode,
                                 search_file, bind_file if mode == "session" else None,
                             )
                             results.setdefault(f"{name} {mode}", []).append(r)
-            miss = run_load(ldapload, kp_port, args.connections, args.seconds, "persist",
-                            miss_file)
+            miss = run_load(ldapload, kp.pid, kp_port, args.connections, args.seconds,
+                            "persist", miss_file)
         bare = bare_issue_rate(data, gateway_pem, min(args.seconds, 2.0))
 
     size = sum(len(c) for c in certificates)
@@ -327,10 +346,12 @@ def main() -> int:
     print(line("slapd bind+search+unbind", med["slapd session"]))
     print(line("keypost bind+search+unbind", med["keypost session"]))
     print(line("keypost, new container per search", miss))
-    print(f"  {'bare issue rate, same CA key':34s} {bare:9.0f}/s")
+    print(f"  {'bare issue rate, same CA key':34s} {bare:7.0f}/s")
     print("ratios:")
     print(f"  cached search vs slapd:          "
           f"{med['keypost persist']['rate'] / med['slapd persist']['rate']:.2f}x  (goal >= 1.0)")
+    print(f"  CPU per cached search, slapd/keypost: "
+          f"{med['slapd persist']['cpu_us'] / med['keypost persist']['cpu_us']:.2f}x")
     print(f"  bind+search+unbind vs slapd:     "
           f"{med['keypost session']['rate'] / med['slapd session']['rate']:.2f}x")
     print(f"  new container per search vs bare issue: {miss['rate'] / bare:.2f}x  (goal >= 0.5)")
