@@ -173,23 +173,28 @@ class Pipeline:
         verdict = self._scanned(rcpts, mail_from, opened.clear, notify, True, "decrypted")
         if verdict[0].action is not Action.RELAY:
             return verdict
-        out: list[Outcome] = []
+        body = opened.clear
+        if sign:  # once for all recipients; the signature goes inside any new envelope
+            try:
+                body = self._sign(sender, keys, body)
+            except PermFailure as exc:
+                return [Outcome(rcpts, Action.REJECT, reply=exc.reply)]
         theirs = {(rid.issuer, rid.serial) for rid in opened.rids}
-        for r in rcpts:
-            out.append(self._onward(r, sender, keys, data, opened.clear, theirs, sign))
-        return out
+        return [self._onward(r, data, body, theirs, sign) for r in rcpts]
 
     def _onward(
-        self, rcpt: str, sender: Address, keys: DomainKeys, original: bytes, clear: bytes,
-        rids: set[tuple[x509.Name, int]], sign: bool,
+        self, rcpt: str, original: bytes, body: bytes, rids: set[tuple[x509.Name, int]],
+        signed: bool,
     ) -> Outcome:
+        """One outbound recipient of a message we decrypted: forward the original, encrypt
+        `body` (the clear or signed message) for the recipient, send it clear, or refuse."""
         addr = _address(rcpt)
         found = self.directory.encryption_certificates(addr) if addr else None
         one = (rcpt,)
         readable = found is not None and rids & {
             (c.issuer, c.serial_number) for c in found.encryption
         }
-        if readable and not sign:
+        if readable and not signed:
             # Fig. 2 whole-path message: the next gateway or the recipient can read the
             # original; forward it untouched ("the gateways need not re-encrypt"). A
             # signature must go inside, so a signing request means sign and re-encrypt.
@@ -204,12 +209,6 @@ class Pipeline:
                 one, Action.REJECT,
                 reply=f"554 5.7.1 {why} for {rcpt}; policy refuses to send it unencrypted",
             )
-        body = clear
-        if sign:
-            try:
-                body = self._sign(sender, keys, body)
-            except PermFailure as exc:
-                return Outcome(one, Action.REJECT, reply=exc.reply)
         if not targets:
             return Outcome(one, Action.RELAY, body, note="decrypted; sent clear by policy")
         try:
