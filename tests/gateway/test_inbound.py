@@ -240,3 +240,16 @@ def test_next_hop_refusing_one_recipient_reports_it_to_the_sender(pki: Pki, sink
     report = by_rcpt[("s@outside.test",)].data
     assert b"gone@example.com" in report and b"550" in report
     assert b"secret quarterly figures" not in report
+
+
+def test_smtputf8_addresses_pass_through(pki: Pki, sink: Sink) -> None:
+    import smtplib
+
+    enc = encrypted_for(pki, pki.current)
+    with running_gateway(pki.config(sink.port)) as gw, smtplib.SMTP(
+        "127.0.0.1", gw.port, timeout=60
+    ) as s:
+        s.sendmail("jörg@outside.test", ["alice@example.com"], enc, mail_options=["SMTPUTF8"])
+    [got] = sink.handler.messages
+    assert got.mail_from == "jörg@outside.test"
+    assert b"X-Keypost-Decrypted" in got.data
