@@ -188,3 +188,19 @@ def test_encoders_decode() -> None:
     assert M.decode_message(C.bind_response(3, M.ResultCode.INVALID_CREDENTIALS)).op == (
         M.BindResponse(M.LDAPResult(M.ResultCode.INVALID_CREDENTIALS))
     )
+
+
+def test_fast_paths_match_full_decoding() -> None:
+    msgs = [
+        M.LDAPMessage(1, M.BindRequest(3, "", b"")),
+        M.LDAPMessage(2, SEARCH),
+        M.LDAPMessage(3, SEARCH),
+        M.LDAPMessage(4, M.UnbindRequest()),
+    ]
+    fast = events(*msgs, cache=C.SearchCache())
+    slow = events(*msgs)
+    assert [(type(e), getattr(e, "message_id", None)) for e in fast] == [
+        (type(e), getattr(e, "message_id", None)) for e in slow
+    ]
+    assert fast[0] == slow[0] == C.Bind(1, "", b"")
+    assert fast[-1] == slow[-1] == C.Unbind()

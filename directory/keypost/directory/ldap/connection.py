@@ -150,6 +150,10 @@ class SearchCache:
         return True
 
 
+_ANONYMOUS_BIND = bytes.fromhex("6007020103040080" "00")  # BindRequest v3, "", simple ""
+_UNBIND = bytes.fromhex("4200")
+
+
 def _split_message_id(raw: bytes) -> tuple[int, bytes] | None:
     """(messageID, the bytes after it) for the usual short encodings, else None."""
     h = 2 + (raw[1] & 0x7F if raw[1] & 0x80 else 0)
@@ -223,6 +227,12 @@ class ServerConnection:
             hit = cache.get(split[1])
             if hit is not None:
                 return Search(split[0], hit[0], hit[1], True)
+            # The PDUs of a bind+search+unbind session, recognised without decoding.
+            if split[1] == _ANONYMOUS_BIND:
+                return Bind(split[0], "", b"")
+            if split[1] == _UNBIND:
+                self._finished = True
+                return Unbind()
         try:
             msg = decode_message(raw)
         except ProtocolError as exc:
