@@ -126,6 +126,9 @@ class LdapFetcher:
         if not conn.bind():
             result = conn.result or {}
             conn.unbind()
+            # Wrong credentials defer all mail that needs the directory: say it loudly.
+            log.error("directory bind as %s refused: %s", self.cfg.username or "anonymous",
+                      result.get("description", "error"))
             raise DirectoryUnavailable(
                 f"directory bind refused ({result.get('description', 'error')})"
             )
