@@ -2,7 +2,7 @@
 // Everything that touches `messenger.*` lives here; decisions are made by the pure modules.
 
 import { HostClient, HOST_NAME, PROTOCOL_VERSION } from "./host.js";
-import { bufferToBase64, prepareForOutbox, setHeaders } from "./message.js";
+import { bufferToBase64, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
 import { collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
 import { carryOver, describeError, statusList, summarize } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
@@ -177,6 +177,20 @@ function toList(v) {
   return (Array.isArray(v) ? v : [v]).filter((x) => typeof x === "string" && x.trim() !== "");
 }
 
+/**
+ * In-Reply-To and References for a reply, so the encrypted mail stays in its thread
+ * (Thunderbird would add them itself, but its own MIME is not what gets sent).
+ */
+async function threadingHeaders(details) {
+  if (details.type !== "reply" || !details.relatedMessageId) return {};
+  try {
+    const related = await messenger.messages.getFull(details.relatedMessageId);
+    return replyHeaders(related?.headers ?? {});
+  } catch {
+    return {}; // the original is gone: send without threading rather than not at all
+  }
+}
+
 /** The encrypt parameters (PROTOCOL.md `encrypt`) from compose details. */
 export async function encryptParams(tab, details, identity) {
   const plainOnly = details.isPlainText === true;
@@ -190,11 +204,12 @@ export async function encryptParams(tab, details, identity) {
     body_plain: plainOnly ? (details.plainTextBody ?? details.body ?? "") : (details.plainTextBody ?? null),
     body_html: plainOnly ? null : (details.body ?? null),
     attachments: await gatherAttachments(tab.id),
-    headers: Object.fromEntries(
-      (details.customHeaders ?? [])
-        .filter((h) => /^x-/i.test(h.name))
-        .map((h) => [h.name, h.value]),
-    ),
+    headers: {
+      ...Object.fromEntries(
+        (details.customHeaders ?? []).filter((h) => /^x-/i.test(h.name)).map((h) => [h.name, h.value]),
+      ),
+      ...(await threadingHeaders(details)),
+    },
     identity_key: identity.id,
     account_key: identity.accountId,
     for_outbox: true,

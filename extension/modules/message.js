@@ -115,3 +115,19 @@ export function bufferToBase64(buffer) {
   }
   return btoa(binary);
 }
+
+/**
+ * In-Reply-To / References for a reply to a message whose headers are given as
+ * messages.getFull returns them (lower-case names -> arrays of values). RFC 5322 3.6.4: the
+ * parent's References (or its In-Reply-To) followed by its Message-ID.
+ * @param {Record<string, string[]>} parent
+ * @returns {Record<string, string>}
+ */
+export function replyHeaders(parent) {
+  const first = (name) => (parent[name]?.[0] ?? "").replace(/\s+/g, " ").trim();
+  const id = first("message-id");
+  if (!/^<[^<>\s]+>$/.test(id)) return {};
+  const earlier = first("references") || first("in-reply-to");
+  const ids = [...earlier.matchAll(/<[^<>\s]+>/g)].map((m) => m[0]);
+  return { "In-Reply-To": id, References: [...ids, id].join(" ") };
+}

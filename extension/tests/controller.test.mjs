@@ -56,6 +56,7 @@ globalThis.messenger = {
     create: async () => null,
   },
   messages: {
+    getFull: async (id) => ({ headers: { "message-id": [`<parent${id}@example.org>`] } }),
     import: async (file, folderId) => calls.push(["import", folderId, await file.text()]),
   },
   notifications: { create: async (id, n) => calls.push(["notify", n.message]) },
@@ -151,4 +152,12 @@ test("the Outbox refusing the message keeps the window open", async () => {
   assert.match(session.get("tab:3").error, /duplicate Message-ID/);
   await new Promise((r) => setTimeout(r, 10));
   assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+});
+
+test("a reply carries In-Reply-To and References of the message it answers", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  await c.onBeforeSend(TAB, { ...DETAILS, type: "reply", relatedMessageId: 7 });
+  const [, , params] = calls.find((x) => x[0] === "host");
+  assert.deepEqual(params.headers, { "In-Reply-To": "<parent7@example.org>", References: "<parent7@example.org>" });
 });

@@ -5,6 +5,7 @@ import {
   getHeader,
   newMessageId,
   prepareForOutbox,
+  replyHeaders,
   setHeaders,
   splitMessage,
 } from "../modules/message.js";
@@ -57,4 +58,18 @@ test("newMessageId uses the sender's domain", () => {
 test("bufferToBase64 matches Buffer for large binary input", () => {
   const bytes = new Uint8Array(200001).map((_, i) => (i * 7919) % 256);
   assert.equal(bufferToBase64(bytes.buffer), Buffer.from(bytes).toString("base64"));
+});
+
+test("replyHeaders chains References and refuses a malformed Message-ID", () => {
+  assert.deepEqual(replyHeaders({ "message-id": ["<c@x>"], references: ["<a@x>\r\n <b@x>"] }), {
+    "In-Reply-To": "<c@x>",
+    References: "<a@x> <b@x> <c@x>",
+  });
+  assert.deepEqual(replyHeaders({ "message-id": ["<c@x>"], "in-reply-to": ["<b@x>"] }), {
+    "In-Reply-To": "<c@x>",
+    References: "<b@x> <c@x>",
+  });
+  assert.deepEqual(replyHeaders({ "message-id": ["<c@x>"] }), { "In-Reply-To": "<c@x>", References: "<c@x>" });
+  assert.deepEqual(replyHeaders({ "message-id": ["c@x\r\nBcc: evil"] }), {});
+  assert.deepEqual(replyHeaders({}), {});
 });

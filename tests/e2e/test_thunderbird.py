@@ -321,7 +321,7 @@ if (arguments[4]) {
   fields.addAttachment(att);
 }
 params.type = Ci.nsIMsgCompType.New;
-params.format = Ci.nsIMsgCompFormat.PlainText;
+params.format = arguments[5] ? Ci.nsIMsgCompFormat.HTML : Ci.nsIMsgCompFormat.PlainText;
 params.composeFields = fields;
 params.identity = MailServices.accounts.getIdentity("id1");
 MailServices.compose.OpenComposeWindowWithParams(null, params);
@@ -338,13 +338,19 @@ def _addon_state(m: Any) -> Any:
 
 
 def open_compose(
-    session: Session, to: str, subject: str, body: str, bcc: str = "", attach: Path | None = None
+    session: Session,
+    to: str,
+    subject: str,
+    body: str,
+    bcc: str = "",
+    attach: Path | None = None,
+    html: bool = False,
 ) -> str:
     """Open a compose window; returns its chrome window handle (Marionette is switched to it)."""
     m = session.marionette
     m.switch_to_window(m.chrome_window_handles[0])
     before = set(m.chrome_window_handles)
-    m.execute_script(OPEN_COMPOSE, script_args=[to, subject, body, bcc, str(attach or "")])
+    m.execute_script(OPEN_COMPOSE, script_args=[to, subject, body, bcc, str(attach or ""), html])
     handle = tb.wait_for(
         lambda: (set(m.chrome_window_handles) - before) or None, 60, "the compose window"
     )
@@ -488,14 +494,16 @@ def test_encrypt_and_send_to_external_and_served_recipient(
 def test_bcc_and_a_large_attachment(
     thunderbird: Session, smtp: SmtpCapture, directory: Directory, tmp_path: Path
 ) -> None:
-    """Bcc recipients get the mail without being named; a 1.5 MB attachment makes the host's
-    reply larger than Thunderbird's 1 MiB message limit, so it arrives in chunks."""
+    """Bcc recipients get the mail without being named; an HTML message goes out with both
+    bodies; a 1.5 MB attachment makes the host's reply larger than Thunderbird's 1 MiB message
+    limit, so it arrives in chunks."""
     m = thunderbird.marionette
     blob = os.urandom(1_500_000)
     attachment = tmp_path / "figures.bin"
     attachment.write_bytes(blob)
     bcc = "dave@example.org"
-    handle = open_compose(thunderbird, SERVED, "with attachment", "see attached", bcc, attachment)
+    html = "<p>see <b>attached</b></p>"
+    handle = open_compose(thunderbird, SERVED, "with attachment", html, bcc, attachment, html=True)
     captured = encrypt_send_capture(thunderbird, smtp)
     assert sorted(captured.rcpt_tos) == sorted([SERVED, bcc])
     outer = email.message_from_bytes(captured.data)
@@ -504,6 +512,10 @@ def test_bcc_and_a_large_attachment(
     clear = _decrypt(captured.data, directory.gateway_keys["example.org"])
     assert bcc.encode() not in clear, "the Bcc recipient must not be named inside"
     inner = email.message_from_bytes(clear)
+    types = [p.get_content_type() for p in inner.walk()]
+    assert "text/html" in types and "text/plain" in types, types  # HTML compose: both bodies
+    html_part = next(p for p in inner.walk() if p.get_content_type() == "text/html")
+    assert "<b>attached</b>" in html_part.get_payload(decode=True).decode()
     parts = [p for p in inner.walk() if p.get_filename() == "figures.bin"]
     assert len(parts) == 1
     assert parts[0].get_payload(decode=True) == blob
