@@ -19,8 +19,10 @@ class AddressEntry:
     `certificates` are DER X.509 certificates (all containers this requestor gets for
     the address), served as the values of `userCertificate;binary`. `smime_bundle` is
     the DER PKCS#7 certs-only bundle of the same certificates, served as
-    `userSMIMECertificate`; when None the server builds it (and caches it by the
-    certificates' value), so a backend with its own cache should pass it to save work.
+    `userSMIMECertificate`; when None the server builds it only if a client asks for
+    that attribute (Thunderbird and gpgsm do not) and caches the encoded entry, so pass
+    it only when it is already at hand (e.g. from the backend's own cache): computing it
+    for every fresh answer costs ~100 us for nothing.
     An entry with no certificates is still returned (same shape for every address:
     no existence oracle), with no certificate attributes.
     """
@@ -55,6 +57,11 @@ class LdapBackend(Protocol):
       order; the server sends them as returned (size limits applied by the server).
       Addresses the backend cannot serve (malformed, foreign) are simply left out.
       An exception -> the search ends with `other` (80); the connection survives.
+      Both must be `async def`. `lookup` runs eagerly: its first step executes inside
+      the server's read callback, not in a Task, and only if it awaits something does
+      the server wrap the rest in a Task (with the time limit). So before its first
+      real `await` it must not rely on `asyncio.current_task()` (e.g. `asyncio.timeout`);
+      a lookup answered from a cache should simply not await at all.
     """
 
     suffix: str

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import types
@@ -82,7 +83,7 @@ class LdapServer:
     ) -> None:
         limits = limits or Limits()
         if max_addresses is not None:
-            limits = Limits(**{**limits.__dict__, "max_addresses": max_addresses})
+            limits = dataclasses.replace(limits, max_addresses=max_addresses)
         self.backend = backend
         self.tls = tls
         self.limits = limits
