@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import smtplib
 import socket
 import subprocess
@@ -96,6 +97,8 @@ def write_demo_config(args: argparse.Namespace, sink_port: int) -> Path:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    # stdout: `keypost start` shows a child's stdout lines, prefixed with its name
+    logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
     inbox = Maildir(Path(args.data).resolve() / "gateway" / "inbox")
     inbox.ensure()
     sink_port = _port(0)
