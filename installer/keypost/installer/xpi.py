@@ -1,8 +1,9 @@
 """Find the add-on's sources, check them, and pack them into a reproducible .xpi.
 
-The sources are looked up in this order: $KEYPOST_EXTENSION_DIR; an `extension/` folder
-shipped inside this package (a wheel build step may copy it there); the `extension/` folder
-of the source checkout this package runs from (editable installs, `bash scripts/start.sh`).
+The sources are looked up in this order: $KEYPOST_EXTENSION_DIR; the `extension/` folder
+inside this package (in the repository a symlink to the top-level extension/, so building a
+wheel copies the add-on in as package data); the `extension/` folder of the source checkout
+this package runs from (a checkout without symlink support).
 """
 
 from __future__ import annotations
