@@ -59,6 +59,7 @@ class SinkHandler:
     messages: list[Received] = field(default_factory=list)
     reply: str = "250 2.0.0 OK"
     refuse: set[str] = field(default_factory=set)  # recipients refused at RCPT with 550
+    defer: set[str] = field(default_factory=set)  # recipients refused at RCPT with 450
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
     async def handle_RCPT(
@@ -66,6 +67,8 @@ class SinkHandler:
     ) -> str:
         if address in self.refuse:
             return "550 5.1.1 no such user here"
+        if address in self.defer:
+            return "450 4.2.1 mailbox busy, try later"
         envelope.rcpt_tos.append(address)
         return "250 OK"
 

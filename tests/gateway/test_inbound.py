@@ -253,3 +253,20 @@ def test_smtputf8_addresses_pass_through(pki: Pki, sink: Sink) -> None:
     [got] = sink.handler.messages
     assert got.mail_from == "jörg@outside.test"
     assert b"X-Keypost-Decrypted" in got.data
+
+
+def test_next_hop_deferring_one_recipient_keeps_its_copy(
+    pki: Pki, sink: Sink, tmp_path: Path
+) -> None:
+    sink.handler.defer = {"busy@example.com"}
+    enc = encrypted_for(pki, pki.current)
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"))
+    with running_gateway(cfg) as gw:
+        code, _ = send(gw.port, "s@outside.test", [ALICE, "busy@example.com"], enc)
+    assert code == 250
+    by_rcpt = {tuple(m.rcpt_tos): m for m in sink.handler.messages}
+    assert (ALICE,) in by_rcpt
+    [kept] = list((tmp_path / "q" / "new").iterdir())
+    assert b"busy@example.com" in kept.read_bytes()
+    assert b"secret quarterly figures" in kept.read_bytes()
+    assert kept.name.encode() in by_rcpt[("s@outside.test",)].data

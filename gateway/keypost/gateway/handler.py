@@ -87,8 +87,16 @@ class GatewayHandler:
         for o in others:
             if o.action is Action.RELAY:
                 refused = self.relay.send(mail_from, o.recipients, o.message, options)
-                failed += refused.recipients
                 delivered += len(o.recipients) - len(refused.recipients)
+                later = [(r, why) for r, why in refused.recipients if why.startswith("4")]
+                if later:
+                    # A temporary refusal after others were accepted cannot be answered
+                    # with 451 without duplicating their copies: keep this one instead.
+                    qid = self.quarantine.store(o.message, mail_from, [r for r, _ in later],
+                                                f"next hop deferred: {later[0][1]}")
+                    held += len(later)
+                    later = [(r, f"{why} (kept as {qid})") for r, why in later]
+                failed += [x for x in refused.recipients if not x[1].startswith("4")] + later
                 log.debug("relayed to %d recipient(s): %s", len(o.recipients), o.note)
         if failed:
             self._report(mail_from, original, failed, subject)
