@@ -37,8 +37,23 @@ class GatewayHandler:
         self.quarantine = quarantine
         self.hostname = hostname
         self.timeout = processing_timeout
+        self.inflight = 0
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (up to `timeout` s) until no message is being handled: stopping in the middle
+        of a relay would leave the sender without a reply, so it would send a duplicate."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while self.inflight and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.inflight += 1
+        try:
+            return await self._handle(envelope)
+        finally:
+            self.inflight -= 1
+
+    async def _handle(self, envelope: Any) -> str:
         data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):  # only when the server decodes; ours does not
             data = data.encode("utf-8", "surrogateescape")

@@ -100,6 +100,7 @@ async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     if ready is not None:
         ready.set()
     await stop.wait()
-    server.close()
+    server.close()  # no new sessions; messages in hand get their reply first
+    await gw.handler.drain(gw.config.timeouts.processing + gw.config.timeouts.next_hop)
     await server.wait_closed()
     log.info("keypost gateway stopped")
