@@ -523,7 +523,7 @@ def test_bcc_and_a_large_attachment(
 
 
 PAGE_READ = """
-const [where, reader, click, done] = arguments;
+const [where, reader, click, fill, done] = arguments;
 const browser = where === "popup"
   ? document.querySelector("browser.webextension-popup-browser")
   : document.getElementById("tabmail").currentTabInfo.browser;
@@ -534,6 +534,8 @@ mm.addMessageListener("keypost:page", listener);
 const script = `(() => {
   const d = content.document;
   const click = ${JSON.stringify(click)};
+  const fill = ${JSON.stringify(fill)};
+  for (const [id, value] of Object.entries(fill)) d.getElementById(id).value = value;
   if (click) d.getElementById(click).click();
   sendAsyncMessage("keypost:page", (${reader})(d));
 })()`;
@@ -554,16 +556,20 @@ POPUP_READER = """(d) => ({
 })"""
 
 
-def read_page(m: Any, where: str, reader: str, click: str | None = None) -> dict[str, Any]:
-    """Read (and optionally click in) an add-on page: the options tab or the compose popup."""
+def read_page(
+    m: Any, where: str, reader: str, click: str | None = None, fill: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Read (optionally fill and click in) an add-on page: the options tab or the popup."""
     state: dict[str, Any] = m.execute_async_script(
-        PAGE_READ, script_args=[where, reader, click], script_timeout=10000
+        PAGE_READ, script_args=[where, reader, click, fill or {}], script_timeout=10000
     )
     return state
 
 
-def _options_state(m: Any, click: str | None = None) -> dict[str, Any]:
-    return read_page(m, "tab", OPTIONS_READER, click)
+def _options_state(
+    m: Any, click: str | None = None, fill: dict[str, str] | None = None
+) -> dict[str, Any]:
+    return read_page(m, "tab", OPTIONS_READER, click, fill)
 
 
 def test_options_page_shows_the_host_and_tests_the_connection(
@@ -626,6 +632,18 @@ def test_options_page_shows_the_host_and_tests_the_connection(
             "the connection test",
         )
         assert directory.ldap_url in result
+        # Saving hands the password to the host, which tests it before keeping anything.
+        _options_state(m, click="save", fill={"password": "wrong-Pa55word"})
+        refused = tb.wait_for(
+            lambda: "refused" in (r := _options_state(m)["result"]) and r, 60, "the refusal"
+        )
+        assert "wrong-Pa55word" not in refused
+        _options_state(m, click="save", fill={"password": "alice-secret"})
+        tb.wait_for(lambda: "Saved" in _options_state(m)["result"], 60, "the saved settings")
+        # The add-on keeps no copy: the password is in no file of the profile.
+        for path in thunderbird.profile.rglob("*"):
+            if path.is_file():
+                assert b"alice-secret" not in path.read_bytes(), path
     finally:
         m.execute_script(
             "const t = document.getElementById('tabmail'); t.closeTab(t.currentTabInfo);"
