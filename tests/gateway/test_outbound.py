@@ -274,12 +274,16 @@ def test_directory_down_defers_only_mail_that_needs_it(
 # --- the other ways to reach the directory ----------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["http", "ldaps"])
-def test_fig2_over_http_and_ldaps(
+@pytest.mark.parametrize("scheme", ["http", "ldaps", "starttls"])
+def test_fig2_over_http_ldaps_and_starttls(
     pki: Pki, world: DirectoryWorld, sink: Sink, scheme: str
 ) -> None:
-    port = world.http_port if scheme == "http" else world.ldaps_port
-    cfg = config(pki, world, sink, url=f"{scheme}://127.0.0.1:{port}")
+    url = {"http": f"http://127.0.0.1:{world.http_port}",
+           "ldaps": f"ldaps://127.0.0.1:{world.ldaps_port}",
+           "starttls": f"ldap://127.0.0.1:{world.ldap_port}"}[scheme]
+    lines = world.gateway_directory_lines(url) + (
+        "starttls = true\n" if scheme == "starttls" else "")
+    cfg = pki.config(sink.port, directory=lines)
     enc = _only_to_our_gateway(world, CAROL, f"via {scheme}")
     with running_gateway(cfg) as g:
         assert send(g.port, ALICE, [CAROL], enc)[0] == 250

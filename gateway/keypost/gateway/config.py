@@ -73,6 +73,7 @@ class DirectoryConfig:
     genuine_roots: tuple[Path, ...] = ()  # CAs accepted for recipients' genuine certificates
     base: str = DEFAULT_LDAP_BASE  # LDAP search base (the directory's suffix)
     tls_ca: Path | None = None  # CA of the directory's TLS certificate; None = system store
+    starttls: bool = False  # ldap:// upgraded with StartTLS before the bind
     negative_cache: float = 60.0  # seconds a "no certificate" answer is remembered
 
 
@@ -266,6 +267,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         genuine_roots=dt.paths("genuine_roots"),
         base=dt.text("base", DEFAULT_LDAP_BASE) or DEFAULT_LDAP_BASE,
         tls_ca=dt.path("tls_ca"),
+        starttls=dt.flag("starttls", False),
         negative_cache=dt.number("negative_cache", 60.0),
     )
     dt.finish()

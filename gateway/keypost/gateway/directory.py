@@ -123,6 +123,9 @@ class LdapFetcher:
             read_only=True,
             raise_exceptions=False,
         )
+        if self.cfg.starttls and not conn.start_tls():
+            conn.unbind()
+            raise DirectoryUnavailable("directory StartTLS failed")
         if not conn.bind():
             result = conn.result or {}
             conn.unbind()
