@@ -270,3 +270,29 @@ def test_next_hop_deferring_one_recipient_keeps_its_copy(
     assert b"busy@example.com" in kept.read_bytes()
     assert b"secret quarterly figures" in kept.read_bytes()
     assert kept.name.encode() in by_rcpt[("s@outside.test",)].data
+
+
+def test_quarantined_message_can_be_listed_and_released(
+    pki: Pki, sink: Sink, scanned  # type: ignore[no-untyped-def]
+) -> None:
+    import subprocess
+
+    from gw_support import KEYPOST
+
+    gw, qdir = scanned
+    assert send(gw.port, "s@outside.test", [ALICE],
+                encrypted_for(pki, pki.current, body="SUSPECT but fine"))[0] == 250
+    [held] = list((qdir / "new").iterdir())
+    cfg = next(p for p in pki.root.glob("gateway-*.toml") if str(qdir) in p.read_text())
+    listed = subprocess.run([*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "list"],
+                            capture_output=True, text=True, timeout=60)
+    assert held.name in listed.stdout and "looks suspicious" in listed.stdout
+    done = subprocess.run(
+        [*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "release", held.name],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    released = sink.handler.messages[-1]
+    assert released.rcpt_tos == [ALICE] and released.mail_from == "s@outside.test"
+    assert b"SUSPECT but fine" in released.data and b"X-Keypost-Quarantine" not in released.data
+    assert list((qdir / "new").iterdir()) == []
+    assert len(list((qdir / "cur").iterdir())) == 1

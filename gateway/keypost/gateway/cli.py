@@ -10,8 +10,10 @@ from pathlib import Path
 from keypost.core.address import parse_address
 from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
-from keypost.gateway.errors import DirectoryUnavailable
+from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 from keypost.gateway.pipeline import same_public_key
+from keypost.gateway.quarantine import held_messages, mark_released
+from keypost.gateway.relay import Relay
 from keypost.gateway.serve import Gateway, build, run
 
 
@@ -27,6 +29,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     serve.add_argument("--config", type=Path, required=True, metavar="FILE")
     serve.set_defaults(func=_serve)
     register_demo(gsub)
+    q = gsub.add_parser("quarantine", help="list or release held messages")
+    q.add_argument("--config", type=Path, required=True, metavar="FILE")
+    q.add_argument("action", choices=["list", "release"])
+    q.add_argument("ids", nargs="*", metavar="ID", help="quarantine ids to release")
+    q.set_defaults(func=_quarantine)
 
 
 def describe(cfg: GatewayConfig) -> list[str]:
@@ -101,4 +108,25 @@ def _serve(args: argparse.Namespace) -> int:
     )
     gw = build(cfg)
     asyncio.run(run(gw))
+    return 0
+
+
+def _quarantine(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    root = cfg.quarantine_dir
+    held = {h.qid: h for h in held_messages(root)}
+    if args.action == "list":
+        for h in held.values():
+            print(f"{h.qid}  from <{h.mail_from}> to {', '.join(h.rcpts)}: {h.reason}")
+        print(f"{len(held)} message(s) held in {root}")
+        return 0
+    relay = Relay(cfg.next_hop, cfg.timeouts.next_hop, cfg.hostname)
+    for qid in args.ids:
+        found = held.get(qid)
+        if found is None:
+            raise ConfigError(f"no held message {qid} in {root}")
+        found_rcpts = ", ".join(found.rcpts)
+        relay.send(found.mail_from, found.rcpts, found.message)
+        mark_released(root, qid)
+        print(f"released {qid} to {found_rcpts} via {cfg.next_hop}")
     return 0

@@ -7,6 +7,7 @@ import socket
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from keypost.gateway.errors import TempFailure
@@ -50,3 +51,43 @@ class Maildir:
         except OSError as exc:
             raise TempFailure(f"quarantine unavailable ({exc.strerror})", "4.3.0") from None
         return qid
+
+
+@dataclass(frozen=True)
+class Held:
+    """A quarantined message: its id, original envelope, reason and content."""
+
+    qid: str
+    mail_from: str
+    rcpts: tuple[str, ...]
+    reason: str
+    message: bytes
+
+
+_ENVELOPE = ("x-keypost-quarantine-reason", "x-keypost-envelope-from", "x-keypost-envelope-to")
+
+
+def read_held(path: Path) -> Held:
+    """Split what `Maildir.store` wrote back into envelope and message."""
+    data = path.read_bytes()
+    values: dict[str, str] = {}
+    while True:
+        line, sep, rest = data.partition(b"\r\n")
+        name, _, value = line.decode("utf-8", "replace").partition(":")
+        if not sep or name.lower() not in _ENVELOPE:
+            break
+        values[name.lower()] = value.strip()
+        data = rest
+    rcpts = tuple(r.strip().strip("<>") for r in values.get(_ENVELOPE[2], "").split(",") if r)
+    return Held(path.name.split(":")[0], values.get(_ENVELOPE[1], "").strip("<>"), rcpts,
+                values.get(_ENVELOPE[0], ""), data)
+
+
+def held_messages(root: Path) -> list[Held]:
+    new = root / "new"
+    return [read_held(p) for p in sorted(new.iterdir())] if new.exists() else []
+
+
+def mark_released(root: Path, qid: str) -> None:
+    """Move a released message to cur/ with the Maildir 'seen' flag (kept, not deleted)."""
+    os.rename(root / "new" / qid, root / "cur" / f"{qid}:2,S")
