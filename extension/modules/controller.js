@@ -10,6 +10,7 @@ import { keyedDebounce } from "./debounce.js";
 
 const POLL_MS = 1500;
 const LOOKUP_QUIET_MS = 600;
+const RETRY_MS = 10000;
 const POPUP = "popup/popup.html";
 
 const msg = (key, subs) => messenger.i18n.getMessage(key, subs) || key;
@@ -83,12 +84,21 @@ export async function checkRecipients(tabId, immediately = false) {
   const rcpts = collectRecipients(details);
   const from = extractAddress(details.from ?? "");
   const key = recipientsKey(from, rcpts.all);
-  if (key === state.key && !immediately) return;
+  // Unchanged recipients need no new lookup, unless the last one failed (host or directory
+  // down): then it is retried every RETRY_MS, so the status heals without user action.
+  const retry = state.lookupError && Date.now() >= (state.retryAt ?? 0);
+  if (key === state.key && !immediately && !retry) return;
   const statuses = carryOver(rcpts.all, state.statuses);
   for (const bad of rcpts.invalid) {
     statuses.push({ address: bad, state: "invalid_address", gateways: [], reason: msg("reasonInvalidAddress") });
   }
-  const next = await updateTabState(session(), tabId, { recipients: rcpts.all, statuses, key });
+  // retryAt also spaces out retries while a lookup is still under way.
+  const next = await updateTabState(session(), tabId, {
+    recipients: rcpts.all,
+    statuses,
+    key,
+    retryAt: Date.now() + RETRY_MS,
+  });
   await renderButton(tabId, next);
   if (rcpts.all.length === 0) return;
   if (immediately) await runLookup(tabId);
@@ -114,7 +124,8 @@ async function runLookup(tabId) {
   const statuses = lookupError
     ? state.recipients.map((address) => ({ address, state: "error", gateways: [], reason: lookupError }))
     : statusList(state.recipients, entries);
-  const next = await updateTabState(session(), tabId, { statuses, lookupError });
+  const retryAt = lookupError ? Date.now() + RETRY_MS : 0;
+  const next = await updateTabState(session(), tabId, { statuses, lookupError, retryAt });
   await renderButton(tabId, next);
 }
 

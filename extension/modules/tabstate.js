@@ -2,9 +2,12 @@
 
 const PREFIX = "tab:";
 
-/** @returns {{encrypt: boolean, recipients: string[], statuses: any[], key: string, error: string, lookupError: string}} */
+/**
+ * @returns {{encrypt: boolean, recipients: string[], statuses: any[], key: string,
+ *   error: string, lookupError: string, retryAt: number}}
+ */
 export function emptyState() {
-  return { encrypt: false, recipients: [], statuses: [], key: "", error: "", lookupError: "" };
+  return { encrypt: false, recipients: [], statuses: [], key: "", error: "", lookupError: "", retryAt: 0 };
 }
 
 /** @param {number} tabId */

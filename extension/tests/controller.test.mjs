@@ -80,7 +80,9 @@ const DETAILS = {
 const ENCRYPTED = "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nContent-Type: application/pkcs7-mime\r\n\r\nMIAG\r\n";
 const CLEAR = "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nX-Keypost-Encrypted: yes\r\n\r\nhi\r\n";
 
-beforeEach(() => {
+beforeEach(async () => {
+  await new Promise((r) => setTimeout(r, 10)); // let a previous test's window closing run
+  await c.onTabRemoved(3); // as Thunderbird reports once the compose window is gone
   calls.length = 0;
   session.clear();
 });
@@ -160,4 +162,31 @@ test("a reply carries In-Reply-To and References of the message it answers", asy
   await c.onBeforeSend(TAB, { ...DETAILS, type: "reply", relatedMessageId: 7 });
   const [, , params] = calls.find((x) => x[0] === "host");
   assert.deepEqual(params.headers, { "In-Reply-To": "<parent7@example.org>", References: "<parent7@example.org>" });
+});
+
+test("a failed lookup is retried later without the recipients changing", async () => {
+  await encryptOn();
+  const original = messenger.compose.getComposeDetails;
+  messenger.compose.getComposeDetails = async () => ({ from: "alice@example.com", to: ["bob@example.org"] });
+  try {
+    hostReply = () => ({ ok: false, error: { code: 7, name: "directory_unreachable", message: "down" } });
+    await c.checkRecipients(3, true);
+    assert.equal(session.get("tab:3").lookupError, "down");
+    assert.equal(session.get("tab:3").statuses[0].state, "error");
+    const asked = () => calls.filter((x) => x[0] === "host" && x[1] === "lookup").length;
+    assert.equal(asked(), 1);
+    await c.checkRecipients(3); // too soon: no new lookup
+    await new Promise((r) => setTimeout(r, 700));
+    assert.equal(asked(), 1);
+    session.set("tab:3", { ...session.get("tab:3"), retryAt: 0 }); // time has passed
+    hostReply = (req) => ({ ok: true, result: { recipients: [{ address: "bob@example.org", status: "ok",
+      containers: [{ role: "proxy-encryption", gateway: "example.org", valid: true, used: true }] }] } });
+    await c.checkRecipients(3);
+    await new Promise((r) => setTimeout(r, 700)); // the debounced lookup runs
+    assert.equal(asked(), 2);
+    assert.equal(session.get("tab:3").lookupError, "");
+    assert.equal(session.get("tab:3").statuses[0].state, "gateway");
+  } finally {
+    messenger.compose.getComposeDetails = original;
+  }
 });
