@@ -309,3 +309,42 @@ def test_connection_cap_and_idle_timeout() -> None:
         first.close()
     finally:
         thread.stop()
+
+
+def test_time_limit_bounds_a_slow_lookup(server: ServerThread) -> None:
+    server.backend.delay = 3.0
+    conn = connect(server)
+    start = time.monotonic()
+    assert not conn.search(SUFFIX, f"(mail={ALICE})", attributes=["mail"], time_limit=1)
+    assert conn.result["result"] == 3  # timeLimitExceeded
+    assert time.monotonic() - start < 2.5
+    conn.unbind()
+
+
+def test_outstanding_cap_pauses_reading_and_answers_all() -> None:
+    backend = MemoryBackend(delay=0.02)
+    thread = ServerThread(backend, limits=Limits(max_outstanding=4))
+    try:
+        search = M.SearchRequest(
+            SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+            F.EqualityMatch("mail", ALICE.encode()), ("mail",),
+        )
+        data = b"".join(M.encode_message(M.LDAPMessage(i, search)) for i in range(1, 41))
+        with socket.create_connection(("127.0.0.1", thread.port), timeout=20) as s:
+            s.sendall(data)
+            done: set[int] = set()
+            buf = b""
+            while len(done) < 40:
+                chunk = s.recv(65536)
+                assert chunk, "server closed early"
+                buf += chunk
+                while (n := C.ber.frame_length(buf)) is not None:
+                    msg = M.decode_message(buf[:n])
+                    buf = buf[n:]
+                    if isinstance(msg.op, M.SearchResultDone):
+                        assert msg.op.result.code == M.ResultCode.SUCCESS
+                        done.add(msg.message_id)
+        assert done == set(range(1, 41))
+        assert len(backend.lookups) == 40
+    finally:
+        thread.stop()
