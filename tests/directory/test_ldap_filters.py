@@ -96,6 +96,7 @@ def test_escape_value_round_trips() -> None:
         ("cn=Bob\\2C Jr,ou=x", "Bob, Jr"),
         ("alice", "alice"),
         (" alice ", "alice"),
+        ("uid = alice , dc=keypost", "alice"),
         ("mail=a@x.org,dc=keypost", "mail=a@x.org,dc=keypost"),
     ],
 )

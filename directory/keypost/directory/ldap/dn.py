@@ -150,10 +150,10 @@ def reduce_bind_name(name: str) -> str:
     The value keeps its case (the backend decides how account names compare).
     """
     stripped = name.strip()
-    head = stripped[:4].lower()
-    if not (head.startswith("uid=") or head.startswith("cn=")):
+    attr, eq, _ = stripped.partition("=")
+    if not eq or attr.strip().lower() not in ("uid", "cn"):
         return stripped
-    start = stripped.index("=") + 1
+    start = len(attr) + 1
     try:
         _, end = _read_value(stripped, start)
     except InvalidDN:
