@@ -33,6 +33,7 @@ proxymap  unix  -       -       n       -       -       proxymap
 proxywrite unix -       -       n       -       1       proxymap
 smtp      unix  -       -       n       -       -       smtp
 relay     unix  -       -       n       -       -       smtp
+lmtp      unix  -       -       n       -       -       lmtp
 showq     unix  n       -       n       -       -       showq
 error     unix  -       -       n       -       -       error
 retry     unix  -       -       n       -       -       error
@@ -57,7 +58,7 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 relayhost = [127.0.0.1]:{sink}
-content_filter = smtp:[127.0.0.1]:{gateway}
+content_filter = {transport}:[127.0.0.1]:{gateway}
 smtp_dns_support_level = disabled
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
@@ -80,13 +81,13 @@ def available() -> bool:
 
 class Postfix:
     def __init__(self, root: Path, port: int, reinject_port: int, gateway_port: int,
-                 sink_port: int) -> None:
+                 sink_port: int, transport: str = "smtp") -> None:
         self.root = root
         self.port, self.reinject_port = port, reinject_port
         self.etc = root / "etc"
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "main.cf").write_text(
-            MAIN_CF.format(root=root, sink=sink_port, gateway=gateway_port)
+            MAIN_CF.format(root=root, sink=sink_port, gateway=gateway_port, transport=transport)
         )
         (self.etc / "master.cf").write_text(MASTER_CF.format(port=port, reinject=reinject_port))
 

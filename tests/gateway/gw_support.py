@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.lmtp import LMTP
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -178,6 +179,11 @@ def make_pki(root: Path) -> Pki:
     return Pki(root, ca, *keys)
 
 
+class LmtpController(Controller):
+    def factory(self) -> LMTP:
+        return LMTP(self.handler, **self.SMTP_kwargs)
+
+
 @dataclass
 class RunningGateway:
     gateway: Gateway
@@ -190,7 +196,7 @@ def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
     cfg = load_config(config_path)
     gw = build(cfg)
     kwargs = smtp_kwargs(cfg)
-    ctl = Controller(
+    ctl = (LmtpController if cfg.protocol == "lmtp" else Controller)(
         gw.handler, hostname=cfg.listen.host, port=cfg.listen.port,
         server_hostname=kwargs.pop("hostname"), **kwargs,
     )

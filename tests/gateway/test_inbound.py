@@ -296,3 +296,22 @@ def test_quarantined_message_can_be_listed_and_released(
     assert b"SUSPECT but fine" in released.data and b"X-Keypost-Quarantine" not in released.data
     assert list((qdir / "new").iterdir()) == []
     assert len(list((qdir / "cur").iterdir())) == 1
+
+
+def test_lmtp_gives_one_reply_per_recipient(pki: Pki, sink: Sink) -> None:
+    import smtplib
+
+    enc = smime.encrypt_message(plain_message(sender=ALICE, to="bob@example.com"),
+                                [pki.container(pki.current, "bob@example.com")])
+    cfg = pki.config(sink.port, extra='protocol = "lmtp"')
+    with running_gateway(cfg) as gw, smtplib.LMTP("127.0.0.1", gw.port, timeout=60) as s:
+        s.ehlo()  # smtplib.LMTP sends LHLO
+        s.mail(ALICE)
+        s.rcpt("bob@example.com")
+        s.rcpt("x@outside.test")
+        first = s.data(enc)
+        second = s.getreply()
+    assert first[0] == 250
+    assert second[0] == 554 and b"x@outside.test" in second[1]
+    [got] = sink.handler.messages  # no report: the MTA bounces x itself
+    assert got.rcpt_tos == ["bob@example.com"] and b"secret quarterly" in got.data

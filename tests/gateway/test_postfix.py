@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -35,16 +36,18 @@ class GatewayProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [*KEYPOST, "gateway", "serve", "--config", str(self.config)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )
+        log = self.config.with_suffix(".log")
+        with log.open("ab") as out:  # a file, not a pipe nobody reads (it would fill up)
+            self.proc = subprocess.Popen(
+                [*KEYPOST, "gateway", "serve", "--config", str(self.config)],
+                stdout=out, stderr=subprocess.STDOUT,
+            )
         try:
             wait_port(self.port, timeout=20)
         except TimeoutError:
             self.proc.kill()
-            out = self.proc.communicate()[0].decode(errors="replace")
-            raise AssertionError(f"gateway did not start: {out}") from None
+            self.proc.wait()
+            raise AssertionError(f"gateway did not start: {log.read_text()}") from None
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -53,16 +56,19 @@ class GatewayProcess:
             self.proc = None
 
 
-@pytest.fixture
-def mta(tmp_path: Path, pki: Pki, sink: Sink) -> Iterator[tuple[Postfix, GatewayProcess, Sink]]:
+Mta = tuple[Postfix, GatewayProcess, Sink]
+
+
+@contextmanager
+def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp") -> Iterator[Mta]:
     gw_port, reinject = free_port(), free_port()
-    cfg = pki.config(next_hop=reinject, listen=gw_port)
+    cfg = pki.config(next_hop=reinject, listen=gw_port, extra=f'protocol = "{protocol}"')
     gateway = GatewayProcess(cfg, gw_port)
     # Postfix opens its data directory as the postfix user, who cannot enter pytest's
     # private (0700) tmp_path: use a traversable temporary directory of its own.
     root = Path(tempfile.mkdtemp(prefix="keypost-postfix-"))
     root.chmod(0o755)
-    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port)
+    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port, transport=protocol)
     gateway.start()
     postfix.start()
     try:
@@ -72,6 +78,12 @@ def mta(tmp_path: Path, pki: Pki, sink: Sink) -> Iterator[tuple[Postfix, Gateway
         postfix.stop()
         gateway.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def mta(pki: Pki, sink: Sink) -> Iterator[Mta]:
+    with running_mta(pki, sink) as m:
+        yield m
 
 
 def submit(postfix: Postfix, message: bytes, rcpt: str = "alice@example.com") -> None:
@@ -115,3 +127,24 @@ def test_postfix_keeps_mail_while_the_gateway_is_down(
     assert len(got) == 1, postfix.log()
     assert b"plain body through postfix" in got[0].data
     assert b"X-Keypost-Decrypted: key=current" in got[0].data
+
+
+def test_lmtp_content_filter_bounces_only_the_refused_recipient(pki: Pki, sink: Sink) -> None:
+    """With `content_filter = lmtp:...` Postfix gets one reply per recipient: the colleague
+    gets the decrypted copy, and Postfix itself bounces the outsider (no certificate)."""
+    alice = "alice@example.com"
+    msg = smime.encrypt_message(
+        PLAIN.replace(b"From: sender@outside.test", b"From: " + alice.encode()),
+        [pki.container(pki.current, "bob@example.com")],
+    )
+    with running_mta(pki, sink, "lmtp") as (postfix, _, _):
+        with smtplib.SMTP("127.0.0.1", postfix.port, timeout=30) as s:
+            s.sendmail(alice, ["bob@example.com", "x@outside.test"], msg)
+        got = sink.handler.wait(2, timeout=60)
+        assert len(got) == 2, postfix.log()
+    by_rcpt = {tuple(m.rcpt_tos): m for m in got}
+    assert b"X-Keypost-Decrypted: key=current" in by_rcpt[("bob@example.com",)].data
+    bounce = by_rcpt[(alice,)]
+    assert bounce.mail_from in ("", "<>")
+    assert b"x@outside.test" in bounce.data and b"554 5.7.1" in bounce.data
+    assert ("x@outside.test",) not in by_rcpt

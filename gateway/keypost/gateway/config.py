@@ -108,6 +108,7 @@ class GatewayConfig:
     next_hop: HostPort = field(
         default_factory=lambda: parse_hostport(DEFAULT_NEXT_HOP, "next_hop")
     )
+    protocol: str = "smtp"  # what `listen` speaks: "smtp" or "lmtp" (one reply per recipient)
     hostname: str = "keypost-gateway"
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
@@ -323,9 +324,13 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     level = (top.text("log_level", "info") or "info").lower()
     if level not in ("debug", "info", "warning", "error"):
         raise ConfigError("log_level: expected debug, info, warning or error")
+    protocol = (top.text("protocol", "smtp") or "smtp").lower()
+    if protocol not in ("smtp", "lmtp"):
+        raise ConfigError("protocol: expected \"smtp\" or \"lmtp\"")
     cfg = GatewayConfig(
         listen=listen,
         next_hop=next_hop,
+        protocol=protocol,
         hostname=top.text("hostname", "keypost-gateway") or "keypost-gateway",
         max_message_size=int(size),
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,

@@ -31,7 +31,9 @@ class GatewayHandler:
         quarantine: Maildir,
         hostname: str,
         processing_timeout: float = 120.0,
+        lmtp: bool = False,
     ) -> None:
+        self.lmtp = lmtp  # LMTP: one DATA reply per recipient (RFC 2033)
         self.process = process
         self.relay = relay
         self.quarantine = quarantine
@@ -64,18 +66,66 @@ class GatewayHandler:
             outcomes = await asyncio.wait_for(
                 asyncio.to_thread(self.process, mail_from, rcpts, data), self.timeout
             )
-            reply = await asyncio.to_thread(self.settle, mail_from, data, outcomes, options)
+            if self.lmtp:
+                replies = await asyncio.to_thread(
+                    self.settle_lmtp, mail_from, data, outcomes, options, rcpts
+                )
+            else:
+                replies = [await asyncio.to_thread(self.settle, mail_from, data, outcomes, options)]
         except SmtpFailure as exc:
-            reply = exc.reply
+            replies = [exc.reply]
         except TimeoutError:
-            reply = "451 4.4.7 processing timed out, try again later"
+            replies = ["451 4.4.7 processing timed out, try again later"]
         except Exception:  # an unexpected bug must cost a retry, never the message
             log.exception("internal error while handling a message")
-            reply = "451 4.3.0 internal error, try again later"
-        # One line, printable ASCII: reasons from scanners or the core must not break SMTP.
-        reply = "".join(c if " " <= c <= "~" else " " for c in " ".join(reply.split()))[:500]
-        log.info("from=<%s> rcpts=%d size=%d -> %s", mail_from, len(rcpts), len(data), reply)
-        return reply
+            replies = ["451 4.3.0 internal error, try again later"]
+        if self.lmtp and len(replies) == 1:
+            replies = replies * len(rcpts)
+        # One line each, printable ASCII: reasons from scanners or the core must not break SMTP.
+        replies = [
+            "".join(c if " " <= c <= "~" else " " for c in " ".join(r.split()))[:500]
+            for r in replies
+        ]
+        log.info("from=<%s> rcpts=%d size=%d -> %s", mail_from, len(rcpts), len(data),
+                 " | ".join(dict.fromkeys(replies)))
+        return "\r\n".join(replies)  # LMTP: the server sends them as consecutive replies
+
+    def _hold(self, o: Outcome, mail_from: str, subject: str | None) -> str:
+        """Quarantine one outcome durably and send its notices; returns the quarantine id."""
+        qid = self.quarantine.store(o.message, mail_from, o.recipients, o.reply)
+        log.info("quarantined %s for %d recipient(s): %s", qid, len(o.recipients), o.reply)
+        notify = [r for r in o.notify if r]
+        if notify:
+            notice = notices.quarantine_notice(
+                o.recipients, mail_from, subject, o.reply, qid, self.hostname
+            )
+            self.relay.send("", notify, notice)
+        return qid
+
+    def settle_lmtp(
+        self, mail_from: str, original: bytes, outcomes: Sequence[Outcome],
+        options: Sequence[str], rcpts: Sequence[str],
+    ) -> list[str]:
+        """LMTP: one reply per recipient, in RCPT order. Each group succeeds or fails on its
+        own, so a next hop failing half-way costs a retry of the failed group only (no
+        duplicates) and the MTA bounces refused recipients itself (no reports here)."""
+        subject = headers.get(original, "Subject")
+        replies: dict[str, str] = {}
+        for o in outcomes:
+            try:
+                if o.action is Action.REJECT:
+                    got = dict.fromkeys(o.recipients, o.reply)
+                elif o.action is Action.QUARANTINE:
+                    qid = self._hold(o, mail_from, subject)
+                    got = dict.fromkeys(o.recipients, f"250 2.0.0 held in quarantine as {qid}")
+                else:
+                    refused = self.relay.send(mail_from, o.recipients, o.message, options)
+                    got = dict.fromkeys(o.recipients, "250 2.0.0 OK")
+                    got.update(refused.recipients)
+            except SmtpFailure as exc:
+                got = dict.fromkeys(o.recipients, exc.reply)
+            replies.update(got)
+        return [replies.get(r, "451 4.3.0 no outcome, try again later") for r in rcpts]
 
     def settle(
         self, mail_from: str, original: bytes, outcomes: Sequence[Outcome], options: Sequence[str]
@@ -89,15 +139,8 @@ class GatewayHandler:
         delivered = held = 0
         for o in others:
             if o.action is Action.QUARANTINE:
-                qid = self.quarantine.store(o.message, mail_from, o.recipients, o.reply)
-                log.info("quarantined %s for %d recipient(s): %s", qid, len(o.recipients), o.reply)
+                self._hold(o, mail_from, subject)
                 held += len(o.recipients)
-                notify = [r for r in o.notify if r]
-                if notify:
-                    notice = notices.quarantine_notice(
-                        o.recipients, mail_from, subject, o.reply, qid, self.hostname
-                    )
-                    self.relay.send("", notify, notice)
         failed: list[tuple[str, str]] = [(r, o.reply) for o in rejects for r in o.recipients]
         for o in others:
             if o.action is Action.RELAY:

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
 from keypost.gateway.config import GatewayConfig
@@ -57,6 +58,7 @@ def build(config: GatewayConfig) -> Gateway:
         quarantine,
         config.hostname,
         config.timeouts.processing,
+        lmtp=config.protocol == "lmtp",
     )
     return Gateway(config, keys, scanner, directory, pipeline, handler)
 
@@ -74,7 +76,8 @@ def smtp_kwargs(cfg: GatewayConfig) -> dict[str, Any]:
 
 
 def smtp_factory(gw: Gateway) -> SMTP:
-    return SMTP(gw.handler, **smtp_kwargs(gw.config))
+    server_class = LMTP if gw.config.protocol == "lmtp" else SMTP
+    return server_class(gw.handler, **smtp_kwargs(gw.config))
 
 
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
