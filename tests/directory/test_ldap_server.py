@@ -348,3 +348,23 @@ def test_outstanding_cap_pauses_reading_and_answers_all() -> None:
         assert len(backend.lookups) == 40
     finally:
         thread.stop()
+
+
+def test_starttls_refusals(server: ServerThread) -> None:
+    start = M.encode_message(M.LDAPMessage(1, M.ExtendedRequest(M.OID_START_TLS)))
+    unbind = M.encode_message(M.LDAPMessage(2, M.UnbindRequest()))
+    # Data sent right behind the StartTLS request (before the handshake) breaks the rule.
+    reply = raw_exchange(server.port, start + unbind)
+    notice = M.decode_message(reply)
+    assert isinstance(notice.op, M.ExtendedResponse)
+    assert notice.op.name == M.OID_NOTICE_OF_DISCONNECTION
+    # A server without a TLS context does not offer StartTLS.
+    plain = ServerThread(MemoryBackend())
+    try:
+        reply = raw_exchange(plain.port, start + unbind)
+        response = M.decode_message(reply)
+        assert isinstance(response.op, M.ExtendedResponse)
+        assert response.op.result.code == M.ResultCode.PROTOCOL_ERROR
+        assert response.message_id == 1
+    finally:
+        plain.stop()
