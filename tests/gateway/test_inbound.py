@@ -315,3 +315,15 @@ def test_lmtp_gives_one_reply_per_recipient(pki: Pki, sink: Sink) -> None:
     assert second[0] == 554 and b"x@outside.test" in second[1]
     [got] = sink.handler.messages  # no report: the MTA bounces x itself
     assert got.rcpt_tos == ["bob@example.com"] and b"secret quarterly" in got.data
+
+
+def test_a_bounce_is_never_bounced_again(pki: Pki, sink: Sink, tmp_path: Path) -> None:
+    sink.handler.refuse = {"gone@example.com"}
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"))
+    with running_gateway(cfg) as gw:
+        code, _ = send(gw.port, "", [ALICE, "gone@example.com"], plain_message())
+    assert code == 250
+    [got] = sink.handler.messages  # alice's copy, and no report to the null sender
+    assert got.rcpt_tos == [ALICE]
+    [kept] = list((tmp_path / "q" / "new").iterdir())
+    assert b"gone@example.com" in kept.read_bytes()

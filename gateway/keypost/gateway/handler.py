@@ -60,6 +60,8 @@ class GatewayHandler:
         if isinstance(data, str):  # only when the server decodes; ours does not
             data = data.encode("utf-8", "surrogateescape")
         mail_from: str = envelope.mail_from or ""
+        if mail_from == "<>":  # aiosmtpd keeps the null reverse-path as written
+            mail_from = ""
         rcpts: list[str] = list(envelope.rcpt_tos)
         options: list[str] = list(envelope.mail_options or [])
         try:
