@@ -327,3 +327,11 @@ def test_a_bounce_is_never_bounced_again(pki: Pki, sink: Sink, tmp_path: Path) -
     assert got.rcpt_tos == [ALICE]
     [kept] = list((tmp_path / "q" / "new").iterdir())
     assert b"gone@example.com" in kept.read_bytes()
+
+
+def test_signing_without_a_directory_is_refused_not_retried(pki: Pki, sink: Sink) -> None:
+    msg = plain_message(sender=ALICE, to="x@outside.test", subject="[sign] hi")
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, ALICE, ["x@outside.test"], msg)
+    assert code == 554 and "needs a directory" in text
+    assert sink.handler.messages == []

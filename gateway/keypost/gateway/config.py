@@ -309,6 +309,8 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     pt.finish()
     if policy.sign_all_outbound and any(d.signing_key is None for d in domains):
         raise ConfigError("policy.sign_all_outbound: every domain needs a signing_key")
+    if policy.sign_all_outbound and directory.url is None:
+        raise ConfigError("policy.sign_all_outbound: signing needs a [directory] url")
 
     tt = top.table("timeouts")
     defaults = Timeouts()

@@ -30,7 +30,7 @@ from keypost.core.containers import describe, load_certificates, verify_containe
 from keypost.core.errors import ContainerError
 from keypost.core.types import Purpose, Role
 from keypost.gateway.config import DirectoryConfig
-from keypost.gateway.errors import ConfigError, DirectoryUnavailable
+from keypost.gateway.errors import ConfigError, DirectoryUnavailable, PermFailure
 from keypost.gateway.keys import read_secret
 
 log = logging.getLogger("keypost.gateway.directory")
@@ -66,7 +66,8 @@ class NoDirectory:
         return Certificates()
 
     def signing_container(self, address: Address) -> x509.Certificate | None:
-        return None
+        # Permanent: retrying cannot help until the operator configures a directory.
+        raise PermFailure("signing needs a directory, and none is configured", "5.7.0")
 
 
 def _utcnow() -> dt.datetime:
