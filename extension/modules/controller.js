@@ -2,7 +2,7 @@
 // Everything that touches `messenger.*` lives here; decisions are made by the pure modules.
 
 import { HostClient, HOST_NAME, PROTOCOL_VERSION } from "./host.js";
-import { bufferToBase64, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
+import { bufferToBase64, getHeader, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
 import { collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
 import { carryOver, describeError, statusList, summarize } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
@@ -11,6 +11,8 @@ import { keyedDebounce } from "./debounce.js";
 const POLL_MS = 1500;
 const LOOKUP_QUIET_MS = 600;
 const RETRY_MS = 10000;
+/** How long after queueing a message still in the Outbox means nobody is sending it. */
+export const timing = { queueCheckMs: 20000 };
 const POPUP = "popup/popup.html";
 
 const msg = (key, subs) => messenger.i18n.getMessage(key, subs) || key;
@@ -305,6 +307,8 @@ export async function onBeforeSend(tab, details) {
       return { cancel: true };
     }
     await updateTabState(session(), tab.id, { error: "" });
+    const messageId = getHeader(outgoing, "Message-ID") ?? "";
+    setTimeout(() => remindIfQueued(outbox.id, messageId).catch(console.error), timing.queueCheckMs);
     // Close after this listener has returned its cancel, so Thunderbird is not mid-send.
     setTimeout(() => closeCompose(tab).catch(console.error), 0);
     return { cancel: true };
@@ -314,6 +318,23 @@ export async function onBeforeSend(tab, details) {
   } finally {
     sending.delete(tab.id);
   }
+}
+
+/**
+ * Without mailnews.sendInBackground the Outbox waits for "Send Unsent Messages" (no API tells
+ * the add-on the pref): if the message is still queued after a while, say so.
+ */
+async function remindIfQueued(outboxId, messageId) {
+  const headerMessageId = messageId.replace(/^<|>$/g, "");
+  if (!headerMessageId) return;
+  const page = await messenger.messages.query({ folderId: outboxId, headerMessageId });
+  if ((page?.messages ?? []).length === 0) return;
+  await messenger.notifications.create(`keypost-queued-${headerMessageId}`, {
+    type: "basic",
+    iconUrl: messenger.runtime.getURL("icons/keypost.svg"),
+    title: msg("queuedTitle"),
+    message: msg("queuedMessage"),
+  });
 }
 
 async function closeCompose(tab) {

@@ -5,6 +5,7 @@ import assert from "node:assert/strict";
 // connectNative is played by `hostReply`, a function of the request.
 const calls = [];
 let hostReply = () => ({ ok: true, result: {} });
+let queued = false; // whether the Outbox still holds the message when the add-on checks
 const session = new Map();
 const listeners = () => ({ addListener() {} });
 
@@ -56,6 +57,10 @@ globalThis.messenger = {
     create: async () => null,
   },
   messages: {
+    query: async (q) => {
+      calls.push(["query", q]);
+      return { messages: queued ? [{ id: 1 }] : [] };
+    },
     getFull: async (id) => ({ headers: { "message-id": [`<parent${id}@example.org>`] } }),
     import: async (file, folderId) => calls.push(["import", folderId, await file.text()]),
   },
@@ -65,6 +70,7 @@ globalThis.messenger = {
 };
 
 const c = await import("../modules/controller.js");
+c.timing.queueCheckMs = 5; // the Outbox check runs right after each test's send
 
 const TAB = { id: 3, windowId: 30 };
 const DETAILS = {
@@ -188,5 +194,21 @@ test("a failed lookup is retried later without the recipients changing", async (
     assert.equal(session.get("tab:3").statuses[0].state, "gateway");
   } finally {
     messenger.compose.getComposeDetails = original;
+  }
+});
+
+test("a message still in the Outbox later brings a reminder; a sent one does not", async () => {
+  for (const stillQueued of [true, false]) {
+    await encryptOn();
+    calls.length = 0;
+    queued = stillQueued;
+    hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+    await c.onBeforeSend(TAB, DETAILS);
+    await new Promise((r) => setTimeout(r, 30));
+    const query = calls.find((x) => x[0] === "query");
+    assert.deepEqual(query[1], { folderId: "outbox-id", headerMessageId: "m1@example.com" });
+    const reminders = calls.filter((x) => x[0] === "notify" && x[1] === "queuedMessage");
+    assert.equal(reminders.length, stillQueued ? 1 : 0);
+    await c.onTabRemoved(3);
   }
 });

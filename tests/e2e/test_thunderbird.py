@@ -235,7 +235,12 @@ class Session:
 
 
 def install_keypost(
-    env: dict[str, str], profile: Path, url: str, ca_pem: Path, username: str | None
+    env: dict[str, str],
+    profile: Path,
+    url: str,
+    ca_pem: Path,
+    username: str | None,
+    send_in_background: bool = True,
 ) -> str:
     """`keypost install thunderbird` exactly as a user would run it."""
     args = [
@@ -244,7 +249,7 @@ def install_keypost(
         "thunderbird",
         "--profile",
         str(profile),
-        "--send-in-background",
+        *(["--send-in-background"] if send_in_background else []),
         "--auto-enable",
         "--directory",
         url,
@@ -258,15 +263,16 @@ def install_keypost(
     return _run(args, env, stdin)
 
 
-@pytest.fixture(scope="module", params=["153", "140"])
-def thunderbird(
-    request: pytest.FixtureRequest,
+@contextlib.contextmanager
+def launch(
+    version: str,
     tmp_path_factory: pytest.TempPathFactory,
     base_env: dict[str, str],
     smtp: SmtpCapture,
     directory: Directory,
+    send_in_background: bool = True,
 ) -> Iterator[Session]:
-    version: str = request.param
+    """A fresh profile with the add-on installed, Thunderbird started, Marionette attached."""
     binary = tb.thunderbird_binary(version)
     if binary is None:
         fetch = " (fetch it with tests/e2e/fetch-thunderbird-140.sh)" if version == "140" else ""
@@ -275,10 +281,14 @@ def thunderbird(
 
     profile = tmp_path_factory.mktemp("profile")
     port = tb.free_port()
-    tb.write_profile(profile, tb.profile_prefs(smtp.port, port, SENDER, "Alice"))
+    prefs = tb.profile_prefs(smtp.port, port, SENDER, "Alice")
+    prefs["mailnews.sendInBackground"] = send_in_background
+    tb.write_profile(profile, prefs)
     # The user's host talks LDAP (StartTLS is skipped only for loopback, as PROTOCOL.md says).
-    install_keypost(base_env, profile, directory.ldap_url, directory.ca_pem, "alice")
-    log = profile.parent / "thunderbird.log"
+    install_keypost(
+        base_env, profile, directory.ldap_url, directory.ca_pem, "alice", send_in_background
+    )
+    log = profile.parent / f"thunderbird-{profile.name}.log"
     proc = tb.start(binary, profile, base_env, port, log)
     client = None
     try:
@@ -292,6 +302,18 @@ def thunderbird(
             with contextlib.suppress(Exception):
                 client.delete_session()
         proc.stop()
+
+
+@pytest.fixture(scope="module", params=["153", "140"])
+def thunderbird(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    base_env: dict[str, str],
+    smtp: SmtpCapture,
+    directory: Directory,
+) -> Iterator[Session]:
+    with launch(request.param, tmp_path_factory, base_env, smtp, directory) as session:
+        yield session
 
 
 ADDON_ACTIVE = """
@@ -520,6 +542,54 @@ def test_bcc_and_a_large_attachment(
     assert len(parts) == 1
     assert parts[0].get_payload(decode=True) == blob
     tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+
+
+SEND_UNSENT = """
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+const sendLater = Cc["@mozilla.org/messengercompose/sendlater;1"].getService(Ci.nsIMsgSendLater);
+sendLater.sendUnsentMessages(MailServices.accounts.getIdentity("id1"));
+"""
+
+
+def outbox_text(profile: Path) -> str:
+    return "".join(
+        p.read_text("utf-8", errors="replace")
+        for p in (profile / "Mail").rglob("Unsent Messages")
+        if p.is_file()
+    )
+
+
+def test_without_background_sending_the_message_waits_in_the_outbox(
+    tmp_path_factory: pytest.TempPathFactory,
+    base_env: dict[str, str],
+    smtp: SmtpCapture,
+    directory: Directory,
+) -> None:
+    """Installed without --send-in-background: the encrypted message waits in the Outbox
+    until the user chooses "Send Unsent Messages" (done here through its XPCOM service)."""
+    with launch("153", tmp_path_factory, base_env, smtp, directory, False) as session:
+        m = session.marionette
+        tb.wait_for(lambda: _addon_state(m), 60, "the add-on")
+        subject = "queued for later"
+        handle = open_compose(session, SERVED, subject, "waits")
+        turn_encrypt_on(session, ready=True)
+        before = len(smtp.snapshot())
+        click_send(session)
+        tb.wait_for(
+            lambda: handle not in m.chrome_window_handles, 30, "the compose window to close"
+        )
+        queued = tb.wait_for(
+            lambda: subject in (t := outbox_text(session.profile)) and t, 30, "the Outbox"
+        )
+        assert "application/pkcs7-mime" in queued
+        assert "X-Identity-Key: id1" in queued and "X-Account-Key: account1" in queued
+        time.sleep(5)
+        assert smtp.snapshot()[before:] == [], "nothing leaves without background sending"
+        m.switch_to_window(m.chrome_window_handles[0])
+        m.execute_script(SEND_UNSENT)
+        got = tb.wait_for(lambda: smtp.snapshot()[before:], 60, "the message after Send Unsent")
+        assert [email.message_from_bytes(c.data)["Subject"] for c in got] == [subject]
+        assert email.message_from_bytes(got[0].data).get_content_type() == "application/pkcs7-mime"
 
 
 PAGE_READ = """
