@@ -100,6 +100,8 @@ export async function checkRecipients(tabId, immediately = false) {
     statuses,
     key,
     retryAt: Date.now() + RETRY_MS,
+    // A refused send's message stays until the recipients change (then the statuses speak).
+    error: key === state.key ? state.error : "",
   });
   await renderButton(tabId, next);
   if (rcpts.all.length === 0) return;

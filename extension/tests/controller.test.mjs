@@ -212,3 +212,27 @@ test("a message still in the Outbox later brings a reminder; a sent one does not
     await c.onTabRemoved(3);
   }
 });
+
+test("a refused send's message stays until the recipients change", async () => {
+  await encryptOn();
+  const original = messenger.compose.getComposeDetails;
+  let to = ["bob@example.org", "carol@external.test"];
+  messenger.compose.getComposeDetails = async () => ({ from: "alice@example.com", to });
+  hostReply = (req) =>
+    req.action === "lookup"
+      ? { ok: true, result: { recipients: [] } }
+      : { ok: false, error: { code: 10, name: "no_valid_container", message: "m",
+          details: { recipients: [{ address: "carol@external.test", reason: "none" }] } } };
+  try {
+    await c.checkRecipients(3, true);
+    await c.onBeforeSend(TAB, { ...DETAILS, to });
+    assert.match(session.get("tab:3").error, /carol@external\.test/);
+    await c.checkRecipients(3); // same recipients: the message stays
+    assert.match(session.get("tab:3").error, /carol/);
+    to = ["bob@example.org"];
+    await c.checkRecipients(3);
+    assert.equal(session.get("tab:3").error, "");
+  } finally {
+    messenger.compose.getComposeDetails = original;
+  }
+});
