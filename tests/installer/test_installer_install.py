@@ -132,3 +132,34 @@ def test_no_profile_prints_where_the_xpi_is(tmp_path: Path) -> None:
     result = install(Environment("linux", tmp_path, {}), InstallOptions(), log=lines.append)
     assert result.profiles == ()
     assert any(str(result.xpi) in line and "Add-ons Manager" in line for line in lines)
+
+
+def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HOME": str(tmp_path)}
+    env.pop("XDG_DATA_HOME", None)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "keypost.core.cli",
+            "install",
+            "thunderbird",
+            "--directory",
+            "https://d.example",
+            "--trust-anchor",
+            str(tmp_path / "missing.pem"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        f"keypost: error: trust anchor file not found: {tmp_path / 'missing.pem'}"
+    ]
+    assert _tree(tmp_path) == set()

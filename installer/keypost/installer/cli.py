@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,11 +19,29 @@ def _registry(env: Environment) -> RegistryWriter | None:
     return WinRegistry() if env.os == "win32" else None
 
 
+def _os_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """File system failures (no permission for --system, a missing file) as one-line errors."""
+
+    @functools.wraps(func)
+    def wrapper(args: argparse.Namespace) -> int:
+        try:
+            return func(args)
+        except OSError as exc:
+            where = f" {exc.filename}" if exc.filename else ""
+            raise KeypostError(f"cannot access{where}: {exc.strerror or exc}") from None
+
+    return wrapper
+
+
+@_os_errors
 def _install(args: argparse.Namespace) -> int:
     env = Environment.current()
     scope: Scope = "system" if args.system else "user"
     if (args.username or args.trust_anchor or args.password_stdin) and not args.directory:
         raise KeypostError("--username, --trust-anchor and --password-stdin need --directory")
+    if args.trust_anchor and not Path(args.trust_anchor).is_file():
+        # Checked before anything is written, so a typo leaves no half-done installation.
+        raise KeypostError(f"trust anchor file not found: {args.trust_anchor}")
     managed: dict[str, str] = {}
     if args.managed:
         if not args.directory:
@@ -52,6 +72,7 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
+@_os_errors
 def _uninstall(args: argparse.Namespace) -> int:
     env = Environment.current()
     thunderbird.uninstall(
@@ -135,6 +156,7 @@ def register_setup(sub: Any) -> None:
     p.set_defaults(func=_setup)
 
 
+@_os_errors
 def _setup(args: argparse.Namespace) -> int:
     from keypost.installer import setup_wizard
 
