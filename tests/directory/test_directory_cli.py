@@ -8,7 +8,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import keypost, write_rsa
+from dir_support import keypost, write_rsa
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +160,7 @@ def test_serve_shuts_down_cleanly_and_flushes(tmp_path: Path) -> None:
     import subprocess
 
     import requests
-    from conftest import KEYPOST
+    from dir_support import KEYPOST
 
     data = tmp_path / "d"
     keypost("directory", "init", "--data", str(data))

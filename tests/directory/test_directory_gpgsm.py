@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SUFFIX, Directory
 from cryptography.hazmat.primitives import serialization
+from dir_support import SUFFIX, Directory
 
 pytestmark = pytest.mark.skipif(shutil.which("gpgsm") is None, reason="gpgsm not installed")
 

@@ -6,7 +6,9 @@ import re
 from typing import Any
 
 import requests
-from conftest import (
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from dir_support import (
     DOMAIN,
     GATEWAY,
     GATEWAY_PW,
@@ -16,8 +18,6 @@ from conftest import (
     openssl_verify,
     spki_der,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from keypost.directory.http import ROUTES, openapi_document
 

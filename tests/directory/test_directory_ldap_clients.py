@@ -10,7 +10,9 @@ import subprocess
 
 import ldap3
 import pytest
-from conftest import (
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from dir_support import (
     GATEWAY,
     GATEWAY_PW,
     SUFFIX,
@@ -20,8 +22,6 @@ from conftest import (
     openssl_verify,
     spki_der,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from ldap3.core.exceptions import LDAPBindError
 
 

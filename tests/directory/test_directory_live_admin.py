@@ -7,11 +7,11 @@ import datetime as dt
 from pathlib import Path
 
 import requests
-from conftest import Directory, keypost, spki_der, write_rsa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from dir_support import Directory, keypost, spki_der, write_rsa
 from test_directory_ldap_clients import ldapsearch, ldif_certs
 
 

@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import KEYPOST
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from dir_support import KEYPOST
 
 
 def _read_until_ldapsearch(proc: subprocess.Popen[str], deadline: float) -> list[str]:

@@ -1,0 +1,175 @@
+"""Fixtures: a directory data dir made through the CLI and one `keypost directory serve`
+subprocess on ephemeral ports, shared by the whole test session."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
+DOMAIN = "example.com"
+OTHER = "example.org"
+USER, USER_PW = "alice", "alice-secret-pw"
+GATEWAY, GATEWAY_PW = "gw", "gateway-secret-pw"
+SUFFIX = "dc=keypost"
+
+
+def keypost(*args: str, stdin: str | None = None, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([*KEYPOST, *args], input=stdin, capture_output=True, text=True,
+                          timeout=120, env=env)
+    if check and done.returncode != 0:
+        raise AssertionError(f"keypost {' '.join(args)} failed: {done.stderr}")
+    return done
+
+
+def write_rsa(path: Path, bits: int = 2048) -> tuple[rsa.RSAPrivateKey, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    pub = path.with_suffix(".pub.pem")
+    pub.write_bytes(key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return key, pub
+
+
+def tls_material(folder: Path) -> tuple[Path, Path, Path]:
+    """A test CA and a server certificate for 127.0.0.1/localhost -> (ca, cert, key)."""
+    now = dt.datetime.now(dt.UTC)
+    start, end = now - dt.timedelta(hours=1), now + dt.timedelta(days=2)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test TLS CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(start).not_valid_after(end)
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .issuer_name(ca_name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(end)
+            .add_extension(x509.SubjectAlternativeName([
+                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
+                           critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+                ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "tls-ca.pem", folder / "tls-cert.pem", folder / "tls-key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@dataclass(frozen=True)
+class Directory:
+    """A running directory and what the tests need to talk to it."""
+
+    data: Path
+    ca_file: Path  # `ca export` output
+    ldap: tuple[str, int]
+    ldaps: tuple[str, int]
+    http: str  # base URL ending in /
+    tls_ca: Path
+    gateway_key: rsa.RSAPrivateKey  # example.com encryption key
+    gateway_signing_key: rsa.RSAPrivateKey
+    other_key: rsa.RSAPrivateKey  # example.org encryption key
+    log: Path
+
+    @property
+    def ldap_url(self) -> str:
+        return f"ldap://{self.ldap[0]}:{self.ldap[1]}"
+
+    @property
+    def ldaps_url(self) -> str:
+        return f"ldaps://127.0.0.1:{self.ldaps[1]}"
+
+
+def _hostport(url: str) -> tuple[str, int]:
+    host_port = url.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    return host, int(port)
+
+
+@pytest.fixture(scope="session")
+def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
+    root = tmp_path_factory.mktemp("directory")
+    data = root / "data"
+    keypost("directory", "init", "--data", str(data), "--url", "ldap://127.0.0.1/")
+    gw_key, gw_pub = write_rsa(root / "gw-enc.pem")
+    sig_key, sig_pub = write_rsa(root / "gw-sig.pem")
+    other_key, other_pub = write_rsa(root / "other-enc.pem")
+    keypost("directory", "domain", "add", DOMAIN, "--encryption-cert", str(gw_pub),
+            "--signing-cert", str(sig_pub), "--data", str(data))
+    keypost("directory", "domain", "add", OTHER, "--encryption-cert", str(other_pub),
+            "--data", str(data))
+    for name, role, pw in ((USER, "user", USER_PW), (GATEWAY, "gateway", GATEWAY_PW)):
+        keypost("directory", "account", "add", name, "--role", role, "--domain", DOMAIN,
+                "--password-stdin", "--data", str(data), stdin=pw + "\n")
+    ca_file = root / "ca.pem"
+    keypost("directory", "ca", "export", "--out", str(ca_file), "--data", str(data))
+    tls_ca, tls_cert, tls_key = tls_material(root)
+    log = root / "serve.log"
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(
+            [*KEYPOST, "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0",
+             "--ldaps", "127.0.0.1:0", "--tls-cert", str(tls_cert), "--tls-key", str(tls_key),
+             "--http", "127.0.0.1:0"],
+            stdout=subprocess.PIPE, stderr=err, text=True)
+    try:
+        urls: list[str] = []
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if line.startswith("listening "):
+                urls.append(line.split()[1])
+            if line.strip() == "ready" or time.monotonic() > deadline:
+                break
+        else:
+            raise AssertionError("serve exited: " + log.read_text())
+        by_scheme = {u.split("://")[0]: u for u in urls}
+        yield Directory(
+            data=data, ca_file=ca_file, ldap=_hostport(by_scheme["ldap"]),
+            ldaps=_hostport(by_scheme["ldaps"]), http=by_scheme["http"], tls_ca=tls_ca,
+            gateway_key=gw_key, gateway_signing_key=sig_key, other_key=other_key, log=log)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def spki_der(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def openssl_verify(pem: str | bytes, ca_file: Path,
+                   purpose: str = "smimeencrypt") -> subprocess.CompletedProcess[str]:
+    """`openssl verify` of one certificate (read from stdin) against the directory CA."""
+    data = pem.encode() if isinstance(pem, str) else pem
+    return subprocess.run(["openssl", "verify", "-CAfile", str(ca_file), "-purpose", purpose],
+                          input=data.decode(), capture_output=True, text=True, timeout=30)
+
