@@ -17,6 +17,9 @@ if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   fi
+  # Thunderbird 140 ESR beside the installed 153, so the add-on is tested on both.
+  [ -x /var/cache/keypost-tb140/root/usr/lib/thunderbird/thunderbird ] ||
+    bash tests/e2e/fetch-thunderbird-140.sh >/dev/null
 fi
 
 python3 -m venv .venv

@@ -110,6 +110,12 @@ class Answer:
         """DER PKCS#7 certs-only bundle of the containers (computed once)."""
         return self._bundle if self.containers else None
 
+    def bundle_if_built(self) -> bytes | None:
+        """The bundle when already computed, else None (the LDAP server then builds it only
+        for clients that ask for userSMIMECertificate: ~100 us saved per fresh answer)."""
+        value = self.__dict__.get("_bundle")
+        return value if isinstance(value, bytes) and self.containers else None
+
     @cached_property
     def _bundle(self) -> bytes:
         return pkcs7_bundle([x509.load_der_x509_certificate(d) for d in self.ders])

@@ -36,10 +36,7 @@ class DirectoryLdapBackend:
     ) -> Sequence[AddressEntry]:
         account = principal if isinstance(principal, AccountRecord) else None
         answers = self.controller.answer(requestor_of(account), addresses, None, "ldap")
-        return [
-            AddressEntry(a.address, a.ders, a.bundle())
-            for a in answers
-        ]
+        return [AddressEntry(a.address, a.ders, a.bundle_if_built()) for a in answers]
 
 
 def _conforms(backend: DirectoryLdapBackend) -> LdapBackend:
