@@ -187,9 +187,29 @@ class Ports:
     http: int = HTTP_PORT
 
 
+@dataclass
+class GatewayService(Service):
+    """`keypost gateway demo`: the demo domain's gateway in front of a local inbox. It is
+    told the directory's LDAP URL once the directory runs."""
+
+    directory: Service | None = None
+
+    def start(self) -> None:
+        assert self.directory is not None
+        self.argv = [*self.argv, "--directory", self.directory.url("ldap")]
+        super().start()
+
+
+def gateway_service(layout: Layout, directory: Service) -> Service:
+    return GatewayService("gateway", keypost(
+        "gateway", "demo", "--data", str(layout.root), "--domain", DEMO_DOMAIN,
+        "--account", DEMO_GATEWAY_ACCOUNT), directory=directory)
+
+
 def services(layout: Layout, ports: Ports) -> list[Service]:
     """Everything `keypost start` runs, in start order."""
-    return [directory_service(layout, ports)]
+    directory = directory_service(layout, ports)
+    return [directory, gateway_service(layout, directory)]
 
 
 def summary(layout: Layout, running: Sequence[Service]) -> str:
