@@ -109,12 +109,41 @@ atext = st.text(
     min_size=1,
     max_size=20,
 )
-labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True)
+labels = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True).filter(
+    lambda label: label[2:4] != "--"  # "xn--..." would have to be a real A-label
+)
+top_labels = st.from_regex(r"[a-z]([a-z0-9-]{0,10}[a-z0-9])?", fullmatch=True).filter(
+    lambda label: label[2:4] != "--"
+)
 
 
-@given(st.lists(atext, min_size=1, max_size=3), st.lists(labels, min_size=2, max_size=4))
-def test_parse_is_idempotent(atoms: list[str], domain_labels: list[str]) -> None:
-    text = ".".join(atoms) + "@" + ".".join(domain_labels)
+@given(
+    st.lists(atext, min_size=1, max_size=3),
+    st.lists(labels, min_size=1, max_size=3),
+    top_labels,
+)
+def test_parse_is_idempotent(atoms: list[str], domain_labels: list[str], top: str) -> None:
+    text = ".".join(atoms) + "@" + ".".join([*domain_labels, top])
     address = parse_address(text)
     assert parse_address(str(address)) == address
     assert parse_address(str(address).upper()).domain == address.domain
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "a@xn--zz.example",  # not a valid A-label
+        "a\u200b@example.com",  # zero-width space would print like "a@example.com"
+        "b\u202eob@example.com",  # bidi override
+        "a@1.2",  # numeric top-level label
+        "bob@example.123",
+    ],
+)
+def test_refuses_deceptive_or_impossible_addresses(text: str) -> None:
+    with pytest.raises(AddressError):
+        parse_address(text)
+
+
+def test_utf8_local_part_is_nfc_normalised() -> None:
+    decomposed = "u\u0308ber@example.com"  # u + combining diaeresis
+    assert parse_address(decomposed).local == "\u00fcber"

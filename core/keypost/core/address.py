@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from keypost.core.errors import AddressError
@@ -48,6 +49,17 @@ def normalize_domain(domain: str) -> str:
     labels = ace.split(".")
     if len(ace) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         raise AddressError(f"invalid domain: {domain!r}")
+    if labels[-1].isdigit():
+        # An all-numeric top-level label is an IP address fragment, never a mail domain.
+        raise AddressError(f"invalid domain (numeric top-level label): {domain!r}")
+    for label in labels:
+        if label.startswith("xn--"):
+            # An A-label must decode to a U-label; otherwise the certificate would name a
+            # domain no resolver or client can match.
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError as exc:
+                raise AddressError(f"invalid A-label {label!r} in domain {domain!r}") from exc
     return ace
 
 
@@ -74,4 +86,10 @@ def parse_address(text: str) -> Address:
             raise AddressError(f"invalid local part: {text!r}")
         if any(ch in '()<>[]:;@\\,' for ch in local):
             raise AddressError(f"invalid local part: {text!r}")
+        # Invisible and control characters (zero-width space, bidi controls...) would let
+        # two different-looking addresses print the same: refuse them (RFC 8398 sec. 3).
+        if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
+               for ch in local):
+            raise AddressError(f"invalid character in local part: {text!r}")
+        local = unicodedata.normalize("NFC", local)
     return Address(local, normalize_domain(domain))
