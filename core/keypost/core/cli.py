@@ -51,6 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeypostError as exc:
         print(f"keypost: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # Every subcommand reads or writes files (keys, data dirs, manifests): a missing
+        # file or a refused permission is the user's to fix, so one line, never a traceback.
+        where = f" {exc.filename}" if exc.filename else ""
+        print(f"keypost: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return code

@@ -171,14 +171,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _guard(fn: Command) -> Command:
-    """Operating-system errors become one-line messages too (never a traceback)."""
+    """Store and value errors become one-line messages too (OS errors: keypost.core.cli)."""
 
     def run(args: argparse.Namespace) -> int:
         try:
             return fn(args)
-        except OSError as exc:
-            where = f": {exc.filename}" if exc.filename else ""
-            raise DirectoryError(f"{exc.strerror or exc}{where}") from None
         except sqlite3.Error as exc:
             raise DirectoryError(f"store error: {exc}") from None
         except ValueError as exc:

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,21 +17,6 @@ def _registry(env: Environment) -> RegistryWriter | None:
     return WinRegistry() if env.os == "win32" else None
 
 
-def _os_errors(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """File system failures (no permission for --system, a missing file) as one-line errors."""
-
-    @functools.wraps(func)
-    def wrapper(args: argparse.Namespace) -> int:
-        try:
-            return func(args)
-        except OSError as exc:
-            where = f" {exc.filename}" if exc.filename else ""
-            raise KeypostError(f"cannot access{where}: {exc.strerror or exc}") from None
-
-    return wrapper
-
-
-@_os_errors
 def _install(args: argparse.Namespace) -> int:
     env = Environment.current()
     scope: Scope = "system" if args.system else "user"
@@ -72,7 +55,6 @@ def _install(args: argparse.Namespace) -> int:
     return 0
 
 
-@_os_errors
 def _uninstall(args: argparse.Namespace) -> int:
     env = Environment.current()
     thunderbird.uninstall(
@@ -156,7 +138,6 @@ def register_setup(sub: Any) -> None:
     p.set_defaults(func=_setup)
 
 
-@_os_errors
 def _setup(args: argparse.Namespace) -> int:
     from keypost.installer import setup_wizard
 
