@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from proc_util import stop
 
 KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
 DOMAIN = "example.com"
@@ -153,12 +154,7 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
             ldaps=_hostport(by_scheme["ldaps"]), http=by_scheme["http"], tls_ca=tls_ca,
             gateway_key=gw_key, gateway_signing_key=sig_key, other_key=other_key, log=log)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
 
 
 def spki_der(key: rsa.RSAPrivateKey) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import tbharness as tb
+from proc_util import stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -215,12 +216,7 @@ def directory(
         assert "http" in urls and "ldap" in urls, f"directory did not start: {urls}"
         yield Directory(urls["http"], urls["ldap"], data / "ca.pem", keys)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
         log.close()
 
 

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gw_support import KEYPOST, Pki, free_port, pub_pem, wait_port, write_private
+from proc_util import stop
 
 GATEWAY_ACCOUNT, GATEWAY_PW = "gw-example", "gateway-pw-1"
 USER_ACCOUNT, USER_PW = "alice", "alice-pw-1"
@@ -125,12 +126,7 @@ class DirectoryWorld:
         )
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop(self.proc, timeout=20)
 
 
 def start_directory(root: Path, pki: Pki) -> DirectoryWorld:

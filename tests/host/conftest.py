@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from host_support import (
     directory_available,
     start_directory,
 )
+from proc_util import stop
 
 from keypost.core.containers import DirectoryCA
 from keypost.host.actions import Host
@@ -61,12 +61,7 @@ def directory(
     try:
         yield served
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
         shutil.rmtree(base, ignore_errors=True)
 
 
