@@ -147,3 +147,8 @@ def test_refuses_deceptive_or_impossible_addresses(text: str) -> None:
 def test_utf8_local_part_is_nfc_normalised() -> None:
     decomposed = "u\u0308ber@example.com"  # u + combining diaeresis
     assert parse_address(decomposed).local == "\u00fcber"
+
+
+def test_local_part_limit_applies_to_the_composed_form() -> None:
+    # 32 x "u + combining diaeresis" is 96 octets decomposed, 64 composed: accepted.
+    assert parse_address("u\u0308" * 32 + "@example.com").local == "\u00fc" * 32

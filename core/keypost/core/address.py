@@ -75,6 +75,9 @@ def parse_address(text: str) -> Address:
     local, sep, domain = s.rpartition("@")
     if not sep or not local:
         raise AddressError(f"invalid address (no local part or '@'): {text!r}")
+    if not local.isascii():
+        # Composed form first, so the limits below and every comparison see one spelling.
+        local = unicodedata.normalize("NFC", local)
     if len(local.encode("utf-8")) > MAX_LOCAL:
         raise AddressError(f"local part longer than {MAX_LOCAL} octets: {text!r}")
     if local.isascii():
@@ -91,5 +94,4 @@ def parse_address(text: str) -> Address:
         if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zs", "Zl", "Zp")
                for ch in local):
             raise AddressError(f"invalid character in local part: {text!r}")
-        local = unicodedata.normalize("NFC", local)
     return Address(local, normalize_domain(domain))
