@@ -184,6 +184,13 @@ def test_lookup_answers_from_memory_then_disk_cache(
     second = ok(host, "lookup", recipients=["bob@example.org", "carol@example.net"])
     assert len(factory.directory.calls) == 1
     assert [r["source"] for r in second["recipients"]] == ["cache", "cache"]
+    # The second answer comes from the remembered verification: the same reports.
+    assert second["recipients"] == [dict(r, source="cache") for r in first["recipients"]]
+    bob = second["recipients"][0]["containers"]
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert all("bob@example.org" in c["subject"] and c["not_after"] > now for c in bob)
+    assert len({c["fingerprint"] for c in bob}) == 2 == len(bob)
+    assert all(len(c["fingerprint"].split(":")) == 32 for c in bob)
     assert not (host_dirs[1] / "containers.json").exists()  # written after the reply
     host.idle()  # what the stdio loop does after writing each reply
     fresh = Host(host_dirs[0], host_dirs[1], client_factory=factory)

@@ -25,6 +25,7 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid
 from typing import Any
 
+from keypost.core.mime import b64_lines
 from keypost.host.errors import BadRequest
 
 # The compat32 classes (email.mime) rather than EmailMessage: the header objects of the
@@ -208,8 +209,8 @@ def _attachment(att: Attachment, bodies: dict[bytes, bytes]) -> MIMEBase:
     placeholder = f"keypost-body-{secrets.token_hex(16)}"
     part.set_payload(placeholder)
     part["Content-Transfer-Encoding"] = "base64"
-    bodies[placeholder.encode("ascii")] = (
-        base64.encodebytes(att.data).replace(b"\n", b"\r\n").removesuffix(b"\r\n"))
+    # core's wrapped base64 (pybase64 when installed): ~2x the stdlib's encodebytes.
+    bodies[placeholder.encode("ascii")] = b64_lines(att.data).removesuffix(b"\r\n")
     name = _clean(att.name, "an attachment name")
     filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
     part.add_header("Content-Disposition", "attachment", filename=filename)

@@ -15,7 +15,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keypost.core.address import parse_address
+from keypost.core.address import Address, parse_address
 from keypost.core.containers import sha256_fingerprint, verify_container
 from keypost.core.errors import KeypostError
 from keypost.core.types import Purpose, Role
@@ -30,9 +30,26 @@ STATUS_INVALID = "invalid"
 STATUS_INVALID_ADDRESS = "invalid_address"
 STATUS_ERROR = "error"
 
+_Parsed = tuple[str, str | None, str | None, Address | None]  # shown, key, error, address
+
 
 def _iso(t: dt.datetime) -> str:
     return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class _Facts:
+    """What a report shows of a certificate (~30 us to compute, so kept with a verified
+    container rather than recomputed for every lookup of the session)."""
+
+    not_after: str | None
+    fingerprint: str | None
+    subject: str | None
+
+
+def _facts(cert: x509.Certificate) -> _Facts:
+    return _Facts(_iso(cert.not_valid_after_utc), sha256_fingerprint(cert),
+                  cert.subject.rfc4514_string())
 
 
 @dataclass(frozen=True)
@@ -46,16 +63,18 @@ class ContainerReport:
     valid: bool
     reasons: tuple[str, ...]
     used: bool = False
+    facts: _Facts | None = None  # remembered with the verification, else computed here
 
     def to_wire(self) -> dict[str, Any]:
         cert = self.certificate
+        facts = self.facts or (_facts(cert) if cert else _Facts(None, None, None))
         return {
             "role": self.role.value,
             "gateway": self.gateway,
             "gateway_fingerprint": self.gateway_fingerprint,
-            "not_after": _iso(cert.not_valid_after_utc) if cert else None,
-            "fingerprint": sha256_fingerprint(cert) if cert else None,
-            "subject": cert.subject.rfc4514_string() if cert else None,
+            "not_after": facts.not_after,
+            "fingerprint": facts.fingerprint,
+            "subject": facts.subject,
             "valid": self.valid,
             "reasons": list(self.reasons),
             "used": self.used,
@@ -120,24 +139,23 @@ class Resolver:
         Directory failures become status "error" reports; callers that must fail closed
         check the statuses. Raises only for programming errors."""
         at = now or dt.datetime.now(dt.UTC)
-        parsed: list[tuple[str, str | None, str | None]] = []  # (shown, key, error)
+        parsed: list[_Parsed] = []
         for text in [*addresses, *([sender] if sender else [])]:
             try:
                 addr = parse_address(text)
-                parsed.append((str(addr), addr.key(), None))
+                parsed.append((str(addr), addr.key(), None, addr))
             except KeypostError as exc:
-                parsed.append((text, None, str(exc)))
-        raw, sources, failure = self._containers([(a, k) for a, k, _ in parsed if k])
+                parsed.append((text, None, str(exc), None))
+        raw, sources, failure = self._containers([(a, k) for a, k, _, _ in parsed if k])
 
-        def report(entry: tuple[str, str | None, str | None], own: set[str],
-                   own_domain: str | None) -> RecipientReport:
-            shown, key, error = entry
-            if key is None:
+        def report(entry: _Parsed, own: set[str], own_domain: str | None) -> RecipientReport:
+            shown, key, error, addr = entry
+            if key is None or addr is None:
                 return RecipientReport(shown, STATUS_INVALID_ADDRESS, "invalid address",
                                        error or "invalid address")
             if key not in raw and failure is not None:
                 return RecipientReport(shown, STATUS_ERROR, "lookup failed", str(failure))
-            return self._verify(shown, raw.get(key, []), at, sources.get(key), own, own_domain)
+            return self._verify(addr, raw.get(key, []), at, sources.get(key), own, own_domain)
 
         # The sender first: its gateway fingerprints tell which recipient containers are
         # the sender's own gateway (LDAP does not name the gateway).
@@ -191,13 +209,14 @@ class Resolver:
 
     def _verify(
         self,
-        address: str,
+        target: Address,
         raw: Sequence[RawContainer],
         at: dt.datetime,
         source: str | None,
         own_fps: set[str],
         sender_domain: str | None,
     ) -> RecipientReport:
+        address = str(target)
         if not raw:
             return RecipientReport(address, STATUS_NO_CONTAINER, "no container",
                                    f"the directory has no key container for {address}",
@@ -210,7 +229,7 @@ class Resolver:
             if item.der in seen:
                 continue
             seen.add(item.der)
-            reports.append(_check(item, address, anchor, roots, at, own_fps, sender_domain,
+            reports.append(_check(item, target, anchor, roots, at, own_fps, sender_domain,
                                   self.verified))
         proxies = [r for r in reports if r.role is Role.PROXY_ENCRYPTION]
         valid = [r for r in reports if r.valid]
@@ -223,8 +242,7 @@ class Resolver:
             return RecipientReport(address, STATUS_INVALID, "no valid container", why,
                                    tuple(reports), source)
         used = tuple(
-            ContainerReport(r.certificate, r.role, r.gateway, r.gateway_fingerprint, r.valid,
-                            r.reasons, used=r.valid)
+            replace(r, used=r.valid)
             for r in reports
         )
         return RecipientReport(address, STATUS_OK, _summary(used), None, used, source)
@@ -238,54 +256,62 @@ class _Verified:
     certificate: x509.Certificate
     role: Role
     gateway_fingerprint: str | None
+    facts: _Facts
 
 
 MAX_VERIFIED = 20_000  # memo entries per session before it starts over
 
 
+_Outcome = tuple[x509.Certificate | None, Role, str | None, tuple[str, ...], _Facts | None]
+
+
 def _verify_one(
     item: RawContainer,
-    address: str,
+    target: Address,
     anchor: x509.Certificate,
     roots: Sequence[x509.Certificate],
     at: dt.datetime,
     memo: dict[tuple[bytes, str], _Verified],
-) -> tuple[x509.Certificate | None, Role, str | None, tuple[str, ...]]:
-    """(certificate, role, gateway fingerprint, reasons); no reasons = valid."""
+) -> _Outcome:
+    """(certificate, role, gateway fingerprint, reasons, facts); no reasons = valid."""
+    address = str(target)
     hit = memo.get((item.der, address))
     if hit is not None:
         cert = hit.certificate
         if cert.not_valid_before_utc <= at < cert.not_valid_after_utc:
-            return cert, hit.role, hit.gateway_fingerprint, ()
+            return cert, hit.role, hit.gateway_fingerprint, (), hit.facts
     try:
         cert = x509.load_der_x509_certificate(item.der)
     except ValueError:
         return None, Role.GENUINE, None, ("the directory sent something that is not a "
-                                          "certificate",)
+                                          "certificate",), None
     # One verification accepting both roles against all roots; describe() runs inside.
-    result = verify_container(cert, roots, address, Purpose.ENCRYPT, at,
+    # The parsed address: verify_container then does not parse it again per container.
+    result = verify_container(cert, roots, target, Purpose.ENCRYPT, at,
                               (Role.PROXY_ENCRYPTION, Role.GENUINE))
     info = result.info
     if info is None:
-        return cert, Role.GENUINE, None, result.reasons
+        return cert, Role.GENUINE, None, result.reasons, None
     role = info.role or Role.GENUINE
     if role is Role.PROXY_ENCRYPTION and len(roots) > 1:
         # Proxy containers must come from the pinned directory CA, not an extra root.
-        result = verify_container(cert, (anchor,), address, Purpose.ENCRYPT, at,
+        result = verify_container(cert, (anchor,), target, Purpose.ENCRYPT, at,
                                   (Role.PROXY_ENCRYPTION,))
     reasons = list(result.reasons)
     if not isinstance(cert.public_key(), rsa.RSAPublicKey):
         reasons.append(f"{info.key_description} keys cannot be encrypted to yet (RSA only)")
-    if not reasons:
-        if len(memo) >= MAX_VERIFIED:
-            memo.clear()
-        memo[(item.der, address)] = _Verified(cert, role, info.gateway_fingerprint)
-    return cert, role, info.gateway_fingerprint, tuple(reasons)
+    if reasons:
+        return cert, role, info.gateway_fingerprint, tuple(reasons), None
+    if len(memo) >= MAX_VERIFIED:
+        memo.clear()
+    facts = _facts(cert)
+    memo[(item.der, address)] = _Verified(cert, role, info.gateway_fingerprint, facts)
+    return cert, role, info.gateway_fingerprint, (), facts
 
 
 def _check(
     item: RawContainer,
-    address: str,
+    target: Address,
     anchor: x509.Certificate,
     roots: Sequence[x509.Certificate],
     at: dt.datetime,
@@ -293,7 +319,8 @@ def _check(
     sender_domain: str | None,
     memo: dict[tuple[bytes, str], _Verified],
 ) -> ContainerReport:
-    cert, role, gateway_fp, reasons = _verify_one(item, address, anchor, roots, at, memo)
+    cert, role, gateway_fp, reasons, facts = _verify_one(item, target, anchor, roots, at, memo)
+    address = str(target)
     gateway = item.gateway
     if gateway is None and role is Role.PROXY_ENCRYPTION:
         # LDAP does not say whose gateway it is: the sender's own gateway is the one that
@@ -302,7 +329,7 @@ def _check(
             gateway = sender_domain
         else:
             gateway = address.rpartition("@")[2]
-    return ContainerReport(cert, role, gateway, gateway_fp, not reasons, reasons)
+    return ContainerReport(cert, role, gateway, gateway_fp, not reasons, reasons, facts=facts)
 
 
 def _summary(containers: Sequence[ContainerReport]) -> str:
