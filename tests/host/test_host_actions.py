@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import keyring
 import pytest
+from cryptography import x509
 from host_support import PASSWORD, GatewayKeys, call, code, configure, ok
 from keyring.backends.fail import Keyring as FailKeyring
 
@@ -193,6 +196,12 @@ def test_lookup_answers_from_memory_then_disk_cache(
     assert all(len(c["fingerprint"].split(":")) == 32 for c in bob)
     assert not (host_dirs[1] / "containers.json").exists()  # written after the reply
     host.idle()  # what the stdio loop does after writing each reply
+    # The reported fingerprints are the core's, of the certificates the directory sent.
+    saved = json.loads((host_dirs[1] / "containers.json").read_text())["entries"]
+    ders = [base64.b64decode(c["der"]) for key, e in saved.items()
+            if key.endswith("|bob@example.org") for c in e["containers"]]
+    assert sorted(sha256_fingerprint(x509.load_der_x509_certificate(d)) for d in ders) == sorted(
+        c["fingerprint"] for c in bob)
     fresh = Host(host_dirs[0], host_dirs[1], client_factory=factory)
     third = ok(fresh, "lookup", recipients=["bob@example.org", "erin@example.org"])
     assert factory.directory.calls[1:] == [["erin@example.org"]]

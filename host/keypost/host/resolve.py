@@ -8,6 +8,7 @@ roots. The reports say per recipient what would be used and why something is ref
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,9 +48,12 @@ class _Facts:
     subject: str | None
 
 
-def _facts(cert: x509.Certificate) -> _Facts:
-    return _Facts(_iso(cert.not_valid_after_utc), sha256_fingerprint(cert),
-                  cert.subject.rfc4514_string())
+def _facts(cert: x509.Certificate, der: bytes | None = None) -> _Facts:
+    """`der`: the certificate's encoding when at hand; hashing it with hashlib gives
+    sha256_fingerprint's result in 1.5 instead of 10 us."""
+    fingerprint = (hashlib.sha256(der).digest().hex(":").upper() if der is not None
+                   else sha256_fingerprint(cert))
+    return _Facts(_iso(cert.not_valid_after_utc), fingerprint, cert.subject.rfc4514_string())
 
 
 @dataclass(frozen=True)
@@ -242,7 +246,8 @@ class Resolver:
             return RecipientReport(address, STATUS_INVALID, "no valid container", why,
                                    tuple(reports), source)
         used = tuple(
-            replace(r, used=r.valid)
+            ContainerReport(r.certificate, r.role, r.gateway, r.gateway_fingerprint, r.valid,
+                            r.reasons, used=r.valid, facts=r.facts)
             for r in reports
         )
         return RecipientReport(address, STATUS_OK, _summary(used), None, used, source)
@@ -304,7 +309,7 @@ def _verify_one(
         return cert, role, info.gateway_fingerprint, tuple(reasons), None
     if len(memo) >= MAX_VERIFIED:
         memo.clear()
-    facts = _facts(cert)
+    facts = _facts(cert, item.der)
     memo[(item.der, address)] = _Verified(cert, role, info.gateway_fingerprint, facts)
     return cert, role, info.gateway_fingerprint, (), facts
 
