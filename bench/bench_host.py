@@ -138,12 +138,15 @@ class Anchor:
         compose = parse_compose(params)
         certs: dict[bytes, x509.Certificate] = {}
         asked = [*params["to"], params["from"]]
+        wanted = set(asked)
         for der in self.lookup(asked):
             cert = x509.load_der_x509_certificate(der)
-            # The certificate names its address; the verification checks that it does.
+            # An OR search does not say which address an entry answers (Thunderbird asks
+            # for the certificate only): take the certificate's own address, which must be
+            # one that was asked for and which the verification then checks.
             address = cert.extensions.get_extension_for_class(
                 x509.SubjectAlternativeName).value.get_values_for_type(x509.RFC822Name)[0]
-            if address not in asked:
+            if address not in wanted:
                 raise SystemExit(f"anchor path: a container for {address}, not asked for")
             result = verify_container(cert, [self.anchor], address, Purpose.ENCRYPT,
                                       expected_roles=[Role.PROXY_ENCRYPTION])
