@@ -40,7 +40,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -199,37 +198,52 @@ class OneByOne(Anchor):
         return found
 
 
-class DelayProxy:
-    """A TCP relay that holds every chunk for `delay` seconds each way: a network round
-    trip of 2 x delay on loopback (the directory is rarely on the same machine)."""
+class DelayRelay:
+    """A TCP relay that holds every chunk for `delay` seconds each way, counted from the
+    chunk's arrival and pipelined (a chunk does not wait for the one before it to be
+    delivered): a network round trip of 2 x delay on loopback (the directory is rarely on
+    the same machine). It runs in its own process: as a thread of the bench it shared the
+    GIL with the measured code and waited up to the 5 ms switch interval for each chunk
+    that fell due while the host was busy decoding the previous one (cold lookups at RTT
+    10 were charged ~5 ms that no network would add)."""
 
     def __init__(self, target: tuple[str, int], delay: float) -> None:
-        self.target, self.delay = target, delay
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.port = 0
-        threading.Thread(target=self._run, daemon=True).start()
-        self.ready.wait(10)
+        self.proc = subprocess.Popen(
+            [sys.executable, __file__, "--relay", f"{target[0]}:{target[1]}",
+             "--delay", repr(delay)], stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line.strip().isdigit():
+            self.proc.kill()
+            raise SystemExit("the relay did not start")
+        self.port = int(line)
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        server = self.loop.run_until_complete(
-            asyncio.start_server(self._client, "127.0.0.1", 0))
-        self.port = server.sockets[0].getsockname()[1]
-        self.ready.set()
-        self.loop.run_forever()
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        while data := await reader.read(65536):
-            # Equal delays keep the order: asyncio runs equal deadlines first-in first-out.
-            loop.call_later(self.delay, writer.write, data)
-        loop.call_later(self.delay, writer.close)
+    @staticmethod
+    def serve(target: tuple[str, int], delay: float) -> None:
+        """The relay process: prints its port, then relays until terminated."""
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        up_reader, up_writer = await asyncio.open_connection(*self.target)
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer),
-                             return_exceptions=True)
+        async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            loop = asyncio.get_running_loop()
+            while data := await reader.read(65536):
+                # Equal delays keep the order: asyncio runs equal deadlines first-in first-out.
+                loop.call_later(delay, writer.write, data)
+            loop.call_later(delay, writer.close)
+
+        async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            up_reader, up_writer = await asyncio.open_connection(*target)
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer),
+                                 return_exceptions=True)
+
+        async def main() -> None:
+            server = await asyncio.start_server(client, "127.0.0.1", 0)
+            print(server.sockets[0].getsockname()[1], flush=True)
+            await server.serve_forever()
+
+        asyncio.run(main())
 
 
 def timed(fn: Callable[[], object], before: Callable[[], object] | None = None) -> float:
@@ -292,7 +306,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rtt", type=float, default=0.0,
                     help="also measure through a relay adding this round-trip time (ms)")
+    ap.add_argument("--relay", help=argparse.SUPPRESS)  # internal: run as the relay
+    ap.add_argument("--delay", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.relay:
+        host, _, port = args.relay.rpartition(":")
+        DelayRelay.serve((host, int(port)), args.delay)
+        return 0
     base = Path(tempfile.mkdtemp(prefix="bench_host_"))
     # A file keyring in the temporary folder: the bench must not touch the user's keyring.
     bench_keyring = PlaintextKeyring()
@@ -302,9 +322,10 @@ def main() -> int:
     os.environ["KEYPOST_CACHE_DIR"] = str(base / "cache")
     proc, direct_url, anchor_pem = start_directory(base)
     urls = [("loopback", direct_url)]
+    relay = None
     if args.rtt > 0:
         port = int(direct_url.rsplit(":", 1)[1])
-        relay = DelayProxy(("127.0.0.1", port), args.rtt / 2000)
+        relay = DelayRelay(("127.0.0.1", port), args.rtt / 2000)
         urls.append((f"RTT {args.rtt:g} ms", f"ldap://127.0.0.1:{relay.port}"))
     attachment = os.urandom(100 * 1024)
     anchor = load_certificates(anchor_pem.encode())[0]
@@ -340,6 +361,8 @@ def main() -> int:
         print(f"\ngoal: host <= 100 ms for 10 recipients; anchor / host >= 5x. "
               f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
+        if relay is not None:
+            relay.close()
         proc.terminate()
         proc.wait(10)
         shutil.rmtree(base, ignore_errors=True)
