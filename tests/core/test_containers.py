@@ -976,3 +976,67 @@ def test_mutated_containers_never_raise(
         assert not result.ok and result.reasons
     with contextlib.suppress(ContainerError):
         kc.describe(cert)
+
+
+# What verify_container remembers between calls -------------------------------------------
+
+
+def test_remembered_parts_do_not_carry_over(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    """verify_container keeps what depends on a trust anchor alone, decoded extension values
+    and parsed addresses between calls: each certificate is still judged on its own."""
+
+    def check(cert: x509.Certificate, anchor: x509.Certificate = ca.certificate,
+              address: str = "alice@example.org", at: dt.datetime = NOW) -> kc.VerificationResult:
+        return kc.verify_container(cert, [anchor], address, Purpose.ENCRYPT, at)
+
+    good = issue(ca, gw)
+    assert check(good).ok
+    # Same issuer name, another key: refused after the genuine one was accepted.
+    impostor = kc.DirectoryCA.generate(directory_url=URL)
+    forged = issue(impostor, gw)
+    assert forged.issuer == good.issuer
+    assert "signature does not verify" in reasons_of(check(forged))
+    assert check(forged, impostor.certificate).ok  # the forgery itself is well-formed
+    assert "signature does not verify" in reasons_of(check(good, impostor.certificate))
+    # Another gateway: its own fingerprint, not the one decoded for the first gateway.
+    other_gw = kc.GatewayKey(rsa.generate_private_key(65537, 2048).public_key())
+    other = check(issue(ca, other_gw))
+    assert other.ok and other.info is not None
+    assert other.info.gateway_fingerprint == other_gw.fingerprint != gw.fingerprint
+    # Wrong keyUsage (a signing container) and wrong extendedKeyUsage.
+    assert "keyEncipherment" in reasons_of(check(issue(ca, gw, purpose=Purpose.SIGN)))
+    key = ca_private_key(ca)
+    no_smime = (
+        x509.CertificateBuilder()
+        .subject_name(good.subject)
+        .issuer_name(good.issuer)
+        .public_key(gw.public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(good.not_valid_before_utc)
+        .not_valid_after(good.not_valid_after_utc)
+    )
+    for ext in good.extensions:
+        value = ext.value
+        if isinstance(value, x509.ExtendedKeyUsage):
+            value = x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+        no_smime = no_smime.add_extension(value, ext.critical)
+    assert "lacks emailProtection" in reasons_of(check(no_smime.sign(key, hashes.SHA256())))
+    # Expired and another address, for the very certificate accepted above.
+    assert "expired" in reasons_of(check(good, at=NOW + dt.timedelta(hours=25)))
+    assert "not for bob@example.org" in reasons_of(check(good, address="bob@example.org"))
+    assert check(good).ok
+    # An anchor that is not a CA, under the good anchor's name and key: the anchor's own
+    # problems are remembered per anchor, not per name.
+    not_ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca.certificate.subject)
+        .issuer_name(ca.certificate.subject)
+        .public_key(ca.certificate.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(ca.certificate.not_valid_before_utc)
+        .not_valid_after(ca.certificate.not_valid_after_utc)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    assert "trust anchor is not a CA certificate" in reasons_of(check(good, not_ca))
+    assert check(good).ok

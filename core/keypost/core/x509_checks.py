@@ -12,6 +12,7 @@ so one level, checked the same way for all three cases, is all there is.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Sequence
 
 from cryptography import x509
@@ -107,29 +108,16 @@ def _aki(cert: x509.Certificate) -> bytes | None:
     return ext.value.key_identifier
 
 
-def find_issuer(
-    cert: x509.Certificate, anchors: Sequence[x509.Certificate]
-) -> tuple[x509.Certificate | None, list[str]]:
-    """The anchor that signed `cert`. Its issuer name must be the anchor's subject, or (for
-    compatibility containers, which carry the gateway certificate's issuer name) its
-    authority key identifier must be the anchor's key identifier."""
-    aki = _aki(cert)
-    named = None
-    for anchor in anchors:
-        by_name = anchor.subject == cert.issuer
-        if not by_name and (aki is None or aki != _ski(anchor)):
-            continue
-        if signature_valid(cert, anchor.public_key()):
-            return anchor, []
-        named = named or (anchor if by_name else None)
-    if named is not None:  # e.g. a rotated CA under the same name: every one was tried
-        return None, [
-            f"signature does not verify with trust anchor {named.subject.rfc4514_string()}"
-        ]
-    return None, [f"not issued by a trusted directory CA (issuer {cert.issuer.rfc4514_string()})"]
+# What depends on a trust anchor alone is read once rather than once per container (a
+# session verifies hundreds of containers against the same one or two anchors). Keyed by
+# the certificate, whose equality and hash are those of its DER; exceptions (a malformed
+# anchor) are not cached and surface where they did before.
+_anchor_ski = functools.lru_cache(maxsize=64)(_ski)
 
 
-def anchor_problems(anchor: x509.Certificate, now: dt.datetime) -> list[str]:
+@functools.lru_cache(maxsize=64)
+def _fixed_anchor_problems(anchor: x509.Certificate) -> tuple[str, ...]:
+    """All of anchor_problems but the time-dependent validity check."""
     reasons = algorithm_problems(anchor, "trust anchor")
     try:
         bc = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value
@@ -137,6 +125,38 @@ def anchor_problems(anchor: x509.Certificate, now: dt.datetime) -> list[str]:
             reasons.append("trust anchor is not a CA certificate")
     except x509.ExtensionNotFound:
         reasons.append("trust anchor has no basicConstraints (not a CA certificate)")
+    return tuple(reasons)
+
+
+def find_issuer(
+    cert: x509.Certificate, anchors: Sequence[x509.Certificate]
+) -> tuple[x509.Certificate | None, list[str]]:
+    """The anchor that signed `cert`. Its issuer name must be the anchor's subject, or (for
+    compatibility containers, which carry the gateway certificate's issuer name) its
+    authority key identifier must be the anchor's key identifier."""
+    issuer = cert.issuer
+    aki: bytes | None = None
+    aki_read = False  # read only when a name does not match (compatibility containers)
+    named = None
+    for anchor in anchors:
+        by_name = anchor.subject == issuer
+        if not by_name:
+            if not aki_read:
+                aki, aki_read = _aki(cert), True
+            if aki is None or aki != _anchor_ski(anchor):
+                continue
+        if signature_valid(cert, anchor.public_key()):
+            return anchor, []
+        named = named or (anchor if by_name else None)
+    if named is not None:  # e.g. a rotated CA under the same name: every one was tried
+        return None, [
+            f"signature does not verify with trust anchor {named.subject.rfc4514_string()}"
+        ]
+    return None, [f"not issued by a trusted directory CA (issuer {issuer.rfc4514_string()})"]
+
+
+def anchor_problems(anchor: x509.Certificate, now: dt.datetime) -> list[str]:
+    reasons = list(_fixed_anchor_problems(anchor))
     if not anchor.not_valid_before_utc <= now <= anchor.not_valid_after_utc:
         reasons.append("trust anchor is outside its validity period")
     return reasons
