@@ -9,7 +9,7 @@ import re
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -203,10 +203,14 @@ class PolicyDirectory:
         self.closed = 0
         self.lifetime: dt.timedelta | None = None
 
-    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+    def fetch(
+        self, addresses: Sequence[str], while_waiting: Callable[[], object] | None = None
+    ) -> dict[str, list[RawContainer]]:
         self.calls.append(list(addresses))
         if self.fail is not None:
             raise self.fail
+        if while_waiting is not None:
+            while_waiting()  # as the LDAP client does between request and answer
         view = DirectoryView(frozenset(self.keys.keys),
                              frozenset(parse_address(a).key() for a in self.genuine))
         requestor = (Requestor(RequestorKind.USER, self.requestor_domain)

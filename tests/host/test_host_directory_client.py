@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import select
 import socket
 from pathlib import Path
 
@@ -185,6 +186,41 @@ def test_ldap_reconnects_once_after_a_dropped_connection(directory: Directory) -
         assert conn is not None
         conn.socket.shutdown(socket.SHUT_RDWR)
         assert len(c.fetch(["bob@example.org"])["bob@example.org"]) == 2
+        assert c._conn is not conn
+    finally:
+        c.close()
+
+
+def test_ldap_work_runs_while_the_search_is_in_flight(directory: Directory) -> None:
+    c = make_client(parse_directory_url(directory.ldap_url), "alice", PASSWORD)
+    assert isinstance(c, LdapDirectoryClient)
+    seen: list[bool] = []
+
+    def work() -> None:
+        # The request is out and its answer not read yet: the socket becomes readable.
+        conn = c._conn
+        assert conn is not None
+        readable, _, _ = select.select([conn.socket], [], [], 10)
+        seen.append(bool(readable))
+
+    addresses = [f"user{i}@example.org" for i in range(150)]  # two searches, one call
+    try:
+        found = c.fetch(addresses, work)
+        assert seen == [True]
+        assert sorted(found) == sorted(addresses)
+        assert all(len(v) == 2 for v in found.values())
+        assert c.fetch(["bob@example.org"])["bob@example.org"] and seen == [True]
+
+        def broken() -> None:
+            raise RuntimeError("boom")
+
+        conn = c._conn
+        with pytest.raises(RuntimeError, match="boom"):
+            c.fetch(["bob@example.org"], broken)
+        # The unread answer went with its connection; the next search gets its own answer.
+        assert c._conn is None
+        assert sorted(c.fetch(["carol@example.net", "bob@example.org"])) == [
+            "bob@example.org", "carol@example.net"]
         assert c._conn is not conn
     finally:
         c.close()

@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import math
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -45,9 +45,14 @@ class RawContainer:
 class DirectoryClient(Protocol):
     """What the resolver needs from a directory transport."""
 
-    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+    def fetch(
+        self, addresses: Sequence[str], while_waiting: Callable[[], object] | None = None
+    ) -> dict[str, list[RawContainer]]:
         """Containers per address key (Address.key()) for the given bare addresses; an
-        address the directory has nothing for maps to [] (or is absent)."""
+        address the directory has nothing for maps to [] (or is absent).
+
+        `while_waiting`: work to do while the request is in flight (called at most once;
+        it may not be called at all, e.g. when no request is sent)."""
         ...
 
     def check(self) -> bool:
@@ -81,6 +86,7 @@ class LdapDirectoryClient:
         self._tls_ca = tls_ca_pem.decode("ascii", "replace") if tls_ca_pem else None
         self._timeout = timeout
         self._conn: ldap3.Connection | None = None
+        self._while_waiting: Callable[[], object] | None = None
 
     def _bind_dn(self) -> str:
         assert self._username
@@ -138,6 +144,18 @@ class LdapDirectoryClient:
                 f"{type(exc).__name__}",
                 where,
             ) from None
+        # ldap3 sends a search, then reads its answer in post_send_search (an attribute the
+        # connection sets from its strategy): doing the caller's independent work between
+        # the two hides it behind the directory's round trip.
+        read_answer = conn.post_send_search
+
+        def post_send_search(message_id: Any) -> Any:
+            work, self._while_waiting = self._while_waiting, None
+            if work is not None:
+                work()
+            return read_answer(message_id)
+
+        conn.post_send_search = post_send_search
         self._conn = conn
         return conn
 
@@ -145,7 +163,16 @@ class LdapDirectoryClient:
         self.fetch([PROBE_ADDRESS])
         return bool(self._username)
 
-    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+    def fetch(
+        self, addresses: Sequence[str], while_waiting: Callable[[], object] | None = None
+    ) -> dict[str, list[RawContainer]]:
+        self._while_waiting = while_waiting
+        try:
+            return self._fetch(addresses)
+        finally:
+            self._while_waiting = None
+
+    def _fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
         found: dict[str, list[RawContainer]] = {}
         for start in range(0, len(addresses), MAX_PER_REQUEST):
             batch = addresses[start : start + MAX_PER_REQUEST]
@@ -170,12 +197,20 @@ class LdapDirectoryClient:
         conn = self._connect()
         terms = "".join(f"(mail={escape_filter_chars(a)})" for a in batch)
         flt = terms if len(batch) == 1 else f"(|{terms})"
-        ok = conn.search(
-            self._url.base,
-            flt,
-            search_scope=ldap3.SUBTREE,
-            attributes=["mail", CERT_ATTRIBUTE],
-        )
+        try:
+            ok = conn.search(
+                self._url.base,
+                flt,
+                search_scope=ldap3.SUBTREE,
+                attributes=["mail", CERT_ATTRIBUTE],
+            )
+        except ldap_exc.LDAPException:
+            raise
+        except Exception:
+            # The caller's work between request and answer failed: the answer was not
+            # read, so the connection goes rather than hand it to the next search.
+            self.close()
+            raise
         result = conn.result or {}
         if not ok and result.get("result") not in (0, 32, 4):  # success, noSuchObject, sizeLimit
             raise DirectoryFailure(
@@ -267,7 +302,10 @@ class HttpDirectoryClient:
         self.fetch([PROBE_ADDRESS])
         return self._authenticated
 
-    def fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
+    def fetch(
+        self, addresses: Sequence[str], while_waiting: Callable[[], object] | None = None
+    ) -> dict[str, list[RawContainer]]:
+        # requests blocks from request to answer: nothing to overlap, while_waiting unused.
         found: dict[str, list[RawContainer]] = {}
         for start in range(0, len(addresses), MAX_PER_REQUEST):
             data = self._get(addresses[start : start + MAX_PER_REQUEST])

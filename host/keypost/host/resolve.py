@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -137,11 +137,13 @@ class Resolver:
         addresses: Sequence[str],
         sender: str | None = None,
         now: dt.datetime | None = None,
+        while_waiting: Callable[[], object] | None = None,
     ) -> Resolution:
         """Reports for each address (in order) and for the sender (None when not given).
 
         Directory failures become status "error" reports; callers that must fail closed
-        check the statuses. Raises only for programming errors."""
+        check the statuses. Raises only for programming errors. `while_waiting`: work the
+        client may do while its request is in flight (not called when nothing is fetched)."""
         at = now or dt.datetime.now(dt.UTC)
         parsed: list[_Parsed] = []
         for text in [*addresses, *([sender] if sender else [])]:
@@ -150,7 +152,8 @@ class Resolver:
                 parsed.append((str(addr), addr.key(), None, addr))
             except KeypostError as exc:
                 parsed.append((text, None, str(exc), None))
-        raw, sources, failure = self._containers([(a, k) for a, k, _, _ in parsed if k])
+        raw, sources, failure = self._containers([(a, k) for a, k, _, _ in parsed if k],
+                                                 while_waiting)
 
         def report(entry: _Parsed, own: set[str], own_domain: str | None) -> RecipientReport:
             shown, key, error, addr = entry
@@ -179,7 +182,7 @@ class Resolver:
         return Resolution(reports, sender_report, failure)
 
     def _containers(
-        self, wanted: Sequence[tuple[str, str]]
+        self, wanted: Sequence[tuple[str, str]], while_waiting: Callable[[], object] | None
     ) -> tuple[dict[str, list[RawContainer]], dict[str, str], HostError | None]:
         """Cached or fetched raw containers per address key; one fetch for all misses.
         `wanted`: (normalised address, its key) pairs."""
@@ -199,7 +202,7 @@ class Resolver:
         if not missing:
             return out, sources, None
         try:
-            fetched = self.client.fetch(list(missing.values()))
+            fetched = self.client.fetch(list(missing.values()), while_waiting)
         except HostError as exc:
             return out, sources, exc
         self.fetched_addresses.append(len(missing))
