@@ -24,8 +24,9 @@ already issued certificates: the difference is how the directory is asked.
 
     python bench/bench_host.py [--rounds 5] [--rtt 10]
 
---rtt adds a second run through a relay that delays each direction by half the given
-round-trip time, as a directory across a LAN/WAN would.
+--rtt also measures everything through a relay that delays each direction by half the
+given round-trip time, as a directory across a LAN/WAN would; every round runs every
+contender on both paths, so the two tables can be compared with each other.
 """
 
 from __future__ import annotations
@@ -202,10 +203,10 @@ class DelayRelay:
     """A TCP relay that holds every chunk for `delay` seconds each way, counted from the
     chunk's arrival and pipelined (a chunk does not wait for the one before it to be
     delivered): a network round trip of 2 x delay on loopback (the directory is rarely on
-    the same machine). It runs in its own process: as a thread of the bench it shared the
-    GIL with the measured code and waited up to the 5 ms switch interval for each chunk
-    that fell due while the host was busy decoding the previous one (cold lookups at RTT
-    10 were charged ~5 ms that no network would add)."""
+    the same machine). It runs in its own process, so that it does not compete with the
+    measured code for the GIL (as a thread of the bench it did; measured side by side, that
+    made no difference beyond the noise: a cold lookup at RTT 10 costs one round trip and
+    ~1 ms more either way)."""
 
     def __init__(self, target: tuple[str, int], delay: float) -> None:
         self.proc = subprocess.Popen(
@@ -257,48 +258,84 @@ def timed(fn: Callable[[], object], before: Callable[[], object] | None = None) 
 NAMES = ("host", "cached", "TB fetch", "1-by-1", "lookup 1", "lookup TB", "lookup N")
 
 
-def measure(host: Host, anchors: tuple[ThunderbirdFetch, OneByOne],
-            client: LdapDirectoryClient, n: int, attachment: bytes,
-            rounds: int) -> dict[str, float]:
-    """Median milliseconds per contender for n recipients, interleaved round by round."""
-    params = compose_params(n, attachment)
-    request = {"id": 1, "action": "encrypt", "params": params}
-    addresses = [*params["to"], params["from"]]
-    thunderbird, one_by_one = anchors
+class Session:
+    """One network path (loopback or through the relay): a configured host session, the
+    two anchors and a bare client for the lookup-only contenders."""
 
-    def host_encrypt() -> None:
-        # Until the reply frames are ready; the cache file is written after (Host.idle).
-        reply = host.handle(request)
-        assert reply["ok"], reply.get("error")
-        encode_reply(reply)
+    def __init__(self, label: str, url: str, anchor_pem: str, base: Path) -> None:
+        self.label, self.url = label, url
+        # Own configuration and cache folders: the sessions are measured side by side.
+        self.host = Host(base / f"config-{label}", base / f"cache-{label}")
+        reply = self.host.handle({"id": 0, "action": "configure", "params": {
+            "directory": url, "username": "alice", "password": PASSWORD,
+            "trust_anchor_pem": anchor_pem}})
+        if not reply["ok"]:
+            raise SystemExit(f"configure failed: {reply['error']}")
+        anchor = load_certificates(anchor_pem.encode())[0]
+        self.thunderbird = ThunderbirdFetch(url, anchor)
+        self.one_by_one = OneByOne(url, anchor)
+        self.client = LdapDirectoryClient(parse_directory_url(url), "alice", PASSWORD)
 
-    def one_search() -> None:
-        assert len(client.fetch(addresses)) == len(addresses)
+    def contenders(self, n: int, attachment: bytes) -> dict[str, Contender]:
+        """The measured calls for n recipients (warmed up once here)."""
+        host = self.host
+        params = compose_params(n, attachment)
+        request = {"id": 1, "action": "encrypt", "params": params}
+        addresses = [*params["to"], params["from"]]
 
-    def lookup(anchor: Anchor) -> Callable[[], None]:
-        return lambda: None if len(anchor.lookup(addresses)) >= len(addresses) else sys.exit(
-            "anchor lookup: containers missing")
+        def host_encrypt() -> None:
+            # Until the reply frames are ready; the cache file is written after (Host.idle).
+            reply = host.handle(request)
+            assert reply["ok"], reply.get("error")
+            encode_reply(reply)
 
-    def encrypt(anchor: Anchor) -> Callable[[], None]:
-        return lambda: None if anchor.run(params) else sys.exit("anchor: no message")
+        def one_search() -> None:
+            assert len(self.client.fetch(addresses)) == len(addresses)
 
-    contenders: dict[str, tuple[Callable[[], None], Callable[[], None] | None]] = {
-        "host": (host_encrypt, host.forget_containers),
-        "cached": (host_encrypt, host.idle),
-        "TB fetch": (encrypt(thunderbird), None),
-        "1-by-1": (encrypt(one_by_one), None),
-        "lookup 1": (one_search, None),
-        "lookup TB": (lookup(thunderbird), None),
-        "lookup N": (lookup(one_by_one), None),
-    }
-    host_encrypt()  # warm-up: the directory issues each container once
-    one_by_one.run(params)
-    one_search()  # the first search of this client connects and binds (not a lookup cost)
-    runs: dict[str, list[float]] = {name: [] for name in contenders}
+        def lookup(anchor: Anchor) -> Callable[[], None]:
+            return lambda: None if len(anchor.lookup(addresses)) >= len(addresses) else (
+                sys.exit("anchor lookup: containers missing"))
+
+        def encrypt(anchor: Anchor) -> Callable[[], None]:
+            return lambda: None if anchor.run(params) else sys.exit("anchor: no message")
+
+        host_encrypt()  # warm-up: the directory issues each container once
+        self.one_by_one.run(params)
+        one_search()  # the first search of this client connects and binds (not a lookup cost)
+        return {
+            "host": (host_encrypt, host.forget_containers),
+            "cached": (host_encrypt, host.idle),
+            "TB fetch": (encrypt(self.thunderbird), None),
+            "1-by-1": (encrypt(self.one_by_one), None),
+            "lookup 1": (one_search, None),
+            "lookup TB": (lookup(self.thunderbird), None),
+            "lookup N": (lookup(self.one_by_one), None),
+        }
+
+    def close(self) -> None:
+        self.one_by_one.conn.unbind()
+        self.client.close()
+        self.host.close()
+
+
+Contender = tuple[Callable[[], None], Callable[[], object] | None]
+
+
+def measure(sessions: list[Session], n: int, attachment: bytes,
+            rounds: int) -> dict[str, dict[str, float]]:
+    """Median milliseconds per network and contender for n recipients. Every round runs
+    every contender on every network, so that loopback and relay figures are comparable
+    (measured one network after the other, minutes apart, they differed by the machine's
+    drift as well as by the network)."""
+    plans = {s.label: s.contenders(n, attachment) for s in sessions}
+    runs: dict[str, dict[str, list[float]]] = {
+        label: {name: [] for name in plan} for label, plan in plans.items()}
     for _ in range(rounds):
-        for name, (fn, before) in contenders.items():
-            runs[name].append(timed(fn, before))
-    return {name: statistics.median(v) for name, v in runs.items()}
+        for label, plan in plans.items():
+            for name, (fn, before) in plan.items():
+                runs[label][name].append(timed(fn, before))
+    return {label: {name: statistics.median(v) for name, v in by_name.items()}
+            for label, by_name in runs.items()}
 
 
 def main() -> int:
@@ -328,39 +365,32 @@ def main() -> int:
         relay = DelayRelay(("127.0.0.1", port), args.rtt / 2000)
         urls.append((f"RTT {args.rtt:g} ms", f"ldap://127.0.0.1:{relay.port}"))
     attachment = os.urandom(100 * 1024)
-    anchor = load_certificates(anchor_pem.encode())[0]
     print(f"100 KB message; median of {args.rounds} rounds (ms). host: encrypt action with an "
           "empty container cache (1 search + verify + MIME + encrypt + framing); cached: "
           "the same, containers cached; TB fetch: Thunderbird's certFetchingStatus.js (new "
           "connection + bind + one OR search) + the same verification and encryption; "
           "1-by-1: one search per address on a kept bound connection + the same; "
           "lookup 1 / TB / N: the searches alone")
+    sessions: list[Session] = []
     try:
-        for label, url in urls:
-            host = Host()
-            reply = host.handle({"id": 0, "action": "configure", "params": {
-                "directory": url, "username": "alice", "password": PASSWORD,
-                "trust_anchor_pem": anchor_pem}})
-            if not reply["ok"]:
-                raise SystemExit(f"configure failed: {reply['error']}")
-            anchors = (ThunderbirdFetch(url, anchor), OneByOne(url, anchor))
-            client = LdapDirectoryClient(parse_directory_url(url), "alice", PASSWORD)
-            print(f"\n{label} ({url})")
-            ratios = ("TB/host", "1by1/host", "lkTB/lk1", "lkN/lk1")
+        sessions = [Session(label, url, anchor_pem, base) for label, url in urls]
+        results = {n: measure(sessions, n, attachment, args.rounds) for n in SIZES}
+        ratios = ("TB/host", "1by1/host", "lkTB/lk1", "lkN/lk1")
+        for session in sessions:
+            print(f"\n{session.label} ({session.url})")
             print(f"{'rcpts':>5} " + " ".join(f"{n:>9}" for n in (*NAMES, *ratios)))
             for n in SIZES:
-                m = measure(host, anchors, client, n, attachment, args.rounds)
+                m = results[n][session.label]
                 print(f"{n:>5} " + " ".join(f"{m[name]:>9.1f}" for name in NAMES)
                       + f" {m['TB fetch'] / m['host']:>8.1f}x"
                       + f" {m['1-by-1'] / m['host']:>8.1f}x"
                       + f" {m['lookup TB'] / m['lookup 1']:>8.1f}x"
                       + f" {m['lookup N'] / m['lookup 1']:>8.1f}x")
-            anchors[1].conn.unbind()
-            client.close()
-            host.close()
         print(f"\ngoal: host <= 100 ms for 10 recipients; anchor / host >= 5x. "
               f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
+        for session in sessions:
+            session.close()
         if relay is not None:
             relay.close()
         proc.terminate()
