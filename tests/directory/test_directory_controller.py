@@ -208,3 +208,33 @@ def test_genuine_certificates_until_they_expire(controller: Controller,
     later = NOW + dt.timedelta(hours=7)
     [b] = controller.answer(Requestor.anonymous(), ["Gus@example.com"], None, "t", now=later)
     assert [c.role for c in b.containers] == [Role.PROXY_ENCRYPTION]
+
+
+def test_store_tier_after_eviction_in_the_same_process(tmp_path: Path, ca: DirectoryCA,
+                                                       keys: list[rsa.RSAPrivateKey]) -> None:
+    # A miss asks the store only for addresses it may hold: those issued here count too.
+    store = SqliteStore(tmp_path / "e.db")
+    store.add_domain("example.com", [record("example.com", keys[0], KeyUse.ENCRYPTION)])
+    small = Controller(store, ca, cache_size=4, recheck_seconds=0)
+    first = small.answer(Requestor.anonymous(), ["a@example.com"], None, "t")
+    small.answer(Requestor.anonymous(), [f"u{i}@example.com" for i in range(20)], None, "t")
+    small.flush()
+    assert all(k.address_key != "a@example.com" for k in small._cache)
+    again = small.answer(USER, ["a@example.com"], None, "t")  # not the cached answer
+    assert again[0].containers[0].serial == first[0].containers[0].serial
+    assert small.metrics.cache_misses == 21
+
+
+def test_purge_keeps_unflushed_addresses_known(controller: Controller) -> None:
+    old = controller.answer(Requestor.anonymous(), ["old@example.com"], None, "t",
+                            now=NOW - dt.timedelta(days=100))
+    controller.flush()
+    new = controller.answer(Requestor.anonymous(), ["new@example.com"], None, "t", now=NOW)
+    controller.purge(dt.timedelta(days=90), now=NOW)  # before the flush of "new"
+    controller.flush()
+    controller._cache.clear()
+    controller._answers.clear()
+    again = controller.answer(USER, ["new@example.com"], None, "t", now=NOW)
+    assert again[0].containers[0].serial == new[0].containers[0].serial
+    fresh = controller.answer(USER, ["old@example.com"], None, "t", now=NOW)
+    assert fresh[0].containers[0].serial != old[0].containers[0].serial

@@ -151,3 +151,20 @@ def test_request_log_has_hashes_not_passwords(directory: Directory) -> None:
     log = directory.log.read_text()
     assert "event=lookup protocol=ldap requestor=user:example.com" in log
     assert USER_PW not in log and GATEWAY_PW not in log and "logged-person" not in log
+
+
+def test_fresh_answer_serves_the_pkcs7_bundle_when_asked(directory: Directory) -> None:
+    # A new address: the answer is fresh, so the LDAP server builds the bundle itself.
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    argv = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", directory.ldap_url,
+            "-b", SUFFIX, "(mail=fresh.bundle@example.com)", "userCertificate",
+            "userSMIMECertificate"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    certs = ldif_certs(done.stdout)
+    [bundle] = [base64.b64decode(line.split(":: ", 1)[1]) for line in done.stdout.splitlines()
+                if line.lower().startswith("usersmimecertificate")]
+    assert certs and pkcs7.load_der_pkcs7_certificates(bundle) == certs
+    check_container(directory, certs[0], "fresh.bundle@example.com",
+                    spki_der(directory.gateway_key))

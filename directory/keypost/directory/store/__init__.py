@@ -153,6 +153,11 @@ class Store(Protocol):
         """The latest stored container for `key`, if any."""
         ...
 
+    def issued_addresses(self, now: dt.datetime) -> set[str]:
+        """Address keys with an issued container still valid at `now` (the controller
+        asks the store per miss only for these)."""
+        ...
+
     def purge_issued(self, now: dt.datetime) -> int:
         """Delete expired containers; returns how many."""
         ...

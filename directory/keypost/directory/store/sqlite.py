@@ -324,6 +324,11 @@ class SqliteStore:
             return None
         return IssuedRecord(key, bytes(row[1]), int(row[0]), _dt(row[2]), _dt(row[3]))
 
+    def issued_addresses(self, now: dt.datetime) -> set[str]:
+        rows = self._db.execute(
+            "SELECT DISTINCT address_key FROM issued WHERE not_after > ?", (_ts(now),))
+        return {r[0] for r in rows}
+
     def purge_issued(self, now: dt.datetime) -> int:
         with self._tx():
             n = self._db.execute("DELETE FROM issued WHERE not_after <= ?", (_ts(now),)).rowcount
