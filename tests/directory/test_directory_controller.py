@@ -238,3 +238,26 @@ def test_purge_keeps_unflushed_addresses_known(controller: Controller) -> None:
     assert again[0].containers[0].serial == new[0].containers[0].serial
     fresh = controller.answer(USER, ["old@example.com"], None, "t", now=NOW)
     assert fresh[0].containers[0].serial != old[0].containers[0].serial
+
+
+def test_batch_writer_writes_everything_handed_over_before_close(
+        controller: Controller, tmp_path: Path) -> None:
+    import asyncio
+
+    from keypost.directory.writer import sqlite_writer
+
+    controller.answer(Requestor.anonymous(), [f"w{i}@example.com" for i in range(6)], None, "t")
+    issued, audit = controller.take_pending()
+    assert len(issued) == len(audit) == 6 and controller.take_pending() == ([], [])
+    writer = sqlite_writer(tmp_path / "d.db")
+
+    async def run() -> None:
+        await writer.write(issued[:3], audit[:3])
+        await writer.write(issued[3:], audit[3:])
+        await writer.close()
+
+    asyncio.run(run())
+    assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
+    for record in issued:
+        stored = controller.store.issued(record.key)
+        assert stored is not None and stored.serial == record.serial

@@ -40,6 +40,7 @@ from keypost.directory.store import (
     KeyUse,
     Store,
 )
+from keypost.directory.writer import write_batch
 
 log = logging.getLogger("keypost.directory.requests")
 
@@ -328,13 +329,16 @@ class Controller:
                  protocol, requestor_label(requestor), hashes, roles, elapsed * 1000)
 
     # persistence -------------------------------------------------------------------
-    def flush(self) -> None:
-        """Write issued containers and audit records collected since the last flush
-        (batched: one transaction per flush, not one per search)."""
+    def take_pending(self) -> tuple[list[IssuedRecord], list[AuditRecord]]:
+        """Issued containers and audit records collected since the last call (the server
+        writes them in batches off the event loop: keypost.directory.writer)."""
         issued, self._pending_issued = self._pending_issued, []
         audit, self._pending_audit = self._pending_audit, []
-        self.store.save_issued(issued)
-        self.store.append_audit(audit)
+        return issued, audit
+
+    def flush(self) -> None:
+        """Write the pending records through this controller's own store, at once."""
+        write_batch(self.store, *self.take_pending())
 
     def purge(self, retention: dt.timedelta, now: dt.datetime | None = None) -> tuple[int, int]:
         """Drop expired containers and audit records older than `retention`."""

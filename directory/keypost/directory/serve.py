@@ -25,6 +25,7 @@ from keypost.directory.http import make_app
 from keypost.directory.ldap.server import LdapServer
 from keypost.directory.ldap_backend import DirectoryLdapBackend
 from keypost.directory.store.sqlite import SqliteStore
+from keypost.directory.writer import BatchWriter, sqlite_writer
 
 log = logging.getLogger("keypost.directory")
 
@@ -100,13 +101,15 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-async def _maintain(controller: Controller, retention: dt.timedelta) -> None:
-    """Batch writes every second; purge expired containers and old audit hourly."""
+async def _maintain(controller: Controller, writer: BatchWriter,
+                    retention: dt.timedelta) -> None:
+    """Batch writes every second (in the writer's thread); purge expired containers and
+    old audit hourly (on the loop: rare, and it must not overlap a batch)."""
     since_purge = PURGE_SECONDS
     while True:
         await asyncio.sleep(FLUSH_SECONDS)
         try:
-            controller.flush()
+            await writer.write(*controller.take_pending())
             since_purge += FLUSH_SECONDS
             if since_purge >= PURGE_SECONDS:
                 since_purge = 0.0
@@ -132,8 +135,9 @@ async def serve(options: ServeOptions) -> None:
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
     ldap = LdapServer(backend, tls=tls, max_addresses=settings.max_addresses)
     runner: web.AppRunner | None = None
+    writer = sqlite_writer(data.database)
     maintenance = asyncio.create_task(
-        _maintain(controller, dt.timedelta(days=settings.audit_retention_days)))
+        _maintain(controller, writer, dt.timedelta(days=settings.audit_retention_days)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -164,7 +168,9 @@ async def serve(options: ServeOptions) -> None:
         await ldap.close()
         if runner is not None:
             await runner.cleanup()
-        controller.flush()
+        # nothing issued is lost: a batch in flight finishes first, then the rest
+        await writer.write(*controller.take_pending())
+        await writer.close()
         authenticator.close()
         store.close()
 
