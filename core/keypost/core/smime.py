@@ -118,17 +118,18 @@ def encrypt_entity(entity: bytes, recipients: Sequence[x509.Certificate]) -> byt
     return _envelope(m.canonical(entity), recipients, _ENVELOPED_HEADERS + m.CRLF)
 
 
-def _content_entity(headers: Sequence[m.Header], body: memoryview) -> bytes:
-    """The message's content as a CRLF MIME entity: its Content-* fields + body. A message
-    without Content-Type gets an explicit one (us-ascii, or utf-8 for 8-bit text)."""
+def _content_entity(headers: Sequence[m.Header], message: bytes, start: int) -> bytes:
+    """The message's content as a CRLF MIME entity: its Content-* fields + the body at
+    message[start:]. A message without Content-Type gets an explicit one (us-ascii, or
+    utf-8 for 8-bit text)."""
     inner = [h for h in headers if m.is_content_header(h)]
     if m.find_header(inner, "Content-Type") is None:
-        charset = "us-ascii" if bytes(body).isascii() else "utf-8"
+        charset = "us-ascii" if message[start:].isascii() else "utf-8"
         line = f"Content-Type: text/plain; charset={charset}".encode()
         inner.insert(0, m.Header("Content-Type", line))
         if charset == "utf-8" and m.find_header(inner, "Content-Transfer-Encoding") is None:
             inner.append(m.Header("Content-Transfer-Encoding", b"Content-Transfer-Encoding: 8bit"))
-    return m.canonical_entity(inner, body)
+    return m.canonical_entity(inner, message, start)
 
 
 def _outer_headers(headers: Sequence[m.Header]) -> bytes:
@@ -142,8 +143,8 @@ def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate]) -> b
     """Encrypt a whole RFC 5322 message: the outer headers (From, To, Cc, Subject, Date,
     Message-ID, ...) stay in the clear; the content (Content-* headers + body) is
     enveloped. Bcc headers are dropped. Returns a complete RFC 5322 message."""
-    headers, body = m.split_entity(message)
-    entity = _content_entity(headers, body)
+    headers, start = m.split_entity_at(message)
+    entity = _content_entity(headers, message, start)
     head = _outer_headers(headers) + _ENVELOPED_HEADERS + m.CRLF
     return _envelope(entity, recipients, head)
 
@@ -327,7 +328,14 @@ class Decryptor:
             raise DecryptError() from None
         plain, pad, index, name = self._open(der)
         outer = m.header_lines(h for h in headers if not m.is_content_header(h))
-        clear = m.canonical(b"".join((outer, memoryview(plain)[:-pad])))
+        end = len(plain) - pad
+        # The outer fields are CRLF already: only the decrypted entity is scanned (bounds,
+        # not a slice: no copy), and a canonical one is copied once, into the result.
+        inner = memoryview(plain)[:end]
+        if m.is_canonical(plain, 0, end):
+            clear = b"".join((outer, inner))
+        else:  # a sender that encrypted LF text (openssl cms -binary): fix it up
+            clear = outer + m.canonical(bytes(inner))
         return DecryptResult(clear, index, name)
 
 
@@ -358,7 +366,7 @@ def sign_message(
         raise SmimeError("signing key must be RSA or EC")
     if key.public_key() != container.public_key():
         raise SmimeError("the signing key does not belong to the signing container")
-    headers, body = m.split_entity(message)
+    headers, start = m.split_entity_at(message)
     when = _date_of(headers)
     if not container.not_valid_before_utc <= when <= container.not_valid_after_utc:
         # Verifiers (Thunderbird, verify_signed) check the signer at the signing time, and
@@ -369,7 +377,7 @@ def sign_message(
             f" .. {container.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, which does not cover"
             f" the message's Date {when.astimezone(dt.UTC):%Y-%m-%d %H:%M:%S} UTC"
         )
-    entity = m.transport_safe(_content_entity(headers, body))
+    entity = m.transport_safe(_content_entity(headers, message, start))
     offered = _capabilities(container)
     caps = [c for c in DEFAULT_CAPABILITIES if c in offered]
     der = cms.build_signed_data(entity, key, container, [container, *extra_certs], when, caps)

@@ -1,0 +1,205 @@
+"""Edge cases of the byte-level MIME helpers the S/MIME engine's fast paths rely on:
+line-end checks with bounds, CRLF conversion, entity assembly at an offset, 76-column
+base64, and what the whole-message paths make of LF, CRLF, empty and corrupt input."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.ciphers import algorithms
+from cryptography.hazmat.primitives.serialization import pkcs7
+from hypothesis import given
+from hypothesis import strategies as st
+from test_smime_pki import container, gateway
+
+from keypost.core import mime, smime
+from keypost.core.errors import DecryptError, SmimeError
+
+
+def _reference_canonical(data: bytes) -> bool:
+    return data.count(b"\n") == data.count(b"\r\n")
+
+
+# is_canonical / to_crlf --------------------------------------------------------------
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b"bc", b"\r\n", b"\n", b"\r", b"\r\r\n"]), max_size=300),
+    st.integers(0, 400),
+    st.integers(0, 400),
+)
+def test_is_canonical_matches_the_definition_on_any_slice(
+    pieces: list[bytes], start: int, length: int
+) -> None:
+    """Short texts are walked line by line, long ones counted (more than 64 lines here):
+    both must agree with 'every LF is part of a CRLF' for the slice [start:end]."""
+    data = b"".join(pieces)
+    start = min(start, len(data))
+    end = min(start + length, len(data))
+    assert mime.is_canonical(data, start, end) == _reference_canonical(data[start:end])
+    assert mime.is_canonical(data) == _reference_canonical(data)
+
+
+def test_is_canonical_bounds_and_late_bare_lf() -> None:
+    lines = b"line\r\n" * 200
+    assert mime.is_canonical(lines)
+    assert not mime.is_canonical(lines + b"late bare\n")  # after the walked lines
+    assert mime.is_canonical(lines + b"late bare\n", 0, len(lines))  # outside the bounds
+    assert not mime.is_canonical(b"\r\nx", 1)  # the CR before `start` does not count
+    assert not mime.is_canonical(b"\n")
+    assert mime.is_canonical(b"")
+    assert mime.is_canonical(b"no line end at all" * 1000)
+    # PKCS#7 padding of 10 bytes is ten 0x0A: a bound that stops before it sees none.
+    padded = b"text\r\n" + b"\n" * 10
+    assert mime.is_canonical(padded, 0, len(padded) - 10)
+    assert not mime.is_canonical(padded)
+
+
+@pytest.mark.parametrize(
+    ("given_text", "expected"),
+    [
+        (b"a\nb\n", b"a\r\nb\r\n"),  # pure LF: one replace
+        (b"a\r\nb\n", b"a\r\nb\r\n"),  # mixed
+        (b"a\rb\n", b"a\rb\r\n"),  # a bare CR stays (it is not a line end)
+        (b"\n", b"\r\n"),
+        (b"", b""),
+    ],
+)
+def test_to_crlf(given_text: bytes, expected: bytes) -> None:
+    assert mime.to_crlf(given_text) == expected
+
+
+def test_canonical_input_is_returned_without_copy() -> None:
+    data = b"a\r\nb\r\n" * 100
+    assert mime.to_crlf(data) is data
+    assert mime.canonical(data) is data
+
+
+def test_canonical_entity_at_an_offset() -> None:
+    message = b"Subject: s\nContent-Type: text/plain\n\nbody\nline\n"
+    headers, start = mime.split_entity_at(message)
+    assert message[start:] == b"body\nline\n"
+    inner = [h for h in headers if mime.is_content_header(h)]
+    assert mime.canonical_entity(inner, message, start) == (
+        b"Content-Type: text/plain\r\n\r\nbody\r\nline\r\n"
+    )
+    crlf = message.replace(b"\n", b"\r\n")
+    headers, start = mime.split_entity_at(crlf)
+    inner = [h for h in headers if mime.is_content_header(h)]
+    assert mime.canonical_entity(inner, crlf, start) == (
+        b"Content-Type: text/plain\r\n\r\nbody\r\nline\r\n"
+    )
+    assert mime.canonical_entity(inner, b"\n", 0) == b"Content-Type: text/plain\r\n\r\n\r\n"
+
+
+# base64 lines --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("size", [0, 1, 57, 57 * 3, 57 * 3 + 1, 57 * 3 - 1])
+def test_b64_lines_are_76_columns_with_crlf(
+    size: int, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not fast:
+        monkeypatch.setattr(mime, "_FAST_B64", None)
+    elif mime._FAST_B64 is None:
+        pytest.skip("pybase64 not installed")
+    data = bytes(range(256))[:size] if size <= 256 else bytes(size)
+    out = mime.b64_lines(data, b"H: v\r\n")
+    head, _, body = out.partition(b"\r\n")
+    assert head == b"H: v"
+    if size == 0:
+        assert body == b""  # empty data: no line at all, not an empty line
+        return
+    lines = body.split(b"\r\n")
+    assert lines[-1] == b""  # the last line ends with CRLF too
+    full, rest = divmod(size, 57)  # 57 bytes = exactly one 76-character line
+    assert [len(line) for line in lines[:-1]] == [76] * full + (
+        [(rest + 2) // 3 * 4] if rest else []
+    )
+    assert b"\n" not in body.replace(b"\r\n", b"")
+    assert base64.b64decode(body) == data
+    assert mime.b64_decode(body) == data
+
+
+def test_b64_lines_refuses_a_head_without_crlf() -> None:
+    with pytest.raises(ValueError, match="CRLF"):
+        mime.b64_lines(b"x", b"H: v")
+
+
+@pytest.mark.parametrize(
+    "junk", [b"MIIBI", b"MIIBIjANBgkqhkiG9w0BAQEFAAOC\r\nAQ8", b"\r\n", b"!!*~"]
+)
+def test_corrupt_base64_gives_the_engines_error(junk: bytes) -> None:
+    with pytest.raises(SmimeError, match="base64"):
+        mime.b64_decode(junk)
+
+
+# whole messages -------------------------------------------------------------------------
+
+
+OUTER = b"Subject: s\r\nMIME-Version: 1.0\r\n"  # what encrypt_message keeps and adds
+
+
+def _round_trip(message: bytes) -> bytes:
+    gw = gateway()
+    out = smime.encrypt_message(message, [container("bob@b.example", gw)])
+    _, _, body = out.partition(b"\r\n\r\n")
+    assert all(len(line) <= 76 for line in body.split(b"\r\n"))
+    return smime.Decryptor([gw.key]).decrypt_message(out).message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"one line without end",
+        b"a\nb\n",
+        b"a\r\nb\r\n",
+        b"x" * 100 + b"\n" + b"y" * 100_000,  # header-like start, then one long line
+        b"line\r\n" * 100 + b"late bare LF\n" + b"z" * 10,
+    ],
+)
+def test_message_bodies_come_back_as_crlf(body: bytes) -> None:
+    message = b"Subject: s\nContent-Type: text/plain\n\n" + body
+    clear = _round_trip(message)
+    assert clear == OUTER + b"Content-Type: text/plain\r\n\r\n" + mime.to_crlf(body)
+
+
+@pytest.mark.parametrize("pad", range(1, 17))
+def test_padding_bytes_never_leak_into_the_line_end_check(pad: int) -> None:
+    """Every pad length (pad 10 is ten LF bytes) decrypts to the exact canonical content."""
+    entity = b"Content-Type: text/plain\r\n\r\n"
+    entity += b"t" * ((16 - (len(entity) + 2 + pad) % 16) % 16) + b"\r\n"
+    assert 16 - len(entity) % 16 == pad
+    clear = _round_trip(b"Subject: s\r\n" + entity)
+    assert clear == OUTER + entity
+
+
+def test_lf_content_from_another_sender_is_converted() -> None:
+    """openssl cms -binary and others may encrypt LF text: the result is still CRLF."""
+    gw = gateway()
+    entity = b"Content-Type: text/plain\n\nhello\nworld\n"
+    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(entity)
+    builder = builder.add_recipient(container("bob@b.example", gw))
+    builder = builder.set_content_encryption_algorithm(algorithms.AES256)
+    der = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
+    message = b"Subject: s\r\n" + mime.b64_lines(
+        der,
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\n",
+    )
+    clear = smime.Decryptor([gw.key]).decrypt_message(message).message
+    assert clear == b"Subject: s\r\nContent-Type: text/plain\r\n\r\nhello\r\nworld\r\n"
+
+
+def test_corrupt_base64_in_a_message_is_the_uniform_error() -> None:
+    gw = gateway()
+    out = smime.encrypt_message(b"Subject: s\r\n\r\nhi\r\n", [container("bob@b.example", gw)])
+    head, _, body = out.partition(b"\r\n\r\n")
+    corrupt = head + b"\r\n\r\n" + body[:40] + b"!" + body[41:]
+    with pytest.raises(DecryptError) as caught:
+        smime.Decryptor([gw.key]).decrypt_message(corrupt)
+    assert str(caught.value) == str(DecryptError())
