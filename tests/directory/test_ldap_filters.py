@@ -82,7 +82,8 @@ def test_dn_normalisation() -> None:
 
 
 def test_escape_value_round_trips() -> None:
-    for value in ["a+b@x.org", "#hash", " lead", "trail ", 'q"uote', "semi;colon,comma"]:
+    for value in ["a+b@x.org", "#hash", " lead", "trail ", 'q"uote', "semi;colon,comma",
+                  "plain@x.org", "mid#dle sp@x.org", "back\\slash<>", "nul\0", "nl \n"]:
         dn = f"mail={escape_value(value)},dc=keypost"
         assert parse_dn(dn)[0] == (("mail", value.casefold()),)
 

@@ -8,6 +8,7 @@ naming attribute the directory uses - dc, mail, cn, uid, o, ou - matches case-in
 from __future__ import annotations
 
 import functools
+import re
 
 from keypost.core.errors import KeypostError
 
@@ -130,8 +131,15 @@ def is_within(dn: Dn, base: Dn) -> bool:
     return len(dn) >= len(base) and dn[len(dn) - len(base) :] == base
 
 
+# Anything escape_value would change: most addresses have none of it, and a fresh
+# entry's DN is built once per new address.
+_NEEDS_ESCAPE = re.compile(r'[,+"\\<>;\0]|^[# ]| $')
+
+
 def escape_value(value: str) -> str:
     """Escape an attribute value for use in a DN string (RFC 4514 2.4)."""
+    if _NEEDS_ESCAPE.search(value) is None:
+        return value
     out = []
     for k, c in enumerate(value):
         if c in ',+"\\<>;' or (c == "#" and k == 0) or c == "\0":
