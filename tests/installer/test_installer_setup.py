@@ -95,9 +95,11 @@ def test_terminal_refusal_saves_nothing_and_anonymous_gets_no_password(ca_pem: s
 
 
 def test_gui_needs_pywebview_and_a_display() -> None:
-    has = lambda name: name == "webview"  # noqa: E731
+    has = lambda name: name in ("webview", "qtpy", "PyQt6")  # noqa: E731
     assert gui_available("linux", {"DISPLAY": ":0"}, has) is True
     assert gui_available("linux", {}, has) is False
+    no_backend = lambda name: name == "webview"  # noqa: E731
+    assert gui_available("linux", {"DISPLAY": ":0"}, no_backend) is False
     assert gui_available("win32", {}, has) is True
     assert gui_available("darwin", {"DISPLAY": ":0"}, lambda _n: False) is False
 

@@ -42,12 +42,22 @@ def anchor_fingerprint(pem: str) -> tuple[str, str]:
 def gui_available(
     os_name: OS, environ: Mapping[str, str], has_module: Callable[[str], bool]
 ) -> bool:
-    """A window can open: pywebview is installed and (on Linux) there is a display."""
+    """A window can open: pywebview is installed and (on Linux) a GUI backend and a display."""
     if not has_module("webview"):
         return False
     if os_name == "linux":
-        return bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+        has_display = bool(environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+        return has_display and _linux_backend(has_module) is not None
     return True
+
+
+def _linux_backend(has_module: Callable[[str], bool]) -> str | None:
+    # pywebview tries GTK first and logs a traceback when PyGObject is missing; name the
+    # backend that is there instead (Qt from the PyPI wheels when no PyGObject).
+    if has_module("gi"):
+        return "gtk"
+    qt_bindings = ("PyQt6", "PySide6", "PyQt5", "PySide2")
+    return "qt" if has_module("qtpy") and any(map(has_module, qt_bindings)) else None
 
 
 def ask_terminal(
@@ -95,6 +105,11 @@ class WindowApi:
 
     def __init__(self, python: str | None) -> None:
         self._python = python
+        self._window: Any = None  # set once the window exists; private so JS does not see it
+        self.saved = False
+
+    def attach(self, window: Any) -> None:
+        self._window = window
 
     def fingerprint(self, pem: str) -> dict[str, str]:
         try:
@@ -113,23 +128,41 @@ class WindowApi:
             status = save(answers, self._python)
         except KeypostError as exc:
             return {"error": str(exc)}
+        self.saved = True
         return {"ok": f"Saved: {status.get('directory')}"}
 
+    def close(self) -> None:
+        """Cancel (before saving) or Close (after): either way nothing more is written."""
+        if self._window is not None:
+            self._window.destroy()
 
-def _run_window(python: str | None) -> None:
+
+def open_window(python: str | None, on_start: Callable[[Any], None] | None = None) -> int:
+    """Show the window until it is closed; 0 when the settings were saved, else 1.
+
+    `on_start(window)` runs in pywebview's worker thread once the GUI loop is up (tests drive
+    the page through it as a user would)."""
     webview: Any = importlib.import_module("webview")
+    has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
+    gui = _linux_backend(has) if current_os() == "linux" else None
+    if gui == "qt" and hasattr(os, "geteuid") and os.geteuid() == 0:
+        # Chromium (Qt WebEngine) refuses to start its sandbox as root.
+        os.environ.setdefault("QTWEBENGINE_CHROMIUM_FLAGS", "--no-sandbox")
     html = (Path(__file__).parent / "setup_window.html").read_text("utf-8")
-    webview.create_window(
-        "keypost setup", html=html, js_api=WindowApi(python), width=560, height=520
-    )
-    webview.start()
+    api = WindowApi(python)
+    window = webview.create_window("keypost setup", html=html, js_api=api, width=560, height=600)
+    api.attach(window)
+    if on_start is None:
+        webview.start(gui=gui)
+    else:
+        webview.start(on_start, window, gui=gui)
+    return 0 if api.saved else 1
 
 
 def run(terminal: bool = False, python: str | None = None) -> int:
     has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
     if not terminal and gui_available(current_os(), os.environ, has):
-        _run_window(python)
-        return 0
+        return open_window(python)
     answers = ask_terminal()
     if answers is None:
         return 1
