@@ -10,12 +10,14 @@ malformation becomes SmimeError; nothing else escapes.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from keypost.core.errors import SmimeError
 from keypost.core.types import Capability
@@ -42,11 +44,18 @@ OID_SIGNING_TIME = _oid("1.2.840.113549.1.9.5")
 OID_SMIME_CAPABILITIES = _oid("1.2.840.113549.1.9.15")
 OID_ECDSA_SHA256 = _oid("1.2.840.10045.4.3.2")
 
+OID_AES256_CBC = _oid("2.16.840.1.101.3.4.1.42")
+OID_AES128_CBC = _oid("2.16.840.1.101.3.4.1.2")
 # Content ciphers: OID -> (name, key length). AES-192 is read, never written.
 CONTENT_CIPHERS: dict[bytes, tuple[str, int]] = {
-    _oid("2.16.840.1.101.3.4.1.42"): (Capability.AES256_CBC.value, 32),
+    OID_AES256_CBC: (Capability.AES256_CBC.value, 32),
     _oid("2.16.840.1.101.3.4.1.22"): ("aes192-cbc", 24),
-    _oid("2.16.840.1.101.3.4.1.2"): (Capability.AES128_CBC.value, 16),
+    OID_AES128_CBC: (Capability.AES128_CBC.value, 16),
+}
+# What the writer uses for each negotiated capability: (OID, key length).
+WRITTEN_CIPHERS: dict[Capability, tuple[bytes, int]] = {
+    Capability.AES256_CBC: (OID_AES256_CBC, 32),
+    Capability.AES128_CBC: (OID_AES128_CBC, 16),
 }
 
 DIGESTS: dict[bytes, hashes.HashAlgorithm] = {
@@ -287,6 +296,69 @@ def name_from_der(der: bytes) -> x509.Name:
         return x509.Name.from_bytes(der)
     except ValueError as exc:
         raise _bad("malformed issuer name in CMS structure") from exc
+
+
+# EnvelopedData: writing ---------------------------------------------------------------
+
+
+def _der_head(tag: int, length: int) -> bytes:
+    """Tag and definite length of an element whose content is written separately."""
+    if length < 0x80:
+        return bytes((tag, length))
+    size = length.to_bytes((length.bit_length() + 7) // 8, "big")
+    return bytes((tag, 0x80 | len(size))) + size
+
+
+_RSA_KEY_TRANSPORT = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_RSA_ENCRYPTION) + der_tlv(T_NULL, b""))
+
+
+def build_enveloped(
+    content: bytes, recipients: Sequence[x509.Certificate], cipher: Capability
+) -> bytearray:
+    """ContentInfo with EnvelopedData v0 (RFC 5652 6.1) as DER: one KeyTransRecipientInfo
+    per certificate (issuer+serial, RSA PKCS#1 v1.5, as PKCS7EnvelopeBuilder and the mail
+    clients write it), `content` in AES-CBC with a fresh key and IV.
+
+    Written here instead of by PKCS7EnvelopeBuilder, which costs ~0.1 ms besides AES for a
+    100 KB body (AES itself ~0.12 ms); here the rest is one RSA public operation per
+    recipient (~0.025 ms) and a few small DER headers. The content is not copied before
+    AES (the last partial block is padded on its own) and AES writes the ciphertext into
+    the result (a bytearray: bytes() of it would copy 10 MB once more for nothing).
+    Recipients must be RSA (callers check and explain)."""
+    oid, key_len = WRITTEN_CIPHERS[cipher]
+    cek, iv = os.urandom(key_len), os.urandom(16)
+    infos: list[bytes] = []
+    for cert in recipients:
+        key = cert.public_key()
+        if not isinstance(key, rsa.RSAPublicKey):
+            raise SmimeError("EnvelopedData recipients must have RSA keys")
+        rid = der_tlv(T_SEQUENCE, cert.issuer.public_bytes() + _der_int(cert.serial_number))
+        wrapped = der_tlv(T_OCTETS, key.encrypt(cek, padding.PKCS1v15()))
+        infos.append(der_tlv(T_SEQUENCE, _der_int(0) + rid + _RSA_KEY_TRANSPORT + wrapped))
+    cut = len(content) - len(content) % 16
+    pad = 16 - len(content) % 16
+    size = cut + 16
+    eci = (
+        der_tlv(T_OID, OID_DATA)
+        + der_tlv(T_SEQUENCE, der_tlv(T_OID, oid) + der_tlv(T_OCTETS, iv))
+        + _der_head(T_CTX0_PRIM, size)  # encryptedContent [0] IMPLICIT OCTET STRING
+    )
+    env = _der_int(0) + _der_set(infos) + _der_head(T_SEQUENCE, len(eci) + size) + eci
+    env = _der_head(T_SEQUENCE, len(env) + size) + env
+    info = der_tlv(T_OID, OID_ENVELOPED_DATA) + _der_head(T_CTX0, len(env) + size) + env
+    head = _der_head(T_SEQUENCE, len(info) + size) + info
+    # AES writes straight after the DER header: no join copies the ciphertext afterwards.
+    # update_into wants block_size - 1 spare bytes, cut off at the end.
+    out = bytearray(len(head) + size + 15)
+    out[: len(head)] = head
+    view = memoryview(out)
+    encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
+    at = len(head) + encryptor.update_into(memoryview(content)[:cut], view[len(head) :])
+    at += encryptor.update_into(content[cut:] + bytes((pad,)) * pad, view[at:])
+    encryptor.finalize()  # CBC over whole blocks: nothing is held back
+    view.release()
+    del out[at:]
+    return out
 
 
 # SignedData: writing ------------------------------------------------------------------

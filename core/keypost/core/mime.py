@@ -269,7 +269,7 @@ _FAST_B64: Any = _load_fast_base64()
 BASE64_BACKEND = "pybase64" if _FAST_B64 is not None else "binascii"
 
 
-def b64_lines(data: bytes | memoryview, head: bytes = b"") -> bytes:
+def b64_lines(data: bytes | bytearray | memoryview, head: bytes = b"") -> bytes:
     """`head` (empty or ending in CRLF) + base64 of `data` in 76-column CRLF lines."""
     if head and not head.endswith(CRLF):
         raise ValueError("head must end with CRLF")
@@ -279,7 +279,7 @@ def b64_lines(data: bytes | memoryview, head: bytes = b"") -> bytes:
     return _b64_lines_stdlib(data, head)
 
 
-def _b64_lines_stdlib(data: bytes | memoryview, head: bytes) -> bytes:
+def _b64_lines_stdlib(data: bytes | bytearray | memoryview, head: bytes) -> bytes:
     """binascii encodes in one C call; the 76-byte lines are then cut by struct.iter_unpack
     (C-level iteration) and joined, the fastest pure-stdlib wrap measured (a Python slice
     loop costs ~1.6x, base64.encodebytes ~2x). `head` rides in the same join, so a 10 MB

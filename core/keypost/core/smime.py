@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import functools
 import hmac
 import os
 import secrets
@@ -17,11 +18,10 @@ from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.serialization import pkcs7
 
 from keypost.core import cms
 from keypost.core import mime as m
@@ -42,10 +42,6 @@ _ENVELOPED_HEADERS = (
     b"Content-Disposition: attachment; filename=smime.p7m\r\n"
     b"Content-Description: S/MIME Encrypted Message\r\n"
 )
-_AES: dict[Capability, type[algorithms.AES128] | type[algorithms.AES256]] = {
-    Capability.AES256_CBC: algorithms.AES256,
-    Capability.AES128_CBC: algorithms.AES128,
-}
 _DROPPED_OUTER = ("bcc", "resent-bcc", "mime-version")
 # Signatures within this distance of the Date header are accepted by Thunderbird.
 MAX_DATE_SKEW = dt.timedelta(hours=1)
@@ -54,6 +50,8 @@ FUTURE_SKEW = dt.timedelta(minutes=5)
 
 def _check_rsa_recipient(cert: x509.Certificate) -> None:
     key = cert.public_key()
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= checks.MIN_RSA_BITS:
+        return  # the usual case: the name (~8 us to format) is only needed to explain
     who = cert.subject.rfc4514_string() or f"serial {cert.serial_number:x}"
     if not isinstance(key, rsa.RSAPublicKey):
         raise SmimeError(
@@ -62,6 +60,17 @@ def _check_rsa_recipient(cert: x509.Certificate) -> None:
         )
     if key.key_size < checks.MIN_RSA_BITS:
         raise SmimeError(f"recipient {who} has an RSA-{key.key_size} key; RSA-2048+ required")
+
+
+_MAX_CACHED_CAPABILITIES = 512  # bytes: a directory's containers all carry the same short value
+_cached_capabilities = functools.lru_cache(maxsize=64)(decode_smime_capabilities)
+
+
+def _decode_capabilities(raw: bytes) -> Sequence[Capability]:
+    """Decoding costs ~12 us per certificate and message; the values repeat."""
+    if len(raw) > _MAX_CACHED_CAPABILITIES:
+        return decode_smime_capabilities(raw)
+    return _cached_capabilities(raw)
 
 
 def _capabilities(cert: x509.Certificate) -> set[Capability]:
@@ -76,7 +85,7 @@ def _capabilities(cert: x509.Certificate) -> set[Capability]:
     if not isinstance(value, x509.UnrecognizedExtension):
         return all_caps
     try:
-        caps = set(decode_smime_capabilities(value.value))
+        caps = set(_decode_capabilities(value.value))
     except ContainerError as exc:
         raise SmimeError("recipient certificate has a malformed SMIMECapabilities") from exc
     return caps or all_caps  # only algorithms we do not know: fall back to the defaults
@@ -94,21 +103,20 @@ def choose_cipher(recipients: Sequence[x509.Certificate]) -> Capability:
     raise SmimeError("the recipients share no content-encryption algorithm (AES-128/256-CBC)")
 
 
-def _envelope(entity: bytes, recipients: Sequence[x509.Certificate], head: bytes) -> bytes:
-    """CRLF entity -> `head` + the base64 lines of its EnvelopedData."""
+def envelope_der(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytearray:
+    """A canonical CRLF entity -> EnvelopedData DER for `recipients` (RSA >= 2048 only),
+    with the best content cipher they all accept. Raises SmimeError."""
     if not recipients:
         raise SmimeError("no recipient certificates to encrypt for")
     for cert in recipients:
         _check_rsa_recipient(cert)
-    cipher = choose_cipher(recipients)
-    builder = pkcs7.PKCS7EnvelopeBuilder().set_data(entity)
-    for cert in recipients:
-        builder = builder.add_recipient(cert)
-    builder = builder.set_content_encryption_algorithm(_AES[cipher])
-    # DER + our own base64: Encoding.SMIME goes through the email package (10-18x slower);
-    # Binary: the entity is already canonical CRLF, so no conversion pass is needed.
-    der = builder.encrypt(serialization.Encoding.DER, [pkcs7.PKCS7Options.Binary])
-    return m.b64_lines(der, head)
+    return cms.build_enveloped(entity, recipients, choose_cipher(recipients))
+
+
+def _envelope(entity: bytes, recipients: Sequence[x509.Certificate], head: bytes) -> bytes:
+    """CRLF entity -> `head` + the base64 lines of its EnvelopedData. DER + our own base64:
+    Encoding.SMIME goes through the email package (10-18x slower)."""
+    return m.b64_lines(envelope_der(entity, recipients), head)
 
 
 def encrypt_entity(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
