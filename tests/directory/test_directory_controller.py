@@ -261,3 +261,29 @@ def test_batch_writer_writes_everything_handed_over_before_close(
     for record in issued:
         stored = controller.store.issued(record.key)
         assert stored is not None and stored.serial == record.serial
+
+
+def test_batch_writer_keeps_a_queued_batch_whose_caller_was_cancelled(
+        controller: Controller, tmp_path: Path) -> None:
+    # At shutdown the maintenance task is cancelled, possibly while its batch waits in
+    # the writer's queue: the batch must still be written before close() returns.
+    import asyncio
+    import threading
+
+    from keypost.directory.writer import sqlite_writer
+
+    controller.answer(Requestor.anonymous(), ["q1@example.com", "q2@example.com"], None, "t")
+    issued, audit = controller.take_pending()
+    writer = sqlite_writer(tmp_path / "d.db")
+    busy = threading.Event()
+
+    async def run() -> None:
+        writer._pool.submit(busy.wait)  # the worker is busy: the next batch is queued
+        task = asyncio.ensure_future(writer.write(issued, audit))
+        await asyncio.sleep(0)
+        task.cancel()
+        busy.set()
+        await writer.close()
+
+    asyncio.run(run())
+    assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)

@@ -40,8 +40,10 @@ class BatchWriter:
 
     async def write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> None:
         if issued or audit:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._write, issued,
-                                                             audit)
+            batch = asyncio.wrap_future(self._pool.submit(self._write, issued, audit))
+            # A caller cancelled at shutdown must not cancel a batch still queued: its
+            # records would be lost. Shielded, it stays queued ahead of close().
+            await asyncio.shield(batch)
 
     def _close(self) -> None:
         if self._store is not None:
