@@ -1,11 +1,11 @@
 """Batch writes off the event loop: one thread with its own store connection.
 
-Writing a second's worth of new containers and audit records took the event loop's
-thread away for the commit and, every thousand pages, a WAL checkpoint with its fsync:
-with a new address on every search that blocked answers for a third of the time. The
-sqlite3 module releases the GIL while SQLite works, so here the loop keeps answering.
-One worker keeps the batches in order; SQLite's WAL lets the loop's connection read
-meanwhile.
+Writing a second's worth of new containers and audit records held the event loop's
+thread for the commit and, every thousand WAL pages, a checkpoint with its fsync: wall
+time in which no search was answered. The sqlite3 module releases the GIL while SQLite
+works, so here the loop keeps answering (the write's CPU, ~14 us per new container, is
+unchanged). One worker keeps the batches in order; SQLite's WAL lets the loop's
+connection read meanwhile.
 """
 
 from __future__ import annotations
