@@ -50,8 +50,10 @@ _LINE_PROBES = 64  # lines walked one by one before is_canonical switches to cou
 def is_canonical(data: bytes, start: int = 0, end: int | None = None) -> bool:
     """Every LF in data[start:end] is part of a CRLF. No copy. The first lines are walked
     with find() (memchr speed): a header block followed by a body without line breaks, or
-    a bare LF early on, is settled after a few microseconds; longer texts are settled by
-    two C-level counts over the rest (~2 ms + ~4 ms per 10 MB, measured)."""
+    a bare LF early on, is settled after a few microseconds (10 MB without line breaks:
+    ~0.4 ms). Longer texts are settled by two C-level counts over the rest: ~20 ms for
+    10 MB of 78-byte CRLF lines, mostly the two-byte count, and still the fastest
+    stdlib way measured (a find() loop over the lines, splitlines or a regex cost more)."""
     stop = len(data) if end is None else end
     pos = start
     for _ in range(_LINE_PROBES):
