@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from keypost.core import smime
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
-from keypost.core.mime import BASE64_BACKEND, b64_decode, split_entity
+from keypost.core.mime import BASE64_BACKEND, b64_decode, b64_lines, split_entity
 from keypost.core.types import Purpose
 
 
@@ -61,6 +61,11 @@ def compare(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
+    parser.add_argument(
+        "--lines",
+        action="store_true",
+        help="body of 76-column CRLF lines (like a base64 attachment) instead of one long line",
+    )
     args = parser.parse_args()
 
     ca = DirectoryCA.generate()
@@ -74,12 +79,17 @@ def main() -> None:
     recips = [container]
     aes_key, iv = os.urandom(32), os.urandom(16)
 
+    shape = "76-column CRLF lines" if args.lines else "one line"
     print(f"base64 backend: {BASE64_BACKEND}; AES = cryptography AES-256-CBC, same bytes")
+    print(f"body: {shape}")
     print(f"{'body':>6} {'operation':<32} {'engine ms':>10} {'AES ms':>8} {'ratio':>6}")
     for label, size, repeat in (("100 KB", 100_000, 300), ("10 MB", 10_000_000, 21)):
         if args.quick:
             repeat = max(2, repeat // 4)
-        body = os.urandom(size * 3 // 4).hex().encode()[:size]  # text-like, no line ends
+        if args.lines:  # every line end is looked at by the canonical-CRLF checks
+            body = b64_lines(os.urandom(size * 3 // 4))[:size]
+        else:
+            body = os.urandom(size * 3 // 4).hex().encode()[:size]  # text-like, no line ends
         entity = b"Content-Type: application/octet-stream\r\n\r\n" + body
         message = b"From: a@a.example\r\nTo: bob@b.example\r\nSubject: bench\r\n" + entity
         padded = entity + bytes([16 - len(entity) % 16]) * (16 - len(entity) % 16)
