@@ -18,6 +18,7 @@ from keypost.installer.setup_wizard import (
     anchor_fingerprint,
     ask_terminal,
     gui_available,
+    has_module,
 )
 
 
@@ -95,11 +96,12 @@ def test_terminal_refusal_saves_nothing_and_anonymous_gets_no_password(ca_pem: s
 
 
 def test_gui_needs_pywebview_and_a_display() -> None:
-    has = lambda name: name in ("webview", "qtpy", "PyQt6")  # noqa: E731
+    has = lambda name: name in ("webview", "qtpy", "PyQt6.QtWebEngineWidgets")  # noqa: E731
     assert gui_available("linux", {"DISPLAY": ":0"}, has) is True
     assert gui_available("linux", {}, has) is False
-    no_backend = lambda name: name == "webview"  # noqa: E731
+    no_backend = lambda name: name in ("webview", "qtpy", "PyQt6")  # no WebEngine wheel  # noqa: E731
     assert gui_available("linux", {"DISPLAY": ":0"}, no_backend) is False
+    assert has_module("json") and not has_module("no_such_pkg.sub")
     assert gui_available("win32", {}, has) is True
     assert gui_available("darwin", {"DISPLAY": ":0"}, lambda _n: False) is False
 

@@ -30,7 +30,7 @@ from host.host_support import (
 )
 from proc_util import stop
 
-from keypost.installer.setup_wizard import gui_available
+from keypost.installer.setup_wizard import gui_available, has_module
 
 DRIVER = Path(__file__).with_name("setup_window_driver.py")
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -115,8 +115,7 @@ def _answers(directory: Directory, tmp: Path) -> dict[str, str]:
 
 def test_the_window_opens_here(display: str) -> None:
     """The environment the other tests need: pywebview with a backend, and a display."""
-    has = lambda name: __import__("importlib").util.find_spec(name) is not None  # noqa: E731
-    assert gui_available("linux", {"DISPLAY": display}, has), "pywebview or Qt is missing"
+    assert gui_available("linux", {"DISPLAY": display}, has_module), "no pywebview or Qt"
 
 
 def test_window_saves_config_and_keyring_and_rejects_a_bad_url(

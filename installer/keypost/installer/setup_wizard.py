@@ -56,8 +56,17 @@ def _linux_backend(has_module: Callable[[str], bool]) -> str | None:
     # backend that is there instead (Qt from the PyPI wheels when no PyGObject).
     if has_module("gi"):
         return "gtk"
-    qt_bindings = ("PyQt6", "PySide6", "PyQt5", "PySide2")
-    return "qt" if has_module("qtpy") and any(map(has_module, qt_bindings)) else None
+    # Qt needs a binding with its WebEngine module (a separate wheel for PyQt).
+    web_engines = [f"{b}.QtWebEngineWidgets" for b in ("PyQt6", "PySide6", "PyQt5", "PySide2")]
+    return "qt" if has_module("qtpy") and any(map(has_module, web_engines)) else None
+
+
+def has_module(name: str) -> bool:
+    """Importable, without importing it (a dotted name imports only its parent packages)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:  # the parent package is missing
+        return False
 
 
 def ask_terminal(
@@ -108,7 +117,8 @@ class WindowApi:
         self._window: Any = None  # set once the window exists; private so JS does not see it
         self.saved = False
 
-    def attach(self, window: Any) -> None:
+    def _attach(self, window: Any) -> None:
+        # Underscored: pywebview hands every public method to the page's JavaScript.
         self._window = window
 
     def fingerprint(self, pem: str) -> dict[str, str]:
@@ -143,15 +153,14 @@ def open_window(python: str | None, on_start: Callable[[Any], None] | None = Non
     `on_start(window)` runs in pywebview's worker thread once the GUI loop is up (tests drive
     the page through it as a user would)."""
     webview: Any = importlib.import_module("webview")
-    has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
-    gui = _linux_backend(has) if current_os() == "linux" else None
+    gui = _linux_backend(has_module) if current_os() == "linux" else None
     if gui == "qt" and hasattr(os, "geteuid") and os.geteuid() == 0:
         # Chromium (Qt WebEngine) refuses to start its sandbox as root.
         os.environ.setdefault("QTWEBENGINE_CHROMIUM_FLAGS", "--no-sandbox")
     html = (Path(__file__).parent / "setup_window.html").read_text("utf-8")
     api = WindowApi(python)
     window = webview.create_window("keypost setup", html=html, js_api=api, width=560, height=600)
-    api.attach(window)
+    api._attach(window)
     if on_start is None:
         webview.start(gui=gui)
     else:
@@ -160,8 +169,7 @@ def open_window(python: str | None, on_start: Callable[[Any], None] | None = Non
 
 
 def run(terminal: bool = False, python: str | None = None) -> int:
-    has = lambda name: importlib.util.find_spec(name) is not None  # noqa: E731
-    if not terminal and gui_available(current_os(), os.environ, has):
+    if not terminal and gui_available(current_os(), os.environ, has_module):
         return open_window(python)
     answers = ask_terminal()
     if answers is None:
