@@ -48,7 +48,16 @@ def fill(window: Any, answers: dict[str, str]) -> str:
     wait_for(window, "typeof window.pywebview?.api?.save === 'function'")
     for field in ("directory", "username", "password"):
         type_into(window, field, answers[field])
-    type_into(window, "pem", answers["pem"])
+    if answers.get("pem_as_file"):
+        # What choosing a file in the dialog does: a File in the input, then "change".
+        window.evaluate_js(
+            "(() => { const t = new DataTransfer();"
+            f" t.items.add(new File([{json.dumps(answers['pem'])}], 'directory-ca.pem'));"
+            " const e = document.getElementById('file'); e.files = t.files;"
+            " e.dispatchEvent(new Event('change')); })()"
+        )
+    else:
+        type_into(window, "pem", answers["pem"])
     fp_text = "document.getElementById('fp').textContent"
     shown: str = wait_for(window, f"(t => t !== '-' && t)({fp_text})")
     click(window, "confirm")

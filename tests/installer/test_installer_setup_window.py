@@ -148,8 +148,9 @@ def test_window_saves_config_and_keyring_and_rejects_a_bad_url(
 
 def test_cancel_writes_nothing(display: str, directory: Directory, tmp_path: Path) -> None:
     env = _env(tmp_path, display)
-    status, seen = _run_window("cancel", _answers(directory, tmp_path), env)
-    assert seen["fingerprint_shown"].startswith(directory.fingerprint)
+    answers = {**_answers(directory, tmp_path), "pem_as_file": "1"}
+    status, seen = _run_window("cancel", answers, env)
+    assert seen["fingerprint_shown"].startswith(directory.fingerprint), "read from the file"
     assert status == 1
     assert not (tmp_path / "config").exists()
     assert not (tmp_path / "data").exists(), "nothing went to the keyring"
