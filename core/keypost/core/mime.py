@@ -47,7 +47,7 @@ class Header:
 _LINE_PROBES = 64  # lines walked one by one before is_canonical switches to counting
 
 
-def is_canonical(data: bytes, start: int = 0, end: int | None = None) -> bool:
+def is_canonical(data: bytes | bytearray, start: int = 0, end: int | None = None) -> bool:
     """Every LF in data[start:end] is part of a CRLF. No copy. The first lines are walked
     with find() (memchr speed): a header block followed by a body without line breaks, or
     a bare LF early on, is settled after a few microseconds (10 MB without line breaks:
