@@ -129,6 +129,23 @@ def test_b64_lines_refuses_a_head_without_crlf() -> None:
         mime.b64_lines(b"x", b"H: v")
 
 
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("tail", [b"\r\n", b"  \r\n", b"\r\n\r\n", b"\t\r\n \r\n", b""], ids=repr)
+def test_b64_decode_ignores_trailing_whitespace(
+    tail: bytes, fast: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Relays add blank lines or spaces after the last base64 line (RFC 2045 skips them)."""
+    if not fast:
+        monkeypatch.setattr(mime, "_FAST_B64", None)
+    elif mime._FAST_B64 is None:
+        pytest.skip("pybase64 not installed")
+    data = bytes(range(256)) * 3
+    body = mime.b64_lines(data, b"H: v\r\n").partition(b"\r\n")[2].rstrip(b"\r\n")
+    assert mime.b64_decode(body + tail) == data
+    spaced = body.replace(b"\r\n", b" \r\n") + tail  # trailing blank on every line
+    assert mime.b64_decode(spaced) == data
+
+
 @pytest.mark.parametrize(
     "junk", [b"MIIBI", b"MIIBIjANBgkqhkiG9w0BAQEFAAOC\r\nAQ8", b"\r\n", b"!!*~"]
 )
