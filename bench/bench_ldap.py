@@ -19,12 +19,22 @@ how much of a core each server got: on a shared machine a single-threaded server
 smaller share of its core than slapd's thread pool, so CPU per search is the fairer
 comparison of efficiency there.
 
+--breakdown COUNT only measures, in-process with the process CPU clock and no profiler,
+where a miss goes: DirectoryCA.issue in a loop (the anchor), the directory backend's
+lookup of a fresh address, the same with issue replaced by a constant certificate (the
+controller's own work), and the LDAP layer (LdapServer with the static backend, fed
+encoded searches through its protocol object with a transport that drops the answers)
+for never-seen and for repeated searches. No sockets, no event loop: seconds instead of
+minutes, for finding hot spots.
+
     python bench/bench_ldap.py [--seconds 3] [--rounds 3] [--connections 16]
+    python bench/bench_ldap.py --breakdown 20000 [--rounds 3]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import json
 import os
@@ -35,22 +45,29 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
-from keypost.core.address import parse_address
+from keypost.core.address import Address, parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
 from keypost.core.types import Purpose
+from keypost.directory.accounts import Authenticator
+from keypost.directory.controller import Controller
 from keypost.directory.ldap import ber
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
 from keypost.directory.ldap.backend import AddressEntry
+from keypost.directory.ldap.server import LdapServer, _LdapProtocol
+from keypost.directory.ldap_backend import DirectoryLdapBackend
+from keypost.directory.store import GatewayKeyRecord, KeyUse
+from keypost.directory.store.sqlite import SqliteStore
 
 HERE = Path(__file__).resolve().parent
 KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
@@ -61,6 +78,7 @@ ATTRIBUTES = ("userCertificate;binary",)  # what Thunderbird asks for
 
 Result = dict[str, float]
 RATE = "rate"
+LIFETIME = dt.timedelta(hours=24)
 
 
 def free_port() -> int:
@@ -328,12 +346,132 @@ def line(name: str, r: Result) -> str:
             f"  server CPU {cpu:4.0f} us/search, {share:4.2f} cores")
 
 
+class _Sink(asyncio.Transport):
+    """A transport that takes the answers and drops them."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 1) if name == "peername" else default
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        pass
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _ConstantCA:
+    """Hands out one ready certificate: the controller's work without the signing."""
+
+    def __init__(self, certificate: x509.Certificate) -> None:
+        self.certificate = certificate
+
+    def issue(self, request: ContainerRequest, now: dt.datetime | None = None) -> x509.Certificate:
+        return self.certificate
+
+
+def per_call(fn: Callable[[int], None], count: int) -> float:
+    """CPU microseconds per call of fn over `count` distinct arguments."""
+    start = time.process_time()
+    for i in range(count):
+        fn(i)
+    return (time.process_time() - start) / count * 1e6
+
+
+def bare_issue(ca: DirectoryCA, gateway: GatewayKey,
+               addresses: Sequence[Address]) -> Callable[[int], None]:
+    def issue(i: int) -> None:
+        ca.issue(ContainerRequest(addresses[i], Purpose.ENCRYPT, gateway, LIFETIME))
+
+    return issue
+
+
+def backend_lookup(ca: DirectoryCA | _ConstantCA, pem: bytes, folder: Path,
+                   prefix: str) -> Callable[[int], None]:
+    store = SqliteStore(folder / f"{prefix}.db")
+    fingerprint = GatewayKey.from_pem(pem).fingerprint
+    store.add_domain(DOMAIN, [GatewayKeyRecord(DOMAIN, KeyUse.ENCRYPTION, pem, fingerprint,
+                                               ("aes256-cbc",), dt.datetime.now(dt.UTC))])
+    backend = DirectoryLdapBackend(Controller(store, cast(DirectoryCA, ca)),
+                                   Authenticator(store), SUFFIX)
+
+    def lookup(i: int) -> None:
+        coro = backend.lookup(None, [f"{prefix}{i}@{DOMAIN}"], "127.0.0.1:1")
+        try:  # answers without awaiting: drive the coroutine by hand, as the server does
+            coro.send(None)
+        except StopIteration:
+            return
+        raise RuntimeError("lookup awaited")
+
+    return lookup
+
+
+def ldap_layer(messages: Sequence[bytes]) -> Callable[[int], None]:
+    protocol = _LdapProtocol(LdapServer(StaticBackend((b"\x30" * 830,))), False)
+    protocol.connection_made(_Sink())
+
+    def feed(i: int) -> None:
+        message = messages[i]
+        protocol.read_buffer[: len(message)] = message
+        protocol.buffer_updated(len(message))
+
+    return feed
+
+
+async def measure_breakdown(count: int, rounds: int) -> dict[str, list[float]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    gateway = GatewayKey.from_pem(pem)
+    ca = DirectoryCA.generate("ecdsa-p256", directory_url="ldap://dir.test")
+    constant = _ConstantCA(ca.issue(ContainerRequest(
+        parse_address(f"x@{DOMAIN}"), Purpose.ENCRYPT, gateway, LIFETIME)))
+    out: dict[str, list[float]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-ldap-miss-") as tmp:
+        folder = Path(tmp)
+        for rnd in range(rounds):  # contenders alternate within every round
+            addresses = [parse_address(f"bare{rnd}-{i}@{DOMAIN}") for i in range(count)]
+            fresh = [search_message(f"fresh{rnd}-{i}@{DOMAIN}", i + 1) for i in range(count)]
+            same = [search_message(f"same@{DOMAIN}", i + 1) for i in range(count)]
+            figures = {
+                "bare DirectoryCA.issue (anchor)": per_call(bare_issue(ca, gateway, addresses),
+                                                            count),
+                "backend lookup, fresh address": per_call(
+                    backend_lookup(ca, pem, folder, f"r{rnd}m"), count),
+                "  of it without the signing": per_call(
+                    backend_lookup(constant, pem, folder, f"r{rnd}c"), count),
+                "LDAP layer, never-seen search": per_call(ldap_layer(fresh), count),
+                "LDAP layer, repeated search": per_call(ldap_layer(same), count),
+            }
+            for name, value in figures.items():
+                out.setdefault(name, []).append(value)
+    return out
+
+
+def print_breakdown(count: int, rounds: int) -> None:
+    """--breakdown: where a miss goes, in-process (seconds instead of minutes)."""
+    results = asyncio.run(measure_breakdown(count, rounds))
+    print(f"LDAP miss breakdown, in-process, {count} calls each, "
+          f"median of {rounds} rounds (CPU per call)")
+    medians = {name: statistics.median(values) for name, values in results.items()}
+    for name, value in medians.items():
+        print(f"  {name:34s} {value:7.1f} us")
+    bare = medians["bare DirectoryCA.issue (anchor)"]
+    lookup = medians["backend lookup, fresh address"]
+    layer = medians["LDAP layer, never-seen search"]
+    print("ratios:")
+    print(f"  backend lookup vs bare issue:          {bare / lookup:.2f}x")
+    print(f"  backend + LDAP layer vs bare issue:    {bare / (lookup + layer):.2f}x"
+          "  (no sockets, no event loop)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--log-level", default="warning", help="keypost serve --log-level")
+    parser.add_argument("--breakdown", type=int, metavar="COUNT",
+                        help="only where a miss goes, in-process, COUNT calls per figure")
     parser.add_argument("--serve-static", nargs=2, metavar=("PORT", "CERTS"), help="internal")
     parser.add_argument(
         "--nice",
@@ -345,6 +483,9 @@ def main() -> int:
     args = parser.parse_args()
     global NICE
     NICE = args.nice
+    if args.breakdown:
+        print_breakdown(args.breakdown, args.rounds)
+        return 0
     if args.serve_static:
         serve_static(int(args.serve_static[0]), Path(args.serve_static[1]))
         return 0
