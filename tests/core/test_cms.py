@@ -38,6 +38,24 @@ def test_enveloped_der_is_strict_der_and_decrypts_elsewhere(size: int) -> None:
     assert smime.Decryptor([gw.key]).decrypt_der(der)[0] == content
 
 
+@pytest.mark.parametrize("head_size", [1, 5, 15, 16, 17, 40])
+@pytest.mark.parametrize("size", [0, 1, 11, 15, 16, 17, 33, 1000])
+def test_enveloped_head_and_content_encrypt_as_their_concatenation(
+    head_size: int, size: int
+) -> None:
+    """A header block given apart from the body: parts that end inside an AES block are
+    carried over into the next one, whatever the two lengths."""
+    gw = gateway()
+    bob = container("bob@b.example", gw)
+    head = b"H" * head_size
+    content = (bytes(range(256)) * 4)[:size]
+    for body in (content, memoryview(b"." + content)[1:]):
+        der = bytes(cms.build_enveloped(body, [bob], Capability.AES256_CBC, head))
+        info, rest = der_decoder.decode(der, asn1Spec=rfc5652.ContentInfo())
+        assert rest == b"" and der_encoder.encode(info) == der
+        assert pkcs7.pkcs7_decrypt_der(der, bob, gw.key, []) == head + content
+
+
 def test_each_envelope_has_its_own_key_and_iv() -> None:
     gw = gateway()
     bob = container("bob@b.example", gw)

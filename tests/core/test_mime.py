@@ -94,6 +94,20 @@ def test_canonical_entity_at_an_offset() -> None:
     assert mime.canonical_entity(inner, b"\n", 0) == b"Content-Type: text/plain\r\n\r\n\r\n"
 
 
+def test_canonical_entity_parts_join_to_the_entity_and_keep_a_canonical_body() -> None:
+    lf = b"Subject: s\nContent-Type: text/plain\n\nbody\nline\n"
+    for message in (lf, lf.replace(b"\n", b"\r\n")):
+        headers, start = mime.split_entity_at(message)
+        inner = [h for h in headers if mime.is_content_header(h)]
+        head, body = mime.canonical_entity_parts(inner, message, start)
+        assert head + bytes(body) == mime.canonical_entity(inner, message, start)
+        if message is lf:
+            assert head == b""  # fixed up as a whole
+        else:  # the caller's body itself, not a copy
+            assert isinstance(body, memoryview) and body.obj is message
+            assert head == b"Content-Type: text/plain\r\n\r\n"
+
+
 # base64 lines --------------------------------------------------------------------------
 
 

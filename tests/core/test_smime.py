@@ -433,7 +433,8 @@ def test_base64_backends_agree_with_the_stdlib(fast: bool, monkeypatch: pytest.M
         monkeypatch.setattr(mime, "_FAST_B64", None)
     elif mime._FAST_B64 is None:
         pytest.skip("pybase64 not installed")
-    for size in (0, 1, 56, 57, 58, 114, 1000, 100_003):
+    # 57 bytes = one line; lines are cut in blocks of 1024, 512, ..., 1: cross each edge
+    for size in (0, 1, 56, 57, 58, 114, 1000, 100_003, 57 * 1024 - 1, 57 * 1024, 57 * 2047 + 1):
         data = bytes(range(256)) * (size // 256) + bytes(range(size % 256))
         expected = base64.encodebytes(data).replace(b"\n", b"\r\n")
         assert mime.b64_lines(data) == expected

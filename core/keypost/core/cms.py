@@ -313,16 +313,21 @@ _RSA_KEY_TRANSPORT = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_RSA_ENCRYPTION) + de
 
 
 def build_enveloped(
-    content: bytes, recipients: Sequence[x509.Certificate], cipher: Capability
+    content: bytes | memoryview,
+    recipients: Sequence[x509.Certificate],
+    cipher: Capability,
+    head: bytes = b"",
 ) -> bytearray:
     """ContentInfo with EnvelopedData v0 (RFC 5652 6.1) as DER: one KeyTransRecipientInfo
     per certificate (issuer+serial, RSA PKCS#1 v1.5, as PKCS7EnvelopeBuilder and the mail
-    clients write it), `content` in AES-CBC with a fresh key and IV.
+    clients write it), `head` + `content` in AES-CBC with a fresh key and IV. `head` (a MIME
+    entity's header block) is encrypted in front of the content without joining the two:
+    the join would copy the body once more (~1.2 ms per 10 MB).
 
     Written here instead of by PKCS7EnvelopeBuilder, which costs ~0.1 ms besides AES for a
     100 KB body (AES itself ~0.12 ms); here the rest is one RSA public operation per
     recipient (~0.025 ms) and a few small DER headers. The content is not copied before
-    AES (the last partial block is padded on its own) and AES writes the ciphertext into
+    AES (the padding is a part of its own) and AES writes the ciphertext into
     the result (a bytearray: bytes() of it would copy 10 MB once more for nothing).
     Recipients must be RSA (callers check and explain)."""
     oid, key_len = WRITTEN_CIPHERS[cipher]
@@ -335,9 +340,8 @@ def build_enveloped(
         rid = der_tlv(T_SEQUENCE, cert.issuer.public_bytes() + _der_int(cert.serial_number))
         wrapped = der_tlv(T_OCTETS, key.encrypt(cek, padding.PKCS1v15()))
         infos.append(der_tlv(T_SEQUENCE, _der_int(0) + rid + _RSA_KEY_TRANSPORT + wrapped))
-    cut = len(content) - len(content) % 16
-    pad = 16 - len(content) % 16
-    size = cut + 16
+    pad = 16 - (len(head) + len(content)) % 16
+    size = len(head) + len(content) + pad
     eci = (
         der_tlv(T_OID, OID_DATA)
         + der_tlv(T_SEQUENCE, der_tlv(T_OID, oid) + der_tlv(T_OCTETS, iv))
@@ -346,15 +350,17 @@ def build_enveloped(
     env = _der_int(0) + _der_set(infos) + _der_head(T_SEQUENCE, len(eci) + size) + eci
     env = _der_head(T_SEQUENCE, len(env) + size) + env
     info = der_tlv(T_OID, OID_ENVELOPED_DATA) + _der_head(T_CTX0, len(env) + size) + env
-    head = _der_head(T_SEQUENCE, len(info) + size) + info
+    der = _der_head(T_SEQUENCE, len(info) + size) + info
     # AES writes straight after the DER header: no join copies the ciphertext afterwards.
-    # update_into wants block_size - 1 spare bytes, cut off at the end.
-    out = bytearray(len(head) + size + 15)
-    out[: len(head)] = head
+    # update_into wants block_size - 1 spare bytes, cut off at the end; a part that ends
+    # inside a block is held back by the encryptor until the next one completes it.
+    out = bytearray(len(der) + size + 15)
+    out[: len(der)] = der
     view = memoryview(out)
     encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
-    at = len(head) + encryptor.update_into(memoryview(content)[:cut], view[len(head) :])
-    at += encryptor.update_into(content[cut:] + bytes((pad,)) * pad, view[at:])
+    at = len(der)
+    for part in (head, content, bytes((pad,)) * pad):
+        at += encryptor.update_into(part, view[at:])
     encryptor.finalize()  # CBC over whole blocks: nothing is held back
     view.release()
     del out[at:]

@@ -14,7 +14,7 @@ import importlib
 import itertools
 import re
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,6 @@ from keypost.core.errors import SmimeError
 
 CRLF = b"\r\n"
 LINE = 76  # RFC 2045 6.8: encoded lines are at most 76 characters
-_LINE_STRUCT = struct.Struct(f"{LINE}s")
 
 
 @dataclass(frozen=True)
@@ -166,10 +165,22 @@ def canonical_entity(headers: Sequence[Header], data: bytes, start: int = 0) -> 
     """Header fields + CRLF + data[start:] as one canonical entity (see `canonical`). The
     fields are CRLF already, so only the body is scanned; a canonical body is copied once,
     in the join."""
+    head, body = canonical_entity_parts(headers, data, start)
+    if not head:  # body is the whole entity, fixed up: no second copy
+        return bytes(body)
+    return b"".join((head, body))
+
+
+def canonical_entity_parts(
+    headers: Sequence[Header], data: bytes, start: int = 0
+) -> tuple[bytes, bytes | memoryview]:
+    """`canonical_entity` as (header block, body) whose concatenation is the entity, for a
+    consumer that takes the two apart (the envelope encrypts them in sequence): a canonical
+    body comes back as a view of `data`, not copied at all."""
     head = header_lines(headers) + CRLF
     if is_canonical(data, start):
-        return b"".join((head, memoryview(data)[start:]))
-    return canonical(b"".join((head, memoryview(data)[start:])))
+        return head, memoryview(data)[start:]
+    return b"", canonical(b"".join((head, memoryview(data)[start:])))
 
 
 def is_binary(headers: Sequence[Header]) -> bool:
@@ -259,7 +270,7 @@ def content_type_of(headers: Sequence[Header]) -> ContentType:
 
 
 def _load_fast_base64() -> Any:
-    """pybase64 (SIMD) when installed: 4-6x faster base64 decoding and 2x faster wrapped
+    """pybase64 (SIMD) when installed: 4-6x faster base64 decoding and several times faster
     encoding than binascii; same results, same errors (binascii.Error), tested both ways."""
     try:
         return importlib.import_module("pybase64")
@@ -271,30 +282,48 @@ _FAST_B64: Any = _load_fast_base64()
 BASE64_BACKEND = "pybase64" if _FAST_B64 is not None else "binascii"
 
 
+_Unpack = Callable[[bytes, int], tuple[bytes, ...]]
+
+
+def _line_blocks() -> tuple[tuple[int, _Unpack], ...]:
+    """(bytes of base64 text, unpack_from) for 1024, 512, ..., 1 lines of 76 columns."""
+    return tuple(
+        (LINE * count, struct.Struct(f"{LINE}s" * count).unpack_from)
+        for count in (1 << bit for bit in range(10, -1, -1))
+    )
+
+
+_LINE_BLOCKS = _line_blocks()
+
+
 def b64_lines(data: bytes | bytearray | memoryview, head: bytes = b"") -> bytes:
-    """`head` (empty or ending in CRLF) + base64 of `data` in 76-column CRLF lines."""
+    """`head` (empty or ending in CRLF) + base64 of `data` in 76-column CRLF lines.
+
+    The text is encoded in one call (pybase64's SIMD b64encode: ~1 ms per 10 MB), then cut
+    into lines by a struct that unpacks 1024 lines per C call, and each block of lines is
+    joined with CRLF while it is still in the cache; the blocks and `head` meet in one
+    final join. Measured against pybase64's own encodebytes + replace(LF, CRLF), the
+    previous way: 100 KB 0.075 vs 0.15-0.20 ms, 10 MB 11-23 vs 15-47 ms (noisy machine).
+    Blocks of 1024 lines: the whole text cut at once (175k bytes objects alive together
+    for 10 MB) is slower than encodebytes; smaller blocks pay per-call overhead."""
     if head and not head.endswith(CRLF):
         raise ValueError("head must end with CRLF")
     if _FAST_B64 is not None:
-        wrapped: bytes = _FAST_B64.encodebytes(data)  # 76-column lines ending in LF
-        return b"".join((head, wrapped.replace(b"\n", CRLF)))
-    return _b64_lines_stdlib(data, head)
-
-
-def _b64_lines_stdlib(data: bytes | bytearray | memoryview, head: bytes) -> bytes:
-    """binascii encodes in one C call; the 76-byte lines are then cut by struct.iter_unpack
-    (C-level iteration) and joined, the fastest pure-stdlib wrap measured (a Python slice
-    loop costs ~1.6x, base64.encodebytes ~2x). `head` rides in the same join, so a 10 MB
-    message is not copied once more to put its headers in front."""
-    enc = binascii.b2a_base64(data, newline=False)
+        enc: bytes = _FAST_B64.b64encode(data)
+    else:
+        enc = binascii.b2a_base64(data, newline=False)
     full = len(enc) - len(enc) % LINE
-    lines = [chunk for (chunk,) in _LINE_STRUCT.iter_unpack(memoryview(enc)[:full])]
+    pieces = [head]
+    pos = 0
+    for step, unpack in _LINE_BLOCKS:  # 1024 lines while they last, then one of each size
+        while full - pos >= step:
+            pieces.append(CRLF.join(unpack(enc, pos)))
+            pieces.append(CRLF)
+            pos += step
     if full < len(enc):
-        lines.append(enc[full:])
-    lines.append(b"")
-    if head:
-        lines.insert(0, head[:-2])
-    return CRLF.join(lines)
+        pieces.append(enc[full:])
+        pieces.append(CRLF)
+    return b"".join(pieces)
 
 
 def b64_decode(data: bytes | memoryview) -> bytes:

@@ -103,33 +103,51 @@ def choose_cipher(recipients: Sequence[x509.Certificate]) -> Capability:
     raise SmimeError("the recipients share no content-encryption algorithm (AES-128/256-CBC)")
 
 
-def envelope_der(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytearray:
-    """A canonical CRLF entity -> EnvelopedData DER for `recipients` (RSA >= 2048 only),
-    with the best content cipher they all accept. Raises SmimeError."""
+def envelope_der(
+    entity: bytes | memoryview, recipients: Sequence[x509.Certificate], head: bytes = b""
+) -> bytearray:
+    """A canonical CRLF entity (`head` + `entity`: a header block may come separately, so
+    that the body need not be joined to it) -> EnvelopedData DER for `recipients` (RSA >=
+    2048 only), with the best content cipher they all accept. Raises SmimeError."""
     if not recipients:
         raise SmimeError("no recipient certificates to encrypt for")
     for cert in recipients:
         _check_rsa_recipient(cert)
-    return cms.build_enveloped(entity, recipients, choose_cipher(recipients))
+    return cms.build_enveloped(entity, recipients, choose_cipher(recipients), head)
 
 
-def _envelope(entity: bytes, recipients: Sequence[x509.Certificate], head: bytes) -> bytes:
-    """CRLF entity -> `head` + the base64 lines of its EnvelopedData. DER + our own base64:
-    Encoding.SMIME goes through the email package (10-18x slower)."""
-    return m.b64_lines(envelope_der(entity, recipients), head)
+def _envelope(
+    parts: tuple[bytes, bytes | memoryview], recipients: Sequence[x509.Certificate], head: bytes
+) -> bytes:
+    """CRLF entity in two parts -> `head` + the base64 lines of its EnvelopedData. DER +
+    our own base64: Encoding.SMIME goes through the email package (10-18x slower)."""
+    return m.b64_lines(envelope_der(parts[1], recipients, parts[0]), head)
 
 
 def encrypt_entity(entity: bytes, recipients: Sequence[x509.Certificate]) -> bytes:
     """Encrypt a MIME entity (its Content-* headers + body) -> an application/pkcs7-mime
     entity (headers + base64 body, 76-column lines). Raises SmimeError."""
     # Already canonical (the usual case): the caller's bytes are encrypted, no copy.
-    return _envelope(m.canonical(entity), recipients, _ENVELOPED_HEADERS + m.CRLF)
+    return _envelope((b"", m.canonical(entity)), recipients, _ENVELOPED_HEADERS + m.CRLF)
 
 
 def _content_entity(headers: Sequence[m.Header], message: bytes, start: int) -> bytes:
     """The message's content as a CRLF MIME entity: its Content-* fields + the body at
-    message[start:]. A message without Content-Type gets an explicit one (us-ascii, or
-    utf-8 for 8-bit text)."""
+    message[start:]."""
+    return m.canonical_entity(_content_headers(headers, message, start), message, start)
+
+
+def _content_parts(
+    headers: Sequence[m.Header], message: bytes, start: int
+) -> tuple[bytes, bytes | memoryview]:
+    """`_content_entity` as (header block, body), the body not copied when canonical."""
+    inner = _content_headers(headers, message, start)
+    return m.canonical_entity_parts(inner, message, start)
+
+
+def _content_headers(headers: Sequence[m.Header], message: bytes, start: int) -> list[m.Header]:
+    """The message's Content-* fields. A message without Content-Type gets an explicit one
+    (us-ascii, or utf-8 for 8-bit text in the body at message[start:])."""
     inner = [h for h in headers if m.is_content_header(h)]
     if m.find_header(inner, "Content-Type") is None:
         charset = "us-ascii" if message[start:].isascii() else "utf-8"
@@ -137,7 +155,7 @@ def _content_entity(headers: Sequence[m.Header], message: bytes, start: int) -> 
         inner.insert(0, m.Header("Content-Type", line))
         if charset == "utf-8" and m.find_header(inner, "Content-Transfer-Encoding") is None:
             inner.append(m.Header("Content-Transfer-Encoding", b"Content-Transfer-Encoding: 8bit"))
-    return m.canonical_entity(inner, message, start)
+    return inner
 
 
 def _outer_headers(headers: Sequence[m.Header]) -> bytes:
@@ -152,9 +170,9 @@ def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate]) -> b
     Message-ID, ...) stay in the clear; the content (Content-* headers + body) is
     enveloped. Bcc headers are dropped. Returns a complete RFC 5322 message."""
     headers, start = m.split_entity_at(message)
-    entity = _content_entity(headers, message, start)
+    parts = _content_parts(headers, message, start)
     head = _outer_headers(headers) + _ENVELOPED_HEADERS + m.CRLF
-    return _envelope(entity, recipients, head)
+    return _envelope(parts, recipients, head)
 
 
 @dataclass(frozen=True)
