@@ -168,9 +168,7 @@ async def serve(options: ServeOptions) -> None:
         await ldap.close()
         if runner is not None:
             await runner.cleanup()
-        # nothing issued is lost: a batch in flight finishes first, then the rest (and a
-        # batch of misses still waiting for its call_soon is issued and recorded now)
-        controller.run_batch()
+        # nothing issued is lost: a batch in flight finishes first, then the rest
         await writer.write(*controller.take_pending())
         await writer.close()
         authenticator.close()
