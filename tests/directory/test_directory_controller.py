@@ -6,17 +6,15 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from pathlib import Path
-from typing import cast
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey, describe
-from keypost.core.errors import ContainerError
+from keypost.core.containers import DirectoryCA, GatewayKey, describe
 from keypost.core.types import Purpose, Requestor, RequestorKind, Role
-from keypost.directory.controller import Controller, Query, Ticket, address_hash, ldap_purpose
+from keypost.directory.controller import Controller, address_hash, ldap_purpose
 from keypost.directory.store import GatewayKeyRecord, KeyUse
 from keypost.directory.store.sqlite import SqliteStore
 
@@ -289,59 +287,3 @@ def test_batch_writer_keeps_a_queued_batch_whose_caller_was_cancelled(
 
     asyncio.run(run())
     assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
-
-
-class FailingCA:
-    """The real CA, except that it refuses to issue for addresses starting with `fail`."""
-
-    def __init__(self, ca: DirectoryCA) -> None:
-        self.ca = ca
-        self.issued: list[str] = []
-
-    def issue(self, request: ContainerRequest, now: dt.datetime | None = None) -> x509.Certificate:
-        if request.address.local.startswith("fail"):
-            raise ContainerError("refused for the test")
-        self.issued.append(request.address.key())
-        return self.ca.issue(request, now=now)
-
-
-def test_batch_issues_each_new_container_once_for_its_own_address(
-        tmp_path: Path, ca: DirectoryCA, keys: list[rsa.RSAPrivateKey]) -> None:
-    store = SqliteStore(tmp_path / "f.db")
-    store.add_domain("example.com", [record("example.com", keys[0], KeyUse.ENCRYPTION)])
-    flaky = FailingCA(ca)
-    controller = Controller(store, cast(DirectoryCA, flaky), recheck_seconds=0)
-    cached = controller.answer(Requestor.anonymous(), ["old@example.com"], None, "t")
-    asked = [["a@example.com"], ["b@example.com", "old@example.com"], ["A@example.com"],
-             ["fail@example.com"], ["c@example.com", "fail@example.com"], ["old@example.com"]]
-    outs = [controller.submit(Query(Requestor.anonymous(), a), "t") for a in asked]
-    assert isinstance(outs[-1], list)  # everything cached: answered at once
-    assert outs[-1][0] is cached[0]
-    tickets = [o for o in outs if isinstance(o, Ticket)]
-    assert len(tickets) == 5 and flaky.issued == ["old@example.com"]  # nothing signed yet
-    controller.run_batch()
-    # a, b and c signed back to back, once each (a and A are one address); fail refused
-    assert flaky.issued[1:] == ["a@example.com", "b@example.com", "c@example.com"]
-    a, b, big_a, fail, c_and_fail = tickets
-    for ticket, names in ((a, ["a@example.com"]), (b, ["b@example.com", "old@example.com"]),
-                          (big_a, ["A@example.com"])):
-        answers = ticket.outcome()
-        assert [x.address for x in answers] == names
-        for answer in answers:
-            info = describe(x509.load_der_x509_certificate(answer.containers[0].der))
-            assert [x.casefold() for x in info.addresses] == [answer.address.casefold()]
-    assert a.outcome()[0].containers == big_a.outcome()[0].containers
-    assert b.outcome()[1] is cached[0]
-    for failed in (fail, c_and_fail):  # a failed issue fails only the requests needing it
-        with pytest.raises(ContainerError):
-            failed.outcome()
-    assert controller.metrics.cache_misses == 4
-    assert controller.metrics.issued["proxy-encryption"] == 4
-    controller.flush()
-    assert len(store.audit()) == 4  # c was issued (and audited) though its request failed
-    [again] = controller.answer(USER, ["c@example.com"], None, "t")  # and is reused
-    assert describe(x509.load_der_x509_certificate(again.containers[0].der)).addresses == (
-        "c@example.com",)
-    assert controller.metrics.cache_misses == 4
-    with pytest.raises(ContainerError):
-        controller.answer(Requestor.anonymous(), ["fail@example.com"], None, "t")

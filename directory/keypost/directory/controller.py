@@ -13,10 +13,9 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
-from typing import cast
 
 from cryptography import x509
 
@@ -124,58 +123,6 @@ class Answer:
 
 
 @dataclass(frozen=True)
-class Query:
-    """One request to `Controller.answer_batch`: who asks for which addresses, and why
-    (`purpose` None applies the LDAP rule)."""
-
-    requestor: Requestor
-    addresses: Sequence[str]
-    purpose: Purpose | None = None
-
-
-@dataclass(eq=False)
-class _Issue:
-    """A container to issue in the current batch; `container` or `error` once signed."""
-
-    key: CacheKey
-    request: ContainerRequest
-    role: Role
-    domain: str
-    requestor: str  # requestor_label, for the audit record
-    container: Container | None = None
-    error: Exception | None = None
-
-
-@dataclass(frozen=True)
-class _Draft:
-    """An answer waiting for containers of the current batch."""
-
-    address: str
-    address_key: str
-    text: str  # the address as asked (the answer cache's key)
-    parts: list[Container | _Issue]
-
-
-@dataclass(eq=False)
-class Ticket:
-    """A submitted request waiting for the next `Controller.run_batch`."""
-
-    query: Query
-    protocol: str
-    draft: list[Answer | _Draft]
-    started: float  # perf_counter at submit, for the request log and the histogram
-    result: list[Answer] | Exception | None = None
-
-    def outcome(self) -> list[Answer]:
-        """The answers; raises the issue's failure; only after run_batch."""
-        if self.result is None:
-            raise RuntimeError("the batch has not run yet")
-        if isinstance(self.result, Exception):
-            raise self.result
-        return self.result
-
-
-@dataclass(frozen=True)
 class _Snapshot:
     """The store's configuration as parsed values; rebuilt when the store changes."""
 
@@ -215,9 +162,6 @@ class Controller:
         # two dict look-ups, no parsing, no policy, no PKCS#7 building.
         self._answers: OrderedDict[tuple[Requestor, str, Purpose | None], Answer] = OrderedDict()
         self._pending_issued: list[IssuedRecord] = []
-        # Containers to issue and the requests waiting for them (submit / run_batch).
-        self._batch: dict[CacheKey, _Issue] = {}
-        self._tickets: list[Ticket] = []
         self._pending_audit: list[AuditRecord] = []
         # Address keys the store may hold a container for (loaded on the first miss,
         # grown on every issue, reloaded after a purge): a miss for a new address then
@@ -286,62 +230,11 @@ class Controller:
     ) -> list[Answer]:
         """Answers for the well-formed addresses (malformed ones are left out; callers
         that must reject them parse first). `purpose` None applies the LDAP rule."""
-        out = self.submit(Query(requestor, addresses, purpose), protocol, now)
-        if isinstance(out, Ticket):
-            self.run_batch(now)
-            out = out.outcome()
-        return out
-
-    def submit(
-        self, query: Query, protocol: str, now: dt.datetime | None = None
-    ) -> list[Answer] | Ticket:
-        """The answers at once when every container is at hand, else a Ticket that the
-        next `run_batch` completes.
-
-        The containers of all requests submitted before a `run_batch` (and of all
-        addresses of one request) are signed in one tight loop: back to back, with the
-        signing code and its data warm in the CPU caches, signing costs less than between
-        other work (in-process, 16 fresh lookups per batch: ~180-225 us per lookup instead
-        of ~240-285). The LDAP backend does not defer searches to batch them across
-        connections: the Task, timeout and future each deferred search then needs ate
-        the gain in the running server (bench_ldap, A/B rounds)."""
         started = time.perf_counter()
         now = now or dt.datetime.now(dt.UTC)
-        before = len(self._batch)
-        draft = self._draft(self.snapshot(), query, now)
-        if len(self._batch) == before and all(isinstance(a, Answer) for a in draft):
-            answers = cast(list[Answer], draft)
-            self._answered(protocol, query.requestor, answers, started)
-            return answers
-        ticket = Ticket(query, protocol, draft, started)
-        self._tickets.append(ticket)
-        return ticket
-
-    def run_batch(self, now: dt.datetime | None = None) -> None:
-        """Issue the containers of the submitted tickets and complete them. A failed
-        issue fails only the tickets that needed that container (their outcome raises
-        it); the others are answered."""
-        batch, self._batch = self._batch, {}
-        tickets, self._tickets = self._tickets, []
-        if batch:
-            self._issue(batch.values(), now or dt.datetime.now(dt.UTC))
-        for ticket in tickets:
-            result = self._finish(ticket)
-            ticket.result = result
-            if not isinstance(result, Exception):  # failures: counted by the protocol
-                self._answered(ticket.protocol, ticket.query.requestor, result, ticket.started)
-
-    def _answered(self, protocol: str, requestor: Requestor, answers: list[Answer],
-                  started: float) -> None:
-        elapsed = time.perf_counter() - started
-        self._log(protocol, requestor, answers, elapsed)
-        self.metrics.request(protocol, "ok", elapsed)
-
-    def _draft(self, snap: _Snapshot, query: Query, now: dt.datetime) -> list[Answer | _Draft]:
-        """Answers for the cached addresses, drafts for those waiting on an issue."""
-        requestor, purpose = query.requestor, query.purpose
-        answers: list[Answer | _Draft] = []
-        for text in query.addresses:
+        snap = self.snapshot()
+        answers: list[Answer] = []
+        for text in addresses:
             key = (requestor, text, purpose)
             hit = self._answers.get(key)
             if hit is not None and (hit.fresh_until is None or now < hit.fresh_until):
@@ -354,47 +247,24 @@ class Controller:
             except KeypostError:
                 continue
             p = purpose or ldap_purpose(requestor, address)
-            fresh = self._answer_one(snap, requestor, address, text, p, now)
+            fresh = self._answer_one(snap, requestor, address, p, now)
             answers.append(fresh)
-            if isinstance(fresh, Answer):
-                self._cache_answer(key, fresh)
-        return answers
-
-    def _cache_answer(self, key: tuple[Requestor, str, Purpose | None], answer: Answer) -> None:
-        self._answers[key] = answer
-        if len(self._answers) > self._answers_size:
-            self._answers.popitem(last=False)
-
-    def _finish(self, ticket: Ticket) -> list[Answer] | Exception:
-        """The request's answers once its containers are issued (or the first failure)."""
-        query = ticket.query
-        answers: list[Answer] = []
-        for item in ticket.draft:
-            if isinstance(item, Answer):
-                answers.append(item)
-                continue
-            containers: list[Container] = []
-            for part in item.parts:
-                if isinstance(part, Container):
-                    containers.append(part)
-                elif part.container is not None:
-                    containers.append(part.container)
-                else:
-                    assert part.error is not None
-                    return part.error
-            fresh = Answer(item.address, item.address_key, tuple(containers))
-            self._cache_answer((query.requestor, item.text, query.purpose), fresh)
-            answers.append(fresh)
+            self._answers[key] = fresh
+            if len(self._answers) > self._answers_size:
+                self._answers.popitem(last=False)
+        elapsed = time.perf_counter() - started
+        self._log(protocol, requestor, answers, elapsed)
+        self.metrics.request(protocol, "ok", elapsed)
         return answers
 
     def _answer_one(
-        self, snap: _Snapshot, requestor: Requestor, address: Address, text: str,
-        purpose: Purpose, now: dt.datetime,
-    ) -> Answer | _Draft:
+        self, snap: _Snapshot, requestor: Requestor, address: Address, purpose: Purpose,
+        now: dt.datetime,
+    ) -> Answer:
         decision = decide(requestor, address, purpose, snap.view)
         if decision.refused:
             return Answer(str(address), address.key(), (), refused=decision.refused)
-        out: list[Container | _Issue] = []
+        out: list[Container] = []
         for spec in decision.specs:
             if spec.role is Role.GENUINE:
                 # the snapshot may outlive a certificate: check its expiry per answer
@@ -405,23 +275,18 @@ class Controller:
             gateway, fingerprint = snap.keys[(spec.domain, use)]
             out.append(self._container(requestor, address, spec.role, spec.domain, purpose,
                                        gateway, fingerprint, now))
-        if all(isinstance(c, Container) for c in out):
-            return Answer(str(address), address.key(), cast(tuple[Container, ...], tuple(out)))
-        return _Draft(str(address), address.key(), text, out)
+        return Answer(str(address), address.key(), tuple(out))
 
     def _container(
         self, requestor: Requestor, address: Address, role: Role, domain: str,
         purpose: Purpose, gateway: GatewayKey, fingerprint: str, now: dt.datetime,
-    ) -> Container | _Issue:
+    ) -> Container:
         key = CacheKey(address.key(), role.value, fingerprint, purpose.value)
         hit = self._cache.get(key)
         if hit is not None and _fresh(hit, now):
             self._cache.move_to_end(key)
             self.metrics.cache_hits += 1
             return hit
-        pending = self._batch.get(key)
-        if pending is not None:  # the same new container asked for twice in one batch
-            return pending
         known = self._stored
         if known is None:
             known = self._stored = self.store.issued_addresses(now)
@@ -433,37 +298,19 @@ class Controller:
                 self._remember(key, c)
                 self.metrics.cache_hits += 1
                 return c
+        self.metrics.cache_misses += 1
         lifetime = self.lifetimes.sign if purpose is Purpose.SIGN else self.lifetimes.encrypt
-        pending = self._batch[key] = _Issue(
-            key, ContainerRequest(address, purpose, gateway, lifetime), role, domain,
-            requestor_label(requestor))
-        return pending
-
-    def _issue(self, batch: Iterable[_Issue], now: dt.datetime) -> None:
-        """Sign the batch's containers back to back, then record them."""
-        issue = self.ca.issue
-        signed: list[tuple[_Issue, x509.Certificate]] = []
-        for job in batch:
-            try:
-                signed.append((job, issue(job.request, now=now)))
-            except Exception as exc:  # fails the requests needing it (answer_batch)
-                job.error = exc
-        known = self._stored
-        assert known is not None  # loaded by _container before anything is issued
-        for job, cert in signed:
-            key = job.key
-            c = Container(job.role, to_der(cert), cert.serial_number,
-                          cert.not_valid_before_utc, cert.not_valid_after_utc, job.domain)
-            job.container = c
-            self.metrics.cache_misses += 1
-            self.metrics.issued[job.role.value] += 1
-            self._pending_audit.append(AuditRecord(
-                now, job.requestor, address_hash(key.address_key), (job.role.value,),
-                (c.serial,)))
-            self._pending_issued.append(
-                IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
-            known.add(key.address_key)
-            self._remember(key, c)
+        cert = self.ca.issue(ContainerRequest(address, purpose, gateway, lifetime), now=now)
+        c = Container(role, to_der(cert), cert.serial_number, cert.not_valid_before_utc,
+                      cert.not_valid_after_utc, domain)
+        self.metrics.issued[role.value] += 1
+        self._pending_audit.append(AuditRecord(
+            now, requestor_label(requestor), address_hash(key.address_key), (role.value,),
+            (c.serial,)))
+        self._pending_issued.append(IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
+        known.add(key.address_key)
+        self._remember(key, c)
+        return c
 
     def _remember(self, key: CacheKey, container: Container) -> None:
         self._cache[key] = container
