@@ -42,10 +42,30 @@ def test_is_canonical_matches_the_definition_on_any_slice(
     assert mime.is_canonical(data) == _reference_canonical(data)
 
 
+@given(
+    st.lists(st.sampled_from([b"x" * 40, b"\r\n", b"\n", b"\r", b"\r\r\n"]), max_size=300),
+    st.integers(0, 4000),
+    st.integers(0, 13000),
+)
+def test_is_canonical_matches_the_definition_on_long_lines(
+    pieces: list[bytes], start: int, length: int
+) -> None:
+    """Lines averaging 32 bytes or more are scanned by the regex instead of counted."""
+    data = b"".join(pieces)
+    start = min(start, len(data))
+    end = min(start + length, len(data))
+    assert mime.is_canonical(data, start, end) == _reference_canonical(data[start:end])
+    assert mime.is_canonical(data) == _reference_canonical(data)
+
+
 def test_is_canonical_bounds_and_late_bare_lf() -> None:
     lines = b"line\r\n" * 200
     assert mime.is_canonical(lines)
     assert not mime.is_canonical(lines + b"late bare\n")  # after the walked lines
+    long_lines = b"x" * 76 + b"\r\n"  # after the walked lines: the regex, not the counts
+    assert mime.is_canonical(long_lines * 200)
+    for bare in (b"late bare\n", b"\n", b"\n\n", b"\r\r\n\n", b"x\r\n\n"):
+        assert not mime.is_canonical(long_lines * 200 + bare + long_lines * 50)
     assert mime.is_canonical(lines + b"late bare\n", 0, len(lines))  # outside the bounds
     assert not mime.is_canonical(b"\r\nx", 1)  # the CR before `start` does not count
     assert not mime.is_canonical(b"\n")
