@@ -81,7 +81,7 @@ def main() -> None:
 
     shape = "76-column CRLF lines" if args.lines else "one line"
     print(f"base64 backend: {BASE64_BACKEND}; AES = cryptography AES-256-CBC, same bytes")
-    print(f"body: {shape}")
+    print(f"body: {shape}; load average at start {os.getloadavg()[0]:.2f}")
     print(f"{'body':>6} {'operation':<32} {'engine ms':>10} {'AES ms':>8} {'ratio':>6}")
     for label, size, repeat in (("100 KB", 100_000, 300), ("10 MB", 10_000_000, 21)):
         if args.quick:
@@ -127,6 +127,7 @@ def main() -> None:
             print(
                 f"{label:>6} {name:<32} {engine * 1e3:>10.2f} {anchor * 1e3:>8.2f} {ratio:>5.2f}x"
             )
+    print(f"load average at end {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
