@@ -310,6 +310,11 @@ def _der_head(tag: int, length: int) -> bytes:
 
 
 _RSA_KEY_TRANSPORT = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_RSA_ENCRYPTION) + der_tlv(T_NULL, b""))
+# Fixed elements written once (each der_tlv call costs ~0.5 us, ~1/4 of the DER work)
+_VERSION_0 = der_tlv(T_INTEGER, b"\x00")
+_DATA_TYPE = der_tlv(T_OID, OID_DATA)
+_ENVELOPED_TYPE = der_tlv(T_OID, OID_ENVELOPED_DATA)
+_CIPHER_OIDS = {oid: der_tlv(T_OID, oid) for oid, _ in WRITTEN_CIPHERS.values()}
 
 
 def build_enveloped(
@@ -331,7 +336,8 @@ def build_enveloped(
     the result (a bytearray: bytes() of it would copy 10 MB once more for nothing).
     Recipients must be RSA (callers check and explain)."""
     oid, key_len = WRITTEN_CIPHERS[cipher]
-    cek, iv = os.urandom(key_len), os.urandom(16)
+    secret = os.urandom(key_len + 16)
+    cek, iv = secret[:key_len], secret[key_len:]
     infos: list[bytes] = []
     for cert in recipients:
         key = cert.public_key()
@@ -339,17 +345,17 @@ def build_enveloped(
             raise SmimeError("EnvelopedData recipients must have RSA keys")
         rid = der_tlv(T_SEQUENCE, cert.issuer.public_bytes() + _der_int(cert.serial_number))
         wrapped = der_tlv(T_OCTETS, key.encrypt(cek, padding.PKCS1v15()))
-        infos.append(der_tlv(T_SEQUENCE, _der_int(0) + rid + _RSA_KEY_TRANSPORT + wrapped))
+        infos.append(der_tlv(T_SEQUENCE, _VERSION_0 + rid + _RSA_KEY_TRANSPORT + wrapped))
     pad = 16 - (len(head) + len(content)) % 16
     size = len(head) + len(content) + pad
     eci = (
-        der_tlv(T_OID, OID_DATA)
-        + der_tlv(T_SEQUENCE, der_tlv(T_OID, oid) + der_tlv(T_OCTETS, iv))
+        _DATA_TYPE
+        + der_tlv(T_SEQUENCE, _CIPHER_OIDS[oid] + der_tlv(T_OCTETS, iv))
         + _der_head(T_CTX0_PRIM, size)  # encryptedContent [0] IMPLICIT OCTET STRING
     )
-    env = _der_int(0) + _der_set(infos) + _der_head(T_SEQUENCE, len(eci) + size) + eci
+    env = _VERSION_0 + _der_set(infos) + _der_head(T_SEQUENCE, len(eci) + size) + eci
     env = _der_head(T_SEQUENCE, len(env) + size) + env
-    info = der_tlv(T_OID, OID_ENVELOPED_DATA) + _der_head(T_CTX0, len(env) + size) + env
+    info = _ENVELOPED_TYPE + _der_head(T_CTX0, len(env) + size) + env
     der = _der_head(T_SEQUENCE, len(info) + size) + info
     # AES writes straight after the DER header: no join copies the ciphertext afterwards.
     # update_into wants block_size - 1 spare bytes, cut off at the end; a part that ends
@@ -360,7 +366,8 @@ def build_enveloped(
     encryptor = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
     at = len(der)
     for part in (head, content, bytes((pad,)) * pad):
-        at += encryptor.update_into(part, view[at:])
+        if part:  # no header block apart (encrypt_entity, envelope_der): no call
+            at += encryptor.update_into(part, view[at:])
     encryptor.finalize()  # CBC over whole blocks: nothing is held back
     view.release()
     del out[at:]
