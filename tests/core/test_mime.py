@@ -58,6 +58,53 @@ def test_is_canonical_matches_the_definition_on_long_lines(
     assert mime.is_canonical(data) == _reference_canonical(data)
 
 
+@given(
+    st.integers(0, 120),
+    st.integers(0, 3000),
+    st.lists(
+        st.tuples(st.integers(0), st.sampled_from([b"\n", b"\r", b"\r\n", b"\n\n", b"y", b""])),
+        max_size=4,
+    ),
+    st.integers(0, 300_000),
+    st.integers(0, 300_000),
+)
+def test_is_canonical_matches_the_definition_on_equal_lines(
+    width: int, count: int, edits: list[tuple[int, bytes]], start: int, length: int
+) -> None:
+    """Runs of equal CRLF lines (base64 attachments) are checked 64 KiB at a time by
+    comparing with a pattern: up to 240 KB of them, with a few line ends or characters
+    inserted or deleted anywhere (inside a compared block, at its edge, in the tail)."""
+    data = (b"x" * width + b"\r\n") * count
+    for at, piece in edits:
+        at %= len(data) + 1
+        data = data[:at] + piece + data[at + (not piece) :]  # b"": delete the byte there
+    start = min(start, len(data))
+    end = min(start + length, len(data))
+    assert mime.is_canonical(data, start, end) == _reference_canonical(data[start:end])
+    assert mime.is_canonical(data) == _reference_canonical(data)
+    assert mime.is_canonical(bytearray(data)) == _reference_canonical(data)
+
+
+def test_is_canonical_on_each_edit_in_and_around_an_equal_lines_block() -> None:
+    """200 KB of base64-like lines with one byte inserted or deleted at each offset of two
+    lines inside the first compared block, at its edge and in the tail: a bare LF must be
+    found wherever it lands, and nothing else reported."""
+    line = b"Q" * 76 + b"\r\n"
+    body = b"h: v\r\n\r\n" + line * 2600
+    assert mime.is_canonical(body)
+    found = 0
+    for at in [*range(5000, 5000 + 2 * len(line)), 5009 + 65536, len(body) - 40]:
+        for edited in (
+            body[:at] + b"\n" + body[at:],
+            body[:at] + b"\r" + body[at:],
+            body[:at] + body[at + 1 :],
+        ):
+            expected = _reference_canonical(edited)
+            found += not expected
+            assert mime.is_canonical(edited) == expected, at
+    assert found > 2 * len(line)  # every inserted LF but those after a CR, every deleted CR
+
+
 def test_is_canonical_bounds_and_late_bare_lf() -> None:
     lines = b"line\r\n" * 200
     assert mime.is_canonical(lines)
