@@ -105,6 +105,21 @@ def test_is_canonical_on_each_edit_in_and_around_an_equal_lines_block() -> None:
     assert found > 2 * len(line)  # every inserted LF but those after a CR, every deleted CR
 
 
+def test_is_canonical_after_a_megabyte_of_uneven_lines() -> None:
+    """Uneven text is scanned in 1 MiB segments, then equal lines are tried again: a bare
+    LF in the second attachment of a multipart body, or in the last text, is found."""
+    text = b"".join(b"w" * (n % 97) + b"\r\n" for n in range(25_000))  # ~1.2 MB
+    probed = sum(n % 97 + 2 for n in range(64))  # the lines walked one by one
+    text = text[: text.index(b"\n", probed + (1 << 20)) + 1]  # one segment, then equal lines
+    attachment = b"Q" * 76 + b"\r\n"
+    body = text + attachment * 3000 + b"--b\r\n\r\n" + attachment * 3000 + text[:5000]
+    assert len(text) > 1 << 20 and mime.is_canonical(body)
+    for at in (len(text) + 5, len(text) + 80 * 4000, len(body) - 1000, len(body) - 1):
+        assert not mime.is_canonical(body[:at] + b"\n" + body[at:]), at
+        cr = body.index(b"\r", at - 80)  # the line end before: its CR lost
+        assert not mime.is_canonical(body[:cr] + b"x" + body[cr + 1 :]), cr
+
+
 def test_is_canonical_bounds_and_late_bare_lf() -> None:
     lines = b"line\r\n" * 200
     assert mime.is_canonical(lines)

@@ -47,7 +47,7 @@ class Header:
 _LINE_PROBES = 64  # lines walked one by one before is_canonical switches to scanning
 _BARE_LF = re.compile(rb"\n(?<!\r\n)")  # an LF whose preceding byte is not CR
 _SPARSE_LINE = 32  # average line length from which the regex beats a second count
-_SEGMENT = 1 << 18  # bytes scanned by count/regex before equal lines are tried again
+_SEGMENT = 1 << 20  # bytes scanned by count/regex before equal lines are tried again
 _LAYOUT_BLOCK = 1 << 16  # bytes of equal lines compared at once
 _LAYOUT_PROBE = 16  # lines compared before a whole block is
 _MAX_LINE = 1000  # RFC 5322 2.1.1: 998 characters + CRLF
