@@ -137,14 +137,6 @@ def _content_entity(headers: Sequence[m.Header], message: bytes, start: int) -> 
     return m.canonical_entity(_content_headers(headers, message, start), message, start)
 
 
-def _content_parts(
-    headers: Sequence[m.Header], message: bytes, start: int
-) -> tuple[bytes, bytes | memoryview]:
-    """`_content_entity` as (header block, body), the body not copied when canonical."""
-    inner = _content_headers(headers, message, start)
-    return m.canonical_entity_parts(inner, message, start)
-
-
 def _content_headers(headers: Sequence[m.Header], message: bytes, start: int) -> list[m.Header]:
     """The message's Content-* fields. A message without Content-Type gets an explicit one
     (us-ascii, or utf-8 for 8-bit text in the body at message[start:])."""
@@ -170,7 +162,8 @@ def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate]) -> b
     Message-ID, ...) stay in the clear; the content (Content-* headers + body) is
     enveloped. Bcc headers are dropped. Returns a complete RFC 5322 message."""
     headers, start = m.split_entity_at(message)
-    parts = _content_parts(headers, message, start)
+    # (header block, body): a canonical body is enveloped without being copied
+    parts = m.canonical_entity_parts(_content_headers(headers, message, start), message, start)
     head = _outer_headers(headers) + _ENVELOPED_HEADERS + m.CRLF
     return _envelope(parts, recipients, head)
 
