@@ -25,6 +25,15 @@ def _reference_canonical(data: bytes) -> bool:
 # is_canonical / to_crlf --------------------------------------------------------------
 
 
+def _check_against_definition(data: bytes, start: int, length: int) -> None:
+    """is_canonical over data[start:start + length] (clipped) and over all of data agrees
+    with `_reference_canonical`."""
+    start = min(start, len(data))
+    end = min(start + length, len(data))
+    assert mime.is_canonical(data, start, end) == _reference_canonical(data[start:end])
+    assert mime.is_canonical(data) == _reference_canonical(data)
+
+
 @given(
     st.lists(st.sampled_from([b"a", b"bc", b"\r\n", b"\n", b"\r", b"\r\r\n"]), max_size=300),
     st.integers(0, 400),
@@ -35,11 +44,7 @@ def test_is_canonical_matches_the_definition_on_any_slice(
 ) -> None:
     """Short texts are walked line by line, long ones counted (more than 64 lines here):
     both must agree with 'every LF is part of a CRLF' for the slice [start:end]."""
-    data = b"".join(pieces)
-    start = min(start, len(data))
-    end = min(start + length, len(data))
-    assert mime.is_canonical(data, start, end) == _reference_canonical(data[start:end])
-    assert mime.is_canonical(data) == _reference_canonical(data)
+    _check_against_definition(b"".join(pieces), start, length)
 
 
 @given(
@@ -51,11 +56,7 @@ def test_is_canonical_matches_the_definition_on_long_lines(
     pieces: list[bytes], start: int, length: int
 ) -> None:
     """Lines averaging 32 bytes or more are scanned by the regex instead of counted."""
-    data = b"".join(pieces)
-    start = min(start, len(data))
-    end = min(start + length, len(data))
-    assert mime.is_canonical(data, start, end) == _reference_canonical(data[start:end])
-    assert mime.is_canonical(data) == _reference_canonical(data)
+    _check_against_definition(b"".join(pieces), start, length)
 
 
 @given(
@@ -78,10 +79,7 @@ def test_is_canonical_matches_the_definition_on_equal_lines(
     for at, piece in edits:
         at %= len(data) + 1
         data = data[:at] + piece + data[at + (not piece) :]  # b"": delete the byte there
-    start = min(start, len(data))
-    end = min(start + length, len(data))
-    assert mime.is_canonical(data, start, end) == _reference_canonical(data[start:end])
-    assert mime.is_canonical(data) == _reference_canonical(data)
+    _check_against_definition(data, start, length)
     assert mime.is_canonical(bytearray(data)) == _reference_canonical(data)
 
 
