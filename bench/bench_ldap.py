@@ -399,9 +399,8 @@ def directory_backend(ca: DirectoryCA | _ConstantCA, pem: bytes, folder: Path,
 
 def backend_lookup(ca: DirectoryCA | _ConstantCA, pem: bytes, folder: Path, prefix: str,
                    per_search: int) -> Callable[[int], None]:
-    """Fresh-address lookups, `per_search` addresses in one search (the controller signs
-    the containers of one request back to back); call i completes a search every
-    `per_search` calls, so per_call gives the cost per address."""
+    """Fresh-address lookups, `per_search` addresses in one search; call i completes a
+    search every `per_search` calls, so per_call gives the cost per address."""
     backend = directory_backend(ca, pem, folder, prefix)
 
     def lookup(i: int) -> None:
@@ -416,6 +415,12 @@ def backend_lookup(ca: DirectoryCA | _ConstantCA, pem: bytes, folder: Path, pref
         raise RuntimeError("lookup awaited")
 
     return lookup
+
+
+def deliver(protocol: _LdapProtocol, message: bytes) -> None:
+    """Hand one encoded message to the protocol as the event loop would after a read."""
+    protocol.read_buffer[: len(message)] = message
+    protocol.buffer_updated(len(message))
 
 
 class _CountingSink(_Sink):
@@ -443,9 +448,7 @@ async def whole_pipeline(ca: DirectoryCA, pem: bytes, folder: Path, prefix: str,
     start = time.process_time()
     for first in range(0, count - connections + 1, connections):
         for n, protocol in enumerate(protocols):
-            message = messages[first + n]
-            protocol.read_buffer[: len(message)] = message
-            protocol.buffer_updated(len(message))
+            deliver(protocol, messages[first + n])
         while _CountingSink.writes < first + connections:
             await asyncio.sleep(0)
     return (time.process_time() - start) / (count // connections * connections) * 1e6
@@ -456,9 +459,7 @@ def ldap_layer(messages: Sequence[bytes]) -> Callable[[int], None]:
     protocol.connection_made(_Sink())
 
     def feed(i: int) -> None:
-        message = messages[i]
-        protocol.read_buffer[: len(message)] = message
-        protocol.buffer_updated(len(message))
+        deliver(protocol, messages[i])
 
     return feed
 
