@@ -369,7 +369,8 @@ export async function ping() {
 export async function applyManagedDirectory() {
   let managed;
   try {
-    managed = await messenger.storage.managed.get(["directoryUrl"]);
+    // Both keys: StorageArea.get returns only the keys it is asked for.
+    managed = await messenger.storage.managed.get(["directoryUrl", "trustAnchorPem"]);
   } catch {
     return; // no managed storage manifest: nothing preset
   }
