@@ -284,3 +284,20 @@ def test_internationalised_domain_is_looked_up_as_a_label(setup: Any, ca: Direct
     assert factory.directory.calls == [["kim@xn--bcher-kva.example"]]
     assert entry["address"] == "kim@xn--bcher-kva.example"
     assert entry["given"] == "kim@b\u00fccher.example"
+
+
+def test_one_directory_client_per_session(setup: Any, ca: DirectoryCA) -> None:
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    assert len(factory.seen) == 1  # the connection test, closed again
+    ok(host, "lookup", recipients=["bob@example.org"])
+    ok(host, "lookup", recipients=["erin@example.org"])
+    ok(host, "encrypt", **{"from": "alice@example.com", "to": ["frank@example.org"],
+                           "body_plain": "x"})
+    ok(host, "test_connection")
+    assert len(factory.seen) == 2, "lookups, encrypt and the test share the session's client"
+    closed = factory.directory.closed
+    assert configure(host, ca)["ok"]  # new settings: the old client goes, a new one follows
+    assert factory.directory.closed > closed
+    ok(host, "lookup", recipients=["gina@example.org"])
+    assert len(factory.seen) == 4

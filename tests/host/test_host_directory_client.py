@@ -67,7 +67,10 @@ def test_authenticated_user_also_gets_own_gateway_in_one_connection(
     try:
         assert c.check() is True
         found = c.fetch(ADDRESSES)
+        conn = c._conn if isinstance(c, LdapDirectoryClient) else None
         again = c.fetch(["erin@example.org"])  # the same connection, reused
+        if isinstance(c, LdapDirectoryClient):
+            assert conn is not None and c._conn is conn and not conn.closed
     finally:
         c.close()
     assert gateways([r.der for r in found["bob@example.org"]], gateway_keys) == [
