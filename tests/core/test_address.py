@@ -152,3 +152,41 @@ def test_utf8_local_part_is_nfc_normalised() -> None:
 def test_local_part_limit_applies_to_the_composed_form() -> None:
     # 32 x "u + combining diaeresis" is 96 octets decomposed, 64 composed: accepted.
     assert parse_address("u\u0308" * 32 + "@example.com").local == "\u00fc" * 32
+
+
+@pytest.mark.parametrize(
+    ("text", "mapped_to"),
+    [
+        # IDNA 2003 (Python's "idna" codec) would silently name another domain:
+        ("a@faß.de", "fass.de"),  # IDNA 2008 keeps ß: xn--fa-hia.de is a different domain
+        ("a@Straße.example", "strasse.example"),
+        ("a@exa\u200bmple.com", "example.com"),  # a zero-width space, dropped by nameprep
+        ("a@\u2488com", "1.com"),  # "DIGIT ONE FULL STOP" folds to "1." (another name)
+        ("a@ＥＸＡＭＰＬＥ.com", "example.com"),  # fullwidth compatibility forms
+    ],
+)
+def test_idna_mappings_that_change_the_domain_are_refused(text: str, mapped_to: str) -> None:
+    """A container must name the domain that was asked for, never what IDNA 2003 maps it to."""
+    with pytest.raises(AddressError, match="would change under IDNA mapping") as err:
+        parse_address(text)
+    assert mapped_to in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "domain"),
+    [
+        ("a@bu\u0308cher.example", "xn--bcher-kva.example"),  # decomposed: the same name
+        ("a@BÜCHER.example", "xn--bcher-kva.example"),
+        ("a@bücher\u3002example", "xn--bcher-kva.example"),  # ideographic full stop
+        ("a@例子.example", "xn--fsqu00a.example"),
+    ],
+)
+def test_lossless_idn_spellings_are_accepted(text: str, domain: str) -> None:
+    assert parse_address(text).domain == domain
+
+
+def test_only_one_trailing_dot_is_the_root() -> None:
+    assert parse_address("a@example.org.").domain == "example.org"
+    for bad in ("a@example.org..", "a@example.org...", "a@."):
+        with pytest.raises(AddressError):
+            parse_address(bad)

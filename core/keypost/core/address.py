@@ -13,6 +13,8 @@ MAX_LOCAL = 64
 # RFC 5322 dot-atom characters; quoted local parts are refused: no CA profile accepts them.
 _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Label separators IDNA accepts besides "." (RFC 3490 3.1): ideographic, fullwidth, halfwidth.
+_DOT_VARIANTS = re.compile("[\u3002\uff0e\uff61]")
 
 
 @dataclass(frozen=True, order=True)
@@ -37,15 +39,37 @@ class Address:
         return f"{self.local.casefold()}@{self.domain}"
 
 
+def _to_a_labels(domain: str, original: str) -> str:
+    """A non-ASCII domain as lower-case A-labels, refusing lossy mappings.
+
+    Python's "idna" codec is IDNA 2003: its nameprep maps "faß" to "fass", drops
+    zero-width characters and folds compatibility forms ("⒈com" -> "1.com"), so the
+    certificate would name another domain than the one asked for (IDNA 2008, which RFC
+    9598 and RFC 9549 require, keeps ß: "xn--fa-hia"). Only a domain that comes back
+    from ToASCII/ToUnicode as its own lower-case NFC form is accepted; then both IDNA
+    versions give the same A-labels.
+    """
+    try:
+        ace = domain.encode("idna").decode("ascii").lower()
+        back = ace.encode("ascii").decode("idna")
+    except UnicodeError as exc:
+        raise AddressError(f"invalid internationalised domain: {original!r}") from exc
+    if back != unicodedata.normalize("NFC", _DOT_VARIANTS.sub(".", domain)).lower():
+        raise AddressError(
+            f"internationalised domain {original!r} would change under IDNA mapping "
+            f"(to {back!r}); write it as meant, in lower case, or as A-labels"
+        )
+    return ace
+
+
 def normalize_domain(domain: str) -> str:
     """Lower-case, IDNA-encode (A-labels) and check a domain name."""
-    d = domain.strip().rstrip(".")
+    d = domain.strip()
+    # One trailing dot is the DNS root (same name); "example.org.." is malformed.
+    d = d[:-1] if d.endswith(".") else d
     if not d:
         raise AddressError("empty domain")
-    try:
-        ace = d.encode("idna").decode("ascii").lower() if not d.isascii() else d.lower()
-    except UnicodeError as exc:
-        raise AddressError(f"invalid internationalised domain: {domain!r}") from exc
+    ace = _to_a_labels(d, domain) if not d.isascii() else d.lower()
     labels = ace.split(".")
     if len(ace) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         raise AddressError(f"invalid domain: {domain!r}")
