@@ -163,3 +163,52 @@ def test_cli_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
         f"keypost: error: trust anchor file not found: {tmp_path / 'missing.pem'}"
     ]
     assert _tree(tmp_path) == set()
+
+
+def test_install_with_directory_then_uninstall_purge_leaves_nothing(tmp_path: Path) -> None:
+    """The CLI as a user runs it: install configures the real host (config files + keyring),
+    `uninstall --purge` removes them again, and nothing else of HOME is touched."""
+    import os
+    import subprocess
+    import sys
+
+    from keypost.core.containers import DirectoryCA, to_pem
+
+    home = tmp_path / "home"
+    keep = home / "Documents" / "mine.txt"
+    keep.parent.mkdir(parents=True)
+    keep.write_text("not keypost's", "utf-8")
+    anchor = tmp_path / "ca.pem"
+    anchor.write_bytes(to_pem(DirectoryCA.generate().certificate))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KEYPOST_"))}
+    env.update({"HOME": str(home), "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"})
+    secret = "purge-me Pa55word"
+
+    def keypost(*args: str, stdin: str | None = None) -> str:
+        done = subprocess.run([sys.executable, "-m", "keypost.core.cli", *args], input=stdin,
+                              capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def stored() -> str:
+        """alice's keyring entry, read by a separate process with the same keyring."""
+        code = "import keyring; print(keyring.get_password('keypost', 'alice'))"
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env=env, timeout=60, check=True)
+        return done.stdout.strip()
+
+    keypost("install", "thunderbird", "--directory", "ldaps://dir.example.com", "--username",
+            "alice", "--password-stdin", "--trust-anchor", str(anchor), "--offline",
+            stdin=secret + "\n")
+    assert (home / ".config/keypost/host.toml").is_file()
+    assert stored() == secret
+    out = keypost("uninstall", "thunderbird", "--purge")
+    assert "removed the keyring entry of alice" in out
+    assert stored() == "None"
+    assert not (home / ".config/keypost").exists() and not (home / ".cache/keypost").exists()
+    assert not (home / ".local/share/keypost").exists()
+    assert not (home / ".mozilla/native-messaging-hosts/org.keypost.host.json").exists()
+    assert keep.read_text("utf-8") == "not keypost's"
+    for path in home.rglob("*"):
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
