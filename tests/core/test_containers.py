@@ -778,6 +778,8 @@ def genuine_cert(
     address: str,
     *,
     san: bool = True,
+    extra: x509.ExtensionType | None = None,
+    critical: bool = False,
 ) -> x509.Certificate:
     key = rsa.generate_private_key(65537, 2048)
     builder = (
@@ -793,6 +795,8 @@ def genuine_cert(
         builder = builder.add_extension(
             x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False
         )
+    if extra is not None:
+        builder = builder.add_extension(extra, critical=critical)
     return builder.sign(issuer_key, hashes.SHA256())
 
 
@@ -829,6 +833,24 @@ def test_genuine_certificate_against_given_roots() -> None:
     assert "no keypost role" in reasons_of(
         kc.verify_container(cert, [public_ca.certificate], "dave@example.net", Purpose.ENCRYPT, NOW)
     )
+
+
+def test_unrecognised_critical_extension_is_refused(ca: kc.DirectoryCA) -> None:
+    """RFC 5280 4.2: a relying party must reject a critical extension it does not process;
+    the same extension non-critical is ignored (and the container's own critical keyUsage
+    and basicConstraints are understood)."""
+    oid = x509.ObjectIdentifier("1.3.6.1.4.1.99999.1")
+    for critical in (True, False):
+        cert = genuine_cert(ca.certificate, ca_private_key(ca), "dave@example.net",
+                            extra=x509.UnrecognizedExtension(oid, b"\x05\x00"),
+                            critical=critical)  # fmt: skip
+        result = kc.verify_container(
+            cert, [ca.certificate], "dave@example.net", Purpose.ENCRYPT, NOW, [Role.GENUINE]
+        )
+        if critical:
+            assert f"unrecognised critical extension {oid.dotted_string}" in reasons_of(result)
+        else:
+            assert result.ok, result.reasons
 
 
 def test_weak_or_expired_anchor(gw: kc.GatewayKey) -> None:

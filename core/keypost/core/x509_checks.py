@@ -170,6 +170,18 @@ def validity_problems(cert: x509.Certificate, now: dt.datetime) -> list[str]:
     return []
 
 
+def critical_problems(
+    cert: x509.Certificate, understood: frozenset[x509.ObjectIdentifier]
+) -> list[str]:
+    """RFC 5280 4.2: a certificate with a critical extension the relying party does not
+    process MUST be rejected (e.g. a genuine certificate's critical policy we cannot read)."""
+    return [
+        f"unrecognised critical extension {ext.oid.dotted_string}"
+        for ext in cert.extensions
+        if ext.critical and ext.oid not in understood
+    ]
+
+
 def usage_problems(cert: x509.Certificate, purpose: Purpose, required: bool) -> list[str]:
     """KeyUsage and EKU for `purpose`. `required`: the extensions must be present (keypost
     containers); genuine certificates may omit them (RFC 5280: absent = unrestricted)."""
