@@ -165,7 +165,14 @@ CASES = [
         "zed@a.example",
         ENC,
         (),
-        note="no gateway",
+        note="own domain",  # D is served: saying "no gateway serves" would be false
+    ),
+    Case(
+        "gateway of D -> own domain, genuine known",
+        gateway("a.example"),
+        "ann@a.example",
+        ENC,
+        ((GEN, None),),
     ),
     # A user of a domain nobody serves is treated like an outsider.
     Case(
@@ -192,6 +199,8 @@ def test_decision_table(case: Case) -> None:
         assert "unknown" not in decision.refused  # never an existence oracle
     if case.note is not None:
         assert case.note in decision.note
+    if not decision.specs and "no gateway serves" in decision.note:
+        assert parse_address(case.address).domain not in VIEW.served_domains
 
 
 def test_format_is_carried_through() -> None:

@@ -78,12 +78,14 @@ def decide(
     own = requestor.domain if requestor.kind is RequestorKind.USER else None
     if own is not None and own in view.served_domains:
         add(Role.PROXY_ENCRYPTION, own)
-    if target in view.served_domains and not (
-        requestor.kind is RequestorKind.GATEWAY and requestor.domain == target
-    ):
+    own_gateway = requestor.kind is RequestorKind.GATEWAY and requestor.domain == target
+    if target in view.served_domains and not own_gateway:
         add(Role.PROXY_ENCRYPTION, target)
     if address.key() in view.genuine_addresses:
         add(Role.GENUINE, None)
     if not specs:
+        if own_gateway and target in view.served_domains:
+            # Not "nobody serves it": the asking gateway is the one, and never gets itself.
+            return Decision((), note=f"{target} is the asking gateway's own domain")
         return Decision((), note=f"no gateway serves {target} and no certificate is known")
     return Decision(tuple(specs))
