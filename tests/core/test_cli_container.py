@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from keypost.core import containers as kc
 from keypost.core.types import Purpose, Role
@@ -135,6 +135,30 @@ def test_issue_accepts_gateway_certificate(work: Path, tmp_path: Path) -> None:
     (cert,) = kc.load_certificates(out.read_bytes())
     gw = kc.GatewayKey.from_pem(gw_cert.read_bytes())
     assert kc.describe(cert).gateway_fingerprint == gw.fingerprint
+
+
+def test_issue_for_an_ec_gateway_key_says_the_engine_cannot_use_it(
+    work: Path, tmp_path: Path
+) -> None:
+    ec_pub = tmp_path / "ec.pub"
+    ec_pub.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    base = ["issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key",
+            "--address", "a@b.example"]  # fmt: skip
+    res = keypost(*base, "--gateway-cert", ec_pub)
+    assert res.returncode == 0, res.stderr
+    (cert,) = kc.load_certificates(res.stdout.encode())  # stdout is the PEM alone
+    assert kc.describe(cert).key_description == "EC P-256"
+    note = assert_one_line_error(res, 0)
+    assert "EC P-256" in note and "cannot encrypt" in note and "Traceback" not in note
+    # an RSA gateway key, or a signing container, gets no note
+    for extra in (["--gateway-cert", work / "gw.pub"],
+                  ["--gateway-cert", ec_pub, "--purpose", "sign"]):  # fmt: skip
+        quiet = keypost(*base, *extra)
+        assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 
 
 def test_show(work: Path) -> None:

@@ -17,7 +17,7 @@ from keypost.core import containers as kc
 from keypost.core.address import parse_address
 from keypost.core.errors import ContainerError, KeypostError
 from keypost.core.types import Purpose, Role
-from keypost.core.x509_checks import PARSE_ERRORS
+from keypost.core.x509_checks import PARSE_ERRORS, key_description
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _LIFETIME = re.compile(r"^\s*(\d{1,7})\s*([smhd])\s*$")
@@ -115,6 +115,14 @@ def cmd_issue(args: argparse.Namespace) -> int:
         parse_address(args.address), purpose, gateway, lifetime, args.compat_issuer_serial
     )
     sys.stdout.buffer.write(kc.to_pem(ca.issue(request)))
+    if purpose is Purpose.ENCRYPT and not gateway.smime_usable:
+        # Issued as asked (keyAgreement), but the operator must know senders using
+        # keypost's engine cannot encrypt to it yet; stdout stays the bare PEM.
+        print(
+            f"keypost: note: {key_description(gateway.public_key)} gateway key: "
+            "keypost's S/MIME engine cannot encrypt to it yet (RSA key transport only)",
+            file=sys.stderr,
+        )
     return 0
 
 
