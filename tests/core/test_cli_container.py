@@ -194,6 +194,15 @@ def test_verify(work: Path) -> None:
     assert "expired" in assert_one_line_error(expired)
 
 
+def test_verify_refuses_a_file_of_several_certificates(work: Path, tmp_path: Path) -> None:
+    """Which one would be checked is not up to the user: a PKCS#7 bundle is DER-sorted."""
+    bundle = tmp_path / "two.pem"
+    bundle.write_bytes(issue(work).read_bytes() + (work / "ca.pem").read_bytes())
+    res = keypost("verify", "--trust-anchor", work / "ca.pem", "--address", "alice@example.org",
+                  "--purpose", "encrypt", bundle)  # fmt: skip
+    assert "holds 2 certificates" in assert_one_line_error(res)
+
+
 def test_verify_wrong_anchor(work: Path, tmp_path: Path) -> None:
     other = kc.DirectoryCA.generate(common_name="other CA")
     (tmp_path / "other.pem").write_bytes(kc.to_pem(other.certificate))

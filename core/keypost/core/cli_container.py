@@ -138,6 +138,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     anchors = [c for path in args.trust_anchor for c in kc.load_certificates(_read(path))]
     certs = kc.load_certificates(_read(args.file))
+    if len(certs) != 1:
+        # A PKCS#7 bundle's order is its DER encoding's: "the first" would be arbitrary.
+        raise ContainerError(f"{args.file} holds {len(certs)} certificates; verify checks one")
     roles = [Role(r) for r in args.role] if args.role else None
     result = kc.verify_container(
         certs[0], anchors, args.address, Purpose(args.purpose), _at(args.at), roles
