@@ -18,7 +18,11 @@ const POPUP = "popup/popup.html";
 const msg = (key, subs) => messenger.i18n.getMessage(key, subs) || key;
 const session = () => messenger.storage.session;
 
-export const host = new HostClient(() => messenger.runtime.connectNative(HOST_NAME));
+// Every new port starts with PROTOCOL.md's ping: a host of another protocol version is told
+// nothing else, and the user sees its "update both" message instead of misread replies.
+export const host = new HostClient(() => messenger.runtime.connectNative(HOST_NAME), {
+  hello: { action: "ping", params: { protocol: PROTOCOL_VERSION, version: messenger.runtime.getManifest().version } },
+});
 
 const lookups = keyedDebounce((tabId) => runLookup(tabId).catch(console.error), LOOKUP_QUIET_MS);
 /** Tabs whose send is being encrypted right now: polling must not race with closing. */
@@ -357,13 +361,6 @@ export async function onComposeTabCreated(tab) {
 }
 
 // ---- host set-up ---------------------------------------------------------------------------
-
-export async function ping() {
-  return host.request("ping", {
-    protocol: PROTOCOL_VERSION,
-    version: messenger.runtime.getManifest().version,
-  });
-}
 
 /** Admins preset the directory URL through storage.managed; configure an unconfigured host. */
 export async function applyManagedDirectory() {

@@ -24,11 +24,19 @@ export class HostError extends Error {
  */
 export class HostClient {
   /**
+   * `hello`: a request (PROTOCOL.md `ping`) sent first on every new port; other requests wait
+   * for its answer and fail with its error, so a host of another protocol version never gets
+   * one. `protocol`: the version its result must name (default PROTOCOL_VERSION).
    * @param {() => any} connect
-   * @param {{timeoutMs?: number, setTimer?: typeof setTimeout, clearTimer?: typeof clearTimeout}} [opts]
+   * @param {{timeoutMs?: number, setTimer?: typeof setTimeout, clearTimer?: typeof clearTimeout,
+   *   hello?: {action: string, params: object}, protocol?: number}} [opts]
    */
   constructor(connect, opts = {}) {
     this.connect = connect;
+    this.hello = opts.hello ?? null;
+    this.protocol = opts.protocol ?? PROTOCOL_VERSION;
+    /** The current port's hello answer (null without a hello or before a port is open). */
+    this.ready = null;
     this.timeoutMs = opts.timeoutMs ?? 120000;
     // Wrapped: called as methods, the bare globals would throw "illegal invocation".
     this.setTimer = opts.setTimer ?? ((fn, ms) => setTimeout(fn, ms));
@@ -46,7 +54,30 @@ export class HostClient {
     this.port = port;
     port.onMessage.addListener((frame) => this.onFrame(frame));
     port.onDisconnect.addListener((p) => this.onDisconnect(port, p?.error ?? port.error));
+    this.ready = this.hello ? this.greet(port) : null;
     return port;
+  }
+
+  /** Send the hello on a new port; on any failure drop the port so the next request retries. */
+  greet(port) {
+    const ready = this.send(this.hello.action, this.hello.params).then((result) => {
+      if (result?.protocol !== this.protocol) {
+        const theirs = `${result?.protocol ?? "?"} (keypost ${result?.host_version ?? "?"})`;
+        throw new HostError({
+          code: 3,
+          name: "version_mismatch",
+          message: `the keypost host speaks protocol ${theirs}, this add-on ${this.protocol}: update both to the same keypost version`,
+        });
+      }
+      return result;
+    });
+    ready.catch(() => {
+      if (this.port !== port) return;
+      this.port = null;
+      this.ready = null;
+      port.disconnect();
+    });
+    return ready;
   }
 
   /**
@@ -55,7 +86,24 @@ export class HostClient {
    * @param {object} [params]
    * @returns {Promise<any>}
    */
-  request(action, params = {}) {
+  async request(action, params = {}) {
+    for (;;) {
+      let port;
+      try {
+        port = this.ensurePort();
+      } catch (e) {
+        this.port = null;
+        throw new HostError({ code: 0, name: "host_unavailable", message: String(e?.message ?? e) });
+      }
+      // Without a hello nothing is awaited: the request is posted before this call returns.
+      if (this.ready) await this.ready; // rejects with the hello's error: nothing is sent
+      if (this.port === port) return this.send(action, params);
+      // The port closed meanwhile: the next one says hello first, again.
+    }
+  }
+
+  /** Post one request on the current port (no hello wait); resolves with `result`. */
+  send(action, params) {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const key = JSON.stringify(id);

@@ -15,8 +15,9 @@ function makePort() {
     onMessage: { addListener: (f) => onMessage.push(f) },
     onDisconnect: { addListener() {} },
     postMessage(req) {
-      calls.push(["host", req.action, req.params]);
-      const reply = hostReply(req);
+      // The add-on's hello on a new port: answered by a host of the same protocol.
+      const reply = req.action === "ping" ? { ok: true, result: { protocol: req.params.protocol } } : hostReply(req);
+      calls.push([req.action === "ping" ? "hello" : "host", req.action, req.params]);
       queueMicrotask(() => onMessage.forEach((f) => f({ id: req.id, ...reply })));
     },
     disconnect() {},
@@ -252,4 +253,8 @@ test("an administrator's preset configures an unconfigured host (storage.managed
   const configure = calls.find((x) => x[0] === "host" && x[1] === "configure");
   assert.ok(configure, "the host was configured from the preset");
   assert.deepEqual(configure[2], { directory: preset.directoryUrl, trust_anchor_pem: preset.trustAnchorPem, test: false });
+});
+
+test("the add-on's host client says hello with its protocol and version on every port", () => {
+  assert.deepEqual(c.host.hello, { action: "ping", params: { protocol: 1, version: "0" } });
 });

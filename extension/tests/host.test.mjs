@@ -76,3 +76,45 @@ test("requests time out", async () => {
   await assert.rejects(client.request("status"), (e) => e.codeName === "timeout");
   client.close();
 });
+
+const tick = () => new Promise((r) => setTimeout(r, 0));
+
+test("with a hello, every new port pings first and requests wait for its answer", async () => {
+  const ports = [];
+  const hello = { action: "ping", params: { protocol: 1, version: "0.1.0" } };
+  const client = new HostClient(() => (ports.push(fakePort()), ports.at(-1)), { hello });
+  const a = client.request("status");
+  const [p] = ports;
+  assert.deepEqual(p.sent.map((m) => m.action), ["ping"], "nothing else before the host answered");
+  assert.deepEqual(p.sent[0].params, hello.params);
+  p.emit({ id: p.sent[0].id, ok: true, result: { protocol: 1, host_version: "0.1.0" } });
+  await tick();
+  assert.deepEqual(p.sent.map((m) => m.action), ["ping", "status"]);
+  p.emit({ id: p.sent[1].id, ok: true, result: "s" });
+  assert.equal(await a, "s");
+  const b = client.request("lookup"); // same port: no second ping
+  await tick();
+  assert.deepEqual(p.sent.map((m) => m.action), ["ping", "status", "lookup"]);
+  p.emit({ id: p.sent[2].id, ok: true, result: "l" });
+  assert.equal(await b, "l");
+  client.close();
+});
+
+test("a host of another protocol version gets no request; the next request tries a new port", async () => {
+  const ports = [];
+  const hello = { action: "ping", params: { protocol: 1 } };
+  const client = new HostClient(() => (ports.push(fakePort()), ports.at(-1)), { hello, protocol: 1 });
+  const a = client.request("encrypt", { secret: "x" });
+  ports[0].emit({ id: ports[0].sent[0].id, ok: false,
+    error: { code: 3, name: "version_mismatch", message: "the add-on speaks protocol 1, this host speaks 2" } });
+  await assert.rejects(a, (e) => e.code === 3 && /speaks protocol/.test(e.message));
+  assert.deepEqual(ports[0].sent.map((m) => m.action), ["ping"]);
+  assert.equal(ports[0].disconnected, true);
+  // An old host that answers ping without complaint but with another protocol is refused too.
+  const b = client.request("encrypt", {});
+  assert.equal(ports.length, 2);
+  ports[1].emit({ id: ports[1].sent[0].id, ok: true, result: { protocol: 0, host_version: "0.0.1" } });
+  await assert.rejects(b, (e) => e.codeName === "version_mismatch" && /0\.0\.1/.test(e.message));
+  assert.deepEqual(ports[1].sent.map((m) => m.action), ["ping"]);
+  client.close();
+});
