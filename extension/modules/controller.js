@@ -235,6 +235,11 @@ export async function encryptParams(tab, details, identity) {
   };
 }
 
+/** The user's sentence for a PROTOCOL.md error name (_locales "error_<name>"), else the name. */
+function errorTitle(name) {
+  return messenger.i18n.getMessage(`error_${name}`) || name;
+}
+
 async function failSend(tab, title, lines) {
   const text = lines.join("\n");
   const state = await updateTabState(session(), tab.id, { error: text });
@@ -275,7 +280,7 @@ export async function onBeforeSend(tab, details) {
       result = await host.request("encrypt", params);
     } catch (e) {
       const { title, lines } = describeError({ name: e.codeName, message: e.message, details: e.details });
-      await failSend(tab, title, lines);
+      await failSend(tab, errorTitle(title), lines);
       return { cancel: true };
     }
     const sender = extractAddress(details.from ?? "");

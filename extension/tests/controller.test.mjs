@@ -132,6 +132,8 @@ test("fail closed: no container -> cancel, nothing imported, the user is told wh
   assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
   assert.equal(calls.filter((x) => x[0] === "import").length, 0);
   const note = calls.find((x) => x[0] === "notify");
+  // The user reads a sentence (the stand-in i18n returns the key), not the code's name.
+  assert.match(note[1], /^error_no_valid_container\n/);
   assert.match(note[1], /carol@external\.test: no gateway serves external\.test/);
   assert.match(session.get("tab:3").error, /carol@external\.test/);
   await new Promise((r) => setTimeout(r, 10));

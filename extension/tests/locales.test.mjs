@@ -33,3 +33,15 @@ test("every message key the add-on uses exists", () => {
     assert.ok(`status_${s}` in en, s);
   }
 });
+
+test("every error the user can be shown has a text of its own (error_<name>)", () => {
+  const protocol = readFileSync(join(root, "..", "PROTOCOL.md"), "utf8");
+  const names = [...protocol.matchAll(/^\| \d+ \| `(\w+)` \|/gm)].map((m) => m[1]);
+  assert.ok(names.includes("no_valid_container") && names.length >= 13, names.join(","));
+  // Raised by the add-on itself (modules/host.js): code 0.
+  names.push("host_unavailable", "timeout", "bad_chunk");
+  for (const lang of ["en", "de"]) {
+    const messages = load(lang);
+    for (const name of names) assert.ok(`error_${name}` in messages, `${lang}: error_${name}`);
+  }
+});
