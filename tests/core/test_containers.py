@@ -319,6 +319,21 @@ def test_lifetimes(
     assert cert.not_valid_after_utc == NOW + lifetime
 
 
+def test_clock_skew_is_a_setting(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    """notBefore = now - skew: 5 minutes unless the directory says otherwise."""
+    key = ca_private_key(ca)
+    for skew in (dt.timedelta(0), dt.timedelta(minutes=1), kc.MAX_SKEW):
+        custom = kc.DirectoryCA(ca.certificate, key, URL, skew=skew)
+        cert = issue(custom, gw, lifetime=dt.timedelta(minutes=5))
+        assert cert.not_valid_before_utc == NOW - skew
+        assert cert.not_valid_after_utc == NOW + dt.timedelta(minutes=5)
+    loaded = kc.DirectoryCA.load(kc.to_pem(ca.certificate), ca.key_pem(), skew=dt.timedelta(0))
+    assert issue(loaded, gw).not_valid_before_utc == NOW
+    for bad in (dt.timedelta(seconds=-1), kc.MAX_SKEW + dt.timedelta(seconds=1)):
+        with pytest.raises(ContainerError, match="skew"):
+            kc.DirectoryCA(ca.certificate, key, URL, skew=bad)
+
+
 def test_container_cannot_outlive_the_ca(gw: kc.GatewayKey) -> None:
     short = kc.DirectoryCA.generate(validity=dt.timedelta(hours=1))
     with pytest.raises(ContainerError, match="CA expires"):

@@ -14,7 +14,8 @@ The container profile (see README, section core-containers):
   noRevAvail      RFC 9608: short life instead of revocation.
   SMIMECapabilities from the gateway's preferences; keypost extension (x509_ext): role,
                   SHA-256 of the gateway certificate/SPKI, directory URL.
-  validity        now - 5 min .. now + lifetime (24 h encrypt, 30 days sign, >= 5 min).
+  validity        now - skew (5 min, settable) .. now + lifetime (24 h encrypt, 30 days
+                  sign, >= 5 min).
   serial          random, 159 bits.
 """
 
@@ -59,6 +60,7 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 CAPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 DEFAULT_SKEW = dt.timedelta(minutes=5)
+MAX_SKEW = dt.timedelta(hours=1)  # more would hand out containers valid long before issue
 DEFAULT_ENCRYPT_LIFETIME = dt.timedelta(hours=24)
 DEFAULT_SIGN_LIFETIME = dt.timedelta(days=30)
 MIN_LIFETIME = dt.timedelta(minutes=5)
@@ -253,8 +255,18 @@ class DirectoryCA:
     """
 
     def __init__(
-        self, certificate: x509.Certificate, key: CAPrivateKey, directory_url: str = ""
+        self,
+        certificate: x509.Certificate,
+        key: CAPrivateKey,
+        directory_url: str = "",
+        skew: dt.timedelta = DEFAULT_SKEW,
     ) -> None:
+        """`skew`: how far notBefore lies before the moment of issue, for relying parties
+        whose clocks are slow (0 .. MAX_SKEW)."""
+        if not dt.timedelta(0) <= skew <= MAX_SKEW:
+            raise ContainerError(
+                f"clock skew {format_duration(skew)} is outside 0 s .. {format_duration(MAX_SKEW)}"
+            )
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise ContainerError("directory CA key must be RSA or EC")
         spki = serialization.PublicFormat.SubjectPublicKeyInfo
@@ -277,6 +289,7 @@ class DirectoryCA:
         self._cert = certificate
         self._key = key
         self.directory_url = directory_url
+        self.skew = skew
         self._issuer = certificate.subject
         self._not_after = certificate.not_valid_after_utc
         try:
@@ -315,6 +328,7 @@ class DirectoryCA:
         common_name: str = "keypost directory CA",
         directory_url: str = "",
         validity: dt.timedelta = dt.timedelta(days=3650),
+        skew: dt.timedelta = DEFAULT_SKEW,
     ) -> DirectoryCA:
         key: CAPrivateKey
         if key_type == "ecdsa-p256":
@@ -343,11 +357,15 @@ class DirectoryCA:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(pub), critical=False)
             .sign(key, _SHA256)
         )
-        return DirectoryCA(cert, key, directory_url)
+        return DirectoryCA(cert, key, directory_url, skew)
 
     @staticmethod
     def load(
-        cert_pem: bytes, key_pem: bytes, password: bytes | None = None, directory_url: str = ""
+        cert_pem: bytes,
+        key_pem: bytes,
+        password: bytes | None = None,
+        directory_url: str = "",
+        skew: dt.timedelta = DEFAULT_SKEW,
     ) -> DirectoryCA:
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
@@ -360,7 +378,7 @@ class DirectoryCA:
             raise ContainerError("unreadable directory CA key (PEM, wrong password?)") from exc
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise ContainerError("directory CA key must be RSA or EC")
-        return DirectoryCA(cert, key, directory_url)
+        return DirectoryCA(cert, key, directory_url, skew)
 
     def key_pem(self, password: bytes | None = None) -> bytes:
         enc: serialization.KeySerializationEncryption = (
@@ -426,7 +444,7 @@ class DirectoryCA:
             subject_name=subject,
             public_key=gateway.public_key,
             serial_number=serial,
-            not_valid_before=(start - DEFAULT_SKEW).replace(tzinfo=None),
+            not_valid_before=(start - self.skew).replace(tzinfo=None),
             not_valid_after=not_after.replace(tzinfo=None),
             extensions=extensions,
         )
