@@ -205,3 +205,31 @@ def test_genuine_certificate_needs_its_root(setup: Any, ca: DirectoryCA) -> None
     assert frank["summary"] == "via the gateway of example.com + genuine certificate"
     opened = smime.Decryptor([user_key]).decrypt_message(result["message"].encode())
     assert b"Hello Bob" in opened.message
+
+
+def test_a_container_issued_for_another_address_is_not_used(
+    setup: Any, ca: DirectoryCA
+) -> None:
+    """A directory that answers for bob with erin's (genuinely signed) containers: the pinned
+    anchor accepts the signature, the address binding refuses them, nothing is encrypted."""
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    real_fetch = factory.directory.fetch
+
+    def swapped(addresses: Any, while_waiting: Any = None) -> Any:
+        found = real_fetch(["erin@example.org" if a == "bob@example.org" else a
+                            for a in addresses], while_waiting)
+        if "bob@example.org" in addresses:
+            found["bob@example.org"] = found.pop("erin@example.org")
+        return found
+
+    factory.directory.fetch = swapped  # type: ignore[method-assign]
+    [bob] = ok(host, "lookup", recipients=["bob@example.org"])["recipients"]
+    assert bob["status"] == "invalid" and bob["containers"]
+    assert all(not c["valid"] and not c["used"] for c in bob["containers"])
+    assert all(any("not for bob@example.org" in r for r in c["reasons"])
+               for c in bob["containers"])
+    host.forget_containers()  # encrypt asks the directory again, and gets the same answer
+    reply = call(host, "encrypt", **params(cc=[], bcc=[]))
+    assert code(reply) == 10 and "result" not in reply
+    assert [r["address"] for r in reply["error"]["details"]["recipients"]] == ["bob@example.org"]
