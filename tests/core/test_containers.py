@@ -3,6 +3,7 @@ pyasn1 and the real openssl / gpgsm command-line tools."""
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import hashlib
@@ -32,6 +33,9 @@ from keypost.core.x509_ext import (
     OID_NO_REV_AVAIL,
     OID_SMIME_CAPABILITIES,
     OID_SMTP_UTF8_MAILBOX,
+    der_elements,
+    der_oid,
+    der_single,
     der_tlv,
 )
 
@@ -914,6 +918,34 @@ def test_gateway_key_refused(make: object, message: str) -> None:
     )
     with pytest.raises(ContainerError, match=message):
         kc.GatewayKey.from_pem(pem)
+
+
+def test_gateway_key_restricted_to_pss_is_refused(
+    gw_priv: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    """An id-RSASSA-PSS key loads as a plain RSA key in cryptography; issued as is, the
+    container would call it rsaEncryption and use it for key transport (RFC 4055 1.2)."""
+    plain = gw_priv.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (algorithm, _), (_, bits) = der_elements(der_single(plain, 0x30, "SPKI"))
+    assert algorithm == 0x30
+    pss = der_tlv(0x30, der_tlv(0x30, der_oid("1.2.840.113549.1.1.10")) + der_tlv(0x03, bits))
+    assert serialization.load_der_public_key(pss) == gw_priv.public_key()  # same numbers
+    pss_pem = b"".join((b"-----BEGIN PUBLIC KEY-----\n",
+                        base64.encodebytes(pss), b"-----END PUBLIC KEY-----\n"))  # fmt: skip
+    for data in (pss, pss_pem):
+        with pytest.raises(ContainerError, match="RSASSA-PSS"):
+            kc.GatewayKey.from_pem(data)
+    assert kc.GatewayKey.from_pem(plain).public_key == gw_priv.public_key()
+    if OPENSSL is None:
+        return
+    res = openssl("req", "-x509", "-newkey", "rsa-pss", "-pkeyopt", "rsa_keygen_bits:2048",
+                  "-nodes", "-keyout", tmp_path / "pss.key", "-subj", "/CN=pss gateway",
+                  "-days", "2", "-out", tmp_path / "pss.pem")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(ContainerError, match="RSASSA-PSS"):
+        kc.GatewayKey.from_pem((tmp_path / "pss.pem").read_bytes())
 
 
 def test_gateway_key_garbage(gw_priv: rsa.RSAPrivateKey) -> None:

@@ -21,6 +21,7 @@ The container profile (see README, section core-containers):
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
 import hashlib
@@ -53,6 +54,7 @@ from keypost.core.x509_ext import (
     encode_smime_capabilities,
     rfc822_name_der,
     smtp_utf8_mailbox_der,
+    spki_algorithm,
 )
 
 CAKeyType = Literal["ecdsa-p256", "rsa-3072"]
@@ -94,6 +96,17 @@ def _utcnow(now: dt.datetime | None) -> dt.datetime:
     return now if now.tzinfo is not None else now.replace(tzinfo=dt.UTC)
 
 
+OID_RSASSA_PSS = "1.2.840.113549.1.1.10"
+
+
+def _pem_body(data: bytes, label: bytes) -> bytes:
+    """The DER inside the first PEM block with `label` (already read by cryptography, so
+    well-formed)."""
+    begin = b"-----BEGIN " + label + b"-----"
+    start = data.index(begin) + len(begin)
+    return base64.b64decode(data[start : data.index(b"-----END " + label + b"-----", start)])
+
+
 def _check_public_key(key: object) -> PublicKey:
     problem = checks.key_problem(key, "gateway")
     if problem:
@@ -117,12 +130,14 @@ class GatewayKey:
         """Load a certificate or SubjectPublicKeyInfo PEM (or DER). Raises ContainerError."""
         cert: x509.Certificate | None = None
         key: object
+        spki = b""
         try:
             if b"-----BEGIN CERTIFICATE-----" in data:
                 cert = x509.load_pem_x509_certificate(data)
                 key = cert.public_key()
             elif b"-----BEGIN PUBLIC KEY-----" in data:
                 key = serialization.load_pem_public_key(data)
+                spki = _pem_body(data, b"PUBLIC KEY")
             elif b"-----BEGIN" in data:
                 raise ContainerError("expected a certificate or public key PEM (not a private key)")
             else:
@@ -131,8 +146,20 @@ class GatewayKey:
                     key = cert.public_key()
                 except checks.PARSE_ERRORS:
                     key = serialization.load_der_public_key(data)
+                    spki = data
+            algorithm = (
+                cert.public_key_algorithm_oid.dotted_string if cert else spki_algorithm(spki)
+            )
         except checks.PARSE_ERRORS as exc:
             raise ContainerError("unreadable gateway certificate or public key") from exc
+        if algorithm == OID_RSASSA_PSS:
+            # cryptography loads it as a plain RSA key and the container would announce it as
+            # rsaEncryption, lifting the owner's restriction to PSS signatures (RFC 4055 1.2):
+            # key transport and our PKCS#1 v1.5 signatures are not allowed with it.
+            raise ContainerError(
+                "gateway key is restricted to RSASSA-PSS signatures (id-RSASSA-PSS); "
+                "an rsaEncryption or EC key is needed"
+            )
         return GatewayKey(_check_public_key(key), cert, tuple(capabilities))
 
     @cached_property

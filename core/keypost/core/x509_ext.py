@@ -127,6 +127,16 @@ def der_single(data: bytes, tag: int, what: str) -> bytes:
     return content
 
 
+def spki_algorithm(spki: bytes) -> str:
+    """The dotted algorithm OID of a SubjectPublicKeyInfo DER (cryptography's key objects
+    forget it, e.g. an id-RSASSA-PSS key loads as a plain RSA key)."""
+    parts = der_elements(der_single(spki, TAG_SEQUENCE, "SubjectPublicKeyInfo"))
+    algorithm = der_elements(parts[0][1]) if parts and parts[0][0] == TAG_SEQUENCE else []
+    if not algorithm or algorithm[0][0] != TAG_OID:
+        raise ContainerError("malformed SubjectPublicKeyInfo")
+    return decode_oid(algorithm[0][1])
+
+
 # SMIMECapabilities (RFC 4262 / RFC 8551 2.5.2) -------------------------------------
 
 
