@@ -264,6 +264,7 @@ export async function onBeforeSend(tab, details) {
   const state = await getTabState(session(), tab.id);
   if (!state.encrypt) return {};
   sending.add(tab.id);
+  let sentCopyId = null; // the clear copy filed in Sent, taken back out if nothing is queued
   try {
     const rcpts = collectRecipients(details);
     if (rcpts.unresolved > 0 || rcpts.invalid.length > 0) {
@@ -301,7 +302,7 @@ export async function onBeforeSend(tab, details) {
         const sent = await findSentFolder(identity.accountId);
         const copy = setHeaders(result.sent_copy, { "X-Identity-Key": null, "X-Account-Key": null });
         const file = new File([copy], "keypost-sent.eml", { type: "message/rfc822" });
-        if (sent) await messenger.messages.import(file, sent.id, { read: true });
+        if (sent) sentCopyId = (await messenger.messages.import(file, sent.id, { read: true }))?.id ?? null;
       } catch (e) {
         // The message itself still goes out; only the readable copy is missing.
         console.error("keypost: filing the Sent copy failed", e);
@@ -314,6 +315,7 @@ export async function onBeforeSend(tab, details) {
         { read: true },
       );
     } catch (e) {
+      await withdrawSentCopy(sentCopyId);
       await failSend(tab, msg("errorQueue"), [String(e?.message ?? e)]);
       return { cancel: true };
     }
@@ -324,11 +326,18 @@ export async function onBeforeSend(tab, details) {
     setTimeout(() => closeCompose(tab).catch(console.error), 0);
     return { cancel: true };
   } catch (e) {
+    await withdrawSentCopy(sentCopyId);
     await failSend(tab, msg("errorInternal"), [String(e?.message ?? e)]);
     return { cancel: true };
   } finally {
     sending.delete(tab.id);
   }
+}
+
+/** Remove a filed clear Sent copy of a message that was not queued after all (skipping Trash). */
+async function withdrawSentCopy(id) {
+  if (id === null) return;
+  await messenger.messages.delete([id], true).catch((e) => console.error("keypost: the Sent copy stays", e));
 }
 
 /**

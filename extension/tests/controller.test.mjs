@@ -260,3 +260,27 @@ test("an administrator's preset configures an unconfigured host (storage.managed
 test("the add-on's host client says hello with its protocol and version on every port", () => {
   assert.deepEqual(c.host.hello, { action: "ping", params: { protocol: 1, version: "0" } });
 });
+
+test("the Outbox refusing the message takes the clear Sent copy back out", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const original = messenger.messages.import;
+  messenger.messages.import = async (file, folderId) => {
+    calls.push(["import", folderId, await file.text()]);
+    if (folderId === "outbox-id") throw new Error("the Outbox is full");
+    return { id: 41, folder: { id: folderId } };
+  };
+  messenger.messages.delete = async (ids, skipTrash) => calls.push(["delete", ids, skipTrash]);
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.messages.import = original;
+    delete messenger.messages.delete;
+  }
+  assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
+  // Nothing went out, so no readable "sent" copy may suggest otherwise (not even in Trash).
+  assert.deepEqual(calls.find((x) => x[0] === "delete"), ["delete", [41], true]);
+  assert.match(session.get("tab:3").error, /the Outbox is full/);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+});
