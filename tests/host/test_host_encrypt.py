@@ -233,3 +233,16 @@ def test_a_container_issued_for_another_address_is_not_used(
     reply = call(host, "encrypt", **params(cc=[], bcc=[]))
     assert code(reply) == 10 and "result" not in reply
     assert [r["address"] for r in reply["error"]["details"]["recipients"]] == ["bob@example.org"]
+
+
+def test_every_encrypt_mints_a_fresh_message_id(setup: Any, ca: DirectoryCA) -> None:
+    """Thunderbird's Outbox refuses a Message-ID it already holds: a second send of the same
+    compose details (e.g. after a refused first try) must not reuse the first one's."""
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    first, second = (ok(host, "encrypt", **params(for_outbox=True)) for _ in range(2))
+    assert first["message_id"] != second["message_id"]
+    for result in (first, second):
+        assert result["message_id"].endswith("@example.com>")
+        assert parse(result["message"])["Message-ID"] == result["message_id"]
+        assert parse(result["sent_copy"])["Message-ID"] == result["message_id"]
