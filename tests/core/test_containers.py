@@ -946,6 +946,11 @@ def test_gateway_key_restricted_to_pss_is_refused(
     assert res.returncode == 0, res.stderr
     with pytest.raises(ContainerError, match="RSASSA-PSS"):
         kc.GatewayKey.from_pem((tmp_path / "pss.pem").read_bytes())
+    # nor may a directory CA with such a key sign containers with PKCS#1 v1.5
+    with pytest.raises(ContainerError, match="RSASSA-PSS"):
+        kc.DirectoryCA.load(
+            (tmp_path / "pss.pem").read_bytes(), (tmp_path / "pss.key").read_bytes()
+        )
 
 
 def test_gateway_key_garbage(gw_priv: rsa.RSAPrivateKey) -> None:

@@ -305,6 +305,10 @@ class DirectoryCA:
         problem = checks.key_problem(key.public_key(), "directory CA")
         if problem:
             raise ContainerError(problem)
+        if certificate.public_key_algorithm_oid.dotted_string == OID_RSASSA_PSS:
+            # Containers are signed sha256WithRSAEncryption (PKCS#1 v1.5), which a key
+            # restricted to PSS must not make (RFC 4055 1.2).
+            raise ContainerError("directory CA key is restricted to RSASSA-PSS; use RSA or EC")
         try:
             ca_flag = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         except x509.ExtensionNotFound:
