@@ -54,11 +54,15 @@ export function classify(entry) {
 export function statusList(recipients, entries) {
   const byKey = new Map();
   for (const e of entries ?? []) {
-    if (e && typeof e.address === "string") byKey.set(e.address.toLowerCase(), e);
+    // `given` is the string the add-on asked for: it matches where `address` (the host's
+    // normalised form, e.g. an IDN domain as A-label) does not.
+    for (const k of [e?.address, e?.given]) {
+      if (typeof k === "string") byKey.set(k.toLowerCase(), e);
+    }
   }
   return recipients.map((r) => {
     const e = byKey.get(r.toLowerCase());
-    return e ? classify(e) : { address: r, state: "pending", gateways: [], reason: "" };
+    return e ? { ...classify(e), address: r } : { address: r, state: "pending", gateways: [], reason: "" };
   });
 }
 

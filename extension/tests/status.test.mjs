@@ -40,3 +40,12 @@ test("describeError names every failing recipient", () => {
   assert.deepEqual(e, { title: "no_valid_container", lines: ["c@y.org: no container", "d@y.org: expired"] });
   assert.deepEqual(describeError({ name: "timeout", message: "slow" }).lines, ["slow"]);
 });
+
+test("statusList matches the host's entry by what was asked (given), e.g. an IDN domain", () => {
+  // The host answers with the A-label form and echoes the asked string as `given`.
+  const entry = { address: "kim@xn--bcher-kva.example", given: "kim@bücher.example", status: "ok", containers: [gw("bücher.example")] };
+  const [kim] = statusList(["kim@bücher.example"], [entry]);
+  assert.equal(kim.state, "gateway");
+  assert.equal(kim.address, "kim@bücher.example", "shown as typed, so carryOver finds it again");
+  assert.equal(carryOver(["kim@bücher.example"], [kim])[0].state, "gateway");
+});
