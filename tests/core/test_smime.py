@@ -422,6 +422,39 @@ def test_sign_refuses_a_key_that_is_not_the_containers() -> None:
         smime.sign_message(MESSAGE, gateway("other").key, cont)
 
 
+def test_signer_with_an_unrecognised_critical_extension_is_refused() -> None:
+    """RFC 5280 4.2, as in verify_container: the same signing container re-issued with one
+    extension we do not process, once critical and once not."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    gw = gateway("gw.a.example")
+    original = container("alice@a.example", gw, Purpose.SIGN)
+    ca_key = serialization.load_pem_private_key(directory_ca().key_pem(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    oid = x509.ObjectIdentifier("1.3.6.1.4.1.99999.2")
+    for critical in (True, False):
+        extra = x509.Extension(oid, critical, x509.UnrecognizedExtension(oid, b"\x05\x00"))
+        cert = x509.CertificateBuilder(
+            issuer_name=original.issuer,
+            subject_name=original.subject,
+            public_key=original.public_key(),
+            serial_number=x509.random_serial_number(),
+            not_valid_before=original.not_valid_before_utc,
+            not_valid_after=original.not_valid_after_utc,
+            extensions=[*original.extensions, extra],
+        ).sign(ca_key, hashes.SHA256())
+        result = smime.verify_signed(
+            smime.sign_message(_fresh_message(), gw.key, cert), [directory_ca().certificate]
+        )
+        if critical:
+            assert not result.ok
+            assert f"unrecognised critical extension {oid.dotted_string}" in result.reasons
+        else:
+            assert result.ok, result.reasons
+
+
 # base64 backends -------------------------------------------------------------------------
 
 

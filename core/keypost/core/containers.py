@@ -613,23 +613,6 @@ def _role_problems(
     return [], info.role is Role.GENUINE
 
 
-# Extensions verify_container reads (or that restrict nothing it relies on): only these
-# may be critical in a certificate it accepts.
-_UNDERSTOOD = frozenset(
-    {
-        x509.BasicConstraints.oid,
-        x509.KeyUsage.oid,
-        x509.ExtendedKeyUsage.oid,
-        _SAN_OID,
-        x509.SubjectKeyIdentifier.oid,
-        x509.AuthorityKeyIdentifier.oid,
-        OID_NO_REV_AVAIL,
-        OID_SMIME_CAPABILITIES,
-        OID_KEYPOST_CONTAINER,
-    }
-)
-
-
 def verify_container(
     cert: x509.Certificate,
     trust_anchors: Sequence[x509.Certificate],
@@ -658,7 +641,7 @@ def verify_container(
         role_reasons, genuine = _role_problems(info, purpose, expected_roles)
         reasons += role_reasons
         reasons += checks.usage_problems(cert, purpose, required=not genuine)
-        reasons += checks.critical_problems(cert, _UNDERSTOOD)
+        reasons += checks.critical_problems(cert)
         reasons += _address_problems(info, address)
     except checks.PARSE_ERRORS as exc:  # parsed lazily
         reasons = [f"malformed certificate: {_first_sentence(exc)}"]

@@ -600,6 +600,7 @@ def _verify(
         reasons += _chain_problems(cert, trust_anchors, certs, at_now)
         reasons += checks.validity_problems(cert, when or at_now)
         reasons += checks.usage_problems(cert, Purpose.SIGN, required=False)
+        reasons += checks.critical_problems(cert)
     except ValueError as exc:  # lazily parsed extensions
         reasons.append(f"malformed signer certificate: {exc}")
     reasons += _from_problems(headers, cert)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from keypost.core.types import Purpose
+from keypost.core.x509_ext import OID_KEYPOST_CONTAINER, OID_NO_REV_AVAIL, OID_SMIME_CAPABILITIES
 
 MIN_RSA_BITS = 2048
 # What cryptography raises while lazily parsing a hostile certificate (found by fuzzing in
@@ -170,8 +171,25 @@ def validity_problems(cert: x509.Certificate, now: dt.datetime) -> list[str]:
     return []
 
 
+# Extensions the checks here read (or that restrict nothing they rely on): only these may
+# be critical in a certificate that verify_container or verify_signed accepts.
+UNDERSTOOD_EXTENSIONS = frozenset(
+    {
+        x509.BasicConstraints.oid,
+        x509.KeyUsage.oid,
+        x509.ExtendedKeyUsage.oid,
+        x509.SubjectAlternativeName.oid,
+        x509.SubjectKeyIdentifier.oid,
+        x509.AuthorityKeyIdentifier.oid,
+        OID_NO_REV_AVAIL,
+        OID_SMIME_CAPABILITIES,
+        OID_KEYPOST_CONTAINER,
+    }
+)
+
+
 def critical_problems(
-    cert: x509.Certificate, understood: frozenset[x509.ObjectIdentifier]
+    cert: x509.Certificate, understood: frozenset[x509.ObjectIdentifier] = UNDERSTOOD_EXTENSIONS
 ) -> list[str]:
     """RFC 5280 4.2: a certificate with a critical extension the relying party does not
     process MUST be rejected (e.g. a genuine certificate's critical policy we cannot read)."""
