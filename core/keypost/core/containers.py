@@ -62,6 +62,7 @@ PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
 CAPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 DEFAULT_SKEW = dt.timedelta(minutes=5)
+MAX_CA_VALIDITY = dt.timedelta(days=100 * 366)
 MAX_SKEW = dt.timedelta(hours=1)  # more would hand out containers valid long before issue
 DEFAULT_ENCRYPT_LIFETIME = dt.timedelta(hours=24)
 DEFAULT_SIGN_LIFETIME = dt.timedelta(days=30)
@@ -369,6 +370,13 @@ class DirectoryCA:
         else:
             raise ContainerError(f"unknown CA key type {key_type!r} (ecdsa-p256 or rsa-3072)")
         now = dt.datetime.now(dt.UTC)
+        if not dt.timedelta(0) < validity <= MAX_CA_VALIDITY:
+            # Beyond the year 9999 the date arithmetic itself overflows (a traceback in the
+            # CLI); X.509 GeneralizedTime ends there anyway.
+            raise ContainerError(
+                f"CA validity {format_duration(validity)} is outside 1 s .. "
+                f"{format_duration(MAX_CA_VALIDITY)}"
+            )
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:MAX_CN])])
         pub = key.public_key()
         cert = (
