@@ -227,3 +227,19 @@ def test_ldap_work_runs_while_the_search_is_in_flight(directory: Directory) -> N
         assert c._conn is not conn
     finally:
         c.close()
+
+
+def test_tls_checks_the_host_name(directory: Directory) -> None:
+    """The right CA is not enough: the server certificate names 127.0.0.1 only, so the same
+    server reached as "localhost" is refused (ldap3 matches the name after the handshake)."""
+    if socket.gethostbyname("localhost") != "127.0.0.1":
+        pytest.skip("localhost does not resolve to 127.0.0.1 here")
+    right = directory.tls_ca_pem.encode()
+    for url in (directory.ldap_url, directory.ldaps_url):
+        c = make_client(parse_directory_url(url.replace("127.0.0.1", "localhost")), "alice",
+                        PASSWORD, right, 5.0)
+        with pytest.raises(DirectoryUnreachable) as info:
+            c.fetch(["bob@example.org"])
+        c.close()
+        if url.startswith("ldap:"):
+            assert "doesn't match any name in ['localhost']" in str(info.value)
