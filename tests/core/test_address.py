@@ -190,3 +190,10 @@ def test_only_one_trailing_dot_is_the_root() -> None:
     for bad in ("a@example.org..", "a@example.org...", "a@."):
         with pytest.raises(AddressError):
             parse_address(bad)
+
+
+@pytest.mark.parametrize("text", ["\udcff@x.example", "a\ud800b@x.example", "a@\udcff.example"])
+def test_lone_surrogates_are_an_address_error(text: str) -> None:
+    """As JSON ("\\ud800") or undecodable argv bytes deliver them: never UnicodeEncodeError."""
+    with pytest.raises(AddressError):
+        parse_address(text)

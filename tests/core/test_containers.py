@@ -639,6 +639,11 @@ def test_wrong_address(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
     assert "invalid" in reasons_of(
         kc.verify_container(cert, [ca.certificate], "not an address", Purpose.ENCRYPT, NOW)
     )
+    # an unencodable address is the address's fault, not the certificate's
+    text = reasons_of(
+        kc.verify_container(cert, [ca.certificate], "\udcff@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert text.startswith("invalid address") and "malformed certificate" not in text
     # the domain matches case-insensitively; a parsed Address works as well as a string
     for right in ("alice@EXAMPLE.org", parse_address("alice@Example.Org")):
         assert kc.verify_container(cert, [ca.certificate], right, Purpose.ENCRYPT, NOW).ok

@@ -94,7 +94,13 @@ def parse_address(text: str) -> Address:
     s = text.strip()
     if s.startswith("<") and s.endswith(">"):
         s = s[1:-1]
-    if not s or len(s) > MAX_ADDRESS or any(ch.isspace() or ord(ch) < 32 for ch in s):
+    # Lone surrogates (a JSON "\ud800", undecodable bytes in argv) are no characters: they
+    # would surface as UnicodeEncodeError from the length check below, not AddressError.
+    if (
+        not s
+        or len(s) > MAX_ADDRESS
+        or any(ch.isspace() or ord(ch) < 32 or "\ud800" <= ch <= "\udfff" for ch in s)
+    ):
         raise AddressError(f"invalid address: {text!r}")
     local, sep, domain = s.rpartition("@")
     if not sep or not local:
