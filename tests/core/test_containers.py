@@ -291,6 +291,16 @@ def test_long_addresses(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
     assert len(cert.subject) == 0
     assert cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).critical
     assert kc.verify_container(cert, [ca.certificate], long_utf8, Purpose.ENCRYPT, NOW).ok
+    # ub-common-name counts UTF-8 octets in cryptography: 30 characters can be 90 octets
+    wide = "\u4f8b" * 20 + "@" + "\u5b50" * 9 + ".example"  # 39 characters, 95 octets
+    cert = issue(ca, gw, wide)
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME) == []
+    assert kc.verify_container(cert, [ca.certificate], wide, Purpose.ENCRYPT, NOW).ok
+    fits = "\u4f8b" * 10 + "@b.example"  # 40 octets: keeps its CN
+    cn = issue(ca, gw, fits).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert [a.value for a in cn] == [fits]
+    named = kc.DirectoryCA.generate(common_name="\u00fc" * 40)  # 80 octets, cut to 64
+    assert named.certificate.subject.rfc4514_string() == "CN=" + "\u00fc" * 32
 
 
 # Lifetimes ---------------------------------------------------------------------------

@@ -67,7 +67,7 @@ MAX_SKEW = dt.timedelta(hours=1)  # more would hand out containers valid long be
 DEFAULT_ENCRYPT_LIFETIME = dt.timedelta(hours=24)
 DEFAULT_SIGN_LIFETIME = dt.timedelta(days=30)
 MIN_LIFETIME = dt.timedelta(minutes=5)
-MAX_CN = 64  # ub-common-name (RFC 5280)
+MAX_CN = 64  # ub-common-name (RFC 5280); cryptography counts it in UTF-8 octets
 _CACHE_SIZE = 4096  # addresses / gateway keys whose constant certificate parts are kept
 
 _ROLE_FOR_PURPOSE = {Purpose.ENCRYPT: Role.PROXY_ENCRYPTION, Purpose.SIGN: Role.PROXY_SIGNING}
@@ -260,7 +260,7 @@ def _address_parts(address: Address) -> tuple[x509.Name, x509.Extension[x509.Ext
     the SAN is DER-encoded here (its value is already validated by parse_address)."""
     display = _display_address(address)
     attrs: list[x509.NameAttribute[str]] = []
-    if len(display) <= MAX_CN:
+    if len(display.encode("utf-8")) <= MAX_CN:  # octets: 64 characters may be 256 of them
         attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, display))
     if address.ascii_local:
         attrs.append(x509.NameAttribute(NameOID.EMAIL_ADDRESS, display))
@@ -377,7 +377,8 @@ class DirectoryCA:
                 f"CA validity {format_duration(validity)} is outside 1 s .. "
                 f"{format_duration(MAX_CA_VALIDITY)}"
             )
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:MAX_CN])])
+        cn = common_name.encode("utf-8")[:MAX_CN].decode("utf-8", "ignore")  # whole characters
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
         pub = key.public_key()
         cert = (
             x509.CertificateBuilder()
