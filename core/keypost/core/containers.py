@@ -1,7 +1,7 @@
 """Key containers: X.509 v3 certificates that bind a gateway's public key to an address.
 
 The container profile (see README, section core-containers):
-  subject         CN=<address> (when <= 64 characters) and, for ASCII addresses,
+  subject         CN=<address> (when <= 64 UTF-8 octets) and, for ASCII addresses,
                   emailAddress=<address>: gpgsm and older Outlook/gateway code match on
                   the subject's emailAddress; Thunderbird and modern Outlook use the SAN.
   SAN             rfc822Name (ASCII local part, lower-case A-label domain) or, for a
