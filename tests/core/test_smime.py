@@ -416,6 +416,35 @@ def test_verify_never_raises_on_garbage() -> None:
         assert not result.ok and result.reasons
 
 
+SPKI_RSA = bytes.fromhex("30820122300d06092a864886f70d010101")  # RSA-2048 SPKI start
+
+
+@pytest.mark.parametrize(
+    ("find", "replace"),
+    [
+        (b"\xa0\x03\x02\x01\x02", b"\xa0\x03\x02\x01\x5b"),  # version 92: InvalidVersion
+        # the SPKI's rsaEncryption (after the SPKI's own header) -> an unknown key type
+        (SPKI_RSA, SPKI_RSA[:-1] + b"\x7f"),
+        (b"\x06\x03\x55\x1d\x0f", b"\x06\x03\x55\x1d\x13"),  # keyUsage -> 2nd basicConstr.
+    ],
+    ids=["version", "key algorithm", "duplicate extension"],
+)
+def test_verify_never_raises_on_a_hostile_certificate(find: bytes, replace: bytes) -> None:
+    """cryptography parses the carried certificate lazily: wherever it is first read, a
+    hostile one must end in reasons, never an exception (found by mutating signatures)."""
+    gw = gateway("gw.a.example")
+    signed = smime.sign_message(_fresh_message(), gw.key, container("alice@a.example", gw,
+                                                                   Purpose.SIGN))  # fmt: skip
+    head, rest = signed.split(b"S/MIME Cryptographic Signature\r\n\r\n")
+    b64, tail = rest.split(b"\r\n--", 1)
+    der = base64.b64decode(b64)
+    assert der.count(find) == 1
+    hostile = base64.encodebytes(der.replace(find, replace)).replace(b"\n", b"\r\n")
+    message = head + b"S/MIME Cryptographic Signature\r\n\r\n" + hostile + b"--" + tail
+    result = smime.verify_signed(message, [directory_ca().certificate])
+    assert not result.ok and result.reasons
+
+
 def test_sign_refuses_a_key_that_is_not_the_containers() -> None:
     cont = container("alice@a.example", gateway("gw.a.example"), Purpose.SIGN)
     with pytest.raises(SmimeError, match="does not belong"):

@@ -569,7 +569,7 @@ def describe(cert: x509.Certificate) -> ContainerInfo:
                 addresses.append(str(attr.value))
         key_text = checks.key_description(cert.public_key())
     except checks.PARSE_ERRORS as exc:  # cryptography parses lazily
-        raise ContainerError(f"malformed certificate: {_first_sentence(exc)}") from exc
+        raise ContainerError(f"malformed certificate: {checks.first_sentence(exc)}") from exc
     return ContainerInfo(
         addresses=tuple(addresses),
         role=role,
@@ -581,11 +581,6 @@ def describe(cert: x509.Certificate) -> ContainerInfo:
         serial=cert.serial_number,
         key_description=key_text,
     )
-
-
-def _first_sentence(exc: Exception) -> str:
-    """cryptography's parse errors run to several sentences; a reason needs one."""
-    return str(exc).split(". ")[0][:160]
 
 
 def _address_problems(info: ContainerInfo, wanted: Address | str) -> list[str]:
@@ -653,7 +648,7 @@ def verify_container(
         reasons += checks.critical_problems(cert)
         reasons += _address_problems(info, address)
     except checks.PARSE_ERRORS as exc:  # parsed lazily
-        reasons = [f"malformed certificate: {_first_sentence(exc)}"]
+        reasons = [f"malformed certificate: {checks.first_sentence(exc)}"]
     return VerificationResult(not reasons, tuple(reasons), info)
 
 

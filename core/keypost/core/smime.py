@@ -446,7 +446,12 @@ def verify_signed(
     through intermediates carried in the SignedData), its validity at the signing time,
     key usage, that it names the From address and that signingTime matches Date.
     Never raises for a bad message: `reasons` says what is wrong."""
-    return _verify(message, trust_anchors, now)
+    try:
+        return _verify(message, trust_anchors, now)
+    except checks.PARSE_ERRORS as exc:
+        # cryptography parses a carried certificate lazily, so a hostile one fails wherever
+        # it is first read (its version, key, extensions...): one reason for all of those.
+        return _failed(f"a certificate in the signature is malformed: {checks.first_sentence(exc)}")
 
 
 def _failed(reason: str, content: bytes = b"") -> SignatureResult:

@@ -38,6 +38,11 @@ PARSE_ERRORS: tuple[type[Exception], ...] = (
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
 
 
+def first_sentence(exc: Exception) -> str:
+    """cryptography's parse errors run to several sentences; a reason needs one."""
+    return str(exc).split(". ")[0][:160]
+
+
 def key_description(key: object) -> str:
     """The key as people name it (RSA-2048, EC P-256, ...) for messages and ContainerInfo."""
     if isinstance(key, rsa.RSAPublicKey):
