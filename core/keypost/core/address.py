@@ -57,7 +57,7 @@ def _to_a_labels(domain: str, original: str) -> str:
     if back != unicodedata.normalize("NFC", _DOT_VARIANTS.sub(".", domain)).lower():
         raise AddressError(
             f"internationalised domain {original!r} would change under IDNA mapping "
-            f"(to {back!r}); write it as meant, in lower case, or as A-labels"
+            f"(to {back!r}, another name); give it in lower case without such characters"
         )
     return ace
 
