@@ -26,6 +26,7 @@ from keypost.core.errors import KeypostError
 from keypost.host.config import DirectoryUrl
 from keypost.host.errors import AuthenticationFailed, DirectoryFailure, DirectoryUnreachable
 from keypost.host.paths import cache_dir, write_private
+from keypost.host.tls_errors import describe_tls_failure
 
 CERT_ATTRIBUTE = "userCertificate;binary"
 MAX_PER_REQUEST = 100  # addresses per search/request: keeps filters and URLs a sane size
@@ -135,10 +136,17 @@ class LdapDirectoryClient:
                     f"the directory refused the bind: {conn.result.get('description')}", where
                 )
         except ldap_exc.LDAPStartTLSError as exc:
+            why = describe_tls_failure(str(exc), self._url.host) or _first_line(str(exc))
             raise DirectoryUnreachable(
-                f"StartTLS with {self._url.host} failed: {exc}", where
+                f"StartTLS with {self._url.host} failed: {why}", where
             ) from None
         except ldap_exc.LDAPException as exc:
+            # LDAPS: ldap3 wraps a refused handshake in LDAPSocketOpenError.
+            tls = describe_tls_failure(str(exc), self._url.host)
+            if tls and self._url.scheme == "ldaps":
+                raise DirectoryUnreachable(
+                    f"TLS with {self._url.host}:{self._url.port} failed: {tls}", where
+                ) from None
             raise DirectoryUnreachable(
                 f"cannot reach the directory at {self._url.host}:{self._url.port}: "
                 f"{type(exc).__name__}",
@@ -237,6 +245,10 @@ class LdapDirectoryClient:
             with contextlib.suppress(ldap_exc.LDAPException):
                 self._conn.unbind()
             self._conn = None
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else "no reason given"
 
 
 def _entry_address(dn: str, raw: dict[str, list[bytes]]) -> str | None:
