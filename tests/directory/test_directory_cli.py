@@ -189,3 +189,22 @@ def test_serve_shuts_down_cleanly_and_flushes(tmp_path: Path) -> None:
     assert [r[0] for r in rows] == ["flush-sigint@example.com", "flush-sigterm@example.com"]
     audit = sqlite3.connect(data / "directory.db").execute("SELECT COUNT(*) FROM audit")
     assert audit.fetchone()[0] == 2
+
+
+def test_account_add_without_terminal_or_password_stdin_is_one_line(data: Path) -> None:
+    # No controlling terminal (new session) and stdin at EOF: a script or service unit
+    # that forgot --password-stdin. getpass used to warn and end in a traceback.
+    import subprocess
+
+    from dir_support import KEYPOST
+
+    done = subprocess.run([*KEYPOST, "directory", "account", "add", "erin", "--role", "user",
+                           "--domain", "example.net", "--data", str(data)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, start_new_session=True)
+    assert done.returncode == 1, done.stdout
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("keypost: error: ") and "--password-stdin" in lines[0]
+    assert "erin" not in keypost("directory", "account", "list", "--data", str(data)).stdout
+

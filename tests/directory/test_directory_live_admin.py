@@ -27,6 +27,24 @@ def spki_of(pem: str) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def self_signed(path: Path, common_name: str, email: str | None = None
+                ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A fresh RSA key and a self-signed certificate for it, written to `path` as PEM."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - dt.timedelta(hours=1))
+               .not_valid_after(now + dt.timedelta(days=30)))
+    if email is not None:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
+    cert = builder.sign(key, hashes.SHA256())
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return key, cert
+
+
 def test_rekey_takes_effect_at_once(directory: Directory, tmp_path: Path) -> None:
     old_key, old_pub = write_rsa(tmp_path / "old.pem")
     new_key, new_pub = write_rsa(tmp_path / "new.pem")
@@ -45,18 +63,8 @@ def test_rekey_takes_effect_at_once(directory: Directory, tmp_path: Path) -> Non
 
 
 def test_genuine_certificate_is_handed_out(directory: Directory, tmp_path: Path) -> None:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Gina")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("gina@example.com")]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
     path = tmp_path / "gina.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key, cert = self_signed(path, "Gina", "gina@example.com")
     data = str(directory.data)
     assert [c["role"] for c in lookup(directory, "gina@example.com")] == ["proxy-encryption"]
     keypost("directory", "genuine", "add", str(path), "--data", data)
@@ -67,3 +75,22 @@ def test_genuine_certificate_is_handed_out(directory: Directory, tmp_path: Path)
     assert [c.serial_number for c in ldap][1] == cert.serial_number
     keypost("directory", "genuine", "remove", "gina@example.com", "--data", data)
     assert [c["role"] for c in lookup(directory, "gina@example.com")] == ["proxy-encryption"]
+
+
+def test_gateway_certificate_pem_is_served_with_its_key(directory: Directory,
+                                                        tmp_path: Path) -> None:
+    # Gateways usually hand over a certificate rather than a bare SPKI (`domain add`
+    # takes either): the containers must carry the certificate's public key.
+    path = tmp_path / "gateway.crt"
+    key, _ = self_signed(path, "gateway of cert.example")
+    data = str(directory.data)
+    keypost("directory", "domain", "add", "cert.example", "--encryption-cert", str(path),
+            "--data", data)
+    try:
+        [c] = lookup(directory, "someone@cert.example")
+        assert c["gateway"] == "cert.example" and spki_of(c["pem"]) == spki_der(key)
+        ldap = ldif_certs(ldapsearch(directory, "someone@cert.example").stdout)
+        assert [spki_of(x.public_bytes(serialization.Encoding.PEM).decode())
+                for x in ldap] == [spki_der(key)]
+    finally:
+        keypost("directory", "domain", "remove", "cert.example", "--data", data)

@@ -109,12 +109,30 @@ def cmd_genuine_remove(args: argparse.Namespace, store: SqliteStore) -> int:
     return 0
 
 
+def _has_terminal() -> bool:
+    """Whether getpass can prompt without echo (it tries /dev/tty, then stdin)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return sys.stdin.isatty()
+    os.close(fd)
+    return True
+
+
 def _read_password(args: argparse.Namespace) -> bytes:
     if args.password_stdin:
         line = sys.stdin.buffer.readline()
         return line.rstrip(b"\r\n")
-    first = getpass.getpass("password: ")
-    if getpass.getpass("again: ") != first:
+    # Without a terminal getpass would warn, echo the prompt and then fail on EOF with a
+    # traceback (e.g. from a script or a service unit): refuse in one line instead.
+    if not _has_terminal():
+        raise DirectoryError("no terminal to ask for the password: pass --password-stdin")
+    try:
+        first = getpass.getpass("password: ")
+        again = getpass.getpass("again: ")
+    except EOFError:
+        raise DirectoryError("no password given") from None
+    if again != first:
         raise DirectoryError("the passwords differ")
     return first.encode("utf-8")
 
