@@ -3,7 +3,7 @@
 
 import { HostClient, HOST_NAME, PROTOCOL_VERSION } from "./host.js";
 import { bufferToBase64, getHeader, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
-import { collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
+import { collectNewsgroups, collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
 import { carryOver, describeError, statusList, summarize } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
@@ -266,6 +266,13 @@ export async function onBeforeSend(tab, details) {
   sending.add(tab.id);
   let sentCopyId = null; // the clear copy filed in Sent, taken back out if nothing is queued
   try {
+    // The host encrypts for mail recipients only; posting to newsgroups would either drop
+    // them (the Outbox sends mail) or leak the clear text to a news server: refuse.
+    const groups = collectNewsgroups(details);
+    if (groups.length > 0) {
+      await failSend(tab, msg("errorNewsgroups"), [msg("reasonNewsgroups", [groups.join(", ")])]);
+      return { cancel: true };
+    }
     const rcpts = collectRecipients(details);
     if (rcpts.unresolved > 0 || rcpts.invalid.length > 0) {
       await failSend(tab, msg("errorRecipients"), [

@@ -110,6 +110,28 @@ export function collectRecipients(details) {
 }
 
 /**
+ * The newsgroups of compose details (`newsgroups` and `followupTo`; each a string, possibly
+ * comma-separated, or an array of strings). Encrypted posting is not supported: a non-empty
+ * result means the send must be refused rather than the groups silently dropped.
+ * @param {{newsgroups?: unknown, followupTo?: unknown}} details
+ * @returns {string[]}
+ */
+export function collectNewsgroups(details) {
+  const groups = [];
+  for (const field of ["newsgroups", "followupTo"]) {
+    let values = details[field] ?? [];
+    if (!Array.isArray(values)) values = [values];
+    for (const value of values) {
+      for (const group of String(value).split(",")) {
+        const name = group.trim();
+        if (name !== "" && !groups.includes(name)) groups.push(name);
+      }
+    }
+  }
+  return groups;
+}
+
+/**
  * A stable key for a recipient set, used to skip lookups when nothing changed.
  * @param {string} sender
  * @param {string[]} recipients

@@ -284,3 +284,29 @@ test("the Outbox refusing the message takes the clear Sent copy back out", async
   await new Promise((r) => setTimeout(r, 10));
   assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
 });
+
+test("newsgroups with Encrypt on: nothing is sent, the user is told encrypted posting is unsupported", async () => {
+  for (const extra of [
+    { newsgroups: ["comp.mail.misc", "de.comm.misc"] },
+    { followupTo: ["comp.mail.misc"] },
+    { newsgroups: ["comp.mail.misc"], to: [], bcc: [] }, // a news-only post
+  ]) {
+    calls.length = 0;
+    await encryptOn();
+    hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+    assert.deepEqual(await c.onBeforeSend(TAB, { ...DETAILS, ...extra }), { cancel: true });
+    // Not encrypted for the mail recipients alone (the groups would be dropped silently).
+    assert.equal(calls.filter((x) => x[0] === "host").length, 0);
+    assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+    const note = calls.find((x) => x[0] === "notify");
+    assert.match(note[1], /^errorNewsgroups\nreasonNewsgroups:comp\.mail\.misc/);
+    assert.match(session.get("tab:3").error, /reasonNewsgroups:comp\.mail\.misc/);
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+  }
+});
+
+test("newsgroups with Encrypt off: Thunderbird posts as usual", async () => {
+  assert.deepEqual(await c.onBeforeSend(TAB, { ...DETAILS, newsgroups: ["comp.mail.misc"] }), {});
+  assert.equal(calls.filter((x) => x[0] === "notify").length, 0);
+});

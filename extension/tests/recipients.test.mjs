@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
+  collectNewsgroups,
   collectRecipients,
   extractAddress,
   normalizeAddress,
@@ -49,4 +50,13 @@ test("collectRecipients dedupes across To/Cc/Bcc, keeps Bcc, reports invalid and
 test("recipientsKey ignores order and case", () => {
   assert.equal(recipientsKey("A@x.org", ["b@y.org", "C@z.org"]), recipientsKey("a@x.org", ["c@z.org", "B@y.org"]));
   assert.notEqual(recipientsKey("a@x.org", ["b@y.org"]), recipientsKey("a@x.org", ["b@y.org", "c@z.org"]));
+});
+
+test("collectNewsgroups: newsgroups and followupTo, arrays or comma lists, each once", () => {
+  assert.deepEqual(collectNewsgroups({}), []);
+  assert.deepEqual(collectNewsgroups({ newsgroups: [], followupTo: [] }), []);
+  assert.deepEqual(
+    collectNewsgroups({ newsgroups: ["comp.mail.misc", " de.comm.misc "], followupTo: "comp.mail.misc, alt.test" }),
+    ["comp.mail.misc", "de.comm.misc", "alt.test"],
+  );
 });
