@@ -147,10 +147,30 @@ def test_ldap3_starttls_and_ldaps(directory: Directory) -> None:
 
 
 def test_request_log_has_hashes_not_passwords(directory: Directory) -> None:
+    import re
+
+    import requests
+
+    from keypost.directory.controller import address_hash
+
     ldapsearch(directory, "logged-person@example.com", "-D", USER, "-w", USER_PW)
+    # failed binds over LDAP and HTTP, with passwords nobody would log by accident
+    wrong_ldap, wrong_http = "Zq8-wrong-ldap-pw", "Zq8-wrong-http-pw"
+    assert ldapsearch(directory, "x@example.com", "-D", USER, "-w", wrong_ldap).returncode == 49
+    denied = requests.get(directory.http + "v1/containers", params={"address": "x@example.com"},
+                          auth=(GATEWAY, wrong_http), timeout=30)
+    assert denied.status_code == 401
+    requests.get(directory.http + "v1/containers", params={"address": "x@example.com"},
+                 auth=(GATEWAY, GATEWAY_PW), timeout=30)
     log = directory.log.read_text()
-    assert "event=lookup protocol=ldap requestor=user:example.com" in log
-    assert USER_PW not in log and GATEWAY_PW not in log and "logged-person" not in log
+    # one structured line: requestor class, address hash, roles answered, milliseconds
+    line = (r"level=INFO logger=keypost\.directory\.requests event=lookup protocol=ldap"
+            rf" requestor=user:example\.com addresses={address_hash('logged-person@example.com')}"
+            r" roles=proxy-encryption ms=\d+\.\d\d$")
+    assert re.search(line, log, re.MULTILINE), log
+    assert "protocol=http requestor=gateway:example.com" in log
+    for secret in (USER_PW, GATEWAY_PW, wrong_ldap, wrong_http, "logged-person"):
+        assert secret not in log, secret
 
 
 def test_fresh_answer_serves_the_pkcs7_bundle_when_asked(directory: Directory) -> None:
@@ -168,3 +188,31 @@ def test_fresh_answer_serves_the_pkcs7_bundle_when_asked(directory: Directory) -
     assert certs and pkcs7.load_der_pkcs7_certificates(bundle) == certs
     check_container(directory, certs[0], "fresh.bundle@example.com",
                     spki_der(directory.gateway_key))
+
+
+def test_entry_carries_every_attribute_of_the_issue(directory: Directory) -> None:
+    # A user asking for an external address gets two containers: the entry must carry
+    # both as userCertificate;binary values and as one PKCS#7 userSMIMECertificate.
+    from cryptography.hazmat.primitives.serialization import pkcs7
+
+    argv = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", directory.ldap_url,
+            "-D", f"uid={USER},{SUFFIX}", "-w", USER_PW, "-b", SUFFIX,
+            "(|(mail=Entry.Shape@example.org))"]  # no attribute list: all of them
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0] == f"dn: mail=Entry.Shape@example.org,{SUFFIX}"
+    values: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(": ")
+        values.setdefault(name.rstrip(":").lower(), []).append(value.lstrip(": "))
+    assert "inetOrgPerson" in values["objectclass"]
+    assert values["mail"] == ["Entry.Shape@example.org"] == values["cn"]
+    certs = ldif_certs(done.stdout)
+    assert len(values["usercertificate;binary"]) == len(certs) == 2
+    for cert, key in zip(certs, (directory.gateway_key, directory.other_key), strict=True):
+        check_container(directory, cert, "Entry.Shape@example.org", spki_der(key))
+    [bundle] = values["usersmimecertificate"]
+    in_bundle = pkcs7.load_der_pkcs7_certificates(base64.b64decode(bundle))
+    assert sorted(c.public_bytes(serialization.Encoding.DER) for c in in_bundle) == sorted(
+        c.public_bytes(serialization.Encoding.DER) for c in certs)
