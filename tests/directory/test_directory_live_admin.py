@@ -11,7 +11,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from dir_support import Directory, keypost, spki_der, write_rsa
+from dir_support import DOMAIN, USER, USER_PW, Directory, keypost, spki_der, write_rsa
 from test_directory_ldap_clients import ldapsearch, ldif_certs
 
 
@@ -94,3 +94,29 @@ def test_gateway_certificate_pem_is_served_with_its_key(directory: Directory,
                 for x in ldap] == [spki_der(key)]
     finally:
         keypost("directory", "domain", "remove", "cert.example", "--data", data)
+
+
+def test_account_remove_ends_its_rights_on_open_ldap_connections(directory: Directory) -> None:
+    # A revoked gateway credential must stop getting signing containers at once, also
+    # on a connection that bound before the removal (LDAP clients keep connections open).
+    import time
+
+    import ldap3
+    from test_directory_ldap_clients import ldap3_certs
+
+    data = str(directory.data)
+    keypost("directory", "account", "add", "gw-revoked", "--role", "gateway", "--domain",
+            DOMAIN, "--password-stdin", "--data", data, stdin="revoked-pw\n")
+    server = ldap3.Server(directory.ldap[0], port=directory.ldap[1], get_info=ldap3.NONE)
+    with ldap3.Connection(server, "gw-revoked", "revoked-pw", auto_bind=True) as revoked, \
+            ldap3.Connection(server, USER, USER_PW, auto_bind=True) as kept:
+        [signing] = ldap3_certs(revoked, "alice@example.com")
+        assert spki_der(directory.gateway_signing_key) == signing.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert len(ldap3_certs(kept, "kept@example.org")) == 2  # user: outbound + recipient's
+        keypost("directory", "account", "remove", "gw-revoked", "--data", data)
+        time.sleep(0.2)  # the server notices store changes within 50 ms
+        [after] = ldap3_certs(revoked, "alice@example.com")  # now answered as anonymous
+        assert spki_der(directory.gateway_key) == after.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        assert len(ldap3_certs(kept, "kept@example.org")) == 2  # other accounts unaffected

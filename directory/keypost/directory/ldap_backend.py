@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from keypost.directory.accounts import Authenticator
 from keypost.directory.controller import Controller, requestor_of
@@ -18,6 +19,19 @@ def peer_host(peer: str) -> str:
     return host.strip("[]")
 
 
+@dataclass
+class BoundAccount:
+    """The principal of a bound LDAP connection: the account as of store change `change`.
+
+    Connections live long (mail clients, gateways) and the server keeps a principal until
+    the next bind. An `account remove` (or the removal of its domain) must end the
+    account's rights on open connections too, as on HTTP, where every request is checked.
+    """
+
+    account: AccountRecord
+    change: int
+
+
 class DirectoryLdapBackend:
     """Implements keypost.directory.ldap.backend.LdapBackend."""
 
@@ -29,12 +43,29 @@ class DirectoryLdapBackend:
     async def authenticate(self, name: str, password: bytes, peer: str) -> object | None:
         account = await self.authenticator.verify(name, password, peer_host(peer))
         self.controller.metrics.request("ldap", "bind_ok" if account else "bind_invalid")
-        return account
+        if account is None:
+            return None
+        return BoundAccount(account, self.controller.snapshot().change)
+
+    def _current(self, bound: BoundAccount) -> AccountRecord | None:
+        """The bound account while it still exists unchanged, else None (anonymous).
+
+        Costs a store query only after the store changed (the controller's snapshot
+        notices within its recheck interval), once per connection and change.
+        """
+        change = self.controller.snapshot().change
+        if change == bound.change:
+            return bound.account
+        now = self.controller.store.account(bound.account.name)
+        if now != bound.account:
+            return None  # removed, or re-created (new password, role or domain): rebind
+        bound.change = change
+        return now
 
     async def lookup(
         self, principal: object | None, addresses: Sequence[str], peer: str
     ) -> Sequence[AddressEntry]:
-        account = principal if isinstance(principal, AccountRecord) else None
+        account = self._current(principal) if isinstance(principal, BoundAccount) else None
         answers = self.controller.answer(requestor_of(account), addresses, None, "ldap")
         return [AddressEntry(a.address, a.ders, a.bundle_if_built()) for a in answers]
 

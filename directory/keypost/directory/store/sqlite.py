@@ -272,6 +272,7 @@ class SqliteStore:
     def remove_account(self, name: str) -> bool:
         with self._tx():
             n = self._db.execute("DELETE FROM accounts WHERE name = ?", (name,)).rowcount
+            self._bump()  # a running server re-checks accounts bound on open connections
         return bool(n)
 
     # genuine certificates ------------------------------------------------------------
