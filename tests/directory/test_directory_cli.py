@@ -32,6 +32,11 @@ def one_line_error(*args: str, stdin: str | None = None) -> str:
 
 def test_init_makes_private_ca_key_and_settings(data: Path) -> None:
     assert stat.S_IMODE((data / "ca-key.pem").stat().st_mode) == 0o600
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    ca_key = x509.load_pem_x509_certificate((data / "ca.pem").read_bytes()).public_key()
+    assert isinstance(ca_key, rsa.RSAPublicKey) and ca_key.key_size == 3072  # --ca-key-type
     assert 'suffix = "dc=example,dc=test"' in (data / "directory.toml").read_text()
     out = keypost("directory", "ca", "export", "--data", str(data)).stdout
     assert out.startswith("-----BEGIN CERTIFICATE-----") and "SHA-256 fingerprint: " in out
