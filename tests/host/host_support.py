@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import email.policy
 import ipaddress
 import os
 import re
@@ -11,6 +13,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,14 @@ from keypost.host.directory_client import RawContainer
 
 KEYPOST = str(Path(sys.executable).with_name("keypost"))
 PASSWORD = "correct horse battery staple 7f3a"  # searched for in files and logs by tests
+
+
+def parse_mail(data: bytes | str) -> EmailMessage:
+    """A message as the modern email API reads it (get_content, iter_parts)."""
+    raw = data.encode() if isinstance(data, str) else data
+    msg = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(msg, EmailMessage)
+    return msg
 
 
 class MemoryKeyring(keyring.backend.KeyringBackend):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import base64
-import email
-import email.policy
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from host_support import parse_mail as parse
 
 from keypost.host.compose import build_message, header_block, parse_compose
 from keypost.host.errors import BadRequest
@@ -27,12 +25,6 @@ def params(**extra: Any) -> dict[str, Any]:
     }
     base.update(extra)
     return base
-
-
-def parse(data: bytes) -> EmailMessage:
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def test_plain_message_headers_and_no_bcc() -> None:

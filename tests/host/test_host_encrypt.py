@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import email
-import email.policy
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
@@ -15,6 +12,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from host_support import GatewayKeys, call, code, configure, ok
+from host_support import parse_mail as parse
 
 from keypost.core import smime
 from keypost.core.containers import DirectoryCA, to_der, to_pem
@@ -40,13 +38,6 @@ def params(**extra: Any) -> dict[str, Any]:
     }
     base.update(extra)
     return base
-
-
-def parse(data: bytes | str) -> EmailMessage:
-    raw = data.encode() if isinstance(data, str) else data
-    msg = email.message_from_bytes(raw, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg
 
 
 def head(data: str) -> str:
@@ -246,3 +237,25 @@ def test_every_encrypt_mints_a_fresh_message_id(setup: Any, ca: DirectoryCA) -> 
         assert result["message_id"].endswith("@example.com>")
         assert parse(result["message"])["Message-ID"] == result["message_id"]
         assert parse(result["sent_copy"])["Message-ID"] == result["message_id"]
+
+
+def test_embedded_images_travel_inside_the_encrypted_entity(
+    setup: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    """An HTML body with a data: image (how Thunderbird's editor holds embedded images):
+    the decrypted message carries it as a multipart/related part the HTML names by cid:,
+    and so does the Sent copy."""
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    image = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 50
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    result = ok(host, "encrypt", **params(body_html=f'<p>Logo:</p><img src="{url}">'))
+    assert url not in result["message"] and url not in result["sent_copy"]
+    clear = smime.Decryptor([gateway_keys.keys["example.org"]]).decrypt_message(
+        result["message"].encode()).message
+    for inner in (parse(clear), parse(result["sent_copy"])):
+        related = next(p for p in inner.walk() if p.get_content_type() == "multipart/related")
+        root, part = related.iter_parts()
+        assert root.get_content_type() == "text/html"
+        assert f'src="cid:{part["Content-ID"].strip("<>")}"' in root.get_content()
+        assert part.get_content_type() == "image/png" and part.get_content() == image

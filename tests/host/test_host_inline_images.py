@@ -1,0 +1,134 @@
+"""Embedded data: images in the HTML body travel as multipart/related parts (cid:)."""
+
+from __future__ import annotations
+
+import base64
+import random
+import re
+import zlib
+from typing import Any
+
+from host_support import parse_mail as parse
+
+from keypost.host.compose import build_message, parse_compose
+from keypost.host.inline_images import extract_inline_images
+
+
+def png(width: int) -> bytes:
+    """A real (tiny, grey) PNG, so the bytes are not a stand-in a test could fake."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+    header = width.to_bytes(4, "big") + (1).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    pixels = zlib.compress(b"\0" + random.Random(width).randbytes(width))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", pixels) + chunk(
+        b"IEND", b"")
+
+
+LOGO = png(200)
+PHOTO = png(40_000)  # base64 lines well over 998 octets in the HTML as composed
+GIF = b"GIF89a\x01\x00\x01\x00\x00\x00\x00;"
+
+
+def data_url(data: bytes, ctype: str = "image/png", extra: str = "") -> str:
+    return f"data:{ctype}{extra};base64,{base64.b64encode(data).decode()}"
+
+
+def params(**extra: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"from": "Alice <alice@example.com>", "to": ["bob@example.org"],
+                            "subject": "pictures", "body_plain": "see the pictures"}
+    base.update(extra)
+    return base
+
+
+def cids(html: str) -> list[str]:
+    return re.findall(r'"cid:([^"]+)"', html)
+
+
+def test_alternative_holds_related_html_with_the_images() -> None:
+    html = (f'<body background="{data_url(GIF, "image/gif")}"><p>Logo:</p>'
+            f'<img alt="a > b" src="{data_url(LOGO)}" width="200">'
+            f"<p>again</p><img src='{data_url(LOGO)}'>"
+            f'<img src="{data_url(PHOTO, extra=";filename=holiday.png")}" moz-do-not-send="false">'
+            "</body>")
+    c = parse_compose(params(body_html=html, attachments=[
+        {"name": "a.txt", "content_type": "text/plain", "data_base64": "YQ=="}]))
+    data = build_message(c)
+    assert max(data) < 128 and all(len(line) <= 998 for line in data.split(b"\r\n"))
+    msg = parse(data)
+    assert msg.get_content_type() == "multipart/mixed"
+    body, attachment = msg.iter_parts()
+    assert attachment.get_filename() == "a.txt"
+    assert body.get_content_type() == "multipart/alternative"
+    plain, related = body.iter_parts()
+    assert plain.get_content_type() == "text/plain"
+    assert related.get_content_type() == "multipart/related"
+    assert related.get_param("type") == "text/html"
+    root, *images = related.iter_parts()
+    assert root.get_content_type() == "text/html"  # RFC 2387: the root comes first
+    text = root.get_content()
+    assert "data:" not in text
+    # The background, the logo twice (one part), the photo: three parts, four references.
+    referenced = cids(text)
+    assert len(referenced) == 4 and len(set(referenced)) == 3
+    assert referenced[1] == referenced[2]
+    assert 'alt="a > b"' in text and 'width="200"' in text
+    by_cid = {p["Content-ID"]: p for p in images}
+    assert sorted(by_cid) == sorted(f"<{cid}>" for cid in set(referenced))
+    background, logo, _, photo = (by_cid[f"<{cid}>"] for cid in referenced)
+    assert background.get_content_type() == "image/gif" and background.get_content() == GIF
+    assert logo.get_content_type() == "image/png" and logo.get_content() == LOGO
+    assert photo.get_content() == PHOTO and photo.get_filename() == "holiday.png"
+    assert logo.get_filename() == "image2.png"
+    for part in images:
+        assert part.get_content_disposition() == "inline"
+        assert part["Content-ID"].endswith("@example.com>")
+
+
+def test_html_only_is_related_at_the_top() -> None:
+    c = parse_compose(params(body_plain=None, body_html=f'<img src="{data_url(LOGO)}">'))
+    msg = parse(build_message(c))
+    assert msg.get_content_type() == "multipart/related"
+    root, image = msg.iter_parts()
+    assert cids(root.get_content()) == [image["Content-ID"].strip("<>")]
+    assert image.get_content() == LOGO
+
+
+def test_without_embedded_images_nothing_changes() -> None:
+    html = '<p>remote <img src="https://example.com/x.png"> and <a href="data:,x">link</a></p>'
+    c = parse_compose(params(body_html=html))
+    assert c.body_html == html and c.inline_images == ()
+    _, html_part = parse(build_message(c)).iter_parts()
+    assert html_part.get_content_type() == "text/html"
+
+
+def test_left_alone_not_sent_along_undecodable_and_not_images() -> None:
+    kept = [
+        f'<img src="{data_url(LOGO)}" moz-do-not-send="true">',  # the user said so
+        '<img src="data:image/png;base64,not*base64">',  # stays rather than vanish
+        f'<p title="{data_url(LOGO)}">text</p>',  # not an image reference
+        f'<script src="{data_url(b"x", "text/javascript")}"></script>',
+    ]
+    for html in kept:
+        out, images = extract_inline_images(html, "example.com")
+        assert (out, images) == (html, ()), html
+
+
+def test_percent_encoded_and_entity_encoded_urls() -> None:
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg"/>'
+    html = ('<img src="data:image/svg+xml,%3Csvg%20xmlns=%22http://www.w3.org/2000/svg%22/%3E">'
+            f'<img src="{data_url(GIF, "image/gif", ";name=a&amp;b.gif")}">')
+    out, images = extract_inline_images(html, "example.com")
+    assert [i.data for i in images] == [svg, GIF]
+    assert [i.content_type for i in images] == ["image/svg+xml", "image/gif"]
+    assert images[1].name == "a&b.gif"
+    assert cids(out) == [i.content_id for i in images]
+
+
+def test_content_ids_are_unique_per_message() -> None:
+    html = f'<img src="{data_url(LOGO)}">'
+    first = extract_inline_images(html, "example.com")[1][0].content_id
+    second = extract_inline_images(html, "example.com")[1][0].content_id
+    assert first != second
+    assert extract_inline_images(html, "bad domain\r\n")[1][0].content_id.endswith(
+        "@keypost.invalid")
