@@ -280,6 +280,24 @@ def test_non_ascii_local_part_uses_smtputf8mailbox(ca: kc.DirectoryCA, gw: kc.Ga
     assert not wrong.ok
 
 
+def test_idna_2008_domain_in_both_san_forms(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    """ß survives (IDNA 2008): A-labels in rfc822Name, U-labels in SmtpUTF8Mailbox."""
+    ascii_cert = issue(ca, gw, "info@faß.de")
+    san = ascii_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == ["info@xn--fa-hia.de"]
+    utf8_cert = issue(ca, gw, "jörg@faß.de")
+    san = utf8_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    (other,) = san.get_values_for_type(x509.OtherName)
+    decoded, _ = der_decoder.decode(other.value, char.UTF8String())
+    assert str(decoded) == "jörg@faß.de"
+    for cert, asked in ((ascii_cert, "info@faß.de"), (utf8_cert, "jörg@xn--fa-hia.de")):
+        assert kc.verify_container(cert, [ca.certificate], asked, Purpose.ENCRYPT, NOW).ok
+    other_domain = kc.verify_container(
+        ascii_cert, [ca.certificate], "info@fass.de", Purpose.ENCRYPT, NOW
+    )
+    assert not other_domain.ok
+
+
 def test_long_addresses(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
     long_ascii = "a" * 60 + "@example.org"  # > 64 characters: no CN (ub-common-name)
     cert = issue(ca, gw, long_ascii)

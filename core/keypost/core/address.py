@@ -6,6 +6,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+import idna
+
 from keypost.core.errors import AddressError
 
 MAX_ADDRESS = 254  # RFC 5321 path limit less the angle brackets
@@ -40,19 +42,20 @@ class Address:
 
 
 def _to_a_labels(domain: str, original: str) -> str:
-    """A non-ASCII domain as lower-case A-labels, refusing lossy mappings.
+    """A non-ASCII domain as lower-case A-labels (IDNA 2008), refusing lossy mappings.
 
-    Python's "idna" codec is IDNA 2003: its nameprep maps "faß" to "fass", drops
-    zero-width characters and folds compatibility forms ("⒈com" -> "1.com"), so the
-    certificate would name another domain than the one asked for (IDNA 2008, which RFC
-    9598 and RFC 9549 require, keeps ß: "xn--fa-hia"). Only a domain that comes back
-    from ToASCII/ToUnicode as its own lower-case NFC form is accepted; then both IDNA
-    versions give the same A-labels.
+    IDNA 2008 (RFC 5891), as RFC 9598 and RFC 9549 require, through the `idna` package:
+    Python's own "idna" codec is IDNA 2003, which maps "faß" to "fass" (another domain;
+    IDNA 2008 keeps ß: "xn--fa-hia"). The UTS 46 mapping (what browsers and mail clients
+    apply to typed input) folds case and full stops but also drops zero-width characters
+    and folds compatibility forms ("⒈com" -> "1.com", fullwidth letters): so a domain is
+    accepted only when it comes back from ToASCII/ToUnicode as its own lower-case NFC
+    form, and the certificate names exactly the domain that was asked for.
     """
     try:
-        ace = domain.encode("idna").decode("ascii").lower()
-        back = ace.encode("ascii").decode("idna")
-    except UnicodeError as exc:
+        ace = idna.encode(domain, uts46=True).decode("ascii")
+        back = idna.decode(ace)
+    except (idna.IDNAError, UnicodeError) as exc:
         raise AddressError(f"invalid internationalised domain: {original!r}") from exc
     if back != unicodedata.normalize("NFC", _DOT_VARIANTS.sub(".", domain)).lower():
         raise AddressError(
@@ -60,6 +63,14 @@ def _to_a_labels(domain: str, original: str) -> str:
             f"(to {back!r}, another name); give it in lower case without such characters"
         )
     return ace
+
+
+def u_labels(domain: str) -> str:
+    """A normalised (A-label) domain as U-labels, IDNA 2008 (e.g. for SmtpUTF8Mailbox)."""
+    try:
+        return idna.decode(domain)
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise AddressError(f"cannot write domain {domain!r} as U-labels") from exc
 
 
 def normalize_domain(domain: str) -> str:
@@ -81,8 +92,8 @@ def normalize_domain(domain: str) -> str:
             # An A-label must decode to a U-label; otherwise the certificate would name a
             # domain no resolver or client can match.
             try:
-                label.encode("ascii").decode("idna")
-            except UnicodeError as exc:
+                idna.decode(label)
+            except (idna.IDNAError, UnicodeError) as exc:
                 raise AddressError(f"invalid A-label {label!r} in domain {domain!r}") from exc
     return ace
 

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keypost.core import x509_checks as checks
-from keypost.core.address import Address, parse_address
+from keypost.core.address import Address, parse_address, u_labels
 from keypost.core.errors import AddressError, ContainerError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose, Role
 from keypost.core.x509_ext import (
@@ -246,11 +246,7 @@ def _display_address(address: Address) -> str:
     U-labels with a UTF-8 local part (SmtpUTF8Mailbox, RFC 8398 section 3)."""
     if address.ascii_local:
         return str(address)
-    try:
-        domain = address.domain.encode("ascii").decode("idna")
-    except UnicodeError as exc:
-        raise AddressError(f"cannot write domain {address.domain!r} as U-labels") from exc
-    return f"{address.local}@{domain}"
+    return f"{address.local}@{u_labels(address.domain)}"
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
