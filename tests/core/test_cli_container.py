@@ -256,4 +256,7 @@ def test_usage_errors_exit_2_without_traceback(work: Path) -> None:
     for args in (["issue"], ["verify", "--purpose", "both", "x"], ["frobnicate"]):
         res = keypost(*args)
         assert res.returncode == 2
-        assert "Traceback" not in res.stderr and "error:" in res.stderr
+        assert "Traceback" not in res.stderr and "usage:" not in res.stderr
+        # one line, naming the subcommand and where its help is
+        assert res.stderr.count("\n") == 1 and res.stderr.startswith("keypost: error: keypost")
+        assert "--help" in res.stderr

@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from keypost.core.errors import KeypostError
 
@@ -14,13 +15,21 @@ from keypost.core.errors import KeypostError
 Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line, like every other error of `keypost` (argparse would print
+    the whole usage block first); subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"keypost: error: {self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """The parser; with `only`, load just that subcommand's component.
 
     Loading every component costs ~0.9 s of imports (aiohttp, ldap3, aiosmtpd...), which
     every `keypost` run would pay; the subcommand named on the command line is enough.
     """
-    parser = argparse.ArgumentParser(
+    parser: argparse.ArgumentParser = OneLineParser(
         prog="keypost", description="Secure e-mail through gateways with a key container directory."
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from keypost.core import containers
 from keypost.directory.ldap import ber
@@ -163,11 +162,7 @@ def entry_dn(address: str, suffix: str) -> str:
 
 def smime_bundle(certificates: Sequence[bytes]) -> bytes:
     """DER PKCS#7 certs-only bundle of DER certificates (for userSMIMECertificate)."""
-    certs = [x509.load_der_x509_certificate(c) for c in certificates]
-    try:
-        return containers.pkcs7_bundle(certs)
-    except NotImplementedError:  # until the core's helper lands
-        return pkcs7.serialize_certificates(certs, Encoding.DER)
+    return containers.pkcs7_bundle([x509.load_der_x509_certificate(c) for c in certificates])
 
 
 def encode_entry(
