@@ -169,7 +169,13 @@ def test_request_log_has_hashes_not_passwords(directory: Directory) -> None:
             r" roles=proxy-encryption ms=\d+\.\d\d$")
     assert re.search(line, log, re.MULTILINE), log
     assert "protocol=http requestor=gateway:example.com" in log
-    for secret in (USER_PW, GATEWAY_PW, wrong_ldap, wrong_http, "logged-person"):
+    # binds and Basic checks get their line too, right or wrong, the account name hashed
+    auth = r"event=auth protocol={} account={} source=127\.0\.0\.1 result={} ms=\d+\.\d\d$"
+    for protocol, name, result in (("ldap", USER, "ok"), ("ldap", USER, "invalid"),
+                                   ("http", GATEWAY, "invalid"), ("http", GATEWAY, "ok")):
+        pattern = auth.format(protocol, address_hash(name.casefold()), result)
+        assert re.search(pattern, log, re.MULTILINE), (pattern, log)
+    for secret in (USER_PW, GATEWAY_PW, wrong_ldap, wrong_http, "logged-person", USER, GATEWAY):
         assert secret not in log, secret
 
 

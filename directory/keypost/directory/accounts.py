@@ -5,13 +5,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import logging
 import os
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from keypost.directory.controller import address_hash
 from keypost.directory.store import AccountRecord, PasswordHash, Store
+
+# The directory's request log (one line per request, never a password): see controller.
+request_log = logging.getLogger("keypost.directory.requests")
 
 # OWASP's scrypt minimum (N=2^17 would cost 128 MiB per check; 2^14 keeps a bind ~50 ms).
 SCRYPT_N = 2**14
@@ -106,8 +111,20 @@ class Authenticator:
         self.throttle = throttle or Throttle(free=3)
         self.source_throttle = source_throttle or Throttle(free=10)
 
-    async def verify(self, name: str, password: bytes, source: str) -> AccountRecord | None:
-        """The account when `password` is right, else None (after equal work)."""
+    async def verify(self, name: str, password: bytes, source: str,
+                     protocol: str = "ldap") -> AccountRecord | None:
+        """The account when `password` is right, else None (after equal work). Logs one
+        line either way: the account name only hashed (users type passwords into it)."""
+        started = time.perf_counter()
+        account = await self._verify(name, password, source)
+        if request_log.isEnabledFor(logging.INFO):
+            request_log.info(
+                "event=auth protocol=%s account=%s source=%s result=%s ms=%.2f", protocol,
+                address_hash(name.casefold()), source, "ok" if account else "invalid",
+                (time.perf_counter() - started) * 1000)
+        return account
+
+    async def _verify(self, name: str, password: bytes, source: str) -> AccountRecord | None:
         account_key = name.casefold()
         wait = max(self.throttle.delay(account_key), self.source_throttle.delay(source))
         if wait > 0:

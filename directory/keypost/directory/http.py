@@ -77,7 +77,7 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
     if not sep or not user or not password:
         return unauthorized
     peer = request.remote or "unknown"
-    account = await request.app[AUTHENTICATOR].verify(user, password, peer)
+    account = await request.app[AUTHENTICATOR].verify(user, password, peer, "http")
     if account is None:
         request.app[CONTROLLER].metrics.request("http", "unauthorized")
         return unauthorized
