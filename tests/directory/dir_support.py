@@ -3,6 +3,7 @@ subprocess on ephemeral ports, shared by the whole test session."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import ipaddress
 import subprocess
@@ -91,6 +92,7 @@ class Directory:
     ldap: tuple[str, int]
     ldaps: tuple[str, int]
     http: str  # base URL ending in /
+    https: str  # the same API over TLS (server certificate from `tls_ca`)
     tls_ca: Path
     gateway_key: rsa.RSAPrivateKey  # example.com encryption key
     gateway_signing_key: rsa.RSAPrivateKey
@@ -131,11 +133,25 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
     keypost("directory", "ca", "export", "--out", str(ca_file), "--data", str(data))
     tls_ca, tls_cert, tls_key = tls_material(root)
     log = root / "serve.log"
+    with serving(data, log, "--tls-cert", str(tls_cert), "--tls-key", str(tls_key)) as urls:
+        yield Directory(
+            data=data, ca_file=ca_file, ldap=_hostport(urls["ldap"]),
+            ldaps=_hostport(urls["ldaps"]), http=urls["http"], https=urls["https"],
+            tls_ca=tls_ca, gateway_key=gw_key, gateway_signing_key=sig_key,
+            other_key=other_key, log=log)
+
+
+@contextlib.contextmanager
+def serving(data: Path, log: Path, *extra: str) -> Iterator[dict[str, str]]:
+    """`keypost directory serve` on ephemeral loopback ports: every listener (ldaps and
+    https when `extra` gives TLS material) -> {scheme: URL}, until the block ends."""
+    tls = "--tls-cert" in extra
+    listeners = ["--ldap", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+    if tls:
+        listeners += ["--ldaps", "127.0.0.1:0", "--https", "127.0.0.1:0"]
     with open(log, "wb") as err:
         proc = subprocess.Popen(
-            [*KEYPOST, "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0",
-             "--ldaps", "127.0.0.1:0", "--tls-cert", str(tls_cert), "--tls-key", str(tls_key),
-             "--http", "127.0.0.1:0"],
+            [*KEYPOST, "directory", "serve", "--data", str(data), *listeners, *extra],
             stdout=subprocess.PIPE, stderr=err, text=True)
     try:
         urls: list[str] = []
@@ -148,11 +164,7 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
                 break
         else:
             raise AssertionError("serve exited: " + log.read_text())
-        by_scheme = {u.split("://")[0]: u for u in urls}
-        yield Directory(
-            data=data, ca_file=ca_file, ldap=_hostport(by_scheme["ldap"]),
-            ldaps=_hostport(by_scheme["ldaps"]), http=by_scheme["http"], tls_ca=tls_ca,
-            gateway_key=gw_key, gateway_signing_key=sig_key, other_key=other_key, log=log)
+        yield {u.split("://")[0]: u for u in urls}
     finally:
         stop(proc, timeout=10)
 

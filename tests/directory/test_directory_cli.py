@@ -145,8 +145,10 @@ def test_serve_refuses_bad_setups_in_one_line(tmp_path: Path) -> None:
     assert "readable by others" in one_line_error("directory", "serve", "--data", str(data),
                                                   "--ldap", "127.0.0.1:0")
     (data / "ca-key.pem").chmod(0o600)
-    assert "--ldaps needs" in one_line_error("directory", "serve", "--data", str(data),
-                                             "--ldap", "127.0.0.1:0", "--ldaps", "127.0.0.1:0")
+    for tls_listener in ("--ldaps", "--https"):
+        assert "need --tls-cert" in one_line_error(
+            "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0", tls_listener,
+            "127.0.0.1:0")
     assert "HOST:PORT" in one_line_error("directory", "serve", "--data", str(data),
                                          "--ldap", "nowhere")
     assert "TLS certificate" in one_line_error(

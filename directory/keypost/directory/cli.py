@@ -13,6 +13,7 @@ from pathlib import Path
 from keypost.core.address import parse_address
 from keypost.core.containers import sha256_fingerprint, to_pem
 from keypost.directory import admin
+from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.config import DataDir, load_settings
 from keypost.directory.errors import DirectoryError
 from keypost.directory.store.sqlite import SqliteStore
@@ -181,9 +182,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         ldap=parse_hostport(args.ldap, "--ldap"),
         ldaps=parse_hostport(args.ldaps, "--ldaps") if args.ldaps else None,
         http=parse_hostport(args.http, "--http") if args.http else None,
+        https=parse_hostport(args.https, "--https") if args.https else None,
         tls_cert=Path(args.tls_cert) if args.tls_cert else None,
         tls_key=Path(args.tls_key) if args.tls_key else None,
         log_level=args.log_level,
+        cleartext_passwords=CleartextPolicy(args.cleartext_passwords),
     )
     return run(options)
 
@@ -267,4 +270,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--tls-cert", metavar="FILE", help="server certificate for StartTLS/LDAPS")
     p.add_argument("--tls-key", metavar="FILE")
     p.add_argument("--http", metavar="HOST:PORT")
+    p.add_argument("--https", metavar="HOST:PORT", help="the HTTP API over TLS (--tls-cert)")
+    p.add_argument(
+        "--cleartext-passwords", choices=[c.value for c in CleartextPolicy], default="loopback",
+        help="where binds and HTTP Basic may send a password without TLS (default: loopback "
+             "peers only; others get confidentialityRequired / 403 tls_required)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -18,6 +18,7 @@ from keypost.core.containers import to_pem
 from keypost.core.errors import AddressError
 from keypost.core.types import Purpose
 from keypost.directory.accounts import Authenticator
+from keypost.directory.cleartext import CleartextPolicy, password_allowed
 from keypost.directory.controller import Answer, Controller, requestor_of
 from keypost.directory.errors import RequestError
 from keypost.directory.store import AccountRecord
@@ -27,6 +28,7 @@ log = logging.getLogger("keypost.directory.http")
 CONTROLLER: web.AppKey[Controller] = web.AppKey("controller", Controller)
 AUTHENTICATOR: web.AppKey[Authenticator] = web.AppKey("authenticator", Authenticator)
 SETTINGS: web.AppKey[dict[str, object]] = web.AppKey("settings", dict)
+CLEARTEXT: web.AppKey[CleartextPolicy] = web.AppKey("cleartext", CleartextPolicy)
 REALM = 'Basic realm="keypost directory", charset="UTF-8"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -77,6 +79,10 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
     if not sep or not user or not password:
         return unauthorized
     peer = request.remote or "unknown"
+    if not (request.secure or password_allowed(request.app[CLEARTEXT], peer)):
+        # As for LDAP binds (keypost.directory.cleartext): the password is not checked.
+        log.info("event=auth_refused reason=cleartext_password source=%s", peer)
+        return _error(403, "tls_required", "a password needs TLS here: use https://")
     account = await request.app[AUTHENTICATOR].verify(user, password, peer, "http")
     if account is None:
         request.app[CONTROLLER].metrics.request("http", "unauthorized")
@@ -173,11 +179,13 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
 
 
 def make_app(controller: Controller, authenticator: Authenticator, url: str,
-             max_addresses: int) -> web.Application:
+             max_addresses: int,
+             cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
     app[CONTROLLER] = controller
     app[AUTHENTICATOR] = authenticator
     app[SETTINGS] = {"url": url, "max_addresses": max_addresses}
+    app[CLEARTEXT] = cleartext_passwords
     for path, handler in ROUTES:
         app.router.add_get(path, handler)
     return app

@@ -18,6 +18,7 @@ from aiohttp import web
 from keypost.core.containers import sha256_fingerprint
 from keypost.directory import admin
 from keypost.directory.accounts import Authenticator
+from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.config import DataDir, load_settings
 from keypost.directory.controller import Controller, Lifetimes
 from keypost.directory.errors import ConfigError
@@ -39,9 +40,11 @@ class ServeOptions:
     ldap: tuple[str, int]
     ldaps: tuple[str, int] | None = None
     http: tuple[str, int] | None = None
+    https: tuple[str, int] | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     log_level: str = "info"
+    cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK
 
 
 def parse_hostport(text: str, flag: str) -> tuple[str, int]:
@@ -53,8 +56,8 @@ def parse_hostport(text: str, flag: str) -> tuple[str, int]:
 
 def _tls_context(options: ServeOptions) -> ssl.SSLContext | None:
     if options.tls_cert is None and options.tls_key is None:
-        if options.ldaps is not None:
-            raise ConfigError("--ldaps needs --tls-cert and --tls-key")
+        if options.ldaps is not None or options.https is not None:
+            raise ConfigError("--ldaps and --https need --tls-cert and --tls-key")
         return None
     if options.tls_cert is None or options.tls_key is None:
         raise ConfigError("give both --tls-cert and --tls-key")
@@ -133,7 +136,8 @@ async def serve(options: ServeOptions) -> None:
     controller.snapshot()  # fail now, not on the first request, when a stored key is bad
     authenticator = Authenticator(store)
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
-    ldap = LdapServer(backend, tls=tls, max_addresses=settings.max_addresses)
+    ldap = LdapServer(backend, tls=tls, max_addresses=settings.max_addresses,
+                      cleartext_passwords=options.cleartext_passwords)
     runner: web.AppRunner | None = None
     writer = sqlite_writer(data.database)
     maintenance = asyncio.create_task(
@@ -148,15 +152,19 @@ async def serve(options: ServeOptions) -> None:
         if options.ldaps is not None:
             host, port = await ldap.listen(*options.ldaps, implicit_tls=True)
             _say(f"listening ldaps://{host}:{port}/{settings.suffix}")
-        if options.http is not None:
-            app = make_app(controller, authenticator, settings.url, settings.max_addresses)
+        if options.http is not None or options.https is not None:
+            app = make_app(controller, authenticator, settings.url, settings.max_addresses,
+                           options.cleartext_passwords)
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            site = web.TCPSite(runner, *options.http)
-            await site.start()
-            for sock_host, sock_port, *_ in runner.addresses:
-                _say(f"listening http://{sock_host}:{sock_port}/")
-                break
+            for scheme, where, context in (("http", options.http, None),
+                                           ("https", options.https, tls)):
+                if where is None:
+                    continue
+                known = len(runner.addresses)
+                await web.TCPSite(runner, *where, ssl_context=context).start()
+                sock_host, sock_port, *_ = runner.addresses[known]  # this site's first socket
+                _say(f"listening {scheme}://{sock_host}:{sock_port}/")
         _say(f"trust anchor SHA-256 {sha256_fingerprint(ca.certificate)}")
         _say("ready")
         await stop.wait()

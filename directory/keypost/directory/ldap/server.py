@@ -21,6 +21,7 @@ from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+from keypost.directory.cleartext import CleartextPolicy, password_allowed
 from keypost.directory.ldap import ber
 from keypost.directory.ldap.answers import (
     EntryCache,
@@ -80,6 +81,7 @@ class LdapServer:
         tls: ssl.SSLContext | None = None,
         max_addresses: int | None = None,
         limits: Limits | None = None,
+        cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK,
     ) -> None:
         limits = limits or Limits()
         if max_addresses is not None:
@@ -87,6 +89,7 @@ class LdapServer:
         self.backend = backend
         self.tls = tls
         self.limits = limits
+        self.cleartext_passwords = cleartext_passwords
         self.suffix = backend.suffix
         self.suffix_dn = parse_dn(backend.suffix)
         self.entries = EntryCache(backend.suffix)
@@ -168,6 +171,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.tls_active = tls_active
         self.transport: asyncio.Transport | None = None
         self.peer = "?"
+        self.peer_host = ""  # unknown: never counts as loopback
         self.principal: object | None = None
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.blocked = False  # a bind or StartTLS is in progress: no new operations
@@ -183,7 +187,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
-            host = str(peer[0])
+            host = self.peer_host = str(peer[0])
             self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
         if len(self.server._connections) >= self.limits.max_connections:
             log.warning("event=refused reason=too_many_connections peer=%s", self.peer)
@@ -246,6 +250,16 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             if event.anonymous and not self.tasks:  # nothing to wait for: answer at once
                 self.principal = None
                 self._write(bind_response(event.message_id, ResultCode.SUCCESS))
+                return
+            if not (event.anonymous or self.tls_active or password_allowed(
+                    self.server.cleartext_passwords, self.peer_host)):
+                # The password has crossed the network in clear already; refusing it
+                # tells the client to fix its setup before it does so for real.
+                log.info("event=bind_refused reason=cleartext_password peer=%s", self.peer)
+                self.principal = None
+                self._write(bind_response(
+                    event.message_id, ResultCode.CONFIDENTIALITY_REQUIRED,
+                    "a password needs TLS here: use StartTLS or ldaps://"))
                 return
             self.blocked = True  # RFC 4511 4.2.1: nothing else runs during a bind
             self._start(event.message_id, self._bind(event))
