@@ -96,6 +96,7 @@ class Directory:
     data: Path
     ldaps_url: str
     tls_ca_pem: str  # the CA of the LDAP server's TLS certificate (IP 127.0.0.1)
+    https_url: str  # the HTTP API over TLS, same certificate
 
 
 def tls_files(base: Path) -> tuple[Path, Path, str]:
@@ -144,7 +145,7 @@ def _run(*args: str, stdin: str | None = None) -> str:
 
 
 def start_directory(
-    base: Path, gateway_keys: GatewayKeys
+    base: Path, gateway_keys: GatewayKeys, *serve_options: str
 ) -> tuple[Directory, subprocess.Popen[str]]:
     """Initialise a directory in `base` and serve it on ephemeral loopback ports."""
     data = base / "dir"
@@ -161,7 +162,8 @@ def start_directory(
     proc = subprocess.Popen(
         [KEYPOST, "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0",
          "--ldaps", "127.0.0.1:0", "--tls-cert", str(cert_file), "--tls-key", str(key_file),
-         "--http", "127.0.0.1:0", "--log-level", "warning"],
+         "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--log-level", "warning",
+         *serve_options],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )
     assert proc.stdout is not None
@@ -179,12 +181,13 @@ def start_directory(
     ldap = re.search(r"listening (ldap://127\.0\.0\.1:\d+)", text)
     http = re.search(r"listening (http://127\.0\.0\.1:\d+)", text)
     ldaps = re.search(r"listening (ldaps://127\.0\.0\.1:\d+)", text)
+    https = re.search(r"listening (https://127\.0\.0\.1:\d+)", text)
     fp = re.search(r"trust anchor SHA-256 (\S+)", text)
-    if not (ldap and http and fp and ldaps):
+    if not (ldap and http and fp and ldaps and https):
         proc.kill()
         raise RuntimeError(f"directory did not start: {text}")
     directory = Directory(ldap.group(1), http.group(1), anchor.read_text(), fp.group(1), data,
-                          ldaps.group(1), tls_ca)
+                          ldaps.group(1), tls_ca, https.group(1))
     return directory, proc
 
 

@@ -11,14 +11,22 @@ from pathlib import Path
 import pytest
 import requests
 from cryptography import x509
-from host_support import PASSWORD, Directory, GatewayKeys, MemoryKeyring, tls_files
+from host_support import (
+    PASSWORD,
+    Directory,
+    GatewayKeys,
+    MemoryKeyring,
+    start_directory,
+    tls_files,
+)
+from proc_util import stop
 
 from keypost.core.containers import describe, load_certificates, verify_container
 from keypost.core.types import Purpose, Role
 from keypost.host.actions import Host
 from keypost.host.config import parse_directory_url
 from keypost.host.directory_client import DirectoryClient, LdapDirectoryClient, make_client
-from keypost.host.errors import AuthenticationFailed, DirectoryUnreachable
+from keypost.host.errors import AuthenticationFailed, DirectoryFailure, DirectoryUnreachable
 
 ADDRESSES = ["bob@example.org", "carol@example.net", "Dave@Example.COM"]
 
@@ -147,9 +155,10 @@ def test_host_lookup_against_real_directory(
     host.close()
 
 
-@pytest.mark.parametrize("scheme", ["ldaps", "starttls"])
+@pytest.mark.parametrize("scheme", ["ldaps", "starttls", "https"])
 def test_tls_to_the_directory(scheme: str, directory: Directory, tmp_path: Path) -> None:
-    url = directory.ldaps_url if scheme == "ldaps" else directory.ldap_url
+    url = {"ldaps": directory.ldaps_url, "starttls": directory.ldap_url,
+           "https": directory.https_url}[scheme]
     right = directory.tls_ca_pem.encode()
     c = make_client(parse_directory_url(url), "alice", PASSWORD, right, 5.0)
     try:
@@ -162,6 +171,24 @@ def test_tls_to_the_directory(scheme: str, directory: Directory, tmp_path: Path)
     with pytest.raises(DirectoryUnreachable):
         c.fetch(["bob@example.org"])
     c.close()
+
+
+def test_directory_that_wants_tls_for_passwords(gateway_keys: GatewayKeys,
+                                                tmp_path: Path) -> None:
+    """`serve --cleartext-passwords never`: over http:// the host says TLS is needed (not
+    "wrong password"); over https:// with the directory's TLS CA the same login works."""
+    strict, proc = start_directory(tmp_path, gateway_keys, "--cleartext-passwords", "never")
+    try:
+        plain = make_client(parse_directory_url(strict.http_url), "alice", PASSWORD, None, 5.0)
+        with pytest.raises(DirectoryFailure, match="only over TLS"):
+            plain.fetch(["bob@example.org"])
+        plain.close()
+        secure = make_client(parse_directory_url(strict.https_url), "alice", PASSWORD,
+                             strict.tls_ca_pem.encode(), 5.0)
+        assert secure.check()
+        secure.close()
+    finally:
+        stop(proc, timeout=10)
 
 
 def test_configure_with_tls_ca(directory: Directory, host_dirs: tuple[Path, Path],

@@ -279,13 +279,17 @@ class HttpDirectoryClient:
         self._session = requests.Session()
         if username:
             self._session.auth = (username, password or "")
+        # Passed with every request, not set on the session: requests lets the environment's
+        # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE override Session.verify (psf/requests#3829), and
+        # many machines set those, so the configured directory CA would be ignored.
+        self._verify: str | bool = True
         if tls_ca_pem:
             # requests wants a file: keep one per CA content in the cache dir.
             digest = hashlib.sha256(tls_ca_pem).hexdigest()[:16]
             path = cache_dir() / f"tls-ca-{digest}.pem"
             if not path.exists():
                 write_private(path, tls_ca_pem)
-            self._session.verify = str(Path(path))
+            self._verify = str(Path(path))
         self._authenticated = bool(username)
 
     def _get(self, addresses: Sequence[str]) -> Any:
@@ -293,7 +297,8 @@ class HttpDirectoryClient:
         where = {"directory": self._url.url}
         try:
             resp = self._session.get(
-                f"{self._url.http_base}/v1/containers", params=params, timeout=self._timeout
+                f"{self._url.http_base}/v1/containers", params=params, timeout=self._timeout,
+                verify=self._verify,
             )
         except requests.RequestException as exc:
             raise DirectoryUnreachable(
@@ -301,6 +306,10 @@ class HttpDirectoryClient:
                 f"{type(exc).__name__}",
                 where,
             ) from None
+        if resp.status_code == 403 and "tls_required" in resp.text:
+            # keypost directory --cleartext-passwords: the password was not even checked
+            raise DirectoryFailure("the directory takes passwords only over TLS: use https://",
+                                   where)
         if resp.status_code in (401, 403):
             raise AuthenticationFailed("the directory refused the user name or password")
         if resp.status_code != 200:
