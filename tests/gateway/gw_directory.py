@@ -102,6 +102,7 @@ class DirectoryWorld:
     ldap_port: int
     http_port: int
     ldaps_port: int
+    https_port: int
     tls_ca_pem: Path  # the CA of the directory's LDAPS certificate
     ca_pem: Path  # the directory CA (trust anchor)
     genuine_ca_pem: Path
@@ -163,15 +164,17 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
     (root / "tls.pem").write_bytes(tls_cert.public_bytes(serialization.Encoding.PEM))
-    ldap_port, http_port, ldaps_port = free_port(), free_port(), free_port()
+    ldap_port, http_port, ldaps_port, https_port = (free_port() for _ in range(4))
     proc = subprocess.Popen(
         [*KEYPOST, "directory", "serve", "--data", str(data),
          "--ldap", f"127.0.0.1:{ldap_port}", "--http", f"127.0.0.1:{http_port}",
-         "--ldaps", f"127.0.0.1:{ldaps_port}", "--tls-cert", str(root / "tls.pem"),
+         "--ldaps", f"127.0.0.1:{ldaps_port}", "--https", f"127.0.0.1:{https_port}",
+         "--tls-cert", str(root / "tls.pem"),
          "--tls-key", str(root / "tls.key")],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    world = DirectoryWorld(root, ldap_port, http_port, ldaps_port, root / "genuine-ca.pem",
+    world = DirectoryWorld(root, ldap_port, http_port, ldaps_port, https_port,
+                           root / "genuine-ca.pem",
                            root / "directory-ca.pem",
                            root / "genuine-ca.pem", pw, partner,
                            keys["bob@partner.org"], keys["carol@elsewhere.net"], proc)
@@ -179,6 +182,7 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
         wait_port(ldap_port)
         wait_port(http_port)
         wait_port(ldaps_port)
+        wait_port(https_port)
     except TimeoutError:
         world.stop()
         raise

@@ -274,11 +274,12 @@ def test_directory_down_defers_only_mail_that_needs_it(
 # --- the other ways to reach the directory ----------------------------------------------
 
 
-@pytest.mark.parametrize("scheme", ["http", "ldaps", "starttls"])
+@pytest.mark.parametrize("scheme", ["http", "https", "ldaps", "starttls"])
 def test_fig2_over_http_ldaps_and_starttls(
     pki: Pki, world: DirectoryWorld, sink: Sink, scheme: str
 ) -> None:
     url = {"http": f"http://127.0.0.1:{world.http_port}",
+           "https": f"https://127.0.0.1:{world.https_port}",
            "ldaps": f"ldaps://127.0.0.1:{world.ldaps_port}",
            "starttls": f"ldap://127.0.0.1:{world.ldap_port}"}[scheme]
     lines = world.gateway_directory_lines(url) + (
@@ -295,10 +296,12 @@ def test_fig2_over_http_ldaps_and_starttls(
     assert b"multipart/signed" in got[1].data
 
 
+@pytest.mark.parametrize("scheme", ["ldaps", "https"])
 def test_ldaps_with_an_untrusted_server_certificate_is_a_temporary_failure(
-    pki: Pki, world: DirectoryWorld, sink: Sink
+    pki: Pki, world: DirectoryWorld, sink: Sink, scheme: str
 ) -> None:
-    cfg = config(pki, world, sink, url=f"ldaps://127.0.0.1:{world.ldaps_port}", tls_ca=False)
+    port = world.ldaps_port if scheme == "ldaps" else world.https_port
+    cfg = config(pki, world, sink, url=f"{scheme}://127.0.0.1:{port}", tls_ca=False)
     with running_gateway(cfg) as g:
         code, _ = send(g.port, ALICE, [CAROL], _only_to_our_gateway(world, CAROL, "tls"))
     assert code == 451
