@@ -132,3 +132,10 @@ def test_content_ids_are_unique_per_message() -> None:
     assert first != second
     assert extract_inline_images(html, "bad domain\r\n")[1][0].content_id.endswith(
         "@keypost.invalid")
+
+
+def test_stray_angle_brackets_do_not_hide_a_later_image() -> None:
+    html = f'<p>1 < 2, <b and <a "x</p><img src="{data_url(LOGO)}"><p>"</p>'
+    out, images = extract_inline_images(html, "example.com")
+    assert [i.data for i in images] == [LOGO]
+    assert f'<img src="cid:{images[0].content_id}">' in out

@@ -23,8 +23,9 @@ import secrets
 import urllib.parse
 from dataclasses import dataclass
 
-# A start tag; attribute values may hold '>' inside quotes.
-_TAG = re.compile(r"<([a-zA-Z][a-zA-Z0-9]*)((?:[^>\"']|\"[^\"]*\"|'[^']*')*)>")
+# A start tag; quoted attribute values may hold '>' and '<'. An unquoted '<' ends the try
+# and the group is possessive, so text full of stray '<' costs linear time, not quadratic.
+_TAG = re.compile(r"<([a-zA-Z][a-zA-Z0-9]*)((?:[^<>\"']|\"[^\"]*\"|'[^']*')*+)>")
 # One attribute of a start tag, its value whole (so nothing inside a value is taken for
 # an attribute).
 _ATTR = re.compile(
