@@ -86,6 +86,28 @@ def test_failures_slow_down_the_next_attempts(store: SqliteStore) -> None:
     assert by_account >= 0.3 and by_source >= 0.3
 
 
+def test_known_good_source_is_not_locked_out_by_others_failures(store: SqliteStore) -> None:
+    """Failing on purpose against a known account name slows the attacker and new sources,
+    not the source that logged in to the account before (the gateway's own host)."""
+    auth = Authenticator(store, throttle=Throttle(base=0.3, cap=0.3, free=1),
+                         source_throttle=Throttle(base=0.3, cap=0.3, free=5))
+
+    async def run() -> tuple[float, float]:
+        loop = asyncio.get_running_loop()
+        assert await auth.verify("alice", b"right", "gateway-host") is not None
+        for n in range(3):
+            assert await auth.verify("alice", b"guess", f"attacker-{n}") is None
+        t0 = loop.time()
+        assert await auth.verify("alice", b"typo", "new-host") is None
+        t1 = loop.time()
+        assert await auth.verify("alice", b"right", "gateway-host") is not None
+        return loop.time() - t1, t1 - t0
+
+    known, new = asyncio.run(run())
+    assert new >= 0.3  # the per-account delay holds for anybody else
+    assert known < new - 0.2  # ... but not for the source that logged in before
+
+
 def test_scrypt_runs_off_the_event_loop(store: SqliteStore) -> None:
     auth = Authenticator(store)
 

@@ -25,6 +25,8 @@ SCRYPT_P = 1
 DIGEST_LEN = 32
 SALT_LEN = 16
 MAX_PASSWORD = 1024  # longer inputs are refused without hashing (no cheap DoS)
+KNOWN_GOOD_SECONDS = 7 * 86400.0  # a source that logged in to an account is trusted this long
+MAX_KNOWN_GOOD = 100_000
 
 
 def hash_password(password: bytes, n: int = SCRYPT_N, r: int = SCRYPT_R,
@@ -110,6 +112,11 @@ class Authenticator:
         # attacker cannot clear it by logging in to an account of their own.
         self.throttle = throttle or Throttle(free=3)
         self.source_throttle = source_throttle or Throttle(free=10)
+        # (account, source host) pairs that logged in lately skip the per-account delay:
+        # else anyone who knows an account name (a gateway's) could slow its real logins
+        # to the cap by failing on purpose. Their source's own counter still applies.
+        self._known_good: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self.known_good_for = KNOWN_GOOD_SECONDS
 
     async def verify(self, name: str, password: bytes, source: str,
                      protocol: str = "ldap") -> AccountRecord | None:
@@ -126,7 +133,12 @@ class Authenticator:
 
     async def _verify(self, name: str, password: bytes, source: str) -> AccountRecord | None:
         account_key = name.casefold()
-        wait = max(self.throttle.delay(account_key), self.source_throttle.delay(source))
+        now = time.monotonic()
+        pair = (account_key, source)
+        seen = self._known_good.get(pair)
+        trusted = seen is not None and now - seen < self.known_good_for
+        account_wait = 0.0 if trusted else self.throttle.delay(account_key, now)
+        wait = max(account_wait, self.source_throttle.delay(source, now))
         if wait > 0:
             await asyncio.sleep(wait)
         account = self._store.account(name) if len(name) <= 256 else None
@@ -135,6 +147,10 @@ class Authenticator:
         ok = await loop.run_in_executor(self._executor, check_password, password, stored)
         if ok and account is not None:
             self.throttle.reset(account_key)
+            self._known_good.pop(pair, None)
+            self._known_good[pair] = time.monotonic()
+            while len(self._known_good) > MAX_KNOWN_GOOD:
+                self._known_good.popitem(last=False)
             return account
         self.throttle.failed(account_key)
         self.source_throttle.failed(source)
