@@ -7,6 +7,7 @@ Thunderbird sends. Started once per module; every process is stopped by the PID 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email
 import os
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -453,6 +455,18 @@ def sent_folder_text(profile: Path) -> str:
     )
 
 
+def _png(width: int) -> bytes:
+    """A real one-row greyscale PNG (Thunderbird's editor loads the image it is given)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
+
+    header = width.to_bytes(4, "big") + (1).to_bytes(4, "big") + bytes([8, 0, 0, 0, 0])
+    row = b"\0" + bytes(i % 256 for i in range(width))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(row))
+            + chunk(b"IEND", b""))
+
+
 def _decrypt(message: bytes, key_pem: Path) -> bytes:
     from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
@@ -513,14 +527,17 @@ def test_bcc_and_a_large_attachment(
     thunderbird: Session, smtp: SmtpCapture, directory: Directory, tmp_path: Path
 ) -> None:
     """Bcc recipients get the mail without being named; an HTML message goes out with both
-    bodies; a 1.5 MB attachment makes the host's reply larger than Thunderbird's 1 MiB message
-    limit, so it arrives in chunks."""
+    bodies and its embedded image (the editor holds it as a data: URL) as a multipart/related
+    part the HTML names by cid:; a 1.5 MB attachment makes the host's reply larger than
+    Thunderbird's 1 MiB message limit, so it arrives in chunks."""
     m = thunderbird.marionette
     blob = os.urandom(1_500_000)
     attachment = tmp_path / "figures.bin"
     attachment.write_bytes(blob)
     bcc = "dave@example.org"
-    html = "<p>see <b>attached</b></p>"
+    image = _png(64)
+    image_url = "data:image/png;base64," + base64.b64encode(image).decode()
+    html = f'<p>see <b>attached</b></p><p><img src="{image_url}" alt="chart"></p>'
     handle = open_compose(thunderbird, SERVED, "with attachment", html, bcc, attachment, html=True)
     captured = encrypt_send_capture(thunderbird, smtp)
     assert sorted(captured.rcpt_tos) == sorted([SERVED, bcc])
@@ -533,7 +550,14 @@ def test_bcc_and_a_large_attachment(
     types = [p.get_content_type() for p in inner.walk()]
     assert "text/html" in types and "text/plain" in types, types  # HTML compose: both bodies
     html_part = next(p for p in inner.walk() if p.get_content_type() == "text/html")
-    assert "<b>attached</b>" in html_part.get_payload(decode=True).decode()
+    html_text = html_part.get_payload(decode=True).decode()
+    assert "<b>attached</b>" in html_text
+    assert "data:image" not in html_text
+    related = next(p for p in inner.walk() if p.get_content_type() == "multipart/related")
+    root, picture = related.get_payload()
+    assert root is html_part
+    assert picture.get_payload(decode=True) == image
+    assert f'src="cid:{picture["Content-ID"].strip("<>")}"' in html_text
     parts = [p for p in inner.walk() if p.get_filename() == "figures.bin"]
     assert len(parts) == 1
     assert parts[0].get_payload(decode=True) == blob
