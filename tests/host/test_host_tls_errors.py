@@ -63,3 +63,14 @@ def test_untrusted_certificate() -> None:
 
 def test_other_failures_are_left_to_the_caller() -> None:
     assert describe_tls_failure("socket connection error while opening: [Errno 111]", "h") is None
+
+
+def test_pythons_own_mismatch_message() -> None:
+    """requests (https://) reports the ssl module's check, which names only the host."""
+    text = ("HTTPSConnectionPool(host='localhost', port=443): Max retries exceeded (Caused by "
+            "SSLError(SSLCertVerificationError(1, \"[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+            "verify failed: IP address mismatch, certificate is not valid for 'localhost'. "
+            "(_ssl.c:1006)\")))")
+    assert describe_tls_failure(text, "localhost") == (
+        "the directory's TLS certificate does not name localhost"
+    )

@@ -300,6 +300,11 @@ class HttpDirectoryClient:
                 f"{self._url.http_base}/v1/containers", params=params, timeout=self._timeout,
                 verify=self._verify,
             )
+        except requests.exceptions.SSLError as exc:
+            tls = describe_tls_failure(str(exc), self._url.host) or "the TLS handshake failed"
+            raise DirectoryUnreachable(
+                f"TLS with {self._url.host}:{self._url.port} failed: {tls}", where
+            ) from None
         except requests.RequestException as exc:
             raise DirectoryUnreachable(
                 f"cannot reach the directory at {self._url.host}:{self._url.port}: "

@@ -12,6 +12,8 @@ import re
 from typing import Any
 
 _MISMATCH = re.compile(r"certificate (\{.*\}) doesn't match any name in", re.DOTALL)
+# Python's own check (requests, for https://) names only the host asked for.
+_SSL_MISMATCH = re.compile(r"(?:Hostname|IP address) mismatch, certificate is not valid for")
 _VERIFY = re.compile(r"certificate verify failed: ([^(\n]*)")
 _NAME_TYPES = ("DNS", "IP Address")
 _MAX_NAMES = 5  # a certificate may list hundreds of SANs; a few make the point
@@ -49,6 +51,8 @@ def describe_tls_failure(text: str, host: str) -> str | None:
             more = f" and {len(names) - _MAX_NAMES} more" if len(names) > _MAX_NAMES else ""
             line += f" (it names {shown}{more})"
         return line
+    if _SSL_MISMATCH.search(text):
+        return f"the directory's TLS certificate does not name {host}"
     verify = _VERIFY.search(text)
     if verify:
         reason = verify.group(1).strip().rstrip(".") or "not trusted"
