@@ -210,3 +210,14 @@ def test_lone_surrogates_are_an_address_error(text: str) -> None:
     """As JSON ("\\ud800") or undecodable argv bytes deliver them: never UnicodeEncodeError."""
     with pytest.raises(AddressError):
         parse_address(text)
+
+
+def test_every_whitespace_control_and_surrogate_is_refused() -> None:
+    """The one-scan check matches its definition: str.isspace, C0 controls, surrogates."""
+    forbidden = [c for c in map(chr, range(0x3100)) if c.isspace() or ord(c) < 32
+                 or "\ud800" <= c <= "\udfff"] + ["\ud800", "\udfff", "\u3000"]
+    assert "\u00a0" in forbidden and "\u2028" in forbidden  # not only ASCII whitespace
+    for ch in forbidden:
+        with pytest.raises(AddressError):
+            parse_address(f"a{ch}b@example.org")
+    assert parse_address("a\u00e9b@example.org").local == "a\u00e9b"

@@ -15,6 +15,9 @@ MAX_LOCAL = 64
 # RFC 5322 dot-atom characters; quoted local parts are refused: no CA profile accepts them.
 _ATEXT = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
 _LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
+# Whitespace (\s is str.isspace in a str pattern), control characters and lone surrogates,
+# in one C-level scan: a per-character generator cost ~3 us of every directory miss.
+_FORBIDDEN = re.compile("[\\s\x00-\x1f\ud800-\udfff]")
 # Label separators IDNA accepts besides "." (RFC 3490 3.1): ideographic, fullwidth, halfwidth.
 _DOT_VARIANTS = re.compile("[\u3002\uff0e\uff61]")
 
@@ -107,11 +110,7 @@ def parse_address(text: str) -> Address:
         s = s[1:-1]
     # Lone surrogates (a JSON "\ud800", undecodable bytes in argv) are no characters: they
     # would surface as UnicodeEncodeError from the length check below, not AddressError.
-    if (
-        not s
-        or len(s) > MAX_ADDRESS
-        or any(ch.isspace() or ord(ch) < 32 or "\ud800" <= ch <= "\udfff" for ch in s)
-    ):
+    if not s or len(s) > MAX_ADDRESS or _FORBIDDEN.search(s):
         raise AddressError(f"invalid address: {text!r}")
     local, sep, domain = s.rpartition("@")
     if not sep or not local:
