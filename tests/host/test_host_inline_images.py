@@ -139,3 +139,16 @@ def test_stray_angle_brackets_do_not_hide_a_later_image() -> None:
     out, images = extract_inline_images(html, "example.com")
     assert [i.data for i in images] == [LOGO]
     assert f'<img src="cid:{images[0].content_id}">' in out
+
+
+def test_a_non_ascii_media_type_becomes_octet_stream() -> None:
+    # A str pattern's \w is Unicode: "image/pñg" passed and the part's Content-Type header
+    # came out as an RFC 2047 encoded word, which no MIME parser takes for a type.
+    odd = ["image/p\u00f1g", "imag\u0435/gif"]  # n with tilde; a Cyrillic e
+    html = "".join(f'<img src="{data_url(GIF, ctype)}">' for ctype in odd)
+    _, images = extract_inline_images(html, "example.com")
+    assert [i.content_type for i in images] == ["application/octet-stream"] * 2
+    msg = parse(build_message(parse_compose(params(body_plain=None, body_html=html))))
+    _, *parts = msg.iter_parts()
+    assert [p["Content-Type"] for p in parts] == ["application/octet-stream"] * 2
+    assert [p.get_content() for p in parts] == [GIF, GIF]

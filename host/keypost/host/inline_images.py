@@ -32,7 +32,9 @@ _ATTR = re.compile(
     r"(?P<lead>\s+)(?P<name>[^\s\"'>/=]+)"
     r"(?:(?P<eq>\s*=\s*)(?:\"(?P<dq>[^\"]*)\"|'(?P<sq>[^']*)'|(?P<bare>[^\s\"'=<>`]+)))?"
 )
-_MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][\w.+-]*/[\w.+-]+$")
+# ASCII only (re.ASCII: a str pattern's \w is Unicode): the type goes into a Content-Type
+# header as it is, and a non-ASCII one came out as an RFC 2047 word no reader parses.
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9][\w.+-]*/[\w.+-]+", re.ASCII)
 _NAME_PARAMS = ("filename", "name")
 
 
@@ -76,7 +78,7 @@ def _parse_data_url(url: str) -> _DataUrl | None:
             data = urllib.parse.unquote_to_bytes(payload)
     except (binascii.Error, ValueError):
         return None
-    if not _MEDIA_TYPE.match(media_type):
+    if not _MEDIA_TYPE.fullmatch(media_type):
         media_type = "application/octet-stream"
     return _DataUrl(media_type, name, data)
 
