@@ -103,3 +103,15 @@ def test_header_block_is_one_folded_header() -> None:
 def test_bad_compose_params(bad: dict[str, Any]) -> None:
     with pytest.raises(BadRequest):
         build_message(parse_compose(params(**bad)))
+
+
+def test_attachment_types_a_header_cannot_carry_become_octet_stream() -> None:
+    # Only "one slash" was checked: a space, a parameter or non-ASCII went into the
+    # part's Content-Type as given (non-ASCII as an RFC 2047 word no parser takes).
+    odd = ["image/p\u00f1g", "a b/c", "text/plain; boundary=x"]
+    c = parse_compose(params(attachments=[
+        {"name": f"f{i}", "content_type": ctype, "data_base64": "YQ=="}
+        for i, ctype in enumerate([*odd, "image/png"])]))
+    _, *parts = parse(build_message(c)).iter_parts()
+    assert [p["Content-Type"] for p in parts] == ["application/octet-stream"] * 3 + ["image/png"]
+    assert [p.get_content() for p in parts] == [b"a"] * 4

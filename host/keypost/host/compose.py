@@ -28,7 +28,7 @@ from typing import Any
 
 from keypost.core.mime import b64_lines
 from keypost.host.errors import BadRequest
-from keypost.host.inline_images import InlineImage, extract_inline_images
+from keypost.host.inline_images import InlineImage, extract_inline_images, media_type_or_default
 
 # The compat32 classes (email.mime) rather than EmailMessage: the header objects of the
 # modern API cost more than the whole encryption (see bench/bench_host.py), and every
@@ -147,9 +147,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
                 "each attachment needs name and data_base64 (valid base64)",
                 {"param": "attachments"},
             ) from None
-        if ctype.count("/") != 1:
-            ctype = "application/octet-stream"
-        attachments.append(Attachment(name, ctype, data))
+        attachments.append(Attachment(name, media_type_or_default(ctype), data))
     headers = params.get("headers") or {}
     if not isinstance(headers, dict):
         raise BadRequest("headers must be an object", {"param": "headers"})

@@ -78,9 +78,13 @@ def _parse_data_url(url: str) -> _DataUrl | None:
             data = urllib.parse.unquote_to_bytes(payload)
     except (binascii.Error, ValueError):
         return None
-    if not _MEDIA_TYPE.fullmatch(media_type):
-        media_type = "application/octet-stream"
-    return _DataUrl(media_type, name, data)
+    return _DataUrl(media_type_or_default(media_type), name, data)
+
+
+def media_type_or_default(value: str) -> str:
+    """`value` when it is a bare type/subtype a Content-Type header can carry as it is,
+    else application/octet-stream (parameters, spaces and non-ASCII would corrupt it)."""
+    return value if _MEDIA_TYPE.fullmatch(value) else "application/octet-stream"
 
 
 def _file_name(given: str | None, content_type: str, number: int) -> str:
