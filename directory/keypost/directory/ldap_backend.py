@@ -41,11 +41,14 @@ class DirectoryLdapBackend:
         self.suffix = suffix
 
     async def authenticate(self, name: str, password: bytes, peer: str) -> object | None:
+        # The change counter as of before the account is read: a removal while the password
+        # is checked (~50 ms of scrypt) then differs from it and the first lookup re-reads.
+        change = self.controller.snapshot().change
         account = await self.authenticator.verify(name, password, peer_host(peer))
         self.controller.metrics.request("ldap", "bind_ok" if account else "bind_invalid")
         if account is None:
             return None
-        return BoundAccount(account, self.controller.snapshot().change)
+        return BoundAccount(account, change)
 
     def _current(self, bound: BoundAccount) -> AccountRecord | None:
         """The bound account while it still exists unchanged, else None (anonymous).
