@@ -484,6 +484,36 @@ def test_signer_with_an_unrecognised_critical_extension_is_refused() -> None:
             assert result.ok, result.reasons
 
 
+def test_an_end_entity_certificate_cannot_pose_as_an_intermediate() -> None:
+    """A gateway holds the key of its signing container (a leaf of the directory CA). With
+    the container carried as an "intermediate" it could vouch for a certificate it makes up
+    for any address: the one-intermediate path must demand a CA (cA, keyCertSign)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    gw = gateway("gw.c.example")
+    leaf = container("mallory@c.example", gw, Purpose.SIGN)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    made_up = (
+        x509.CertificateBuilder()
+        .issuer_name(leaf.subject)
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice@a.example")]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(hours=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("alice@a.example")]), False)
+        .sign(gw.key, hashes.SHA256())
+    )
+    signed = smime.sign_message(_fresh_message(), key, made_up, [leaf])  # From: alice@a.example
+    result = smime.verify_signed(signed, [directory_ca().certificate])
+    assert not result.ok
+    assert "intermediate certificate is not a CA certificate" in result.reasons
+
+
 # base64 backends -------------------------------------------------------------------------
 
 

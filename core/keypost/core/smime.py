@@ -534,11 +534,15 @@ def _chain_problems(
                 continue
             anchor, inter_reasons = checks.find_issuer(inter, anchors)
             if anchor is not None:
-                reasons = inter_reasons + checks.validity_problems(inter, now)
+                reasons = (inter_reasons + checks.validity_problems(inter, now)
+                           + checks.ca_problems(inter, "intermediate certificate")
+                           + checks.critical_problems(inter))
                 break
     if anchor is None:
         return reasons
-    return checks.anchor_problems(anchor, now)
+    # The intermediate's own reasons count too (they were dropped here: an expired or
+    # non-CA intermediate passed).
+    return reasons + checks.anchor_problems(anchor, now)
 
 
 def _from_problems(headers: Sequence[m.Header], cert: x509.Certificate) -> list[str]:

@@ -124,14 +124,25 @@ _anchor_ski = functools.lru_cache(maxsize=64)(_ski)
 @functools.lru_cache(maxsize=64)
 def _fixed_anchor_problems(anchor: x509.Certificate) -> tuple[str, ...]:
     """All of anchor_problems but the time-dependent validity check."""
-    reasons = algorithm_problems(anchor, "trust anchor")
+    return tuple(algorithm_problems(anchor, "trust anchor") + ca_problems(anchor, "trust anchor"))
+
+
+def ca_problems(cert: x509.Certificate, what: str) -> list[str]:
+    """Why `cert` may not issue certificates: basicConstraints cA, and keyCertSign when it
+    has a keyUsage. Without this any end-entity certificate (a gateway's signing container)
+    could pose as an intermediate and vouch for certificates its owner makes up."""
+    reasons = []
     try:
-        bc = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if not bc.ca:
-            reasons.append("trust anchor is not a CA certificate")
+        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            reasons.append(f"{what} is not a CA certificate")
     except x509.ExtensionNotFound:
-        reasons.append("trust anchor has no basicConstraints (not a CA certificate)")
-    return tuple(reasons)
+        reasons.append(f"{what} has no basicConstraints (not a CA certificate)")
+    try:
+        if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign:
+            reasons.append(f"{what}'s keyUsage does not allow certificate signing")
+    except x509.ExtensionNotFound:
+        pass  # absent = unrestricted (RFC 5280 4.2.1.3)
+    return reasons
 
 
 def find_issuer(
