@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,19 @@ def test_scrypt_runs_off_the_event_loop(store: SqliteStore) -> None:
         return ticks
 
     assert asyncio.run(run()) >= 5
+
+
+def test_auth_log_hashes_only_names_of_existing_accounts(
+        store: SqliteStore, caplog: pytest.LogCaptureFixture) -> None:
+    # A password typed into the name field must not reach the log as its unsalted hash.
+    from keypost.directory.controller import address_hash
+
+    auth = Authenticator(store, throttle=Throttle(free=100), source_throttle=Throttle(free=100))
+    typed = "Hunter2-typed-as-name"
+    with caplog.at_level(logging.INFO, logger="keypost.directory.requests"):
+        assert asyncio.run(auth.verify(typed, b"right", "192.0.2.7")) is None
+        assert asyncio.run(auth.verify("alice", b"wrong", "192.0.2.7")) is None
+    lines = [r.getMessage() for r in caplog.records if "event=auth" in r.getMessage()]
+    assert len(lines) == 2
+    assert "account=unknown " in lines[0] and address_hash(typed.casefold()) not in lines[0]
+    assert f"account={address_hash('alice')} " in lines[1]

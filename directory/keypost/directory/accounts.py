@@ -121,14 +121,18 @@ class Authenticator:
     async def verify(self, name: str, password: bytes, source: str,
                      protocol: str = "ldap") -> AccountRecord | None:
         """The account when `password` is right, else None (after equal work). Logs one
-        line either way: the account name only hashed (users type passwords into it)."""
+        line either way: an existing account's name hashed, any other name as `unknown`
+        (users type passwords into it, and an unsalted SHA-256 of a password is a
+        dictionary look-up away from it)."""
         started = time.perf_counter()
         account = await self._verify(name, password, source)
         if request_log.isEnabledFor(logging.INFO):
+            known = account is not None or (
+                len(name) <= 256 and self._store.account(name) is not None)
             request_log.info(
                 "event=auth protocol=%s account=%s source=%s result=%s ms=%.2f", protocol,
-                address_hash(name.casefold()), source, "ok" if account else "invalid",
-                (time.perf_counter() - started) * 1000)
+                address_hash(name.casefold()) if known else "unknown", source,
+                "ok" if account else "invalid", (time.perf_counter() - started) * 1000)
         return account
 
     async def _verify(self, name: str, password: bytes, source: str) -> AccountRecord | None:
