@@ -125,17 +125,18 @@ class Authenticator:
         (users type passwords into it, and an unsalted SHA-256 of a password is a
         dictionary look-up away from it)."""
         started = time.perf_counter()
-        account = await self._verify(name, password, source)
+        account, known = await self._verify(name, password, source)
         if request_log.isEnabledFor(logging.INFO):
-            known = account is not None or (
-                len(name) <= 256 and self._store.account(name) is not None)
             request_log.info(
                 "event=auth protocol=%s account=%s source=%s result=%s ms=%.2f", protocol,
                 address_hash(name.casefold()) if known else "unknown", source,
                 "ok" if account else "invalid", (time.perf_counter() - started) * 1000)
         return account
 
-    async def _verify(self, name: str, password: bytes, source: str) -> AccountRecord | None:
+    async def _verify(self, name: str, password: bytes, source: str
+                      ) -> tuple[AccountRecord | None, bool]:
+        """(the account when the password is right, whether the name is an account): the
+        store is read once, for the check and the log line alike."""
         account_key = name.casefold()
         now = time.monotonic()
         pair = (account_key, source)
@@ -155,10 +156,10 @@ class Authenticator:
             self._known_good[pair] = time.monotonic()
             while len(self._known_good) > MAX_KNOWN_GOOD:
                 self._known_good.popitem(last=False)
-            return account
+            return account, True
         self.throttle.failed(account_key)
         self.source_throttle.failed(source)
-        return None
+        return None, account is not None
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
