@@ -785,6 +785,71 @@ def test_rsa_1024_container_refused(ca: kc.DirectoryCA) -> None:
         issue(ca, kc.GatewayKey(weak))
 
 
+def with_spki(cert: x509.Certificate, spki: bytes, ca: kc.DirectoryCA) -> x509.Certificate:
+    """`cert` with its SubjectPublicKeyInfo replaced by `spki` and signed again by `ca`
+    (cryptography's builder takes only keys it can load)."""
+    key = ca_private_key(ca)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    old = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    content = der_single(cert.tbs_certificate_bytes, 0x30, "TBSCertificate")
+    assert content.count(old) == 1
+    tbs = der_tlv(0x30, content.replace(old, spki))
+    outer = der_elements(der_single(cert.public_bytes(serialization.Encoding.DER), 0x30, "cert"))
+    algorithm = der_tlv(outer[1][0], outer[1][1])
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return x509.load_der_x509_certificate(
+        der_tlv(0x30, tbs + algorithm + der_tlv(0x03, b"\x00" + signature))
+    )
+
+
+def spki_der(algorithm_oid: str, parameters: bytes, key: bytes) -> bytes:
+    algorithm = der_tlv(0x30, der_oid(algorithm_oid) + parameters)
+    return der_tlv(0x30, algorithm + der_tlv(0x03, b"\x00" + key))
+
+
+P256 = der_oid("1.2.840.10045.3.1.7")
+NULL = b"\x05\x00"
+
+
+@pytest.mark.parametrize(
+    ("spki", "expected"),
+    [
+        # GOST R 34.10-2012: well-formed, an algorithm cryptography does not implement
+        (spki_der("1.2.643.7.1.1.1.1", der_tlv(0x30, der_oid("1.2.643.7.1.2.1.1.1")),
+                  der_tlv(0x04, bytes(range(64)))),
+         "certificate key uses an unsupported algorithm (Unknown key type: 1.2.643.7.1.1.1.1)"),
+        (spki_der("1.2.840.10045.2.1", der_oid("1.2.3.4.5"), b"\x04" + bytes(range(64))),
+         "certificate key uses an unsupported algorithm (Curve 1.2.3.4.5 is not supported)"),
+        # a point that is not on P-256, an RSA exponent of 1, bytes that are no RSAPublicKey
+        (spki_der("1.2.840.10045.2.1", P256, b"\x04" + bytes(range(64))),
+         "malformed certificate: certificate public key does not decode (Invalid key)"),
+        (spki_der("1.2.840.113549.1.1.1", NULL, der_tlv(
+            0x30, der_tlv(0x02, b"\x00" + b"\xc3" * 256) + der_tlv(0x02, b"\x01"))),
+         "malformed certificate: certificate public key does not decode (e must be >= 3"),
+        (spki_der("1.2.840.113549.1.1.1", NULL, b"\x01\x02"),
+         "malformed certificate: certificate public key does not decode (Could not deserial"),
+    ],
+    ids=["gost", "unknown curve", "off-curve point", "rsa e=1", "rsa garbage"],
+)
+def test_key_reasons_tell_unsupported_from_malformed(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey, spki: bytes, expected: str
+) -> None:
+    """A key cryptography cannot load was reported as "malformed certificate: <its
+    exception>", even for a well-formed certificate with an algorithm it does not
+    implement; and it hid every other reason. The certificate is still refused."""
+    cert = with_spki(hand_built(ca, gw.public_key, keypost_role=True), spki, ca)
+    result = kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    assert not result.ok
+    assert [r for r in result.reasons if r.startswith(expected)] == [result.reasons[0]]
+    assert len(result.reasons) == 1  # the CA's signature and the rest are fine
+    assert result.info is not None and result.info.key_description.endswith("key")
+    # the other reasons are no longer hidden behind the key's
+    other = kc.verify_container(cert, [ca.certificate], "bob@example.org", Purpose.ENCRYPT, NOW)
+    assert not other.ok and any("not for bob@example.org" in r for r in other.reasons)
+
+
 def test_missing_role_extension(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
     cert = hand_built(ca, gw.public_key, keypost_role=False)
     text = reasons_of(

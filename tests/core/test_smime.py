@@ -432,6 +432,12 @@ SPKI_RSA = bytes.fromhex("30820122300d06092a864886f70d010101")  # RSA-2048 SPKI 
 def test_verify_never_raises_on_a_hostile_certificate(find: bytes, replace: bytes) -> None:
     """cryptography parses the carried certificate lazily: wherever it is first read, a
     hostile one must end in reasons, never an exception (found by mutating signatures)."""
+    result = smime.verify_signed(_signed_and_mutated(find, replace), [directory_ca().certificate])
+    assert not result.ok and result.reasons
+
+
+def _signed_and_mutated(find: bytes, replace: bytes) -> bytes:
+    """A signed message whose SignedData has `find` (once) replaced by `replace`."""
     gw = gateway("gw.a.example")
     signed = smime.sign_message(_fresh_message(), gw.key, container("alice@a.example", gw,
                                                                    Purpose.SIGN))  # fmt: skip
@@ -440,9 +446,28 @@ def test_verify_never_raises_on_a_hostile_certificate(find: bytes, replace: byte
     der = base64.b64decode(b64)
     assert der.count(find) == 1
     hostile = base64.encodebytes(der.replace(find, replace)).replace(b"\n", b"\r\n")
-    message = head + b"S/MIME Cryptographic Signature\r\n\r\n" + hostile + b"--" + tail
-    result = smime.verify_signed(message, [directory_ca().certificate])
-    assert not result.ok and result.reasons
+    return head + b"S/MIME Cryptographic Signature\r\n\r\n" + hostile + b"--" + tail
+
+
+def test_hostile_certificate_reasons_are_accurate() -> None:
+    """Every error cryptography raised was "a certificate in the signature is malformed",
+    and it hid the other reasons: a key algorithm cryptography does not implement is
+    unsupported, not malformed; a parse error later on still leaves the earlier reasons."""
+    anchors = [directory_ca().certificate]
+    unknown_key = smime.verify_signed(
+        _signed_and_mutated(SPKI_RSA, SPKI_RSA[:-1] + b"\x7f"), anchors
+    )
+    assert not unknown_key.ok
+    assert "signer certificate key uses an unsupported algorithm (Unknown key type: " \
+        "1.2.840.113549.1.1.127); RSA or EC only" in unknown_key.reasons
+    assert not any("malformed" in r for r in unknown_key.reasons)
+    assert any("does not verify" in r for r in unknown_key.reasons)  # the CA's signature
+    duplicate = smime.verify_signed(
+        _signed_and_mutated(b"\x06\x03\x55\x1d\x0f", b"\x06\x03\x55\x1d\x13"), anchors
+    )
+    assert not duplicate.ok
+    assert "malformed signer certificate: Duplicate 2.5.29.19 extension found" in duplicate.reasons
+    assert any("does not verify" in r for r in duplicate.reasons)
 
 
 def test_sign_refuses_a_key_that_is_not_the_containers() -> None:

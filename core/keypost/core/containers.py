@@ -563,9 +563,9 @@ def describe(cert: x509.Certificate) -> ContainerInfo:
             # Certificates without a SAN (old genuine ones) name the address in the subject.
             for attr in cert.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
                 addresses.append(str(attr.value))
-        key_text = checks.key_description(cert.public_key())
+        key_text = checks.key_description(checks.public_key(cert))
     except checks.PARSE_ERRORS as exc:  # cryptography parses lazily
-        raise ContainerError(f"malformed certificate: {checks.first_sentence(exc)}") from exc
+        raise ContainerError(checks.failure_reason(exc)) from exc
     return ContainerInfo(
         addresses=tuple(addresses),
         role=role,
@@ -644,7 +644,7 @@ def verify_container(
         reasons += checks.critical_problems(cert)
         reasons += _address_problems(info, address)
     except checks.PARSE_ERRORS as exc:  # parsed lazily
-        reasons = [f"malformed certificate: {checks.first_sentence(exc)}"]
+        reasons = [checks.failure_reason(exc)]
     return VerificationResult(not reasons, tuple(reasons), info)
 
 

@@ -451,7 +451,7 @@ def verify_signed(
     except checks.PARSE_ERRORS as exc:
         # cryptography parses a carried certificate lazily, so a hostile one fails wherever
         # it is first read (its version, key, extensions...): one reason for all of those.
-        return _failed(f"a certificate in the signature is malformed: {checks.first_sentence(exc)}")
+        return _failed(checks.failure_reason(exc, "certificate in the signature"))
 
 
 def _failed(reason: str, content: bytes = b"") -> SignatureResult:
@@ -506,7 +506,9 @@ def _signature_problem(info: cms.SignerInfo, cert: x509.Certificate) -> str | No
     if info.signed_attrs is None:
         return "no signed attributes (messageDigest is required)"
     kind, sig_hash = algorithm
-    key = cert.public_key()
+    key = checks.public_key(cert)
+    if isinstance(key, checks.UnusableKey):  # algorithm_problems gives the key's reason
+        return "the signature cannot be checked: the signer's key is unusable"
     try:
         if kind == "rsa" and isinstance(key, rsa.RSAPublicKey):
             key.verify(info.signature, info.signed_attrs, padding.PKCS1v15(), sig_hash or digest)
@@ -530,7 +532,9 @@ def _chain_problems(
     anchor, reasons = checks.find_issuer(cert, anchors)
     if anchor is None:
         for inter in carried:
-            if inter.subject != cert.issuer or not checks.signature_valid(cert, inter.public_key()):
+            if inter.subject != cert.issuer:
+                continue
+            if not checks.signature_valid(cert, checks.public_key(inter)):
                 continue
             anchor, inter_reasons = checks.find_issuer(inter, anchors)
             if anchor is not None:
@@ -579,8 +583,8 @@ def _verify(
         certs = [x509.load_der_x509_certificate(c) for c in signed.certificates]
     except SmimeError as exc:
         return _failed(str(exc), content)
-    except ValueError:
-        return _failed("a certificate in the signature is malformed", content)
+    except checks.PARSE_ERRORS as exc:
+        return _failed(checks.failure_reason(exc, "certificate in the signature"), content)
     if not signed.detached:
         return _failed("the signature carries its own content (not detached)", content)
     if len(signed.signers) != 1:
@@ -610,8 +614,8 @@ def _verify(
         reasons += checks.validity_problems(cert, when or at_now)
         reasons += checks.usage_problems(cert, Purpose.SIGN, required=False)
         reasons += checks.critical_problems(cert)
-    except ValueError as exc:  # lazily parsed extensions
-        reasons.append(f"malformed signer certificate: {exc}")
+    except checks.PARSE_ERRORS as exc:  # lazily parsed extensions
+        reasons.append(checks.failure_reason(exc, "signer certificate"))
     reasons += _from_problems(headers, cert)
     if when is None:
         reasons.append("no signingTime attribute")

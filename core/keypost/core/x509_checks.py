@@ -14,11 +14,13 @@ from __future__ import annotations
 import datetime as dt
 import functools
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from keypost.core.types import Purpose
@@ -43,6 +45,35 @@ def first_sentence(exc: Exception) -> str:
     return str(exc).split(". ")[0][:160]
 
 
+def failure_reason(exc: Exception, what: str = "certificate") -> str:
+    """The reason for an error cryptography raised while reading `what` lazily: only a
+    parse error makes it malformed; an algorithm cryptography does not implement (a GOST
+    key, an unknown curve) is a well-formed certificate keypost cannot use."""
+    if isinstance(exc, UnsupportedAlgorithm):
+        return f"{what} uses an unsupported algorithm: {first_sentence(exc)}"
+    return f"malformed {what}: {first_sentence(exc)}"
+
+
+@dataclass(frozen=True)
+class UnusableKey:
+    """A certificate's public key that cryptography cannot load. `unsupported`: its
+    algorithm or curve is not implemented; otherwise the key's bytes do not decode."""
+
+    detail: str
+    unsupported: bool
+
+
+def public_key(cert: x509.Certificate) -> CertificatePublicKeyTypes | UnusableKey:
+    """cert.public_key() as a value: a key that cannot be loaded becomes a reason in
+    key_problem rather than an exception that would hide every other reason."""
+    try:
+        return cert.public_key()
+    except UnsupportedAlgorithm as exc:
+        return UnusableKey(first_sentence(exc), unsupported=True)
+    except (ValueError, TypeError) as exc:
+        return UnusableKey(first_sentence(exc), unsupported=False)
+
+
 def key_description(key: object) -> str:
     """The key as people name it (RSA-2048, EC P-256, ...) for messages and ContainerInfo."""
     if isinstance(key, rsa.RSAPublicKey):
@@ -50,17 +81,23 @@ def key_description(key: object) -> str:
     if isinstance(key, ec.EllipticCurvePublicKey):
         names = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
         return f"EC {names.get(key.curve.name, key.curve.name)}"
+    if isinstance(key, UnusableKey):
+        return "unsupported key" if key.unsupported else "malformed key"
     return type(key).__name__.removesuffix("PublicKey").lstrip("_") or "unknown key"
 
 
 def key_problem(key: object, what: str) -> str | None:
-    """Why `key` is not acceptable (RSA < 2048, DSA, ...), or None."""
+    """Why `key` is not acceptable (RSA < 2048, DSA, unusable, ...), or None."""
     if isinstance(key, rsa.RSAPublicKey):
         if key.key_size < MIN_RSA_BITS:
             return f"{what} key is RSA-{key.key_size}; at least RSA-{MIN_RSA_BITS} is required"
         return None
     if isinstance(key, ec.EllipticCurvePublicKey):
         return None
+    if isinstance(key, UnusableKey):
+        if key.unsupported:
+            return f"{what} key uses an unsupported algorithm ({key.detail}); RSA or EC only"
+        return f"malformed certificate: {what} public key does not decode ({key.detail})"
     return f"{what} key type {key_description(key)} is not accepted (RSA or EC only)"
 
 
@@ -73,7 +110,7 @@ def algorithm_problems(cert: x509.Certificate, what: str) -> list[str]:
     else:
         if isinstance(algo, _WEAK_HASHES):
             reasons.append(f"{what} is signed with {algo.name.upper()}, which is not accepted")
-    problem = key_problem(cert.public_key(), what)
+    problem = key_problem(public_key(cert), what)
     if problem:
         reasons.append(problem)
     return reasons
@@ -103,7 +140,10 @@ def _ski(cert: x509.Certificate) -> bytes | None:
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+        key = public_key(cert)
+        if isinstance(key, UnusableKey):
+            return None
+        return x509.SubjectKeyIdentifier.from_public_key(key).digest
 
 
 def _aki(cert: x509.Certificate) -> bytes | None:
@@ -162,7 +202,7 @@ def find_issuer(
                 aki, aki_read = _aki(cert), True
             if aki is None or aki != _anchor_ski(anchor):
                 continue
-        if signature_valid(cert, anchor.public_key()):
+        if signature_valid(cert, public_key(anchor)):
             return anchor, []
         named = named or (anchor if by_name else None)
     if named is not None:  # e.g. a rotated CA under the same name: every one was tried
@@ -220,7 +260,7 @@ def usage_problems(cert: x509.Certificate, purpose: Purpose, required: bool) -> 
     """KeyUsage and EKU for `purpose`. `required`: the extensions must be present (keypost
     containers); genuine certificates may omit them (RFC 5280: absent = unrestricted)."""
     reasons: list[str] = []
-    key = cert.public_key()
+    key = public_key(cert)
     try:
         ku: x509.KeyUsage | None = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
