@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -221,3 +223,55 @@ def test_every_whitespace_control_and_surrogate_is_refused() -> None:
         with pytest.raises(AddressError):
             parse_address(f"a{ch}b@example.org")
     assert parse_address("a\u00e9b@example.org").local == "a\u00e9b"
+
+
+# Unicode Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 14-16), written
+# out here from the standard rather than taken from the module, so the test can disagree.
+DEFAULT_IGNORABLE = [
+    (0x00AD, 0x00AD, "SOFT HYPHEN"),
+    (0x034F, 0x034F, "COMBINING GRAPHEME JOINER"),
+    (0x061C, 0x061C, "ARABIC LETTER MARK"),
+    (0x115F, 0x1160, "HANGUL CHOSEONG / JUNGSEONG FILLER"),
+    (0x17B4, 0x17B5, "KHMER VOWEL INHERENT AQ / AA"),
+    (0x180B, 0x180F, "MONGOLIAN FREE VARIATION SELECTORS, VOWEL SEPARATOR"),
+    (0x200B, 0x200F, "ZWSP, ZWNJ, ZWJ, LRM, RLM"),
+    (0x202A, 0x202E, "BIDI EMBEDDINGS AND OVERRIDES"),
+    (0x2060, 0x206F, "WORD JOINER .. NOMINAL DIGIT SHAPES"),
+    (0x3164, 0x3164, "HANGUL FILLER"),
+    (0xFE00, 0xFE0F, "VARIATION SELECTOR-1..16"),
+    (0xFEFF, 0xFEFF, "ZERO WIDTH NO-BREAK SPACE"),
+    (0xFFA0, 0xFFA0, "HALFWIDTH HANGUL FILLER"),
+    (0xFFF0, 0xFFF8, "reserved"),
+    (0x1BCA0, 0x1BCA3, "SHORTHAND FORMAT CONTROLS"),
+    (0x1D173, 0x1D17A, "MUSICAL SYMBOL BEGIN BEAM .. END PHRASE"),
+    (0xE0000, 0xE0FFF, "TAGS, VARIATION SELECTOR-17..256, reserved"),
+]
+
+
+@pytest.mark.parametrize(("first", "last", "name"), DEFAULT_IGNORABLE,
+                         ids=[name for _, _, name in DEFAULT_IGNORABLE])
+def test_default_ignorable_code_points_are_refused_in_local_parts(
+    first: int, last: int, name: str
+) -> None:
+    """An invisible code point makes "jo\u034frg@x" print as "jorg@x", another mailbox: a
+    spoofed recipient. U+034F, the variation selectors and the Hangul fillers were
+    accepted (they are Mn / Lo, not Cf). The message names the code point."""
+    for cp in range(first, last + 1):
+        for text in (f"j\u00f6{chr(cp)}rg@example.org", f"{chr(cp)}jorg@example.org"):
+            with pytest.raises(AddressError, match=f"invisible character U\\+{cp:04X} "):
+                parse_address(text)
+    # the domain path refuses them already (IDNA 2008 / UTS 46 drops or disallows them)
+    with pytest.raises(AddressError, match="internationalised domain"):
+        parse_address(f"alice@b\u00fc{chr(first)}cher.example")
+
+
+@pytest.mark.parametrize(
+    "local",
+    ["j\u00f6rg", "\ud64d\uae38\ub3d9", "\u1825\u1837\u182d", "\u05d3\u05d5\u05d3",
+     "\u0928\u092e\u0938\u094d\u0924\u0947", "\u00e0\u0301"],
+    ids=["latin", "hangul", "mongolian", "hebrew", "devanagari virama", "combining acute"],
+)
+def test_visible_non_ascii_local_parts_stay_accepted(local: str) -> None:
+    """The neighbours of the refused code points (Hangul syllables, Mongolian letters,
+    combining marks that do show) are untouched."""
+    assert parse_address(f"{local}@example.org").local == unicodedata.normalize("NFC", local)
