@@ -65,6 +65,15 @@ def strict(directory: Directory, tmp_path_factory: pytest.TempPathFactory
         yield urls, tls_ca, log
 
 
+def _refused(http: str, protocol: str, result: str) -> int:
+    """keypost_requests_total{protocol=..., result=...} from /metrics (0 before the first)."""
+    text = requests.get(http + "metrics", timeout=30).text
+    line = f'keypost_requests_total{{protocol="{protocol}",result="{result}"}} '
+    found = [row for row in text.splitlines() if row.startswith(line)]
+    assert len(found) <= 1
+    return int(found[0][len(line):]) if found else 0
+
+
 def _ldapsearch(url: str, tls_ca: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     argv = ["ldapsearch", "-x", "-LLL", "-H", url, "-b", SUFFIX, *extra,
             "(mail=clear@example.org)", "mail"]
@@ -77,9 +86,12 @@ def test_ldap_bind_without_tls_is_refused_with_13(
     urls, tls_ca, log = strict
     plain = urls["ldap"].rsplit("/", 1)[0]
     login = ("-D", f"uid={USER},{SUFFIX}", "-w", USER_PW)
+    before = _refused(urls["http"], "ldap", "bind_tls_required")
     refused = _ldapsearch(plain, tls_ca, *login)
     assert refused.returncode == 13, refused.stderr  # confidentialityRequired
     assert "TLS" in refused.stderr
+    # counted on /metrics (it was not: the refusal came before the backend's counting)
+    assert _refused(urls["http"], "ldap", "bind_tls_required") == before + 1
     assert "event=bind_refused reason=cleartext_password" in log.read_text()
     # the password was not even checked: no auth line for it
     assert not re.search(r"event=auth protocol=ldap", log.read_text())
@@ -90,18 +102,22 @@ def test_ldap_bind_without_tls_is_refused_with_13(
     assert "mail: clear@example.org" in starttls.stdout
     ldaps = _ldapsearch(urls["ldaps"].rsplit("/", 1)[0], tls_ca, *login)
     assert ldaps.returncode == 0, ldaps.stderr
+    assert _refused(urls["http"], "ldap", "bind_tls_required") == before + 1  # TLS binds: no
 
 
 def test_http_basic_without_tls_is_refused_with_403(
         strict: tuple[dict[str, str], Path, Path]) -> None:
     urls, tls_ca, _ = strict
     query = {"address": "clear@example.org"}
+    before = _refused(urls["http"], "http", "tls_required")
     plain = requests.get(urls["http"] + "v1/containers", params=query,
                          auth=(GATEWAY, GATEWAY_PW), timeout=30)
     assert plain.status_code == 403
     assert plain.json()["error"]["code"] == "tls_required"
+    assert _refused(urls["http"], "http", "tls_required") == before + 1  # was never counted
     anonymous = requests.get(urls["http"] + "v1/containers", params=query, timeout=30)
     assert anonymous.status_code == 200
     secure = requests.get(urls["https"] + "v1/containers", params=query,
                           auth=(GATEWAY, GATEWAY_PW), verify=str(tls_ca), timeout=30)
     assert secure.status_code == 200, secure.text
+    assert _refused(urls["http"], "http", "tls_required") == before + 1

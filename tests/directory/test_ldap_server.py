@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from ldap3.core.exceptions import LDAPBindError
 from test_ldap_support import PASSWORD, SUFFIX, MemoryBackend, ServerThread, tls_files
 
+from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.ldap import connection as C
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
@@ -290,6 +291,49 @@ def test_pipelined_searches_answered_in_full(server: ServerThread) -> None:
             done.append(msg.message_id)
         pos += n
     assert sorted(done) == list(range(1, 101))
+
+
+def messages_of(reply: bytes) -> list[M.LDAPMessage]:
+    out = []
+    pos = 0
+    while pos < len(reply):
+        n = C.ber.frame_length(reply[pos:])
+        assert n is not None
+        out.append(M.decode_message(reply[pos : pos + n]))
+        pos += n
+    return out
+
+
+@pytest.mark.parametrize(
+    ("policy", "code"),
+    [(CleartextPolicy.LOOPBACK, M.ResultCode.SUCCESS),
+     (CleartextPolicy.NEVER, M.ResultCode.CONFIDENTIALITY_REQUIRED)],
+    ids=["accepted", "refused without TLS"],
+)
+def test_a_bind_waits_for_the_searches_before_it(
+    policy: CleartextPolicy, code: M.ResultCode
+) -> None:
+    """RFC 4511 4.2.1: before a bind is processed, the operations before it complete (or
+    are abandoned, as OpenLDAP does). An accepted bind waited; a bind refused for want of
+    TLS was answered at once, ahead of the results of a search still running."""
+    thread = ServerThread(MemoryBackend(delay=0.3), cleartext=policy)
+    try:
+        search = M.SearchRequest(
+            SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+            F.EqualityMatch("mail", ALICE.encode()), ("mail",),
+        )
+        bind = M.BindRequest(3, f"uid=alice,{SUFFIX}", PASSWORD)
+        reply = raw_exchange(thread.port, b"".join(M.encode_message(m) for m in (
+            M.LDAPMessage(1, search), M.LDAPMessage(2, bind),
+            M.LDAPMessage(3, M.UnbindRequest()))))
+        got = [(m.message_id, type(m.op).__name__) for m in messages_of(reply)]
+        assert got == [(1, "SearchResultEntry"), (1, "SearchResultDone"), (2, "BindResponse")]
+        answer = messages_of(reply)[-1].op
+        assert isinstance(answer, M.BindResponse) and answer.result.code == code
+        assert thread.backend.lookups == [(None, (ALICE,))]  # under the identity before
+        assert thread.refused == ([] if code == M.ResultCode.SUCCESS else ["tls_required"])
+    finally:
+        thread.stop()
 
 
 def test_connection_cap_and_idle_timeout() -> None:

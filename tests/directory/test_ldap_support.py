@@ -9,7 +9,7 @@ import datetime as dt
 import ipaddress
 import ssl
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.ldap.backend import AddressEntry
 from keypost.directory.ldap.server import LdapServer, Limits
 
@@ -104,12 +105,14 @@ class ServerThread:
         backend: MemoryBackend,
         tls: ssl.SSLContext | None = None,
         limits: Limits | None = None,
+        cleartext: CleartextPolicy = CleartextPolicy.LOOPBACK,
     ) -> None:
         self.backend = backend
+        self.refused: list[str] = []  # what on_bind_refused was told
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.server = self.call(self._make(backend, tls, limits))
+        self.server = self.call(self._make(backend, tls, limits, cleartext, self.refused.append))
         self.port = self.call(self.server.listen("127.0.0.1", 0))[1]
         self.ldaps_port = (
             self.call(self.server.listen("127.0.0.1", 0, implicit_tls=True))[1]
@@ -119,9 +122,14 @@ class ServerThread:
 
     @staticmethod
     async def _make(
-        backend: MemoryBackend, tls: ssl.SSLContext | None, limits: Limits | None
+        backend: MemoryBackend,
+        tls: ssl.SSLContext | None,
+        limits: Limits | None,
+        cleartext: CleartextPolicy,
+        on_bind_refused: Callable[[str], None],
     ) -> LdapServer:
-        return LdapServer(backend, tls=tls, limits=limits)
+        return LdapServer(backend, tls=tls, limits=limits, cleartext_passwords=cleartext,
+                          on_bind_refused=on_bind_refused)
 
     def call(self, coro: Any) -> Any:
         fut: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self.loop)

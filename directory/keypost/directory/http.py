@@ -82,6 +82,7 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
     if not (request.secure or password_allowed(request.app[CLEARTEXT], peer)):
         # As for LDAP binds (keypost.directory.cleartext): the password is not checked.
         log.info("event=auth_refused reason=cleartext_password source=%s", peer)
+        request.app[CONTROLLER].metrics.request("http", "tls_required")
         return _error(403, "tls_required", "a password needs TLS here: use https://")
     account = await request.app[AUTHENTICATOR].verify(user, password, peer, "http")
     if account is None:

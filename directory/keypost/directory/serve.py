@@ -137,7 +137,9 @@ async def serve(options: ServeOptions) -> None:
     authenticator = Authenticator(store)
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
     ldap = LdapServer(backend, tls=tls, max_addresses=settings.max_addresses,
-                      cleartext_passwords=options.cleartext_passwords)
+                      cleartext_passwords=options.cleartext_passwords,
+                      on_bind_refused=lambda reason: controller.metrics.request(
+                          "ldap", f"bind_{reason}"))
     runner: web.AppRunner | None = None
     writer = sqlite_writer(data.database)
     maintenance = asyncio.create_task(

@@ -17,7 +17,7 @@ import dataclasses
 import logging
 import ssl
 import types
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
@@ -82,7 +82,11 @@ class LdapServer:
         max_addresses: int | None = None,
         limits: Limits | None = None,
         cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK,
+        on_bind_refused: Callable[[str], None] | None = None,
     ) -> None:
+        """`on_bind_refused(reason)` is told of each bind the server refuses before the
+        backend sees it ("tls_required": a password without TLS that
+        `cleartext_passwords` forbids), e.g. to count it."""
         limits = limits or Limits()
         if max_addresses is not None:
             limits = dataclasses.replace(limits, max_addresses=max_addresses)
@@ -90,6 +94,7 @@ class LdapServer:
         self.tls = tls
         self.limits = limits
         self.cleartext_passwords = cleartext_passwords
+        self.on_bind_refused = on_bind_refused
         self.suffix = backend.suffix
         self.suffix_dn = parse_dn(backend.suffix)
         self.entries = EntryCache(backend.suffix)
@@ -247,22 +252,14 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         if isinstance(event, Search):
             self._search(event)
         elif isinstance(event, Bind):
-            if event.anonymous and not self.tasks:  # nothing to wait for: answer at once
-                self.principal = None
-                self._write(bind_response(event.message_id, ResultCode.SUCCESS))
-                return
-            if not (event.anonymous or self.tls_active or password_allowed(
-                    self.server.cleartext_passwords, self.peer_host)):
-                # The password has crossed the network in clear already; refusing it
-                # tells the client to fix its setup before it does so for real.
-                log.info("event=bind_refused reason=cleartext_password peer=%s", self.peer)
-                self.principal = None
-                self._write(bind_response(
-                    event.message_id, ResultCode.CONFIDENTIALITY_REQUIRED,
-                    "a password needs TLS here: use StartTLS or ldaps://"))
+            cleartext = not (event.anonymous or self.tls_active or password_allowed(
+                self.server.cleartext_passwords, self.peer_host))
+            if not self.tasks and (event.anonymous or cleartext):
+                # nothing to wait for and no backend call: answer at once
+                self._answer_without_backend(event, cleartext)
                 return
             self.blocked = True  # RFC 4511 4.2.1: nothing else runs during a bind
-            self._start(event.message_id, self._bind(event))
+            self._start(event.message_id, self._bind(event, cleartext))
         elif isinstance(event, BindRefused):
             self.principal = None  # a failed bind leaves the connection anonymous
             self._write(bind_response(event.message_id, event.code, event.diagnostic))
@@ -303,11 +300,29 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         if not self.closing:
             self._pump()
 
-    async def _bind(self, event: Bind) -> None:
+    def _answer_without_backend(self, event: Bind, cleartext: bool) -> None:
+        """An anonymous bind, or one refused because its password came without TLS."""
+        self.principal = None
+        if not cleartext:
+            self._write(bind_response(event.message_id, ResultCode.SUCCESS))
+            return
+        # The password has crossed the network in clear already; refusing it tells the
+        # client to fix its setup before it does so for real.
+        log.info("event=bind_refused reason=cleartext_password peer=%s", self.peer)
+        if self.server.on_bind_refused is not None:
+            self.server.on_bind_refused("tls_required")
+        self._write(bind_response(
+            event.message_id, ResultCode.CONFIDENTIALITY_REQUIRED,
+            "a password needs TLS here: use StartTLS or ldaps://"))
+
+    async def _bind(self, event: Bind, cleartext: bool = False) -> None:
         try:
             others = [t for mid, t in self.tasks.items() if mid != event.message_id]
             if others:  # let operations already running finish under the old identity
                 await asyncio.wait(others)
+            if cleartext:  # refused, but only once the operations before it are done
+                self._answer_without_backend(event, cleartext)
+                return
             self.principal = None
             if event.anonymous:
                 code = ResultCode.SUCCESS
