@@ -86,6 +86,8 @@ class Compose:
     account_key: str | None
     for_outbox: bool
     inline_images: tuple[InlineImage, ...] = ()  # the parts body_html's cid: URLs name
+    # Images marked to be attached that are links on the web (the message keeps the links).
+    remote_images: tuple[str, ...] = ()
 
     @property
     def recipients(self) -> tuple[Mailbox, ...]:
@@ -162,8 +164,10 @@ def parse_compose(params: dict[str, Any]) -> Compose:
         extra.append((name, value))
     subject = _opt_str(params, "subject") or ""
     inline: tuple[InlineImage, ...] = ()
+    remote: tuple[str, ...] = ()
     if html is not None:
-        html, inline = extract_inline_images(html, senders[0].address.rpartition("@")[2])
+        embedded = extract_inline_images(html, senders[0].address.rpartition("@")[2])
+        html, inline, remote = embedded.html, embedded.images, embedded.remote
     return Compose(
         sender=senders[0],
         to=to,
@@ -179,6 +183,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
         account_key=_opt_str(params, "account_key"),
         for_outbox=bool(params.get("for_outbox", False)),
         inline_images=inline,
+        remote_images=remote,
     )
 
 
