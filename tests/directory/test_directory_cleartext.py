@@ -22,7 +22,8 @@ from dir_support import (
     tls_material,
 )
 
-from keypost.directory.cleartext import CleartextPolicy, is_loopback, password_allowed
+from keypost.core.netaddr import is_loopback_host
+from keypost.directory.cleartext import CleartextPolicy, password_allowed
 
 
 @pytest.mark.parametrize(
@@ -35,7 +36,7 @@ from keypost.directory.cleartext import CleartextPolicy, is_loopback, password_a
     ],
 )
 def test_loopback_is_judged_by_address(host: str, loopback: bool) -> None:
-    assert is_loopback(host) is loopback
+    assert is_loopback_host(host) is loopback
     assert password_allowed(CleartextPolicy.LOOPBACK, host) is loopback
     assert password_allowed(CleartextPolicy.ANYWHERE, host)
     assert not password_allowed(CleartextPolicy.NEVER, host)

@@ -11,7 +11,8 @@ directive does.
 from __future__ import annotations
 
 import enum
-import ipaddress
+
+from keypost.core.netaddr import is_loopback_host
 
 
 class CleartextPolicy(enum.Enum):
@@ -20,19 +21,9 @@ class CleartextPolicy(enum.Enum):
     NEVER = "never"  # TLS for every password, loopback too
 
 
-def is_loopback(host: str) -> bool:
-    """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything unparsable is not loopback."""
-    try:
-        address = ipaddress.ip_address(host.strip("[]").split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
-
-
 def password_allowed(policy: CleartextPolicy, host: str) -> bool:
     """May a password arrive without TLS from `host` (the peer's address)?"""
     if policy is CleartextPolicy.ANYWHERE:
         return True
-    return policy is CleartextPolicy.LOOPBACK and is_loopback(host)
+    # A peer's address is never a name: `localhost` here is not loopback.
+    return policy is CleartextPolicy.LOOPBACK and is_loopback_host(host)

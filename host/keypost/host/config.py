@@ -6,7 +6,6 @@ password lives only in the OS keyring (keyring_store).
 
 from __future__ import annotations
 
-import ipaddress
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from cryptography import x509
 
 from keypost.core.containers import load_certificates, sha256_fingerprint, to_pem
 from keypost.core.errors import ContainerError
+from keypost.core.netaddr import is_loopback_host
 from keypost.host.errors import BadRequest, NotConfigured, TrustAnchorMismatch
 from keypost.host.paths import config_dir, write_private
 
@@ -54,12 +54,8 @@ class DirectoryUrl:
 
 
 def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    """A URL's host: a loopback address or the name `localhost` (keypost.core.netaddr)."""
+    return is_loopback_host(host, localhost_name=True)
 
 
 def parse_directory_url(text: str) -> DirectoryUrl:
