@@ -259,3 +259,18 @@ def test_embedded_images_travel_inside_the_encrypted_entity(
         assert root.get_content_type() == "text/html"
         assert f'src="cid:{part["Content-ID"].strip("<>")}"' in root.get_content()
         assert part.get_content_type() == "image/png" and part.get_content() == image
+
+
+def test_remote_images_marked_to_be_attached_are_reported(
+    setup: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    """Thunderbird's own send would fetch an http(s) image marked moz-do-not-send="false"
+    and embed it; the host fetches nothing, so it names such images for the add-on."""
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    url = "https://images.example.net/logo.png?a=1&b=2"
+    html = (f'<img src="{url.replace("&", "&amp;")}" moz-do-not-send="false">'
+            '<img src="https://images.example.net/linked.png">')
+    result = ok(host, "encrypt", **params(body_html=html))
+    assert result["remote_images"] == [url]
+    assert ok(host, "encrypt", **params())["remote_images"] == []

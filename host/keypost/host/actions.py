@@ -320,6 +320,9 @@ class Host:
             "cipher": cipher,
             "key_count": len(certs),
             "recipients": [r.to_wire() for r in parties],
+            # Marked "attach" but left as links (the host fetches nothing): the add-on
+            # refuses to send such a message rather than send another one than composed.
+            "remote_images": list(compose.remote_images),
         }
 
 
