@@ -7,6 +7,7 @@ import { collectNewsgroups, collectRecipients, extractAddress, recipientsKey } f
 import { carryOver, describeError, statusList, summarize } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
+import { composeNotices, remoteImagesOf, sameNotices } from "./notices.js";
 
 const POLL_MS = 1500;
 const LOOKUP_QUIET_MS = 600;
@@ -45,6 +46,9 @@ export async function renderButton(tabId, state) {
   if (state.error) {
     color = "#c62828";
     title = `${msg("notSentTitle")}\n${state.error}`; // the hover names who and why
+  } else if (state.notices?.length > 0) {
+    color = "#c62828"; // Send will be refused until the user acts on them
+    title = state.notices.map((n) => msg(n.key, n.subs)).join("\n");
   } else if (state.lookupError || summary.failing > 0) {
     color = "#c62828";
     title = msg("titleFailing", [String(summary.failing || 1)]);
@@ -90,10 +94,15 @@ export async function checkRecipients(tabId, immediately = false) {
   const rcpts = collectRecipients(details);
   const from = extractAddress(details.from ?? "");
   const key = recipientsKey(from, rcpts.all);
+  // What Send would be refused for (newsgroups, remote images to attach), said before Send.
+  const notices = composeNotices(details);
   // Unchanged recipients need no new lookup, unless the last one failed (host or directory
   // down): then it is retried every RETRY_MS, so the status heals without user action.
   const retry = state.lookupError && Date.now() >= (state.retryAt ?? 0);
-  if (key === state.key && !immediately && !retry) return;
+  if (key === state.key && !immediately && !retry) {
+    if (!sameNotices(notices, state.notices)) await renderButton(tabId, await updateTabState(session(), tabId, { notices }));
+    return;
+  }
   const statuses = carryOver(rcpts.all, state.statuses);
   for (const bad of rcpts.invalid) {
     statuses.push({ address: bad, state: "invalid_address", gateways: [], reason: msg("reasonInvalidAddress") });
@@ -102,6 +111,7 @@ export async function checkRecipients(tabId, immediately = false) {
   const next = await updateTabState(session(), tabId, {
     recipients: rcpts.all,
     statuses,
+    notices,
     key,
     retryAt: Date.now() + RETRY_MS,
     // A refused send's message stays until the recipients change (then the statuses speak).
@@ -273,6 +283,13 @@ export async function onBeforeSend(tab, details) {
       await failSend(tab, msg("errorNewsgroups"), [msg("reasonNewsgroups", [groups.join(", ")])]);
       return { cancel: true };
     }
+    // Images the user marked "attach" that are on the web: Thunderbird would embed them, keypost
+    // cannot fetch them; sending them as links would leak the reading to their server.
+    const remote = remoteImagesOf(details);
+    if (remote.length > 0) {
+      await failSend(tab, msg("errorRemoteImages"), [msg("reasonRemoteImages", [remote.join(", ")])]);
+      return { cancel: true };
+    }
     const rcpts = collectRecipients(details);
     if (rcpts.unresolved > 0 || rcpts.invalid.length > 0) {
       await failSend(tab, msg("errorRecipients"), [
@@ -289,6 +306,11 @@ export async function onBeforeSend(tab, details) {
     } catch (e) {
       const { title, lines } = describeError({ name: e.codeName, message: e.message, details: e.details });
       await failSend(tab, errorTitle(title), lines);
+      return { cancel: true };
+    }
+    // The host reads the HTML as a browser would; it may find what the check above missed.
+    if (Array.isArray(result.remote_images) && result.remote_images.length > 0) {
+      await failSend(tab, msg("errorRemoteImages"), [msg("reasonRemoteImages", [result.remote_images.join(", ")])]);
       return { cancel: true };
     }
     const sender = extractAddress(details.from ?? "");

@@ -4,10 +4,10 @@ const PREFIX = "tab:";
 
 /**
  * @returns {{encrypt: boolean, recipients: string[], statuses: any[], key: string,
- *   error: string, lookupError: string, retryAt: number}}
+ *   error: string, lookupError: string, retryAt: number, notices: {key: string, subs: string[]}[]}}
  */
 export function emptyState() {
-  return { encrypt: false, recipients: [], statuses: [], key: "", error: "", lookupError: "", retryAt: 0 };
+  return { encrypt: false, recipients: [], statuses: [], key: "", error: "", lookupError: "", retryAt: 0, notices: [] };
 }
 
 /** @param {number} tabId */

@@ -15,6 +15,16 @@ function render(state) {
   $("encrypt").checked = state.encrypt;
   $("error").hidden = !state.error;
   $("error").textContent = state.error ? `${msg("notSentTitle")}\n${state.error}` : "";
+  // What Send would be refused for, said before Send (newsgroups, remote images to attach).
+  const notices = state.encrypt ? (state.notices ?? []) : [];
+  $("notices").hidden = notices.length === 0;
+  $("notices").replaceChildren(
+    ...notices.map((n) => {
+      const li = document.createElement("li");
+      li.textContent = msg(n.key, n.subs);
+      return li;
+    }),
+  );
   const tbody = $("recipients").querySelector("tbody");
   tbody.replaceChildren();
   const rows = state.encrypt ? state.statuses : [];

@@ -310,3 +310,52 @@ test("newsgroups with Encrypt off: Thunderbird posts as usual", async () => {
   assert.deepEqual(await c.onBeforeSend(TAB, { ...DETAILS, newsgroups: ["comp.mail.misc"] }), {});
   assert.equal(calls.filter((x) => x[0] === "notify").length, 0);
 });
+
+test("newsgroups and remote images to attach: said in the popup state and the title before Send", async () => {
+  await encryptOn();
+  const original = messenger.compose.getComposeDetails;
+  let details = { from: "alice@example.com", to: ["bob@example.org"], newsgroups: ["comp.mail.misc"] };
+  messenger.compose.getComposeDetails = async () => details;
+  hostReply = () => ({ ok: true, result: { recipients: [] } });
+  try {
+    await c.checkRecipients(3, true);
+    assert.deepEqual(session.get("tab:3").notices, [{ key: "noticeNewsgroups", subs: ["comp.mail.misc"] }]);
+    assert.equal(calls.filter((x) => x[0] === "title").at(-1)[1], "noticeNewsgroups:comp.mail.misc");
+    // Same recipients, the body changes: the notice follows without a new lookup.
+    const img = '<img src="https://images.example.net/a.png" moz-do-not-send="false">';
+    details = { from: "alice@example.com", to: ["bob@example.org"], isPlainText: false, body: img };
+    const lookups = () => calls.filter((x) => x[1] === "lookup").length;
+    const before = lookups();
+    await c.checkRecipients(3);
+    assert.deepEqual(session.get("tab:3").notices, [{ key: "noticeRemoteImages", subs: ["https://images.example.net/a.png"] }]);
+    assert.equal(calls.filter((x) => x[0] === "title").at(-1)[1], "noticeRemoteImages:https://images.example.net/a.png");
+    assert.equal(lookups(), before);
+    details = { from: "alice@example.com", to: ["bob@example.org"], isPlainText: false, body: "<p>hi</p>" };
+    await c.checkRecipients(3);
+    assert.deepEqual(session.get("tab:3").notices, []);
+  } finally {
+    messenger.compose.getComposeDetails = original;
+  }
+});
+
+test("remote images marked to be attached with Encrypt on: refused before the host is asked", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const body = '<p>Logo</p><img moz-do-not-send="false" src="https://images.example.net/a.png">';
+  assert.deepEqual(await c.onBeforeSend(TAB, { ...DETAILS, isPlainText: false, body }), { cancel: true });
+  assert.equal(calls.filter((x) => x[0] === "host").length, 0);
+  assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+  const note = calls.find((x) => x[0] === "notify");
+  assert.match(note[1], /^errorRemoteImages\nreasonRemoteImages:https:\/\/images\.example\.net\/a\.png$/);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+});
+
+test("remote images the host reports (it reads the HTML as a browser does): nothing is queued", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR, remote_images: ["https://x.example/b.png"] } });
+  assert.deepEqual(await c.onBeforeSend(TAB, { ...DETAILS, isPlainText: false, body: "<p>odd markup</p>" }), { cancel: true });
+  assert.equal(calls.filter((x) => x[0] === "host" && x[1] === "encrypt").length, 1);
+  assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+  assert.match(session.get("tab:3").error, /reasonRemoteImages:https:\/\/x\.example\/b\.png/);
+});

@@ -1,0 +1,57 @@
+// What the compose window holds that keypost cannot send encrypted: shown in the popup and
+// the button's title while composing, and the reasons a send is refused.
+
+import { startTags } from "./html_tags.js";
+import { collectNewsgroups } from "./recipients.js";
+
+const REMOTE = /^https?:\/\//i;
+// What a URL parser drops around a URL (element.src does): C0 controls and spaces.
+const trimUrl = (s) => s.replace(/^[\u0000-\u0020]+|[\u0000-\u0020]+$/g, "").replace(/[\t\n\r]/g, "");
+
+/**
+ * The http(s) images Thunderbird's own send would fetch and attach: `<img src>` and
+ * `<body background>` marked moz-do-not-send="false" ("Attach this image to the message").
+ * keypost cannot fetch them (no host permission for the web), so they would stay links the
+ * recipient's reader loads from the Internet. Each URL once, in order.
+ * @param {string} html
+ * @returns {string[]}
+ */
+export function remoteImagesToAttach(html) {
+  if (typeof html !== "string" || !/moz-do-not-send/i.test(html)) return [];
+  const urls = [];
+  for (const tag of startTags(html)) {
+    if (tag.attrs.get("moz-do-not-send") !== "false") continue;
+    const attr = tag.name === "img" ? "src" : tag.name === "body" ? "background" : null;
+    const url = attr && tag.attrs.has(attr) ? trimUrl(tag.attrs.get(attr)) : "";
+    if (REMOTE.test(url) && !urls.includes(url)) urls.push(url);
+  }
+  return urls;
+}
+
+/**
+ * The remote images of compose details (none for a plain text message).
+ * @param {{isPlainText?: boolean, body?: string}} details
+ */
+export function remoteImagesOf(details) {
+  return details?.isPlainText === true ? [] : remoteImagesToAttach(details?.body ?? "");
+}
+
+/**
+ * Notices for compose details with Encrypt on: each a _locales key and its substitutions.
+ * Every notice means Send will be refused until the user acts.
+ * @param {object} details  compose.getComposeDetails
+ * @returns {{key: string, subs: string[]}[]}
+ */
+export function composeNotices(details) {
+  const notices = [];
+  const groups = collectNewsgroups(details ?? {});
+  if (groups.length > 0) notices.push({ key: "noticeNewsgroups", subs: [groups.join(", ")] });
+  const images = remoteImagesOf(details);
+  if (images.length > 0) notices.push({ key: "noticeRemoteImages", subs: [images.join(", ")] });
+  return notices;
+}
+
+/** Whether two notice lists say the same (to skip needless storage writes). */
+export function sameNotices(a, b) {
+  return JSON.stringify(a ?? []) === JSON.stringify(b ?? []);
+}
