@@ -27,11 +27,12 @@ export function attributeValue(raw) {
 }
 
 /**
- * Read a start or end tag whose name starts at `i` (just after '<' or '</').
+ * Read a start or end tag whose name starts at `i` (just after '<' or '</'); its attributes
+ * only when `wanted` (a Set of tag names, or null for all) has its name.
  * @returns {{name: string, attrs: Map<string, string>, end: number} | null} null when the
  *   document ends inside the tag (the tokenizer then never emits it)
  */
-function readTag(html, i) {
+function readTag(html, i, wanted) {
   const n = html.length;
   let j = i;
   while (j < n) {
@@ -40,7 +41,10 @@ function readTag(html, i) {
     j++;
   }
   const tag = { name: asciiLower(html.slice(i, j)), attrs: new Map(), end: 0 };
-  const add = (name, value) => {
+  const keep = wanted === null || wanted.has(tag.name);
+  const add = (from, to, value) => {
+    if (!keep) return;
+    const name = asciiLower(html.slice(from, to));
     if (!tag.attrs.has(name)) tag.attrs.set(name, attributeValue(value));
   };
   while (j < n) {
@@ -60,12 +64,12 @@ function readTag(html, i) {
       if (isSpace(c) || c === SLASH || c === GT || c === EQUALS) break;
       j++;
     }
-    const name = asciiLower(html.slice(start, j));
+    const nameEnd = j;
     let k = j;
     while (k < n && isSpace(html.charCodeAt(k))) k++;
     if (k >= n) return null;
     if (html.charCodeAt(k) !== EQUALS) {
-      add(name, "");
+      add(start, nameEnd, "");
       j = k;
       continue;
     }
@@ -76,25 +80,28 @@ function readTag(html, i) {
     if (c === DQUOTE || c === SQUOTE) {
       const close = html.indexOf(c === DQUOTE ? '"' : "'", j + 1);
       if (close < 0) return null;
-      add(name, html.slice(j + 1, close));
+      add(start, nameEnd, keep ? html.slice(j + 1, close) : "");
       j = close + 1;
     } else if (c === GT) {
-      add(name, "");
+      add(start, nameEnd, "");
     } else {
       const from = j;
       while (j < n && !isSpace(html.charCodeAt(j)) && html.charCodeAt(j) !== GT) j++;
-      add(name, html.slice(from, j));
+      add(start, nameEnd, keep ? html.slice(from, j) : "");
     }
   }
   return null;
 }
 
+const EMPTY = new Set();
+
 /**
  * Every start tag the HTML tokenizer emits for `html`, in order.
  * @param {string} html
+ * @param {Set<string> | null} [wanted]  tag names whose attributes are read (all when null)
  * @returns {Generator<{name: string, attrs: Map<string, string>, end: number}>}
  */
-export function* startTags(html) {
+export function* startTags(html, wanted = null) {
   const n = html.length;
   let i = 0;
   while (i < n) {
@@ -124,7 +131,7 @@ export function* startTags(html) {
       }
       if (!isAlpha(d)) skipFrom = lt + 2;
       else {
-        const endTag = readTag(html, lt + 2);
+        const endTag = readTag(html, lt + 2, EMPTY);
         if (!endTag) return;
         i = endTag.end;
         continue;
@@ -139,7 +146,7 @@ export function* startTags(html) {
       i = gt + 1;
       continue;
     }
-    const tag = readTag(html, lt + 1);
+    const tag = readTag(html, lt + 1, wanted);
     if (!tag) return;
     yield tag;
     i = tag.end;

@@ -6,6 +6,8 @@ import { collectNewsgroups } from "./recipients.js";
 
 const REMOTE = /^https?:\/\//i;
 // What a URL parser drops around a URL (element.src does): C0 controls and spaces.
+const FETCHED_BY_THUNDERBIRD = new Set(["img", "body"]);
+let lastScan = { html: "", urls: [] };
 const trimUrl = (s) => s.replace(/^[\u0000-\u0020]+|[\u0000-\u0020]+$/g, "").replace(/[\t\n\r]/g, "");
 
 /**
@@ -18,14 +20,17 @@ const trimUrl = (s) => s.replace(/^[\u0000-\u0020]+|[\u0000-\u0020]+$/g, "").rep
  */
 export function remoteImagesToAttach(html) {
   if (typeof html !== "string" || !/moz-do-not-send/i.test(html)) return [];
+  // The popup's poll asks every 1.5 s, mostly for the same body: read each body once.
+  if (html === lastScan.html) return [...lastScan.urls];
   const urls = [];
-  for (const tag of startTags(html)) {
+  for (const tag of startTags(html, FETCHED_BY_THUNDERBIRD)) {
     if (tag.attrs.get("moz-do-not-send") !== "false") continue;
     const attr = tag.name === "img" ? "src" : tag.name === "body" ? "background" : null;
     const url = attr && tag.attrs.has(attr) ? trimUrl(tag.attrs.get(attr)) : "";
     if (REMOTE.test(url) && !urls.includes(url)) urls.push(url);
   }
-  return urls;
+  lastScan = { html, urls };
+  return [...urls];
 }
 
 /**
