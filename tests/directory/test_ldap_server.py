@@ -305,24 +305,28 @@ def messages_of(reply: bytes) -> list[M.LDAPMessage]:
 
 
 @pytest.mark.parametrize(
-    ("policy", "code"),
-    [(CleartextPolicy.LOOPBACK, M.ResultCode.SUCCESS),
-     (CleartextPolicy.NEVER, M.ResultCode.CONFIDENTIALITY_REQUIRED)],
-    ids=["accepted", "refused without TLS"],
+    ("policy", "password", "name", "code"),
+    [(CleartextPolicy.LOOPBACK, PASSWORD, f"uid=alice,{SUFFIX}", M.ResultCode.SUCCESS),
+     (CleartextPolicy.NEVER, PASSWORD, f"uid=alice,{SUFFIX}",
+      M.ResultCode.CONFIDENTIALITY_REQUIRED),
+     (CleartextPolicy.LOOPBACK, b"", f"uid=alice,{SUFFIX}", M.ResultCode.UNWILLING_TO_PERFORM),
+     (CleartextPolicy.LOOPBACK, b"", "", M.ResultCode.SUCCESS)],
+    ids=["accepted", "refused without TLS", "unauthenticated", "anonymous"],
 )
 def test_a_bind_waits_for_the_searches_before_it(
-    policy: CleartextPolicy, code: M.ResultCode
+    policy: CleartextPolicy, password: bytes, name: str, code: M.ResultCode
 ) -> None:
     """RFC 4511 4.2.1: before a bind is processed, the operations before it complete (or
-    are abandoned, as OpenLDAP does). An accepted bind waited; a bind refused for want of
-    TLS was answered at once, ahead of the results of a search still running."""
+    are abandoned, as OpenLDAP does). An accepted bind waited; a bind the server refused
+    itself (no TLS, unauthenticated) was answered at once, ahead of the results of a
+    search still running, and the unbind after it cancelled that search."""
     thread = ServerThread(MemoryBackend(delay=0.3), cleartext=policy)
     try:
         search = M.SearchRequest(
             SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
             F.EqualityMatch("mail", ALICE.encode()), ("mail",),
         )
-        bind = M.BindRequest(3, f"uid=alice,{SUFFIX}", PASSWORD)
+        bind = M.BindRequest(3, name, password)
         reply = raw_exchange(thread.port, b"".join(M.encode_message(m) for m in (
             M.LDAPMessage(1, search), M.LDAPMessage(2, bind),
             M.LDAPMessage(3, M.UnbindRequest()))))
@@ -331,7 +335,8 @@ def test_a_bind_waits_for_the_searches_before_it(
         answer = messages_of(reply)[-1].op
         assert isinstance(answer, M.BindResponse) and answer.result.code == code
         assert thread.backend.lookups == [(None, (ALICE,))]  # under the identity before
-        assert thread.refused == ([] if code == M.ResultCode.SUCCESS else ["tls_required"])
+        refused = policy is CleartextPolicy.NEVER
+        assert thread.refused == (["tls_required"] if refused else [])
     finally:
         thread.stop()
 

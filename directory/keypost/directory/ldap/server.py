@@ -254,15 +254,13 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         elif isinstance(event, Bind):
             cleartext = not (event.anonymous or self.tls_active or password_allowed(
                 self.server.cleartext_passwords, self.peer_host))
-            if not self.tasks and (event.anonymous or cleartext):
-                # nothing to wait for and no backend call: answer at once
-                self._answer_without_backend(event, cleartext)
+            if event.anonymous or cleartext:  # no backend call
+                self._bind_without_backend(event, cleartext)
                 return
             self.blocked = True  # RFC 4511 4.2.1: nothing else runs during a bind
-            self._start(event.message_id, self._bind(event, cleartext))
+            self._start(event.message_id, self._bind(event))
         elif isinstance(event, BindRefused):
-            self.principal = None  # a failed bind leaves the connection anonymous
-            self._write(bind_response(event.message_id, event.code, event.diagnostic))
+            self._bind_without_backend(event)
         elif isinstance(event, Abandon):
             task = self.tasks.pop(event.target, None)
             if task is not None:
@@ -300,48 +298,63 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         if not self.closing:
             self._pump()
 
-    def _answer_without_backend(self, event: Bind, cleartext: bool) -> None:
-        """An anonymous bind, or one refused because its password came without TLS."""
-        self.principal = None
-        if not cleartext:
-            self._write(bind_response(event.message_id, ResultCode.SUCCESS))
+    def _bind_without_backend(self, event: Bind | BindRefused, cleartext: bool = False) -> None:
+        """An anonymous bind or one the server refuses itself: at once when nothing runs,
+        else after the operations before it, like any bind (RFC 4511 4.2.1; OpenLDAP
+        abandons them instead). Either way the response follows theirs."""
+        if not self.tasks:
+            self._answer_without_backend(event, cleartext)
             return
-        # The password has crossed the network in clear already; refusing it tells the
-        # client to fix its setup before it does so for real.
-        log.info("event=bind_refused reason=cleartext_password peer=%s", self.peer)
-        if self.server.on_bind_refused is not None:
-            self.server.on_bind_refused("tls_required")
-        self._write(bind_response(
-            event.message_id, ResultCode.CONFIDENTIALITY_REQUIRED,
-            "a password needs TLS here: use StartTLS or ldaps://"))
+        self.blocked = True
+        self._start(event.message_id, self._bind_after_others(event, cleartext))
 
-    async def _bind(self, event: Bind, cleartext: bool = False) -> None:
+    async def _bind_after_others(self, event: Bind | BindRefused, cleartext: bool) -> None:
         try:
-            others = [t for mid, t in self.tasks.items() if mid != event.message_id]
-            if others:  # let operations already running finish under the old identity
-                await asyncio.wait(others)
-            if cleartext:  # refused, but only once the operations before it are done
-                self._answer_without_backend(event, cleartext)
-                return
+            await self._others_done(event.message_id)
+            self._answer_without_backend(event, cleartext)
+        finally:
+            self.blocked = False
+
+    async def _others_done(self, message_id: int) -> None:
+        """Let operations already running finish under the old identity."""
+        others = [t for mid, t in self.tasks.items() if mid != message_id]
+        if others:
+            await asyncio.wait(others)
+
+    def _answer_without_backend(self, event: Bind | BindRefused, cleartext: bool) -> None:
+        self.principal = None  # anonymous, and a failed bind leaves the connection so
+        if isinstance(event, BindRefused):
+            self._write(bind_response(event.message_id, event.code, event.diagnostic))
+        elif not cleartext:
+            self._write(bind_response(event.message_id, ResultCode.SUCCESS))
+        else:
+            # The password has crossed the network in clear already; refusing it tells
+            # the client to fix its setup before it does so for real.
+            log.info("event=bind_refused reason=cleartext_password peer=%s", self.peer)
+            if self.server.on_bind_refused is not None:
+                self.server.on_bind_refused("tls_required")
+            self._write(bind_response(
+                event.message_id, ResultCode.CONFIDENTIALITY_REQUIRED,
+                "a password needs TLS here: use StartTLS or ldaps://"))
+
+    async def _bind(self, event: Bind) -> None:
+        try:
+            await self._others_done(event.message_id)
             self.principal = None
-            if event.anonymous:
-                code = ResultCode.SUCCESS
-            else:
-                name = reduce_bind_name(event.name)
-                try:
-                    async with asyncio.timeout(self.limits.operation_timeout):
-                        principal = await self.server.backend.authenticate(
-                            name, event.password, self.peer
-                        )
-                except Exception:
-                    log.exception("event=backend_error op=bind peer=%s", self.peer)
-                    principal = None
-                    code = ResultCode.UNAVAILABLE
-                else:
-                    self.principal = principal
-                    code = ResultCode.SUCCESS if principal is not None else (
-                        ResultCode.INVALID_CREDENTIALS
+            name = reduce_bind_name(event.name)
+            try:
+                async with asyncio.timeout(self.limits.operation_timeout):
+                    principal = await self.server.backend.authenticate(
+                        name, event.password, self.peer
                     )
+            except Exception:
+                log.exception("event=backend_error op=bind peer=%s", self.peer)
+                code = ResultCode.UNAVAILABLE
+            else:
+                self.principal = principal
+                code = ResultCode.SUCCESS if principal is not None else (
+                    ResultCode.INVALID_CREDENTIALS
+                )
             self._write(bind_response(event.message_id, code))
         finally:
             self.blocked = False
