@@ -175,6 +175,19 @@ def test_ec_recipient_is_refused_clearly() -> None:
         smime.encrypt_message(MESSAGE, [])
 
 
+def test_recipient_key_that_cannot_be_loaded_is_a_smime_error() -> None:
+    """encrypt_message raises SmimeError only: a recipient key cryptography cannot load
+    (here rsaEncryption's OID turned into an unknown one) raised UnsupportedAlgorithm."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    der = container("bob@b.example", gateway()).public_bytes(Encoding.DER)
+    assert der.count(SPKI_RSA) == 1
+    odd = x509.load_der_x509_certificate(der.replace(SPKI_RSA, SPKI_RSA[:-1] + b"\x7f"))
+    with pytest.raises(SmimeError, match=r"key that cannot be loaded \(Unknown key type"):
+        smime.encrypt_message(MESSAGE, [odd])
+
+
 # uniform failures ----------------------------------------------------------------------
 
 

@@ -49,10 +49,15 @@ FUTURE_SKEW = dt.timedelta(minutes=5)
 
 
 def _check_rsa_recipient(cert: x509.Certificate) -> None:
-    key = cert.public_key()
+    key = checks.public_key(cert)
     if isinstance(key, rsa.RSAPublicKey) and key.key_size >= checks.MIN_RSA_BITS:
         return  # the usual case: the name (~8 us to format) is only needed to explain
     who = cert.subject.rfc4514_string() or f"serial {cert.serial_number:x}"
+    if isinstance(key, checks.UnusableKey):  # was cryptography's exception, not SmimeError
+        raise SmimeError(
+            f"recipient {who} has a key that cannot be loaded ({key.detail}); the S/MIME "
+            "engine encrypts only to RSA (>= 2048) keys"
+        )
     if not isinstance(key, rsa.RSAPublicKey):
         raise SmimeError(
             f"recipient {who} has a {checks.key_description(key)} key; the S/MIME engine "
