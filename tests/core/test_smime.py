@@ -790,3 +790,37 @@ def test_any_body_round_trips(body: bytes, binary: bool) -> None:
     head, _, got = clear.partition(b"\r\n\r\n")
     assert b"Subject: any" in head
     assert got == (body if binary else body.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n"))
+
+
+def _signer_info_tags(der: bytes) -> dict[str, int]:
+    """Offsets of the tag bytes of the first SignerInfo, its digestAlgorithm and its first
+    signed attribute, found by walking the DER."""
+    buf = memoryview(der)
+    top = cms.read_tlv(buf, 0, len(der))
+    sd = cms.children(buf, cms.children(buf, top)[1])[0]
+    signer_set = [f for f in cms.children(buf, sd) if f.tag == cms.T_SET][-1]
+    si = cms.children(buf, signer_set)[0]
+    kids = cms.children(buf, si)
+    attrs = cms.children(buf, kids[3])
+    return {"signer_info": si.head, "digest_algorithm": kids[2].head, "attribute": attrs[0].head}
+
+
+@pytest.mark.parametrize("where", ["signer_info", "digest_algorithm", "attribute"])
+@pytest.mark.parametrize("tag", [0x31, 0xA1, 0x04])
+def test_signer_info_with_other_tags_is_refused(where: str, tag: int) -> None:
+    """A SignerInfo, digestAlgorithm or signed attribute that is not a SEQUENCE is not the
+    structure of RFC 5652 5.3 and must not be read as if it were."""
+    gw, cont = _signing()
+    signed = smime.sign_message(_fresh_message(), gw.key, cont)
+    block = list(re.finditer(rb"\r\n\r\n([A-Za-z0-9+/=\r\n]+)\r\n--", signed))[-1]
+    der = base64.b64decode(block.group(1))
+    cms.parse_signed(der)  # the genuine one is read
+    at = _signer_info_tags(der)[where]
+    assert der[at] == cms.T_SEQUENCE
+    mutated = der[:at] + bytes((tag,)) + der[at + 1 :]
+    with pytest.raises(SmimeError):
+        cms.parse_signed(mutated)
+    text = base64.encodebytes(mutated).replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    forged = signed[: block.start(1)] + text + signed[block.end(1) :]
+    assert forged != signed
+    assert not smime.verify_signed(forged, [directory_ca().certificate]).ok

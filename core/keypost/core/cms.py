@@ -505,8 +505,13 @@ def parse_signed(der: bytes | memoryview) -> SignedData:
 
 
 def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
+    # Every tag is checked, not only the ones we read values from: children() would also
+    # read a primitive's bytes as TLVs, so a SignerInfo with other tags (not DER of RFC
+    # 5652 5.3) had been accepted, and its signature still verified.
+    if si.tag != T_SEQUENCE:
+        raise _bad()
     kids = children(buf, si)
-    if len(kids) < 5 or kids[0].tag != T_INTEGER:
+    if len(kids) < 5 or kids[0].tag != T_INTEGER or kids[2].tag != T_SEQUENCE:
         raise _bad()
     sid, digest_alg = kids[1], kids[2]
     issuer, serial, ski = _identifier(buf, sid)
@@ -522,6 +527,8 @@ def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
         raw = bytes(buf[attrs_tlv.head : attrs_tlv.next])
         signed_attrs = bytes((T_SET,)) + raw[1:]
         for attr in children(buf, attrs_tlv):
+            if attr.tag != T_SEQUENCE:
+                raise _bad()
             parts = expect(buf, attr, [T_OID, T_SET])
             values = children(buf, parts[1])
             if len(values) != 1:
