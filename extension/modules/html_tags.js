@@ -11,16 +11,22 @@ const isAlpha = (c) => (c >= 65 && c <= 90) || (c >= 97 && c <= 122);
 const asciiLower = (s) => s.replace(/[A-Z]+/g, (m) => m.toLowerCase());
 
 const REFERENCES = { amp: "&", lt: "<", gt: ">", quot: '"', apos: "'", nbsp: "\u00a0" };
+// Names the tokenizer also resolves without ';' (unless a letter, digit or '=' follows).
+const LEGACY = new Set(["amp", "lt", "gt", "quot", "nbsp"]);
 
 /**
  * An attribute value with the character references Thunderbird's serializer writes resolved
- * (numeric ones and amp, lt, gt, quot, apos, nbsp); others stay as written.
+ * (numeric ones and amp, lt, gt, quot, apos, nbsp), as the tokenizer resolves them inside an
+ * attribute; other names stay as written.
  * @param {string} raw
  */
 export function attributeValue(raw) {
   if (!raw.includes("&")) return raw;
-  return raw.replace(/&(?:#(\d+)|#[xX]([0-9a-fA-F]+)|([A-Za-z]+));/g, (whole, dec, hex, name) => {
-    if (name !== undefined) return REFERENCES[name] ?? whole;
+  return raw.replace(/&(?:#(\d+);?|#[xX]([0-9a-fA-F]+);?|([A-Za-z0-9]+)(;?))/g, (whole, dec, hex, name, semi, at) => {
+    if (name !== undefined) {
+      if (semi) return REFERENCES[name] ?? whole;
+      return LEGACY.has(name) && raw[at + whole.length] !== "=" ? REFERENCES[name] : whole;
+    }
     const code = dec !== undefined ? Number(dec) : parseInt(hex, 16);
     return code > 0 && code <= 0x10ffff && !(code >= 0xd800 && code <= 0xdfff) ? String.fromCodePoint(code) : "\ufffd";
   });
