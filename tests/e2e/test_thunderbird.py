@@ -740,6 +740,48 @@ def test_options_page_shows_the_host_and_tests_the_connection(
         )
 
 
+def send_is_refused(session: Session, smtp: SmtpCapture, handle: str, naming: str) -> None:
+    """Send: the add-on answers with cancel and says why (naming `naming`); given time to
+    misbehave, nothing reaches the SMTP server and the compose window stays open."""
+    m = session.marionette
+    before = len(smtp.snapshot())
+    click_send(session)
+    tb.wait_for(lambda: naming in (_error_text(m) or ""), 60, "the add-on's refusal")
+    time.sleep(5)
+    assert smtp.snapshot()[before:] == []
+    assert handle in m.chrome_window_handles, "the compose window must stay open"
+
+
+POPUP_NOTICES = """(d) => ({
+  notices: Array.from(d.querySelectorAll("#notices li")).map((li) => li.textContent),
+})"""
+
+
+def test_remote_image_to_attach_is_named_before_send_and_refused(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory
+) -> None:
+    """An image on the web marked "Attach this image to the message" (moz-do-not-send=
+    "false"): Thunderbird's own send would fetch and embed it, keypost cannot (no web host
+    permission), and a link would let its server see the mail being read. The popup and
+    the button's tooltip name it before Send; Send is refused and nothing leaves."""
+    m = thunderbird.marionette
+    url = "http://127.0.0.1:9/keypost-e2e-logo.png"  # the discard port: nothing answers
+    html = f'<p>our logo:</p><p><img src="{url}" moz-do-not-send="false" alt="logo"></p>'
+    handle = open_compose(thunderbird, SERVED, "remote image", html, html=True)
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    tb.wait_for(lambda: url in (_button(m, "tooltiptext") or ""), 60, "the notice (tooltip)")
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    popup = tb.wait_for(
+        lambda: (p := read_page(m, "popup", POPUP_NOTICES)) and p["notices"] and p,
+        30,
+        "the popup's notice",
+    )
+    assert len(popup["notices"]) == 1 and url in popup["notices"][0], popup
+    assert "Attach this image to the message" in popup["notices"][0]
+    m.execute_script("document.querySelector('panel[panelopen]')?.hidePopup()")
+    send_is_refused(thunderbird, smtp, handle, url)
+
+
 def test_recipient_without_container_blocks_sending(
     thunderbird: Session, smtp: SmtpCapture, directory: Directory, base_env: dict[str, str]
 ) -> None:
@@ -762,13 +804,7 @@ def test_recipient_without_container_blocks_sending(
         60,
         "the background lookup of the typed recipient",
     )
-    before = len(smtp.snapshot())
-    click_send(thunderbird)
-    # The add-on answers the send with cancel and says why; give Thunderbird time to misbehave.
-    tb.wait_for(lambda: EXTERNAL in (_error_text(m) or ""), 60, "the add-on's error")
-    time.sleep(5)
-    assert smtp.snapshot()[before:] == []
-    assert handle in m.chrome_window_handles, "the compose window must stay open"
+    send_is_refused(thunderbird, smtp, handle, EXTERNAL)
     m.switch_to_window(handle)
     assert _button(m, "badge") == "ON"
     assert subject not in sent_folder_text(thunderbird.profile)
