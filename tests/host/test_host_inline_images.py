@@ -184,6 +184,10 @@ SPELLINGS = [
     ('<script>"</scripts><img src=x>"</SCRIPT ><img src="{u}">',
      '<script>"</scripts><img src=x>"</SCRIPT ><img src="cid:{cid}">'),
     ('</p title=">"><img src="{u}">', '</p title=">"><img src="cid:{cid}">'),
+    # Script data escapes: '<!--<script>' hides one '</script>'; '<!-->' closes at once.
+    ('<script><!--<script></script><img src="{u}">--></script><img src="{u}">',
+     '<script><!--<script></script><img src="{u}">--></script><img src="cid:{cid}">'),
+    ('<script><!--></script><img src="{u}">', '<script><!--></script><img src="cid:{cid}">'),
     ('<a "x</p><img src="{u}">', '<a "x</p><img src="cid:{cid}">'),
 ]
 
@@ -193,7 +197,8 @@ def test_every_spelling_of_img_src_is_rewritten_and_nothing_else_changes() -> No
         html = written.replace("{u}", U)
         found = extract_inline_images(html, "example.com")
         assert [i.data for i in found.images] == [LOGO], written
-        assert found.html == expected.replace("{cid}", found.images[0].content_id), written
+        want = expected.replace("{u}", U).replace("{cid}", found.images[0].content_id)
+        assert found.html == want, written
 
 
 # Where an img src data: URL is not an image a browser would load: left byte for byte.
@@ -204,6 +209,7 @@ NOT_IMAGES = [
     '<TITLE><img src="{u}"></Title >',
     "<script>x = '<img src=\"{u}\">'</script>",
     '<style>/* <img src="{u}"> */</style>',
+    '<script><!--<script></script><img src="{u}"></script>',
     '<xmp><img src="{u}"></xmp>',
     '<![CDATA[<img src="{u}">]]>',  # a bogus comment up to the first '>'
     '<?php <img src="{u}"> ?>',

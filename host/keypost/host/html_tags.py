@@ -11,9 +11,8 @@ inside any of those is text, as in a browser. A start tag and its attributes are
 the tokenizer reads them: any of space, tab, LF, FF, CR or `/` between attributes, quoted
 or unquoted values, names in any case, a later duplicate attribute ignored.
 
-Not modelled (no effect outside those corners): the script data escape states
-(`<script><!--<script>...`), CDATA sections and the missing text-only switch inside
-`<svg>`/`<math>`, and the scripting flag (`<noscript>` is read as markup, as in
+Not modelled (no effect outside those corners): CDATA sections and the missing text-only
+switch inside `<svg>`/`<math>`, and the scripting flag (`<noscript>` is read as markup, as in
 Thunderbird's compose editor, which runs no scripts).
 """
 
@@ -64,6 +63,15 @@ _ATTR = re.compile(
 _CLOSING = {
     name: re.compile(rf"</{name}[{_WS}/>]", re.IGNORECASE | re.ASCII) for name in _TEXT_ONLY
 }
+# The script data states and what moves each on: data ('<!--', the end tag), escaped
+# ('-->', '<script', the end tag) and double escaped ('-->', '</script').
+_SCRIPT_DATA, _SCRIPT_ESCAPED, _SCRIPT_DOUBLE = range(3)
+_SCRIPT_MARKS = [
+    re.compile(rf"<!--|</script[{_WS}/>]", re.IGNORECASE | re.ASCII),
+    re.compile(rf"-->|</?script[{_WS}/>]", re.IGNORECASE | re.ASCII),
+    re.compile(rf"-->|</script[{_WS}/>]", re.IGNORECASE | re.ASCII),
+]
+_DASHES_THEN_GT = re.compile(r"-*>")
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 _REFERENCE = re.compile(r"&(?:#[xX][0-9A-Fa-f]+;?|#[0-9]+;?|[A-Za-z0-9]+;?)")
 
@@ -117,12 +125,46 @@ def start_tags(document: str, needles: tuple[str, ...]) -> Iterator[StartTag]:
             yield StartTag(name, token.start(), at, token.start(2))
         if name == "plaintext":
             return  # everything after it is text
+        if name == "script":
+            script_end = _script_end(document, at)
+            if script_end is None:
+                return
+            at = script_end
+            continue
         closing = _CLOSING.get(name)
         if closing is not None:
             found = closing.search(document, at)
             if found is None:
                 return
             at = found.start()
+
+
+def _script_end(document: str, at: int) -> int | None:
+    """Where a script's text ends (its end tag's '<'), None when at the document's end.
+
+    The script data states: '<!--' escapes, where '<script' (then a space, '/' or '>')
+    double-escapes until '</script'; '-->' leaves both; '</script' ends the text unless
+    double-escaped. So `<script><!--<script></script>-->...</script>` is one script."""
+    state = _SCRIPT_DATA
+    while True:
+        found = _SCRIPT_MARKS[state].search(document, at)
+        if found is None:
+            return None
+        mark = found.group(0)
+        at = found.end()
+        if mark == "<!--":
+            state = _SCRIPT_ESCAPED
+            dashes = _DASHES_THEN_GT.match(document, at)  # '<!-->' and '<!--->' close again
+            if dashes is not None:
+                state, at = _SCRIPT_DATA, dashes.end()
+        elif mark == "-->":
+            state = _SCRIPT_DATA
+        elif mark[1] != "/":
+            state = _SCRIPT_DOUBLE  # '<script' inside '<!--'
+        elif state == _SCRIPT_DOUBLE:
+            state = _SCRIPT_ESCAPED
+        else:
+            return found.start()
 
 
 def _places(document: str, needles: tuple[str, ...]) -> list[int]:
