@@ -4,7 +4,7 @@
 import { HostClient, HOST_NAME, PROTOCOL_VERSION } from "./host.js";
 import { bufferToBase64, getHeader, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
 import { collectNewsgroups, collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
-import { carryOver, describeError, statusList, summarize } from "./status.js";
+import { buttonLook, carryOver, describeError, statusList } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
 import { composeNotices, remoteImagesOf, sameNotices } from "./notices.js";
@@ -33,35 +33,12 @@ const sending = new Set();
 
 export async function renderButton(tabId, state) {
   const ca = messenger.composeAction;
-  if (!state.encrypt) {
-    await ca.setBadgeText({ tabId, text: msg("badgeOff") });
-    await ca.setBadgeBackgroundColor({ tabId, color: "#6b6b6b" });
-    await ca.setTitle({ tabId, title: msg("titleOff") });
-    await ca.setPopup({ tabId, popup: "" }); // a click turns Encrypt on
-    return;
-  }
-  const summary = summarize(state.statuses);
-  let color = "#1a7f37";
-  let title = msg("titleReady", [String(summary.total)]);
-  if (state.error) {
-    color = "#c62828";
-    title = `${msg("notSentTitle")}\n${state.error}`; // the hover names who and why
-  } else if (state.notices?.length > 0) {
-    color = "#c62828"; // Send will be refused until the user acts on them
-    title = state.notices.map((n) => msg(n.key, n.subs)).join("\n");
-  } else if (state.lookupError || summary.failing > 0) {
-    color = "#c62828";
-    title = msg("titleFailing", [String(summary.failing || 1)]);
-    if (state.lookupError) title += `\n${state.lookupError}`;
-  } else if (!summary.ready) {
-    color = "#b26a00";
-    title = msg("titlePending");
-  }
-  await ca.setBadgeText({ tabId, text: msg("badgeOn") });
-  await ca.setBadgeBackgroundColor({ tabId, color });
-  await ca.setTitle({ tabId, title });
+  const look = buttonLook(state);
+  await ca.setBadgeText({ tabId, text: msg(look.badge) });
+  await ca.setBadgeBackgroundColor({ tabId, color: look.color });
+  await ca.setTitle({ tabId, title: look.title.map((l) => l.text ?? msg(l.key, l.subs)).join("\n") });
   // While on, a click opens the status popup (which has the switch to turn it off).
-  await ca.setPopup({ tabId, popup: POPUP });
+  await ca.setPopup({ tabId, popup: look.popup ? POPUP : "" });
 }
 
 // ---- toggling ----------------------------------------------------------------------------

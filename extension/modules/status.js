@@ -110,3 +110,35 @@ export function describeError(error) {
   }
   return { title: String(error?.name ?? "error"), lines };
 }
+
+const GREY = "#6b6b6b";
+const GREEN = "#1a7f37";
+const AMBER = "#b26a00";
+const RED = "#c62828";
+
+/**
+ * What the compose button shows for a tab's state (tabstate.js): the badge's _locales key and
+ * colour, the title as lines (a _locales key with substitutions, or text as it is), and
+ * whether a click opens the popup (while off, a click turns Encrypt on). First match wins: a
+ * refused send's reason, then what Send would be refused for (notices), then failing or
+ * pending recipients.
+ * @param {{encrypt: boolean, statuses: {state: string}[], error?: string, lookupError?: string,
+ *   notices?: {key: string, subs: string[]}[]}} state
+ * @returns {{badge: string, color: string, title: ({key: string, subs?: string[]} | {text: string})[],
+ *   popup: boolean}}
+ */
+export function buttonLook(state) {
+  if (!state.encrypt) return { badge: "badgeOff", color: GREY, title: [{ key: "titleOff" }], popup: false };
+  const on = (color, title) => ({ badge: "badgeOn", color, title, popup: true });
+  if (state.error) return on(RED, [{ key: "notSentTitle" }, { text: state.error }]); // who and why
+  const notices = state.notices ?? [];
+  if (notices.length > 0) return on(RED, notices.map((n) => ({ key: n.key, subs: n.subs })));
+  const summary = summarize(state.statuses ?? []);
+  if (state.lookupError || summary.failing > 0) {
+    const title = [{ key: "titleFailing", subs: [String(summary.failing || 1)] }];
+    if (state.lookupError) title.push({ text: state.lookupError });
+    return on(RED, title);
+  }
+  if (!summary.ready) return on(AMBER, [{ key: "titlePending" }]);
+  return on(GREEN, [{ key: "titleReady", subs: [String(summary.total)] }]);
+}

@@ -1,6 +1,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { carryOver, classify, describeError, statusList, summarize } from "../modules/status.js";
+import { buttonLook, carryOver, classify, describeError, statusList, summarize } from "../modules/status.js";
+import { readFileSync } from "node:fs";
 
 const gw = (gateway, extra = {}) => ({ role: "proxy-encryption", gateway, valid: true, used: true, ...extra });
 
@@ -48,4 +49,32 @@ test("statusList matches the host's entry by what was asked (given), e.g. an IDN
   assert.equal(kim.state, "gateway");
   assert.equal(kim.address, "kim@bücher.example", "shown as typed, so carryOver finds it again");
   assert.equal(carryOver(["kim@bücher.example"], [kim])[0].state, "gateway");
+});
+
+test("buttonLook: off, refused, notices before Send, failing, pending, ready", () => {
+  const ok = { state: "gateway" };
+  const NEWS = { key: "noticeNewsgroups", subs: ["comp.mail.misc"] };
+  const cases = [
+    [{ encrypt: false, statuses: [ok], notices: [NEWS] }, "badgeOff", "#6b6b6b", [{ key: "titleOff" }], false],
+    [{ encrypt: true, statuses: [ok], error: "c@y.org: none", notices: [NEWS] }, "badgeOn", "#c62828",
+      [{ key: "notSentTitle" }, { text: "c@y.org: none" }], true],
+    // A notice wins over a ready recipient list: Send would be refused.
+    [{ encrypt: true, statuses: [ok], notices: [NEWS] }, "badgeOn", "#c62828", [NEWS], true],
+    [{ encrypt: true, statuses: [ok, { state: "no_container" }] }, "badgeOn", "#c62828",
+      [{ key: "titleFailing", subs: ["1"] }], true],
+    [{ encrypt: true, statuses: [{ state: "error" }], lookupError: "down" }, "badgeOn", "#c62828",
+      [{ key: "titleFailing", subs: ["1"] }, { text: "down" }], true],
+    [{ encrypt: true, statuses: [ok, { state: "pending" }] }, "badgeOn", "#b26a00", [{ key: "titlePending" }], true],
+    [{ encrypt: true, statuses: [] }, "badgeOn", "#b26a00", [{ key: "titlePending" }], true],
+    [{ encrypt: true, statuses: [ok, ok], notices: [] }, "badgeOn", "#1a7f37", [{ key: "titleReady", subs: ["2"] }], true],
+  ];
+  const en = JSON.parse(readFileSync(new URL("../_locales/en/messages.json", import.meta.url), "utf8"));
+  const de = JSON.parse(readFileSync(new URL("../_locales/de/messages.json", import.meta.url), "utf8"));
+  for (const [state, badge, color, title, popup] of cases) {
+    const look = buttonLook(state);
+    assert.deepEqual(look, { badge, color, title, popup }, JSON.stringify(state));
+    for (const key of [look.badge, ...look.title.filter((l) => l.key).map((l) => l.key)]) {
+      assert.ok(key in en && key in de, key);
+    }
+  }
 });
