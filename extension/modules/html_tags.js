@@ -101,6 +101,37 @@ function readTag(html, i, wanted) {
 
 const EMPTY = new Set();
 
+// The script data states (data, escaped, double escaped) and the marks that move each on.
+const SCRIPT_MARKS = [/<!--|<\/script[\t\n\f\r />]/gi, /-->|<\/?script[\t\n\f\r />]/gi, /-->|<\/script[\t\n\f\r />]/gi];
+
+/**
+ * Where a script's text ends (its end tag's '<'), -1 when at the document's end: '<!--'
+ * escapes, '<script' inside it double-escapes until '</script', '-->' leaves both.
+ */
+function scriptEnd(html, at) {
+  let state = 0;
+  for (;;) {
+    const marks = SCRIPT_MARKS[state];
+    marks.lastIndex = at;
+    const found = marks.exec(html);
+    if (!found) return -1;
+    const mark = found[0];
+    at = found.index + mark.length;
+    if (mark === "<!--") {
+      state = 1;
+      const close = /-*>/y; // '<!-->' and '<!--->' close again
+      close.lastIndex = at;
+      if (close.exec(html)) {
+        state = 0;
+        at = close.lastIndex;
+      }
+    } else if (mark === "-->") state = 0;
+    else if (mark[1] !== "/") state = 2;
+    else if (state === 2) state = 1;
+    else return found.index;
+  }
+}
+
 /**
  * Every start tag the HTML tokenizer emits for `html`, in order.
  * @param {string} html
@@ -157,7 +188,11 @@ export function* startTags(html, wanted = null) {
     yield tag;
     i = tag.end;
     if (tag.name === "plaintext") return;
-    if (TEXT_ONLY.has(tag.name)) {
+    if (tag.name === "script") {
+      const end = scriptEnd(html, i);
+      if (end < 0) return;
+      i = end;
+    } else if (TEXT_ONLY.has(tag.name)) {
       const close = new RegExp(`</${tag.name}[\\t\\n\\f\\r />]`, "gi");
       close.lastIndex = i;
       const found = close.exec(html);

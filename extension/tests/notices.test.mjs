@@ -67,3 +67,12 @@ test("every notice has a text in en and de", () => {
     for (const key of keys) assert.match(messages[key].message, /\$(GROUPS|URLS)\$/, `${lang}: ${key}`);
   }
 });
+
+test("script text ends where the tokenizer's script data states say", () => {
+  const img = `<img src="${REMOTE}" moz-do-not-send="false">`;
+  // '<!--<script>' hides one '</script>'; '<!-->' closes the escape at once.
+  assert.deepEqual(remoteImagesToAttach(`<script><!--<script></script>${img}--></script>`), []);
+  assert.deepEqual(remoteImagesToAttach(`<script><!--<script></script>${img}</script>`), []);
+  assert.deepEqual(remoteImagesToAttach(`<script><!--></script>${img}`), [REMOTE]);
+  assert.deepEqual(remoteImagesToAttach(`<script><!--<script></script>--></script>${img}`), [REMOTE]);
+});
