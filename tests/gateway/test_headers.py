@@ -38,6 +38,38 @@ def test_subject_tag_is_removed_once_keeping_folding() -> None:
     assert not found2 and again == out
 
 
+@pytest.mark.parametrize(
+    ("subject", "expected"),
+    [
+        (b"[sign] hi", b"hi"),  # prefix: the space after it goes
+        (b"hi [sign]", b"hi"),  # suffix: the space before it goes, none is left trailing
+        (b"hi [Sign] there", b"hi there"),  # inside: one of the two spaces goes
+        (b"[sign]", b""),
+        (b"hi\t[sign]", b"hi"),
+        (b"hi  [sign]", b"hi "),  # only the one space that separated it
+        (b"hi[sign]", b"hi"),
+        (b"hi [sign] [sign]", b"hi [sign]"),  # the first occurrence only
+        (b"hi\r\n [sign] there", b"hi\r\n there"),
+        (b"hi\r\n [sign]", b"hi"),  # a continuation line of only the tag goes whole
+    ],
+)
+def test_subject_tag_goes_with_exactly_one_separating_space(
+    subject: bytes, expected: bytes
+) -> None:
+    for eol in (b"\r\n", b"\n"):
+        value, want = subject.replace(b"\r\n", eol), expected.replace(b"\r\n", eol)
+        msg = b"From: a@b.example" + eol + b"Subject: " + value + eol + eol + b"body" + eol
+        out, found = headers.strip_subject_tag(msg, "[sign]")
+        assert found
+        head = b"Subject: " + want if want else b"Subject:"
+        assert out == msg.replace(b"Subject: " + value + eol, head + eol)
+
+
+def test_subject_tag_is_looked_for_in_the_subject_value_only() -> None:
+    msg = b"X-Note: [sign]\r\nSubject: hi\r\n\r\n[sign]\r\n"
+    assert headers.strip_subject_tag(msg, "[sign]") == (msg, False)
+
+
 def test_lf_only_messages_and_header_only_messages() -> None:
     lf = b"Subject: x\nFrom: a@b.c\n\nbody\n"
     assert headers.prepend(lf, "X-A", "1") == b"X-A: 1\n" + lf

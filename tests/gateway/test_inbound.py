@@ -296,6 +296,13 @@ def test_quarantined_message_can_be_listed_and_released(
     assert b"SUSPECT but fine" in released.data and b"X-Keypost-Quarantine" not in released.data
     assert list((qdir / "new").iterdir()) == []
     assert len(list((qdir / "cur").iterdir())) == 1
+    # Nothing named, nothing to do: a usage error (one line, status 2), not a silent success.
+    sent = len(sink.handler.messages)
+    bare = subprocess.run([*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "release"],
+                          capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2, bare.stderr
+    assert len(bare.stderr.splitlines()) == 1 and "release needs the IDs" in bare.stderr
+    assert len(sink.handler.messages) == sent
 
 
 def test_lmtp_gives_one_reply_per_recipient(pki: Pki, sink: Sink) -> None:

@@ -33,7 +33,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.add_argument("--config", type=Path, required=True, metavar="FILE")
     q.add_argument("action", choices=["list", "release"])
     q.add_argument("ids", nargs="*", metavar="ID", help="quarantine ids to release")
-    q.set_defaults(func=_quarantine)
+    # Usage errors found after parsing still get argparse's one line and exit status 2.
+    q.set_defaults(func=_quarantine, usage_error=q.error)
 
 
 def describe(cfg: GatewayConfig) -> list[str]:
@@ -112,6 +113,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _quarantine(args: argparse.Namespace) -> int:
+    if args.action == "release" and not args.ids:
+        args.usage_error("release needs the IDs of the messages to send on, as list shows them")
+    if args.action == "list" and args.ids:
+        args.usage_error("list takes no IDs")
     cfg = load_config(args.config)
     root = cfg.quarantine_dir
     held = {h.qid: h for h in held_messages(root)}

@@ -84,21 +84,40 @@ def prepend(message: bytes, name: str, value: str) -> bytes:
     return join(Split(line + parts.head, parts.body, parts.eol))
 
 
+_WSP = (b" ", b"\t")
+
+
 def strip_subject_tag(message: bytes, tag: str) -> tuple[bytes, bool]:
-    """Remove the first occurrence of `tag` (case-insensitive) from the Subject field."""
+    """Remove the first occurrence of `tag` (case-insensitive) from the Subject field, with
+    the one space that separated it from the rest ("[sign] hi", "hi [sign]" -> "hi")."""
     if not tag:
         return message, False
     parts = split(message)
     out: list[bytes] = []
     found = False
-    pattern = re.compile(re.escape(tag.encode()) + rb"[ \t]?", re.IGNORECASE)
+    pattern = re.compile(re.escape(tag.encode()), re.IGNORECASE)
     for f in fields(parts.head):
         if not found and _name(f) == "subject":
-            new, n = pattern.subn(b"", f, count=1)
-            if n:
+            m = pattern.search(f, f.index(b":") + 1)
+            if m:
                 found = True
-                colon = new.index(b":")
-                # "Subject: [sign] Hello" -> "Subject: Hello", never "Subject:  Hello"
-                f = new[: colon + 1] + b" " + new[colon + 1 :].lstrip(b" \t")
+                f = f[: _cut_start(f, m.start(), m.end())] + f[_cut_end(f, m.end()) :]
         out.append(f)
     return join(Split(b"".join(out), parts.body, parts.eol)), found
+
+
+def _cut_end(field: bytes, end: int) -> int:
+    """A space after the tag separated it from what follows: it goes with the tag."""
+    return end + 1 if field[end : end + 1] in _WSP else end
+
+
+def _cut_start(field: bytes, start: int, end: int) -> int:
+    """A tag ending its line takes the space before it instead, so no trailing space is
+    left. That space may be the folding white space opening a continuation line: then the
+    line break goes too, or an empty line would end the header block."""
+    if field[end : end + 1] in _WSP or field[start - 1 : start] not in _WSP:
+        return start
+    start -= 1
+    if field[start - 1 : start] == b"\n":
+        start -= 2 if field[start - 2 : start] == b"\r\n" else 1
+    return start
