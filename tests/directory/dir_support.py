@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -181,3 +182,18 @@ def openssl_verify(pem: str | bytes, ca_file: Path,
     return subprocess.run(["openssl", "verify", "-CAfile", str(ca_file), "-purpose", purpose],
                           input=data.decode(), capture_output=True, text=True, timeout=30)
 
+
+
+def assert_documented(status: int, body: object, path: str) -> None:
+    """A real answer of GET `path` is one the served OpenAPI document describes: its status
+    among the path's responses and, for an error, its code in the Error schema's enum."""
+    from keypost.directory.http import openapi_document
+
+    doc: Any = openapi_document()
+    responses = doc["paths"][path]["get"]["responses"]
+    assert str(status) in responses, f"GET {path} answered {status}, not in the OpenAPI document"
+    if status >= 400:
+        enum = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"][
+            "code"]["enum"]
+        assert isinstance(body, dict)
+        assert body["error"]["code"] in enum, f"error code {body['error']['code']} undocumented"

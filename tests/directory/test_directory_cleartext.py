@@ -18,6 +18,7 @@ from dir_support import (
     USER,
     USER_PW,
     Directory,
+    assert_documented,
     serving,
     tls_material,
 )
@@ -115,6 +116,7 @@ def test_http_basic_without_tls_is_refused_with_403(
                          auth=(GATEWAY, GATEWAY_PW), timeout=30)
     assert plain.status_code == 403
     assert plain.json()["error"]["code"] == "tls_required"
+    assert_documented(plain.status_code, plain.json(), "/v1/containers")
     assert _refused(urls["http"], "http", "tls_required") == before + 1  # was never counted
     anonymous = requests.get(urls["http"] + "v1/containers", params=query, timeout=30)
     assert anonymous.status_code == 200

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -15,10 +17,12 @@ from dir_support import (
     USER,
     USER_PW,
     Directory,
+    assert_documented,
     openssl_verify,
     spki_der,
 )
 
+from keypost.directory import http
 from keypost.directory.http import ROUTES, openapi_document
 
 
@@ -101,6 +105,7 @@ def test_wrong_password_is_401(directory: Directory) -> None:
         assert resp.status_code == 401
         assert resp.headers["WWW-Authenticate"].startswith("Basic")
         assert resp.json()["error"]["code"] == "invalid_credentials"
+        assert_documented(resp.status_code, resp.json(), "/v1/containers")
         assert "nobody" not in resp.text
 
 
@@ -115,6 +120,7 @@ def test_bad_input_is_400(directory: Directory) -> None:
         assert resp.status_code == 400, (code, resp.text)
         assert resp.json()["error"]["code"] == code
         assert resp.json()["error"]["message"]
+        assert_documented(resp.status_code, resp.json(), "/v1/containers")
     assert requests.get(directory.http + "nope", timeout=10).json()["error"]["code"] == "not_found"
 
 
@@ -140,3 +146,42 @@ def test_openapi_lists_every_route(directory: Directory) -> None:
         assert set(served["paths"][path]) == {"get"}
         status = requests.get(directory.http + path.lstrip("/"), timeout=10).status_code
         assert status == (400 if path == "/v1/containers" else 200), path
+
+
+def _errors_in_source() -> list[tuple[str, int, str]]:
+    """(function, status, code) of every error answer written in the HTTP module:
+    `_error(status, "code", ...)` calls and `RequestError("code", ...)` (always 400)."""
+    tree = ast.parse(Path(http.__file__).read_text(encoding="utf-8"))
+    found = []
+    for func in ast.walk(tree):
+        if not isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        for node in ast.walk(func):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            args = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
+            if node.func.id == "_error" and func.name != "_error":
+                if ast.unparse(node.args[1]) == "exc.code":
+                    continue  # a RequestError's code: those are collected where raised
+                assert isinstance(args[0], int) and isinstance(args[1], str), ast.unparse(node)
+                found.append((func.name, args[0], args[1]))
+            elif node.func.id == "RequestError":
+                assert isinstance(args[0], str), ast.unparse(node)
+                found.append((func.name, 400, args[0]))
+    return found
+
+
+def test_openapi_documents_every_error_the_server_can_send() -> None:
+    """Each code the source can emit is in the Error enum (and the enum holds no other),
+    and each status the /v1/containers handlers send is among its documented responses;
+    only the middleware's generic 404/405/500 belong to no one path."""
+    doc = openapi_document()
+    errors = _errors_in_source()
+    enum = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"][
+        "enum"]
+    assert {"tls_required", "too_many_addresses", "not_found"} <= {c for _, _, c in errors}
+    assert {c for _, _, c in errors} == set(enum)
+    documented = set(doc["paths"]["/v1/containers"]["get"]["responses"])
+    for func, status, code in errors:
+        if func != "errors_middleware" or status == 400:
+            assert str(status) in documented, (func, status, code)
