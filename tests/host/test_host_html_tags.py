@@ -19,6 +19,8 @@ def test_attribute_spans_are_the_source_text() -> None:
 def test_only_tags_holding_a_needle_are_reported_in_any_case() -> None:
     doc = '<a href="x"><b Data-X="1"></b><i title="DATA:">'
     assert [t.name for t in start_tags(doc, ("data",))] == ["b", "i"]
+    # A needle in the tag's name alone does not count; one in its attributes does.
+    assert [t.name for t in start_tags("<data-x><data-y data-z>", ("data",))] == ["data-y"]
     # A needle in text, a comment or an end tag names no tag.
     assert list(start_tags('data <!-- <b data> --> </b data>', ("data",))) == []
 

@@ -18,6 +18,7 @@ Thunderbird's compose editor, which runs no scripts).
 
 from __future__ import annotations
 
+import bisect
 import html
 import html.entities
 import re
@@ -110,6 +111,8 @@ def start_tags(document: str, needles: tuple[str, ...]) -> Iterator[StartTag]:
         while next_hit < len(hits) and hits[next_hit] < at:
             next_hit += 1
         limit = hits[next_hit] if next_hit < len(hits) else end
+        if document[limit - 1:limit] == "<":
+            limit -= 1  # cut right after a '<', the run would take it for text
         run = _RUN.match(document, at, limit)
         assert run is not None  # _RUN matches the empty string
         at = run.end()
@@ -121,7 +124,8 @@ def start_tags(document: str, needles: tuple[str, ...]) -> Iterator[StartTag]:
         if written is None:
             continue  # text, a comment or an end tag that reached past the limit
         name = ascii_lower(written)
-        if next_hit < len(hits) and token.start(2) <= hits[next_hit] < token.end(2):
+        first = bisect.bisect_left(hits, token.start(2), next_hit)  # not one in the tag's name
+        if first < len(hits) and hits[first] < token.end(2):
             yield StartTag(name, token.start(), at, token.start(2))
         if name == "plaintext":
             return  # everything after it is text
