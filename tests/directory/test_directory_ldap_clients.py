@@ -222,3 +222,31 @@ def test_entry_carries_every_attribute_of_the_issue(directory: Directory) -> Non
     in_bundle = pkcs7.load_der_pkcs7_certificates(base64.b64decode(bundle))
     assert sorted(c.public_bytes(serialization.Encoding.DER) for c in in_bundle) == sorted(
         c.public_bytes(serialization.Encoding.DER) for c in certs)
+
+
+def test_more_addresses_than_the_limit_are_refused_not_cut(directory: Directory) -> None:
+    """101 addresses ORed in one filter (the limit is 100, as for HTTP): adminLimitExceeded
+    with a diagnostic naming the limit and no entries; before, 100 entries and success
+    silently dropped the 101st. 100 addresses still get 100 entries."""
+    def search_filter(n: int) -> str:
+        return "(|" + "".join(f"(mail=limit{i}@example.com)" for i in range(n)) + ")"
+
+    argv = ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", directory.ldap_url,
+            "-b", SUFFIX]
+    over = subprocess.run([*argv, search_filter(101), "mail"], capture_output=True, text=True,
+                          timeout=60)
+    assert over.returncode == 11, (over.returncode, over.stderr)
+    assert "Administrative limit exceeded" in over.stderr
+    assert "at most 100" in over.stderr
+    assert "dn:" not in over.stdout
+    at_limit = subprocess.run([*argv, search_filter(100), "mail"], capture_output=True,
+                              text=True, timeout=60)
+    assert at_limit.returncode == 0, at_limit.stderr
+    assert at_limit.stdout.count("dn: ") == 100
+
+    server = ldap3.Server(directory.ldap[0], port=directory.ldap[1], get_info=ldap3.NONE)
+    with ldap3.Connection(server, auto_bind=True) as conn:
+        assert not conn.search(SUFFIX, search_filter(101), attributes=["mail"])
+        assert conn.result["result"] == 11
+        assert "at most 100" in conn.result["message"]
+        assert conn.response == []

@@ -9,6 +9,7 @@ from keypost.directory.ldap.answers import (
     ALL_ATTRIBUTES,
     Attr,
     PlanKind,
+    SearchPlan,
     plan_search,
     select_attributes,
 )
@@ -167,3 +168,23 @@ def test_plan_substring_gives_nothing() -> None:
     f = F.Substrings("mail", ((F.SubstringKind.INITIAL, b"a"),))
     plan = plan_search(search("dc=keypost", Scope.SUB, f), SUFFIX, 100)
     assert (plan.kind, plan.code) == (PlanKind.RESULT, ResultCode.SUCCESS)
+
+
+@pytest.mark.parametrize("base", ["dc=keypost", "", "mail=u0@x.org,dc=keypost"])
+def test_plan_refuses_more_addresses_than_the_limit_whole(base: str) -> None:
+    """One address over the limit: adminLimitExceeded naming the limit, no partial answer
+    (the 101st address was dropped silently before); at the limit: all of them."""
+    def plan(n: int) -> SearchPlan:
+        f = F.Or(tuple(eq("mail", f"u{i}@x.org") for i in range(n)))
+        return plan_search(search(base, Scope.SUB, f), SUFFIX, 3)
+
+    refused = plan(4)
+    assert (refused.kind, refused.addresses, refused.code) == (
+        PlanKind.RESULT, (), ResultCode.ADMIN_LIMIT_EXCEEDED)
+    assert "at most 3" in refused.diagnostic
+    fits = plan(3)
+    assert fits.kind is PlanKind.ENTRIES and fits.code == ResultCode.SUCCESS
+    if base.startswith("mail="):
+        assert fits.addresses == ("u0@x.org",)
+    else:
+        assert fits.addresses == ("u0@x.org", "u1@x.org", "u2@x.org")

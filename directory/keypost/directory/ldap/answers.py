@@ -134,7 +134,9 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
         if scope not in (Scope.BASE, Scope.SUB):
             return _EMPTY
         entry_address = base[0][0][1]  # case-folded by parse_dn
-        asked = addresses_from_filter(request.filter, max_addresses)
+        asked = addresses_from_filter(request.filter, max_addresses + 1)
+        if len(asked) > max_addresses:
+            return _too_many(max_addresses)
         if asked and entry_address not in {a.casefold() for a in asked}:
             return _EMPTY
         return SearchPlan(PlanKind.ENTRIES, (asked[0] if asked else entry_address,))
@@ -147,10 +149,33 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
     )
     if not in_scope:
         return _EMPTY
-    addresses = addresses_from_filter(request.filter, max_addresses)
+    addresses = addresses_from_filter(request.filter, max_addresses + 1)
+    if len(addresses) > max_addresses:
+        return _too_many(max_addresses)
     if not addresses:
         return _EMPTY
     return SearchPlan(PlanKind.ENTRIES, tuple(addresses))
+
+
+def _too_many(max_addresses: int) -> SearchPlan:
+    """A filter naming more addresses than allowed: refused whole, no entries.
+
+    adminLimitExceeded (11), not sizeLimitExceeded (4) with the first entries: RFC 4511
+    A.2 gives sizeLimitExceeded to "the size limit specified by the client" (entries
+    returned), while this limit is the server's and on the request. Servers refuse such
+    requests whole with adminLimitExceeded before looking anything up: OpenLDAP's
+    back-mdb when the candidates exceed the "unchecked" limit, 389-ds for its
+    lookthrough limit. Above all, clients take sizeLimitExceeded as partial success and
+    use the entries they got (ldap3's search() raises nothing and returns True; libldap
+    callers commonly keep the entries): a gateway would see no container for the
+    addresses dropped and could not tell "none issued" from "not looked up". The HTTP
+    API refuses the same request whole (400 too_many_addresses).
+    """
+    return SearchPlan(
+        PlanKind.RESULT,
+        code=ResultCode.ADMIN_LIMIT_EXCEEDED,
+        diagnostic=f"too many addresses: at most {max_addresses} per search; split it",
+    )
 
 
 # --------------------------------------------------------------------------- encoding
