@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,3 +53,45 @@ def test_programming_errors_are_not_swallowed(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(cli, "build_parser", lambda only=None: _parser_raising(KeyError("x")))
     with pytest.raises(KeyError):
         cli.main([])
+
+
+def test_input_ending_at_a_prompt_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A prompt reading from stdin at its end (`< /dev/null`, Ctrl-D): Python's input()
+    raises EOFError; one line and exit 1, never a traceback."""
+    def ask(args: argparse.Namespace) -> int:
+        input("Directory URL: ")
+        return 0
+
+    parser = argparse.ArgumentParser(prog="keypost")
+    parser.set_defaults(func=ask)
+    monkeypatch.setattr(cli, "build_parser", lambda only=None: parser)
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert cli.main([]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("keypost: error: input ended (") and err.count("\n") == 1
+
+
+def test_interrupt_is_one_line_and_130(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(cli, "build_parser",
+                        lambda only=None: _parser_raising(KeyboardInterrupt()))
+    assert cli.main([]) == 130
+    assert capsys.readouterr().err == "keypost: error: interrupted\n"
+
+
+def test_setup_with_stdin_at_its_end_is_one_line(tmp_path: Path) -> None:
+    """`keypost setup --terminal < /dev/null`, the real command in a subprocess (it asks
+    for the directory URL first, before anything is written)."""
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / "cfg"),
+           "APPDATA": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "keypost.core.cli", "setup", "--terminal"],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60,
+                          env=env, check=False)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr and "EOFError" not in done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("keypost: error: ")
+    assert list(tmp_path.rglob("*")) == []  # nothing configured

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -47,28 +48,62 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    first = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(first)
-    args = parser.parse_args(argv)
-    func = getattr(args, "func", None)
-    if func is None:
-        parser.print_help()
-        return 2
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        first = next((a for a in argv if not a.startswith("-")), None)
+        parser = build_parser(first)
+        args = parser.parse_args(argv)
+        func = getattr(args, "func", None)
+        if func is None:
+            parser.print_help()
+            return 2
         code: int = func(args)
+        # Flushed here, not in the interpreter's exit flush, so that a reader who left
+        # (`keypost ... | head -1`) shows up below instead of as "Exception ignored".
+        sys.stdout.flush()
     except KeypostError as exc:
-        print(f"keypost: error: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
+    except BrokenPipeError as exc:
+        if exc.filename is None:
+            return _reader_gone()
+        return _fail(f"cannot access {exc.filename}: {exc.strerror or exc}")
     except OSError as exc:
         # Every subcommand reads or writes files (keys, data dirs, manifests): a missing
         # file or a refused permission is the user's to fix, so one line, never a traceback.
         where = f" {exc.filename}" if exc.filename else ""
-        print(f"keypost: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return _fail(f"cannot access{where}: {exc.strerror or exc}")
+    except EOFError:
+        # A prompt met the end of its input (`< /dev/null`, a script, Ctrl-D): the answer
+        # the command needed is missing, a run-time problem like a KeypostError, so exit 1
+        # (2 stays for malformed command lines).
+        return _fail("input ended (a question got no answer; run the command on a terminal)")
     except KeyboardInterrupt:
+        # Ctrl-C: the user knows why it stopped; one line and the shell's code for SIGINT.
+        print("keypost: error: interrupted", file=sys.stderr)
         return 130
     return code
+
+
+def _fail(message: str) -> int:
+    print(f"keypost: error: {message}", file=sys.stderr)
+    return 1
+
+
+def _reader_gone() -> int:
+    """Exit quietly after stdout's reader left: no error of the user's.
+
+    As the Python docs advise ("Note on SIGPIPE", signal module): stdout now points at
+    devnull, so the interpreter's exit flush of what is still buffered cannot fail again.
+    The code is 1, as Python's own for EPIPE; a shell pipeline reports the last command's.
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass  # stdout is no file (replaced in-process): nothing left to flush at exit
+    finally:
+        os.close(devnull)
+    return 1
 
 
 if __name__ == "__main__":
