@@ -275,3 +275,21 @@ def test_visible_non_ascii_local_parts_stay_accepted(local: str) -> None:
     """The neighbours of the refused code points (Hangul syllables, Mongolian letters,
     combining marks that do show) are untouched."""
     assert parse_address(f"{local}@example.org").local == unicodedata.normalize("NFC", local)
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("a@\u2488com", "U+2488 not allowed"),  # the idna package's own words
+        ("a@x\u200db.example", "U+200D not allowed"),
+        ("a@" + "\u00e9" * 70 + ".example", "Label too long"),
+    ],
+)
+def test_idna_refusals_say_why(text: str, reason: str) -> None:
+    """"invalid internationalised domain" alone left the user guessing which character."""
+    with pytest.raises(AddressError) as err:
+        parse_address(text)
+    message = str(err.value)
+    assert message.startswith("invalid internationalised domain")
+    assert reason in message
+    assert "\n" not in message and "Traceback" not in message

@@ -69,7 +69,10 @@ def _to_a_labels(domain: str, original: str) -> str:
         ace = idna.encode(domain, uts46=True).decode("ascii")
         back = idna.decode(ace)
     except (idna.IDNAError, UnicodeError) as exc:
-        raise AddressError(f"invalid internationalised domain: {original!r}") from exc
+        # The idna package's reason names the offending code point and its position; one
+        # line of it (its messages quote labels with repr, so no raw control characters).
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise AddressError(f"invalid internationalised domain {original!r}: {reason}") from exc
     if back != unicodedata.normalize("NFC", _DOT_VARIANTS.sub(".", domain)).lower():
         raise AddressError(
             f"internationalised domain {original!r} would change under IDNA mapping "
