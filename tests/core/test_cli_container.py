@@ -260,3 +260,41 @@ def test_usage_errors_exit_2_without_traceback(work: Path) -> None:
         # one line, naming the subcommand and where its help is
         assert res.stderr.count("\n") == 1 and res.stderr.startswith("keypost: error: keypost")
         assert "--help" in res.stderr
+
+
+@pytest.mark.parametrize("days", ["0", "-3", "36601", "99999999999999"])
+def test_ca_validity_is_refused_in_days_as_typed(tmp_path: Path, days: str) -> None:
+    res = keypost("ca-new", "--out-cert", tmp_path / "c.pem", "--out-key", tmp_path / "c.key",
+                  "--validity-days", days)  # fmt: skip
+    line = assert_one_line_error(res)
+    assert f"CA validity of {days} days is outside 1 .. 36600 days" in line
+    assert not (tmp_path / "c.key").exists()
+
+
+def test_issue_refuses_a_directory_url_no_client_could_use(work: Path) -> None:
+    for url in ("not a url", "keys.example.org", "ftp://keys.example.org/", "ldap://"):
+        res = keypost(
+            "issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key",
+            "--gateway-cert", work / "gw.pub", "--address", "a@b.example", "--directory-url", url,
+        )  # fmt: skip
+        assert "invalid directory URL" in assert_one_line_error(res), url
+        assert res.stdout == ""
+
+
+def test_a_reader_leaving_the_pipe_is_no_error(work: Path, tmp_path: Path) -> None:
+    """`keypost container show FILE | head -1`: the reader closes the pipe after a line;
+    keypost stops quietly (no "cannot access: Broken pipe", no traceback), exit 1 as
+    Python's own for EPIPE. The output (~300 KB) outgrows the pipe buffer, so the write
+    after the close really happens."""
+    bundle = tmp_path / "many.pem"
+    bundle.write_bytes(issue(work).read_bytes() * 500)
+    cmd = [str(KEYPOST)] if KEYPOST.exists() else [sys.executable, "-m", "keypost.core.cli"]
+    proc = subprocess.Popen([*cmd, "container", "show", str(bundle)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 1
+    assert first == f"{bundle} [1/500]:\n".encode()
+    assert err == b""

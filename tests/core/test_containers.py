@@ -1212,3 +1212,45 @@ def test_remembered_parts_do_not_carry_over(ca: kc.DirectoryCA, gw: kc.GatewayKe
     )
     assert "trust anchor is not a CA certificate" in reasons_of(check(good, not_ca))
     assert check(good).ok
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["ldap://dir.example/", "ldaps://dir.example:636", "LDAPS://Dir.Example/dc=keypost",
+     "http://127.0.0.1:8080/", "https://[2001:db8::1]:8443/v1"],
+)
+def test_directory_url_accepted(ca: kc.DirectoryCA, url: str) -> None:
+    assert kc.DirectoryCA(ca.certificate, ca_private_key(ca), url).directory_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("not a url", "invalid directory URL"),
+        ("dir.example", "invalid directory URL"),  # no scheme
+        ("ftp://dir.example/", "invalid directory URL"),
+        ("mailto:keys@dir.example", "invalid directory URL"),
+        ("ldap://", "invalid directory URL"),  # no host
+        ("ldap:///dc=keypost", "invalid directory URL"),
+        ("https://dir.example:99999/", "Port out of range"),
+        ("https://dir.example:https/", "invalid directory URL"),
+        ("https://dir.example/a b", "invalid directory URL"),
+        ("https://dir.example/\n", "invalid directory URL"),
+        ("https://dïr.example/", "invalid directory URL"),  # IA5String: ASCII only
+        ("https://admin:s3cret@dir.example/", "user name or password"),
+    ],
+)
+def test_directory_url_refused(ca: kc.DirectoryCA, url: str, needle: str) -> None:
+    """The URL is written into every container's keypost extension: one no client could
+    use is refused when the CA is set up, not published container after container."""
+    with pytest.raises(ContainerError, match=needle) as err:
+        kc.DirectoryCA(ca.certificate, ca_private_key(ca), url)
+    assert "s3cret" not in str(err.value)
+
+
+def test_directory_url_password_is_never_echoed(ca: kc.DirectoryCA) -> None:
+    for url in ("https://admin:s3cret@dir.example:99999/", "ldap://s3cret@/",
+                "https://u:s3cret@[::1/"):
+        with pytest.raises(ContainerError) as err:
+            kc.DirectoryCA(ca.certificate, ca_private_key(ca), url)
+        assert "s3cret" not in str(err.value), url

@@ -95,6 +95,13 @@ def _at(text: str | None) -> dt.datetime | None:
 
 
 def cmd_ca_new(args: argparse.Namespace) -> int:
+    # Checked here, in the unit the user typed: the core's check speaks in durations
+    # ("0 s"), and a huge number would overflow timedelta before reaching it.
+    most = kc.MAX_CA_VALIDITY.days
+    if not 1 <= args.validity_days <= most:
+        raise ContainerError(
+            f"CA validity of {args.validity_days} days is outside 1 .. {most} days"
+        )
     ca = kc.DirectoryCA.generate(
         args.key_type, args.common_name, validity=dt.timedelta(days=args.validity_days)
     )

@@ -25,6 +25,8 @@ import base64
 import datetime as dt
 import functools
 import hashlib
+import re
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -271,6 +273,41 @@ def _address_parts(address: Address) -> tuple[x509.Name, x509.Extension[x509.Ext
     return subject, san
 
 
+DIRECTORY_URL_SCHEMES = ("ldap", "ldaps", "http", "https")
+_URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def check_directory_url(url: str) -> None:
+    """Refuse a directory URL no client could use: it goes into every container's keypost
+    extension (an IA5String), so a typo would be published with each one.
+
+    An ldap://, ldaps://, http:// or https:// URL naming a host, in ASCII without spaces
+    or control characters; no user or password part (every container would publish it).
+    """
+    usage = (
+        "use an ldap://, ldaps://, http:// or https:// URL with a host, "
+        "e.g. ldaps://keys.example.org/"
+    )
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 host
+        raise ContainerError(f"invalid directory URL ({exc}): {usage}") from None
+    if "@" in parts.netloc:
+        # Checked before any message echoes the URL: it would hold the password.
+        raise ContainerError("directory URL must not hold a user name or password")
+    try:
+        parts.port  # noqa: B018 -- parses the port: ValueError when it is no number
+    except ValueError as exc:
+        raise ContainerError(f"invalid directory URL {url!r} ({exc}): {usage}") from None
+    if (
+        not url.isascii()
+        or _URL_FORBIDDEN.search(url)
+        or parts.scheme not in DIRECTORY_URL_SCHEMES
+        or not parts.hostname
+    ):
+        raise ContainerError(f"invalid directory URL {url!r}: {usage}")
+
+
 class DirectoryCA:
     """The directory's CA: holds its key and issues containers.
 
@@ -312,8 +349,8 @@ class DirectoryCA:
             ca_flag = False
         if not ca_flag:
             raise ContainerError("directory CA certificate is not a CA (basicConstraints)")
-        if not directory_url.isascii():
-            raise ContainerError("directory URL must be ASCII")
+        if directory_url:
+            check_directory_url(directory_url)
         self._cert = certificate
         self._key = key
         self.directory_url = directory_url
