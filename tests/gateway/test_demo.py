@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import stat
 import subprocess
 from pathlib import Path
 
@@ -20,6 +22,10 @@ def test_demo_gateway_decrypts_what_an_outsider_sends(
     shutil.copy(pki.path("sign.key"), demo / "gateway-signing-key.pem")
     write_private(demo / "gw-example-password", GATEWAY_PW.encode() + b"\n")
     (tmp_path / "directory").symlink_to(world.root / "data")
+    # An inbox as an older version left it (0755): keypost's own folders are tightened.
+    (tmp_path / "gateway" / "inbox").mkdir(parents=True)
+    os.chmod(tmp_path / "gateway", 0o755)
+    os.chmod(tmp_path / "gateway" / "inbox", 0o755)
     proc = subprocess.Popen(
         [*KEYPOST, "gateway", "demo", "--data", str(tmp_path), "--account", "gw-example",
          "--directory", f"{world.ldap_url}/dc=keypost", "--port", "0"],
@@ -41,3 +47,8 @@ def test_demo_gateway_decrypts_what_an_outsider_sends(
     [filed] = list((tmp_path / "gateway" / "inbox" / "new").iterdir())
     data = filed.read_bytes()
     assert b"decrypted by the gateway" in data and b"pkcs7-mime" not in data
+    gwdir = tmp_path / "gateway"
+    folders = [p for p in (gwdir, *gwdir.rglob("*")) if p.is_dir()]
+    assert len(folders) == 9  # gateway/, inbox/ and quarantine/ with tmp, new, cur each
+    assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {
+        str(p): "0o700" for p in folders}

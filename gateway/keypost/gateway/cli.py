@@ -12,7 +12,7 @@ from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 from keypost.gateway.pipeline import same_public_key
-from keypost.gateway.quarantine import held_messages, mark_released
+from keypost.gateway.quarantine import Maildir, held_messages, loose_warning, mark_released
 from keypost.gateway.relay import Relay
 from keypost.gateway.serve import Gateway, build, run
 
@@ -73,6 +73,8 @@ def _check(args: argparse.Namespace) -> int:
     gw = build(cfg)  # loads keys and secrets: the same checks as serve
     for line in describe(gw.config):
         print(line)
+    for folder, mode in Maildir(cfg.quarantine_dir).loose_folders():
+        print(f"warning: {loose_warning(folder, mode)}")
     if args.connect:
         for line in probe(gw):
             print(line)

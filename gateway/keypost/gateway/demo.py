@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import smtplib
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from keypost.gateway.config import load_config
 from keypost.gateway.directory import CachingDirectory, LdapFetcher, load_trust_anchors
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.pipeline import DECRYPTED_HEADER
-from keypost.gateway.quarantine import Maildir
+from keypost.gateway.quarantine import PRIVATE, Maildir, make_private_dirs
 from keypost.gateway.serve import build, run
 
 DEMO_PORT = 10025
@@ -71,10 +72,20 @@ def _trust_anchor(directory_data: Path) -> bytes:
     return out[start:end] + b"\n"
 
 
+def tighten_demo_folders(gwdir: Path) -> None:
+    """keypost-data/gateway is keypost's own (`keypost start` made it), and its inbox and
+    quarantine hold decrypted mail: folders an older version left open to others are
+    tightened to 0700, not just warned about as a configured quarantine is."""
+    for folder in (gwdir, *Maildir(gwdir / "inbox").folders,
+                   *Maildir(gwdir / "quarantine").folders):
+        if folder.is_dir() and not folder.is_symlink():
+            os.chmod(folder, PRIVATE)
+
+
 def write_demo_config(args: argparse.Namespace, sink_port: int) -> Path:
     root = Path(args.data).resolve()
     demo, gwdir = root / "demo", root / "gateway"
-    gwdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(gwdir)
     (gwdir / "directory-ca.pem").write_bytes(_trust_anchor(root / "directory"))
     config = gwdir / "gateway.toml"
     config.write_text(
@@ -101,8 +112,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
     # aiosmtpd logs every connection at INFO (readiness probes included): noise in a demo.
     logging.getLogger("mail.log").setLevel(logging.WARNING)
-    inbox = Maildir(Path(args.data).resolve() / "gateway" / "inbox")
+    gwdir = Path(args.data).resolve() / "gateway"
+    inbox = Maildir(gwdir / "inbox")
     inbox.ensure()
+    tighten_demo_folders(gwdir)
     sink_port = _port(0)
     sink = Controller(InboxHandler(inbox), hostname="127.0.0.1", port=sink_port)
     sink.start()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import time
 import uuid
 from collections.abc import Sequence
@@ -12,14 +13,55 @@ from pathlib import Path
 
 from keypost.gateway.errors import TempFailure
 
+PRIVATE = 0o700  # held and demo-inbox mail is decrypted: for the gateway's user alone
+
+
+def make_private_dirs(path: Path) -> None:
+    """Create `path` and its missing parents, each 0700. mkdir's mode is masked by the
+    umask, so every folder created here is chmod-ed; folders that exist are left alone."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=PRIVATE)
+        except FileExistsError:
+            continue  # created meanwhile by someone else: theirs to set
+        os.chmod(folder, PRIVATE)
+
+
+def open_to_others(path: Path) -> int | None:
+    """The mode of an existing folder that grants group or other any access, else None."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    return mode if mode & 0o077 else None
+
+
+def loose_warning(folder: Path, mode: int) -> str:
+    return (f"quarantine folder {folder} is mode {mode:04o}: others may read held (decrypted)"
+            " mail; chmod 700 it")
+
 
 class Maildir:
     def __init__(self, root: Path) -> None:
         self.root = root
 
+    @property
+    def folders(self) -> tuple[Path, ...]:
+        return (self.root, *(self.root / sub for sub in ("tmp", "new", "cur")))
+
     def ensure(self) -> None:
-        for sub in ("tmp", "new", "cur"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
+        for folder in self.folders:
+            make_private_dirs(folder)
+
+    def loose_folders(self) -> list[tuple[Path, int]]:
+        """Existing folders of this Maildir that group or other may enter, with their mode."""
+        out = []
+        for folder in self.folders:
+            mode = open_to_others(folder) if folder.is_dir() else None
+            if mode is not None:
+                out.append((folder, mode))
+        return out
 
     def store(self, message: bytes, mail_from: str, rcpts: Sequence[str], reason: str) -> str:
         """Write the message with a small envelope header; returns its quarantine id.

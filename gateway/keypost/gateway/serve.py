@@ -17,7 +17,7 @@ from keypost.gateway.directory import DirectoryClient, load_trust_anchors, make_
 from keypost.gateway.handler import GatewayHandler
 from keypost.gateway.keys import DomainKeys, load_all_keys
 from keypost.gateway.pipeline import Pipeline
-from keypost.gateway.quarantine import Maildir
+from keypost.gateway.quarantine import Maildir, loose_warning
 from keypost.gateway.relay import Relay
 from keypost.gateway.scan import Scanner, make_scanner
 
@@ -84,6 +84,10 @@ async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT. Prints `listening smtp://HOST:PORT` lines, then `ready`
     (what `keypost start` waits for)."""
     gw.handler.quarantine.ensure()  # a quarantine that cannot be created stops the start
+    for folder, mode in gw.handler.quarantine.loose_folders():
+        # Not tightened: an existing folder's mode is the administrator's choice (e.g. a
+        # review group); but held mail is decrypted, so it must not pass unremarked.
+        log.warning("%s", loose_warning(folder, mode))
     loop = asyncio.get_running_loop()
     # Worker threads mostly wait on the next hop, the directory or a scanner process;
     # the default pool (cores + 4) would queue concurrent sessions behind a few of them.

@@ -1,0 +1,75 @@
+"""The quarantine Maildir's folders: 0700 when the gateway makes them, reported when looser."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from gw_support import KEYPOST, Pki, free_port
+
+from keypost.gateway.quarantine import Maildir
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def usual_umask() -> Iterator[None]:
+    """022, as most shells have: the parents mkdir(parents=True) makes get 0777 & ~umask."""
+    old = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_every_folder_ensure_creates_is_0700(tmp_path: Path, usual_umask: None) -> None:
+    os.chmod(tmp_path, 0o755)
+    root = tmp_path / "spool" / "keypost" / "quarantine"
+    Maildir(root).ensure()
+    made = [tmp_path / "spool", tmp_path / "spool" / "keypost", root,
+            root / "tmp", root / "new", root / "cur"]
+    assert {str(p): _mode(p) for p in made} == {str(p): 0o700 for p in made}
+    assert _mode(tmp_path) == 0o755, "a folder that was there is not ours to change"
+    assert Maildir(root).loose_folders() == []
+
+
+def test_a_looser_existing_folder_is_kept_and_reported(tmp_path: Path) -> None:
+    root = tmp_path / "q"
+    root.mkdir()
+    os.chmod(root, 0o750)  # e.g. a review group the administrator chose
+    Maildir(root).ensure()
+    assert _mode(root) == 0o750
+    assert _mode(root / "new") == 0o700
+    assert Maildir(root).loose_folders() == [(root, 0o750)]
+    os.chmod(root / "cur", 0o705)
+    assert Maildir(root).loose_folders() == [(root, 0o750), (root / "cur", 0o705)]
+
+
+def test_check_config_and_serve_warn_about_a_loose_quarantine(tmp_path: Path, pki: Pki) -> None:
+    qdir = tmp_path / "q"
+    qdir.mkdir()
+    os.chmod(qdir, 0o755)
+    cfg = pki.config(next_hop=free_port(), quarantine=str(qdir))
+    warning = f"quarantine folder {qdir} is mode 0755: others may read held (decrypted) mail"
+    checked = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                             capture_output=True, text=True, timeout=60)
+    assert checked.returncode == 0, checked.stderr
+    assert f"warning: {warning}; chmod 700 it" in checked.stdout
+    proc = subprocess.Popen([*KEYPOST, "gateway", "serve", "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.strip() == "ready":
+                break
+    finally:
+        proc.terminate()
+        _out, err = proc.communicate(timeout=60)
+    assert warning in err
+    assert _mode(qdir) == 0o755
