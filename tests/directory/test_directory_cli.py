@@ -158,6 +158,10 @@ def test_serve_refuses_bad_setups_in_one_line(tmp_path: Path) -> None:
     settings.write_text(settings.read_text().replace("encrypt_hours = 24", "encrypt_hours = 48"))
     assert "encrypt_hours" in one_line_error("directory", "serve", "--data", str(data),
                                              "--ldap", "127.0.0.1:0")
+    text = settings.read_text().replace("encrypt_hours = 48", "encrypt_hours = 24")
+    settings.write_text(text.replace('url = ""', 'url = "keys.example.org"'))
+    assert "url: invalid directory URL" in one_line_error("directory", "serve", "--data",
+                                                          str(data), "--ldap", "127.0.0.1:0")
     settings.write_text(settings.read_text() + "\nbogus = 1\n")
     assert "unknown setting" in one_line_error("directory", "serve", "--data", str(data))
 
@@ -215,3 +219,11 @@ def test_account_add_without_terminal_or_password_stdin_is_one_line(data: Path) 
     assert lines[0].startswith("keypost: error: ") and "--password-stdin" in lines[0]
     assert "erin" not in keypost("directory", "account", "list", "--data", str(data)).stdout
 
+
+
+def test_init_refuses_a_directory_url_no_client_could_use(tmp_path: Path) -> None:
+    """The URL goes into every container: refused before the data dir is made."""
+    for url in ("not a url", "ftp://keys.example.org/", "https://"):
+        line = one_line_error("directory", "init", "--data", str(tmp_path / "d"), "--url", url)
+        assert "invalid directory URL" in line, url
+        assert not (tmp_path / "d").exists()

@@ -20,6 +20,7 @@ from keypost.core.containers import (
     CAKeyType,
     DirectoryCA,
     GatewayKey,
+    check_directory_url,
     load_certificates,
     sha256_fingerprint,
     to_der,
@@ -60,6 +61,8 @@ def load_ca(data: DataDir, settings: Settings) -> DirectoryCA:
 def init(data: DataDir, key_type: CAKeyType, suffix: str, url: str) -> DirectoryCA:
     if data.settings.exists() or data.ca_key.exists():
         raise ConfigError(f"{data.root} is already initialised")
+    if url:
+        check_directory_url(url)  # before anything is made: a refusal leaves no data dir
     try:
         data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:

@@ -7,6 +7,8 @@ import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
+from keypost.core.containers import check_directory_url
+from keypost.core.errors import ContainerError
 from keypost.directory.errors import ConfigError
 
 SETTINGS_FILE = "directory.toml"
@@ -104,6 +106,12 @@ def load_settings(data: DataDir) -> Settings:
     if settings.max_addresses < 1 or settings.cache_size < 1 or settings.audit_retention_days < 1:
         raise ConfigError(
             f"{data.settings}: max_addresses, cache_size, audit_retention_days must be positive")
+    if settings.url:
+        # Written into every container: a bad one fails at start, naming this file.
+        try:
+            check_directory_url(settings.url)
+        except ContainerError as exc:
+            raise ConfigError(f"{data.settings}: url: {exc}") from None
     return settings
 
 
