@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import sqlite3
 import stat
+import subprocess
 from pathlib import Path
 
 import pytest
-from dir_support import keypost, write_rsa
+from dir_support import KEYPOST, keypost, write_rsa
 
 
 @pytest.fixture(scope="module")
@@ -227,3 +228,16 @@ def test_init_refuses_a_directory_url_no_client_could_use(tmp_path: Path) -> Non
         line = one_line_error("directory", "init", "--data", str(tmp_path / "d"), "--url", url)
         assert "invalid directory URL" in line, url
         assert not (tmp_path / "d").exists()
+
+
+def test_ca_export_into_a_closed_pipe_is_quiet(data: Path) -> None:
+    """`keypost directory ca export | head -1` once the reader has gone: no 'cannot access:
+    Broken pipe', no traceback. Our read end is closed before the command writes (it is
+    the only one), so its write meets a pipe without a reader every time."""
+    proc = subprocess.Popen([*KEYPOST, "directory", "ca", "export", "--data", str(data)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert err == b""
+    assert proc.returncode == 1
