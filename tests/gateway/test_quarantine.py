@@ -73,3 +73,11 @@ def test_check_config_and_serve_warn_about_a_loose_quarantine(tmp_path: Path, pk
         _out, err = proc.communicate(timeout=60)
     assert warning in err
     assert _mode(qdir) == 0o755
+
+
+def test_a_quarantine_path_that_is_no_folder_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "q").write_bytes(b"")
+    with pytest.raises(NotADirectoryError):
+        Maildir(tmp_path / "q").ensure()
+    with pytest.raises(NotADirectoryError):
+        Maildir(tmp_path / "q" / "deeper").ensure()

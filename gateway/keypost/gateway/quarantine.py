@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import stat
@@ -20,15 +21,18 @@ def make_private_dirs(path: Path) -> None:
     """Create `path` and its missing parents, each 0700. mkdir's mode is masked by the
     umask, so every folder created here is chmod-ed; folders that exist are left alone."""
     missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
+    parent = path
+    while not parent.exists():
+        missing.append(parent)
+        parent = parent.parent
     for folder in reversed(missing):
         try:
             folder.mkdir(mode=PRIVATE)
         except FileExistsError:
             continue  # created meanwhile by someone else: theirs to set
         os.chmod(folder, PRIVATE)
+    if not path.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
 
 
 def open_to_others(path: Path) -> int | None:
