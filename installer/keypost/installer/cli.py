@@ -1,4 +1,5 @@
-"""`keypost install|uninstall thunderbird` and `keypost setup`: argument parsing only."""
+"""`keypost install|uninstall thunderbird` and `keypost setup`: arguments, and the order of
+the install steps (checks, writes, the host's configure)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from keypost.core.errors import KeypostError
-from keypost.installer import thunderbird
+from keypost.installer import preflight, thunderbird
+from keypost.installer.errors import InstallError
+from keypost.installer.journal import Journal, UndoFailed
 from keypost.installer.manifest_locations import Environment, Scope
 from keypost.installer.registry import RegistryWriter, WinRegistry
+
+UNDONE = "nothing was installed or changed"
 
 
 def _registry(env: Environment) -> RegistryWriter | None:
@@ -18,20 +23,48 @@ def _registry(env: Environment) -> RegistryWriter | None:
 
 
 def _install(args: argparse.Namespace) -> int:
+    """All or nothing: every check that can run first does, before anything is written;
+    a later failure (the host's `configure`) undoes what this run wrote."""
     env = Environment.current()
     scope: Scope = "system" if args.system else "user"
-    if (args.username or args.trust_anchor or args.password_stdin) and not args.directory:
-        raise KeypostError("--username, --trust-anchor and --password-stdin need --directory")
-    if args.trust_anchor and not Path(args.trust_anchor).is_file():
-        # Checked before anything is written, so a typo leaves no half-done installation.
-        raise KeypostError(f"trust anchor file not found: {args.trust_anchor}")
+    if (
+        args.username or args.trust_anchor or args.password_stdin or args.fingerprint
+    ) and not args.directory:
+        raise InstallError(
+            "--username, --trust-anchor, --fingerprint and --password-stdin need --directory"
+        )
+    if args.password_stdin and not args.username:
+        raise InstallError("--password-stdin needs --username (the account it belongs to)")
+    if args.managed and not args.directory:
+        raise InstallError("--managed needs --directory (the URL to preset)")
+    if args.fingerprint:
+        preflight.normalize_fingerprint(args.fingerprint)
+    anchor_pem = None
+    if args.trust_anchor:
+        if not Path(args.trust_anchor).is_file():
+            raise InstallError(f"trust anchor file not found: {args.trust_anchor}")
+        anchor_pem = preflight.trust_anchor_pem(Path(args.trust_anchor), args.fingerprint)
+    password = None
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+        if not password:
+            raise InstallError("--password-stdin read an empty password")
+    if args.directory:
+        preflight.check_host(
+            preflight.host_status(args.python),
+            anchor_given=anchor_pem is not None,
+            fingerprint=args.fingerprint,
+            username=args.username,
+            # `configure` stores a given password, and its connection test reads a stored one
+            keyring_needed=bool(args.username) and (password is not None or not args.offline),
+        )
+        if not args.offline:
+            preflight.check_reachable(args.directory)
     managed: dict[str, str] = {}
     if args.managed:
-        if not args.directory:
-            raise KeypostError("--managed needs --directory (the URL to preset)")
         managed["directoryUrl"] = args.directory
-        if args.trust_anchor:
-            managed["trustAnchorPem"] = Path(args.trust_anchor).read_text("utf-8")
+        if anchor_pem:
+            managed["trustAnchorPem"] = anchor_pem
     opts = thunderbird.InstallOptions(
         scope=scope,
         python=args.python,
@@ -40,18 +73,30 @@ def _install(args: argparse.Namespace) -> int:
         managed=managed,
         profiles=tuple(Path(p) for p in args.profile) if args.profile else None,
     )
-    thunderbird.install(env, opts, _registry(env))
-    if args.directory:
-        password = sys.stdin.readline().rstrip("\r\n") if args.password_stdin else None
-        thunderbird.configure_host(
-            args.directory,
-            args.username,
-            Path(args.trust_anchor) if args.trust_anchor else None,
-            password=password,
-            fingerprint=args.fingerprint,
-            test=not args.offline,
-            python=args.python,
-        )
+    lines: list[str] = []  # shown once the whole run has succeeded
+    try:
+        with Journal() as journal:
+            thunderbird.install(env, opts, _registry(env), log=lines.append, journal=journal)
+            if args.directory:
+                thunderbird.configure_host(
+                    args.directory,
+                    args.username,
+                    anchor_pem,
+                    password=password,
+                    fingerprint=args.fingerprint,
+                    test=not args.offline,
+                    python=args.python,
+                    log=lines.append,
+                )
+    except UndoFailed:
+        raise
+    except KeypostError as exc:
+        raise InstallError(f"{exc}; {UNDONE}") from exc
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        raise InstallError(f"cannot write{where}: {exc.strerror or exc}; {UNDONE}") from exc
+    for line in lines:
+        print(line)
     return 0
 
 

@@ -6,13 +6,13 @@ sources), so re-running it after an upgrade or after moving the environment repa
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from keypost.installer import hostconfig
+from keypost.installer.journal import Journal
 from keypost.installer.manifest_locations import ADDON_ID, HOST_NAME, Environment, Scope
 from keypost.installer.native_manifest import (
     dumps,
@@ -51,15 +51,6 @@ class InstallResult:
     managed: tuple[Path, ...]
 
 
-def _write(path: Path, text: str, mode: int | None = None) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, "utf-8", newline="")
-    if mode is not None:
-        os.chmod(tmp, mode)
-    os.replace(tmp, path)
-
-
 def _manifest_targets(env: Environment, scope: Scope) -> list[Path]:
     """The manifest file(s) to write: the first directory, plus further ones that exist."""
     dirs = env.native_host_dirs(scope)
@@ -79,30 +70,47 @@ def install(
     opts: InstallOptions,
     registry: RegistryWriter | None = None,
     log: Log = print,
+    journal: Journal | None = None,
 ) -> InstallResult:
+    """Write everything; all or nothing. With a `journal`, the caller decides (it may have
+    more steps to run): its rollback undoes what this wrote. Without one, a failure here
+    undoes this run's writes before the exception leaves."""
+    if journal is not None:
+        return _install(env, opts, registry, log, journal)
+    with Journal() as own:
+        return _install(env, opts, registry, log, own)
+
+
+def _install(
+    env: Environment,
+    opts: InstallOptions,
+    registry: RegistryWriter | None,
+    log: Log,
+    journal: Journal,
+) -> InstallResult:
+    if env.os == "win32" and registry is None:
+        raise ValueError("a registry writer is needed on Windows")
+    # Built and checked before the first write: a broken add-on source writes nothing.
+    info, xpi_bytes = build_xpi(opts.extension_dir or find_extension_dir())
     data = env.data_dir(opts.scope)
     launcher = data / launcher_name(env.os)
-    _write(launcher, launcher_script(env.os, opts.python), 0o755)
+    journal.write(launcher, launcher_script(env.os, opts.python).encode("utf-8"), 0o755)
     log(f"launcher: {launcher}")
 
-    manifest_text = dumps(host_manifest(launcher))
+    manifest_text = dumps(host_manifest(launcher)).encode("utf-8")
     manifests = _manifest_targets(env, opts.scope)
     for m in manifests:
-        _write(m, manifest_text, 0o644)
+        journal.write(m, manifest_text, 0o644)
         log(f"native messaging manifest: {m}")
     keys: list[tuple[str, str]] = []
-    if env.os == "win32":
-        if registry is None:
-            raise ValueError("a registry writer is needed on Windows")
+    if env.os == "win32" and registry is not None:
         hive, key = env.registry_key("native", opts.scope, HOST_NAME)
-        registry.set_default(hive, key, str(manifests[0]))
+        journal.set_registry(registry, hive, key, str(manifests[0]))
         keys.append((hive, key))
         log(f"registry: {hive}\\{key} -> {manifests[0]}")
 
-    info, xpi_bytes = build_xpi(opts.extension_dir or find_extension_dir())
     xpi = data / f"{info.addon_id}.xpi"
-    xpi.parent.mkdir(parents=True, exist_ok=True)
-    xpi.write_bytes(xpi_bytes)
+    journal.write(xpi, xpi_bytes)
     log(f"add-on {info.addon_id} {info.version}: {xpi}")
 
     prefs: dict[str, bool | int | str] = {}
@@ -112,9 +120,8 @@ def install(
         prefs["extensions.autoDisableScopes"] = 0
     installed: list[Path] = []
     for profile in _profile_targets(env, opts):
-        target = profile / "extensions" / f"{info.addon_id}.xpi"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(xpi_bytes)
+        journal.write(profile / "extensions" / f"{info.addon_id}.xpi", xpi_bytes)
+        journal.saving(profile / "user.js")
         write_user_prefs(profile, prefs)
         installed.append(profile)
         log(f"installed into profile {profile}")
@@ -128,21 +135,26 @@ def install(
 
     managed: list[Path] = []
     if opts.managed:
-        managed = _write_managed(env, opts.scope, opts.managed, registry, log)
+        managed = _write_managed(env, opts.scope, opts.managed, registry, log, journal)
     return InstallResult(
         launcher, tuple(manifests), tuple(keys), xpi, tuple(installed), tuple(managed)
     )
 
 
 def _write_managed(
-    env: Environment, scope: Scope, data: dict[str, str], registry: RegistryWriter | None, log: Log
+    env: Environment,
+    scope: Scope,
+    data: dict[str, str],
+    registry: RegistryWriter | None,
+    log: Log,
+    journal: Journal,
 ) -> list[Path]:
     path = env.managed_storage_dirs(scope)[0] / f"{ADDON_ID}.json"
-    _write(path, dumps(managed_storage_manifest(data)), 0o644)
+    journal.write(path, dumps(managed_storage_manifest(data)).encode("utf-8"), 0o644)
     log(f"managed storage: {path}")
     if env.os == "win32" and registry is not None:
         hive, key = env.registry_key("managed", scope, ADDON_ID)
-        registry.set_default(hive, key, str(path))
+        journal.set_registry(registry, hive, key, str(path))
     return [path]
 
 
@@ -186,7 +198,7 @@ def uninstall(
 def configure_host(
     directory: str,
     username: str | None,
-    trust_anchor: Path | None,
+    trust_anchor_pem: str | None,
     password: str | None = None,
     fingerprint: str | None = None,
     test: bool = True,
@@ -194,12 +206,11 @@ def configure_host(
     log: Log = print,
 ) -> dict[str, object]:
     """Hand directory, account and trust anchor to the host's `configure` (see PROTOCOL.md)."""
-    pem = trust_anchor.read_text("utf-8") if trust_anchor else None
     status = hostconfig.configure(
         directory,
         username=username,
         password=password,
-        trust_anchor_pem=pem,
+        trust_anchor_pem=trust_anchor_pem,
         trust_anchor_fingerprint=fingerprint,
         test=test,
         command=hostconfig.host_command(python),

@@ -1,0 +1,123 @@
+"""What `keypost install thunderbird` checks before it writes anything: the trust anchor and
+the confirmed fingerprint, the host (it must run), the OS keyring when a password is to be
+stored, and that the directory's address answers. Each failure is one InstallError line."""
+
+from __future__ import annotations
+
+import re
+import socket
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from cryptography import x509
+
+from keypost.core.containers import load_certificates, sha256_fingerprint, to_pem
+from keypost.core.errors import ContainerError
+from keypost.core.netaddr import is_loopback_host
+from keypost.installer import hostconfig
+from keypost.installer.errors import InstallError
+
+_SHA256_HEX = re.compile(r"[0-9A-F]{64}")
+# keyring's stand-in when no backend is usable (a headless machine): it raises NoKeyringError.
+NO_KEYRING = "keyring.backends.fail.Keyring"
+DEFAULT_PORTS = {"ldap": 389, "ldaps": 636, "http": 80, "https": 443}
+CONNECT_TIMEOUT = 10.0
+
+
+def normalize_fingerprint(text: str) -> str:
+    """`AB:CD:...` from a SHA-256 fingerprint typed with or without colons, in any case (as
+    the host compares them); raises InstallError for anything else."""
+    digits = "".join(ch for ch in text if ch not in ": \t").upper()
+    if not _SHA256_HEX.fullmatch(digits):
+        raise InstallError(
+            "--fingerprint must be a SHA-256 fingerprint: 64 hex digits, colons allowed"
+        )
+    return ":".join(digits[i : i + 2] for i in range(0, len(digits), 2))
+
+
+def trust_anchor_pem(path: Path, fingerprint: str | None) -> str:
+    """The anchor file (PEM or DER) as PEM, refused as the host would refuse it: not one
+    certificate, not a CA, or not the fingerprint the administrator gave."""
+    try:
+        certs = load_certificates(path.read_bytes())
+    except ContainerError as exc:
+        raise InstallError(f"trust anchor {path}: {exc}") from None
+    if len(certs) != 1:
+        raise InstallError(f"trust anchor {path}: one certificate expected, found {len(certs)}")
+    cert = certs[0]
+    actual = sha256_fingerprint(cert)
+    if fingerprint is not None and normalize_fingerprint(fingerprint) != actual:
+        raise InstallError(
+            f"trust anchor {path} has the fingerprint {actual}, not the one given with"
+            f" --fingerprint ({normalize_fingerprint(fingerprint)})"
+        )
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise InstallError(f"trust anchor {path} is not a CA certificate")
+    return to_pem(cert).decode("ascii")
+
+
+def check_host(
+    status: dict[str, Any],
+    *,
+    anchor_given: bool,
+    fingerprint: str | None,
+    username: str | None,
+    keyring_needed: bool,
+) -> None:
+    """Against the host's `status` (it ran, so the launcher's interpreter works): a trust
+    anchor to keep when none is given, and an OS keyring when a password will be stored
+    or read."""
+    anchor = status.get("trust_anchor")
+    configured = anchor.get("fingerprint") if isinstance(anchor, dict) else None
+    if not anchor_given:
+        if not isinstance(configured, str):
+            raise InstallError("--trust-anchor is needed: the host has none configured yet")
+        if fingerprint is not None and normalize_fingerprint(fingerprint) != configured:
+            raise InstallError(
+                f"the configured trust anchor has the fingerprint {configured}, not the one"
+                f" given with --fingerprint ({normalize_fingerprint(fingerprint)})"
+            )
+    backend = status.get("keyring_backend")
+    unusable = backend in (None, NO_KEYRING) or status.get("password_in_keyring") is None
+    if keyring_needed and unusable:
+        raise InstallError(
+            f"no usable OS keyring for {username}'s password (keyring backend: {backend});"
+            " install a keyring backend or run in a desktop session"
+        )
+
+
+def host_status(python: str | None) -> dict[str, Any]:
+    return hostconfig.status(command=hostconfig.host_command(python))
+
+
+def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """The directory's host name resolves and its port accepts a connection (TLS, the
+    account and the search are the host's connection test, run by `configure`)."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        raise InstallError(f"invalid directory URL: {url!r}") from None
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if scheme not in DEFAULT_PORTS or not host:
+        raise InstallError("the directory URL must be ldaps://, ldap:// or https:// with a host")
+    if scheme == "http" and not is_loopback_host(host, localhost_name=True):
+        raise InstallError("http:// is only accepted for loopback addresses; use https://")
+    if scheme.startswith("http") and _proxied(scheme, host):
+        return  # the host goes through the proxy: a direct connection proves nothing
+    port = port or DEFAULT_PORTS[scheme]
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise InstallError(f"the directory {host}:{port} cannot be reached: {reason}") from None
+
+
+def _proxied(scheme: str, host: str) -> bool:
+    return scheme in urllib.request.getproxies() and not urllib.request.proxy_bypass(host)

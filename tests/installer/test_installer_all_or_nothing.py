@@ -1,0 +1,158 @@
+"""`keypost install thunderbird` is all or nothing: what can be checked first is checked
+before anything is written, and a later failure (the host's `configure`) undoes this run's
+writes, leaving an earlier installation exactly as it was. Run as a user runs it, with a
+fake HOME and the real host."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from keypost.core.containers import DirectoryCA, sha256_fingerprint, to_pem
+
+HOST_LOG = ".cache/keypost/host.log"  # the host's own log of what it was asked: kept
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    (home / ".thunderbird" / "abcd.default").mkdir(parents=True)
+    (home / ".thunderbird" / "profiles.ini").write_text(
+        "[Profile0]\nName=default\nIsRelative=1\nPath=abcd.default\nDefault=1\n", "utf-8")
+    return home
+
+
+@pytest.fixture
+def anchor(tmp_path: Path) -> tuple[Path, str]:
+    ca = DirectoryCA.generate()
+    path = tmp_path / "ca.pem"
+    path.write_bytes(to_pem(ca.certificate))
+    return path, sha256_fingerprint(ca.certificate)
+
+
+@pytest.fixture
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture
+def not_a_directory() -> Iterator[int]:
+    """A loopback port that accepts connections and closes them: reachable, but no TLS and
+    no LDAP, so only the host's connection test inside `configure` finds out."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.close()
+
+
+def _state(home: Path) -> dict[str, tuple[int, bytes | None]]:
+    out: dict[str, tuple[int, bytes | None]] = {}
+    for p in sorted(home.rglob("*")):
+        name = str(p.relative_to(home))
+        if name == HOST_LOG or HOST_LOG.startswith(name + "/"):
+            continue
+        out[name] = (p.stat().st_mode, p.read_bytes() if p.is_file() else None)
+    return out
+
+
+def _keypost(
+    home: Path, *args: str, stdin: str = "", keyring: str = ""
+) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KEYPOST_"))}
+    env.update({"HOME": str(home),
+                "PYTHON_KEYRING_BACKEND": keyring or "keyrings.alt.file.PlaintextKeyring"})
+    return subprocess.run([sys.executable, "-m", "keypost.core.cli", *args], input=stdin,
+                          capture_output=True, text=True, env=env, timeout=120, check=False)
+
+
+FAILURES = {
+    # name: (extra arguments, keyring backend, expected words of the one error line)
+    "fingerprint-format": (["--fingerprint", "AA:BB", "--offline"], "",
+                           "--fingerprint must be a SHA-256 fingerprint"),
+    "fingerprint-mismatch": (["--fingerprint", "AB" * 32, "--offline"], "",
+                             "not the one given with --fingerprint"),
+    "no-keyring": (["--offline"], "keyring.backends.fail.Keyring",
+                   "no usable OS keyring for alice's password"),
+    "unreachable": (["--directory", "ldaps://127.0.0.1:{closed}"], "",
+                    "cannot be reached: Connection refused"),
+    "configure-fails": (["--directory", "ldaps://127.0.0.1:{listening}"], "",
+                        "configure: cannot reach the directory"),
+}
+
+
+@pytest.mark.parametrize("upgrade", [False, True], ids=["first-install", "upgrade"])
+@pytest.mark.parametrize("case", sorted(FAILURES))
+def test_a_failed_install_leaves_home_as_it_was(
+    home: Path, anchor: tuple[Path, str], closed_port: int, not_a_directory: int,
+    case: str, upgrade: bool,
+) -> None:
+    if upgrade:
+        done = _keypost(home, "install", "thunderbird", "--python", "/earlier/bin/python")
+        assert done.returncode == 0, done.stderr
+    before = _state(home)
+    extra, keyring, expected = FAILURES[case]
+    extra = [a.format(closed=closed_port, listening=not_a_directory) for a in extra]
+    done = _keypost(
+        home, "install", "thunderbird", "--send-in-background", "--managed",
+        "--directory", "ldaps://dir.example.com", "--username", "alice", "--password-stdin",
+        "--trust-anchor", str(anchor[0]), *extra, stdin="s3cret\n", keyring=keyring)
+    assert done.returncode == 1
+    [line] = done.stderr.splitlines()
+    assert line.startswith("keypost: error: ") and expected in line, line
+    assert done.stdout == ""
+    assert _state(home) == before
+    if case == "configure-fails":
+        assert line.endswith("; nothing was installed or changed")
+
+
+def test_the_same_install_succeeds_once_the_fingerprint_is_right(
+    home: Path, anchor: tuple[Path, str]
+) -> None:
+    path, fingerprint = anchor
+    done = _keypost(home, "install", "thunderbird", "--directory", "ldaps://dir.example.com",
+                    "--username", "alice", "--password-stdin", "--trust-anchor", str(path),
+                    "--fingerprint", fingerprint.replace(":", "").lower(), "--offline",
+                    stdin="s3cret\n")
+    assert done.returncode == 0, done.stderr
+    assert f"trust anchor fingerprint (SHA-256): {fingerprint}" in done.stdout
+    assert (home / ".config/keypost/host.toml").is_file()
+    assert (home / ".thunderbird/abcd.default/extensions/keypost@keypost.example.xpi").is_file()
+    # Now configured: a fingerprint alone is checked against the anchor the host keeps.
+    again = _keypost(home, "install", "thunderbird", "--directory", "ldaps://dir.example.com",
+                     "--fingerprint", "CD" * 32, "--offline")
+    assert again.returncode == 1
+    assert "the configured trust anchor has the fingerprint" in again.stderr
+
+
+def test_host_that_cannot_run_is_found_before_writing(
+    home: Path, anchor: tuple[Path, str]
+) -> None:
+    before = _state(home)
+    done = _keypost(home, "install", "thunderbird", "--python", str(home / "no-python"),
+                    "--directory", "ldaps://dir.example.com", "--trust-anchor", str(anchor[0]),
+                    "--offline")
+    assert done.returncode == 1 and "could not run the keypost host" in done.stderr
+    assert _state(home) == before
