@@ -330,6 +330,7 @@ fields.to = arguments[0];
 fields.subject = arguments[1];
 fields.body = arguments[2];
 if (arguments[3]) fields.bcc = arguments[3];
+if (arguments[6]) fields.newsgroups = arguments[6];
 if (arguments[4]) {
   const file = Cc["@mozilla.org/file/local;1"].createInstance(Ci.nsIFile);
   file.initWithPath(arguments[4]);
@@ -365,12 +366,14 @@ def open_compose(
     bcc: str = "",
     attach: Path | None = None,
     html: bool = False,
+    newsgroups: str = "",
 ) -> str:
     """Open a compose window; returns its chrome window handle (Marionette is switched to it)."""
     m = session.marionette
     m.switch_to_window(m.chrome_window_handles[0])
     before = set(m.chrome_window_handles)
-    m.execute_script(OPEN_COMPOSE, script_args=[to, subject, body, bcc, str(attach or ""), html])
+    m.execute_script(
+        OPEN_COMPOSE, script_args=[to, subject, body, bcc, str(attach or ""), html, newsgroups])
     handle = tb.wait_for(
         lambda: (set(m.chrome_window_handles) - before) or None, 60, "the compose window"
     )
@@ -780,6 +783,28 @@ def test_remote_image_to_attach_is_named_before_send_and_refused(
     assert "Attach this image to the message" in popup["notices"][0]
     m.execute_script("document.querySelector('panel[panelopen]')?.hidePopup()")
     send_is_refused(thunderbird, smtp, handle, url)
+
+
+def test_newsgroups_are_named_before_send_and_refused(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory
+) -> None:
+    """A message to a mail recipient and a newsgroup with Encrypt on: the popup and the
+    tooltip say newsgroups cannot be encrypted before Send; Send is refused, nothing leaves."""
+    m = thunderbird.marionette
+    group = "comp.mail.misc"
+    handle = open_compose(thunderbird, SERVED, "to a group", "hello", newsgroups=group)
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    tb.wait_for(lambda: group in (_button(m, "tooltiptext") or ""), 60, "the notice (tooltip)")
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    popup = tb.wait_for(
+        lambda: (p := read_page(m, "popup", POPUP_NOTICES)) and p["notices"] and p,
+        30,
+        "the popup's notice",
+    )
+    assert popup["notices"] == [
+        f"Newsgroups cannot be encrypted; remove them or turn Encrypt off ({group})."], popup
+    m.execute_script("document.querySelector('panel[panelopen]')?.hidePopup()")
+    send_is_refused(thunderbird, smtp, handle, group)
 
 
 def test_recipient_without_container_blocks_sending(
