@@ -156,3 +156,19 @@ def test_host_that_cannot_run_is_found_before_writing(
                     "--offline")
     assert done.returncode == 1 and "could not run the keypost host" in done.stderr
     assert _state(home) == before
+
+
+def test_a_write_that_fails_half_way_is_one_line_and_undone(home: Path, tmp_path: Path) -> None:
+    done = _keypost(home, "install", "thunderbird", "--python", "/earlier/bin/python")
+    assert done.returncode == 0, done.stderr
+    before = _state(home)
+    blocker = tmp_path / "a-file-not-a-profile"
+    blocker.write_bytes(b"")
+    done = _keypost(home, "install", "thunderbird", "--python", "/later/bin/python",
+                    "--profile", str(home / ".thunderbird" / "abcd.default"),
+                    "--profile", str(blocker))
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.splitlines() == [
+        f"keypost: error: cannot write {blocker / 'extensions'}: Not a directory;"
+        " nothing was installed or changed"]
+    assert _state(home) == before
