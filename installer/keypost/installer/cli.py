@@ -22,11 +22,8 @@ def _registry(env: Environment) -> RegistryWriter | None:
     return WinRegistry() if env.os == "win32" else None
 
 
-def _install(args: argparse.Namespace) -> int:
-    """All or nothing: every check that can run first does, before anything is written;
-    a later failure (the host's `configure`) undoes what this run wrote."""
-    env = Environment.current()
-    scope: Scope = "system" if args.system else "user"
+def _checked_inputs(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """Everything that can be checked before writing: (trust anchor PEM, password)."""
     if (
         args.username or args.trust_anchor or args.password_stdin or args.fingerprint
     ) and not args.directory:
@@ -60,6 +57,15 @@ def _install(args: argparse.Namespace) -> int:
         )
         if not args.offline:
             preflight.check_reachable(args.directory)
+    return anchor_pem, password
+
+
+def _install(args: argparse.Namespace) -> int:
+    """All or nothing: every check that can run first does, before anything is written;
+    a later failure (the host's `configure`) undoes what this run wrote."""
+    env = Environment.current()
+    scope: Scope = "system" if args.system else "user"
+    anchor_pem, password = _checked_inputs(args)
     managed: dict[str, str] = {}
     if args.managed:
         managed["directoryUrl"] = args.directory
