@@ -145,11 +145,18 @@ def _run(*args: str, stdin: str | None = None) -> str:
 
 
 def start_directory(
-    base: Path, gateway_keys: GatewayKeys, *serve_options: str
+    base: Path, gateway_keys: GatewayKeys, *serve_options: str, max_addresses: int | None = None
 ) -> tuple[Directory, subprocess.Popen[str]]:
-    """Initialise a directory in `base` and serve it on ephemeral loopback ports."""
+    """Initialise a directory in `base` and serve it on ephemeral loopback ports
+    (`max_addresses`: its limit of addresses per request, when not the default)."""
     data = base / "dir"
     _run("init", "--data", str(data), "--url", "ldap://127.0.0.1/")
+    if max_addresses is not None:
+        settings = data / "directory.toml"
+        text, n = re.subn(r"(?m)^max_addresses = \d+$", f"max_addresses = {max_addresses}",
+                          settings.read_text())
+        assert n == 1, "directory.toml has no max_addresses line"
+        settings.write_text(text)
     for domain in gateway_keys.keys:
         pem = base / f"{domain}.pem"
         pem.write_bytes(gateway_keys.public_pem(domain))

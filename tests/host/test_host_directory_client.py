@@ -25,7 +25,12 @@ from keypost.core.containers import describe, load_certificates, verify_containe
 from keypost.core.types import Purpose, Role
 from keypost.host.actions import Host
 from keypost.host.config import parse_directory_url
-from keypost.host.directory_client import DirectoryClient, LdapDirectoryClient, make_client
+from keypost.host.directory_client import (
+    DirectoryClient,
+    LdapDirectoryClient,
+    RawContainer,
+    make_client,
+)
 from keypost.host.errors import AuthenticationFailed, DirectoryFailure, DirectoryUnreachable
 
 ADDRESSES = ["bob@example.org", "carol@example.net", "Dave@Example.COM"]
@@ -115,15 +120,19 @@ def answered(directory: Directory, protocol: str) -> int:
     return int(match.group(1)) if match else 0
 
 
+def fetch_as_alice(url: str, addresses: list[str]) -> dict[str, list[RawContainer]]:
+    c = client(url, "alice", PASSWORD)
+    try:
+        return c.fetch(addresses)
+    finally:
+        c.close()
+
+
 def test_many_recipients_one_search(url: str, directory: Directory) -> None:
     addresses = [f"user{i}@example.org" for i in range(60)]
     protocol = url.split(":", 1)[0]
     before = answered(directory, protocol)
-    c = client(url, "alice", PASSWORD)
-    try:
-        found = c.fetch(addresses)
-    finally:
-        c.close()
+    found = fetch_as_alice(url, addresses)
     assert answered(directory, protocol) == before + 1
     assert sorted(found) == sorted(addresses)
     assert all(len(v) == 2 for v in found.values())
@@ -282,3 +291,24 @@ def test_tls_checks_the_host_name(directory: Directory) -> None:
         ), message
         assert "\n" not in message
         assert "serialNumber" not in message and "issuer" not in message
+
+
+@pytest.mark.parametrize("protocol", ["ldap", "http"])
+def test_directory_with_a_lower_address_limit_is_asked_in_smaller_batches(
+    protocol: str, gateway_keys: GatewayKeys, tmp_path: Path
+) -> None:
+    """A directory configured with max_addresses = 3 refuses a search for 8 addresses whole
+    (LDAP adminLimitExceeded, HTTP 400 too_many_addresses): the client halves its batches
+    until they fit, and every address is still answered."""
+    small, proc = start_directory(tmp_path, gateway_keys, max_addresses=3)
+    try:
+        url = small.ldap_url if protocol == "ldap" else small.http_url
+        addresses = [f"user{i}@example.org" for i in range(8)]
+        before = answered(small, protocol)
+        found = fetch_as_alice(url, addresses)
+        assert sorted(found) == sorted(addresses)
+        assert all(len(v) == 2 for v in found.values())
+        # 8 -> 4 + 4 -> 2 + 2 + 2 + 2 answered, the refused ones not counted as ok
+        assert answered(small, protocol) == before + 4
+    finally:
+        stop(proc, timeout=10)

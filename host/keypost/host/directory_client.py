@@ -13,7 +13,7 @@ import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import ldap3
 import requests
@@ -68,6 +68,33 @@ def _key(address: str) -> str | None:
         return parse_address(address).key()
     except KeypostError:
         return None
+
+
+_T = TypeVar("_T")
+
+
+class _TooMany(Exception):
+    """The directory refused a request for naming more addresses than its own limit."""
+
+
+def _in_batches(addresses: Sequence[str], ask: Callable[[Sequence[str]], _T]) -> list[_T]:
+    """`ask` for MAX_PER_REQUEST addresses at a time. A directory configured with a lower
+    limit (its `max_addresses`) refuses the whole request, as it must rather than answer
+    part of it: the batch is halved until it fits, so every address is still asked for."""
+    pending = [addresses[i : i + MAX_PER_REQUEST]
+               for i in range(0, len(addresses), MAX_PER_REQUEST)]
+    answers: list[_T] = []
+    while pending:
+        batch = pending.pop(0)
+        try:
+            answers.append(ask(batch))
+        except _TooMany:
+            if len(batch) == 1:
+                raise DirectoryFailure("the directory refuses even one address per request",
+                                       {}) from None  # not a limit we can work with
+            half = (len(batch) + 1) // 2
+            pending[:0] = [batch[:half], batch[half:]]
+    return answers
 
 
 class LdapDirectoryClient:
@@ -182,24 +209,25 @@ class LdapDirectoryClient:
 
     def _fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
         found: dict[str, list[RawContainer]] = {}
-        for start in range(0, len(addresses), MAX_PER_REQUEST):
-            batch = addresses[start : start + MAX_PER_REQUEST]
-            try:
-                entries = self._search(batch)
-            except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSessionTerminatedByServerError,
-                    ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError):
-                # The server may close idle connections: reconnect once, then give up.
-                self.close()
-                try:
-                    entries = self._search(batch)
-                except ldap_exc.LDAPException as exc:
-                    raise DirectoryUnreachable(
-                        f"the directory connection failed: {type(exc).__name__}",
-                        {"directory": self._url.url},
-                    ) from None
+        for entries in _in_batches(addresses, self._search_reconnecting):
             for address, ders in entries:
                 found.setdefault(address, []).extend(RawContainer(der) for der in ders)
         return found
+
+    def _search_reconnecting(self, batch: Sequence[str]) -> list[tuple[str, list[bytes]]]:
+        try:
+            return self._search(batch)
+        except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSessionTerminatedByServerError,
+                ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError):
+            # The server may close idle connections: reconnect once, then give up.
+            self.close()
+            try:
+                return self._search(batch)
+            except ldap_exc.LDAPException as exc:
+                raise DirectoryUnreachable(
+                    f"the directory connection failed: {type(exc).__name__}",
+                    {"directory": self._url.url},
+                ) from None
 
     def _search(self, batch: Sequence[str]) -> list[tuple[str, list[bytes]]]:
         conn = self._connect()
@@ -220,6 +248,8 @@ class LdapDirectoryClient:
             self.close()
             raise
         result = conn.result or {}
+        if not ok and result.get("result") == 11:  # adminLimitExceeded
+            raise _TooMany
         if not ok and result.get("result") not in (0, 32, 4):  # success, noSuchObject, sizeLimit
             raise DirectoryFailure(
                 f"the directory search failed: {result.get('description')}",
@@ -315,6 +345,8 @@ class HttpDirectoryClient:
             # keypost directory --cleartext-passwords: the password was not even checked
             raise DirectoryFailure("the directory takes passwords only over TLS: use https://",
                                    where)
+        if resp.status_code == 400 and "too_many_addresses" in resp.text:
+            raise _TooMany
         if resp.status_code in (401, 403):
             raise AuthenticationFailed("the directory refused the user name or password")
         if resp.status_code != 200:
@@ -333,8 +365,7 @@ class HttpDirectoryClient:
     ) -> dict[str, list[RawContainer]]:
         # requests blocks from request to answer: nothing to overlap, while_waiting unused.
         found: dict[str, list[RawContainer]] = {}
-        for start in range(0, len(addresses), MAX_PER_REQUEST):
-            data = self._get(addresses[start : start + MAX_PER_REQUEST])
+        for data in _in_batches(addresses, self._get):
             try:
                 for item in data["results"]:
                     key = _key(str(item["address"]))
