@@ -154,3 +154,38 @@ def test_host_process_end_to_end(
     log = (tmp / "cache" / "host.log").read_text()
     assert "configure id=2 -> ok" in log and "encrypt id=5 -> no_valid_container" in log
     assert checked >= 4  # host.toml, trust anchor, containers.json, host.log
+
+
+@pytest.mark.parametrize("backend", ["", "no.such.module.Keyring"])
+def test_keyring_backend_that_cannot_be_loaded(tmp_path: Path, backend: str,
+                                               directory: Directory) -> None:
+    """PYTHON_KEYRING_BACKEND naming nothing loadable: status still answers (password state
+    unknown) and configure with a password says the keyring is unavailable, code 6, instead
+    of an internal error."""
+    env = host_env(tmp_path / "config", tmp_path / "cache", tmp_path / "data")
+    env["PYTHON_KEYRING_BACKEND"] = backend
+    proc = subprocess.Popen(
+        [KEYPOST, "host", str(tmp_path / "keypost.json"), "keypost@example.org"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+    )
+    timer = threading.Timer(60, proc.kill)
+    timer.start()
+    try:
+        host = HostProcess(proc)
+        status = host.request(1, "status")
+        assert status["ok"], status
+        configured = host.request(2, "configure", directory=directory.ldap_url,
+                                  username="alice", password=PASSWORD,
+                                  trust_anchor_pem=directory.anchor_pem,
+                                  trust_anchor_fingerprint=directory.fingerprint)
+        assert not configured["ok"]
+        assert configured["error"]["code"] == 6, configured
+        assert "PYTHON_KEYRING_BACKEND" in configured["error"]["message"]
+        assert PASSWORD not in str(configured)
+    finally:
+        timer.cancel()
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
