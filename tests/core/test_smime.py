@@ -11,11 +11,20 @@ import functools
 import re
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
+from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    KeySerializationEncryption,
+    PrivateFormat,
+)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1_modules import rfc5652
-from test_smime_pki import container, directory_ca, ec_certificate, gateway
+from test_smime_pki import Gateway, container, directory_ca, ec_certificate, gateway
 
 from keypost.core import cms, smime
 from keypost.core.errors import DecryptError, SmimeError
@@ -226,6 +235,71 @@ def test_failures_are_uniform() -> None:
     }
     seen = {name: _failure(fn, data) for name, (fn, data) in inputs.items()}
     assert set(seen.values()) == {(DecryptError, str(DecryptError()))}, seen
+
+
+class _CountingKey(rsa.RSAPrivateKey):
+    """A real RSA key that counts its private operations (the work the cap bounds)."""
+
+    def __init__(self, key: rsa.RSAPrivateKey) -> None:
+        self.key, self.decrypts = key, 0
+
+    def decrypt(self, ciphertext: bytes, padding: AsymmetricPadding) -> bytes:
+        self.decrypts += 1
+        return self.key.decrypt(ciphertext, padding)
+
+    @property
+    def key_size(self) -> int:
+        return self.key.key_size
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        return self.key.public_key()
+
+    def sign(self, data: bytes, padding: AsymmetricPadding,
+             algorithm: Prehashed | hashes.HashAlgorithm | NoDigestInfo) -> bytes:
+        return self.key.sign(data, padding, algorithm)
+
+    def private_numbers(self) -> rsa.RSAPrivateNumbers:
+        return self.key.private_numbers()
+
+    def private_bytes(self, encoding: Encoding, format: PrivateFormat,
+                      encryption_algorithm: KeySerializationEncryption) -> bytes:
+        return self.key.private_bytes(encoding, format, encryption_algorithm)
+
+    def __copy__(self) -> _CountingKey:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> _CountingKey:
+        return self
+
+
+def _with_recipient_infos(count: int, entity: bytes) -> tuple[Gateway, bytes]:
+    """EnvelopedData whose `count` RecipientInfos all wrap the right key for one container:
+    only their number can make decryption fail."""
+    gw = gateway()
+    cont = container("bob@b.example", gw)
+    der = cms.build_enveloped(entity, [cont] * count, Capability.AES256_CBC)
+    return gw, bytes(der)
+
+
+def test_too_many_recipient_infos_fail_uniformly_before_any_rsa_work() -> None:
+    entity = b"Content-Type: text/plain\r\n\r\nhi\r\n"
+    gw, der = _with_recipient_infos(smime.MAX_RECIPIENT_INFOS + 1, entity)
+    key = _CountingKey(gw.key)
+    assert _failure(smime.Decryptor([key]).decrypt_der, der) == (DecryptError, str(DecryptError()))
+    assert key.decrypts == 0
+    message = (b"Subject: s\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data"
+               b"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(der))
+    decrypt_message = smime.Decryptor([key]).decrypt_message
+    assert _failure(decrypt_message, message) == (DecryptError, str(DecryptError()))
+    assert key.decrypts == 0
+
+
+def test_the_most_recipient_infos_allowed_still_decrypt() -> None:
+    entity = b"Content-Type: text/plain\r\n\r\nhi\r\n"
+    gw, der = _with_recipient_infos(smime.MAX_RECIPIENT_INFOS, entity)
+    key = _CountingKey(gw.key)
+    assert smime.Decryptor([key]).decrypt_der(der) == (entity, 0, "aes256-cbc")
+    assert key.decrypts == smime.MAX_RECIPIENT_INFOS  # always all of them, no early exit
 
 
 def test_hostile_der_never_raises_anything_else() -> None:
