@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from keypost.directory.ldap import ber
 from keypost.directory.ldap.ber import ProtocolError
 from keypost.directory.ldap.cache import FifoCache
+from keypost.directory.ldap.filters import FilterTooComplex
 from keypost.directory.ldap.messages import (
     OID_NOTICE_OF_DISCONNECTION,
     OID_START_TLS,
@@ -235,6 +236,11 @@ class ServerConnection:
                 return Unbind()
         try:
             msg = decode_message(raw)
+        except FilterTooComplex as exc:
+            # Well-formed, so no protocolError (RFC 4511 4.1.1): a refusal by policy.
+            return UnsupportedOperation(
+                exc.message_id, OpTag.SEARCH_RESULT_DONE, ResultCode.UNWILLING_TO_PERFORM, str(exc)
+            )
         except ProtocolError as exc:
             return self._violation(str(exc))
         op = msg.op

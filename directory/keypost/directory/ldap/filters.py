@@ -37,6 +37,18 @@ TAG_PRESENT = 0x87
 TAG_APPROX = 0xA8
 TAG_EXTENSIBLE = 0xA9
 
+# Most terms one filter may hold. Real clients send a handful (Thunderbird: one per
+# recipient, 100 at most here); ~110k terms fit in 1 MiB and cost 0.4 s of decoding.
+MAX_FILTER_NODES = 1024
+_MIN_NODE_BYTES = 2  # the smallest filter element, e.g. an empty AND (a0 00)
+
+
+class FilterTooComplex(ProtocolError):
+    """A well-formed filter with more than MAX_FILTER_NODES terms: the search is refused
+    (unwillingToPerform), the connection stays. `message_id` is set by the message decoder."""
+
+    message_id = -1
+
 
 @dataclass(frozen=True)
 class And:
@@ -129,6 +141,35 @@ _AVA_TAGS = {cls: tag for tag, cls in _AVA_TYPES.items()}
 
 
 # --------------------------------------------------------------------------- decoding
+
+
+def check_filter_size(data: bytes, pos: int, end: int, limit: int = MAX_FILTER_NODES) -> None:
+    """Raise FilterTooComplex when the filter at `pos` has more than `limit` elements.
+
+    Filters too short to hold that many are passed at once (the usual case costs one
+    comparison); otherwise headers are walked without building anything, and the walk
+    stops at element `limit + 1`, so a 1 MiB filter costs what a legal one does.
+    """
+    if end - pos <= limit * _MIN_NODE_BYTES:
+        return
+    _, _, fend = ber.read_header(data, pos, end)
+    count = 0
+    stack = [fend]
+    p = pos
+    while stack:
+        if p >= stack[-1]:
+            p = stack.pop()
+            continue
+        tag, s, e = ber.read_header(data, p, stack[-1])
+        count += 1
+        if count > limit:
+            raise FilterTooComplex(f"search filter has more than {limit} terms")
+        if tag in (TAG_AND, TAG_OR, TAG_NOT):
+            stack.append(e)  # descend; its elements are counted as well
+            p = s
+        else:
+            p = e
+
 
 
 def decode_filter(data: bytes, pos: int, end: int, depth: int = 0) -> tuple[Filter, int]:

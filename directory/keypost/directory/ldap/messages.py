@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 from keypost.directory.ldap import ber
 from keypost.directory.ldap.ber import ProtocolError
-from keypost.directory.ldap.filters import Filter, decode_filter, encode_filter
+from keypost.directory.ldap.filters import (
+    Filter,
+    FilterTooComplex,
+    check_filter_size,
+    decode_filter,
+    encode_filter,
+)
 
 MAX_INT = 2**31 - 1  # RFC 4511 maxInt
 OID_START_TLS = "1.3.6.1.4.1.1466.20037"
@@ -276,7 +282,11 @@ def decode_message(data: bytes) -> LDAPMessage:
     decoder = _DECODERS.get(tag)
     if decoder is None:
         raise ProtocolError(f"unknown LDAP operation (tag 0x{tag:02x})")
-    op = decoder(data, s, e)
+    try:
+        op = decoder(data, s, e)
+    except FilterTooComplex as exc:
+        exc.message_id = message_id  # the search is answered, not the connection closed
+        raise
     controls: tuple[Control, ...] = ()
     if e < mend:
         cs, ce = ber.expect(data, e, mend, _CONTROLS, "controls")
@@ -404,6 +414,7 @@ def _decode_search_request(data: bytes, s: int, e: int) -> SearchRequest:
         scope, deref, size_limit, time_limit, types_only, p = _decode_search_head(data, p, e)
     if scope >= len(_SCOPES) or deref >= len(_DEREFS):
         raise ProtocolError("search scope or derefAliases out of range")
+    check_filter_size(data, p, e)
     filt, p = decode_filter(data, p, e)
     as_, ae = ber.expect(data, p, e, ber.SEQUENCE, "attributes")
     _done(ae, e, "SearchRequest")
