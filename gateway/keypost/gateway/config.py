@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from keypost.core.address import normalize_domain
 from keypost.core.errors import AddressError
+from keypost.core.netaddr import is_loopback_host
 from keypost.gateway.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:10025"
@@ -73,7 +75,9 @@ class DirectoryConfig:
     genuine_roots: tuple[Path, ...] = ()  # CAs accepted for recipients' genuine certificates
     base: str = DEFAULT_LDAP_BASE  # LDAP search base (the directory's suffix)
     tls_ca: Path | None = None  # CA of the directory's TLS certificate; None = system store
-    starttls: bool = False  # ldap:// upgraded with StartTLS before the bind
+    # ldap:// upgraded with StartTLS before the bind; parse_config turns it on for any host
+    # that is not loopback, and plain LDAP there is refused (transport_refusal)
+    starttls: bool = False
     negative_cache: float = 60.0  # seconds a "no certificate" answer is remembered
 
 
@@ -134,6 +138,37 @@ def parse_hostport(text: object, what: str) -> HostPort:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what}: expected \"host:port\", got {text!r}")
     return HostPort(host, int(port))
+
+
+def url_is_loopback(url: str) -> bool:
+    """Is the URL's host the loopback interface? The host's rule (keypost.core.netaddr, the
+    name `localhost` included), judged from the text: an unreadable URL is not loopback."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return False
+    return is_loopback_host(host, localhost_name=True)
+
+
+def transport_refusal(url: str, starttls: bool) -> str | None:
+    """Why this directory URL would carry the gateway's password in clear (a one-line,
+    fixable reason naming the setting), or None. Only loopback may go without TLS: the
+    simple bind and HTTP Basic both send the password as it is. There is no opt-out: the
+    directory itself refuses a password without TLS from a peer that is not loopback."""
+    if url_is_loopback(url):
+        return None
+    if url.startswith("http://"):
+        return ("directory.url: http:// would send the directory password in clear to a "
+                "host that is not loopback; use https://")
+    if url.startswith("ldap://") and not starttls:
+        return ("directory.starttls: false would send the directory password in clear to a "
+                "host that is not loopback; remove the setting (StartTLS is the default "
+                "there) or use ldaps://")
+    return None
+
+
+def _starttls_by_default(url: str | None) -> bool:
+    return url is not None and url.startswith("ldap://") and not url_is_loopback(url)
 
 
 class _Table:
@@ -259,8 +294,9 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024)
 
     dt = top.table("directory")
+    url = dt.text("url")
     directory = DirectoryConfig(
-        url=dt.text("url"),
+        url=url,
         username=dt.text("username"),
         password_file=dt.path("password_file"),
         password_env=dt.text("password_env"),
@@ -268,13 +304,16 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         genuine_roots=dt.paths("genuine_roots"),
         base=dt.text("base", DEFAULT_LDAP_BASE) or DEFAULT_LDAP_BASE,
         tls_ca=dt.path("tls_ca"),
-        starttls=dt.flag("starttls", False),
+        starttls=dt.flag("starttls", _starttls_by_default(url)),
         negative_cache=dt.number("negative_cache", 60.0),
     )
     dt.finish()
     if directory.url is not None:
         if not directory.url.startswith(("ldap://", "ldaps://", "http://", "https://")):
             raise ConfigError("directory.url: expected ldap://, ldaps://, http:// or https://")
+        refusal = transport_refusal(directory.url, directory.starttls)
+        if refusal:
+            raise ConfigError(refusal)
         if directory.trust_anchor is None:
             raise ConfigError("directory.trust_anchor: needed to verify what the directory sends")
 

@@ -29,7 +29,7 @@ from keypost.core.address import Address
 from keypost.core.containers import describe, load_certificates, verify_container
 from keypost.core.errors import ContainerError
 from keypost.core.types import Purpose, Role
-from keypost.gateway.config import DirectoryConfig
+from keypost.gateway.config import DirectoryConfig, transport_refusal
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable, PermFailure
 from keypost.gateway.keys import read_secret
 
@@ -325,6 +325,9 @@ def make_directory(
 ) -> DirectoryClient:
     if cfg.url is None:
         return NoDirectory()
+    refusal = transport_refusal(cfg.url, cfg.starttls)  # also for a config built in code
+    if refusal:
+        raise ConfigError(refusal)
     password = read_secret(cfg.password_file, cfg.password_env, "directory password")
     pw = password.decode() if password is not None else None
     roots = _load_pem_files(cfg.genuine_roots, "genuine_roots")

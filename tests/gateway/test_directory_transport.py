@@ -1,0 +1,157 @@
+"""The directory password never crosses a network in clear: http:// and plain LDAP are for
+loopback only, and ldap:// to any other host starts TLS before the bind.
+
+`127.1` reaches this machine's 127.0.0.1 (the resolver reads it as inet_aton does) but is not
+a loopback address *by its text*, which is how the gateway judges (keypost.core.netaddr): so
+a listener on 127.0.0.1 can stand in for a directory on another host and record what the
+gateway would put on the wire."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from gw_support import KEYPOST, Pki
+
+from keypost.core.address import parse_address
+from keypost.gateway.config import DirectoryConfig, parse_config
+from keypost.gateway.directory import make_directory
+from keypost.gateway.errors import ConfigError, DirectoryUnavailable
+
+PASSWORD = "gw-directory-secret-4711"
+STARTTLS_OID = b"1.3.6.1.4.1.1466.20037"
+
+
+class Recorder:
+    """A listener on 127.0.0.1 that keeps every byte its peers send before closing on them."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.received = bytearray()
+        self.connections = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.running:
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            with conn:
+                conn.settimeout(1.0)
+                # the first request only: nothing is answered, the peer gives up
+                with contextlib.suppress(OSError):
+                    self.received += conn.recv(65536)
+
+    def stop(self) -> None:
+        self.running = False
+        self.thread.join(5)
+        self.sock.close()
+
+
+@contextmanager
+def recorder() -> Iterator[Recorder]:
+    r = Recorder()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def _directory(url: str, **extra: object) -> dict[str, object]:
+    return {"directory": {"url": url, "username": "cn=gw-example,ou=accounts,dc=keypost",
+                          "password_env": "GW_TEST_PASSWORD", "trust_anchor": "ca.pem",
+                          **extra}}
+
+
+@pytest.mark.parametrize(
+    ("url", "extra", "setting"),
+    [
+        ("http://directory.example.net", {}, "directory.url"),
+        ("http://192.0.2.7:8080/keypost", {}, "directory.url"),
+        ("http://127.1:8080", {}, "directory.url"),  # loopback only in the resolver's eyes
+        ("ldap://directory.example.net", {"starttls": False}, "directory.starttls"),
+        ("ldap://[2001:db8::1]:389", {"starttls": False}, "directory.starttls"),
+    ],
+)
+def test_a_password_in_clear_to_another_host_is_refused_at_load(
+    tmp_path: Path, url: str, extra: dict[str, object], setting: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_directory(url, **extra), tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"{setting}: ") and "\n" not in message
+    assert ("use https://" if setting == "directory.url" else "ldaps://") in message
+
+
+@pytest.mark.parametrize(
+    ("url", "starttls"),
+    [
+        ("ldap://directory.example.net/dc=keypost", True),  # StartTLS by default off loopback
+        ("ldap://127.0.0.1:3890", False),
+        ("ldap://[::1]:3890", False),
+        ("ldap://localhost:3890", False),
+        ("ldaps://directory.example.net", False),  # TLS from the first byte
+    ],
+)
+def test_starttls_is_the_default_for_ldap_to_another_host(
+    tmp_path: Path, url: str, starttls: bool
+) -> None:
+    assert parse_config(_directory(url), tmp_path).directory.starttls is starttls
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080", "http://[::1]:8080",
+                                 "http://localhost:8080", "https://directory.example.net"])
+def test_http_to_loopback_and_https_anywhere_are_accepted(tmp_path: Path, url: str) -> None:
+    assert parse_config(_directory(url), tmp_path).directory.url == url
+
+
+def test_ldap_to_another_host_sends_starttls_before_any_bind(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GW_TEST_PASSWORD", PASSWORD)
+    with recorder() as wire:
+        cfg = parse_config(_directory(f"ldap://127.1:{wire.port}/dc=keypost"), pki.root)
+        directory = make_directory(cfg.directory, 2.0, [pki.ca.certificate])
+        with pytest.raises(DirectoryUnavailable):  # the recorder never answers StartTLS
+            directory.encryption_certificates(parse_address("bob@partner.org"))
+    assert wire.connections >= 1
+    assert STARTTLS_OID in wire.received  # an ExtendedRequest, not a BindRequest
+    assert PASSWORD.encode() not in wire.received
+    assert b"gw-example" not in wire.received  # the bind (name and password) never went out
+
+
+def test_http_to_another_host_built_in_code_never_connects(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """make_directory applies the same rule to a DirectoryConfig that parse_config did not
+    check, so no caller can open a clear channel by building the settings by hand."""
+    monkeypatch.setenv("GW_TEST_PASSWORD", PASSWORD)
+    with recorder() as wire:
+        cfg = DirectoryConfig(url=f"http://127.1:{wire.port}", username="gw-example",
+                              password_env="GW_TEST_PASSWORD", trust_anchor=pki.path("ca.pem"))
+        with pytest.raises(ConfigError, match="use https://"):
+            make_directory(cfg, 2.0, [pki.ca.certificate]).encryption_certificates(
+                parse_address("bob@partner.org"))
+    assert wire.connections == 0 and not wire.received
+
+
+def test_check_config_reports_the_refusal_in_one_line(pki: Pki) -> None:
+    config = pki.config(next_hop=2525, directory='url = "http://directory.example.net"\n'
+                                                  'trust_anchor = "ca.pem"')
+    run = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1 and "directory.url" in lines[0] and "https://" in lines[0], lines
