@@ -229,7 +229,7 @@ def test_directory_failure_is_a_status_in_lookup(setup: Any, ca: DirectoryCA) ->
     assert code(call(host, "lookup", recipients="bob@example.org")) == 1
 
 
-def test_cache_keeps_hits_until_not_after_and_misses_for_a_minute(tmp_path: Path) -> None:
+def test_cache_keeps_hits_short_of_not_after_and_misses_for_a_minute(tmp_path: Path) -> None:
     now = [1_000_000.0]
     cache = ContainerCache(tmp_path / "c.json", clock=lambda: now[0])
     hit = [RawContainer(b"\x30\x03\x02\x01\x01", "example.org")]

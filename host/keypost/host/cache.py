@@ -1,4 +1,5 @@
-"""Container cache: hits kept until shortly before their not-after, misses for a minute.
+"""Container cache: hits kept for an hour at most, and never past the point where half of a
+container's life is left; misses for a minute.
 
 In memory, mirrored to `containers.json` in the user cache dir so a new host process
 (Thunderbird may start one per message) starts warm. Containers are public data.
@@ -13,13 +14,24 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography import x509
+
 from keypost.host.directory_client import RawContainer
 from keypost.host.paths import write_private
 
 CACHE_FILE = "containers.json"
 MISS_TTL = 60.0  # seconds an empty answer is trusted (a new account shows up quickly)
 EXPIRY_MARGIN = 300.0  # refresh this long before the earliest not-after
-FORMAT = 1
+# After an emergency `domain rekey` the directory hands out containers of the new key at
+# once, but a cached container keeps mail going to the retired key until it is dropped.
+# The directory and the gateway renew at half a container's life (12 h of a 24 h
+# encryption container): too long for a key that may be compromised. An hour bounds that
+# window; its cost is one batched directory search per hour for the people one writes to
+# (the add-on looks recipients up while they are typed, before Send).
+MAX_HIT_TTL = 3600.0
+# 2: hits expire by MAX_HIT_TTL and half-life. Files of format 1 held hits until 5 minutes
+# before not-after (up to a day): a new host process must not inherit them.
+FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -58,7 +70,7 @@ class ContainerCache:
         """`not_after`: the earliest not-after of the containers (None for a miss)."""
         now = self._clock()
         if containers and not_after is not None:
-            expires = not_after - EXPIRY_MARGIN
+            expires = min(not_after - EXPIRY_MARGIN, now + MAX_HIT_TTL, _half_life(containers))
             if expires <= now:
                 return  # about to expire: not worth keeping
         else:
@@ -113,3 +125,18 @@ class ContainerCache:
                 self._entries[str(key)] = CacheEntry(containers, expires)
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self._entries.clear()  # unreadable cache: start cold rather than fail
+
+
+def _half_life(containers: Sequence[RawContainer]) -> float:
+    """The earliest point at which half of a container's life is left (the rule the
+    directory and the gateway renew by); infinity when none can be read (the caller
+    bounds it anyway)."""
+    points = [float("inf")]
+    for c in containers:
+        try:
+            cert = x509.load_der_x509_certificate(c.der)
+        except ValueError:
+            continue
+        start = cert.not_valid_before_utc.timestamp()
+        points.append(start + (cert.not_valid_after_utc.timestamp() - start) / 2)
+    return min(points)

@@ -1,0 +1,100 @@
+"""How long the host trusts a cached container: an hour at most, never past half of its
+life, and a cache file written by the old rule (5 minutes before not-after) is not
+inherited, so an emergency `domain rekey` reaches senders within the hour."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from keypost.core.address import parse_address
+from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
+from keypost.core.types import Purpose
+from keypost.host.cache import MAX_HIT_TTL, ContainerCache
+from keypost.host.directory_client import RawContainer
+
+Issue = Callable[[dt.timedelta | None], tuple[RawContainer, float]]  # -> container, not-after
+NOW = dt.datetime(2026, 11, 29, 9, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture(scope="module")
+def issue() -> Issue:
+    ca = DirectoryCA.generate()
+    key = rsa.generate_private_key(65537, 2048).public_key()
+    gateway = GatewayKey.from_pem(key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def make(lifetime: dt.timedelta | None) -> tuple[RawContainer, float]:
+        cert = ca.issue(ContainerRequest(parse_address("bob@example.org"), Purpose.ENCRYPT,
+                                         gateway, lifetime), now=NOW)
+        der = cert.public_bytes(serialization.Encoding.DER)
+        return RawContainer(der, "example.org"), cert.not_valid_after_utc.timestamp()
+
+    return make
+
+
+def _cache(path: Path, at: list[float]) -> ContainerCache:
+    return ContainerCache(path, clock=lambda: at[0])
+
+
+def test_a_day_long_container_is_cached_for_an_hour_also_across_processes(
+    tmp_path: Path, issue: Issue
+) -> None:
+    container, not_after = issue(None)  # the directory's default: 24 h to encrypt
+    assert not_after - NOW.timestamp() == 24 * 3600
+    at = [NOW.timestamp()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("k", [container], not_after)
+    cache.flush()
+    at[0] += MAX_HIT_TTL - 1
+    assert cache.get("k") is not None
+    assert _cache(tmp_path / "c.json", at).get("k") is not None  # a new host process
+    at[0] += 2
+    assert cache.get("k") is None
+    assert _cache(tmp_path / "c.json", at).get("k") is None  # was kept for ~23 h 55 min
+
+
+def test_a_short_container_is_cached_until_half_of_its_life_is_left(
+    tmp_path: Path, issue: Issue
+) -> None:
+    container, not_after = issue(dt.timedelta(minutes=40))
+    at = [NOW.timestamp()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("k", [container], not_after)
+    # notBefore is backdated 5 min (clock skew): life 45 min, half of it left 17.5 min in
+    half = not_after - 45 * 60 / 2
+    at[0] = half - 1
+    assert cache.get("k") is not None
+    at[0] = half + 1
+    assert cache.get("k") is None  # the old rule kept it until 35 min
+
+
+def test_the_shortest_lived_container_of_a_set_decides(tmp_path: Path, issue: Issue) -> None:
+    long, long_end = issue(None)
+    short, short_end = issue(dt.timedelta(minutes=20))
+    at = [NOW.timestamp()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("k", [long, short], min(long_end, short_end))
+    at[0] = short_end - 25 * 60 / 2 + 1  # just past the half of the short one's 25 min
+    assert cache.get("k") is None
+
+
+def test_a_cache_file_of_the_old_format_is_not_inherited(tmp_path: Path, issue: Issue) -> None:
+    """Format 1 stored hits until 5 minutes before not-after: an upgraded host would keep
+    encrypting to a retired key for up to a day from such a file."""
+    container, not_after = issue(None)
+    at = [NOW.timestamp()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("k", [container], not_after)
+    cache.flush()
+    data = json.loads((tmp_path / "c.json").read_text())
+    data["format"] = 1
+    data["entries"]["k"]["expires"] = not_after - 300
+    (tmp_path / "c.json").write_text(json.dumps(data))
+    assert _cache(tmp_path / "c.json", at).get("k") is None
