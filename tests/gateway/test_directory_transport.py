@@ -155,3 +155,33 @@ def test_check_config_reports_the_refusal_in_one_line(pki: Pki) -> None:
     assert run.returncode == 1
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "directory.url" in lines[0] and "https://" in lines[0], lines
+
+
+# A password typed into the URL is never repeated -------------------------------------
+
+SECRET = "Tr0ub4dor-SECRET"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"ldaps://gw:{SECRET}@directory.example.net",
+        f"ldap://gw:{SECRET}@127.0.0.1:3890/dc=keypost",
+        f"https://gw:{SECRET}@directory.example.net:99999",
+        f"ldaps://gw:{SECRET}",  # no @: the password reads as a port
+        f"ldaps://gw:{SECRET}@[::1:636",
+    ],
+)
+def test_a_password_in_the_url_is_refused_and_never_repeated(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_directory(url), tmp_path)
+    assert str(err.value).startswith("directory.url: ") and SECRET not in str(err.value)
+
+
+def test_check_config_never_prints_a_password_from_the_url(pki: Pki) -> None:
+    config = pki.config(next_hop=2525, directory=f'url = "ldap://gw:{SECRET}@127.0.0.1:3890"\n'
+                                                  'trust_anchor = "ca.pem"')
+    run = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "directory.url" in run.stderr
+    assert SECRET not in run.stdout + run.stderr

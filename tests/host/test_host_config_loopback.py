@@ -3,10 +3,12 @@ the rule of keypost.core.netaddr, plus the name `localhost`."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from keypost.host.config import is_loopback, parse_directory_url
-from keypost.host.errors import BadRequest
+from keypost.host.config import CONFIG_FILE, is_loopback, load, parse_directory_url
+from keypost.host.errors import BadRequest, NotConfigured
 
 
 @pytest.mark.parametrize(
@@ -41,3 +43,30 @@ def test_ldap_url_loopback_flag_and_helper() -> None:
     assert not parse_directory_url("ldaps://ldap.example/").loopback
     assert is_loopback("::ffff:127.0.0.1") and is_loopback("localhost")
     assert not is_loopback("localhost.example") and not is_loopback("")
+
+
+SECRET = "Tr0ub4dor-SECRET"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        f"ldaps://alice:{SECRET}@127.0.0.1:99999",  # the security review's example
+        f"ldaps://alice:{SECRET}",  # no @: the password reads as a port
+        f"ldaps://alice:{SECRET}@[::1:636",
+        f"ldaps://alice:{SECRET}@directory.example.net",
+        f"http://alice:{SECRET}@directory.example.net",
+        f"ftp://alice:{SECRET}@directory.example.net",
+    ],
+)
+def test_a_password_in_the_url_is_never_repeated(url: str) -> None:
+    with pytest.raises(BadRequest) as err:
+        parse_directory_url(url)
+    assert SECRET not in str(err.value) and err.value.details == {"param": "directory"}
+
+
+def test_a_saved_configuration_never_repeats_a_password_from_its_url(tmp_path: Path) -> None:
+    (tmp_path / CONFIG_FILE).write_text(f'directory = "ldaps://alice:{SECRET}@127.0.0.1:99999"\n')
+    with pytest.raises(NotConfigured) as err:
+        load(tmp_path)
+    assert "run configure" in str(err.value) and SECRET not in str(err.value)

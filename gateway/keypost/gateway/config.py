@@ -167,6 +167,23 @@ def transport_refusal(url: str, starttls: bool) -> str | None:
     return None
 
 
+def _check_directory_url(url: str) -> None:
+    """Raises ConfigError. No message repeats the URL or the parser's reason: either may
+    hold a password typed into it ("ldap://gw:secret@host", or "ldap://gw:secret" where it
+    reads as a port), and check-config prints the URL it accepts."""
+    if not url.startswith(("ldap://", "ldaps://", "http://", "https://")):
+        raise ConfigError("directory.url: expected ldap://, ldaps://, http:// or https://")
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # reading it checks it
+    except ValueError:
+        raise ConfigError("directory.url: unreadable host or port (a port is a number up to "
+                          "65535, an IPv6 address goes in [brackets])") from None
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError("directory.url: put the account in username and its password in "
+                          "password_file or password_env, not in the URL")
+
+
 def _starttls_by_default(url: str | None) -> bool:
     return url is not None and url.startswith("ldap://") and not url_is_loopback(url)
 
@@ -309,8 +326,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     )
     dt.finish()
     if directory.url is not None:
-        if not directory.url.startswith(("ldap://", "ldaps://", "http://", "https://")):
-            raise ConfigError("directory.url: expected ldap://, ldaps://, http:// or https://")
+        _check_directory_url(directory.url)
         refusal = transport_refusal(directory.url, directory.starttls)
         if refusal:
             raise ConfigError(refusal)

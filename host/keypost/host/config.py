@@ -59,27 +59,36 @@ def is_loopback(host: str) -> bool:
 
 
 def parse_directory_url(text: str) -> DirectoryUrl:
-    """ldap://, ldaps://, https:// (and http:// for loopback hosts only). Raises BadRequest."""
+    """ldap://, ldaps://, https:// (and http:// for loopback hosts only). Raises BadRequest.
+    No message repeats the URL or the parser's reason: either may hold a password typed
+    into it ("ldaps://alice:secret@host", or "ldaps://alice:secret" where it reads as a
+    port)."""
+    where = {"param": "directory"}
     try:
         parts = urlsplit(text.strip())
+    except ValueError:
+        raise BadRequest("invalid directory URL: its host cannot be read (an IPv6 address "
+                         "goes in [brackets])", where) from None
+    try:
         port = parts.port
     except ValueError:
-        raise BadRequest(f"invalid directory URL: {text!r}", {"param": "directory"}) from None
+        raise BadRequest("invalid directory URL: the port must be a number up to 65535",
+                         where) from None
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower()
     if scheme not in DEFAULT_PORTS or not host:
         raise BadRequest(
             "the directory URL must be ldap://, ldaps:// or https:// with a host name",
-            {"param": "directory"},
+            where,
         )
     if scheme == "http" and not is_loopback(host):
         raise BadRequest(
             "http:// is only accepted for loopback addresses; use https://",
-            {"param": "directory"},
+            where,
         )
     if parts.username or parts.password:
         raise BadRequest(
-            "put the user name in the username field, not in the URL", {"param": "directory"}
+            "put the user name in the username field, not in the URL", where
         )
     path = unquote(parts.path)
     is_ldap = scheme in ("ldap", "ldaps")
