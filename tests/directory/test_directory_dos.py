@@ -4,12 +4,23 @@ served while it bites."""
 
 from __future__ import annotations
 
+import asyncio
+import http.client
+import json
+import socket
+import time
+from collections.abc import Iterator
+
 import pytest
+from aiohttp import web
+from dir_support import Directory, serving
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
 
+from keypost.directory.http import PeerCappedSite, make_runner
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
+from keypost.directory.ldap.server import Limits
 
 
 def _search(message_id: int, f: F.Filter) -> bytes:
@@ -59,3 +70,145 @@ def test_huge_filter_is_unwilling_and_the_connection_stays() -> None:
         assert thread.backend.lookups == [(None, (ALICE,))]
     finally:
         thread.stop()
+
+
+# --------------------------------------------------------------------------- connections
+
+def _from(source: str, port: int) -> socket.socket:
+    """A connection to the loopback server from `source` (any 127.x address is ours)."""
+    return socket.create_connection(("127.0.0.1", port), timeout=10,
+                                    source_address=(source, 0))
+
+
+def _answers_search(source: str, port: int) -> bool:
+    """Whether a search for ALICE from `source` gets its entry and a success."""
+    with _from(source, port) as s:
+        s.sendall(_search(1, F.EqualityMatch("mail", ALICE.encode()))
+                  + M.encode_message(M.LDAPMessage(2, M.UnbindRequest())))
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    got = messages_of(reply)
+    done = got[-1].op
+    return (isinstance(done, M.SearchResultDone) and done.result.code == M.ResultCode.SUCCESS
+            and any(isinstance(m.op, M.SearchResultEntry) for m in got))
+
+
+def _refused_busy(s: socket.socket) -> bool:
+    notice = M.decode_message(b"".join(iter(lambda: s.recv(65536), b"")))
+    return (isinstance(notice.op, M.ExtendedResponse)
+            and notice.op.name == M.OID_NOTICE_OF_DISCONNECTION
+            and notice.op.result.code == M.ResultCode.BUSY)
+
+
+@pytest.fixture(scope="module")
+def capped(directory: Directory, tmp_path_factory: pytest.TempPathFactory
+           ) -> Iterator[dict[str, str]]:
+    """A second `keypost directory serve` on the session's data with 4 connections per peer."""
+    log = tmp_path_factory.mktemp("capped") / "serve.log"
+    with serving(directory.data, log, "--max-connections-per-peer", "4") as urls:
+        yield urls
+
+
+def test_ldap_connections_per_peer_are_capped(capped: dict[str, str]) -> None:
+    """The review's flood, scaled down: idle sockets from one address fill only that
+    address's share; its next connection is told busy, another address is served."""
+    port = int(capped["ldap"].rsplit(":", 1)[1].split("/")[0])
+    idle = [_from("127.0.0.1", port) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        with _from("127.0.0.1", port) as fifth:
+            assert _refused_busy(fifth)
+        assert _answers_search("127.0.0.2", port)  # another peer is still served
+        idle.pop().close()
+        time.sleep(0.3)  # the server sees the close, the address has room again
+        assert _answers_search("127.0.0.1", port)
+    finally:
+        for s in idle:
+            s.close()
+
+
+def _closed_within(s: socket.socket, seconds: float) -> bool:
+    s.settimeout(seconds)
+    try:
+        while s.recv(100):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        pass
+    return True
+
+
+def test_first_request_deadline_drops_silent_and_slow_openers() -> None:
+    """A connection that sends nothing, or dribbles a PDU byte by byte, is closed at the
+    first-request deadline; one that made a request keeps the (longer) idle timeout."""
+    thread = ServerThread(MemoryBackend(), limits=Limits(first_request_timeout=0.5))
+    try:
+        silent = _from("127.0.0.1", thread.port)
+        working = _from("127.0.0.1", thread.port)
+        working.sendall(_search(1, F.EqualityMatch("mail", ALICE.encode())))
+        assert working.recv(65536)  # answered
+        dribble = _from("127.0.0.1", thread.port)
+        pdu = _search(1, F.EqualityMatch("mail", ALICE.encode()))
+        start = time.monotonic()
+        with pytest.raises(OSError):  # the server hangs up mid-PDU (broken pipe / reset)
+            for byte in pdu[:-1] * 2:  # any byte used to reset the 300 s idle timer
+                dribble.sendall(bytes([byte]))
+                time.sleep(0.1)
+        assert time.monotonic() - start < 3.0
+        assert _closed_within(silent, 3.0)
+        assert not _closed_within(working, 1.0)  # still open after the deadline
+        for s in (silent, working, dribble):
+            s.close()
+    finally:
+        thread.stop()
+
+
+def test_http_connections_per_peer_are_capped(capped: dict[str, str]) -> None:
+    """Idle HTTP sockets from one address fill only its share (they shared the process's
+    descriptors with LDAP): its next connection gets 503 busy, other addresses and LDAP
+    are served."""
+    http_port = int(capped["http"].rsplit(":", 1)[1].strip("/"))
+    ldap_port = int(capped["ldap"].rsplit(":", 1)[1].split("/")[0])
+    idle = [_from("127.0.0.1", http_port) for _ in range(4)]
+    try:
+        time.sleep(0.3)
+        with _from("127.0.0.1", http_port) as fifth:  # answered as it opens
+            reply = b"".join(iter(lambda: fifth.recv(65536), b""))
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 503") and b"Retry-After: 5" in head
+        assert json.loads(body)["error"]["code"] == "busy"
+        other = http.client.HTTPConnection("127.0.0.1", http_port, timeout=10,
+                                           source_address=("127.0.0.2", 0))
+        other.request("GET", "/healthz")
+        assert other.getresponse().status == 200
+        other.close()
+        assert _answers_search("127.0.0.1", ldap_port)
+    finally:
+        for s in idle:
+            s.close()
+
+
+def test_idle_http_connections_are_closed() -> None:
+    """keepalive_timeout also covers a connection that never sends a request; the site
+    counts connections per peer and forgets them when they close."""
+    async def run() -> tuple[bool, dict[str, int], dict[str, int]]:
+        app = web.Application()
+        app.router.add_get("/", lambda request: web.Response(text="ok"))  # type: ignore
+        runner = make_runner(app, idle_seconds=0.3)
+        await runner.setup()
+        counts: dict[str, int] = {}
+        site = PeerCappedSite(runner, "127.0.0.1", 0, max_per_peer=2, counts=counts)
+        await site.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            await asyncio.sleep(0.05)
+            during = dict(counts)
+            closed = await asyncio.wait_for(reader.read(), 3) == b""  # EOF, nothing sent
+            writer.close()
+            await asyncio.sleep(0.05)
+            return closed, during, dict(counts)
+        finally:
+            await runner.cleanup()
+
+    closed, during, after = asyncio.run(run())
+    assert closed and during == {"127.0.0.1": 1} and after == {}

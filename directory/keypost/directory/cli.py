@@ -174,6 +174,12 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return int(text)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from keypost.directory.serve import ServeOptions, parse_hostport, run
 
@@ -187,6 +193,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         tls_key=Path(args.tls_key) if args.tls_key else None,
         log_level=args.log_level,
         cleartext_passwords=CleartextPolicy(args.cleartext_passwords),
+        max_per_peer=args.max_connections_per_peer,
     )
     return run(options)
 
@@ -275,4 +282,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--cleartext-passwords", choices=[c.value for c in CleartextPolicy], default="loopback",
         help="where binds and HTTP Basic may send a password without TLS (default: loopback "
              "peers only; others get confidentialityRequired / 403 tls_required)")
+    p.add_argument(
+        "--max-connections-per-peer", type=_positive, default=64, metavar="N",
+        help="open LDAP connections, and HTTP ones, one client address may hold (default 64; "
+             "loopback included); more are refused as busy")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

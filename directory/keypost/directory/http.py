@@ -3,6 +3,7 @@ metrics and the OpenAPI document."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import importlib.resources
@@ -32,6 +33,10 @@ CLEARTEXT: web.AppKey[CleartextPolicy] = web.AppKey("cleartext", CleartextPolicy
 REALM = 'Basic realm="keypost directory", charset="UTF-8"'
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# An HTTP connection with no request in progress is closed after this long, also one
+# that never sent a request (aiohttp's default of 3630 s let idle sockets pile up).
+IDLE_SECONDS = 15.0
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
@@ -190,3 +195,92 @@ def make_app(controller: Controller, authenticator: Authenticator, url: str,
     for path, handler in ROUTES:
         app.router.add_get(path, handler)
     return app
+
+
+# --------------------------------------------------------------------------- connections
+
+_BUSY_BODY = json.dumps({"error": {
+    "code": "busy", "message": "too many connections from your address"}}).encode()
+_BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 5\r\nConnection: close\r\nContent-Length: "
+    + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+
+
+def make_runner(app: web.Application, idle_seconds: float = IDLE_SECONDS) -> web.AppRunner:
+    return web.AppRunner(app, access_log=None, handle_signals=False,
+                         keepalive_timeout=idle_seconds)
+
+
+class PeerCappedSite(web.TCPSite):
+    """A TCPSite whose peers may hold at most `max_per_peer` connections each; `counts`
+    (address -> open connections) may be shared by several sites (http and https).
+
+    aiohttp has no hook before a connection is handed to its handler, so each handler
+    is wrapped (`_PeerCapped`) in the listener's protocol factory.
+    """
+
+    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_per_peer: int,
+                 counts: dict[str, int], ssl_context: ssl.SSLContext | None = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        self.max_per_peer = max_per_peer
+        self.counts = counts
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers with the runner; TCPSite.start listens
+        handlers = self._runner.server
+        assert handlers is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _PeerCapped(handlers(), self.counts, self.max_per_peer),
+            self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
+            reuse_address=self._reuse_address, reuse_port=self._reuse_port)
+        self._bound_port = self._server.sockets[0].getsockname()[1]
+
+
+class _PeerCapped(asyncio.Protocol):
+    """Counts its peer's connections; beyond the cap answers 503 busy and hangs up
+    before aiohttp's handler sees the connection, else passes everything through."""
+
+    def __init__(self, inner: asyncio.Protocol, counts: dict[str, int], cap: int) -> None:
+        self.inner, self.counts, self.cap = inner, counts, cap
+        self.host: str | None = None  # set while counted
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        host = str(peer[0]) if isinstance(peer, tuple) else ""
+        if self.counts.get(host, 0) >= self.cap:
+            log.warning("event=refused reason=too_many_from_peer source=%s", host)
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(_BUSY_RESPONSE)
+            transport.close()
+            return
+        self.counts[host] = self.counts.get(host, 0) + 1
+        self.host = host
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.host is not None:
+            self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self.inner.eof_received() if self.host is not None else None
+
+    def pause_writing(self) -> None:
+        if self.host is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self.host is not None:
+            self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        host, self.host = self.host, None
+        if host is None:
+            return
+        left = self.counts[host] - 1
+        if left:
+            self.counts[host] = left
+        else:
+            del self.counts[host]
+        self.inner.connection_lost(exc)

@@ -22,8 +22,8 @@ from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.config import DataDir, load_settings
 from keypost.directory.controller import Controller, Lifetimes
 from keypost.directory.errors import ConfigError
-from keypost.directory.http import make_app
-from keypost.directory.ldap.server import LdapServer
+from keypost.directory.http import PeerCappedSite, make_app, make_runner
+from keypost.directory.ldap.server import LdapServer, Limits
 from keypost.directory.ldap_backend import DirectoryLdapBackend
 from keypost.directory.store.sqlite import SqliteStore
 from keypost.directory.writer import BatchWriter, sqlite_writer
@@ -45,6 +45,7 @@ class ServeOptions:
     tls_key: Path | None = None
     log_level: str = "info"
     cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK
+    max_per_peer: int = Limits.max_per_peer  # LDAP connections, and HTTP ones, per address
 
 
 def parse_hostport(text: str, flag: str) -> tuple[str, int]:
@@ -137,6 +138,7 @@ async def serve(options: ServeOptions) -> None:
     authenticator = Authenticator(store)
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
     ldap = LdapServer(backend, tls=tls, max_addresses=settings.max_addresses,
+                      limits=Limits(max_per_peer=options.max_per_peer),
                       cleartext_passwords=options.cleartext_passwords,
                       on_bind_refused=lambda reason: controller.metrics.request(
                           "ldap", f"bind_{reason}"))
@@ -157,14 +159,16 @@ async def serve(options: ServeOptions) -> None:
         if options.http is not None or options.https is not None:
             app = make_app(controller, authenticator, settings.url, settings.max_addresses,
                            options.cleartext_passwords)
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            runner = make_runner(app)
             await runner.setup()
+            http_peers: dict[str, int] = {}  # http and https connections per address
             for scheme, where, context in (("http", options.http, None),
                                            ("https", options.https, tls)):
                 if where is None:
                     continue
                 known = len(runner.addresses)
-                await web.TCPSite(runner, *where, ssl_context=context).start()
+                await PeerCappedSite(runner, *where, max_per_peer=options.max_per_peer,
+                                     counts=http_peers, ssl_context=context).start()
                 sock_host, sock_port, *_ = runner.addresses[known]  # this site's first socket
                 _say(f"listening {scheme}://{sock_host}:{sock_port}/")
         _say(f"trust anchor SHA-256 {sha256_fingerprint(ca.certificate)}")

@@ -4,9 +4,10 @@
 for ldap:// with StartTLS when a TLS context is given, `implicit_tls=True` for ldaps://).
 Protocol decisions live in `connection` (what a PDU means) and `answers` (what a search
 returns); this module adds sockets, tasks, limits and timeouts. Abuse limits: a cap on
-connections (the excess gets a Notice of Disconnection `busy`), on outstanding
-operations per connection (reading pauses), on message size, an idle timeout, and a
-time limit on every backend call. A failing backend call fails that operation only.
+connections overall and per peer address (the excess gets a Notice of Disconnection
+`busy`), on outstanding operations per connection (reading pauses), on message size, a
+deadline for a connection's first complete request, an idle timeout, and a time limit
+on every backend call. A failing backend call fails that operation only.
 """
 
 from __future__ import annotations
@@ -63,10 +64,16 @@ class Limits:
     """Abuse limits; the defaults suit a directory serving mail clients and gateways."""
 
     max_connections: int = 4096
+    # Per peer address (loopback too): one source cannot take the whole table. A mail
+    # client holds one or two connections, a gateway a pool; 64 leaves room for NAT.
+    max_per_peer: int = 64
     max_outstanding: int = 32  # operations in progress per connection before reading pauses
     max_message_size: int = ber.DEFAULT_MAX_MESSAGE
     max_addresses: int = 100  # addresses taken from one filter
     idle_timeout: float = 300.0  # seconds without a request before the server closes
+    # A new connection must complete its first request within this; openers that send
+    # nothing (or a byte at a time) are dropped long before the idle timeout.
+    first_request_timeout: float = 10.0
     operation_timeout: float = 30.0  # cap on one backend call
     tls_handshake_timeout: float = 10.0
 
@@ -84,9 +91,10 @@ class LdapServer:
         cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK,
         on_bind_refused: Callable[[str], None] | None = None,
     ) -> None:
-        """`on_bind_refused(reason)` is told of each bind the server refuses before the
-        backend sees it ("tls_required": a password without TLS that
-        `cleartext_passwords` forbids), e.g. to count it."""
+        """`on_bind_refused(reason)` is told of each bind the server refuses without an
+        answer from the backend ("tls_required": a password without TLS that
+        `cleartext_passwords` forbids; "busy": the backend raised BackendBusy), e.g. to
+        count it."""
         limits = limits or Limits()
         if max_addresses is not None:
             limits = dataclasses.replace(limits, max_addresses=max_addresses)
@@ -102,6 +110,7 @@ class LdapServer:
         self._plans: FifoCache[SearchRequest, SearchPlan] = FifoCache(SearchCache.MAX_ENTRIES)
         self._servers: list[asyncio.Server] = []
         self._connections: set[_LdapProtocol] = set()
+        self._per_peer: dict[str, int] = {}  # peer address -> its connections
 
     async def listen(self, host: str, port: int, *, implicit_tls: bool = False) -> tuple[str, int]:
         """Start a listener (port 0 = any free port); return the address it is bound to.
@@ -184,6 +193,8 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.closing = False
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.counted = False  # in the server's per-peer count
+        self.requests = 0  # complete requests received (only whether any is read)
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -194,15 +205,28 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         if isinstance(peer, tuple):
             host = self.peer_host = str(peer[0])
             self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-        if len(self.server._connections) >= self.limits.max_connections:
-            log.warning("event=refused reason=too_many_connections peer=%s", self.peer)
-            transport.write(notice_of_disconnection(ResultCode.BUSY, "too many connections"))
-            transport.close()
-            self.closing = True
+        server = self.server
+        per_peer = server._per_peer
+        if len(server._connections) >= self.limits.max_connections:
+            self._refuse("too_many_connections", "too many connections")
             return
-        self.server._connections.add(self)
+        if per_peer.get(self.peer_host, 0) >= self.limits.max_per_peer:
+            self._refuse("too_many_from_peer", "too many connections from your address")
+            return
+        server._connections.add(self)
+        per_peer[self.peer_host] = per_peer.get(self.peer_host, 0) + 1
+        self.counted = True
         self.last_activity = self.loop.time()
-        self.idle_timer = self.loop.call_later(self.limits.idle_timeout, self._check_idle)
+        # The idle check starts once the first request is in (see _check_first).
+        first = min(self.limits.first_request_timeout, self.limits.idle_timeout)
+        self.idle_timer = self.loop.call_later(first, self._check_first)
+
+    def _refuse(self, reason: str, diagnostic: str) -> None:
+        log.warning("event=refused reason=%s peer=%s", reason, self.peer)
+        assert self.transport is not None
+        self.transport.write(notice_of_disconnection(ResultCode.BUSY, diagnostic))
+        self.transport.close()
+        self.closing = True
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.read_buffer
@@ -222,6 +246,14 @@ class _LdapProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server._connections.discard(self)
+        if self.counted:
+            self.counted = False
+            per_peer = self.server._per_peer
+            left = per_peer[self.peer_host] - 1
+            if left:
+                per_peer[self.peer_host] = left
+            else:
+                del per_peer[self.peer_host]
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         for task in self.tasks.values():
@@ -249,6 +281,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             self._handle(event)
 
     def _handle(self, event: Event) -> None:
+        self.requests += 1
         if isinstance(event, Search):
             self._search(event)
         elif isinstance(event, Bind):
@@ -342,6 +375,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             await self._others_done(event.message_id)
             self.principal = None
             name = reduce_bind_name(event.name)
+            diagnostic = ""
             try:
                 async with asyncio.timeout(self.limits.operation_timeout):
                     principal = await self.server.backend.authenticate(
@@ -355,7 +389,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
                 code = ResultCode.SUCCESS if principal is not None else (
                     ResultCode.INVALID_CREDENTIALS
                 )
-            self._write(bind_response(event.message_id, code))
+            self._write(bind_response(event.message_id, code, diagnostic))
         finally:
             self.blocked = False
 
@@ -496,6 +530,14 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             self.transport.pause_reading()
         else:
             self.transport.resume_reading()
+
+    def _check_first(self) -> None:
+        """The first-request deadline: bytes alone (a slow or partial PDU) do not count."""
+        if self.requests == 0 and not self.tasks:
+            log.info("event=first_request_timeout peer=%s", self.peer)
+            self.abort_all()
+            return
+        self._check_idle()
 
     def _check_idle(self) -> None:
         loop = self.loop
