@@ -5,18 +5,22 @@ served while it bites."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import http.client
 import json
+import os
 import socket
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from aiohttp import web
-from dir_support import Directory, serving
+from dir_support import USER, USER_PW, Directory, serving
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
 
+from keypost.directory.accounts import PER_SOURCE_WAITING, Admission, PasswordChecksBusy
 from keypost.directory.http import PeerCappedSite, make_runner
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
@@ -212,3 +216,102 @@ def test_idle_http_connections_are_closed() -> None:
 
     closed, during, after = asyncio.run(run())
     assert closed and during == {"127.0.0.1": 1} and after == {}
+
+
+# --------------------------------------------------------------------------- passwords
+
+def test_admission_bounds_checks_per_source_and_overall() -> None:
+    """One running and PER_SOURCE_WAITING waiting per source, `limit` overall; known-good
+    pairs skip the source's line and may use the reserve."""
+    async def run() -> tuple[int, int, int, bool]:
+        admission = Admission(limit=2, reserve=1)
+        release: list[Callable[[], None]] = []
+        busy = 0
+
+        async def check(source: str, trusted: bool = False) -> None:
+            nonlocal busy
+            try:
+                done = await admission.admit(source, trusted)
+            except PasswordChecksBusy:
+                busy += 1
+                return
+            await asyncio.sleep(0.01)
+            release.append(done)
+            done()
+
+        await asyncio.gather(*(check("flood") for _ in range(20)))
+        flood_busy, busy = busy, 0
+        first = await admission.admit("a", False)
+        second = await admission.admit("b", False)  # the limit is reached
+        await check("c")
+        trusted = await admission.admit("a", True)  # the reserve
+        await check("d", True)
+        for done in (first, second, trusted):
+            done()
+        return flood_busy, busy, admission.running, len(release) == 5
+
+    flood_busy, busy, running, served = asyncio.run(run())
+    assert flood_busy == 20 - 1 - PER_SOURCE_WAITING
+    assert busy == 2 and running == 0 and served
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+
+@pytest.fixture(scope="module")
+def flooded(directory: Directory, tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[dict[str, str]]:
+    """A server of its own: the floods below leave failure counters behind."""
+    log = tmp_path_factory.mktemp("flooded") / "serve.log"
+    with serving(directory.data, log, "--max-connections-per-peer", "200") as urls:
+        yield urls
+
+
+def test_password_flood_is_answered_busy_and_others_log_in(flooded: dict[str, str]) -> None:
+    """The review's scrypt flood: 120 wrong passwords at once from one address over HTTP
+    (and 30 binds over LDAP from another) no longer queue; the excess is told busy at once
+    (503 + Retry-After / resultCode 51), and alice, from elsewhere, logs in promptly."""
+    port = int(flooded["http"].rsplit(":", 1)[1].strip("/"))
+    ldap_port = int(flooded["ldap"].rsplit(":", 1)[1].split("/")[0])
+    answers: list[tuple[int, str | None, object]] = []
+
+    def wrong(i: int) -> None:
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60,
+                                       source_address=("127.0.0.2", 0))
+        c.request("GET", f"/v1/containers?address={ALICE}",
+                  headers=_basic(f"x{i}-{os.urandom(3).hex()}", "wrong"))
+        r = c.getresponse()
+        answers.append((r.status, r.getheader("Retry-After"), json.loads(r.read())))
+        c.close()
+
+    flood = [threading.Thread(target=wrong, args=(i,)) for i in range(120)]
+    binds = [_from("127.0.0.3", ldap_port) for _ in range(30)]
+    for t in flood:
+        t.start()
+    for n, s in enumerate(binds):
+        s.sendall(M.encode_message(M.LDAPMessage(1, M.BindRequest(
+            3, f"uid=x{n},{SUFFIX}", b"wrong"))))
+    time.sleep(0.5)
+    start = time.monotonic()
+    ok = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    ok.request("GET", f"/v1/containers?address={ALICE}", headers=_basic(USER, USER_PW))
+    assert ok.getresponse().status == 200
+    alice_took = time.monotonic() - start
+    for t in flood:
+        t.join(60)
+    codes = []
+    for s in binds:
+        reply = M.decode_message(s.recv(65536))
+        assert isinstance(reply.op, M.BindResponse)
+        codes.append((reply.op.result.code, reply.op.result.diagnostic))
+        s.close()
+    busy = [a for a in answers if a[0] == 503]
+    assert len(answers) == 120 and len(busy) >= 100
+    assert all(retry == "1" and body["error"]["code"] == "busy"  # type: ignore[index]
+               for _, retry, body in busy)
+    assert {a[0] for a in answers} == {401, 503}
+    assert alice_took < 2.0, alice_took
+    assert sum(code == M.ResultCode.BUSY for code, _ in codes) >= 20
+    assert all("retry" in diag for code, diag in codes if code == M.ResultCode.BUSY)
+    assert {code for code, _ in codes} <= {M.ResultCode.BUSY, M.ResultCode.INVALID_CREDENTIALS}

@@ -179,7 +179,7 @@ def test_openapi_documents_every_error_the_server_can_send() -> None:
     errors = _errors_in_source()
     enum = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"][
         "enum"]
-    assert {"tls_required", "too_many_addresses", "not_found"} <= {c for _, _, c in errors}
+    assert {"tls_required", "too_many_addresses", "not_found", "busy"} <= {c for _, _, c in errors}
     assert {c for _, _, c in errors} == set(enum)
     documented = set(doc["paths"]["/v1/containers"]["get"]["responses"])
     for func, status, code in errors:

@@ -9,10 +9,12 @@ import logging
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from keypost.directory.controller import address_hash
+from keypost.directory.ldap.backend import BackendBusy
 from keypost.directory.store import AccountRecord, PasswordHash, Store
 
 # The directory's request log (one line per request, never a password): see controller.
@@ -27,6 +29,7 @@ SALT_LEN = 16
 MAX_PASSWORD = 1024  # longer inputs are refused without hashing (no cheap DoS)
 KNOWN_GOOD_SECONDS = 7 * 86400.0  # a source that logged in to an account is trusted this long
 MAX_KNOWN_GOOD = 100_000
+PER_SOURCE_WAITING = 4  # checks from one source waiting behind its running one
 
 
 def hash_password(password: bytes, n: int = SCRYPT_N, r: int = SCRYPT_R,
@@ -94,18 +97,89 @@ class Throttle:
         self._failures.pop(key, None)
 
 
+class PasswordChecksBusy(BackendBusy):
+    """Too many password checks queued or running: answered at once (LDAP busy, HTTP 503)
+    instead of queueing, so a flood cannot push honest logins past clients' timeouts."""
+
+
+@dataclass
+class _Line:
+    """The checks of one source: one runs, the others wait for it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0  # the running check and those waiting
+
+
+class Admission:
+    """Bounds the password checks queued or running (each ~50 ms of one scrypt worker).
+
+    At most `limit` checks overall, and one at a time per source address (up to
+    PER_SOURCE_WAITING more wait their turn); beyond that a check is refused at once.
+    Known-good (account, source) pairs skip the per-source line and may use `reserve`
+    further slots: a flood of guesses from anywhere then cannot lock out the clients that
+    logged in before (the gateway's account above all). Its worst case: someone at the
+    same address as a known client who knows its account name, and even they get at most
+    limit + reserve checks queued, i.e. a wait of a few scrypt runs.
+    """
+
+    def __init__(self, limit: int, reserve: int) -> None:
+        self.limit, self.reserve = limit, reserve
+        self.running = 0
+        self._lines: dict[str, _Line] = {}
+
+    async def admit(self, source: str, trusted: bool) -> Callable[[], None]:
+        """Wait for a slot or raise PasswordChecksBusy; call the result when done."""
+        if trusted:
+            if self.running >= self.limit + self.reserve:
+                raise PasswordChecksBusy("too many password checks: retry shortly")
+            self.running += 1
+            return self._done
+        line = self._lines.setdefault(source, _Line())
+        if line.users > PER_SOURCE_WAITING:
+            raise PasswordChecksBusy("too many password checks from your address: retry shortly")
+        line.users += 1
+        try:
+            await line.lock.acquire()
+        except BaseException:
+            self._leave(source, line)
+            raise
+        if self.running >= self.limit:
+            line.lock.release()
+            self._leave(source, line)
+            raise PasswordChecksBusy("too many password checks: retry shortly")
+        self.running += 1
+
+        def done() -> None:
+            self._done()
+            line.lock.release()
+            self._leave(source, line)
+        return done
+
+    def _done(self) -> None:
+        self.running -= 1
+
+    def _leave(self, source: str, line: _Line) -> None:
+        line.users -= 1
+        if not line.users:
+            del self._lines[source]
+
+
 class Authenticator:
     """Checks account credentials without blocking the event loop or leaking existence.
 
     An unknown account is checked against a dummy hash with the default parameters, so
     it costs the same scrypt run as a known one; right and wrong passwords run the same
     code. Failures slow down later attempts for the account name and the source host.
+    Checks beyond what `Admission` lets through raise PasswordChecksBusy.
     """
 
     def __init__(self, store: Store, workers: int = 2, throttle: Throttle | None = None,
                  source_throttle: Throttle | None = None) -> None:
         self._store = store
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="scrypt")
+        # 2 x workers keeps both busy while the next checks are handed over; a check then
+        # waits at most ~3 scrypt runs (150 ms), far below any client's timeout.
+        self.admission = Admission(limit=2 * workers, reserve=workers)
         self._dummy = hash_password(os.urandom(16))
         # Per account: slowed after 3 failures, reset by a success. Per source host: more
         # lenient (many honest users may share a NAT), never reset by a success, so an
@@ -125,7 +199,11 @@ class Authenticator:
         (users type passwords into it, and an unsalted SHA-256 of a password is a
         dictionary look-up away from it)."""
         started = time.perf_counter()
-        account, known = await self._verify(name, password, source)
+        try:
+            account, known = await self._verify(name, password, source)
+        except PasswordChecksBusy:
+            request_log.info("event=auth protocol=%s source=%s result=busy", protocol, source)
+            raise
         if request_log.isEnabledFor(logging.INFO):
             request_log.info(
                 "event=auth protocol=%s account=%s source=%s result=%s ms=%.2f", protocol,
@@ -146,10 +224,18 @@ class Authenticator:
         wait = max(account_wait, self.source_throttle.delay(source, now))
         if wait > 0:
             await asyncio.sleep(wait)
-        account = self._store.account(name) if len(name) <= 256 else None
-        stored = account.password if account is not None else self._dummy
-        loop = asyncio.get_running_loop()
-        ok = await loop.run_in_executor(self._executor, check_password, password, stored)
+        done = await self.admission.admit(source, trusted)  # before the store: no oracle
+        try:
+            account = self._store.account(name) if len(name) <= 256 else None
+            stored = account.password if account is not None else self._dummy
+            loop = asyncio.get_running_loop()
+            check = loop.run_in_executor(self._executor, check_password, password, stored)
+        except BaseException:
+            done()
+            raise
+        # The slot is freed when scrypt ends, even if this request is cancelled before.
+        check.add_done_callback(lambda _: done())
+        ok = await asyncio.shield(check)
         if ok and account is not None:
             self.throttle.reset(account_key)
             self._known_good.pop(pair, None)

@@ -18,7 +18,7 @@ from keypost.core.address import parse_address
 from keypost.core.containers import to_pem
 from keypost.core.errors import AddressError
 from keypost.core.types import Purpose
-from keypost.directory.accounts import Authenticator
+from keypost.directory.accounts import Authenticator, PasswordChecksBusy
 from keypost.directory.cleartext import CleartextPolicy, password_allowed
 from keypost.directory.controller import Answer, Controller, requestor_of
 from keypost.directory.errors import RequestError
@@ -67,7 +67,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 
 async def _requestor_account(request: web.Request) -> AccountRecord | web.Response | None:
-    """The account of valid Basic credentials, None when absent, or a 401 response."""
+    """The account of valid Basic credentials, None when absent, or the error response
+    (401; 403 tls_required; 503 busy when too many password checks are queued)."""
     header = request.headers.get("Authorization")
     if header is None:
         return None
@@ -89,7 +90,11 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
         log.info("event=auth_refused reason=cleartext_password source=%s", peer)
         request.app[CONTROLLER].metrics.request("http", "tls_required")
         return _error(403, "tls_required", "a password needs TLS here: use https://")
-    account = await request.app[AUTHENTICATOR].verify(user, password, peer, "http")
+    try:
+        account = await request.app[AUTHENTICATOR].verify(user, password, peer, "http")
+    except PasswordChecksBusy as exc:
+        request.app[CONTROLLER].metrics.request("http", "busy")
+        return _error(503, "busy", str(exc), {"Retry-After": "1"})
     if account is None:
         request.app[CONTROLLER].metrics.request("http", "unauthorized")
         return unauthorized

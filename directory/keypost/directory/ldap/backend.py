@@ -12,6 +12,11 @@ from dataclasses import dataclass
 from typing import Protocol
 
 
+class BackendBusy(Exception):
+    """Raised by `authenticate` when the backend is overloaded: the bind is answered busy
+    (51) at once, with the message as its diagnostic, and the client may retry."""
+
+
 @dataclass(frozen=True)
 class AddressEntry:
     """The answer for one address asked for in a search: one LDAP entry.

@@ -31,7 +31,7 @@ from keypost.directory.ldap.answers import (
     plan_search,
     root_dse,
 )
-from keypost.directory.ldap.backend import AddressEntry, LdapBackend
+from keypost.directory.ldap.backend import AddressEntry, BackendBusy, LdapBackend
 from keypost.directory.ldap.cache import FifoCache
 from keypost.directory.ldap.connection import (
     Abandon,
@@ -381,6 +381,10 @@ class _LdapProtocol(asyncio.BufferedProtocol):
                     principal = await self.server.backend.authenticate(
                         name, event.password, self.peer
                     )
+            except BackendBusy as exc:
+                code, diagnostic = ResultCode.BUSY, str(exc)
+                if self.server.on_bind_refused is not None:
+                    self.server.on_bind_refused("busy")
             except Exception:
                 log.exception("event=backend_error op=bind peer=%s", self.peer)
                 code = ResultCode.UNAVAILABLE
