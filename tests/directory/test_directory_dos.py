@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime as dt
 import http.client
 import json
 import os
@@ -13,18 +14,31 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from aiohttp import web
-from dir_support import USER, USER_PW, Directory, serving
+from aiohttp.test_utils import TestClient, TestServer
+from dir_support import USER, USER_PW, Directory, assert_documented, serving
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
 
-from keypost.directory.accounts import PER_SOURCE_WAITING, Admission, PasswordChecksBusy
-from keypost.directory.http import PeerCappedSite, make_runner
+from keypost.core.containers import DirectoryCA
+from keypost.directory.accounts import (
+    PER_SOURCE_WAITING,
+    Admission,
+    Authenticator,
+    PasswordChecksBusy,
+    hash_password,
+)
+from keypost.directory.cleartext import CleartextPolicy
+from keypost.directory.controller import Controller
+from keypost.directory.http import Handler, PeerCappedSite, make_app, make_runner
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
 from keypost.directory.ldap.server import Limits
+from keypost.directory.store import AccountRecord, AccountRole, GatewayKeyRecord, KeyUse
+from keypost.directory.store.sqlite import SqliteStore
 
 
 def _search(message_id: int, f: F.Filter) -> bytes:
@@ -315,3 +329,61 @@ def test_password_flood_is_answered_busy_and_others_log_in(flooded: dict[str, st
     assert sum(code == M.ResultCode.BUSY for code, _ in codes) >= 20
     assert all("retry" in diag for code, diag in codes if code == M.ResultCode.BUSY)
     assert {code for code, _ in codes} <= {M.ResultCode.BUSY, M.ResultCode.INVALID_CREDENTIALS}
+
+
+# --------------------------------------------------------------------------- metrics
+
+def test_metrics_from_loopback_only_or_a_gateway(flooded: dict[str, str]) -> None:
+    """A loopback peer still reads /metrics over the real server (Prometheus on the host);
+    the answers to others are checked in-process below."""
+    port = int(flooded["http"].rsplit(":", 1)[1].strip("/"))
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request("GET", "/metrics")
+    r = c.getresponse()
+    assert r.status == 200 and b"keypost" in r.read()
+
+
+@pytest.mark.parametrize(("remote", "credentials", "policy", "status", "code"), [
+    ("192.0.2.7", None, CleartextPolicy.ANYWHERE, 403, "forbidden"),
+    ("192.0.2.7", ("alice", "alice-pw"), CleartextPolicy.ANYWHERE, 403, "forbidden"),  # user
+    ("192.0.2.7", ("gw", "wrong"), CleartextPolicy.ANYWHERE, 401, "invalid_credentials"),
+    ("192.0.2.7", ("gw", "gw-pw"), CleartextPolicy.LOOPBACK, 403, "tls_required"),
+    ("192.0.2.7", ("gw", "gw-pw"), CleartextPolicy.ANYWHERE, 200, None),
+    ("2001:db8::7", None, CleartextPolicy.ANYWHERE, 403, "forbidden"),
+    ("::1", None, CleartextPolicy.LOOPBACK, 200, None),
+])
+def test_metrics_access(tmp_path: Path, remote: str, credentials: tuple[str, str] | None,
+                        policy: CleartextPolicy, status: int, code: str | None) -> None:
+    """The real app, its peer address replaced (tests bind loopback only): a non-loopback
+    peer needs a gateway account's credentials, under the cleartext policy as elsewhere."""
+    store = SqliteStore(tmp_path / "d.db")
+    now = dt.datetime.now(dt.UTC)
+    store.add_domain("example.com", [GatewayKeyRecord("example.com", KeyUse.ENCRYPTION, b"x",
+                                                      "fp", (), now)])
+    for name, role, pw in (("alice", AccountRole.USER, b"alice-pw"),
+                           ("gw", AccountRole.GATEWAY, b"gw-pw")):
+        store.add_account(AccountRecord(name, role, "example.com", hash_password(pw), now))
+    controller = Controller(store, DirectoryCA.generate("ecdsa-p256"))
+
+    @web.middleware
+    async def from_remote(request: web.Request, handler: Handler) -> web.StreamResponse:
+        return await handler(request.clone(remote=remote))
+
+    async def run() -> tuple[int, object]:
+        authenticator = Authenticator(store)
+        app = make_app(controller, authenticator, "", 100, policy)
+        app.middlewares.append(from_remote)
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            headers = _basic(*credentials) if credentials else {}
+            r = await client.get("/metrics", headers=headers)
+            body = await (r.json() if r.status != 200 else r.text())
+        authenticator.close()
+        return r.status, body
+
+    got, body = asyncio.run(run())
+    assert got == status
+    if code is None:
+        assert isinstance(body, str) and "keypost" in body
+    else:
+        assert body["error"]["code"] == code  # type: ignore[index]
+        assert_documented(got, body, "/metrics")

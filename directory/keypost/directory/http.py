@@ -17,12 +17,13 @@ from aiohttp import web
 from keypost.core.address import parse_address
 from keypost.core.containers import to_pem
 from keypost.core.errors import AddressError
+from keypost.core.netaddr import is_loopback_host
 from keypost.core.types import Purpose
 from keypost.directory.accounts import Authenticator, PasswordChecksBusy
 from keypost.directory.cleartext import CleartextPolicy, password_allowed
 from keypost.directory.controller import Answer, Controller, requestor_of
 from keypost.directory.errors import RequestError
-from keypost.directory.store import AccountRecord
+from keypost.directory.store import AccountRecord, AccountRole
 
 log = logging.getLogger("keypost.directory.http")
 
@@ -163,6 +164,15 @@ async def healthz(request: web.Request) -> web.StreamResponse:
 
 
 async def metrics(request: web.Request) -> web.StreamResponse:
+    """Request volumes and cache hits tell whether an address was just looked up: only
+    loopback peers (a local Prometheus agent) or a gateway account may read them."""
+    if not is_loopback_host(request.remote or ""):
+        account = await _requestor_account(request)
+        if isinstance(account, web.Response):
+            return account
+        if account is None or account.role is not AccountRole.GATEWAY:
+            return _error(403, "forbidden",
+                          "metrics are for loopback peers and gateway accounts")
     text = request.app[CONTROLLER].metrics.render()
     return web.Response(text=text, content_type="text/plain",
                         headers={"X-Content-Type-Options": "nosniff"})
