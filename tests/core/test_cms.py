@@ -14,6 +14,7 @@ from test_smime_pki import container, gateway
 from keypost.core import cms, smime
 from keypost.core.errors import SmimeError
 from keypost.core.types import Capability
+from keypost.core.x509_ext import der_tlv
 
 
 @pytest.mark.parametrize("size", [0, 1, 15, 16, 17, 31, 32, 33, 1000])
@@ -72,3 +73,42 @@ def test_non_rsa_recipient_is_refused() -> None:
 
     with pytest.raises(SmimeError):
         cms.build_enveloped(b"x", [ec_certificate()], Capability.AES256_CBC)
+
+
+def _enveloped_with_infos(infos: bytes) -> bytes:
+    """A one-recipient EnvelopedData whose RecipientInfos SET content is replaced."""
+    gw = gateway()
+    der = bytes(cms.build_enveloped(b"hi", [container("bob@b.example", gw)],
+                                    Capability.AES256_CBC))
+    buf = memoryview(der)
+    version, _, eci = cms.children(buf, cms._content_info(buf, cms.OID_ENVELOPED_DATA, "x"))
+    env = der_tlv(cms.T_SEQUENCE, bytes(buf[version.head : version.next])
+                  + der_tlv(cms.T_SET, infos) + bytes(buf[eci.head : eci.next]))
+    return der_tlv(cms.T_SEQUENCE, der_tlv(0x06, cms.OID_ENVELOPED_DATA)
+                   + der_tlv(cms.T_CTX0, env))
+
+
+def _one_info() -> bytes:
+    der = bytes(cms.build_enveloped(b"hi", [container("bob@b.example", gateway())],
+                                    Capability.AES256_CBC))
+    buf = memoryview(der)
+    _, infos, _ = cms.children(buf, cms._content_info(buf, cms.OID_ENVELOPED_DATA, "x"))
+    [info] = cms.children(buf, infos)
+    return bytes(buf[info.head : info.next])
+
+
+def test_the_most_recipient_infos_allowed_are_read() -> None:
+    env = cms.parse_enveloped(_enveloped_with_infos(_one_info() * cms.MAX_RECIPIENT_INFOS))
+    assert len(env.recipients) == cms.MAX_RECIPIENT_INFOS
+
+
+def test_more_recipient_infos_are_refused_before_the_rest_is_read() -> None:
+    """The walk stops after the limit: an element after it that cannot even be framed
+    (it claims 4 GB) is never reached, so the refusal names the count, not the damage."""
+    too_many = _one_info() * (cms.MAX_RECIPIENT_INFOS + 1)
+    for infos in (too_many, too_many + b"\x30\x84\xff\xff\xff\xff"):
+        der = _enveloped_with_infos(infos)
+        with pytest.raises(SmimeError, match=f"more than {cms.MAX_RECIPIENT_INFOS} Recip"):
+            cms.parse_enveloped(der)
+        with pytest.raises(SmimeError, match="RecipientInfos"):
+            smime.recipient_ids(der)  # what the gateway reads first, before decrypting

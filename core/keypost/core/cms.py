@@ -24,6 +24,14 @@ from keypost.core.types import Capability
 from keypost.core.x509_ext import der_oid, der_tlv, encode_smime_capabilities
 
 MAX_DEPTH = 24  # nesting limit: hostile BER must not exhaust the stack
+# Decrypting costs one RSA private operation per key and RecipientInfo (~1.7 ms for
+# RSA-3072), and reading one ~20 us: 36,000 RecipientInfos in a 15 MB message took ~60 s
+# of a gateway's CPU. Real mail carries one per distinct recipient key plus the sender's;
+# the most our own host writes is ~1,001 (500 recipients, each a gateway container and a
+# genuine certificate, plus the sender), so the limit sits just above it: no message a
+# keypost client sends is refused. More is refused before they are read (not only before
+# RSA): recipient_ids and the Decryptor both parse them.
+MAX_RECIPIENT_INFOS = 1024
 
 
 def _oid(dotted: str) -> bytes:
@@ -132,10 +140,13 @@ def read_tlv(buf: memoryview, pos: int, limit: int, depth: int = 0) -> Tlv:
     return Tlv(tag, pos, start, end, end)
 
 
-def children(buf: memoryview, parent: Tlv, depth: int = 1) -> list[Tlv]:
+def children(
+    buf: memoryview, parent: Tlv, depth: int = 1, at_most: int | None = None
+) -> list[Tlv]:
+    """The elements inside `parent`; with `at_most`, the walk stops after that many."""
     out: list[Tlv] = []
     pos = parent.start
-    while pos < parent.end:
+    while pos < parent.end and (at_most is None or len(out) < at_most):
         child = read_tlv(buf, pos, parent.end, depth)
         out.append(child)
         pos = child.next
@@ -216,9 +227,10 @@ def parse_enveloped(der: bytes | memoryview) -> Enveloped:
             i += 1
         if len(fields) < i + 2 or fields[i].tag != T_SET or fields[i + 1].tag != T_SEQUENCE:
             raise _bad()
-        recipients = tuple(
-            _key_trans(buf, ri) for ri in children(buf, fields[i]) if ri.tag == T_SEQUENCE
-        )
+        infos = children(buf, fields[i], at_most=MAX_RECIPIENT_INFOS + 1)
+        if len(infos) > MAX_RECIPIENT_INFOS:
+            raise _bad(f"more than {MAX_RECIPIENT_INFOS} RecipientInfos")
+        recipients = tuple(_key_trans(buf, ri) for ri in infos if ri.tag == T_SEQUENCE)
         eci = expect(buf, fields[i + 1], [T_OID, T_SEQUENCE])
         alg = expect(buf, eci[1], [T_OID])
         cipher_oid = bytes(content(buf, alg[0]))

@@ -46,13 +46,9 @@ _DROPPED_OUTER = ("bcc", "resent-bcc", "mime-version")
 # Signatures within this distance of the Date header are accepted by Thunderbird.
 MAX_DATE_SKEW = dt.timedelta(hours=1)
 FUTURE_SKEW = dt.timedelta(minutes=5)
-# Decrypting costs one RSA private operation per key and RecipientInfo (~1.7 ms for
-# RSA-3072): 36,000 RecipientInfos in a 15 MB message took ~60 s of CPU. Real mail carries
-# one RecipientInfo per distinct recipient key plus the sender's; the most our own host
-# writes is ~1,001 (MAX_RECIPIENTS = 500 recipients, each a gateway container and a genuine
-# certificate, plus the sender), so the cap sits just above it: no message a keypost client
-# can send is refused, and the worst case is ~1.7 s per gateway key instead of a minute.
-MAX_RECIPIENT_INFOS = 1024
+# More RecipientInfos are refused as unreadable CMS before any is read or RSA-decrypted
+# (the reason for the number is in cms): the uniform DecryptError.
+MAX_RECIPIENT_INFOS = cms.MAX_RECIPIENT_INFOS
 
 
 def _check_rsa_recipient(cert: x509.Certificate) -> None:
@@ -303,8 +299,6 @@ class Decryptor:
         cipher = cms.CONTENT_CIPHERS.get(env.cipher_oid)
         ct = env.ciphertext
         if cipher is None or len(env.iv) != 16 or not ct or len(ct) % 16:
-            raise DecryptError()
-        if len(env.recipients) > MAX_RECIPIENT_INFOS:  # a public fact, before any RSA work
             raise DecryptError()
         name, key_len = cipher
         first = bytes(ct[:16])
