@@ -87,6 +87,20 @@ def test_encrypted_to_a_key_we_do_not_hold_is_refused_not_delivered(pki: Pki, si
     assert b"X-Keypost-Decrypted" in sink.handler.messages[0].data
 
 
+def test_more_recipient_infos_than_the_limit_are_refused_as_malformed(
+    pki: Pki, sink: Sink
+) -> None:
+    """Each RecipientInfo would cost one RSA operation per gateway key: past the limit the
+    message is unreadable S/MIME (554), though every one of them wraps the right key."""
+    container = pki.container(pki.current, ALICE)
+    many = smime.encrypt_message(plain_message(to=ALICE, body="many"),
+                                 [container] * (smime.MAX_RECIPIENT_INFOS + 1))
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, "sender@outside.test", [ALICE], many)
+    assert code == 554 and "not a readable S/MIME message" in text, text
+    assert sink.handler.messages == []
+
+
 def test_recipients_outside_our_domains_get_the_ciphertext_untouched(
     pki: Pki, sink: Sink
 ) -> None:
