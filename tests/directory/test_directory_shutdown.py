@@ -13,6 +13,7 @@ from cryptography import x509
 from dir_support import DOMAIN, KEYPOST, SUFFIX, keypost, write_rsa
 
 from keypost.directory.config import DataDir
+from keypost.directory.controller import peer_identity, requestor_key
 from keypost.directory.store import CacheKey
 from keypost.directory.store.sqlite import SqliteStore
 
@@ -53,8 +54,12 @@ def test_sigterm_flushes_every_issued_container(tmp_path: Path) -> None:
         assert serials == sorted(c.serial_number for c in issued.values())
         assert store.issued_addresses(dt.datetime.now(dt.UTC)) == set(issued)
         fingerprint = store.domain_keys()[0].fingerprint
+        identity = peer_identity("127.0.0.1")  # the anonymous requestor: ldap3 from here
+        assert identity is not None
+        who = requestor_key(identity)
         for address, cert in issued.items():
-            stored = store.issued(CacheKey(address, "proxy-encryption", fingerprint, "encrypt"))
+            stored = store.issued(CacheKey(address, "proxy-encryption", fingerprint, "encrypt",
+                                           who))
             assert stored is not None and stored.serial == cert.serial_number
     finally:
         store.close()

@@ -62,7 +62,7 @@ def test_rekey_keeps_history_and_drops_issued(tmp_path: Path) -> None:
     store.add_domain("example.com", [key("example.com", "old")])
     with pytest.raises(StoreError, match="already registered"):
         store.add_domain("example.com", [key("example.com", "x")])
-    ck = CacheKey("a@example.com", "proxy-encryption", "old", "encrypt")
+    ck = CacheKey("a@example.com", "proxy-encryption", "old", "encrypt", "r1")
     store.save_issued([IssuedRecord(ck, b"der", 7, NOW, NOW + dt.timedelta(days=1))])
     assert store.issued(ck) is not None
     before = store.change_counter()
@@ -115,7 +115,7 @@ def test_audit_retention(tmp_path: Path) -> None:
 
 def test_issued_expiry_purge(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "d.db")
-    ck = CacheKey("a@example.com", "proxy-encryption", "fp", "encrypt")
+    ck = CacheKey("a@example.com", "proxy-encryption", "fp", "encrypt", "r1")
     store.save_issued([
         IssuedRecord(ck, b"1", 2**100, NOW - dt.timedelta(days=2), NOW - dt.timedelta(days=1)),
         IssuedRecord(ck, b"2", 2, NOW, NOW + dt.timedelta(days=1)),

@@ -4,18 +4,28 @@ Purpose rule where the protocol cannot say (LDAP has no purpose parameter): a ga
 account asking for an address of its own domain gets the signing container (that is
 the only thing a gateway needs for its own senders); everything else is a request for
 encryption containers. HTTP callers state the purpose explicitly.
+
+Cache rule: a container is reused for the same (address, role, gateway key, purpose)
+while more than half of its life is left, and only for the requestor it was issued to
+(an account by name, an anonymous requestor by its address). Sharing one container
+between requestors would make its serial and notBefore an oracle: anyone carrying an
+encrypted message could look a guessed address up and compare the serial with the
+message's RecipientInfos (Bcc recipients included), and a notBefore hours in the past
+would say that somebody looked that mailbox up. "The directory never reveals which
+mailboxes exist" outranks the signatures that sharing saved.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 
 from cryptography import x509
 
@@ -50,12 +60,66 @@ def address_hash(address_key: str) -> str:
     return hashlib.sha256(address_key.encode("utf-8")).hexdigest()[:16]
 
 
-def requestor_of(account: AccountRecord | None) -> Requestor:
-    """Anonymous -> external; a user of D -> internal to D; a gateway of D -> gateway of D."""
-    if account is None:
+@dataclass(frozen=True)
+class KnownRequestor(Requestor):
+    """A requestor class and who exactly asks (`who`: requestor_key()). The cache hands a
+    container only to the requestor it was issued to; a plain Requestor, whose identity
+    is unknown, gets a container of its own on every request (never a shared one)."""
+
+    who: str = ""
+
+
+def requestor_key(identity: str) -> str:
+    """What the cache and the store keep of a requestor: truncated SHA-256 of
+    "account:<name>" or "peer:<address>", so the store holds no account names or peer
+    addresses next to the addresses they looked up (hashes of IPv4 addresses can be
+    brute-forced: this keeps them out of plain sight, it is no secret)."""
+    return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+
+
+def peer_identity(host: str) -> str | None:
+    """The anonymous requestor's identity: its full address in canonical form (None for a
+    text that is no IP address, e.g. the LDAP server's "?" for an unknown peer: such
+    requestors must not share one identity).
+
+    IPv4-mapped IPv6 counts as the IPv4 address. IPv6 is keyed by the full address, not
+    its /64: a /64 is often one LAN or one hosting provider's hosts, and keying by it
+    would hand one person's containers to the neighbours, the very leak this key closes.
+    The price is a new container after a temporary (RFC 4941) address rotates; a prober
+    who varies his address only gets fresh containers, which he can force anyway by
+    varying local parts.
+    """
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return f"peer:{address}"
+
+
+@lru_cache(maxsize=4096)
+def _anonymous(host: str) -> Requestor:
+    # one parse per peer address, not per search (the LDAP hot path)
+    identity = peer_identity(host)
+    if identity is None:
         return Requestor.anonymous()
+    return KnownRequestor(RequestorKind.ANONYMOUS, None, requestor_key(identity))
+
+
+def requestor_of(account: AccountRecord | None, peer: str | None = None) -> Requestor:
+    """Anonymous -> external; a user of D -> internal to D; a gateway of D -> gateway of D.
+
+    The result names who asks: the account (user and gateway accounts alike, from any
+    address), else the peer's address (`peer`: the host, without port). Anonymous without
+    a peer's IP address: a plain Requestor, which the cache never serves a container twice.
+    """
+    if account is None:
+        return Requestor.anonymous() if peer is None else _anonymous(peer)
     kind = RequestorKind.GATEWAY if account.role is AccountRole.GATEWAY else RequestorKind.USER
-    return Requestor(kind, account.domain)
+    # account names are case-insensitive (store: COLLATE NOCASE)
+    return KnownRequestor(kind, account.domain, requestor_key("account:" + account.name.lower()))
 
 
 def requestor_label(requestor: Requestor) -> str:
@@ -158,8 +222,8 @@ class Controller:
         self._answers_size = max(1, cache_size // 4)
         self.metrics = metrics or Metrics()
         self._cache: OrderedDict[CacheKey, Container] = OrderedDict()
-        # Whole answers by (requestor, address as asked, purpose): a repeated search costs
-        # two dict look-ups, no parsing, no policy, no PKCS#7 building.
+        # Whole answers by (requestor with `who`, address as asked, purpose): a repeated
+        # search costs two dict look-ups, no parsing, no policy, no PKCS#7 building.
         self._answers: OrderedDict[tuple[Requestor, str, Purpose | None], Answer] = OrderedDict()
         self._pending_issued: list[IssuedRecord] = []
         self._pending_audit: list[AuditRecord] = []
@@ -233,10 +297,11 @@ class Controller:
         started = time.perf_counter()
         now = now or dt.datetime.now(dt.UTC)
         snap = self.snapshot()
+        who = requestor.who if isinstance(requestor, KnownRequestor) else None
         answers: list[Answer] = []
         for text in addresses:
             key = (requestor, text, purpose)
-            hit = self._answers.get(key)
+            hit = self._answers.get(key) if who is not None else None
             if hit is not None and (hit.fresh_until is None or now < hit.fresh_until):
                 self._answers.move_to_end(key)
                 self.metrics.cache_hits += len(hit.containers)
@@ -247,8 +312,10 @@ class Controller:
             except KeypostError:
                 continue
             p = purpose or ldap_purpose(requestor, address)
-            fresh = self._answer_one(snap, requestor, address, p, now)
+            fresh = self._answer_one(snap, requestor, who, address, p, now)
             answers.append(fresh)
+            if who is None:
+                continue  # nobody to reuse it for
             self._answers[key] = fresh
             if len(self._answers) > self._answers_size:
                 self._answers.popitem(last=False)
@@ -258,8 +325,8 @@ class Controller:
         return answers
 
     def _answer_one(
-        self, snap: _Snapshot, requestor: Requestor, address: Address, purpose: Purpose,
-        now: dt.datetime,
+        self, snap: _Snapshot, requestor: Requestor, who: str | None, address: Address,
+        purpose: Purpose, now: dt.datetime,
     ) -> Answer:
         decision = decide(requestor, address, purpose, snap.view)
         if decision.refused:
@@ -273,15 +340,20 @@ class Controller:
             assert spec.domain is not None  # proxy roles always name their gateway
             use = KeyUse.SIGNING if spec.purpose is Purpose.SIGN else KeyUse.ENCRYPTION
             gateway, fingerprint = snap.keys[(spec.domain, use)]
-            out.append(self._container(requestor, address, spec.role, spec.domain, purpose,
-                                       gateway, fingerprint, now))
+            out.append(self._container(requestor, who, address, spec.role, spec.domain,
+                                       purpose, gateway, fingerprint, now))
         return Answer(str(address), address.key(), tuple(out))
 
     def _container(
-        self, requestor: Requestor, address: Address, role: Role, domain: str,
-        purpose: Purpose, gateway: GatewayKey, fingerprint: str, now: dt.datetime,
+        self, requestor: Requestor, who: str | None, address: Address, role: Role,
+        domain: str, purpose: Purpose, gateway: GatewayKey, fingerprint: str,
+        now: dt.datetime,
     ) -> Container:
-        key = CacheKey(address.key(), role.value, fingerprint, purpose.value)
+        if who is None:  # an unknown requestor: a container of its own, kept nowhere
+            return self._issue(requestor, address, role, domain, purpose, gateway, now)
+        # The four parts the issue names, plus the requestor (module docstring: never
+        # one container for two requestors).
+        key = CacheKey(address.key(), role.value, fingerprint, purpose.value, who)
         hit = self._cache.get(key)
         if hit is not None and _fresh(hit, now):
             self._cache.move_to_end(key)
@@ -298,6 +370,17 @@ class Controller:
                 self._remember(key, c)
                 self.metrics.cache_hits += 1
                 return c
+        c = self._issue(requestor, address, role, domain, purpose, gateway, now)
+        self._pending_issued.append(IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
+        known.add(key.address_key)
+        self._remember(key, c)
+        return c
+
+    def _issue(
+        self, requestor: Requestor, address: Address, role: Role, domain: str,
+        purpose: Purpose, gateway: GatewayKey, now: dt.datetime,
+    ) -> Container:
+        """Sign a new container, count it and audit it (a cache miss)."""
         self.metrics.cache_misses += 1
         lifetime = self.lifetimes.sign if purpose is Purpose.SIGN else self.lifetimes.encrypt
         cert = self.ca.issue(ContainerRequest(address, purpose, gateway, lifetime), now=now)
@@ -305,11 +388,8 @@ class Controller:
                       cert.not_valid_after_utc, domain)
         self.metrics.issued[role.value] += 1
         self._pending_audit.append(AuditRecord(
-            now, requestor_label(requestor), address_hash(key.address_key), (role.value,),
+            now, requestor_label(requestor), address_hash(address.key()), (role.value,),
             (c.serial,)))
-        self._pending_issued.append(IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
-        known.add(key.address_key)
-        self._remember(key, c)
         return c
 
     def _remember(self, key: CacheKey, container: Container) -> None:

@@ -69,7 +69,10 @@ class DirectoryLdapBackend:
         self, principal: object | None, addresses: Sequence[str], peer: str
     ) -> Sequence[AddressEntry]:
         account = self._current(principal) if isinstance(principal, BoundAccount) else None
-        answers = self.controller.answer(requestor_of(account), addresses, None, "ldap")
+        # who asks: the bound account, else the peer's address (the cache never hands
+        # one requestor's container to another: keypost.directory.controller)
+        requestor = requestor_of(account, peer_host(peer) if account is None else None)
+        answers = self.controller.answer(requestor, addresses, None, "ldap")
         return [AddressEntry(a.address, a.ders, a.bundle_if_built()) for a in answers]
 
 

@@ -69,12 +69,22 @@ class GenuineRecord:
 
 @dataclass(frozen=True)
 class CacheKey:
-    """What makes two issued containers interchangeable."""
+    """What makes two issued containers interchangeable: the container's address, role,
+    gateway key and purpose, and who it was handed to.
+
+    The requestor is part of the key because a container is never served to a second
+    requestor: every RecipientInfo names its container by issuer and serial, and a
+    container's notBefore tells when it was issued, so a shared container would let anyone
+    confirm the recipients (Bcc ones too) of a message they carry, and learn which
+    mailboxes someone looked up lately. The mission's "the directory never reveals which
+    mailboxes exist" outranks the signatures that sharing would save.
+    """
 
     address_key: str
     role: str  # Role value
     gateway_fingerprint: str
     purpose: str  # Purpose value
+    requestor: str  # keypost.directory.controller.requestor_key(): a hash, never a name
 
 
 @dataclass(frozen=True)
@@ -150,12 +160,12 @@ class Store(Protocol):
     def save_issued(self, records: Sequence[IssuedRecord]) -> None: ...
 
     def issued(self, key: CacheKey) -> IssuedRecord | None:
-        """The latest stored container for `key`, if any."""
+        """The latest stored container for `key` (all five parts equal), if any."""
         ...
 
     def issued_addresses(self, now: dt.datetime) -> set[str]:
-        """Address keys with an issued container still valid at `now` (the controller
-        asks the store per miss only for these)."""
+        """Address keys with an issued container still valid at `now`, for any requestor
+        (the controller asks the store per miss only for these)."""
         ...
 
     def purge_issued(self, now: dt.datetime) -> int:

@@ -72,6 +72,17 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX issued_expiry ON issued (not_after);
     CREATE INDEX issued_gateway ON issued (gateway_fingerprint);
     """,
+    # 3: an issued container belongs to the one requestor it was handed to (CacheKey).
+    # Rows from before were shared by every requestor: they are deleted, not adopted by
+    # anyone (the table is only a cache, the audit keeps their serials). The default ''
+    # matches no requestor key, so a row written without one is never served either.
+    """
+    DELETE FROM issued;
+    ALTER TABLE issued ADD COLUMN requestor TEXT NOT NULL DEFAULT '';
+    DROP INDEX issued_key;
+    CREATE INDEX issued_key ON issued
+        (address_key, requestor, role, gateway_fingerprint, purpose);
+    """,
 )
 
 
@@ -306,10 +317,12 @@ class SqliteStore:
             return
         with self._tx():
             self._db.executemany(
-                "INSERT INTO issued VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO issued (address_key, role, gateway_fingerprint, purpose, serial,"
+                " der, not_before, not_after, requestor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (r.key.address_key, r.key.role, r.key.gateway_fingerprint, r.key.purpose,
-                     str(r.serial), r.der, _ts(r.not_before), _ts(r.not_after))
+                     str(r.serial), r.der, _ts(r.not_before), _ts(r.not_after),
+                     r.key.requestor)
                     for r in records
                 ],
             )
@@ -317,9 +330,9 @@ class SqliteStore:
     def issued(self, key: CacheKey) -> IssuedRecord | None:
         row = self._db.execute(
             "SELECT serial, der, not_before, not_after FROM issued WHERE address_key = ?"
-            " AND role = ? AND gateway_fingerprint = ? AND purpose = ?"
+            " AND requestor = ? AND role = ? AND gateway_fingerprint = ? AND purpose = ?"
             " ORDER BY not_after DESC LIMIT 1",
-            (key.address_key, key.role, key.gateway_fingerprint, key.purpose),
+            (key.address_key, key.requestor, key.role, key.gateway_fingerprint, key.purpose),
         ).fetchone()
         if row is None:
             return None
