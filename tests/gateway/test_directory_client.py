@@ -10,7 +10,7 @@ from gw_support import Pki, pub_pem
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
 from keypost.core.types import Purpose
-from keypost.gateway.directory import CachingDirectory
+from keypost.gateway.directory import ENCRYPTION_CACHE_LIMIT, CachingDirectory
 
 
 class Recorded:
@@ -66,3 +66,25 @@ def test_empty_answers_are_remembered_briefly(pki: Pki) -> None:
     clock[0] += dt.timedelta(seconds=61)
     d.encryption_certificates(nobody)
     assert fetcher.calls == 2
+
+
+def test_certificates_to_encrypt_to_are_cached_for_an_hour_at_most(pki: Pki) -> None:
+    """After a recipient domain's emergency rekey its directory answers with the new key at
+    once: the gateway must not keep encrypting to the retired one for half a day."""
+    now = dt.datetime.now(dt.UTC)
+    cert = pki.ca.issue(
+        ContainerRequest(parse_address("bob@partner.org"), Purpose.ENCRYPT,
+                         GatewayKey.from_pem(pub_pem(pki.stranger))),  # 24 h: half is 12 h
+        now=now,
+    )
+    clock = [now]
+    fetcher = Recorded([cert])
+    d = CachingDirectory(fetcher, [pki.ca.certificate], clock=lambda: clock[0])
+    bob = parse_address("bob@partner.org")
+    assert d.encryption_certificates(bob).gateways == (cert,)
+    clock[0] = now + ENCRYPTION_CACHE_LIMIT - dt.timedelta(seconds=1)
+    d.encryption_certificates(bob)
+    assert fetcher.calls == 1
+    clock[0] = now + ENCRYPTION_CACHE_LIMIT + dt.timedelta(seconds=1)
+    assert d.encryption_certificates(bob).gateways == (cert,)
+    assert fetcher.calls == 2  # the old rule kept it until now + 12 h

@@ -2,7 +2,8 @@
 
 Everything the directory sends is verified against the pinned trust anchor (containers)
 or the configured roots (genuine certificates) before use, and cached until half of
-its life has passed (the directory itself renews at that point).
+its life has passed (the directory itself renews at that point); certificates to encrypt
+to, for an hour at most (ENCRYPTION_CACHE_LIMIT).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ from keypost.gateway.keys import read_secret
 log = logging.getLogger("keypost.gateway.directory")
 
 Clock = Callable[[], dt.datetime]
+# After an emergency `domain rekey` of a recipient's domain its directory hands out
+# containers of the new key at once; a cached container would keep our outbound mail going
+# to the retired key for half a 24 h container's life (12 h), and a genuine certificate
+# alone (years of life) for months. An hour bounds that, as in the host's cache; its cost
+# is one directory search per recipient address and hour. Signing containers (our own)
+# keep the half-life rule.
+ENCRYPTION_CACHE_LIMIT = dt.timedelta(hours=1)
 
 
 @dataclass(frozen=True)
@@ -269,7 +277,8 @@ class CachingDirectory:
             c.not_valid_before_utc + (c.not_valid_after_utc - c.not_valid_before_utc) / 2
             for c in certs.gateways + certs.genuine + certs.signing
         ]
-        fresh = min(lives) if lives else now + self.negative
+        limit = [now + ENCRYPTION_CACHE_LIMIT] if lives and purpose is Purpose.ENCRYPT else []
+        fresh = min(lives + limit) if lives else now + self.negative
         with self.lock:
             if len(self.cache) > 10_000:  # bounded: a flood of new addresses cannot grow it
                 self.cache.clear()
