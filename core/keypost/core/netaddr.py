@@ -1,9 +1,9 @@
 """Whether a host is the loopback interface, judged from its text alone (no resolver, pure).
 
-Two callers with one rule: the directory asks it of a peer's address (may a password come
-without TLS from there?) and the host of a directory URL's host (may it use http:// or
-plain LDAP?). Both need the same answer for the same address; only the host accepts a
-name, `localhost`, because a person types it into a URL.
+One rule for every caller: the directory asks it of a peer's address (may a password come
+without TLS from there?), the host and the gateway of a directory URL's host (may they use
+http:// or plain LDAP?). All need the same answer for the same address; only the URL
+checks accept a name, `localhost`, because a person types it into a URL.
 """
 
 from __future__ import annotations
