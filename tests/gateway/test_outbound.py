@@ -36,6 +36,7 @@ from keypost.core import smime
 from keypost.core.containers import describe
 from keypost.core.errors import DecryptError
 from keypost.core.types import Role
+from keypost.gateway.quarantine import Maildir, Onward
 
 ALICE = "alice@example.com"
 BOB, CAROL, DAVE, EVE = "bob@partner.org", "carol@elsewhere.net", "dave@nowhere.test", (
@@ -381,3 +382,83 @@ def test_check_config_connect_logs_in_and_checks_the_signing_container(
     no = subprocess.run([*KEYPOST, "gateway", "check-config", "--connect", "--config", str(bad)],
                         capture_output=True, text=True, timeout=60)
     assert no.returncode == 1 and "bind refused" in no.stderr and "Traceback" not in no.stderr
+
+
+# --- releasing held outbound mail ---------------------------------------------------------
+
+
+def _holding_config(pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path,
+                    extra: str = "") -> Path:
+    script = tmp_path / "scan.sh"
+    script.write_text("#!/bin/sh\nif grep -q HOLD; then echo held; exit 2; fi\nexit 0\n")
+    script.chmod(0o755)
+    return pki.config(sink.port, directory=world.gateway_directory_lines(),
+                      quarantine=str(tmp_path / "q"),
+                      extra=f'{extra}\n[scan]\ncommand = "{script}"\nscan_plain = true')
+
+
+def _release(cfg: Path, qid: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "release",
+                           qid], capture_output=True, text=True, timeout=120)
+
+
+def _held(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "q" / "new").iterdir())
+
+
+def test_released_outbound_mail_is_reencrypted_not_sent_clear(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    cfg = _holding_config(pki, world, sink, tmp_path)
+    with running_gateway(cfg) as g:
+        code, _ = send(g.port, ALICE, [CAROL], _only_to_our_gateway(world, CAROL, "HOLD me"))
+    assert code == 250
+    [held] = _held(tmp_path)
+    done = _release(cfg, held.name)
+    assert done.returncode == 0, done.stderr
+    _notice, released = sink.handler.messages
+    assert released.rcpt_tos == [CAROL] and released.mail_from == ALICE
+    assert b"HOLD me" not in released.data
+    assert smime.is_encrypted(released.data)
+    clear = smime.Decryptor([world.carol_key]).decrypt_message(released.data).message
+    assert b"HOLD me" in clear and b"X-Keypost-Onward" not in clear
+    assert _held(tmp_path) == []
+
+
+def test_released_plain_outbound_mail_gets_the_signature_it_asked_for(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    cfg = _holding_config(pki, world, sink, tmp_path)
+    msg = plain_message(sender=ALICE, to=CAROL, subject="[sign] Offer", body="HOLD signed")
+    with running_gateway(cfg) as g:
+        assert send(g.port, ALICE, [CAROL], msg)[0] == 250
+    [held] = _held(tmp_path)
+    done = _release(cfg, held.name)
+    assert done.returncode == 0, done.stderr
+    released = sink.handler.messages[-1]
+    assert released.rcpt_tos == [CAROL] and b"multipart/signed" in released.data
+    assert b"[sign]" not in released.data
+    verified = openssl_verify(released.data, world.ca_pem, tmp_path)
+    assert verified.returncode == 0, verified.stderr
+    assert b"HOLD signed" in verified.stdout
+
+
+def test_release_that_cannot_be_treated_keeps_the_message_held(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """An entry without recorded steps (an older gateway wrote it) and one whose recipient
+    has no certificate under encrypt-only: both refused in one line, kept, nothing sent."""
+    cfg = _holding_config(pki, world, sink, tmp_path)
+    qdir = Maildir(tmp_path / "q")
+    old = qdir.store(plain_message(sender=ALICE, to=CAROL, body="old clear"), ALICE, [CAROL],
+                     "held", None)
+    nocert = qdir.store(plain_message(sender=ALICE, to=DAVE, body="for dave"), ALICE, [DAVE],
+                        "held", Onward(encrypt=True))
+    for qid, why in ((old, "older gateway version"), (nocert, f"no certificate for {DAVE}")):
+        done = _release(cfg, qid)
+        assert done.returncode == 1
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+        assert f"{qid} not released (still held)" in done.stderr and why in done.stderr
+    assert sink.handler.messages == []
+    assert [p.name for p in _held(tmp_path)] == sorted([old, nocert])
+

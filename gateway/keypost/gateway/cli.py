@@ -10,10 +10,9 @@ from pathlib import Path
 from keypost.core.address import parse_address
 from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
-from keypost.gateway.errors import ConfigError, DirectoryUnavailable
-from keypost.gateway.pipeline import same_public_key
+from keypost.gateway.errors import ConfigError, DirectoryUnavailable, ReleaseRefused
+from keypost.gateway.pipeline import Action, same_public_key
 from keypost.gateway.quarantine import Maildir, held_messages, loose_warning, mark_released
-from keypost.gateway.relay import Relay
 from keypost.gateway.serve import Gateway, build, run
 
 
@@ -127,13 +126,19 @@ def _quarantine(args: argparse.Namespace) -> int:
             print(f"{h.qid}  from <{h.mail_from}> to {', '.join(h.rcpts)}: {h.reason}")
         print(f"{len(held)} message(s) held in {root}")
         return 0
-    relay = Relay(cfg.next_hop, cfg.timeouts.next_hop, cfg.hostname)
+    missing = [qid for qid in args.ids if qid not in held]
+    if missing:
+        raise ConfigError(f"no held message {missing[0]} in {root}")
+    gw = build(cfg)  # keys and directory: outbound mail gets the steps the hold interrupted
     for qid in args.ids:
-        found = held.get(qid)
-        if found is None:
-            raise ConfigError(f"no held message {qid} in {root}")
-        found_rcpts = ", ".join(found.rcpts)
-        relay.send(found.mail_from, found.rcpts, found.message)
+        found = held[qid]
+        outcomes = gw.pipeline.release(found.mail_from, found.rcpts, found.message,
+                                       found.onward)
+        refused = [o for o in outcomes if o.action is not Action.RELAY]
+        if refused:
+            raise ReleaseRefused(f"{qid} not released (still held): {refused[0].reply}")
+        for o in outcomes:
+            gw.handler.relay.send(found.mail_from, o.recipients, o.message)
         mark_released(root, qid)
-        print(f"released {qid} to {found_rcpts} via {cfg.next_hop}")
+        print(f"released {qid} to {', '.join(found.rcpts)} via {cfg.next_hop}")
     return 0

@@ -13,6 +13,10 @@ class ConfigError(GatewayError):
     """The configuration (or a key file it names) is unusable; the gateway refuses to start."""
 
 
+class ReleaseRefused(GatewayError):
+    """A held message cannot leave the quarantine as asked; it stays held."""
+
+
 class SmtpFailure(GatewayError):
     """An error that answers the sending MTA with a specific SMTP reply."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from keypost.gateway import headers, notices
 from keypost.gateway.errors import SmtpFailure
 from keypost.gateway.pipeline import Action, Outcome, ProcessFn
-from keypost.gateway.quarantine import Maildir
+from keypost.gateway.quarantine import Maildir, Onward
 from keypost.gateway.relay import Relay
 
 log = logging.getLogger("keypost.gateway")
@@ -94,7 +94,7 @@ class GatewayHandler:
 
     def _hold(self, o: Outcome, mail_from: str, subject: str | None) -> str:
         """Quarantine one outcome durably and send its notices; returns the quarantine id."""
-        qid = self.quarantine.store(o.message, mail_from, o.recipients, o.reply)
+        qid = self.quarantine.store(o.message, mail_from, o.recipients, o.reply, o.onward)
         log.info("quarantined %s for %d recipient(s): %s", qid, len(o.recipients), o.reply)
         notify = [r for r in o.notify if r]
         if notify:
@@ -152,8 +152,9 @@ class GatewayHandler:
                 if later:
                     # A temporary refusal after others were accepted cannot be answered
                     # with 451 without duplicating their copies: keep this one instead.
+                    # o.message had the outbound steps already: it may leave as it is
                     qid = self.quarantine.store(o.message, mail_from, [r for r, _ in later],
-                                                f"next hop deferred: {later[0][1]}")
+                                                f"next hop deferred: {later[0][1]}", Onward())
                     held += len(later)
                     later = [(r, f"{why} (kept as {qid})") for r, why in later]
                 failed += [x for x in refused.recipients if not x[1].startswith("4")] + later
@@ -171,7 +172,8 @@ class GatewayHandler:
         bounced again, so it is kept in the quarantine instead."""
         if not mail_from:
             reason = "; ".join(f"{r}: {why}" for r, why in failed)
-            qid = self.quarantine.store(original, mail_from, [r for r, _ in failed], reason)
+            qid = self.quarantine.store(original, mail_from, [r for r, _ in failed], reason,
+                                        None)  # a bounce is never outbound mail
             log.warning("refused recipient(s) of a bounce kept as %s", qid)
             return
         report = notices.non_delivery_report(mail_from, failed, subject, self.hostname)

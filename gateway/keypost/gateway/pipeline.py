@@ -27,6 +27,7 @@ from keypost.gateway.config import MalformedPolicy, NoGenuinePolicy, PolicyConfi
 from keypost.gateway.directory import DirectoryClient
 from keypost.gateway.errors import PermFailure, TempFailure
 from keypost.gateway.keys import DomainKeys
+from keypost.gateway.quarantine import Onward
 from keypost.gateway.scan import Scanner, Verdict
 
 log = logging.getLogger("keypost.gateway.pipeline")
@@ -48,6 +49,8 @@ class Outcome:
     reply: str = ""  # the SMTP reply for REJECT; the reason for QUARANTINE
     notify: tuple[str, ...] = ()  # who gets a quarantine notice
     note: str = ""  # what was done, for the log (never content or secrets)
+    # QUARANTINE of outbound mail: the steps a release must still apply (None: not outbound)
+    onward: Onward | None = None
 
 
 @dataclass(frozen=True)
@@ -158,29 +161,78 @@ class Pipeline:
         data, sign = self._sign_request(data)
         notify = (mail_from,)
         if not encrypted:
-            scanned = self._scanned(rcpts, mail_from, data, notify, self.scan_plain, "plain")
+            scanned = self._scanned(rcpts, mail_from, data, notify, self.scan_plain, "plain",
+                                    Onward(sign=sign))
             if sign:
                 return [self._signed(o, sender, keys) for o in scanned]
             return scanned
         opened = self._open(keys, data)
         if isinstance(opened, str):
-            return [self._malformed(rcpts, opened, data, notify)]
+            # held as the sender sent it (never decrypted): it may leave as it is
+            return [self._malformed(rcpts, opened, data, notify, Onward())]
         if opened is None:
             # End-to-end encrypted past us: nothing to scan, nothing to change. Not signed
             # either: a multipart/signed around it would hide the enveloped data from the
             # receiving gateway, which looks for a top-level application/pkcs7-mime.
             return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
-        verdict = self._scanned(rcpts, mail_from, opened.clear, notify, True, "decrypted")
+        verdict = self._scanned(rcpts, mail_from, opened.clear, notify, True, "decrypted",
+                                Onward(encrypt=True, sign=sign))
         if verdict[0].action is not Action.RELAY:
             return verdict
-        body = opened.clear
+        theirs = {(rid.issuer, rid.serial) for rid in opened.rids}
+        return self._sealed(sender, keys, rcpts, data, opened.clear, theirs, sign)
+
+    def _sealed(
+        self, sender: Address, keys: DomainKeys, rcpts: tuple[str, ...], original: bytes,
+        clear: bytes, theirs: set[tuple[x509.Name, int]], sign: bool,
+    ) -> list[Outcome]:
+        """Fig. 2 after the scan: sign `clear` if asked, then forward `original`, re-encrypt,
+        send clear or refuse, per recipient (`theirs`: whom `original` was encrypted for)."""
+        body = clear
         if sign:  # once for all recipients; the signature goes inside any new envelope
             try:
                 body = self._sign(sender, keys, body)
             except PermFailure as exc:
                 return [Outcome(rcpts, Action.REJECT, reply=exc.reply)]
-        theirs = {(rid.issuer, rid.serial) for rid in opened.rids}
-        return [self._onward(r, data, body, theirs, sign) for r in rcpts]
+        return [self._onward(r, original, body, theirs, sign) for r in rcpts]
+
+    # --- release from the quarantine ---------------------------------------------
+
+    def release(
+        self, mail_from: str, rcpts: Sequence[str], message: bytes, onward: Onward | None,
+    ) -> list[Outcome]:
+        """What releasing a held message does (the administrator overrides the scan).
+        Recipients in the served domains, and all recipients of mail from outside, get it
+        as held. Recipients outside of mail from a served domain get the outbound steps
+        the hold interrupted (sign, re-encrypt per outbound_no_genuine): the held bytes
+        may be decrypted clear text. Raises TempFailure when the directory cannot answer."""
+        sender = _address(mail_from) if mail_from else None
+        keys = self.domains.get(sender.domain) if sender else None
+        outside = tuple(r for r in rcpts if keys is not None and not self._served(r))
+        ours = tuple(r for r in rcpts if r not in outside)
+        out = [Outcome(ours, Action.RELAY, message, note="released")] if ours else []
+        if outside and sender is not None and keys is not None:
+            out += self._released_outbound(sender, keys, outside, message, onward)
+        return out
+
+    def _released_outbound(
+        self, sender: Address, keys: DomainKeys, rcpts: tuple[str, ...], message: bytes,
+        onward: Onward | None,
+    ) -> list[Outcome]:
+        if onward is None:
+            return [Outcome(rcpts, Action.REJECT, reply=(
+                "554 5.7.0 the quarantine did not record whether this outbound message was "
+                "decrypted or asked to be signed (held by an older gateway version), so it "
+                "cannot get the outbound treatment: not sent to recipients outside the "
+                "served domains"))]
+        if onward.encrypt:
+            return self._sealed(sender, keys, rcpts, message, message, set(), onward.sign)
+        released = Outcome(rcpts, Action.RELAY, message, note="released")
+        return [self._signed(released, sender, keys) if onward.sign else released]
+
+    def _served(self, rcpt: str) -> bool:
+        a = _address(rcpt)
+        return a is not None and a.domain in self.domains
 
     def _onward(
         self, rcpt: str, original: bytes, body: bytes, rids: set[tuple[x509.Name, int]],
@@ -284,15 +336,17 @@ class Pipeline:
         return _Opened(res.message, res.key_index, res.algorithm, rids)
 
     def _malformed(
-        self, rcpts: tuple[str, ...], reason: str, data: bytes, notify: tuple[str, ...]
+        self, rcpts: tuple[str, ...], reason: str, data: bytes, notify: tuple[str, ...],
+        onward: Onward | None = None,
     ) -> Outcome:
         if self.policy.malformed is MalformedPolicy.QUARANTINE:
-            return Outcome(rcpts, Action.QUARANTINE, data, reason, notify, note="malformed")
+            return Outcome(rcpts, Action.QUARANTINE, data, reason, notify, note="malformed",
+                           onward=onward)
         return Outcome(rcpts, Action.REJECT, reply=f"554 5.6.0 {reason}")
 
     def _scanned(
         self, rcpts: tuple[str, ...], mail_from: str, message: bytes,
-        notify: tuple[str, ...], scan: bool, note: str,
+        notify: tuple[str, ...], scan: bool, note: str, onward: Onward | None = None,
     ) -> list[Outcome]:
         if not scan:
             return [Outcome(rcpts, Action.RELAY, message, note=note)]
@@ -302,21 +356,22 @@ class Pipeline:
         reason = result.reason or result.verdict.value
         if result.verdict is Verdict.REJECT:
             return [Outcome(rcpts, Action.REJECT, reply=f"554 5.7.1 {reason}")]
-        return [Outcome(rcpts, Action.QUARANTINE, message, reason, notify, note="scan")]
+        return [Outcome(rcpts, Action.QUARANTINE, message, reason, notify, note="scan",
+                        onward=onward)]
 
 
 def merge(outcomes: Sequence[Outcome]) -> list[Outcome]:
     """Join outcomes that do the same thing, so each distinct message is relayed once."""
-    merged: dict[tuple[Action, bytes, str], Outcome] = {}
+    merged: dict[tuple[Action, bytes, str, Onward | None], Outcome] = {}
     for o in outcomes:
-        key = (o.action, o.message, o.reply)
+        key = (o.action, o.message, o.reply, o.onward)
         prev = merged.get(key)
         if prev is None:
             merged[key] = o
         else:
             merged[key] = Outcome(
                 prev.recipients + o.recipients, o.action, o.message, o.reply,
-                tuple(dict.fromkeys(prev.notify + o.notify)), prev.note,
+                tuple(dict.fromkeys(prev.notify + o.notify)), prev.note, o.onward,
             )
     return list(merged.values())
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from keypost.gateway.errors import TempFailure
 
 PRIVATE = 0o700  # held and demo-inbox mail is decrypted: for the gateway's user alone
+ONWARD_HEADER = "X-Keypost-Onward"  # the outbound steps a release must still apply
 
 
 def make_private_dirs(path: Path) -> None:
@@ -46,6 +47,33 @@ def loose_warning(folder: Path, mode: int) -> str:
             " mail; chmod 700 it")
 
 
+@dataclass(frozen=True)
+class Onward:
+    """The outbound steps a held message still needs before it may go to a recipient outside
+    the served domains: recorded when it is held, applied when it is released, so a release
+    never sends out clear text that the pipeline would have encrypted or signed."""
+
+    encrypt: bool = False  # the gateway decrypted it: re-encrypt per outbound_no_genuine
+    sign: bool = False  # a signature was asked for (request or sign_all_outbound)
+
+    def __str__(self) -> str:
+        steps = [name for name, on in (("encrypt", self.encrypt), ("sign", self.sign)) if on]
+        return " ".join(steps) or "none"
+
+
+def parse_onward(text: str | None) -> Onward | None:
+    """What `str(Onward)` wrote; None when nothing (an older gateway) or something unknown
+    was recorded: then nobody can tell whether the held bytes may leave as they are."""
+    if text is None:
+        return None
+    steps = set(text.split())
+    if steps == {"none"}:
+        return Onward()
+    if not steps or not steps <= {"encrypt", "sign"}:
+        return None
+    return Onward("encrypt" in steps, "sign" in steps)
+
+
 class Maildir:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -67,13 +95,16 @@ class Maildir:
                 out.append((folder, mode))
         return out
 
-    def store(self, message: bytes, mail_from: str, rcpts: Sequence[str], reason: str) -> str:
+    def store(self, message: bytes, mail_from: str, rcpts: Sequence[str], reason: str,
+              onward: Onward | None) -> str:
         """Write the message with a small envelope header; returns its quarantine id.
+        `onward` None: the message is not outbound mail of a served domain (not recorded).
         Raises TempFailure when the disk refuses (the sender retries; nothing is lost)."""
         envelope = (
             f"X-Keypost-Quarantine-Reason: {' '.join(reason.split())}\r\n"
             f"X-Keypost-Envelope-From: <{mail_from}>\r\n"
             f"X-Keypost-Envelope-To: {', '.join(f'<{r}>' for r in rcpts)}\r\n"
+            + (f"{ONWARD_HEADER}: {onward}\r\n" if onward is not None else "")
         ).encode("utf-8", "replace")
         return self.deliver(envelope + message)
 
@@ -101,16 +132,19 @@ class Maildir:
 
 @dataclass(frozen=True)
 class Held:
-    """A quarantined message: its id, original envelope, reason and content."""
+    """A quarantined message: its id, original envelope, reason, content and the outbound
+    steps it still needs (None: not recorded)."""
 
     qid: str
     mail_from: str
     rcpts: tuple[str, ...]
     reason: str
     message: bytes
+    onward: Onward | None = None
 
 
-_ENVELOPE = ("x-keypost-quarantine-reason", "x-keypost-envelope-from", "x-keypost-envelope-to")
+_ENVELOPE = ("x-keypost-quarantine-reason", "x-keypost-envelope-from", "x-keypost-envelope-to",
+             ONWARD_HEADER.lower())
 
 
 def read_held(path: Path) -> Held:
@@ -126,7 +160,7 @@ def read_held(path: Path) -> Held:
         data = rest
     rcpts = tuple(r.strip().strip("<>") for r in values.get(_ENVELOPE[2], "").split(",") if r)
     return Held(path.name.split(":")[0], values.get(_ENVELOPE[1], "").strip("<>"), rcpts,
-                values.get(_ENVELOPE[0], ""), data)
+                values.get(_ENVELOPE[0], ""), data, parse_onward(values.get(_ENVELOPE[3])))
 
 
 def held_messages(root: Path) -> list[Held]:
