@@ -462,3 +462,31 @@ def test_release_that_cannot_be_treated_keeps_the_message_held(
     assert sink.handler.messages == []
     assert [p.name for p in _held(tmp_path)] == sorted([old, nocert])
 
+
+# --- signing only for the envelope sender -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "subject", "from_field"),
+    [
+        ("", "[sign] Offer", "ceo@example.com"),  # another address of the same domain
+        ("", "[sign] Offer", "Alice <alice@example.com>, ceo@example.com"),  # two addresses
+        ("[policy]\nsign_all_outbound = true", "Offer", '"alice@example.com" <ceo@example.com>'),
+    ],
+)
+def test_signing_is_refused_when_from_is_not_the_envelope_sender(
+    pki: Pki, world: DirectoryWorld, sink: Sink, caplog: pytest.LogCaptureFixture,
+    policy: str, subject: str, from_field: str,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    msg = plain_message(sender=from_field, to=CAROL, subject=subject, body="forged")
+    with running_gateway(config(pki, world, sink, policy=policy)) as g:
+        code, text = send(g.port, ALICE, [CAROL], msg)
+        # the same sender with its own From (case folded as keypost.core does) is signed
+        own = plain_message(sender="Alice <ALICE@Example.COM>", to=CAROL, subject=subject)
+        assert send(g.port, ALICE, [CAROL], own)[0] == 250
+    assert code == 554 and text.startswith("5.7.1 not signed:"), text
+    assert "signs only mail whose From is the envelope sender" in text
+    [signed] = sink.handler.messages
+    assert b"multipart/signed" in signed.data and b"forged" not in signed.data
+    assert f"not signed for <{ALICE}>" in caplog.text

@@ -61,11 +61,14 @@ def _value(field: bytes) -> str:
 
 def get(message: bytes, name: str) -> str | None:
     """The first field's unfolded value, or None."""
+    found = values(message, name)
+    return found[0] if found else None
+
+
+def values(message: bytes, name: str) -> list[str]:
+    """Every field's unfolded value, in order (a header may be repeated)."""
     wanted = name.lower()
-    for f in fields(split(message).head):
-        if _name(f) == wanted:
-            return _value(f)
-    return None
+    return [_value(f) for f in fields(split(message).head) if _name(f) == wanted]
 
 
 def remove(message: bytes, name: str) -> bytes:

@@ -11,6 +11,7 @@ passes unchanged (the gateway never hands clear text to a stranger).
 
 from __future__ import annotations
 
+import email.utils
 import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -292,6 +293,13 @@ class Pipeline:
             return Outcome(o.recipients, Action.REJECT, reply=exc.reply)
 
     def _sign(self, sender: Address, keys: DomainKeys, message: bytes) -> bytes:
+        problem = from_problem(message, sender)
+        if problem is not None:
+            # The signature names the envelope sender; a client shows a signer that is not
+            # the From address as a forgery warning, or a forged From as signed by us.
+            log.warning("not signed for <%s>: %s", sender, problem)
+            raise PermFailure(f"not signed: {problem}; the gateway signs only mail whose From "
+                              "is the envelope sender", "5.7.1")
         if keys.signing_key is None:
             raise PermFailure(f"signing asked for, but {keys.name} has no signing key", "5.7.0")
         container = self.directory.signing_container(sender)
@@ -358,6 +366,20 @@ class Pipeline:
             return [Outcome(rcpts, Action.REJECT, reply=f"554 5.7.1 {reason}")]
         return [Outcome(rcpts, Action.QUARANTINE, message, reason, notify, note="scan",
                         onward=onward)]
+
+
+def from_problem(message: bytes, sender: Address) -> str | None:
+    """Why the message's From header is not the envelope sender alone, or None. One From
+    field with one address, equal to `sender` under keypost.core's normalisation (A-label
+    domain, case-folded local part: Address.key)."""
+    written = headers.values(message, "From")
+    found = [addr for _, addr in email.utils.getaddresses(written) if addr]
+    if len(written) != 1 or len(found) != 1:
+        return f"the From header names {len(found)} addresses in {len(written)} field(s), not one"
+    addr = _address(found[0])
+    if addr is None or addr.key() != sender.key():
+        return f"the From address {found[0]} is not the envelope sender {sender}"
+    return None
 
 
 def merge(outcomes: Sequence[Outcome]) -> list[Outcome]:
