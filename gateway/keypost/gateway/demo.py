@@ -110,8 +110,6 @@ def write_demo_config(args: argparse.Namespace, sink_port: int) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     # stdout: `keypost start` shows a child's stdout lines, prefixed with its name
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
-    # aiosmtpd logs every connection at INFO (readiness probes included): noise in a demo.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
     gwdir = Path(args.data).resolve() / "gateway"
     inbox = Maildir(gwdir / "inbox")
     inbox.ensure()

@@ -24,6 +24,16 @@ from keypost.gateway.scan import Scanner, make_scanner
 log = logging.getLogger("keypost.gateway")
 
 WORKERS = 32
+# aiosmtpd's loggers: every command (addresses) at INFO, every DATA line (message bodies)
+# at DEBUG. The gateway logs one line per message itself.
+SMTP_LOGGERS = ("mail.log", "mail.debug")
+
+
+def quiet_smtp_logging() -> None:
+    """Pin aiosmtpd's loggers to WARNING whatever log_level says: neither message content
+    nor addresses of each command belong in the gateway's log."""
+    for name in SMTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -83,6 +93,7 @@ def smtp_factory(gw: Gateway) -> SMTP:
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT. Prints `listening smtp://HOST:PORT` lines, then `ready`
     (what `keypost start` waits for)."""
+    quiet_smtp_logging()
     gw.handler.quarantine.ensure()  # a quarantine that cannot be created stops the start
     for folder, mode in gw.handler.quarantine.loose_folders():
         # Not tightened: an existing folder's mode is the administrator's choice (e.g. a

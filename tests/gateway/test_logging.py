@@ -1,0 +1,38 @@
+"""What `keypost gateway serve` logs: one line per message, never bodies or each command."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+from gw_support import KEYPOST, Pki, Sink, free_port, plain_message, send, wait_port
+
+MARKER = "body-marker-7f3a9c"
+RCPT = "marker.rcpt.5e1d@example.com"
+
+
+def test_debug_log_level_logs_no_bodies_and_no_smtp_commands(
+    pki: Pki, sink: Sink, tmp_path: Path
+) -> None:
+    port = free_port()
+    cfg = pki.config(sink.port, listen=port, extra='log_level = "debug"',
+                     quarantine=str(tmp_path / "q"))
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([*KEYPOST, "gateway", "serve", "--config", str(cfg)],
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_port(port, timeout=30)
+        msg = plain_message(sender="s@outside.test", to=RCPT, body=MARKER)
+        assert send(port, "s@outside.test", [RCPT], msg)[0] == 250
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    text = log.read_text(errors="replace")
+    [line] = [x for x in text.splitlines() if "from=<s@outside.test>" in x]
+    assert "rcpts=1" in line and "-> 250" in line  # the gateway's own line stays
+    assert " DEBUG " in text  # the level is in force for the gateway's own loggers
+    assert [m.data for m in sink.handler.messages if MARKER.encode() in m.data]
+    assert MARKER not in text, text
+    assert RCPT not in text, text
+    assert "mail.log" not in text, text
