@@ -19,6 +19,7 @@ from pathlib import Path
 
 import ldap3
 import pytest
+import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -27,10 +28,11 @@ from test_directory_controller import account, record
 from test_directory_ldap_clients import ldap3_certs
 
 from keypost.core.containers import DirectoryCA
-from keypost.core.types import Requestor
+from keypost.core.types import Requestor, RequestorKind
 from keypost.directory.controller import (
     Answer,
     Controller,
+    KnownRequestor,
     peer_identity,
     requestor_key,
     requestor_of,
@@ -123,9 +125,11 @@ def test_a_requestor_without_identity_never_gets_a_kept_container(
     unknown = Requestor.anonymous()
     assert serial(controller, unknown) != serial(controller, unknown)
     assert requestor_of(None, "?") == unknown
+    nameless = KnownRequestor(RequestorKind.ANONYMOUS)  # who = "": names nobody either
+    assert serial(controller, nameless) != serial(controller, nameless)
     controller.flush()
     assert controller._cache == {} and controller._answers == {}
-    assert len(controller.store.audit()) == 2  # audited all the same
+    assert len(controller.store.audit()) == 4  # audited all the same
     assert controller.store.issued_addresses(NOW) == set()
 
 
@@ -255,6 +259,21 @@ def test_server_two_accounts_get_different_containers(
     # alice from another address is still alice
     assert [c.serial_number for c in ldap_serials(directory, address, "127.0.0.2",
                                                    bind=alice)] == [a.serial_number]
+
+
+def test_server_http_accounts_get_containers_of_their_own(
+        directory: Directory, bob: tuple[str, str]) -> None:
+    def pem(auth: tuple[str, str]) -> str:
+        resp = requests.get(directory.http + "v1/containers", auth=auth, timeout=30,
+                            params={"address": "privacy-http@example.com"})
+        assert resp.status_code == 200, resp.text
+        [container] = resp.json()["results"][0]["containers"]
+        return str(container["pem"])
+
+    bob_account = ("bob", bob[1])
+    alice = pem((USER, USER_PW))
+    assert pem(bob_account) != alice
+    assert pem((USER, USER_PW)) == alice and pem(bob_account) == pem(bob_account)
 
 
 def test_server_not_before_tells_a_prober_nothing(directory: Directory) -> None:

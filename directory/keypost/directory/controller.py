@@ -69,6 +69,7 @@ class KnownRequestor(Requestor):
     who: str = ""
 
 
+@lru_cache(maxsize=4096)  # a bound connection's every search names the same account
 def requestor_key(identity: str) -> str:
     """What the cache and the store keep of a requestor: truncated SHA-256 of
     "account:<name>" or "peer:<address>", so the store holds no account names or peer
@@ -297,7 +298,8 @@ class Controller:
         started = time.perf_counter()
         now = now or dt.datetime.now(dt.UTC)
         snap = self.snapshot()
-        who = requestor.who if isinstance(requestor, KnownRequestor) else None
+        # an empty `who` names nobody: such requestors must not share one identity
+        who = requestor.who or None if isinstance(requestor, KnownRequestor) else None
         answers: list[Answer] = []
         for text in addresses:
             key = (requestor, text, purpose)
