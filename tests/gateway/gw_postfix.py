@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 POSTFIX = "/usr/sbin/postfix"
@@ -20,7 +21,7 @@ MASTER_CF = """\
 127.0.0.1:{reinject} inet  n       -       n       -       -       smtpd
   -o content_filter=
   -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
-pickup    unix  n       -       n       60      1       pickup
+{reinject_options}pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 rewrite   unix  -       -       n       -       -       trivial-rewrite
@@ -81,7 +82,10 @@ def available() -> bool:
 
 class Postfix:
     def __init__(self, root: Path, port: int, reinject_port: int, gateway_port: int,
-                 sink_port: int, transport: str = "smtp") -> None:
+                 sink_port: int, transport: str = "smtp",
+                 reinject_options: Sequence[str] = ()) -> None:
+        """`reinject_options`: extra `name=value` settings of the re-injection smtpd (the
+        gateway's next hop), e.g. a smaller message_size_limit."""
         self.root = root
         self.port, self.reinject_port = port, reinject_port
         self.etc = root / "etc"
@@ -89,7 +93,10 @@ class Postfix:
         (self.etc / "main.cf").write_text(
             MAIN_CF.format(root=root, sink=sink_port, gateway=gateway_port, transport=transport)
         )
-        (self.etc / "master.cf").write_text(MASTER_CF.format(port=port, reinject=reinject_port))
+        extra = "".join(f"  -o {opt}\n" for opt in reinject_options)
+        (self.etc / "master.cf").write_text(
+            MASTER_CF.format(port=port, reinject=reinject_port, reinject_options=extra)
+        )
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(args, capture_output=True, text=True, timeout=60, check=False)

@@ -356,3 +356,24 @@ def test_signing_without_a_directory_is_refused_not_retried(pki: Pki, sink: Sink
         code, text = send(gw.port, ALICE, ["x@outside.test"], msg)
     assert code == 554 and "needs a directory" in text
     assert sink.handler.messages == []
+
+
+@pytest.mark.parametrize(
+    ("refusal", "expected"),
+    [
+        ("rcpt", "550 5.1.1 next hop refused: no such user here"),
+        ("552 5.3.4 Message size exceeds fixed limit",
+         "552 5.3.4 next hop refused: Message size exceeds fixed limit"),
+        ("554 transaction failed", "554 5.0.0 next hop refused: transaction failed"),
+    ],
+)
+def test_next_hop_refusal_keeps_its_enhanced_status_code(
+    pki: Pki, sink: Sink, refusal: str, expected: str
+) -> None:
+    if refusal == "rcpt":
+        sink.handler.refuse = {ALICE}
+    else:
+        sink.handler.reply = refusal
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current))
+    assert f"{code} {text}" == expected

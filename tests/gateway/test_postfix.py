@@ -60,7 +60,8 @@ Mta = tuple[Postfix, GatewayProcess, Sink]
 
 
 @contextmanager
-def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp") -> Iterator[Mta]:
+def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
+                reinject_options: tuple[str, ...] = ()) -> Iterator[Mta]:
     gw_port, reinject = free_port(), free_port()
     cfg = pki.config(next_hop=reinject, listen=gw_port, extra=f'protocol = "{protocol}"')
     gateway = GatewayProcess(cfg, gw_port)
@@ -68,7 +69,8 @@ def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp") -> Iterator[Mta]:
     # private (0700) tmp_path: use a traversable temporary directory of its own.
     root = Path(tempfile.mkdtemp(prefix="keypost-postfix-"))
     root.chmod(0o755)
-    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port, transport=protocol)
+    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port, transport=protocol,
+                      reinject_options=reinject_options)
     gateway.start()
     postfix.start()
     try:
@@ -148,3 +150,18 @@ def test_lmtp_content_filter_bounces_only_the_refused_recipient(pki: Pki, sink: 
     assert bounce.mail_from in ("", "<>")
     assert b"x@outside.test" in bounce.data and b"554 5.7.1" in bounce.data
     assert ("x@outside.test",) not in by_rcpt
+
+
+def test_next_hop_enhanced_status_code_reaches_postfix(pki: Pki, sink: Sink) -> None:
+    """The re-injection smtpd refuses the size (552 5.3.4): the gateway answers Postfix with
+    that code, not 5.0.0, so the bounce says why."""
+    big = PLAIN.replace(b"plain body", b"x" * 20000 + b"\r\nplain body")
+    with running_mta(pki, sink, reinject_options=("message_size_limit=8000",)) as (pf, _, _):
+        submit(pf, big)
+        deadline = time.monotonic() + 60
+        while "status=bounced" not in pf.log() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        log = pf.log()
+    [line] = [x for x in log.splitlines() if "status=bounced" in x and "alice@example.com" in x]
+    assert "dsn=5.3.4" in line, log
+    assert "552 5.3.4 next hop refused: Message size exceeds fixed limit" in line, log

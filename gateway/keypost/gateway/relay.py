@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import smtplib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from keypost.gateway.errors import NextHopUnavailable, PermFailure
 log = logging.getLogger("keypost.gateway.relay")
 
 _PASS_OPTIONS = ("SMTPUTF8", "BODY=")
+_ENHANCED = re.compile(r"5\.\d{1,3}\.\d{1,3}(?=\s|$)")  # RFC 3463, permanent class
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,13 @@ class Relay:
 
 
 def _perm(code: int, text: bytes | str) -> PermFailure:
-    err = PermFailure(f"next hop refused: {_text(text)[:200]}", "5.0.0")
+    """The next hop's 5xx as our reply: its code and its enhanced status code (RFC 3463,
+    e.g. 5.3.4 message too big: the sender's MTA and the bounce say why); 5.0.0 when it
+    gave none."""
+    line = _text(text)
+    found = _ENHANCED.match(line)
+    enhanced = found.group() if found else "5.0.0"
+    rest = line[found.end():].strip() if found else line
+    err = PermFailure(f"next hop refused: {rest[:200]}", enhanced)
     err.code = code
     return err
