@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from gw_support import KEYPOST, Pki, free_port
 
 from keypost.gateway.errors import ConfigError, TempFailure
 from keypost.gateway.scan import (
@@ -83,3 +85,27 @@ def test_scanner_from_an_entry_point(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert scanner.scan(b"fine", "", []).verdict is Verdict.ACCEPT
     with pytest.raises(ConfigError, match="no scanner named"):
         load_entry_point("missing")
+
+
+def test_check_config_refuses_a_scan_command_that_cannot_run(pki: Pki, tmp_path: Path) -> None:
+    not_executable = tmp_path / "scan.sh"
+    not_executable.write_text("#!/bin/sh\nexit 0\n")
+    not_executable.chmod(0o644)
+    cases = [
+        (f'"{tmp_path / "missing"}"', f"'{tmp_path / 'missing'}' is no executable file"),
+        (f'"{not_executable} --fast"', f"'{not_executable}' is no executable file"),
+        ('"keypost-no-such-scanner -v"', "'keypost-no-such-scanner' is no executable file in PATH"),
+        (f'"{tmp_path}"', f"'{tmp_path}' is no executable file"),  # a folder
+    ]
+    for command, why in cases:
+        cfg = pki.config(free_port(), extra=f"[scan]\ncommand = {command}")
+        done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.splitlines() == [f"keypost: error: scan.command: {why}"]
+        assert "configuration OK" not in done.stdout
+    found = pki.config(free_port(), extra='[scan]\ncommand = "true --via-path"')
+    ok = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(found)],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.returncode == 0, ok.stderr
+    assert "scan hook: command true --via-path" in ok.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import shutil
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -121,8 +122,19 @@ def load_entry_point(name: str) -> Scanner:
     return CallableScanner(obj)
 
 
+def check_command(command: Sequence[str]) -> None:
+    """Raises ConfigError unless the command's program is an executable file, looked up as
+    subprocess looks it up (a name with a slash as it is, else in PATH): otherwise every
+    message would get 451 at run time while check-config said OK."""
+    program = command[0]
+    if shutil.which(program) is None:
+        where = "" if "/" in program else " in PATH"
+        raise ConfigError(f"scan.command: {program!r} is no executable file{where}")
+
+
 def make_scanner(config: ScanConfig, timeout: float) -> Scanner:
     if config.command:
+        check_command(config.command)
         return CommandScanner(config.command, timeout)
     if config.entry_point:
         return load_entry_point(config.entry_point)
