@@ -101,21 +101,30 @@ def test_the_same_requestor_gets_the_same_container_from_every_tier(
     assert serial(restarted, peer, NOW + dt.timedelta(hours=12, minutes=5)) != first
 
 
-def test_accounts_get_containers_of_their_own(controller: Controller) -> None:
+def test_accounts_share_containers_within_their_domain_only(controller: Controller) -> None:
+    """Users and the gateway of one domain get the same container (the gateway recognises
+    by serial what its users' add-ons encrypted to); another domain's accounts and an
+    anonymous peer get their own."""
     alice, bob = requestor_of(account("alice")), requestor_of(account("bob"))
-    gw1 = requestor_of(account("gw1", AccountRole.GATEWAY))
-    gw2 = requestor_of(account("gw2", AccountRole.GATEWAY))
+    gw = requestor_of(account("gw", AccountRole.GATEWAY))
+    other_user = requestor_of(account("carol", domain="example.net"))
+    other_gw = requestor_of(account("gw2", AccountRole.GATEWAY, domain="example.net"))
     foreign = "x@example.org"  # gateways encrypt to foreign addresses (no signing rule)
-    mine = serial(controller, alice)
-    assert len({mine, serial(controller, bob),
-                serial(controller, requestor_of(None, "192.0.2.1"))}) == 3
-    assert serial(controller, alice) == mine
-    # account names are case-insensitive, as in the store
-    assert serial(controller, requestor_of(account("ALICE"))) == serial(controller, alice)
     controller.store.add_domain("example.org", [record("example.org", rsa.generate_private_key(
         public_exponent=65537, key_size=2048), KeyUse.ENCRYPTION)])
-    g1, g2 = (only(controller.answer(g, [foreign], None, "t")) for g in (gw1, gw2))
-    assert g1.serial_number != g2.serial_number
+
+    def foreign_serial(r: Requestor) -> int:
+        [container] = [c for a in controller.answer(r, [foreign], None, "t")
+                       for c in a.containers if c.gateway == "example.org"]
+        return container.serial
+
+    mine = foreign_serial(alice)
+    assert foreign_serial(bob) == mine and foreign_serial(gw) == mine
+    assert foreign_serial(alice) == mine  # and again
+    theirs = foreign_serial(other_user)
+    assert foreign_serial(other_gw) == theirs
+    anonymous = foreign_serial(requestor_of(None, "192.0.2.1"))
+    assert len({mine, theirs, anonymous}) == 3
 
 
 def test_a_requestor_without_identity_never_gets_a_kept_container(
@@ -136,7 +145,8 @@ def test_a_requestor_without_identity_never_gets_a_kept_container(
 def test_rekey_drops_the_containers_of_every_requestor(
         tmp_path: Path, controller: Controller) -> None:
     requestors = [requestor_of(None, "192.0.2.1"), requestor_of(None, "2001:db8::1"),
-                  requestor_of(account("alice")), requestor_of(account("bob"))]
+                  requestor_of(account("alice")),
+                  requestor_of(account("bob", domain="example.net"))]
     before = {serial(controller, r) for r in requestors}
     controller.flush()
     new_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
@@ -248,20 +258,22 @@ def test_server_two_anonymous_peers_get_different_containers(directory: Director
         there.serial_number]
 
 
-def test_server_two_accounts_get_different_containers(
+def test_server_accounts_of_one_domain_share_an_anonymous_peer_does_not(
         directory: Directory, bob: tuple[str, str]) -> None:
     alice = (f"uid={USER},{SUFFIX}", USER_PW)
     address = "privacy-accounts@example.com"  # a user gets one container for her own domain
     [a] = ldap_serials(directory, address, bind=alice)
     [b] = ldap_serials(directory, address, bind=bob)
     [anon] = ldap_serials(directory, address)
-    assert len({a.serial_number, b.serial_number, anon.serial_number}) == 3
+    # alice and bob are users of one domain: one container; the anonymous peer its own
+    assert a.serial_number == b.serial_number
+    assert anon.serial_number != a.serial_number
     # alice from another address is still alice
     assert [c.serial_number for c in ldap_serials(directory, address, "127.0.0.2",
                                                    bind=alice)] == [a.serial_number]
 
 
-def test_server_http_accounts_get_containers_of_their_own(
+def test_server_http_accounts_of_one_domain_share(
         directory: Directory, bob: tuple[str, str]) -> None:
     def pem(auth: tuple[str, str]) -> str:
         resp = requests.get(directory.http + "v1/containers", auth=auth, timeout=30,
@@ -272,8 +284,8 @@ def test_server_http_accounts_get_containers_of_their_own(
 
     bob_account = ("bob", bob[1])
     alice = pem((USER, USER_PW))
-    assert pem(bob_account) != alice
-    assert pem((USER, USER_PW)) == alice and pem(bob_account) == pem(bob_account)
+    assert pem(bob_account) == alice  # users of one domain
+    assert pem((USER, USER_PW)) == alice
 
 
 def test_server_not_before_tells_a_prober_nothing(directory: Directory) -> None:

@@ -490,3 +490,17 @@ def test_signing_is_refused_when_from_is_not_the_envelope_sender(
     [signed] = sink.handler.messages
     assert b"multipart/signed" in signed.data and b"forged" not in signed.data
     assert f"not signed for <{ALICE}>" in caplog.text
+
+
+def test_whole_path_message_without_a_genuine_certificate_is_forwarded_untouched(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld
+) -> None:
+    """The path of a recipient with no genuine certificate is the two gateways' containers:
+    the gateway must recognise the partner gateway's container alice's add-on used (it asks
+    the directory as its own account), so the original goes on unchanged."""
+    path = user_containers(world, EVE)  # own gateway + partner gateway, nothing genuine
+    assert len(path) == 2
+    enc = smime.encrypt_message(plain_message(sender=ALICE, to=EVE, body="proxy path"), path)
+    assert send(gw.port, ALICE, [EVE], enc)[0] == 250
+    [got] = sink.handler.messages
+    assert body_of(got.data) == body_of(enc)

@@ -72,7 +72,7 @@ class KnownRequestor(Requestor):
 @lru_cache(maxsize=4096)  # a bound connection's every search names the same account
 def requestor_key(identity: str) -> str:
     """What the cache and the store keep of a requestor: truncated SHA-256 of
-    "account:<name>" or "peer:<address>", so the store holds no account names or peer
+    "domain:<domain>" or "peer:<address>", so the store holds no account domains or peer
     addresses next to the addresses they looked up (hashes of IPv4 addresses can be
     brute-forced: this keeps them out of plain sight, it is no secret)."""
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
@@ -112,15 +112,22 @@ def _anonymous(host: str) -> Requestor:
 def requestor_of(account: AccountRecord | None, peer: str | None = None) -> Requestor:
     """Anonymous -> external; a user of D -> internal to D; a gateway of D -> gateway of D.
 
-    The result names who asks: the account (user and gateway accounts alike, from any
-    address), else the peer's address (`peer`: the host, without port). Anonymous without
-    a peer's IP address: a plain Requestor, which the cache never serves a container twice.
+    The result names who asks: for an account (user or gateway, from any address) its
+    domain, else the peer's address (`peer`: the host, without port). Anonymous without a
+    peer's IP address: a plain Requestor, which the cache never serves a container twice.
+
+    Why the domain and not the account: a domain's gateway must recognise, by issuer and
+    serial, the recipient's-gateway container its users' add-ons encrypted to, so that a
+    whole-path message goes on untouched (the seed's "the gateways need not re-encrypt");
+    so the users and the gateway of one domain share containers. Nobody outside the domain
+    (another organisation, an anonymous prober) gets them, which is what keeps recipients,
+    Bcc ones included, from being confirmed by serial and notBefore from telling who was
+    looked up. Inside one organisation these are facts its own gateway sees anyway.
     """
     if account is None:
         return Requestor.anonymous() if peer is None else _anonymous(peer)
     kind = RequestorKind.GATEWAY if account.role is AccountRole.GATEWAY else RequestorKind.USER
-    # account names are case-insensitive (store: COLLATE NOCASE)
-    return KnownRequestor(kind, account.domain, requestor_key("account:" + account.name.lower()))
+    return KnownRequestor(kind, account.domain, requestor_key("domain:" + account.domain.lower()))
 
 
 def requestor_label(requestor: Requestor) -> str:
