@@ -12,10 +12,13 @@ to 127.0.0.2 reaches it) and with two accounts.
 from __future__ import annotations
 
 import datetime as dt
+import http.client
+import json
 import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import ldap3
 import pytest
@@ -326,3 +329,29 @@ def test_server_rekey_serves_none_of_the_old_containers(directory: Directory,
 def spki_of(cert: x509.Certificate) -> bytes:
     return cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def http_anonymous_serial(d: Directory, address: str, source: str) -> int:
+    """One anonymous GET /v1/containers from `source` (a loopback address of its own)."""
+    url = urlsplit(d.http)
+    conn = http.client.HTTPConnection(url.hostname or "127.0.0.1", url.port, timeout=30,
+                                      source_address=(source, 0))
+    try:
+        conn.request("GET", f"/v1/containers?address={address}")
+        resp = conn.getresponse()
+        assert resp.status == 200
+        [container] = json.loads(resp.read())["results"][0]["containers"]
+    finally:
+        conn.close()
+    return x509.load_pem_x509_certificate(container["pem"].encode()).serial_number
+
+
+def test_server_http_anonymous_peers_keep_containers_of_their_own(directory: Directory) -> None:
+    """Over HTTP too an anonymous requestor is its address: the same peer gets its container
+    again, another peer its own (HTTP had passed no peer: a fresh one every time)."""
+    address = "privacy-http-anon@example.com"
+    here = http_anonymous_serial(directory, address, "127.0.0.1")
+    assert http_anonymous_serial(directory, address, "127.0.0.1") == here
+    there = http_anonymous_serial(directory, address, "127.0.0.2")
+    assert there != here
+    assert http_anonymous_serial(directory, address, "127.0.0.2") == there

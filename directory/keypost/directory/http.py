@@ -148,7 +148,9 @@ async def containers(request: web.Request) -> web.StreamResponse:
     account = await _requestor_account(request)
     if isinstance(account, web.Response):
         return account
-    answers = request.app[CONTROLLER].answer(requestor_of(account), addresses, purpose, "http")
+    # an anonymous requestor is its peer's address: the cache serves it only its own
+    answers = request.app[CONTROLLER].answer(
+        requestor_of(account, request.remote), addresses, purpose, "http")
     url = str(settings["url"])
     return web.json_response({"results": [_result(a, url) for a in answers]})
 
