@@ -1,7 +1,8 @@
 """A real Postfix instance in a temporary directory on loopback ports, for the gateway tests.
 
 Layout: smtpd on `port` hands every message to the content filter (the gateway,
-`content_filter = smtp:[127.0.0.1]:<gateway port>`); the gateway re-injects on
+`content_filter = keypost:[127.0.0.1]:<gateway port>`, a dedicated smtp client as the
+README recommends, or `lmtp`); the gateway re-injects on
 `reinject_port`, an smtpd with an empty content_filter; Postfix then relays to the
 final sink (relayhost). Own config, queue and data directories; always stopped.
 """
@@ -21,7 +22,11 @@ MASTER_CF = """\
 127.0.0.1:{reinject} inet  n       -       n       -       -       smtpd
   -o content_filter=
   -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
-{reinject_options}pickup    unix  n       -       n       60      1       pickup
+{reinject_options}keypost   unix  -       -       n       -       10      smtp
+  -o smtp_tls_security_level=none
+  -o smtp_dns_support_level=disabled
+  -o max_use=20
+pickup    unix  n       -       n       60      1       pickup
 cleanup   unix  n       -       n       -       0       cleanup
 qmgr      unix  n       -       n       300     1       qmgr
 rewrite   unix  -       -       n       -       -       trivial-rewrite
@@ -60,6 +65,7 @@ mynetworks = 127.0.0.0/8
 smtpd_relay_restrictions = permit_mynetworks, reject
 relayhost = [127.0.0.1]:{sink}
 content_filter = {transport}:[127.0.0.1]:{gateway}
+bounce_size_limit = 1
 smtp_dns_support_level = disabled
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
@@ -82,7 +88,7 @@ def available() -> bool:
 
 class Postfix:
     def __init__(self, root: Path, port: int, reinject_port: int, gateway_port: int,
-                 sink_port: int, transport: str = "smtp",
+                 sink_port: int, transport: str = "keypost",
                  reinject_options: Sequence[str] = ()) -> None:
         """`reinject_options`: extra `name=value` settings of the re-injection smtpd (the
         gateway's next hop), e.g. a smaller message_size_limit."""

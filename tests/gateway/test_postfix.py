@@ -69,7 +69,9 @@ def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
     # private (0700) tmp_path: use a traversable temporary directory of its own.
     root = Path(tempfile.mkdtemp(prefix="keypost-postfix-"))
     root.chmod(0o755)
-    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port, transport=protocol,
+    # the README's set-up: a dedicated smtp client (`keypost` in master.cf) or lmtp
+    transport = "keypost" if protocol == "smtp" else protocol
+    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port, transport=transport,
                       reinject_options=reinject_options)
     gateway.start()
     postfix.start()
