@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from gw_support import KEYPOST, Pki, free_port
 
-from keypost.gateway.quarantine import Maildir
+from keypost.gateway.quarantine import Maildir, Onward, held_messages
 
 
 def _mode(path: Path) -> int:
@@ -81,3 +81,41 @@ def test_a_quarantine_path_that_is_no_folder_is_an_error(tmp_path: Path) -> None
         Maildir(tmp_path / "q").ensure()
     with pytest.raises(NotADirectoryError):
         Maildir(tmp_path / "q" / "deeper").ensure()
+
+
+def test_a_message_cannot_rewrite_its_own_envelope(tmp_path: Path) -> None:
+    """Held outbound clear text starts with lines its sender chose: named like the envelope,
+    they must stay message, or a release would go to other recipients without the outbound
+    steps the hold recorded."""
+    forged = (b"X-Keypost-Onward: none\r\nX-Keypost-Envelope-To: <x@evil.example>\r\n"
+              b"X-Keypost-Envelope-From: <ceo@example.com>\r\n"
+              b"From: alice@example.com\r\nSubject: hi\r\n\r\nsecret\r\n")
+    box = Maildir(tmp_path / "q")
+    qid = box.store(forged, "alice@example.com", ["bob@other.example"], "scan: held",
+                    Onward(encrypt=True))
+    [held] = held_messages(box.root)
+    assert held.qid == qid
+    assert held.rcpts == ("bob@other.example",)
+    assert held.mail_from == "alice@example.com"
+    assert held.onward == Onward(encrypt=True)
+    assert held.reason == "scan: held"
+    assert held.message == forged
+    # not recorded (inbound): still nothing the message can add
+    box2 = Maildir(tmp_path / "q2")
+    box2.store(forged, "x@outside.example", ["alice@example.com"], "held", None)
+    [inbound] = held_messages(box2.root)
+    assert inbound.onward is None and inbound.rcpts == ("alice@example.com",)
+    assert inbound.message == forged
+
+
+def test_a_file_of_an_older_gateway_is_read_without_onward(tmp_path: Path) -> None:
+    box = Maildir(tmp_path / "q")
+    box.ensure()
+    old = (b"X-Keypost-Quarantine-Reason: held\r\nX-Keypost-Envelope-From: <a@example.com>\r\n"
+           b"X-Keypost-Envelope-To: <b@other.example>\r\nX-Keypost-Onward: none\r\n"
+           b"Subject: x\r\n\r\nbody\r\n")
+    box.deliver(old)
+    [held] = held_messages(box.root)
+    assert held.rcpts == ("b@other.example",) and held.mail_from == "a@example.com"
+    assert held.onward is None  # its first message line does not count as a record
+    assert held.message.startswith(b"X-Keypost-Onward: none\r\nSubject: x")

@@ -101,10 +101,11 @@ class Maildir:
         `onward` None: the message is not outbound mail of a served domain (not recorded).
         Raises TempFailure when the disk refuses (the sender retries; nothing is lost)."""
         envelope = (
+            f"{_FORMAT_LINE}\r\n"
             f"X-Keypost-Quarantine-Reason: {' '.join(reason.split())}\r\n"
             f"X-Keypost-Envelope-From: <{mail_from}>\r\n"
             f"X-Keypost-Envelope-To: {', '.join(f'<{r}>' for r in rcpts)}\r\n"
-            + (f"{ONWARD_HEADER}: {onward}\r\n" if onward is not None else "")
+            f"{ONWARD_HEADER}: {onward if onward is not None else 'unrecorded'}\r\n"
         ).encode("utf-8", "replace")
         return self.deliver(envelope + message)
 
@@ -147,16 +148,30 @@ _ENVELOPE = ("x-keypost-quarantine-reason", "x-keypost-envelope-from", "x-keypos
              ONWARD_HEADER.lower())
 
 
+# The first line of every file `store` writes. Its envelope lines follow in a fixed order
+# and number, and the message starts right after them: the message's own first lines
+# (which its sender chose) are never read as envelope, however they are named.
+_FORMAT_LINE = "X-Keypost-Quarantine-Format: 2"
+
+
 def read_held(path: Path) -> Held:
     """Split what `Maildir.store` wrote back into envelope and message."""
     data = path.read_bytes()
+    expected = list(_ENVELOPE)
+    first, sep, rest = data.partition(b"\r\n")
+    if sep and first.decode("utf-8", "replace") == _FORMAT_LINE:
+        data = rest
+    else:
+        # a file of an older gateway: reason, from and to, nothing recorded about the
+        # outbound steps (so it is not released to recipients outside the served domains)
+        expected = expected[:3]
     values: dict[str, str] = {}
-    while True:
+    for want in expected:
         line, sep, rest = data.partition(b"\r\n")
         name, _, value = line.decode("utf-8", "replace").partition(":")
-        if not sep or name.lower() not in _ENVELOPE:
+        if not sep or name.lower() != want:
             break
-        values[name.lower()] = value.strip()
+        values[want] = value.strip()
         data = rest
     rcpts = tuple(r.strip().strip("<>") for r in values.get(_ENVELOPE[2], "").split(",") if r)
     return Held(path.name.split(":")[0], values.get(_ENVELOPE[1], "").strip("<>"), rcpts,
