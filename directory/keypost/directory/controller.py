@@ -72,10 +72,13 @@ class KnownRequestor(Requestor):
 @lru_cache(maxsize=4096)  # a bound connection's every search names the same account
 def requestor_key(identity: str) -> str:
     """What the cache and the store keep of a requestor: truncated SHA-256 of
-    "domain:<domain>" or "peer:<address>", so the store holds no account domains or peer
+    "accounts" or "peer:<address>", so the store holds no peer
     addresses next to the addresses they looked up (hashes of IPv4 addresses can be
     brute-forced: this keeps them out of plain sight, it is no secret)."""
     return hashlib.sha256(identity.encode("utf-8")).hexdigest()[:32]
+
+
+_ACCOUNTS = requestor_key("accounts")  # every account is one requestor: requestor_of
 
 
 def peer_identity(host: str) -> str | None:
@@ -112,22 +115,24 @@ def _anonymous(host: str) -> Requestor:
 def requestor_of(account: AccountRecord | None, peer: str | None = None) -> Requestor:
     """Anonymous -> external; a user of D -> internal to D; a gateway of D -> gateway of D.
 
-    The result names who asks: for an account (user or gateway, from any address) its
-    domain, else the peer's address (`peer`: the host, without port). Anonymous without a
-    peer's IP address: a plain Requestor, which the cache never serves a container twice.
+    The result names who asks: every account (user or gateway, of any domain, from any
+    address) is one requestor, "the directory's accounts"; an anonymous requestor is its
+    peer's address (`peer`: the host, without port). Anonymous without a peer's IP address:
+    a plain Requestor, which the cache never serves a container twice.
 
-    Why the domain and not the account: a domain's gateway must recognise, by issuer and
-    serial, the recipient's-gateway container its users' add-ons encrypted to, so that a
-    whole-path message goes on untouched (the seed's "the gateways need not re-encrypt");
-    so the users and the gateway of one domain share containers. Nobody outside the domain
-    (another organisation, an anonymous prober) gets them, which is what keeps recipients,
-    Bcc ones included, from being confirmed by serial and notBefore from telling who was
-    looked up. Inside one organisation these are facts its own gateway sees anyway.
+    Why the accounts share: a gateway must recognise, by issuer and serial, the
+    recipient's-gateway container its users' add-ons encrypted to, so that a whole-path
+    message goes on untouched (the seed's "the gateways need not re-encrypt"), and one
+    gateway account may serve several domains; keyed by account or by domain, a gateway
+    would not know its users' containers. The accounts are the organisation(s) that run
+    this directory. Nobody else (an anonymous prober, another organisation's clients) gets
+    their containers, which is what keeps recipients, Bcc ones included, from being
+    confirmed by serial and notBefore from telling who was looked up.
     """
     if account is None:
         return Requestor.anonymous() if peer is None else _anonymous(peer)
     kind = RequestorKind.GATEWAY if account.role is AccountRole.GATEWAY else RequestorKind.USER
-    return KnownRequestor(kind, account.domain, requestor_key("domain:" + account.domain.lower()))
+    return KnownRequestor(kind, account.domain, _ACCOUNTS)
 
 
 def requestor_label(requestor: Requestor) -> str:
