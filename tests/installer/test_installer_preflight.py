@@ -114,6 +114,13 @@ def test_directory_urls_refused_before_writing(url: str, message: str) -> None:
         preflight.check_reachable(url, timeout=5)
 
 
+def test_a_password_in_the_url_is_never_echoed() -> None:
+    for url in ("ldaps://alice:s3cret", "ldaps://alice:s3cret/dc=keypost"):
+        with pytest.raises(InstallError) as err:
+            preflight.check_reachable(url, timeout=5)
+        assert "s3cret" not in str(err.value), url
+
+
 def test_a_listening_directory_port_passes(monkeypatch: pytest.MonkeyPatch) -> None:
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))

@@ -103,7 +103,9 @@ def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
         parts = urlsplit(url.strip())
         port = parts.port
     except ValueError:
-        raise InstallError(f"invalid directory URL: {url!r}") from None
+        # never echoed: a URL may hold a password ("ldaps://alice:secret" reads it as a port)
+        raise InstallError("invalid directory URL: its port is not a number, or its IPv6 "
+                           "address lacks brackets") from None
     scheme, host = parts.scheme.lower(), parts.hostname or ""
     if scheme not in DEFAULT_PORTS or not host:
         raise InstallError("the directory URL must be ldaps://, ldap:// or https:// with a host")
