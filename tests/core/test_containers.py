@@ -640,22 +640,29 @@ def test_wrong_anchor(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
     ).ok
 
 
-def test_expired_and_not_yet_valid(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
-    cert = issue(ca, gw, lifetime=dt.timedelta(minutes=10))
-    later = NOW + dt.timedelta(minutes=10, seconds=1)
+def test_expired_and_not_yet_valid(gw: kc.GatewayKey) -> None:
+    # A CA of its own, made now: the module's CA may be older than its NOW by more than the
+    # minute the "4 minutes slow" check below allows (the anchor's notBefore is its
+    # creation minus the 5-minute skew), when other modules ran in between.
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    ca = kc.DirectoryCA.generate(directory_url=URL)
+    request = kc.ContainerRequest(parse_address("alice@example.org"), Purpose.ENCRYPT, gw,
+                                  lifetime=dt.timedelta(minutes=10))
+    cert = ca.issue(request, now=t0)
+    later = t0 + dt.timedelta(minutes=10, seconds=1)
     assert "expired" in reasons_of(
         kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, later)
     )
     assert kc.verify_container(
-        cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW + dt.timedelta(minutes=10)
+        cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, t0 + dt.timedelta(minutes=10)
     ).ok
-    earlier = NOW - dt.timedelta(minutes=6)
+    earlier = t0 - dt.timedelta(minutes=6)
     assert "not valid before" in reasons_of(
         kc.verify_container(cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, earlier)
     )
     # the 5-minute skew is real: a clock 4 minutes slow still accepts it
     assert kc.verify_container(
-        cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW - dt.timedelta(minutes=4)
+        cert, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, t0 - dt.timedelta(minutes=4)
     ).ok
 
 
