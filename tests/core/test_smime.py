@@ -898,3 +898,14 @@ def test_signer_info_with_other_tags_is_refused(where: str, tag: int) -> None:
     forged = signed[: block.start(1)] + text + signed[block.end(1) :]
     assert forged != signed
     assert not smime.verify_signed(forged, [directory_ca().certificate]).ok
+
+
+def test_more_recipient_certificates_than_a_gateway_reads_is_refused() -> None:
+    """A gateway refuses an envelope of more than MAX_RECIPIENT_INFOS unread: the writer
+    says so instead of producing one."""
+    gw = gateway("gw.b.example")
+    cert = container("bob@b.example", gw)
+    smime.envelope_der(b"Content-Type: text/plain\r\n\r\nx\r\n", [cert] * smime.MAX_RECIPIENT_INFOS)
+    with pytest.raises(SmimeError, match="at most 1024 per message"):
+        smime.envelope_der(b"Content-Type: text/plain\r\n\r\nx\r\n",
+                           [cert] * (smime.MAX_RECIPIENT_INFOS + 1))

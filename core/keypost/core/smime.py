@@ -119,6 +119,10 @@ def envelope_der(
     2048 only), with the best content cipher they all accept. Raises SmimeError."""
     if not recipients:
         raise SmimeError("no recipient certificates to encrypt for")
+    if len(recipients) > MAX_RECIPIENT_INFOS:
+        # gateways refuse such an envelope unread (cms.parse_enveloped): say so here
+        raise SmimeError(f"{len(recipients)} recipient certificates: at most "
+                         f"{MAX_RECIPIENT_INFOS} per message; split the recipients")
     for cert in recipients:
         _check_rsa_recipient(cert)
     return cms.build_enveloped(entity, recipients, choose_cipher(recipients), head)
