@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from keypost.core import netaddr
 from keypost.core.netaddr import is_loopback_host
 
 # (text, loopback as a peer address, loopback as a URL host)
@@ -52,3 +53,21 @@ CASES = [
 def test_loopback_by_text(text: str, as_peer: bool, as_url_host: bool) -> None:
     assert is_loopback_host(text) is as_peer
     assert is_loopback_host(text, localhost_name=True) is as_url_host
+
+
+@pytest.mark.parametrize(
+    ("host", "canonical"),
+    [
+        ("127.0.0.1", "127.0.0.1"),
+        ("[::1]", "::1"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),  # IPv4-mapped: the IPv4 address
+        ("[2001:DB8::1]", "2001:db8::1"),
+        ("fe80::1%eth0", "fe80::1"),
+        ("example.org", None),
+        ("?", None),
+        ("127.0.0.1%lo", None),  # a zone id belongs to IPv6 only
+    ],
+)
+def test_ip_address_canonical_form(host: str, canonical: str | None) -> None:
+    address = netaddr.ip_address(host)
+    assert (None if address is None else str(address)) == canonical

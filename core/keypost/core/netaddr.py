@@ -16,6 +16,24 @@ import ipaddress
 LOCALHOST = "localhost"
 
 
+def ip_address(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The IP address a host text names, in one canonical form: brackets ("[::1]") and an
+    IPv6 zone id ("::1%lo") stripped, an IPv4-mapped IPv6 address as its IPv4 address;
+    None for a name or anything unparsable."""
+    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    address_text, percent, zone = text.partition("%")
+    if percent and (not zone or ":" not in address_text):
+        return None  # a zone id belongs to an IPv6 address only, and is never empty
+    try:
+        address = ipaddress.ip_address(address_text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        # Python < 3.13 calls ::ffff:127.0.0.1 not loopback, though it reaches 127.0.0.1.
+        return address.ipv4_mapped
+    return address
+
+
 def is_loopback_host(host: str, *, localhost_name: bool = False) -> bool:
     """IPv4 127.0.0.0/8, IPv6 ::1 and IPv4-mapped ::ffff:127.0.0.0/104, written with or
     without brackets ("[::1]") and with an IPv6 zone id ("::1%lo") or not. With
@@ -23,15 +41,5 @@ def is_loopback_host(host: str, *, localhost_name: bool = False) -> bool:
     text included, is not loopback: the safe answer where a password is at stake."""
     if localhost_name and host.lower() == LOCALHOST:
         return True
-    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    address_text, percent, zone = text.partition("%")
-    if percent and (not zone or ":" not in address_text):
-        return False  # a zone id belongs to an IPv6 address only, and is never empty
-    try:
-        address = ipaddress.ip_address(address_text)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        # Python < 3.13 calls ::ffff:127.0.0.1 not loopback, though it reaches 127.0.0.1.
-        return address.ipv4_mapped.is_loopback
-    return address.is_loopback
+    address = ip_address(host)
+    return address is not None and address.is_loopback

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import ipaddress
 import logging
 import time
 from collections import OrderedDict
@@ -38,6 +37,7 @@ from keypost.core.containers import (
     to_der,
 )
 from keypost.core.errors import KeypostError
+from keypost.core.netaddr import ip_address
 from keypost.core.policy import DirectoryView, decide
 from keypost.core.types import Capability, Purpose, Requestor, RequestorKind, Role
 from keypost.directory.metrics import Metrics
@@ -93,14 +93,8 @@ def peer_identity(host: str) -> str | None:
     who varies his address only gets fresh containers, which he can force anyway by
     varying local parts.
     """
-    text = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return f"peer:{address}"
+    address = ip_address(host)
+    return None if address is None else f"peer:{address}"
 
 
 @lru_cache(maxsize=4096)
