@@ -37,6 +37,7 @@ from keypost.directory.http import Handler, PeerCappedSite, make_app, make_runne
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
 from keypost.directory.ldap.server import Limits
+from keypost.directory.peer_counts import PeerCounts
 from keypost.directory.store import AccountRecord, AccountRole, GatewayKeyRecord, KeyUse
 from keypost.directory.store.sqlite import SqliteStore
 
@@ -214,17 +215,17 @@ def test_idle_http_connections_are_closed() -> None:
         app.router.add_get("/", lambda request: web.Response(text="ok"))  # type: ignore
         runner = make_runner(app, idle_seconds=0.3)
         await runner.setup()
-        counts: dict[str, int] = {}
+        counts = PeerCounts()
         site = PeerCappedSite(runner, "127.0.0.1", 0, max_per_peer=2, counts=counts)
         await site.start()
         try:
             reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
             await asyncio.sleep(0.05)
-            during = dict(counts)
+            during = counts.snapshot()
             closed = await asyncio.wait_for(reader.read(), 3) == b""  # EOF, nothing sent
             writer.close()
             await asyncio.sleep(0.05)
-            return closed, during, dict(counts)
+            return closed, during, counts.snapshot()
         finally:
             await runner.cleanup()
 

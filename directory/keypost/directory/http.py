@@ -23,6 +23,7 @@ from keypost.directory.accounts import Authenticator, PasswordChecksBusy
 from keypost.directory.cleartext import CleartextPolicy, password_allowed
 from keypost.directory.controller import Answer, Controller, requestor_of
 from keypost.directory.errors import RequestError
+from keypost.directory.peer_counts import PeerCounts
 from keypost.directory.store import AccountRecord, AccountRole
 
 log = logging.getLogger("keypost.directory.http")
@@ -231,14 +232,14 @@ def make_runner(app: web.Application, idle_seconds: float = IDLE_SECONDS) -> web
 
 class PeerCappedSite(web.TCPSite):
     """A TCPSite whose peers may hold at most `max_per_peer` connections each; `counts`
-    (address -> open connections) may be shared by several sites (http and https).
+    may be shared by several sites (http and https).
 
     aiohttp has no hook before a connection is handed to its handler, so each handler
     is wrapped (`_PeerCapped`) in the listener's protocol factory.
     """
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_per_peer: int,
-                 counts: dict[str, int], ssl_context: ssl.SSLContext | None = None) -> None:
+                 counts: PeerCounts, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         self.max_per_peer = max_per_peer
         self.counts = counts
@@ -259,20 +260,19 @@ class _PeerCapped(asyncio.Protocol):
     """Counts its peer's connections; beyond the cap answers 503 busy and hangs up
     before aiohttp's handler sees the connection, else passes everything through."""
 
-    def __init__(self, inner: asyncio.Protocol, counts: dict[str, int], cap: int) -> None:
+    def __init__(self, inner: asyncio.Protocol, counts: PeerCounts, cap: int) -> None:
         self.inner, self.counts, self.cap = inner, counts, cap
         self.host: str | None = None  # set while counted
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) else ""
-        if self.counts.get(host, 0) >= self.cap:
+        if not self.counts.admit(host, self.cap):
             log.warning("event=refused reason=too_many_from_peer source=%s", host)
             assert isinstance(transport, asyncio.Transport)
             transport.write(_BUSY_RESPONSE)
             transport.close()
             return
-        self.counts[host] = self.counts.get(host, 0) + 1
         self.host = host
         self.inner.connection_made(transport)
 
@@ -295,9 +295,5 @@ class _PeerCapped(asyncio.Protocol):
         host, self.host = self.host, None
         if host is None:
             return
-        left = self.counts[host] - 1
-        if left:
-            self.counts[host] = left
-        else:
-            del self.counts[host]
+        self.counts.release(host)
         self.inner.connection_lost(exc)

@@ -25,6 +25,7 @@ from keypost.directory.errors import ConfigError
 from keypost.directory.http import PeerCappedSite, make_app, make_runner
 from keypost.directory.ldap.server import LdapServer, Limits
 from keypost.directory.ldap_backend import DirectoryLdapBackend
+from keypost.directory.peer_counts import PeerCounts
 from keypost.directory.store.sqlite import SqliteStore
 from keypost.directory.writer import BatchWriter, sqlite_writer
 
@@ -161,7 +162,7 @@ async def serve(options: ServeOptions) -> None:
                            options.cleartext_passwords)
             runner = make_runner(app)
             await runner.setup()
-            http_peers: dict[str, int] = {}  # http and https connections per address
+            http_peers = PeerCounts()  # http and https connections per address
             for scheme, where, context in (("http", options.http, None),
                                            ("https", options.https, tls)):
                 if where is None:

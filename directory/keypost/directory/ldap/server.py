@@ -54,6 +54,7 @@ from keypost.directory.ldap.connection import (
 )
 from keypost.directory.ldap.dn import parse_dn, reduce_bind_name
 from keypost.directory.ldap.messages import ResultCode, SearchRequest, frame
+from keypost.directory.peer_counts import PeerCounts
 
 log = logging.getLogger("keypost.directory.ldap")
 _T = TypeVar("_T")
@@ -110,7 +111,7 @@ class LdapServer:
         self._plans: FifoCache[SearchRequest, SearchPlan] = FifoCache(SearchCache.MAX_ENTRIES)
         self._servers: list[asyncio.Server] = []
         self._connections: set[_LdapProtocol] = set()
-        self._per_peer: dict[str, int] = {}  # peer address -> its connections
+        self._per_peer = PeerCounts()  # peer address -> its connections
 
     async def listen(self, host: str, port: int, *, implicit_tls: bool = False) -> tuple[str, int]:
         """Start a listener (port 0 = any free port); return the address it is bound to.
@@ -206,15 +207,13 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             host = self.peer_host = str(peer[0])
             self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
         server = self.server
-        per_peer = server._per_peer
         if len(server._connections) >= self.limits.max_connections:
             self._refuse("too_many_connections", "too many connections")
             return
-        if per_peer.get(self.peer_host, 0) >= self.limits.max_per_peer:
+        if not server._per_peer.admit(self.peer_host, self.limits.max_per_peer):
             self._refuse("too_many_from_peer", "too many connections from your address")
             return
         server._connections.add(self)
-        per_peer[self.peer_host] = per_peer.get(self.peer_host, 0) + 1
         self.counted = True
         self.last_activity = self.loop.time()
         # The idle check starts once the first request is in (see _check_first).
@@ -248,12 +247,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.server._connections.discard(self)
         if self.counted:
             self.counted = False
-            per_peer = self.server._per_peer
-            left = per_peer[self.peer_host] - 1
-            if left:
-                per_peer[self.peer_host] = left
-            else:
-                del per_peer[self.peer_host]
+            self.server._per_peer.release(self.peer_host)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
         for task in self.tasks.values():
