@@ -20,8 +20,9 @@ from gw_support import (
     send,
 )
 
-from keypost.core import smime
+from keypost.core import cms, mime, smime
 from keypost.core.containers import DirectoryCA
+from keypost.core.types import Capability
 from keypost.gateway.keys import spki_fingerprint
 
 ALICE = "alice@example.com"
@@ -93,8 +94,15 @@ def test_more_recipient_infos_than_the_limit_are_refused_as_malformed(
     """Each RecipientInfo would cost one RSA operation per gateway key: past the limit the
     message is unreadable S/MIME (554), though every one of them wraps the right key."""
     container = pki.container(pki.current, ALICE)
-    many = smime.encrypt_message(plain_message(to=ALICE, body="many"),
-                                 [container] * (smime.MAX_RECIPIENT_INFOS + 1))
+    # keypost's own writer refuses such an envelope: build it as a hostile sender would
+    entity = b"Content-Type: text/plain\r\n\r\nmany\r\n"
+    der = cms.build_enveloped(entity, [container] * (smime.MAX_RECIPIENT_INFOS + 1),
+                              Capability.AES256_CBC)
+    many = mime.b64_lines(der, (
+        f"From: sender@outside.test\r\nTo: {ALICE}\r\nSubject: many\r\n"
+        "MIME-Version: 1.0\r\n"
+        "Content-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n").encode())
     with running_gateway(pki.config(sink.port)) as gw:
         code, text = send(gw.port, "sender@outside.test", [ALICE], many)
     assert code == 554 and "not a readable S/MIME message" in text, text
