@@ -760,6 +760,22 @@ POPUP_NOTICES = """(d) => ({
 })"""
 
 
+def notices_before_send(m: Any, naming: str) -> list[str]:
+    """Turn Encrypt on; the button's tooltip names `naming`; the popup's notices (the popup
+    is closed again before returning)."""
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    tb.wait_for(lambda: naming in (_button(m, "tooltiptext") or ""), 60, "the notice (tooltip)")
+    m.find_element("id", tb.COMPOSE_BUTTON).click()
+    popup = tb.wait_for(
+        lambda: (p := read_page(m, "popup", POPUP_NOTICES)) and p["notices"] and p,
+        30,
+        "the popup's notice",
+    )
+    m.execute_script("document.querySelector('panel[panelopen]')?.hidePopup()")
+    notices: list[str] = popup["notices"]
+    return notices
+
+
 def test_remote_image_to_attach_is_named_before_send_and_refused(
     thunderbird: Session, smtp: SmtpCapture, directory: Directory
 ) -> None:
@@ -771,17 +787,9 @@ def test_remote_image_to_attach_is_named_before_send_and_refused(
     url = "http://127.0.0.1:9/keypost-e2e-logo.png"  # the discard port: nothing answers
     html = f'<p>our logo:</p><p><img src="{url}" moz-do-not-send="false" alt="logo"></p>'
     handle = open_compose(thunderbird, SERVED, "remote image", html, html=True)
-    m.find_element("id", tb.COMPOSE_BUTTON).click()
-    tb.wait_for(lambda: url in (_button(m, "tooltiptext") or ""), 60, "the notice (tooltip)")
-    m.find_element("id", tb.COMPOSE_BUTTON).click()
-    popup = tb.wait_for(
-        lambda: (p := read_page(m, "popup", POPUP_NOTICES)) and p["notices"] and p,
-        30,
-        "the popup's notice",
-    )
-    assert len(popup["notices"]) == 1 and url in popup["notices"][0], popup
-    assert "Attach this image to the message" in popup["notices"][0]
-    m.execute_script("document.querySelector('panel[panelopen]')?.hidePopup()")
+    notices = notices_before_send(m, url)
+    assert len(notices) == 1 and url in notices[0], notices
+    assert "Attach this image to the message" in notices[0]
     send_is_refused(thunderbird, smtp, handle, url)
 
 
@@ -793,17 +801,8 @@ def test_newsgroups_are_named_before_send_and_refused(
     m = thunderbird.marionette
     group = "comp.mail.misc"
     handle = open_compose(thunderbird, SERVED, "to a group", "hello", newsgroups=group)
-    m.find_element("id", tb.COMPOSE_BUTTON).click()
-    tb.wait_for(lambda: group in (_button(m, "tooltiptext") or ""), 60, "the notice (tooltip)")
-    m.find_element("id", tb.COMPOSE_BUTTON).click()
-    popup = tb.wait_for(
-        lambda: (p := read_page(m, "popup", POPUP_NOTICES)) and p["notices"] and p,
-        30,
-        "the popup's notice",
-    )
-    assert popup["notices"] == [
-        f"Newsgroups cannot be encrypted; remove them or turn Encrypt off ({group})."], popup
-    m.execute_script("document.querySelector('panel[panelopen]')?.hidePopup()")
+    assert notices_before_send(m, group) == [
+        f"Newsgroups cannot be encrypted; remove them or turn Encrypt off ({group})."]
     send_is_refused(thunderbird, smtp, handle, group)
 
 
