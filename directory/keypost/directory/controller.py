@@ -7,12 +7,12 @@ encryption containers. HTTP callers state the purpose explicitly.
 
 Cache rule: a container is reused for the same (address, role, gateway key, purpose)
 while more than half of its life is left, and only for the requestor it was issued to
-(an account by name, an anonymous requestor by its address). Sharing one container
-between requestors would make its serial and notBefore an oracle: anyone carrying an
-encrypted message could look a guessed address up and compare the serial with the
-message's RecipientInfos (Bcc recipients included), and a notBefore hours in the past
-would say that somebody looked that mailbox up. "The directory never reveals which
-mailboxes exist" outranks the signatures that sharing saved.
+(all the directory's accounts are one requestor, an anonymous requestor is its address:
+requestor_of). Sharing one container with anonymous requestors would make its serial and
+notBefore an oracle: anyone carrying an encrypted message could look a guessed address up
+and compare the serial with the message's RecipientInfos (Bcc recipients included), and a
+notBefore hours in the past would say that somebody looked that mailbox up. "The
+directory never reveals which mailboxes exist" outranks the signatures that sharing saved.
 """
 
 from __future__ import annotations
@@ -69,7 +69,6 @@ class KnownRequestor(Requestor):
     who: str = ""
 
 
-@lru_cache(maxsize=4096)  # a bound connection's every search names the same account
 def requestor_key(identity: str) -> str:
     """What the cache and the store keep of a requestor: truncated SHA-256 of
     "accounts" or "peer:<address>", so the store holds no peer
