@@ -22,7 +22,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
@@ -153,6 +153,58 @@ class Container:
     gateway: str | None  # the gateway's domain for proxy roles
 
 
+# A cached container as plain values: role value, DER, serial, notBefore, notAfter, gateway.
+_Packed = tuple[str, bytes, int, dt.datetime, dt.datetime, "str | None"]
+_ROLES = {role.value: role for role in Role}
+
+
+class ContainerLru:
+    """The in-memory container cache: at most `size` containers, least recently used out.
+
+    Keys and values are kept as exact tuples of plain values (str, bytes, int, datetime,
+    None), which the cyclic garbage collector stops tracking. The cache holds up to
+    `cache_size` entries for hours; kept as dataclass instances (or NamedTuples: tuple
+    subclasses stay tracked), every entry was walked by every full collection, ~200 ms at
+    100,000 entries: a stall of every connection, several times a minute under load.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._entries: OrderedDict[tuple[str, ...], _Packed] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __iter__(self) -> Iterator[CacheKey]:
+        return (CacheKey(*key) for key in list(self._entries))
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def get(self, key: CacheKey) -> Container | None:
+        packed = self._entries.get(key)  # a CacheKey hashes and compares as its tuple
+        if packed is None:
+            return None
+        self._entries.move_to_end(key)
+        role, der, serial, not_before, not_after, gateway = packed
+        return Container(_ROLES[role], der, serial, not_before, not_after, gateway)
+
+    def put(self, key: CacheKey, c: Container) -> None:
+        self._entries[tuple(key)] = (c.role.value, c.der, c.serial, c.not_before, c.not_after,
+                                     c.gateway)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def drop_other_gateways(self, current: set[str]) -> None:
+        """Drop every container of a gateway key not in `current` (fingerprints)."""
+        for key in [k for k in self if k.gateway_fingerprint not in current]:
+            del self._entries[key]
+
+    def entries(self) -> list[tuple[tuple[str, ...], _Packed]]:
+        return list(self._entries.items())
+
+
 @dataclass(frozen=True)
 class Answer:
     """Everything handed out for one address (immutable: shared by the answer cache)."""
@@ -227,7 +279,7 @@ class Controller:
         # Answers also hold a PKCS#7 bundle (~1-3 KB): keep fewer of them than containers.
         self._answers_size = max(1, cache_size // 4)
         self.metrics = metrics or Metrics()
-        self._cache: OrderedDict[CacheKey, Container] = OrderedDict()
+        self._cache = ContainerLru(cache_size)
         # Whole answers by (requestor with `who`, address as asked, purpose): a repeated
         # search costs two dict look-ups, no parsing, no policy, no PKCS#7 building.
         self._answers: OrderedDict[tuple[Requestor, str, Purpose | None], Answer] = OrderedDict()
@@ -286,8 +338,7 @@ class Controller:
     def _drop_stale(self, snap: _Snapshot) -> None:
         """After a rekey or removal, containers of keys no longer current go at once."""
         current = {fp for _, fp in snap.keys.values()}
-        for key in [k for k in self._cache if k.gateway_fingerprint not in current]:
-            del self._cache[key]
+        self._cache.drop_other_gateways(current)
 
     # answering ---------------------------------------------------------------------
     def answer(
@@ -363,7 +414,6 @@ class Controller:
         key = CacheKey(address.key(), role.value, fingerprint, purpose.value, who)
         hit = self._cache.get(key)
         if hit is not None and _fresh(hit, now):
-            self._cache.move_to_end(key)
             self.metrics.cache_hits += 1
             return hit
         known = self._stored
@@ -400,10 +450,7 @@ class Controller:
         return c
 
     def _remember(self, key: CacheKey, container: Container) -> None:
-        self._cache[key] = container
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.cache_size:
-            self._cache.popitem(last=False)
+        self._cache.put(key, container)
 
     def _log(self, protocol: str, requestor: Requestor, answers: list[Answer],
              elapsed: float) -> None:
