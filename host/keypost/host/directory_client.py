@@ -12,11 +12,13 @@ import math
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import ldap3
 import requests
+from cryptography import x509
 from ldap3.core import exceptions as ldap_exc
 from ldap3.utils.conv import escape_filter_chars
 
@@ -43,6 +45,31 @@ class RawContainer:
 
     der: bytes
     gateway: str | None = None  # the gateway's domain when the directory says (HTTP)
+
+    @classmethod
+    def parsed(cls, cert: x509.Certificate, gateway: str | None = None) -> RawContainer:
+        """A container from a certificate already parsed (HTTP reads PEM): not parsed
+        again from its DER."""
+        raw = cls(to_der(cert), gateway)
+        raw.__dict__["certificate"] = cert  # where cached_property keeps its value
+        return raw
+
+    @cached_property
+    def certificate(self) -> x509.Certificate | None:
+        """The DER parsed once for all who ask (the resolver's verification, the cache's
+        lifetimes); None when it is not a certificate."""
+        try:
+            return x509.load_der_x509_certificate(self.der)
+        except ValueError:
+            return None
+
+    @property
+    def validity(self) -> tuple[float, float] | None:
+        """(not-before, not-after) in epoch seconds; None when it is not a certificate."""
+        cert = self.certificate
+        if cert is None:
+            return None
+        return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
 
 
 class DirectoryClient(Protocol):
@@ -423,7 +450,7 @@ class HttpDirectoryClient:
                         gateway = c.get("gateway")
                         for cert in load_certificates(str(c["pem"]).encode("ascii")):
                             bucket.append(
-                                RawContainer(to_der(cert), str(gateway) if gateway else None)
+                                RawContainer.parsed(cert, str(gateway) if gateway else None)
                             )
             except (KeyError, TypeError, AttributeError, KeypostError, UnicodeError):
                 raise DirectoryFailure(
