@@ -1,18 +1,21 @@
 """The directory client asks a busy directory again, briefly, and then says it is busy.
 
-The busy answers come from a real `keypost directory serve` allowing one connection per
-address (`--max-connections-per-peer 1`): while the test holds that connection, the
-client's own is refused busy (LDAP: a notice of disconnection with resultCode busy;
-HTTP: 503 with Retry-After: 5).
+The busy answers come from a real `keypost directory serve`: one allowing one connection
+per address (`--max-connections-per-peer 1`), so that while the test holds that
+connection the client's own is refused (LDAP: a notice of disconnection with resultCode
+busy; HTTP: 503 with Retry-After: 5); and one whose password checks from this address are
+already queued as deep as it allows, so the client's bind is refused (LDAP busy, HTTP 503
+with Retry-After: 1).
 """
 
 from __future__ import annotations
 
+import base64
 import select
 import shutil
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -58,16 +61,17 @@ def hold(url: str) -> socket.socket:
 
 
 class Waits:
-    """A BusyRetry sleep that records its waits and can run something before the first."""
+    """A BusyRetry sleep that records its waits and can run something before the first
+    (what makes the directory take the next attempt)."""
 
-    def __init__(self, before_first: socket.socket | None = None) -> None:
+    def __init__(self, before_first: Callable[[], object] | None = None) -> None:
         self.seen: list[float] = []
         self.release = before_first
 
     def __call__(self, seconds: float) -> None:
         self.seen.append(seconds)
         if self.release is not None:
-            self.release.close()  # the directory admits the next connection
+            self.release()
             self.release = None
         time.sleep(seconds)
 
@@ -86,19 +90,27 @@ def url_of(directory: Directory, protocol: str) -> str:
     return directory.ldap_url if protocol == "ldap" else directory.http_url
 
 
-@pytest.mark.parametrize(("protocol", "user"), CASES)
-def test_one_busy_answer_is_asked_again(one_per_peer: Directory, protocol: str,
-                                        user: str | None) -> None:
-    held = hold(url_of(one_per_peer, protocol))
-    waits = Waits(before_first=held)
-    c = client(one_per_peer, protocol, user, BusyRetry(sleep=waits))
+def fetch_bob(directory: Directory, protocol: str, user: str | None,
+              release: Callable[[], object]) -> tuple[int, list[float]]:
+    """(bob's containers, the client's waits); `release` runs at the first wait (it lets
+    the directory take the next attempt), and in any case at the end."""
+    waits = Waits(before_first=release)
+    c = client(directory, protocol, user, BusyRetry(sleep=waits))
     try:
         found = c.fetch(["bob@example.org"])
     finally:
         c.close()
-        held.close()
-    assert len(waits.seen) == 1  # refused once, then answered
-    assert len(found["bob@example.org"]) == (2 if user else 1)
+        release()
+    return len(found["bob@example.org"]), waits.seen
+
+
+@pytest.mark.parametrize(("protocol", "user"), CASES)
+def test_one_busy_answer_is_asked_again(one_per_peer: Directory, protocol: str,
+                                        user: str | None) -> None:
+    held = hold(url_of(one_per_peer, protocol))
+    found, waits = fetch_bob(one_per_peer, protocol, user, held.close)
+    assert len(waits) == 1  # refused once, then answered
+    assert found == (2 if user else 1)
 
 
 @pytest.mark.parametrize(("protocol", "user"), CASES)
@@ -165,3 +177,64 @@ def test_the_user_is_told_the_directory_is_busy(
         host.close()
     finally:
         held.close()
+
+
+# Password checks from one address: one runs, PER_SOURCE_WAITING (4) more may wait.
+QUEUE = 5
+
+
+def _ber(tag: int, content: bytes) -> bytes:
+    assert len(content) < 128
+    return bytes([tag, len(content)]) + content
+
+
+def ldap_bind(name: str, password: str) -> bytes:
+    """An LDAP simple bind request, message 1."""
+    bind = _ber(0x02, b"\x03") + _ber(0x04, name.encode()) + _ber(0x80, password.encode())
+    return _ber(0x30, _ber(0x02, b"\x01") + _ber(0x60, bind))
+
+
+def http_get(name: str, password: str) -> bytes:
+    token = base64.b64encode(f"{name}:{password}".encode()).decode()
+    return (f"GET /v1/containers?address=bob@example.org HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Basic {token}\r\nConnection: close\r\n\r\n").encode()
+
+
+class Queued:
+    """QUEUE password checks sent at once from this address (unknown accounts, so they
+    cost a full scrypt run each); `drain` waits until all are answered."""
+
+    def __init__(self, url: str, request: Callable[[str, str], bytes]) -> None:
+        where = urlsplit(url)
+        assert where.hostname and where.port
+        self.socks = [socket.create_connection((where.hostname, where.port), timeout=10)
+                      for _ in range(QUEUE)]
+        for i, sock in enumerate(self.socks):
+            sock.sendall(request(f"nobody{i}", "wrong"))
+        time.sleep(0.02)  # all in the directory's queue before the client's own check
+
+    def drain(self) -> None:
+        while self.socks:
+            with self.socks.pop() as sock:
+                sock.recv(4096)
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, gateway_keys: GatewayKeys) -> Iterator[Directory]:
+    """A directory alice has not logged in to from here yet: a known (account, address)
+    skips the per-address queue, which is what these tests fill."""
+    served, proc = start_directory(tmp_path, gateway_keys)
+    try:
+        yield served
+    finally:
+        stop(proc, timeout=10)
+
+
+@pytest.mark.parametrize("protocol", ["ldap", "http"])
+def test_a_bind_refused_as_busy_is_asked_again(fresh: Directory, protocol: str) -> None:
+    queued = Queued(url_of(fresh, protocol), ldap_bind if protocol == "ldap" else http_get)
+    found, waits = fetch_bob(fresh, protocol, "alice", queued.drain)
+    assert len(waits) == 1  # refused once, then answered
+    if protocol == "http":
+        assert 1.0 <= waits[0] <= 1.2  # Retry-After: 1, jittered up
+    assert found == 2
