@@ -8,10 +8,13 @@ import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from host_support import configure
 
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
@@ -98,3 +101,46 @@ def test_a_cache_file_of_the_old_format_is_not_inherited(tmp_path: Path, issue: 
     data["entries"]["k"]["expires"] = not_after - 300
     (tmp_path / "c.json").write_text(json.dumps(data))
     assert _cache(tmp_path / "c.json", at).get("k") is None
+
+
+def test_a_container_knows_its_validity_from_one_parse(issue: Issue) -> None:
+    container, not_after = issue(dt.timedelta(minutes=40))
+    assert container.validity == (NOW.timestamp() - 5 * 60, not_after)  # backdated 5 min
+    assert container.certificate is container.certificate  # parsed once, then kept
+    cert = container.certificate
+    assert cert is not None
+    from_pem = RawContainer.parsed(cert, "example.org")  # as HTTP reads them
+    assert from_pem == container and from_pem.certificate is cert
+    assert RawContainer(b"\x30\x03\x02\x01\x01").validity is None
+
+
+def test_fetched_containers_are_parsed_once_and_cached_to_their_half_life(
+    setup: Any, ca: DirectoryCA, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The resolver verifies what it fetched and the cache reads its lifetimes from the
+    same parse; the cache entry ends at the container's half-life."""
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    factory.directory.lifetime = dt.timedelta(minutes=40)
+    parsed: list[bytes] = []
+    real = x509.load_der_x509_certificate
+
+    def counting(der: bytes) -> x509.Certificate:
+        parsed.append(der)
+        return real(der)
+
+    monkeypatch.setattr(x509, "load_der_x509_certificate", counting)
+    [bob] = host._get_resolver().resolve(["bob@example.org"]).recipients
+    certs = [c.certificate for c in bob.containers if c.certificate is not None]
+    assert bob.status == "ok" and len(certs) == 2
+    assert sorted(parsed) == sorted(c.public_bytes(serialization.Encoding.DER) for c in certs)
+    entry = host._cache.get(ContainerCache.key("ldap://127.0.0.1:3890", "alice",
+                                               "bob@example.org"))
+    assert entry is not None
+    ends = [(c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp())
+            for c in certs]
+    # 45 minutes of life (5 backdated): half of it is left 22.5 minutes before not-after,
+    # earlier than the 5-minute margin and the hour, so half-life alone decides.
+    half = min(start + (end - start) / 2 for start, end in ends)
+    assert half == pytest.approx(min(end for _, end in ends) - 45 * 60 / 2, abs=2)
+    assert entry.expires == half

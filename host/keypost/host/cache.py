@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from keypost.host.directory_client import RawContainer
 from keypost.host.paths import write_private
 
@@ -133,10 +131,7 @@ def _half_life(containers: Sequence[RawContainer]) -> float:
     bounds it anyway)."""
     points = [float("inf")]
     for c in containers:
-        try:
-            cert = x509.load_der_x509_certificate(c.der)
-        except ValueError:
-            continue
-        start = cert.not_valid_before_utc.timestamp()
-        points.append(start + (cert.not_valid_after_utc.timestamp() - start) / 2)
+        if (validity := c.validity) is not None:
+            start, end = validity
+            points.append(start + (end - start) / 2)
     return min(points)

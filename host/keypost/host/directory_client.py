@@ -12,17 +12,20 @@ import math
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import ldap3
 import requests
+from cryptography import x509
 from ldap3.core import exceptions as ldap_exc
 from ldap3.utils.conv import escape_filter_chars
 
 from keypost.core.address import parse_address
 from keypost.core.containers import load_certificates, to_der
 from keypost.core.errors import KeypostError
+from keypost.host.busy import DEFAULT_RETRY, Busy, BusyRetry, parse_retry_after
 from keypost.host.config import DirectoryUrl
 from keypost.host.errors import AuthenticationFailed, DirectoryFailure, DirectoryUnreachable
 from keypost.host.paths import cache_dir, write_private
@@ -31,6 +34,7 @@ from keypost.host.tls_errors import describe_tls_failure
 CERT_ATTRIBUTE = "userCertificate;binary"
 MAX_PER_REQUEST = 100  # addresses per search/request: keeps filters and URLs a sane size
 LDAP_INVALID_CREDENTIALS = 49
+LDAP_BUSY = 51
 # What `check` searches for: a real search proves the whole path (RFC 2606 .invalid).
 PROBE_ADDRESS = "connection-test@keypost.invalid"
 
@@ -41,6 +45,31 @@ class RawContainer:
 
     der: bytes
     gateway: str | None = None  # the gateway's domain when the directory says (HTTP)
+
+    @classmethod
+    def parsed(cls, cert: x509.Certificate, gateway: str | None = None) -> RawContainer:
+        """A container from a certificate already parsed (HTTP reads PEM): not parsed
+        again from its DER."""
+        raw = cls(to_der(cert), gateway)
+        raw.__dict__["certificate"] = cert  # where cached_property keeps its value
+        return raw
+
+    @cached_property
+    def certificate(self) -> x509.Certificate | None:
+        """The DER parsed once for all who ask (the resolver's verification, the cache's
+        lifetimes); None when it is not a certificate."""
+        try:
+            return x509.load_der_x509_certificate(self.der)
+        except ValueError:
+            return None
+
+    @property
+    def validity(self) -> tuple[float, float] | None:
+        """(not-before, not-after) in epoch seconds; None when it is not a certificate."""
+        cert = self.certificate
+        if cert is None:
+            return None
+        return cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp()
 
 
 class DirectoryClient(Protocol):
@@ -77,17 +106,25 @@ class _TooMany(Exception):
     """The directory refused a request for naming more addresses than its own limit."""
 
 
-def _in_batches(addresses: Sequence[str], ask: Callable[[Sequence[str]], _T]) -> list[_T]:
+def _in_batches(addresses: Sequence[str], ask: Callable[[Sequence[str]], _T],
+                retry: BusyRetry, where: dict[str, Any]) -> list[_T]:
     """`ask` for MAX_PER_REQUEST addresses at a time. A directory configured with a lower
     limit (its `max_addresses`) refuses the whole request, as it must rather than answer
-    part of it: the batch is halved until it fits, so every address is still asked for."""
+    part of it: the batch is halved until it fits, so every address is still asked for.
+    A busy answer is asked again after a short wait, as `retry` allows for the whole call
+    (both protocols come through here, so they retry alike)."""
     pending = [addresses[i : i + MAX_PER_REQUEST]
                for i in range(0, len(addresses), MAX_PER_REQUEST)]
     answers: list[_T] = []
+    busy_answers = 0
     while pending:
         batch = pending.pop(0)
         try:
             answers.append(ask(batch))
+        except Busy as exc:
+            busy_answers += 1
+            retry.wait_or_give_up(busy_answers, exc.retry_after, where)
+            pending.insert(0, batch)
         except _TooMany:
             if len(batch) == 1:
                 raise DirectoryFailure("the directory refuses even one address per request",
@@ -107,14 +144,17 @@ class LdapDirectoryClient:
         password: str | None,
         tls_ca_pem: bytes | None = None,
         timeout: float = 10.0,
+        retry: BusyRetry = DEFAULT_RETRY,
     ) -> None:
         self._url = url
+        self._retry = retry
         self._username = username
         self._password = password
         self._tls_ca = tls_ca_pem.decode("ascii", "replace") if tls_ca_pem else None
         self._timeout = timeout
         self._conn: ldap3.Connection | None = None
         self._while_waiting: Callable[[], object] | None = None
+        self._notice: int | None = None  # resultCode of the server's notice of disconnection
 
     def _bind_dn(self) -> str:
         assert self._username
@@ -145,6 +185,7 @@ class LdapDirectoryClient:
             raise_exceptions=False,
         )
         where = {"directory": self._url.url}
+        self._hear_notices(conn)
         try:
             conn.open()
             # Plain LDAP only to a loopback address, and only when no TLS CA is configured.
@@ -157,17 +198,21 @@ class LdapDirectoryClient:
             if authenticated and not conn.bind():
                 code = conn.result.get("result")
                 conn.unbind()
+                if code == LDAP_BUSY:  # too many password checks: they clear quickly
+                    raise Busy()
                 if code == LDAP_INVALID_CREDENTIALS:
                     raise AuthenticationFailed("the directory refused the user name or password")
                 raise DirectoryFailure(
                     f"the directory refused the bind: {conn.result.get('description')}", where
                 )
-        except ldap_exc.LDAPStartTLSError as exc:
-            why = describe_tls_failure(str(exc), self._url.host) or _first_line(str(exc))
-            raise DirectoryUnreachable(
-                f"StartTLS with {self._url.host} failed: {why}", where
-            ) from None
         except ldap_exc.LDAPException as exc:
+            if self._notice == LDAP_BUSY:  # refused at once: too many connections
+                raise Busy() from None
+            if isinstance(exc, ldap_exc.LDAPStartTLSError):
+                why = describe_tls_failure(str(exc), self._url.host) or _first_line(str(exc))
+                raise DirectoryUnreachable(
+                    f"StartTLS with {self._url.host} failed: {why}", where
+                ) from None
             # LDAPS: ldap3 wraps a refused handshake in LDAPSocketOpenError.
             tls = describe_tls_failure(str(exc), self._url.host)
             if tls and self._url.scheme == "ldaps":
@@ -194,6 +239,23 @@ class LdapDirectoryClient:
         self._conn = conn
         return conn
 
+    def _hear_notices(self, conn: ldap3.Connection) -> None:
+        """Note the resultCode of a notice of disconnection as ldap3 decodes it: ldap3
+        raises LDAPSessionTerminatedByServerError without it, and the directory refuses a
+        connection over its caps with such a notice saying busy."""
+        self._notice = None
+        strategy = conn.strategy
+        for name in ("decode_response", "decode_response_fast"):  # ldap3 uses one of them
+            decode = getattr(strategy, name)
+
+            def noting(message: Any, decode: Callable[[Any], Any] = decode) -> Any:
+                answer = decode(message)
+                if int(message["messageID"]) == 0 and isinstance(answer, dict):
+                    self._notice = answer.get("result")  # unsolicited: only this notice
+                return answer
+
+            setattr(strategy, name, noting)
+
     def check(self) -> bool:
         self.fetch([PROBE_ADDRESS])
         return bool(self._username)
@@ -209,7 +271,8 @@ class LdapDirectoryClient:
 
     def _fetch(self, addresses: Sequence[str]) -> dict[str, list[RawContainer]]:
         found: dict[str, list[RawContainer]] = {}
-        for entries in _in_batches(addresses, self._search_reconnecting):
+        for entries in _in_batches(addresses, self._search_reconnecting, self._retry,
+                                   {"directory": self._url.url}):
             for address, ders in entries:
                 found.setdefault(address, []).extend(RawContainer(der) for der in ders)
         return found
@@ -219,8 +282,10 @@ class LdapDirectoryClient:
             return self._search(batch)
         except (ldap_exc.LDAPSocketOpenError, ldap_exc.LDAPSessionTerminatedByServerError,
                 ldap_exc.LDAPSocketReceiveError, ldap_exc.LDAPSocketSendError):
-            # The server may close idle connections: reconnect once, then give up.
             self.close()
+            if self._notice == LDAP_BUSY:
+                raise Busy() from None
+            # The server may close idle connections: reconnect once, then give up.
             try:
                 return self._search(batch)
             except ldap_exc.LDAPException as exc:
@@ -250,6 +315,8 @@ class LdapDirectoryClient:
         result = conn.result or {}
         if not ok and result.get("result") == 11:  # adminLimitExceeded
             raise _TooMany
+        if not ok and result.get("result") == LDAP_BUSY:
+            raise Busy()
         if not ok and result.get("result") not in (0, 32, 4):  # success, noSuchObject, sizeLimit
             raise DirectoryFailure(
                 f"the directory search failed: {result.get('description')}",
@@ -303,8 +370,10 @@ class HttpDirectoryClient:
         password: str | None,
         tls_ca_pem: bytes | None = None,
         timeout: float = 10.0,
+        retry: BusyRetry = DEFAULT_RETRY,
     ) -> None:
         self._url = url
+        self._retry = retry
         self._timeout = timeout
         self._session = requests.Session()
         if username:
@@ -347,6 +416,8 @@ class HttpDirectoryClient:
                                    where)
         if resp.status_code == 400 and "too_many_addresses" in resp.text:
             raise _TooMany
+        if resp.status_code == 503:  # overloaded for now (the directory says "busy")
+            raise Busy(parse_retry_after(resp.headers.get("Retry-After")))
         if resp.status_code in (401, 403):
             raise AuthenticationFailed("the directory refused the user name or password")
         if resp.status_code != 200:
@@ -365,7 +436,8 @@ class HttpDirectoryClient:
     ) -> dict[str, list[RawContainer]]:
         # requests blocks from request to answer: nothing to overlap, while_waiting unused.
         found: dict[str, list[RawContainer]] = {}
-        for data in _in_batches(addresses, self._get):
+        for data in _in_batches(addresses, self._get, self._retry,
+                                {"directory": self._url.url}):
             try:
                 for item in data["results"]:
                     key = _key(str(item["address"]))
@@ -378,7 +450,7 @@ class HttpDirectoryClient:
                         gateway = c.get("gateway")
                         for cert in load_certificates(str(c["pem"]).encode("ascii")):
                             bucket.append(
-                                RawContainer(to_der(cert), str(gateway) if gateway else None)
+                                RawContainer.parsed(cert, str(gateway) if gateway else None)
                             )
             except (KeyError, TypeError, AttributeError, KeypostError, UnicodeError):
                 raise DirectoryFailure(
@@ -397,7 +469,8 @@ def make_client(
     password: str | None,
     tls_ca_pem: bytes | None = None,
     timeout: float = 10.0,
+    retry: BusyRetry = DEFAULT_RETRY,
 ) -> DirectoryClient:
     if url.is_ldap:
-        return LdapDirectoryClient(url, username, password, tls_ca_pem, timeout)
-    return HttpDirectoryClient(url, username, password, tls_ca_pem, timeout)
+        return LdapDirectoryClient(url, username, password, tls_ca_pem, timeout, retry)
+    return HttpDirectoryClient(url, username, password, tls_ca_pem, timeout, retry)

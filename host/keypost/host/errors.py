@@ -102,3 +102,8 @@ class DirectoryFailure(HostError):
     """The directory answered with an error or unreadable data (code directory_error)."""
 
     code = ErrorCode.DIRECTORY_ERROR
+
+
+class DirectoryBusy(DirectoryFailure):
+    """The directory still answered busy after the host's retries (code directory_error:
+    the message tells the user to try again, the add-on needs no code of its own)."""

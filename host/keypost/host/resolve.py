@@ -285,12 +285,11 @@ def _verify_one(
     address = str(target)
     hit = memo.get((item.der, address))
     if hit is not None:
-        cert = hit.certificate
-        if cert.not_valid_before_utc <= at < cert.not_valid_after_utc:
-            return cert, hit.role, hit.gateway_fingerprint, (), hit.facts
-    try:
-        cert = x509.load_der_x509_certificate(item.der)
-    except ValueError:
+        known = hit.certificate
+        if known.not_valid_before_utc <= at < known.not_valid_after_utc:
+            return known, hit.role, hit.gateway_fingerprint, (), hit.facts
+    cert = item.certificate  # parsed once, also read for the cache's lifetimes
+    if cert is None:
         return None, Role.GENUINE, None, ("the directory sent something that is not a "
                                           "certificate",), None
     # One verification accepting both roles against all roots; describe() runs inside.
@@ -358,10 +357,5 @@ def _as_sender(report: RecipientReport) -> RecipientReport:
 
 
 def _earliest_not_after(containers: Sequence[RawContainer]) -> float | None:
-    times = []
-    for c in containers:
-        try:
-            times.append(x509.load_der_x509_certificate(c.der).not_valid_after_utc.timestamp())
-        except ValueError:
-            continue
+    times = [validity[1] for c in containers if (validity := c.validity) is not None]
     return min(times) if times else None
