@@ -21,7 +21,7 @@ from gw_support import KEYPOST, Pki
 
 from keypost.core.address import parse_address
 from keypost.gateway.config import DirectoryConfig, parse_config
-from keypost.gateway.directory import make_directory
+from keypost.gateway.directory import LdapFetcher, make_directory
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 
 PASSWORD = "gw-directory-secret-4711"
@@ -185,3 +185,46 @@ def test_check_config_never_prints_a_password_from_the_url(pki: Pki) -> None:
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "directory.url" in run.stderr
     assert SECRET not in run.stdout + run.stderr
+
+
+# The URL is read by keypost.core.dirurl: case, brackets and the base DN ---------------
+
+
+def test_scheme_and_host_are_read_in_any_case(tmp_path: Path) -> None:
+    """Upper case was refused as an unknown scheme; the fetcher is chosen by the parsed
+    scheme, so HTTPS:// cannot end up with the LDAP client, nor HTTP:// escape the rule."""
+    assert parse_config(_directory("LDAPS://Directory.Example.NET"), tmp_path).directory.url
+    assert parse_config(_directory("LDAP://Directory.Example.NET"), tmp_path).directory.starttls
+    with pytest.raises(ConfigError, match=r"^directory\.url: http:// would send"):
+        parse_config(_directory("HTTP://directory.example.net"), tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("ldap://::1/dc=keypost", "[brackets]"),
+        ("ldap://127.0.0.1:0", "port is not a number from 1 to 65535"),
+        ("ldap://gw@127.0.0.1", "username and its password in password_file"),
+    ],
+)
+def test_refusals_name_the_setting_and_the_fix(tmp_path: Path, url: str, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(_directory(url), tmp_path)
+    assert str(err.value).startswith("directory.url: ") and needle in str(err.value)
+
+
+def test_an_unreadable_url_built_in_code_is_a_config_error(pki: Pki) -> None:
+    """make_directory refused only a clear channel; an unreadable URL failed later with
+    urllib's ValueError, whose text quotes the port (a password, in "ldaps://gw:pw")."""
+    for url in ("ldaps://[::1", f"ldaps://gw:{SECRET}"):
+        cfg = DirectoryConfig(url=url, trust_anchor=pki.path("ca.pem"))
+        with pytest.raises(ConfigError, match=r"^directory\.url: ") as err:
+            make_directory(cfg, 2.0, [pki.ca.certificate])
+        assert SECRET not in str(err.value)
+
+
+def test_ldap_base_and_port_come_from_the_url() -> None:
+    fetcher = LdapFetcher(DirectoryConfig(url="ldaps://[::1]/ou=key%20post,dc=x"), None, 1.0)
+    assert fetcher.base == "ou=key post,dc=x"  # RFC 4516: the DN is percent-encoded
+    assert (fetcher.server.host, fetcher.server.port, fetcher.server.ssl) == ("::1", 636, True)
+    assert LdapFetcher(DirectoryConfig(url="ldap://[::1]", base="dc=y"), None, 1.0).base == "dc=y"

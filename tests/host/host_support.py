@@ -33,10 +33,10 @@ from keypost.core.containers import (
     to_der,
     to_pem,
 )
+from keypost.core.dirurl import DirectoryUrl
 from keypost.core.policy import DirectoryView, decide
 from keypost.core.types import Purpose, Requestor, RequestorKind, Role
 from keypost.host.actions import Host
-from keypost.host.config import DirectoryUrl
 from keypost.host.directory_client import RawContainer
 
 KEYPOST = str(Path(sys.executable).with_name("keypost"))

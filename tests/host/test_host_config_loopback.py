@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from keypost.host.config import CONFIG_FILE, is_loopback, load, parse_directory_url
+from keypost.core.dirurl import url_host_is_loopback as is_loopback
+from keypost.host.config import CONFIG_FILE, load, parse_directory_url
 from keypost.host.errors import BadRequest, NotConfigured
 
 
@@ -70,3 +71,28 @@ def test_a_saved_configuration_never_repeats_a_password_from_its_url(tmp_path: P
     with pytest.raises(NotConfigured) as err:
         load(tmp_path)
     assert "run configure" in str(err.value) and SECRET not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "needle"),
+    [
+        ("ldap://directory.example:0/", "port is not a number from 1 to 65535"),  # was 389
+        ("ldap://::1/", "[brackets]"),  # was called a bad port
+        ("ldaps://alice@directory.example/", "username field"),
+        ("ftp://directory.example/", "ldaps://, ldap:// or https://"),
+    ],
+)
+def test_refusals_name_the_fix_and_the_parameter(url: str, needle: str) -> None:
+    """The host maps keypost.core.dirurl's refusals to BadRequest on `directory`."""
+    with pytest.raises(BadRequest) as err:
+        parse_directory_url(url)
+    assert needle in str(err.value) and err.value.details == {"param": "directory"}
+
+
+def test_surrounding_spaces_are_dropped_and_the_rest_kept() -> None:
+    parsed = parse_directory_url("  LDAPS://Directory.Example:1636/ou=a%20b,dc=x \n")
+    assert parsed.url == "LDAPS://Directory.Example:1636/ou=a%20b,dc=x"
+    assert (parsed.scheme, parsed.host, parsed.port) == ("ldaps", "directory.example", 1636)
+    assert parsed.base == "ou=a b,dc=x" and parsed.is_ldap and not parsed.loopback
+    assert parse_directory_url("https://directory.example/v1/").http_base == (
+        "https://directory.example:443/v1")

@@ -106,6 +106,10 @@ def test_host_status_checks() -> None:
         ("ldaps:///dc=keypost", "must be ldaps://, ldap:// or https://"),
         ("http://dir.example.com", "only accepted for loopback"),
         ("ldaps://dir.example.com:99999", "invalid directory URL"),
+        ("ldaps://dir.example.com:0", "port is not a number from 1 to 65535"),
+        ("ldap://::1/dc=keypost", r"\[brackets\]"),
+        # refused before any connection: it would go into the host's configuration
+        ("ldaps://alice@nonexistent.invalid", "must not hold a user name or password"),
         ("ldaps://nonexistent.invalid", "nonexistent.invalid:636 cannot be reached"),
     ],
 )

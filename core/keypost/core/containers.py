@@ -25,8 +25,6 @@ import base64
 import datetime as dt
 import functools
 import hashlib
-import re
-import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -40,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keypost.core import x509_checks as checks
 from keypost.core.address import Address, parse_address, u_labels
+from keypost.core.dirurl import DirectoryUrlError, parse_directory_url
 from keypost.core.errors import AddressError, ContainerError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose, Role
 from keypost.core.x509_ext import (
@@ -273,42 +272,17 @@ def _address_parts(address: Address) -> tuple[x509.Name, x509.Extension[x509.Ext
     return subject, san
 
 
-DIRECTORY_URL_SCHEMES = ("ldap", "ldaps", "http", "https")
-_URL_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f]")
-
-
 def check_directory_url(url: str) -> None:
     """Refuse a directory URL no client could use: it goes into every container's keypost
     extension (an IA5String), so a typo would be published with each one.
 
-    An ldap://, ldaps://, http:// or https:// URL naming a host, in ASCII without spaces
-    or control characters; no user or password part (every container would publish it).
+    The rules of keypost.core.dirurl, http:// to any host included: this URL is published,
+    not sent a password, and a client refuses plain HTTP to a host that is not loopback.
     """
-    usage = (
-        "use an ldap://, ldaps://, http:// or https:// URL with a host, "
-        "e.g. ldaps://keys.example.org/"
-    )
     try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError as exc:  # e.g. an unclosed "[" of an IPv6 host
-        raise ContainerError(f"invalid directory URL ({exc}): {usage}") from None
-    if "@" in parts.netloc:
-        # Checked before any message echoes the URL: it would hold the password.
-        raise ContainerError("directory URL must not hold a user name or password")
-    try:
-        parts.port  # noqa: B018 -- parses the port: ValueError when it is no number
-    except ValueError:
-        # Not echoed: in "ldaps://alice:secret" the password is what reads as the port.
-        raise ContainerError(
-            f"invalid directory URL: its port is not a number from 0 to 65535: {usage}"
-        ) from None
-    if (
-        not url.isascii()
-        or _URL_FORBIDDEN.search(url)
-        or parts.scheme not in DIRECTORY_URL_SCHEMES
-        or not parts.hostname
-    ):
-        raise ContainerError(f"invalid directory URL {url!r}: {usage}")
+        parse_directory_url(url, http_anywhere=True)
+    except DirectoryUrlError as exc:
+        raise ContainerError(str(exc)) from None
 
 
 class DirectoryCA:

@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 from keypost.core.address import normalize_domain
+from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, UrlProblem, parse_directory_url
 from keypost.core.errors import AddressError
-from keypost.core.netaddr import is_loopback_host
 from keypost.gateway.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:10025"
@@ -140,52 +139,49 @@ def parse_hostport(text: object, what: str) -> HostPort:
     return HostPort(host, int(port))
 
 
-def url_is_loopback(url: str) -> bool:
-    """Is the URL's host the loopback interface? The host's rule (keypost.core.netaddr, the
-    name `localhost` included), judged from the text: an unreadable URL is not loopback."""
+def directory_url(url: str, ldap_base: str = "") -> DirectoryUrl:
+    """`directory.url` read by keypost.core.dirurl (http:// to any host: transport_refusal
+    says why not). Raises ConfigError; no message repeats the URL, which may hold a
+    password ("ldap://gw:secret@host", or "ldap://gw:secret" where it reads as a port), and
+    check-config prints the URL it accepts. `ldap_base` serves when the URL names none."""
     try:
-        host = urlsplit(url).hostname or ""
-    except ValueError:
-        return False
-    return is_loopback_host(host, localhost_name=True)
+        return parse_directory_url(url, http_anywhere=True, ldap_base=ldap_base)
+    except DirectoryUrlError as exc:
+        reason = exc.reason
+        if exc.problem is UrlProblem.CREDENTIALS:
+            reason = ("put the account in username and its password in password_file or "
+                      "password_env, not in the URL")
+        raise ConfigError(f"directory.url: {reason}") from None
 
 
 def transport_refusal(url: str, starttls: bool) -> str | None:
     """Why this directory URL would carry the gateway's password in clear (a one-line,
     fixable reason naming the setting), or None. Only loopback may go without TLS: the
     simple bind and HTTP Basic both send the password as it is. There is no opt-out: the
-    directory itself refuses a password without TLS from a peer that is not loopback."""
-    if url_is_loopback(url):
+    directory itself refuses a password without TLS from a peer that is not loopback.
+    An unreadable URL is refused too (a DirectoryConfig built in code is checked here)."""
+    try:
+        target = directory_url(url)
+    except ConfigError as exc:
+        return str(exc)
+    if target.loopback:
         return None
-    if url.startswith("http://"):
+    if target.scheme == "http":
         return ("directory.url: http:// would send the directory password in clear to a "
                 "host that is not loopback; use https://")
-    if url.startswith("ldap://") and not starttls:
+    if target.scheme == "ldap" and not starttls:
         return ("directory.starttls: false would send the directory password in clear to a "
                 "host that is not loopback; remove the setting (StartTLS is the default "
                 "there) or use ldaps://")
     return None
 
 
-def _check_directory_url(url: str) -> None:
-    """Raises ConfigError. No message repeats the URL or the parser's reason: either may
-    hold a password typed into it ("ldap://gw:secret@host", or "ldap://gw:secret" where it
-    reads as a port), and check-config prints the URL it accepts."""
-    if not url.startswith(("ldap://", "ldaps://", "http://", "https://")):
-        raise ConfigError("directory.url: expected ldap://, ldaps://, http:// or https://")
-    try:
-        parts = urlsplit(url)
-        _ = parts.port  # reading it checks it
-    except ValueError:
-        raise ConfigError("directory.url: unreadable host or port (a port is a number up to "
-                          "65535, an IPv6 address goes in [brackets])") from None
-    if parts.username is not None or parts.password is not None:
-        raise ConfigError("directory.url: put the account in username and its password in "
-                          "password_file or password_env, not in the URL")
-
-
 def _starttls_by_default(url: str | None) -> bool:
-    return url is not None and url.startswith("ldap://") and not url_is_loopback(url)
+    try:
+        target = directory_url(url) if url is not None else None
+    except ConfigError:
+        return False  # parse_config refuses the URL right after
+    return target is not None and target.scheme == "ldap" and not target.loopback
 
 
 class _Table:
@@ -326,7 +322,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     )
     dt.finish()
     if directory.url is not None:
-        _check_directory_url(directory.url)
+        directory_url(directory.url)
         refusal = transport_refusal(directory.url, directory.starttls)
         if refusal:
             raise ConfigError(refusal)

@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import ldap3
 import requests
@@ -30,7 +29,7 @@ from keypost.core.address import Address
 from keypost.core.containers import describe, load_certificates, verify_container
 from keypost.core.errors import ContainerError
 from keypost.core.types import Purpose, Role
-from keypost.gateway.config import DirectoryConfig, transport_refusal
+from keypost.gateway.config import DirectoryConfig, directory_url, transport_refusal
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable, PermFailure
 from keypost.gateway.keys import read_secret
 
@@ -103,14 +102,15 @@ class LdapFetcher:
     thread-safe), re-opened after any error."""
 
     def __init__(self, cfg: DirectoryConfig, password: str | None, timeout: float) -> None:
-        url = urlsplit(cfg.url or "")
+        # ldap://host:port/dc=keypost names the search base in the URL (RFC 4516)
+        url = directory_url(cfg.url or "", cfg.base)
         # ldap3 does not check server certificates unless told to.
         tls = ldap3.Tls(
             validate=ssl.CERT_REQUIRED,
             ca_certs_file=str(cfg.tls_ca) if cfg.tls_ca else None,
         )
         self.server = ldap3.Server(
-            url.hostname or "127.0.0.1",
+            url.host,
             port=url.port,
             use_ssl=url.scheme == "ldaps",
             tls=tls,
@@ -118,8 +118,7 @@ class LdapFetcher:
             get_info=ldap3.NONE,
         )
         self.cfg, self.password, self.timeout = cfg, password, timeout
-        # ldap://host:port/dc=keypost names the search base in the URL (RFC 4516)
-        self.base = url.path.lstrip("/") or cfg.base
+        self.base = url.base
         self.lock = threading.Lock()
         self.conn: ldap3.Connection | None = None
 
@@ -201,7 +200,7 @@ class HttpFetcher:
     """GET /v1/containers with HTTP Basic credentials of the gateway account."""
 
     def __init__(self, cfg: DirectoryConfig, password: str | None, timeout: float) -> None:
-        self.base = (cfg.url or "").rstrip("/")
+        self.base = directory_url(cfg.url or "").http_base
         self.auth = (cfg.username, password or "") if cfg.username else None
         self.timeout = timeout
         self.verify: str | bool = str(cfg.tls_ca) if cfg.tls_ca else True
@@ -341,7 +340,7 @@ def make_directory(
     pw = password.decode() if password is not None else None
     roots = _load_pem_files(cfg.genuine_roots, "genuine_roots")
     fetcher: _Fetcher
-    if cfg.url.startswith(("http://", "https://")):
+    if not directory_url(cfg.url).is_ldap:
         fetcher = HttpFetcher(cfg, pw, timeout)
     else:
         fetcher = LdapFetcher(cfg, pw, timeout)

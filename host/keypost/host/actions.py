@@ -18,6 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from keypost.core import smime
+from keypost.core.dirurl import DirectoryUrl
 from keypost.core.errors import KeypostError, SmimeError
 from keypost.host import config as cfg
 from keypost.host import keyring_store, paths
@@ -44,7 +45,7 @@ MAX_ID = 256  # characters of a string request id
 log = logging.getLogger("keypost.host")
 
 ClientFactory = Callable[
-    [cfg.DirectoryUrl, str | None, str | None, bytes | None, float], DirectoryClient
+    [DirectoryUrl, str | None, str | None, bytes | None, float], DirectoryClient
 ]
 Handler = Callable[[dict[str, Any]], dict[str, Any]]
 

@@ -10,13 +10,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 from cryptography import x509
 
+from keypost.core import dirurl
 from keypost.core.containers import load_certificates, sha256_fingerprint, to_pem
+from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, UrlProblem
 from keypost.core.errors import ContainerError
-from keypost.core.netaddr import is_loopback_host
 from keypost.host.errors import BadRequest, NotConfigured, TrustAnchorMismatch
 from keypost.host.paths import config_dir, write_private
 
@@ -25,75 +25,20 @@ ANCHOR_FILE = "trust-anchor.pem"
 ROOTS_FILE = "extra-roots.pem"
 TLS_CA_FILE = "tls-ca.pem"
 DEFAULT_BASE_DN = "dc=keypost"
-DEFAULT_PORTS = {"ldap": 389, "ldaps": 636, "http": 80, "https": 443}
 DEFAULT_TIMEOUT = 10.0  # seconds per directory operation
 
 
-@dataclass(frozen=True)
-class DirectoryUrl:
-    """A parsed, checked directory URL."""
-
-    url: str
-    scheme: str  # ldap, ldaps, http, https
-    host: str
-    port: int
-    base: str  # LDAP base DN, or the HTTP path prefix without trailing slash
-
-    @property
-    def is_ldap(self) -> bool:
-        return self.scheme in ("ldap", "ldaps")
-
-    @property
-    def loopback(self) -> bool:
-        return is_loopback(self.host)
-
-    @property
-    def http_base(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}{self.base}"
-
-
-def is_loopback(host: str) -> bool:
-    """A URL's host: a loopback address or the name `localhost` (keypost.core.netaddr)."""
-    return is_loopback_host(host, localhost_name=True)
-
-
 def parse_directory_url(text: str) -> DirectoryUrl:
-    """ldap://, ldaps://, https:// (and http:// for loopback hosts only). Raises BadRequest.
-    No message repeats the URL or the parser's reason: either may hold a password typed
-    into it ("ldaps://alice:secret@host", or "ldaps://alice:secret" where it reads as a
-    port)."""
-    where = {"param": "directory"}
+    """ldap://, ldaps://, https:// (and http:// for loopback hosts only), surrounding
+    spaces ignored (keypost.core.dirurl). Raises BadRequest, whose message never repeats
+    the URL: it may hold a password."""
     try:
-        parts = urlsplit(text.strip())
-    except ValueError:
-        raise BadRequest("invalid directory URL: its host cannot be read (an IPv6 address "
-                         "goes in [brackets])", where) from None
-    try:
-        port = parts.port
-    except ValueError:
-        raise BadRequest("invalid directory URL: the port must be a number up to 65535",
-                         where) from None
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").lower()
-    if scheme not in DEFAULT_PORTS or not host:
-        raise BadRequest(
-            "the directory URL must be ldap://, ldaps:// or https:// with a host name",
-            where,
-        )
-    if scheme == "http" and not is_loopback(host):
-        raise BadRequest(
-            "http:// is only accepted for loopback addresses; use https://",
-            where,
-        )
-    if parts.username or parts.password:
-        raise BadRequest(
-            "put the user name in the username field, not in the URL", where
-        )
-    path = unquote(parts.path)
-    is_ldap = scheme in ("ldap", "ldaps")
-    base = (path.lstrip("/") or DEFAULT_BASE_DN) if is_ldap else path.rstrip("/")
-    return DirectoryUrl(text.strip(), scheme, host, port or DEFAULT_PORTS[scheme], base)
+        return dirurl.parse_directory_url(text.strip(), ldap_base=DEFAULT_BASE_DN)
+    except DirectoryUrlError as exc:
+        message = str(exc)
+        if exc.problem is UrlProblem.CREDENTIALS:
+            message = "put the user name in the username field, not in the directory URL"
+        raise BadRequest(message, {"param": "directory"}) from None
 
 
 @dataclass(frozen=True)

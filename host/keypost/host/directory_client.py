@@ -24,9 +24,9 @@ from ldap3.utils.conv import escape_filter_chars
 
 from keypost.core.address import parse_address
 from keypost.core.containers import load_certificates, to_der
+from keypost.core.dirurl import DirectoryUrl
 from keypost.core.errors import KeypostError
 from keypost.host.busy import DEFAULT_RETRY, Busy, BusyRetry, parse_retry_after
-from keypost.host.config import DirectoryUrl
 from keypost.host.errors import AuthenticationFailed, DirectoryFailure, DirectoryUnreachable
 from keypost.host.paths import cache_dir, write_private
 from keypost.host.tls_errors import describe_tls_failure

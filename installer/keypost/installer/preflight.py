@@ -9,20 +9,18 @@ import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from cryptography import x509
 
 from keypost.core.containers import load_certificates, sha256_fingerprint, to_pem
+from keypost.core.dirurl import DirectoryUrlError, parse_directory_url
 from keypost.core.errors import ContainerError
-from keypost.core.netaddr import is_loopback_host
 from keypost.installer import hostconfig
 from keypost.installer.errors import InstallError
 
 _SHA256_HEX = re.compile(r"[0-9A-F]{64}")
 # keyring's stand-in when no backend is usable (a headless machine): it raises NoKeyringError.
 NO_KEYRING = "keyring.backends.fail.Keyring"
-DEFAULT_PORTS = {"ldap": 389, "ldaps": 636, "http": 80, "https": 443}
 CONNECT_TIMEOUT = 10.0
 
 
@@ -97,28 +95,22 @@ def host_status(python: str | None) -> dict[str, Any]:
 
 
 def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
-    """The directory's host name resolves and its port accepts a connection (TLS, the
+    """The directory URL reads as the host will read it (keypost.core.dirurl: http:// for
+    loopback only), its host name resolves and its port accepts a connection (TLS, the
     account and the search are the host's connection test, run by `configure`)."""
     try:
-        parts = urlsplit(url.strip())
-        port = parts.port
-    except ValueError:
-        # never echoed: a URL may hold a password ("ldaps://alice:secret" reads it as a port)
-        raise InstallError("invalid directory URL: its port is not a number, or its IPv6 "
-                           "address lacks brackets") from None
-    scheme, host = parts.scheme.lower(), parts.hostname or ""
-    if scheme not in DEFAULT_PORTS or not host:
-        raise InstallError("the directory URL must be ldaps://, ldap:// or https:// with a host")
-    if scheme == "http" and not is_loopback_host(host, localhost_name=True):
-        raise InstallError("http:// is only accepted for loopback addresses; use https://")
-    if scheme.startswith("http") and _proxied(scheme, host):
+        target = parse_directory_url(url.strip())
+    except DirectoryUrlError as exc:
+        raise InstallError(str(exc)) from None  # never echoes the URL: it may hold a password
+    if not target.is_ldap and _proxied(target.scheme, target.host):
         return  # the host goes through the proxy: a direct connection proves nothing
-    port = port or DEFAULT_PORTS[scheme]
     try:
-        socket.create_connection((host, port), timeout=timeout).close()
+        socket.create_connection((target.host, target.port), timeout=timeout).close()
     except OSError as exc:
         reason = exc.strerror or str(exc) or type(exc).__name__
-        raise InstallError(f"the directory {host}:{port} cannot be reached: {reason}") from None
+        raise InstallError(
+            f"the directory {target.host}:{target.port} cannot be reached: {reason}"
+        ) from None
 
 
 def _proxied(scheme: str, host: str) -> bool:
