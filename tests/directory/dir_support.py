@@ -4,8 +4,6 @@ subprocess on ephemeral ports, shared by the whole test session."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import subprocess
 import sys
 import time
@@ -15,11 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pki_util import key_pem, make_ca, rsa_key, server_cert
 from proc_util import stop
+
+from keypost.core.containers import to_pem
 
 KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
 DOMAIN = "example.com"
@@ -39,10 +38,8 @@ def keypost(*args: str, stdin: str | None = None, check: bool = True,
 
 
 def write_rsa(path: Path, bits: int = 2048) -> tuple[rsa.RSAPrivateKey, Path]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
-    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                       serialization.PrivateFormat.PKCS8,
-                                       serialization.NoEncryption()))
+    key = rsa_key(bits)
+    path.write_bytes(key_pem(key))
     pub = path.with_suffix(".pub.pem")
     pub.write_bytes(key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
@@ -51,36 +48,12 @@ def write_rsa(path: Path, bits: int = 2048) -> tuple[rsa.RSAPrivateKey, Path]:
 
 def tls_material(folder: Path) -> tuple[Path, Path, Path]:
     """A test CA and a server certificate for 127.0.0.1/localhost -> (ca, cert, key)."""
-    now = dt.datetime.now(dt.UTC)
-    start, end = now - dt.timedelta(hours=1), now + dt.timedelta(days=2)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test TLS CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(start).not_valid_after(end)
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = make_ca("test TLS CA")
+    key, cert = server_cert(ca, ("localhost", "127.0.0.1"))
     paths = folder / "tls-ca.pem", folder / "tls-cert.pem", folder / "tls-key.pem"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    paths[0].write_bytes(to_pem(ca[1]))
+    paths[1].write_bytes(to_pem(cert))
+    paths[2].write_bytes(key_pem(key))
     return paths
 
 

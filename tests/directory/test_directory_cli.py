@@ -73,24 +73,13 @@ def test_accounts_add_list_remove(data: Path) -> None:
 
 
 def test_genuine_add_and_remove(data: Path, tmp_path: Path) -> None:
-    import datetime as dt
+    from pki_util import ec_key, self_signed
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from keypost.core.containers import to_pem
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Dora")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(1)
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=9))
-            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("Dora@Example.net")]),
-                           critical=False)
-            .sign(key, hashes.SHA256()))
+    cert = self_signed(ec_key(), "Dora", "Dora@Example.net")
     path = tmp_path / "dora.pem"
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    path.write_bytes(to_pem(cert))
     out = keypost("directory", "genuine", "add", str(path), "--data", str(data)).stdout
     assert "dora@example.net" in out
     keypost("directory", "genuine", "remove", "dora@example.net", "--data", str(data))

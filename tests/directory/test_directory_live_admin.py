@@ -3,16 +3,17 @@ handed out as soon as they are added (the CLI and the server are separate proces
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
 import requests
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 from dir_support import DOMAIN, USER, USER_PW, Directory, keypost, spki_der, write_rsa
+from pki_util import rsa_key, self_signed
 from test_directory_ldap_clients import ldapsearch, ldif_certs
+
+from keypost.core.containers import to_pem
 
 
 def lookup(d: Directory, address: str) -> list[dict[str, str]]:
@@ -27,21 +28,12 @@ def spki_of(pem: str) -> bytes:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def self_signed(path: Path, common_name: str, email: str | None = None
-                ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+def self_signed_file(path: Path, common_name: str, email: str | None = None
+                     ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
     """A fresh RSA key and a self-signed certificate for it, written to `path` as PEM."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(hours=1))
-               .not_valid_after(now + dt.timedelta(days=30)))
-    if email is not None:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.RFC822Name(email)]), critical=False)
-    cert = builder.sign(key, hashes.SHA256())
-    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key = rsa_key()
+    cert = self_signed(key, common_name, email)
+    path.write_bytes(to_pem(cert))
     return key, cert
 
 
@@ -69,7 +61,7 @@ def test_rekey_takes_effect_at_once(directory: Directory, tmp_path: Path) -> Non
 
 def test_genuine_certificate_is_handed_out(directory: Directory, tmp_path: Path) -> None:
     path = tmp_path / "gina.pem"
-    key, cert = self_signed(path, "Gina", "gina@example.com")
+    key, cert = self_signed_file(path, "Gina", "gina@example.com")
     data = str(directory.data)
     assert [c["role"] for c in lookup(directory, "gina@example.com")] == ["proxy-encryption"]
     keypost("directory", "genuine", "add", str(path), "--data", data)
@@ -87,7 +79,7 @@ def test_gateway_certificate_pem_is_served_with_its_key(directory: Directory,
     # Gateways usually hand over a certificate rather than a bare SPKI (`domain add`
     # takes either): the containers must carry the certificate's public key.
     path = tmp_path / "gateway.crt"
-    key, _ = self_signed(path, "gateway of cert.example")
+    key, _ = self_signed_file(path, "gateway of cert.example")
     data = str(directory.data)
     keypost("directory", "domain", "add", "cert.example", "--encryption-cert", str(path),
             "--data", data)

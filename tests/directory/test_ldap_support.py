@@ -5,8 +5,6 @@ to it), and TLS material. No tests here."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import ipaddress
 import ssl
 import threading
 from collections.abc import Callable, Sequence
@@ -15,11 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from pki_util import ec_key, key_pem, make_ca, self_signed, server_cert
 
+from keypost.core.containers import to_der, to_pem
 from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.ldap.backend import AddressEntry
 from keypost.directory.ldap.server import LdapServer, Limits
@@ -28,26 +24,9 @@ SUFFIX = "dc=keypost"
 PASSWORD = b"right-password"
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def make_cert(address: str, issuer_key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
-    """A small self-signed (or issued) DER certificate naming `address` (test data only)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)])
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(_now() - dt.timedelta(minutes=1))
-        .not_valid_after(_now() + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), critical=False)
-        .sign(issuer_key or key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.DER)
+def make_cert(address: str) -> bytes:
+    """A small self-signed DER certificate naming `address` (test data only)."""
+    return to_der(self_signed(ec_key(), address, address))
 
 
 @dataclass
@@ -148,57 +127,13 @@ class ServerThread:
 
 def tls_files(folder: Path) -> tuple[Path, ssl.SSLContext]:
     """A test CA and a server certificate for 127.0.0.1 -> (CA file, server context)."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ldap test CA")])
-    start, end = _now() - dt.timedelta(hours=1), _now() + dt.timedelta(days=1)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(start)
-        .not_valid_after(end)
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
+    ca = make_ca("ldap test CA")
+    key, cert = server_cert(ca)
     ca_file = folder / "ca.pem"
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    ca_file.write_bytes(to_pem(ca[1]))
     cert_file, key_file = folder / "server.pem", folder / "server.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    cert_file.write_bytes(to_pem(cert))
+    key_file.write_bytes(key_pem(key))
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_file, key_file)
     return ca_file, context
