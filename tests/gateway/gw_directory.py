@@ -8,18 +8,16 @@ issued by a test CA, and has the accounts gw-example (gateway of example.com) an
 
 from __future__ import annotations
 
-import datetime as dt
-import ipaddress
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from gw_support import KEYPOST, Pki, free_port, pub_pem, wait_port, write_private
+from pki_util import email_cert, key_pem, make_ca, rsa_key, server_cert
 from proc_util import stop
+
+from keypost.core.containers import to_pem
 
 GATEWAY_ACCOUNT, GATEWAY_PW = "gw-example", "gateway-pw-1"
 USER_ACCOUNT, USER_PW = "alice", "alice-pw-1"
@@ -31,69 +29,6 @@ def keypost(*args: str, stdin: str | None = None) -> str:
     if done.returncode != 0:
         raise AssertionError(f"keypost {' '.join(args)}: {done.stderr}")
     return done.stdout
-
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def make_genuine_ca() -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    key = rsa.generate_private_key(65537, 2048)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("Genuine Test CA")).issuer_name(_name("Genuine Test CA"))
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-                       critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def make_genuine(ca_key: rsa.RSAPrivateKey, ca: x509.Certificate, address: str
-                 ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    key = rsa.generate_private_key(65537, 2048)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address),
-                                 x509.NameAttribute(NameOID.EMAIL_ADDRESS, address)]))
-        .issuer_name(ca.subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False),
-                       critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False)
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]), False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-                       False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
-
-
-def make_tls_cert(ca_key: rsa.RSAPrivateKey, ca: x509.Certificate
-                  ) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """A server certificate for 127.0.0.1 from the test CA (for LDAPS)."""
-    key = rsa.generate_private_key(65537, 2048)
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(_name("127.0.0.1")).issuer_name(ca.subject).public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.SubjectAlternativeName(
-            [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]),
-            False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    return key, cert
 
 
 @dataclass
@@ -133,21 +68,21 @@ class DirectoryWorld:
 def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
     data = root / "data"
     keypost("directory", "init", "--data", str(data))
-    partner = rsa.generate_private_key(65537, 2048)
+    partner = rsa_key()
     (root / "partner.pub").write_bytes(pub_pem(partner))
     keypost("directory", "domain", "add", "example.com", "--data", str(data),
             "--encryption-cert", str(pki.path("enc-current.pub")),
             "--signing-cert", str(pki.path("sign.pub")))
     keypost("directory", "domain", "add", "partner.org", "--data", str(data),
             "--encryption-cert", str(root / "partner.pub"))
-    ca_key, ca = make_genuine_ca()
-    (root / "genuine-ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    ca = make_ca("Genuine Test CA", rsa_key())
+    (root / "genuine-ca.pem").write_bytes(to_pem(ca[1]))
     keys = {}
     for who in ("bob@partner.org", "carol@elsewhere.net"):
-        key, cert = make_genuine(ca_key, ca, who)
+        key, cert = email_cert(ca, who)
         keys[who] = key
         path = root / f"{who}.pem"
-        path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        path.write_bytes(to_pem(cert))
         keypost("directory", "genuine", "add", str(path), "--data", str(data))
     keypost("directory", "account", "add", GATEWAY_ACCOUNT, "--role", "gateway",
             "--domain", "example.com", "--password-stdin", "--data", str(data),
@@ -159,11 +94,9 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
     pem = export[export.index("-----BEGIN") : export.index("-----END CERTIFICATE-----") + 25]
     (root / "directory-ca.pem").write_text(pem + "\n")
     pw = write_private(root / "gw.pass", GATEWAY_PW.encode() + b"\n")
-    tls_key, tls_cert = make_tls_cert(ca_key, ca)  # the genuine test CA doubles as TLS CA
-    write_private(root / "tls.key", tls_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    (root / "tls.pem").write_bytes(tls_cert.public_bytes(serialization.Encoding.PEM))
+    tls_key, tls_cert = server_cert(ca, key=rsa_key())  # the genuine test CA doubles as TLS CA
+    write_private(root / "tls.key", key_pem(tls_key))
+    (root / "tls.pem").write_bytes(to_pem(tls_cert))
     ldap_port, http_port, ldaps_port, https_port = (free_port() for _ in range(4))
     proc = subprocess.Popen(
         [*KEYPOST, "directory", "serve", "--data", str(data),
