@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import email
 import email.policy
-import ipaddress
 import os
 import re
 import subprocess
@@ -19,10 +18,9 @@ from typing import Any
 
 import keyring
 import keyring.backend
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pki_util import key_pem, make_ca, server_cert
 
 from keypost.core.address import parse_address
 from keypost.core.containers import (
@@ -100,32 +98,14 @@ class Directory:
 
 
 def tls_files(base: Path) -> tuple[Path, Path, str]:
-    """A TLS CA and a server certificate for 127.0.0.1: (cert file, key file, CA PEM)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test TLS CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - dt.timedelta(hours=1))
-          .not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    """A TLS CA and a server certificate for 127.0.0.1 only (the tests reaching it as
+    `localhost` must be refused): (cert file, key file, CA PEM)."""
+    ca = make_ca("test TLS CA")
+    key, cert = server_cert(ca, ("127.0.0.1",))
     cert_file, key_file = base / "tls.crt", base / "tls.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file, ca.public_bytes(serialization.Encoding.PEM).decode()
+    cert_file.write_bytes(to_pem(cert))
+    key_file.write_bytes(key_pem(key))
+    return cert_file, key_file, to_pem(ca[1]).decode()
 
 
 def directory_available() -> bool:

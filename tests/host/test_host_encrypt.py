@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 import base64
-import datetime as dt
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from host_support import GatewayKeys, call, code, configure, ok
 from host_support import parse_mail as parse
+from pki_util import email_cert, make_ca
 
 from keypost.core import smime
 from keypost.core.containers import DirectoryCA, to_der, to_pem
@@ -146,39 +142,10 @@ def test_bad_encrypt_params(setup: Any, ca: DirectoryCA, bad: dict[str, Any]) ->
     assert code(call(host, "encrypt", **params(**bad))) == 1
 
 
-def _genuine(address: str, lifetime: dt.timedelta = dt.timedelta(days=365),
-             ) -> tuple[x509.Certificate, x509.Certificate, rsa.RSAPrivateKey]:
-    """A small outside CA and a recipient's own S/MIME certificate issued by it."""
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Outside Root")])
-    root = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-            .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1))
-            .not_valid_after(now + dt.timedelta(days=3650))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    user_key = rsa.generate_private_key(65537, 2048)
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
-            .issuer_name(ca_name).public_key(user_key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + lifetime)
-            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name(address)]),
-                           critical=False)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    return root, cert, user_key
-
-
 def test_genuine_certificate_needs_its_root(setup: Any, ca: DirectoryCA) -> None:
     host, factory, _ = setup
-    root, cert, user_key = _genuine("frank@example.net")
+    root = make_ca("Outside Root")  # a small outside CA and Frank's own certificate from it
+    user_key, cert = email_cert(root, "frank@example.net")
     factory.directory.genuine = {"frank@example.net": to_der(cert)}
     assert configure(host, ca)["ok"]
     # Without the outside root the genuine certificate is reported but not used; the
@@ -188,7 +155,7 @@ def test_genuine_certificate_needs_its_root(setup: Any, ca: DirectoryCA) -> None
     assert frank["status"] == "ok" and genuine and not genuine[0]["valid"]
     assert not genuine[0]["used"] and genuine[0]["reasons"]
     # With the root configured it is used, and Frank can open the message himself.
-    reply = configure(host, ca, password=..., extra_roots_pem=to_pem(root).decode())
+    reply = configure(host, ca, password=..., extra_roots_pem=to_pem(root[1]).decode())
     assert reply["ok"] and reply["result"]["extra_roots"] == 1
     host.forget_containers()
     result = ok(host, "encrypt", **params(to=["frank@example.net"], cc=[], bcc=[]))
