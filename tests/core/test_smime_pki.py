@@ -12,8 +12,9 @@ from functools import cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
+from pki_util import ec_key, self_signed
 
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
@@ -77,19 +78,7 @@ def container(
 
 
 def ec_certificate() -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ec recipient")])
-    now = dt.datetime.now(dt.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
+    return self_signed(ec_key(), "ec recipient")
 
 
 def pem(cert: x509.Certificate) -> bytes:

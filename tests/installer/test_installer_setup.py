@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from pki_util import make_ca
 
+from keypost.core.containers import to_pem
 from keypost.installer.setup_wizard import (
     WindowApi,
     anchor_fingerprint,
@@ -24,21 +21,7 @@ from keypost.installer.setup_wizard import (
 
 @pytest.fixture(scope="module")
 def ca_pem(tmp_path_factory: pytest.TempPathFactory) -> str:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "setup test CA")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return to_pem(make_ca("setup test CA")[1]).decode()
 
 
 def test_fingerprint_matches_openssl(ca_pem: str, tmp_path: Path) -> None:
