@@ -30,6 +30,11 @@ loop iteration). No sockets: seconds instead of minutes, for finding hot spots.
 
     python bench/bench_ldap.py [--seconds 3] [--rounds 3] [--connections 16]
     python bench/bench_ldap.py --breakdown 20000 [--rounds 3]
+    python bench/bench_ldap.py --gc-pause 100000 [--rounds 3]
+
+--gc-pause COUNT fills the directory's caches with COUNT containers (one anonymous
+requestor each, the controller's work without the signing) and times full collections of
+the cyclic garbage collector, which stop every connection while they run.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, cast
 
@@ -388,13 +393,13 @@ def bare_issue(ca: DirectoryCA, gateway: GatewayKey,
 
 
 def directory_backend(ca: DirectoryCA | _ConstantCA, pem: bytes, folder: Path,
-                      prefix: str) -> DirectoryLdapBackend:
+                      prefix: str, cache_size: int = 100_000) -> DirectoryLdapBackend:
     store = SqliteStore(folder / f"{prefix}.db")
     fingerprint = GatewayKey.from_pem(pem).fingerprint
     store.add_domain(DOMAIN, [GatewayKeyRecord(DOMAIN, KeyUse.ENCRYPTION, pem, fingerprint,
                                                ("aes256-cbc",), dt.datetime.now(dt.UTC))])
-    return DirectoryLdapBackend(Controller(store, cast(DirectoryCA, ca)), Authenticator(store),
-                                SUFFIX)
+    return DirectoryLdapBackend(Controller(store, cast(DirectoryCA, ca), cache_size=cache_size),
+                                Authenticator(store), SUFFIX)
 
 
 def backend_lookup(ca: DirectoryCA | _ConstantCA, pem: bytes, folder: Path, prefix: str,
@@ -500,6 +505,42 @@ async def measure_breakdown(count: int, rounds: int) -> dict[str, list[float]]:
     return out
 
 
+def print_gc_pause(count: int, rounds: int) -> None:
+    """--gc-pause: how long one full collection of the cyclic GC stops the server once the
+    directory's caches hold `count` containers (every connection waits for it)."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    ca = DirectoryCA.generate("ecdsa-p256", directory_url="ldap://dir.test")
+    constant = _ConstantCA(ca.issue(ContainerRequest(
+        parse_address(f"x@{DOMAIN}"), Purpose.ENCRYPT, GatewayKey.from_pem(pem), LIFETIME)))
+    with tempfile.TemporaryDirectory(prefix="bench-ldap-gc-") as tmp:
+        gc.collect()
+        empty = len(gc.get_objects())
+        # the controller's work per address, signing aside (the pause does not depend on it)
+        backend = directory_backend(constant, pem, Path(tmp), "gc", cache_size=count)
+        controller = backend.controller
+        for i in range(count):
+            peer = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}:1"  # one requestor each
+            coro = backend.lookup(None, [f"gc{i}@{DOMAIN}"], peer)
+            with suppress(StopIteration):
+                coro.send(None)
+            if i % 1000 == 999:
+                controller.take_pending()  # what the writer thread does
+        controller.take_pending()
+        gc.collect()
+        tracked = len(gc.get_objects()) - empty
+        pauses = []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            gc.collect()
+            pauses.append((time.perf_counter() - start) * 1e3)
+    print(f"cyclic GC with {len(controller._cache)} cached containers "
+          f"({len(controller._answers)} cached answers): {tracked} tracked objects more than "
+          f"an empty process; one full collection {statistics.median(pauses):.1f} ms "
+          f"(median of {rounds})")
+
+
 def print_breakdown(count: int, rounds: int) -> None:
     """--breakdown: where a miss goes, in-process (seconds instead of minutes)."""
     results = asyncio.run(measure_breakdown(count, rounds))
@@ -529,6 +570,8 @@ def main() -> int:
     parser.add_argument("--log-level", default="warning", help="keypost serve --log-level")
     parser.add_argument("--breakdown", type=int, metavar="COUNT",
                         help="only where a miss goes, in-process, COUNT calls per figure")
+    parser.add_argument("--gc-pause", type=int, metavar="COUNT",
+                        help="only the full GC pause with COUNT cached containers, in-process")
     parser.add_argument("--serve-static", nargs=2, metavar=("PORT", "CERTS"), help="internal")
     parser.add_argument(
         "--nice",
@@ -542,6 +585,9 @@ def main() -> int:
     NICE = args.nice
     if args.breakdown:
         print_breakdown(args.breakdown, args.rounds)
+        return 0
+    if args.gc_pause:
+        print_gc_pause(args.gc_pause, args.rounds)
         return 0
     if args.serve_static:
         serve_static(int(args.serve_static[0]), Path(args.serve_static[1]))

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from pki_util import key_pem
 
 from keypost.core import containers as kc
 from keypost.core.types import Purpose, Role
@@ -56,13 +57,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert res.returncode == 0, res.stderr
     gw = rsa.generate_private_key(65537, 2048)
     (d / "gw.pub").write_bytes(public_pem(gw))
-    (d / "gw.key").write_bytes(
-        gw.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    (d / "gw.key").write_bytes(key_pem(gw))
     return d
 
 

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pki_util import key_pem
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1.type import char, namedtype, univ
 
@@ -442,13 +443,7 @@ def test_compat_container_lets_issuer_serial_gateways_decrypt(
     gw = kc.GatewayKey.from_pem(kc.to_pem(gw_cert))
     gw_cert_pem = write_pem(tmp_path / "gw.pem", gw_cert)
     gw_key_pem = tmp_path / "gw.key"
-    gw_key_pem.write_bytes(
-        gw_priv.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    gw_key_pem.write_bytes(key_pem(gw_priv))
     message = tmp_path / "msg.txt"
     message.write_bytes(b"Content-Type: text/plain\r\n\r\nhello\r\n")
     for compat in (True, False):
@@ -586,13 +581,7 @@ def test_gpgsm_validates_and_encrypts_to_container(
         return
     (tmp_path / "enc.der").write_bytes(encrypted.stdout)
     key = tmp_path / "gw.key"
-    key.write_bytes(
-        gw_priv.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key.write_bytes(key_pem(gw_priv))
     dec = openssl("cms", "-decrypt", "-inform", "DER", "-in", tmp_path / "enc.der",
                   "-inkey", key)  # fmt: skip
     assert dec.returncode == 0, dec.stderr
@@ -1059,11 +1048,7 @@ def test_gateway_key_restricted_to_pss_is_refused(
 
 
 def test_gateway_key_garbage(gw_priv: rsa.RSAPrivateKey) -> None:
-    priv_pem = gw_priv.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
+    priv_pem = key_pem(gw_priv)
     for data in (priv_pem, b"hello", b"", b"-----BEGIN CERTIFICATE-----\nAAAA\n"):
         with pytest.raises(ContainerError):
             kc.GatewayKey.from_pem(data)

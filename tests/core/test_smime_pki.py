@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from pki_util import ec_key, self_signed
+from pki_util import ec_key, key_pem, self_signed
 
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
@@ -30,11 +30,7 @@ class Gateway:
         return GatewayKey(self.key.public_key(), self.cert, caps)
 
     def key_pem(self) -> bytes:
-        return self.key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        return key_pem(self.key)
 
 
 def _gateway_cert(key: rsa.RSAPrivateKey, name: str) -> x509.Certificate:

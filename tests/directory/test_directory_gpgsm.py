@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from dir_support import SUFFIX, Directory
+from pki_util import key_pem
 
 pytestmark = pytest.mark.skipif(shutil.which("gpgsm") is None, reason="gpgsm not installed")
 
@@ -68,9 +68,7 @@ def test_gpgsm_finds_container_and_gateway_decrypts(directory: Directory, gnupgh
     assert enc.returncode == 0, enc.stderr.decode()
 
     key_file = tmp_path / "gw.key"
-    key_file.write_bytes(directory.gateway_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    key_file.write_bytes(key_pem(directory.gateway_key))
     dec = subprocess.run(["openssl", "cms", "-decrypt", "-inform", "DER", "-in", str(out),
                           "-inkey", str(key_file)], capture_output=True, timeout=30)
     assert dec.returncode == 0 and dec.stdout == message, dec.stderr

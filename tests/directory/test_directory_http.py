@@ -135,6 +135,13 @@ def test_trust_anchor_health_and_metrics(directory: Directory) -> None:
     assert re.search(r"keypost_cache_misses_total [1-9]", text)
     assert re.search(r"keypost_cache_hits_total \d", text)
     assert 'keypost_request_duration_seconds_bucket{protocol="http",le="+Inf"}' in text
+    # the cyclic GC stops every connection: its pauses are shown, what lives as long as the
+    # process (frozen at start) is out of its sight
+    assert re.search(r'keypost_gc_pause_seconds_total\{generation="0"\} \d+\.\d+', text)
+    assert re.search(r'keypost_gc_pause_seconds_max\{generation="2"\} \d+\.\d+', text)
+    assert re.search(r'python_gc_collections_total\{generation="0"\} [1-9]', text)
+    frozen = re.search(r"python_gc_frozen_objects (\d+)", text)
+    assert frozen and int(frozen.group(1)) > 10_000
 
 
 def test_openapi_lists_every_route(directory: Directory) -> None:

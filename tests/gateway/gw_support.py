@@ -19,6 +19,7 @@ from aiosmtpd.lmtp import LMTP
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from pki_util import key_pem
 
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey, to_pem
@@ -113,13 +114,6 @@ def write_private(path: Path, data: bytes) -> Path:
         f.write(data)
     os.chmod(path, 0o600)
     return path
-
-
-def key_pem(key: rsa.RSAPrivateKey) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
 
 
 def pub_pem(key: rsa.RSAPrivateKey) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import gc
 import logging
 import signal
 import ssl
@@ -25,6 +26,7 @@ from keypost.directory.errors import ConfigError
 from keypost.directory.http import PeerCappedSite, make_app, make_runner
 from keypost.directory.ldap.server import LdapServer, Limits
 from keypost.directory.ldap_backend import DirectoryLdapBackend
+from keypost.directory.metrics import GcWatch
 from keypost.directory.peer_counts import PeerCounts
 from keypost.directory.store.sqlite import SqliteStore
 from keypost.directory.writer import BatchWriter, sqlite_writer
@@ -135,6 +137,7 @@ async def serve(options: ServeOptions) -> None:
     lifetimes = Lifetimes(dt.timedelta(hours=settings.encrypt_hours),
                           dt.timedelta(days=settings.sign_days))
     controller = Controller(store, ca, lifetimes, settings.cache_size)
+    gc_watch = controller.metrics.gc = GcWatch().install()
     controller.snapshot()  # fail now, not on the first request, when a stored key is bad
     authenticator = Authenticator(store)
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
@@ -173,10 +176,16 @@ async def serve(options: ServeOptions) -> None:
                 sock_host, sock_port, *_ = runner.addresses[known]  # this site's first socket
                 _say(f"listening {scheme}://{sock_host}:{sock_port}/")
         _say(f"trust anchor SHA-256 {sha256_fingerprint(ca.certificate)}")
+        # What is loaded now (modules, the CA, the snapshot, the servers: ~45,000 objects)
+        # lives as long as the process: out of the cyclic GC's sight, so every full
+        # collection, which stops all connections, no longer walks it (~8 ms each).
+        gc.collect()
+        gc.freeze()
         _say("ready")
         await stop.wait()
         log.info("event=shutdown")
     finally:
+        gc_watch.uninstall()
         maintenance.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await maintenance

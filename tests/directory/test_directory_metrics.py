@@ -1,0 +1,43 @@
+"""The directory's metrics text: the GC pause watch and the interpreter's GC figures."""
+
+from __future__ import annotations
+
+import gc
+import re
+
+from keypost.directory.metrics import GcWatch, Metrics
+
+
+def test_gc_watch_times_every_collection_until_uninstalled() -> None:
+    watch = GcWatch().install()
+    try:
+        assert watch.install() is watch and gc.callbacks.count(watch._callback) == 1
+        gc.collect()
+        gc.collect(0)
+        assert watch.count[2] >= 1 and watch.count[0] >= 1
+        assert 0 < watch.longest[2] <= watch.seconds[2]
+    finally:
+        watch.uninstall()
+    assert watch._callback not in gc.callbacks
+    counted = list(watch.count)
+    gc.collect()
+    assert watch.count == counted  # no longer called
+
+
+def test_metrics_render_gc_lines_with_and_without_a_watch() -> None:
+    metrics = Metrics()
+    text = metrics.render()
+    assert "keypost_gc_pause_seconds" not in text  # nothing timed: nothing claimed
+    for generation in range(3):
+        assert re.search(rf'python_gc_collections_total{{generation="{generation}"}} \d+', text)
+    assert re.search(r"python_gc_frozen_objects \d+", text)
+    metrics.gc = GcWatch().install()
+    try:
+        gc.collect()
+        text = metrics.render()
+    finally:
+        metrics.gc.uninstall()
+    total = re.search(r'keypost_gc_pause_seconds_total\{generation="2"\} (\S+)', text)
+    longest = re.search(r'keypost_gc_pause_seconds_max\{generation="2"\} (\S+)', text)
+    assert total and longest and 0 < float(longest.group(1)) <= float(total.group(1))
+    assert text.endswith("\n") and "# TYPE keypost_gc_pause_seconds_total counter" in text
