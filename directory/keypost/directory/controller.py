@@ -24,7 +24,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import lru_cache
 
 from cryptography import x509
 
@@ -33,7 +33,6 @@ from keypost.core.containers import (
     ContainerRequest,
     DirectoryCA,
     GatewayKey,
-    pkcs7_bundle,
     to_der,
 )
 from keypost.core.errors import KeypostError
@@ -153,9 +152,18 @@ class Container:
     gateway: str | None  # the gateway's domain for proxy roles
 
 
-# A cached container as plain values: role value, DER, serial, notBefore, notAfter, gateway.
+# A container as plain values: role value, DER, serial, notBefore, notAfter, gateway.
 _Packed = tuple[str, bytes, int, dt.datetime, dt.datetime, "str | None"]
 _ROLES = {role.value: role for role in Role}
+
+
+def _pack(c: Container) -> _Packed:
+    return (c.role.value, c.der, c.serial, c.not_before, c.not_after, c.gateway)
+
+
+def _unpack(packed: _Packed) -> Container:
+    role, der, serial, not_before, not_after, gateway = packed
+    return Container(_ROLES[role], der, serial, not_before, not_after, gateway)
 
 
 class ContainerLru:
@@ -186,12 +194,10 @@ class ContainerLru:
         if packed is None:
             return None
         self._entries.move_to_end(key)
-        role, der, serial, not_before, not_after, gateway = packed
-        return Container(_ROLES[role], der, serial, not_before, not_after, gateway)
+        return _unpack(packed)
 
     def put(self, key: CacheKey, c: Container) -> None:
-        self._entries[tuple(key)] = (c.role.value, c.der, c.serial, c.not_before, c.not_after,
-                                     c.gateway)
+        self._entries[tuple(key)] = _pack(c)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
             self._entries.popitem(last=False)
@@ -205,43 +211,85 @@ class ContainerLru:
         return list(self._entries.items())
 
 
-@dataclass(frozen=True)
 class Answer:
-    """Everything handed out for one address (immutable: shared by the answer cache)."""
+    """Everything handed out for one address; never changed once made (shared by the
+    answer cache, read by every request it answers).
 
-    address: str
-    address_key: str
-    containers: tuple[Container, ...]
-    refused: str | None = None
+    The answer cache keeps a quarter as many answers as there are cached containers, for
+    hours: so that the cyclic GC tracks one object per answer and nothing more (see
+    ContainerLru), the containers are held as exact tuples of plain values, the class has
+    slots instead of a __dict__, and what every hit reads (the DERs, until when the
+    answer is fresh) is computed once here.
+    """
 
-    @cached_property
+    __slots__ = (
+        "_address",
+        "_address_key",
+        "_ders",
+        "_fresh_until",
+        "_hash",
+        "_packed",
+        "_refused",
+    )
+
+    def __init__(self, address: str, address_key: str, containers: Sequence[Container] = (),
+                 refused: str | None = None) -> None:
+        self._address = address
+        self._address_key = address_key
+        self._refused = refused
+        # the inner tuples first, then the outer one: the collector examines tuples in the
+        # order they were made, so one collection usually stops tracking them all
+        self._packed = tuple([_pack(c) for c in containers])
+        self._ders = tuple(c.der for c in containers)
+        times = [_half_life(c) if c.role is not Role.GENUINE else c.not_after
+                 for c in containers]
+        self._fresh_until = min(times) if times else None
+        self._hash: str | None = None
+
+    @property
+    def address(self) -> str:
+        return self._address
+
+    @property
+    def address_key(self) -> str:
+        return self._address_key
+
+    @property
+    def refused(self) -> str | None:
+        return self._refused
+
+    @property
+    def containers(self) -> tuple[Container, ...]:
+        return tuple(_unpack(p) for p in self._packed)
+
+    @property
+    def count(self) -> int:
+        """How many containers (without building them)."""
+        return len(self._packed)
+
+    @property
+    def roles(self) -> tuple[str, ...]:
+        """The containers' role values, in order (without building them)."""
+        return tuple(p[0] for p in self._packed)
+
+    @property
     def ders(self) -> tuple[bytes, ...]:
-        return tuple(c.der for c in self.containers)
+        return self._ders
 
-    @cached_property
-    def hash(self) -> str:
-        return address_hash(self.address_key)
-
-    @cached_property
+    @property
     def fresh_until(self) -> dt.datetime | None:
         """Until when the whole answer may be reused (None: no expiry of its own)."""
-        times = [_half_life(c) if c.role is not Role.GENUINE else c.not_after
-                 for c in self.containers]
-        return min(times) if times else None
+        return self._fresh_until
 
-    def bundle(self) -> bytes | None:
-        """DER PKCS#7 certs-only bundle of the containers (computed once)."""
-        return self._bundle if self.containers else None
+    @property
+    def hash(self) -> str:
+        """The address as the logs and the audit keep it (computed once, when logged)."""
+        if self._hash is None:
+            self._hash = address_hash(self._address_key)
+        return self._hash
 
-    def bundle_if_built(self) -> bytes | None:
-        """The bundle when already computed, else None (the LDAP server then builds it only
-        for clients that ask for userSMIMECertificate: ~100 us saved per fresh answer)."""
-        value = self.__dict__.get("_bundle")
-        return value if isinstance(value, bytes) and self.containers else None
-
-    @cached_property
-    def _bundle(self) -> bytes:
-        return pkcs7_bundle([x509.load_der_x509_certificate(d) for d in self.ders])
+    def __repr__(self) -> str:
+        return f"Answer({self._address!r}, roles={self.roles!r}, refused={self._refused!r})"
 
 
 @dataclass(frozen=True)
@@ -276,13 +324,13 @@ class Controller:
         self.ca = ca
         self.lifetimes = lifetimes or Lifetimes()
         self.cache_size = cache_size
-        # Answers also hold a PKCS#7 bundle (~1-3 KB): keep fewer of them than containers.
+        # An answer holds all containers of one address for one requestor: fewer of them.
         self._answers_size = max(1, cache_size // 4)
         self.metrics = metrics or Metrics()
         self._cache = ContainerLru(cache_size)
         # Whole answers by (requestor with `who`, address as asked, purpose): a repeated
-        # search costs two dict look-ups, no parsing, no policy, no PKCS#7 building.
-        self._answers: OrderedDict[tuple[Requestor, str, Purpose | None], Answer] = OrderedDict()
+        # search costs two dict look-ups, no parsing, no policy, no certificate building.
+        self._answers: OrderedDict[tuple[str, str, str], Answer] = OrderedDict()
         self._pending_issued: list[IssuedRecord] = []
         self._pending_audit: list[AuditRecord] = []
         # Address keys the store may hold a container for (loaded on the first miss,
@@ -356,13 +404,18 @@ class Controller:
         snap = self.snapshot()
         # an empty `who` names nobody: such requestors must not share one identity
         who = requestor.who or None if isinstance(requestor, KnownRequestor) else None
+        # The answer cache's key: strings only (an exact tuple the GC stops tracking, see
+        # ContainerLru) naming everything the answer depends on: the requestor's class,
+        # domain and identity, the address as asked and the purpose.
+        asker = f"{requestor.kind.value}\0{requestor.domain or ''}\0{who}"
+        wanted = purpose.value if purpose is not None else ""
         answers: list[Answer] = []
         for text in addresses:
-            key = (requestor, text, purpose)
+            key = (asker, text, wanted)
             hit = self._answers.get(key) if who is not None else None
             if hit is not None and (hit.fresh_until is None or now < hit.fresh_until):
                 self._answers.move_to_end(key)
-                self.metrics.cache_hits += len(hit.containers)
+                self.metrics.cache_hits += hit.count
                 answers.append(hit)
                 continue
             try:
@@ -457,7 +510,7 @@ class Controller:
         if not log.isEnabledFor(logging.INFO):
             return
         hashes = ",".join(a.hash for a in answers) or "-"
-        roles = ",".join("+".join(c.role.value for c in a.containers) or "none"
+        roles = ",".join("+".join(a.roles) or "none"
                          for a in answers) or "-"
         log.info("event=lookup protocol=%s requestor=%s addresses=%s roles=%s ms=%.2f",
                  protocol, requestor_label(requestor), hashes, roles, elapsed * 1000)

@@ -73,7 +73,7 @@ class DirectoryLdapBackend:
         # one requestor's container to another: keypost.directory.controller)
         requestor = requestor_of(account, peer_host(peer) if account is None else None)
         answers = self.controller.answer(requestor, addresses, None, "ldap")
-        return [AddressEntry(a.address, a.ders, a.bundle_if_built()) for a in answers]
+        return [AddressEntry(a.address, a.ders) for a in answers]
 
 
 def _conforms(backend: DirectoryLdapBackend) -> LdapBackend:
