@@ -64,6 +64,12 @@ def test_accepted(text: str, scheme: str, host: str, port: int, base: str) -> No
         ("https://keys.exa\tmple.org/", UrlProblem.CHARACTERS),  # urlsplit drops tabs
         ("https://keys.example.org/\x7f", UrlProblem.CHARACTERS),
         ("http://keys.example.org/", UrlProblem.HTTP_NOT_LOOPBACK),
+        ("ldap://[fe80::1%25eth0]/", UrlProblem.UNREADABLE_HOST),  # a zone ID
+        ("ldap://keys.example.org/dc=x??sub?(mail=*)", UrlProblem.EXTRA_PARTS),
+        ("https://keys.example.org/v1?x=1", UrlProblem.EXTRA_PARTS),
+        ("https://keys.example.org/#top", UrlProblem.EXTRA_PARTS),
+        ("https://keys.example.org/?", UrlProblem.EXTRA_PARTS),
+        ("https://keys.example.org/a@b", UrlProblem.CREDENTIALS),
     ],
 )
 def test_refused(text: str, problem: UrlProblem) -> None:
@@ -88,6 +94,12 @@ def test_refused(text: str, problem: UrlProblem) -> None:
         f"ftp://alice:{SECRET}@keys.example.org",
         f"ldaps://alice:{SECRET} @keys.example.org",
         f"ldaps://[::1]:{SECRET}",
+        # digits first: urlsplit reads them as the port and the rest as query, fragment
+        # or path, with the host "alice"
+        f"ldaps://alice:2024?{SECRET}@keys.example.org",
+        f"ldaps://alice:1#{SECRET}@keys.example.org",
+        f"https://alice:1/{SECRET}@keys.example.org",
+        f"ldap://alice:389/{SECRET}@keys.example.org/dc=keypost",
     ],
 )
 def test_a_password_in_the_url_is_in_no_message(text: str) -> None:
@@ -151,6 +163,12 @@ def test_ldap_base_from_the_path_or_the_callers_default() -> None:
     assert parse_directory_url("ldap://h", ldap_base="dc=x").base == "dc=x"
     assert parse_directory_url("ldap://h/").base == ""
     assert parse_directory_url("https://h/", ldap_base="dc=x").base == ""  # HTTP: a path
+
+
+def test_http_base_keeps_the_path_as_written() -> None:
+    url = parse_directory_url("https://keys.example.org/a%3Fb/%2541/")
+    assert url.base == "/a%3Fb/%2541"
+    assert url.http_base == "https://keys.example.org:443/a%3Fb/%2541"
 
 
 def test_http_base_puts_brackets_back() -> None:

@@ -38,6 +38,7 @@ class UrlProblem(enum.Enum):
     CREDENTIALS = "credentials"  # a user name or password in the URL
     WRONG_SCHEME = "wrong-scheme"
     NO_HOST = "no-host"
+    EXTRA_PARTS = "extra-parts"  # a ?query or #fragment: nothing reads them
     HTTP_NOT_LOOPBACK = "http-not-loopback"  # where the caller allows http:// on loopback only
 
 
@@ -60,7 +61,7 @@ class DirectoryUrl:
     scheme: str  # ldap, ldaps, http, https
     host: str
     port: int
-    base: str  # LDAP base DN (percent-decoded), or the HTTP path without trailing slash
+    base: str  # LDAP base DN (percent-decoded), or the HTTP path as written, no final "/"
     loopback: bool  # the host is the loopback interface (keypost.core.netaddr, `localhost`)
 
     @property
@@ -101,7 +102,8 @@ def _split_host_port(hostport: str) -> tuple[str, str]:
         if not bracket or (rest and not rest.startswith(":")):
             raise DirectoryUrlError(*_UNREADABLE)
         # urlsplit takes "[v1.x]" (an RFC 3986 IPvFuture) too: no client can connect to it.
-        if ip_address(host) is None or ":" not in host:
+        # nor can any client use a zone ID ("fe80::1%25eth0"), which ip_address takes
+        if ip_address(host) is None or ":" not in host or "%" in host:
             raise DirectoryUrlError(*_UNREADABLE)
         return host, rest[1:]
     if hostport.count(":") > 1:
@@ -110,7 +112,6 @@ def _split_host_port(hostport: str) -> tuple[str, str]:
     if host and not _HOST_NAME.fullmatch(host):
         raise DirectoryUrlError(*_UNREADABLE)
     return host, port
-
 
 
 def parse_directory_url(
@@ -136,9 +137,19 @@ def parse_directory_url(
         raise DirectoryUrlError(
             UrlProblem.WRONG_SCHEME, f"it must be {_schemes(http_anywhere)}, e.g. {EXAMPLE}"
         )
-    if "@" in parts.netloc:  # before anything else reads the netloc: it holds the password
+    # An "@" anywhere means a password may be in the URL, not only in the netloc: in
+    # "ldaps://alice:2024?Secret@host" urlsplit reads host alice and port 2024 and puts the
+    # password in the query, where anything that quotes the URL would repeat it.
+    if "@" in text:
         raise DirectoryUrlError(
             UrlProblem.CREDENTIALS, "it must not hold a user name or password"
+        )
+    if "?" in text or "#" in text:
+        # RFC 4516's ?attributes?scope?filter and any query or fragment: no client here
+        # reads them, so a URL holding one does not mean what its writer thinks
+        raise DirectoryUrlError(
+            UrlProblem.EXTRA_PARTS,
+            "it must not have a ?query or #fragment (only scheme, host, port and path count)",
         )
     host, port_text = _split_host_port(parts.netloc.lower())
     port = DEFAULT_PORTS[scheme]
@@ -162,6 +173,8 @@ def parse_directory_url(
             UrlProblem.HTTP_NOT_LOOPBACK,
             "http:// is only accepted for loopback addresses; use https://",
         )
-    path = unquote(parts.path)
-    base = (path.lstrip("/") or ldap_base) if scheme in LDAP_SCHEMES else path.rstrip("/")
+    if scheme in LDAP_SCHEMES:
+        base = unquote(parts.path).lstrip("/") or ldap_base
+    else:  # kept as written: http_base puts it back into a URL ("%3F" must stay "%3F")
+        base = parts.path.rstrip("/")
     return DirectoryUrl(text, scheme, host, port, base, loopback)
