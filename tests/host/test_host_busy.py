@@ -44,3 +44,8 @@ def test_retry_after_header_forms() -> None:
     later = email.utils.formatdate(time.time() + 30, usegmt=True)
     assert 25 < (parse_retry_after(later) or 0) <= 30
     assert parse_retry_after(email.utils.formatdate(time.time() - 30, usegmt=True)) == 0.0
+    # digits only in ASCII (isdigit() takes these, float() refuses or misreads them)
+    assert parse_retry_after("\u00b2") is None and parse_retry_after("\u0661") is None
+    # an HTTP-date with "-0000" parses without a zone: still UTC, not local time
+    minus_zero = email.utils.formatdate(time.time() + 30).rsplit(" ", 1)[0] + " -0000"
+    assert 25 < (parse_retry_after(minus_zero) or 0) <= 30

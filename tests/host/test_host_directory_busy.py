@@ -26,7 +26,7 @@ from proc_util import stop
 from keypost.host.actions import Host
 from keypost.host.busy import BusyRetry
 from keypost.host.config import parse_directory_url
-from keypost.host.directory_client import DirectoryClient, make_client
+from keypost.host.directory_client import DirectoryClient, LdapDirectoryClient, make_client
 from keypost.host.errors import AuthenticationFailed, DirectoryBusy, ErrorCode
 
 BUSY_MESSAGE = "the directory is busy: try again in a moment"
@@ -238,3 +238,27 @@ def test_a_bind_refused_as_busy_is_asked_again(fresh: Directory, protocol: str) 
     if protocol == "http":
         assert 1.0 <= waits[0] <= 1.2  # Retry-After: 1, jittered up
     assert found == 2
+
+
+def test_a_reconnect_refused_busy_is_asked_again(one_per_peer: Directory) -> None:
+    """The directory closes idle connections: the next search reconnects, and a directory
+    at its per-address cap refuses that new connection with a busy notice. That is busy,
+    asked again, not "the directory connection failed"."""
+    waits = Waits()
+    c = client(one_per_peer, "ldap", None, BusyRetry(sleep=waits))
+    assert isinstance(c, LdapDirectoryClient)
+    held: socket.socket | None = None
+    try:
+        assert len(c.fetch(["bob@example.org"])["bob@example.org"]) == 1
+        conn = c._conn
+        assert conn is not None and conn.socket is not None
+        conn.socket.shutdown(socket.SHUT_RDWR)  # as the directory's idle close would
+        held = hold(one_per_peer.ldap_url)  # the one connection allowed, once it saw EOF
+        waits.release = held.close
+        found = c.fetch(["bob@example.org"])
+    finally:
+        c.close()
+        if held is not None:
+            held.close()
+    assert len(waits.seen) == 1  # refused busy once, then answered
+    assert len(found["bob@example.org"]) == 1

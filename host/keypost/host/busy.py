@@ -8,6 +8,7 @@ because the compose window's Send waits for the answer.
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import random
 import time
@@ -67,10 +68,13 @@ def parse_retry_after(value: str | None) -> float | None:
         return None
     text = value.strip()
     if text.isdigit():
-        return float(text)
+        # isdigit() also takes "²" and other scripts' digits, which float() refuses or
+        # reads as numbers no server sent: only ASCII digits are delta-seconds
+        return float(text) if text.isascii() else None
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError):
         return None
+    if when.tzinfo is None:  # "-0000" (no zone information): HTTP-dates are UTC anyway
+        when = when.replace(tzinfo=dt.UTC)
     return max(0.0, when.timestamp() - time.time())
-

@@ -246,7 +246,9 @@ class LdapDirectoryClient:
         self._notice = None
         strategy = conn.strategy
         for name in ("decode_response", "decode_response_fast"):  # ldap3 uses one of them
-            decode = getattr(strategy, name)
+            decode = getattr(strategy, name, None)
+            if decode is None:  # another ldap3 version: no notice heard, connections work
+                continue
 
             def noting(message: Any, decode: Callable[[Any], Any] = decode) -> Any:
                 answer = decode(message)
@@ -289,6 +291,9 @@ class LdapDirectoryClient:
             try:
                 return self._search(batch)
             except ldap_exc.LDAPException as exc:
+                if self._notice == LDAP_BUSY:  # the new connection was refused: busy
+                    self.close()
+                    raise Busy() from None
                 raise DirectoryUnreachable(
                     f"the directory connection failed: {type(exc).__name__}",
                     {"directory": self._url.url},
