@@ -14,14 +14,17 @@ def test_gc_watch_times_every_collection_until_uninstalled() -> None:
         assert watch.install() is watch and gc.callbacks.count(watch._callback) == 1
         gc.collect()
         gc.collect(0)
-        assert watch.count[2] >= 1 and watch.count[0] >= 1
         assert 0 < watch.longest[2] <= watch.seconds[2]
+        assert 0 < watch.longest[0] <= watch.seconds[0]
+        before = list(watch.seconds)
+        watch._callback("stop", {"generation": 1})  # a stop without its start: no pause
+        assert watch.seconds == before
     finally:
         watch.uninstall()
     assert watch._callback not in gc.callbacks
-    counted = list(watch.count)
+    timed = list(watch.seconds)
     gc.collect()
-    assert watch.count == counted  # no longer called
+    assert watch.seconds == timed  # no longer called
 
 
 def test_metrics_render_gc_lines_with_and_without_a_watch() -> None:

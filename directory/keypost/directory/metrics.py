@@ -30,18 +30,21 @@ class GcWatch:
     """
 
     def __init__(self) -> None:
-        self.count = [0, 0, 0]
         self.seconds = [0.0, 0.0, 0.0]
         self.longest = [0.0, 0.0, 0.0]
-        self._started = 0.0
+        self._started: float | None = None
 
     def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        # CPython runs one collection at a time (in whichever thread triggers it), so a
+        # start is followed by its own stop; one installed mid-collection sees a lone stop.
         if phase == "start":
             self._started = time.perf_counter()
             return
+        if self._started is None:
+            return
         took = time.perf_counter() - self._started
+        self._started = None
         generation = info["generation"]
-        self.count[generation] += 1
         self.seconds[generation] += took
         self.longest[generation] = max(self.longest[generation], took)
 

@@ -137,7 +137,6 @@ async def serve(options: ServeOptions) -> None:
     lifetimes = Lifetimes(dt.timedelta(hours=settings.encrypt_hours),
                           dt.timedelta(days=settings.sign_days))
     controller = Controller(store, ca, lifetimes, settings.cache_size)
-    gc_watch = controller.metrics.gc = GcWatch().install()
     controller.snapshot()  # fail now, not on the first request, when a stored key is bad
     authenticator = Authenticator(store)
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
@@ -154,7 +153,15 @@ async def serve(options: ServeOptions) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    gc_watch = controller.metrics.gc = GcWatch()
     try:
+        gc_watch.install()
+        # What is loaded by now (modules, the CA, the snapshot, the LDAP server: ~45,000
+        # objects) lives as long as the process: out of the cyclic GC's sight, every full
+        # collection, which stops all connections, no longer walks it (~8 ms each). Before
+        # the first listen, so that no connection's objects are frozen with them.
+        gc.collect()
+        gc.freeze()
         host, port = await ldap.listen(*options.ldap)
         _say(f"listening ldap://{host}:{port}/{settings.suffix}")
         if options.ldaps is not None:
@@ -176,11 +183,6 @@ async def serve(options: ServeOptions) -> None:
                 sock_host, sock_port, *_ = runner.addresses[known]  # this site's first socket
                 _say(f"listening {scheme}://{sock_host}:{sock_port}/")
         _say(f"trust anchor SHA-256 {sha256_fingerprint(ca.certificate)}")
-        # What is loaded now (modules, the CA, the snapshot, the servers: ~45,000 objects)
-        # lives as long as the process: out of the cyclic GC's sight, so every full
-        # collection, which stops all connections, no longer walks it (~8 ms each).
-        gc.collect()
-        gc.freeze()
         _say("ready")
         await stop.wait()
         log.info("event=shutdown")

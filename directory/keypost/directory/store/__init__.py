@@ -71,9 +71,10 @@ class CacheKey(NamedTuple):
     """What makes two issued containers interchangeable: the container's address, role,
     gateway key and purpose, and who it was handed to.
 
-    A tuple of strings, not a dataclass: the garbage collector stops tracking such a tuple,
-    so the controller's cache of up to `cache_size` keys costs its full collections nothing
-    (a dataclass instance stays tracked: ~200 ms per full collection at 100,000 entries).
+    A NamedTuple, so that it hashes and compares as the plain tuple of its strings, which is
+    what the controller's ContainerLru keeps as its key (a plain tuple of strings is one
+    the garbage collector stops tracking; a NamedTuple or dataclass instance is not).
+    The store binds its fields by name: never bind a key by position (sqlite.py).
 
     The requestor is part of the key because a container is never served to a second
     requestor: every RecipientInfo names its container by issuer and serial, and a
