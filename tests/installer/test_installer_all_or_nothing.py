@@ -98,6 +98,11 @@ FAILURES = {
                    "no usable OS keyring for alice's password"),
     "unreachable": (["--directory", "ldaps://127.0.0.1:{closed}"], "",
                     "cannot be reached: Connection refused"),
+    # offline, nothing is connected to, but the URL is read as the host will read it
+    # before anything is written (not by the host's `configure` after the files: "error:
+    # configure: invalid ...", undone; --managed would have preset it for the add-on)
+    "bad-url-offline": (["--directory", "ldaps://dir.example.com:0", "--offline"], "",
+                        "error: invalid directory URL: its port is not a number"),
     "configure-fails": (["--directory", "ldaps://127.0.0.1:{listening}"], "",
                         "configure: cannot reach the directory"),
 }

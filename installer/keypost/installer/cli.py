@@ -47,6 +47,7 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[str | None, str | None]:
         if not password:
             raise InstallError("--password-stdin read an empty password")
     if args.directory:
+        preflight.check_url(args.directory)  # --offline too: --managed writes it as given
         preflight.check_host(
             preflight.host_status(args.python),
             anchor_given=anchor_pem is not None,

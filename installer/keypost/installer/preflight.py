@@ -13,7 +13,7 @@ from typing import Any
 from cryptography import x509
 
 from keypost.core.containers import load_certificates, sha256_fingerprint, to_pem
-from keypost.core.dirurl import DirectoryUrlError, parse_directory_url
+from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, parse_directory_url
 from keypost.core.errors import ContainerError
 from keypost.installer import hostconfig
 from keypost.installer.errors import InstallError
@@ -94,14 +94,20 @@ def host_status(python: str | None) -> dict[str, Any]:
     return hostconfig.status(command=hostconfig.host_command(python))
 
 
-def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
+def check_url(url: str) -> DirectoryUrl:
     """The directory URL reads as the host will read it (keypost.core.dirurl: http:// for
-    loopback only), its host name resolves and its port accepts a connection (TLS, the
-    account and the search are the host's connection test, run by `configure`)."""
+    loopback only); checked before anything is written, online or not."""
     try:
-        target = parse_directory_url(url.strip())
+        return parse_directory_url(url.strip())
     except DirectoryUrlError as exc:
         raise InstallError(str(exc)) from None  # never echoes the URL: it may hold a password
+
+
+def check_reachable(url: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """The directory URL reads as the host will read it (check_url), its host name
+    resolves and its port accepts a connection (TLS, the account and the search are the
+    host's connection test, run by `configure`)."""
+    target = check_url(url)
     if not target.is_ldap and _proxied(target.scheme, target.host):
         return  # the host goes through the proxy: a direct connection proves nothing
     try:
