@@ -200,18 +200,45 @@ def http_get(name: str, password: str) -> bytes:
             f"Authorization: Basic {token}\r\nConnection: close\r\n\r\n").encode()
 
 
+def _after_header(data: bytes, at: int) -> int:
+    """Where the content of the BER element at `at` starts (definite lengths)."""
+    first = data[at + 1]
+    return at + 2 + (first & 0x7F if first & 0x80 else 0)
+
+
+def refused_busy(answer: bytes) -> bool:
+    """An HTTP 503, or an LDAP BindResponse (message 1) with resultCode busy (51)."""
+    if answer.startswith(b"HTTP/"):
+        return answer.split(b" ", 2)[1] == b"503"
+    at = _after_header(answer, 0)  # LDAPMessage SEQUENCE
+    assert answer[at:at + 3] == b"\x02\x01\x01" and answer[at + 3] == 0x61, answer
+    at = _after_header(answer, at + 3)  # BindResponse [APPLICATION 1]
+    return answer[at:at + 3] == b"\x0a\x01\x33"  # resultCode ENUMERATED 51
+
+
 class Queued:
     """QUEUE password checks sent at once from this address (unknown accounts, so they
-    cost a full scrypt run each); `drain` waits until all are answered."""
+    cost a full scrypt run each); `drain` waits until all are answered.
+
+    Ready only once the directory holds them all: a probe check sent after them must be
+    answered busy (a fixed sleep instead left the client's own check a race on a loaded
+    machine). A probe that was queued instead means the directory had not read them all
+    yet: drained and tried again."""
 
     def __init__(self, url: str, request: Callable[[str, str], bytes]) -> None:
         where = urlsplit(url)
         assert where.hostname and where.port
-        self.socks = [socket.create_connection((where.hostname, where.port), timeout=10)
-                      for _ in range(QUEUE)]
-        for i, sock in enumerate(self.socks):
-            sock.sendall(request(f"nobody{i}", "wrong"))
-        time.sleep(0.02)  # all in the directory's queue before the client's own check
+        address = (where.hostname, where.port)
+        for _ in range(5):
+            self.socks = [socket.create_connection(address, timeout=10) for _ in range(QUEUE)]
+            for i, sock in enumerate(self.socks):
+                sock.sendall(request(f"nobody{i}", "wrong"))
+            with socket.create_connection(address, timeout=10) as probe:
+                probe.sendall(request("probe", "wrong"))
+                if refused_busy(probe.recv(4096)):
+                    return
+            self.drain()
+        raise AssertionError("the directory never held all the queued password checks")
 
     def drain(self) -> None:
         while self.socks:
