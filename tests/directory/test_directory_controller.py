@@ -330,3 +330,32 @@ def test_batch_writer_keeps_a_queued_batch_whose_caller_was_cancelled(
 
     asyncio.run(run())
     assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
+
+
+# The answer cache: all accounts are one requestor for containers, not for answers -----------
+ORG_USER = requestor_of(account("olga", domain="example.org"))
+
+
+def test_answer_cache_keeps_requestor_classes_apart(controller: Controller) -> None:
+    """What a gateway is answered (its senders' signing containers) is no user's answer."""
+    [gateway] = controller.answer(GATEWAY, ["alice@example.com"], None, "ldap")
+    assert [c.role for c in gateway.containers] == [Role.PROXY_SIGNING]
+    [user] = controller.answer(USER, ["alice@example.com"], None, "ldap")
+    assert [c.role for c in user.containers] == [Role.PROXY_ENCRYPTION]
+
+
+def test_answer_cache_keeps_domains_apart(controller: Controller) -> None:
+    """A user's own gateway is on the path: users of two domains get different answers."""
+    [com] = controller.answer(USER, ["bob@unserved.example"], None, "ldap")
+    [org] = controller.answer(ORG_USER, ["bob@unserved.example"], None, "ldap")
+    assert [c.gateway for c in com.containers] == ["example.com"]
+    assert [c.gateway for c in org.containers] == ["example.org"]
+
+
+def test_answer_cache_keeps_purposes_apart(controller: Controller) -> None:
+    """LDAP's implied purpose (a gateway asking for its own sender: signing) is not an
+    HTTP request's stated one."""
+    [ldap] = controller.answer(GATEWAY, ["alice@example.com"], None, "ldap")
+    [http] = controller.answer(GATEWAY, ["alice@example.com"], Purpose.ENCRYPT, "http")
+    assert [c.role for c in ldap.containers] == [Role.PROXY_SIGNING]
+    assert [c.role for c in http.containers] == []  # never its own gateway

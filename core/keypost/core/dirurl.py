@@ -142,7 +142,8 @@ def parse_directory_url(
     # password in the query, where anything that quotes the URL would repeat it.
     if "@" in text:
         raise DirectoryUrlError(
-            UrlProblem.CREDENTIALS, "it must not hold a user name or password"
+            UrlProblem.CREDENTIALS,
+            "it must not hold a user name or password (an @ in the path is written %40)",
         )
     if "?" in text or "#" in text:
         # RFC 4516's ?attributes?scope?filter and any query or fragment: no client here

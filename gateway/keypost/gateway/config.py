@@ -150,7 +150,7 @@ def directory_url(url: str, ldap_base: str = "") -> DirectoryUrl:
         reason = exc.reason
         if exc.problem is UrlProblem.CREDENTIALS:
             reason = ("put the account in username and its password in password_file or "
-                      "password_env, not in the URL")
+                      "password_env, not in the URL (an @ in the path is written %40)")
         raise ConfigError(f"directory.url: {reason}") from None
 
 

@@ -37,7 +37,8 @@ def parse_directory_url(text: str) -> DirectoryUrl:
     except DirectoryUrlError as exc:
         message = str(exc)
         if exc.problem is UrlProblem.CREDENTIALS:
-            message = "put the user name in the username field, not in the directory URL"
+            message = ("put the user name in the username field, not in the directory URL "
+                       "(an @ in the path is written %40)")
         raise BadRequest(message, {"param": "directory"}) from None
 
 

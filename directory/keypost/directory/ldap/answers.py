@@ -206,8 +206,7 @@ def encode_entry(
         else:
             if not entry.certificates:
                 continue
-            bundle = entry.smime_bundle
-            values = (bundle if bundle is not None else smime_bundle(entry.certificates),)
+            values = (smime_bundle(entry.certificates),)
         if not values:
             continue  # an attribute has at least one value (RFC 4512 2.5)
         attrs.append(encode_attribute(name, () if types_only else values))

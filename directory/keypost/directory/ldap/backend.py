@@ -22,19 +22,16 @@ class AddressEntry:
     """The answer for one address asked for in a search: one LDAP entry.
 
     `certificates` are DER X.509 certificates (all containers this requestor gets for
-    the address), served as the values of `userCertificate;binary`. `smime_bundle` is
-    the DER PKCS#7 certs-only bundle of the same certificates, served as
-    `userSMIMECertificate`; when None the server builds it only if a client asks for
-    that attribute (Thunderbird and gpgsm do not) and caches the encoded entry, so pass
-    it only when it is already at hand (e.g. from the backend's own cache): computing it
-    for every fresh answer costs ~100 us for nothing.
+    the address), served as the values of `userCertificate;binary`; the server builds
+    their DER PKCS#7 certs-only bundle (`userSMIMECertificate`) only when a client asks
+    for that attribute (Thunderbird and gpgsm do not) and caches the encoded entry:
+    computing it for every fresh answer would cost ~100 us for nothing.
     An entry with no certificates is still returned (same shape for every address:
     no existence oracle), with no certificate attributes.
     """
 
     address: str
     certificates: tuple[bytes, ...]
-    smime_bundle: bytes | None = None
 
 
 class LdapBackend(Protocol):
