@@ -29,6 +29,7 @@ directory backend in an event loop, 16 protocol objects fed one fresh search eac
 loop iteration). No sockets: seconds instead of minutes, for finding hot spots.
 
     python bench/bench_ldap.py [--seconds 3] [--rounds 3] [--connections 16]
+                               [--ca-key-type ecdsa-p256|rsa-3072]
     python bench/bench_ldap.py --breakdown 20000 [--rounds 3]
     python bench/bench_ldap.py --gc-pause 100000 [--rounds 3]
 
@@ -568,6 +569,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--log-level", default="warning", help="keypost serve --log-level")
+    parser.add_argument("--ca-key-type", default="ecdsa-p256", choices=("ecdsa-p256", "rsa-3072"),
+                        help="the directory CA's key (keypost directory init --ca-key-type); "
+                        "the miss row's anchor issues with the same key")
     parser.add_argument("--breakdown", type=int, metavar="COUNT",
                         help="only where a miss goes, in-process, COUNT calls per figure")
     parser.add_argument("--gc-pause", type=int, metavar="COUNT",
@@ -607,7 +611,8 @@ def main() -> int:
         )
         data = folder / "data"
         gateway_pem = gateway_certificate(folder)
-        keypost_cli("directory", "init", "--data", str(data), "--suffix", SUFFIX)
+        keypost_cli("directory", "init", "--data", str(data), "--suffix", SUFFIX,
+                    "--ca-key-type", args.ca_key_type)
         keypost_cli(
             "directory", "domain", "add", DOMAIN, "--encryption-cert", str(gateway_pem),
             "--data", str(data),
@@ -671,7 +676,8 @@ def main() -> int:
 
     size = sum(len(c) for c in certificates)
     print(f"LDAP search, {args.connections} connections, {len(certificates)} certificate(s) "
-          f"of {size} bytes per entry, median of {args.rounds} rounds of {args.seconds:g} s")
+          f"of {size} bytes per entry, median of {args.rounds} rounds of {args.seconds:g} s, "
+          f"{args.ca_key_type} CA")
     med = {k: median_run(v) for k, v in results.items()}
     print(line("slapd back-mdb (anchor)", med["slapd persist"]))
     print(line("keypost, cached containers", med["keypost persist"]))
