@@ -140,6 +140,8 @@ def test_trust_anchor_health_and_metrics(directory: Directory) -> None:
     assert re.search(r'keypost_gc_pause_seconds_total\{generation="0"\} \d+\.\d+', text)
     assert re.search(r'keypost_gc_pause_seconds_max\{generation="2"\} \d+\.\d+', text)
     assert re.search(r'python_gc_collections_total\{generation="0"\} [1-9]', text)
+    assert re.search(r'keypost_cache_entries\{cache="containers"\} [1-9]', text)
+    assert 'keypost_cache_capacity{cache="answers"} 25000' in text
     frozen = re.search(r"python_gc_frozen_objects (\d+)", text)
     assert frozen and int(frozen.group(1)) > 10_000
 

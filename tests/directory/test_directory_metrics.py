@@ -44,3 +44,14 @@ def test_metrics_render_gc_lines_with_and_without_a_watch() -> None:
     longest = re.search(r'keypost_gc_pause_seconds_max\{generation="2"\} (\S+)', text)
     assert total and longest and 0 < float(longest.group(1)) <= float(total.group(1))
     assert text.endswith("\n") and "# TYPE keypost_gc_pause_seconds_total counter" in text
+
+
+def test_cache_sizes_are_gauges_of_the_controllers_caches() -> None:
+    metrics = Metrics()
+    assert "keypost_cache_entries" not in metrics.render()  # no controller: nothing claimed
+    metrics.cache_sizes = lambda: {"containers": (3, 100), "answers": (1, 25)}
+    text = metrics.render()
+    assert 'keypost_cache_entries{cache="containers"} 3' in text
+    assert 'keypost_cache_entries{cache="answers"} 1' in text
+    assert 'keypost_cache_capacity{cache="containers"} 100' in text
+    assert "# TYPE keypost_cache_entries gauge" in text

@@ -327,6 +327,7 @@ class Controller:
         # An answer holds all containers of one address for one requestor: fewer of them.
         self._answers_size = max(1, cache_size // 4)
         self.metrics = metrics or Metrics()
+        self.metrics.cache_sizes = self._cache_sizes
         self._cache = ContainerLru(cache_size)
         # Whole answers by (requestor with `who`, address as asked, purpose): a repeated
         # search costs two dict look-ups, no parsing, no policy, no certificate building.
@@ -343,6 +344,11 @@ class Controller:
         # an operator whose CLI command takes longer than that to start).
         self.recheck_seconds = recheck_seconds
         self._checked = -1e9
+
+    def _cache_sizes(self) -> dict[str, tuple[int, int]]:
+        """(entries, capacity) of the in-memory caches, for /metrics."""
+        return {"containers": (len(self._cache), self._cache.size),
+                "answers": (len(self._answers), self._answers_size)}
 
     # configuration -----------------------------------------------------------------
     def snapshot(self) -> _Snapshot:

@@ -6,6 +6,7 @@ import bisect
 import gc
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -105,6 +106,8 @@ class Metrics:
         self._buckets: dict[str, list[int]] = {}  # protocol -> counts per bucket (+Inf last)
         self._sum: dict[str, float] = {}
         self.gc: GcWatch | None = None  # set by the server: pauses are timed while it runs
+        # how many entries each in-memory cache holds now (set by the controller that owns them)
+        self.cache_sizes: Callable[[], dict[str, tuple[int, int]]] | None = None
 
     def request(self, protocol: str, result: str, seconds: float | None = None) -> None:
         """Count a request; `seconds` (answered look-ups only) feeds the histogram."""
@@ -150,6 +153,18 @@ class Metrics:
             p = _labels((("protocol", protocol),))
             out.append(f"keypost_request_duration_seconds_sum{p} {self._sum[protocol]:.6f}")
             out.append(f"keypost_request_duration_seconds_count{p} {running}")
+        if self.cache_sizes is not None:
+            sizes = self.cache_sizes()
+            out += [
+                "# HELP keypost_cache_entries Entries in an in-memory cache, by cache.",
+                "# TYPE keypost_cache_entries gauge",
+                *(f'keypost_cache_entries{{cache="{name}"}} {n}'
+                  for name, (n, _) in sorted(sizes.items())),
+                "# HELP keypost_cache_capacity The most entries a cache keeps, by cache.",
+                "# TYPE keypost_cache_capacity gauge",
+                *(f'keypost_cache_capacity{{cache="{name}"}} {cap}'
+                  for name, (_, cap) in sorted(sizes.items())),
+            ]
         if self.gc is not None:
             out += self.gc.render()
         out += _gc_lines()
