@@ -32,7 +32,7 @@ from keypost.gateway.directory import CachingDirectory, LdapFetcher, load_trust_
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.pipeline import DECRYPTED_HEADER
 from keypost.gateway.quarantine import PRIVATE, Maildir, make_private_dirs
-from keypost.gateway.serve import build, run
+from keypost.gateway.serve import build, quiet_smtp_logging, run
 
 DEMO_PORT = 10025
 
@@ -110,6 +110,7 @@ def write_demo_config(args: argparse.Namespace, sink_port: int) -> Path:
 def cmd_demo(args: argparse.Namespace) -> int:
     # stdout: `keypost start` shows a child's stdout lines, prefixed with its name
     logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(name)s: %(message)s")
+    quiet_smtp_logging()  # before the sink starts: its start-up self-check logs at INFO
     gwdir = Path(args.data).resolve() / "gateway"
     inbox = Maildir(gwdir / "inbox")
     inbox.ensure()
