@@ -23,6 +23,7 @@ import pytest
 from host_support import PASSWORD, Directory, GatewayKeys, MemoryKeyring, start_directory
 from proc_util import stop
 
+from keypost.directory.ldap import messages as M
 from keypost.host.actions import Host
 from keypost.host.busy import BusyRetry
 from keypost.host.config import parse_directory_url
@@ -183,15 +184,9 @@ def test_the_user_is_told_the_directory_is_busy(
 QUEUE = 5
 
 
-def _ber(tag: int, content: bytes) -> bytes:
-    assert len(content) < 128
-    return bytes([tag, len(content)]) + content
-
-
 def ldap_bind(name: str, password: str) -> bytes:
-    """An LDAP simple bind request, message 1."""
-    bind = _ber(0x02, b"\x03") + _ber(0x04, name.encode()) + _ber(0x80, password.encode())
-    return _ber(0x30, _ber(0x02, b"\x01") + _ber(0x60, bind))
+    """An LDAP simple bind request, message 1 (the directory's own codec writes it)."""
+    return M.encode_message(M.LDAPMessage(1, M.BindRequest(3, name, password.encode())))
 
 
 def http_get(name: str, password: str) -> bytes:
@@ -200,20 +195,13 @@ def http_get(name: str, password: str) -> bytes:
             f"Authorization: Basic {token}\r\nConnection: close\r\n\r\n").encode()
 
 
-def _after_header(data: bytes, at: int) -> int:
-    """Where the content of the BER element at `at` starts (definite lengths)."""
-    first = data[at + 1]
-    return at + 2 + (first & 0x7F if first & 0x80 else 0)
-
-
 def refused_busy(answer: bytes) -> bool:
-    """An HTTP 503, or an LDAP BindResponse (message 1) with resultCode busy (51)."""
+    """An HTTP 503, or an LDAP BindResponse with resultCode busy (51)."""
     if answer.startswith(b"HTTP/"):
         return answer.split(b" ", 2)[1] == b"503"
-    at = _after_header(answer, 0)  # LDAPMessage SEQUENCE
-    assert answer[at:at + 3] == b"\x02\x01\x01" and answer[at + 3] == 0x61, answer
-    at = _after_header(answer, at + 3)  # BindResponse [APPLICATION 1]
-    return answer[at:at + 3] == b"\x0a\x01\x33"  # resultCode ENUMERATED 51
+    op = M.decode_message(answer).op
+    assert isinstance(op, M.BindResponse), op
+    return op.result.code == M.ResultCode.BUSY
 
 
 class Queued:
