@@ -323,7 +323,6 @@ class Controller:
         self.store = store
         self.ca = ca
         self.lifetimes = lifetimes or Lifetimes()
-        self.cache_size = cache_size
         # An answer holds all containers of one address for one requestor: fewer of them.
         self._answers_size = max(1, cache_size // 4)
         self.metrics = metrics or Metrics()
