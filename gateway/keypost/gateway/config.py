@@ -322,8 +322,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     )
     dt.finish()
     if directory.url is not None:
-        directory_url(directory.url)
-        refusal = transport_refusal(directory.url, directory.starttls)
+        refusal = transport_refusal(directory.url, directory.starttls)  # reads the URL too
         if refusal:
             raise ConfigError(refusal)
         if directory.trust_anchor is None:
