@@ -385,3 +385,46 @@ def test_next_hop_refusal_keeps_its_enhanced_status_code(
     with running_gateway(pki.config(sink.port)) as gw:
         code, text = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current))
     assert f"{code} {text}" == expected
+
+
+def test_a_report_to_an_smtputf8_sender_is_sent_once(pki: Pki, sink: Sink) -> None:
+    """The report to a UTF-8 envelope sender needs SMTPUTF8 too; without it the gateway
+    answered 451 after alice's copy was delivered, and every retry delivered it again."""
+    import smtplib
+
+    sink.handler.refuse = {"gone@example.com"}
+    enc = encrypted_for(pki, pki.current)
+    with running_gateway(pki.config(sink.port)) as gw, smtplib.SMTP(
+        "127.0.0.1", gw.port, timeout=60
+    ) as s:
+        refused = s.sendmail("jörg@outside.test", [ALICE, "gone@example.com"], enc,
+                             mail_options=["SMTPUTF8"])
+    assert refused == {}
+    by_rcpt = {tuple(m.rcpt_tos): m for m in sink.handler.messages}
+    assert set(by_rcpt) == {(ALICE,), ("jörg@outside.test",)}
+    assert b"gone@example.com" in by_rcpt[("jörg@outside.test",)].data
+
+
+def test_a_utf8_address_the_next_hop_cannot_take_is_refused_not_retried(pki: Pki) -> None:
+    import smtplib
+
+    from aiosmtpd.controller import Controller
+
+    from gw_support import SinkHandler
+
+    handler, hop = SinkHandler(), free_port()
+    ctl = Controller(handler, hostname="127.0.0.1", port=hop, enable_SMTPUTF8=False)
+    ctl.start()
+    try:
+        with running_gateway(pki.config(hop)) as gw, smtplib.SMTP(
+            "127.0.0.1", gw.port, timeout=60
+        ) as s:
+            s.ehlo()
+            s.mail("jörg@outside.test", ["SMTPUTF8"])
+            s.rcpt(ALICE)
+            code, text = s.data(encrypted_for(pki, pki.current))
+    finally:
+        ctl.stop()
+    assert (code, text.decode()) == (
+        553, "5.6.7 the next hop offers no SMTPUTF8 for a UTF-8 address")
+    assert handler.messages == []
