@@ -9,9 +9,11 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
+from aiosmtpd.controller import Controller
 from gw_support import (
     Pki,
     Sink,
+    SinkHandler,
     body_of,
     free_port,
     plain_message,
@@ -385,3 +387,87 @@ def test_next_hop_refusal_keeps_its_enhanced_status_code(
     with running_gateway(pki.config(sink.port)) as gw:
         code, text = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current))
     assert f"{code} {text}" == expected
+
+
+@pytest.mark.parametrize("refusal", ["refuse", "defer"])
+def test_next_hop_refusing_a_later_group_does_not_undo_the_delivered_one(
+    pki: Pki, sink: Sink, tmp_path: Path, refusal: str
+) -> None:
+    """x@outside.test (the ciphertext) is relayed before alice's decrypted copy, which the
+    next hop then refuses (550) or defers (450): x's copy is delivered, so the reply must
+    not be a 5xx (the sender would be told x did not get it) nor a 451 (the retry would
+    deliver x's copy again)."""
+    getattr(sink.handler, refusal).add(ALICE)
+    enc = encrypted_for(pki, pki.current)
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"))
+    with running_gateway(cfg) as gw:
+        code, text = send(gw.port, "s@outside.test", ["x@outside.test", ALICE], enc)
+    assert code == 250, text
+    by_rcpt = {tuple(m.rcpt_tos): m.data for m in sink.handler.messages}
+    assert set(by_rcpt) == {("x@outside.test",), ("s@outside.test",)}
+    assert body_of(by_rcpt[("x@outside.test",)]) == body_of(enc)
+    report = by_rcpt[("s@outside.test",)]
+    assert ALICE.encode() in report and b"secret quarterly figures" not in report
+    kept = list((tmp_path / "q" / "new").glob("*"))
+    if refusal == "defer":  # kept for a release, like a deferred recipient of one group
+        assert len(kept) == 1 and b"secret quarterly figures" in kept[0].read_bytes()
+        assert kept[0].name.encode() in report
+    else:
+        assert kept == []
+
+
+def test_a_report_to_an_smtputf8_sender_is_sent_once(pki: Pki, sink: Sink) -> None:
+    """The report to a UTF-8 envelope sender needs SMTPUTF8 too; without it the gateway
+    answered 451 after alice's copy was delivered, and every retry delivered it again."""
+    import smtplib
+
+    sink.handler.refuse = {"gone@example.com"}
+    enc = encrypted_for(pki, pki.current)
+    with running_gateway(pki.config(sink.port)) as gw, smtplib.SMTP(
+        "127.0.0.1", gw.port, timeout=60
+    ) as s:
+        refused = s.sendmail("jörg@outside.test", [ALICE, "gone@example.com"], enc,
+                             mail_options=["SMTPUTF8"])
+    assert refused == {}
+    by_rcpt = {tuple(m.rcpt_tos): m for m in sink.handler.messages}
+    assert set(by_rcpt) == {(ALICE,), ("jörg@outside.test",)}
+    assert b"gone@example.com" in by_rcpt[("jörg@outside.test",)].data
+
+
+def test_a_utf8_address_the_next_hop_cannot_take_is_refused_not_retried(pki: Pki) -> None:
+    import smtplib
+
+    handler, hop = SinkHandler(), free_port()
+    ctl = Controller(handler, hostname="127.0.0.1", port=hop, enable_SMTPUTF8=False)
+    ctl.start()
+    try:
+        with running_gateway(pki.config(hop)) as gw, smtplib.SMTP(
+            "127.0.0.1", gw.port, timeout=60
+        ) as s:
+            s.ehlo()
+            s.mail("jörg@outside.test", ["SMTPUTF8"])
+            s.rcpt(ALICE)
+            code, text = s.data(encrypted_for(pki, pki.current))
+    finally:
+        ctl.stop()
+    assert (code, text.decode()) == (
+        553, "5.6.7 the next hop offers no SMTPUTF8 for a UTF-8 address")
+    assert handler.messages == []
+
+
+def test_a_report_the_next_hop_refuses_is_kept_not_answered_with_its_5xx(
+    pki: Pki, sink: Sink, tmp_path: Path
+) -> None:
+    """alice's copy is delivered; the report about gone@ to s@ is refused: answering that
+    refusal would bounce alice's copy too, so the report is kept in the quarantine."""
+    sink.handler.refuse = {"gone@example.com", "s@outside.test"}
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"))
+    with running_gateway(cfg) as gw:
+        code, text = send(gw.port, "s@outside.test", [ALICE, "gone@example.com"],
+                          encrypted_for(pki, pki.current))
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert got.rcpt_tos == [ALICE]
+    [kept] = list((tmp_path / "q" / "new").iterdir())
+    assert b"gone@example.com" in kept.read_bytes() and b"550" in kept.read_bytes()
+    assert b"secret quarterly figures" not in kept.read_bytes()

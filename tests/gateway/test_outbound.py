@@ -31,9 +31,10 @@ from gw_support import (
     send,
     write_private,
 )
+from pki_util import email_cert, key_pem, make_ca, rsa_key
 
 from keypost.core import smime
-from keypost.core.containers import describe
+from keypost.core.containers import describe, to_pem
 from keypost.core.errors import DecryptError
 from keypost.core.types import Role
 from keypost.gateway.quarantine import Maildir, Onward
@@ -135,6 +136,41 @@ def test_signature_verifies_with_gpgsm(
     subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert b"Good signature" in done.stderr
+
+
+def test_outbound_signing_keeps_the_senders_own_signature_intact(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, tmp_path: Path
+) -> None:
+    """alice's client signed already (7bit text with a trailing blank and a 'From ' line,
+    which the gateway would re-encode were it its own content); the gateway's signature
+    goes around it and must not change a byte inside it."""
+    ca = make_ca("alice's own CA", rsa_key())
+    key, cert = email_cert(ca, ALICE)
+    for name, pem in (("ca.pem", to_pem(ca[1])), ("alice.pem", to_pem(cert))):
+        (tmp_path / name).write_bytes(pem)
+    write_private(tmp_path / "alice.key", key_pem(key))
+    (tmp_path / "content").write_bytes(b"Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+                                       b"a line with a trailing blank \r\nFrom me\r\n")
+    signed = subprocess.run(
+        ["openssl", "cms", "-sign", "-binary", "-in", str(tmp_path / "content"),
+         "-signer", str(tmp_path / "alice.pem"), "-inkey", str(tmp_path / "alice.key"),
+         "-from", ALICE, "-to", CAROL, "-subject", "[sign] twice"],
+        capture_output=True, timeout=60, check=True,
+    ).stdout
+    code, text = send(gw.port, ALICE, [CAROL], signed.replace(b"\r\n", b"\n").replace(
+        b"\n", b"\r\n"))
+    assert code == 250, text
+    [got] = sink.handler.messages
+    (tmp_path / "out.eml").write_bytes(got.data)
+    outer = subprocess.run(
+        ["openssl", "cms", "-verify", "-in", str(tmp_path / "out.eml"),
+         "-CAfile", str(world.ca_pem), "-out", str(tmp_path / "inner.eml")],
+        capture_output=True, timeout=60, check=False,
+    )
+    assert outer.returncode == 0, outer.stderr
+    inner = openssl_verify((tmp_path / "inner.eml").read_bytes(), tmp_path / "ca.pem", tmp_path)
+    assert inner.returncode == 0, inner.stderr
+    assert b"a line with a trailing blank \r\nFrom me" in inner.stdout
 
 
 def test_sign_header_is_removed_and_honoured(gw: RunningGateway, sink: Sink) -> None:

@@ -95,3 +95,10 @@ def test_a_forged_decryption_claim_is_removed(pki: Pki) -> None:
     enc = smime.encrypt_message(forged, [pki.container(pki.current)])
     [o] = p.process("x@outside.test", ["alice@example.com"], enc)
     assert o.message.count(b"X-Keypost-Decrypted") == 1
+    # a claim inside the encrypted entity ends up in the decrypted header block too
+    inner = smime.encrypt_entity(b"X-Keypost-Decrypted: key=retired-1, alg=aes256-cbc\r\n"
+                                 b"Content-Type: text/plain\r\n\r\nhi\r\n",
+                                 [pki.container(pki.current)])
+    [o] = p.process("x@outside.test", ["alice@example.com"],
+                    b"From: x@outside.test\r\nMIME-Version: 1.0\r\n" + inner)
+    assert o.message.count(b"X-Keypost-Decrypted") == 1 and b"retired-1" not in o.message

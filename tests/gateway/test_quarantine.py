@@ -119,3 +119,13 @@ def test_a_file_of_an_older_gateway_is_read_without_onward(tmp_path: Path) -> No
     assert held.rcpts == ("b@other.example",) and held.mail_from == "a@example.com"
     assert held.onward is None  # its first message line does not count as a record
     assert held.message.startswith(b"X-Keypost-Onward: none\r\nSubject: x")
+
+
+def test_recipients_with_a_comma_in_a_quoted_local_part_are_kept_whole(tmp_path: Path) -> None:
+    """RFC 5321 allows `"a,b"@example.com`; read back as two recipients, a release would
+    send the message to `"a` and `b"@example.com` and never to its recipient."""
+    box = Maildir(tmp_path / "q")
+    rcpts = ['"a,b"@example.com', "c@example.com", '"x>, <y"@example.com']
+    box.store(b"Subject: x\r\n\r\nbody\r\n", '"s,t"@outside.test', rcpts, "held", None)
+    [held] = held_messages(box.root)
+    assert held.rcpts == tuple(rcpts) and held.mail_from == '"s,t"@outside.test'

@@ -504,10 +504,13 @@ _BARE_CR = re.compile(rb"\r(?!\n)")
 def transport_safe(entity: bytes) -> bytes:
     """Re-encode a CRLF entity so that transport cannot alter it (RFC 8551 3.1.2): unsafe
     text leaves become quoted-printable, other unsafe leaves base64; multiparts recurse.
-    Safe entities come back unchanged."""
+    Safe entities come back unchanged, and so does a multipart/signed: a byte changed
+    inside it would break the signature it carries."""
     headers, view = split_entity(entity)
-    body = bytes(view)
     ctype = content_type_of(headers)
+    if ctype.mime_type == "multipart/signed":
+        return entity
+    body = bytes(view)
     boundary = ctype.param("boundary")
     if ctype.mime_type.startswith("multipart/") and boundary:
         split = split_multipart(body, boundary)

@@ -16,7 +16,7 @@ from keypost.gateway import headers, notices
 from keypost.gateway.errors import SmtpFailure
 from keypost.gateway.pipeline import Action, Outcome, ProcessFn
 from keypost.gateway.quarantine import Maildir, Onward
-from keypost.gateway.relay import Relay
+from keypost.gateway.relay import Refused, Relay
 
 log = logging.getLogger("keypost.gateway")
 
@@ -101,8 +101,19 @@ class GatewayHandler:
             notice = notices.quarantine_notice(
                 o.recipients, mail_from, subject, o.reply, qid, self.hostname
             )
-            self.relay.send("", notify, notice)
+            self._notify(notify, notice, "quarantine notice")
         return qid
+
+    def _notify(self, rcpts: Sequence[str], message: bytes, what: str) -> None:
+        """Send a notice or report of the gateway's own. The message it is about is held or
+        delivered by now: a failure must not cost a retry (which would hold or deliver it
+        again), so the notice is kept in the quarantine instead."""
+        try:
+            self.relay.send("", rcpts, message)
+        except SmtpFailure as exc:
+            qid = self.quarantine.store(message, "", rcpts, f"{what} not sent: {exc.reply}",
+                                        None)
+            log.warning("%s kept as %s: %s", what, qid, exc.reply)
 
     def settle_lmtp(
         self, mail_from: str, original: bytes, outcomes: Sequence[Outcome],
@@ -146,7 +157,14 @@ class GatewayHandler:
         failed: list[tuple[str, str]] = [(r, o.reply) for o in rejects for r in o.recipients]
         for o in others:
             if o.action is Action.RELAY:
-                refused = self.relay.send(mail_from, o.recipients, o.message, options)
+                try:
+                    refused = self.relay.send(mail_from, o.recipients, o.message, options)
+                except SmtpFailure as exc:
+                    if not delivered + held:
+                        raise  # nothing carried out yet: one reply for the whole message
+                    # Others have their copy: a 5xx would tell the sender they did not, a
+                    # 451 would send theirs again. This group fares like a refused recipient.
+                    refused = Refused(tuple((r, exc.reply) for r in o.recipients))
                 delivered += len(o.recipients) - len(refused.recipients)
                 later = [(r, why) for r, why in refused.recipients if why.startswith("4")]
                 if later:
@@ -177,4 +195,4 @@ class GatewayHandler:
             log.warning("refused recipient(s) of a bounce kept as %s", qid)
             return
         report = notices.non_delivery_report(mail_from, failed, subject, self.hostname)
-        self.relay.send("", [mail_from], report)
+        self._notify([mail_from], report, "non-delivery report")

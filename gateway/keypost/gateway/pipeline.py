@@ -150,7 +150,9 @@ class Pipeline:
         if opened is None:
             return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
         value = f"{keys.describe_key(opened.key_index)}, alg={opened.algorithm}"
-        clear = headers.prepend(opened.clear, DECRYPTED_HEADER, value)
+        # The encrypted entity's own fields join the header block: a claim may hide there.
+        clear = headers.prepend(headers.remove(opened.clear, DECRYPTED_HEADER),
+                                DECRYPTED_HEADER, value)
         return self._scanned(rcpts, mail_from, clear, rcpts, True, f"decrypted {value}")
 
     # --- outbound (Figs. 2 and 3) -------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import stat
 import time
@@ -152,6 +153,8 @@ _ENVELOPE = ("x-keypost-quarantine-reason", "x-keypost-envelope-from", "x-keypos
 # and number, and the message starts right after them: the message's own first lines
 # (which its sender chose) are never read as envelope, however they are named.
 _FORMAT_LINE = "X-Keypost-Quarantine-Format: 2"
+# `<addr>, <addr>` as `store` writes it; a quoted local part may hold `,`, `<` or `>`
+_ANGLED = re.compile(r'<((?:"(?:[^"\\]|\\.)*"|[^"<>])*)>')
 
 
 def read_held(path: Path) -> Held:
@@ -173,7 +176,7 @@ def read_held(path: Path) -> Held:
             break
         values[want] = value.strip()
         data = rest
-    rcpts = tuple(r.strip().strip("<>") for r in values.get(_ENVELOPE[2], "").split(",") if r)
+    rcpts = tuple(_ANGLED.findall(values.get(_ENVELOPE[2], "")))
     return Held(path.name.split(":")[0], values.get(_ENVELOPE[1], "").strip("<>"), rcpts,
                 values.get(_ENVELOPE[0], ""), data, parse_onward(values.get(_ENVELOPE[3])))
 

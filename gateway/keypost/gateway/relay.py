@@ -45,13 +45,22 @@ class Relay:
         mail_options: Sequence[str] = (),
     ) -> Refused:
         host, port = self.next_hop.host, self.next_hop.port
+        opts = [o for o in mail_options if o.upper().startswith(_PASS_OPTIONS)]
+        # A notice or report to a UTF-8 address needs SMTPUTF8 although nobody asked for it
+        utf8 = not (mail_from.isascii() and all(r.isascii() for r in rcpts))
+        if utf8 and "SMTPUTF8" not in (o.upper() for o in opts):
+            opts.append("SMTPUTF8")
         try:
             with smtplib.SMTP(
                 host, port, local_hostname=self.hostname, timeout=self.timeout
             ) as smtp:
                 smtp.ehlo()
-                opts = [o for o in mail_options if o.upper().startswith(_PASS_OPTIONS)]
                 if not smtp.has_extn("smtputf8"):
+                    if utf8:  # smtplib would fail to encode it: a 451 on every retry
+                        err = PermFailure("the next hop offers no SMTPUTF8 for a UTF-8 address",
+                                          "5.6.7")
+                        err.code = 553
+                        raise err
                     opts = [o for o in opts if o.upper() != "SMTPUTF8"]
                 if not smtp.has_extn("8bitmime"):
                     opts = [o for o in opts if not o.upper().startswith("BODY=")]
