@@ -115,3 +115,29 @@ def test_attachment_types_a_header_cannot_carry_become_octet_stream() -> None:
     _, *parts = parse(build_message(c)).iter_parts()
     assert [p["Content-Type"] for p in parts] == ["application/octet-stream"] * 3 + ["image/png"]
     assert [p.get_content() for p in parts] == [b"a"] * 4
+
+
+def test_internationalised_domains_are_written_as_a_labels() -> None:
+    # A non-ASCII domain reached formataddr, which raised UnicodeEncodeError: encrypt
+    # answered "internal error" for every IDN recipient or sender the lookup called ok.
+    c = parse_compose(params(**{
+        "from": "Älice <alice@exämple.com>",
+        "to": ["Bob <bob@bücher.example>", "carol@BÜCHER.example"], "cc": [],
+        "body_html": '<p><img src="data:image/png;base64,iVBORw0KGgo="></p>'}))
+    data = build_message(c)
+    assert max(data) < 128
+    msg = parse(data)
+    assert msg["From"].addresses[0].addr_spec == "alice@xn--exmple-cua.com"
+    assert [a.addr_spec for a in msg["To"].addresses] == [
+        "bob@xn--bcher-kva.example", "carol@xn--bcher-kva.example"]
+    assert msg["Message-ID"].endswith("@xn--exmple-cua.com>")
+    image = next(p for p in msg.walk() if p.get_content_type() == "image/png")
+    assert image["Content-ID"].endswith("@xn--exmple-cua.com>")
+    assert all(not part.defects for part in msg.walk())
+    # The resolver still gets the addresses as the add-on gave them.
+    assert [m.address for m in c.to] == ["bob@bücher.example", "carol@BÜCHER.example"]
+
+
+def test_a_non_ascii_local_part_is_refused_in_words() -> None:
+    with pytest.raises(BadRequest, match=r"jörg@example\.org"):
+        build_message(parse_compose(params(to=["Jörg <jörg@example.org>"])))

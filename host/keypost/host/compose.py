@@ -26,6 +26,8 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid
 from typing import Any
 
+from keypost.core.address import parse_address
+from keypost.core.errors import AddressError
 from keypost.core.mime import b64_lines
 from keypost.host.errors import BadRequest
 from keypost.host.inline_images import InlineImage, extract_inline_images, media_type_or_default
@@ -58,7 +60,34 @@ class Mailbox:
         _clean(self.address, "an address")
         if any(ch in self.address for ch in " <>,;\""):
             raise BadRequest(f"cannot write the address {self.address!r} in a header")
-        return formataddr((_clean(self.display, "a display name"), self.address), "utf-8")
+        return formataddr((_clean(self.display, "a display name"), self.header_address),
+                          "utf-8")
+
+    @property
+    def header_address(self) -> str:
+        """The addr-spec as a 7-bit header carries it: an internationalised domain as the
+        A-labels the resolver looked up. A non-ASCII local part would need RFC 6532 headers
+        and SMTPUTF8, which this message does not use: refused in words."""
+        if self.address.isascii():
+            return self.address
+        try:
+            address = parse_address(self.address)
+        except AddressError:
+            raise BadRequest(f"cannot write the address {self.address!r} in a header") from None
+        if not address.ascii_local:
+            raise BadRequest(
+                f"cannot send encrypted mail to {address}: a local part with non-ASCII "
+                "characters needs SMTPUTF8, which keypost does not use yet"
+            )
+        return str(address)
+
+    @property
+    def id_domain(self) -> str:
+        """The domain for Message-ID and Content-IDs: 7-bit, without asking DNS."""
+        try:
+            return parse_address(self.address).domain
+        except AddressError:
+            return "keypost.invalid"
 
 
 @dataclass(frozen=True)
@@ -166,7 +195,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     inline: tuple[InlineImage, ...] = ()
     remote: tuple[str, ...] = ()
     if html is not None:
-        embedded = extract_inline_images(html, senders[0].address.rpartition("@")[2])
+        embedded = extract_inline_images(html, senders[0].id_domain)
         html, inline, remote = embedded.html, embedded.images, embedded.remote
     return Compose(
         sender=senders[0],
@@ -289,8 +318,7 @@ def build_message(
         _set_addresses(msg, "Reply-To", [c.reply_to])
     msg["Subject"] = _encoded(c.subject, "Subject")
     msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
-    domain = c.sender.address.rpartition("@")[2] or None
-    msg["Message-ID"] = message_id or make_msgid(domain=domain)
+    msg["Message-ID"] = message_id or make_msgid(domain=c.sender.id_domain)
     extra = [("X-Identity-Key", c.identity_key), ("X-Account-Key", c.account_key),
              *c.headers]
     for name, value in extra:
