@@ -141,3 +141,16 @@ def test_internationalised_domains_are_written_as_a_labels() -> None:
 def test_a_non_ascii_local_part_is_refused_in_words() -> None:
     with pytest.raises(BadRequest, match=r"jörg@example\.org"):
         build_message(parse_compose(params(to=["Jörg <jörg@example.org>"])))
+
+
+@pytest.mark.parametrize("subject", ["日本語の件名です" * 15, "Grüße aus Köln " * 60, "x" * 1200])
+def test_long_subjects_fold_into_lines_readers_accept(subject: str) -> None:
+    # A non-ASCII subject was one encoded word however long (RFC 2047: at most 75
+    # characters), on a line of its own: 120 Japanese characters made a 3,600-character
+    # header line, past RFC 5322's 998 in the outer headers as well as inside.
+    data = build_message(parse_compose(params(subject=subject)))
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    assert parse(data)["Subject"] == subject
+    plain = build_message(parse_compose(params(subject="Quarterly figures, " * 10)))
+    assert b"Subject: Quarterly figures, Quarterly" in plain  # ASCII stays as it is

@@ -232,11 +232,13 @@ def _text(text: str, subtype: str) -> Message:
 
 
 def _encoded(value: str, name: str) -> str:
-    """A header value: checked, and RFC 2047 encoded when it is not ASCII."""
+    """A header value: checked, and RFC 2047 encoded when it is not ASCII or has a word
+    no fold can bring under RFC 5322's 998 characters a line; folded here into encoded
+    words of at most 75 characters (one unbounded word made lines of thousands)."""
     _clean(value, f"header {name}")
-    if value.isascii():
+    if value.isascii() and all(len(word) < MAX_LINE - len(name) - 2 for word in value.split()):
         return value
-    return Header(value, _QP_UTF8, header_name=name).encode(maxlinelen=0)
+    return Header(value, _QP_UTF8, header_name=name).encode(linesep="\r\n")
 
 
 def _binary_part(
