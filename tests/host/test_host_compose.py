@@ -154,3 +154,40 @@ def test_long_subjects_fold_into_lines_readers_accept(subject: str) -> None:
     assert parse(data)["Subject"] == subject
     plain = build_message(parse_compose(params(subject="Quarterly figures, " * 10)))
     assert b"Subject: Quarterly figures, Quarterly" in plain  # ASCII stays as it is
+
+
+def test_attached_messages_and_multiparts_keep_the_mime_well_formed() -> None:
+    # Every attachment was base64, which RFC 2045/2046 forbid for message/rfc822 and
+    # multipart/*: readers parse such a part as a message or multipart and find none (a
+    # mail forwarded as attachment; Python's parser reports the defects).
+    eml = b"From: a@example.org\nSubject: fwd\n\nhello\n"
+    eml_8bit = "From: a@example.org\r\nSubject: x\r\n\r\nGr\u00fc\u00dfe\r\n".encode()
+    c = parse_compose(params(attachments=[
+        {"name": name, "content_type": ctype, "data_base64": base64.b64encode(data).decode()}
+        for name, ctype, data in [("fwd.eml", "message/rfc822", eml),
+                                  ("utf8.eml", "message/rfc822", eml_8bit),
+                                  ("parts", "multipart/mixed", b"--x\r\n")]]))
+    msg = parse(build_message(c))
+    assert [p.defects for p in msg.walk()] == [[]] * len(list(msg.walk()))
+    _, fwd, utf8, parts = msg.iter_parts()
+    assert fwd.get_content_type() == "message/rfc822" and fwd.get_filename() == "fwd.eml"
+    assert fwd["Content-Transfer-Encoding"] == "7bit"
+    forwarded = fwd.get_content()
+    assert forwarded["Subject"] == "fwd"
+    assert forwarded.get_content().replace("\r\n", "\n") == "hello\n"
+    # Not 7-bit: the file travels as it is, as an opaque attachment.
+    assert utf8.get_content_type() == "application/octet-stream"
+    assert utf8.get_filename() == "utf8.eml" and utf8.get_content() == eml_8bit
+    assert parts.get_content_type() == "application/octet-stream"
+    assert parts.get_content() == b"--x\r\n"
+
+
+@pytest.mark.parametrize("body", [("a" * 100 + "\f") * 20, "a\0b"])
+def test_text_marked_7bit_is_7bit(body: str) -> None:
+    # str.splitlines() also ends lines at FF, VT and more, the generator only at CR/LF:
+    # a body of form-feed separated lines went out as 7bit with a 2,020-character line.
+    data = build_message(parse_compose(params(body_plain=body)))
+    msg = parse(data)
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998 and b"\0" not in data
+    assert msg.get_content() == body

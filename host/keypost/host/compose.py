@@ -42,6 +42,8 @@ _QP_UTF8 = email.charset.Charset("utf-8")
 _QP_UTF8.header_encoding = email.charset.QP
 _QP_UTF8.body_encoding = email.charset.QP
 MAX_LINE = 998
+_LINE_END = re.compile(r"\r\n|\r|\n")
+OCTET_STREAM = "application/octet-stream"
 
 
 def _clean(value: str, what: str) -> str:
@@ -221,10 +223,16 @@ def _set_addresses(msg: Message, name: str, boxes: Sequence[Mailbox]) -> None:
         msg[name] = ", ".join(b.header() for b in boxes)
 
 
+def _seven_bit(text: str) -> bool:
+    """RFC 2045 7bit data: ASCII, no NUL, no line over 998 characters where the email
+    generator ends lines (CR, LF, CRLF; str.splitlines also splits at FF, VT, ...)."""
+    return (text.isascii() and "\0" not in text
+            and all(len(line) <= MAX_LINE for line in _LINE_END.split(text)))
+
+
 def _text(text: str, subtype: str) -> Message:
     """7bit when it is short-lined ASCII, else UTF-8 quoted-printable."""
-    lines = text.splitlines()
-    if text.isascii() and all(len(line) <= MAX_LINE for line in lines):
+    if _seven_bit(text):
         return MIMEText(text, subtype, "us-ascii")
     part = MIMENonMultipart("text", subtype)
     part.set_payload(text, _QP_UTF8)
@@ -254,14 +262,32 @@ def _binary_part(
     part["Content-Transfer-Encoding"] = "base64"
     # core's wrapped base64 (pybase64 when installed): ~2x the stdlib's encodebytes.
     bodies[placeholder.encode("ascii")] = b64_lines(data).removesuffix(b"\r\n")
-    name = _clean(name, "an attachment name")
-    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
-    part.add_header("Content-Disposition", disposition, filename=filename)
+    _disposition(part, disposition, name)
     return part
 
 
+def _disposition(part: MIMEBase, disposition: str, name: str) -> None:
+    """Content-Disposition with the file name (RFC 2231 when it is not ASCII)."""
+    name = _clean(name, "an attachment name")
+    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
+    part.add_header("Content-Disposition", disposition, filename=filename)
+
+
 def _attachment(att: Attachment, bodies: dict[bytes, bytes]) -> MIMEBase:
-    return _binary_part(att.content_type, att.data, att.name, "attachment", bodies)
+    """A file as a part. RFC 2045 6.4 and RFC 2046 5.2 forbid base64 for multipart/* and
+    for message/* (but message/global): an attached message that is 7-bit goes in as it
+    is, anything else of those types as application/octet-stream."""
+    maintype, _, subtype = att.content_type.lower().partition("/")
+    if maintype == "message" and subtype != "global":
+        text = att.data.decode("ascii") if att.data.isascii() else None
+        if text is not None and _seven_bit(text):
+            part = MIMEBase(maintype, subtype)
+            part.set_payload(_LINE_END.sub("\r\n", text))  # written as it is: CRLF here
+            part["Content-Transfer-Encoding"] = "7bit"
+            _disposition(part, "attachment", att.name)
+            return part
+    content_type = OCTET_STREAM if maintype in ("message", "multipart") else att.content_type
+    return _binary_part(content_type, att.data, att.name, "attachment", bodies)
 
 
 def _html(c: Compose, html: str, bodies: dict[bytes, bytes]) -> Message:
