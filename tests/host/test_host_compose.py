@@ -115,3 +115,79 @@ def test_attachment_types_a_header_cannot_carry_become_octet_stream() -> None:
     _, *parts = parse(build_message(c)).iter_parts()
     assert [p["Content-Type"] for p in parts] == ["application/octet-stream"] * 3 + ["image/png"]
     assert [p.get_content() for p in parts] == [b"a"] * 4
+
+
+def test_internationalised_domains_are_written_as_a_labels() -> None:
+    # A non-ASCII domain reached formataddr, which raised UnicodeEncodeError: encrypt
+    # answered "internal error" for every IDN recipient or sender the lookup called ok.
+    c = parse_compose(params(**{
+        "from": "Älice <alice@exämple.com>",
+        "to": ["Bob <bob@bücher.example>", "carol@BÜCHER.example"], "cc": [],
+        "body_html": '<p><img src="data:image/png;base64,iVBORw0KGgo="></p>'}))
+    data = build_message(c)
+    assert max(data) < 128
+    msg = parse(data)
+    assert msg["From"].addresses[0].addr_spec == "alice@xn--exmple-cua.com"
+    assert [a.addr_spec for a in msg["To"].addresses] == [
+        "bob@xn--bcher-kva.example", "carol@xn--bcher-kva.example"]
+    assert msg["Message-ID"].endswith("@xn--exmple-cua.com>")
+    image = next(p for p in msg.walk() if p.get_content_type() == "image/png")
+    assert image["Content-ID"].endswith("@xn--exmple-cua.com>")
+    assert all(not part.defects for part in msg.walk())
+    # The resolver still gets the addresses as the add-on gave them.
+    assert [m.address for m in c.to] == ["bob@bücher.example", "carol@BÜCHER.example"]
+
+
+def test_a_non_ascii_local_part_is_refused_in_words() -> None:
+    with pytest.raises(BadRequest, match=r"jörg@example\.org"):
+        build_message(parse_compose(params(to=["Jörg <jörg@example.org>"])))
+
+
+@pytest.mark.parametrize("subject", ["日本語の件名です" * 15, "Grüße aus Köln " * 60, "x" * 1200])
+def test_long_subjects_fold_into_lines_readers_accept(subject: str) -> None:
+    # A non-ASCII subject was one encoded word however long (RFC 2047: at most 75
+    # characters), on a line of its own: 120 Japanese characters made a 3,600-character
+    # header line, past RFC 5322's 998 in the outer headers as well as inside.
+    data = build_message(parse_compose(params(subject=subject)))
+    head = data.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    assert parse(data)["Subject"] == subject
+    plain = build_message(parse_compose(params(subject="Quarterly figures, " * 10)))
+    assert b"Subject: Quarterly figures, Quarterly" in plain  # ASCII stays as it is
+
+
+def test_attached_messages_and_multiparts_keep_the_mime_well_formed() -> None:
+    # Every attachment was base64, which RFC 2045/2046 forbid for message/rfc822 and
+    # multipart/*: readers parse such a part as a message or multipart and find none (a
+    # mail forwarded as attachment; Python's parser reports the defects).
+    eml = b"From: a@example.org\nSubject: fwd\n\nhello\n"
+    eml_8bit = "From: a@example.org\r\nSubject: x\r\n\r\nGr\u00fc\u00dfe\r\n".encode()
+    c = parse_compose(params(attachments=[
+        {"name": name, "content_type": ctype, "data_base64": base64.b64encode(data).decode()}
+        for name, ctype, data in [("fwd.eml", "message/rfc822", eml),
+                                  ("utf8.eml", "message/rfc822", eml_8bit),
+                                  ("parts", "multipart/mixed", b"--x\r\n")]]))
+    msg = parse(build_message(c))
+    assert [p.defects for p in msg.walk()] == [[]] * len(list(msg.walk()))
+    _, fwd, utf8, parts = msg.iter_parts()
+    assert fwd.get_content_type() == "message/rfc822" and fwd.get_filename() == "fwd.eml"
+    assert fwd["Content-Transfer-Encoding"] == "7bit"
+    forwarded = fwd.get_content()
+    assert forwarded["Subject"] == "fwd"
+    assert forwarded.get_content().replace("\r\n", "\n") == "hello\n"
+    # Not 7-bit: the file travels as it is, as an opaque attachment.
+    assert utf8.get_content_type() == "application/octet-stream"
+    assert utf8.get_filename() == "utf8.eml" and utf8.get_content() == eml_8bit
+    assert parts.get_content_type() == "application/octet-stream"
+    assert parts.get_content() == b"--x\r\n"
+
+
+@pytest.mark.parametrize("body", [("a" * 100 + "\f") * 20, "a\0b"])
+def test_text_marked_7bit_is_7bit(body: str) -> None:
+    # str.splitlines() also ends lines at FF, VT and more, the generator only at CR/LF:
+    # a body of form-feed separated lines went out as 7bit with a 2,020-character line.
+    data = build_message(parse_compose(params(body_plain=body)))
+    msg = parse(data)
+    assert msg["Content-Transfer-Encoding"] == "quoted-printable"
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998 and b"\0" not in data
+    assert msg.get_content() == body

@@ -241,3 +241,20 @@ def test_remote_images_marked_to_be_attached_are_reported(
     result = ok(host, "encrypt", **params(body_html=html))
     assert result["remote_images"] == [url]
     assert ok(host, "encrypt", **params())["remote_images"] == []
+
+
+def test_internationalised_addresses_are_encrypted_to_not_an_internal_error(
+    setup: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    result = ok(host, "encrypt", **params(to=["Bob <bob@bücher.example>"], cc=[], bcc=[]))
+    assert [r["address"] for r in result["recipients"]] == [
+        "bob@xn--bcher-kva.example", "alice@example.com"]
+    message = result["message"].encode()
+    assert parse(message)["To"].addresses[0].addr_spec == "bob@xn--bcher-kva.example"
+    clear = smime.Decryptor([gateway_keys.keys["example.com"]]).decrypt_message(message).message
+    assert parse(clear)["To"].addresses[0].addr_spec == "bob@xn--bcher-kva.example"
+    # A UTF-8 local part is looked up fine but cannot be written: said so, not "internal".
+    reply = call(host, "encrypt", **params(to=["jörg@example.org"], cc=[], bcc=[]))
+    assert code(reply) == 1 and "jörg@example.org" in reply["error"]["message"]

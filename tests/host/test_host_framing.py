@@ -162,3 +162,19 @@ def test_decoder_never_raises_on_arbitrary_bytes(data: bytes, cuts: list[int]) -
 def test_chunk_cuts_never_split_an_escape(text: str, max_frame: int) -> None:
     # Escape-dense text and tiny frames: many cuts land next to backslashes.
     _check_chunks({"id": "x", "ok": True, "result": {"t": text}}, max_frame=max_frame)
+
+
+def test_json_the_add_on_cannot_read_back_is_malformed() -> None:
+    """Python's json reads what RFC 8259 and the add-on's JSON.parse do not: NaN and
+    Infinity (echoed in a reply id they made the reply unreadable), and a number past the
+    int conversion limit raised ValueError out of the decoder, which ended the host."""
+    dec = FrameDecoder()
+    bad = [b'{"id": NaN}', b'{"id": -Infinity}', b'{"id": 1e400}',
+           b'{"id": ' + b"7" * 5000 + b"}", b'{"id": 1, "params": {"n": [Infinity]}}']
+    events = dec.feed(b"".join(frame(payload) for payload in bad) + encode_frame({"id": 2}))
+    assert [type(e) for e in events] == [Malformed] * len(bad) + [Message]
+    assert all("JSON" in e.reason for e in events if isinstance(e, Malformed))
+    assert events[-1] == Message({"id": 2})
+    # Ordinary numbers are read as before.
+    assert dec.feed(frame(b'{"id": 1.5e3, "n": -0.25, "big": 123456789012345678901}')) == [
+        Message({"id": 1500.0, "n": -0.25, "big": 123456789012345678901})]

@@ -26,6 +26,8 @@ from email.mime.text import MIMEText
 from email.utils import format_datetime, formataddr, getaddresses, make_msgid
 from typing import Any
 
+from keypost.core.address import parse_address
+from keypost.core.errors import AddressError
 from keypost.core.mime import b64_lines
 from keypost.host.errors import BadRequest
 from keypost.host.inline_images import InlineImage, extract_inline_images, media_type_or_default
@@ -40,6 +42,8 @@ _QP_UTF8 = email.charset.Charset("utf-8")
 _QP_UTF8.header_encoding = email.charset.QP
 _QP_UTF8.body_encoding = email.charset.QP
 MAX_LINE = 998
+_LINE_END = re.compile(r"\r\n|\r|\n")
+OCTET_STREAM = "application/octet-stream"
 
 
 def _clean(value: str, what: str) -> str:
@@ -58,7 +62,34 @@ class Mailbox:
         _clean(self.address, "an address")
         if any(ch in self.address for ch in " <>,;\""):
             raise BadRequest(f"cannot write the address {self.address!r} in a header")
-        return formataddr((_clean(self.display, "a display name"), self.address), "utf-8")
+        return formataddr((_clean(self.display, "a display name"), self.header_address),
+                          "utf-8")
+
+    @property
+    def header_address(self) -> str:
+        """The addr-spec as a 7-bit header carries it: an internationalised domain as the
+        A-labels the resolver looked up. A non-ASCII local part would need RFC 6532 headers
+        and SMTPUTF8, which this message does not use: refused in words."""
+        if self.address.isascii():
+            return self.address
+        try:
+            address = parse_address(self.address)
+        except AddressError:
+            raise BadRequest(f"cannot write the address {self.address!r} in a header") from None
+        if not address.ascii_local:
+            raise BadRequest(
+                f"cannot send encrypted mail to {address}: a local part with non-ASCII "
+                "characters needs SMTPUTF8, which keypost does not use yet"
+            )
+        return str(address)
+
+    @property
+    def id_domain(self) -> str:
+        """The domain for Message-ID and Content-IDs: 7-bit, without asking DNS."""
+        try:
+            return parse_address(self.address).domain
+        except AddressError:
+            return "keypost.invalid"
 
 
 @dataclass(frozen=True)
@@ -166,7 +197,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     inline: tuple[InlineImage, ...] = ()
     remote: tuple[str, ...] = ()
     if html is not None:
-        embedded = extract_inline_images(html, senders[0].address.rpartition("@")[2])
+        embedded = extract_inline_images(html, senders[0].id_domain)
         html, inline, remote = embedded.html, embedded.images, embedded.remote
     return Compose(
         sender=senders[0],
@@ -192,10 +223,16 @@ def _set_addresses(msg: Message, name: str, boxes: Sequence[Mailbox]) -> None:
         msg[name] = ", ".join(b.header() for b in boxes)
 
 
+def _seven_bit(text: str) -> bool:
+    """RFC 2045 7bit data: ASCII, no NUL, no line over 998 characters where the email
+    generator ends lines (CR, LF, CRLF; str.splitlines also splits at FF, VT, ...)."""
+    return (text.isascii() and "\0" not in text
+            and all(len(line) <= MAX_LINE for line in _LINE_END.split(text)))
+
+
 def _text(text: str, subtype: str) -> Message:
     """7bit when it is short-lined ASCII, else UTF-8 quoted-printable."""
-    lines = text.splitlines()
-    if text.isascii() and all(len(line) <= MAX_LINE for line in lines):
+    if _seven_bit(text):
         return MIMEText(text, subtype, "us-ascii")
     part = MIMENonMultipart("text", subtype)
     part.set_payload(text, _QP_UTF8)
@@ -203,11 +240,13 @@ def _text(text: str, subtype: str) -> Message:
 
 
 def _encoded(value: str, name: str) -> str:
-    """A header value: checked, and RFC 2047 encoded when it is not ASCII."""
+    """A header value: checked, and RFC 2047 encoded when it is not ASCII or has a word
+    no fold can bring under RFC 5322's 998 characters a line; folded here into encoded
+    words of at most 75 characters (one unbounded word made lines of thousands)."""
     _clean(value, f"header {name}")
-    if value.isascii():
+    if value.isascii() and all(len(word) < MAX_LINE - len(name) - 2 for word in value.split()):
         return value
-    return Header(value, _QP_UTF8, header_name=name).encode(maxlinelen=0)
+    return Header(value, _QP_UTF8, header_name=name).encode(linesep="\r\n")
 
 
 def _binary_part(
@@ -223,14 +262,32 @@ def _binary_part(
     part["Content-Transfer-Encoding"] = "base64"
     # core's wrapped base64 (pybase64 when installed): ~2x the stdlib's encodebytes.
     bodies[placeholder.encode("ascii")] = b64_lines(data).removesuffix(b"\r\n")
-    name = _clean(name, "an attachment name")
-    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
-    part.add_header("Content-Disposition", disposition, filename=filename)
+    _disposition(part, disposition, name)
     return part
 
 
+def _disposition(part: MIMEBase, disposition: str, name: str) -> None:
+    """Content-Disposition with the file name (RFC 2231 when it is not ASCII)."""
+    name = _clean(name, "an attachment name")
+    filename: str | tuple[str, str, str] = name if name.isascii() else ("utf-8", "", name)
+    part.add_header("Content-Disposition", disposition, filename=filename)
+
+
 def _attachment(att: Attachment, bodies: dict[bytes, bytes]) -> MIMEBase:
-    return _binary_part(att.content_type, att.data, att.name, "attachment", bodies)
+    """A file as a part. RFC 2045 6.4 and RFC 2046 5.2 forbid base64 for multipart/* and
+    for message/* (but message/global): an attached message that is 7-bit goes in as it
+    is, anything else of those types as application/octet-stream."""
+    maintype, _, subtype = att.content_type.lower().partition("/")
+    if maintype == "message" and subtype != "global":
+        text = att.data.decode("ascii") if att.data.isascii() else None
+        if text is not None and _seven_bit(text):
+            part = MIMEBase(maintype, subtype)
+            part.set_payload(_LINE_END.sub("\r\n", text))  # written as it is: CRLF here
+            part["Content-Transfer-Encoding"] = "7bit"
+            _disposition(part, "attachment", att.name)
+            return part
+    content_type = OCTET_STREAM if maintype in ("message", "multipart") else att.content_type
+    return _binary_part(content_type, att.data, att.name, "attachment", bodies)
 
 
 def _html(c: Compose, html: str, bodies: dict[bytes, bytes]) -> Message:
@@ -289,8 +346,7 @@ def build_message(
         _set_addresses(msg, "Reply-To", [c.reply_to])
     msg["Subject"] = _encoded(c.subject, "Subject")
     msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
-    domain = c.sender.address.rpartition("@")[2] or None
-    msg["Message-ID"] = message_id or make_msgid(domain=domain)
+    msg["Message-ID"] = message_id or make_msgid(domain=c.sender.id_domain)
     extra = [("X-Identity-Key", c.identity_key), ("X-Account-Key", c.account_key),
              *c.headers]
     for name, value in extra:

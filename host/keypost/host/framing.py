@@ -7,15 +7,17 @@ I/O happens here, so tests and fuzzers drive it directly (see PROTOCOL.md, "Fram
 from __future__ import annotations
 
 import json
+import math
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 HEADER = struct.Struct("=I")  # native byte order, as Thunderbird writes and expects
 MAX_REQUEST_BYTES = 64 * 1024 * 1024  # add-on -> host; Thunderbird itself allows 4 GiB
 # Host -> add-on: Thunderbird refuses messages over 1 MiB; staying below 768 KiB (as
 # well-known hosts do) leaves room for Thunderbird's own bookkeeping.
 MAX_REPLY_FRAME = 768 * 1024 - 1
+MAX_INT_DIGITS = 400  # in a request: far beyond any id; Python's int() stops at 4,300
 
 
 @dataclass(frozen=True)
@@ -105,14 +107,38 @@ def _parse(payload: bytes) -> Message | Malformed:
     except UnicodeDecodeError:
         return Malformed("frame is not valid UTF-8")
     try:
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float,
+                           parse_int=_sane_int)
     except json.JSONDecodeError as exc:
         return Malformed(f"frame is not valid JSON: {exc.msg} at position {exc.pos}")
+    except ValueError as exc:  # a number the add-on could not read back, see below
+        return Malformed(f"frame is not valid JSON: {exc}")
     except RecursionError:
         return Malformed("frame nests JSON too deeply")
     if not isinstance(value, dict):
         return Malformed("frame is not a JSON object")
     return Message(value)
+
+
+# Python's json also reads NaN and Infinity (no JSON: the add-on's JSON.parse refuses a
+# reply echoing them as its id) and numbers beyond a float (1e400 -> inf); an integer of
+# more than 4,300 digits raised ValueError out of the decoder and ended the host. All of
+# them are malformed frames.
+def _no_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def _sane_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits is out of range")
+    return int(text)
 
 
 def _dumps(value: object) -> str:
