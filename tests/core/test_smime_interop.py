@@ -22,6 +22,7 @@ from test_smime_pki import Gateway, container, directory_ca, gateway, pem
 from keypost.core import smime
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest
+from keypost.core.errors import UnsupportedCipherError
 from keypost.core.types import Purpose
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -146,6 +147,11 @@ def test_openssl_decrypts_aes128_for_mixed_recipients(
             ["-aes256", "-keyopt", "rsa_padding_mode:oaep", "-keyopt", "rsa_oaep_md:sha256"],
             "aes256-cbc",
         ),
+        # AuthEnvelopedData (RFC 5083/5084), smime-type=authEnveloped-data
+        (["-aes-256-gcm"], "aes256-gcm"),
+        (["-aes-128-gcm"], "aes128-gcm"),
+        (["-aes-256-gcm", "-stream"], "aes256-gcm"),
+        (["-aes-256-gcm", "-keyid", "-keyopt", "rsa_padding_mode:oaep"], "aes256-gcm"),
     ],
 )
 def test_openssl_encrypted_message_decrypts_with_our_decryptor(
@@ -166,6 +172,17 @@ def test_openssl_encrypted_message_decrypts_with_our_decryptor(
     assert result.algorithm == algorithm
     assert result.message.startswith(b"From: x@x.example\r\nSubject: from openssl\r\n")
     assert result.message.endswith(ENTITY)
+
+
+def test_openssl_3des_is_refused_by_name(files: dict[str, Path], tmp_path: Path) -> None:
+    entity = tmp_path / "entity"
+    entity.write_bytes(ENTITY)
+    out = tmp_path / "out.eml"
+    res = _run("openssl", "cms", "-encrypt", "-des3", "-in", entity, "-out", out,
+               files["container"])
+    assert res.returncode == 0, res.stderr
+    with pytest.raises(UnsupportedCipherError, match="3DES"):
+        smime.Decryptor([gateway().key]).decrypt_message(out.read_bytes())
 
 
 def test_openssl_der_output_decrypts_and_lists_recipients(

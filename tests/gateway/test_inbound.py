@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -471,3 +472,43 @@ def test_a_report_the_next_hop_refuses_is_kept_not_answered_with_its_5xx(
     [kept] = list((tmp_path / "q" / "new").iterdir())
     assert b"gone@example.com" in kept.read_bytes() and b"550" in kept.read_bytes()
     assert b"secret quarterly figures" not in kept.read_bytes()
+
+
+def _openssl_encrypted(pki: Pki, tmp_path: Path, cipher: str) -> bytes:
+    """An RFC 5322 message that `openssl cms -encrypt` (an independent sender) wrote for
+    alice's container."""
+    from cryptography.hazmat.primitives import serialization
+
+    cert = tmp_path / "container.pem"
+    cert.write_bytes(pki.container(pki.current, ALICE).public_bytes(serialization.Encoding.PEM))
+    entity = tmp_path / "entity"
+    entity.write_bytes(b"Content-Type: text/plain\r\n\r\nsecret quarterly figures\r\n")
+    res = subprocess.run(
+        ["openssl", "cms", "-encrypt", cipher, "-in", str(entity), "-from",
+         "sender@outside.test", "-to", ALICE, "-subject", "Quarterly", str(cert)],
+        capture_output=True, check=False, timeout=30)
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def test_inbound_decrypts_aes_gcm_authenveloped_data(pki: Pki, sink: Sink, tmp_path: Path) -> None:
+    """RFC 8551 prefers AES-GCM (AuthEnvelopedData); a sender whose client writes it must
+    not see it delivered as ciphertext the recipient cannot read."""
+    message = _openssl_encrypted(pki, tmp_path, "-aes-256-gcm")
+    assert b"smime-type=authEnveloped-data" in message
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, "sender@outside.test", [ALICE], message)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert b"secret quarterly figures" in got.data and b"pkcs7-mime" not in got.data
+    assert b"X-Keypost-Decrypted: key=current" in got.data and b"alg=aes256-gcm" in got.data
+
+
+def test_inbound_3des_is_refused_by_name_and_not_delivered(
+    pki: Pki, sink: Sink, tmp_path: Path
+) -> None:
+    message = _openssl_encrypted(pki, tmp_path, "-des3")
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, "sender@outside.test", [ALICE], message)
+    assert code == 554 and "3DES" in text, text
+    assert sink.handler.messages == []

@@ -42,6 +42,7 @@ def _oid(dotted: str) -> bytes:
 OID_DATA = _oid("1.2.840.113549.1.7.1")
 OID_SIGNED_DATA = _oid("1.2.840.113549.1.7.2")
 OID_ENVELOPED_DATA = _oid("1.2.840.113549.1.7.3")
+OID_AUTH_ENVELOPED_DATA = _oid("1.2.840.113549.1.9.16.1.23")  # RFC 5083
 OID_RSA_ENCRYPTION = _oid("1.2.840.113549.1.1.1")
 OID_RSAES_OAEP = _oid("1.2.840.113549.1.1.7")
 OID_MGF1 = _oid("1.2.840.113549.1.1.8")
@@ -59,6 +60,21 @@ CONTENT_CIPHERS: dict[bytes, tuple[str, int]] = {
     OID_AES256_CBC: (Capability.AES256_CBC.value, 32),
     _oid("2.16.840.1.101.3.4.1.22"): ("aes192-cbc", 24),
     OID_AES128_CBC: (Capability.AES128_CBC.value, 16),
+}
+# AES-GCM for AuthEnvelopedData (RFC 5084): read, never written (mail clients cannot
+# read it yet, see README). OID -> (name, key length).
+GCM_CIPHERS: dict[bytes, tuple[str, int]] = {
+    _oid("2.16.840.1.101.3.4.1.46"): ("aes256-gcm", 32),
+    _oid("2.16.840.1.101.3.4.1.26"): ("aes192-gcm", 24),
+    _oid("2.16.840.1.101.3.4.1.6"): ("aes128-gcm", 16),
+}
+GCM_DEFAULT_ICV = 12  # RFC 5084 GCMParameters aes-ICVlen DEFAULT 12
+# Ciphers old clients still send, named so that a refusal can say what it was.
+REFUSED_CIPHERS: dict[bytes, str] = {
+    _oid("1.2.840.113549.3.7"): "3DES (des-ede3-cbc)",
+    _oid("1.3.14.3.2.7"): "DES (des-cbc)",
+    _oid("1.2.840.113549.3.2"): "RC2 (rc2-cbc)",
+    _oid("1.2.840.113549.1.9.16.3.18"): "ChaCha20-Poly1305",
 }
 # What the writer uses for each negotiated capability: (OID, key length).
 WRITTEN_CIPHERS: dict[Capability, tuple[bytes, int]] = {
@@ -180,18 +196,20 @@ def integer(buf: memoryview, t: Tlv) -> int:
     return int.from_bytes(buf[t.start : t.end], "big", signed=True)
 
 
-def _content_info(buf: memoryview, oid: bytes, what: str) -> Tlv:
-    """The inner SEQUENCE of ContentInfo { contentType = oid, [0] EXPLICIT content }."""
+def _content_info(buf: memoryview, oids: Sequence[bytes], what: str) -> tuple[bytes, Tlv]:
+    """ContentInfo { contentType, [0] EXPLICIT content } whose type is one of `oids` ->
+    (that type, the content's SEQUENCE)."""
     top = read_tlv(buf, 0, len(buf))
     if top.tag != T_SEQUENCE:
         raise _bad(f"not CMS {what}")
     kids = children(buf, top)
-    if len(kids) < 2 or kids[0].tag != T_OID or content(buf, kids[0]) != oid:
+    oid = bytes(content(buf, kids[0])) if kids and kids[0].tag == T_OID else b""
+    if len(kids) < 2 or oid not in oids:
         raise _bad(f"not CMS {what}")
     inner = expect(buf, kids[1], [T_SEQUENCE]) if kids[1].tag == T_CTX0 else []
     if not inner:
         raise _bad(f"not CMS {what}")
-    return inner[0]
+    return oid, inner[0]
 
 
 # EnvelopedData -------------------------------------------------------------------------
@@ -212,15 +230,24 @@ class KeyTransRecipient:
 class Enveloped:
     recipients: tuple[KeyTransRecipient, ...]  # other RecipientInfo kinds are skipped
     cipher_oid: bytes
-    iv: bytes
+    iv: bytes  # CBC: the IV; GCM: the nonce
     ciphertext: bytes | memoryview
+    # AuthEnvelopedData only (RFC 5083): the MAC (GCM tag), its declared length
+    # (aes-ICVlen) and the additional authenticated data (the authAttrs as a DER SET)
+    mac: bytes | None = None
+    mac_length: int = 0
+    aad: bytes = b""
+
+
+_ENVELOPED_KINDS = (OID_ENVELOPED_DATA, OID_AUTH_ENVELOPED_DATA)
 
 
 def parse_enveloped(der: bytes | memoryview) -> Enveloped:
-    """Read a ContentInfo holding EnvelopedData. Raises SmimeError."""
+    """Read a ContentInfo holding EnvelopedData or AuthEnvelopedData. Raises SmimeError."""
     buf = memoryview(der)
     try:
-        env = _content_info(buf, OID_ENVELOPED_DATA, "EnvelopedData")
+        kind, env = _content_info(buf, _ENVELOPED_KINDS, "EnvelopedData")
+        authenticated = kind == OID_AUTH_ENVELOPED_DATA
         fields = children(buf, env)
         i = 1  # after version
         if len(fields) > i and fields[i].tag == T_CTX0:  # originatorInfo
@@ -238,9 +265,33 @@ def parse_enveloped(der: bytes | memoryview) -> Enveloped:
         if len(eci) < 3 or eci[2].tag not in (T_CTX0_PRIM, T_CTX0):
             raise _bad("EnvelopedData without encrypted content")
         ciphertext = octets(buf, eci[2])
+        if not authenticated:
+            return Enveloped(recipients, cipher_oid, iv, ciphertext)
+        mac_length = GCM_DEFAULT_ICV
+        if len(alg) > 1 and alg[1].tag == T_SEQUENCE:  # GCMParameters
+            params = expect(buf, alg[1], [T_OCTETS])
+            iv = bytes(content(buf, params[0]))
+            if len(params) > 1:
+                mac_length = integer(buf, params[1])
+        mac, aad = _auth_tail(buf, fields[i + 2 :])
+        return Enveloped(recipients, cipher_oid, iv, ciphertext, mac, mac_length, aad)
     except IndexError as exc:  # defensive: offsets are checked, but never leak IndexError
         raise _bad() from exc
-    return Enveloped(recipients, cipher_oid, iv, ciphertext)
+
+
+def _auth_tail(buf: memoryview, rest: list[Tlv]) -> tuple[bytes, bytes]:
+    """AuthEnvelopedData after its EncryptedContentInfo: authAttrs [1] IMPLICIT OPTIONAL,
+    mac OCTET STRING -> (mac, AAD). The AAD is the authAttrs' DER with the
+    universal SET OF tag instead of [1] (RFC 5083 2.2): definite lengths only, as DER."""
+    aad = b""
+    if rest and rest[0].tag == T_CTX1:
+        attrs = rest.pop(0)
+        if buf[attrs.head + 1] == 0x80:
+            raise _bad("AuthEnvelopedData with indefinite-length authAttrs")
+        aad = bytes((T_SET,)) + bytes(buf[attrs.head + 1 : attrs.end])
+    if not rest or rest[0].tag != T_OCTETS:
+        raise _bad("AuthEnvelopedData without a MAC")
+    return bytes(content(buf, rest[0])), aad
 
 
 def _identifier(buf: memoryview, t: Tlv) -> tuple[bytes | None, int | None, bytes | None]:
@@ -495,7 +546,7 @@ def parse_signed(der: bytes | memoryview) -> SignedData:
     """Read a ContentInfo holding SignedData. Raises SmimeError."""
     buf = memoryview(der)
     try:
-        sd = _content_info(buf, OID_SIGNED_DATA, "SignedData")
+        _, sd = _content_info(buf, (OID_SIGNED_DATA,), "SignedData")
         fields = expect(buf, sd, [T_INTEGER, T_SET, T_SEQUENCE])
         encap = children(buf, fields[2])
         detached = len(encap) < 2

@@ -30,5 +30,11 @@ class DecryptError(SmimeError):
         super().__init__("message could not be decrypted with any of the gateway's keys")
 
 
+class UnsupportedCipherError(SmimeError):
+    """The content is encrypted with an algorithm keypost does not decrypt (3DES, ...).
+    Read from the message's clear structure before any key is used, so naming it reveals
+    nothing about the keys."""
+
+
 class SignatureError(SmimeError):
     """A signed message does not verify."""

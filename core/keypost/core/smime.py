@@ -13,11 +13,11 @@ import functools
 import hmac
 import os
 import secrets
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, InvalidTag, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
@@ -28,7 +28,13 @@ from keypost.core import mime as m
 from keypost.core import x509_checks as checks
 from keypost.core.address import parse_address
 from keypost.core.containers import describe
-from keypost.core.errors import AddressError, ContainerError, DecryptError, SmimeError
+from keypost.core.errors import (
+    AddressError,
+    ContainerError,
+    DecryptError,
+    SmimeError,
+    UnsupportedCipherError,
+)
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose
 from keypost.core.x509_ext import OID_SMIME_CAPABILITIES, decode_smime_capabilities
 
@@ -42,6 +48,8 @@ _ENVELOPED_HEADERS = (
     b"Content-Disposition: attachment; filename=smime.p7m\r\n"
     b"Content-Description: S/MIME Encrypted Message\r\n"
 )
+# RFC 8551 3.2.2: EnvelopedData, and AuthEnvelopedData (AES-GCM, RFC 5083/5084)
+_ENCRYPTED_SMIME_TYPES = ("enveloped-data", "authenveloped-data")
 _DROPPED_OUTER = ("bcc", "resent-bcc", "mime-version")
 # Signatures within this distance of the Date header are accepted by Thunderbird.
 MAX_DATE_SKEW = dt.timedelta(hours=1)
@@ -198,7 +206,7 @@ def _der_of_parts(headers: Sequence[m.Header], body: memoryview) -> bytes | memo
     if ctype.mime_type not in _PKCS7_MIME_TYPES:
         raise SmimeError("not an S/MIME encrypted message (no application/pkcs7-mime content)")
     smime_type = (ctype.param("smime-type") or "enveloped-data").lower()
-    if smime_type != "enveloped-data":
+    if smime_type not in _ENCRYPTED_SMIME_TYPES:
         raise SmimeError(f"not an S/MIME encrypted message (smime-type={smime_type})")
     cte = m.find_header(headers, "Content-Transfer-Encoding")
     if cte is not None and cte.value.lower() == "base64":
@@ -225,7 +233,7 @@ def is_encrypted(message: bytes) -> bool:
         return False
     smime_type = ctype.param("smime-type")
     if smime_type is not None:
-        return smime_type.lower() == "enveloped-data"
+        return smime_type.lower() in _ENCRYPTED_SMIME_TYPES
     try:  # old clients omit smime-type: look at the CMS content type itself
         cms.parse_enveloped(_der_of_parts(headers, body))
     except SmimeError:
@@ -263,6 +271,18 @@ def _looks_like_mime(key: bytes, iv: bytes, first: bytes) -> bool:
     return not block.translate(None, _HEADER_TEXT)
 
 
+def _gcm_plausible(key: bytes, nonce: bytes, first: bytes) -> bool:
+    """GCM's first block as _looks_like_mime reads CBC's: printable header text?"""
+    block = Cipher(algorithms.AES(key), modes.GCM(nonce)).decryptor().update(first)
+    return not block.translate(None, _HEADER_TEXT)
+
+
+# Full AES-GCM passes per message at most: the right key's content key comes first in
+# practice (ranked by the first-block probe), a wrong key yields one of the right length
+# about once in 250 (RSA implicit rejection), so three tries leave room for collisions.
+MAX_GCM_TRIES = 3
+
+
 class Decryptor:
     """Decrypts as a gateway holding one or more RSA keys (current first, then retired)
     without knowing which container the sender used. All failures raise the same
@@ -280,7 +300,7 @@ class Decryptor:
     "garbled key", "tampered padding" all take the same steps and end in the same
     DecryptError; only public facts (structure, number of keys and recipients) shape the
     work. CBC without a MAC cannot detect tampering elsewhere in the content: that is
-    EnvelopedData's nature (AuthEnvelopedData is not readable by the mail clients yet)."""
+    EnvelopedData's nature; AuthEnvelopedData (AES-GCM, _open_gcm) has a MAC."""
 
     def __init__(self, keys: Sequence[PrivateKey]) -> None:
         if not keys:
@@ -300,6 +320,12 @@ class Decryptor:
             env = cms.parse_enveloped(der)
         except SmimeError:
             raise DecryptError() from None
+        refused = cms.REFUSED_CIPHERS.get(env.cipher_oid)
+        if refused is not None:
+            raise UnsupportedCipherError(f"content encrypted with {refused}, which keypost "
+                                         "does not decrypt")
+        if env.mac is not None:
+            return self._open_gcm(env)
         cipher = cms.CONTENT_CIPHERS.get(env.cipher_oid)
         ct = env.ciphertext
         if cipher is None or len(env.iv) != 16 or not ct or len(ct) % 16:
@@ -349,6 +375,57 @@ class Decryptor:
         if not valid or index < 0:
             raise DecryptError()
         return plain, pad, index, name
+
+    def _candidates(self, env: cms.Enveloped, key_len: int) -> Iterator[tuple[bytes, int]]:
+        """(content key, key index) for every key and usable RecipientInfo, all of them
+        decrypted whatever the outcome; a wrong result of the right length is possible
+        (implicit rejection), a wrong length is not yielded."""
+        for index, key in enumerate(self._keys):
+            for ri in env.recipients:
+                if ri.padding is None:
+                    continue
+                try:
+                    cek = key.decrypt(ri.encrypted_key, ri.padding)
+                except ValueError:
+                    continue
+                if len(cek) == key_len:
+                    yield cek, index
+
+    def _open_gcm(self, env: cms.Enveloped) -> tuple[bytearray, int, int, str]:
+        """AuthEnvelopedData with AES-GCM (RFC 5083/5084). GCM authenticates the content:
+        nothing is returned unless the tag verifies, and a modified ciphertext, key or tag
+        all end in the same DecryptError, so there is no padding oracle to hide. The
+        candidate keys are ranked like CBC's (first block decrypts to header text; a
+        GCM decryptor yields it before the tag is checked) and at most MAX_GCM_TRIES are
+        tried in full: a hostile message cannot make the gateway run the whole content
+        through AES once per key and RecipientInfo."""
+        cipher = cms.GCM_CIPHERS.get(env.cipher_oid)
+        ct, tag = env.ciphertext, env.mac or b""
+        # cryptography's GCM takes nonces of 8-128 bytes (RFC 5084 recommends 12) and tags
+        # of 4-16 bytes; RFC 5084 allows 12-16, the declared length must be the one sent
+        if (cipher is None or not 8 <= len(env.iv) <= 128 or not 12 <= len(tag) <= 16
+                or len(tag) != env.mac_length):
+            raise DecryptError()
+        name, key_len = cipher
+        first = bytes(ct[:16])
+        ranked = sorted(self._candidates(env, key_len),
+                        key=lambda c: not _gcm_plausible(c[0], env.iv, first))
+        tries = ranked[:MAX_GCM_TRIES] or [(os.urandom(key_len), -1)]
+        plain = bytearray(len(ct) + 15)
+        for cek, index in tries:
+            decryptor = Cipher(algorithms.AES(cek), modes.GCM(env.iv, tag, len(tag))).decryptor()
+            if env.aad:
+                decryptor.authenticate_additional_data(env.aad)
+            written = decryptor.update_into(ct, plain)
+            try:
+                decryptor.finalize()
+            except InvalidTag:
+                continue
+            if index >= 0:
+                del plain[written:]
+                return plain, 0, index, name
+        plain[:] = b""  # unauthenticated text is never kept
+        raise DecryptError()
 
     def decrypt_der(self, der: bytes) -> tuple[bytes, int, str]:
         """EnvelopedData DER -> (clear content, key index, algorithm)."""

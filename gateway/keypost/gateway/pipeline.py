@@ -22,7 +22,12 @@ from cryptography.hazmat.primitives import serialization
 
 from keypost.core import smime
 from keypost.core.address import Address, parse_address
-from keypost.core.errors import AddressError, DecryptError, SmimeError
+from keypost.core.errors import (
+    AddressError,
+    DecryptError,
+    SmimeError,
+    UnsupportedCipherError,
+)
 from keypost.gateway import headers, mimecheck
 from keypost.gateway.config import MalformedPolicy, NoGenuinePolicy, PolicyConfig
 from keypost.gateway.directory import DirectoryClient
@@ -332,12 +337,13 @@ class Pipeline:
             rids = tuple(smime.recipient_ids(data))
         except (SmimeError, ValueError):
             return "not a readable S/MIME message"
+        ours = bool(rids) and bool(self.issuers) and all(r.issuer in self.issuers for r in rids)
         try:
             res = keys.decryptor.decrypt_message(data)
         except DecryptError:
-            if rids and self.issuers and all(r.issuer in self.issuers for r in rids):
-                return "encrypted to a key this gateway does not hold"
-            return None
+            return "encrypted to a key this gateway does not hold" if ours else None
+        except UnsupportedCipherError as exc:  # e.g. 3DES: say so, if it was meant for us
+            return str(exc) if ours else None
         except (SmimeError, ValueError):
             return "not a readable S/MIME message"
         problem = mimecheck.problem(res.message)
