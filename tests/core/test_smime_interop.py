@@ -174,6 +174,33 @@ def test_openssl_encrypted_message_decrypts_with_our_decryptor(
     assert result.message.endswith(ENTITY)
 
 
+@pytest.mark.parametrize("line_end", [b"\r\n", b"\n"])
+def test_a_whole_encrypted_message_has_each_field_once_the_outer_one(
+    files: dict[str, Path], tmp_path: Path, line_end: bytes
+) -> None:
+    """`openssl cms -encrypt -in mail.eml` (and RFC 9788 header protection) put the whole
+    message, From, To and Subject included, inside: joined to the outer fields they would
+    appear twice."""
+    inner = (b"From: Inner <inner@a.example>\r\nTo: bob@b.example\r\nSubject: inner\r\n"
+             b"X-Inner: kept\r\nMIME-Version: 1.0\r\n" + ENTITY).replace(b"\r\n", line_end)
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(inner)
+    out = tmp_path / "out.eml"
+    res = _run("openssl", "cms", "-encrypt", "-aes256", "-in", mail, "-out", out,
+               "-from", "alice@a.example", "-to", "bob@b.example", "-subject", "outer",
+               files["container"])  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    clear = smime.Decryptor([gateway().key]).decrypt_message(out.read_bytes()).message
+    head, _, body = clear.partition(b"\r\n\r\n")
+    names = [line.split(b":")[0].lower() for line in head.split(b"\r\n")]
+    for field in (b"from", b"to", b"subject", b"mime-version", b"content-type"):
+        assert names.count(field) == 1, (field, head)
+    assert b"From: alice@a.example" in head and b"Subject: outer" in head
+    assert b"X-Inner: kept" in head
+    assert body == ENTITY.partition(b"\r\n\r\n")[2]
+    assert b"\n" not in clear.replace(b"\r\n", b"")
+
+
 def test_openssl_3des_is_refused_by_name(files: dict[str, Path], tmp_path: Path) -> None:
     entity = tmp_path / "entity"
     entity.write_bytes(ENTITY)

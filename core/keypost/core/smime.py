@@ -283,6 +283,36 @@ def _gcm_plausible(key: bytes, nonce: bytes, first: bytes) -> bool:
 MAX_GCM_TRIES = 3
 
 
+# RFC 5322 3.6: fields a message has at most once (and MIME-Version, RFC 2045 4).
+_SINGLE_FIELDS = frozenset({
+    "date", "from", "sender", "reply-to", "to", "cc", "bcc", "message-id", "in-reply-to",
+    "references", "subject", "mime-version",
+})
+_HEAD_SCAN = 64 * 1024  # an entity's header block longer than this is left as it is
+
+
+def _without_outer_fields(plain: bytearray, end: int, outer: set[str]) -> bytes | None:
+    """The decrypted entity without the single-instance fields the outer header block
+    already has, or None when it has none of them (the usual case: clients encrypt the
+    Content-* fields and the body). A sender that encrypted a whole message (`openssl cms
+    -encrypt -in mail.eml`, RFC 9788 header protection) repeats From, To, Subject...
+    inside: joined to the outer block they would appear twice, which readers show
+    inconsistently and which the gateway's own signing refuses (two From). The outer
+    fields win: From is what the receiving MTA's checks (SPF, DKIM, DMARC) looked at,
+    and the inner copy is no more authentic than the outer one."""
+    clash = outer & _SINGLE_FIELDS
+    if not clash:
+        return None
+    head = bytes(plain[: min(end, _HEAD_SCAN)])
+    fields, body_at = m.split_entity_at(head)
+    if body_at >= len(head) and end > len(head):  # no blank line within the scan
+        return None
+    if not any(f.key in clash for f in fields):
+        return None
+    kept = m.header_lines(f for f in fields if f.key not in clash)
+    return b"".join((kept, m.CRLF, memoryview(plain)[body_at:end]))
+
+
 class Decryptor:
     """Decrypts as a gateway holding one or more RSA keys (current first, then retired)
     without knowing which container the sender used. All failures raise the same
@@ -440,16 +470,21 @@ class Decryptor:
         except SmimeError:
             raise DecryptError() from None
         plain, pad, index, name = self._open(der)
-        outer = m.header_lines(h for h in headers if not m.is_content_header(h))
+        kept = [h for h in headers if not m.is_content_header(h)]
+        outer = m.header_lines(kept)
         end = len(plain) - pad
         # The outer fields are CRLF already: only the decrypted entity is scanned (bounds,
         # not a slice: no copy), and a canonical one is copied once, into the result.
-        inner = memoryview(plain)[:end]
-        if m.is_canonical(plain, 0, end):
-            clear = b"".join((outer, inner))
-        else:  # a sender that encrypted LF text (openssl cms -binary): fix it up
-            clear = outer + m.canonical(bytes(inner))
-        return DecryptResult(clear, index, name)
+        inner: bytes | memoryview = memoryview(plain)[:end]
+        deduplicated = _without_outer_fields(plain, end, {h.key for h in kept})
+        if deduplicated is not None:
+            inner = deduplicated
+            if m.is_canonical(inner):
+                return DecryptResult(outer + inner, index, name)
+        elif m.is_canonical(plain, 0, end):
+            return DecryptResult(b"".join((outer, inner)), index, name)
+        # a sender that encrypted LF text (openssl cms -binary): fix it up
+        return DecryptResult(outer + m.canonical(bytes(inner)), index, name)
 
 
 # Signing -------------------------------------------------------------------------------
