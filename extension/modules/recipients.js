@@ -1,31 +1,48 @@
 // Recipient parsing and normalising: compose fields -> unique, lower-cased-domain addresses.
 
 /**
- * Split one compose recipient string ("Name <a@b>", "a@b", "Doe, Jane" <j@x>, or several
- * comma-separated) into bare addresses. Quoted display names may contain commas.
+ * Split one compose recipient string into bare addresses, reading it as an RFC 5322 address
+ * list the way the host does (host/keypost/host/address_list.py; the shared cases are in
+ * tests/data/address_lists.json): commas outside quotes and angle brackets separate
+ * mailboxes ("Doe, Jane" <j@x> is one); a group (`Team: a@x, b@y;`) gives its members and
+ * an empty group nothing; a ";" outside a group separates like a comma. A ":" after an
+ * address is no group (the piece stays whole, an invalid address). A string holding CR, LF
+ * or NUL is not split: it comes back whole, so it is refused as one invalid address.
  * @param {string} text
  * @returns {string[]}
  */
 export function splitAddressList(text) {
+  const s = text.trim();
+  if (/[\r\n\0]/.test(s)) return [s];
   const out = [];
   let current = "";
   let quoted = false;
+  let inGroup = false;
+  let hasAddress = false;
   let angle = 0;
-  for (let i = 0; i < text.length; i++) {
-    const ch = text[i];
-    if (ch === "\\" && quoted && i + 1 < text.length) {
-      current += ch + text[++i];
-      continue;
-    }
-    if (ch === '"') quoted = !quoted;
-    else if (!quoted && ch === "<") angle++;
-    else if (!quoted && ch === ">") angle = Math.max(0, angle - 1);
-    if ((ch === "," || ch === ";") && !quoted && angle === 0) {
+  for (let i = 0; i < s.length; i++) {
+    let ch = s[i];
+    if (quoted) {
+      if (ch === "\\") ch += s[++i] ?? "";
+      else if (ch === '"') quoted = false;
+    } else if (ch === '"') quoted = true;
+    else if (ch === "<") {
+      angle++;
+      hasAddress = true;
+    } else if (ch === ">") angle = Math.max(0, angle - 1);
+    else if (angle === 0 && ch === "@") hasAddress = true;
+    else if (angle === 0 && (ch === "," || ch === ";")) {
       out.push(current);
       current = "";
-    } else {
-      current += ch;
+      hasAddress = false;
+      inGroup = inGroup && ch === ",";
+      continue;
+    } else if (angle === 0 && ch === ":" && !inGroup && !hasAddress && current.trim() !== "") {
+      current = ""; // the group's name: not a recipient
+      inGroup = true;
+      continue;
     }
+    current += ch;
   }
   out.push(current);
   return out.map(extractAddress).filter((a) => a !== "");
@@ -68,7 +85,8 @@ export function extractAddress(mailbox) {
 export function normalizeAddress(address) {
   const s = address.trim();
   const at = s.lastIndexOf("@");
-  if (at <= 0 || at === s.length - 1 || /\s/.test(s)) return "";
+  // Control characters as the host's parse_address refuses them (a NUL is no \s)
+  if (at <= 0 || at === s.length - 1 || /[\s\x00-\x1f]/.test(s)) return "";
   const domain = s.slice(at + 1).replace(/\.$/, "").toLowerCase();
   if (!domain.includes(".") || domain.startsWith(".") || domain.includes("..")) return "";
   return `${s.slice(0, at)}@${domain}`;

@@ -1,5 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import {
   collectNewsgroups,
   collectRecipients,
@@ -23,6 +24,28 @@ test("splitAddressList splits on commas outside quotes and angles", () => {
     "c@d.de",
   ]);
   assert.deepEqual(splitAddressList(" , "), []);
+});
+
+// Shared with the host's tests (tests/host/test_host_compose.py): both sides must read a
+// recipient string the same way, or the popup shows "ok" for a Send the host refuses.
+const ADDRESS_LISTS = JSON.parse(
+  readFileSync(new URL("../../tests/data/address_lists.json", import.meta.url), "utf8"),
+).cases;
+
+for (const { text, addresses } of ADDRESS_LISTS) {
+  test(`splitAddressList reads ${JSON.stringify(text)} as the host does`, () => {
+    assert.deepEqual(splitAddressList(text), addresses);
+  });
+}
+
+test("collectRecipients: groups give their members, line breaks make one invalid entry", () => {
+  const r = collectRecipients({
+    to: ["Team: a@x.org, \"Last, First\" <b@y.org>;", "Nobody:;"],
+    cc: "Bob <bob@example.org>\r\nBcc: evil@example.org",
+    bcc: "c@z.org\0",
+  });
+  assert.deepEqual(r.all, ["a@x.org", "b@y.org"]);
+  assert.deepEqual(r.invalid, ["Bob <bob@example.org>\r\nBcc: evil@example.org", "c@z.org\0"]);
 });
 
 test("normalizeAddress lower-cases the domain only and rejects non-addresses", () => {

@@ -52,6 +52,7 @@ class Received:
     mail_from: str
     rcpt_tos: list[str]
     data: bytes
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class SinkHandler:
         if self.reply.startswith("250"):
             with self.arrived:
                 self.messages.append(
-                    Received(envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content)
+                    Received(envelope.mail_from, list(envelope.rcpt_tos),
+                             envelope.original_content, list(envelope.mail_options))
                 )
                 self.arrived.notify_all()
         return self.reply

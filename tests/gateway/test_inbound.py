@@ -512,3 +512,36 @@ def test_inbound_3des_is_refused_by_name_and_not_delivered(
         code, text = send(gw.port, "sender@outside.test", [ALICE], message)
     assert code == 554 and "3DES" in text, text
     assert sink.handler.messages == []
+
+
+def test_decrypted_8bit_content_is_relayed_with_body_8bitmime(pki: Pki, sink: Sink) -> None:
+    """The ciphertext came as 7-bit (no BODY=); the clear text it held is 8-bit, and RFC 6152
+    wants 8-bit content announced as BODY=8BITMIME."""
+    with running_gateway(pki.config(sink.port)) as gw:
+        for body in ("Grüße, secret quarterly figures", "secret quarterly figures"):
+            code, text = send(gw.port, "s@outside.test", [ALICE],
+                              encrypted_for(pki, pki.current, body=body))
+            assert code == 250, text
+    eight, seven = sink.handler.messages
+    assert "Grüße".encode() in eight.data
+    assert eight.mail_options == ["BODY=8BITMIME"]
+    assert seven.mail_options == []
+
+
+def test_8bit_content_the_next_hop_cannot_take_is_refused_not_sent(pki: Pki) -> None:
+    """A next hop without 8BITMIME must not get 8-bit bytes (RFC 6152); a retry could not
+    fare better, so the refusal is permanent and the sender's MTA bounces with the reason."""
+    handler, hop = SinkHandler(), free_port()
+    ctl = Controller(handler, hostname="127.0.0.1", port=hop, decode_data=True)  # no 8BITMIME
+    ctl.start()
+    try:
+        with running_gateway(pki.config(hop)) as gw:
+            eight = send(gw.port, "s@outside.test", [ALICE],
+                         encrypted_for(pki, pki.current, body="Grüße"))
+            seven = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current))
+    finally:
+        ctl.stop()
+    assert eight == (554, "5.6.3 the next hop offers no 8BITMIME for 8-bit content")
+    assert seven[0] == 250
+    [got] = handler.messages
+    assert b"secret quarterly figures" in got.data

@@ -167,6 +167,20 @@ def test_lookup_reports_every_recipient_from_one_search(setup: Any, ca: Director
     assert result["sender"]["address"] == "alice@example.com"
 
 
+def test_lookup_reads_each_recipient_string_as_an_address_list(
+    setup: Any, ca: DirectoryCA
+) -> None:
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    factory.directory.calls.clear()
+    pasted = 'Bob <bob@example.org>, "Doe, Carol" <carol@example.net>'
+    result = ok(host, "lookup", recipients=[pasted, "Team: dave@example.com;", "Nobody:;"])
+    assert factory.directory.calls == [["bob@example.org", "carol@example.net", "dave@example.com"]]
+    assert [(r["address"], r["given"], r["status"]) for r in result["recipients"]] == [
+        ("bob@example.org", pasted, "ok"), ("carol@example.net", pasted, "ok"),
+        ("dave@example.com", "Team: dave@example.com;", "ok")]
+
+
 def test_anonymous_lookup_has_no_container_for_unserved_domains(
     setup: Any, ca: DirectoryCA
 ) -> None:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import base64
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from host_support import parse_mail as parse
 
-from keypost.host.compose import build_message, header_block, parse_compose
+from keypost.host.compose import build_message, header_block, parse_compose, recipient_mailboxes
 from keypost.host.errors import BadRequest
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 40
+# Shared with the add-on's tests (extension/tests/recipients.test.mjs): both sides must read
+# a recipient string the same way, or the popup shows "ok" for a Send the host refuses.
+ADDRESS_LISTS = json.loads(
+    (Path(__file__).parents[1] / "data" / "address_lists.json").read_text("utf-8"))["cases"]
 
 
 def params(**extra: Any) -> dict[str, Any]:
@@ -191,3 +197,27 @@ def test_text_marked_7bit_is_7bit(body: str) -> None:
     assert msg["Content-Transfer-Encoding"] == "quoted-printable"
     assert max(len(line) for line in data.split(b"\r\n")) <= 998 and b"\0" not in data
     assert msg.get_content() == body
+
+
+@pytest.mark.parametrize("case", ADDRESS_LISTS, ids=lambda case: repr(case["text"]))
+def test_a_recipient_string_is_read_as_an_address_list(case: dict[str, Any]) -> None:
+    assert [m.address for m in recipient_mailboxes(case["text"])] == case["addresses"]
+
+
+def test_lists_and_groups_in_recipient_fields_become_one_recipient_each() -> None:
+    c = parse_compose(params(
+        to=['Name <a@example.org>, "Last, First" <b@example.net>'],
+        cc=["Team: c@example.org, Dee <d@example.net>;", "Nobody:;"],
+        bcc=["Hidden: e@example.org, f@example.net;"],
+    ))
+    assert [m.address for m in c.recipients] == [
+        "a@example.org", "b@example.net", "c@example.org", "d@example.net",
+        "e@example.org", "f@example.net"]
+    data = build_message(c)
+    msg = parse(data)
+    assert [(a.display_name, a.addr_spec) for a in msg["To"].addresses] == [
+        ("Name", "a@example.org"), ("Last, First", "b@example.net")]
+    assert [(a.display_name, a.addr_spec) for a in msg["Cc"].addresses] == [
+        ("", "c@example.org"), ("Dee", "d@example.net")]
+    assert b"e@example.org" not in data and b"f@example.net" not in data
+    assert b"Hidden" not in data and "Bcc" not in msg

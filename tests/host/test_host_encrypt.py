@@ -94,6 +94,38 @@ def test_outbox_copy_carries_bcc_outside_only(
     assert b"secret@example.org" not in clear.split(b"\r\n\r\n", 1)[1]
 
 
+def test_a_recipient_string_holding_a_list_is_every_recipient_in_it(
+    setup: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    """Pasted lists and RFC 5322 groups: the add-on shows each member as a recipient, so
+    the host encrypts for each; Bcc members stay out of the content and the outer To/Cc."""
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    factory.directory.calls.clear()
+    result = ok(host, "encrypt", **params(
+        to=['Bob <bob@example.org>, "Doe, Carol" <carol@example.net>'], cc=["Nobody:;"],
+        bcc=["Hidden: secret@example.org, dave@example.org;"], for_outbox=True))
+    assert sorted(factory.directory.calls[0]) == sorted([
+        "bob@example.org", "carol@example.net", "secret@example.org", "dave@example.org",
+        "alice@example.com"])
+    outer = parse(result["message"])
+    assert [a.addr_spec for a in outer["To"].addresses] == ["bob@example.org", "carol@example.net"]
+    assert outer["To"].addresses[1].display_name == "Doe, Carol" and "Cc" not in outer
+    assert [a.addr_spec for a in outer["Bcc"].addresses] == [
+        "secret@example.org", "dave@example.org"]
+    message = result["message"].encode()
+    clear = smime.Decryptor([gateway_keys.keys["example.org"]]).decrypt_message(message).message
+    others = "".join(str(value) for name, value in outer.items() if name != "Bcc").encode()
+    for hidden in (b"secret@example.org", b"dave@example.org", b"Hidden"):
+        # decrypt_message puts the outer headers (with the Bcc line) back: the content only
+        assert hidden not in others and hidden not in clear.split(b"\r\n\r\n", 1)[1]
+        assert hidden not in message.split(b"\r\n\r\n", 1)[1]
+    statuses = {r["address"]: r["status"] for r in result["recipients"]}
+    assert statuses == dict.fromkeys([
+        "bob@example.org", "carol@example.net", "secret@example.org", "dave@example.org",
+        "alice@example.com"], "ok")
+
+
 def test_sent_copy_is_the_clear_message(setup: Any, ca: DirectoryCA) -> None:
     host, _, _ = setup
     assert configure(host, ca)["ok"]

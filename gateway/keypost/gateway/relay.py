@@ -46,6 +46,11 @@ class Relay:
     ) -> Refused:
         host, port = self.next_hop.host, self.next_hop.port
         opts = [o for o in mail_options if o.upper().startswith(_PASS_OPTIONS)]
+        # The options describe what arrived; a decrypted message may be 8-bit where the
+        # ciphertext was 7-bit, and 8-bit content must be announced (RFC 6152)
+        eight_bit = not message.isascii()
+        if eight_bit:
+            opts = [o for o in opts if not o.upper().startswith("BODY=")] + ["BODY=8BITMIME"]
         # A notice or report to a UTF-8 address needs SMTPUTF8 although nobody asked for it
         utf8 = not (mail_from.isascii() and all(r.isascii() for r in rcpts))
         if utf8 and "SMTPUTF8" not in (o.upper() for o in opts):
@@ -63,6 +68,9 @@ class Relay:
                         raise err
                     opts = [o for o in opts if o.upper() != "SMTPUTF8"]
                 if not smtp.has_extn("8bitmime"):
+                    if eight_bit:  # RFC 6152: never 8-bit bytes to it; a retry fares no better
+                        raise PermFailure("the next hop offers no 8BITMIME for 8-bit content",
+                                          "5.6.3")
                     opts = [o for o in opts if not o.upper().startswith("BODY=")]
                 refused = smtp.sendmail(mail_from, list(rcpts), message, opts)
         except smtplib.SMTPRecipientsRefused as exc:

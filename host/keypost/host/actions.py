@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,12 @@ from keypost.core.errors import KeypostError, SmimeError
 from keypost.host import config as cfg
 from keypost.host import keyring_store, paths
 from keypost.host.cache import CACHE_FILE, ContainerCache
-from keypost.host.compose import build_message, header_block, parse_compose
+from keypost.host.compose import (
+    build_message,
+    header_block,
+    parse_compose,
+    recipient_mailboxes,
+)
 from keypost.host.directory_client import DirectoryClient, make_client
 from keypost.host.errors import (
     AuthenticationFailed,
@@ -62,6 +68,11 @@ def _str_list(params: dict[str, Any], name: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequest(f"{name} must be a list of strings", {"param": name})
     return value
+
+
+def _at_most_max_recipients(count: int, param: str) -> None:
+    if count > MAX_RECIPIENTS:
+        raise BadRequest(f"at most {MAX_RECIPIENTS} recipients", {"param": param})
 
 
 class Host:
@@ -273,21 +284,24 @@ class Host:
 
     def lookup(self, params: dict[str, Any]) -> dict[str, Any]:
         recipients = _str_list(params, "recipients")
-        if len(recipients) > MAX_RECIPIENTS:
-            raise BadRequest(f"at most {MAX_RECIPIENTS} recipients", {"param": "recipients"})
+        _at_most_max_recipients(len(recipients), "recipients")
+        # A string may hold a list (as `encrypt` reads to/cc/bcc): one entry per mailbox,
+        # each with the string as `given`, so the add-on matches it to what was typed.
+        given = [(text, m.address) for text in recipients for m in recipient_mailboxes(text)]
+        _at_most_max_recipients(len(given), "recipients")
         sender = params.get("from")
         if sender is not None and not isinstance(sender, str):
             raise BadRequest("from must be a string", {"param": "from"})
-        found = self._get_resolver().resolve(recipients, sender or None)
+        found = self._get_resolver().resolve([a for _, a in given], sender or None)
         return {
-            "recipients": [r.to_wire() for r in found.recipients],
+            "recipients": [replace(r, given=text).to_wire()
+                           for (text, _), r in zip(given, found.recipients, strict=True)],
             "sender": found.sender.to_wire() if found.sender else None,
         }
 
     def encrypt(self, params: dict[str, Any]) -> dict[str, Any]:
         compose = parse_compose(params)
-        if len(compose.recipients) > MAX_RECIPIENTS:
-            raise BadRequest(f"at most {MAX_RECIPIENTS} recipients", {"param": "to"})
+        _at_most_max_recipients(len(compose.recipients), "to")
         built: list[bytes] = []
 
         def build_early() -> None:

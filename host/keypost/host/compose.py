@@ -29,6 +29,7 @@ from typing import Any
 from keypost.core.address import parse_address
 from keypost.core.errors import AddressError
 from keypost.core.mime import b64_lines
+from keypost.host.address_list import split_address_list
 from keypost.host.errors import BadRequest
 from keypost.host.inline_images import InlineImage, extract_inline_images, media_type_or_default
 
@@ -125,25 +126,34 @@ class Compose:
         return self.to + self.cc + self.bcc
 
 
-def _mailboxes(value: Any, param: str) -> tuple[Mailbox, ...]:
+def parse_mailbox(text: str) -> Mailbox:
+    """One mailbox as written. Text that is not exactly one mailbox is kept whole as the
+    address: the resolver reports it as an invalid address (fail closed, with why)."""
+    if "<" not in text:  # a bare address: keep it exactly as typed (errors quote it)
+        return Mailbox("", text.strip())
+    pairs = [(n, a) for n, a in getaddresses([text]) if a]
+    if len(pairs) != 1:
+        return Mailbox("", text.strip())
+    return Mailbox(*pairs[0])
+
+
+def recipient_mailboxes(text: str) -> tuple[Mailbox, ...]:
+    """Every mailbox of one recipient string, read as an RFC 5322 address list."""
+    return tuple(parse_mailbox(piece) for piece in split_address_list(text))
+
+
+def _strings(value: Any, param: str) -> list[str]:
     if value is None:
-        return ()
+        return []
     if isinstance(value, str):
-        value = [value]
+        return [value]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise BadRequest(f"{param} must be a list of strings", {"param": param})
-    out: list[Mailbox] = []
-    for text in value:
-        if "<" not in text:  # a bare address: keep it exactly as typed (errors quote it)
-            out.append(Mailbox("", text.strip()))
-            continue
-        pairs = [(n, a) for n, a in getaddresses([text]) if a]
-        if len(pairs) != 1:
-            # Keep it: the resolver reports it as an invalid address (fail closed, with why).
-            out.append(Mailbox("", text.strip()))
-            continue
-        out.append(Mailbox(pairs[0][0], pairs[0][1]))
-    return tuple(out)
+    return value
+
+
+def _recipients(value: Any, param: str) -> tuple[Mailbox, ...]:
+    return tuple(m for text in _strings(value, param) for m in recipient_mailboxes(text))
 
 
 def _opt_str(params: dict[str, Any], name: str) -> str | None:
@@ -158,9 +168,9 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     sender_text = _opt_str(params, "from")
     if not sender_text:
         raise BadRequest("from is required", {"param": "from"})
-    senders = _mailboxes(sender_text, "from")
-    reply = _mailboxes(params.get("reply_to"), "reply_to")
-    to, cc, bcc = (_mailboxes(params.get(p), p) for p in ("to", "cc", "bcc"))
+    sender = parse_mailbox(sender_text)
+    reply = [parse_mailbox(t) for t in _strings(params.get("reply_to"), "reply_to")]
+    to, cc, bcc = (_recipients(params.get(p), p) for p in ("to", "cc", "bcc"))
     if not (to or cc or bcc):
         raise BadRequest("at least one recipient (to, cc or bcc) is required", {"param": "to"})
     plain, html = _opt_str(params, "body_plain"), _opt_str(params, "body_html")
@@ -197,10 +207,10 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     inline: tuple[InlineImage, ...] = ()
     remote: tuple[str, ...] = ()
     if html is not None:
-        embedded = extract_inline_images(html, senders[0].id_domain)
+        embedded = extract_inline_images(html, sender.id_domain)
         html, inline, remote = embedded.html, embedded.images, embedded.remote
     return Compose(
-        sender=senders[0],
+        sender=sender,
         to=to,
         cc=cc,
         bcc=bcc,
