@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ast
+import base64
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from cryptography import x509
@@ -194,3 +197,37 @@ def test_openapi_documents_every_error_the_server_can_send() -> None:
     for func, status, code in errors:
         if func != "errors_middleware" or status == 400:
             assert str(status) in documented, (func, status, code)
+
+
+def test_unparsable_requests_leave_no_credentials_or_addresses_in_the_log(
+        directory: Directory) -> None:
+    """aiohttp answers a request it cannot parse itself (400) and reports the bytes it choked
+    on: a header line (an Authorization header is a password in base64) or the request line
+    (the addresses asked for). The log gets one line naming the error, without them."""
+    secret = base64.b64encode(f"{USER}:{USER_PW}".encode())
+    unparsable = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + secret + b"\x01\r\n\r\n",
+        b"GET /v1/containers?address=leaked@example.com HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n",
+        b"GET /v1/containers?address=\xffleaked@example.com HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/containers?address=" + b"leaked" * 1500 + b"@example.com HTTP/1.1\r\n\r\n",
+    )
+    before = directory.log.read_text().count("event=unparsable_request protocol=http")
+    for raw in unparsable:
+        status, _ = _raw_http(directory, raw)
+        assert status == 400
+    log = directory.log.read_text()
+    assert secret.decode() not in log and USER_PW not in log and "leaked" not in log
+    assert log.count("event=unparsable_request protocol=http") == before + len(unparsable)
+
+
+def _raw_http(directory: Directory, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as is; (status, body) of the answer, read until the server closes."""
+    host, port = urlsplit(directory.http).hostname, urlsplit(directory.http).port
+    assert host is not None and port is not None
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body

@@ -13,6 +13,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from keypost.core.address import parse_address
 from keypost.core.containers import to_pem
@@ -225,9 +226,36 @@ _BUSY_RESPONSE = (
     + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
 
 
+class _UnparsableRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (400) itself and logs the error with the
+    bytes it choked on: a header line (an Authorization header is a password in base64) or
+    the request line (the addresses asked for). Such a record becomes one line without
+    them, at info level like the LDAP server's protocol errors: a client's fault, not ours.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        # aiohttp's message is "Error handling request from %s" with the peer's address
+        source = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "event=unparsable_request protocol=http source=%s error=%s"
+        record.args = (source, type(exc).__name__)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno = min(record.levelno, logging.INFO)
+        record.levelname = logging.getLevelName(record.levelno)
+        return server_log.isEnabledFor(record.levelno)
+
+
+# aiohttp's server logger for our runners (its default is "aiohttp.server")
+server_log = logging.getLogger("keypost.directory.http.server")
+server_log.addFilter(_UnparsableRequests())
+
+
 def make_runner(app: web.Application, idle_seconds: float = IDLE_SECONDS) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, handle_signals=False,
-                         keepalive_timeout=idle_seconds)
+                         keepalive_timeout=idle_seconds, logger=server_log)
 
 
 class PeerCappedSite(web.TCPSite):
