@@ -199,6 +199,15 @@ def test_openapi_documents_every_error_the_server_can_send() -> None:
             assert str(status) in documented, (func, status, code)
 
 
+def test_wrong_method_is_405_with_allow(directory: Directory) -> None:
+    """RFC 9110 15.5.6: a 405 MUST say which methods the resource has (Allow)."""
+    for path in ("v1/containers", "healthz"):
+        resp = requests.post(directory.http + path, timeout=10)
+        assert resp.status_code == 405
+        assert resp.json()["error"]["code"] == "method_not_allowed"
+        assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET", "HEAD"}
+
+
 def test_unparsable_requests_leave_no_credentials_or_addresses_in_the_log(
         directory: Directory) -> None:
     """aiohttp answers a request it cannot parse itself (400) and reports the bytes it choked

@@ -60,8 +60,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status == 404:
             return _error(404, "not_found", f"no such resource: {request.path}")
-        if exc.status == 405:
-            return _error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        if exc.status == 405:  # RFC 9110 15.5.6: a 405 names the methods there are
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed here",
+                          {"Allow": exc.headers["Allow"]})
         raise
     except Exception:
         log.exception("internal error answering %s", request.path)
