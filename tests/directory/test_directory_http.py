@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import json
 import re
 import socket
 from pathlib import Path
@@ -206,6 +207,17 @@ def test_wrong_method_is_405_with_allow(directory: Directory) -> None:
         assert resp.status_code == 405
         assert resp.json()["error"]["code"] == "method_not_allowed"
         assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET", "HEAD"}
+
+
+def test_basic_credentials_with_non_ascii_bytes_are_400(directory: Directory) -> None:
+    """A header of bytes that are no base64 at all (here Latin-1) is malformed credentials,
+    as non-base64 ASCII is: 400, not an internal error."""
+    for token in (b"\xff\xfe", b"YWxpY2U6\xe9"):
+        status, body = _raw_http(directory, b"GET /v1/containers?address=a@example.com "
+                                 b"HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + token
+                                 + b"\r\nConnection: close\r\n\r\n")
+        assert status == 400, body
+        assert json.loads(body)["error"]["code"] == "bad_credentials"
 
 
 def test_unparsable_requests_leave_no_credentials_or_addresses_in_the_log(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import importlib.resources
 import json
 import logging
@@ -84,7 +83,7 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
     try:
         name, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
         user = name.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error; non-ASCII text) or not UTF-8
         raise RequestError("bad_credentials", "malformed Basic credentials") from None
     if not sep or not user or not password:
         return unauthorized
