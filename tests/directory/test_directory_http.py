@@ -198,6 +198,11 @@ def test_openapi_documents_every_error_the_server_can_send() -> None:
     for func, status, code in errors:
         if func != "errors_middleware" or status == 400:
             assert str(status) in documented, (func, status, code)
+    # /metrics checks Basic credentials of non-loopback peers with the same function
+    documented = set(doc["paths"]["/metrics"]["get"]["responses"])
+    for func, status, code in errors:
+        if func in ("metrics", "_requestor_account"):
+            assert str(status) in documented, (func, status, code)
 
 
 def test_wrong_method_is_405_with_allow(directory: Directory) -> None:
