@@ -137,9 +137,12 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
         asked = addresses_from_filter(request.filter, max_addresses + 1)
         if len(asked) > max_addresses:
             return _too_many(max_addresses)
-        if asked and entry_address not in {a.casefold() for a in asked}:
-            return _EMPTY
-        return SearchPlan(PlanKind.ENTRIES, (asked[0] if asked else entry_address,))
+        if not asked:
+            return SearchPlan(PlanKind.ENTRIES, (entry_address,))
+        # the entry, under the filter's spelling of its address; other addresses are out
+        # of scope (they are entries of their own)
+        spelt = next((a for a in asked if a.casefold() == entry_address), None)
+        return _EMPTY if spelt is None else SearchPlan(PlanKind.ENTRIES, (spelt,))
     # The base is the suffix (or inside it, treated alike) or above it.
     depth = min(depth, 0)
     in_scope = (
