@@ -19,7 +19,14 @@ from keypost.directory.ldap import ber
 from keypost.directory.ldap.backend import AddressEntry
 from keypost.directory.ldap.cache import FifoCache
 from keypost.directory.ldap.connection import SUPPORTED_CONTROLS
-from keypost.directory.ldap.dn import Dn, InvalidDN, escape_value, is_within, parse_dn
+from keypost.directory.ldap.dn import (
+    MAX_DN_LENGTH,
+    Dn,
+    InvalidDN,
+    escape_value,
+    is_within,
+    parse_dn,
+)
 from keypost.directory.ldap.filters import addresses_from_filter
 from keypost.directory.ldap.messages import (
     OID_START_TLS,
@@ -119,6 +126,12 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
     root "" and bases above the suffix see the entries with scope sub/subordinate. Other
     bases get noSuchObject.
     """
+    if len(request.base) > MAX_DN_LENGTH:  # refused unparsed, as over-large filters are
+        return SearchPlan(
+            PlanKind.RESULT,
+            code=ResultCode.UNWILLING_TO_PERFORM,
+            diagnostic=f"search base longer than {MAX_DN_LENGTH} characters",
+        )
     try:
         base = parse_dn(request.base)
     except InvalidDN as exc:
