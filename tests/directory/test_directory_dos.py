@@ -34,6 +34,7 @@ from keypost.directory.accounts import (
 from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.controller import Controller
 from keypost.directory.http import Handler, PeerCappedSite, make_app, make_runner
+from keypost.directory.ldap import answers
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
 from keypost.directory.ldap.answers import entry_dn
@@ -139,6 +140,32 @@ def test_long_bind_name_is_not_parsed(directory: Directory) -> None:
     [answer] = messages_of(reply)
     assert isinstance(answer.op, M.BindResponse)
     assert answer.op.result.code == M.ResultCode.INVALID_CREDENTIALS
+
+
+
+def test_long_attribute_lists_are_answered_and_kept_nowhere() -> None:
+    """The encoded-entry cache (4096) and the attribute selection cache (1024) were keyed
+    by the requested attribute names: searches naming a distinct ~1 MB attribute each
+    made them keep ~1 MB apiece (4 GB from one anonymous client). Such lists are still
+    answered, and nothing of them is kept."""
+    thread = ServerThread(MemoryBackend())
+    try:
+        kept = answers._select_kept.cache_info().currsize
+        data = b""
+        for i in range(1, 21):
+            request = M.SearchRequest(
+                SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+                F.EqualityMatch("mail", ALICE.encode()), (f"x{i}" + "a" * 100_000, "mail"))
+            data += M.encode_message(M.LDAPMessage(i, request))
+        got = messages_of(raw_exchange(thread.port, data + M.encode_message(
+            M.LDAPMessage(99, M.UnbindRequest()))))
+        entries = [m.op for m in got if isinstance(m.op, M.SearchResultEntry)]
+        assert len(entries) == 20
+        assert all([a.type for a in e.attributes] == ["mail"] for e in entries)
+        assert len(thread.server.entries) == 0
+        assert answers._select_kept.cache_info().currsize == kept
+    finally:
+        thread.stop()
 
 
 # --------------------------------------------------------------------------- connections

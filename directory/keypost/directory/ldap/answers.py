@@ -69,7 +69,16 @@ Selection = tuple[tuple[Attr, str], ...]  # attribute and the name to return it 
 ALL_ATTRIBUTES: Selection = tuple((a, a.value) for a in Attr)
 
 
-@functools.lru_cache(maxsize=1024)
+# Attribute lists up to this many characters in all are memoised (selections, encoded
+# entries); longer ones (a request may carry ~1 MB of names) are worked out each time:
+# memo caches keyed by them would keep ~1 MB per entry.
+MAX_KEPT_NAMES = 512
+
+
+def _kept(requested: tuple[str, ...]) -> bool:
+    return sum(len(name) for name in requested) <= MAX_KEPT_NAMES
+
+
 def select_attributes(requested: tuple[str, ...]) -> Selection:
     """Which attributes to return, named as the client asked (RFC 4511 4.5.1.8).
 
@@ -79,6 +88,15 @@ def select_attributes(requested: tuple[str, ...]) -> Selection:
     the two certificate attributes (RFC 4522) and returned as written; other options
     (e.g. `;lang-de`) name nothing here.
     """
+    return _select_kept(requested) if _kept(requested) else _select(requested)
+
+
+@functools.lru_cache(maxsize=1024)
+def _select_kept(requested: tuple[str, ...]) -> Selection:
+    return _select(requested)
+
+
+def _select(requested: tuple[str, ...]) -> Selection:
     if not requested or "*" in requested:
         return ALL_ATTRIBUTES
     out: list[tuple[Attr, str]] = []
@@ -233,7 +251,8 @@ def encode_entry(
 
 
 class EntryCache:
-    """Encoded entries keyed by (entry, requested attributes, typesOnly); bounded."""
+    """Encoded entries keyed by (entry, requested attributes, typesOnly); bounded, and
+    only for attribute lists of at most MAX_KEPT_NAMES characters."""
 
     def __init__(self, suffix: str, size: int = 4096) -> None:
         self.suffix = suffix
@@ -241,13 +260,17 @@ class EntryCache:
             size
         )
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def encode(self, entry: AddressEntry, requested: tuple[str, ...], types_only: bool) -> bytes:
         """The SearchResultEntry protocolOp for `entry` with the attributes `requested`."""
         key = (entry, requested, types_only)
         op = self._items.get(key)
         if op is None:
             op = encode_entry(entry, self.suffix, select_attributes(requested), types_only)
-            self._items.put(key, op)
+            if _kept(requested):
+                self._items.put(key, op)
         return op
 
 
