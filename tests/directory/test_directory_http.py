@@ -257,3 +257,20 @@ def _raw_http(directory: Directory, request: bytes) -> tuple[int, bytes]:
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
     return int(head.split()[1]), body
+
+
+def test_padded_addresses_share_one_cached_answer(directory: Directory) -> None:
+    """Whitespace around an address is not part of it (parse_address drops it, as LDAP's
+    filter reading does): the answer cache, keyed by the address as asked, kept one
+    answer per padding, each with up to ~8 KB of spaces in its key."""
+    def cached_answers() -> int:
+        text = requests.get(directory.http + "metrics", timeout=10).text
+        found = re.search(r'keypost_cache_entries\{cache="answers"\} (\d+)', text)
+        assert found is not None
+        return int(found.group(1))
+
+    before = cached_answers()
+    for pad in range(1, 6):
+        [result] = get(directory, " " * pad * 1000 + "padded@example.com").json()["results"]
+        assert result["address"] == "padded@example.com"
+    assert cached_answers() == before + 1

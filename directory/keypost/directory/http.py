@@ -105,7 +105,9 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
 
 
 def _parse_query(request: web.Request, max_addresses: int) -> tuple[list[str], Purpose]:
-    addresses = request.query.getall("address", [])
+    # whitespace around an address is none of it (LDAP's filter reading drops it too); kept,
+    # it made each padding an answer cache key of its own, of up to ~8 KB
+    addresses = [a.strip() for a in request.query.getall("address", [])]
     if not addresses:
         raise RequestError("missing_address", "give at least one address=")
     if len(addresses) > max_addresses:
