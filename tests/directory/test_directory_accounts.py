@@ -144,3 +144,22 @@ def test_auth_log_hashes_only_names_of_existing_accounts(
     assert len(lines) == 2
     assert "account=unknown " in lines[0] and address_hash(typed.casefold()) not in lines[0]
     assert f"account={address_hash('alice')} " in lines[1]
+
+
+def test_names_no_account_can_have_are_counted_under_one_key(store: SqliteStore) -> None:
+    """Failures are counted per account name, up to 100,000 names for 15 minutes each: a
+    name as long as a bind PDU or a Basic header allows (~1 MB, ~8 KB) was kept whole,
+    ~1 MB of memory per failed bind. Names longer than any account's share one counter
+    (they guess no account; the source's own counter still applies)."""
+    auth = Authenticator(store, throttle=Throttle(free=100), source_throttle=Throttle(free=100))
+
+    async def run() -> None:
+        for n in range(5):
+            assert await auth.verify(f"{n}" + "x" * 100_000, b"pw", "h") is None
+        assert await auth.verify("a" * accounts.MAX_NAME, b"pw", "h") is None
+        assert await auth.verify("alice", b"right", "h") is not None
+
+    asyncio.run(run())
+    kept = auth.throttle._failures
+    assert len(kept) == 2 and max(len(key) for key in kept) <= accounts.MAX_NAME
+    assert auth.throttle._failures[next(iter(kept))].count == 5  # the long names' counter

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from dir_support import USER, USER_PW, Directory, assert_documented, serving
+from dir_support import SUFFIX, USER, USER_PW, Directory, assert_documented, serving
 from test_ldap_server import ALICE, messages_of, raw_exchange
-from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
+from test_ldap_support import MemoryBackend, ServerThread
 
 from keypost.core.containers import DirectoryCA
 from keypost.directory.accounts import (
@@ -34,8 +34,11 @@ from keypost.directory.accounts import (
 from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.controller import Controller
 from keypost.directory.http import Handler, PeerCappedSite, make_app, make_runner
+from keypost.directory.ldap import answers
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
+from keypost.directory.ldap.answers import entry_dn
+from keypost.directory.ldap.dn import MAX_DN_LENGTH, reduce_bind_name
 from keypost.directory.ldap.server import Limits
 from keypost.directory.peer_counts import PeerCounts
 from keypost.directory.store import AccountRecord, AccountRole, GatewayKeyRecord, KeyUse
@@ -87,6 +90,80 @@ def test_huge_filter_is_unwilling_and_the_connection_stays() -> None:
         assert [(m.message_id, type(m.op).__name__) for m in got[1:]] == [
             (2, "SearchResultEntry"), (2, "SearchResultDone")]
         assert thread.backend.lookups == [(None, (ALICE,))]
+    finally:
+        thread.stop()
+
+
+
+def test_long_search_base_is_unwilling_and_kept_nowhere(directory: Directory) -> None:
+    """A search base of ~1 MB (within the message limit) took ~0.2 s of event-loop time to
+    parse, and the parsed DN cache kept ~2 MB of each of up to 4096 of them (8 GB). Now a
+    base over MAX_DN_LENGTH is refused with unwillingToPerform (53) before it is parsed,
+    and the same connection goes on."""
+    port = directory.ldap[1]
+    base = "ou=" + "a" * 1_000_000 + "," + SUFFIX
+    big = M.encode_message(M.LDAPMessage(1, M.SearchRequest(
+        base, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+        F.EqualityMatch("mail", ALICE.encode()), ("mail",))))
+    unbind = M.encode_message(M.LDAPMessage(3, M.UnbindRequest()))
+    got = messages_of(raw_exchange(port, big + _search(2, F.EqualityMatch(
+        "mail", ALICE.encode())) + unbind))
+    first = got[0]
+    assert first.message_id == 1 and isinstance(first.op, M.SearchResultDone)
+    assert first.op.result.code == M.ResultCode.UNWILLING_TO_PERFORM
+    assert f"{MAX_DN_LENGTH} characters" in first.op.result.diagnostic
+    assert [(m.message_id, type(m.op).__name__) for m in got[1:]] == [
+        (2, "SearchResultEntry"), (2, "SearchResultDone")]
+    # a base a client may really use is not limited: the longest address's entry
+    longest = "+" * 64 + "@" + "y" * 63 + "." + "z" * 63 + "." + "w" * 48 + ".example.com"
+    entry = entry_dn(longest, SUFFIX)  # 253 octets, its 64 '+' escaped
+    request = M.SearchRequest(entry, M.Scope.BASE, M.DerefAliases.NEVER, 0, 0, False,
+                              F.Present("objectClass"), ("mail",))
+    got = messages_of(raw_exchange(port, M.encode_message(M.LDAPMessage(1, request))
+                                   + unbind))
+    assert [type(m.op).__name__ for m in got] == ["SearchResultEntry", "SearchResultDone"]
+
+
+def test_long_bind_name_is_not_parsed(directory: Directory) -> None:
+    """A ~1 MB bind name took ~0.5 s of event-loop time to reduce to an account name, before
+    any password check or admission limit. Over MAX_DN_LENGTH it is taken as it is (no
+    account has such a name: invalidCredentials after the usual equal work)."""
+    long_name = "uid=" + "a" * 1_000_000 + "," + SUFFIX
+    assert reduce_bind_name(long_name) == long_name
+    name = "uid=" + "a" * (MAX_DN_LENGTH - 20) + "," + SUFFIX
+    assert reduce_bind_name(name) == "a" * (MAX_DN_LENGTH - 20)
+    bind = M.encode_message(M.LDAPMessage(1, M.BindRequest(3, long_name, b"pw")))
+    unbind = M.encode_message(M.LDAPMessage(2, M.UnbindRequest()))
+    with _from("127.0.0.9", directory.ldap[1]) as s:  # its own address: no throttle shared
+        s.sendall(bind + unbind)
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    [answer] = messages_of(reply)
+    assert isinstance(answer.op, M.BindResponse)
+    assert answer.op.result.code == M.ResultCode.INVALID_CREDENTIALS
+
+
+
+def test_long_attribute_lists_are_answered_and_kept_nowhere() -> None:
+    """The encoded-entry cache (4096) and the attribute selection cache (1024) were keyed
+    by the requested attribute names: searches naming a distinct ~1 MB attribute each
+    made them keep ~1 MB apiece (4 GB from one anonymous client). Such lists are still
+    answered, and nothing of them is kept."""
+    thread = ServerThread(MemoryBackend())
+    try:
+        kept = answers._select_kept.cache_info().currsize
+        data = b""
+        for i in range(1, 21):
+            request = M.SearchRequest(
+                SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+                F.EqualityMatch("mail", ALICE.encode()), (f"x{i}" + "a" * 100_000, "mail"))
+            data += M.encode_message(M.LDAPMessage(i, request))
+        got = messages_of(raw_exchange(thread.port, data + M.encode_message(
+            M.LDAPMessage(99, M.UnbindRequest()))))
+        entries = [m.op for m in got if isinstance(m.op, M.SearchResultEntry)]
+        assert len(entries) == 20
+        assert all([a.type for a in e.attributes] == ["mail"] for e in entries)
+        assert len(thread.server.entries) == 0
+        assert answers._select_kept.cache_info().currsize == kept
     finally:
         thread.stop()
 

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import ast
+import base64
+import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 from cryptography import x509
@@ -194,3 +198,79 @@ def test_openapi_documents_every_error_the_server_can_send() -> None:
     for func, status, code in errors:
         if func != "errors_middleware" or status == 400:
             assert str(status) in documented, (func, status, code)
+    # /metrics checks Basic credentials of non-loopback peers with the same function
+    documented = set(doc["paths"]["/metrics"]["get"]["responses"])
+    for func, status, code in errors:
+        if func in ("metrics", "_requestor_account"):
+            assert str(status) in documented, (func, status, code)
+
+
+def test_wrong_method_is_405_with_allow(directory: Directory) -> None:
+    """RFC 9110 15.5.6: a 405 MUST say which methods the resource has (Allow)."""
+    for path in ("v1/containers", "healthz"):
+        resp = requests.post(directory.http + path, timeout=10)
+        assert resp.status_code == 405
+        assert resp.json()["error"]["code"] == "method_not_allowed"
+        assert {m.strip() for m in resp.headers["Allow"].split(",")} == {"GET", "HEAD"}
+
+
+def test_basic_credentials_with_non_ascii_bytes_are_400(directory: Directory) -> None:
+    """A header of bytes that are no base64 at all (here Latin-1) is malformed credentials,
+    as non-base64 ASCII is: 400, not an internal error."""
+    for token in (b"\xff\xfe", b"YWxpY2U6\xe9"):
+        status, body = _raw_http(directory, b"GET /v1/containers?address=a@example.com "
+                                 b"HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + token
+                                 + b"\r\nConnection: close\r\n\r\n")
+        assert status == 400, body
+        assert json.loads(body)["error"]["code"] == "bad_credentials"
+
+
+def test_unparsable_requests_leave_no_credentials_or_addresses_in_the_log(
+        directory: Directory) -> None:
+    """aiohttp answers a request it cannot parse itself (400) and reports the bytes it choked
+    on: a header line (an Authorization header is a password in base64) or the request line
+    (the addresses asked for). The log gets one line naming the error, without them."""
+    secret = base64.b64encode(f"{USER}:{USER_PW}".encode())
+    unparsable = (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Basic " + secret + b"\x01\r\n\r\n",
+        b"GET /v1/containers?address=leaked@example.com HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n",
+        b"GET /v1/containers?address=\xffleaked@example.com HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /v1/containers?address=" + b"leaked" * 1500 + b"@example.com HTTP/1.1\r\n\r\n",
+    )
+    before = directory.log.read_text().count("event=unparsable_request protocol=http")
+    for raw in unparsable:
+        status, _ = _raw_http(directory, raw)
+        assert status == 400
+    log = directory.log.read_text()
+    assert secret.decode() not in log and USER_PW not in log and "leaked" not in log
+    assert log.count("event=unparsable_request protocol=http") == before + len(unparsable)
+
+
+def _raw_http(directory: Directory, request: bytes) -> tuple[int, bytes]:
+    """Send `request` as is; (status, body) of the answer, read until the server closes."""
+    host, port = urlsplit(directory.http).hostname, urlsplit(directory.http).port
+    assert host is not None and port is not None
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+def test_padded_addresses_share_one_cached_answer(directory: Directory) -> None:
+    """Whitespace around an address is not part of it (parse_address drops it, as LDAP's
+    filter reading does): the answer cache, keyed by the address as asked, kept one
+    answer per padding, each with up to ~8 KB of spaces in its key."""
+    def cached_answers() -> int:
+        text = requests.get(directory.http + "metrics", timeout=10).text
+        found = re.search(r'keypost_cache_entries\{cache="answers"\} (\d+)', text)
+        assert found is not None
+        return int(found.group(1))
+
+    before = cached_answers()
+    for pad in range(1, 6):
+        [result] = get(directory, " " * pad * 1000 + "padded@example.com").json()["results"]
+        assert result["address"] == "padded@example.com"
+    assert cached_answers() == before + 1

@@ -250,3 +250,17 @@ def test_more_addresses_than_the_limit_are_refused_not_cut(directory: Directory)
         assert conn.result["result"] == 11
         assert "at most 100" in conn.result["message"]
         assert conn.response == []
+
+
+def test_base_search_of_an_entry_returns_that_entry_only(directory: Directory) -> None:
+    """`-s base -b mail=a,<suffix>` reads entry a (under the filter's spelling of it), also
+    when the filter names other addresses before it: never another address's entry."""
+    for asked in ("bob@example.com", "ALICE@example.com"):
+        done = subprocess.run(
+            ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", directory.ldap_url,
+             "-s", "base", "-b", f"mail=alice@example.com,{SUFFIX}",
+             f"(|(mail=carol@example.com)(mail={asked})(mail=alice@example.com))", "mail"],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert [line.lower() for line in done.stdout.splitlines() if line.startswith("dn:")
+                ] == [f"dn: mail=alice@example.com,{SUFFIX}"], done.stdout

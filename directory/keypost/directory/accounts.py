@@ -27,6 +27,10 @@ SCRYPT_P = 1
 DIGEST_LEN = 32
 SALT_LEN = 16
 MAX_PASSWORD = 1024  # longer inputs are refused without hashing (no cheap DoS)
+MAX_NAME = 256  # longer account names are refused (admin) and never looked up
+# The failure counter shared by all names longer than MAX_NAME (none is an account, and
+# kept one by one they held ~1 MB per failed bind); no account's name is empty.
+_LONG_NAMES = ""
 KNOWN_GOOD_SECONDS = 7 * 86400.0  # a source that logged in to an account is trusted this long
 MAX_KNOWN_GOOD = 100_000
 PER_SOURCE_WAITING = 4  # checks from one source waiting behind its running one
@@ -215,7 +219,7 @@ class Authenticator:
                       ) -> tuple[AccountRecord | None, bool]:
         """(the account when the password is right, whether the name is an account): the
         store is read once, for the check and the log line alike."""
-        account_key = name.casefold()
+        account_key = name.casefold() if len(name) <= MAX_NAME else _LONG_NAMES
         now = time.monotonic()
         pair = (account_key, source)
         seen = self._known_good.get(pair)
@@ -226,7 +230,7 @@ class Authenticator:
             await asyncio.sleep(wait)
         done = await self.admission.admit(source, trusted)  # before the store: no oracle
         try:
-            account = self._store.account(name) if len(name) <= 256 else None
+            account = self._store.account(name) if len(name) <= MAX_NAME else None
             stored = account.password if account is not None else self._dummy
             loop = asyncio.get_running_loop()
             check = loop.run_in_executor(self._executor, check_password, password, stored)

@@ -28,7 +28,7 @@ from keypost.core.containers import (
 )
 from keypost.core.errors import KeypostError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability
-from keypost.directory.accounts import hash_password
+from keypost.directory.accounts import MAX_NAME, hash_password
 from keypost.directory.config import DataDir, Settings, write_private, write_settings
 from keypost.directory.errors import ConfigError, DirectoryError
 from keypost.directory.store import (
@@ -160,7 +160,7 @@ def _cert_addresses(cert: x509.Certificate) -> list[str]:
 
 def account_record(name: str, role: str, domain: str, password: bytes) -> AccountRecord:
     bad = any(c in name for c in ',=+<>#;\\"') or name != name.strip()
-    if not name or len(name) > 256 or bad:
+    if not name or len(name) > MAX_NAME or bad:
         raise DirectoryError(f"invalid account name {name!r}")
     if not password:
         raise DirectoryError("empty password")

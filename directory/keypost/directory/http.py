@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import importlib.resources
 import json
 import logging
@@ -13,6 +12,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from keypost.core.address import parse_address
 from keypost.core.containers import to_pem
@@ -59,8 +59,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except web.HTTPException as exc:
         if exc.status == 404:
             return _error(404, "not_found", f"no such resource: {request.path}")
-        if exc.status == 405:
-            return _error(405, "method_not_allowed", f"{request.method} is not allowed here")
+        if exc.status == 405:  # RFC 9110 15.5.6: a 405 names the methods there are
+            return _error(405, "method_not_allowed", f"{request.method} is not allowed here",
+                          {"Allow": exc.headers["Allow"]})
         raise
     except Exception:
         log.exception("internal error answering %s", request.path)
@@ -82,7 +83,7 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
     try:
         name, sep, password = base64.b64decode(token.strip(), validate=True).partition(b":")
         user = name.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # not base64 (binascii.Error; non-ASCII text) or not UTF-8
         raise RequestError("bad_credentials", "malformed Basic credentials") from None
     if not sep or not user or not password:
         return unauthorized
@@ -104,7 +105,9 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
 
 
 def _parse_query(request: web.Request, max_addresses: int) -> tuple[list[str], Purpose]:
-    addresses = request.query.getall("address", [])
+    # whitespace around an address is none of it (LDAP's filter reading drops it too); kept,
+    # it made each padding an answer cache key of its own, of up to ~8 KB
+    addresses = [a.strip() for a in request.query.getall("address", [])]
     if not addresses:
         raise RequestError("missing_address", "give at least one address=")
     if len(addresses) > max_addresses:
@@ -225,9 +228,36 @@ _BUSY_RESPONSE = (
     + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
 
 
+class _UnparsableRequests(logging.Filter):
+    """aiohttp answers a request it cannot parse (400) itself and logs the error with the
+    bytes it choked on: a header line (an Authorization header is a password in base64) or
+    the request line (the addresses asked for). Such a record becomes one line without
+    them, at info level like the LDAP server's protocol errors: a client's fault, not ours.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        # aiohttp's message is "Error handling request from %s" with the peer's address
+        source = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+        record.msg = "event=unparsable_request protocol=http source=%s error=%s"
+        record.args = (source, type(exc).__name__)
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno = min(record.levelno, logging.INFO)
+        record.levelname = logging.getLevelName(record.levelno)
+        return server_log.isEnabledFor(record.levelno)
+
+
+# aiohttp's server logger for our runners (its default is "aiohttp.server")
+server_log = logging.getLogger("keypost.directory.http.server")
+server_log.addFilter(_UnparsableRequests())
+
+
 def make_runner(app: web.Application, idle_seconds: float = IDLE_SECONDS) -> web.AppRunner:
     return web.AppRunner(app, access_log=None, handle_signals=False,
-                         keepalive_timeout=idle_seconds)
+                         keepalive_timeout=idle_seconds, logger=server_log)
 
 
 class PeerCappedSite(web.TCPSite):

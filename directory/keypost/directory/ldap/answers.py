@@ -19,7 +19,14 @@ from keypost.directory.ldap import ber
 from keypost.directory.ldap.backend import AddressEntry
 from keypost.directory.ldap.cache import FifoCache
 from keypost.directory.ldap.connection import SUPPORTED_CONTROLS
-from keypost.directory.ldap.dn import Dn, InvalidDN, escape_value, is_within, parse_dn
+from keypost.directory.ldap.dn import (
+    MAX_DN_LENGTH,
+    Dn,
+    InvalidDN,
+    escape_value,
+    is_within,
+    parse_dn,
+)
 from keypost.directory.ldap.filters import addresses_from_filter
 from keypost.directory.ldap.messages import (
     OID_START_TLS,
@@ -62,7 +69,16 @@ Selection = tuple[tuple[Attr, str], ...]  # attribute and the name to return it 
 ALL_ATTRIBUTES: Selection = tuple((a, a.value) for a in Attr)
 
 
-@functools.lru_cache(maxsize=1024)
+# Attribute lists up to this many characters in all are memoised (selections, encoded
+# entries); longer ones (a request may carry ~1 MB of names) are worked out each time:
+# memo caches keyed by them would keep ~1 MB per entry.
+MAX_KEPT_NAMES = 512
+
+
+def _kept(requested: tuple[str, ...]) -> bool:
+    return sum(len(name) for name in requested) <= MAX_KEPT_NAMES
+
+
 def select_attributes(requested: tuple[str, ...]) -> Selection:
     """Which attributes to return, named as the client asked (RFC 4511 4.5.1.8).
 
@@ -72,6 +88,15 @@ def select_attributes(requested: tuple[str, ...]) -> Selection:
     the two certificate attributes (RFC 4522) and returned as written; other options
     (e.g. `;lang-de`) name nothing here.
     """
+    return _select_kept(requested) if _kept(requested) else _select(requested)
+
+
+@functools.lru_cache(maxsize=1024)
+def _select_kept(requested: tuple[str, ...]) -> Selection:
+    return _select(requested)
+
+
+def _select(requested: tuple[str, ...]) -> Selection:
     if not requested or "*" in requested:
         return ALL_ATTRIBUTES
     out: list[tuple[Attr, str]] = []
@@ -119,6 +144,12 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
     root "" and bases above the suffix see the entries with scope sub/subordinate. Other
     bases get noSuchObject.
     """
+    if len(request.base) > MAX_DN_LENGTH:  # refused unparsed, as over-large filters are
+        return SearchPlan(
+            PlanKind.RESULT,
+            code=ResultCode.UNWILLING_TO_PERFORM,
+            diagnostic=f"search base longer than {MAX_DN_LENGTH} characters",
+        )
     try:
         base = parse_dn(request.base)
     except InvalidDN as exc:
@@ -137,9 +168,12 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
         asked = addresses_from_filter(request.filter, max_addresses + 1)
         if len(asked) > max_addresses:
             return _too_many(max_addresses)
-        if asked and entry_address not in {a.casefold() for a in asked}:
-            return _EMPTY
-        return SearchPlan(PlanKind.ENTRIES, (asked[0] if asked else entry_address,))
+        if not asked:
+            return SearchPlan(PlanKind.ENTRIES, (entry_address,))
+        # the entry, under the filter's spelling of its address; other addresses are out
+        # of scope (they are entries of their own)
+        spelt = next((a for a in asked if a.casefold() == entry_address), None)
+        return _EMPTY if spelt is None else SearchPlan(PlanKind.ENTRIES, (spelt,))
     # The base is the suffix (or inside it, treated alike) or above it.
     depth = min(depth, 0)
     in_scope = (
@@ -217,7 +251,8 @@ def encode_entry(
 
 
 class EntryCache:
-    """Encoded entries keyed by (entry, requested attributes, typesOnly); bounded."""
+    """Encoded entries keyed by (entry, requested attributes, typesOnly); bounded, and
+    only for attribute lists of at most MAX_KEPT_NAMES characters."""
 
     def __init__(self, suffix: str, size: int = 4096) -> None:
         self.suffix = suffix
@@ -225,13 +260,17 @@ class EntryCache:
             size
         )
 
+    def __len__(self) -> int:
+        return len(self._items)
+
     def encode(self, entry: AddressEntry, requested: tuple[str, ...], types_only: bool) -> bytes:
         """The SearchResultEntry protocolOp for `entry` with the attributes `requested`."""
         key = (entry, requested, types_only)
         op = self._items.get(key)
         if op is None:
             op = encode_entry(entry, self.suffix, select_attributes(requested), types_only)
-            self._items.put(key, op)
+            if _kept(requested):
+                self._items.put(key, op)
         return op
 
 

@@ -32,6 +32,11 @@ _TYPE_ALIASES = {
     "countryname": "c",
 }
 _SPECIAL = ',+"\\<>;='
+# Longer DNs are refused (search bases) or taken as they are (bind names) unparsed: an
+# entry's DN, mail=<address of at most 254 octets>,<suffix>, stays far below it, and
+# parsing ~1 MB (what fits in a message) blocked the event loop for ~0.2-0.5 s.
+MAX_DN_LENGTH = 2048
+_CACHED_DN_LENGTH = 256  # parse_dn keeps the results of DNs up to this long
 _HEX = "0123456789abcdefABCDEF"
 
 
@@ -39,9 +44,24 @@ class InvalidDN(KeypostError):
     """A DN that does not follow RFC 4514 (answer: invalidDNSyntax)."""
 
 
-@functools.lru_cache(maxsize=4096)  # clients repeat their base DN on every search
 def parse_dn(text: str) -> Dn:
-    """Parse and normalise an RFC 4514 string. The empty string is the root (no RDNs)."""
+    """Parse and normalise an RFC 4514 string. The empty string is the root (no RDNs).
+
+    Callers refuse texts over MAX_DN_LENGTH first. Short ones are parsed once and kept
+    (clients repeat their base DN on every search); longer ones are parsed each time, so
+    that what is kept stays small (512 RDNs in 2 KB parse into ~55 KB).
+    """
+    if len(text) <= _CACHED_DN_LENGTH:
+        return _parse_dn_cached(text)
+    return _parse_dn(text)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_dn_cached(text: str) -> Dn:
+    return _parse_dn(text)
+
+
+def _parse_dn(text: str) -> Dn:
     if not text.strip():
         return ()
     rdns: list[Rdn] = []
@@ -158,6 +178,8 @@ def reduce_bind_name(name: str) -> str:
     The value keeps its case (the backend decides how account names compare).
     """
     stripped = name.strip()
+    if len(stripped) > MAX_DN_LENGTH:
+        return stripped  # no account has such a name; not worth parsing (MAX_DN_LENGTH)
     attr, eq, _ = stripped.partition("=")
     if not eq or attr.strip().lower() not in ("uid", "cn"):
         return stripped
