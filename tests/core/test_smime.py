@@ -474,6 +474,18 @@ def test_tampered_content_fails_verification() -> None:
     assert any("messageDigest" in r for r in result.reasons)
 
 
+def test_the_sender_matches_its_container_in_any_case() -> None:
+    """From `Alice@A.example` and a container for `alice@a.example` name one mailbox."""
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    message = _fresh_message().replace(b"From: Alice <alice@a.example>",
+                                       b"From: Alice <Alice@A.example>")
+    assert b"Alice@A.example" in message
+    result = smime.verify_signed(smime.sign_message(message, gw.key, cont),
+                                 [directory_ca().certificate])
+    assert result.ok, result.reasons
+
+
 def test_verify_reports_untrusted_wrong_sender_and_date_skew() -> None:
     gw = gateway("gw.a.example")
     cont = container("mallory@a.example", gw, Purpose.SIGN)

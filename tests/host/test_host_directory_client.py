@@ -164,6 +164,37 @@ def test_host_lookup_against_real_directory(
     host.close()
 
 
+def test_spellings_of_one_address_in_any_order_all_verify(
+    url: str, directory: Directory, host_dirs: tuple[Path, Path],
+    memory_keyring: MemoryKeyring,
+) -> None:
+    """The directory keeps one container per case-folded address and hands the spelling
+    first asked for to every later one: a fresh host asking in another case, and one
+    message naming both spellings, must still accept it (the local part compared exactly
+    refused it, blocking Send)."""
+    def lookup(recipients: list[str]) -> list[dict[str, object]]:
+        host = Host(*host_dirs)
+        try:
+            assert host.handle({"id": 1, "action": "configure", "params": {
+                "directory": url, "username": "alice", "password": PASSWORD,
+                "trust_anchor_pem": directory.anchor_pem,
+                "trust_anchor_fingerprint": directory.fingerprint}})["ok"]
+            reply = host.handle({"id": 2, "action": "lookup", "params": {
+                "from": "alice@example.com", "recipients": recipients}})
+            assert reply["ok"], reply
+            return reply["result"]["recipients"]  # type: ignore[no-any-return]
+        finally:
+            host.close()
+
+    spelt = f"Erin.Case.{url[:4]}@example.org"
+    first = lookup([spelt])
+    assert first[0]["status"] == "ok", first
+    for later in ([spelt.lower()], [spelt.upper().replace("EXAMPLE.ORG", "example.org")],
+                  [spelt.lower(), spelt]):
+        found = lookup(later)
+        assert [r["status"] for r in found] == ["ok"] * len(later), found
+
+
 @pytest.mark.parametrize("scheme", ["ldaps", "starttls", "https"])
 def test_tls_to_the_directory(scheme: str, directory: Directory, tmp_path: Path) -> None:
     url = {"ldaps": directory.ldaps_url, "starttls": directory.ldap_url,

@@ -594,20 +594,32 @@ def describe(cert: x509.Certificate) -> ContainerInfo:
 
 
 def _address_problems(info: ContainerInfo, wanted: Address | str) -> list[str]:
-    """RFC 5280 4.2.1.6 matching: the domain case-insensitively (both normalised to
-    lower-case A-labels), the local part exactly."""
+    """The domain case-insensitively (both normalised to lower-case A-labels, RFC 5280
+    4.2.1.6) and the local part case-folded (Address.key): RFC 5280 7.5 would compare it
+    exactly, but mail systems fold it, NSS (Thunderbird) lower-cases the addresses of
+    certificates, and the directory keeps one container per folded address. Compared
+    exactly, the container the directory issued for `Bob@x` and handed out for `bob@x`
+    was refused, and so was a genuine certificate for `bob@x` when `Bob@x` was typed."""
     try:
         target = wanted if isinstance(wanted, Address) else parse_address(wanted)
     except AddressError as exc:
         return [str(exc)]
-    for written in info.addresses:
-        try:
-            if _parsed_address(written) == target:
-                return []
-        except AddressError:
-            continue
+    if names_address(info.addresses, target):
+        return []
     named = ", ".join(info.addresses) or "no address"
     return [f"issued for {named}, not for {target}"]
+
+
+def names_address(written: Sequence[str], target: Address) -> bool:
+    """Does one of a certificate's addresses (ContainerInfo.addresses) name `target`, as
+    _address_problems matches them? Unparsable ones name nothing."""
+    for text in written:
+        try:
+            if _parsed_address(text).key() == target.key():
+                return True
+        except AddressError:
+            continue
+    return False
 
 
 def _role_problems(

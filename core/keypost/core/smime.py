@@ -27,7 +27,7 @@ from keypost.core import cms
 from keypost.core import mime as m
 from keypost.core import x509_checks as checks
 from keypost.core.address import parse_address
-from keypost.core.containers import describe
+from keypost.core.containers import describe, names_address
 from keypost.core.errors import (
     AddressError,
     ContainerError,
@@ -683,12 +683,8 @@ def _from_problems(headers: Sequence[m.Header], cert: x509.Certificate) -> list[
         named = describe(cert).addresses
     except (AddressError, ContainerError) as exc:
         return [str(exc)]
-    for written in named:
-        try:
-            if parse_address(written) == wanted:
-                return []
-        except AddressError:
-            continue
+    if names_address(named, wanted):
+        return []
     return [f"the signer certificate is for {', '.join(named) or 'no address'}, not for {addr}"]
 
 
