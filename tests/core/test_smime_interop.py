@@ -201,6 +201,25 @@ def test_a_whole_encrypted_message_has_each_field_once_the_outer_one(
     assert b"\n" not in clear.replace(b"\r\n", b"")
 
 
+def test_an_rfc_9788_obscured_subject_gives_way_to_the_protected_one(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """Header protection (RFC 9788) sends Subject "[...]" outside and the real one inside:
+    the decrypted message carries the real one, once; From stays the outer one."""
+    inner = (b"From: Inner <inner@a.example>\r\nSubject: the real subject\r\n"
+             b'Content-Type: text/plain; charset=us-ascii; hp="cipher"\r\n\r\nhello\r\n')
+    mail = tmp_path / "mail.eml"
+    mail.write_bytes(inner)
+    out = tmp_path / "out.eml"
+    res = _run("openssl", "cms", "-encrypt", "-aes256", "-in", mail, "-out", out,
+               "-from", "alice@a.example", "-subject", "[...]", files["container"])
+    assert res.returncode == 0, res.stderr
+    clear = smime.Decryptor([gateway().key]).decrypt_message(out.read_bytes()).message
+    head = clear.partition(b"\r\n\r\n")[0]
+    assert head.count(b"Subject:") == 1 and b"Subject: the real subject" in head
+    assert head.count(b"From:") == 1 and b"From: alice@a.example" in head
+
+
 def test_openssl_3des_is_refused_by_name(files: dict[str, Path], tmp_path: Path) -> None:
     entity = tmp_path / "entity"
     entity.write_bytes(ENTITY)

@@ -291,26 +291,40 @@ _SINGLE_FIELDS = frozenset({
 _HEAD_SCAN = 64 * 1024  # an entity's header block longer than this is left as it is
 
 
-def _without_outer_fields(plain: bytearray, end: int, outer: set[str]) -> bytes | None:
-    """The decrypted entity without the single-instance fields the outer header block
-    already has, or None when it has none of them (the usual case: clients encrypt the
-    Content-* fields and the body). A sender that encrypted a whole message (`openssl cms
-    -encrypt -in mail.eml`, RFC 9788 header protection) repeats From, To, Subject...
-    inside: joined to the outer block they would appear twice, which readers show
-    inconsistently and which the gateway's own signing refuses (two From). The outer
-    fields win: From is what the receiving MTA's checks (SPF, DKIM, DMARC) looked at,
-    and the inner copy is no more authentic than the outer one."""
-    clash = outer & _SINGLE_FIELDS
-    if not clash:
-        return None
+# RFC 9788 4.2: the value a header-protecting sender leaves outside for a hidden Subject
+_OBSCURED_SUBJECT = "[...]"
+
+
+def _merge_fields(
+    kept: list[m.Header], plain: bytearray, end: int
+) -> tuple[list[m.Header], bytes | None]:
+    """(the outer fields to keep, the decrypted entity rebuilt without the fields it
+    repeats, or None to use it as it is: the usual case, clients encrypt the Content-*
+    fields and the body).
+
+    A sender that encrypted a whole message (`openssl cms -encrypt -in mail.eml`, RFC 9788
+    header protection) repeats From, To, Subject... inside: joined to the outer block they
+    would appear twice, which readers show inconsistently and which the gateway's own
+    signing refuses (two From). Each field a message has once appears once: the outer
+    one, as From is what the receiving MTA's checks (SPF, DKIM, DMARC) looked at and the
+    inner copy is no more authentic; except an outer Subject of "[...]", which RFC 9788
+    senders put outside in place of the real one they protect inside."""
+    outer = {h.key for h in kept} & _SINGLE_FIELDS
+    if not outer:
+        return kept, None
     head = bytes(plain[: min(end, _HEAD_SCAN)])
     fields, body_at = m.split_entity_at(head)
     if body_at >= len(head) and end > len(head):  # no blank line within the scan
-        return None
-    if not any(f.key in clash for f in fields):
-        return None
-    kept = m.header_lines(f for f in fields if f.key not in clash)
-    return b"".join((kept, m.CRLF, memoryview(plain)[body_at:end]))
+        return kept, None
+    inner = {f.key for f in fields}
+    obscured = {h.key for h in kept
+                if h.key == "subject" and h.value == _OBSCURED_SUBJECT} & inner
+    kept = [h for h in kept if h.key not in obscured]
+    clash = (outer & inner) - obscured
+    if not clash:
+        return kept, None
+    block = m.header_lines(f for f in fields if f.key not in clash)
+    return kept, b"".join((block, m.CRLF, memoryview(plain)[body_at:end]))
 
 
 class Decryptor:
@@ -470,13 +484,13 @@ class Decryptor:
         except SmimeError:
             raise DecryptError() from None
         plain, pad, index, name = self._open(der)
-        kept = [h for h in headers if not m.is_content_header(h)]
-        outer = m.header_lines(kept)
         end = len(plain) - pad
+        kept, deduplicated = _merge_fields(
+            [h for h in headers if not m.is_content_header(h)], plain, end)
+        outer = m.header_lines(kept)
         # The outer fields are CRLF already: only the decrypted entity is scanned (bounds,
         # not a slice: no copy), and a canonical one is copied once, into the result.
         inner: bytes | memoryview = memoryview(plain)[:end]
-        deduplicated = _without_outer_fields(plain, end, {h.key for h in kept})
         if deduplicated is not None:
             inner = deduplicated
             if m.is_canonical(inner):
