@@ -359,3 +359,67 @@ test("remote images the host reports (it reads the HTML as a browser does): noth
   assert.equal(calls.filter((x) => x[0] === "import").length, 0);
   assert.match(session.get("tab:3").error, /reasonRemoteImages:https:\/\/x\.example\/b\.png/);
 });
+
+// Thunderbird awaits the listener and resolves or rejects the send only on its answer: a
+// rejected promise leaves the send stuck with the compose window locked and nobody told why.
+test("storage failing while a refused send is reported: still cancelled, never a rejection", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: false, error: { code: 7, name: "directory_unreachable", message: "down" } });
+  const original = messenger.storage.session.set;
+  messenger.storage.session.set = async () => {
+    throw new Error("storage.session quota");
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.storage.session.set = original;
+  }
+  assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+  assert.ok(calls.some((x) => x[0] === "notify" && /down/.test(x[1])), "the user is told why");
+});
+
+test("the tab state cannot be read: the send is cancelled (fail closed), the user is told", async () => {
+  await encryptOn();
+  const original = messenger.storage.session.get;
+  messenger.storage.session.get = async () => {
+    throw new Error("storage.session unavailable");
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.storage.session.get = original;
+  }
+  assert.equal(calls.filter((x) => x[0] === "host" || x[0] === "import").length, 0);
+  assert.ok(calls.some((x) => x[0] === "notify" && /storage\.session unavailable/.test(x[1])));
+});
+
+test("an error after the message is queued: no 'not sent', the Sent copy stays, the window closes", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const originalImport = messenger.messages.import;
+  const originalSet = messenger.storage.session.set;
+  let queuedNow = false;
+  messenger.messages.import = async (file, folderId) => {
+    calls.push(["import", folderId, await file.text()]);
+    if (folderId === "outbox-id") queuedNow = true;
+    return { id: folderId === "sent-id" ? 41 : 42 };
+  };
+  messenger.messages.delete = async (ids, skipTrash) => calls.push(["delete", ids, skipTrash]);
+  messenger.storage.session.set = async (obj) => {
+    if (queuedNow) throw new Error("storage.session quota");
+    return originalSet(obj);
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.messages.import = originalImport;
+    messenger.storage.session.set = originalSet;
+    delete messenger.messages.delete;
+  }
+  assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
+  // The message goes out: its readable copy stays and the user is not asked to send it again.
+  assert.equal(calls.filter((x) => x[0] === "delete").length, 0);
+  assert.equal(calls.filter((x) => x[0] === "notify").length, 0);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(calls.find((x) => x[0] === "closeWindow"), ["closeWindow", 30]);
+});
