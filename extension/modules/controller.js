@@ -299,7 +299,12 @@ async function sendEncrypted(tab, details) {
       ]);
       return { cancel: true };
     }
-    const identity = await messenger.identities.get(details.identityId);
+    // The identity's key and account pick the sender and SMTP server of the queued message.
+    const identity = details.identityId ? await messenger.identities.get(details.identityId).catch(() => null) : null;
+    if (!identity?.id) {
+      await failSend(tab, msg("errorNoIdentity"), [msg("errorNoIdentity")]);
+      return { cancel: true };
+    }
     const params = await encryptParams(tab, details, identity);
     let result;
     try {

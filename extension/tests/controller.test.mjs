@@ -423,3 +423,24 @@ test("an error after the message is queued: no 'not sent', the Sent copy stays, 
   await new Promise((r) => setTimeout(r, 10));
   assert.deepEqual(calls.find((x) => x[0] === "closeWindow"), ["closeWindow", 30]);
 });
+
+test("the sending identity unknown (gone, or none given): refused before the host is asked, said so", async () => {
+  for (const [details, get] of [
+    [DETAILS, async () => null], // identities.get of a deleted identity
+    [{ ...DETAILS, identityId: undefined }, async () => { throw new Error("Type error for parameter identityId"); }],
+  ]) {
+    calls.length = 0;
+    await encryptOn();
+    const original = messenger.identities.get;
+    messenger.identities.get = get;
+    try {
+      assert.deepEqual(await c.onBeforeSend(TAB, details), { cancel: true });
+    } finally {
+      messenger.identities.get = original;
+    }
+    assert.equal(calls.filter((x) => x[0] === "host" || x[0] === "import").length, 0);
+    const note = calls.find((x) => x[0] === "notify");
+    assert.match(note[1], /^errorNoIdentity\n/);
+    assert.match(session.get("tab:3").error, /errorNoIdentity/);
+  }
+});
