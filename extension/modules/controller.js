@@ -74,8 +74,11 @@ export async function checkRecipients(tabId, immediately = false) {
   // What Send would be refused for (newsgroups, remote images to attach), said before Send.
   const notices = composeNotices(details);
   // Unchanged recipients need no new lookup, unless the last one failed (host or directory
-  // down): then it is retried every RETRY_MS, so the status heals without user action.
-  const retry = state.lookupError && Date.now() >= (state.retryAt ?? 0);
+  // down) or never answered (the event page was suspended with the lookup scheduled or under
+  // way, and its timer and port went with it): then it is retried every RETRY_MS, so the
+  // status heals without user action.
+  const unanswered = (state.statuses ?? []).some((s) => s.state === "pending");
+  const retry = (state.lookupError || unanswered) && Date.now() >= (state.retryAt ?? 0);
   if (key === state.key && !immediately && !retry) {
     if (!sameNotices(notices, state.notices)) await renderButton(tabId, await updateTabState(session(), tabId, { notices }));
     return;

@@ -444,3 +444,42 @@ test("the sending identity unknown (gone, or none given): refused before the hos
     assert.match(session.get("tab:3").error, /errorNoIdentity/);
   }
 });
+
+test("after the event page restarts, recipients left 'looking up' are looked up again", async () => {
+  // What storage.session holds when the background was suspended between scheduling a lookup
+  // and running it: the debounce timer (memory) is gone, the key says nothing changed.
+  const original = messenger.compose.getComposeDetails;
+  messenger.compose.getComposeDetails = async () => ({ from: "alice@example.com", to: ["bob@example.org"] });
+  session.set("tab:3", {
+    encrypt: true, recipients: ["bob@example.org"], key: "alice@example.com\nbob@example.org",
+    statuses: [{ address: "bob@example.org", state: "pending", gateways: [], reason: "" }],
+    error: "", lookupError: "", retryAt: Date.now() - 1, notices: [],
+  });
+  hostReply = () => ({ ok: true, result: { recipients: [{ address: "bob@example.org", status: "ok",
+    containers: [{ role: "proxy-encryption", gateway: "example.org", valid: true, used: true }] }] } });
+  try {
+    await c.checkRecipients(3); // the poll after the restart
+    await new Promise((r) => setTimeout(r, 700));
+  } finally {
+    messenger.compose.getComposeDetails = original;
+  }
+  assert.equal(calls.filter((x) => x[0] === "host" && x[1] === "lookup").length, 1);
+  assert.equal(session.get("tab:3").statuses[0].state, "gateway");
+});
+
+test("a lookup still under way is not asked again before the retry time", async () => {
+  const original = messenger.compose.getComposeDetails;
+  messenger.compose.getComposeDetails = async () => ({ from: "alice@example.com", to: ["bob@example.org"] });
+  session.set("tab:3", {
+    encrypt: true, recipients: ["bob@example.org"], key: "alice@example.com\nbob@example.org",
+    statuses: [{ address: "bob@example.org", state: "pending", gateways: [], reason: "" }],
+    error: "", lookupError: "", retryAt: Date.now() + 10000, notices: [],
+  });
+  try {
+    await c.checkRecipients(3);
+    await new Promise((r) => setTimeout(r, 700));
+  } finally {
+    messenger.compose.getComposeDetails = original;
+  }
+  assert.equal(calls.filter((x) => x[0] === "host" && x[1] === "lookup").length, 0);
+});
