@@ -353,13 +353,11 @@ async function sendEncrypted(tab, details) {
         { read: true },
       );
     } catch (e) {
-      await withdrawSentCopy(sentCopyId);
-      await failSend(tab, msg("errorQueue"), [String(e?.message ?? e)]);
+      await failSend(tab, msg("errorQueue"), [String(e?.message ?? e), ...(await withdrawSentCopy(sentCopyId))]);
       return { cancel: true };
     }
   } catch (e) {
-    await withdrawSentCopy(sentCopyId);
-    await failSend(tab, msg("errorInternal"), [String(e?.message ?? e)]);
+    await failSend(tab, msg("errorInternal"), [String(e?.message ?? e), ...(await withdrawSentCopy(sentCopyId))]);
     return { cancel: true };
   }
   // Queued: the message goes out, so nothing from here on may withdraw the Sent copy or say
@@ -372,10 +370,19 @@ async function sendEncrypted(tab, details) {
   return { cancel: true };
 }
 
-/** Remove a filed clear Sent copy of a message that was not queued after all (skipping Trash). */
+/**
+ * Remove a filed clear Sent copy of a message that was not queued after all (skipping Trash).
+ * @returns {Promise<string[]>} what to tell the user: a line when the copy stays in Sent
+ */
 async function withdrawSentCopy(id) {
-  if (id === null) return;
-  await messenger.messages.delete([id], true).catch((e) => console.error("keypost: the Sent copy stays", e));
+  if (id === null) return [];
+  try {
+    await messenger.messages.delete([id], true);
+    return [];
+  } catch (e) {
+    console.error("keypost: the Sent copy stays", e);
+    return [msg("reasonSentCopyStays")];
+  }
 }
 
 /**

@@ -483,3 +483,26 @@ test("a lookup still under way is not asked again before the retry time", async 
   }
   assert.equal(calls.filter((x) => x[0] === "host" && x[1] === "lookup").length, 0);
 });
+
+test("the clear Sent copy of a refused send cannot be taken back out: the user is told it is there", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const original = messenger.messages.import;
+  messenger.messages.import = async (file, folderId) => {
+    if (folderId === "outbox-id") throw new Error("the Outbox is full");
+    return { id: 41 };
+  };
+  messenger.messages.delete = async () => {
+    throw new Error("folder locked");
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.messages.import = original;
+    delete messenger.messages.delete;
+  }
+  const note = calls.find((x) => x[0] === "notify");
+  assert.match(note[1], /the Outbox is full/);
+  assert.match(note[1], /reasonSentCopyStays/);
+  assert.match(session.get("tab:3").error, /reasonSentCopyStays/);
+});
