@@ -362,35 +362,24 @@ test("remote images the host reports (it reads the HTML as a browser does): noth
 
 // Thunderbird awaits the listener and resolves or rejects the send only on its answer: a
 // rejected promise leaves the send stuck with the compose window locked and nobody told why.
-test("storage failing while a refused send is reported: still cancelled, never a rejection", async () => {
-  await encryptOn();
-  hostReply = () => ({ ok: false, error: { code: 7, name: "directory_unreachable", message: "down" } });
-  const original = messenger.storage.session.set;
-  messenger.storage.session.set = async () => {
-    throw new Error("storage.session quota");
-  };
-  try {
-    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
-  } finally {
-    messenger.storage.session.set = original;
+test("storage.session failing (state unreadable, or a refusal unsaved): cancelled, never a rejection", async () => {
+  for (const [method, told] of [["get", /storage\.session broken/], ["set", /down/]]) {
+    calls.length = 0;
+    await encryptOn();
+    hostReply = () => ({ ok: false, error: { code: 7, name: "directory_unreachable", message: "down" } });
+    const original = messenger.storage.session[method];
+    messenger.storage.session[method] = async () => {
+      throw new Error("storage.session broken");
+    };
+    try {
+      // An unreadable state leaves Encrypt unknown: refused, as if on.
+      assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+    } finally {
+      messenger.storage.session[method] = original;
+    }
+    assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+    assert.ok(calls.some((x) => x[0] === "notify" && told.test(x[1])), "the user is told why");
   }
-  assert.equal(calls.filter((x) => x[0] === "import").length, 0);
-  assert.ok(calls.some((x) => x[0] === "notify" && /down/.test(x[1])), "the user is told why");
-});
-
-test("the tab state cannot be read: the send is cancelled (fail closed), the user is told", async () => {
-  await encryptOn();
-  const original = messenger.storage.session.get;
-  messenger.storage.session.get = async () => {
-    throw new Error("storage.session unavailable");
-  };
-  try {
-    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
-  } finally {
-    messenger.storage.session.get = original;
-  }
-  assert.equal(calls.filter((x) => x[0] === "host" || x[0] === "import").length, 0);
-  assert.ok(calls.some((x) => x[0] === "notify" && /storage\.session unavailable/.test(x[1])));
 });
 
 test("an error after the message is queued: no 'not sent', the Sent copy stays, the window closes", async () => {
@@ -445,43 +434,34 @@ test("the sending identity unknown (gone, or none given): refused before the hos
   }
 });
 
-test("after the event page restarts, recipients left 'looking up' are looked up again", async () => {
-  // What storage.session holds when the background was suspended between scheduling a lookup
-  // and running it: the debounce timer (memory) is gone, the key says nothing changed.
+/** Bob "looking up" in storage.session with no lookup scheduled, as after an event page restart. */
+async function pollWithBobPending(retryAt) {
   const original = messenger.compose.getComposeDetails;
   messenger.compose.getComposeDetails = async () => ({ from: "alice@example.com", to: ["bob@example.org"] });
   session.set("tab:3", {
     encrypt: true, recipients: ["bob@example.org"], key: "alice@example.com\nbob@example.org",
     statuses: [{ address: "bob@example.org", state: "pending", gateways: [], reason: "" }],
-    error: "", lookupError: "", retryAt: Date.now() - 1, notices: [],
+    error: "", lookupError: "", retryAt, notices: [],
   });
   hostReply = () => ({ ok: true, result: { recipients: [{ address: "bob@example.org", status: "ok",
     containers: [{ role: "proxy-encryption", gateway: "example.org", valid: true, used: true }] }] } });
   try {
-    await c.checkRecipients(3); // the poll after the restart
+    await c.checkRecipients(3); // the poll
     await new Promise((r) => setTimeout(r, 700));
   } finally {
     messenger.compose.getComposeDetails = original;
   }
-  assert.equal(calls.filter((x) => x[0] === "host" && x[1] === "lookup").length, 1);
+  return calls.filter((x) => x[0] === "host" && x[1] === "lookup").length;
+}
+
+test("after the event page restarts, recipients left 'looking up' are looked up again", async () => {
+  // The debounce timer (memory) is gone and the key says nothing changed.
+  assert.equal(await pollWithBobPending(Date.now() - 1), 1);
   assert.equal(session.get("tab:3").statuses[0].state, "gateway");
 });
 
 test("a lookup still under way is not asked again before the retry time", async () => {
-  const original = messenger.compose.getComposeDetails;
-  messenger.compose.getComposeDetails = async () => ({ from: "alice@example.com", to: ["bob@example.org"] });
-  session.set("tab:3", {
-    encrypt: true, recipients: ["bob@example.org"], key: "alice@example.com\nbob@example.org",
-    statuses: [{ address: "bob@example.org", state: "pending", gateways: [], reason: "" }],
-    error: "", lookupError: "", retryAt: Date.now() + 10000, notices: [],
-  });
-  try {
-    await c.checkRecipients(3);
-    await new Promise((r) => setTimeout(r, 700));
-  } finally {
-    messenger.compose.getComposeDetails = original;
-  }
-  assert.equal(calls.filter((x) => x[0] === "host" && x[1] === "lookup").length, 0);
+  assert.equal(await pollWithBobPending(Date.now() + 10000), 0);
 });
 
 test("the clear Sent copy of a refused send cannot be taken back out: the user is told it is there", async () => {

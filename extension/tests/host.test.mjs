@@ -119,26 +119,28 @@ test("a host of another protocol version gets no request; the next request tries
   client.close();
 });
 
-test("a success reply naming no request (id null or missing) resolves nothing", async () => {
+/** An encrypt and a lookup outstanding on one port. */
+function twoRequests() {
   const port = fakePort();
   const client = new HostClient(() => port, { timeoutMs: 50 });
   const a = client.request("encrypt", {});
   const b = client.request("lookup", {});
+  return { port, client, a, b, ida: port.sent[0].id, idb: port.sent[1].id };
+}
+
+test("a success reply naming no request (id null or missing) resolves nothing", async () => {
+  const { port, client, a, b, idb } = twoRequests();
   // Only an error may go to every outstanding request (PROTOCOL.md: id null = unreadable frame).
   port.emit({ id: null, ok: true, result: { message: "not for you" } });
   port.emit({ ok: true, result: { message: "nor for you" } });
-  port.emit({ id: port.sent[1].id, ok: true, result: "l" });
+  port.emit({ id: idb, ok: true, result: "l" });
   assert.equal(await b, "l");
   await assert.rejects(a, (e) => e instanceof HostError);
   client.close();
 });
 
 test("a chunked reply whose text names another request settles only its own", async () => {
-  const port = fakePort();
-  const client = new HostClient(() => port, { timeoutMs: 50 });
-  const a = client.request("encrypt", {});
-  const b = client.request("lookup", {});
-  const [ida, idb] = port.sent.map((m) => m.id);
+  const { port, client, a, b, ida, idb } = twoRequests();
   const text = JSON.stringify({ id: idb, ok: true, result: { message: "a's message" } });
   port.emit({ id: ida, chunk: { index: 0, count: 1, data: text } });
   await assert.rejects(a, (e) => e.codeName === "bad_chunk");
