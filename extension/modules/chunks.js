@@ -55,6 +55,10 @@ export class ChunkAssembler {
     } catch (e) {
       throw new ChunkError(`chunked reply for request ${key} is not JSON: ${e.message}`);
     }
+    // The joined text is a whole reply with its own id: it must be the chunks' request.
+    if (JSON.stringify(reply?.id ?? null) !== key) {
+      throw new ChunkError(`chunked reply for request ${key} names request ${JSON.stringify(reply?.id ?? null)}`);
+    }
     return { done: true, reply };
   }
 

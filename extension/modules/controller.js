@@ -74,8 +74,11 @@ export async function checkRecipients(tabId, immediately = false) {
   // What Send would be refused for (newsgroups, remote images to attach), said before Send.
   const notices = composeNotices(details);
   // Unchanged recipients need no new lookup, unless the last one failed (host or directory
-  // down): then it is retried every RETRY_MS, so the status heals without user action.
-  const retry = state.lookupError && Date.now() >= (state.retryAt ?? 0);
+  // down) or never answered (the event page was suspended with the lookup scheduled or under
+  // way, and its timer and port went with it): then it is retried every RETRY_MS, so the
+  // status heals without user action.
+  const unanswered = (state.statuses ?? []).some((s) => s.state === "pending");
+  const retry = (state.lookupError || unanswered) && Date.now() >= (state.retryAt ?? 0);
   if (key === state.key && !immediately && !retry) {
     if (!sameNotices(notices, state.notices)) await renderButton(tabId, await updateTabState(session(), tabId, { notices }));
     return;
@@ -229,8 +232,12 @@ function errorTitle(name) {
 
 async function failSend(tab, title, lines) {
   const text = lines.join("\n");
-  const state = await updateTabState(session(), tab.id, { error: text });
-  await renderButton(tab.id, state).catch(() => {});
+  // Never throws: it runs inside onBeforeSend, which must always answer (see there).
+  const state = await updateTabState(session(), tab.id, { error: text }).catch((e) => {
+    console.error("keypost: the tab state was not saved", e);
+    return null;
+  });
+  if (state) await renderButton(tab.id, state).catch(() => {});
   await messenger.notifications
     .create(`keypost-${tab.id}`, {
       type: "basic",
@@ -245,13 +252,33 @@ async function failSend(tab, title, lines) {
 /**
  * compose.onBeforeSend: with Encrypt on, encrypt through the host, queue the result in the
  * Outbox, file the clear copy in Sent and cancel Thunderbird's own send. Fails closed: any
- * error cancels the send and keeps the window open.
+ * error cancels the send and keeps the window open. Never rejects: Thunderbird settles its
+ * send only on the listener's answer, so a rejection would leave the compose window locked
+ * with nobody told why.
  */
 export async function onBeforeSend(tab, details) {
-  const state = await getTabState(session(), tab.id);
+  let state;
+  try {
+    state = await getTabState(session(), tab.id);
+  } catch (e) {
+    // Whether Encrypt is on is unknown: refuse rather than risk sending in the clear.
+    await failSend(tab, msg("errorInternal"), [String(e?.message ?? e)]);
+    return { cancel: true };
+  }
   if (!state.encrypt) return {};
   sending.add(tab.id);
+  try {
+    return await sendEncrypted(tab, details);
+  } finally {
+    sending.delete(tab.id);
+  }
+}
+
+/** onBeforeSend with Encrypt on; always answers `{cancel: true}`. */
+async function sendEncrypted(tab, details) {
   let sentCopyId = null; // the clear copy filed in Sent, taken back out if nothing is queued
+  let outgoing;
+  let outbox;
   try {
     // The host encrypts for mail recipients only; posting to newsgroups would either drop
     // them (the Outbox sends mail) or leak the clear text to a news server: refuse.
@@ -275,7 +302,12 @@ export async function onBeforeSend(tab, details) {
       ]);
       return { cancel: true };
     }
-    const identity = await messenger.identities.get(details.identityId);
+    // The identity's key and account pick the sender and SMTP server of the queued message.
+    const identity = details.identityId ? await messenger.identities.get(details.identityId).catch(() => null) : null;
+    if (!identity?.id) {
+      await failSend(tab, msg("errorNoIdentity"), [msg("errorNoIdentity")]);
+      return { cancel: true };
+    }
     const params = await encryptParams(tab, details, identity);
     let result;
     try {
@@ -291,12 +323,12 @@ export async function onBeforeSend(tab, details) {
       return { cancel: true };
     }
     const sender = extractAddress(details.from ?? "");
-    const outgoing = prepareForOutbox(result.message, {
+    outgoing = prepareForOutbox(result.message, {
       identityKey: identity.id,
       accountKey: identity.accountId,
       sender,
     });
-    const outbox = await findOutbox();
+    outbox = await findOutbox();
     if (!outbox) {
       await failSend(tab, msg("errorNoOutbox"), [msg("errorNoOutbox")]);
       return { cancel: true };
@@ -321,29 +353,36 @@ export async function onBeforeSend(tab, details) {
         { read: true },
       );
     } catch (e) {
-      await withdrawSentCopy(sentCopyId);
-      await failSend(tab, msg("errorQueue"), [String(e?.message ?? e)]);
+      await failSend(tab, msg("errorQueue"), [String(e?.message ?? e), ...(await withdrawSentCopy(sentCopyId))]);
       return { cancel: true };
     }
-    await updateTabState(session(), tab.id, { error: "" });
-    const messageId = getHeader(outgoing, "Message-ID") ?? "";
-    setTimeout(() => remindIfQueued(outbox.id, messageId).catch(console.error), timing.queueCheckMs);
-    // Close after this listener has returned its cancel, so Thunderbird is not mid-send.
-    setTimeout(() => closeCompose(tab).catch(console.error), 0);
-    return { cancel: true };
   } catch (e) {
-    await withdrawSentCopy(sentCopyId);
-    await failSend(tab, msg("errorInternal"), [String(e?.message ?? e)]);
+    await failSend(tab, msg("errorInternal"), [String(e?.message ?? e), ...(await withdrawSentCopy(sentCopyId))]);
     return { cancel: true };
-  } finally {
-    sending.delete(tab.id);
   }
+  // Queued: the message goes out, so nothing from here on may withdraw the Sent copy or say
+  // "not sent" (the user would send it a second time).
+  const messageId = getHeader(outgoing, "Message-ID") ?? "";
+  setTimeout(() => remindIfQueued(outbox.id, messageId).catch(console.error), timing.queueCheckMs);
+  // Close after this listener has returned its cancel, so Thunderbird is not mid-send.
+  setTimeout(() => closeCompose(tab).catch(console.error), 0);
+  await updateTabState(session(), tab.id, { error: "" }).catch(console.error);
+  return { cancel: true };
 }
 
-/** Remove a filed clear Sent copy of a message that was not queued after all (skipping Trash). */
+/**
+ * Remove a filed clear Sent copy of a message that was not queued after all (skipping Trash).
+ * @returns {Promise<string[]>} what to tell the user: a line when the copy stays in Sent
+ */
 async function withdrawSentCopy(id) {
-  if (id === null) return;
-  await messenger.messages.delete([id], true).catch((e) => console.error("keypost: the Sent copy stays", e));
+  if (id === null) return [];
+  try {
+    await messenger.messages.delete([id], true);
+    return [];
+  } catch (e) {
+    console.error("keypost: the Sent copy stays", e);
+    return [msg("reasonSentCopyStays")];
+  }
 }
 
 /**

@@ -145,7 +145,8 @@ export class HostClient {
     const waiter = this.pending.get(key);
     if (!waiter) {
       // id null: the host could not read a frame; fail everything outstanding rather than hang.
-      if (id === null || id === undefined) {
+      // Only an error: a success that names no request answers none of them.
+      if (error && (id === null || id === undefined)) {
         for (const k of [...this.pending.keys()]) this.settle(JSON.parse(k), null, error);
       }
       return;

@@ -40,3 +40,10 @@ test("reset drops partial replies and names them", () => {
   a.feed(chunked(3, { id: 3, ok: true, result: "z".repeat(50) }, 10)[0]);
   assert.deepEqual(a.reset(), ["3"]);
 });
+
+test("a chunked reply whose text names another request fails instead of answering it", () => {
+  const a = new ChunkAssembler();
+  const [frame] = chunked(4, { id: 5, ok: true, result: "for 4, labelled 5" }, 1000);
+  assert.throws(() => a.feed(frame), ChunkError);
+  assert.deepEqual(a.reset(), []);
+});

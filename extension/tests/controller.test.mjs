@@ -359,3 +359,130 @@ test("remote images the host reports (it reads the HTML as a browser does): noth
   assert.equal(calls.filter((x) => x[0] === "import").length, 0);
   assert.match(session.get("tab:3").error, /reasonRemoteImages:https:\/\/x\.example\/b\.png/);
 });
+
+// Thunderbird awaits the listener and resolves or rejects the send only on its answer: a
+// rejected promise leaves the send stuck with the compose window locked and nobody told why.
+test("storage.session failing (state unreadable, or a refusal unsaved): cancelled, never a rejection", async () => {
+  for (const [method, told] of [["get", /storage\.session broken/], ["set", /down/]]) {
+    calls.length = 0;
+    await encryptOn();
+    hostReply = () => ({ ok: false, error: { code: 7, name: "directory_unreachable", message: "down" } });
+    const original = messenger.storage.session[method];
+    messenger.storage.session[method] = async () => {
+      throw new Error("storage.session broken");
+    };
+    try {
+      // An unreadable state leaves Encrypt unknown: refused, as if on.
+      assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+    } finally {
+      messenger.storage.session[method] = original;
+    }
+    assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+    assert.ok(calls.some((x) => x[0] === "notify" && told.test(x[1])), "the user is told why");
+  }
+});
+
+test("an error after the message is queued: no 'not sent', the Sent copy stays, the window closes", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const originalImport = messenger.messages.import;
+  const originalSet = messenger.storage.session.set;
+  let queuedNow = false;
+  messenger.messages.import = async (file, folderId) => {
+    calls.push(["import", folderId, await file.text()]);
+    if (folderId === "outbox-id") queuedNow = true;
+    return { id: folderId === "sent-id" ? 41 : 42 };
+  };
+  messenger.messages.delete = async (ids, skipTrash) => calls.push(["delete", ids, skipTrash]);
+  messenger.storage.session.set = async (obj) => {
+    if (queuedNow) throw new Error("storage.session quota");
+    return originalSet(obj);
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.messages.import = originalImport;
+    messenger.storage.session.set = originalSet;
+    delete messenger.messages.delete;
+  }
+  assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
+  // The message goes out: its readable copy stays and the user is not asked to send it again.
+  assert.equal(calls.filter((x) => x[0] === "delete").length, 0);
+  assert.equal(calls.filter((x) => x[0] === "notify").length, 0);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(calls.find((x) => x[0] === "closeWindow"), ["closeWindow", 30]);
+});
+
+test("the sending identity unknown (gone, or none given): refused before the host is asked, said so", async () => {
+  for (const [details, get] of [
+    [DETAILS, async () => null], // identities.get of a deleted identity
+    [{ ...DETAILS, identityId: undefined }, async () => { throw new Error("Type error for parameter identityId"); }],
+  ]) {
+    calls.length = 0;
+    await encryptOn();
+    const original = messenger.identities.get;
+    messenger.identities.get = get;
+    try {
+      assert.deepEqual(await c.onBeforeSend(TAB, details), { cancel: true });
+    } finally {
+      messenger.identities.get = original;
+    }
+    assert.equal(calls.filter((x) => x[0] === "host" || x[0] === "import").length, 0);
+    const note = calls.find((x) => x[0] === "notify");
+    assert.match(note[1], /^errorNoIdentity\n/);
+    assert.match(session.get("tab:3").error, /errorNoIdentity/);
+  }
+});
+
+/** Bob "looking up" in storage.session with no lookup scheduled, as after an event page restart. */
+async function pollWithBobPending(retryAt) {
+  const original = messenger.compose.getComposeDetails;
+  messenger.compose.getComposeDetails = async () => ({ from: "alice@example.com", to: ["bob@example.org"] });
+  session.set("tab:3", {
+    encrypt: true, recipients: ["bob@example.org"], key: "alice@example.com\nbob@example.org",
+    statuses: [{ address: "bob@example.org", state: "pending", gateways: [], reason: "" }],
+    error: "", lookupError: "", retryAt, notices: [],
+  });
+  hostReply = () => ({ ok: true, result: { recipients: [{ address: "bob@example.org", status: "ok",
+    containers: [{ role: "proxy-encryption", gateway: "example.org", valid: true, used: true }] }] } });
+  try {
+    await c.checkRecipients(3); // the poll
+    await new Promise((r) => setTimeout(r, 700));
+  } finally {
+    messenger.compose.getComposeDetails = original;
+  }
+  return calls.filter((x) => x[0] === "host" && x[1] === "lookup").length;
+}
+
+test("after the event page restarts, recipients left 'looking up' are looked up again", async () => {
+  // The debounce timer (memory) is gone and the key says nothing changed.
+  assert.equal(await pollWithBobPending(Date.now() - 1), 1);
+  assert.equal(session.get("tab:3").statuses[0].state, "gateway");
+});
+
+test("a lookup still under way is not asked again before the retry time", async () => {
+  assert.equal(await pollWithBobPending(Date.now() + 10000), 0);
+});
+
+test("the clear Sent copy of a refused send cannot be taken back out: the user is told it is there", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const original = messenger.messages.import;
+  messenger.messages.import = async (file, folderId) => {
+    if (folderId === "outbox-id") throw new Error("the Outbox is full");
+    return { id: 41 };
+  };
+  messenger.messages.delete = async () => {
+    throw new Error("folder locked");
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.messages.import = original;
+    delete messenger.messages.delete;
+  }
+  const note = calls.find((x) => x[0] === "notify");
+  assert.match(note[1], /the Outbox is full/);
+  assert.match(note[1], /reasonSentCopyStays/);
+  assert.match(session.get("tab:3").error, /reasonSentCopyStays/);
+});

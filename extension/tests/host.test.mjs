@@ -118,3 +118,33 @@ test("a host of another protocol version gets no request; the next request tries
   assert.deepEqual(ports[1].sent.map((m) => m.action), ["ping"]);
   client.close();
 });
+
+/** An encrypt and a lookup outstanding on one port. */
+function twoRequests() {
+  const port = fakePort();
+  const client = new HostClient(() => port, { timeoutMs: 50 });
+  const a = client.request("encrypt", {});
+  const b = client.request("lookup", {});
+  return { port, client, a, b, ida: port.sent[0].id, idb: port.sent[1].id };
+}
+
+test("a success reply naming no request (id null or missing) resolves nothing", async () => {
+  const { port, client, a, b, idb } = twoRequests();
+  // Only an error may go to every outstanding request (PROTOCOL.md: id null = unreadable frame).
+  port.emit({ id: null, ok: true, result: { message: "not for you" } });
+  port.emit({ ok: true, result: { message: "nor for you" } });
+  port.emit({ id: idb, ok: true, result: "l" });
+  assert.equal(await b, "l");
+  await assert.rejects(a, (e) => e instanceof HostError);
+  client.close();
+});
+
+test("a chunked reply whose text names another request settles only its own", async () => {
+  const { port, client, a, b, ida, idb } = twoRequests();
+  const text = JSON.stringify({ id: idb, ok: true, result: { message: "a's message" } });
+  port.emit({ id: ida, chunk: { index: 0, count: 1, data: text } });
+  await assert.rejects(a, (e) => e.codeName === "bad_chunk");
+  port.emit({ id: idb, ok: true, result: "l" });
+  assert.equal(await b, "l");
+  client.close();
+});
