@@ -57,6 +57,15 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
         ({"domain": [{"name": "example.com"}]}, "encryption_keys"),
         ({"domain": [{"name": "bad domain", "encryption_keys": ["k"]}]}, "name"),
         ({"timeouts": {"scan": -1}}, "timeouts.scan"),
+        # nan passed `<= 0` (every message then timed out at once or failed in smtplib);
+        # inf or 1e300 overflowed socket.settimeout and timedelta, after check-config said OK
+        ({"timeouts": {"processing": float("nan")}}, "timeouts.processing"),
+        ({"timeouts": {"next_hop": float("inf")}}, "timeouts.next_hop"),
+        ({"timeouts": {"smtp_session": 1e300}}, "timeouts.smtp_session"),
+        ({"directory": {"negative_cache": float("nan")}}, "directory.negative_cache"),
+        ({"max_message_size": float("nan")}, "max_message_size"),
+        ({"max_message_size": float("inf")}, "max_message_size"),
+        ({"max_message_size": 1024.5}, "max_message_size"),
         ({"scan": {"command": "x", "entry_point": "y"}}, "either"),
         (
             {"policy": {"sign_all_outbound": True},

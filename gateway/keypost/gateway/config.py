@@ -8,6 +8,7 @@ named here, never written into the configuration itself.
 from __future__ import annotations
 
 import enum
+import math
 import shlex
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,8 @@ DEFAULT_NEXT_HOP = "127.0.0.1:10026"
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 DEFAULT_QUARANTINE = "quarantine"
 DEFAULT_LDAP_BASE = "dc=keypost"
+MAX_SECONDS = 86400.0  # timeouts and cache times: a day at most
+MAX_MESSAGE_SIZE = 2.0**40
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -214,12 +217,16 @@ class _Table:
             raise self._fail(key, "true or false")
         return v
 
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+    def number(self, key: str, default: float, minimum: float = 0.0,
+               maximum: float = MAX_SECONDS) -> float:
         v = self._get(key)
         if v is None:
             return default
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= minimum:
-            raise self._fail(key, f"a number > {minimum:g}")
+        # TOML has nan and inf; nan passes any comparison, and inf (or 1e300) overflows
+        # socket timeouts and timedelta only when the gateway runs
+        if (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                or not minimum < v <= maximum):
+            raise self._fail(key, f"a number > {minimum:g} and <= {maximum:.0f}")
         return float(v)
 
     def path(self, key: str) -> Path | None:
@@ -304,7 +311,9 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     top = _Table(data, "", base)
     listen = parse_hostport(top.text("listen", DEFAULT_LISTEN), "listen")
     next_hop = parse_hostport(top.text("next_hop", DEFAULT_NEXT_HOP), "next_hop")
-    size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024)
+    size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
+    if size != int(size):
+        raise ConfigError("max_message_size: expected a whole number of bytes")
 
     dt = top.table("directory")
     url = dt.text("url")
