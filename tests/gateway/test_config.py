@@ -66,6 +66,14 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
         ({"max_message_size": float("nan")}, "max_message_size"),
         ({"max_message_size": float("inf")}, "max_message_size"),
         ({"max_message_size": 1024.5}, "max_message_size"),
+        # no TLS, no authentication: anyone reaching it could relay and have mail signed
+        ({"listen": "0.0.0.0:10025"}, "listen: 0.0.0.0 is not a loopback address"),
+        ({"listen": "[::]:10025"}, "listen: :: is not a loopback address"),
+        ({"listen": "192.0.2.7:10025"}, "listen: 192.0.2.7 is not a loopback address"),
+        # a mail loop: every message re-enters the gateway until the timeouts
+        ({"next_hop": "127.0.0.1:10025"}, "next_hop: .* is where the gateway listens"),
+        ({"listen": "localhost:2525", "next_hop": "[::1]:2525"}, "where the gateway listens"),
+        ({"next_hop": "127.0.0.1:0"}, "next_hop"),
         ({"scan": {"command": "x", "entry_point": "y"}}, "either"),
         (
             {"policy": {"sign_all_outbound": True},
@@ -79,6 +87,14 @@ def test_bad_settings_are_refused_with_the_setting_named(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(data, tmp_path)
+
+
+def test_loopback_listen_addresses_and_host_names_are_accepted(tmp_path: Path) -> None:
+    for listen in ("127.0.0.1:2525", "[::1]:2525", "localhost:2525"):
+        assert parse_config({"listen": listen}, tmp_path).listen.port == 2525
+    cfg = parse_config({"listen": "127.0.0.1:2525", "next_hop": "mx.example.net:2525"},
+                       tmp_path)
+    assert cfg.next_hop.host == "mx.example.net"
 
 
 def test_scan_command_string_is_split_like_a_shell(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from keypost.core.address import normalize_domain
 from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, UrlProblem, parse_directory_url
 from keypost.core.errors import AddressError
+from keypost.core.netaddr import is_loopback_host
 from keypost.gateway.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:10025"
@@ -140,6 +141,28 @@ def parse_hostport(text: object, what: str) -> HostPort:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what}: expected \"host:port\", got {text!r}")
     return HostPort(host, int(port))
+
+
+def _loopback(host: str) -> bool:
+    return is_loopback_host(host, localhost_name=True)
+
+
+def check_addresses(listen: HostPort, next_hop: HostPort) -> None:
+    """The gateway speaks SMTP without TLS or authentication and signs, decrypts and
+    relays for whoever connects: only the MTA on the same host may reach it. And it must
+    not relay to itself (each message would come back until the timeouts ran out)."""
+    if not _loopback(listen.host):
+        raise ConfigError(
+            f"listen: {listen.host} is not a loopback address; the gateway has no TLS or "
+            "authentication, so anyone reaching it could relay through the next hop and "
+            "have mail signed or decrypted: run it beside the MTA on 127.0.0.1 or [::1]"
+        )
+    if next_hop.port == 0:
+        raise ConfigError("next_hop: port 0 names no server")
+    same_host = next_hop.host.lower() == listen.host.lower() or _loopback(next_hop.host)
+    if next_hop.port == listen.port and same_host:
+        raise ConfigError(f"next_hop: {next_hop} is where the gateway listens (a mail loop); "
+                          "point it at the MTA's re-injection port")
 
 
 def directory_url(url: str, ldap_base: str = "") -> DirectoryUrl:
@@ -311,6 +334,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     top = _Table(data, "", base)
     listen = parse_hostport(top.text("listen", DEFAULT_LISTEN), "listen")
     next_hop = parse_hostport(top.text("next_hop", DEFAULT_NEXT_HOP), "next_hop")
+    check_addresses(listen, next_hop)
     size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
     if size != int(size):
         raise ConfigError("max_message_size: expected a whole number of bytes")
