@@ -74,6 +74,9 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
         ({"next_hop": "127.0.0.1:10025"}, "next_hop: .* is where the gateway listens"),
         ({"listen": "localhost:2525", "next_hop": "[::1]:2525"}, "where the gateway listens"),
         ({"next_hop": "127.0.0.1:0"}, "next_hop"),
+        # EHLO name and greeting: a line break would inject a command into the next hop
+        ({"hostname": "gw.example.com\r\nRSET"}, "hostname"),
+        ({"hostname": "gw example"}, "hostname"),
         ({"scan": {"command": "x", "entry_point": "y"}}, "either"),
         (
             {"policy": {"sign_all_outbound": True},
@@ -92,9 +95,9 @@ def test_bad_settings_are_refused_with_the_setting_named(
 def test_loopback_listen_addresses_and_host_names_are_accepted(tmp_path: Path) -> None:
     for listen in ("127.0.0.1:2525", "[::1]:2525", "localhost:2525"):
         assert parse_config({"listen": listen}, tmp_path).listen.port == 2525
-    cfg = parse_config({"listen": "127.0.0.1:2525", "next_hop": "mx.example.net:2525"},
-                       tmp_path)
-    assert cfg.next_hop.host == "mx.example.net"
+    cfg = parse_config({"listen": "127.0.0.1:2525", "next_hop": "mx.example.net:2525",
+                        "hostname": "gw-1.mail.example.com"}, tmp_path)
+    assert cfg.next_hop.host == "mx.example.net" and cfg.hostname == "gw-1.mail.example.com"
 
 
 def test_scan_command_string_is_split_like_a_shell(tmp_path: Path) -> None:

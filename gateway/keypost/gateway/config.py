@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import math
+import re
 import shlex
 import tomllib
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ DEFAULT_NEXT_HOP = "127.0.0.1:10026"
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 DEFAULT_QUARANTINE = "quarantine"
 DEFAULT_LDAP_BASE = "dc=keypost"
+DEFAULT_HOSTNAME = "keypost-gateway"
 MAX_SECONDS = 86400.0  # timeouts and cache times: a day at most
 MAX_MESSAGE_SIZE = 2.0**40
 
@@ -116,7 +118,7 @@ class GatewayConfig:
         default_factory=lambda: parse_hostport(DEFAULT_NEXT_HOP, "next_hop")
     )
     protocol: str = "smtp"  # what `listen` speaks: "smtp" or "lmtp" (one reply per recipient)
-    hostname: str = "keypost-gateway"
+    hostname: str = DEFAULT_HOSTNAME
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
     log_level: str = "info"
@@ -280,6 +282,18 @@ class _Table:
             raise ConfigError(f"unknown setting {self.where}{unknown[0]}")
 
 
+# letters, digits and inner hyphens per label (RFC 1123); it goes into EHLO, the greeting
+# and the addresses of notices, where a space or a line break would break or inject commands
+_HOSTNAME = re.compile(r"(?!.{254})[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                       r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*", re.IGNORECASE)
+
+
+def _hostname(name: str) -> str:
+    if not name.isascii() or not _HOSTNAME.fullmatch(name):
+        raise ConfigError(f"hostname: expected a host name like gw.example.com, got {name!r}")
+    return name
+
+
 def _enum(cls: type[E], value: str | None, default: E, where: str) -> E:
     if value is None:
         return default
@@ -416,7 +430,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         listen=listen,
         next_hop=next_hop,
         protocol=protocol,
-        hostname=top.text("hostname", "keypost-gateway") or "keypost-gateway",
+        hostname=_hostname(top.text("hostname", DEFAULT_HOSTNAME) or DEFAULT_HOSTNAME),
         max_message_size=int(size),
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,
         log_level=level,
