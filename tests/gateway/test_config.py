@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -157,3 +158,37 @@ def test_check_config_refuses_loose_keys_and_prints_no_secrets(tmp_path: Path, p
         os.chmod(pki.path("enc-retired.key"), 0o600)
     assert bad.returncode == 1
     assert "readable by others" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("directory", "domain", "message"),
+    [
+        # serve stopped with a UnicodeDecodeError traceback
+        ('username = "gw"\npassword_file = "pw-latin1"', "", "directory password"),
+        # ldap3 raised LDAPSSLConfigurationError (a traceback); over https every request
+        # failed later (requests raises OSError for it): 451 for all mail after "OK"
+        ('tls_ca = "nope.pem"', "", "directory.tls_ca: .*nope.pem"),
+        ('tls_ca = "enc-current.key"', "", "directory.tls_ca: .*no PEM certificate"),
+        ('url = "https://127.0.0.1:8443"\ntls_ca = "nope.pem"', "", "directory.tls_ca"),
+        # ldap3 refuses a simple bind without a password: every search a 451 after "OK"
+        ('username = "gw"', "", "directory.username: .*password_file or password_env"),
+        ('password_file = "pw"', "", "directory.password_file: .*username"),
+        ('username = "gw"\npassword_file = "pw"\npassword_env = "PW"', "",
+         "directory: set either password_file or password_env"),
+        ("", 'key_passphrase_file = "pw"\nkey_passphrase_env = "PW"',
+         r"domain\[0\]: set either key_passphrase_file or key_passphrase_env"),
+    ],
+)
+def test_directory_settings_serve_would_fail_on_are_refused_by_check_config(
+    tmp_path: Path, pki: Pki, directory: str, domain: str, message: str
+) -> None:
+    write_private(pki.path("pw"), b"pw\n")
+    write_private(pki.path("pw-latin1"), "pässwort\n".encode("latin-1"))
+    url = "" if "url =" in directory else 'url = "ldaps://127.0.0.1:6360"\n'
+    cfg = pki.config(2525, directory=f'{url}trust_anchor = "ca.pem"\n{directory}',
+                     domain_extra=domain)
+    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert re.search(message, done.stderr), done.stderr

@@ -304,6 +304,13 @@ def _enum(cls: type[E], value: str | None, default: E, where: str) -> E:
         raise ConfigError(f"{where}: expected one of {choices}, got {value!r}") from None
 
 
+def _one_source(file: Path | None, env: str | None, where: str, what: str) -> None:
+    """A secret comes from a file or from the environment; with both, one would be
+    silently ignored."""
+    if file is not None and env:
+        raise ConfigError(f"{where}: set either {what}_file or {what}_env, not both")
+
+
 def _domain(t: _Table) -> DomainConfig:
     raw = t.text("name")
     if not raw:
@@ -322,6 +329,8 @@ def _domain(t: _Table) -> DomainConfig:
         key_passphrase_file=t.path("key_passphrase_file"),
         key_passphrase_env=t.text("key_passphrase_env"),
     )
+    _one_source(d.key_passphrase_file, d.key_passphrase_env, t.where.rstrip("."),
+                "key_passphrase")
     t.finish()
     return d
 
@@ -368,6 +377,15 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         negative_cache=dt.number("negative_cache", 60.0),
     )
     dt.finish()
+    _one_source(directory.password_file, directory.password_env, "directory", "password")
+    if directory.password_file or directory.password_env:
+        if not directory.username:
+            which = "password_file" if directory.password_file else "password_env"
+            raise ConfigError(f"directory.{which}: the password needs a username (the "
+                              "directory's gateway account)")
+    elif directory.username and directory.url is not None:
+        raise ConfigError(f"directory.username: {directory.username} needs a password: set "
+                          "password_file or password_env")
     if directory.url is not None:
         refusal = transport_refusal(directory.url, directory.starttls)  # reads the URL too
         if refusal:
