@@ -83,6 +83,19 @@ def test_a_quarantine_path_that_is_no_folder_is_an_error(tmp_path: Path) -> None
         Maildir(tmp_path / "q" / "deeper").ensure()
 
 
+def test_check_config_refuses_a_quarantine_serve_could_not_create(tmp_path: Path, pki: Pki) -> None:
+    """check-config said OK and serve then stopped with "Not a directory"."""
+    (tmp_path / "file").write_bytes(b"")
+    for where in (tmp_path / "file" / "q", tmp_path / "file"):
+        cfg = pki.config(next_hop=free_port(), quarantine=str(where))
+        done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.splitlines() == [
+            f"keypost: error: quarantine_dir: {tmp_path / 'file'} is not a folder"]
+        assert not (tmp_path / "file").is_dir()
+
+
 def test_a_message_cannot_rewrite_its_own_envelope(tmp_path: Path) -> None:
     """Held outbound clear text starts with lines its sender chose: named like the envelope,
     they must stay message, or a release would go to other recipients without the outbound
