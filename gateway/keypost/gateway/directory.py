@@ -156,9 +156,14 @@ class LdapFetcher:
                         self.base, flt, attributes=["userCertificate;binary"], size_limit=2
                     )
                     result = self.conn.result or {}
-                    if not ok and result.get("result", 0) not in (0, 4, 32):
+                    # 4 sizeLimitExceeded still carries entries. Not 32 noSuchObject: the
+                    # directory answers every address under its suffix, so that is a wrong
+                    # `base`, and "no certificate" would send clear text per policy.
+                    if not ok and result.get("result", 0) not in (0, 4):
                         raise DirectoryUnavailable(
                             f"directory search failed ({result.get('description', 'error')})"
+                            + (f"; is base {self.base!r} the directory's suffix?"
+                               if result.get("result") == 32 else "")
                         )
                     return self._certificates(self.conn.response or [])
                 except (LDAPException, OSError) as exc:
