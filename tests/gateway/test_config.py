@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -57,6 +58,26 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
         ({"domain": [{"name": "example.com"}]}, "encryption_keys"),
         ({"domain": [{"name": "bad domain", "encryption_keys": ["k"]}]}, "name"),
         ({"timeouts": {"scan": -1}}, "timeouts.scan"),
+        # nan passed `<= 0` (every message then timed out at once or failed in smtplib);
+        # inf or 1e300 overflowed socket.settimeout and timedelta, after check-config said OK
+        ({"timeouts": {"processing": float("nan")}}, "timeouts.processing"),
+        ({"timeouts": {"next_hop": float("inf")}}, "timeouts.next_hop"),
+        ({"timeouts": {"smtp_session": 1e300}}, "timeouts.smtp_session"),
+        ({"directory": {"negative_cache": float("nan")}}, "directory.negative_cache"),
+        ({"max_message_size": float("nan")}, "max_message_size"),
+        ({"max_message_size": float("inf")}, "max_message_size"),
+        ({"max_message_size": 1024.5}, "max_message_size"),
+        # no TLS, no authentication: anyone reaching it could relay and have mail signed
+        ({"listen": "0.0.0.0:10025"}, "listen: 0.0.0.0 is not a loopback address"),
+        ({"listen": "[::]:10025"}, "listen: :: is not a loopback address"),
+        ({"listen": "192.0.2.7:10025"}, "listen: 192.0.2.7 is not a loopback address"),
+        # a mail loop: every message re-enters the gateway until the timeouts
+        ({"next_hop": "127.0.0.1:10025"}, "next_hop: .* is where the gateway listens"),
+        ({"listen": "localhost:2525", "next_hop": "[::1]:2525"}, "where the gateway listens"),
+        ({"next_hop": "127.0.0.1:0"}, "next_hop"),
+        # EHLO name and greeting: a line break would inject a command into the next hop
+        ({"hostname": "gw.example.com\r\nRSET"}, "hostname"),
+        ({"hostname": "gw example"}, "hostname"),
         ({"scan": {"command": "x", "entry_point": "y"}}, "either"),
         (
             {"policy": {"sign_all_outbound": True},
@@ -70,6 +91,14 @@ def test_bad_settings_are_refused_with_the_setting_named(
 ) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_config(data, tmp_path)
+
+
+def test_loopback_listen_addresses_and_host_names_are_accepted(tmp_path: Path) -> None:
+    for listen in ("127.0.0.1:2525", "[::1]:2525", "localhost:2525"):
+        assert parse_config({"listen": listen}, tmp_path).listen.port == 2525
+    cfg = parse_config({"listen": "127.0.0.1:2525", "next_hop": "mx.example.net:2525",
+                        "hostname": "gw-1.mail.example.com"}, tmp_path)
+    assert cfg.next_hop.host == "mx.example.net" and cfg.hostname == "gw-1.mail.example.com"
 
 
 def test_scan_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
@@ -129,3 +158,37 @@ def test_check_config_refuses_loose_keys_and_prints_no_secrets(tmp_path: Path, p
         os.chmod(pki.path("enc-retired.key"), 0o600)
     assert bad.returncode == 1
     assert "readable by others" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("directory", "domain", "message"),
+    [
+        # serve stopped with a UnicodeDecodeError traceback
+        ('username = "gw"\npassword_file = "pw-latin1"', "", "directory password"),
+        # ldap3 raised LDAPSSLConfigurationError (a traceback); over https every request
+        # failed later (requests raises OSError for it): 451 for all mail after "OK"
+        ('tls_ca = "nope.pem"', "", "directory.tls_ca: .*nope.pem"),
+        ('tls_ca = "enc-current.key"', "", "directory.tls_ca: .*no PEM certificate"),
+        ('url = "https://127.0.0.1:8443"\ntls_ca = "nope.pem"', "", "directory.tls_ca"),
+        # ldap3 refuses a simple bind without a password: every search a 451 after "OK"
+        ('username = "gw"', "", "directory.username: .*password_file or password_env"),
+        ('password_file = "pw"', "", "directory.password_file: .*username"),
+        ('username = "gw"\npassword_file = "pw"\npassword_env = "PW"', "",
+         "directory: set either password_file or password_env"),
+        ("", 'key_passphrase_file = "pw"\nkey_passphrase_env = "PW"',
+         r"domain\[0\]: set either key_passphrase_file or key_passphrase_env"),
+    ],
+)
+def test_directory_settings_serve_would_fail_on_are_refused_by_check_config(
+    tmp_path: Path, pki: Pki, directory: str, domain: str, message: str
+) -> None:
+    write_private(pki.path("pw"), b"pw\n")
+    write_private(pki.path("pw-latin1"), "pässwort\n".encode("latin-1"))
+    url = "" if "url =" in directory else 'url = "ldaps://127.0.0.1:6360"\n'
+    cfg = pki.config(2525, directory=f'{url}trust_anchor = "ca.pem"\n{directory}',
+                     domain_extra=domain)
+    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stdout
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert re.search(message, done.stderr), done.stderr

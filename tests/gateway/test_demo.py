@@ -52,3 +52,15 @@ def test_demo_gateway_decrypts_what_an_outsider_sends(
     assert len(folders) == 9  # gateway/, inbox/ and quarantine/ with tmp, new, cur each
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {
         str(p): "0o700" for p in folders}
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    """--port 70000 reached socket.bind, whose OverflowError ended in a traceback."""
+    for port in ("70000", "-1", "x"):
+        done = subprocess.run(
+            [*KEYPOST, "gateway", "demo", "--data", str(tmp_path), "--directory",
+             "ldap://127.0.0.1:1/dc=keypost", "--port", port],
+            capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done.stderr
+        assert len(done.stderr.splitlines()) == 1 and "--port" in done.stderr, done.stderr
+    assert list(tmp_path.iterdir()) == []

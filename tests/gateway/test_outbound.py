@@ -308,6 +308,24 @@ def test_directory_down_defers_only_mail_that_needs_it(
     assert len(sink.handler.messages) == 2
 
 
+def test_a_search_base_the_directory_does_not_know_defers_instead_of_sending_clear(
+    pki: Pki, world: DirectoryWorld, sink: Sink
+) -> None:
+    """A mistyped `base` makes every search answer noSuchObject (32). Read as "no
+    certificate", it sent carol's mail in clear under policy clear (she has a genuine
+    certificate) and bounced it under encrypt-only: it says nothing about carol."""
+    cfg = pki.config(sink.port, extra='[policy]\noutbound_no_genuine = "clear"',
+                     directory=world.gateway_directory_lines() + 'base = "dc=keypsot"\n')
+    with running_gateway(cfg) as g:
+        code, text = send(g.port, ALICE, [CAROL],
+                          _only_to_our_gateway(world, CAROL, "not in clear"))
+    assert code == 451 and "noSuchObject" in text, text
+    assert sink.handler.messages == []
+    check = subprocess.run([*KEYPOST, "gateway", "check-config", "--connect", "--config",
+                            str(cfg)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 1 and "noSuchObject" in check.stderr, check.stdout
+
+
 # --- the other ways to reach the directory ----------------------------------------------
 
 

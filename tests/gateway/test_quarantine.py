@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from gw_support import KEYPOST, Pki, free_port
+from gw_support import KEYPOST, Pki, Sink, free_port
 
 from keypost.gateway.quarantine import Maildir, Onward, held_messages
 
@@ -83,6 +83,19 @@ def test_a_quarantine_path_that_is_no_folder_is_an_error(tmp_path: Path) -> None
         Maildir(tmp_path / "q" / "deeper").ensure()
 
 
+def test_check_config_refuses_a_quarantine_serve_could_not_create(tmp_path: Path, pki: Pki) -> None:
+    """check-config said OK and serve then stopped with "Not a directory"."""
+    (tmp_path / "file").write_bytes(b"")
+    for where in (tmp_path / "file" / "q", tmp_path / "file"):
+        cfg = pki.config(next_hop=free_port(), quarantine=str(where))
+        done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1, done.stdout
+        assert done.stderr.splitlines() == [
+            f"keypost: error: quarantine_dir: {tmp_path / 'file'} is not a folder"]
+        assert not (tmp_path / "file").is_dir()
+
+
 def test_a_message_cannot_rewrite_its_own_envelope(tmp_path: Path) -> None:
     """Held outbound clear text starts with lines its sender chose: named like the envelope,
     they must stay message, or a release would go to other recipients without the outbound
@@ -129,3 +142,71 @@ def test_recipients_with_a_comma_in_a_quoted_local_part_are_kept_whole(tmp_path:
     box.store(b"Subject: x\r\n\r\nbody\r\n", '"s,t"@outside.test', rcpts, "held", None)
     [held] = held_messages(box.root)
     assert held.rcpts == tuple(rcpts) and held.mail_from == '"s,t"@outside.test'
+
+
+# --- releasing: each recipient gets its copy, or the message stays held for it ------------
+
+
+def _release(cfg: Path, *qids: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "release",
+                           *qids], capture_output=True, text=True, timeout=120)
+
+
+def test_a_recipient_the_next_hop_defers_on_release_stays_held(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """The next hop takes one recipient and defers the other: the release must not report
+    both as released and file the message as done, which lost the deferred copy."""
+    box = Maildir(tmp_path / "q")
+    qid = box.store(b"Subject: x\r\n\r\nreviewed\r\n", "s@outside.test",
+                    ["alice@example.com", "busy@example.com"], "scan: held", None)
+    sink.handler.defer = {"busy@example.com"}
+    done = _release(pki.config(sink.port, quarantine=str(box.root)), qid)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "busy@example.com" in done.stderr and "still held" in done.stderr
+    [got] = sink.handler.messages
+    assert got.rcpt_tos == ["alice@example.com"]
+    [kept] = held_messages(box.root)
+    assert kept.rcpts == ("busy@example.com",) and kept.message.endswith(b"reviewed\r\n")
+    assert kept.qid in done.stderr and kept.qid != qid
+    sink.handler.defer = set()
+    again = _release(pki.config(sink.port, quarantine=str(box.root)), kept.qid)
+    assert again.returncode == 0, again.stderr
+    assert [m.rcpt_tos for m in sink.handler.messages] == [["alice@example.com"],
+                                                          ["busy@example.com"]]
+    assert held_messages(box.root) == []
+
+
+def test_a_release_failing_after_a_first_group_is_not_sent_twice(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """Inside and outside recipients leave in separate transactions; when the second fails,
+    a retry of the whole entry would give the first its copy again."""
+    box = Maildir(tmp_path / "q")
+    msg = b"From: alice@example.com\r\nSubject: x\r\n\r\nreviewed\r\n"
+    qid = box.store(msg, "alice@example.com", ["colleague@example.com", "carol@elsewhere.net"],
+                    "scan: held", Onward())
+    sink.handler.refuse = {"carol@elsewhere.net"}
+    cfg = pki.config(sink.port, quarantine=str(box.root))
+    done = _release(cfg, qid)
+    assert done.returncode == 1 and len(done.stderr.splitlines()) == 1, done.stderr
+    assert "carol@elsewhere.net" in done.stderr and "550" in done.stderr
+    assert [m.rcpt_tos for m in sink.handler.messages] == [["colleague@example.com"]]
+    [kept] = held_messages(box.root)
+    assert kept.rcpts == ("carol@elsewhere.net",) and kept.onward == Onward()
+    sink.handler.refuse = set()
+    assert _release(cfg, kept.qid).returncode == 0
+    assert [m.rcpt_tos for m in sink.handler.messages] == [["colleague@example.com"],
+                                                          ["carol@elsewhere.net"]]
+
+
+def test_a_release_the_next_hop_refuses_entirely_keeps_the_entry(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    box = Maildir(tmp_path / "q")
+    qid = box.store(b"Subject: x\r\n\r\nreviewed\r\n", "s@outside.test", ["alice@example.com"],
+                    "scan: held", None)
+    done = _release(pki.config(free_port(), quarantine=str(box.root)), qid)  # nobody there
+    assert done.returncode == 1, done.stderr
+    assert f"{qid} not released (still held)" in done.stderr.splitlines()[-1]
+    assert [h.qid for h in held_messages(box.root)] == [qid]

@@ -10,9 +10,10 @@ from pathlib import Path
 from keypost.core.address import parse_address
 from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
-from keypost.gateway.errors import ConfigError, DirectoryUnavailable, ReleaseRefused
-from keypost.gateway.pipeline import Action, same_public_key
-from keypost.gateway.quarantine import Maildir, held_messages, loose_warning, mark_released
+from keypost.gateway.errors import ConfigError, DirectoryUnavailable
+from keypost.gateway.pipeline import same_public_key
+from keypost.gateway.quarantine import Maildir, held_messages, loose_warning
+from keypost.gateway.release import release_held
 from keypost.gateway.serve import Gateway, build, run
 
 
@@ -132,13 +133,6 @@ def _quarantine(args: argparse.Namespace) -> int:
     gw = build(cfg)  # keys and directory: outbound mail gets the steps the hold interrupted
     for qid in args.ids:
         found = held[qid]
-        outcomes = gw.pipeline.release(found.mail_from, found.rcpts, found.message,
-                                       found.onward)
-        refused = [o for o in outcomes if o.action is not Action.RELAY]
-        if refused:
-            raise ReleaseRefused(f"{qid} not released (still held): {refused[0].reply}")
-        for o in outcomes:
-            gw.handler.relay.send(found.mail_from, o.recipients, o.message)
-        mark_released(root, qid)
+        release_held(gw.pipeline, gw.handler.relay, gw.handler.quarantine, found)
         print(f"released {qid} to {', '.join(found.rcpts)} via {cfg.next_hop}")
     return 0

@@ -8,6 +8,8 @@ named here, never written into the configuration itself.
 from __future__ import annotations
 
 import enum
+import math
+import re
 import shlex
 import tomllib
 from collections.abc import Mapping
@@ -18,6 +20,7 @@ from typing import Any, TypeVar
 from keypost.core.address import normalize_domain
 from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, UrlProblem, parse_directory_url
 from keypost.core.errors import AddressError
+from keypost.core.netaddr import is_loopback_host
 from keypost.gateway.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:10025"
@@ -25,6 +28,9 @@ DEFAULT_NEXT_HOP = "127.0.0.1:10026"
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 DEFAULT_QUARANTINE = "quarantine"
 DEFAULT_LDAP_BASE = "dc=keypost"
+DEFAULT_HOSTNAME = "keypost-gateway"
+MAX_SECONDS = 86400.0  # timeouts and cache times: a day at most
+MAX_MESSAGE_SIZE = 2.0**40
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -112,7 +118,7 @@ class GatewayConfig:
         default_factory=lambda: parse_hostport(DEFAULT_NEXT_HOP, "next_hop")
     )
     protocol: str = "smtp"  # what `listen` speaks: "smtp" or "lmtp" (one reply per recipient)
-    hostname: str = "keypost-gateway"
+    hostname: str = DEFAULT_HOSTNAME
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
     log_level: str = "info"
@@ -137,6 +143,28 @@ def parse_hostport(text: object, what: str) -> HostPort:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f"{what}: expected \"host:port\", got {text!r}")
     return HostPort(host, int(port))
+
+
+def _loopback(host: str) -> bool:
+    return is_loopback_host(host, localhost_name=True)
+
+
+def check_addresses(listen: HostPort, next_hop: HostPort) -> None:
+    """The gateway speaks SMTP without TLS or authentication and signs, decrypts and
+    relays for whoever connects: only the MTA on the same host may reach it. And it must
+    not relay to itself (each message would come back until the timeouts ran out)."""
+    if not _loopback(listen.host):
+        raise ConfigError(
+            f"listen: {listen.host} is not a loopback address; the gateway has no TLS or "
+            "authentication, so anyone reaching it could relay through the next hop and "
+            "have mail signed or decrypted: run it beside the MTA on 127.0.0.1 or [::1]"
+        )
+    if next_hop.port == 0:
+        raise ConfigError("next_hop: port 0 names no server")
+    same_host = next_hop.host.lower() == listen.host.lower() or _loopback(next_hop.host)
+    if next_hop.port == listen.port and same_host:
+        raise ConfigError(f"next_hop: {next_hop} is where the gateway listens (a mail loop); "
+                          "point it at the MTA's re-injection port")
 
 
 def directory_url(url: str, ldap_base: str = "") -> DirectoryUrl:
@@ -214,12 +242,16 @@ class _Table:
             raise self._fail(key, "true or false")
         return v
 
-    def number(self, key: str, default: float, minimum: float = 0.0) -> float:
+    def number(self, key: str, default: float, minimum: float = 0.0,
+               maximum: float = MAX_SECONDS) -> float:
         v = self._get(key)
         if v is None:
             return default
-        if isinstance(v, bool) or not isinstance(v, int | float) or v <= minimum:
-            raise self._fail(key, f"a number > {minimum:g}")
+        # TOML has nan and inf; nan passes any comparison, and inf (or 1e300) overflows
+        # socket timeouts and timedelta only when the gateway runs
+        if (isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v)
+                or not minimum < v <= maximum):
+            raise self._fail(key, f"a number > {minimum:g} and <= {maximum:.0f}")
         return float(v)
 
     def path(self, key: str) -> Path | None:
@@ -250,6 +282,18 @@ class _Table:
             raise ConfigError(f"unknown setting {self.where}{unknown[0]}")
 
 
+# letters, digits and inner hyphens per label (RFC 1123); it goes into EHLO, the greeting
+# and the addresses of notices, where a space or a line break would break or inject commands
+_HOSTNAME = re.compile(r"(?!.{254})[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                       r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*", re.IGNORECASE)
+
+
+def _hostname(name: str) -> str:
+    if not name.isascii() or not _HOSTNAME.fullmatch(name):
+        raise ConfigError(f"hostname: expected a host name like gw.example.com, got {name!r}")
+    return name
+
+
 def _enum(cls: type[E], value: str | None, default: E, where: str) -> E:
     if value is None:
         return default
@@ -258,6 +302,13 @@ def _enum(cls: type[E], value: str | None, default: E, where: str) -> E:
     except ValueError:
         choices = " | ".join(repr(m.value) for m in cls)
         raise ConfigError(f"{where}: expected one of {choices}, got {value!r}") from None
+
+
+def _one_source(file: Path | None, env: str | None, where: str, what: str) -> None:
+    """A secret comes from a file or from the environment; with both, one would be
+    silently ignored."""
+    if file is not None and env:
+        raise ConfigError(f"{where}: set either {what}_file or {what}_env, not both")
 
 
 def _domain(t: _Table) -> DomainConfig:
@@ -278,6 +329,8 @@ def _domain(t: _Table) -> DomainConfig:
         key_passphrase_file=t.path("key_passphrase_file"),
         key_passphrase_env=t.text("key_passphrase_env"),
     )
+    _one_source(d.key_passphrase_file, d.key_passphrase_env, t.where.rstrip("."),
+                "key_passphrase")
     t.finish()
     return d
 
@@ -304,7 +357,10 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     top = _Table(data, "", base)
     listen = parse_hostport(top.text("listen", DEFAULT_LISTEN), "listen")
     next_hop = parse_hostport(top.text("next_hop", DEFAULT_NEXT_HOP), "next_hop")
-    size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024)
+    check_addresses(listen, next_hop)
+    size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
+    if size != int(size):
+        raise ConfigError("max_message_size: expected a whole number of bytes")
 
     dt = top.table("directory")
     url = dt.text("url")
@@ -321,6 +377,15 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         negative_cache=dt.number("negative_cache", 60.0),
     )
     dt.finish()
+    _one_source(directory.password_file, directory.password_env, "directory", "password")
+    if directory.password_file or directory.password_env:
+        if not directory.username:
+            which = "password_file" if directory.password_file else "password_env"
+            raise ConfigError(f"directory.{which}: the password needs a username (the "
+                              "directory's gateway account)")
+    elif directory.username and directory.url is not None:
+        raise ConfigError(f"directory.username: {directory.username} needs a password: set "
+                          "password_file or password_env")
     if directory.url is not None:
         refusal = transport_refusal(directory.url, directory.starttls)  # reads the URL too
         if refusal:
@@ -383,7 +448,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         listen=listen,
         next_hop=next_hop,
         protocol=protocol,
-        hostname=top.text("hostname", "keypost-gateway") or "keypost-gateway",
+        hostname=_hostname(top.text("hostname", DEFAULT_HOSTNAME) or DEFAULT_HOSTNAME),
         max_message_size=int(size),
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,
         log_level=level,

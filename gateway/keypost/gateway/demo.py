@@ -162,13 +162,21 @@ def cmd_demo_send(args: argparse.Namespace) -> int:
     return 1
 
 
+def _port_number(text: str) -> int:
+    """argparse type: a TCP port, so that socket.bind never sees one out of range."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0 .. 65535, got {text!r}")
+    return int(text)
+
+
 def register_demo(gsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo = gsub.add_parser("demo", help="the demo domain's gateway with a local inbox (start)")
     demo.add_argument("--data", default="keypost-data", help="keypost start's data folder")
     demo.add_argument("--directory", required=True, metavar="URL", help="directory LDAP URL")
     demo.add_argument("--domain", default="example.com")
     demo.add_argument("--account", default="gateway", help="the gateway account's name")
-    demo.add_argument("--port", type=int, default=DEMO_PORT, help="preferred SMTP port")
+    demo.add_argument("--port", type=_port_number, default=DEMO_PORT,
+                      help="preferred SMTP port (0: any free one)")
     demo.set_defaults(func=cmd_demo)
     send = gsub.add_parser("demo-send", help="send an encrypted test message through the demo")
     send.add_argument("--data", default="keypost-data")

@@ -156,9 +156,14 @@ class LdapFetcher:
                         self.base, flt, attributes=["userCertificate;binary"], size_limit=2
                     )
                     result = self.conn.result or {}
-                    if not ok and result.get("result", 0) not in (0, 4, 32):
+                    # 4 sizeLimitExceeded still carries entries. Not 32 noSuchObject: the
+                    # directory answers every address under its suffix, so that is a wrong
+                    # `base`, and "no certificate" would send clear text per policy.
+                    if not ok and result.get("result", 0) not in (0, 4):
                         raise DirectoryUnavailable(
                             f"directory search failed ({result.get('description', 'error')})"
+                            + (f"; is base {self.base!r} the directory's suffix?"
+                               if result.get("result") == 32 else "")
                         )
                     return self._certificates(self.conn.response or [])
                 except (LDAPException, OSError) as exc:
@@ -328,6 +333,17 @@ def load_trust_anchors(cfg: DirectoryConfig) -> list[x509.Certificate]:
     return _load_pem_files([cfg.trust_anchor] if cfg.trust_anchor else [], "trust_anchor")
 
 
+def check_tls_ca(path: Path) -> None:
+    """Load `tls_ca` as the TLS clients will (ldap3 would raise at start, requests on
+    every request), so a bad file stops check-config and serve in one line."""
+    try:
+        ssl.create_default_context(cafile=str(path))
+    except ssl.SSLError:
+        raise ConfigError(f"directory.tls_ca: {path}: no PEM certificate in it") from None
+    except OSError as exc:
+        raise ConfigError(f"directory.tls_ca: cannot read {path}: {exc.strerror}") from None
+
+
 def make_directory(
     cfg: DirectoryConfig, timeout: float, anchors: Sequence[x509.Certificate]
 ) -> DirectoryClient:
@@ -337,8 +353,13 @@ def make_directory(
     if refusal:
         raise ConfigError(refusal)
     password = read_secret(cfg.password_file, cfg.password_env, "directory password")
-    pw = password.decode() if password is not None else None
+    try:
+        pw = password.decode() if password is not None else None
+    except UnicodeDecodeError:
+        raise ConfigError("directory password: not UTF-8 text") from None
     roots = _load_pem_files(cfg.genuine_roots, "genuine_roots")
+    if cfg.tls_ca is not None:
+        check_tls_ca(cfg.tls_ca)
     fetcher: _Fetcher
     if not directory_url(cfg.url).is_ldap:
         fetcher = HttpFetcher(cfg, pw, timeout)

@@ -87,6 +87,20 @@ class Maildir:
         for folder in self.folders:
             make_private_dirs(folder)
 
+    def problem(self) -> str | None:
+        """Why `ensure` would fail, found without creating anything (check-config), or None."""
+        for folder in self.folders:
+            if folder.exists() and not folder.is_dir():
+                return f"{folder} is not a folder"
+        parent = self.root
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            return f"{parent} is not a folder"
+        if parent != self.root and not os.access(parent, os.W_OK | os.X_OK):
+            return f"cannot create folders in {parent}"
+        return None
+
     def loose_folders(self) -> list[tuple[Path, int]]:
         """Existing folders of this Maildir that group or other may enter, with their mode."""
         out = []

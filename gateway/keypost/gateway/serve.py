@@ -14,6 +14,7 @@ from aiosmtpd.smtp import SMTP
 
 from keypost.gateway.config import GatewayConfig
 from keypost.gateway.directory import DirectoryClient, load_trust_anchors, make_directory
+from keypost.gateway.errors import ConfigError
 from keypost.gateway.handler import GatewayHandler
 from keypost.gateway.keys import DomainKeys, load_all_keys
 from keypost.gateway.pipeline import Pipeline
@@ -62,6 +63,9 @@ def build(config: GatewayConfig) -> Gateway:
         max_message_size=config.max_message_size,
     )
     quarantine = Maildir(config.quarantine_dir)  # created on first use (or by `run`)
+    problem = quarantine.problem()
+    if problem is not None:
+        raise ConfigError(f"quarantine_dir: {problem}")
     handler = GatewayHandler(
         pipeline.process,
         Relay(config.next_hop, config.timeouts.next_hop, config.hostname),
