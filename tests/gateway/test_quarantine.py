@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import stat
 import subprocess
@@ -210,3 +211,22 @@ def test_a_release_the_next_hop_refuses_entirely_keeps_the_entry(
     assert done.returncode == 1, done.stderr
     assert f"{qid} not released (still held)" in done.stderr.splitlines()[-1]
     assert [h.qid for h in held_messages(box.root)] == [qid]
+
+
+def test_a_release_already_under_way_is_not_sent_again(
+    tmp_path: Path, pki: Pki, sink: Sink
+) -> None:
+    """Two operators releasing one entry at the same moment: the second finds it locked
+    (here the test holds the lock) and is refused; nothing is sent twice."""
+    box = Maildir(tmp_path / "q")
+    qid = box.store(b"Subject: x\r\n\r\nreviewed\r\n", "s@outside.test", ["alice@example.com"],
+                    "scan: held", None)
+    cfg = pki.config(sink.port, quarantine=str(box.root))
+    with open(box.root / "new" / qid, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        busy = _release(cfg, qid)
+    assert busy.returncode == 1 and "being released by another process" in busy.stderr
+    assert sink.handler.messages == []
+    assert [h.qid for h in held_messages(box.root)] == [qid]
+    assert _release(cfg, qid).returncode == 0
+    assert len(sink.handler.messages) == 1

@@ -12,7 +12,7 @@ from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 from keypost.gateway.pipeline import same_public_key
-from keypost.gateway.quarantine import Maildir, held_messages, loose_warning
+from keypost.gateway.quarantine import Maildir, claimed, held_messages, loose_warning
 from keypost.gateway.release import release_held
 from keypost.gateway.serve import Gateway, build, run
 
@@ -132,7 +132,7 @@ def _quarantine(args: argparse.Namespace) -> int:
         raise ConfigError(f"no held message {missing[0]} in {root}")
     gw = build(cfg)  # keys and directory: outbound mail gets the steps the hold interrupted
     for qid in args.ids:
-        found = held[qid]
-        release_held(gw.pipeline, gw.handler.relay, gw.handler.quarantine, found)
+        with claimed(root, qid) as found:
+            release_held(gw.pipeline, gw.handler.relay, gw.handler.quarantine, found)
         print(f"released {qid} to {', '.join(found.rcpts)} via {cfg.next_hop}")
     return 0

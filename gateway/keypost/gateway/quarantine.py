@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import os
 import re
 import socket
 import stat
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from keypost.gateway.errors import TempFailure
+from keypost.gateway.errors import ReleaseRefused, TempFailure
 
 PRIVATE = 0o700  # held and demo-inbox mail is decrypted: for the gateway's user alone
 ONWARD_HEADER = "X-Keypost-Onward"  # the outbound steps a release must still apply
@@ -198,6 +200,29 @@ def read_held(path: Path) -> Held:
 def held_messages(root: Path) -> list[Held]:
     new = root / "new"
     return [read_held(p) for p in sorted(new.iterdir())] if new.exists() else []
+
+
+@contextlib.contextmanager
+def claimed(root: Path, qid: str) -> Iterator[Held]:
+    """The held entry `qid`, locked (flock) for as long as it is being released: a second
+    `release` of it at the same time is refused instead of sending it again. The lock
+    lives on the file, which `mark_released` moves away; whoever gets the lock after that
+    finds the entry gone and is refused too."""
+    path = root / "new" / qid
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        raise ReleaseRefused(f"{qid} is no longer held (released meanwhile?)") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ReleaseRefused(f"{qid} is being released by another process") from None
+        if not path.exists():
+            raise ReleaseRefused(f"{qid} is no longer held (released meanwhile?)")
+        yield read_held(path)
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def mark_released(root: Path, qid: str) -> None:
