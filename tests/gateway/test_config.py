@@ -55,6 +55,9 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
         ({"policy": {"outbound_no_genuine": "maybe"}}, "outbound_no_genuine"),
         ({"directory": {"url": "ftp://x"}}, "directory.url"),
         ({"directory": {"url": "ldap://x:1"}}, "trust_anchor"),
+        # a forgotten url: [directory] but trust_anchor would silently do nothing
+        ({"directory": {"username": "gw", "trust_anchor": "ca.pem"}},
+         "directory.url: missing, so directory.username"),
         ({"domain": [{"name": "example.com"}]}, "encryption_keys"),
         ({"domain": [{"name": "bad domain", "encryption_keys": ["k"]}]}, "name"),
         ({"timeouts": {"scan": -1}}, "timeouts.scan"),

@@ -386,6 +386,12 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     elif directory.username and directory.url is not None:
         raise ConfigError(f"directory.username: {directory.username} needs a password: set "
                           "password_file or password_env")
+    # Without a url only trust_anchor is used (it marks RecipientInfos as ours, inbound):
+    # a forgotten url must not pass as a configured directory connection.
+    idle = sorted(set(top._get("directory") or {}) - {"url", "trust_anchor"})
+    if directory.url is None and idle:
+        raise ConfigError(f"directory.url: missing, so directory.{idle[0]} would do nothing; "
+                          "set url or remove that setting")
     if directory.url is not None:
         refusal = transport_refusal(directory.url, directory.starttls)  # reads the URL too
         if refusal:
