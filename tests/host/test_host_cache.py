@@ -14,11 +14,12 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from host_support import configure
+from host_support import configure, ok
 
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
 from keypost.core.types import Purpose
+from keypost.host.actions import Host
 from keypost.host.cache import MAX_HIT_TTL, ContainerCache
 from keypost.host.directory_client import RawContainer
 
@@ -144,3 +145,42 @@ def test_fetched_containers_are_parsed_once_and_cached_to_their_half_life(
     half = min(start + (end - start) / 2 for start, end in ends)
     assert half == pytest.approx(min(end for _, end in ends) - 45 * 60 / 2, abs=2)
     assert entry.expires == half
+
+
+@pytest.mark.parametrize("content", [
+    "[" * 100_000 + "]" * 100_000,  # nested deeper than the JSON reader recurses
+    '{"format": 2, "entries": {"k": {"expires": 1e12, "containers": '
+    '[{"der": "AAAA", "gateway": 5}]}}}',  # a gateway that is no domain name
+    '{"format": 2, "entries": {"k": {"expires": 1e12, "containers": '
+    '[{"der": "not base64!", "gateway": null}]}}}',
+    '{"format": 2, "entries": {"k": {"expires": 1e12, "containers": {"der": "AAAA"}}}}',
+    '{"format": 2, "entries": {"k": {"expires": true, "containers": []}}}',
+])
+def test_a_damaged_cache_file_starts_the_host_cold(
+    setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path], content: str
+) -> None:
+    """The cache file is the host's own, but a crash, a full disk or another program can
+    leave anything in it: the host starts without it and answers from the directory."""
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    host_dirs[1].mkdir(exist_ok=True)
+    (host_dirs[1] / "containers.json").write_text(content, "utf-8")
+    again = Host(host_dirs[0], host_dirs[1], client_factory=factory)
+    assert again._cache._entries == {}
+    [bob] = ok(again, "lookup", recipients=["bob@example.org"])["recipients"]
+    assert bob["status"] == "ok" and bob["source"] == "directory"
+
+
+def test_a_cache_file_too_big_to_be_ours_is_not_read(
+    tmp_path: Path, issue: Issue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container, not_after = issue(None)
+    at = [NOW.timestamp()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("k", [container], not_after)
+    cache.flush()
+    size = (tmp_path / "c.json").stat().st_size
+    monkeypatch.setattr("keypost.host.cache.MAX_FILE_BYTES", size - 1)
+    assert _cache(tmp_path / "c.json", at).get("k") is None
+    monkeypatch.setattr("keypost.host.cache.MAX_FILE_BYTES", size)
+    assert _cache(tmp_path / "c.json", at).get("k") is not None

@@ -30,6 +30,8 @@ MAX_HIT_TTL = 3600.0
 # 2: hits expire by MAX_HIT_TTL and half-life. Files of format 1 held hits until 5 minutes
 # before not-after (up to a day): a new host process must not inherit them.
 FORMAT = 2
+# A bigger file is not one this host wrote (about 4 KB per address): not read at all.
+MAX_FILE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -107,7 +109,11 @@ class ContainerCache:
         self._dirty = False
 
     def _load(self, path: Path) -> None:
+        """Read the file this class writes; anything else (a crash, a full disk, another
+        program) means starting cold, never failing the host."""
         try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                return
             data = json.loads(path.read_text("utf-8"))
             if data.get("format") != FORMAT:
                 return
@@ -116,13 +122,19 @@ class ContainerCache:
                 expires = float(e["expires"])
                 if expires <= now:
                     continue
-                containers = tuple(
-                    RawContainer(base64.b64decode(c["der"]), c.get("gateway"))
-                    for c in e["containers"]
+                self._entries[str(key)] = CacheEntry(
+                    tuple(_container(c) for c in e["containers"]), expires
                 )
-                self._entries[str(key)] = CacheEntry(containers, expires)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             self._entries.clear()  # unreadable cache: start cold rather than fail
+
+
+def _container(item: dict[str, object]) -> RawContainer:
+    """One container as flush() wrote it; TypeError/ValueError for anything else."""
+    der, gateway = item["der"], item.get("gateway")
+    if not isinstance(der, str) or not (gateway is None or isinstance(gateway, str)):
+        raise TypeError("not a cached container")
+    return RawContainer(base64.b64decode(der, validate=True), gateway)
 
 
 def _half_life(containers: Sequence[RawContainer]) -> float:
