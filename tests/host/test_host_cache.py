@@ -184,3 +184,31 @@ def test_a_cache_file_too_big_to_be_ours_is_not_read(
     assert _cache(tmp_path / "c.json", at).get("k") is None
     monkeypatch.setattr("keypost.host.cache.MAX_FILE_BYTES", size)
     assert _cache(tmp_path / "c.json", at).get("k") is not None
+
+
+@pytest.mark.parametrize("ahead", [
+    dt.timedelta(days=3 * 365),  # a machine that booted with its clock years ahead
+    dt.timedelta(hours=2),
+])
+def test_entries_saved_while_the_clock_was_ahead_are_not_trusted_after_it_is_put_right(
+    tmp_path: Path, issue: Issue, ahead: dt.timedelta
+) -> None:
+    """A miss is trusted for a minute and a hit for an hour at most, also when the clock
+    they were written by was wrong: else "no container" would stick for years."""
+    container, not_after = issue(None)
+    at = [NOW.timestamp() + ahead.total_seconds()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("miss", [], None)
+    cache.put("hit", [container], not_after)
+    cache.flush()
+    at[0] = NOW.timestamp()  # the clock is put right; the same and a new process
+    assert cache.get("miss") is None and cache.get("hit") is None
+    fresh = _cache(tmp_path / "c.json", at)
+    assert fresh.get("miss") is None and fresh.get("hit") is None
+
+
+@pytest.mark.parametrize("expires", ["NaN", "Infinity", "1e300"])
+def test_an_entry_that_never_expires_is_not_read(tmp_path: Path, expires: str) -> None:
+    (tmp_path / "c.json").write_text(
+        f'{{"format": 2, "entries": {{"k": {{"expires": {expires}, "containers": []}}}}}}')
+    assert _cache(tmp_path / "c.json", [NOW.timestamp()]).get("k") is None

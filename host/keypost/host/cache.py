@@ -60,7 +60,7 @@ class ContainerCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires <= self._clock():
+        if not _fresh(entry, self._clock()):
             del self._entries[key]
             self._dirty = True
             return None
@@ -99,7 +99,7 @@ class ContainerCache:
                     ],
                 }
                 for key, e in self._entries.items()
-                if e.expires > now
+                if _fresh(e, now)
             },
         }
         try:
@@ -119,14 +119,19 @@ class ContainerCache:
                 return
             now = self._clock()
             for key, e in data["entries"].items():
-                expires = float(e["expires"])
-                if expires <= now:
-                    continue
-                self._entries[str(key)] = CacheEntry(
-                    tuple(_container(c) for c in e["containers"]), expires
-                )
+                entry = CacheEntry(tuple(_container(c) for c in e["containers"]),
+                                   float(e["expires"]))
+                if _fresh(entry, now):
+                    self._entries[str(key)] = entry
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             self._entries.clear()  # unreadable cache: start cold rather than fail
+
+
+def _fresh(entry: CacheEntry, now: float) -> bool:
+    """Not expired, and not trusted longer than an entry of its kind may be from now: an
+    expiry further ahead (written while the clock was ahead, or NaN) is not believed."""
+    longest = MAX_HIT_TTL if entry.containers else MISS_TTL
+    return now < entry.expires <= now + longest
 
 
 def _container(item: dict[str, object]) -> RawContainer:
