@@ -17,7 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from host_support import configure, ok
 
 from keypost.core.address import parse_address
-from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
+from keypost.core.containers import (
+    ContainerRequest,
+    DirectoryCA,
+    GatewayKey,
+    sha256_fingerprint,
+)
 from keypost.core.types import Purpose
 from keypost.host.actions import Host
 from keypost.host.cache import MAX_HIT_TTL, ContainerCache
@@ -136,6 +141,7 @@ def test_fetched_containers_are_parsed_once_and_cached_to_their_half_life(
     assert bob.status == "ok" and len(certs) == 2
     assert sorted(parsed) == sorted(c.public_bytes(serialization.Encoding.DER) for c in certs)
     entry = host._cache.get(ContainerCache.key("ldap://127.0.0.1:3890", "alice",
+                                               sha256_fingerprint(ca.certificate),
                                                "bob@example.org"))
     assert entry is not None
     ends = [(c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp())
@@ -212,3 +218,25 @@ def test_an_entry_that_never_expires_is_not_read(tmp_path: Path, expires: str) -
     (tmp_path / "c.json").write_text(
         f'{{"format": 2, "entries": {{"k": {{"expires": {expires}, "containers": []}}}}}}')
     assert _cache(tmp_path / "c.json", [NOW.timestamp()]).get("k") is None
+
+
+def test_containers_cached_under_another_trust_anchor_are_not_used(
+    setup: Any, ca: DirectoryCA, gateway_keys: Any, host_dirs: tuple[Path, Path]
+) -> None:
+    """The directory's CA was replaced and the user configured the new anchor: what was
+    cached under the old one (in this process or the file) is fetched again, not reported
+    invalid for the rest of the hour with Send refused."""
+    from host_support import PolicyDirectory
+
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    [bob] = ok(host, "lookup", recipients=["bob@example.org"])["recipients"]
+    assert bob["status"] == "ok"
+    host.idle()
+    new_ca = DirectoryCA.generate()
+    factory.directory = PolicyDirectory(new_ca, gateway_keys, "example.com")
+    other = Host(host_dirs[0], host_dirs[1], client_factory=factory)  # started before
+    assert configure(host, new_ca)["ok"]
+    for session in (host, other):
+        [bob] = ok(session, "lookup", recipients=["bob@example.org"])["recipients"]
+        assert (bob["status"], bob["source"]) == ("ok", "directory")

@@ -41,8 +41,10 @@ class CacheEntry:
 
 
 class ContainerCache:
-    """Keyed by (directory, requestor, address key): what the directory answers depends on
-    who asks (a user of a served domain also gets their own gateway's container)."""
+    """Keyed by (directory, requestor, trust anchor, address key): what the directory
+    answers depends on who asks (a user of a served domain also gets their own gateway's
+    container), and what was fetched under one anchor is no use under another (a
+    replaced directory CA signs new containers at once)."""
 
     def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
         self._path = path
@@ -53,8 +55,9 @@ class ContainerCache:
             self._load(path)
 
     @staticmethod
-    def key(directory: str, requestor: str | None, address_key: str) -> str:
-        return f"{directory}|{requestor or ''}|{address_key}"
+    def key(directory: str, requestor: str | None, anchor: str, address_key: str) -> str:
+        """`anchor`: the trust anchor's fingerprint."""
+        return f"{directory}|{requestor or ''}|{anchor}|{address_key}"
 
     def get(self, key: str) -> CacheEntry | None:
         entry = self._entries.get(key)
