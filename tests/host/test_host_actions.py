@@ -62,6 +62,25 @@ def test_status_unconfigured(setup: Any) -> None:
     assert result["password_in_keyring"] is False
 
 
+def test_status_of_a_broken_configuration_says_so_and_configure_repairs_it(
+    setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path]
+) -> None:
+    """status is what the installer (its checks, `uninstall --purge`) and the options page
+    ask first: a damaged host.toml is reported in it, not an error that stops them before
+    configure, which is there to repair it."""
+    host = setup[0]
+    assert configure(host, ca)["ok"]
+    (host_dirs[0] / "host.toml").write_text("directory = [", "utf-8")
+    result = ok(host, "status")
+    assert result["configured"] is False and result["directory"] is None
+    assert "unreadable" in result["config_error"]
+    assert result["config_dir"] == str(host_dirs[0])
+    assert code(call(host, "lookup", recipients=["bob@example.org"])) == 5
+    assert configure(host, ca)["ok"]
+    result = ok(host, "status")
+    assert result["configured"] is True and result["config_error"] is None
+
+
 def test_configure_stores_password_only_in_keyring(
     setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

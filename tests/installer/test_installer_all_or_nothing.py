@@ -177,3 +177,20 @@ def test_a_write_that_fails_half_way_is_one_line_and_undone(home: Path, tmp_path
         f"keypost: error: cannot write {blocker / 'extensions'}: Not a directory;"
         " nothing was installed or changed"]
     assert _state(home) == before
+
+
+def test_install_repairs_a_damaged_host_configuration_and_purge_removes_one(
+    home: Path, anchor: tuple[Path, str]
+) -> None:
+    args = ["install", "thunderbird", "--directory", "ldaps://dir.example.com",
+            "--trust-anchor", str(anchor[0]), "--offline"]
+    assert _keypost(home, *args).returncode == 0
+    config = home / ".config" / "keypost" / "host.toml"
+    config.write_text("directory = [", "utf-8")  # a crash, a full disk, a bad hand edit
+    done = _keypost(home, *args)
+    assert done.returncode == 0, done.stderr
+    assert 'directory = "ldaps://dir.example.com"' in config.read_text("utf-8")
+    config.write_text("directory = [", "utf-8")
+    done = _keypost(home, "uninstall", "thunderbird", "--purge")
+    assert done.returncode == 0, done.stderr
+    assert not config.parent.exists()
