@@ -69,3 +69,23 @@ def test_user_js_created_only_by_us_is_deleted_on_removal(tmp_path: Path) -> Non
     assert (tmp_path / "user.js").exists()
     write_user_prefs(tmp_path, {})
     assert not (tmp_path / "user.js").exists()
+
+
+def test_profiles_ini_is_read_as_thunderbird_reads_it(tmp_path: Path) -> None:
+    """Mozilla's INI reader skips a UTF-8 byte order mark (Notepad writes one), ignores
+    lines without `=` and comments, and trims every line; profile paths are bytes on
+    Linux, so a folder name that is not UTF-8 is found too."""
+    root = tmp_path / ".thunderbird"
+    latin1 = b"caf\xe9.default"
+    for name in (b"a.default", b"b.default", latin1):
+        (root / name.decode("utf-8", "surrogateescape")).mkdir(parents=True)
+    (root / "profiles.ini").write_bytes(
+        b"\xef\xbb\xbf[General]\r\nStartWithLastProfile=1\r\nsome stray line\r\n"
+        b"; a comment\r\n\r\n[Profile0]\r\n  Name = a\r\nIsRelative=1\r\nPath=a.default\r\n"
+        b"[Profile1]\r\nName=b\r\nIsRelative=1\r\nPath=b.default\r\n"
+        b"[Profile2]\r\nName=c\r\nIsRelative=1\r\nPath=" + latin1 + b"\r\n"
+    )
+    found = find_profiles(Environment("linux", tmp_path, {}))
+    assert [p.name for p in found] == ["a", "b", "c"]
+    assert [p.path for p in found] == [root / "a.default", root / "b.default",
+                                       root / latin1.decode("utf-8", "surrogateescape")]

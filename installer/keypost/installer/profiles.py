@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import configparser
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,37 +19,57 @@ class Profile:
     default: bool
 
 
+def _read_ini(text: str) -> dict[str, dict[str, str]]:
+    """Sections of an INI text read as Mozilla's nsINIParser reads profiles.ini: a UTF-8
+    byte order mark skipped, lines trimmed, comments (`#`, `;`) and lines without `=`
+    ignored, a later key winning; lines of a malformed section header are skipped."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for raw in re.split(r"[\r\n]+", text.removeprefix("\ufeff")):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            end = line.find("]")
+            current = sections.setdefault(line[1:end], {}) if end > 0 else None
+            continue
+        key, eq, value = line.partition("=")
+        if eq and current is not None:
+            current[key.strip()] = value.strip()
+    return sections
+
+
 def parse_profiles_ini(text: str, root: Path) -> list[Profile]:
     """Profiles listed in a profiles.ini whose folder lives under `root` (relative paths)."""
-    cp = configparser.ConfigParser(interpolation=None, strict=False)
-    cp.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
-    cp.read_string(text)
+    sections = _read_ini(text)
     install_defaults = {
-        cp.get(s, "Default")
-        for s in cp.sections()
-        if s.startswith("Install") and cp.has_option(s, "Default")
+        s["Default"]
+        for name, s in sections.items()
+        if name.startswith("Install") and "Default" in s
     }
     out = []
-    for section in cp.sections():
-        if not section.startswith("Profile") or not cp.has_option(section, "Path"):
+    for name, section in sections.items():
+        if not name.startswith("Profile") or "Path" not in section:
             continue
-        raw = cp.get(section, "Path")
-        relative = cp.get(section, "IsRelative", fallback="1").strip() == "1"
+        raw = section["Path"]
+        relative = section.get("IsRelative", "1") == "1"
         path = root / raw if relative else Path(raw)
-        default = cp.get(section, "Default", fallback="0").strip() == "1" or raw in install_defaults
-        out.append(Profile(cp.get(section, "Name", fallback=section), path, default))
+        default = section.get("Default", "0") == "1" or raw in install_defaults
+        out.append(Profile(section.get("Name", name), path, default))
     return out
 
 
 def find_profiles(env: Environment) -> list[Profile]:
-    """All profiles of all profile roots that exist (a root without profiles.ini is skipped)."""
+    """All profiles of all profile roots that exist (a root without profiles.ini is skipped).
+    Paths are file system bytes on Linux, so undecodable ones are kept as such."""
     seen: set[Path] = set()
     out = []
     for root in env.profile_roots():
         ini = root / "profiles.ini"
         if not ini.is_file():
             continue
-        for p in parse_profiles_ini(ini.read_text("utf-8", errors="replace"), root):
+        text = ini.read_bytes().decode("utf-8", "surrogateescape")
+        for p in parse_profiles_ini(text, root):
             if p.path not in seen and p.path.is_dir():
                 seen.add(p.path)
                 out.append(p)
