@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from keypost.installer.manifest_locations import Environment
@@ -89,3 +90,22 @@ def test_profiles_ini_is_read_as_thunderbird_reads_it(tmp_path: Path) -> None:
     assert [p.name for p in found] == ["a", "b", "c"]
     assert [p.path for p in found] == [root / "a.default", root / "b.default",
                                        root / latin1.decode("utf-8", "surrogateescape")]
+
+
+def test_user_js_of_any_encoding_and_line_ending_is_given_back_byte_for_byte(
+    tmp_path: Path,
+) -> None:
+    """user.js is the user's file: Windows line endings and a Latin-1 byte (a hand edit)
+    survive adding and removing our block, and a file without it is not rewritten."""
+    user_js = tmp_path / "user.js"
+    mine = b'user_pref("mail.mine", "caf\xe9");\r\n// no newline at the end'
+    user_js.write_bytes(mine)
+    write_user_prefs(tmp_path, {"mailnews.sendInBackground": True})
+    text = user_js.read_bytes()
+    assert text.startswith(mine + b"\n") and b"sendInBackground" in text
+    write_user_prefs(tmp_path, {})
+    assert user_js.read_bytes() == mine + b"\n"
+    user_js.write_bytes(mine)
+    os.utime(user_js, ns=(10**9, 10**9))
+    write_user_prefs(tmp_path, {})  # nothing of ours in it: not even written back
+    assert user_js.read_bytes() == mine and user_js.stat().st_mtime_ns == 10**9

@@ -87,32 +87,37 @@ def pref_line(name: str, value: bool | int | str) -> str:
 
 
 def strip_block(text: str) -> str:
-    """user.js text without the keypost block."""
+    """user.js text without the keypost block; every other line exactly as it was."""
     out: list[str] = []
     inside = False
-    for line in text.splitlines():
+    for line in text.splitlines(keepends=True):
         if line.strip() == USER_JS_BEGIN:
             inside = True
         elif line.strip() == USER_JS_END and inside:
             inside = False
         elif not inside:
             out.append(line)
-    return "\n".join(out) + ("\n" if out else "")
+    return "".join(out)
 
 
 def write_user_prefs(profile: Path, prefs: dict[str, bool | int | str]) -> None:
     """Replace the keypost block of PROFILE/user.js (created if needed); empty prefs remove it.
 
-    Thunderbird copies user.js prefs into prefs.js at start; removing the block later does
-    not reset a pref the user has since kept.
+    The user's lines are kept byte for byte (any encoding, any line ending). Thunderbird
+    copies user.js prefs into prefs.js at start; removing the block later does not reset a
+    pref the user has since kept.
     """
     user_js = profile / "user.js"
-    old = user_js.read_text("utf-8") if user_js.exists() else ""
+    old = user_js.read_bytes().decode("utf-8", "surrogateescape") if user_js.exists() else ""
     new = strip_block(old)
     if prefs:
+        if new and not new.endswith(("\n", "\r")):
+            new += "\n"
         block = [USER_JS_BEGIN, *(pref_line(k, v) for k, v in prefs.items()), USER_JS_END]
         new = new + "\n".join(block) + "\n"
+    if new == old:
+        return
     if new.strip():
-        user_js.write_text(new, "utf-8")
+        user_js.write_bytes(new.encode("utf-8", "surrogateescape"))
     elif user_js.exists():
         user_js.unlink()
