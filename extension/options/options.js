@@ -21,6 +21,7 @@ function showStatus(status) {
   if (status.directory) $("directory").value = status.directory;
   if (status.username) $("username").value = status.username;
   $("fingerprint").textContent = status.trust_anchor?.fingerprint ?? "-";
+  if (status.config_error) show(status.config_error, false); // saving repairs it
 }
 
 async function load() {

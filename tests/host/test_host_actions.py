@@ -62,6 +62,41 @@ def test_status_unconfigured(setup: Any) -> None:
     assert result["password_in_keyring"] is False
 
 
+def test_status_of_a_broken_configuration_says_so_and_configure_repairs_it(
+    setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path]
+) -> None:
+    """status is what the installer (its checks, `uninstall --purge`) and the options page
+    ask first: a damaged host.toml is reported in it, not an error that stops them before
+    configure, which is there to repair it."""
+    host = setup[0]
+    assert configure(host, ca)["ok"]
+    (host_dirs[0] / "host.toml").write_text("directory = [", "utf-8")
+    result = ok(host, "status")
+    assert result["configured"] is False and result["directory"] is None
+    assert "unreadable" in result["config_error"]
+    assert result["config_dir"] == str(host_dirs[0])
+    assert code(call(host, "lookup", recipients=["bob@example.org"])) == 5
+    assert configure(host, ca)["ok"]
+    result = ok(host, "status")
+    assert result["configured"] is True and result["config_error"] is None
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "true", '"10"'])
+def test_a_hand_edited_timeout_that_is_no_duration_is_named(
+    setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path], timeout: str
+) -> None:
+    """host.toml's timeout is documented to be edited by hand: one that is no positive
+    number of seconds is a configuration problem naming it, not an internal error on
+    every lookup."""
+    host = setup[0]
+    assert configure(host, ca)["ok"]
+    path = host_dirs[0] / "host.toml"
+    path.write_text(path.read_text("utf-8").replace("timeout = 10.0", f"timeout = {timeout}"))
+    reply = call(Host(host_dirs[0], host_dirs[1], client_factory=setup[1]), "lookup",
+                 recipients=["bob@example.org"])
+    assert code(reply) == 5 and "timeout" in reply["error"]["message"]
+
+
 def test_configure_stores_password_only_in_keyring(
     setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path], caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -14,11 +14,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from host_support import configure
+from host_support import configure, ok
 
 from keypost.core.address import parse_address
-from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey
+from keypost.core.containers import (
+    ContainerRequest,
+    DirectoryCA,
+    GatewayKey,
+    sha256_fingerprint,
+)
 from keypost.core.types import Purpose
+from keypost.host.actions import Host
 from keypost.host.cache import MAX_HIT_TTL, ContainerCache
 from keypost.host.directory_client import RawContainer
 
@@ -135,6 +141,7 @@ def test_fetched_containers_are_parsed_once_and_cached_to_their_half_life(
     assert bob.status == "ok" and len(certs) == 2
     assert sorted(parsed) == sorted(c.public_bytes(serialization.Encoding.DER) for c in certs)
     entry = host._cache.get(ContainerCache.key("ldap://127.0.0.1:3890", "alice",
+                                               sha256_fingerprint(ca.certificate),
                                                "bob@example.org"))
     assert entry is not None
     ends = [(c.not_valid_before_utc.timestamp(), c.not_valid_after_utc.timestamp())
@@ -144,3 +151,92 @@ def test_fetched_containers_are_parsed_once_and_cached_to_their_half_life(
     half = min(start + (end - start) / 2 for start, end in ends)
     assert half == pytest.approx(min(end for _, end in ends) - 45 * 60 / 2, abs=2)
     assert entry.expires == half
+
+
+@pytest.mark.parametrize("content", [
+    "[" * 100_000 + "]" * 100_000,  # nested deeper than the JSON reader recurses
+    '{"format": 2, "entries": {"k": {"expires": 1e12, "containers": '
+    '[{"der": "AAAA", "gateway": 5}]}}}',  # a gateway that is no domain name
+    '{"format": 2, "entries": {"k": {"expires": 1e12, "containers": '
+    '[{"der": "not base64!", "gateway": null}]}}}',
+    '{"format": 2, "entries": {"k": {"expires": 1e12, "containers": {"der": "AAAA"}}}}',
+    '{"format": 2, "entries": {"k": {"expires": true, "containers": []}}}',
+])
+def test_a_damaged_cache_file_starts_the_host_cold(
+    setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path], content: str
+) -> None:
+    """The cache file is the host's own, but a crash, a full disk or another program can
+    leave anything in it: the host starts without it and answers from the directory."""
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    host_dirs[1].mkdir(exist_ok=True)
+    (host_dirs[1] / "containers.json").write_text(content, "utf-8")
+    again = Host(host_dirs[0], host_dirs[1], client_factory=factory)
+    assert again._cache._entries == {}
+    [bob] = ok(again, "lookup", recipients=["bob@example.org"])["recipients"]
+    assert bob["status"] == "ok" and bob["source"] == "directory"
+
+
+def test_a_cache_file_too_big_to_be_ours_is_not_read(
+    tmp_path: Path, issue: Issue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    container, not_after = issue(None)
+    at = [NOW.timestamp()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("k", [container], not_after)
+    cache.flush()
+    size = (tmp_path / "c.json").stat().st_size
+    monkeypatch.setattr("keypost.host.cache.MAX_FILE_BYTES", size - 1)
+    assert _cache(tmp_path / "c.json", at).get("k") is None
+    monkeypatch.setattr("keypost.host.cache.MAX_FILE_BYTES", size)
+    assert _cache(tmp_path / "c.json", at).get("k") is not None
+
+
+@pytest.mark.parametrize("ahead", [
+    dt.timedelta(days=3 * 365),  # a machine that booted with its clock years ahead
+    dt.timedelta(hours=2),
+])
+def test_entries_saved_while_the_clock_was_ahead_are_not_trusted_after_it_is_put_right(
+    tmp_path: Path, issue: Issue, ahead: dt.timedelta
+) -> None:
+    """A miss is trusted for a minute and a hit for an hour at most, also when the clock
+    they were written by was wrong: else "no container" would stick for years."""
+    container, not_after = issue(None)
+    at = [NOW.timestamp() + ahead.total_seconds()]
+    cache = _cache(tmp_path / "c.json", at)
+    cache.put("miss", [], None)
+    cache.put("hit", [container], not_after)
+    cache.flush()
+    at[0] = NOW.timestamp()  # the clock is put right; the same and a new process
+    assert cache.get("miss") is None and cache.get("hit") is None
+    fresh = _cache(tmp_path / "c.json", at)
+    assert fresh.get("miss") is None and fresh.get("hit") is None
+
+
+@pytest.mark.parametrize("expires", ["NaN", "Infinity", "1e300"])
+def test_an_entry_that_never_expires_is_not_read(tmp_path: Path, expires: str) -> None:
+    (tmp_path / "c.json").write_text(
+        f'{{"format": 2, "entries": {{"k": {{"expires": {expires}, "containers": []}}}}}}')
+    assert _cache(tmp_path / "c.json", [NOW.timestamp()]).get("k") is None
+
+
+def test_containers_cached_under_another_trust_anchor_are_not_used(
+    setup: Any, ca: DirectoryCA, gateway_keys: Any, host_dirs: tuple[Path, Path]
+) -> None:
+    """The directory's CA was replaced and the user configured the new anchor: what was
+    cached under the old one (in this process or the file) is fetched again, not reported
+    invalid for the rest of the hour with Send refused."""
+    from host_support import PolicyDirectory
+
+    host, factory, _ = setup
+    assert configure(host, ca)["ok"]
+    [bob] = ok(host, "lookup", recipients=["bob@example.org"])["recipients"]
+    assert bob["status"] == "ok"
+    host.idle()
+    new_ca = DirectoryCA.generate()
+    factory.directory = PolicyDirectory(new_ca, gateway_keys, "example.com")
+    other = Host(host_dirs[0], host_dirs[1], client_factory=factory)  # started before
+    assert configure(host, new_ca)["ok"]
+    for session in (host, other):
+        [bob] = ok(session, "lookup", recipients=["bob@example.org"])["recipients"]
+        assert (bob["status"], bob["source"]) == ("ok", "directory")

@@ -70,3 +70,42 @@ def test_a_default_host_caches_containers_in_the_user_cache_dir(
     calls = len(factory.directory.calls)
     [bob] = ok(again, "lookup", recipients=["bob@example.org"])["recipients"]
     assert bob["source"] == "cache" and len(factory.directory.calls) == calls
+
+
+def test_concurrent_writers_each_replace_the_file_whole(tmp_path: Path) -> None:
+    """Thunderbird may run several hosts at once (one per port, one per sendNativeMessage),
+    each saving the container cache: every write lands whole, none fails, and no
+    temporary file is left behind."""
+    import threading
+
+    target = tmp_path / "cache" / CACHE_FILE
+    failures: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        data = str(n).encode() * 200_000
+        for _ in range(50):
+            try:
+                paths.write_private(target, data)
+            except BaseException as exc:  # collected: the assertion below names them
+                failures.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
+    data = target.read_bytes()
+    assert len(data) == 200_000 and len(set(data)) == 1
+    assert [p.name for p in target.parent.iterdir()] == [CACHE_FILE]
+    assert target.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_leftover_temporary_file_does_not_widen_the_mode(tmp_path: Path) -> None:
+    """A temporary file left by a crashed writer (here readable by all) is not reused."""
+    target = tmp_path / "host.toml"
+    stale = tmp_path / "host.toml.tmp"
+    stale.write_bytes(b"old")
+    stale.chmod(0o644)
+    paths.write_private(target, b"directory = 'x'\n")
+    assert target.stat().st_mode & 0o777 == 0o600

@@ -6,6 +6,7 @@ fake HOME and the real host."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -177,3 +178,35 @@ def test_a_write_that_fails_half_way_is_one_line_and_undone(home: Path, tmp_path
         f"keypost: error: cannot write {blocker / 'extensions'}: Not a directory;"
         " nothing was installed or changed"]
     assert _state(home) == before
+
+
+def test_install_repairs_a_damaged_host_configuration_and_purge_removes_one(
+    home: Path, anchor: tuple[Path, str]
+) -> None:
+    args = ["install", "thunderbird", "--directory", "ldaps://dir.example.com",
+            "--trust-anchor", str(anchor[0]), "--offline"]
+    assert _keypost(home, *args).returncode == 0
+    config = home / ".config" / "keypost" / "host.toml"
+    config.write_text("directory = [", "utf-8")  # a crash, a full disk, a bad hand edit
+    done = _keypost(home, *args)
+    assert done.returncode == 0, done.stderr
+    assert 'directory = "ldaps://dir.example.com"' in config.read_text("utf-8")
+    config.write_text("directory = [", "utf-8")
+    done = _keypost(home, "uninstall", "thunderbird", "--purge")
+    assert done.returncode == 0, done.stderr
+    assert not config.parent.exists()
+
+
+def test_a_relative_python_is_made_absolute_for_the_launcher(home: Path) -> None:
+    """Thunderbird runs the launcher from a folder of its choosing: an interpreter named
+    relative to where `keypost install` ran would not be found there."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KEYPOST_"))}
+    env["HOME"] = str(home)
+    launcher = home / ".local/share/keypost/keypost-host"
+    for given, expected in (("venv/bin/python", str(home / "venv/bin/python")),
+                            ("sh", shutil.which("sh"))):
+        done = subprocess.run([sys.executable, "-m", "keypost.core.cli", "install",
+                               "thunderbird", "--python", given], cwd=home, env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert f"exec '{expected}' -m keypost.host" in launcher.read_text("utf-8")

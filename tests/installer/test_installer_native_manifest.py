@@ -34,6 +34,13 @@ def test_windows_launcher_quotes_the_interpreter() -> None:
     assert text == '@echo off\r\n"C:\\Program Files\\Python 3\\python.exe" -m keypost.host %*\r\n'
 
 
+def test_windows_launcher_keeps_a_percent_sign_in_the_path() -> None:
+    """cmd expands %...% in a batch line even inside quotes (a folder named 100% next
+    to one named x% lost both signs and the text between); a literal % is written %%."""
+    text = launcher_script("win32", r"C:\Tools\100%\x%y\python.exe")
+    assert '"C:\\Tools\\100%%\\x%%y\\python.exe" -m keypost.host %*' in text
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX sh launcher")
 def test_posix_launcher_runs_the_interpreter_with_args(tmp_path: Path) -> None:
     # A stand-in "python" in a folder whose name needs quoting records how it was called.

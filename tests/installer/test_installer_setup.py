@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 from pki_util import make_ca
 
 from keypost.core.containers import to_pem
@@ -96,3 +97,25 @@ def test_window_api_fingerprint_and_bad_input(ca_pem: str) -> None:
         "subject": "CN=setup test CA",
     }
     assert "error" in api.fingerprint("not a certificate")
+
+
+@pytest.mark.parametrize("encoding", ["der", "garbage"])
+def test_terminal_reads_a_der_anchor_and_refuses_a_binary_file_in_one_line(
+    ca_pem: str, tmp_path: Path, encoding: str
+) -> None:
+    """`install --trust-anchor` takes PEM or DER; so does setup (it died with a
+    UnicodeDecodeError traceback on a DER file)."""
+    from keypost.core.containers import load_certificates
+    from keypost.core.errors import KeypostError
+
+    [cert] = load_certificates(ca_pem.encode())
+    path = tmp_path / "ca.crt"
+    path.write_bytes(cert.public_bytes(Encoding.DER) if encoding == "der" else b"\x82\xff\x00")
+    it = _answers("ldaps://d.example", "", str(path), "y")
+    if encoding == "garbage":
+        with pytest.raises(KeypostError):
+            ask_terminal(ask=lambda _q: next(it), say=lambda _s: None)
+        return
+    answers = ask_terminal(ask=lambda _q: next(it), say=lambda _s: None)
+    assert answers is not None and answers.trust_anchor_pem == ca_pem
+    assert answers.fingerprint == anchor_fingerprint(ca_pem)[0]

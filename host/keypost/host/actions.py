@@ -209,7 +209,13 @@ class Host:
         }
 
     def status(self, params: dict[str, Any]) -> dict[str, Any]:
-        config = cfg.load(self._config_dir)
+        # A damaged configuration is reported, not raised: whoever asks (the installer's
+        # checks and --purge, the options page) must get on to `configure` to repair it.
+        config_error: str | None = None
+        try:
+            config = cfg.load(self._config_dir)
+        except NotConfigured as exc:
+            config, config_error = None, str(exc)
         in_keyring: bool | None = False
         backend: str | None = None
         try:
@@ -228,6 +234,7 @@ class Host:
             }
         return {
             "configured": config is not None,
+            "config_error": config_error,
             "directory": config.directory.url if config else None,
             "username": config.username if config else None,
             "password_in_keyring": in_keyring,

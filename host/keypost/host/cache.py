@@ -30,6 +30,8 @@ MAX_HIT_TTL = 3600.0
 # 2: hits expire by MAX_HIT_TTL and half-life. Files of format 1 held hits until 5 minutes
 # before not-after (up to a day): a new host process must not inherit them.
 FORMAT = 2
+# A bigger file is not one this host wrote (about 4 KB per address): not read at all.
+MAX_FILE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,10 @@ class CacheEntry:
 
 
 class ContainerCache:
-    """Keyed by (directory, requestor, address key): what the directory answers depends on
-    who asks (a user of a served domain also gets their own gateway's container)."""
+    """Keyed by (directory, requestor, trust anchor, address key): what the directory
+    answers depends on who asks (a user of a served domain also gets their own gateway's
+    container), and what was fetched under one anchor is no use under another (a
+    replaced directory CA signs new containers at once)."""
 
     def __init__(self, path: Path | None, clock: Callable[[], float] = time.time) -> None:
         self._path = path
@@ -51,14 +55,15 @@ class ContainerCache:
             self._load(path)
 
     @staticmethod
-    def key(directory: str, requestor: str | None, address_key: str) -> str:
-        return f"{directory}|{requestor or ''}|{address_key}"
+    def key(directory: str, requestor: str | None, anchor: str, address_key: str) -> str:
+        """`anchor`: the trust anchor's fingerprint."""
+        return f"{directory}|{requestor or ''}|{anchor}|{address_key}"
 
     def get(self, key: str) -> CacheEntry | None:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if entry.expires <= self._clock():
+        if not _fresh(entry, self._clock()):
             del self._entries[key]
             self._dirty = True
             return None
@@ -97,7 +102,7 @@ class ContainerCache:
                     ],
                 }
                 for key, e in self._entries.items()
-                if e.expires > now
+                if _fresh(e, now)
             },
         }
         try:
@@ -107,22 +112,37 @@ class ContainerCache:
         self._dirty = False
 
     def _load(self, path: Path) -> None:
+        """Read the file this class writes; anything else (a crash, a full disk, another
+        program) means starting cold, never failing the host."""
         try:
+            if path.stat().st_size > MAX_FILE_BYTES:
+                return
             data = json.loads(path.read_text("utf-8"))
             if data.get("format") != FORMAT:
                 return
             now = self._clock()
             for key, e in data["entries"].items():
-                expires = float(e["expires"])
-                if expires <= now:
-                    continue
-                containers = tuple(
-                    RawContainer(base64.b64decode(c["der"]), c.get("gateway"))
-                    for c in e["containers"]
-                )
-                self._entries[str(key)] = CacheEntry(containers, expires)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+                entry = CacheEntry(tuple(_container(c) for c in e["containers"]),
+                                   float(e["expires"]))
+                if _fresh(entry, now):
+                    self._entries[str(key)] = entry
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             self._entries.clear()  # unreadable cache: start cold rather than fail
+
+
+def _fresh(entry: CacheEntry, now: float) -> bool:
+    """Not expired, and not trusted longer than an entry of its kind may be from now: an
+    expiry further ahead (written while the clock was ahead, or NaN) is not believed."""
+    longest = MAX_HIT_TTL if entry.containers else MISS_TTL
+    return now < entry.expires <= now + longest
+
+
+def _container(item: dict[str, object]) -> RawContainer:
+    """One container as flush() wrote it; TypeError/ValueError for anything else."""
+    der, gateway = item["der"], item.get("gateway")
+    if not isinstance(der, str) or not (gateway is None or isinstance(gateway, str)):
+        raise TypeError("not a cached container")
+    return RawContainer(base64.b64decode(der, validate=True), gateway)
 
 
 def _half_life(containers: Sequence[RawContainer]) -> float:

@@ -6,6 +6,7 @@ password lives only in the OS keyring (keyring_store).
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,15 @@ def save(config: HostConfig, folder: Path | None = None) -> Path:
     return folder
 
 
+def _timeout(value: object) -> float:
+    """host.toml's timeout (edited by hand): a positive, finite number of seconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("timeout must be a number of seconds")
+    if not 0 < value < math.inf:
+        raise ValueError(f"timeout must be above 0 seconds and finite, not {value}")
+    return float(value)
+
+
 def load(folder: Path | None = None) -> HostConfig | None:
     """The saved configuration, or None when there is none. Raises NotConfigured if broken."""
     folder = folder or config_dir()
@@ -188,7 +198,7 @@ def load(folder: Path | None = None) -> HostConfig | None:
         roots = parse_roots(roots_path.read_bytes(), "extra roots") if roots_path.exists() else ()
         tls_path = folder / TLS_CA_FILE
         tls_ca = tls_path.read_bytes() if tls_path.exists() else None
-        timeout = float(data.get("timeout", DEFAULT_TIMEOUT))
+        timeout = _timeout(data.get("timeout", DEFAULT_TIMEOUT))
     except (OSError, KeyError, ValueError, BadRequest, TrustAnchorMismatch) as exc:
         raise NotConfigured(
             f"the configuration in {folder} is unreadable ({exc}); run configure"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 APP = "keypost"
@@ -37,10 +39,18 @@ def cache_dir() -> Path:
 
 
 def write_private(path: Path, data: bytes) -> None:
-    """Write a file atomically, readable only by the user (configuration is nobody else's)."""
+    """Write a file atomically, readable only by the user (configuration is nobody else's).
+
+    The temporary file has a name of its own (mkstemp: new, mode 0600): several hosts may
+    save the cache at once, and a shared name let one rename another's half-written file
+    into place and fail on its own rename."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

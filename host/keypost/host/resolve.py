@@ -187,13 +187,14 @@ class Resolver:
         """Cached or fetched raw containers per address key; one fetch for all misses.
         `wanted`: (normalised address, its key) pairs."""
         url, user = self.config.directory.url, self.config.username
+        anchor = self.config.anchor.fingerprint
         out: dict[str, list[RawContainer]] = {}
         sources: dict[str, str] = {}
         missing: dict[str, str] = {}  # key -> address as asked
         for address, key in wanted:
             if key in out or key in missing:
                 continue
-            entry = self.cache.get(ContainerCache.key(url, user, key))
+            entry = self.cache.get(ContainerCache.key(url, user, anchor, key))
             if entry is None:
                 missing[key] = address
             else:
@@ -210,7 +211,7 @@ class Resolver:
             containers = fetched.get(key, [])
             out[key] = containers
             sources[key] = "directory"
-            self.cache.put(ContainerCache.key(url, user, key), containers,
+            self.cache.put(ContainerCache.key(url, user, anchor, key), containers,
                            _earliest_not_after(containers))
         return out, sources, None  # the cache file is written later (Host.idle)
 

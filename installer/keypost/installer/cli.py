@@ -4,6 +4,8 @@ the install steps (checks, writes, the host's configure)."""
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,6 +122,27 @@ def _uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interpreter(value: str) -> str:
+    """--python as an absolute path: the launcher bakes it in and Thunderbird runs it from
+    a folder of its own choosing, where a relative path or a bare command name would not
+    be found (symlinks are kept: a virtualenv's python is one)."""
+    if os.sep not in value and not (os.altsep and os.altsep in value):
+        found = shutil.which(value)
+        if found is None:
+            raise argparse.ArgumentTypeError(f"{value} is not a command on PATH")
+        value = found
+    return os.path.abspath(value)
+
+
+def _python_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--python",
+        type=_interpreter,
+        metavar="PATH",
+        help="interpreter that runs the host (default: this one)",
+    )
+
+
 def _target(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
     targets = sub.add_subparsers(dest="target", metavar="TARGET", required=True)
     p: argparse.ArgumentParser = targets.add_parser("thunderbird", help=help_text)
@@ -131,9 +154,7 @@ def _target(sub: Any, name: str, help_text: str) -> argparse.ArgumentParser:
         metavar="DIR",
         help="only this Thunderbird profile folder (repeatable; default: all found)",
     )
-    p.add_argument(
-        "--python", metavar="PATH", help="interpreter that runs the host (default: this one)"
-    )
+    _python_option(p)
     return p
 
 
@@ -184,9 +205,7 @@ def register_setup(sub: Any) -> None:
     p.add_argument(
         "--terminal", action="store_true", help="ask in the terminal even when a window could open"
     )
-    p.add_argument(
-        "--python", metavar="PATH", help="interpreter that runs the host (default: this one)"
-    )
+    _python_option(p)
     p.set_defaults(func=_setup)
 
 

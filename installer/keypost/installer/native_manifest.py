@@ -54,7 +54,8 @@ def launcher_script(os_name: OS, python: str | None = None) -> str:
     if os_name == "win32":
         if '"' in exe:
             raise ValueError(f"interpreter path contains a quote: {exe}")
-        return f'@echo off\r\n"{exe}" -m keypost.host %*\r\n'
+        # cmd expands %NAME% in a batch line even inside quotes: a literal % is %%.
+        return f'@echo off\r\n"{exe.replace("%", "%%")}" -m keypost.host %*\r\n'
     quoted = "'" + exe.replace("'", "'\"'\"'") + "'"
     return (
         "#!/bin/sh\n"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from keypost.core.containers import load_certificates, sha256_fingerprint
+from keypost.core.containers import load_certificates, sha256_fingerprint, to_pem
 from keypost.core.errors import KeypostError
 from keypost.installer import hostconfig
 from keypost.installer.manifest_locations import OS, current_os
@@ -29,6 +29,13 @@ class Answers:
     password: str | None
     trust_anchor_pem: str
     fingerprint: str  # what the user confirmed
+
+
+def read_anchor(path: str) -> str:
+    """The trust anchor file as PEM text; PEM or DER, as `install --trust-anchor` takes it.
+    Raises KeypostError (ContainerError) for a file that holds no certificate."""
+    certs = load_certificates(Path(path).expanduser().read_bytes())
+    return "".join(to_pem(c).decode("ascii") for c in certs)
 
 
 def anchor_fingerprint(pem: str) -> tuple[str, str]:
@@ -72,7 +79,7 @@ def has_module(name: str) -> bool:
 def ask_terminal(
     ask: Callable[[str], str] = input,
     ask_secret: Callable[[str], str] = getpass.getpass,
-    read_file: Callable[[str], str] = lambda p: Path(p).expanduser().read_text("utf-8"),
+    read_file: Callable[[str], str] = read_anchor,
     say: Callable[[str], None] = print,
 ) -> Answers | None:
     """Ask the questions; None when the user does not confirm the fingerprint."""
@@ -81,7 +88,7 @@ def ask_terminal(
         raise KeypostError("a directory URL is needed")
     username = ask("User name (empty for anonymous): ").strip() or None
     password = ask_secret("Password (input hidden): ") if username else None
-    pem = read_file(ask("Directory CA certificate file (PEM): ").strip())
+    pem = read_file(ask("Directory CA certificate file (PEM or DER): ").strip())
     fingerprint, subject = anchor_fingerprint(pem)
     say(f"Trust anchor: {subject}\nSHA-256 fingerprint: {fingerprint}")
     if ask(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,21 +96,38 @@ def _account(layout: Layout, name: str, role: str) -> None:
 
 
 def first_run(layout: Layout) -> bool:
-    """Create the demo directory once; False when it already exists."""
+    """Create the demo directory once; False when it already exists. All or nothing: a
+    set-up that fails or is interrupted removes what it created, so the next start does
+    not take a half-made demo (no gateway account) for a finished one."""
     if (layout.directory / "directory.toml").exists():
+        if not _finished(layout):
+            raise StartError(
+                f"the demo set-up in {layout.root} did not finish: remove {layout.directory}"
+                f" and {layout.demo}, then run keypost start again"
+            )
         return False
+    created = [p for p in (layout.directory, layout.demo) if not p.exists()]
     layout.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     layout.demo.mkdir(mode=0o700, exist_ok=True)
     print(f"first run: setting up a demo in {layout.root} ...", flush=True)
-    run_step(keypost("directory", "init", "--data", str(layout.directory)))
-    encryption = _gateway_key(layout.demo, "encryption")
-    signing = _gateway_key(layout.demo, "signing")
-    run_step(keypost("directory", "domain", "add", DEMO_DOMAIN, "--encryption-cert",
-                     str(encryption), "--signing-cert", str(signing),
-                     "--data", str(layout.directory)))
-    _account(layout, DEMO_USER, "user")
-    _account(layout, DEMO_GATEWAY_ACCOUNT, "gateway")
+    try:
+        run_step(keypost("directory", "init", "--data", str(layout.directory)))
+        encryption = _gateway_key(layout.demo, "encryption")
+        signing = _gateway_key(layout.demo, "signing")
+        run_step(keypost("directory", "domain", "add", DEMO_DOMAIN, "--encryption-cert",
+                         str(encryption), "--signing-cert", str(signing),
+                         "--data", str(layout.directory)))
+        _account(layout, DEMO_USER, "user")
+        _account(layout, DEMO_GATEWAY_ACCOUNT, "gateway")  # last: its file marks "finished"
+    except BaseException:
+        for folder in created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return True
+
+
+def _finished(layout: Layout) -> bool:
+    return (layout.demo / f"{DEMO_GATEWAY_ACCOUNT}-password").is_file()
 
 
 def free_port(preferred: int) -> int:
