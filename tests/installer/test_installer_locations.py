@@ -26,7 +26,9 @@ def test_linux_user_and_system(tmp_path: Path) -> None:
     assert env.native_host_dirs("system")[0] == Path("/usr/lib/mozilla/native-messaging-hosts")
     assert env.managed_storage_dirs("user") == [tmp_path / ".mozilla/managed-storage"]
     assert env.data_dir("user") == tmp_path / ".local/share/keypost"
-    assert env.profile_roots() == [tmp_path / ".thunderbird", tmp_path / ".config/thunderbird"]
+    assert env.profile_roots() == [tmp_path / ".thunderbird", tmp_path / ".config/thunderbird",
+                                   tmp_path / "snap/thunderbird/common/.thunderbird",
+                                   tmp_path / ".var/app/org.mozilla.Thunderbird/.thunderbird"]
 
 
 def test_linux_xdg_variables_are_honoured_and_empty_ones_ignored(tmp_path: Path) -> None:

@@ -63,9 +63,14 @@ DATA_DIRS: dict[tuple[OS, Scope], str] = {
     ("win32", "system"): "{PROGRAMDATA}/keypost",
 }
 
-# Folders holding Thunderbird's profiles.ini (the first existing ones are used).
+# Folders holding Thunderbird's profiles.ini (every one that exists is used). On Linux
+# also the Snap (Ubuntu's Thunderbird since 24.04) and Flathub packages' own homes; both
+# read native manifests from the usual place through the WebExtensions portal (the snap
+# turned it on in 2025-02; whether a Flatpak Thunderbird does depends on its version).
 PROFILE_ROOTS: dict[OS, tuple[str, ...]] = {
-    "linux": ("{HOME}/.thunderbird", "{XDG_CONFIG_HOME}/thunderbird"),
+    "linux": ("{HOME}/.thunderbird", "{XDG_CONFIG_HOME}/thunderbird",
+              "{HOME}/snap/thunderbird/common/.thunderbird",
+              "{HOME}/.var/app/org.mozilla.Thunderbird/.thunderbird"),
     "darwin": ("{HOME}/Library/Thunderbird",),
     "win32": ("{APPDATA}/Thunderbird",),
 }
