@@ -212,3 +212,37 @@ def test_install_with_directory_then_uninstall_purge_leaves_nothing(tmp_path: Pa
     for path in home.rglob("*"):
         if path.is_file():
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_purge_leaves_a_folder_that_is_not_keypost_own(tmp_path: Path) -> None:
+    """KEYPOST_CONFIG_DIR may name any folder (HOME itself): `uninstall --purge` removed
+    whatever folder the host reported, with everything in it."""
+    import os
+    import subprocess
+    import sys
+
+    from keypost.core.containers import DirectoryCA, to_pem
+
+    home = tmp_path / "home"
+    shared = home / "shared"
+    shared.mkdir(parents=True)
+    (shared / "mine.txt").write_text("not keypost's", "utf-8")
+    anchor = tmp_path / "ca.pem"
+    anchor.write_bytes(to_pem(DirectoryCA.generate().certificate))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KEYPOST_"))}
+    env.update({"HOME": str(home), "KEYPOST_CONFIG_DIR": str(shared),
+                "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring"})
+
+    def keypost(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "keypost.core.cli", *args],
+                              capture_output=True, text=True, env=env, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    keypost("install", "thunderbird", "--directory", "ldaps://dir.example.com",
+            "--trust-anchor", str(anchor), "--offline")
+    assert (shared / "host.toml").is_file()
+    out = keypost("uninstall", "thunderbird", "--purge")
+    assert f"left {shared} in place" in out
+    assert (shared / "mine.txt").read_text("utf-8") == "not keypost's"
+    assert not (home / ".cache/keypost").exists()  # the host's own cache folder still goes

@@ -243,6 +243,13 @@ def purge_host_config(python: str | None = None, log: Log = print) -> None:
             pass
     for key in ("config_dir", "cache_dir"):
         folder = status.get(key)
-        if isinstance(folder, str) and Path(folder).is_dir():
-            shutil.rmtree(folder)
-            log(f"removed {folder}")
+        if not isinstance(folder, str) or not Path(folder).is_dir():
+            continue
+        # The host names its folders; KEYPOST_CONFIG_DIR / KEYPOST_CACHE_DIR may point them
+        # anywhere (HOME itself): only a folder of keypost's own goes as a whole.
+        if Path(folder).name != "keypost":
+            log(f"left {folder} in place: not a folder of keypost's own (set by "
+                "KEYPOST_CONFIG_DIR or KEYPOST_CACHE_DIR?); remove keypost's files by hand")
+            continue
+        shutil.rmtree(folder)
+        log(f"removed {folder}")
