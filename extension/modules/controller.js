@@ -7,6 +7,7 @@ import { collectNewsgroups, collectRecipients, extractAddress, recipientsKey } f
 import { buttonLook, carryOver, describeError, statusList } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
+import { normalizeFingerprint } from "./fingerprint.js";
 import { composeNotices, remoteImagesOf, sameNotices } from "./notices.js";
 
 const POLL_MS = 1500;
@@ -429,8 +430,8 @@ export async function onComposeTabCreated(tab) {
 export async function applyManagedDirectory() {
   let managed;
   try {
-    // Both keys: StorageArea.get returns only the keys it is asked for.
-    managed = await messenger.storage.managed.get(["directoryUrl", "trustAnchorPem"]);
+    // Every key: StorageArea.get returns only the keys it is asked for.
+    managed = await messenger.storage.managed.get(["directoryUrl", "trustAnchorPem", "trustAnchorFingerprint"]);
   } catch {
     return; // no managed storage manifest: nothing preset
   }
@@ -439,10 +440,11 @@ export async function applyManagedDirectory() {
   if (status.configured) return;
   // The host needs a trust anchor before it accepts a directory; the installer provides it.
   if (managed.trustAnchorPem) {
-    await host.request("configure", {
-      directory: managed.directoryUrl,
-      trust_anchor_pem: managed.trustAnchorPem,
-      test: false,
-    });
+    const params = { directory: managed.directoryUrl, trust_anchor_pem: managed.trustAnchorPem, test: false };
+    // The host refuses an anchor with another fingerprint (trust_anchor_mismatch); one that is
+    // no fingerprint at all goes as it is, so it is refused rather than ignored.
+    const preset = managed.trustAnchorFingerprint;
+    if (preset) params.trust_anchor_fingerprint = normalizeFingerprint(preset) ?? preset;
+    await host.request("configure", params);
   }
 }

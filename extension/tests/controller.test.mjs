@@ -252,20 +252,30 @@ test("a refused send's message stays until the recipients change", async () => {
 });
 
 test("an administrator's preset configures an unconfigured host (storage.managed)", async () => {
-  const preset = { directoryUrl: "ldaps://dir.example.com", trustAnchorPem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" };
-  // Like Thunderbird's StorageArea.get: only the keys asked for come back.
-  messenger.storage.managed = {
-    get: async (keys) => Object.fromEntries(keys.filter((k) => k in preset).map((k) => [k, preset[k]])),
-  };
-  hostReply = (req) => ({ ok: true, result: req.action === "status" ? { configured: false } : {} });
-  try {
-    await c.applyManagedDirectory();
-  } finally {
-    delete messenger.storage.managed;
+  const pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  const fingerprint = "AB:".repeat(31) + "AB";
+  const typed = fingerprint.replace(/:/g, " ").toLowerCase(); // as an administrator may write it
+  for (const [preset, expected] of [
+    [{ directoryUrl: "ldaps://dir.example.com", trustAnchorPem: pem }, {}],
+    // With the fingerprint preset too, the host checks the anchor against it.
+    [{ directoryUrl: "ldaps://dir.example.com", trustAnchorPem: pem, trustAnchorFingerprint: typed },
+      { trust_anchor_fingerprint: fingerprint }],
+  ]) {
+    calls.length = 0;
+    // Like Thunderbird's StorageArea.get: only the keys asked for come back.
+    messenger.storage.managed = {
+      get: async (keys) => Object.fromEntries(keys.filter((k) => k in preset).map((k) => [k, preset[k]])),
+    };
+    hostReply = (req) => ({ ok: true, result: req.action === "status" ? { configured: false } : {} });
+    try {
+      await c.applyManagedDirectory();
+    } finally {
+      delete messenger.storage.managed;
+    }
+    const configure = calls.find((x) => x[0] === "host" && x[1] === "configure");
+    assert.ok(configure, "the host was configured from the preset");
+    assert.deepEqual(configure[2], { directory: preset.directoryUrl, trust_anchor_pem: pem, test: false, ...expected });
   }
-  const configure = calls.find((x) => x[0] === "host" && x[1] === "configure");
-  assert.ok(configure, "the host was configured from the preset");
-  assert.deepEqual(configure[2], { directory: preset.directoryUrl, trust_anchor_pem: preset.trustAnchorPem, test: false });
 });
 
 test("the add-on's host client says hello with its protocol and version on every port", () => {
