@@ -7,6 +7,7 @@ import { collectNewsgroups, collectRecipients, extractAddress, recipientsKey } f
 import { buttonLook, carryOver, describeError, statusList } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
+import { normalizeFingerprint } from "./fingerprint.js";
 import { composeNotices, remoteImagesOf, sameNotices } from "./notices.js";
 
 const POLL_MS = 1500;
@@ -18,6 +19,10 @@ const POPUP = "popup/popup.html";
 
 const msg = (key, subs) => messenger.i18n.getMessage(key, subs) || key;
 const session = () => messenger.storage.session;
+/** Compose windows are tabs (type messageCompose): tabs.get refuses the id once it closed. */
+const tabOpen = (tabId) => messenger.tabs.get(tabId).then(() => true, () => false);
+/** Every write of a tab's state: one that lands after the tab closed is taken back. */
+const saveTabState = (tabId, patch) => updateTabState(session(), tabId, patch, tabOpen);
 
 // Every new port starts with PROTOCOL.md's ping: a host of another protocol version is told
 // nothing else, and the user sees its "update both" message instead of misread replies.
@@ -44,7 +49,7 @@ export async function renderButton(tabId, state) {
 // ---- toggling ----------------------------------------------------------------------------
 
 export async function setEncrypt(tabId, on) {
-  const state = await updateTabState(session(), tabId, { encrypt: on, error: "", key: "" });
+  const state = await saveTabState(tabId, { encrypt: on, error: "", key: "" });
   await renderButton(tabId, state);
   if (on) await checkRecipients(tabId, true);
   return state;
@@ -80,7 +85,7 @@ export async function checkRecipients(tabId, immediately = false) {
   const unanswered = (state.statuses ?? []).some((s) => s.state === "pending");
   const retry = (state.lookupError || unanswered) && Date.now() >= (state.retryAt ?? 0);
   if (key === state.key && !immediately && !retry) {
-    if (!sameNotices(notices, state.notices)) await renderButton(tabId, await updateTabState(session(), tabId, { notices }));
+    if (!sameNotices(notices, state.notices)) await renderButton(tabId, await saveTabState(tabId, { notices }));
     return;
   }
   const statuses = carryOver(rcpts.all, state.statuses);
@@ -88,7 +93,7 @@ export async function checkRecipients(tabId, immediately = false) {
     statuses.push({ address: bad, state: "invalid_address", gateways: [], reason: msg("reasonInvalidAddress") });
   }
   // retryAt also spaces out retries while a lookup is still under way.
-  const next = await updateTabState(session(), tabId, {
+  const next = await saveTabState(tabId, {
     recipients: rcpts.all,
     statuses,
     notices,
@@ -123,7 +128,7 @@ async function runLookup(tabId) {
     ? state.recipients.map((address) => ({ address, state: "error", gateways: [], reason: lookupError }))
     : statusList(state.recipients, entries);
   const retryAt = lookupError ? Date.now() + RETRY_MS : 0;
-  const next = await updateTabState(session(), tabId, { statuses, lookupError, retryAt });
+  const next = await saveTabState(tabId, { statuses, lookupError, retryAt });
   await renderButton(tabId, next);
 }
 
@@ -233,7 +238,7 @@ function errorTitle(name) {
 async function failSend(tab, title, lines) {
   const text = lines.join("\n");
   // Never throws: it runs inside onBeforeSend, which must always answer (see there).
-  const state = await updateTabState(session(), tab.id, { error: text }).catch((e) => {
+  const state = await saveTabState(tab.id, { error: text }).catch((e) => {
     console.error("keypost: the tab state was not saved", e);
     return null;
   });
@@ -366,7 +371,7 @@ async function sendEncrypted(tab, details) {
   setTimeout(() => remindIfQueued(outbox.id, messageId).catch(console.error), timing.queueCheckMs);
   // Close after this listener has returned its cancel, so Thunderbird is not mid-send.
   setTimeout(() => closeCompose(tab).catch(console.error), 0);
-  await updateTabState(session(), tab.id, { error: "" }).catch(console.error);
+  await saveTabState(tab.id, { error: "" }).catch(console.error);
   return { cancel: true };
 }
 
@@ -425,8 +430,8 @@ export async function onComposeTabCreated(tab) {
 export async function applyManagedDirectory() {
   let managed;
   try {
-    // Both keys: StorageArea.get returns only the keys it is asked for.
-    managed = await messenger.storage.managed.get(["directoryUrl", "trustAnchorPem"]);
+    // Every key: StorageArea.get returns only the keys it is asked for.
+    managed = await messenger.storage.managed.get(["directoryUrl", "trustAnchorPem", "trustAnchorFingerprint"]);
   } catch {
     return; // no managed storage manifest: nothing preset
   }
@@ -435,10 +440,11 @@ export async function applyManagedDirectory() {
   if (status.configured) return;
   // The host needs a trust anchor before it accepts a directory; the installer provides it.
   if (managed.trustAnchorPem) {
-    await host.request("configure", {
-      directory: managed.directoryUrl,
-      trust_anchor_pem: managed.trustAnchorPem,
-      test: false,
-    });
+    const params = { directory: managed.directoryUrl, trust_anchor_pem: managed.trustAnchorPem, test: false };
+    // The host refuses an anchor with another fingerprint (trust_anchor_mismatch); one that is
+    // no fingerprint at all goes as it is, so it is refused rather than ignored.
+    const preset = managed.trustAnchorFingerprint;
+    if (preset) params.trust_anchor_fingerprint = normalizeFingerprint(preset) ?? preset;
+    await host.request("configure", params);
   }
 }

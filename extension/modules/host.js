@@ -107,13 +107,12 @@ export class HostClient {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       const key = JSON.stringify(id);
-      const timer = this.setTimer(() => {
-        this.pending.delete(key);
-        reject(new HostError({ code: 0, name: "timeout", message: `the keypost host did not answer ${action}` }));
-      }, this.timeoutMs);
+      let port = null;
+      const timer = this.setTimer(() => this.timedOut(id, port, action), this.timeoutMs);
       this.pending.set(key, { resolve, reject, timer });
       try {
-        this.ensurePort().postMessage({ id, action, params });
+        port = this.ensurePort();
+        port.postMessage({ id, action, params });
       } catch (e) {
         this.clearTimer(timer);
         this.pending.delete(key);
@@ -157,15 +156,38 @@ export class HostClient {
     else waiter.resolve(result);
   }
 
+  /**
+   * Request `id` got no answer in time. The host answers in order, so a host stuck on one
+   * request would keep every later one waiting just as long: close its port (the process
+   * ends) and fail everything outstanding on it; the next request starts a fresh host.
+   */
+  timedOut(id, port, action) {
+    const error = {
+      code: 0,
+      name: "timeout",
+      message: `the keypost host did not answer ${action} in time and was stopped; it starts again with the next request`,
+    };
+    if (port === null || this.port !== port) {
+      this.settle(id, null, error); // its port is gone already
+      return;
+    }
+    this.port = null;
+    port.disconnect(); // fires no onDisconnect on this side
+    this.abandon(error);
+  }
+
   onDisconnect(port, err) {
     if (this.port === port) this.port = null;
-    this.chunks.reset();
     const message = err?.message
       ? `the keypost host stopped: ${err.message}`
       : "the keypost host is not installed or stopped (run `keypost install thunderbird`)";
-    for (const key of [...this.pending.keys()]) {
-      this.settle(JSON.parse(key), null, { code: 0, name: "host_unavailable", message });
-    }
+    this.abandon({ code: 0, name: "host_unavailable", message });
+  }
+
+  /** The port is gone: fail every outstanding request with `error`. */
+  abandon(error) {
+    this.chunks.reset();
+    for (const key of [...this.pending.keys()]) this.settle(JSON.parse(key), null, error);
   }
 
   /** Close the port (tests, shutdown). */

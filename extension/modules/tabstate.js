@@ -27,13 +27,20 @@ export async function getTabState(storage, tabId) {
 
 /**
  * Merge `patch` into the tab's state and return the new state.
+ *
+ * `isOpen(tabId)` is asked after the write: a tab that closed while its state was being worked
+ * on (a send refused or a lookup answered after the window went) has had its state dropped by
+ * the close already, and nothing else would remove what the write put back. Asking after the
+ * write leaves no gap: a tab still open then is dropped by its close, which comes later.
  * @param {any} storage
  * @param {number} tabId
  * @param {object} patch
+ * @param {(tabId: number) => Promise<boolean>} [isOpen]
  */
-export async function updateTabState(storage, tabId, patch) {
+export async function updateTabState(storage, tabId, patch, isOpen) {
   const state = { ...(await getTabState(storage, tabId)), ...patch };
   await storage.set({ [storageKey(tabId)]: state });
+  if (isOpen && !(await isOpen(tabId))) await dropTabState(storage, tabId);
   return state;
 }
 

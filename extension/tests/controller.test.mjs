@@ -7,6 +7,7 @@ const calls = [];
 let hostReply = () => ({ ok: true, result: {} });
 let queued = false; // whether the Outbox still holds the message when the add-on checks
 const session = new Map();
+const closedTabs = new Set();
 const listeners = () => ({ addListener() {} });
 
 function makePort() {
@@ -67,7 +68,16 @@ globalThis.messenger = {
   },
   notifications: { create: async (id, n) => calls.push(["notify", n.message]) },
   windows: { remove: async (id) => calls.push(["closeWindow", id]) },
-  tabs: { query: async () => [], onCreated: listeners(), onRemoved: listeners() },
+  tabs: {
+    query: async () => [],
+    // Like Thunderbird: a closed tab's id is refused.
+    get: async (id) => {
+      if (closedTabs.has(id)) throw new Error(`Invalid tab ID: ${id}`);
+      return { id, type: "messageCompose" };
+    },
+    onCreated: listeners(),
+    onRemoved: listeners(),
+  },
 };
 
 const c = await import("../modules/controller.js");
@@ -92,6 +102,7 @@ beforeEach(async () => {
   await c.onTabRemoved(3); // as Thunderbird reports once the compose window is gone
   calls.length = 0;
   session.clear();
+  closedTabs.clear();
 });
 
 async function encryptOn() {
@@ -241,20 +252,30 @@ test("a refused send's message stays until the recipients change", async () => {
 });
 
 test("an administrator's preset configures an unconfigured host (storage.managed)", async () => {
-  const preset = { directoryUrl: "ldaps://dir.example.com", trustAnchorPem: "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n" };
-  // Like Thunderbird's StorageArea.get: only the keys asked for come back.
-  messenger.storage.managed = {
-    get: async (keys) => Object.fromEntries(keys.filter((k) => k in preset).map((k) => [k, preset[k]])),
-  };
-  hostReply = (req) => ({ ok: true, result: req.action === "status" ? { configured: false } : {} });
-  try {
-    await c.applyManagedDirectory();
-  } finally {
-    delete messenger.storage.managed;
+  const pem = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
+  const fingerprint = "AB:".repeat(31) + "AB";
+  const typed = fingerprint.replace(/:/g, " ").toLowerCase(); // as an administrator may write it
+  for (const [preset, expected] of [
+    [{ directoryUrl: "ldaps://dir.example.com", trustAnchorPem: pem }, {}],
+    // With the fingerprint preset too, the host checks the anchor against it.
+    [{ directoryUrl: "ldaps://dir.example.com", trustAnchorPem: pem, trustAnchorFingerprint: typed },
+      { trust_anchor_fingerprint: fingerprint }],
+  ]) {
+    calls.length = 0;
+    // Like Thunderbird's StorageArea.get: only the keys asked for come back.
+    messenger.storage.managed = {
+      get: async (keys) => Object.fromEntries(keys.filter((k) => k in preset).map((k) => [k, preset[k]])),
+    };
+    hostReply = (req) => ({ ok: true, result: req.action === "status" ? { configured: false } : {} });
+    try {
+      await c.applyManagedDirectory();
+    } finally {
+      delete messenger.storage.managed;
+    }
+    const configure = calls.find((x) => x[0] === "host" && x[1] === "configure");
+    assert.ok(configure, "the host was configured from the preset");
+    assert.deepEqual(configure[2], { directory: preset.directoryUrl, trust_anchor_pem: pem, test: false, ...expected });
   }
-  const configure = calls.find((x) => x[0] === "host" && x[1] === "configure");
-  assert.ok(configure, "the host was configured from the preset");
-  assert.deepEqual(configure[2], { directory: preset.directoryUrl, trust_anchor_pem: preset.trustAnchorPem, test: false });
 });
 
 test("the add-on's host client says hello with its protocol and version on every port", () => {
@@ -485,4 +506,19 @@ test("the clear Sent copy of a refused send cannot be taken back out: the user i
   assert.match(note[1], /the Outbox is full/);
   assert.match(note[1], /reasonSentCopyStays/);
   assert.match(session.get("tab:3").error, /reasonSentCopyStays/);
+});
+
+test("a compose window closed while its send is being refused leaves no tab state behind", async () => {
+  await encryptOn();
+  let removed;
+  hostReply = () => {
+    // The user closes the window while the host works; tabs.onRemoved runs before the refusal.
+    closedTabs.add(3);
+    removed = c.onTabRemoved(3);
+    return { ok: false, error: { code: 7, name: "directory_unreachable", message: "down" } };
+  };
+  assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  await removed;
+  assert.ok(calls.some((x) => x[0] === "notify"), "the user is still told the send was refused");
+  assert.deepEqual([...session.keys()], [], "nothing would ever remove it");
 });

@@ -148,3 +148,39 @@ test("a chunked reply whose text names another request settles only its own", as
   assert.equal(await b, "l");
   client.close();
 });
+
+test("a timed-out request drops the stuck host: everything outstanding fails, the next request starts a new one", async () => {
+  const ports = [];
+  const timers = [];
+  // Timers fired by hand: the encrypt times out while the lookup queued behind it has not yet.
+  const client = new HostClient(() => (ports.push(fakePort()), ports.at(-1)), {
+    setTimer: (fn) => (timers.push(fn), timers.length),
+    clearTimer: () => {},
+  });
+  const a = client.request("encrypt", {});
+  const b = client.request("lookup", {});
+  timers[0]();
+  await assert.rejects(a, (e) => e.code === 0 && e.codeName === "timeout" && /encrypt/.test(e.message));
+  await assert.rejects(b, (e) => e.code === 0 && e.codeName === "timeout");
+  assert.equal(ports[0].disconnected, true, "the stuck host's port is closed, so the process ends");
+  const c = client.request("status");
+  assert.equal(ports.length, 2, "a fresh host for the next request");
+  assert.deepEqual(ports[1].sent.map((m) => m.action), ["status"]);
+  ports[1].emit({ id: ports[1].sent[0].id, ok: true, result: "s" });
+  assert.equal(await c, "s");
+  // A late answer from the old host (had it not gone yet) is ignored.
+  ports[0].emit({ id: ports[0].sent[1].id, ok: true, result: "late" });
+  client.close();
+});
+
+test("a hello that times out drops its port, and the waiting request fails with the timeout", async () => {
+  const ports = [];
+  const client = new HostClient(() => (ports.push(fakePort()), ports.at(-1)), {
+    timeoutMs: 5,
+    hello: { action: "ping", params: { protocol: 1 } },
+  });
+  await assert.rejects(client.request("status"), (e) => e.codeName === "timeout" && /ping/.test(e.message));
+  assert.equal(ports[0].disconnected, true);
+  assert.deepEqual(ports[0].sent.map((m) => m.action), ["ping"]);
+  client.close();
+});

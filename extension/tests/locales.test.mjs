@@ -27,6 +27,8 @@ test("every message key the add-on uses exists", () => {
   for (const m of text.matchAll(/__MSG_(\w+)__/g)) used.add(m[1]);
   for (const m of text.matchAll(/\bmsg\("(\w+)"/g)) used.add(m[1]);
   for (const m of text.matchAll(/data-i18n(?:-placeholder)?="(\w+)"/g)) used.add(m[1]);
+  // Keys a pure module hands back for the page to show (notices, anchorVerdict, AnchorError).
+  for (const m of text.matchAll(/\bkey: "(\w+)"|\bAnchorError\("(\w+)"/g)) used.add(m[1] ?? m[2]);
   assert.ok(used.size > 20);
   for (const k of used) assert.ok(k in en, `missing message ${k}`);
   for (const s of ["pending", "gateway", "genuine", "no_container", "invalid", "invalid_address", "error"]) {

@@ -628,15 +628,36 @@ const script = `(() => {
   const d = content.document;
   const click = ${JSON.stringify(click)};
   const fill = ${JSON.stringify(fill)};
-  for (const [id, value] of Object.entries(fill)) d.getElementById(id).value = value;
+  for (const [id, value] of Object.entries(fill)) {
+    d.getElementById(id).value = value;
+    d.getElementById(id).dispatchEvent(new content.Event("input")); // as typing would
+  }
   if (click) d.getElementById(click).click();
   sendAsyncMessage("keypost:page", (${reader})(d));
 })()`;
 mm.loadFrameScript("data:," + encodeURIComponent(script), false);
 """
 
+CHOOSE_FILE = """
+const [id, name, text, done] = arguments;
+const mm = document.getElementById("tabmail").currentTabInfo.browser.messageManager;
+const listener = () => { mm.removeMessageListener("keypost:chosen", listener); done(true); };
+mm.addMessageListener("keypost:chosen", listener);
+// What picking a file in the dialog does: the input holds the file, then "change".
+const script = `(() => {
+  const input = content.document.getElementById(${JSON.stringify(id)});
+  input.mozSetFileArray([new content.File([${JSON.stringify(text)}], ${JSON.stringify(name)})]);
+  input.dispatchEvent(new content.Event("change"));
+  sendAsyncMessage("keypost:chosen");
+})()`;
+mm.loadFrameScript("data:," + encodeURIComponent(script), false);
+"""
+
 OPTIONS_READER = """(d) => ({
   fingerprint: d.getElementById("fingerprint").textContent,
+  new_fingerprint: d.getElementById("newFingerprint").textContent,
+  verdict: d.getElementById("verdict").textContent,
+  save_disabled: d.getElementById("save").disabled,
   directory: d.getElementById("directory").value,
   managed: !d.getElementById("managed").hidden,
   result: d.getElementById("result").textContent,
@@ -731,6 +752,22 @@ def test_options_page_shows_the_host_and_tests_the_connection(
             lambda: "refused" in (r := _options_state(m)["result"]) and r, 60, "the refusal"
         )
         assert "wrong-Pa55word" not in refused
+        # A trust anchor picked here is fingerprinted by the page (WebCrypto) and must be
+        # confirmed before Save sends it: a pasted fingerprint that differs keeps Save off.
+        m.execute_async_script(
+            CHOOSE_FILE, script_args=["anchor", "ca.pem", directory.ca_pem.read_text("ascii")]
+        )
+        state = tb.wait_for(
+            lambda: (s := _options_state(m))["new_fingerprint"] not in ("", "-") and s,
+            30,
+            "the chosen certificate's fingerprint",
+        )
+        assert state["new_fingerprint"] == expected_fp
+        assert state["save_disabled"] is True, state
+        state = _options_state(m, fill={"expected": "00" * 32})
+        assert state["save_disabled"] is True and "differ" in state["verdict"], state
+        state = _options_state(m, fill={"expected": expected_fp.replace(":", " ").lower()})
+        assert state["save_disabled"] is False and "match" in state["verdict"], state
         _options_state(m, click="save", fill={"password": "alice-secret"})
         tb.wait_for(lambda: "Saved" in _options_state(m)["result"], 60, "the saved settings")
         # The add-on keeps no copy: the password is in no file of the profile.

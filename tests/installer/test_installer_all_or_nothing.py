@@ -5,6 +5,7 @@ fake HOME and the real host."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -141,9 +142,13 @@ def test_the_same_install_succeeds_once_the_fingerprint_is_right(
     done = _keypost(home, "install", "thunderbird", "--directory", "ldaps://dir.example.com",
                     "--username", "alice", "--password-stdin", "--trust-anchor", str(path),
                     "--fingerprint", fingerprint.replace(":", "").lower(), "--offline",
-                    stdin="s3cret\n")
+                    "--managed", stdin="s3cret\n")
     assert done.returncode == 0, done.stderr
     assert f"trust anchor fingerprint (SHA-256): {fingerprint}" in done.stdout
+    # The add-on's options page compares a certificate the user picks against the preset.
+    managed = json.loads(
+        (home / ".mozilla/managed-storage/keypost@keypost.example.json").read_text("utf-8"))
+    assert managed["data"]["trustAnchorFingerprint"] == fingerprint
     assert (home / ".config/keypost/host.toml").is_file()
     assert (home / ".thunderbird/abcd.default/extensions/keypost@keypost.example.xpi").is_file()
     # Now configured: a fingerprint alone is checked against the anchor the host keeps.

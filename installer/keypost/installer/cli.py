@@ -74,6 +74,9 @@ def _install(args: argparse.Namespace) -> int:
         managed["directoryUrl"] = args.directory
         if anchor_pem:
             managed["trustAnchorPem"] = anchor_pem
+        if args.fingerprint:
+            # the options page refuses a certificate the user picks with another fingerprint
+            managed["trustAnchorFingerprint"] = preflight.normalize_fingerprint(args.fingerprint)
     opts = thunderbird.InstallOptions(
         scope=scope,
         python=args.python,
@@ -186,7 +189,8 @@ def register_install(sub: Any) -> None:
     p.add_argument(
         "--managed",
         action="store_true",
-        help="also preset --directory (and --trust-anchor) for the add-on via managed storage",
+        help="also preset --directory (and --trust-anchor, --fingerprint) for the add-on"
+        " via managed storage",
     )
     p.set_defaults(func=_install)
 
