@@ -234,3 +234,41 @@ def test_ca_export_into_a_closed_pipe_is_quiet(data: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert err == b""
     assert proc.returncode == 1
+
+
+def test_gateway_key_file_must_hold_one_current_public_key(data: Path, tmp_path: Path) -> None:
+    """A gateway's key file is stored as registered: one with the private key beside the
+    certificate (`cat key.pem cert.pem`) put that private key into the store, a chain
+    registered whichever certificate came first, an expired certificate a stale key."""
+    from pki_util import key_pem, make_ca, rsa_key, self_signed
+
+    from keypost.core.containers import to_pem
+
+    key = rsa_key()
+    cert = to_pem(self_signed(key, "gateway"))
+    files = {
+        "with-key.pem": (key_pem(key) + cert, "private key"),
+        "key-after.pem": (cert + key_pem(key), "private key"),
+        "chain.pem": (to_pem(make_ca("gateway CA", rsa_key())[1]) + cert, "2 PEM blocks"),
+        "expired.pem": (to_pem(self_signed(key, "gateway", days=-0.01)), "expired on"),
+    }
+    _, usable = write_rsa(tmp_path / "usable.pem")
+    for name, (content, expected) in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        for command in (["add", "keys.example"], ["rekey", "example.net"]):
+            line = one_line_error("directory", "domain", *command, "--encryption-cert",
+                                  str(path), "--data", str(data))
+            assert expected in line, (name, line)
+        line = one_line_error("directory", "domain", "add", "keys.example", "--encryption-cert",
+                              str(usable), "--signing-cert", str(path), "--data", str(data))
+        assert expected in line, (name, line)
+    assert "keys.example" not in keypost("directory", "domain", "list", "--data",
+                                         str(data)).stdout
+    (tmp_path / "cert.pem").write_bytes(cert)
+    keypost("directory", "domain", "add", "keys.example", "--encryption-cert",
+            str(tmp_path / "cert.pem"), "--data", str(data))
+    with sqlite3.connect(data / "directory.db") as db:
+        stored = [bytes(r[0]) for r in db.execute("SELECT pem FROM gateway_keys")]
+    assert stored and not any(b"PRIVATE" in pem for pem in stored)
+    assert cert in stored

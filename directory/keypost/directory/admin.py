@@ -91,12 +91,35 @@ def parse_capabilities(text: str | None) -> tuple[Capability, ...]:
 def _key_record(domain: str, use: KeyUse, path: Path | str,
                 caps: Sequence[Capability]) -> GatewayKeyRecord:
     data = read_file(path, f"{use.value} key")
+    _one_public_key(path, data)
     gateway = GatewayKey.from_pem(data, caps)
     if use is KeyUse.ENCRYPTION and not gateway.smime_usable:
         raise DirectoryError(f"{path}: the encryption key must be RSA with at least 2048 bits")
-    pem = data if b"-----BEGIN" in data else _spki_or_cert_pem(gateway)
-    return GatewayKeyRecord(domain, use, pem, gateway.fingerprint,
-                            tuple(c.value for c in caps), dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    if gateway.certificate is not None:
+        _refuse_expired(path, gateway.certificate, now)
+    # What was parsed, not the file: nothing else in it reaches the store.
+    return GatewayKeyRecord(domain, use, _spki_or_cert_pem(gateway), gateway.fingerprint,
+                            tuple(c.value for c in caps), now)
+
+
+def _one_public_key(path: Path | str, data: bytes) -> None:
+    """A gateway key file holds one certificate or public key: a private key beside it
+    (`cat key.pem cert.pem`) is the gateway's secret, and of a chain only the first
+    certificate would count, whichever that is."""
+    if b"PRIVATE KEY-----" in data:
+        raise DirectoryError(
+            f"{path} holds a private key: give the gateway's certificate or public key only")
+    blocks = data.count(b"-----BEGIN ")
+    if blocks > 1:
+        raise DirectoryError(
+            f"{path} holds {blocks} PEM blocks: give the gateway's certificate or public key only")
+
+
+def _refuse_expired(path: Path | str, cert: x509.Certificate, now: dt.datetime) -> None:
+    if cert.not_valid_after_utc <= now:
+        raise DirectoryError(
+            f"{path}: certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
 
 
 def _spki_or_cert_pem(gateway: GatewayKey) -> bytes:
@@ -131,9 +154,7 @@ def genuine_records(path: Path | str) -> tuple[list[GenuineRecord], list[Genuine
     records: list[GenuineRecord] = []
     added: list[GenuineAdded] = []
     for cert in certs:
-        if cert.not_valid_after_utc <= now:
-            expired = f"{cert.not_valid_after_utc:%Y-%m-%d}"
-            raise DirectoryError(f"{path}: certificate expired on {expired}")
+        _refuse_expired(path, cert, now)
         keys = tuple(dict.fromkeys(_cert_addresses(cert)))
         if not keys:
             raise DirectoryError(f"{path}: certificate names no e-mail address (SAN rfc822Name)")
