@@ -272,3 +272,29 @@ def test_gateway_key_file_must_hold_one_current_public_key(data: Path, tmp_path:
         stored = [bytes(r[0]) for r in db.execute("SELECT pem FROM gateway_keys")]
     assert stored and not any(b"PRIVATE" in pem for pem in stored)
     assert cert in stored
+
+
+def test_account_add_refuses_what_could_never_log_in(data: Path) -> None:
+    """A password longer than a login may be (MAX_PASSWORD) was hashed and stored, and
+    every bind and HTTP Basic check then failed; a name with ':' cannot be sent as HTTP
+    Basic credentials (RFC 7617: the first colon ends the user-id), one with control
+    characters cannot be typed and broke `account list`'s tab-separated lines."""
+    from keypost.directory.accounts import MAX_PASSWORD
+
+    cases = [
+        ("long", "x" * (MAX_PASSWORD + 1), "password longer than"),
+        ("a:b", "pw", "invalid account name"),
+        ("tab\tname", "pw", "invalid account name"),
+        ("bell\x07", "pw", "invalid account name"),
+    ]
+    for name, password, expected in cases:
+        line = one_line_error("directory", "account", "add", name, "--role", "user",
+                              "--domain", "example.net", "--password-stdin", "--data", str(data),
+                              stdin=password + "\n")
+        assert expected in line, (name, line)
+    listing = keypost("directory", "account", "list", "--data", str(data)).stdout
+    assert not any(name in listing for name, _, _ in cases)
+    keypost("directory", "account", "add", "longest", "--role", "user", "--domain",
+            "example.net", "--password-stdin", "--data", str(data),
+            stdin="x" * MAX_PASSWORD + "\n")
+    keypost("directory", "account", "remove", "longest", "--data", str(data))

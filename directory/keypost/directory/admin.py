@@ -28,7 +28,7 @@ from keypost.core.containers import (
 )
 from keypost.core.errors import KeypostError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability
-from keypost.directory.accounts import MAX_NAME, hash_password
+from keypost.directory.accounts import MAX_NAME, MAX_PASSWORD, hash_password
 from keypost.directory.config import DataDir, Settings, write_private, write_settings
 from keypost.directory.errors import ConfigError, DirectoryError
 from keypost.directory.store import (
@@ -180,11 +180,15 @@ def _cert_addresses(cert: x509.Certificate) -> list[str]:
 
 
 def account_record(name: str, role: str, domain: str, password: bytes) -> AccountRecord:
-    bad = any(c in name for c in ',=+<>#;\\"') or name != name.strip()
-    if not name or len(name) > MAX_NAME or bad:
+    # DN specials would need escaping in a bind DN; ':' ends the user-id of HTTP Basic
+    # credentials (RFC 7617); control characters cannot be typed into a client.
+    bad = any(c in name for c in ',=+<>#;\\":') or not name.isprintable()
+    if not name or len(name) > MAX_NAME or bad or name != name.strip():
         raise DirectoryError(f"invalid account name {name!r}")
     if not password:
         raise DirectoryError("empty password")
+    if len(password) > MAX_PASSWORD:  # no login could ever send it (check_password)
+        raise DirectoryError(f"password longer than {MAX_PASSWORD} bytes")
     return AccountRecord(name, AccountRole(role), domain_name(domain), hash_password(password),
                          dt.datetime.now(dt.UTC))
 
