@@ -298,3 +298,19 @@ def test_account_add_refuses_what_could_never_log_in(data: Path) -> None:
             "example.net", "--password-stdin", "--data", str(data),
             stdin="x" * MAX_PASSWORD + "\n")
     keypost("directory", "account", "remove", "longest", "--data", str(data))
+
+
+def test_init_refuses_a_suffix_that_is_no_dn(tmp_path: Path) -> None:
+    """Every entry is named mail=<address>,<suffix>: an empty suffix put DNs ending in ','
+    on the wire, one that is no DN made `serve` refuse the data dir `init` had made."""
+    for suffix in ("", "not a dn", "dc=a,"):
+        line = one_line_error("directory", "init", "--data", str(tmp_path / "d"),
+                              "--suffix", suffix)
+        assert "suffix" in line and "DN" in line, (suffix, line)
+        assert not (tmp_path / "d").exists()
+    keypost("directory", "init", "--data", str(tmp_path / "d"))
+    settings = tmp_path / "d" / "directory.toml"
+    settings.write_text(settings.read_text().replace('suffix = "dc=keypost"', 'suffix = ""'))
+    line = one_line_error("directory", "serve", "--data", str(tmp_path / "d"),
+                          "--ldap", "127.0.0.1:0")
+    assert "directory.toml: suffix" in line, line

@@ -29,7 +29,13 @@ from keypost.core.containers import (
 from keypost.core.errors import KeypostError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability
 from keypost.directory.accounts import MAX_NAME, MAX_PASSWORD, hash_password
-from keypost.directory.config import DataDir, Settings, write_private, write_settings
+from keypost.directory.config import (
+    DataDir,
+    Settings,
+    check_suffix,
+    write_private,
+    write_settings,
+)
 from keypost.directory.errors import ConfigError, DirectoryError
 from keypost.directory.store import (
     AccountRecord,
@@ -61,8 +67,9 @@ def load_ca(data: DataDir, settings: Settings) -> DirectoryCA:
 def init(data: DataDir, key_type: CAKeyType, suffix: str, url: str) -> DirectoryCA:
     if data.settings.exists() or data.ca_key.exists():
         raise ConfigError(f"{data.root} is already initialised")
+    check_suffix(suffix)  # before anything is made: a refusal leaves no data dir
     if url:
-        check_directory_url(url)  # before anything is made: a refusal leaves no data dir
+        check_directory_url(url)
     try:
         data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
