@@ -314,3 +314,20 @@ def test_init_refuses_a_suffix_that_is_no_dn(tmp_path: Path) -> None:
     line = one_line_error("directory", "serve", "--data", str(tmp_path / "d"),
                           "--ldap", "127.0.0.1:0")
     assert "directory.toml: suffix" in line, line
+
+
+def test_init_in_a_folder_made_beforehand_keeps_the_store_private(tmp_path: Path) -> None:
+    """A folder the operator (or a package, or systemd's StateDirectory) made beforehand is
+    typically 0755: the store, with every account's password hash, was then 0644."""
+    data = tmp_path / "d"
+    data.mkdir(mode=0o755)
+    keypost("directory", "init", "--data", str(data))
+    _, pub = write_rsa(tmp_path / "gw.pem")
+    keypost("directory", "domain", "add", "example.com", "--encryption-cert", str(pub),
+            "--data", str(data))
+    keypost("directory", "account", "add", "bob", "--role", "user", "--domain", "example.com",
+            "--password-stdin", "--data", str(data), stdin="pw\n")
+    for name in ("directory.db", "directory.db-wal", "directory.db-shm", "ca-key.pem"):
+        if (data / name).exists():
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+

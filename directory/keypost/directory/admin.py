@@ -78,6 +78,9 @@ def init(data: DataDir, key_type: CAKeyType, suffix: str, url: str) -> Directory
     write_private(data.ca_key, ca.key_pem())
     data.ca_cert.write_bytes(to_pem(ca.certificate))
     write_settings(data, Settings(suffix=suffix, url=url))
+    # Password hashes live in the store: 0600 even in a folder others may list (SQLite
+    # gives its -wal and -shm files the database file's mode).
+    write_private(data.database, b"")
     SqliteStore(data.database).close()
     return ca
 
