@@ -331,3 +331,17 @@ def test_init_in_a_folder_made_beforehand_keeps_the_store_private(tmp_path: Path
         if (data / name).exists():
             assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
 
+
+def test_init_refuses_a_folder_holding_a_store_or_ca(tmp_path: Path) -> None:
+    """Only the settings and the CA key counted as "initialised": a store left behind (its
+    accounts, and containers signed by another CA, which it would go on serving) was
+    adopted by a new CA, a CA certificate overwritten."""
+    old = tmp_path / "old"
+    keypost("directory", "init", "--data", str(old))
+    for name in ("directory.db", "ca.pem"):
+        data = tmp_path / name
+        data.mkdir()
+        (data / name).write_bytes((old / name).read_bytes())
+        line = one_line_error("directory", "init", "--data", str(data))
+        assert "already" in line and name in line, line
+        assert sorted(p.name for p in data.iterdir()) == [name]

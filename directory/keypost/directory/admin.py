@@ -65,8 +65,9 @@ def load_ca(data: DataDir, settings: Settings) -> DirectoryCA:
 
 
 def init(data: DataDir, key_type: CAKeyType, suffix: str, url: str) -> DirectoryCA:
-    if data.settings.exists() or data.ca_key.exists():
-        raise ConfigError(f"{data.root} is already initialised")
+    for made in (data.settings, data.ca_key, data.ca_cert, data.database):
+        if made.exists():  # a store of another CA's containers, too, is no place to start
+            raise ConfigError(f"{data.root} is already initialised (it holds {made.name})")
     check_suffix(suffix)  # before anything is made: a refusal leaves no data dir
     if url:
         check_directory_url(url)
