@@ -345,3 +345,17 @@ def test_init_refuses_a_folder_holding_a_store_or_ca(tmp_path: Path) -> None:
         line = one_line_error("directory", "init", "--data", str(data))
         assert "already" in line and name in line, line
         assert sorted(p.name for p in data.iterdir()) == [name]
+
+
+def test_bad_domains_are_named_as_given(data: Path, tmp_path: Path) -> None:
+    """A domain was checked as the address x@DOMAIN, and the error showed that address
+    ("invalid local part: 'x@x@y.example'") instead of the domain the operator typed."""
+    _, pub = write_rsa(tmp_path / "k.pem")
+    for domain in ("x@y.example", " sp.example", "*.wild.example", "1.2.3.4"):
+        for args in (["domain", "add", domain, "--encryption-cert", str(pub)],
+                     ["domain", "remove", domain],
+                     ["account", "add", "dan", "--role", "user", "--domain", domain,
+                      "--password-stdin"]):
+            line = one_line_error("directory", *args, "--data", str(data), stdin="pw\n")
+            assert f"invalid domain {domain!r}" in line and "x@" not in line.replace(
+                domain, ""), line

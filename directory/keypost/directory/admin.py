@@ -26,7 +26,7 @@ from keypost.core.containers import (
     to_der,
     to_pem,
 )
-from keypost.core.errors import KeypostError
+from keypost.core.errors import AddressError, KeypostError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability
 from keypost.directory.accounts import MAX_NAME, MAX_PASSWORD, hash_password
 from keypost.directory.config import (
@@ -150,7 +150,14 @@ def gateway_keys(domain: str, encryption: Path | str, signing: Path | str | None
 
 def domain_name(text: str) -> str:
     """Normalise a domain via the core's address rules (IDNs to A-labels)."""
-    return parse_address(f"x@{text}").domain
+    # The core's message would name the address made up here, not what the operator typed.
+    invalid = DirectoryError(f"invalid domain {text!r}")
+    if "@" in text or text != text.strip():
+        raise invalid
+    try:
+        return parse_address(f"x@{text}").domain
+    except AddressError:
+        raise invalid from None
 
 
 @dataclass(frozen=True)
