@@ -359,3 +359,12 @@ def test_bad_domains_are_named_as_given(data: Path, tmp_path: Path) -> None:
             line = one_line_error("directory", *args, "--data", str(data), stdin="pw\n")
             assert f"invalid domain {domain!r}" in line and "x@" not in line.replace(
                 domain, ""), line
+
+
+def test_serve_without_its_ca_key_names_the_file(tmp_path: Path) -> None:
+    """It said "cannot serve: No such file or directory", naming nothing."""
+    data = tmp_path / "d"
+    keypost("directory", "init", "--data", str(data))
+    (data / "ca-key.pem").unlink()
+    line = one_line_error("directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0")
+    assert str(data / "ca-key.pem") in line, line

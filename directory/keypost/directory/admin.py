@@ -213,7 +213,10 @@ def account_record(name: str, role: str, domain: str, password: bytes) -> Accoun
 
 def ensure_private(path: Path) -> None:
     """The CA key must stay 0600; refuse to serve with a key others can read."""
-    mode = os.stat(path).st_mode & 0o077
+    try:
+        mode = os.stat(path).st_mode & 0o077
+    except OSError as exc:
+        raise ConfigError(f"cannot read CA key {path}: {exc.strerror or exc}") from None
     if mode:
         raise ConfigError(f"{path} is readable by others (chmod 600 it)")
 
