@@ -368,3 +368,30 @@ def test_serve_without_its_ca_key_names_the_file(tmp_path: Path) -> None:
     (data / "ca-key.pem").unlink()
     line = one_line_error("directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0")
     assert str(data / "ca-key.pem") in line, line
+
+
+def test_genuine_add_refuses_a_certificate_not_valid_yet(data: Path, tmp_path: Path) -> None:
+    """It was handed out at once, next to the proxy container: a certificate that every
+    client refuses until its notBefore."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from pki_util import name, rsa_key
+
+    from keypost.core.containers import to_pem
+
+    key = rsa_key()
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    cert = (x509.CertificateBuilder().subject_name(name("Fay")).issuer_name(name("Fay"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("fay@example.net")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / "fay.pem"
+    path.write_bytes(to_pem(cert))
+    line = one_line_error("directory", "genuine", "add", str(path), "--data", str(data))
+    assert f"not valid before {start:%Y-%m-%d}" in line, line
+    assert "no genuine certificate" in one_line_error(
+        "directory", "genuine", "remove", "fay@example.net", "--data", str(data))

@@ -160,6 +160,9 @@ def domain_name(text: str) -> str:
         raise invalid from None
 
 
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
 @dataclass(frozen=True)
 class GenuineAdded:
     addresses: tuple[str, ...]
@@ -173,6 +176,11 @@ def genuine_records(path: Path | str) -> tuple[list[GenuineRecord], list[Genuine
     added: list[GenuineAdded] = []
     for cert in certs:
         _refuse_expired(path, cert, now)
+        # handed out from now on, beside the proxy container: clients refuse it until then
+        # (a few minutes' clock skew between the issuer and us are let through)
+        if cert.not_valid_before_utc > now + CLOCK_SKEW:
+            raise DirectoryError(f"{path}: certificate not valid before "
+                                 f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: add it then")
         keys = tuple(dict.fromkeys(_cert_addresses(cert)))
         if not keys:
             raise DirectoryError(f"{path}: certificate names no e-mail address (SAN rfc822Name)")
