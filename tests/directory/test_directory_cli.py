@@ -395,3 +395,18 @@ def test_genuine_add_refuses_a_certificate_not_valid_yet(data: Path, tmp_path: P
     assert f"not valid before {start:%Y-%m-%d}" in line, line
     assert "no genuine certificate" in one_line_error(
         "directory", "genuine", "remove", "fay@example.net", "--data", str(data))
+
+
+def test_init_writes_settings_it_can_read_back(tmp_path: Path) -> None:
+    """A newline in --suffix went into directory.toml as it was: invalid TOML, so the data
+    dir init had just made could not be served."""
+    line = one_line_error("directory", "init", "--data", str(tmp_path / "d"),
+                          "--suffix", "dc=a\nb")
+    assert "suffix" in line and not (tmp_path / "d").exists()
+    from keypost.directory.config import DataDir, Settings, load_settings, write_settings
+
+    data = DataDir(tmp_path / "e")
+    keypost("directory", "init", "--data", str(data.root))
+    odd = Settings(suffix='dc=a\\"b\\,c')
+    write_settings(data, odd)
+    assert load_settings(data) == odd

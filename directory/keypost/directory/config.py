@@ -121,7 +121,10 @@ def load_settings(data: DataDir) -> Settings:
 
 
 def check_suffix(suffix: str) -> None:
-    """The suffix names every entry (mail=<address>,<suffix>): a DN of at least one RDN."""
+    """The suffix names every entry (mail=<address>,<suffix>): a DN of at least one RDN,
+    without control characters (directory.toml keeps it as a one-line string)."""
+    if not suffix.isprintable():
+        raise ConfigError(f"suffix: no control characters in a DN, not {suffix!r}")
     try:
         rdns = parse_dn(suffix)
     except InvalidDN as exc:
