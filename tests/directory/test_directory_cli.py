@@ -234,3 +234,179 @@ def test_ca_export_into_a_closed_pipe_is_quiet(data: Path) -> None:
     _, err = proc.communicate(timeout=120)
     assert err == b""
     assert proc.returncode == 1
+
+
+def test_gateway_key_file_must_hold_one_current_public_key(data: Path, tmp_path: Path) -> None:
+    """A gateway's key file is stored as registered: one with the private key beside the
+    certificate (`cat key.pem cert.pem`) put that private key into the store, a chain
+    registered whichever certificate came first, an expired certificate a stale key."""
+    from pki_util import key_pem, make_ca, rsa_key, self_signed
+
+    from keypost.core.containers import to_pem
+
+    key = rsa_key()
+    cert = to_pem(self_signed(key, "gateway"))
+    files = {
+        "with-key.pem": (key_pem(key) + cert, "private key"),
+        "key-after.pem": (cert + key_pem(key), "private key"),
+        "chain.pem": (to_pem(make_ca("gateway CA", rsa_key())[1]) + cert, "2 PEM blocks"),
+        "expired.pem": (to_pem(self_signed(key, "gateway", days=-0.01)), "expired on"),
+    }
+    _, usable = write_rsa(tmp_path / "usable.pem")
+    for name, (content, expected) in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        for command in (["add", "keys.example"], ["rekey", "example.net"]):
+            line = one_line_error("directory", "domain", *command, "--encryption-cert",
+                                  str(path), "--data", str(data))
+            assert expected in line, (name, line)
+        line = one_line_error("directory", "domain", "add", "keys.example", "--encryption-cert",
+                              str(usable), "--signing-cert", str(path), "--data", str(data))
+        assert expected in line, (name, line)
+    assert "keys.example" not in keypost("directory", "domain", "list", "--data",
+                                         str(data)).stdout
+    (tmp_path / "cert.pem").write_bytes(cert)
+    keypost("directory", "domain", "add", "keys.example", "--encryption-cert",
+            str(tmp_path / "cert.pem"), "--data", str(data))
+    with sqlite3.connect(data / "directory.db") as db:
+        stored = [bytes(r[0]) for r in db.execute("SELECT pem FROM gateway_keys")]
+    assert stored and not any(b"PRIVATE" in pem for pem in stored)
+    assert cert in stored
+
+
+def test_account_add_refuses_what_could_never_log_in(data: Path) -> None:
+    """A password longer than a login may be (MAX_PASSWORD) was hashed and stored, and
+    every bind and HTTP Basic check then failed; a name with ':' cannot be sent as HTTP
+    Basic credentials (RFC 7617: the first colon ends the user-id), one with control
+    characters cannot be typed and broke `account list`'s tab-separated lines."""
+    from keypost.directory.accounts import MAX_PASSWORD
+
+    cases = [
+        ("long", "x" * (MAX_PASSWORD + 1), "password longer than"),
+        ("a:b", "pw", "invalid account name"),
+        ("tab\tname", "pw", "invalid account name"),
+        ("bell\x07", "pw", "invalid account name"),
+    ]
+    for name, password, expected in cases:
+        line = one_line_error("directory", "account", "add", name, "--role", "user",
+                              "--domain", "example.net", "--password-stdin", "--data", str(data),
+                              stdin=password + "\n")
+        assert expected in line, (name, line)
+    listing = keypost("directory", "account", "list", "--data", str(data)).stdout
+    assert not any(name in listing for name, _, _ in cases)
+    keypost("directory", "account", "add", "longest", "--role", "user", "--domain",
+            "example.net", "--password-stdin", "--data", str(data),
+            stdin="x" * MAX_PASSWORD + "\n")
+    keypost("directory", "account", "remove", "longest", "--data", str(data))
+
+
+def test_init_refuses_a_suffix_that_is_no_dn(tmp_path: Path) -> None:
+    """Every entry is named mail=<address>,<suffix>: an empty suffix put DNs ending in ','
+    on the wire, one that is no DN made `serve` refuse the data dir `init` had made."""
+    for suffix in ("", "not a dn", "dc=a,"):
+        line = one_line_error("directory", "init", "--data", str(tmp_path / "d"),
+                              "--suffix", suffix)
+        assert "suffix" in line and "DN" in line, (suffix, line)
+        assert not (tmp_path / "d").exists()
+    keypost("directory", "init", "--data", str(tmp_path / "d"))
+    settings = tmp_path / "d" / "directory.toml"
+    settings.write_text(settings.read_text().replace('suffix = "dc=keypost"', 'suffix = ""'))
+    line = one_line_error("directory", "serve", "--data", str(tmp_path / "d"),
+                          "--ldap", "127.0.0.1:0")
+    assert "directory.toml: suffix" in line, line
+
+
+def test_init_in_a_folder_made_beforehand_keeps_the_store_private(tmp_path: Path) -> None:
+    """A folder the operator (or a package, or systemd's StateDirectory) made beforehand is
+    typically 0755: the store, with every account's password hash, was then 0644."""
+    data = tmp_path / "d"
+    data.mkdir(mode=0o755)
+    keypost("directory", "init", "--data", str(data))
+    _, pub = write_rsa(tmp_path / "gw.pem")
+    keypost("directory", "domain", "add", "example.com", "--encryption-cert", str(pub),
+            "--data", str(data))
+    keypost("directory", "account", "add", "bob", "--role", "user", "--domain", "example.com",
+            "--password-stdin", "--data", str(data), stdin="pw\n")
+    for name in ("directory.db", "directory.db-wal", "directory.db-shm", "ca-key.pem"):
+        if (data / name).exists():
+            assert stat.S_IMODE((data / name).stat().st_mode) == 0o600, name
+
+
+def test_init_refuses_a_folder_holding_a_store_or_ca(tmp_path: Path) -> None:
+    """Only the settings and the CA key counted as "initialised": a store left behind (its
+    accounts, and containers signed by another CA, which it would go on serving) was
+    adopted by a new CA, a CA certificate overwritten."""
+    old = tmp_path / "old"
+    keypost("directory", "init", "--data", str(old))
+    for name in ("directory.db", "ca.pem"):
+        data = tmp_path / name
+        data.mkdir()
+        (data / name).write_bytes((old / name).read_bytes())
+        line = one_line_error("directory", "init", "--data", str(data))
+        assert "already" in line and name in line, line
+        assert sorted(p.name for p in data.iterdir()) == [name]
+
+
+def test_bad_domains_are_named_as_given(data: Path, tmp_path: Path) -> None:
+    """A domain was checked as the address x@DOMAIN, and the error showed that address
+    ("invalid local part: 'x@x@y.example'") instead of the domain the operator typed."""
+    _, pub = write_rsa(tmp_path / "k.pem")
+    for domain in ("x@y.example", " sp.example", "*.wild.example", "1.2.3.4"):
+        for args in (["domain", "add", domain, "--encryption-cert", str(pub)],
+                     ["domain", "remove", domain],
+                     ["account", "add", "dan", "--role", "user", "--domain", domain,
+                      "--password-stdin"]):
+            line = one_line_error("directory", *args, "--data", str(data), stdin="pw\n")
+            assert f"invalid domain {domain!r}" in line and "x@" not in line.replace(
+                domain, ""), line
+
+
+def test_serve_without_its_ca_key_names_the_file(tmp_path: Path) -> None:
+    """It said "cannot serve: No such file or directory", naming nothing."""
+    data = tmp_path / "d"
+    keypost("directory", "init", "--data", str(data))
+    (data / "ca-key.pem").unlink()
+    line = one_line_error("directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0")
+    assert str(data / "ca-key.pem") in line, line
+
+
+def test_genuine_add_refuses_a_certificate_not_valid_yet(data: Path, tmp_path: Path) -> None:
+    """It was handed out at once, next to the proxy container: a certificate that every
+    client refuses until its notBefore."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from pki_util import name, rsa_key
+
+    from keypost.core.containers import to_pem
+
+    key = rsa_key()
+    start = dt.datetime.now(dt.UTC) + dt.timedelta(days=2)
+    cert = (x509.CertificateBuilder().subject_name(name("Fay")).issuer_name(name("Fay"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(start).not_valid_after(start + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("fay@example.net")]),
+                           critical=False)
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / "fay.pem"
+    path.write_bytes(to_pem(cert))
+    line = one_line_error("directory", "genuine", "add", str(path), "--data", str(data))
+    assert f"not valid before {start:%Y-%m-%d}" in line, line
+    assert "no genuine certificate" in one_line_error(
+        "directory", "genuine", "remove", "fay@example.net", "--data", str(data))
+
+
+def test_init_writes_settings_it_can_read_back(tmp_path: Path) -> None:
+    """A newline in --suffix went into directory.toml as it was: invalid TOML, so the data
+    dir init had just made could not be served."""
+    line = one_line_error("directory", "init", "--data", str(tmp_path / "d"),
+                          "--suffix", "dc=a\nb")
+    assert "suffix" in line and not (tmp_path / "d").exists()
+    from keypost.directory.config import DataDir, Settings, load_settings, write_settings
+
+    data = DataDir(tmp_path / "e")
+    keypost("directory", "init", "--data", str(data.root))
+    odd = Settings(suffix='dc=a\\"b\\,c')
+    write_settings(data, odd)
+    assert load_settings(data) == odd

@@ -359,3 +359,22 @@ def test_answer_cache_keeps_purposes_apart(controller: Controller) -> None:
     [http] = controller.answer(GATEWAY, ["alice@example.com"], Purpose.ENCRYPT, "http")
     assert [c.role for c in ldap.containers] == [Role.PROXY_SIGNING]
     assert [c.role for c in http.containers] == []  # never its own gateway
+
+
+def test_rekey_to_other_capabilities_drops_unwritten_containers(
+        tmp_path: Path, controller: Controller, keys: list[rsa.RSAPrivateKey],
+        ca: DirectoryCA) -> None:
+    """Same key, other capabilities: the containers issued before, still waiting for the
+    batch write, must not reach the store (a restart would serve them again), also when
+    no request came between the rekey and the write."""
+    [before] = controller.answer(ANON, ["p@example.com"], None, "t")[0].containers
+    cli = SqliteStore(tmp_path / "d.db")
+    same = record("example.com", keys[0], KeyUse.ENCRYPTION)
+    cli.rekey_domain("example.com", [GatewayKeyRecord(
+        same.domain, same.use, same.pem, same.fingerprint, ("aes128-cbc",), NOW)])
+    controller.flush()
+    restarted = Controller(controller.store, ca)
+    [again] = restarted.answer(ANON, ["p@example.com"], None, "t")[0].containers
+    assert again.serial != before.serial
+    cert = x509.load_der_x509_certificate(again.der)
+    assert [c.value for c in describe(cert).capabilities] == ["aes128-cbc"]

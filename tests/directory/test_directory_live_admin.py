@@ -117,3 +117,27 @@ def test_account_remove_ends_its_rights_on_open_ldap_connections(directory: Dire
         assert spki_der(directory.gateway_key) == after.public_key().public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         assert len(ldap3_certs(kept, "kept@example.org")) == 2  # other accounts unaffected
+
+
+def test_rekey_to_other_capabilities_takes_effect_at_once(directory: Directory,
+                                                          tmp_path: Path) -> None:
+    # The documented way to change what a gateway decrypts: `domain rekey` with the same
+    # key and new --capabilities. The containers carry the capabilities, but their cache
+    # is keyed by the key's fingerprint, which stayed: the old ones were served for hours.
+    from keypost.core.containers import describe
+    from keypost.core.types import Capability
+
+    _, pub = write_rsa(tmp_path / "gw.pem")
+    data = str(directory.data)
+    keypost("directory", "domain", "add", "caps.example", "--encryption-cert", str(pub),
+            "--capabilities", "aes256-cbc,aes128-cbc", "--data", data)
+    try:
+        [before] = ldif_certs(ldapsearch(directory, "x@caps.example").stdout)
+        assert ldif_certs(ldapsearch(directory, "x@caps.example").stdout) == [before]
+        keypost("directory", "domain", "rekey", "caps.example", "--encryption-cert", str(pub),
+                "--capabilities", "aes128-cbc", "--data", data)
+        [after] = ldif_certs(ldapsearch(directory, "x@caps.example").stdout)
+        assert describe(after).capabilities == (Capability.AES128_CBC,)
+        assert after.serial_number != before.serial_number
+    finally:
+        keypost("directory", "domain", "remove", "caps.example", "--data", data)

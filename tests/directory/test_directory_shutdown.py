@@ -63,3 +63,52 @@ def test_sigterm_flushes_every_issued_container(tmp_path: Path) -> None:
             assert stored is not None and stored.serial == cert.serial_number
     finally:
         store.close()
+
+
+def test_a_batch_the_locked_store_refused_is_written_later(tmp_path: Path) -> None:
+    """Another process holding the store's write lock past SQLite's 10 s busy timeout
+    (a backup, an operator's sqlite3 shell inside a transaction) made a batch fail: its
+    containers and audit records were dropped, and the audit missed what was issued."""
+    import sqlite3
+    import time
+
+    data = tmp_path / "data"
+    keypost("directory", "init", "--data", str(data))
+    _, pub = write_rsa(tmp_path / "gw.pem")
+    keypost("directory", "domain", "add", DOMAIN, "--encryption-cert", str(pub),
+            "--data", str(data))
+    proc = subprocess.Popen(
+        [*KEYPOST, "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    serials: list[int] = []
+    try:
+        assert proc.stdout is not None
+        url = ""
+        for line in proc.stdout:
+            if line.startswith("listening ldap://"):
+                url = line.split()[1].rsplit("/", 1)[0]
+            if line.strip() == "ready":
+                break
+        lock = sqlite3.connect(DataDir(data).database, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        conn = ldap3.Connection(ldap3.Server(url), auto_bind=True)
+        for i in range(3):  # answered while the store is locked
+            conn.search(SUFFIX, f"(mail=locked{i}@{DOMAIN})",
+                        attributes=["userCertificate;binary"])
+            [der] = conn.response[0]["attributes"]["userCertificate;binary"]
+            serials.append(x509.load_der_x509_certificate(der).serial_number)
+        conn.unbind()
+        time.sleep(12.5)  # the batch after the first second waits 10 s and fails
+        lock.execute("ROLLBACK")
+        lock.close()
+        time.sleep(2.5)  # the next batches go through
+        store = SqliteStore(DataDir(data).database)
+        try:
+            written = sorted(s for record in store.audit() for s in record.serials)
+        finally:
+            store.close()
+        assert written == sorted(serials)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert "event=maintenance_failed" in err  # it did fail once, as intended

@@ -26,10 +26,16 @@ from keypost.core.containers import (
     to_der,
     to_pem,
 )
-from keypost.core.errors import KeypostError
+from keypost.core.errors import AddressError, KeypostError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability
-from keypost.directory.accounts import MAX_NAME, hash_password
-from keypost.directory.config import DataDir, Settings, write_private, write_settings
+from keypost.directory.accounts import MAX_NAME, MAX_PASSWORD, hash_password
+from keypost.directory.config import (
+    DataDir,
+    Settings,
+    check_suffix,
+    write_private,
+    write_settings,
+)
 from keypost.directory.errors import ConfigError, DirectoryError
 from keypost.directory.store import (
     AccountRecord,
@@ -59,10 +65,12 @@ def load_ca(data: DataDir, settings: Settings) -> DirectoryCA:
 
 
 def init(data: DataDir, key_type: CAKeyType, suffix: str, url: str) -> DirectoryCA:
-    if data.settings.exists() or data.ca_key.exists():
-        raise ConfigError(f"{data.root} is already initialised")
+    for made in (data.settings, data.ca_key, data.ca_cert, data.database):
+        if made.exists():  # a store of another CA's containers, too, is no place to start
+            raise ConfigError(f"{data.root} is already initialised (it holds {made.name})")
+    check_suffix(suffix)  # before anything is made: a refusal leaves no data dir
     if url:
-        check_directory_url(url)  # before anything is made: a refusal leaves no data dir
+        check_directory_url(url)
     try:
         data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
@@ -71,6 +79,9 @@ def init(data: DataDir, key_type: CAKeyType, suffix: str, url: str) -> Directory
     write_private(data.ca_key, ca.key_pem())
     data.ca_cert.write_bytes(to_pem(ca.certificate))
     write_settings(data, Settings(suffix=suffix, url=url))
+    # Password hashes live in the store: 0600 even in a folder others may list (SQLite
+    # gives its -wal and -shm files the database file's mode).
+    write_private(data.database, b"")
     SqliteStore(data.database).close()
     return ca
 
@@ -91,12 +102,35 @@ def parse_capabilities(text: str | None) -> tuple[Capability, ...]:
 def _key_record(domain: str, use: KeyUse, path: Path | str,
                 caps: Sequence[Capability]) -> GatewayKeyRecord:
     data = read_file(path, f"{use.value} key")
+    _one_public_key(path, data)
     gateway = GatewayKey.from_pem(data, caps)
     if use is KeyUse.ENCRYPTION and not gateway.smime_usable:
         raise DirectoryError(f"{path}: the encryption key must be RSA with at least 2048 bits")
-    pem = data if b"-----BEGIN" in data else _spki_or_cert_pem(gateway)
-    return GatewayKeyRecord(domain, use, pem, gateway.fingerprint,
-                            tuple(c.value for c in caps), dt.datetime.now(dt.UTC))
+    now = dt.datetime.now(dt.UTC)
+    if gateway.certificate is not None:
+        _refuse_expired(path, gateway.certificate, now)
+    # What was parsed, not the file: nothing else in it reaches the store.
+    return GatewayKeyRecord(domain, use, _spki_or_cert_pem(gateway), gateway.fingerprint,
+                            tuple(c.value for c in caps), now)
+
+
+def _one_public_key(path: Path | str, data: bytes) -> None:
+    """A gateway key file holds one certificate or public key: a private key beside it
+    (`cat key.pem cert.pem`) is the gateway's secret, and of a chain only the first
+    certificate would count, whichever that is."""
+    if b"PRIVATE KEY-----" in data:
+        raise DirectoryError(
+            f"{path} holds a private key: give the gateway's certificate or public key only")
+    blocks = data.count(b"-----BEGIN ")
+    if blocks > 1:
+        raise DirectoryError(
+            f"{path} holds {blocks} PEM blocks: give the gateway's certificate or public key only")
+
+
+def _refuse_expired(path: Path | str, cert: x509.Certificate, now: dt.datetime) -> None:
+    if cert.not_valid_after_utc <= now:
+        raise DirectoryError(
+            f"{path}: certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
 
 
 def _spki_or_cert_pem(gateway: GatewayKey) -> bytes:
@@ -116,7 +150,17 @@ def gateway_keys(domain: str, encryption: Path | str, signing: Path | str | None
 
 def domain_name(text: str) -> str:
     """Normalise a domain via the core's address rules (IDNs to A-labels)."""
-    return parse_address(f"x@{text}").domain
+    # The core's message would name the address made up here, not what the operator typed.
+    invalid = DirectoryError(f"invalid domain {text!r}")
+    if "@" in text or text != text.strip():
+        raise invalid
+    try:
+        return parse_address(f"x@{text}").domain
+    except AddressError:
+        raise invalid from None
+
+
+CLOCK_SKEW = dt.timedelta(minutes=5)
 
 
 @dataclass(frozen=True)
@@ -131,9 +175,12 @@ def genuine_records(path: Path | str) -> tuple[list[GenuineRecord], list[Genuine
     records: list[GenuineRecord] = []
     added: list[GenuineAdded] = []
     for cert in certs:
-        if cert.not_valid_after_utc <= now:
-            expired = f"{cert.not_valid_after_utc:%Y-%m-%d}"
-            raise DirectoryError(f"{path}: certificate expired on {expired}")
+        _refuse_expired(path, cert, now)
+        # handed out from now on, beside the proxy container: clients refuse it until then
+        # (a few minutes' clock skew between the issuer and us are let through)
+        if cert.not_valid_before_utc > now + CLOCK_SKEW:
+            raise DirectoryError(f"{path}: certificate not valid before "
+                                 f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: add it then")
         keys = tuple(dict.fromkeys(_cert_addresses(cert)))
         if not keys:
             raise DirectoryError(f"{path}: certificate names no e-mail address (SAN rfc822Name)")
@@ -159,18 +206,25 @@ def _cert_addresses(cert: x509.Certificate) -> list[str]:
 
 
 def account_record(name: str, role: str, domain: str, password: bytes) -> AccountRecord:
-    bad = any(c in name for c in ',=+<>#;\\"') or name != name.strip()
-    if not name or len(name) > MAX_NAME or bad:
+    # DN specials would need escaping in a bind DN; ':' ends the user-id of HTTP Basic
+    # credentials (RFC 7617); control characters cannot be typed into a client.
+    bad = any(c in name for c in ',=+<>#;\\":') or not name.isprintable()
+    if not name or len(name) > MAX_NAME or bad or name != name.strip():
         raise DirectoryError(f"invalid account name {name!r}")
     if not password:
         raise DirectoryError("empty password")
+    if len(password) > MAX_PASSWORD:  # no login could ever send it (check_password)
+        raise DirectoryError(f"password longer than {MAX_PASSWORD} bytes")
     return AccountRecord(name, AccountRole(role), domain_name(domain), hash_password(password),
                          dt.datetime.now(dt.UTC))
 
 
 def ensure_private(path: Path) -> None:
     """The CA key must stay 0600; refuse to serve with a key others can read."""
-    mode = os.stat(path).st_mode & 0o077
+    try:
+        mode = os.stat(path).st_mode & 0o077
+    except OSError as exc:
+        raise ConfigError(f"cannot read CA key {path}: {exc.strerror or exc}") from None
     if mode:
         raise ConfigError(f"{path} is readable by others (chmod 600 it)")
 

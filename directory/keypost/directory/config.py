@@ -10,6 +10,7 @@ from pathlib import Path
 from keypost.core.containers import check_directory_url
 from keypost.core.errors import ContainerError
 from keypost.directory.errors import ConfigError
+from keypost.directory.ldap.dn import InvalidDN, parse_dn
 
 SETTINGS_FILE = "directory.toml"
 DATABASE_FILE = "directory.db"
@@ -106,6 +107,10 @@ def load_settings(data: DataDir) -> Settings:
     if settings.max_addresses < 1 or settings.cache_size < 1 or settings.audit_retention_days < 1:
         raise ConfigError(
             f"{data.settings}: max_addresses, cache_size, audit_retention_days must be positive")
+    try:
+        check_suffix(settings.suffix)
+    except ConfigError as exc:
+        raise ConfigError(f"{data.settings}: {exc}") from None
     if settings.url:
         # Written into every container: a bad one fails at start, naming this file.
         try:
@@ -113,6 +118,19 @@ def load_settings(data: DataDir) -> Settings:
         except ContainerError as exc:
             raise ConfigError(f"{data.settings}: url: {exc}") from None
     return settings
+
+
+def check_suffix(suffix: str) -> None:
+    """The suffix names every entry (mail=<address>,<suffix>): a DN of at least one RDN,
+    without control characters (directory.toml keeps it as a one-line string)."""
+    if not suffix.isprintable():
+        raise ConfigError(f"suffix: no control characters in a DN, not {suffix!r}")
+    try:
+        rdns = parse_dn(suffix)
+    except InvalidDN as exc:
+        raise ConfigError(f"suffix: {exc}") from None
+    if not rdns:
+        raise ConfigError(f"suffix: a DN such as dc=keypost is needed, not {suffix!r}")
 
 
 def write_settings(data: DataDir, settings: Settings) -> None:

@@ -356,11 +356,16 @@ class Controller:
         if snap is not None and tick - self._checked < self.recheck_seconds:
             return snap
         self._checked = tick
+        return self._recheck()
+
+    def _recheck(self) -> _Snapshot:
+        """The snapshot, reloaded if the store changed (without the requests' interval)."""
+        snap = self._snapshot
         change = self.store.change_counter()
         if snap is None or snap.change != change:
-            snap = self._load(change)
-            if self._snapshot is not None:
-                self._drop_stale(snap)
+            old, snap = snap, self._load(change)
+            if old is not None:
+                self._drop_stale(old, snap)
             self._answers.clear()
             self._snapshot = snap
         return snap
@@ -388,10 +393,16 @@ class Controller:
         )
         return _Snapshot(change, view, keys, {k: tuple(v) for k, v in genuine.items()})
 
-    def _drop_stale(self, snap: _Snapshot) -> None:
-        """After a rekey or removal, containers of keys no longer current go at once."""
-        current = {fp for _, fp in snap.keys.values()}
+    def _drop_stale(self, old: _Snapshot, snap: _Snapshot) -> None:
+        """After a rekey or removal, containers of keys no longer current go at once, also
+        those not yet written. So do those of a key registered again with other
+        capabilities: the containers carry them, the cache keys only the fingerprint."""
+        before = {(fp, gateway.capabilities) for gateway, fp in old.keys.values()}
+        current = {fp for gateway, fp in snap.keys.values()
+                   if (fp, gateway.capabilities) in before}
         self._cache.drop_other_gateways(current)
+        self._pending_issued = [r for r in self._pending_issued
+                                if r.key.gateway_fingerprint in current]
 
     # answering ---------------------------------------------------------------------
     def answer(
@@ -524,6 +535,10 @@ class Controller:
     def take_pending(self) -> tuple[list[IssuedRecord], list[AuditRecord]]:
         """Issued containers and audit records collected since the last call (the server
         writes them in batches off the event loop: keypost.directory.writer)."""
+        # A rekey since the last request: what it retired is not written. Not through
+        # snapshot(): its interval would then start here, and a request right after a CLI
+        # change would be answered from the snapshot of before.
+        self._recheck()
         issued, self._pending_issued = self._pending_issued, []
         audit, self._pending_audit = self._pending_audit, []
         return issued, audit

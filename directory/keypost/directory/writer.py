@@ -32,14 +32,28 @@ class BatchWriter:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="keypost-writer")
         self._store: Store | None = None
         self._open = open_store
+        # What a failed batch could not write (the store locked by another process past
+        # the busy timeout, say) goes with the next one: dropped, the audit would miss
+        # containers that were handed out. Touched by the worker thread only.
+        self._issued: list[IssuedRecord] = []
+        self._audit: list[AuditRecord] = []
 
     def _write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> None:
+        self._issued += issued
+        self._audit += audit
         if self._store is None:
             self._store = self._open()  # sqlite3 connections belong to their thread
-        write_batch(self._store, issued, audit)
+        # write_batch's order, each part forgotten once written (never written twice)
+        self._store.save_issued(self._issued)
+        self._issued = []
+        self._store.append_audit(self._audit)
+        self._audit = []
 
     async def write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> None:
-        if issued or audit:
+        """Write a batch, after what earlier failed batches left; raises if the store
+        refuses (those records are then tried again with the next batch)."""
+        # the worker's lists, read here: at worst a stale look that waits a batch longer
+        if issued or audit or self._issued or self._audit:
             batch = asyncio.wrap_future(self._pool.submit(self._write, issued, audit))
             # A caller cancelled at shutdown must not cancel a batch still queued: its
             # records would be lost. Shielded, it stays queued ahead of close().
