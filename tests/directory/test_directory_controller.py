@@ -332,6 +332,47 @@ def test_batch_writer_keeps_a_queued_batch_whose_caller_was_cancelled(
     assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
 
 
+def test_batch_writer_purges_in_its_thread_while_the_loop_goes_on(
+        controller: Controller, tmp_path: Path) -> None:
+    """The hourly purge ran on the event loop: a store another process held locked (SQLite
+    waits up to 10 s) stopped every answer that long. A purge that blocks (here: until the
+    loop has run on) must leave the loop free, and must still purge."""
+    import asyncio
+    import threading
+
+    from keypost.directory.writer import sqlite_writer
+
+    controller.answer(ANON, ["p1@example.com"], None, "t", now=NOW)
+    issued, audit = controller.take_pending()
+    writer = sqlite_writer(tmp_path / "d.db")
+    loop_ran = threading.Event()
+    threads: list[str] = []
+
+    async def run() -> tuple[int, int]:
+        await writer.write(issued, audit)  # opens the writer's own store
+        opened = writer._store
+        assert opened is not None
+        purge = opened.purge_issued
+
+        def slow(now: dt.datetime) -> int:
+            threads.append(threading.current_thread().name)
+            assert loop_ran.wait(5), "the loop did not run while the purge waited"
+            return purge(now)
+
+        opened.purge_issued = slow  # type: ignore[method-assign]
+        later = NOW + dt.timedelta(days=400)
+        job = asyncio.ensure_future(writer.purge(later, dt.timedelta(days=1)))
+        await asyncio.sleep(0.05)
+        loop_ran.set()  # set by the loop while the purge waits in the writer's thread
+        counts = await job
+        await writer.close()
+        return counts
+
+    issued_gone, audit_gone = asyncio.run(run())
+    assert (issued_gone, audit_gone) == (1, 1)
+    assert threads and threads[0].startswith("keypost-writer")
+
+
 # The answer cache: all accounts are one requestor for containers, not for answers -----------
 ORG_USER = requestor_of(account("olga", domain="example.org"))
 

@@ -548,13 +548,19 @@ class Controller:
         write_batch(self.store, *self.take_pending())
 
     def purge(self, retention: dt.timedelta, now: dt.datetime | None = None) -> tuple[int, int]:
-        """Drop expired containers and audit records older than `retention`."""
+        """Drop expired containers and audit records older than `retention` (through this
+        controller's store; `serve` has its writer do it and then calls `purged`)."""
         now = now or dt.datetime.now(dt.UTC)
         issued = self.store.purge_issued(now)
-        # the set of stored addresses shrinks with the table (not yet flushed ones stay)
+        audit = self.store.purge_audit(now - retention)
+        self.purged(now)
+        return issued, audit
+
+    def purged(self, now: dt.datetime) -> None:
+        """The stored containers were purged at `now`: the set of stored addresses shrinks
+        with the table (those not yet flushed stay)."""
         self._stored = self.store.issued_addresses(now) | {
             r.key.address_key for r in self._pending_issued}
-        return issued, self.store.purge_audit(now - retention)
 
 
 def _half_life(container: Container) -> dt.datetime:

@@ -110,8 +110,8 @@ def _say(line: str) -> None:
 
 async def _maintain(controller: Controller, writer: BatchWriter,
                     retention: dt.timedelta) -> None:
-    """Batch writes every second (in the writer's thread); purge expired containers and
-    old audit hourly (on the loop: rare, and it must not overlap a batch)."""
+    """Batch writes every second and, hourly, the purge of expired containers and old
+    audit, both in the writer's thread (one after the other, never overlapping)."""
     since_purge = PURGE_SECONDS
     while True:
         await asyncio.sleep(FLUSH_SECONDS)
@@ -120,7 +120,9 @@ async def _maintain(controller: Controller, writer: BatchWriter,
             since_purge += FLUSH_SECONDS
             if since_purge >= PURGE_SECONDS:
                 since_purge = 0.0
-                issued, audit = controller.purge(retention)
+                now = dt.datetime.now(dt.UTC)
+                issued, audit = await writer.purge(now, retention)
+                controller.purged(now)
                 if issued or audit:
                     log.info("event=purge issued=%d audit=%d", issued, audit)
         except Exception:

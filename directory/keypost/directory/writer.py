@@ -11,6 +11,7 @@ connection read meanwhile.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,16 +39,32 @@ class BatchWriter:
         self._issued: list[IssuedRecord] = []
         self._audit: list[AuditRecord] = []
 
+    def _own_store(self) -> Store:
+        if self._store is None:
+            self._store = self._open()  # sqlite3 connections belong to their thread
+        return self._store
+
     def _write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> None:
         self._issued += issued
         self._audit += audit
-        if self._store is None:
-            self._store = self._open()  # sqlite3 connections belong to their thread
+        store = self._own_store()
         # write_batch's order, each part forgotten once written (never written twice)
-        self._store.save_issued(self._issued)
+        store.save_issued(self._issued)
         self._issued = []
-        self._store.append_audit(self._audit)
+        store.append_audit(self._audit)
         self._audit = []
+
+    def _purge(self, now: dt.datetime, retention: dt.timedelta) -> tuple[int, int]:
+        store = self._own_store()
+        return store.purge_issued(now), store.purge_audit(now - retention)
+
+    async def purge(self, now: dt.datetime, retention: dt.timedelta) -> tuple[int, int]:
+        """Drop containers expired at `now` and audit records older than `retention`, in
+        the writer's thread like a batch, and in order with the batches: on the loop, a
+        store locked by another process (SQLite waits up to its 10 s busy timeout) held
+        every answer that long."""
+        job = self._pool.submit(self._purge, now, retention)
+        return await asyncio.shield(asyncio.wrap_future(job))
 
     async def write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> None:
         """Write a batch, after what earlier failed batches left; raises if the store
