@@ -119,6 +119,35 @@ def test_key_files_readable_by_others_are_refused(tmp_path: Path, pki: Pki) -> N
     assert load_private_key(loose, None).key_size == 2048  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("which", [0, 1])  # the current key, a retired key
+def test_an_ec_encryption_key_is_refused_naming_its_file_and_domain(
+        tmp_path: Path, which: int) -> None:
+    """A retired EC key was refused by the S/MIME engine with a message naming neither."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from pki_util import key_pem
+
+    from keypost.gateway.config import DomainConfig
+    from keypost.gateway.keys import load_domain_keys
+
+    paths = [tmp_path / "current.key", tmp_path / "retired.key"]
+    for i, path in enumerate(paths):
+        key = ec.generate_private_key(ec.SECP256R1()) if i == which else \
+            rsa.generate_private_key(65537, 2048)
+        write_private(path, key_pem(key))
+    with pytest.raises(ConfigError) as caught:
+        load_domain_keys(DomainConfig(name="example.com", encryption_keys=tuple(paths)))
+    assert str(paths[which]) in str(caught.value) and "example.com" in str(caught.value)
+
+
+def test_check_config_warns_when_no_domain_is_served(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('listen = "127.0.0.1:10025"\nnext_hop = "127.0.0.1:10026"\n')
+    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "warning: no [[domain]]" in done.stdout and "configuration OK" in done.stdout
+
+
 def test_wrong_passphrase_message_holds_no_key_material(tmp_path: Path, pki: Pki) -> None:
     from cryptography.hazmat.primitives import serialization
 

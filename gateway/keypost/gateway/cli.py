@@ -73,6 +73,9 @@ def _check(args: argparse.Namespace) -> int:
     gw = build(cfg)  # loads keys and secrets: the same checks as serve
     for line in describe(gw.config):
         print(line)
+    if not cfg.domains:
+        print("warning: no [[domain]]: the gateway decrypts and signs nothing, it passes all "
+              "mail through unchanged")
     for folder, mode in Maildir(cfg.quarantine_dir).loose_folders():
         print(f"warning: {loose_warning(folder, mode)}")
     if args.connect:

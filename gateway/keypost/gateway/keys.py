@@ -98,8 +98,10 @@ def load_domain_keys(domain: DomainConfig) -> DomainKeys:
         domain.key_passphrase_file, domain.key_passphrase_env, f"domain {domain.name}"
     )
     keys = [load_private_key(p, passphrase) for p in domain.encryption_keys]
-    if not isinstance(keys[0], rsa.RSAPrivateKey):
-        raise ConfigError(f"domain {domain.name}: the current encryption key must be RSA")
+    for path, key in zip(domain.encryption_keys, keys, strict=True):
+        if not isinstance(key, rsa.RSAPrivateKey):  # current or retired alike
+            raise ConfigError(f"{path}: domain {domain.name}'s encryption keys must be RSA "
+                              "(S/MIME decryption is RSA key transport)")
     signing = (
         load_private_key(domain.signing_key, passphrase) if domain.signing_key else None
     )
