@@ -213,7 +213,7 @@ export async function encryptParams(tab, details, identity) {
     to: toList(details.to),
     cc: toList(details.cc),
     bcc: toList(details.bcc),
-    reply_to: toList(details.replyTo)[0] ?? null,
+    reply_to: toList(details.replyTo), // all of them: an older host keeps the first
     subject: details.subject ?? "",
     body_plain: plainOnly ? (details.plainTextBody ?? details.body ?? "") : (details.plainTextBody ?? null),
     body_html: plainOnly ? null : (details.body ?? null),

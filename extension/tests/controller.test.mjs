@@ -522,3 +522,17 @@ test("a compose window closed while its send is being refused leaves no tab stat
   assert.ok(calls.some((x) => x[0] === "notify"), "the user is still told the send was refused");
   assert.deepEqual([...session.keys()], [], "nothing would ever remove it");
 });
+
+test("every Reply-To address goes to the host, not only the first", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const replyTo = ["Desk <desk@example.com>", "Alice <alice@example.com>"];
+  await c.onBeforeSend(TAB, { ...DETAILS, replyTo });
+  assert.deepEqual(calls.find((x) => x[0] === "host")[2].reply_to, replyTo);
+  calls.length = 0;
+  await new Promise((r) => setTimeout(r, 10));
+  await c.onTabRemoved(3);
+  await encryptOn();
+  await c.onBeforeSend(TAB, DETAILS);
+  assert.deepEqual(calls.find((x) => x[0] === "host")[2].reply_to, []);
+});

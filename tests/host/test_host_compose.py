@@ -221,3 +221,28 @@ def test_lists_and_groups_in_recipient_fields_become_one_recipient_each() -> Non
         ("", "c@example.org"), ("Dee", "d@example.net")]
     assert b"e@example.org" not in data and b"f@example.net" not in data
     assert b"Hidden" not in data and "Bcc" not in msg
+
+
+def assert_no_defects(msg: Any) -> None:
+    """The email package (policy=default) found nothing wrong in any part or header."""
+    for part in msg.walk():
+        assert not part.defects, part.defects
+        for name, value in part.items():
+            assert not getattr(value, "defects", ()), (name, value.defects)
+
+
+@pytest.mark.parametrize("reply_to", [
+    ["Desk <desk@example.com>", "Älice <alice@example.com>"],
+    'Desk <desk@example.com>, "Älice" <alice@example.com>',
+])
+def test_every_reply_to_address_is_kept(reply_to: str | list[str]) -> None:
+    msg = parse(build_message(parse_compose(params(reply_to=reply_to))))
+    assert [(a.display_name, a.addr_spec) for a in msg["Reply-To"].addresses] == [
+        ("Desk", "desk@example.com"), ("Älice", "alice@example.com")]
+    assert len(msg.get_all("Reply-To")) == 1
+    assert_no_defects(msg)
+
+
+@pytest.mark.parametrize("reply_to", [None, []])
+def test_no_reply_to_no_header(reply_to: list[str] | None) -> None:
+    assert "Reply-To" not in parse(build_message(parse_compose(params(reply_to=reply_to))))

@@ -108,7 +108,7 @@ class Compose:
     to: tuple[Mailbox, ...]
     cc: tuple[Mailbox, ...]
     bcc: tuple[Mailbox, ...]
-    reply_to: Mailbox | None
+    reply_to: tuple[Mailbox, ...]  # every Reply-To mailbox, in order (one header)
     subject: str
     body_plain: str | None
     body_html: str | None  # embedded data: images already replaced by cid: references
@@ -169,7 +169,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     if not sender_text:
         raise BadRequest("from is required", {"param": "from"})
     sender = parse_mailbox(sender_text)
-    reply = [parse_mailbox(t) for t in _strings(params.get("reply_to"), "reply_to")]
+    reply = _recipients(params.get("reply_to"), "reply_to")
     to, cc, bcc = (_recipients(params.get(p), p) for p in ("to", "cc", "bcc"))
     if not (to or cc or bcc):
         raise BadRequest("at least one recipient (to, cc or bcc) is required", {"param": "to"})
@@ -214,7 +214,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
         to=to,
         cc=cc,
         bcc=bcc,
-        reply_to=reply[0] if reply else None,
+        reply_to=reply,
         subject=subject,
         body_plain=plain,
         body_html=html,
@@ -352,8 +352,7 @@ def build_message(
     _set_addresses(msg, "From", [c.sender])
     _set_addresses(msg, "To", c.to)
     _set_addresses(msg, "Cc", c.cc)
-    if c.reply_to:
-        _set_addresses(msg, "Reply-To", [c.reply_to])
+    _set_addresses(msg, "Reply-To", c.reply_to)
     msg["Subject"] = _encoded(c.subject, "Subject")
     msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
     msg["Message-ID"] = message_id or make_msgid(domain=c.sender.id_domain)
