@@ -9,6 +9,7 @@ import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
 import { normalizeFingerprint } from "./fingerprint.js";
 import { composeNotices, remoteImagesOf, sameNotices } from "./notices.js";
+import { deliveryFormatOf } from "./compose_choices.js";
 
 const POLL_MS = 1500;
 const LOOKUP_QUIET_MS = 600;
@@ -217,6 +218,7 @@ export async function encryptParams(tab, details, identity) {
     subject: details.subject ?? "",
     body_plain: plainOnly ? (details.plainTextBody ?? details.body ?? "") : (details.plainTextBody ?? null),
     body_html: plainOnly ? null : (details.body ?? null),
+    delivery_format: deliveryFormatOf(details),
     attachments: await gatherAttachments(tab.id),
     headers: {
       ...Object.fromEntries(

@@ -3,6 +3,7 @@
 
 import { startTags } from "./html_tags.js";
 import { collectNewsgroups } from "./recipients.js";
+import { deliveryFormatOf } from "./compose_choices.js";
 
 const REMOTE = /^https?:\/\//i;
 // What a URL parser drops around a URL (element.src does): C0 controls and spaces.
@@ -34,11 +35,13 @@ export function remoteImagesToAttach(html) {
 }
 
 /**
- * The remote images of compose details (none for a plain text message).
- * @param {{isPlainText?: boolean, body?: string}} details
+ * The remote images of compose details (none when no HTML is sent: a message written as plain
+ * text, or one whose delivery format sends plain text only).
+ * @param {{isPlainText?: boolean, deliveryFormat?: string | null, body?: string}} details
  */
 export function remoteImagesOf(details) {
-  return details?.isPlainText === true ? [] : remoteImagesToAttach(details?.body ?? "");
+  if (deliveryFormatOf(details) === "plaintext" || details?.isPlainText === true) return [];
+  return remoteImagesToAttach(details?.body ?? "");
 }
 
 /**

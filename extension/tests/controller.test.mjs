@@ -81,6 +81,7 @@ globalThis.messenger = {
 };
 
 const c = await import("../modules/controller.js");
+const notices = await import("../modules/notices.js");
 c.timing.queueCheckMs = 5; // the Outbox check runs right after each test's send
 
 const TAB = { id: 3, windowId: 30 };
@@ -535,4 +536,17 @@ test("every Reply-To address goes to the host, not only the first", async () => 
   await encryptOn();
   await c.onBeforeSend(TAB, DETAILS);
   assert.deepEqual(calls.find((x) => x[0] === "host")[2].reply_to, []);
+});
+
+test("the delivery format goes to the host; sent as plain text, remote images are no reason to refuse", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const body = '<p>Logo</p><img moz-do-not-send="false" src="https://images.example.net/a.png">';
+  const html = { ...DETAILS, isPlainText: false, body, plainTextBody: "Logo" };
+  assert.deepEqual(await c.onBeforeSend(TAB, { ...html, deliveryFormat: "plaintext" }), { cancel: true });
+  const params = calls.find((x) => x[0] === "host")[2];
+  assert.equal(params.delivery_format, "plaintext");
+  assert.equal(calls.filter((x) => x[0] === "import").length, 2);
+  assert.deepEqual(notices.composeNotices({ ...html, deliveryFormat: "plaintext" }), []);
+  assert.equal(notices.composeNotices({ ...html, deliveryFormat: "html" }).length, 1);
 });

@@ -246,3 +246,55 @@ def test_every_reply_to_address_is_kept(reply_to: str | list[str]) -> None:
 @pytest.mark.parametrize("reply_to", [None, []])
 def test_no_reply_to_no_header(reply_to: list[str] | None) -> None:
     assert "Reply-To" not in parse(build_message(parse_compose(params(reply_to=reply_to))))
+
+
+IMAGE = "data:image/png;base64," + base64.b64encode(b"\x89PNG\r\n\x1a\nimage").decode()
+ATTACHMENT = {"name": "notes.txt", "content_type": "text/plain",
+              "data_base64": base64.b64encode(b"notes").decode()}
+
+
+def shape(msg: Any) -> list[str]:
+    return [part.get_content_type() for part in msg.walk()]
+
+
+@pytest.mark.parametrize(("fmt", "expected"), [
+    (None, ["multipart/alternative", "text/plain", "multipart/related", "text/html", "image/png"]),
+    ("both", ["multipart/alternative", "text/plain", "multipart/related", "text/html",
+              "image/png"]),
+    ("auto", ["multipart/alternative", "text/plain", "multipart/related", "text/html",
+              "image/png"]),
+    ("html", ["multipart/related", "text/html", "image/png"]),
+    ("plaintext", ["text/plain"]),
+])
+def test_delivery_format_decides_the_body_parts(fmt: str | None, expected: list[str]) -> None:
+    c = parse_compose(params(body_html=f'<p>Hello</p><img src="{IMAGE}">', delivery_format=fmt))
+    msg = parse(build_message(c))
+    assert shape(msg) == expected
+    assert_no_defects(msg)
+    with_file = parse(build_message(parse_compose(params(
+        body_html="<p>Hello</p>", delivery_format=fmt, attachments=[ATTACHMENT]))))
+    assert shape(with_file)[0] == "multipart/mixed" and shape(with_file)[-1] == "text/plain"
+    assert_no_defects(with_file)
+
+
+def test_plaintext_delivery_sends_no_html_and_reports_no_remote_images() -> None:
+    html = '<p>Hi</p><img src="https://e.example/x.png" moz-do-not-send="false">'
+    c = parse_compose(params(body_html=html, delivery_format="plaintext"))
+    assert c.body_html is None and c.remote_images == ()
+    assert b"<p>" not in build_message(c)
+
+
+def test_delivery_format_is_ignored_for_a_plain_text_message() -> None:
+    msg = parse(build_message(parse_compose(params(delivery_format="html"))))
+    assert shape(msg) == ["text/plain"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"delivery_format": "rtf"},
+    {"delivery_format": 4},
+    {"delivery_format": "plaintext", "body_plain": None, "body_html": "<p>x</p>"},
+])
+def test_bad_delivery_format(bad: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest) as raised:
+        parse_compose(params(**bad))
+    assert raised.value.details["param"] in ("delivery_format", "body_plain")

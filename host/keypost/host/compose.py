@@ -45,6 +45,10 @@ _QP_UTF8.body_encoding = email.charset.QP
 MAX_LINE = 998
 _LINE_END = re.compile(r"\r\n|\r|\n")
 OCTET_STREAM = "application/octet-stream"
+# ComposeDetails.deliveryFormat. "auto" is Thunderbird's converter deciding from the editor's
+# document (plain text when nothing is formatted, else both); the host cannot see that
+# document, so "auto" (and no choice) sends what it is given, and the add-on resolves "auto".
+DELIVERY_FORMATS = ("auto", "plaintext", "html", "both")
 
 
 def _clean(value: str, what: str) -> str:
@@ -163,6 +167,27 @@ def _opt_str(params: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _bodies(params: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The plain and HTML bodies to send, as the delivery format chooses (Thunderbird
+    ignores it for a message written as plain text)."""
+    plain, html = _opt_str(params, "body_plain"), _opt_str(params, "body_html")
+    if plain is None and html is None:
+        raise BadRequest("body_plain or body_html is required", {"param": "body_plain"})
+    fmt = params.get("delivery_format")
+    if fmt is not None and fmt not in DELIVERY_FORMATS:
+        raise BadRequest(f"delivery_format must be one of {', '.join(DELIVERY_FORMATS)} or null",
+                         {"param": "delivery_format"})
+    if html is None:
+        return plain, None
+    if fmt == "plaintext":
+        if plain is None:
+            raise BadRequest("delivery_format plaintext needs body_plain", {"param": "body_plain"})
+        return plain, None
+    if fmt == "html":
+        return None, html
+    return plain, html
+
+
 def parse_compose(params: dict[str, Any]) -> Compose:
     """Check the `encrypt` params (PROTOCOL.md). Raises BadRequest naming the parameter."""
     sender_text = _opt_str(params, "from")
@@ -173,9 +198,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     to, cc, bcc = (_recipients(params.get(p), p) for p in ("to", "cc", "bcc"))
     if not (to or cc or bcc):
         raise BadRequest("at least one recipient (to, cc or bcc) is required", {"param": "to"})
-    plain, html = _opt_str(params, "body_plain"), _opt_str(params, "body_html")
-    if plain is None and html is None:
-        raise BadRequest("body_plain or body_html is required", {"param": "body_plain"})
+    plain, html = _bodies(params)
     attachments = []
     raw_atts = params.get("attachments") or []
     if not isinstance(raw_atts, list):
