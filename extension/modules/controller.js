@@ -219,10 +219,14 @@ export async function encryptParams(tab, details, identity) {
     body_plain: plainOnly ? (details.plainTextBody ?? details.body ?? "") : (details.plainTextBody ?? null),
     body_html: plainOnly ? null : (details.body ?? null),
     delivery_format: deliveryFormatOf(details),
+    priority: details.priority ?? null,
     attachments: await gatherAttachments(tab.id),
     headers: {
       ...Object.fromEntries(
-        (details.customHeaders ?? []).filter((h) => /^x-/i.test(h.name)).map((h) => [h.name, h.value]),
+        // X-Priority is Thunderbird's own record of the priority ("Highest"): `priority` says it.
+        (details.customHeaders ?? [])
+          .filter((h) => /^x-/i.test(h.name) && !/^x-priority$/i.test(h.name))
+          .map((h) => [h.name, h.value]),
       ),
       ...(await threadingHeaders(details)),
     },

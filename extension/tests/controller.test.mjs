@@ -550,3 +550,13 @@ test("the delivery format goes to the host; sent as plain text, remote images ar
   assert.deepEqual(notices.composeNotices({ ...html, deliveryFormat: "plaintext" }), []);
   assert.equal(notices.composeNotices({ ...html, deliveryFormat: "html" }).length, 1);
 });
+
+test("the priority goes to the host, and Thunderbird's own X-Priority header does not", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const customHeaders = [{ name: "X-Priority", value: "Highest" }, { name: "X-Note", value: "n" }];
+  await c.onBeforeSend(TAB, { ...DETAILS, priority: "highest", customHeaders });
+  const params = calls.find((x) => x[0] === "host")[2];
+  assert.equal(params.priority, "highest");
+  assert.deepEqual(params.headers, { "X-Note": "n" });
+});

@@ -298,3 +298,29 @@ def test_bad_delivery_format(bad: dict[str, Any]) -> None:
     with pytest.raises(BadRequest) as raised:
         parse_compose(params(**bad))
     assert raised.value.details["param"] in ("delivery_format", "body_plain")
+
+
+@pytest.mark.parametrize(("priority", "header"), [
+    ("highest", "1 (Highest)"), ("high", "2 (High)"), ("low", "4 (Low)"), ("lowest", "5 (Lowest)"),
+    ("normal", None), (None, None),
+])
+def test_priority_is_written_as_thunderbird_writes_it(priority: str | None,
+                                                      header: str | None) -> None:
+    msg = parse(build_message(parse_compose(params(priority=priority))))
+    assert msg.get_all("X-Priority") == ([header] if header else None)
+    assert_no_defects(msg)
+
+
+def test_the_priority_param_replaces_an_x_priority_header() -> None:
+    # Thunderbird keeps the priority among its headers: customHeaders may carry "Highest".
+    c = parse_compose(params(priority="low", headers={"x-priority": "Highest"}))
+    assert parse(build_message(c)).get_all("X-Priority") == ["4 (Low)"]
+    c = parse_compose(params(priority="normal", headers={"X-Priority": "Highest"}))
+    assert "X-Priority" not in parse(build_message(c))
+
+
+@pytest.mark.parametrize("bad", [{"priority": "urgent"}, {"priority": 1}, {"priority": []}])
+def test_bad_priority(bad: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest) as raised:
+        parse_compose(params(**bad))
+    assert raised.value.details["param"] == "priority"

@@ -290,3 +290,21 @@ def test_internationalised_addresses_are_encrypted_to_not_an_internal_error(
     # A UTF-8 local part is looked up fine but cannot be written: said so, not "internal".
     reply = call(host, "encrypt", **params(to=["jörg@example.org"], cc=[], bcc=[]))
     assert code(reply) == 1 and "jörg@example.org" in reply["error"]["message"]
+
+
+def inner_entity(message: str, key: Any) -> bytes:
+    """The MIME entity inside the envelope, as the gateway decrypts it."""
+    der = base64.b64decode(message.split("\r\n\r\n", 1)[1])
+    return smime.Decryptor([key]).decrypt_der(der)[0]
+
+
+def test_compose_choices_are_clear_outer_headers(
+    setup: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    result = ok(host, "encrypt", **params(priority="highest"))
+    for copy in ("message", "sent_copy"):
+        assert parse(result[copy])["X-Priority"] == "1 (Highest)"
+    inner = inner_entity(result["message"], gateway_keys.keys["example.org"])
+    assert b"X-Priority" not in inner.split(b"\r\n\r\n", 1)[0]

@@ -49,6 +49,10 @@ OCTET_STREAM = "application/octet-stream"
 # document (plain text when nothing is formatted, else both); the host cannot see that
 # document, so "auto" (and no choice) sends what it is given, and the add-on resolves "auto".
 DELIVERY_FORMATS = ("auto", "plaintext", "html", "both")
+# ComposeDetails.priority -> X-Priority as Thunderbird writes it (none for normal, as when the
+# user chose nothing: the API reports both as "normal").
+PRIORITIES = {"highest": "1 (Highest)", "high": "2 (High)", "normal": None,
+              "low": "4 (Low)", "lowest": "5 (Lowest)"}
 
 
 def _clean(value: str, what: str) -> str:
@@ -124,6 +128,7 @@ class Compose:
     inline_images: tuple[InlineImage, ...] = ()  # the parts body_html's cid: URLs name
     # Images marked to be attached that are links on the web (the message keeps the links).
     remote_images: tuple[str, ...] = ()
+    x_priority: str | None = None  # e.g. "1 (Highest)"
 
     @property
     def recipients(self) -> tuple[Mailbox, ...]:
@@ -217,9 +222,15 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     headers = params.get("headers") or {}
     if not isinstance(headers, dict):
         raise BadRequest("headers must be an object", {"param": "headers"})
+    priority = params.get("priority")
+    if priority is not None and (not isinstance(priority, str) or priority not in PRIORITIES):
+        raise BadRequest(f"priority must be one of {', '.join(PRIORITIES)} or null",
+                         {"param": "priority"})
     extra: list[tuple[str, str]] = []
     for name, value in headers.items():
         lname = name.lower()
+        if lname == "x-priority" and priority is not None:
+            continue  # the priority param decides; Thunderbird keeps it among its headers
         if not (lname.startswith("x-") or lname in ALLOWED_HEADERS) or not isinstance(value, str):
             raise BadRequest(
                 f"header {name!r} is not allowed (X-*, In-Reply-To, References only)",
@@ -248,6 +259,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
         for_outbox=bool(params.get("for_outbox", False)),
         inline_images=inline,
         remote_images=remote,
+        x_priority=None if priority is None else PRIORITIES[priority],
     )
 
 
@@ -380,7 +392,7 @@ def build_message(
     msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
     msg["Message-ID"] = message_id or make_msgid(domain=c.sender.id_domain)
     extra = [("X-Identity-Key", c.identity_key), ("X-Account-Key", c.account_key),
-             *c.headers]
+             ("X-Priority", c.x_priority), *c.headers]
     for name, value in extra:
         if value:
             if not _HEADER_NAME.match(name):
