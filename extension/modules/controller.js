@@ -220,6 +220,7 @@ export async function encryptParams(tab, details, identity) {
     body_html: plainOnly ? null : (details.body ?? null),
     delivery_format: deliveryFormatOf(details),
     priority: details.priority ?? null,
+    return_receipt: details.returnReceipt === true,
     attachments: await gatherAttachments(tab.id),
     headers: {
       ...Object.fromEntries(

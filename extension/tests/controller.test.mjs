@@ -560,3 +560,10 @@ test("the priority goes to the host, and Thunderbird's own X-Priority header doe
   assert.equal(params.priority, "highest");
   assert.deepEqual(params.headers, { "X-Note": "n" });
 });
+
+test("a return receipt request goes to the host", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  await c.onBeforeSend(TAB, { ...DETAILS, returnReceipt: true });
+  assert.equal(calls.find((x) => x[0] === "host")[2].return_receipt, true);
+});

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -324,3 +325,22 @@ def test_bad_priority(bad: dict[str, Any]) -> None:
     with pytest.raises(BadRequest) as raised:
         parse_compose(params(**bad))
     assert raised.value.details["param"] == "priority"
+
+
+def test_return_receipt_asks_the_sender_as_thunderbird_does() -> None:
+    data = build_message(parse_compose(params(return_receipt=True)))
+    msg = parse(data)
+    assert msg.get_all("Disposition-Notification-To") == [msg["From"]]
+    # The email package reads the field as unstructured text: decoded, it is the mailbox.
+    assert parseaddr(msg["Disposition-Notification-To"]) == ("Älice Example", "alice@example.com")
+    assert "Return-Receipt-To" not in msg  # Thunderbird's default request_header_type
+    assert_no_defects(msg)
+    for no in (False, None):
+        assert "Disposition-Notification-To" not in parse(
+            build_message(parse_compose(params(return_receipt=no))))
+
+
+def test_bad_return_receipt() -> None:
+    with pytest.raises(BadRequest) as raised:
+        parse_compose(params(return_receipt="yes"))
+    assert raised.value.details["param"] == "return_receipt"

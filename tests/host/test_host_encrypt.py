@@ -303,8 +303,10 @@ def test_compose_choices_are_clear_outer_headers(
 ) -> None:
     host, _, _ = setup
     assert configure(host, ca)["ok"]
-    result = ok(host, "encrypt", **params(priority="highest"))
+    result = ok(host, "encrypt", **params(priority="highest", return_receipt=True))
     for copy in ("message", "sent_copy"):
         assert parse(result[copy])["X-Priority"] == "1 (Highest)"
+        assert parse(result[copy])["Disposition-Notification-To"] == "Alice <alice@example.com>"
     inner = inner_entity(result["message"], gateway_keys.keys["example.org"])
-    assert b"X-Priority" not in inner.split(b"\r\n\r\n", 1)[0]
+    inner_head = inner.split(b"\r\n\r\n", 1)[0]
+    assert b"X-Priority" not in inner_head and b"Disposition-Notification-To" not in inner_head

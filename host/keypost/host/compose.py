@@ -129,6 +129,7 @@ class Compose:
     # Images marked to be attached that are links on the web (the message keeps the links).
     remote_images: tuple[str, ...] = ()
     x_priority: str | None = None  # e.g. "1 (Highest)"
+    return_receipt: bool = False  # Disposition-Notification-To: the sender (RFC 8098)
 
     @property
     def recipients(self) -> tuple[Mailbox, ...]:
@@ -237,6 +238,9 @@ def parse_compose(params: dict[str, Any]) -> Compose:
                 {"param": "headers"},
             )
         extra.append((name, value))
+    receipt = params.get("return_receipt")
+    if receipt is not None and not isinstance(receipt, bool):
+        raise BadRequest("return_receipt must be true, false or null", {"param": "return_receipt"})
     subject = _opt_str(params, "subject") or ""
     inline: tuple[InlineImage, ...] = ()
     remote: tuple[str, ...] = ()
@@ -260,6 +264,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
         inline_images=inline,
         remote_images=remote,
         x_priority=None if priority is None else PRIORITIES[priority],
+        return_receipt=bool(receipt),
     )
 
 
@@ -388,6 +393,10 @@ def build_message(
     _set_addresses(msg, "To", c.to)
     _set_addresses(msg, "Cc", c.cc)
     _set_addresses(msg, "Reply-To", c.reply_to)
+    if c.return_receipt:
+        # As Thunderbird with its default mail.receipt.request_header_type (0): the From
+        # mailbox, no Return-Receipt-To.
+        _set_addresses(msg, "Disposition-Notification-To", [c.sender])
     msg["Subject"] = _encoded(c.subject, "Subject")
     msg["Date"] = format_datetime(now or dt.datetime.now(dt.UTC))
     msg["Message-ID"] = message_id or make_msgid(domain=c.sender.id_domain)
