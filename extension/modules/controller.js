@@ -375,6 +375,17 @@ async function sendEncrypted(tab, details) {
   // Queued: the message goes out, so nothing from here on may withdraw the Sent copy or say
   // "not sent" (the user would send it a second time).
   const messageId = getHeader(outgoing, "Message-ID") ?? "";
+  if (details.deliveryStatusNotification === true) {
+    // Said in the popup before Send too: the Outbox cannot ask the server for a DSN.
+    messenger.notifications
+      .create(`keypost-nodsn-${tab.id}`, {
+        type: "basic",
+        iconUrl: messenger.runtime.getURL("icons/keypost.svg"),
+        title: msg("noDsnTitle"),
+        message: msg("noticeNoDsn"),
+      })
+      .catch(console.error);
+  }
   setTimeout(() => remindIfQueued(outbox.id, messageId).catch(console.error), timing.queueCheckMs);
   // Close after this listener has returned its cancel, so Thunderbird is not mid-send.
   setTimeout(() => closeCompose(tab).catch(console.error), 0);

@@ -46,9 +46,10 @@ export function remoteImagesOf(details) {
 
 /**
  * Notices for compose details with Encrypt on: each a _locales key and its substitutions.
- * Every notice means Send will be refused until the user acts.
+ * A notice means Send will be refused until the user acts, unless it says `refuses: false`
+ * (a choice that cannot be honoured but need not stop the mail).
  * @param {object} details  compose.getComposeDetails
- * @returns {{key: string, subs: string[]}[]}
+ * @returns {{key: string, subs: string[], refuses?: false}[]}
  */
 export function composeNotices(details) {
   const notices = [];
@@ -56,6 +57,9 @@ export function composeNotices(details) {
   if (groups.length > 0) notices.push({ key: "noticeNewsgroups", subs: [groups.join(", ")] });
   const images = remoteImagesOf(details);
   if (images.length > 0) notices.push({ key: "noticeRemoteImages", subs: [images.join(", ")] });
+  // Thunderbird's Outbox sends with fresh compose fields (nsMsgSendLater): no DSN is asked for
+  // any queued message, so neither for the encrypted one. Said, not refused.
+  if (details?.deliveryStatusNotification === true) notices.push({ key: "noticeNoDsn", subs: [], refuses: false });
   return notices;
 }
 

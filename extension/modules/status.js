@@ -131,14 +131,18 @@ export function buttonLook(state) {
   if (!state.encrypt) return { badge: "badgeOff", color: GREY, title: [{ key: "titleOff" }], popup: false };
   const on = (color, title) => ({ badge: "badgeOn", color, title, popup: true });
   if (state.error) return on(RED, [{ key: "notSentTitle" }, { text: state.error }]); // who and why
+  const line = (n) => ({ key: n.key, subs: n.subs });
   const notices = state.notices ?? [];
-  if (notices.length > 0) return on(RED, notices.map((n) => ({ key: n.key, subs: n.subs })));
+  const refusing = notices.filter((n) => n.refuses !== false);
+  if (refusing.length > 0) return on(RED, refusing.map(line));
+  // Notices that refuse nothing follow whatever the recipients say.
+  const said = notices.filter((n) => n.refuses === false).map(line);
   const summary = summarize(state.statuses ?? []);
   if (state.lookupError || summary.failing > 0) {
     const title = [{ key: "titleFailing", subs: [String(summary.failing || 1)] }];
     if (state.lookupError) title.push({ text: state.lookupError });
-    return on(RED, title);
+    return on(RED, [...title, ...said]);
   }
-  if (!summary.ready) return on(AMBER, [{ key: "titlePending" }]);
-  return on(GREEN, [{ key: "titleReady", subs: [String(summary.total)] }]);
+  if (!summary.ready) return on(AMBER, [{ key: "titlePending" }, ...said]);
+  return on(GREEN, [{ key: "titleReady", subs: [String(summary.total)] }, ...said]);
 }

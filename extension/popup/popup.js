@@ -15,12 +15,14 @@ function render(state) {
   $("encrypt").checked = state.encrypt;
   $("error").hidden = !state.error;
   $("error").textContent = state.error ? `${msg("notSentTitle")}\n${state.error}` : "";
-  // What Send would be refused for, said before Send (newsgroups, remote images to attach).
+  // What Send would be refused for, said before Send (newsgroups, remote images to attach),
+  // and what it cannot honour without refusing (no delivery status notification).
   const notices = state.encrypt ? (state.notices ?? []) : [];
   $("notices").hidden = notices.length === 0;
   $("notices").replaceChildren(
     ...notices.map((n) => {
       const li = document.createElement("li");
+      if (n.refuses === false) li.className = "said";
       li.textContent = msg(n.key, n.subs);
       return li;
     }),

@@ -567,3 +567,17 @@ test("a return receipt request goes to the host", async () => {
   await c.onBeforeSend(TAB, { ...DETAILS, returnReceipt: true });
   assert.equal(calls.find((x) => x[0] === "host")[2].return_receipt, true);
 });
+
+test("a delivery status notification request: sent all the same, and the user is told it was not requested", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  assert.deepEqual(await c.onBeforeSend(TAB, { ...DETAILS, deliveryStatusNotification: true }), { cancel: true });
+  assert.equal(calls.filter((x) => x[0] === "import").length, 2);
+  assert.deepEqual(calls.filter((x) => x[0] === "notify").map((x) => x[1]), ["noticeNoDsn"]);
+  calls.length = 0;
+  await new Promise((r) => setTimeout(r, 10));
+  await c.onTabRemoved(3);
+  await encryptOn();
+  await c.onBeforeSend(TAB, DETAILS);
+  assert.equal(calls.filter((x) => x[0] === "notify").length, 0);
+});

@@ -61,10 +61,11 @@ test("every notice has a text in en and de", () => {
   const root = join(dirname(fileURLToPath(import.meta.url)), "..");
   const source = readFileSync(join(root, "modules", "notices.js"), "utf8");
   const keys = [...source.matchAll(/key: "(\w+)"/g)].map((m) => m[1]);
-  assert.deepEqual(keys, ["noticeNewsgroups", "noticeRemoteImages"]);
+  assert.deepEqual(keys, ["noticeNewsgroups", "noticeRemoteImages", "noticeNoDsn"]);
   for (const lang of ["en", "de"]) {
     const messages = JSON.parse(readFileSync(join(root, "_locales", lang, "messages.json"), "utf8"));
-    for (const key of keys) assert.match(messages[key].message, /\$(GROUPS|URLS)\$/, `${lang}: ${key}`);
+    for (const key of keys.slice(0, 2)) assert.match(messages[key].message, /\$(GROUPS|URLS)\$/, `${lang}: ${key}`);
+    assert.ok(messages.noticeNoDsn.message, lang);
   }
 });
 
@@ -75,4 +76,10 @@ test("script text ends where the tokenizer's script data states say", () => {
   assert.deepEqual(remoteImagesToAttach(`<script><!--<script></script>${img}</script>`), []);
   assert.deepEqual(remoteImagesToAttach(`<script><!--></script>${img}`), [REMOTE]);
   assert.deepEqual(remoteImagesToAttach(`<script><!--<script></script>--></script>${img}`), [REMOTE]);
+});
+
+test("a delivery status notification request: a notice that refuses nothing", () => {
+  const details = { to: ["bob@example.org"], body: "<p>hi</p>", deliveryStatusNotification: true };
+  assert.deepEqual(composeNotices(details), [{ key: "noticeNoDsn", subs: [], refuses: false }]);
+  assert.deepEqual(composeNotices({ ...details, deliveryStatusNotification: false }), []);
 });

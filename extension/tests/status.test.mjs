@@ -54,6 +54,7 @@ test("statusList matches the host's entry by what was asked (given), e.g. an IDN
 test("buttonLook: off, refused, notices before Send, failing, pending, ready", () => {
   const ok = { state: "gateway" };
   const NEWS = { key: "noticeNewsgroups", subs: ["comp.mail.misc"] };
+  const DSN = { key: "noticeNoDsn", subs: [], refuses: false };
   const cases = [
     [{ encrypt: false, statuses: [ok], notices: [NEWS] }, "badgeOff", "#6b6b6b", [{ key: "titleOff" }], false],
     [{ encrypt: true, statuses: [ok], error: "c@y.org: none", notices: [NEWS] }, "badgeOn", "#c62828",
@@ -67,6 +68,10 @@ test("buttonLook: off, refused, notices before Send, failing, pending, ready", (
     [{ encrypt: true, statuses: [ok, { state: "pending" }] }, "badgeOn", "#b26a00", [{ key: "titlePending" }], true],
     [{ encrypt: true, statuses: [] }, "badgeOn", "#b26a00", [{ key: "titlePending" }], true],
     [{ encrypt: true, statuses: [ok, ok], notices: [] }, "badgeOn", "#1a7f37", [{ key: "titleReady", subs: ["2"] }], true],
+    // A notice that refuses nothing (no delivery status notification) is said after the status.
+    [{ encrypt: true, statuses: [ok], notices: [DSN] }, "badgeOn", "#1a7f37",
+      [{ key: "titleReady", subs: ["1"] }, { key: "noticeNoDsn", subs: [] }], true],
+    [{ encrypt: true, statuses: [ok], notices: [DSN, NEWS] }, "badgeOn", "#c62828", [NEWS], true],
   ];
   const en = JSON.parse(readFileSync(new URL("../_locales/en/messages.json", import.meta.url), "utf8"));
   const de = JSON.parse(readFileSync(new URL("../_locales/de/messages.json", import.meta.url), "utf8"));
