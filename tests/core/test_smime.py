@@ -486,6 +486,28 @@ def test_the_sender_matches_its_container_in_any_case() -> None:
     assert result.ok, result.reasons
 
 
+@pytest.mark.parametrize(
+    "from_field",
+    [
+        b"From: Alice <alice@a.example>\r\nFrom: mallory@evil.example",  # a second field
+        b"From: Alice <alice@a.example>, mallory@evil.example",  # a mailbox-list
+        b"From: alice@a.example (Alice), mallory@evil.example",
+        b"From: Friends: alice@a.example, mallory@evil.example;",  # a group
+    ],
+)
+def test_verify_refuses_a_from_that_names_more_than_the_signer(from_field: bytes) -> None:
+    """Only the first address was compared with the certificate: a reader shows the others
+    (or the second field) as the sender of a message that 'verified'."""
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    signed = smime.sign_message(_fresh_message(), gw.key, cont)
+    assert signed.startswith(b"From: Alice <alice@a.example>\r\n")
+    changed = from_field + signed[len(b"From: Alice <alice@a.example>") :]
+    result = smime.verify_signed(changed, [directory_ca().certificate])
+    assert not result.ok
+    assert any("From" in r and "not one" in r for r in result.reasons), result.reasons
+
+
 def test_verify_reports_untrusted_wrong_sender_and_date_skew() -> None:
     gw = gateway("gw.a.example")
     cont = container("mallory@a.example", gw, Purpose.SIGN)

@@ -688,10 +688,17 @@ def _chain_problems(
 
 
 def _from_problems(headers: Sequence[m.Header], cert: x509.Certificate) -> list[str]:
-    sender = m.find_header(headers, "From")
-    if sender is None:
+    """The certificate must name the sender, and the sender must be one: with a second
+    From field or a mailbox-list only the first address was compared, while a reader shows
+    the others as senders of a message that verified."""
+    fields = [h.value for h in headers if h.key == "from"]
+    if not fields:
         return ["the message has no From header"]
-    _, addr = email.utils.parseaddr(sender.value)
+    found = [a for _, a in email.utils.getaddresses(fields) if a]
+    if len(fields) != 1 or len(found) != 1:
+        return [f"the From header names {len(found)} addresses in {len(fields)} field(s), "
+                "not one"]
+    addr = found[0]
     try:
         wanted = parse_address(addr)
         named = describe(cert).addresses
