@@ -772,6 +772,29 @@ def test_sha1_signed_container_refused(rsa_ca: kc.DirectoryCA, gw: kc.GatewayKey
     assert "signature does not verify" not in text  # the signature itself is genuine
 
 
+def test_signature_algorithm_must_match_the_tbs_one(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey
+) -> None:
+    """RFC 5280 4.1.1.2: signatureAlgorithm MUST be the algorithm in the TBSCertificate
+    (openssl verify: "signature algorithm mismatch"). The outer one was the only one read."""
+    good = issue(ca, gw)
+    ecdsa_sha256 = der_tlv(0x30, der_oid("1.2.840.10045.4.3.2"))
+    ecdsa_sha384 = der_tlv(0x30, der_oid("1.2.840.10045.4.3.3"))
+    content = der_single(good.tbs_certificate_bytes, 0x30, "TBSCertificate")
+    assert content.count(ecdsa_sha256) == 1
+    tbs = der_tlv(0x30, content.replace(ecdsa_sha256, ecdsa_sha384))
+    key = ca_private_key(ca)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    mixed = x509.load_der_x509_certificate(
+        der_tlv(0x30, tbs + ecdsa_sha256 + der_tlv(0x03, b"\x00" + signature))
+    )
+    text = reasons_of(
+        kc.verify_container(mixed, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "signature algorithm" in text and "does not match" in text
+
+
 def test_rsa_1024_container_refused(ca: kc.DirectoryCA) -> None:
     weak = rsa.generate_private_key(65537, 1024).public_key()
     cert = hand_built(ca, weak, keypost_role=True)

@@ -21,10 +21,17 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from keypost.core.errors import ContainerError
 from keypost.core.types import Purpose
-from keypost.core.x509_ext import OID_KEYPOST_CONTAINER, OID_NO_REV_AVAIL, OID_SMIME_CAPABILITIES
+from keypost.core.x509_ext import (
+    OID_KEYPOST_CONTAINER,
+    OID_NO_REV_AVAIL,
+    OID_SMIME_CAPABILITIES,
+    der_read,
+)
 
 MIN_RSA_BITS = 2048
 # What cryptography raises while lazily parsing a hostile certificate (found by fuzzing in
@@ -38,6 +45,7 @@ PARSE_ERRORS: tuple[type[Exception], ...] = (
     x509.UnsupportedGeneralNameType,
 )
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+_TAG_VERSION = 0xA0  # TBSCertificate version [0] EXPLICIT
 
 
 def first_sentence(exc: Exception) -> str:
@@ -101,8 +109,34 @@ def key_problem(key: object, what: str) -> str | None:
     return f"{what} key type {key_description(key)} is not accepted (RSA or EC only)"
 
 
+def _content_start(der: bytes) -> int:
+    """Offset of the first content byte of the DER element at the start of `der`."""
+    return 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+
+
+def signature_algorithm_problem(cert: x509.Certificate, what: str) -> str | None:
+    """RFC 5280 4.1.1.2: the outer signatureAlgorithm MUST equal the TBSCertificate's
+    signature field. cryptography reads only the outer one (the one the checks here see),
+    so a certificate whose signed part names another algorithm passed."""
+    # Only the elements up to the two AlgorithmIdentifiers are read (~3 us; all of them ~14).
+    try:
+        der, tbs = cert.public_bytes(Encoding.DER), cert.tbs_certificate_bytes
+        outer = der_read(der, _content_start(der) + len(tbs))[:2]  # after the TBSCertificate
+        tag, _, pos = der_read(tbs, _content_start(tbs))  # version [0] or serialNumber
+        if tag == _TAG_VERSION:
+            pos = der_read(tbs, pos)[2]  # past serialNumber
+        if der_read(tbs, pos)[:2] == outer:
+            return None
+    except (ContainerError, IndexError):
+        pass
+    return f"{what}'s signature algorithm does not match the one in its signed part"
+
+
 def algorithm_problems(cert: x509.Certificate, what: str) -> list[str]:
     reasons: list[str] = []
+    mismatch = signature_algorithm_problem(cert, what)
+    if mismatch:
+        reasons.append(mismatch)
     try:
         algo = cert.signature_hash_algorithm
     except UnsupportedAlgorithm:
