@@ -991,6 +991,33 @@ def test_unrecognised_critical_extension_is_refused(ca: kc.DirectoryCA) -> None:
             assert result.ok, result.reasons
 
 
+def test_a_malformed_anchor_spoils_neither_the_others_nor_the_reason(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey
+) -> None:
+    """An anchor cryptography cannot read (here a duplicate extension) raised while its key
+    identifier was compared: with it first in the list every container of another anchor
+    was "malformed certificate", and alone it was the container that was blamed."""
+    der = kc.to_der(kc.DirectoryCA.generate(common_name="broken CA").certificate)
+    key_usage, basic_constraints = der_oid("2.5.29.15"), der_oid("2.5.29.19")
+    assert der.count(key_usage) == 1
+    broken = x509.load_der_x509_certificate(der.replace(key_usage, basic_constraints))
+    cert = issue(ca, gw)
+    assert kc.verify_container(
+        cert, [broken, ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
+    ).ok
+    alone = kc.verify_container(cert, [broken], "alice@example.org", Purpose.ENCRYPT, NOW)
+    text = reasons_of(alone)
+    assert "malformed certificate" not in text and "not issued by a trusted" in text
+    # a malformed anchor that does name the container's issuer is what is malformed
+    named = x509.load_der_x509_certificate(
+        kc.to_der(ca.certificate).replace(key_usage, basic_constraints)
+    )
+    text = reasons_of(
+        kc.verify_container(cert, [named], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert text.startswith("malformed trust anchor: Duplicate 2.5.29.19"), text
+
+
 def test_weak_or_expired_anchor(gw: kc.GatewayKey) -> None:
     short = kc.DirectoryCA.generate(validity=dt.timedelta(days=2))
     cert = short.issue(kc.ContainerRequest(parse_address("a@b.example"), Purpose.ENCRYPT, gw))

@@ -219,6 +219,24 @@ def ca_problems(cert: x509.Certificate, what: str) -> list[str]:
     return reasons
 
 
+def _anchor_named(anchor: x509.Certificate, issuer: x509.Name) -> bool | None:
+    """Is `issuer` the anchor's subject? None: the anchor's name cannot be read."""
+    try:
+        return anchor.subject == issuer
+    except PARSE_ERRORS:
+        return None
+
+
+def _readable_anchor_ski(anchor: x509.Certificate) -> bytes | None:
+    """The anchor's key identifier; None when its extensions cannot be read. Such an anchor
+    (one of several pinned) raised here, and every certificate compared with it was
+    "malformed", even one that a good anchor further on had issued."""
+    try:
+        return _anchor_ski(anchor)
+    except PARSE_ERRORS:
+        return None
+
+
 def find_issuer(
     cert: x509.Certificate, anchors: Sequence[x509.Certificate]
 ) -> tuple[x509.Certificate | None, list[str]]:
@@ -230,11 +248,13 @@ def find_issuer(
     aki_read = False  # read only when a name does not match (compatibility containers)
     named = None
     for anchor in anchors:
-        by_name = anchor.subject == issuer
+        by_name = _anchor_named(anchor, issuer)
+        if by_name is None:
+            continue
         if not by_name:
             if not aki_read:
                 aki, aki_read = _aki(cert), True
-            if aki is None or aki != _anchor_ski(anchor):
+            if aki is None or aki != _readable_anchor_ski(anchor):
                 continue
         if signature_valid(cert, public_key(anchor)):
             return anchor, []
@@ -247,7 +267,10 @@ def find_issuer(
 
 
 def anchor_problems(anchor: x509.Certificate, now: dt.datetime) -> list[str]:
-    reasons = list(_fixed_anchor_problems(anchor))
+    try:
+        reasons = list(_fixed_anchor_problems(anchor))
+    except PARSE_ERRORS as exc:  # the anchor's fault, not the certificate's it issued
+        return [failure_reason(exc, "trust anchor")]
     if not anchor.not_valid_before_utc <= now <= anchor.not_valid_after_utc:
         reasons.append("trust anchor is outside its validity period")
     return reasons
