@@ -749,6 +749,8 @@ def _verify(
             reasons.append("the content was changed after signing (messageDigest mismatch)")
     if info.content_type != cms.OID_DATA:
         reasons.append("signed contentType is not id-data")
+    if signed.content_type != cms.OID_DATA:  # RFC 5652 11.1: must equal the attribute
+        reasons.append("the SignedData's eContentType is not id-data")
     try:
         reasons += checks.algorithm_problems(cert, "signer certificate")
         reasons += _chain_problems(cert, trust_anchors, certs, at_now)
