@@ -960,9 +960,10 @@ def test_econtent_type_must_be_id_data() -> None:
     assert any("eContentType" in r for r in result.reasons), result.reasons
 
 
-def _signed_with_attribute_twice(oid: bytes) -> bytes:
+def _signed_with_attribute_twice(oid: bytes | None) -> bytes:
     """A signed message whose SignerInfo carries the signed attribute `oid` twice: a second
-    copy with another value, signed again with the gateway's key."""
+    copy with another value, signed again with the gateway's key. None: a SignerInfo
+    without signed attributes, whose signature covers the content itself (RFC 5652 5.4)."""
     gw = gateway("gw.a.example")
     signed = smime.sign_message(_fresh_message(), gw.key, container("alice@a.example", gw,
                                                                    Purpose.SIGN))  # fmt: skip
@@ -975,6 +976,12 @@ def _signed_with_attribute_twice(oid: bytes) -> bytes:
     sd = cms.children(buf, wrapper)[0]
     signer_set = cms.children(buf, sd)[-1]
     kids = cms.children(buf, cms.children(buf, signer_set)[0])
+    if oid is None:
+        content = smime.verify_signed(signed, [directory_ca().certificate]).content
+        signature = gw.key.sign(content, padding.PKCS1v15(), hashes.SHA256())
+        signer_info = der_tlv(0x30, der[kids[0].head : kids[3].head]
+                              + der[kids[4].head : kids[4].next] + der_tlv(0x04, signature))
+        return _with_signer_info(head, tail, der, signer_info)
     members = [bytes(buf[a.head : a.next]) for a in cms.children(buf, kids[3])]
     values = {cms.OID_MESSAGE_DIGEST: der_tlv(0x04, bytes(32)),
               cms.OID_CONTENT_TYPE: der_tlv(0x06, cms.OID_DATA[:-1] + b"\x05"),
@@ -984,6 +991,16 @@ def _signed_with_attribute_twice(oid: bytes) -> bytes:
     signature = gw.key.sign(signed_attrs, padding.PKCS1v15(), hashes.SHA256())
     signer_info = der_tlv(0x30, der[kids[0].head : kids[3].head] + b"\xa0" + signed_attrs[1:]
                           + der[kids[4].head : kids[4].next] + der_tlv(0x04, signature))
+    return _with_signer_info(head, tail, der, signer_info)
+
+
+def _with_signer_info(head: bytes, tail: bytes, der: bytes, signer_info: bytes) -> bytes:
+    """The signed message around `der` with its one SignerInfo replaced."""
+    buf = memoryview(der)
+    top = cms.read_tlv(buf, 0, len(der))
+    wrapper = cms.children(buf, top)[1]
+    sd = cms.children(buf, wrapper)[0]
+    signer_set = cms.children(buf, sd)[-1]
     signed_data = der_tlv(0x30, der[sd.start : signer_set.head] + der_tlv(0x31, signer_info))
     new = der_tlv(0x30, der[top.start : wrapper.head] + der_tlv(0xA0, signed_data))
     hostile = base64.encodebytes(new).replace(b"\n", b"\r\n")
@@ -1001,3 +1018,15 @@ def test_a_signed_attribute_given_twice_is_refused(oid: bytes) -> None:
     result = smime.verify_signed(_signed_with_attribute_twice(oid), [directory_ca().certificate])
     assert not result.ok
     assert any("more than once" in r for r in result.reasons), result.reasons
+
+
+def test_no_signed_attributes_is_said_without_claiming_tampering() -> None:
+    """`openssl cms -sign -noattr`: the signature covers the content itself. It is refused
+    (signingTime must match Date), but it also read "the content was changed after signing"
+    and "contentType is not id-data", neither of which anybody could tell."""
+    result = smime.verify_signed(_signed_with_attribute_twice(None), [directory_ca().certificate])
+    assert not result.ok
+    assert result.reasons == (
+        "no signed attributes (messageDigest is required)",
+        "no signingTime attribute",
+    )

@@ -740,14 +740,16 @@ def _verify(
     if problem:
         reasons.append(problem)
     digest_alg = cms.DIGESTS.get(info.digest_oid)
-    if digest_alg is not None:
+    # Without signed attributes there is no messageDigest or contentType to compare: the
+    # reason above says so, not "changed after signing" (`openssl cms -sign -noattr`).
+    if digest_alg is not None and info.signed_attrs is not None:
         h = hashes.Hash(digest_alg)
         h.update(content)
-        if info.message_digest is None or not hmac.compare_digest(
-            h.finalize(), info.message_digest
-        ):
+        if info.message_digest is None:
+            reasons.append("no messageDigest attribute")
+        elif not hmac.compare_digest(h.finalize(), info.message_digest):
             reasons.append("the content was changed after signing (messageDigest mismatch)")
-    if info.content_type != cms.OID_DATA:
+    if info.content_type != cms.OID_DATA and info.signed_attrs is not None:
         reasons.append("signed contentType is not id-data")
     if signed.content_type != cms.OID_DATA:  # RFC 5652 11.1: must equal the attribute
         reasons.append("the SignedData's eContentType is not id-data")
