@@ -806,6 +806,24 @@ def test_rsa_1024_container_refused(ca: kc.DirectoryCA) -> None:
         issue(ca, kc.GatewayKey(weak))
 
 
+def test_ec_key_below_224_bits_refused(ca: kc.DirectoryCA) -> None:
+    """P-192 (96-bit security) is weaker than the RSA-2048 floor (112 bits) and no S/MIME
+    profile allows it; any EC curve passed, while RSA-1024 was refused."""
+    weak = ec.generate_private_key(ec.SECP192R1()).public_key()
+    text = reasons_of(kc.verify_container(
+        hand_built(ca, weak, keypost_role=True), [ca.certificate], "alice@example.org",
+        Purpose.ENCRYPT, NOW,
+    ))
+    assert "certificate key is EC secp192r1; at least 224 bits are required" in text
+    with pytest.raises(ContainerError, match="secp192r1"):
+        issue(ca, kc.GatewayKey(weak))
+    strong = ec.generate_private_key(ec.SECP224R1()).public_key()
+    assert "224 bits" not in " ".join(kc.verify_container(
+        hand_built(ca, strong, keypost_role=True), [ca.certificate], "alice@example.org",
+        Purpose.ENCRYPT, NOW,
+    ).reasons)
+
+
 def with_spki(cert: x509.Certificate, spki: bytes, ca: kc.DirectoryCA) -> x509.Certificate:
     """`cert` with its SubjectPublicKeyInfo replaced by `spki` and signed again by `ca`
     (cryptography's builder takes only keys it can load)."""

@@ -34,6 +34,7 @@ from keypost.core.x509_ext import (
 )
 
 MIN_RSA_BITS = 2048
+MIN_EC_BITS = 224  # 112-bit security, as RSA-2048: P-192 and smaller curves are refused
 # What cryptography raises while lazily parsing a hostile certificate (found by fuzzing in
 # tests/core/test_containers.py): callers turn these into reasons or ContainerError.
 PARSE_ERRORS: tuple[type[Exception], ...] = (
@@ -101,6 +102,9 @@ def key_problem(key: object, what: str) -> str | None:
             return f"{what} key is RSA-{key.key_size}; at least RSA-{MIN_RSA_BITS} is required"
         return None
     if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.key_size < MIN_EC_BITS:
+            return (f"{what} key is {key_description(key)}; at least {MIN_EC_BITS} bits are "
+                    "required")
         return None
     if isinstance(key, UnusableKey):
         if key.unsupported:
