@@ -772,6 +772,29 @@ def test_sha1_signed_container_refused(rsa_ca: kc.DirectoryCA, gw: kc.GatewayKey
     assert "signature does not verify" not in text  # the signature itself is genuine
 
 
+def test_signature_algorithm_must_match_the_tbs_one(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey
+) -> None:
+    """RFC 5280 4.1.1.2: signatureAlgorithm MUST be the algorithm in the TBSCertificate
+    (openssl verify: "signature algorithm mismatch"). The outer one was the only one read."""
+    good = issue(ca, gw)
+    ecdsa_sha256 = der_tlv(0x30, der_oid("1.2.840.10045.4.3.2"))
+    ecdsa_sha384 = der_tlv(0x30, der_oid("1.2.840.10045.4.3.3"))
+    content = der_single(good.tbs_certificate_bytes, 0x30, "TBSCertificate")
+    assert content.count(ecdsa_sha256) == 1
+    tbs = der_tlv(0x30, content.replace(ecdsa_sha256, ecdsa_sha384))
+    key = ca_private_key(ca)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    mixed = x509.load_der_x509_certificate(
+        der_tlv(0x30, tbs + ecdsa_sha256 + der_tlv(0x03, b"\x00" + signature))
+    )
+    text = reasons_of(
+        kc.verify_container(mixed, [ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert "signature algorithm" in text and "does not match" in text
+
+
 def test_rsa_1024_container_refused(ca: kc.DirectoryCA) -> None:
     weak = rsa.generate_private_key(65537, 1024).public_key()
     cert = hand_built(ca, weak, keypost_role=True)
@@ -781,6 +804,24 @@ def test_rsa_1024_container_refused(ca: kc.DirectoryCA) -> None:
     assert "RSA-1024" in text
     with pytest.raises(ContainerError, match="RSA-1024"):
         issue(ca, kc.GatewayKey(weak))
+
+
+def test_ec_key_below_224_bits_refused(ca: kc.DirectoryCA) -> None:
+    """P-192 (96-bit security) is weaker than the RSA-2048 floor (112 bits) and no S/MIME
+    profile allows it; any EC curve passed, while RSA-1024 was refused."""
+    weak = ec.generate_private_key(ec.SECP192R1()).public_key()
+    text = reasons_of(kc.verify_container(
+        hand_built(ca, weak, keypost_role=True), [ca.certificate], "alice@example.org",
+        Purpose.ENCRYPT, NOW,
+    ))
+    assert "certificate key is EC secp192r1; at least 224 bits are required" in text
+    with pytest.raises(ContainerError, match="secp192r1"):
+        issue(ca, kc.GatewayKey(weak))
+    strong = ec.generate_private_key(ec.SECP224R1()).public_key()
+    assert "224 bits" not in " ".join(kc.verify_container(
+        hand_built(ca, strong, keypost_role=True), [ca.certificate], "alice@example.org",
+        Purpose.ENCRYPT, NOW,
+    ).reasons)
 
 
 def with_spki(cert: x509.Certificate, spki: bytes, ca: kc.DirectoryCA) -> x509.Certificate:
@@ -966,6 +1007,33 @@ def test_unrecognised_critical_extension_is_refused(ca: kc.DirectoryCA) -> None:
             assert f"unrecognised critical extension {oid.dotted_string}" in reasons_of(result)
         else:
             assert result.ok, result.reasons
+
+
+def test_a_malformed_anchor_spoils_neither_the_others_nor_the_reason(
+    ca: kc.DirectoryCA, gw: kc.GatewayKey
+) -> None:
+    """An anchor cryptography cannot read (here a duplicate extension) raised while its key
+    identifier was compared: with it first in the list every container of another anchor
+    was "malformed certificate", and alone it was the container that was blamed."""
+    der = kc.to_der(kc.DirectoryCA.generate(common_name="broken CA").certificate)
+    key_usage, basic_constraints = der_oid("2.5.29.15"), der_oid("2.5.29.19")
+    assert der.count(key_usage) == 1
+    broken = x509.load_der_x509_certificate(der.replace(key_usage, basic_constraints))
+    cert = issue(ca, gw)
+    assert kc.verify_container(
+        cert, [broken, ca.certificate], "alice@example.org", Purpose.ENCRYPT, NOW
+    ).ok
+    alone = kc.verify_container(cert, [broken], "alice@example.org", Purpose.ENCRYPT, NOW)
+    text = reasons_of(alone)
+    assert "malformed certificate" not in text and "not issued by a trusted" in text
+    # a malformed anchor that does name the container's issuer is what is malformed
+    named = x509.load_der_x509_certificate(
+        kc.to_der(ca.certificate).replace(key_usage, basic_constraints)
+    )
+    text = reasons_of(
+        kc.verify_container(cert, [named], "alice@example.org", Purpose.ENCRYPT, NOW)
+    )
+    assert text.startswith("malformed trust anchor: Duplicate 2.5.29.19"), text
 
 
 def test_weak_or_expired_anchor(gw: kc.GatewayKey) -> None:

@@ -314,3 +314,21 @@ def test_corrupt_base64_in_a_message_is_the_uniform_error() -> None:
     with pytest.raises(DecryptError) as caught:
         smime.Decryptor([gw.key]).decrypt_message(corrupt)
     assert str(caught.value) == str(DecryptError())
+
+
+def test_transport_safe_keeps_an_attached_message_a_message() -> None:
+    """RFC 2046 5.2.1: a message/rfc822 body may only be 7bit, 8bit or binary. A forwarded
+    message with an 8-bit body came out base64-encoded; its own parts are made safe instead.
+    One whose header block is 8-bit itself cannot be, and stays base64 as before."""
+    inner = (b"From: x@y.example\r\nSubject: =?utf-8?q?=C3=A4?=\r\n"
+             b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
+             b"\r\n\xc3\xa4 inner\r\n")  # fmt: skip
+    part = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    headers, body = mime.split_entity(mime.transport_safe(part + inner))
+    assert mime.find_header(headers, "Content-Transfer-Encoding").value == "7bit"  # type: ignore[union-attr]
+    assert bytes(body) == mime.transport_safe(inner)
+    assert b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=C3=A4 inner" in bytes(body)
+    raw_subject = inner.replace(b"=?utf-8?q?=C3=A4?=", b"\xc3\xa4")
+    headers, body = mime.split_entity(mime.transport_safe(part + raw_subject))
+    assert mime.find_header(headers, "Content-Transfer-Encoding").value == "base64"  # type: ignore[union-attr]
+    assert base64.b64decode(bytes(body)) == raw_subject

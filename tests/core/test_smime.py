@@ -12,7 +12,7 @@ import re
 
 import pytest
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
 from cryptography.hazmat.primitives.asymmetric.utils import NoDigestInfo, Prehashed
 from cryptography.hazmat.primitives.serialization import (
@@ -486,6 +486,28 @@ def test_the_sender_matches_its_container_in_any_case() -> None:
     assert result.ok, result.reasons
 
 
+@pytest.mark.parametrize(
+    "from_field",
+    [
+        b"From: Alice <alice@a.example>\r\nFrom: mallory@evil.example",  # a second field
+        b"From: Alice <alice@a.example>, mallory@evil.example",  # a mailbox-list
+        b"From: alice@a.example (Alice), mallory@evil.example",
+        b"From: Friends: alice@a.example, mallory@evil.example;",  # a group
+    ],
+)
+def test_verify_refuses_a_from_that_names_more_than_the_signer(from_field: bytes) -> None:
+    """Only the first address was compared with the certificate: a reader shows the others
+    (or the second field) as the sender of a message that 'verified'."""
+    gw = gateway("gw.a.example")
+    cont = container("alice@a.example", gw, Purpose.SIGN)
+    signed = smime.sign_message(_fresh_message(), gw.key, cont)
+    assert signed.startswith(b"From: Alice <alice@a.example>\r\n")
+    changed = from_field + signed[len(b"From: Alice <alice@a.example>") :]
+    result = smime.verify_signed(changed, [directory_ca().certificate])
+    assert not result.ok
+    assert any("From" in r and "not one" in r for r in result.reasons), result.reasons
+
+
 def test_verify_reports_untrusted_wrong_sender_and_date_skew() -> None:
     gw = gateway("gw.a.example")
     cont = container("mallory@a.example", gw, Purpose.SIGN)
@@ -921,3 +943,90 @@ def test_more_recipient_certificates_than_a_gateway_reads_is_refused() -> None:
     with pytest.raises(SmimeError, match="at most 1024 per message"):
         smime.envelope_der(b"Content-Type: text/plain\r\n\r\nx\r\n",
                            [cert] * (smime.MAX_RECIPIENT_INFOS + 1))
+
+
+ID_DATA_ENCAP = der_tlv(0x30, der_tlv(0x06, cms.OID_DATA))  # encapContentInfo, detached
+
+
+def test_econtent_type_must_be_id_data() -> None:
+    """RFC 5652 11.1: the contentType attribute MUST equal eContentType, and a
+    multipart/signed signs id-data. Only the (signed) attribute was read, so a SignedData
+    whose unsigned encapContentInfo names another type verified."""
+    digested_data = der_tlv(0x30, der_tlv(0x06, cms.OID_DATA[:-1] + b"\x05"))
+    result = smime.verify_signed(
+        _signed_and_mutated(ID_DATA_ENCAP, digested_data), [directory_ca().certificate]
+    )
+    assert not result.ok
+    assert any("eContentType" in r for r in result.reasons), result.reasons
+
+
+def _signed_with_attribute_twice(oid: bytes | None) -> bytes:
+    """A signed message whose SignerInfo carries the signed attribute `oid` twice: a second
+    copy with another value, signed again with the gateway's key. None: a SignerInfo
+    without signed attributes, whose signature covers the content itself (RFC 5652 5.4)."""
+    gw = gateway("gw.a.example")
+    signed = smime.sign_message(_fresh_message(), gw.key, container("alice@a.example", gw,
+                                                                   Purpose.SIGN))  # fmt: skip
+    head, rest = signed.split(b"S/MIME Cryptographic Signature\r\n\r\n")
+    b64, tail = rest.split(b"\r\n--", 1)
+    der = base64.b64decode(b64)
+    buf = memoryview(der)
+    top = cms.read_tlv(buf, 0, len(der))
+    wrapper = cms.children(buf, top)[1]
+    sd = cms.children(buf, wrapper)[0]
+    signer_set = cms.children(buf, sd)[-1]
+    kids = cms.children(buf, cms.children(buf, signer_set)[0])
+    if oid is None:
+        content = smime.verify_signed(signed, [directory_ca().certificate]).content
+        signature = gw.key.sign(content, padding.PKCS1v15(), hashes.SHA256())
+        signer_info = der_tlv(0x30, der[kids[0].head : kids[3].head]
+                              + der[kids[4].head : kids[4].next] + der_tlv(0x04, signature))
+        return _with_signer_info(head, tail, der, signer_info)
+    members = [bytes(buf[a.head : a.next]) for a in cms.children(buf, kids[3])]
+    values = {cms.OID_MESSAGE_DIGEST: der_tlv(0x04, bytes(32)),
+              cms.OID_CONTENT_TYPE: der_tlv(0x06, cms.OID_DATA[:-1] + b"\x05"),
+              cms.OID_SIGNING_TIME: der_tlv(0x17, b"200101000000Z")}  # fmt: skip
+    members.append(der_tlv(0x30, der_tlv(0x06, oid) + der_tlv(0x31, values[oid])))
+    signed_attrs = der_tlv(0x31, b"".join(sorted(members)))
+    signature = gw.key.sign(signed_attrs, padding.PKCS1v15(), hashes.SHA256())
+    signer_info = der_tlv(0x30, der[kids[0].head : kids[3].head] + b"\xa0" + signed_attrs[1:]
+                          + der[kids[4].head : kids[4].next] + der_tlv(0x04, signature))
+    return _with_signer_info(head, tail, der, signer_info)
+
+
+def _with_signer_info(head: bytes, tail: bytes, der: bytes, signer_info: bytes) -> bytes:
+    """The signed message around `der` with its one SignerInfo replaced."""
+    buf = memoryview(der)
+    top = cms.read_tlv(buf, 0, len(der))
+    wrapper = cms.children(buf, top)[1]
+    sd = cms.children(buf, wrapper)[0]
+    signer_set = cms.children(buf, sd)[-1]
+    signed_data = der_tlv(0x30, der[sd.start : signer_set.head] + der_tlv(0x31, signer_info))
+    new = der_tlv(0x30, der[top.start : wrapper.head] + der_tlv(0xA0, signed_data))
+    hostile = base64.encodebytes(new).replace(b"\n", b"\r\n")
+    return head + b"S/MIME Cryptographic Signature\r\n\r\n" + hostile + b"--" + tail
+
+
+@pytest.mark.parametrize(
+    "oid", [cms.OID_MESSAGE_DIGEST, cms.OID_CONTENT_TYPE, cms.OID_SIGNING_TIME],
+    ids=["messageDigest", "contentType", "signingTime"],
+)
+def test_a_signed_attribute_given_twice_is_refused(oid: bytes) -> None:
+    """RFC 5652 11.1-11.3: these attributes MUST NOT occur more than once. The last copy
+    won, so a signer could send one SignedData that reads as two different contents
+    (or times) to verifiers that pick another copy."""
+    result = smime.verify_signed(_signed_with_attribute_twice(oid), [directory_ca().certificate])
+    assert not result.ok
+    assert any("more than once" in r for r in result.reasons), result.reasons
+
+
+def test_no_signed_attributes_is_said_without_claiming_tampering() -> None:
+    """`openssl cms -sign -noattr`: the signature covers the content itself. It is refused
+    (signingTime must match Date), but it also read "the content was changed after signing"
+    and "contentType is not id-data", neither of which anybody could tell."""
+    result = smime.verify_signed(_signed_with_attribute_twice(None), [directory_ca().certificate])
+    assert not result.ok
+    assert result.reasons == (
+        "no signed attributes (messageDigest is required)",
+        "no signingTime attribute",
+    )

@@ -540,6 +540,7 @@ class SignedData:
     certificates: tuple[bytes, ...]  # DER
     signers: tuple[SignerInfo, ...]
     detached: bool
+    content_type: bytes = OID_DATA  # eContentType (OID content octets)
 
 
 def parse_signed(der: bytes | memoryview) -> SignedData:
@@ -549,6 +550,8 @@ def parse_signed(der: bytes | memoryview) -> SignedData:
         _, sd = _content_info(buf, (OID_SIGNED_DATA,), "SignedData")
         fields = expect(buf, sd, [T_INTEGER, T_SET, T_SEQUENCE])
         encap = children(buf, fields[2])
+        if not encap or encap[0].tag != T_OID:
+            raise _bad()
         detached = len(encap) < 2
         certs: list[bytes] = []
         signer_set: Tlv | None = None
@@ -564,7 +567,14 @@ def parse_signed(der: bytes | memoryview) -> SignedData:
         signers = tuple(_signer_info(buf, si) for si in children(buf, signer_set))
     except IndexError as exc:
         raise _bad() from exc
-    return SignedData(tuple(certs), signers, detached)
+    return SignedData(tuple(certs), signers, detached, bytes(content(buf, encap[0])))
+
+
+_SINGLE_ATTRIBUTES = {
+    OID_CONTENT_TYPE: "contentType",
+    OID_MESSAGE_DIGEST: "messageDigest",
+    OID_SIGNING_TIME: "signingTime",
+}
 
 
 def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
@@ -589,6 +599,7 @@ def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
     if attrs_tlv is not None:
         raw = bytes(buf[attrs_tlv.head : attrs_tlv.next])
         signed_attrs = bytes((T_SET,)) + raw[1:]
+        seen: set[bytes] = set()
         for attr in children(buf, attrs_tlv):
             if attr.tag != T_SEQUENCE:
                 raise _bad()
@@ -596,7 +607,14 @@ def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
             values = children(buf, parts[1])
             if len(values) != 1:
                 raise _bad("signed attribute with other than one value")
-            oid, value = content(buf, parts[0]), values[0]
+            oid, value = bytes(content(buf, parts[0])), values[0]
+            if oid in _SINGLE_ATTRIBUTES:
+                # RFC 5652 11.1-11.3: once at most. Reading the last copy, a signer could
+                # send one SignedData that other verifiers (reading the first) see as
+                # signing another content or time.
+                if oid in seen:
+                    raise _bad(f"signed attribute {_SINGLE_ATTRIBUTES[oid]} more than once")
+                seen.add(oid)
             if oid == OID_CONTENT_TYPE and value.tag == T_OID:
                 content_type = bytes(content(buf, value))
             elif oid == OID_MESSAGE_DIGEST and value.tag == T_OCTETS:

@@ -525,19 +525,31 @@ def transport_safe(entity: bytes) -> bytes:
     encoding = cte.value.lower() if cte else "7bit"
     if encoding in ("base64", "quoted-printable") or _seven_bit_safe(body):
         return entity
-    if ctype.mime_type.startswith("text/"):
-        new_cte, encoded = "quoted-printable", binascii.b2a_qp(body, istext=True)
-        # b2a_qp leaves a bare CR as it is; a relay or mailbox would turn it into a line
-        # break and break the signature, so it is encoded like any other control byte.
-        encoded = _BARE_CR.sub(b"=0D", to_crlf(encoded))
-        encoded = encoded.replace(b"\r\nFrom ", b"\r\n=46rom ")
-        if encoded.startswith(b"From "):
-            encoded = b"=46" + encoded[1:]
-        if encoded.endswith((b" ", b"\t")):
-            encoded += b"=" + CRLF
-    else:
-        new_cte, encoded = "base64", b64_lines(body)
+    new_cte, encoded = _safe_body(ctype.mime_type, body)
     kept = [h for h in headers if h.key != "content-transfer-encoding"]
     field = f"Content-Transfer-Encoding: {new_cte}".encode()
     kept.append(Header("Content-Transfer-Encoding", field))
     return header_lines(kept) + CRLF + encoded
+
+
+def _safe_body(mime_type: str, body: bytes) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, encoded body) for a leaf that transport could alter."""
+    if mime_type == "message/rfc822":
+        # RFC 2046 5.2.1: no base64 or quoted-printable for an attached message; its own
+        # parts are made safe instead. An 8-bit header block inside cannot be (RFC 2047
+        # would change it): base64 then, which readers still open, rather than 8-bit mail.
+        inner = transport_safe(body)
+        if _seven_bit_safe(inner):
+            return "7bit", inner
+    if not mime_type.startswith("text/"):
+        return "base64", b64_lines(body)
+    encoded = binascii.b2a_qp(body, istext=True)
+    # b2a_qp leaves a bare CR as it is; a relay or mailbox would turn it into a line
+    # break and break the signature, so it is encoded like any other control byte.
+    encoded = _BARE_CR.sub(b"=0D", to_crlf(encoded))
+    encoded = encoded.replace(b"\r\nFrom ", b"\r\n=46rom ")
+    if encoded.startswith(b"From "):
+        encoded = b"=46" + encoded[1:]
+    if encoded.endswith((b" ", b"\t")):
+        encoded += b"=" + CRLF
+    return "quoted-printable", encoded

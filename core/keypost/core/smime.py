@@ -688,10 +688,17 @@ def _chain_problems(
 
 
 def _from_problems(headers: Sequence[m.Header], cert: x509.Certificate) -> list[str]:
-    sender = m.find_header(headers, "From")
-    if sender is None:
+    """The certificate must name the sender, and the sender must be one: with a second
+    From field or a mailbox-list only the first address was compared, while a reader shows
+    the others as senders of a message that verified."""
+    fields = [h.value for h in headers if h.key == "from"]
+    if not fields:
         return ["the message has no From header"]
-    _, addr = email.utils.parseaddr(sender.value)
+    found = [a for _, a in email.utils.getaddresses(fields) if a]
+    if len(fields) != 1 or len(found) != 1:
+        return [f"the From header names {len(found)} addresses in {len(fields)} field(s), "
+                "not one"]
+    addr = found[0]
     try:
         wanted = parse_address(addr)
         named = describe(cert).addresses
@@ -733,15 +740,19 @@ def _verify(
     if problem:
         reasons.append(problem)
     digest_alg = cms.DIGESTS.get(info.digest_oid)
-    if digest_alg is not None:
+    # Without signed attributes there is no messageDigest or contentType to compare: the
+    # reason above says so, not "changed after signing" (`openssl cms -sign -noattr`).
+    if digest_alg is not None and info.signed_attrs is not None:
         h = hashes.Hash(digest_alg)
         h.update(content)
-        if info.message_digest is None or not hmac.compare_digest(
-            h.finalize(), info.message_digest
-        ):
+        if info.message_digest is None:
+            reasons.append("no messageDigest attribute")
+        elif not hmac.compare_digest(h.finalize(), info.message_digest):
             reasons.append("the content was changed after signing (messageDigest mismatch)")
-    if info.content_type != cms.OID_DATA:
+    if info.content_type != cms.OID_DATA and info.signed_attrs is not None:
         reasons.append("signed contentType is not id-data")
+    if signed.content_type != cms.OID_DATA:  # RFC 5652 11.1: must equal the attribute
+        reasons.append("the SignedData's eContentType is not id-data")
     try:
         reasons += checks.algorithm_problems(cert, "signer certificate")
         reasons += _chain_problems(cert, trust_anchors, certs, at_now)

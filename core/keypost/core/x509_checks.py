@@ -21,12 +21,20 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKeyTypes
+from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from keypost.core.errors import ContainerError
 from keypost.core.types import Purpose
-from keypost.core.x509_ext import OID_KEYPOST_CONTAINER, OID_NO_REV_AVAIL, OID_SMIME_CAPABILITIES
+from keypost.core.x509_ext import (
+    OID_KEYPOST_CONTAINER,
+    OID_NO_REV_AVAIL,
+    OID_SMIME_CAPABILITIES,
+    der_read,
+)
 
 MIN_RSA_BITS = 2048
+MIN_EC_BITS = 224  # 112-bit security, as RSA-2048: P-192 and smaller curves are refused
 # What cryptography raises while lazily parsing a hostile certificate (found by fuzzing in
 # tests/core/test_containers.py): callers turn these into reasons or ContainerError.
 PARSE_ERRORS: tuple[type[Exception], ...] = (
@@ -38,6 +46,7 @@ PARSE_ERRORS: tuple[type[Exception], ...] = (
     x509.UnsupportedGeneralNameType,
 )
 _WEAK_HASHES = (hashes.SHA1, hashes.MD5)
+_TAG_VERSION = 0xA0  # TBSCertificate version [0] EXPLICIT
 
 
 def first_sentence(exc: Exception) -> str:
@@ -93,6 +102,9 @@ def key_problem(key: object, what: str) -> str | None:
             return f"{what} key is RSA-{key.key_size}; at least RSA-{MIN_RSA_BITS} is required"
         return None
     if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.key_size < MIN_EC_BITS:
+            return (f"{what} key is {key_description(key)}; at least {MIN_EC_BITS} bits are "
+                    "required")
         return None
     if isinstance(key, UnusableKey):
         if key.unsupported:
@@ -101,8 +113,34 @@ def key_problem(key: object, what: str) -> str | None:
     return f"{what} key type {key_description(key)} is not accepted (RSA or EC only)"
 
 
+def _content_start(der: bytes) -> int:
+    """Offset of the first content byte of the DER element at the start of `der`."""
+    return 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)
+
+
+def signature_algorithm_problem(cert: x509.Certificate, what: str) -> str | None:
+    """RFC 5280 4.1.1.2: the outer signatureAlgorithm MUST equal the TBSCertificate's
+    signature field. cryptography reads only the outer one (the one the checks here see),
+    so a certificate whose signed part names another algorithm passed."""
+    # Only the elements up to the two AlgorithmIdentifiers are read (~3 us; all of them ~14).
+    try:
+        der, tbs = cert.public_bytes(Encoding.DER), cert.tbs_certificate_bytes
+        outer = der_read(der, _content_start(der) + len(tbs))[:2]  # after the TBSCertificate
+        tag, _, pos = der_read(tbs, _content_start(tbs))  # version [0] or serialNumber
+        if tag == _TAG_VERSION:
+            pos = der_read(tbs, pos)[2]  # past serialNumber
+        if der_read(tbs, pos)[:2] == outer:
+            return None
+    except (ContainerError, IndexError):
+        pass
+    return f"{what}'s signature algorithm does not match the one in its signed part"
+
+
 def algorithm_problems(cert: x509.Certificate, what: str) -> list[str]:
     reasons: list[str] = []
+    mismatch = signature_algorithm_problem(cert, what)
+    if mismatch:
+        reasons.append(mismatch)
     try:
         algo = cert.signature_hash_algorithm
     except UnsupportedAlgorithm:
@@ -185,6 +223,24 @@ def ca_problems(cert: x509.Certificate, what: str) -> list[str]:
     return reasons
 
 
+def _anchor_named(anchor: x509.Certificate, issuer: x509.Name) -> bool | None:
+    """Is `issuer` the anchor's subject? None: the anchor's name cannot be read."""
+    try:
+        return anchor.subject == issuer
+    except PARSE_ERRORS:
+        return None
+
+
+def _readable_anchor_ski(anchor: x509.Certificate) -> bytes | None:
+    """The anchor's key identifier; None when its extensions cannot be read. Such an anchor
+    (one of several pinned) raised here, and every certificate compared with it was
+    "malformed", even one that a good anchor further on had issued."""
+    try:
+        return _anchor_ski(anchor)
+    except PARSE_ERRORS:
+        return None
+
+
 def find_issuer(
     cert: x509.Certificate, anchors: Sequence[x509.Certificate]
 ) -> tuple[x509.Certificate | None, list[str]]:
@@ -196,11 +252,13 @@ def find_issuer(
     aki_read = False  # read only when a name does not match (compatibility containers)
     named = None
     for anchor in anchors:
-        by_name = anchor.subject == issuer
+        by_name = _anchor_named(anchor, issuer)
+        if by_name is None:
+            continue
         if not by_name:
             if not aki_read:
                 aki, aki_read = _aki(cert), True
-            if aki is None or aki != _anchor_ski(anchor):
+            if aki is None or aki != _readable_anchor_ski(anchor):
                 continue
         if signature_valid(cert, public_key(anchor)):
             return anchor, []
@@ -213,7 +271,10 @@ def find_issuer(
 
 
 def anchor_problems(anchor: x509.Certificate, now: dt.datetime) -> list[str]:
-    reasons = list(_fixed_anchor_problems(anchor))
+    try:
+        reasons = list(_fixed_anchor_problems(anchor))
+    except PARSE_ERRORS as exc:  # the anchor's fault, not the certificate's it issued
+        return [failure_reason(exc, "trust anchor")]
     if not anchor.not_valid_before_utc <= now <= anchor.not_valid_after_utc:
         reasons.append("trust anchor is outside its validity period")
     return reasons
