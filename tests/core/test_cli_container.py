@@ -293,3 +293,16 @@ def test_a_reader_leaving_the_pipe_is_no_error(work: Path, tmp_path: Path) -> No
     assert proc.wait(timeout=60) == 1
     assert first == f"{bundle} [1/500]:\n".encode()
     assert err == b""
+
+
+def test_show_a_certificate_with_serial_zero_prints_no_library_warning(work: Path) -> None:
+    """`openssl req -set_serial 0` makes one; cryptography warns about it over several
+    stderr lines, which broke the commands' one-line output."""
+    cert, key = work / "zero.pem", work / "zero.key"
+    made = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                           str(key), "-out", str(cert), "-subj", "/CN=zero", "-days", "2",
+                           "-set_serial", "0"], capture_output=True, timeout=60, check=False)
+    assert made.returncode == 0, made.stderr
+    res = keypost("show", cert)
+    assert res.returncode == 0 and "serial:       0" in res.stdout, res.stdout
+    assert res.stderr == "", res.stderr

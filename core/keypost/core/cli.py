@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import NoReturn
+
+from cryptography.utils import CryptographyDeprecationWarning
 
 from keypost.core.errors import KeypostError
 
@@ -48,6 +51,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # cryptography warns (several lines on stderr, with a source line) about certificates
+    # it will refuse one day, e.g. a serial of 0 from `openssl req -set_serial 0`: the
+    # commands show or check such certificates and keep their one-line output.
+    warnings.filterwarnings("ignore", category=CryptographyDeprecationWarning)
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         first = next((a for a in argv if not a.startswith("-")), None)
