@@ -522,3 +522,32 @@ test("a compose window closed while its send is being refused leaves no tab stat
   assert.ok(calls.some((x) => x[0] === "notify"), "the user is still told the send was refused");
   assert.deepEqual([...session.keys()], [], "nothing would ever remove it");
 });
+
+test("a queued send closes its window only after the listener has answered, however slow the last write", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const originalImport = messenger.messages.import;
+  const originalSet = messenger.storage.session.set;
+  let queuedNow = false;
+  messenger.messages.import = async (file, folderId) => {
+    if (folderId === "outbox-id") queuedNow = true;
+    return { id: folderId === "sent-id" ? 41 : 42 };
+  };
+  // storage.session is IPC in Thunderbird: the write after queueing takes a few event-loop turns.
+  messenger.storage.session.set = async (obj) => {
+    if (queuedNow) await new Promise((r) => setTimeout(r, 20));
+    return originalSet(obj);
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+    calls.push(["answered"]);
+  } finally {
+    messenger.messages.import = originalImport;
+    messenger.storage.session.set = originalSet;
+  }
+  await new Promise((r) => setTimeout(r, 10));
+  const order = calls.map((x) => x[0]).filter((x) => x === "answered" || x === "closeWindow");
+  // Closing the compose window while Thunderbird still waits for the listener's cancel
+  // would close it mid-send (see sendEncrypted).
+  assert.deepEqual(order, ["answered", "closeWindow"]);
+});
