@@ -403,7 +403,11 @@ test("storage.session failing (state unreadable, or a refusal unsaved): cancelle
   }
 });
 
-test("an error after the message is queued: no 'not sent', the Sent copy stays, the window closes", async () => {
+/**
+ * An encrypted send whose storage.session writes go through `afterQueued` once the Outbox has
+ * taken the message; resolves when onBeforeSend has answered (checked to be a cancel).
+ */
+async function sendWithWritesAfterQueueing(afterQueued) {
   await encryptOn();
   hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
   const originalImport = messenger.messages.import;
@@ -415,17 +419,21 @@ test("an error after the message is queued: no 'not sent', the Sent copy stays, 
     return { id: folderId === "sent-id" ? 41 : 42 };
   };
   messenger.messages.delete = async (ids, skipTrash) => calls.push(["delete", ids, skipTrash]);
-  messenger.storage.session.set = async (obj) => {
-    if (queuedNow) throw new Error("storage.session quota");
-    return originalSet(obj);
-  };
+  messenger.storage.session.set = async (obj) => (queuedNow ? afterQueued(obj, originalSet) : originalSet(obj));
   try {
     assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+    calls.push(["answered"]);
   } finally {
     messenger.messages.import = originalImport;
     messenger.storage.session.set = originalSet;
     delete messenger.messages.delete;
   }
+}
+
+test("an error after the message is queued: no 'not sent', the Sent copy stays, the window closes", async () => {
+  await sendWithWritesAfterQueueing(async () => {
+    throw new Error("storage.session quota");
+  });
   assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
   // The message goes out: its readable copy stays and the user is not asked to send it again.
   assert.equal(calls.filter((x) => x[0] === "delete").length, 0);
@@ -524,27 +532,11 @@ test("a compose window closed while its send is being refused leaves no tab stat
 });
 
 test("a queued send closes its window only after the listener has answered, however slow the last write", async () => {
-  await encryptOn();
-  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
-  const originalImport = messenger.messages.import;
-  const originalSet = messenger.storage.session.set;
-  let queuedNow = false;
-  messenger.messages.import = async (file, folderId) => {
-    if (folderId === "outbox-id") queuedNow = true;
-    return { id: folderId === "sent-id" ? 41 : 42 };
-  };
   // storage.session is IPC in Thunderbird: the write after queueing takes a few event-loop turns.
-  messenger.storage.session.set = async (obj) => {
-    if (queuedNow) await new Promise((r) => setTimeout(r, 20));
-    return originalSet(obj);
-  };
-  try {
-    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
-    calls.push(["answered"]);
-  } finally {
-    messenger.messages.import = originalImport;
-    messenger.storage.session.set = originalSet;
-  }
+  await sendWithWritesAfterQueueing(async (obj, set) => {
+    await new Promise((r) => setTimeout(r, 20));
+    return set(obj);
+  });
   await new Promise((r) => setTimeout(r, 10));
   const order = calls.map((x) => x[0]).filter((x) => x === "answered" || x === "closeWindow");
   // Closing the compose window while Thunderbird still waits for the listener's cancel

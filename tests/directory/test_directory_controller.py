@@ -19,8 +19,10 @@ from keypost.directory.controller import Controller, address_hash, ldap_purpose,
 from keypost.directory.store import (
     AccountRecord,
     AccountRole,
+    AuditRecord,
     CacheKey,
     GatewayKeyRecord,
+    IssuedRecord,
     KeyUse,
     PasswordHash,
 )
@@ -283,6 +285,15 @@ def test_purge_keeps_unflushed_addresses_known(controller: Controller) -> None:
     assert fresh[0].containers[0].serial != old[0].containers[0].serial
 
 
+def _assert_stored(controller: Controller, issued: list[IssuedRecord],
+                   audit: list[AuditRecord]) -> None:
+    """Every record of a batch reached the store (read through the controller's store)."""
+    assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
+    for record in issued:
+        stored = controller.store.issued(record.key)
+        assert stored is not None and stored.serial == record.serial
+
+
 def test_batch_writer_writes_everything_handed_over_before_close(
         controller: Controller, tmp_path: Path) -> None:
     import asyncio
@@ -300,10 +311,7 @@ def test_batch_writer_writes_everything_handed_over_before_close(
         await writer.close()
 
     asyncio.run(run())
-    assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
-    for record in issued:
-        stored = controller.store.issued(record.key)
-        assert stored is not None and stored.serial == record.serial
+    _assert_stored(controller, issued, audit)
 
 
 def test_batch_writer_keeps_a_queued_batch_whose_caller_was_cancelled(
@@ -366,10 +374,7 @@ def test_batch_writer_keeps_a_batch_the_store_refused_for_the_next_one(
         await writer.close()
 
     asyncio.run(run())
-    assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
-    for record in issued:
-        stored = controller.store.issued(record.key)
-        assert stored is not None and stored.serial == record.serial
+    _assert_stored(controller, issued, audit)
 
 
 def test_batch_writer_purges_in_its_thread_while_the_loop_goes_on(
