@@ -374,6 +374,7 @@ async function sendEncrypted(tab, details) {
   }
   // Queued: the message goes out, so nothing from here on may withdraw the Sent copy or say
   // "not sent" (the user would send it a second time).
+  await saveTabState(tab.id, { error: "" }).catch(console.error);
   const messageId = getHeader(outgoing, "Message-ID") ?? "";
   if (details.deliveryStatusNotification === true) {
     // Said in the popup before Send too: the Outbox cannot ask the server for a DSN.
@@ -387,9 +388,9 @@ async function sendEncrypted(tab, details) {
       .catch(console.error);
   }
   setTimeout(() => remindIfQueued(outbox.id, messageId).catch(console.error), timing.queueCheckMs);
-  // Close after this listener has returned its cancel, so Thunderbird is not mid-send.
+  // Close after this listener has returned its cancel, so Thunderbird is not mid-send: the
+  // timer is set after the last await, or it could fire while that await waits.
   setTimeout(() => closeCompose(tab).catch(console.error), 0);
-  await saveTabState(tab.id, { error: "" }).catch(console.error);
   return { cancel: true };
 }
 

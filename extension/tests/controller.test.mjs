@@ -404,7 +404,11 @@ test("storage.session failing (state unreadable, or a refusal unsaved): cancelle
   }
 });
 
-test("an error after the message is queued: no 'not sent', the Sent copy stays, the window closes", async () => {
+/**
+ * An encrypted send whose storage.session writes go through `afterQueued` once the Outbox has
+ * taken the message; resolves when onBeforeSend has answered (checked to be a cancel).
+ */
+async function sendWithWritesAfterQueueing(afterQueued) {
   await encryptOn();
   hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
   const originalImport = messenger.messages.import;
@@ -416,17 +420,21 @@ test("an error after the message is queued: no 'not sent', the Sent copy stays, 
     return { id: folderId === "sent-id" ? 41 : 42 };
   };
   messenger.messages.delete = async (ids, skipTrash) => calls.push(["delete", ids, skipTrash]);
-  messenger.storage.session.set = async (obj) => {
-    if (queuedNow) throw new Error("storage.session quota");
-    return originalSet(obj);
-  };
+  messenger.storage.session.set = async (obj) => (queuedNow ? afterQueued(obj, originalSet) : originalSet(obj));
   try {
     assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+    calls.push(["answered"]);
   } finally {
     messenger.messages.import = originalImport;
     messenger.storage.session.set = originalSet;
     delete messenger.messages.delete;
   }
+}
+
+test("an error after the message is queued: no 'not sent', the Sent copy stays, the window closes", async () => {
+  await sendWithWritesAfterQueueing(async () => {
+    throw new Error("storage.session quota");
+  });
   assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
   // The message goes out: its readable copy stays and the user is not asked to send it again.
   assert.equal(calls.filter((x) => x[0] === "delete").length, 0);
@@ -580,4 +588,17 @@ test("a delivery status notification request: sent all the same, and the user is
   await encryptOn();
   await c.onBeforeSend(TAB, DETAILS);
   assert.equal(calls.filter((x) => x[0] === "notify").length, 0);
+});
+
+test("a queued send closes its window only after the listener has answered, however slow the last write", async () => {
+  // storage.session is IPC in Thunderbird: the write after queueing takes a few event-loop turns.
+  await sendWithWritesAfterQueueing(async (obj, set) => {
+    await new Promise((r) => setTimeout(r, 20));
+    return set(obj);
+  });
+  await new Promise((r) => setTimeout(r, 10));
+  const order = calls.map((x) => x[0]).filter((x) => x === "answered" || x === "closeWindow");
+  // Closing the compose window while Thunderbird still waits for the listener's cancel
+  // would close it mid-send (see sendEncrypted).
+  assert.deepEqual(order, ["answered", "closeWindow"]);
 });

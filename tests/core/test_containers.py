@@ -655,6 +655,23 @@ def test_expired_and_not_yet_valid(gw: kc.GatewayKey) -> None:
     ).ok
 
 
+def test_case_matching_never_joins_two_mailboxes(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
+    """Letters differ in case only are one mailbox; full Unicode case folding (str.casefold,
+    Address.key) also joins letters that are not case pairs: the long s and `s`, the `fi`
+    ligature and `fi`, `ß` and `ss`. A certificate for one such mailbox must not pass for
+    the other (a signer of `ſam@` would be taken for `sam@`)."""
+    for written, other in (("ſam@example.org", "sam@example.org"),
+                           ("sam@example.org", "ſam@example.org"),
+                           ("ﬁle@example.org", "file@example.org"),
+                           ("straße@example.org", "strasse@example.org")):
+        cert = issue(ca, gw, written)
+        assert "not for" in reasons_of(
+            kc.verify_container(cert, [ca.certificate], other, Purpose.ENCRYPT, NOW))
+    cert = issue(ca, gw, "Jörg@example.org")
+    assert kc.verify_container(cert, [ca.certificate], "jÖRG@example.org", Purpose.ENCRYPT,
+                               NOW).ok
+
+
 def test_wrong_address(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
     cert = issue(ca, gw, "alice@example.org")
     for wrong in ("bob@example.org", "alice@example.com", "alicia@example.org"):

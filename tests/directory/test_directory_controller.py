@@ -19,8 +19,10 @@ from keypost.directory.controller import Controller, address_hash, ldap_purpose,
 from keypost.directory.store import (
     AccountRecord,
     AccountRole,
+    AuditRecord,
     CacheKey,
     GatewayKeyRecord,
+    IssuedRecord,
     KeyUse,
     PasswordHash,
 )
@@ -283,6 +285,15 @@ def test_purge_keeps_unflushed_addresses_known(controller: Controller) -> None:
     assert fresh[0].containers[0].serial != old[0].containers[0].serial
 
 
+def _assert_stored(controller: Controller, issued: list[IssuedRecord],
+                   audit: list[AuditRecord]) -> None:
+    """Every record of a batch reached the store (read through the controller's store)."""
+    assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
+    for record in issued:
+        stored = controller.store.issued(record.key)
+        assert stored is not None and stored.serial == record.serial
+
+
 def test_batch_writer_writes_everything_handed_over_before_close(
         controller: Controller, tmp_path: Path) -> None:
     import asyncio
@@ -300,10 +311,7 @@ def test_batch_writer_writes_everything_handed_over_before_close(
         await writer.close()
 
     asyncio.run(run())
-    assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
-    for record in issued:
-        stored = controller.store.issued(record.key)
-        assert stored is not None and stored.serial == record.serial
+    _assert_stored(controller, issued, audit)
 
 
 def test_batch_writer_keeps_a_queued_batch_whose_caller_was_cancelled(
@@ -330,6 +338,43 @@ def test_batch_writer_keeps_a_queued_batch_whose_caller_was_cancelled(
 
     asyncio.run(run())
     assert sorted(a.serials for a in controller.store.audit()) == sorted(a.serials for a in audit)
+
+
+def test_batch_writer_keeps_a_batch_the_store_refused_for_the_next_one(
+        controller: Controller, tmp_path: Path) -> None:
+    """A batch the store refused (locked by another process past SQLite's 10 s busy
+    timeout) was dropped: its containers and audit records were lost. Refused once here,
+    it goes with the next write, even an empty one (the serve loop's next second)."""
+    import asyncio
+    import sqlite3
+
+    import pytest
+
+    from keypost.directory.writer import sqlite_writer
+
+    controller.answer(ANON, ["l1@example.com", "l2@example.com"], None, "t")
+    issued, audit = controller.take_pending()
+    writer = sqlite_writer(tmp_path / "d.db")
+
+    async def run() -> None:
+        await writer.write([], [])  # nothing to write: the store is not even opened
+        await writer.write(issued[:1], audit[:1])  # opens the writer's own store
+        store = writer._store
+        assert store is not None
+        save = store.save_issued
+
+        def locked(records: object) -> None:
+            store.save_issued = save  # type: ignore[method-assign]  # refused once
+            raise sqlite3.OperationalError("database is locked")
+
+        store.save_issued = locked  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            await writer.write(issued[1:], audit[1:])
+        await writer.write([], [])
+        await writer.close()
+
+    asyncio.run(run())
+    _assert_stored(controller, issued, audit)
 
 
 def test_batch_writer_purges_in_its_thread_while_the_loop_goes_on(

@@ -81,7 +81,7 @@ def test_status_of_a_broken_configuration_says_so_and_configure_repairs_it(
     assert result["configured"] is True and result["config_error"] is None
 
 
-@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "true", '"10"'])
+@pytest.mark.parametrize("timeout", ["nan", "inf", "-1", "0", "true", '"10"', "1e300"])
 def test_a_hand_edited_timeout_that_is_no_duration_is_named(
     setup: Any, ca: DirectoryCA, host_dirs: tuple[Path, Path], timeout: str
 ) -> None:

@@ -7,6 +7,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from keypost.installer.manifest_locations import Environment
 from keypost.installer.registry import MemoryRegistry
 from keypost.installer.thunderbird import InstallOptions, install, uninstall
@@ -246,3 +248,26 @@ def test_purge_leaves_a_folder_that_is_not_keypost_own(tmp_path: Path) -> None:
     assert f"left {shared} in place" in out
     assert (shared / "mine.txt").read_text("utf-8") == "not keypost's"
     assert not (home / ".cache/keypost").exists()  # the host's own cache folder still goes
+
+
+def test_purge_removes_the_hosts_own_folders_under_their_default_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The host's default folders are keypost's own even where the last part is not
+    `keypost`: on Windows the cache is %LOCALAPPDATA%\\keypost\\Cache (host/paths.py)."""
+    from keypost.installer import hostconfig, thunderbird
+
+    config = tmp_path / "Roaming" / "keypost"
+    cache = tmp_path / "Local" / "keypost" / "Cache"
+    other = tmp_path / "Local" / "Cache"  # a Cache folder that is not keypost's
+    for folder in (config, cache, other):
+        folder.mkdir(parents=True)
+        (folder / "file").write_text("x", "utf-8")
+    lines: list[str] = []
+    for cache_dir in (cache, other):
+        monkeypatch.setattr(hostconfig, "status", lambda _c=str(cache_dir), **_: {
+            "config_dir": str(config), "cache_dir": _c})
+        thunderbird.purge_host_config(log=lines.append)
+    assert not config.exists() and not cache.exists()
+    assert (other / "file").read_text("utf-8") == "x"
+    assert f"removed {cache}" in lines and any(f"left {other} in place" in x for x in lines)

@@ -6,7 +6,6 @@ password lives only in the OS keyring (keyring_store).
 
 from __future__ import annotations
 
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,12 +174,18 @@ def save(config: HostConfig, folder: Path | None = None) -> Path:
     return folder
 
 
+MAX_TIMEOUT = 86400.0  # a day, as the gateway's timeouts; far more overflows socket timeouts
+
+
 def _timeout(value: object) -> float:
-    """host.toml's timeout (edited by hand): a positive, finite number of seconds."""
+    """host.toml's timeout (edited by hand): a positive number of seconds, at most a day
+    (nan and inf fail the comparison; 1e10 would pass a finiteness check, and then
+    socket.settimeout raised OverflowError on every lookup)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("timeout must be a number of seconds")
-    if not 0 < value < math.inf:
-        raise ValueError(f"timeout must be above 0 seconds and finite, not {value}")
+    if not 0 < value <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be above 0 and at most {MAX_TIMEOUT:.0f} seconds, "
+                         f"not {value}")
     return float(value)
 
 

@@ -224,6 +224,12 @@ def configure_host(
     return status
 
 
+def _own_folder(path: Path) -> bool:
+    """A folder named as the host names its own (host/paths.py): `.../keypost`, or on
+    Windows the cache's `...\\keypost\\Cache`."""
+    return path.name == "keypost" or (path.name == "Cache" and path.parent.name == "keypost")
+
+
 def purge_host_config(python: str | None = None, log: Log = print) -> None:
     """Remove the host's configuration folder and keyring entry (`uninstall --purge`)."""
     try:
@@ -247,7 +253,7 @@ def purge_host_config(python: str | None = None, log: Log = print) -> None:
             continue
         # The host names its folders; KEYPOST_CONFIG_DIR / KEYPOST_CACHE_DIR may point them
         # anywhere (HOME itself): only a folder of keypost's own goes as a whole.
-        if Path(folder).name != "keypost":
+        if not _own_folder(Path(folder)):
             log(f"left {folder} in place: not a folder of keypost's own (set by "
                 "KEYPOST_CONFIG_DIR or KEYPOST_CACHE_DIR?); remove keypost's files by hand")
             continue
