@@ -213,7 +213,7 @@ def test_migration_drops_containers_issued_before_the_requestor_key(tmp_path: Pa
     db.commit()
     db.close()
     store = SqliteStore(tmp_path / "d.db")
-    assert store.schema_version() == len(MIGRATIONS) == 3
+    assert store.schema_version() == len(MIGRATIONS) >= 3
     assert store.issued_addresses(NOW) == set()  # shared rows are gone, not adopted
     # a row without a requestor (the column's default) is served to nobody
     store._db.execute("INSERT INTO issued (address_key, role, gateway_fingerprint, purpose,"

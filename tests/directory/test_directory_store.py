@@ -1,13 +1,23 @@
-"""SQLite store: migrations, key history, accounts, genuine certificates, cache tier, audit."""
+"""SQLite store: migrations (4: stored gateway keys lose private keys), key history,
+accounts, genuine certificates, cache tier, audit."""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pki_util import key_pem, rsa_key, self_signed
+from test_directory_controller import ANON, GATEWAY
 
+from keypost.core.containers import DirectoryCA, GatewayKey, describe, to_pem
+from keypost.directory.controller import Controller
 from keypost.directory.errors import StoreError
 from keypost.directory.store import (
     AccountRecord,
@@ -125,3 +135,116 @@ def test_issued_expiry_purge(tmp_path: Path) -> None:
     assert store.purge_issued(NOW) == 1
     rec = store.issued(ck)
     assert rec is not None and rec.serial == 2
+
+
+# migration 4: a gateway key's stored text is the key alone --------------------------------
+# Before bf9c7e1 `domain add` and `rekey` stored the key file as given: `cat key.pem
+# cert.pem > gw.pem` put the gateway's private key into directory.db.
+STORED_VERBATIM = MIGRATIONS[:3]  # the schema those versions wrote
+
+
+@dataclass(frozen=True)
+class OldStore:
+    path: Path
+    today: dict[str, bytes]  # fingerprint -> the text today's `domain add` stores
+    secrets: tuple[bytes, ...]  # the private keys' PEM that the old store holds
+
+
+def spki_pem(key: rsa.RSAPrivateKey) -> bytes:
+    return key.public_key().public_bytes(serialization.Encoding.PEM,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def verbatim(domain: str, use: KeyUse, text: bytes) -> GatewayKeyRecord:
+    """A key file as an old `domain add` stored it: the text, fingerprint of what parsed."""
+    return GatewayKeyRecord(domain, use, text, GatewayKey.from_pem(text).fingerprint,
+                            ("aes256-cbc",), NOW)
+
+
+def old_store(path: Path) -> OldStore:
+    keys = [rsa_key() for _ in range(6)]
+    certs = [to_pem(self_signed(k, "gateway")) for k in keys]
+    old = SqliteStore(path, migrations=STORED_VERBATIM)
+    # Debian's SQLite zeroes what it deletes, most builds do not (python.org's, macOS'):
+    # the store must not rely on that.
+    old._db.execute("PRAGMA secure_delete=OFF")
+    enc, sign = KeyUse.ENCRYPTION, KeyUse.SIGNING
+    old.add_domain("example.com", [verbatim("example.com", enc, key_pem(keys[0]) + certs[0]),
+                                   verbatim("example.com", sign,
+                                            spki_pem(keys[1]) + key_pem(keys[1]))])
+    # the first key is retired into the history, private key and all
+    old.rekey_domain("example.com", [verbatim("example.com", enc, certs[2] + key_pem(keys[2]))])
+    # `openssl pkcs12 -nodes` output: bag attributes around the certificate and the key
+    bags = b"Bag Attributes\n    friendlyName: gateway\nsubject=CN = gateway\n"
+    old.add_domain("example.net", [verbatim("example.net", enc, bags + certs[3] + bags
+                                            + key_pem(keys[3]))])
+    old.add_domain("example.org", [verbatim("example.org", enc, spki_pem(keys[4]))])
+    # a domain removed before the upgrade: its rows are gone, the pages they used are not
+    old.add_domain("gone.example", [verbatim("gone.example", enc,
+                                             key_pem(keys[5]) + certs[5])])
+    old.remove_domain("gone.example")
+    old.close()
+    today = {verbatim("", enc, c).fingerprint: c for c in certs[:1] + certs[2:4]}
+    today.update((verbatim("", enc, spki_pem(k)).fingerprint, spki_pem(k))
+                 for k in (keys[1], keys[4]))
+    return OldStore(path, today, tuple(key_pem(k) for k in keys[:4] + keys[5:]))
+
+
+def test_migration_4_keeps_only_the_registered_public_key(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    old = old_store(tmp_path / "d.db")
+    with caplog.at_level(logging.WARNING, logger="keypost.directory.store"):
+        store = SqliteStore(old.path)
+    assert store.schema_version() == len(MIGRATIONS)
+    keys = store.domain_keys(history=True)
+    assert {k.fingerprint: k.pem for k in keys} == old.today  # the retired key's too
+    assert [k.domain for k in keys if k.retired] == ["example.com"]
+    for k in keys:
+        assert GatewayKey.from_pem(k.pem).fingerprint == k.fingerprint
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line == "event=store_cleaned gateway_keys=4 private_keys_removed=4"
+    store.close()
+    caplog.clear()
+    SqliteStore(old.path).close()
+    assert caplog.records == []
+
+
+def test_migration_4_drops_private_keys_of_a_row_it_cannot_match(tmp_path: Path) -> None:
+    """A row whose fingerprint names none of its blocks keeps them, less any private key."""
+    key = rsa_key()
+    cert = to_pem(self_signed(key, "gateway"))
+    old = SqliteStore(tmp_path / "d.db", migrations=STORED_VERBATIM)
+    for domain, text in (("odd.example", b"note\n" + cert + key_pem(key)),
+                         ("fake.example", b"PEM aa")):
+        old.add_domain(domain, [GatewayKeyRecord(domain, KeyUse.ENCRYPTION, text, "00" * 32,
+                                                 (), NOW)])
+    old.close()
+    store = SqliteStore(tmp_path / "d.db")
+    assert {k.domain: k.pem for k in store.domain_keys()} == {
+        "odd.example": b"note\n" + cert, "fake.example": b"PEM aa"}
+
+
+def test_containers_carry_the_same_gateway_key_after_migration_4(tmp_path: Path) -> None:
+    old = old_store(tmp_path / "d.db")
+    ca = DirectoryCA.generate("ecdsa-p256", directory_url="ldap://dir.test")
+    asks = ((ANON, "a@example.com"), (ANON, "b@example.net"), (GATEWAY, "c@example.com"))
+
+    def issued(store: SqliteStore) -> list[tuple[int, str | None, bytes]]:
+        controller = Controller(store, ca, recheck_seconds=0)
+        out = []
+        for requestor, address in asks:
+            [answer] = controller.answer(requestor, [address], None, "test")
+            [container] = answer.containers
+            cert = x509.load_der_x509_certificate(container.der)
+            out.append((container.serial, describe(cert).gateway_fingerprint,
+                        cert.public_key().public_bytes(
+                            serialization.Encoding.DER,
+                            serialization.PublicFormat.SubjectPublicKeyInfo)))
+        store.close()
+        return out
+
+    before = issued(SqliteStore(old.path, migrations=STORED_VERBATIM))
+    after = issued(SqliteStore(old.path))
+    assert [b[1:] for b in before] == [a[1:] for a in after]
+    assert {b[0] for b in before}.isdisjoint(a[0] for a in after)  # newly issued
+    assert {b[1] for b in before} <= set(old.today)

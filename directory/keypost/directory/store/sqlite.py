@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,9 +22,38 @@ from keypost.directory.store import (
     PasswordHash,
     Store,
 )
+from keypost.directory.store.pem import holds_private_key, registered_key_pem
+
+log = logging.getLogger("keypost.directory.store")
+
+
+def _strip_gateway_keys(db: sqlite3.Connection) -> None:
+    """Migration 4: every stored gateway key text becomes the registered key's PEM alone.
+
+    Before bf9c7e1 `domain add` and `rekey` stored the key file as given, so a file with
+    the gateway's private key beside its certificate (`cat key.pem cert.pem`) put that
+    key into the store, in the history too. Fingerprints stay: they name the block kept.
+    """
+    changed = private = 0
+    for key_id, text, fingerprint in db.execute(
+            "SELECT id, pem, fingerprint FROM gateway_keys").fetchall():
+        stored = bytes(text)
+        kept = registered_key_pem(stored, fingerprint)
+        if kept != stored:
+            db.execute("UPDATE gateway_keys SET pem = ? WHERE id = ?", (kept, key_id))
+            changed += 1
+            private += holds_private_key(stored)
+    if changed:
+        # WARNING, so that the CLI shows it too (logging's last resort handler)
+        log.warning("event=store_cleaned gateway_keys=%d private_keys_removed=%d",
+                    changed, private)
+
+
+# SQL (statements split at ';') or a function run in the step's transaction.
+Migration = str | Callable[[sqlite3.Connection], None]
 
 # Migrations are append-only: never edit a released step, add the next one.
-MIGRATIONS: tuple[str, ...] = (
+MIGRATIONS: tuple[Migration, ...] = (
     # 1: the first schema
     """
     CREATE TABLE meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -83,6 +113,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX issued_key ON issued
         (address_key, requestor, role, gateway_fingerprint, purpose);
     """,
+    # 4: gateway keys without the private keys older versions stored beside them
+    _strip_gateway_keys,
 )
 
 
@@ -101,7 +133,7 @@ def _now() -> int:
 class SqliteStore:
     """`Store` over one SQLite file. Use from one thread (the event loop's)."""
 
-    def __init__(self, path: Path | str, migrations: Sequence[str] = MIGRATIONS) -> None:
+    def __init__(self, path: Path | str, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         try:
             self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -114,7 +146,7 @@ class SqliteStore:
         self._changes = 0
 
     # schema ------------------------------------------------------------------------
-    def _migrate(self, migrations: Sequence[str]) -> None:
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS schema_migrations"
             " (version INTEGER PRIMARY KEY, applied INTEGER NOT NULL)"
@@ -125,10 +157,14 @@ class SqliteStore:
                 f"store schema version {current} is newer than this keypost ({len(migrations)})"
             )
         for version in range(current + 1, len(migrations) + 1):
+            step = migrations[version - 1]
             with self._tx():
-                for statement in migrations[version - 1].split(";"):
-                    if statement.strip():
-                        self._db.execute(statement)
+                if callable(step):
+                    step(self._db)
+                else:
+                    for statement in step.split(";"):
+                        if statement.strip():
+                            self._db.execute(statement)
                 self._db.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?)", (version, _now())
                 )
