@@ -190,6 +190,15 @@ def old_store(path: Path) -> OldStore:
     return OldStore(path, today, tuple(key_pem(k) for k in keys[:4] + keys[5:]))
 
 
+def on_disk(path: Path) -> bytes:
+    """The database file and its -wal and -shm files, as they are now."""
+    return b"".join(p.read_bytes() for p in sorted(path.parent.glob(path.name + "*")))
+
+
+def base64_lines(pem: bytes) -> list[bytes]:
+    return [line for line in pem.splitlines() if len(line) >= 20 and b"-----" not in line]
+
+
 def test_migration_4_keeps_only_the_registered_public_key(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     old = old_store(tmp_path / "d.db")
@@ -207,6 +216,35 @@ def test_migration_4_keeps_only_the_registered_public_key(
     caplog.clear()
     SqliteStore(old.path).close()
     assert caplog.records == []
+
+
+def test_migration_4_leaves_no_private_key_on_disk(tmp_path: Path) -> None:
+    old = old_store(tmp_path / "d.db")
+    lines = [line for secret in old.secrets for line in base64_lines(secret)]
+    before = on_disk(old.path)
+    assert all(line in before for line in lines)  # the removed domain's key too
+    store = SqliteStore(old.path)
+    assert not [line for line in lines if line in on_disk(old.path)]  # -wal included
+    store.close()
+    assert not [line for line in lines if line in on_disk(old.path)]
+
+
+def test_an_unfinished_wipe_is_done_on_the_next_open(tmp_path: Path) -> None:
+    """Free pages are wiped after migration 4 commits (VACUUM cannot run inside it): one
+    that did not finish (a crash, a full disk, a reader holding the -wal) is retried."""
+    path = tmp_path / "d.db"
+    SqliteStore(path).close()
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA secure_delete=OFF")
+    db.execute("CREATE TABLE leftover (x BLOB)")
+    db.execute("INSERT INTO leftover VALUES (?)", (b"secret-" * 1000,))
+    db.execute("DROP TABLE leftover")
+    db.execute("INSERT INTO meta VALUES ('wipe_pending', 1)")
+    db.close()
+    assert b"secret-" in on_disk(path)
+    store = SqliteStore(path)
+    assert b"secret-" not in on_disk(path)
+    assert store._db.execute("SELECT name FROM meta").fetchall() == [("changes",)]
 
 
 def test_migration_4_drops_private_keys_of_a_row_it_cannot_match(tmp_path: Path) -> None:

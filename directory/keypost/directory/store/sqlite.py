@@ -26,6 +26,9 @@ from keypost.directory.store.pem import holds_private_key, registered_key_pem
 
 log = logging.getLogger("keypost.directory.store")
 
+# A meta row that says free pages may hold a secret no row holds any more.
+_WIPE_PENDING = "wipe_pending"
+
 
 def _strip_gateway_keys(db: sqlite3.Connection) -> None:
     """Migration 4: every stored gateway key text becomes the registered key's PEM alone.
@@ -35,6 +38,10 @@ def _strip_gateway_keys(db: sqlite3.Connection) -> None:
     key into the store, in the history too. Fingerprints stay: they name the block kept.
     """
     changed = private = 0
+    # Zero the cells and overflow pages the old text frees, in this very commit (most
+    # SQLite builds do not; Debian's does). SqliteStore._wipe_free_pages does the rest.
+    (secure,) = db.execute("PRAGMA secure_delete").fetchone()
+    db.execute("PRAGMA secure_delete=ON")
     for key_id, text, fingerprint in db.execute(
             "SELECT id, pem, fingerprint FROM gateway_keys").fetchall():
         stored = bytes(text)
@@ -43,6 +50,8 @@ def _strip_gateway_keys(db: sqlite3.Connection) -> None:
             db.execute("UPDATE gateway_keys SET pem = ? WHERE id = ?", (kept, key_id))
             changed += 1
             private += holds_private_key(stored)
+    db.execute(f"PRAGMA secure_delete={int(secure)}")
+    db.execute("INSERT INTO meta VALUES (?, 1)", (_WIPE_PENDING,))
     if changed:
         # WARNING, so that the CLI shows it too (logging's last resort handler)
         log.warning("event=store_cleaned gateway_keys=%d private_keys_removed=%d",
@@ -140,6 +149,7 @@ class SqliteStore:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate(migrations)
+            self._wipe_free_pages()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._data_version = -1
@@ -168,6 +178,35 @@ class SqliteStore:
                 self._db.execute(
                     "INSERT INTO schema_migrations VALUES (?, ?)", (version, _now())
                 )
+
+    def _wipe_free_pages(self) -> None:
+        """Rebuild the file without the free pages a migration left secrets in.
+
+        secure_delete during migration 4 zeroes only what that step frees. A private key
+        can also lie in pages freed before, by a `domain remove` of a domain that held
+        one, where only VACUUM reaches (it rebuilds the file from the live rows). VACUUM
+        cannot run in the migration's transaction, so the migration leaves a meta row and
+        this runs on every open until it finished: a crash or a full disk in between
+        costs a retry, not the wipe. In WAL mode VACUUM writes to the -wal, which keeps
+        older frames too (a key written while a server held the file open): a TRUNCATE
+        checkpoint copies the pages into the file and empties the -wal. It cannot while
+        another connection reads an older snapshot; then the next open tries again.
+        """
+        if self._db.execute(
+                "SELECT 1 FROM meta WHERE name = ?", (_WIPE_PENDING,)).fetchone() is None:
+            return
+        try:
+            self._db.execute("VACUUM")
+            busy = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        except sqlite3.OperationalError as exc:  # full disk, locked: not worth refusing
+            busy, reason = 1, str(exc).replace(" ", "_")
+        else:
+            reason = "readers"
+        if busy:
+            log.warning("event=store_wipe_pending reason=%s (retried on the next open)",
+                        reason)
+            return
+        self._db.execute("DELETE FROM meta WHERE name = ?", (_WIPE_PENDING,))
 
     def schema_version(self) -> int:
         row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
