@@ -30,7 +30,7 @@ class GatewayKeyRecord:
 
     domain: str
     use: KeyUse
-    pem: bytes  # certificate or SubjectPublicKeyInfo PEM, as registered
+    pem: bytes  # certificate or SubjectPublicKeyInfo PEM of the key alone (migration 4)
     fingerprint: str  # GatewayKey.fingerprint (hex SHA-256)
     capabilities: tuple[str, ...]  # Capability values in preference order
     added: dt.datetime
