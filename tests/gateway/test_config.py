@@ -23,6 +23,12 @@ from keypost.gateway.keys import check_private_file, load_private_key, read_secr
 SAMPLE = Path(__file__).resolve().parents[2] / "gateway" / "gateway.toml"
 
 
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`keypost gateway check-config` as an administrator runs it."""
+    return subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_sample_config_parses_with_documented_values() -> None:
     cfg = load_config(SAMPLE)
     base = SAMPLE.parent
@@ -142,8 +148,7 @@ def test_an_ec_encryption_key_is_refused_naming_its_file_and_domain(
 def test_check_config_warns_when_no_domain_is_served(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text('listen = "127.0.0.1:10025"\nnext_hop = "127.0.0.1:10026"\n')
-    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+    done = check_config(cfg)
     assert done.returncode == 0, done.stderr
     assert "warning: no [[domain]]" in done.stdout and "configuration OK" in done.stdout
 
@@ -176,16 +181,14 @@ def test_secrets_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_check_config_refuses_loose_keys_and_prints_no_secrets(tmp_path: Path, pki: Pki) -> None:
     cfg = pki.config(next_hop=2525)
-    ok = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                        capture_output=True, text=True, timeout=60)
+    ok = check_config(cfg)
     assert ok.returncode == 0, ok.stderr
     assert "configuration OK" in ok.stdout
     assert "domain example.com" in ok.stdout and "1 retired key" in ok.stdout
     assert "PRIVATE KEY" not in ok.stdout + ok.stderr
     os.chmod(pki.path("enc-retired.key"), 0o644)
     try:
-        bad = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                             capture_output=True, text=True, timeout=60)
+        bad = check_config(cfg)
     finally:
         os.chmod(pki.path("enc-retired.key"), 0o600)
     assert bad.returncode == 1
@@ -219,8 +222,7 @@ def test_directory_settings_serve_would_fail_on_are_refused_by_check_config(
     url = "" if "url =" in directory else 'url = "ldaps://127.0.0.1:6360"\n'
     cfg = pki.config(2525, directory=f'{url}trust_anchor = "ca.pem"\n{directory}',
                      domain_extra=domain)
-    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+    done = check_config(cfg)
     assert done.returncode == 1, done.stdout
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert re.search(message, done.stderr), done.stderr
