@@ -110,6 +110,62 @@ def test_loopback_listen_addresses_and_host_names_are_accepted(tmp_path: Path) -
     assert cfg.next_hop.host == "mx.example.net" and cfg.hostname == "gw-1.mail.example.com"
 
 
+@pytest.mark.parametrize(
+    ("clients", "message"),
+    [
+        ("192.0.2.10", "allowed_clients: expected a list of IP addresses or networks"),
+        ([], "allowed_clients: empty"),
+        ([10], "allowed_clients: expected a list of IP addresses or networks"),
+        (["mta.example.com"], "'mta.example.com' is no IP address or network .*host names"),
+        (["192.0.2.300"], "'192.0.2.300' is no IP address or network"),
+        (["192.0.2.0/33"], "'192.0.2.0/33' is no IP address or network"),
+        (["192.0.2.10/24"], "'192.0.2.10/24' has host bits set"),
+        (["fe80::1%eth0"], "zone id"),
+        # a catch-all admits everyone: the very thing the loopback rule prevented
+        (["0.0.0.0/0"], "0.0.0.0/0 admits every IPv4 address"),
+        (["::/0"], "::/0 admits every IPv6 address"),
+        (["::ffff:0:0/96"], "admits every IPv4 address"),  # IPv4-mapped: every IPv4 peer
+        (["0.0.0.0/1", "128.0.0.0/1"], "together admit every IPv4 address"),
+        (["0.0.0.0"], "0.0.0.0 is no client address"),
+        (["::"], ":: is no client address"),
+    ],
+)
+def test_bad_allowed_clients_are_one_line_errors(
+    tmp_path: Path, clients: object, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_config({"allowed_clients": clients}, tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_allowed_clients_are_read_as_networks(tmp_path: Path) -> None:
+    from ipaddress import ip_network
+
+    cfg = parse_config({"allowed_clients": ["192.0.2.10", "2001:db8::/64", "[::1]",
+                                            "::ffff:198.51.100.0/120"]}, tmp_path)
+    # an IPv4-mapped entry is its IPv4 network: a dual-stack socket's peers are read so too
+    assert cfg.allowed_clients == tuple(ip_network(n) for n in (
+        "192.0.2.10/32", "2001:db8::/64", "::1/128", "198.51.100.0/24"))
+    # unset: loopback only
+    assert [str(n) for n in parse_config({}, tmp_path).allowed_clients] == [
+        "127.0.0.0/8", "::1/128"]
+
+
+def test_check_config_prints_the_allowed_clients(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('allowed_clients = ["192.0.2.10", "2001:db8::/64"]\n')
+    done = check_config(cfg)
+    assert done.returncode == 0, done.stderr
+    assert "clients allowed to connect: 192.0.2.10, 2001:db8::/64" in done.stdout
+    cfg.write_text('allowed_clients = ["0.0.0.0/0"]\n')
+    bad = check_config(cfg)
+    assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert "allowed_clients: 0.0.0.0/0 admits every IPv4 address" in bad.stderr
+    cfg.write_text("")
+    default = check_config(cfg)
+    assert "clients allowed to connect: 127.0.0.0/8, ::1 (loopback only" in default.stdout
+
+
 def test_scan_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
     cfg = parse_config({"scan": {"command": "/bin/scan --mode 'a b'"}}, tmp_path)
     assert cfg.scan.command == ("/bin/scan", "--mode", "a b")

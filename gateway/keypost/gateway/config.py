@@ -21,6 +21,7 @@ from keypost.core.address import normalize_domain
 from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, UrlProblem, parse_directory_url
 from keypost.core.errors import AddressError
 from keypost.core.netaddr import is_loopback_host
+from keypost.gateway.clients import LOOPBACK_CLIENTS, Network, parse_allowed_clients
 from keypost.gateway.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:10025"
@@ -118,6 +119,8 @@ class GatewayConfig:
         default_factory=lambda: parse_hostport(DEFAULT_NEXT_HOP, "next_hop")
     )
     protocol: str = "smtp"  # what `listen` speaks: "smtp" or "lmtp" (one reply per recipient)
+    # peers the gateway talks to; any other gets 554 at once (serve.GatewaySMTP)
+    allowed_clients: tuple[Network, ...] = LOOPBACK_CLIENTS
     hostname: str = DEFAULT_HOSTNAME
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
@@ -357,6 +360,9 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     top = _Table(data, "", base)
     listen = parse_hostport(top.text("listen", DEFAULT_LISTEN), "listen")
     next_hop = parse_hostport(top.text("next_hop", DEFAULT_NEXT_HOP), "next_hop")
+    raw_clients = top._get("allowed_clients")
+    allowed_clients = (LOOPBACK_CLIENTS if raw_clients is None
+                       else parse_allowed_clients(raw_clients))
     check_addresses(listen, next_hop)
     size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
     if size != int(size):
@@ -454,6 +460,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         listen=listen,
         next_hop=next_hop,
         protocol=protocol,
+        allowed_clients=allowed_clients,
         hostname=_hostname(top.text("hostname", DEFAULT_HOSTNAME) or DEFAULT_HOSTNAME),
         max_message_size=int(size),
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,
