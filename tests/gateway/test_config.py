@@ -80,6 +80,8 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
         ({"listen": "0.0.0.0:10025"}, "listen: 0.0.0.0 is not a loopback address"),
         ({"listen": "[::]:10025"}, "listen: :: is not a loopback address"),
         ({"listen": "192.0.2.7:10025"}, "listen: 192.0.2.7 is not a loopback address"),
+        # the way out is named in the same line
+        ({"listen": "192.0.2.7:10025"}, "list the MTA's addresses in allowed_clients"),
         # a mail loop: every message re-enters the gateway until the timeouts
         ({"next_hop": "127.0.0.1:10025"}, "next_hop: .* is where the gateway listens"),
         ({"listen": "localhost:2525", "next_hop": "[::1]:2525"}, "where the gateway listens"),
@@ -149,6 +151,22 @@ def test_allowed_clients_are_read_as_networks(tmp_path: Path) -> None:
     # unset: loopback only
     assert [str(n) for n in parse_config({}, tmp_path).allowed_clients] == [
         "127.0.0.0/8", "::1/128"]
+
+
+def test_allowed_clients_open_a_listen_address_that_is_not_loopback(tmp_path: Path) -> None:
+    """The MTA in another container or on another host: the gateway listens there and talks
+    to the listed peers only (test_clients checks that at the socket)."""
+    for listen in ("192.0.2.7:10025", "0.0.0.0:10025", "[::]:10025"):
+        cfg = parse_config({"listen": listen, "next_hop": "192.0.2.25:10026",
+                            "allowed_clients": ["192.0.2.25"]}, tmp_path)
+        assert str(cfg.listen) == listen.replace("[", "").replace("]", "")
+    cfg_file = tmp_path / "gw.toml"
+    cfg_file.write_text('listen = "192.0.2.7:10025"\nnext_hop = "192.0.2.25:10026"\n'
+                        'allowed_clients = ["192.0.2.25", "2001:db8:25::/64"]\n')
+    done = check_config(cfg_file)
+    assert done.returncode == 0, done.stderr
+    assert "listen on 192.0.2.7:10025" in done.stdout
+    assert "clients allowed to connect: 192.0.2.25, 2001:db8:25::/64" in done.stdout
 
 
 def test_check_config_prints_the_allowed_clients(tmp_path: Path) -> None:
