@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.lmtp import LMTP
+from aiosmtpd.smtp import SMTP
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -25,7 +26,7 @@ from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey, to_pem
 from keypost.core.types import Purpose
 from keypost.gateway.config import load_config
-from keypost.gateway.serve import Gateway, build, smtp_kwargs
+from keypost.gateway.serve import Gateway, build, smtp_factory
 
 KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
 
@@ -175,9 +176,15 @@ def make_pki(root: Path) -> Pki:
     return Pki(root, ca, *keys)
 
 
-class LmtpController(Controller):
-    def factory(self) -> LMTP:
-        return LMTP(self.handler, **self.SMTP_kwargs)
+class GatewayController(Controller):
+    """Serves each connection with the protocol object `serve` makes (smtp_factory)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        super().__init__(gw.handler, hostname=gw.config.listen.host, port=gw.config.listen.port)
+        self.gw = gw
+
+    def factory(self) -> SMTP:
+        return smtp_factory(self.gw)
 
 
 @dataclass
@@ -191,16 +198,29 @@ def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
     """The gateway in this process (aiosmtpd Controller thread), built like `serve` builds it."""
     cfg = load_config(config_path)
     gw = build(cfg)
-    kwargs = smtp_kwargs(cfg)
-    ctl = (LmtpController if cfg.protocol == "lmtp" else Controller)(
-        gw.handler, hostname=cfg.listen.host, port=cfg.listen.port,
-        server_hostname=kwargs.pop("hostname"), **kwargs,
-    )
+    ctl = GatewayController(gw)
     ctl.start()
     try:
         yield RunningGateway(gw, cfg.listen.port)
     finally:
         ctl.stop()
+
+
+@contextmanager
+def serving_gateway(config_path: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`keypost gateway serve` in a process of its own, its log (stderr) in `log`; yields
+    once it printed `ready`, which needs no probe connection (one could be refused)."""
+    with log.open("wb") as err:
+        proc = subprocess.Popen([*KEYPOST, "gateway", "serve", "--config", str(config_path)],
+                                stdout=subprocess.PIPE, stderr=err)
+    try:
+        assert proc.stdout is not None
+        if b"ready\n" not in iter(proc.stdout.readline, b""):  # b"": it exited
+            raise RuntimeError(f"the gateway did not start: {log.read_text()}")
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
 
 
 def send(port: int, mail_from: str, rcpts: list[str], data: bytes) -> tuple[int, str]:

@@ -23,6 +23,12 @@ from keypost.gateway.keys import check_private_file, load_private_key, read_secr
 SAMPLE = Path(__file__).resolve().parents[2] / "gateway" / "gateway.toml"
 
 
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    """`keypost gateway check-config` as an administrator runs it."""
+    return subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(path)],
+                          capture_output=True, text=True, timeout=60)
+
+
 def test_sample_config_parses_with_documented_values() -> None:
     cfg = load_config(SAMPLE)
     base = SAMPLE.parent
@@ -74,6 +80,8 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
         ({"listen": "0.0.0.0:10025"}, "listen: 0.0.0.0 is not a loopback address"),
         ({"listen": "[::]:10025"}, "listen: :: is not a loopback address"),
         ({"listen": "192.0.2.7:10025"}, "listen: 192.0.2.7 is not a loopback address"),
+        # the way out is named in the same line
+        ({"listen": "192.0.2.7:10025"}, "list the MTA's addresses in allowed_clients"),
         # a mail loop: every message re-enters the gateway until the timeouts
         ({"next_hop": "127.0.0.1:10025"}, "next_hop: .* is where the gateway listens"),
         ({"listen": "localhost:2525", "next_hop": "[::1]:2525"}, "where the gateway listens"),
@@ -102,6 +110,78 @@ def test_loopback_listen_addresses_and_host_names_are_accepted(tmp_path: Path) -
     cfg = parse_config({"listen": "127.0.0.1:2525", "next_hop": "mx.example.net:2525",
                         "hostname": "gw-1.mail.example.com"}, tmp_path)
     assert cfg.next_hop.host == "mx.example.net" and cfg.hostname == "gw-1.mail.example.com"
+
+
+@pytest.mark.parametrize(
+    ("clients", "message"),
+    [
+        ("192.0.2.10", "allowed_clients: expected a list of IP addresses or networks"),
+        ([], "allowed_clients: empty"),
+        ([10], "allowed_clients: expected a list of IP addresses or networks"),
+        (["mta.example.com"], "'mta.example.com' is no IP address or network .*host names"),
+        (["192.0.2.300"], "'192.0.2.300' is no IP address or network"),
+        (["192.0.2.0/33"], "'192.0.2.0/33' is no IP address or network"),
+        (["192.0.2.10/24"], "'192.0.2.10/24' has host bits set"),
+        (["fe80::1%eth0"], "zone id"),
+        # a catch-all admits everyone: the very thing the loopback rule prevented
+        (["0.0.0.0/0"], "0.0.0.0/0 admits every IPv4 address"),
+        (["::/0"], "::/0 admits every IPv6 address"),
+        (["::ffff:0:0/96"], "admits every IPv4 address"),  # IPv4-mapped: every IPv4 peer
+        (["0.0.0.0/1", "128.0.0.0/1"], "together admit every IPv4 address"),
+        (["0.0.0.0"], "0.0.0.0 is no client address"),
+        (["::"], ":: is no client address"),
+    ],
+)
+def test_bad_allowed_clients_are_one_line_errors(
+    tmp_path: Path, clients: object, message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        parse_config({"allowed_clients": clients}, tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_allowed_clients_are_read_as_networks(tmp_path: Path) -> None:
+    from ipaddress import ip_network
+
+    cfg = parse_config({"allowed_clients": ["192.0.2.10", "2001:db8::/64", "[::1]",
+                                            "::ffff:198.51.100.0/120"]}, tmp_path)
+    # an IPv4-mapped entry is its IPv4 network: a dual-stack socket's peers are read so too
+    assert cfg.allowed_clients == tuple(ip_network(n) for n in (
+        "192.0.2.10/32", "2001:db8::/64", "::1/128", "198.51.100.0/24"))
+    # unset: loopback only
+    assert [str(n) for n in parse_config({}, tmp_path).allowed_clients] == [
+        "127.0.0.0/8", "::1/128"]
+
+
+def test_allowed_clients_open_a_listen_address_that_is_not_loopback(tmp_path: Path) -> None:
+    """The MTA in another container or on another host: the gateway listens there and talks
+    to the listed peers only (test_clients checks that at the socket)."""
+    for listen in ("192.0.2.7:10025", "0.0.0.0:10025", "[::]:10025"):
+        cfg = parse_config({"listen": listen, "next_hop": "192.0.2.25:10026",
+                            "allowed_clients": ["192.0.2.25"]}, tmp_path)
+        assert str(cfg.listen) == listen.replace("[", "").replace("]", "")
+    cfg_file = tmp_path / "gw.toml"
+    cfg_file.write_text('listen = "192.0.2.7:10025"\nnext_hop = "192.0.2.25:10026"\n'
+                        'allowed_clients = ["192.0.2.25", "2001:db8:25::/64"]\n')
+    done = check_config(cfg_file)
+    assert done.returncode == 0, done.stderr
+    assert "listen on 192.0.2.7:10025" in done.stdout
+    assert "clients allowed to connect: 192.0.2.25, 2001:db8:25::/64" in done.stdout
+
+
+def test_check_config_prints_the_allowed_clients(tmp_path: Path) -> None:
+    cfg = tmp_path / "gw.toml"
+    cfg.write_text('allowed_clients = ["192.0.2.10", "2001:db8::/64"]\n')
+    done = check_config(cfg)
+    assert done.returncode == 0, done.stderr
+    assert "clients allowed to connect: 192.0.2.10, 2001:db8::/64" in done.stdout
+    cfg.write_text('allowed_clients = ["0.0.0.0/0"]\n')
+    bad = check_config(cfg)
+    assert bad.returncode == 1 and len(bad.stderr.splitlines()) == 1, bad.stderr
+    assert "allowed_clients: 0.0.0.0/0 admits every IPv4 address" in bad.stderr
+    cfg.write_text("")
+    default = check_config(cfg)
+    assert "clients allowed to connect: 127.0.0.0/8, ::1 (loopback only" in default.stdout
 
 
 def test_scan_command_string_is_split_like_a_shell(tmp_path: Path) -> None:
@@ -142,8 +222,7 @@ def test_an_ec_encryption_key_is_refused_naming_its_file_and_domain(
 def test_check_config_warns_when_no_domain_is_served(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text('listen = "127.0.0.1:10025"\nnext_hop = "127.0.0.1:10026"\n')
-    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+    done = check_config(cfg)
     assert done.returncode == 0, done.stderr
     assert "warning: no [[domain]]" in done.stdout and "configuration OK" in done.stdout
 
@@ -176,16 +255,14 @@ def test_secrets_from_file_or_environment(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_check_config_refuses_loose_keys_and_prints_no_secrets(tmp_path: Path, pki: Pki) -> None:
     cfg = pki.config(next_hop=2525)
-    ok = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                        capture_output=True, text=True, timeout=60)
+    ok = check_config(cfg)
     assert ok.returncode == 0, ok.stderr
     assert "configuration OK" in ok.stdout
     assert "domain example.com" in ok.stdout and "1 retired key" in ok.stdout
     assert "PRIVATE KEY" not in ok.stdout + ok.stderr
     os.chmod(pki.path("enc-retired.key"), 0o644)
     try:
-        bad = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                             capture_output=True, text=True, timeout=60)
+        bad = check_config(cfg)
     finally:
         os.chmod(pki.path("enc-retired.key"), 0o600)
     assert bad.returncode == 1
@@ -219,8 +296,7 @@ def test_directory_settings_serve_would_fail_on_are_refused_by_check_config(
     url = "" if "url =" in directory else 'url = "ldaps://127.0.0.1:6360"\n'
     cfg = pki.config(2525, directory=f'{url}trust_anchor = "ca.pem"\n{directory}',
                      domain_extra=domain)
-    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+    done = check_config(cfg)
     assert done.returncode == 1, done.stdout
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert re.search(message, done.stderr), done.stderr

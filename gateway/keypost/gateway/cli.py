@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from keypost.core.address import parse_address
+from keypost.gateway.clients import describe_clients
 from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
@@ -42,6 +43,7 @@ def describe(cfg: GatewayConfig) -> list[str]:
     d, p = cfg.directory, cfg.policy
     lines = [
         f"listen on {cfg.listen}; relay to next hop {cfg.next_hop}",
+        f"clients allowed to connect: {describe_clients(cfg.allowed_clients)}",
         f"messages over {cfg.max_message_size} bytes are refused (552/554)",
         f"directory: {d.url or 'none (no signing, no re-encryption)'}"
         + (f" as {d.username}" if d.username else ""),

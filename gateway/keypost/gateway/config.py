@@ -21,6 +21,7 @@ from keypost.core.address import normalize_domain
 from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, UrlProblem, parse_directory_url
 from keypost.core.errors import AddressError
 from keypost.core.netaddr import is_loopback_host
+from keypost.gateway.clients import LOOPBACK_CLIENTS, Network, parse_allowed_clients
 from keypost.gateway.errors import ConfigError
 
 DEFAULT_LISTEN = "127.0.0.1:10025"
@@ -118,6 +119,8 @@ class GatewayConfig:
         default_factory=lambda: parse_hostport(DEFAULT_NEXT_HOP, "next_hop")
     )
     protocol: str = "smtp"  # what `listen` speaks: "smtp" or "lmtp" (one reply per recipient)
+    # peers the gateway talks to; any other gets 554 at once (serve.GatewaySMTP)
+    allowed_clients: tuple[Network, ...] = LOOPBACK_CLIENTS
     hostname: str = DEFAULT_HOSTNAME
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
@@ -149,15 +152,17 @@ def _loopback(host: str) -> bool:
     return is_loopback_host(host, localhost_name=True)
 
 
-def check_addresses(listen: HostPort, next_hop: HostPort) -> None:
+def check_addresses(listen: HostPort, next_hop: HostPort, clients_listed: bool = False) -> None:
     """The gateway speaks SMTP without TLS or authentication and signs, decrypts and
-    relays for whoever connects: only the MTA on the same host may reach it. And it must
-    not relay to itself (each message would come back until the timeouts ran out)."""
-    if not _loopback(listen.host):
+    relays for whoever connects: only the MTA on the same host may reach it, unless
+    `allowed_clients` names the peers it takes (`clients_listed`). And it must not relay
+    to itself (each message would come back until the timeouts ran out)."""
+    if not _loopback(listen.host) and not clients_listed:
         raise ConfigError(
             f"listen: {listen.host} is not a loopback address; the gateway has no TLS or "
             "authentication, so anyone reaching it could relay through the next hop and "
-            "have mail signed or decrypted: run it beside the MTA on 127.0.0.1 or [::1]"
+            "have mail signed or decrypted: run it beside the MTA on 127.0.0.1 or [::1], "
+            "or list the MTA's addresses in allowed_clients"
         )
     if next_hop.port == 0:
         raise ConfigError("next_hop: port 0 names no server")
@@ -357,7 +362,10 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     top = _Table(data, "", base)
     listen = parse_hostport(top.text("listen", DEFAULT_LISTEN), "listen")
     next_hop = parse_hostport(top.text("next_hop", DEFAULT_NEXT_HOP), "next_hop")
-    check_addresses(listen, next_hop)
+    raw_clients = top._get("allowed_clients")
+    allowed_clients = (LOOPBACK_CLIENTS if raw_clients is None
+                       else parse_allowed_clients(raw_clients))
+    check_addresses(listen, next_hop, clients_listed=raw_clients is not None)
     size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
     if size != int(size):
         raise ConfigError("max_message_size: expected a whole number of bytes")
@@ -454,6 +462,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         listen=listen,
         next_hop=next_hop,
         protocol=protocol,
+        allowed_clients=allowed_clients,
         hostname=_hostname(top.text("hostname", DEFAULT_HOSTNAME) or DEFAULT_HOSTNAME),
         max_message_size=int(size),
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,

@@ -12,6 +12,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from keypost.gateway.clients import Network, admits
 from keypost.gateway.config import GatewayConfig
 from keypost.gateway.directory import DirectoryClient, load_trust_anchors, make_directory
 from keypost.gateway.errors import ConfigError
@@ -89,9 +90,56 @@ def smtp_kwargs(cfg: GatewayConfig) -> dict[str, Any]:
     }
 
 
+# After its 554 greeting a refused peer may still say QUIT (RFC 5321 3.1: the server waits
+# for it and answers anything else with 503); these bound what it costs the gateway.
+REFUSED_COMMANDS = 5
+REFUSED_WAIT = 10.0  # seconds, for each of them
+
+
+class GatewaySMTP(SMTP):
+    """aiosmtpd's SMTP server, but a peer outside `allowed_clients` is greeted with 554 and
+    never gets to a transaction. The check sits where aiosmtpd itself turns away a
+    connection before the greeting (a failed PROXY handshake): the start of the session."""
+
+    def __init__(self, handler: Any, *, allowed_clients: tuple[Network, ...],
+                 **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.allowed_clients = allowed_clients
+
+    async def _handle_client(self) -> None:
+        assert self.session is not None and self.transport is not None
+        peer = self.session.peer
+        host = peer[0] if isinstance(peer, tuple) and peer else None
+        if admits(self.allowed_clients, host):
+            await super()._handle_client()
+            return
+        log.warning("refused a connection from %s: not in allowed_clients", host)
+        try:
+            await self.push(f"554 5.7.1 {self.hostname} takes no mail from {host}: "
+                            "not in allowed_clients")
+            for _ in range(REFUSED_COMMANDS):
+                line = await asyncio.wait_for(self._reader.readline(), REFUSED_WAIT)
+                if not line:
+                    break
+                if line.strip().upper() == b"QUIT":
+                    await self.push("221 2.0.0 Bye")
+                    break
+                await self.push("503 5.5.1 Bad sequence of commands: only QUIT")
+        except (TimeoutError, ValueError, ConnectionError):
+            pass  # silent, over-long (ValueError) or gone: hang up all the same
+        finally:
+            self.transport.close()
+
+
+class GatewayLMTP(GatewaySMTP, LMTP):
+    """The same for LMTP: its greeting is SMTP's (RFC 2033 4.1)."""
+
+
 def smtp_factory(gw: Gateway) -> SMTP:
-    server_class = LMTP if gw.config.protocol == "lmtp" else SMTP
-    return server_class(gw.handler, **smtp_kwargs(gw.config))
+    """The protocol object for one incoming connection (`loop.create_server`'s factory)."""
+    server_class = GatewayLMTP if gw.config.protocol == "lmtp" else GatewaySMTP
+    return server_class(gw.handler, allowed_clients=gw.config.allowed_clients,
+                        **smtp_kwargs(gw.config))
 
 
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
