@@ -12,11 +12,14 @@ from keypost.directory.ldap.answers import (
     SearchPlan,
     plan_search,
     select_attributes,
+    suffix_attributes,
 )
 from keypost.directory.ldap.dn import (
     InvalidDN,
     escape_value,
     is_within,
+    leading_rdn,
+    normalise_type,
     parse_dn,
     reduce_bind_name,
 )
@@ -188,3 +191,58 @@ def test_plan_refuses_more_addresses_than_the_limit_whole(base: str) -> None:
         assert fits.addresses == ("u0@x.org",)
     else:
         assert fits.addresses == ("u0@x.org", "u1@x.org", "u2@x.org")
+
+
+@pytest.mark.parametrize(
+    ("base", "f", "kind"),
+    [
+        ("dc=keypost", F.Present("objectClass"), PlanKind.SUFFIX),
+        ("DC=KeyPost", F.Present("2.5.4.0"), PlanKind.SUFFIX),
+        ("dc=keypost", eq("domainComponent", "KEYPOST"), PlanKind.SUFFIX),
+        ("dc=keypost", F.And((F.Present("objectclass"), F.Not(eq("mail", "a@x.org")))),
+         PlanKind.SUFFIX),
+        ("dc=keypost", F.Or((eq("mail", "a@x.org"), eq("objectClass", "domain"))),
+         PlanKind.SUFFIX),
+        ("dc=keypost", eq("objectClass", "inetOrgPerson"), PlanKind.RESULT),
+        ("dc=keypost", F.Present("mail"), PlanKind.RESULT),
+        ("dc=keypost", F.Not(F.Substrings("dc", ((F.SubstringKind.INITIAL, b"x"),))),
+         PlanKind.RESULT),  # Undefined stays Undefined under NOT
+        ("ou=people,dc=keypost", F.Present("objectClass"), PlanKind.RESULT),  # no such entry
+    ],
+)
+def test_plan_base_search_of_the_suffix(base: str, f: F.Filter, kind: PlanKind) -> None:
+    plan = plan_search(search(base, Scope.BASE, f), SUFFIX, 100)
+    assert (plan.kind, plan.addresses, plan.code) == (kind, (), ResultCode.SUCCESS)
+
+
+def test_evaluate_three_valued() -> None:
+    entry = {"objectclass": ("top", "domain"), "dc": ("keypost",)}
+    undefined = F.GreaterOrEqual("dc", b"a")
+    true, false = F.Present("dc"), eq("dc", "other")
+
+    def ev(f: F.Filter) -> bool | None:
+        return F.evaluate(f, entry, normalise_type)
+
+    assert (ev(true), ev(false), ev(undefined), ev(F.Not(undefined))) == (True, False, None, None)
+    assert (ev(F.And((true, undefined))), ev(F.And((false, undefined)))) == (None, False)
+    assert (ev(F.Or((true, undefined))), ev(F.Or((false, undefined)))) == (True, None)
+    assert (ev(F.And(())), ev(F.Or(()))) == (True, False)  # RFC 4526 absolute true/false
+
+
+@pytest.mark.parametrize(
+    ("suffix", "attributes"),
+    [
+        ("dc=KeyPost,dc=example", (("objectclass", ("top", "domain")), ("dc", ("KeyPost",)))),
+        (r"o=Example\, Inc.", (("objectclass", ("top", "organization")),
+                                ("o", ("Example, Inc.",)))),
+        ("organizationalUnitName=Keys,o=x", (("objectclass", ("top", "organizationalUnit")),
+                                             ("ou", ("Keys",)))),
+        ("cn=keys+dc=x", (("objectclass", ("top", "domain")), ("cn", ("keys",)),
+                          ("dc", ("x",)))),
+        ("uid=keys", (("objectclass", ("top", "extensibleObject")), ("uid", ("keys",)))),
+    ],
+)
+def test_suffix_entry_attributes(
+    suffix: str, attributes: tuple[tuple[str, tuple[str, ...]], ...]
+) -> None:
+    assert suffix_attributes(leading_rdn(suffix)) == attributes

@@ -417,3 +417,29 @@ def test_starttls_refusals(server: ServerThread) -> None:
         assert response.message_id == 1
     finally:
         plain.stop()
+
+
+def test_base_search_of_the_suffix_returns_the_suffix_entry(server: ServerThread) -> None:
+    """The root DSE names the suffix in namingContexts; reading it (scope base) gives
+    its entry, as slapd does, and nothing about addresses (no lookup)."""
+    before = len(server.backend.lookups)
+    done = ldapsearch(server.url, "-s", "base", "(objectClass=*)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n\n")[0].splitlines() == [
+        f"dn: {SUFFIX}", "objectClass: top", "objectClass: domain", "dc: keypost"]
+    for f in ["(dc=KEYPOST)", "(&(objectClass=domain)(!(mail=a@example.com)))"]:
+        done = ldapsearch(server.url, "-s", "base", f, "dc")
+        assert done.returncode == 0 and done.stdout.strip() == f"dn: {SUFFIX}\ndc: keypost"
+    for f in [f"(mail={ALICE})", "(objectClass=inetOrgPerson)", "(mail=*)"]:
+        done = ldapsearch(server.url, "-s", "base", f)
+        assert done.returncode == 0 and "dn:" not in done.stdout, f
+    conn = connect(server)
+    assert conn.search(SUFFIX, "(objectClass=*)", search_scope=ldap3.BASE, attributes=["*"])
+    (entry,) = conn.response
+    assert entry["dn"] == SUFFIX
+    assert entry["raw_attributes"] == {"objectClass": [b"top", b"domain"], "dc": [b"keypost"]}
+    conn.unbind()
+    # one level and subtree searches still list addresses only, and only those asked for
+    done = ldapsearch(server.url, "-s", "sub", "(objectClass=*)")
+    assert done.returncode == 0 and "dn:" not in done.stdout
+    assert len(server.backend.lookups) == before

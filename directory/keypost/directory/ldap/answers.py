@@ -23,11 +23,14 @@ from keypost.directory.ldap.dn import (
     MAX_DN_LENGTH,
     Dn,
     InvalidDN,
+    Rdn,
     escape_value,
     is_within,
+    leading_rdn,
+    normalise_type,
     parse_dn,
 )
-from keypost.directory.ldap.filters import addresses_from_filter
+from keypost.directory.ldap.filters import addresses_from_filter, evaluate
 from keypost.directory.ldap.messages import (
     OID_START_TLS,
     OpTag,
@@ -119,6 +122,7 @@ def _select(requested: tuple[str, ...]) -> Selection:
 
 class PlanKind(enum.Enum):
     ROOT_DSE = "root-dse"
+    SUFFIX = "suffix"  # the suffix entry itself (scope base)
     ENTRIES = "entries"  # look the addresses up
     RESULT = "result"  # answer with `code` and no entries
 
@@ -139,10 +143,11 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
     """Decide what a search is: the root DSE, a lookup of addresses, or a bare result.
 
     Entries are named `mail=<address>,<suffix>`. A base naming one such entry reads
-    it (scope base or sub; filter permitting). Any other base inside the suffix is
-    treated as the suffix (clients configured with e.g. `ou=people,<suffix>` work); the
-    root "" and bases above the suffix see the entries with scope sub/subordinate. Other
-    bases get noSuchObject.
+    it (scope base or sub; filter permitting). The suffix with scope base reads the
+    suffix entry when the filter matches it (`suffix_entry`). Any other base inside the
+    suffix is treated as the suffix (clients configured with e.g. `ou=people,<suffix>`
+    work); the root "" and bases above the suffix see the entries with scope
+    sub/subordinate. Other bases get noSuchObject.
     """
     if len(request.base) > MAX_DN_LENGTH:  # refused unparsed, as over-large filters are
         return SearchPlan(
@@ -174,6 +179,10 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
         # of scope (they are entries of their own)
         spelt = next((a for a in asked if a.casefold() == entry_address), None)
         return _EMPTY if spelt is None else SearchPlan(PlanKind.ENTRIES, (spelt,))
+    if depth == 0 and scope == Scope.BASE:  # the base is the suffix
+        entry = suffix_attributes(suffix[0])
+        matched = evaluate(request.filter, dict(entry), normalise_type)
+        return SearchPlan(PlanKind.SUFFIX) if matched else _EMPTY
     # The base is the suffix (or inside it, treated alike) or above it.
     depth = min(depth, 0)
     in_scope = (
@@ -272,6 +281,52 @@ class EntryCache:
             if _kept(requested):
                 self._items.put(key, op)
         return op
+
+
+# A structural class for the suffix entry by its naming attribute (RFC 4519, RFC 4524's
+# domain for dc: it needs no other attribute, unlike dcObject+organization's `o`).
+_SUFFIX_CLASSES = {
+    "dc": "domain",
+    "o": "organization",
+    "ou": "organizationalUnit",
+    "c": "country",
+    "l": "locality",
+}
+
+
+def suffix_attributes(rdn: Rdn) -> tuple[tuple[str, tuple[str, ...]], ...]:
+    """The suffix entry's attributes: objectClass and the values of its RDN.
+
+    Keys are normalised attribute types (`dn.normalise_type`). It says nothing about
+    addresses: it is what the root DSE's namingContexts promises exists, as slapd's
+    suffix entry does.
+    """
+    kind = next((_SUFFIX_CLASSES[t] for t, _ in rdn if t in _SUFFIX_CLASSES), None)
+    out: dict[str, tuple[str, ...]] = {"objectclass": ("top", kind or "extensibleObject")}
+    for attr, value in rdn:
+        out[attr] = (*out.get(attr, ()), value)
+    return tuple(out.items())
+
+
+_SUFFIX_NAMES = {"objectclass": "objectClass"}  # the others are short names already
+
+
+def suffix_entry(suffix: str, requested: tuple[str, ...], types_only: bool) -> bytes:
+    """The suffix entry (DN = `suffix` as configured) as a SearchResultEntry protocolOp.
+
+    All attributes for an empty list or `*`; otherwise those named (any case, by OID),
+    under the name asked for; `+` adds nothing (they are user attributes).
+    """
+    attributes = suffix_attributes(leading_rdn(suffix))
+    wanted = {normalise_type(name): name for name in reversed(requested)}
+    everything = not requested or "*" in requested
+    parts = []
+    for attr, values in attributes:
+        name = _SUFFIX_NAMES.get(attr, attr) if everything else wanted.get(attr)
+        if name is not None:
+            encoded = tuple(v.encode("utf-8") for v in values)
+            parts.append(encode_attribute(name, () if types_only else encoded))
+    return ber.tlv(OpTag.SEARCH_RESULT_ENTRY, ber.encode_str(suffix) + ber.encode_seq(parts))
 
 
 def root_dse(

@@ -30,6 +30,9 @@ _TYPE_ALIASES = {
     "organizationalunitname": "ou",
     "2.5.4.6": "c",
     "countryname": "c",
+    "2.5.4.7": "l",
+    "localityname": "l",
+    "2.5.4.0": "objectclass",
 }
 _SPECIAL = ',+"\\<>;='
 # Longer DNs are refused (search bases) or taken as they are (bind names) unparsed: an
@@ -71,11 +74,11 @@ def _parse_dn(text: str) -> Dn:
         eq = text.find("=", i)
         if eq < 0:
             raise InvalidDN(f"invalid DN {text!r}: attribute without '='")
-        attr = text[i:eq].strip().lower()
+        attr = normalise_type(text[i:eq])
         if not attr or not all(c.isalnum() or c in "-." for c in attr):
             raise InvalidDN(f"invalid DN {text!r}: bad attribute type")
         value, i = _read_value(text, eq + 1)
-        avas.append((_TYPE_ALIASES.get(attr, attr), value))
+        avas.append((attr, value))
         if i >= n:
             rdns.append(tuple(sorted(avas)))
             return tuple(rdns)
@@ -83,6 +86,29 @@ def _parse_dn(text: str) -> Dn:
             rdns.append(tuple(sorted(avas)))
             avas = []
         i += 1
+
+
+def normalise_type(name: str) -> str:
+    """An attribute type as compared: lower case, well-known OIDs and aliases mapped to
+    their short names (`2.5.4.10` and `organizationName` -> `o`)."""
+    attr = name.strip().lower()
+    return _TYPE_ALIASES.get(attr, attr)
+
+
+def leading_rdn(text: str) -> Rdn:
+    """The first RDN of a valid DN string with its values as written (unescaped, case
+    kept), unlike parse_dn's case-folded ones: the suffix entry shows them."""
+    avas: list[tuple[str, str]] = []
+    i = 0
+    while True:
+        eq = text.index("=", i)
+        _, end = _read_value(text, eq + 1)
+        raw = text[eq + 1 : end].strip()
+        value = raw[1:-1] if len(raw) > 1 and raw[0] == raw[-1] == '"' else _unescape(raw)
+        avas.append((normalise_type(text[i:eq]), value))
+        if end >= len(text) or text[end] != "+":
+            return tuple(avas)
+        i = end + 1
 
 
 def _read_value(text: str, i: int) -> tuple[str, int]:

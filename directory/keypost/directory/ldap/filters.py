@@ -20,6 +20,7 @@ a client looks for.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from keypost.directory.ldap import ber
@@ -333,3 +334,37 @@ def addresses_from_filter(f: Filter, limit: int | None = None) -> list[str]:
         elif isinstance(node, And | Or):
             stack.extend(reversed(node.filters))  # reversed: pop() yields filter order
     return found
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def evaluate(
+    f: Filter, entry: Mapping[str, tuple[str, ...]], attribute_type: Callable[[str], str]
+) -> bool | None:
+    """Whether `f` matches a small entry of text values: True, False or None (Undefined).
+
+    RFC 4511 4.5.1.7's three-valued logic for presence, equality, AND, OR and NOT; values
+    compare case-insensitively (caseIgnoreMatch, the rule of every attribute the
+    directory evaluates this way: objectClass and naming attributes). An attribute the
+    entry lacks is False; substring, ordering, approximate and extensible assertions are
+    Undefined. `attribute_type` maps a name as sent to the entry's keys. Only the suffix
+    entry is evaluated so; address entries are chosen by `addresses_from_filter`. Filters
+    nest at most 32 deep (the decoder's limit), so recursion is bounded.
+    """
+    if isinstance(f, Present):
+        return attribute_type(f.attribute) in entry
+    if isinstance(f, EqualityMatch):
+        values = entry.get(attribute_type(f.attribute), ())
+        wanted = f.value.decode("utf-8", errors="replace").casefold()
+        return any(v.casefold() == wanted for v in values)
+    if isinstance(f, Not):
+        inner = evaluate(f.filter, entry, attribute_type)
+        return None if inner is None else not inner
+    if isinstance(f, And | Or):
+        results = {evaluate(g, entry, attribute_type) for g in f.filters}
+        decisive = isinstance(f, Or)  # True decides an OR, False an AND
+        if decisive in results:
+            return decisive
+        return None if None in results else not decisive
+    return None

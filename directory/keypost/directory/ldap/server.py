@@ -30,6 +30,7 @@ from keypost.directory.ldap.answers import (
     SearchPlan,
     plan_search,
     root_dse,
+    suffix_entry,
 )
 from keypost.directory.ldap.backend import AddressEntry, BackendBusy, LdapBackend
 from keypost.directory.ldap.cache import FifoCache
@@ -407,6 +408,10 @@ class _LdapProtocol(asyncio.BufferedProtocol):
                 self.server.tls is not None and not self.tls_active,
                 request.types_only,
             )
+            self._write(frame(mid, op) + search_done(mid, paged=event.paged))
+            return
+        if plan.kind is PlanKind.SUFFIX:
+            op = suffix_entry(self.server.suffix, request.attributes, request.types_only)
             self._write(frame(mid, op) + search_done(mid, paged=event.paged))
             return
         if plan.kind is PlanKind.RESULT:
