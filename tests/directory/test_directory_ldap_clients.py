@@ -264,3 +264,26 @@ def test_base_search_of_an_entry_returns_that_entry_only(directory: Directory) -
         assert done.returncode == 0, done.stderr
         assert [line.lower() for line in done.stdout.splitlines() if line.startswith("dn:")
                 ] == [f"dn: mail=alice@example.com,{SUFFIX}"], done.stdout
+
+
+def test_paged_search_gets_every_container_once(directory: Directory) -> None:
+    """ldapsearch -E pr=2 and ldap3's paged_search against a real serve: pages of two."""
+    addresses = [f"paged{i}@example.com" for i in range(5)]
+    f = "(|" + "".join(f"(mail={a})" for a in addresses) + ")"
+    done = subprocess.run(
+        ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", directory.ldap_url,
+         "-b", SUFFIX, "-E", "pr=2/noprompt", f, "mail", "userCertificate;binary"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [line for line in done.stdout.splitlines() if line.startswith("mail:")] == [
+        f"mail: {a}" for a in addresses]
+    assert done.stdout.count("# pagedresults:") == 3
+    assert [c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            .get_values_for_type(x509.RFC822Name) for c in ldif_certs(done.stdout)] == [
+        [a] for a in addresses]
+    conn = ldap3.Connection(ldap3.Server(directory.ldap_url, get_info=ldap3.NONE),
+                            auto_bind=True)
+    got = [e["attributes"]["mail"][0] for e in conn.extend.standard.paged_search(
+        SUFFIX, f, attributes=["mail"], paged_size=2, generator=True)]
+    assert sorted(got) == addresses
+    conn.unbind()

@@ -7,6 +7,7 @@ import pytest
 from keypost.directory.ldap import connection as C
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
+from keypost.directory.ldap.paging import PageRequest
 
 SEARCH = M.SearchRequest(
     "dc=keypost",
@@ -77,7 +78,7 @@ def test_bind_repr_hides_password() -> None:
 
 def test_controls() -> None:
     paged = M.Control(C.OID_PAGED_RESULTS, True, b"\x30\x05\x02\x01\x0a\x04\x00")
-    assert one(M.LDAPMessage(2, SEARCH, (paged,))) == C.Search(2, SEARCH, paged=True)
+    assert one(M.LDAPMessage(2, SEARCH, (paged,))) == C.Search(2, SEARCH, PageRequest(10))
     unknown = M.Control("1.2.3.4", False)
     assert one(M.LDAPMessage(2, SEARCH, (unknown,))) == C.Search(2, SEARCH)
     critical = M.Control("1.2.3.4", True)

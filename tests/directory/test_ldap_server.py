@@ -443,3 +443,47 @@ def test_base_search_of_the_suffix_returns_the_suffix_entry(server: ServerThread
     done = ldapsearch(server.url, "-s", "sub", "(objectClass=*)")
     assert done.returncode == 0 and "dn:" not in done.stdout
     assert len(server.backend.lookups) == before
+
+
+FIVE = tuple(f"u{i}@example.com" for i in range(5))
+FIVE_FILTER = "(|" + "".join(f"(mail={a})" for a in FIVE) + ")"
+
+
+def test_ldapsearch_paged_results_gets_every_entry_once_in_pages(server: ServerThread) -> None:
+    """RFC 2696: with a page size below the result's size, pages of at most that many
+    entries, each looked up on its own, a cookie between them and an empty one last."""
+    before = len(server.backend.lookups)
+    done = ldapsearch(server.url, "-E", "pr=2/noprompt", FIVE_FILTER, "mail")
+    assert done.returncode == 0, done.stderr
+    dns = [line for line in done.stdout.splitlines() if line.startswith("dn:")]
+    assert dns == [f"dn: mail={a},{SUFFIX}" for a in FIVE]
+    cookies = [line for line in done.stdout.splitlines() if line.startswith("# pagedresults:")]
+    assert [c.partition("cookie=")[0] for c in cookies] == ["# pagedresults: estimate=5 "] * 3
+    assert cookies[-1].endswith("cookie=")
+    assert not any(c.endswith("cookie=") for c in cookies[:2])
+    assert [a for _, a in server.backend.lookups[before:]] == [FIVE[0:2], FIVE[2:4], FIVE[4:]]
+    # a page size covering the result: one page
+    done = ldapsearch(server.url, "-E", "pr=10/noprompt", FIVE_FILTER, "mail")
+    assert done.returncode == 0 and done.stdout.count("dn: ") == 5
+    assert done.stdout.count("# pagedresults:") == 1
+
+
+def test_ldap3_paged_search_gets_every_entry_once(server: ServerThread) -> None:
+    conn = connect(server)
+    got = [e["attributes"]["mail"][0] for e in conn.extend.standard.paged_search(
+        SUFFIX, FIVE_FILTER, attributes=["mail"], paged_size=2, generator=True)]
+    assert sorted(got) == sorted(FIVE)  # each once (ldap3 reorders the OR)
+    # by hand: the cookie of the first page, then a page size of 0 ends the paging
+    assert conn.search(SUFFIX, FIVE_FILTER, attributes=["mail"], paged_size=2)
+    assert len(conn.response) == 2
+    control = conn.result["controls"][C.OID_PAGED_RESULTS]["value"]
+    assert control["size"] == 5 and control["cookie"]
+    conn.search(SUFFIX, FIVE_FILTER, attributes=["mail"], paged_size=0,
+                paged_cookie=control["cookie"])
+    assert conn.result["result"] == 0 and conn.response == []
+    assert conn.result["controls"][C.OID_PAGED_RESULTS]["value"]["cookie"] == b""
+    # a cookie is good only for the search it came from
+    assert not conn.search(SUFFIX, f"(mail={ALICE})", attributes=["mail"], paged_size=2,
+                           paged_cookie=control["cookie"])
+    assert conn.result["result"] == 53 and conn.response == []
+    conn.unbind()

@@ -31,6 +31,7 @@ from keypost.directory.ldap.messages import (
     decode_message,
     frame,
 )
+from keypost.directory.ldap.paging import PageRequest, decode_page_request
 
 OID_PAGED_RESULTS = "1.2.840.113556.1.4.319"  # RFC 2696; Outlook and AD tools send it
 OID_MANAGE_DSA_IT = "2.16.840.1.113730.3.4.2"  # RFC 3296; a no-op here: there are no referrals
@@ -66,8 +67,13 @@ class BindRefused:
 class Search:
     message_id: int
     request: SearchRequest
-    paged: bool = False  # the client sent the paged results control: echo an empty cookie
+    paging: PageRequest | None = None  # the client's paged results control (RFC 2696)
     small: bool = False  # a small request kept in the SearchCache: fine to memoise by
+
+    @property
+    def paged(self) -> bool:
+        """The client sent the paged results control: the done carries the response one."""
+        return self.paging is not None
 
 
 @dataclass(frozen=True)
@@ -135,19 +141,21 @@ class SearchCache:
     MAX_ENTRIES = 1024
 
     def __init__(self, size: int = MAX_ENTRIES) -> None:
-        self._items: FifoCache[bytes, tuple[SearchRequest, bool]] = FifoCache(size)
+        self._items: FifoCache[bytes, tuple[SearchRequest, PageRequest | None]] = FifoCache(
+            size
+        )
 
     def __len__(self) -> int:
         return len(self._items)
 
-    def get(self, key: bytes) -> tuple[SearchRequest, bool] | None:
+    def get(self, key: bytes) -> tuple[SearchRequest, PageRequest | None] | None:
         return self._items.get(key)
 
-    def put(self, key: bytes, request: SearchRequest, paged: bool) -> bool:
+    def put(self, key: bytes, request: SearchRequest, paging: PageRequest | None) -> bool:
         """Keep a decoded request; False when it is too large to keep."""
         if len(key) > self.MAX_KEY:
             return False
-        self._items.put(key, (request, paged))
+        self._items.put(key, (request, paging))
         return True
 
 
@@ -245,18 +253,23 @@ class ServerConnection:
             return self._violation(str(exc))
         op = msg.op
         mid = msg.message_id
-        paged = False
+        paging = None
         for control in msg.controls:
-            if control.oid == OID_PAGED_RESULTS:
-                paged = True
+            if control.oid == OID_PAGED_RESULTS and isinstance(op, SearchRequest):
+                try:
+                    paging = decode_page_request(control.value)
+                except ProtocolError as exc:  # the search fails, the connection goes on
+                    return UnsupportedOperation(
+                        mid, OpTag.SEARCH_RESULT_DONE, ResultCode.PROTOCOL_ERROR, str(exc)
+                    )
             elif control.critical and control.oid not in SUPPORTED_CONTROLS:
                 refusal = self._critical_control(mid, op, control.oid)
                 if refusal is not None:
                     return refusal
         if isinstance(op, SearchRequest):
-            if split is not None and cache is not None and cache.put(split[1], op, paged):
-                return Search(mid, op, paged, True)
-            return Search(mid, op, paged)
+            if split is not None and cache is not None and cache.put(split[1], op, paging):
+                return Search(mid, op, paging, True)
+            return Search(mid, op, paging)
         if isinstance(op, BindRequest):
             return self._bind(mid, op)
         if isinstance(op, UnbindRequest):
@@ -343,18 +356,19 @@ def result_message(
 
 
 SEARCH_DONE_SUCCESS = result_op(OpTag.SEARCH_RESULT_DONE, ResultCode.SUCCESS)
-_PAGED_DONE_CONTROLS = ber.encode_seq(
-    [
-        ber.encode_seq(
-            [
-                ber.encode_str(OID_PAGED_RESULTS),
-                # realSearchControlValue: size 0 (unknown), empty cookie = no more pages
-                ber.encode_octets(ber.encode_seq([ber.encode_int(0), ber.encode_octets(b"")])),
-            ]
-        )
-    ],
-    0xA0,
-)
+
+
+def paged_done_controls(total: int = 0, cookie: bytes = b"") -> bytes:
+    """The controls of a SearchResultDone answering a paged search (RFC 2696):
+    realSearchControlValue with the result size estimate (0 = unknown) and the cookie
+    for the next page (empty = no more pages)."""
+    value = ber.encode_seq([ber.encode_int(total), ber.encode_octets(cookie)])
+    return ber.encode_seq(
+        [ber.encode_seq([ber.encode_str(OID_PAGED_RESULTS), ber.encode_octets(value)])], 0xA0
+    )
+
+
+_PAGED_DONE_CONTROLS = paged_done_controls()
 
 
 def search_done(
@@ -363,14 +377,18 @@ def search_done(
     diagnostic: str = "",
     matched_dn: str = "",
     paged: bool = False,
+    controls: bytes = b"",
 ) -> bytes:
-    """SearchResultDone; with `paged`, the paged results response control ending the paging."""
+    """SearchResultDone; with `paged`, the paged results response control ending the
+    paging, unless `controls` (from paged_done_controls) says otherwise."""
     if code == ResultCode.SUCCESS and not diagnostic and not matched_dn:
         op = SEARCH_DONE_SUCCESS
     else:
         op = result_op(OpTag.SEARCH_RESULT_DONE, code, diagnostic, matched_dn)
     msg = ber.encode_int(message_id) + op
-    if paged:
+    if controls:
+        msg += controls
+    elif paged:
         msg += _PAGED_DONE_CONTROLS
     return ber.tlv(ber.SEQUENCE, msg)
 

@@ -50,11 +50,13 @@ from keypost.directory.ldap.connection import (
     bind_response,
     extended_response,
     notice_of_disconnection,
+    paged_done_controls,
     result_message,
     search_done,
 )
 from keypost.directory.ldap.dn import parse_dn, reduce_bind_name
 from keypost.directory.ldap.messages import ResultCode, SearchRequest, frame
+from keypost.directory.ldap.paging import Page, plan_page
 from keypost.directory.peer_counts import PeerCounts
 
 log = logging.getLogger("keypost.directory.ldap")
@@ -419,23 +421,36 @@ class _LdapProtocol(asyncio.BufferedProtocol):
                 search_done(mid, plan.code, plan.diagnostic, plan.matched_dn, event.paged)
             )
             return
-        lookup = self.server.backend.lookup(self.principal, plan.addresses, self.peer)
+        addresses = plan.addresses
+        page = None
+        if event.paging is not None:
+            page = plan_page(request, addresses, event.paging)
+            if page is None:  # RFC 2696 3: cannot resume; the paged search is over
+                self._write(search_done(mid, ResultCode.UNWILLING_TO_PERFORM,
+                                        "paged results cookie not from this search", paged=True))
+                return
+            if not page.addresses:  # the client ended the paged search
+                self._write(search_done(mid, controls=paged_done_controls(page.total)))
+                return
+            addresses = page.addresses
+        lookup = self.server.backend.lookup(self.principal, addresses, self.peer)
         try:
             pending = lookup.send(None)
         except StopIteration as stop:
-            self._send_entries(event, stop.value)
+            self._send_entries(event, stop.value, page)
             return
         except Exception:
             log.exception("event=backend_error op=search peer=%s", self.peer)
             self._write(search_done(mid, ResultCode.OTHER, "lookup failed", paged=event.paged))
             return
-        self._start(mid, self._search_later(event, lookup, pending))
+        self._start(mid, self._search_later(event, lookup, pending, page))
 
     async def _search_later(
         self,
         event: Search,
         lookup: Coroutine[Any, Any, Sequence[AddressEntry]],
         pending: object,
+        page: Page | None,
     ) -> None:
         request = event.request
         timeout = self.limits.operation_timeout
@@ -456,21 +471,27 @@ class _LdapProtocol(asyncio.BufferedProtocol):
                 search_done(event.message_id, ResultCode.OTHER, "lookup failed", paged=event.paged)
             )
             return
-        self._send_entries(event, found)
+        self._send_entries(event, found, page)
 
-    def _send_entries(self, event: Search, found: Sequence[AddressEntry]) -> None:
+    def _send_entries(
+        self, event: Search, found: Sequence[AddressEntry], page: Page | None
+    ) -> None:
         request = event.request
         mid = event.message_id
         encode = self.server.entries.encode
         requested = request.attributes
+        limit = (request.size_limit or None) if page is None else page.size_limit
         out = []
         code = ResultCode.SUCCESS
         for n, entry in enumerate(found):
-            if request.size_limit and n >= request.size_limit:
+            if limit is not None and n >= limit:
                 code = ResultCode.SIZE_LIMIT_EXCEEDED
                 break
             out.append(frame(mid, encode(entry, requested, request.types_only)))
-        out.append(search_done(mid, code, paged=event.paged))
+        controls = b""
+        if page is not None:  # a page cut short by the size limit is the last
+            controls = paged_done_controls(page.total, page.cookie if not code else b"")
+        out.append(search_done(mid, code, paged=event.paged, controls=controls))
         self._write(b"".join(out))
 
     def _start_tls(self, message_id: int) -> None:
