@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 import ssl
 import subprocess
+from urllib.parse import urlsplit
 
 import ldap3
 import pytest
@@ -23,6 +25,10 @@ from dir_support import (
     spki_der,
 )
 from ldap3.core.exceptions import LDAPBindError
+
+from keypost.directory.ldap import ber
+from keypost.directory.ldap import filters as F
+from keypost.directory.ldap import messages as M
 
 
 def ldapsearch(d: Directory, address: str, *extra: str, url: str | None = None,
@@ -287,3 +293,34 @@ def test_paged_search_gets_every_container_once(directory: Directory) -> None:
         SUFFIX, f, attributes=["mail"], paged_size=2, generator=True)]
     assert sorted(got) == addresses
     conn.unbind()
+
+
+def test_half_closed_connection_is_answered(directory: Directory) -> None:
+    """A password bind + pipelined searches, then shutdown(SHUT_WR): every answer, then
+    the close. The bind checks the password as a task, still running at the EOF: before,
+    the transport closed itself there and nothing at all was answered."""
+    url = urlsplit(directory.ldap_url)
+    bind = M.BindRequest(3, f"uid={USER},{SUFFIX}", USER_PW.encode())
+    data = M.encode_message(M.LDAPMessage(1, bind))
+    for i in (2, 3, 4):
+        search = M.SearchRequest(SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+                                 F.EqualityMatch("mail", f"halfclosed{i}@example.com".encode()),
+                                 ("mail",))
+        data += M.encode_message(M.LDAPMessage(i, search))
+    with socket.create_connection((str(url.hostname), url.port or 389), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    first = reply[: ber.frame_length(reply) or 0]
+    got = []
+    while reply:
+        n = ber.frame_length(reply)
+        assert n is not None
+        msg = M.decode_message(reply[:n])
+        got.append((msg.message_id, type(msg.op).__name__))
+        reply = reply[n:]
+    assert got == [(1, "BindResponse")] + [
+        (i, kind) for i in (2, 3, 4) for kind in ("SearchResultEntry", "SearchResultDone")]
+    assert M.decode_message(first).op == M.BindResponse(M.LDAPResult(M.ResultCode.SUCCESS))

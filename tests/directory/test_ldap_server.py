@@ -487,3 +487,33 @@ def test_ldap3_paged_search_gets_every_entry_once(server: ServerThread) -> None:
                            paged_cookie=control["cookie"])
     assert conn.result["result"] == 53 and conn.response == []
     conn.unbind()
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.2], ids=["cached", "slow"])
+@pytest.mark.parametrize("password", [b"", PASSWORD], ids=["anonymous", "account"])
+def test_half_closed_connection_gets_every_answer(delay: float, password: bytes) -> None:
+    """A client that shuts down its write side after a bind and pipelined searches gets
+    every answer (as from slapd), then the server closes; before, the EOF cancelled the
+    operations still running and only what was answered at once came back."""
+    thread = ServerThread(MemoryBackend(delay=delay))
+    try:
+        search = M.SearchRequest(
+            SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False,
+            F.EqualityMatch("mail", ALICE.encode()), ("mail",),
+        )
+        bind = M.BindRequest(3, "uid=alice,dc=keypost" if password else "", password)
+        data = M.encode_message(M.LDAPMessage(1, bind)) + b"".join(
+            M.encode_message(M.LDAPMessage(i, search)) for i in (2, 3, 4))
+        with socket.create_connection(("127.0.0.1", thread.port), timeout=10) as s:
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while chunk := s.recv(65536):  # ends when the server closes
+                reply += chunk
+        got = [(m.message_id, type(m.op).__name__) for m in messages_of(reply)]
+        assert got == [(1, "BindResponse")] + [
+            (i, kind) for i in (2, 3, 4) for kind in ("SearchResultEntry", "SearchResultDone")]
+        principal = "account:alice" if password else None
+        assert thread.backend.lookups == [(principal, (ALICE,))] * 3
+    finally:
+        thread.stop()

@@ -192,6 +192,11 @@ class ServerConnection:
         self._finished = False
 
     @property
+    def finished(self) -> bool:
+        """No more events will come: after ConnectionClosed, Unbind or a violation."""
+        return self._finished
+
+    @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as events."""
         return len(self._buf)

@@ -199,6 +199,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.idle_timer: asyncio.TimerHandle | None = None
         self.counted = False  # in the server's per-peer count
         self.requests = 0  # complete requests received (only whether any is read)
+        self.eof = False  # the client shut down its write side
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -241,9 +242,15 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self._pump()
 
     def eof_received(self) -> bool | None:
-        self.conn.receive_data(b"")
-        self._pump()
-        return None
+        """The client half-closed: answer every request received before the EOF, then
+        close (see _handle). RFC 4511 5.3 would let the server abandon them; slapd answers
+        them, and so do we, whether or not they were answered at once. TLS transports
+        cannot stay half-open (asyncio closes them), so there the rule is moot."""
+        if not self.eof:
+            self.eof = True
+            self.conn.receive_data(b"")
+            self._pump()
+        return None if self.closing or self.tls_active else True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
@@ -303,8 +310,10 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             )
         elif isinstance(event, StartTLSRequested):
             self._start_tls(event.message_id)
-        elif isinstance(event, Unbind | ConnectionClosed):
+        elif isinstance(event, Unbind):
             self.abort_all()
+        elif isinstance(event, ConnectionClosed):  # every request before it is handled
+            self._close_when_answered()
         elif isinstance(event, ProtocolViolation):
             log.info("event=protocol_error peer=%s reason=%s", self.peer, event.reason)
             self._write(notice_of_disconnection(ResultCode.PROTOCOL_ERROR, event.reason))
@@ -327,6 +336,12 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             log.error("event=internal_error peer=%s", self.peer, exc_info=task.exception())
         if not self.closing:
             self._pump()
+            self._close_when_answered()
+
+    def _close_when_answered(self) -> None:
+        """After the client's EOF, close once the operations before it have answered."""
+        if self.eof and not self.tasks and not self.closing and self.conn.finished:
+            self.abort_all()
 
     def _bind_without_backend(self, event: Bind | BindRefused, cleartext: bool = False) -> None:
         """An anonymous bind or one the server refuses itself: at once when nothing runs,
