@@ -516,6 +516,25 @@ def _date_of(headers: list[m.Header]) -> dt.datetime:
     return when
 
 
+def _covers(container: x509.Certificate, when: dt.datetime) -> bool:
+    return container.not_valid_before_utc <= when <= container.not_valid_after_utc
+
+
+def pick_signing_container(
+    message: bytes, containers: Sequence[x509.Certificate]
+) -> x509.Certificate:
+    """Of `containers`, the newest (by notBefore) valid at the message's Date, which
+    sign_message writes as signingTime (now when Date is missing or unreadable). When none
+    covers it: the newest, which sign_message then refuses with the reason. A signer that
+    keeps its previous container across a change signs mail dated before the new one's
+    notBefore (queued, a client clock behind) this way."""
+    if not containers:
+        raise SmimeError("no signing container")
+    newest_first = sorted(containers, key=lambda c: c.not_valid_before_utc, reverse=True)
+    when = _date_of(m.split_entity_at(message)[0])
+    return next((c for c in newest_first if _covers(c, when)), newest_first[0])
+
+
 def sign_message(
     message: bytes,
     key: PrivateKey,
@@ -530,7 +549,7 @@ def sign_message(
         raise SmimeError("the signing key does not belong to the signing container")
     headers, start = m.split_entity_at(message)
     when = _date_of(headers)
-    if not container.not_valid_before_utc <= when <= container.not_valid_after_utc:
+    if not _covers(container, when):
         # Verifiers (Thunderbird, verify_signed) check the signer at the signing time, and
         # signingTime must equal Date: a container that does not cover Date would yield a
         # signature that never verifies. Issue it with DirectoryCA.issue(now=<Date>).
