@@ -112,3 +112,57 @@ def test_more_recipient_infos_are_refused_before_the_rest_is_read() -> None:
             cms.parse_enveloped(der)
         with pytest.raises(SmimeError, match="RecipientInfos"):
             smime.recipient_ids(der)  # what the gateway reads first, before decrypting
+
+
+def _alg(oid: bytes, *params: bytes) -> bytes:
+    return der_tlv(cms.T_SEQUENCE, der_tlv(cms.T_OID, oid) + b"".join(params))
+
+
+def _hash(oid: bytes) -> bytes:
+    return _alg(oid, der_tlv(cms.T_NULL, b""))
+
+
+def _pss(*fields: bytes) -> cms.PssParams:
+    der = _alg(cms.OID_RSASSA_PSS, der_tlv(cms.T_SEQUENCE, b"".join(fields)))
+    buf = memoryview(der)
+    return cms._pss_params(buf, cms.read_tlv(buf, 0, len(der)))
+
+
+SHA384 = bytes.fromhex("608648016503040202")
+
+
+def test_rsassa_pss_params_with_rfc_4055_defaults() -> None:
+    """What openssl does not write: absent fields take RFC 4055's defaults (SHA-1, MGF1
+    with SHA-1, salt 20, trailer 1), which the verifier then refuses for SHA-1."""
+    assert _pss() == cms.PssParams(cms.OID_SHA1, cms.OID_SHA1, 20, 1)
+    buf = memoryview(absent := _alg(cms.OID_RSASSA_PSS))
+    assert cms._pss_params(buf, cms.read_tlv(buf, 0, len(absent))) == _pss()
+    full = _pss(
+        der_tlv(cms.T_CTX0, _hash(SHA384)),
+        der_tlv(cms.T_CTX1, _alg(cms.OID_MGF1, _hash(cms.OID_SHA256))),
+        der_tlv(cms.T_CTX2, der_tlv(cms.T_INTEGER, b"\x30")),
+        der_tlv(cms.T_CTX3, der_tlv(cms.T_INTEGER, b"\x02")),
+    )
+    assert full == cms.PssParams(SHA384, cms.OID_SHA256, 48, 2)
+    other_mgf = _pss(der_tlv(cms.T_CTX0, _hash(cms.OID_SHA256)),
+                     der_tlv(cms.T_CTX1, _alg(cms.OID_SHA256, _hash(cms.OID_SHA256))))
+    assert other_mgf.mgf_digest_oid is None
+    # the verifier's refusals, each with its reason
+    assert "trailer field 1" in str(smime._pss_scheme(full))
+    assert "MGF1" in str(smime._pss_scheme(other_mgf))
+    assert "SHA-1" in str(smime._pss_scheme(_pss()))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        (der_tlv(cms.T_CTX2, der_tlv(cms.T_INTEGER, b"\xff")),),  # negative salt
+        (der_tlv(cms.T_CTX2, der_tlv(cms.T_INTEGER, b"\x20")),) * 2,  # salt twice
+        (der_tlv(cms.T_CTX0, _hash(cms.OID_SHA256)),) * 2,  # hash twice
+        (der_tlv(0xA4, der_tlv(cms.T_INTEGER, b"\x01")),),  # no such field
+        (der_tlv(cms.T_CTX2, der_tlv(cms.T_OCTETS, b"\x20")),),  # salt not an INTEGER
+    ],
+)
+def test_malformed_rsassa_pss_params_are_malformed_cms(fields: tuple[bytes, ...]) -> None:
+    with pytest.raises(SmimeError, match="malformed"):
+        _pss(*fields)

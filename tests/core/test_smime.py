@@ -702,6 +702,28 @@ def test_signing_container_must_cover_the_date_header() -> None:
     assert result.signing_time == sent
 
 
+def test_pick_signing_container_takes_the_newest_that_covers_the_date() -> None:
+    gw = gateway("gw.a.example")
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    older = container("alice@a.example", gw, Purpose.SIGN, now=now - dt.timedelta(days=15))
+    newer = container("alice@a.example", gw, Purpose.SIGN, now=now)
+
+    def dated(when: dt.datetime) -> bytes:
+        return MESSAGE.replace(b"Sat, 28 Nov 2026 14:00:00 +0000",
+                               email.utils.format_datetime(when).encode())
+
+    assert smime.pick_signing_container(dated(now), [older, newer]) == newer
+    between = newer.not_valid_before_utc - dt.timedelta(minutes=1)
+    assert smime.pick_signing_container(dated(between), [newer, older]) == older
+    # none covers it: the newest, which sign_message refuses with the reason
+    too_old = older.not_valid_before_utc - dt.timedelta(minutes=1)
+    assert smime.pick_signing_container(dated(too_old), [older, newer]) == newer
+    no_date = re.sub(rb"Date: [^\n]*\n", b"", MESSAGE)
+    assert smime.pick_signing_container(no_date, [older, newer]) == newer
+    with pytest.raises(SmimeError):
+        smime.pick_signing_container(MESSAGE, [])
+
+
 def test_ecdsa_signing_container_signs_and_verifies() -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.serialization import pkcs12
 from test_smime_pki import Gateway, container, directory_ca, gateway, pem
@@ -72,8 +73,6 @@ def _container_of(files: dict[str, Path]) -> bytes:
 
 
 def _encrypted(files: dict[str, Path]) -> bytes:
-    from cryptography import x509
-
     cont = x509.load_pem_x509_certificate(_container_of(files))
     return smime.encrypt_message(_message(), [cont])
 
@@ -410,23 +409,76 @@ def test_gpgsm_verifies_our_signature(
     assert _gpgsm(gnupghome, "--verify", tmp_path / "sig", tmp_path / "content").returncode != 0
 
 
-def test_openssl_signed_message_verifies_with_our_verifier(
-    files: dict[str, Path], tmp_path: Path
-) -> None:
-    """The other direction: a signature made by openssl (its own signingTime = now) with the
-    signing container verifies with verify_signed."""
+def _openssl_signed(tmp_path: Path, *opts: str) -> tuple[bytes, x509.Certificate]:
+    """A message signed by `openssl cms -sign` with the signing container and `opts`."""
     gw = gateway("gw.a.example")
     signing = container("alice@a.example", gw, Purpose.SIGN)
     (tmp_path / "signer.pem").write_bytes(pem(signing))
     (tmp_path / "signer.key").write_bytes(gw.key_pem())
     (tmp_path / "entity").write_bytes(ENTITY)
-    res = _run("openssl", "cms", "-sign", "-md", "sha256", "-signer", tmp_path / "signer.pem",
-               "-inkey", tmp_path / "signer.key", "-in", tmp_path / "entity")  # fmt: skip
+    res = _run("openssl", "cms", "-sign", "-signer", tmp_path / "signer.pem",
+               "-inkey", tmp_path / "signer.key", "-in", tmp_path / "entity", *opts)  # fmt: skip
     assert res.returncode == 0, res.stderr
-    head = _message().split(b"MIME-Version: 1.0\r\n")[0]
-    result = smime.verify_signed(head + res.stdout, [directory_ca().certificate])
+    return _message().split(b"MIME-Version: 1.0\r\n")[0] + res.stdout, signing
+
+
+def test_openssl_signed_message_verifies_with_our_verifier(
+    files: dict[str, Path], tmp_path: Path
+) -> None:
+    """The other direction: a signature made by openssl (its own signingTime = now) with the
+    signing container verifies with verify_signed."""
+    message, signing = _openssl_signed(tmp_path, "-md", "sha256")
+    result = smime.verify_signed(message, [directory_ca().certificate])
     assert result.ok, result.reasons
     assert result.signer == signing
+
+
+PSS = ("-keyopt", "rsa_padding_mode:pss")
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        ("-md", "sha256", *PSS),  # openssl's defaults: MGF1 with the same hash, longest salt
+        ("-md", "sha384", *PSS, "-keyopt", "rsa_mgf1_md:sha256", "-keyopt", "rsa_pss_saltlen:20"),
+        ("-md", "sha512", *PSS, "-keyopt", "rsa_pss_saltlen:digest"),
+        ("-md", "sha256", *PSS, "-keyopt", "rsa_pss_saltlen:0"),
+    ],
+    ids=["sha256-max-salt", "sha384-mgf1-sha256-salt20", "sha512-salt64", "sha256-salt0"],
+)
+def test_openssl_rsa_pss_signature_verifies_with_our_verifier(
+    tmp_path: Path, opts: tuple[str, ...]
+) -> None:
+    """RFC 8551 2.2: receiving agents SHOULD support RSASSA-PSS (RFC 4056). The salt of 20
+    is the RFC 4055 default, which openssl leaves out of the parameters."""
+    message, signing = _openssl_signed(tmp_path, *opts)
+    result = smime.verify_signed(message, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    assert result.signer == signing
+    tampered = smime.verify_signed(message.replace(b"meet at noon", b"meet at nine"),
+                                   [directory_ca().certificate])
+    assert not tampered.ok
+    assert "the content was changed after signing (messageDigest mismatch)" in tampered.reasons
+
+
+def test_openssl_rsa_pss_with_a_changed_signature_fails(tmp_path: Path) -> None:
+    message, _ = _openssl_signed(tmp_path, "-md", "sha256", *PSS)
+    head, b64, tail = re.split(rb"(?<=\n\n)([A-Za-z0-9+/=\n]{300,})(?=\n-)", message)
+    der = bytearray(base64.b64decode(b64))
+    der[-1] ^= 1  # the signature value ends the SignerInfo, which ends the DER
+    changed = head + base64.encodebytes(bytes(der)) + tail
+    result = smime.verify_signed(changed, [directory_ca().certificate])
+    assert not result.ok
+    assert "the signature does not verify with the signer's certificate" in result.reasons
+
+
+def test_openssl_rsa_pss_with_sha1_is_refused(tmp_path: Path) -> None:
+    """SHA-1 is refused in PSS as everywhere else in signatures, also when only MGF1 uses it."""
+    for opts in (("-md", "sha1", *PSS), ("-md", "sha256", *PSS, "-keyopt", "rsa_mgf1_md:sha1")):
+        message, _ = _openssl_signed(tmp_path, *opts)
+        result = smime.verify_signed(message, [directory_ca().certificate])
+        assert not result.ok
+        assert any("RSASSA-PSS" in r and "SHA-1" in r for r in result.reasons), result.reasons
 
 
 def test_openssl_verifies_an_ecdsa_signature(files: dict[str, Path], tmp_path: Path) -> None:

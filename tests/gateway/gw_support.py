@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import os
 import socket
@@ -9,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,6 +145,13 @@ class Pki:
         gk = GatewayKey.from_pem(pub_pem(key))
         return self.ca.issue(ContainerRequest(parse_address(address), purpose, gk))
 
+    def signing_container(self, issued: dt.datetime,
+                          address: str = "alice@example.com") -> x509.Certificate:
+        """A 30-day signing container for the signing key, issued at `issued`."""
+        gk = GatewayKey.from_pem(pub_pem(self.signing))
+        request = ContainerRequest(parse_address(address), Purpose.SIGN, gk, dt.timedelta(days=30))
+        return self.ca.issue(request, now=issued)
+
     def config(self, next_hop: int, listen: int = 0, extra: str = "", domain_extra: str = "",
                directory: str = "", quarantine: str = "quarantine") -> Path:
         text = f"""
@@ -163,6 +171,18 @@ signing_key = "sign.key"
         p = self.root / f"gateway-{free_port()}.toml"
         p.write_text(text)
         return p
+
+
+class Rolling:
+    """A directory fetcher (CachingDirectory's) whose every fetch hands out what `answer`
+    gives: a new signing container each time, as across a container change."""
+
+    def __init__(self, answer: Callable[[], list[x509.Certificate]]) -> None:
+        self.answer, self.calls = answer, 0
+
+    def fetch(self, address: object, purpose: Purpose) -> list[x509.Certificate]:
+        self.calls += 1
+        return self.answer()
 
 
 def make_pki(root: Path) -> Pki:
@@ -243,10 +263,12 @@ def send(port: int, mail_from: str, rcpts: list[str], data: bytes) -> tuple[int,
 def plain_message(
     sender: str = "sender@outside.test", to: str = "alice@example.com",
     subject: str = "Quarterly", body: str = "secret quarterly figures",
+    date: dt.datetime | None = None,
 ) -> bytes:
+    when = email.utils.format_datetime(date) if date else email.utils.formatdate()
     return (
         f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n"
-        f"Date: {email.utils.formatdate()}\r\nMessage-ID: <{abs(hash(body))}@test>\r\n"
+        f"Date: {when}\r\nMessage-ID: <{abs(hash(body))}@test>\r\n"
         "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
         f"{body}\r\n"
     ).encode()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pytest
 from cryptography import x509
-from gw_support import Pki, plain_message
+from gw_support import Pki, Rolling, plain_message
 
 from keypost.core import smime
-from keypost.core.address import Address
+from keypost.core.address import Address, parse_address
 from keypost.gateway.config import DomainConfig, PolicyConfig
-from keypost.gateway.directory import Certificates
+from keypost.gateway.directory import CachingDirectory, Certificates
 from keypost.gateway.errors import DirectoryUnavailable
 from keypost.gateway.keys import load_domain_keys
 from keypost.gateway.pipeline import Action, Pipeline
@@ -29,10 +31,10 @@ class FixedDirectory:
             raise DirectoryUnavailable("directory unreachable")
         return self.table.get(str(address), Certificates())
 
-    def signing_container(self, address: Address) -> x509.Certificate | None:
+    def signing_containers(self, address: Address) -> tuple[x509.Certificate, ...]:
         if self.down:
             raise DirectoryUnavailable("directory unreachable")
-        return None
+        return ()
 
 
 def pipeline(pki: Pki, directory: FixedDirectory) -> Pipeline:
@@ -102,3 +104,43 @@ def test_a_forged_decryption_claim_is_removed(pki: Pki) -> None:
     [o] = p.process("x@outside.test", ["alice@example.com"],
                     b"From: x@outside.test\r\nMIME-Version: 1.0\r\n" + inner)
     assert o.message.count(b"X-Keypost-Decrypted") == 1 and b"retired-1" not in o.message
+
+
+def _dated(when: dt.datetime) -> bytes:
+    return plain_message("alice@example.com", "bob@else.test", date=when)
+
+
+def test_mail_dated_before_a_new_signing_container_is_signed_with_the_previous(
+    pki: Pki,
+) -> None:
+    """Across a signing-container change (half-life), mail whose Date lies between the two
+    containers' notBefore (queued meanwhile, or a client clock a few minutes slow) is signed
+    with the previous container, which covers it; mail no container covers is refused."""
+    t0 = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    clock = [t0]
+    d = CachingDirectory(Rolling(lambda: [pki.signing_container(clock[0])]),
+                         [pki.ca.certificate], clock=lambda: clock[0])
+    keys = load_domain_keys(DomainConfig(
+        "example.com", (pki.path("enc-current.key"),), signing_key=pki.path("sign.key")))
+    p = Pipeline({"example.com": keys}, PolicyConfig(sign_all_outbound=True), NullScanner(), d,
+                 [pki.ca.certificate.subject])
+    [o] = p.process("alice@example.com", ["bob@else.test"], _dated(t0))
+    assert o.action is Action.RELAY
+    [first] = d.signing_containers(parse_address("alice@example.com"))
+    clock[0] = t0 + dt.timedelta(days=15, minutes=1)  # half-life passed: a new container
+    queued = clock[0] - dt.timedelta(hours=2)  # written before the change, sent after it
+    [o] = p.process("alice@example.com", ["bob@else.test"], _dated(queued))
+    newest, previous = d.signing_containers(parse_address("alice@example.com"))
+    assert previous == first and newest.not_valid_before_utc > queued
+    assert o.action is Action.RELAY, o.reply
+    result = smime.verify_signed(o.message, [pki.ca.certificate], now=clock[0])
+    assert result.ok, result.reasons
+    assert result.signer == first and result.signing_time == queued
+    # a Date both cover: the newest signs
+    [o] = p.process("alice@example.com", ["bob@else.test"], _dated(clock[0]))
+    assert smime.verify_signed(o.message, [pki.ca.certificate], now=clock[0]).signer == newest
+    # a Date none covers is refused as before
+    [o] = p.process("alice@example.com", ["bob@else.test"],
+                    _dated(first.not_valid_before_utc - dt.timedelta(minutes=1)))
+    assert o.action is Action.REJECT
+    assert o.reply.startswith("554 5.6.0 message cannot be signed: the signing container is valid")

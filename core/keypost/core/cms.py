@@ -46,7 +46,8 @@ OID_AUTH_ENVELOPED_DATA = _oid("1.2.840.113549.1.9.16.1.23")  # RFC 5083
 OID_RSA_ENCRYPTION = _oid("1.2.840.113549.1.1.1")
 OID_RSAES_OAEP = _oid("1.2.840.113549.1.1.7")
 OID_MGF1 = _oid("1.2.840.113549.1.1.8")
-OID_SHA1 = _oid("1.3.14.3.2.26")  # only inside OAEP parameters
+OID_SHA1 = _oid("1.3.14.3.2.26")  # the RFC 4055 default in OAEP and PSS parameters
+OID_RSASSA_PSS = _oid("1.2.840.113549.1.1.10")  # RFC 4055 3.1, in CMS RFC 4056
 OID_CONTENT_TYPE = _oid("1.2.840.113549.1.9.3")
 OID_MESSAGE_DIGEST = _oid("1.2.840.113549.1.9.4")
 OID_SIGNING_TIME = _oid("1.2.840.113549.1.9.5")
@@ -102,7 +103,7 @@ SIGNATURE_ALGORITHMS: dict[bytes, tuple[str, hashes.HashAlgorithm | None]] = {
 
 T_INTEGER, T_OCTETS, T_NULL, T_OID = 0x02, 0x04, 0x05, 0x06
 T_UTCTIME, T_GENTIME, T_SEQUENCE, T_SET = 0x17, 0x18, 0x30, 0x31
-T_CTX0, T_CTX1, T_CTX0_PRIM = 0xA0, 0xA1, 0x80
+T_CTX0, T_CTX1, T_CTX2, T_CTX3, T_CTX0_PRIM = 0xA0, 0xA1, 0xA2, 0xA3, 0x80
 
 
 # Reading -----------------------------------------------------------------------------
@@ -321,37 +322,50 @@ def _key_transport(buf: memoryview, alg: Tlv) -> padding.AsymmetricPadding | Non
     (RFC 4055 defaults: SHA-1 for both, which is what `openssl cms -keyopt
     rsa_padding_mode:oaep` sends; OAEP does not rely on collision resistance, RFC 8017
     B.1). A label (pSourceFunc) or anything else: None, the recipient is skipped."""
-    kids = expect(buf, alg, [T_OID])
-    oid = content(buf, kids[0])
+    oid = content(buf, expect(buf, alg, [T_OID])[0])
     if oid == OID_RSA_ENCRYPTION:
         return padding.PKCS1v15()
     if oid != OID_RSAES_OAEP:
         return None
-    digest: hashes.HashAlgorithm = hashes.SHA1()
-    mgf_digest: hashes.HashAlgorithm = hashes.SHA1()
-    if len(kids) > 1 and kids[1].tag == T_SEQUENCE:
-        for param in children(buf, kids[1]):
-            if param.tag == T_CTX0:  # hashFunc
-                found = _oaep_hash(buf, expect(buf, param, [T_SEQUENCE])[0])
-            elif param.tag == T_CTX1:  # maskGenFunc: mgf1 with its hash
-                mgf = expect(buf, expect(buf, param, [T_SEQUENCE])[0], [T_OID, T_SEQUENCE])
-                if content(buf, mgf[0]) != OID_MGF1:
-                    return None
-                found = _oaep_hash(buf, mgf[1])
-            else:
-                return None  # pSourceFunc: a label we were never given
-            if found is None:
-                return None
-            if param.tag == T_CTX0:
-                digest = found
-            else:
-                mgf_digest = found
+    digest_oid, mgf_oid, rest = _hash_params(buf, alg)
+    if rest:  # pSourceFunc: a label we were never given
+        return None
+    digest, mgf_digest = _oaep_hash(digest_oid), _oaep_hash(mgf_oid)
+    if digest is None or mgf_digest is None:
+        return None
     return padding.OAEP(mgf=padding.MGF1(mgf_digest), algorithm=digest, label=None)
 
 
-def _oaep_hash(buf: memoryview, alg: Tlv) -> hashes.HashAlgorithm | None:
-    oid = bytes(content(buf, expect(buf, alg, [T_OID])[0]))
-    return hashes.SHA1() if oid == OID_SHA1 else DIGESTS.get(oid)
+def _oaep_hash(oid: bytes | None) -> hashes.HashAlgorithm | None:
+    return hashes.SHA1() if oid == OID_SHA1 else DIGESTS.get(oid or b"")
+
+
+def _hash_params(buf: memoryview, alg: Tlv) -> tuple[bytes, bytes | None, dict[int, Tlv]]:
+    """The [0] hash and [1] mask generation function that RSAES-OAEP-params and
+    RSASSA-PSS-params share (RFC 4055; both default to SHA-1 and MGF1 with SHA-1) of an
+    AlgorithmIdentifier: (hash OID, MGF1's hash OID or None for another function, the
+    other parameters by tag). Absent or NULL parameters are the defaults."""
+    kids = expect(buf, alg, [T_OID])
+    digest: bytes = OID_SHA1
+    mgf: bytes | None = OID_SHA1
+    rest: dict[int, Tlv] = {}
+    params = children(buf, kids[1]) if len(kids) > 1 and kids[1].tag == T_SEQUENCE else []
+    # DER has each field once at most; with two hashes, verifiers reading the first and the
+    # last would check one signature under different parameters.
+    if len({p.tag for p in params}) != len(params):
+        raise _bad()
+    for param in params:
+        if param.tag == T_CTX0:  # hashAlgorithm / hashFunc
+            hash_alg = expect(buf, param, [T_SEQUENCE])[0]
+            digest = bytes(content(buf, expect(buf, hash_alg, [T_OID])[0]))
+        elif param.tag == T_CTX1:  # maskGenAlgorithm: mgf1 with its hash
+            gen = expect(buf, expect(buf, param, [T_SEQUENCE])[0], [T_OID, T_SEQUENCE])
+            mgf = None
+            if content(buf, gen[0]) == OID_MGF1:
+                mgf = bytes(content(buf, expect(buf, gen[1], [T_OID])[0]))
+        else:
+            rest[param.tag] = param
+    return digest, mgf, rest
 
 
 def name_from_der(der: bytes) -> x509.Name:
@@ -522,6 +536,29 @@ def build_signed_data(
 
 
 @dataclass(frozen=True)
+class PssParams:
+    """A SignerInfo's RSASSA-PSS-params (RFC 4055 3.1) with the defaults filled in: SHA-1,
+    MGF1 with SHA-1, salt 20, trailer field 1. Which of them are acceptable is the
+    verifier's decision."""
+
+    digest_oid: bytes  # hashAlgorithm (OID content octets)
+    mgf_digest_oid: bytes | None  # MGF1's hash; None: another mask generation function
+    salt_length: int
+    trailer_field: int
+
+
+def _pss_params(buf: memoryview, alg: Tlv) -> PssParams:
+    digest, mgf, rest = _hash_params(buf, alg)
+    if set(rest) - {T_CTX2, T_CTX3}:
+        raise _bad()
+    salt = integer(buf, expect(buf, rest[T_CTX2], [T_INTEGER])[0]) if T_CTX2 in rest else 20
+    trailer = integer(buf, expect(buf, rest[T_CTX3], [T_INTEGER])[0]) if T_CTX3 in rest else 1
+    if salt < 0:
+        raise _bad()
+    return PssParams(digest, mgf, salt, trailer)
+
+
+@dataclass(frozen=True)
 class SignerInfo:
     issuer_der: bytes | None
     serial: int | None
@@ -533,6 +570,7 @@ class SignerInfo:
     content_type: bytes | None  # OID content octets
     message_digest: bytes | None
     signing_time: dt.datetime | None
+    pss: PssParams | None = None  # signature_oid is id-RSASSA-PSS
 
 
 @dataclass(frozen=True)
@@ -594,6 +632,7 @@ def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
         raise _bad()
     digest_oid = bytes(content(buf, expect(buf, digest_alg, [T_OID])[0]))
     sig_oid = bytes(content(buf, expect(buf, rest[0], [T_OID])[0]))
+    pss = _pss_params(buf, rest[0]) if sig_oid == OID_RSASSA_PSS else None
     signature = bytes(content(buf, rest[1]))
     signed_attrs = content_type = message_digest = signing_time = None
     if attrs_tlv is not None:
@@ -632,6 +671,7 @@ def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
         content_type,
         message_digest,
         signing_time,
+        pss,
     )
 
 

@@ -516,6 +516,25 @@ def _date_of(headers: list[m.Header]) -> dt.datetime:
     return when
 
 
+def _covers(container: x509.Certificate, when: dt.datetime) -> bool:
+    return container.not_valid_before_utc <= when <= container.not_valid_after_utc
+
+
+def pick_signing_container(
+    message: bytes, containers: Sequence[x509.Certificate]
+) -> x509.Certificate:
+    """Of `containers`, the newest (by notBefore) valid at the message's Date, which
+    sign_message writes as signingTime (now when Date is missing or unreadable). When none
+    covers it: the newest, which sign_message then refuses with the reason. A signer that
+    keeps its previous container across a change signs mail dated before the new one's
+    notBefore (queued, a client clock behind) this way."""
+    if not containers:
+        raise SmimeError("no signing container")
+    newest_first = sorted(containers, key=lambda c: c.not_valid_before_utc, reverse=True)
+    when = _date_of(m.split_entity_at(message)[0])
+    return next((c for c in newest_first if _covers(c, when)), newest_first[0])
+
+
 def sign_message(
     message: bytes,
     key: PrivateKey,
@@ -530,7 +549,7 @@ def sign_message(
         raise SmimeError("the signing key does not belong to the signing container")
     headers, start = m.split_entity_at(message)
     when = _date_of(headers)
-    if not container.not_valid_before_utc <= when <= container.not_valid_after_utc:
+    if not _covers(container, when):
         # Verifiers (Thunderbird, verify_signed) check the signer at the signing time, and
         # signingTime must equal Date: a container that does not cover Date would yield a
         # signature that never verifies. Issue it with DirectoryCA.issue(now=<Date>).
@@ -635,12 +654,34 @@ def _find_signer(
     return None
 
 
+def _pss_scheme(params: cms.PssParams) -> tuple[padding.PSS, hashes.HashAlgorithm] | str:
+    """RSASSA-PSS-params as cryptography's padding and hash, or why they are refused. SHA-1
+    is refused here as in every signature (also as MGF1's hash, though MGF1 needs no
+    collision resistance: no signer needs it, openssl uses the signature's hash)."""
+    if cms.OID_SHA1 in (params.digest_oid, params.mgf_digest_oid):
+        return "RSASSA-PSS with SHA-1 is refused (SHA-256/384/512)"
+    digest = cms.DIGESTS.get(params.digest_oid)
+    mgf_digest = cms.DIGESTS.get(params.mgf_digest_oid or b"")
+    if digest is None or mgf_digest is None or params.trailer_field != 1:
+        return ("unsupported RSASSA-PSS parameters (SHA-256/384/512, MGF1 with SHA-256/384/512,"
+                " trailer field 1)")
+    return padding.PSS(mgf=padding.MGF1(mgf_digest), salt_length=params.salt_length), digest
+
+
 def _signature_problem(info: cms.SignerInfo, cert: x509.Certificate) -> str | None:
     """Why the signature over the signed attributes does not verify, or None."""
     digest = cms.DIGESTS.get(info.digest_oid)
     algorithm = cms.SIGNATURE_ALGORITHMS.get(info.signature_oid)
+    rsa_padding: padding.AsymmetricPadding = padding.PKCS1v15()
+    if info.pss is not None:  # RFC 8551 2.2: receiving agents SHOULD support RSASSA-PSS
+        scheme = _pss_scheme(info.pss)
+        if isinstance(scheme, str):
+            return scheme
+        rsa_padding, pss_hash = scheme
+        algorithm = ("rsa", pss_hash)
     if digest is None or algorithm is None:
-        return "unsupported digest or signature algorithm (SHA-256/384/512 with RSA or ECDSA)"
+        return ("unsupported digest or signature algorithm (SHA-256/384/512 with RSA, "
+                "RSASSA-PSS or ECDSA)")
     if info.signed_attrs is None:
         return "no signed attributes (messageDigest is required)"
     kind, sig_hash = algorithm
@@ -649,7 +690,7 @@ def _signature_problem(info: cms.SignerInfo, cert: x509.Certificate) -> str | No
         return "the signature cannot be checked: the signer's key is unusable"
     try:
         if kind == "rsa" and isinstance(key, rsa.RSAPublicKey):
-            key.verify(info.signature, info.signed_attrs, padding.PKCS1v15(), sig_hash or digest)
+            key.verify(info.signature, info.signed_attrs, rsa_padding, sig_hash or digest)
         elif kind == "ecdsa" and isinstance(key, ec.EllipticCurvePublicKey):
             key.verify(info.signature, info.signed_attrs, ec.ECDSA(sig_hash or digest))
         else:

@@ -99,9 +99,10 @@ def probe(gw: Gateway) -> list[str]:
             gw.directory.encryption_certificates(parse_address("probe@keypost.invalid"))
             lines.append(f"directory: login and search OK ({name} has no signing key)")
             continue
-        cert = gw.directory.signing_container(sender)
-        if cert is None:
+        found = gw.directory.signing_containers(sender)
+        if not found:
             raise DirectoryUnavailable(f"the directory gives no signing container for {sender}")
+        cert = found[0]
         if not same_public_key(cert, keys.signing_key):
             raise DirectoryUnavailable(f"the directory's signing key for {name} is not ours")
         lines.append(f"directory: signing container for {sender} valid until "

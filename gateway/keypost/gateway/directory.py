@@ -3,7 +3,8 @@
 Everything the directory sends is verified against the pinned trust anchor (containers)
 or the configured roots (genuine certificates) before use, and cached until half of
 its life has passed (the directory itself renews at that point); certificates to encrypt
-to, for an hour at most (ENCRYPTION_CACHE_LIMIT).
+to, for an hour at most (ENCRYPTION_CACHE_LIMIT). A sender's previous signing containers
+are kept beside the new one while they are valid (MAX_SIGNING_CONTAINERS in all).
 """
 
 from __future__ import annotations
@@ -43,6 +44,12 @@ Clock = Callable[[], dt.datetime]
 # is one directory search per recipient address and hour. Signing containers (our own)
 # keep the half-life rule.
 ENCRYPTION_CACHE_LIMIT = dt.timedelta(hours=1)
+# Signing containers kept per sender, the newest first: the current one and those before
+# it that are still valid. Mail dated before the current one's notBefore (queued across the
+# change, a client clock behind) needs one that covers its Date, as signingTime = Date.
+# With a 30-day life renewed at half-life two are valid at a time; the bound is for a
+# directory that hands out new ones more often, and keeps the cache's size bounded.
+MAX_SIGNING_CONTAINERS = 3
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,9 @@ class DirectoryClient(Protocol):
 
     def encryption_certificates(self, address: Address) -> Certificates: ...
 
-    def signing_container(self, address: Address) -> x509.Certificate | None: ...
+    def signing_containers(self, address: Address) -> tuple[x509.Certificate, ...]:
+        """The sender's verified signing containers, newest first (none: empty)."""
+        ...
 
 
 class NoDirectory:
@@ -72,7 +81,7 @@ class NoDirectory:
     def encryption_certificates(self, address: Address) -> Certificates:
         return Certificates()
 
-    def signing_container(self, address: Address) -> x509.Certificate | None:
+    def signing_containers(self, address: Address) -> tuple[x509.Certificate, ...]:
         # Permanent: retrying cannot help until the operator configures a directory.
         raise PermFailure("signing needs a directory, and none is configured", "5.7.0")
 
@@ -265,9 +274,10 @@ class CachingDirectory:
     def encryption_certificates(self, address: Address) -> Certificates:
         return self._lookup(address, Purpose.ENCRYPT)
 
-    def signing_container(self, address: Address) -> x509.Certificate | None:
+    def signing_containers(self, address: Address) -> tuple[x509.Certificate, ...]:
+        now = self.clock()
         found = self._lookup(address, Purpose.SIGN).signing
-        return found[0] if found else None
+        return tuple(c for c in found if now <= c.not_valid_after_utc)
 
     def _lookup(self, address: Address, purpose: Purpose) -> Certificates:
         key = (address.key(), purpose)
@@ -283,6 +293,10 @@ class CachingDirectory:
         ]
         limit = [now + ENCRYPTION_CACHE_LIMIT] if lives and purpose is Purpose.ENCRYPT else []
         fresh = min(lives + limit) if lives else now + self.negative
+        if entry is not None and certs.signing:
+            # Freshness comes from the new answer alone (above): a kept container past its
+            # half-life must not make every message fetch again.
+            certs = Certificates(signing=_with_previous(certs.signing, entry.certs.signing, now))
         with self.lock:
             if len(self.cache) > 10_000:  # bounded: a flood of new addresses cannot grow it
                 self.cache.clear()
@@ -326,6 +340,17 @@ class CachingDirectory:
                     address, "; ".join(res.reasons),
                 )
         return Certificates(tuple(gateways), tuple(genuine), tuple(signing))
+
+
+def _with_previous(
+    fetched: Sequence[x509.Certificate], kept: Sequence[x509.Certificate], now: dt.datetime
+) -> tuple[x509.Certificate, ...]:
+    """The directory's signing containers and the earlier ones still valid, newest first,
+    MAX_SIGNING_CONTAINERS at most. Only beside a new answer: when the directory stops
+    handing out a signing container, the kept ones go too."""
+    merged = list(fetched) + [c for c in kept if c not in fetched and now <= c.not_valid_after_utc]
+    merged.sort(key=lambda c: c.not_valid_before_utc, reverse=True)
+    return tuple(merged[:MAX_SIGNING_CONTAINERS])
 
 
 def load_trust_anchors(cfg: DirectoryConfig) -> list[x509.Certificate]:

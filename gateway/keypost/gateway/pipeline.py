@@ -309,14 +309,18 @@ class Pipeline:
                               "is the envelope sender", "5.7.1")
         if keys.signing_key is None:
             raise PermFailure(f"signing asked for, but {keys.name} has no signing key", "5.7.0")
-        container = self.directory.signing_container(sender)
-        if container is None:
+        containers = self.directory.signing_containers(sender)
+        if not containers:
             raise TempFailure(f"the directory has no signing container for {sender}", "4.7.0")
-        if not same_public_key(container, keys.signing_key):
+        if not same_public_key(containers[0], keys.signing_key):
             log.error("signing container for %s does not carry %s's signing key",
                       sender, keys.name)
             raise TempFailure("signing container does not match the signing key", "4.7.0")
+        # Previous containers (kept across a change) sign mail dated before the current
+        # one's notBefore; those of a key we no longer hold are no use.
+        ours = [c for c in containers if same_public_key(c, keys.signing_key)]
         try:
+            container = smime.pick_signing_container(message, ours)
             return smime.sign_message(message, keys.signing_key, container)
         except SmimeError as exc:
             raise PermFailure(f"message cannot be signed: {exc}", "5.6.0") from None
