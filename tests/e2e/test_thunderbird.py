@@ -567,6 +567,94 @@ def test_bcc_and_a_large_attachment(
     tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
 
 
+SET_COMPOSE_DETAILS = """
+const [id, subject, details, done] = arguments;
+const { ExtensionParent } = ChromeUtils.importESModule(
+  "resource://gre/modules/ExtensionParent.sys.mjs");
+const extension = ExtensionParent.GlobalManager.getExtension(id);
+const background = () => [...extension.views].find((v) => v.viewType === "background");
+(async () => {
+  if (!background()) await extension.wakeupBackground?.(); // an idle event page may be gone
+  const mm = background().xulBrowser.messageManager;
+  const listener = (msg) => { mm.removeMessageListener("keypost:set", listener); done(msg.data); };
+  mm.addMessageListener("keypost:set", listener);
+  // The background page lives in the extension process: a frame script calls the add-on's
+  // own compose API there, as the add-on would, on the compose tab with this subject.
+  const script = `(async () => {
+    const messenger = content.wrappedJSObject.messenger;
+    const tabs = await messenger.tabs.query({ type: "messageCompose" });
+    for (const tab of tabs) {
+      const before = await messenger.compose.getComposeDetails(tab.id);
+      if (before.subject !== ${JSON.stringify(subject)}) continue;
+      await messenger.compose.setComposeDetails(
+        tab.id, Cu.cloneInto(${JSON.stringify(details)}, content));
+      const after = await messenger.compose.getComposeDetails(tab.id);
+      return JSON.parse(JSON.stringify(after));
+    }
+    return "no compose tab with that subject";
+  })().then((r) => sendAsyncMessage("keypost:set", r),
+            (e) => sendAsyncMessage("keypost:set", "error: " + e))`;
+  mm.loadFrameScript("data:," + encodeURIComponent(script), false);
+})().catch((e) => done("error: " + e));
+"""
+
+
+def set_compose_details(m: Any, subject: str, details: dict[str, Any]) -> dict[str, Any]:
+    """messenger.compose.setComposeDetails, called in the add-on's background page on the
+    compose tab with `subject`; returns getComposeDetails afterwards."""
+    after: Any = m.execute_async_script(
+        SET_COMPOSE_DETAILS, script_args=[tb.ADDON_ID, subject, details], script_timeout=20000
+    )
+    assert isinstance(after, dict), after
+    return after
+
+
+def test_compose_choices_go_into_the_encrypted_message(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory
+) -> None:
+    """The compose window's Reply-To addresses, priority, return receipt and delivery format
+    (set through the compose API, as Options in the compose window would) go with the
+    encrypted message: in the clear outer headers, and a plain-text-only inner body for an
+    HTML message with "Plain Text Only". A DSN request cannot be carried: said, not refused."""
+    m = thunderbird.marionette
+    subject = "compose choices e2e"
+    html = "<p>with <b>bold</b> words</p>"
+    reply_to = ["Desk <desk@example.com>", "team@example.org"]
+    handle = open_compose(thunderbird, SERVED, subject, html, html=True)
+    after = set_compose_details(
+        m,
+        subject,
+        {
+            "replyTo": reply_to,
+            "priority": "highest",
+            "returnReceipt": True,
+            "deliveryFormat": "plaintext",
+            "deliveryStatusNotification": True,
+        },
+    )
+    assert after["priority"] == "highest" and after["deliveryFormat"] == "plaintext", after
+    # Thunderbird also lists its own record of the priority ("X-Priority: Highest") among
+    # customHeaders; the add-on leaves that one out, so the outer header is written once.
+    m.switch_to_window(handle)
+    turn_encrypt_on(thunderbird, ready=True)
+    assert "Delivery Status Notification cannot be requested" in _button(m, "tooltiptext")
+    captured = encrypt_send_capture(thunderbird, smtp)
+    outer = email.message_from_bytes(captured.data)
+    assert outer.get_content_type() == "application/pkcs7-mime"
+    assert outer.get_all("X-Priority") == ["1 (Highest)"]
+    assert outer.get_all("Disposition-Notification-To") == [f"Alice <{SENDER}>"]
+    assert outer.get_all("Reply-To") == [", ".join(reply_to)]
+    clear = _decrypt(captured.data, directory.gateway_keys["example.org"])
+    inner = email.message_from_bytes(clear)
+    types = [p.get_content_type() for p in inner.walk()]
+    assert types == ["text/plain"], types
+    payload = inner.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    text = payload.decode()
+    assert "bold" in text and "<b>" not in text, text
+    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+
+
 SEND_UNSENT = """
 const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
 const sendLater = Cc["@mozilla.org/messengercompose/sendlater;1"].getService(Ci.nsIMsgSendLater);
