@@ -87,6 +87,17 @@ def test_key_folds_local_part_only_for_matching() -> None:
     assert parse_address("JÖRG@b.example").key() == "jörg@b.example"
 
 
+def test_key_joins_case_pairs_only() -> None:
+    """The key lower-cases the local part, as certificate matching (names_address) does:
+    full case folding would join other mailboxes (long s and `s`, the `fi` ligature and
+    `fi`, `ß` and `ss`), and the directory would hand one the other's container."""
+    for one, other in (("ſam@x.example", "sam@x.example"), ("ﬁle@x.example", "file@x.example"),
+                       ("straße@x.example", "strasse@x.example")):
+        assert parse_address(one).key() != parse_address(other).key()
+    assert parse_address("Straße@x.example").key() == "straße@x.example"
+    assert parse_address("Bob@x.example").key() == parse_address("bob@x.example").key()
+
+
 def test_addresses_order_and_hash() -> None:
     items = {
         parse_address("b@x.example"),

@@ -131,6 +131,34 @@ def test_malformed_addresses_are_left_out(controller: Controller) -> None:
     assert [a.address for a in answers] == ["a@example.com"]
 
 
+def test_mailboxes_that_fold_alike_get_their_own_containers(controller: Controller,
+                                                            ca: DirectoryCA) -> None:
+    """`straße@` and `strasse@` are two mailboxes (as the certificate match says): each
+    gets a container naming its own spelling, which the host-side check accepts, also
+    when the other was asked first and sits in the cache."""
+    from keypost.core.containers import verify_container
+    for asked in (["straße@example.com", "strasse@example.com"],
+                  ["ſam@example.com", "sam@example.com"]):
+        answers = [controller.answer(ANON, [a], None, "t")[0] for a in asked]
+        assert [a.address for a in answers] == asked
+        serials = set()
+        for address, answer in zip(asked, answers, strict=True):
+            [c] = answer.containers
+            cert = x509.load_der_x509_certificate(c.der)
+            assert describe(cert).addresses == (address,)
+            result = verify_container(cert, [ca.certificate], address, Purpose.ENCRYPT)
+            assert result.ok, result.reasons
+            serials.add(c.serial)
+        assert len(serials) == 2
+
+
+def test_ascii_case_variants_share_one_container(controller: Controller) -> None:
+    [upper] = controller.answer(ANON, ["Bob@example.com"], None, "t")
+    [lower] = controller.answer(ANON, ["bob@example.com"], None, "t")
+    assert upper.address_key == lower.address_key == "bob@example.com"
+    assert lower.containers[0].serial == upper.containers[0].serial
+
+
 def test_cache_reuses_until_half_life(controller: Controller) -> None:
     first = controller.answer(ANON, ["a@example.com"], None, "t", now=NOW)
     again = controller.answer(ANON, ["A@example.com"], None, "t",

@@ -1,5 +1,5 @@
-"""SQLite store: migrations (4: stored gateway keys lose private keys), key history,
-accounts, genuine certificates, cache tier, audit."""
+"""SQLite store: migrations (4: stored gateway keys lose private keys; 5: address keys
+lower-cased, not case-folded), key history, accounts, genuine certificates, cache tier, audit."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pki_util import key_pem, rsa_key, self_signed
 from test_directory_controller import ANON, GATEWAY
 
-from keypost.core.containers import DirectoryCA, GatewayKey, describe, to_pem
+from keypost.core.containers import DirectoryCA, GatewayKey, describe, to_der, to_pem
 from keypost.directory.controller import Controller
 from keypost.directory.errors import StoreError
 from keypost.directory.store import (
@@ -286,3 +286,76 @@ def test_containers_carry_the_same_gateway_key_after_migration_4(tmp_path: Path)
     assert [b[1:] for b in before] == [a[1:] for a in after]
     assert {b[0] for b in before}.isdisjoint(a[0] for a in after)  # newly issued
     assert {b[1] for b in before} <= set(old.today)
+
+
+# migration 5: address keys lower-cased, no longer case-folded ---------------------------
+CASEFOLDED = MIGRATIONS[:4]  # the versions whose Address.key was local.casefold()
+
+
+def utf8_mailbox_cert(address: str) -> bytes:
+    """A recipient's own certificate naming a non-ASCII address (SmtpUTF8Mailbox)."""
+    from keypost.core.x509_ext import OID_SMTP_UTF8_MAILBOX, TAG_UTF8STRING, der_tlv
+    k = rsa_key()
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, address)])
+    other = x509.OtherName(OID_SMTP_UTF8_MAILBOX,
+                           der_tlv(TAG_UTF8STRING, address.encode("utf-8")))
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(k.public_key()).serial_number(7)
+            .not_valid_before(NOW - dt.timedelta(days=1))
+            .not_valid_after(dt.datetime.now(dt.UTC) + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([other]), critical=False)
+            .sign(k, hashes.SHA256())
+            .public_bytes(serialization.Encoding.DER))
+
+
+def test_migration_5_moves_casefolded_keys_to_lower_cased_ones(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from keypost.core.address import parse_address
+    from keypost.core.types import Role
+    from keypost.directory.store import GenuineRecord
+
+    path = tmp_path / "d.db"
+    ca = DirectoryCA.generate("ecdsa-p256", directory_url="ldap://dir.test")
+    gw = rsa_key()
+    old = SqliteStore(path, migrations=CASEFOLDED)
+    old.add_domain("example.com", [GatewayKeyRecord(
+        "example.com", KeyUse.ENCRYPTION, spki_pem(gw), GatewayKey.from_pem(spki_pem(gw))
+        .fingerprint, ("aes256-cbc",), NOW)])
+    strasse_der = utf8_mailbox_cert("Straße@example.com")
+    jorg_der = utf8_mailbox_cert("jörg@example.com")  # casefold() is lower(): kept
+    ascii_der = to_der(self_signed(rsa_key(), "bob", "Bob@example.com"))
+    until = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
+    old.add_genuine([  # as the old `genuine add` keyed them: local.casefold()
+        GenuineRecord("strasse@example.com", strasse_der, "f1", until),
+        GenuineRecord("jörg@example.com", jorg_der, "f2", until),
+        GenuineRecord("bob@example.com", ascii_der, "f3", until)])
+    # issued containers, as the old controller cached them: the one made for straße@ under
+    # strasse@ (it would be handed to strasse@), an ASCII one under the same key
+    issuer = Controller(old, ca)
+    made = {a: issuer.answer(ANON, [a], None, "t")[0] for a in
+            ("straße@example.com", "strasse@example.com", "Bob@example.com")}
+    issuer.flush()
+    old._db.execute("UPDATE issued SET address_key = 'strasse@example.com'"
+                    " WHERE address_key = 'straße@example.com'")
+    before = {(r[0], r[1]) for r in old._db.execute("SELECT address_key, serial FROM issued")}
+    old.close()
+
+    with caplog.at_level(logging.WARNING, "keypost.directory.store"):
+        store = SqliteStore(path)
+    assert store.schema_version() == len(MIGRATIONS) >= 5
+    assert "genuine_moved=1 issued_dropped=1" in caplog.text
+    assert {(g.address_key, g.fingerprint) for g in store.genuine()} == {
+        ("straße@example.com", "f1"), ("jörg@example.com", "f2"), ("bob@example.com", "f3")}
+    serial = {a: str(made[a].containers[0].serial) for a in made}
+    after = {(r[0], r[1]) for r in store._db.execute("SELECT address_key, serial FROM issued")}
+    assert after == before - {("strasse@example.com", serial["straße@example.com"])}
+    assert ("strasse@example.com", serial["strasse@example.com"]) in after
+    assert ("bob@example.com", serial["Bob@example.com"]) in after
+
+    controller = Controller(store, ca)
+    [found] = controller.answer(ANON, ["straße@example.com"], None, "t")
+    assert [c.der for c in found.containers if c.role is Role.GENUINE] == [strasse_der]
+    assert found.address_key == parse_address("straße@example.com").key()
+    [other] = controller.answer(ANON, ["strasse@example.com"], None, "t")
+    assert [c.role for c in other.containers] == [Role.PROXY_ENCRYPTION]
+    assert other.containers[0].serial == made["strasse@example.com"].containers[0].serial

@@ -48,6 +48,10 @@ def eq(attr: str, value: str) -> F.EqualityMatch:
         (eq("0.9.2342.19200300.100.1.3", "a@x.org"), ["a@x.org"]),
         # duplicates (case-insensitive) once, first spelling wins
         (F.Or((eq("mail", "A@x.org"), eq("mail", "a@X.org"))), ["A@x.org"]),
+        # lower-cased as Address.key does, not case-folded: these are two mailboxes each
+        (F.Or((eq("mail", "straße@x.org"), eq("mail", "strasse@x.org"))),
+         ["straße@x.org", "strasse@x.org"]),
+        (F.Or((eq("mail", "ſam@x.org"), eq("mail", "sam@x.org"))), ["ſam@x.org", "sam@x.org"]),
         # never an enumeration
         (F.Substrings("mail", ((F.SubstringKind.ANY, b"@x.org"),)), []),
         (F.Present("mail"), []),

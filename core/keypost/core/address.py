@@ -50,8 +50,15 @@ class Address:
         return f"{self.local}@{self.domain}"
 
     def key(self) -> str:
-        """Case-folded form used for matching and caching (real systems fold local parts)."""
-        return f"{self.local.casefold()}@{self.domain}"
+        """The mailbox as matched and cached: the local part lower-cased (mail systems
+        ignore its case), the domain as it is (already lower-case A-labels).
+
+        The one rule for both a certificate's address match (containers.names_address)
+        and the directory's cache, store and audit keys, so that they cannot disagree.
+        Lower-cased, not str.casefold()ed: full case folding also joins letters that are
+        no case pair (long s and `s`, the `fi` ligature and `fi`, `ß` and `ss`), i.e.
+        other mailboxes. For ASCII the two are the same."""
+        return f"{self.local.lower()}@{self.domain}"
 
 
 def _to_a_labels(domain: str, original: str) -> str:

@@ -597,7 +597,7 @@ def _address_problems(info: ContainerInfo, wanted: Address | str) -> list[str]:
     """The domain case-insensitively (both normalised to lower-case A-labels, RFC 5280
     4.2.1.6) and the local part case-insensitively: RFC 5280 7.5 would compare it exactly,
     but mail systems fold case, NSS (Thunderbird) lower-cases the addresses of
-    certificates, and the directory keeps one container per folded address. Compared
+    certificates, and the directory keeps one container per Address.key. Compared
     exactly, the container the directory issued for `Bob@x` and handed out for `bob@x`
     was refused, and so was a genuine certificate for `bob@x` when `Bob@x` was typed."""
     try:
@@ -614,15 +614,12 @@ def names_address(written: Sequence[str], target: Address) -> bool:
     """Does one of a certificate's addresses (ContainerInfo.addresses) name `target`, as
     _address_problems matches them? Unparsable ones name nothing.
 
-    Lower-cased, not Address.key's casefold: full case folding also joins letters that are
-    no case pair (long s and `s`, the `fi` ligature and `fi`, `ß` and `ss`), i.e. other
-    mailboxes, and a certificate for one must not pass for the other. For ASCII the two
-    are the same."""
-    wanted = (target.local.lower(), target.domain)
+    By Address.key, the key the directory caches and stores containers under: a
+    certificate for `ſam@` must not pass for `sam@` (see there)."""
+    wanted = target.key()
     for text in written:
         try:
-            found = _parsed_address(text)
-            if (found.local.lower(), found.domain) == wanted:
+            if _parsed_address(text).key() == wanted:
                 return True
         except AddressError:
             continue

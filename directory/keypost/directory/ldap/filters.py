@@ -309,7 +309,7 @@ MAIL_ATTRIBUTES = frozenset(
 def addresses_from_filter(f: Filter, limit: int | None = None) -> list[str]:
     """Addresses asked for by equality on a mail attribute, in filter order, each once.
 
-    Duplicates are dropped case-insensitively (the first spelling wins); at most `limit`
+    Duplicates are dropped lower-cased (the first spelling wins); at most `limit`
     addresses are returned. See the module docstring for AND, OR and NOT.
     """
     found: list[str] = []
@@ -325,7 +325,8 @@ def addresses_from_filter(f: Filter, limit: int | None = None) -> list[str]:
                 address = node.value.decode("utf-8").strip()
             except UnicodeDecodeError:
                 continue
-            key = address.casefold()
+            # lower(), as Address.key: casefold() would drop strasse@ after straße@
+            key = address.lower()
             if address and key not in seen:
                 seen.add(key)
                 found.append(address)

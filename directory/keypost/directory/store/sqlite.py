@@ -9,6 +9,12 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from cryptography import x509
+
+from keypost.core.address import Address, parse_address
+from keypost.core.containers import describe
+from keypost.core.errors import KeypostError
+from keypost.core.x509_ext import OID_SMTP_UTF8_MAILBOX, der_oid
 from keypost.directory.errors import StoreError
 from keypost.directory.store import (
     AccountRecord,
@@ -56,6 +62,67 @@ def _strip_gateway_keys(db: sqlite3.Connection) -> None:
         # WARNING, so that the CLI shows it too (logging's last resort handler)
         log.warning("event=store_cleaned gateway_keys=%d private_keys_removed=%d",
                     changed, private)
+
+
+# A non-ASCII local part can only be written as an SmtpUTF8Mailbox (RFC 8398): a
+# certificate without this OID names ASCII local parts only, whose keys migration 5 keeps.
+_SMTP_UTF8_OID = der_oid(OID_SMTP_UTF8_MAILBOX.dotted_string)
+
+
+def _named(der: bytes) -> list[Address]:
+    """The addresses a stored certificate names (unparsable ones left out)."""
+    try:
+        written = describe(x509.load_der_x509_certificate(der)).addresses
+    except (ValueError, KeypostError):
+        return []
+    out = []
+    for text in written:
+        try:
+            out.append(parse_address(text))
+        except KeypostError:
+            continue
+    return out
+
+
+def _casefold_key(address: Address) -> str:
+    """Address.key as it was before migration 5, the key older rows are stored under."""
+    return f"{address.local.casefold()}@{address.domain}"
+
+
+def _rekey_addresses(db: sqlite3.Connection) -> None:
+    """Migration 5: rows keyed by the casefold()ed address move to Address.key (lower()).
+
+    Full case folding joined other mailboxes (`straße@` and `strasse@`, `ſam@` and
+    `sam@`). A genuine certificate moves to the key of the address it names whose old key
+    the row has (one row per address, as `genuine add` writes them); an issued container
+    whose key is none of its addresses' keys is deleted (the table is a cache: the next
+    request issues one under the new key; the audit keeps its serial). Certificates
+    without an SmtpUTF8Mailbox name ASCII local parts only, where casefold() is lower():
+    their rows are not touched. Audit hashes are not recomputed (they are one-way).
+    """
+    moved = dropped = 0
+    for rowid, key, der in db.execute("SELECT rowid, address_key, der FROM genuine").fetchall():
+        if _SMTP_UTF8_OID not in bytes(der):
+            continue
+        named = _named(bytes(der))
+        if any(a.key() == key for a in named):
+            continue
+        new = sorted({a.key() for a in named if _casefold_key(a) == key})
+        for new_key in new:
+            db.execute(
+                "INSERT OR REPLACE INTO genuine (address_key, fingerprint, der, not_after)"
+                " SELECT ?, fingerprint, der, not_after FROM genuine WHERE rowid = ?",
+                (new_key, rowid),
+            )
+        if new:
+            db.execute("DELETE FROM genuine WHERE rowid = ?", (rowid,))
+            moved += 1
+    for rowid, key, der in db.execute("SELECT rowid, address_key, der FROM issued").fetchall():
+        if _SMTP_UTF8_OID in bytes(der) and all(a.key() != key for a in _named(bytes(der))):
+            db.execute("DELETE FROM issued WHERE rowid = ?", (rowid,))
+            dropped += 1
+    if moved or dropped:
+        log.warning("event=store_rekeyed genuine_moved=%d issued_dropped=%d", moved, dropped)
 
 
 # SQL (statements split at ';') or a function run in the step's transaction.
@@ -124,6 +191,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     """,
     # 4: gateway keys without the private keys older versions stored beside them
     _strip_gateway_keys,
+    # 5: address keys lower-cased instead of case-folded (Address.key)
+    _rekey_addresses,
 )
 
 
