@@ -96,6 +96,14 @@ REFUSED_COMMANDS = 5
 REFUSED_WAIT = 10.0  # seconds, for each of them
 
 
+# GatewaySMTP hooks aiosmtpd's private session coroutine: were it renamed in a later
+# aiosmtpd, the override would never run and every peer would be served. Fail at import
+# instead (the tests of allowed_clients would fail too, but only where they run).
+if not callable(getattr(SMTP, "_handle_client", None)):  # pragma: no cover
+    raise ImportError("this aiosmtpd has no SMTP._handle_client, which keypost's "
+                      "allowed_clients check hooks: use aiosmtpd 1.4")
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP server, but a peer outside `allowed_clients` is greeted with 554 and
     never gets to a transaction. The check sits where aiosmtpd itself turns away a
