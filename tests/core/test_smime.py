@@ -557,17 +557,30 @@ def test_verify_never_raises_on_a_hostile_certificate(find: bytes, replace: byte
     assert not result.ok and result.reasons
 
 
-def _signed_and_mutated(find: bytes, replace: bytes) -> bytes:
-    """A signed message whose SignedData has `find` (once) replaced by `replace`."""
+_SIGNATURE_PART = b"S/MIME Cryptographic Signature\r\n\r\n"
+
+
+def _signed_apart() -> tuple[Gateway, bytes, bytes, bytes, bytes]:
+    """alice's freshly signed message -> (gateway, message, text before the signature's
+    base64, SignedData DER, text after it)."""
     gw = gateway("gw.a.example")
     signed = smime.sign_message(_fresh_message(), gw.key, container("alice@a.example", gw,
                                                                    Purpose.SIGN))  # fmt: skip
-    head, rest = signed.split(b"S/MIME Cryptographic Signature\r\n\r\n")
+    head, rest = signed.split(_SIGNATURE_PART)
     b64, tail = rest.split(b"\r\n--", 1)
-    der = base64.b64decode(b64)
+    return gw, signed, head, base64.b64decode(b64), tail
+
+
+def _signed_together(head: bytes, der: bytes, tail: bytes) -> bytes:
+    """The message `_signed_apart` took apart, with the SignedData `der` in it."""
+    return head + _SIGNATURE_PART + base64.encodebytes(der).replace(b"\n", b"\r\n") + b"--" + tail
+
+
+def _signed_and_mutated(find: bytes, replace: bytes) -> bytes:
+    """A signed message whose SignedData has `find` (once) replaced by `replace`."""
+    _, _, head, der, tail = _signed_apart()
     assert der.count(find) == 1
-    hostile = base64.encodebytes(der.replace(find, replace)).replace(b"\n", b"\r\n")
-    return head + b"S/MIME Cryptographic Signature\r\n\r\n" + hostile + b"--" + tail
+    return _signed_together(head, der.replace(find, replace), tail)
 
 
 def test_hostile_certificate_reasons_are_accurate() -> None:
@@ -986,12 +999,7 @@ def _signed_with_attribute_twice(oid: bytes | None) -> bytes:
     """A signed message whose SignerInfo carries the signed attribute `oid` twice: a second
     copy with another value, signed again with the gateway's key. None: a SignerInfo
     without signed attributes, whose signature covers the content itself (RFC 5652 5.4)."""
-    gw = gateway("gw.a.example")
-    signed = smime.sign_message(_fresh_message(), gw.key, container("alice@a.example", gw,
-                                                                   Purpose.SIGN))  # fmt: skip
-    head, rest = signed.split(b"S/MIME Cryptographic Signature\r\n\r\n")
-    b64, tail = rest.split(b"\r\n--", 1)
-    der = base64.b64decode(b64)
+    gw, signed, head, der, tail = _signed_apart()
     buf = memoryview(der)
     top = cms.read_tlv(buf, 0, len(der))
     wrapper = cms.children(buf, top)[1]
@@ -1025,8 +1033,7 @@ def _with_signer_info(head: bytes, tail: bytes, der: bytes, signer_info: bytes) 
     signer_set = cms.children(buf, sd)[-1]
     signed_data = der_tlv(0x30, der[sd.start : signer_set.head] + der_tlv(0x31, signer_info))
     new = der_tlv(0x30, der[top.start : wrapper.head] + der_tlv(0xA0, signed_data))
-    hostile = base64.encodebytes(new).replace(b"\n", b"\r\n")
-    return head + b"S/MIME Cryptographic Signature\r\n\r\n" + hostile + b"--" + tail
+    return _signed_together(head, new, tail)
 
 
 @pytest.mark.parametrize(
