@@ -264,16 +264,11 @@ def _block_padding_ok(key: bytes, previous: bytes, last: bytes) -> bool:
 _HEADER_TEXT = bytes(range(0x20, 0x7F)) + b"\t\r\n"
 
 
-def _looks_like_mime(key: bytes, iv: bytes, first: bytes) -> bool:
+def _looks_like_mime(key: bytes, mode: modes.CBC | modes.GCM, first: bytes) -> bool:
     """Does the first block decrypt to printable ASCII, as a MIME entity's header does?
-    Random bytes pass with probability ~(99/256)^16, about 2e-7."""
-    block = Cipher(algorithms.AES(key), modes.CBC(iv)).decryptor().update(first)
-    return not block.translate(None, _HEADER_TEXT)
-
-
-def _gcm_plausible(key: bytes, nonce: bytes, first: bytes) -> bool:
-    """GCM's first block as _looks_like_mime reads CBC's: printable header text?"""
-    block = Cipher(algorithms.AES(key), modes.GCM(nonce)).decryptor().update(first)
+    Random bytes pass with probability ~(99/256)^16, about 2e-7. (A GCM decryptor yields
+    it before the tag is checked.)"""
+    block = Cipher(algorithms.AES(key), mode).decryptor().update(first)
     return not block.translate(None, _HEADER_TEXT)
 
 
@@ -380,32 +375,17 @@ class Decryptor:
         last = bytes(ct[-16:])
         best: tuple[bytes, int] | None = None  # passed the padding probe, looks like MIME
         fallback: tuple[bytes, int] | None = None  # passed the padding probe only
-        for index, key in enumerate(self._keys):
-            for ri in env.recipients:
-                # An SKI RecipientInfo is not used to skip keys: SKI methods differ between
-                # issuers (SHA-1 of the key, RFC 7093 variants), a mismatch proves nothing.
-                if ri.padding is None:
-                    continue  # a public fact: another key-transport algorithm
-                filler = os.urandom(key_len)  # drawn every time: both outcomes cost the same
-                try:
-                    cek = key.decrypt(ri.encrypted_key, ri.padding)
-                except ValueError:
-                    # PKCS#1 v1.5: only public facts (length, range) raise, thanks to
-                    # implicit rejection. OAEP: OpenSSL's decoding is constant-time and any
-                    # failure continues exactly like a wrong key.
-                    cek = b""
-                right_length = len(cek) == key_len
-                cek = cek if right_length else filler
-                # Every pair gets both probes. A wrong key passes the padding probe about
-                # once in 256 tries, so the probe alone would pick a wrong key for some
-                # messages when several keys meet several RecipientInfos; the second probe
-                # (the first block decrypts to header text) ranks the candidates.
-                eligible = right_length & _block_padding_ok(cek, previous, last)
-                plausible = _looks_like_mime(cek, env.iv, first)
-                if eligible and plausible and best is None:
-                    best = (cek, index)
-                if eligible and fallback is None:
-                    fallback = (cek, index)
+        for cek, right_length, index in self._candidates(env, key_len):
+            # Every pair gets both probes. A wrong key passes the padding probe about
+            # once in 256 tries, so the probe alone would pick a wrong key for some
+            # messages when several keys meet several RecipientInfos; the second probe
+            # (the first block decrypts to header text) ranks the candidates.
+            eligible = right_length & _block_padding_ok(cek, previous, last)
+            plausible = _looks_like_mime(cek, modes.CBC(env.iv), first)
+            if eligible and plausible and best is None:
+                best = (cek, index)
+            if eligible and fallback is None:
+                fallback = (cek, index)
         chosen = best or fallback
         cek, index = chosen if chosen is not None else (os.urandom(key_len), -1)
         decryptor = Cipher(algorithms.AES(cek), modes.CBC(env.iv)).decryptor()
@@ -420,20 +400,28 @@ class Decryptor:
             raise DecryptError()
         return plain, pad, index, name
 
-    def _candidates(self, env: cms.Enveloped, key_len: int) -> Iterator[tuple[bytes, int]]:
-        """(content key, key index) for every key and usable RecipientInfo, all of them
-        decrypted whatever the outcome; a wrong result of the right length is possible
-        (implicit rejection), a wrong length is not yielded."""
+    def _candidates(self, env: cms.Enveloped,
+                    key_len: int) -> Iterator[tuple[bytes, bool, int]]:
+        """(content key, whether it had the right length, key index) for every key and
+        usable RecipientInfo, all of them decrypted whatever the outcome; a result of the
+        wrong length comes as a random key (drawn every time: both outcomes cost the same),
+        one of the right length may still be wrong (RSA implicit rejection)."""
         for index, key in enumerate(self._keys):
             for ri in env.recipients:
+                # An SKI RecipientInfo is not used to skip keys: SKI methods differ between
+                # issuers (SHA-1 of the key, RFC 7093 variants), a mismatch proves nothing.
                 if ri.padding is None:
-                    continue
+                    continue  # a public fact: another key-transport algorithm
+                filler = os.urandom(key_len)
                 try:
                     cek = key.decrypt(ri.encrypted_key, ri.padding)
                 except ValueError:
-                    continue
-                if len(cek) == key_len:
-                    yield cek, index
+                    # PKCS#1 v1.5: only public facts (length, range) raise, thanks to
+                    # implicit rejection. OAEP: OpenSSL's decoding is constant-time and any
+                    # failure continues exactly like a wrong key.
+                    cek = b""
+                right_length = len(cek) == key_len
+                yield (cek if right_length else filler), right_length, index
 
     def _open_gcm(self, env: cms.Enveloped) -> tuple[bytearray, int, int, str]:
         """AuthEnvelopedData with AES-GCM (RFC 5083/5084). GCM authenticates the content:
@@ -452,8 +440,9 @@ class Decryptor:
             raise DecryptError()
         name, key_len = cipher
         first = bytes(ct[:16])
-        ranked = sorted(self._candidates(env, key_len),
-                        key=lambda c: not _gcm_plausible(c[0], env.iv, first))
+        ranked = sorted(((cek, index) for cek, right_length, index
+                         in self._candidates(env, key_len) if right_length),
+                        key=lambda c: not _looks_like_mime(c[0], modes.GCM(env.iv), first))
         tries = ranked[:MAX_GCM_TRIES] or [(os.urandom(key_len), -1)]
         plain = bytearray(len(ct) + 15)
         for cek, index in tries:
