@@ -307,7 +307,7 @@ def _merge_fields(
     outer = {h.key for h in kept} & _SINGLE_FIELDS
     if not outer:
         return kept, None
-    head = bytes(plain[: min(end, _HEAD_SCAN)])
+    head = bytes(memoryview(plain)[: min(end, _HEAD_SCAN)])  # one copy, not two
     fields, body_at = m.split_entity_at(head)
     if body_at >= len(head) and end > len(head):  # no blank line within the scan
         return kept, None
