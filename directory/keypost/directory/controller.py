@@ -49,7 +49,7 @@ from keypost.directory.store import (
     KeyUse,
     Store,
 )
-from keypost.directory.writer import write_batch
+from keypost.directory.writer import purge_store, write_batch
 
 log = logging.getLogger("keypost.directory.requests")
 
@@ -551,10 +551,9 @@ class Controller:
         """Drop expired containers and audit records older than `retention` (through this
         controller's store; `serve` has its writer do it and then calls `purged`)."""
         now = now or dt.datetime.now(dt.UTC)
-        issued = self.store.purge_issued(now)
-        audit = self.store.purge_audit(now - retention)
+        dropped = purge_store(self.store, now, retention)
         self.purged(now)
-        return issued, audit
+        return dropped
 
     def purged(self, now: dt.datetime) -> None:
         """The stored containers were purged at `now`: the set of stored addresses shrinks

@@ -26,6 +26,12 @@ def write_batch(store: Store, issued: Sequence[IssuedRecord],
     store.append_audit(audit)
 
 
+def purge_store(store: Store, now: dt.datetime, retention: dt.timedelta) -> tuple[int, int]:
+    """Drop containers expired at `now` and audit records older than `retention`
+    -> (containers, audit records) dropped."""
+    return store.purge_issued(now), store.purge_audit(now - retention)
+
+
 class BatchWriter:
     """Writes batches in a thread of its own, through a store opened in that thread."""
 
@@ -55,8 +61,7 @@ class BatchWriter:
         self._audit = []
 
     def _purge(self, now: dt.datetime, retention: dt.timedelta) -> tuple[int, int]:
-        store = self._own_store()
-        return store.purge_issued(now), store.purge_audit(now - retention)
+        return purge_store(self._own_store(), now, retention)
 
     async def purge(self, now: dt.datetime, retention: dt.timedelta) -> tuple[int, int]:
         """Drop containers expired at `now` and audit records older than `retention`, in
