@@ -341,19 +341,23 @@ class Pipeline:
             rids = tuple(smime.recipient_ids(data))
         except (SmimeError, ValueError):
             return "not a readable S/MIME message"
-        ours = bool(rids) and bool(self.issuers) and all(r.issuer in self.issuers for r in rids)
         try:
             res = keys.decryptor.decrypt_message(data)
         except DecryptError:
-            return "encrypted to a key this gateway does not hold" if ours else None
+            return "encrypted to a key this gateway does not hold" if self._ours(rids) else None
         except UnsupportedCipherError as exc:  # e.g. 3DES: say so, if it was meant for us
-            return str(exc) if ours else None
+            return str(exc) if self._ours(rids) else None
         except (SmimeError, ValueError):
             return "not a readable S/MIME message"
         problem = mimecheck.problem(res.message)
         if problem is not None:
             return f"decrypted content is not a readable message: {problem}"
         return _Opened(res.message, res.key_index, res.algorithm, rids)
+
+    def _ours(self, rids: Sequence[smime.RecipientId]) -> bool:
+        """Were all RecipientInfos issued by our directory (asked only when decryption
+        failed: comparing issuer names is no work for the messages that open)?"""
+        return bool(rids) and bool(self.issuers) and all(r.issuer in self.issuers for r in rids)
 
     def _malformed(
         self, rcpts: tuple[str, ...], reason: str, data: bytes, notify: tuple[str, ...],
