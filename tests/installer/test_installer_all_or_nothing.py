@@ -114,10 +114,11 @@ FAILURES = {
 @pytest.mark.parametrize("case", sorted(FAILURES))
 def test_a_failed_install_leaves_home_as_it_was(
     home: Path, anchor: tuple[Path, str], closed_port: int, not_a_directory: int,
-    case: str, upgrade: bool,
+    case: str, upgrade: bool, tmp_path: Path,
 ) -> None:
     if upgrade:
-        done = _keypost(home, "install", "thunderbird", "--python", "/earlier/bin/python")
+        earlier = _python_wrapper(tmp_path / "earlier")
+        done = _keypost(home, "install", "thunderbird", "--python", earlier)
         assert done.returncode == 0, done.stderr
     before = _state(home)
     extra, keyring, expected = FAILURES[case]
@@ -165,17 +166,47 @@ def test_host_that_cannot_run_is_found_before_writing(
     done = _keypost(home, "install", "thunderbird", "--python", str(home / "no-python"),
                     "--directory", "ldaps://dir.example.com", "--trust-anchor", str(anchor[0]),
                     "--offline")
-    assert done.returncode == 1 and "could not run the keypost host" in done.stderr
+    assert done.returncode == 1 and "cannot run the keypost host" in done.stderr
     assert _state(home) == before
 
 
+def test_an_interpreter_that_cannot_run_the_host_is_refused_without_directory_too(
+    home: Path, tmp_path: Path
+) -> None:
+    """--python alone (no --directory, so no `configure`): the launcher would name an
+    interpreter Thunderbird cannot start the host with; found before anything is written."""
+    before = _state(home)
+    for python in (str(home / "no-python"), shutil.which("sh") or "/bin/sh"):
+        done = _keypost(home, "install", "thunderbird", "--python", python)
+        assert done.returncode == 1 and done.stdout == ""
+        [line] = done.stderr.splitlines()
+        expected = f"keypost: error: --python {python} cannot run the keypost host"
+        assert line.startswith(expected), line
+        assert _state(home) == before
+    good = _python_wrapper(tmp_path / "later")
+    done = _keypost(home, "install", "thunderbird", "--python", good)
+    assert done.returncode == 0, done.stderr
+    assert f"exec '{good}' -m keypost.host" in (
+        home / ".local/share/keypost/keypost-host").read_text("utf-8")
+
+
+def _python_wrapper(folder: Path) -> str:
+    """An interpreter at another path that runs this environment's Python (an upgrade or a
+    moved environment, as the launcher sees it)."""
+    path = folder / "bin" / "python"
+    path.parent.mkdir(parents=True)
+    path.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', "utf-8")
+    path.chmod(0o755)
+    return str(path)
+
+
 def test_a_write_that_fails_half_way_is_one_line_and_undone(home: Path, tmp_path: Path) -> None:
-    done = _keypost(home, "install", "thunderbird", "--python", "/earlier/bin/python")
+    done = _keypost(home, "install", "thunderbird", "--python", _python_wrapper(tmp_path / "a"))
     assert done.returncode == 0, done.stderr
     before = _state(home)
     blocker = tmp_path / "a-file-not-a-profile"
     blocker.write_bytes(b"")
-    done = _keypost(home, "install", "thunderbird", "--python", "/later/bin/python",
+    done = _keypost(home, "install", "thunderbird", "--python", _python_wrapper(tmp_path / "b"),
                     "--profile", str(home / ".thunderbird" / "abcd.default"),
                     "--profile", str(blocker))
     assert done.returncode == 1 and done.stdout == ""
@@ -207,9 +238,11 @@ def test_a_relative_python_is_made_absolute_for_the_launcher(home: Path) -> None
     relative to where `keypost install` ran would not be found there."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KEYPOST_"))}
     env["HOME"] = str(home)
+    on_path = _python_wrapper(home / "tools")
+    env["PATH"] = f"{Path(on_path).parent}{os.pathsep}{env.get('PATH', '')}"
     launcher = home / ".local/share/keypost/keypost-host"
-    for given, expected in (("venv/bin/python", str(home / "venv/bin/python")),
-                            ("sh", shutil.which("sh"))):
+    for given, expected in (("venv/bin/python", _python_wrapper(home / "venv")),
+                            ("python", on_path)):
         done = subprocess.run([sys.executable, "-m", "keypost.core.cli", "install",
                                "thunderbird", "--python", given], cwd=home, env=env,
                               capture_output=True, text=True, timeout=120, check=False)

@@ -48,6 +48,8 @@ def _checked_inputs(args: argparse.Namespace) -> tuple[str | None, str | None]:
         password = sys.stdin.readline().rstrip("\r\n")
         if not password:
             raise InstallError("--password-stdin read an empty password")
+    if args.python:
+        preflight.check_interpreter(args.python)
     if args.directory:
         preflight.check_url(args.directory)  # --offline too: --managed writes it as given
         preflight.check_host(

@@ -16,6 +16,7 @@ from typing import Any
 from keypost.core.errors import KeypostError
 
 _LEN = struct.Struct("=I")  # native byte order, as Thunderbird frames it
+PROTOCOL = 1  # PROTOCOL.md's version this installer speaks (a host of another refuses ping)
 
 
 class HostError(KeypostError):
@@ -99,6 +100,14 @@ def call(
             )
         results.append(reply.get("result"))
     return results
+
+
+def ping(command: Sequence[str] | None = None, timeout: float = 60.0) -> dict[str, Any]:
+    """Start the host and exchange versions: proves the command runs *this* keypost's host
+    without touching its configuration or the OS keyring (`status` reads the keyring)."""
+    (result,) = call([("ping", {"protocol": PROTOCOL})], command=command, timeout=timeout)
+    out: dict[str, Any] = result
+    return out
 
 
 def configure(

@@ -90,6 +90,16 @@ def check_host(
         )
 
 
+def check_interpreter(python: str) -> None:
+    """--python runs the host (the launcher will exec it): checked even when no directory
+    is configured, since Thunderbird would otherwise find out at the first Encrypt."""
+    try:
+        hostconfig.ping(hostconfig.host_command(python))
+    except hostconfig.HostError as exc:
+        reason = str(exc).removeprefix("could not run the keypost host: ")
+        raise InstallError(f"--python {python} cannot run the keypost host: {reason}") from None
+
+
 def host_status(python: str | None) -> dict[str, Any]:
     return hostconfig.status(command=hostconfig.host_command(python))
 
