@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from keypost.installer.native_manifest import dumps, host_manifest, launcher_script
+from keypost.installer.errors import InstallError
+from keypost.installer.native_manifest import (
+    dumps,
+    host_manifest,
+    launcher_bytes,
+    launcher_script,
+)
 
 
 def test_manifest_content(tmp_path: Path) -> None:
@@ -39,6 +45,36 @@ def test_windows_launcher_keeps_a_percent_sign_in_the_path() -> None:
     to one named x% lost both signs and the text between); a literal % is written %%."""
     text = launcher_script("win32", r"C:\Tools\100%\x%y\python.exe")
     assert '"C:\\Tools\\100%%\\x%%y\\python.exe" -m keypost.host %*' in text
+
+
+JURGEN = "C:\\Users\\J\u00fcrgen\\keypost\\Scripts\\python.exe"
+
+
+@pytest.mark.parametrize(("codepage", "expected"), [
+    (850, b"J\x81rgen"),  # German/Western European Windows: cmd reads cp850 (OEM)
+    (437, b"J\x81rgen"),
+    (1252, b"J\xfcrgen"),
+    (65001, b"J\xc3\xbcrgen"),  # "Use Unicode UTF-8 for worldwide language support"
+])
+def test_windows_launcher_is_written_in_the_code_page_cmd_reads_it_in(
+    codepage: int, expected: bytes
+) -> None:
+    """cmd reads a batch file in the console (OEM) code page, not UTF-8: C:\\Users\\J\u00fcrgen
+    written as UTF-8 reads as "J\u251c\u255drgen" under cp850, a folder that does not exist."""
+    data = launcher_bytes("win32", JURGEN, codepage=codepage)
+    assert expected + b"\\keypost\\Scripts\\python.exe\" -m keypost.host %*\r\n" in data
+    assert data.decode(f"cp{codepage}") == launcher_script("win32", JURGEN)
+
+
+def test_windows_launcher_refuses_a_path_its_code_page_cannot_hold() -> None:
+    with pytest.raises(InstallError, match="code page 850") as caught:
+        launcher_bytes("win32", "C:\\Users\\\u5f20\u4f1f\\python.exe", codepage=850)
+    assert "--python" in str(caught.value)
+
+
+def test_posix_launcher_is_utf8() -> None:
+    path = "/home/j\u00fcrgen/.venv/bin/python"
+    assert launcher_bytes("linux", path) == launcher_script("linux", path).encode("utf-8")
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX sh launcher")

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from keypost.installer.errors import InstallError
 from keypost.installer.manifest_locations import ADDON_ID, HOST_NAME, OS
 
 
@@ -62,3 +63,33 @@ def launcher_script(os_name: OS, python: str | None = None) -> str:
         "# Written by `keypost install thunderbird`; re-run it after moving keypost.\n"
         f'exec {quoted} -m keypost.host "$@"\n'
     )
+
+
+def launcher_bytes(os_name: OS, python: str | None = None, codepage: int | None = None) -> bytes:
+    """The launcher file's bytes. cmd reads a batch file in the console's code page, the
+    OEM one (850 on German or French Windows, 437 in the US; 65001 with "Use Unicode UTF-8
+    for worldwide language support"), not in UTF-8: C:\\Users\\J\u00fcrgen written as
+    UTF-8 would name a folder that does not exist. sh takes the bytes as they are."""
+    text = launcher_script(os_name, python)
+    if os_name != "win32":
+        return text.encode("utf-8")
+    cp = codepage or oem_codepage()
+    try:
+        return text.encode(f"cp{cp}")
+    except UnicodeEncodeError:
+        raise InstallError(
+            f"the interpreter path {python or sys.executable} cannot be written in code page"
+            f" {cp}, the one cmd reads the launcher in; give --python its short (8.3) path"
+            " (`for %I in (\"PATH\") do @echo %~sI`) or install keypost under a path"
+            " of that code page's characters"
+        ) from None
+
+
+def oem_codepage() -> int:
+    """The code page cmd reads batch files in (Windows); 437 elsewhere, where only tests
+    write a Windows launcher."""
+    if sys.platform == "win32":
+        import ctypes
+
+        return int(ctypes.windll.kernel32.GetOEMCP())
+    return 437

@@ -17,8 +17,8 @@ from keypost.installer.manifest_locations import ADDON_ID, HOST_NAME, Environmen
 from keypost.installer.native_manifest import (
     dumps,
     host_manifest,
+    launcher_bytes,
     launcher_name,
-    launcher_script,
     managed_storage_manifest,
 )
 from keypost.installer.profiles import find_profiles, write_user_prefs
@@ -94,7 +94,7 @@ def _install(
     info, xpi_bytes = build_xpi(opts.extension_dir or find_extension_dir())
     data = env.data_dir(opts.scope)
     launcher = data / launcher_name(env.os)
-    journal.write(launcher, launcher_script(env.os, opts.python).encode("utf-8"), 0o755)
+    journal.write(launcher, launcher_bytes(env.os, opts.python), 0o755)
     log(f"launcher: {launcher}")
 
     manifest_text = dumps(host_manifest(launcher)).encode("utf-8")
