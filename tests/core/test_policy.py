@@ -220,3 +220,27 @@ def test_no_existence_oracle_for_served_domains() -> None:
         for local in ("bob", "nobody-here", "x.y+z", "Postmaster")
     }
     assert answers == {(ContainerSpec(PE, "b.example", ENC),)}
+
+
+PRIVATE = DirectoryView(
+    served_domains=VIEW.served_domains,
+    genuine_addresses=VIEW.genuine_addresses,
+    signing_domains=VIEW.signing_domains,
+    genuine_to_anonymous=False,
+)
+
+
+def test_genuine_certificates_of_served_mailboxes_can_be_kept_from_outsiders() -> None:
+    """With genuine_to_anonymous off, an outsider's answer for carol@b (who has a genuine
+    certificate) looks like the answer for any other address of b: no existence oracle
+    even for mailboxes with a certificate. Accounts still get it; so does everyone for
+    an address outside the served domains (not one of our mailboxes)."""
+    def roles(view: DirectoryView, who: Requestor, address: str) -> list[Role]:
+        return [s.role for s in decide(who, parse_address(address), ENC, view).specs]
+
+    assert roles(VIEW, ANON, "carol@b.example") == [PE, GEN]  # the default: as the seed
+    assert roles(PRIVATE, ANON, "carol@b.example") == roles(PRIVATE, ANON, "nobody@b.example")
+    assert roles(PRIVATE, ANON, "carol@b.example") == [PE]
+    assert roles(PRIVATE, user("a.example"), "carol@b.example") == [PE, PE, GEN]
+    assert roles(PRIVATE, gateway("a.example"), "carol@b.example") == [PE, GEN]
+    assert roles(PRIVATE, ANON, "dave@elsewhere.example") == [GEN]

@@ -9,7 +9,16 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from dir_support import DOMAIN, USER, USER_PW, Directory, keypost, spki_der, write_rsa
+from dir_support import (
+    DOMAIN,
+    USER,
+    USER_PW,
+    Directory,
+    keypost,
+    serving,
+    spki_der,
+    write_rsa,
+)
 from pki_util import rsa_key, self_signed
 from test_directory_ldap_clients import ldapsearch, ldif_certs
 
@@ -72,6 +81,47 @@ def test_genuine_certificate_is_handed_out(directory: Directory, tmp_path: Path)
     assert [c.serial_number for c in ldap][1] == cert.serial_number
     keypost("directory", "genuine", "remove", "gina@example.com", "--data", data)
     assert [c["role"] for c in lookup(directory, "gina@example.com")] == ["proxy-encryption"]
+
+
+def test_genuine_certificates_can_be_kept_from_anonymous_requestors(
+    directory: Directory, tmp_path: Path
+) -> None:
+    """genuine_to_anonymous = false in directory.toml: an outsider's answer for a mailbox
+    with a genuine certificate is the one any address of the domain gets (no oracle), over
+    LDAP (ldapsearch) and HTTP; a bound user still gets the certificate."""
+    data = tmp_path / "data"
+    keypost("directory", "init", "--data", str(data))
+    settings = data / "directory.toml"
+    text = settings.read_text("utf-8")
+    assert "genuine_to_anonymous = true" in text  # written by init, TOML's spelling
+    settings.write_text(text.replace("genuine_to_anonymous = true",
+                                     "genuine_to_anonymous = false"), "utf-8")
+    _, pub = write_rsa(tmp_path / "gw.pem")
+    keypost("directory", "domain", "add", DOMAIN, "--encryption-cert", str(pub),
+            "--data", str(data))
+    keypost("directory", "account", "add", USER, "--role", "user", "--domain", DOMAIN,
+            "--password-stdin", "--data", str(data), stdin=USER_PW + "\n")
+    gina = tmp_path / "gina.pem"
+    _, cert = self_signed_file(gina, "Gina", "gina@example.com")
+    keypost("directory", "genuine", "add", str(gina), "--data", str(data))
+    with serving(data, tmp_path / "serve.log") as urls:
+        url = urls["ldap"]
+        anonymous = [ldif_certs(ldapsearch(directory, f"{who}@example.com", url=url).stdout)
+                     for who in ("gina", "nobody")]
+        assert [len(certs) for certs in anonymous] == [1, 1]
+        assert all(c.serial_number != cert.serial_number for c in anonymous[0])
+        bound = ldif_certs(ldapsearch(directory, "gina@example.com", "-D",
+                                      f"uid={USER},dc=keypost", "-w", USER_PW,
+                                      url=url).stdout)
+        assert [c.serial_number for c in bound][1:] == [cert.serial_number]
+        http = urls["http"] + "v1/containers"
+        roles = [c["role"] for c in requests.get(http, params={"address": "gina@example.com"},
+                                                 timeout=30).json()["results"][0]["containers"]]
+        assert roles == ["proxy-encryption"]
+        roles = [c["role"] for c in requests.get(
+            http, params={"address": "gina@example.com"}, auth=(USER, USER_PW),
+            timeout=30).json()["results"][0]["containers"]]
+        assert roles == ["proxy-encryption", "genuine"]
 
 
 def test_gateway_certificate_pem_is_served_with_its_key(directory: Directory,

@@ -29,6 +29,10 @@ class DirectoryView:
     served_domains: frozenset[str]
     genuine_addresses: frozenset[str]  # Address.key() of addresses with a genuine certificate
     signing_domains: frozenset[str] = frozenset()  # served domains that registered a signing key
+    # Genuine certificates of mailboxes in served domains go to anonymous requestors too
+    # (the seed: anyone may encrypt end to end). Off, an outsider cannot tell a mailbox
+    # with a certificate from any other address of the domain; accounts still get them.
+    genuine_to_anonymous: bool = True
 
 
 @dataclass(frozen=True)
@@ -81,7 +85,11 @@ def decide(
     own_gateway = requestor.kind is RequestorKind.GATEWAY and requestor.domain == target
     if target in view.served_domains and not own_gateway:
         add(Role.PROXY_ENCRYPTION, target)
-    if address.key() in view.genuine_addresses:
+    if address.key() in view.genuine_addresses and (
+        view.genuine_to_anonymous
+        or requestor.kind is not RequestorKind.ANONYMOUS
+        or target not in view.served_domains
+    ):
         add(Role.GENUINE, None)
     if not specs:
         if own_gateway and target in view.served_domains:

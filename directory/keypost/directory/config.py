@@ -36,6 +36,8 @@ class Settings:
     cache_size: int = 100_000
     # Most addresses one request (LDAP search or HTTP call) may ask for.
     max_addresses: int = 100
+    # Genuine certificates of mailboxes in served domains also go to anonymous requestors.
+    genuine_to_anonymous: bool = True
 
 
 _DOCS = {
@@ -50,6 +52,9 @@ _DOCS = {
             "audit records are purged after this many days",
             "containers kept in memory (LRU); the store keeps all until they expire",
             "most addresses one LDAP search or HTTP request may ask for",
+            "genuine certificates of mailboxes in served domains go to anonymous requestors"
+            " too (false: to accounts only; an outsider then cannot tell which mailboxes"
+            " have one)",
         ],
         strict=True,
     )
@@ -137,7 +142,12 @@ def write_settings(data: DataDir, settings: Settings) -> None:
     lines = ["# keypost directory settings (read by `keypost directory serve`)", ""]
     for f in fields(Settings):
         value = getattr(settings, f.name)
-        rendered = f'"{_toml_escape(value)}"' if isinstance(value, str) else str(value)
+        if isinstance(value, str):
+            rendered = f'"{_toml_escape(value)}"'
+        elif isinstance(value, bool):
+            rendered = "true" if value else "false"  # TOML's spelling, not Python's True
+        else:
+            rendered = str(value)
         lines += [f"# {_DOCS[f.name]}", f"{f.name} = {rendered}", ""]
     data.settings.write_text("\n".join(lines), encoding="utf-8")
 

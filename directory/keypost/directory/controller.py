@@ -319,8 +319,10 @@ class Controller:
         cache_size: int = 100_000,
         metrics: Metrics | None = None,
         recheck_seconds: float = 0.05,
+        genuine_to_anonymous: bool = True,
     ) -> None:
         self.store = store
+        self.genuine_to_anonymous = genuine_to_anonymous
         self.ca = ca
         self.lifetimes = lifetimes or Lifetimes()
         # An answer holds all containers of one address for one requestor: fewer of them.
@@ -390,6 +392,7 @@ class Controller:
             served_domains=frozenset(d for d in domains if (d, KeyUse.ENCRYPTION) in keys),
             genuine_addresses=frozenset(genuine),
             signing_domains=frozenset(d for d in domains if (d, KeyUse.SIGNING) in keys),
+            genuine_to_anonymous=self.genuine_to_anonymous,
         )
         return _Snapshot(change, view, keys, {k: tuple(v) for k, v in genuine.items()})
 

@@ -138,7 +138,8 @@ async def serve(options: ServeOptions) -> None:
     store = SqliteStore(data.database)
     lifetimes = Lifetimes(dt.timedelta(hours=settings.encrypt_hours),
                           dt.timedelta(days=settings.sign_days))
-    controller = Controller(store, ca, lifetimes, settings.cache_size)
+    controller = Controller(store, ca, lifetimes, settings.cache_size,
+                            genuine_to_anonymous=settings.genuine_to_anonymous)
     controller.snapshot()  # fail now, not on the first request, when a stored key is bad
     authenticator = Authenticator(store)
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
