@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import email
+import email.message
+import json
 import os
 import subprocess
 import sys
@@ -653,6 +655,76 @@ def test_compose_choices_go_into_the_encrypted_message(
     text = payload.decode()
     assert "bold" in text and "<b>" not in text, text
     tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+
+
+# Bodies an HTML message may have, and the MIME types Thunderbird's own send writes for each
+# in the "Automatic" send format (its convertibility rule: plain text only for a plain body).
+AUTO_FORMAT_BODIES = {
+    # Plain to Thunderbird: a div, and a link whose text is its own address.
+    "plain": (
+        '<div>Hello Bob,</div><p>the minutes: <a href="https://e.example/m">https://e.example/m</a></p>',
+        ["text/plain"],
+    ),
+    # Not plain ("altering"): the editor's "Preformat" paragraph style.
+    "preformatted": (
+        "<pre>Q3   12.5\nQ4   13.1</pre>",
+        ["multipart/alternative", "text/plain", "text/html"],
+    ),
+}
+
+
+def _types(message: email.message.Message) -> list[str]:
+    return [p.get_content_type() for p in message.walk()]
+
+
+def _compose_auto(session: Session, subject: str, body: str) -> str:
+    """An HTML compose window with `body` and the send format "Automatic"."""
+    handle = open_compose(session, SERVED, subject, body, html=True)
+    after = set_compose_details(session.marionette, subject, {"deliveryFormat": "auto"})
+    assert after["deliveryFormat"] == "auto" and after["isPlainText"] is False, after
+    session.marionette.switch_to_window(handle)
+    return handle
+
+
+@pytest.mark.parametrize("case", sorted(AUTO_FORMAT_BODIES))
+def test_automatic_send_format_is_thunderbirds_own(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory, case: str
+) -> None:
+    """With "Automatic", the encrypted message holds the bodies Thunderbird's own send would
+    have written: first Thunderbird sends the body itself (Encrypt off), then keypost does."""
+    m = thunderbird.marionette
+    body, types = AUTO_FORMAT_BODIES[case]
+    handle = _compose_auto(thunderbird, f"auto format {case}, Thunderbird", body)
+    before = len(smtp.snapshot())
+    click_send(thunderbird)
+    own = tb.wait_for(lambda: smtp.snapshot()[before:], 120, "Thunderbird's own message")[0]
+    assert _types(email.message_from_bytes(own.data)) == types
+    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+
+    handle = _compose_auto(thunderbird, f"auto format {case}, keypost", body)
+    captured = encrypt_send_capture(thunderbird, smtp)
+    inner = email.message_from_bytes(_decrypt(captured.data, directory.gateway_keys["example.org"]))
+    assert _types(inner) == types
+    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+
+
+CONVERTIBILITY = """
+const names = {1: "plain", 2: "yes", 3: "altering", 4: "no"};
+const compose = Cc["@mozilla.org/messengercompose/compose;1"].createInstance(Ci.nsIMsgCompose);
+return arguments[0].map((html) => names[compose.nodeTreeConvertible(
+  new DOMParser().parseFromString(html, "text/html").documentElement)]);
+"""
+
+
+def test_convertibility_vectors_are_thunderbirds_own(thunderbird: Session) -> None:
+    """The recorded verdicts the add-on's rule is tested against (node --test) are what this
+    Thunderbird's own rule says of each body, parsed as its editor would hold it."""
+    data = Path(__file__).parents[1] / "data" / "thunderbird_convertibility.json"
+    vectors = json.loads(data.read_text("utf-8"))["vectors"]
+    m = thunderbird.marionette
+    m.switch_to_window(m.chrome_window_handles[0])
+    verdicts = m.execute_script(CONVERTIBILITY, script_args=[[html for html, _ in vectors]])
+    assert [[html, v] for (html, _), v in zip(vectors, verdicts, strict=True)] == vectors
 
 
 SEND_UNSENT = """
