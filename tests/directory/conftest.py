@@ -2,5 +2,6 @@
 unlike conftest, which several test folders have)."""
 
 from dir_support import directory
+from test_directory_controller import ca, controller, keys
 
-__all__ = ["directory"]
+__all__ = ["ca", "controller", "directory", "keys"]

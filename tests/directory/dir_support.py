@@ -119,6 +119,14 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
 def serving(data: Path, log: Path, *extra: str) -> Iterator[dict[str, str]]:
     """`keypost directory serve` on ephemeral loopback ports: every listener (ldaps and
     https when `extra` gives TLS material) -> {scheme: URL}, until the block ends."""
+    with serve_process(data, log, *extra) as (_, urls):
+        yield urls
+
+
+@contextlib.contextmanager
+def serve_process(data: Path, log: Path, *extra: str
+                  ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
+    """`serving`, with the process too (for tests that signal it themselves)."""
     tls = "--tls-cert" in extra
     listeners = ["--ldap", "127.0.0.1:0", "--http", "127.0.0.1:0"]
     if tls:
@@ -138,7 +146,7 @@ def serving(data: Path, log: Path, *extra: str) -> Iterator[dict[str, str]]:
                 break
         else:
             raise AssertionError("serve exited: " + log.read_text())
-        yield {u.split("://")[0]: u for u in urls}
+        yield proc, {u.split("://")[0]: u for u in urls}
     finally:
         stop(proc, timeout=10)
 

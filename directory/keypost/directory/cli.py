@@ -180,6 +180,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 86400:  # NaN and inf too
+        raise argparse.ArgumentTypeError(f"a number of seconds from 0 to 86400, not {text!r}")
+    return seconds
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from keypost.directory.serve import ServeOptions, parse_hostport, run
 
@@ -194,6 +204,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         cleartext_passwords=CleartextPolicy(args.cleartext_passwords),
         max_per_peer=args.max_connections_per_peer,
+        shutdown_store_wait=args.shutdown_store_wait,
     )
     return run(options)
 
@@ -286,4 +297,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--max-connections-per-peer", type=_positive, default=64, metavar="N",
         help="open LDAP connections, and HTTP ones, one client address may hold (default 64; "
              "loopback included); more are refused as busy")
+    p.add_argument(
+        "--shutdown-store-wait", type=_seconds, default=30.0, metavar="SECONDS",
+        help="on SIGTERM, how long to wait for a store another process holds locked before "
+             "the last batch goes to a journal file the next start writes (default 30)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

@@ -13,6 +13,10 @@ class StoreError(DirectoryError):
     """The store refused an operation (unknown domain, duplicate account, bad schema...)."""
 
 
+class StoreBusy(StoreError):
+    """Another process holds the store's write lock (past the wait the store allows)."""
+
+
 class ConfigError(DirectoryError):
     """The data directory or its settings file is missing or unusable."""
 

@@ -22,7 +22,7 @@ from keypost.directory.accounts import Authenticator
 from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.config import DataDir, load_settings
 from keypost.directory.controller import Controller, Lifetimes
-from keypost.directory.errors import ConfigError
+from keypost.directory.errors import ConfigError, StoreError
 from keypost.directory.http import PeerCappedSite, make_app, make_runner
 from keypost.directory.ldap.server import LdapServer, Limits
 from keypost.directory.ldap_backend import DirectoryLdapBackend
@@ -49,6 +49,9 @@ class ServeOptions:
     log_level: str = "info"
     cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK
     max_per_peer: int = Limits.max_per_peer  # LDAP connections, and HTTP ones, per address
+    # at shutdown, how long to wait for a store another process holds locked before the
+    # last batch goes to a journal file (keypost.directory.journal)
+    shutdown_store_wait: float = 30.0
 
 
 def parse_hostport(text: str, flag: str) -> tuple[str, int]:
@@ -136,6 +139,10 @@ async def serve(options: ServeOptions) -> None:
     ca = admin.load_ca(data, settings)
     tls = _tls_context(options)
     store = SqliteStore(data.database)
+    writer = sqlite_writer(data.database)
+    # what earlier shutdowns left in journal files, before the controller first asks the
+    # store which addresses have containers
+    await writer.replay()
     lifetimes = Lifetimes(dt.timedelta(hours=settings.encrypt_hours),
                           dt.timedelta(days=settings.sign_days))
     controller = Controller(store, ca, lifetimes, settings.cache_size,
@@ -149,13 +156,19 @@ async def serve(options: ServeOptions) -> None:
                       on_bind_refused=lambda reason: controller.metrics.request(
                           "ldap", f"bind_{reason}"))
     runner: web.AppRunner | None = None
-    writer = sqlite_writer(data.database)
     maintenance = asyncio.create_task(
         _maintain(controller, writer, dt.timedelta(days=settings.audit_retention_days)))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second one: the operator will not wait for a locked store
+            log.warning("event=shutdown_hurried")
+            writer.hurry()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     gc_watch = controller.metrics.gc = GcWatch()
     try:
         gc_watch.install()
@@ -197,11 +210,15 @@ async def serve(options: ServeOptions) -> None:
         await ldap.close()
         if runner is not None:
             await runner.cleanup()
-        # nothing issued is lost: a batch in flight finishes first, then the rest
-        await writer.write(*controller.take_pending())
+        # nothing issued is lost: a batch in flight finishes first, then the rest, into
+        # the store or, locked past the wait, a journal file the next start writes
+        kept = await writer.drain(*controller.take_pending(),
+                                  wait=options.shutdown_store_wait)
         await writer.close()
         authenticator.close()
         store.close()
+    if not kept:
+        raise StoreError("the last batch was neither written nor journaled (event=batch_lost)")
 
 
 def run(options: ServeOptions) -> int:

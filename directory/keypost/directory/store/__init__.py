@@ -118,6 +118,11 @@ class Store(Protocol):
         """The migration level of the store."""
         ...
 
+    def set_lock_wait(self, seconds: float | None) -> None:
+        """How long a write waits for a lock another process holds before it raises
+        StoreBusy (None: the store's default)."""
+        ...
+
     def change_counter(self) -> int:
         """A number that changes whenever domains, keys or genuine certificates change
         (also when another process, e.g. the CLI, changed them); cheap to call."""
@@ -174,6 +179,14 @@ class Store(Protocol):
 
     def purge_issued(self, now: dt.datetime) -> int:
         """Delete expired containers; returns how many."""
+        ...
+
+    def restore_batch(self, issued: Sequence[IssuedRecord],
+                      audit: Sequence[AuditRecord]) -> tuple[int, int]:
+        """Write a batch kept outside the store (keypost.directory.journal) in one durable
+        transaction, leaving out what is stored already (a restore cut short after its
+        commit runs again) and containers of keys no longer current (a rekey dropped
+        those); -> (containers, audit records) written."""
         ...
 
     # audit --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from keypost.core.address import Address, parse_address
 from keypost.core.containers import describe
 from keypost.core.errors import KeypostError
 from keypost.core.x509_ext import OID_SMTP_UTF8_MAILBOX, der_oid
-from keypost.directory.errors import StoreError
+from keypost.directory.errors import StoreBusy, StoreError
 from keypost.directory.store import (
     AccountRecord,
     AccountRole,
@@ -31,6 +31,10 @@ from keypost.directory.store import (
 from keypost.directory.store.pem import holds_private_key, registered_key_pem
 
 log = logging.getLogger("keypost.directory.store")
+
+# How long a write waits for another process's lock (the sqlite3 busy timeout).
+LOCK_WAIT = 10.0
+_SQLITE_BUSY = 5
 
 # A meta row that says free pages may hold a secret no row holds any more.
 _WIPE_PENDING = "wipe_pending"
@@ -208,12 +212,29 @@ def _now() -> int:
     return _ts(dt.datetime.now(dt.UTC))
 
 
+_ISSUED_COLUMNS = ("(address_key, role, gateway_fingerprint, purpose, serial, der,"
+                   " not_before, not_after, requestor)")
+_ISSUED_VALUES = ("(:address_key, :role, :gateway_fingerprint, :purpose, :serial, :der,"
+                  " :not_before, :not_after, :requestor)")
+
+
+def _issued_row(r: IssuedRecord) -> dict[str, object]:
+    """An issued row's parameters, bound by name (CacheKey: never by position)."""
+    return {**r.key._asdict(), "serial": str(r.serial), "der": r.der,
+            "not_before": _ts(r.not_before), "not_after": _ts(r.not_after)}
+
+
+def _audit_row(a: AuditRecord) -> tuple[int, str, str, str, str]:
+    return (_ts(a.time), a.requestor, a.address_hash, ",".join(a.roles),
+            ",".join(str(s) for s in a.serials))
+
+
 class SqliteStore:
     """`Store` over one SQLite file. Use from one thread (the event loop's)."""
 
     def __init__(self, path: Path | str, migrations: Sequence[Migration] = MIGRATIONS) -> None:
         try:
-            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=10.0)
+            self._db = sqlite3.connect(str(path), isolation_level=None, timeout=LOCK_WAIT)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
@@ -281,9 +302,20 @@ class SqliteStore:
         row = self._db.execute("SELECT MAX(version) FROM schema_migrations").fetchone()
         return int(row[0] or 0)
 
+    def set_lock_wait(self, seconds: float | None) -> None:
+        wait = LOCK_WAIT if seconds is None else max(0.0, seconds)
+        self._db.execute(f"PRAGMA busy_timeout = {int(wait * 1000)}")
+
     @contextmanager
     def _tx(self) -> Iterator[None]:
-        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            # the one place a write waits for another process (in WAL mode readers never
+            # block a writer, nor the reverse): named, so that callers can wait longer
+            if exc.sqlite_errorcode & 0xFF == _SQLITE_BUSY:
+                raise StoreBusy(f"the store is locked by another process ({exc})") from exc
+            raise
         try:
             yield
         except BaseException:
@@ -460,16 +492,8 @@ class SqliteStore:
         if not records:
             return
         with self._tx():
-            self._db.executemany(
-                "INSERT INTO issued (address_key, role, gateway_fingerprint, purpose, serial,"
-                " der, not_before, not_after, requestor) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [
-                    (r.key.address_key, r.key.role, r.key.gateway_fingerprint, r.key.purpose,
-                     str(r.serial), r.der, _ts(r.not_before), _ts(r.not_after),
-                     r.key.requestor)
-                    for r in records
-                ],
-            )
+            self._db.executemany(f"INSERT INTO issued {_ISSUED_COLUMNS} VALUES {_ISSUED_VALUES}",
+                                 [_issued_row(r) for r in records])
 
     def issued(self, key: CacheKey) -> IssuedRecord | None:
         row = self._db.execute(
@@ -492,19 +516,40 @@ class SqliteStore:
             n = self._db.execute("DELETE FROM issued WHERE not_after <= ?", (_ts(now),)).rowcount
         return int(n)
 
+    def restore_batch(self, issued: Sequence[IssuedRecord],
+                      audit: Sequence[AuditRecord]) -> tuple[int, int]:
+        # The caller deletes its only other copy once this returns: FULL makes the commit
+        # durable across a power loss too (NORMAL, the default here, may lose the last one).
+        self._db.execute("PRAGMA synchronous=FULL")
+        try:
+            with self._tx():
+                containers = sum(self._db.execute(
+                    f"INSERT INTO issued {_ISSUED_COLUMNS} SELECT {_ISSUED_VALUES[1:-1]}"
+                    " WHERE EXISTS (SELECT 1 FROM gateway_keys"
+                    "  WHERE fingerprint = :gateway_fingerprint AND retired IS NULL)"
+                    " AND NOT EXISTS (SELECT 1 FROM issued WHERE address_key = :address_key"
+                    "  AND requestor = :requestor AND role = :role"
+                    "  AND gateway_fingerprint = :gateway_fingerprint"
+                    "  AND purpose = :purpose AND serial = :serial)",
+                    _issued_row(r),
+                ).rowcount for r in issued)
+                records = sum(self._db.execute(
+                    "INSERT INTO audit SELECT ?1, ?2, ?3, ?4, ?5 WHERE NOT EXISTS"
+                    " (SELECT 1 FROM audit WHERE time = ?1 AND requestor = ?2"
+                    "  AND address_hash = ?3 AND roles = ?4 AND serials = ?5)",
+                    _audit_row(a),
+                ).rowcount for a in audit)
+        finally:
+            self._db.execute("PRAGMA synchronous=NORMAL")
+        return containers, records
+
     # audit ---------------------------------------------------------------------------
     def append_audit(self, records: Sequence[AuditRecord]) -> None:
         if not records:
             return
         with self._tx():
-            self._db.executemany(
-                "INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
-                [
-                    (_ts(a.time), a.requestor, a.address_hash, ",".join(a.roles),
-                     ",".join(str(s) for s in a.serials))
-                    for a in records
-                ],
-            )
+            self._db.executemany("INSERT INTO audit VALUES (?, ?, ?, ?, ?)",
+                                 [_audit_row(a) for a in records])
 
     def audit(self, since: dt.datetime | None = None) -> list[AuditRecord]:
         rows = self._db.execute(

@@ -1,0 +1,180 @@
+"""Batches the store could not take at shutdown, kept in files beside it until a start
+writes them (keypost.directory.writer).
+
+A batch holds what the controller hands the writer: issued containers (certificates,
+public by nature; the address in clear and the requestor as the store's hash, as the
+store's `issued` table has them) and audit records (hashes, roles, serials). No private
+key and no password is part of either, so a file holds nothing the store does not; it is
+still written for its owner only (0600), as the store is. One file per shutdown, named
+`<store>.pending-<UTC time, to the microsecond>-<random>.json`: several may wait, and
+they sort in the order they were written. A file is written whole or not at all (a
+temporary file, fsync, rename) and carries a SHA-256 of its records: one cut short or
+changed reads as corrupt, never as fewer records.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import os
+import secrets
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+from keypost.directory.errors import DirectoryError
+from keypost.directory.store import AuditRecord, CacheKey, IssuedRecord
+
+FORMAT = "keypost-directory-pending-batch"
+VERSION = 1
+PENDING = ".pending-"
+CORRUPT = ".corrupt"  # the suffix of a file set aside (never read again)
+
+
+class JournalError(DirectoryError):
+    """A journal file that does not read whole: cut short, changed or not ours."""
+
+
+class Batch(NamedTuple):
+    issued: list[IssuedRecord]
+    audit: list[AuditRecord]
+
+
+def _time(when: dt.datetime) -> str:
+    return when.isoformat()
+
+
+def _issued(r: IssuedRecord) -> dict[str, object]:
+    return {**r.key._asdict(), "serial": str(r.serial),
+            "der": base64.b64encode(r.der).decode("ascii"),
+            "not_before": _time(r.not_before), "not_after": _time(r.not_after)}
+
+
+def _audit(a: AuditRecord) -> dict[str, object]:
+    return {"time": _time(a.time), "requestor": a.requestor, "address_hash": a.address_hash,
+            "roles": list(a.roles), "serials": [str(s) for s in a.serials]}
+
+
+def _digest(records: object) -> str:
+    canonical = json.dumps(records, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def encode(issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> bytes:
+    records = {"issued": [_issued(r) for r in issued], "audit": [_audit(a) for a in audit]}
+    return json.dumps({"format": FORMAT, "version": VERSION, "sha256": _digest(records),
+                       "records": records}, indent=1).encode() + b"\n"
+
+
+T = TypeVar("T")
+
+
+def _get(obj: object, name: str, kind: type[T]) -> T:
+    value = obj.get(name) if isinstance(obj, dict) else None
+    if not isinstance(value, kind):
+        raise JournalError(f"{name} missing or not a {kind.__name__}")
+    return value
+
+
+def _parse_time(obj: object, name: str) -> dt.datetime:
+    when = dt.datetime.fromisoformat(_get(obj, name, str))
+    if when.tzinfo is None:
+        raise JournalError(f"{name} has no time zone")
+    return when
+
+
+def _parse_issued(obj: object) -> IssuedRecord:
+    key = CacheKey(**{name: _get(obj, name, str) for name in CacheKey._fields})
+    return IssuedRecord(key, base64.b64decode(_get(obj, "der", str), validate=True),
+                        int(_get(obj, "serial", str)), _parse_time(obj, "not_before"),
+                        _parse_time(obj, "not_after"))
+
+
+def _parse_audit(obj: object) -> AuditRecord:
+    roles = _get(obj, "roles", list)
+    if not all(isinstance(role, str) for role in roles):
+        raise JournalError("roles holds a non-string")
+    serials = _get(obj, "serials", list)
+    return AuditRecord(_parse_time(obj, "time"), _get(obj, "requestor", str),
+                       _get(obj, "address_hash", str), tuple(roles),
+                       tuple(int(s) for s in serials))
+
+
+def decode(data: bytes) -> Batch:
+    """A file's batch; raises JournalError for anything but a whole, unchanged file."""
+    try:
+        top = json.loads(data)
+        if _get(top, "format", str) != FORMAT or _get(top, "version", int) != VERSION:
+            raise JournalError("not a keypost pending-batch file of a version this reads")
+        records = _get(top, "records", dict)
+        if _digest(records) != _get(top, "sha256", str):
+            raise JournalError("its records do not match their SHA-256 (changed)")
+        return Batch([_parse_issued(r) for r in _get(records, "issued", list)],
+                     [_parse_audit(a) for a in _get(records, "audit", list)])
+    except JournalError:
+        raise
+    except (ValueError, TypeError, binascii.Error) as exc:  # JSON, int(), times, base64
+        raise JournalError(f"unreadable ({exc.__class__.__name__}: {exc})") from None
+
+
+def _sync_folder(folder: Path) -> None:
+    """A rename or an unlink survives a power loss only once the folder is synced."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Journal:
+    """The pending-batch files of one store, in the store's folder."""
+
+    def __init__(self, database: Path) -> None:
+        self._folder = database.parent
+        self._prefix = database.name + PENDING
+
+    def files(self) -> list[Path]:
+        """Files to write into the store, oldest first (a `.tmp` left by a crash during
+        `spill` included: read whole, it is as good as the rest)."""
+        return sorted(p for p in self._folder.glob(self._prefix + "*")
+                      if not p.name.endswith(CORRUPT))
+
+    def spill(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> Path:
+        """Write a batch to a new file, whole or not at all -> its path."""
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")  # sorts as written
+        path = self._folder / f"{self._prefix}{stamp}-{secrets.token_hex(4)}.json"
+        temporary = path.with_name(path.name + ".tmp")
+        data = encode(issued, audit)
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        _sync_folder(self._folder)
+        return path
+
+    def read(self, path: Path) -> Batch:
+        try:
+            return decode(path.read_bytes())
+        except JournalError as exc:
+            raise JournalError(f"{path.name}: {exc}") from None
+
+    def set_aside(self, path: Path) -> Path:
+        """Rename a file that did not read, so that no start reads it again -> new path."""
+        aside = path.with_name(path.name + CORRUPT)
+        os.replace(path, aside)
+        _sync_folder(self._folder)
+        return aside
+
+    def remove(self, path: Path) -> None:
+        """Once its records are committed to the store (gone already: removed by hand)."""
+        path.unlink(missing_ok=True)
+        _sync_folder(self._folder)
