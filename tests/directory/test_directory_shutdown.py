@@ -150,13 +150,15 @@ def _journals(data: Path) -> list[Path]:
 def test_sigterm_waits_for_a_locked_store_and_then_writes_the_last_batch(
         tmp_path: Path) -> None:
     """The last batch was lost when another process held the store locked at SIGTERM (one
-    log line said so). Now the server waits, says it waits, and writes once it can."""
+    log line said so). Now the server waits, says it waits, and writes once it can; here
+    the batch had already been refused once while serving (SQLite's 10 s busy timeout)."""
     data = _data_dir(tmp_path)
     log = tmp_path / "serve.log"
     lock = StoreLock(DataDir(data).database)
     try:
         with serve_process(data, log) as (proc, urls):
             serials = _look_up(urls["ldap"], [f"w{i}@{DOMAIN}" for i in range(10)])
+            _await_log(proc, log, "event=maintenance_failed")
             proc.send_signal(signal.SIGTERM)
             _await_log(proc, log, "event=store_locked_at_shutdown")
             assert proc.poll() is None  # still waiting for the store
