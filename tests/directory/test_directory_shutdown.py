@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import ldap3
+import pytest
 from cryptography import x509
 from dir_support import DOMAIN, KEYPOST, SUFFIX, USER, keypost, serve_process, write_rsa
 
@@ -245,3 +246,12 @@ def test_a_corrupt_journal_is_kept_aside_and_reported_and_the_rest_is_written(
     with serve_process(data, log):  # set aside once: a later start leaves it be
         pass
     assert sorted(p.name for p in data.iterdir() if "pending" in p.name) == [aside.name]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e9", "soon"])
+def test_shutdown_store_wait_takes_seconds_only(tmp_path: Path, value: str) -> None:
+    """A wait that never ends (inf, NaN) would make shutdown unbounded: refused at once."""
+    done = keypost("directory", "serve", "--data", str(tmp_path), "--shutdown-store-wait",
+                   value, check=False)
+    assert done.returncode == 2
+    assert "--shutdown-store-wait: a number of seconds from 0 to 86400" in done.stderr
