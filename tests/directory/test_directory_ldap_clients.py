@@ -272,6 +272,80 @@ def test_base_search_of_an_entry_returns_that_entry_only(directory: Directory) -
                 ] == [f"dn: mail=alice@example.com,{SUFFIX}"], done.stdout
 
 
+def ldif_entries(ldif: str) -> list[dict[str, list[str]]]:
+    """ldapsearch -LLL output as entries of attribute (lower case) -> text values, with
+    base64 (`::`) values decoded: non-ASCII DNs and values come as base64."""
+    out = []
+    for block in ldif.strip().split("\n\n"):
+        entry: dict[str, list[str]] = {}
+        for line in block.splitlines():
+            name, sep, value = line.partition(": ")
+            if name.endswith(":"):
+                raw = base64.b64decode(value)
+                text = raw.decode() if not name.lower().startswith("user") else raw.hex()
+                entry.setdefault(name[:-1].lower(), []).append(text)
+            elif sep:
+                entry.setdefault(name.lower(), []).append(value)
+        if entry:
+            out.append(entry)
+    return out
+
+
+def names(cert: x509.Certificate) -> list[str]:
+    from keypost.core.containers import describe
+
+    return list(describe(cert).addresses)
+
+
+@pytest.mark.parametrize(
+    ("base_address", "suffix", "answered"),
+    [
+        ("Straße@example.com", SUFFIX, "Straße@example.com"),
+        (r"Stra\c3\9fe@example.com", " DC=KEYPOST", "Straße@example.com"),
+        ("BOB@EXAMPLE.COM", "dc=KeyPost", "BOB@example.com"),
+    ],
+)
+def test_base_read_of_an_entry_answers_that_mailbox(
+    directory: Directory, base_address: str, suffix: str, answered: str
+) -> None:
+    """`-s base -b mail=Straße@...,<suffix> (objectClass=*)` (a filter naming no address)
+    answers Straße@'s entry: its DN, mail and container name Straße@, never strasse@.
+    The base DN was case-folded, so the entry, DN and container were strasse@'s (ß -> ss),
+    another mailbox. ASCII case still does not matter, nor the suffix's spelling."""
+    from keypost.core.address import parse_address
+    from keypost.core.containers import names_address
+
+    base = f"mail={base_address},{suffix}"
+    done = subprocess.run(
+        ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", directory.ldap_url,
+         "-s", "base", "-b", base, "(objectClass=*)", "mail", "userCertificate;binary"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    [entry] = ldif_entries(done.stdout)
+    assert entry["dn"] == [f"mail={answered},{SUFFIX}"]
+    assert entry["mail"] == [answered]
+    [cert] = ldif_certs(done.stdout)
+    assert names_address(names(cert), parse_address(answered)), names(cert)
+    if "ß" in answered:
+        assert not names_address(names(cert), parse_address("strasse@example.com"))
+
+    server = ldap3.Server(directory.ldap[0], port=directory.ldap[1], get_info=ldap3.NONE)
+    with ldap3.Connection(server, auto_bind=True) as conn:
+        assert conn.search(base, "(objectClass=*)", search_scope=ldap3.BASE,
+                           attributes=["mail", "userCertificate;binary"])
+        [found] = conn.response
+        assert found["dn"] == f"mail={answered},{SUFFIX}"
+        assert found["attributes"]["mail"] == [answered]
+        [der] = next(v for k, v in found["raw_attributes"].items()
+                     if k.lower().startswith("usercertificate"))
+        assert names(x509.load_der_x509_certificate(der)) == names(cert)
+        # the filter naming the other mailbox: nothing (it is an entry of its own)
+        if "ß" in answered:
+            conn.search(base, "(mail=strasse@example.com)", search_scope=ldap3.BASE,
+                        attributes=["mail"])
+            assert (conn.result["result"], conn.response) == (0, [])
+
+
 def test_paged_search_gets_every_container_once(directory: Directory) -> None:
     """ldapsearch -E pr=2 and ldap3's paged_search against a real serve: pages of two."""
     addresses = [f"paged{i}@example.com" for i in range(5)]

@@ -18,7 +18,6 @@ from keypost.directory.ldap.dn import (
     InvalidDN,
     escape_value,
     is_within,
-    leading_rdn,
     normalise_type,
     parse_dn,
     reduce_bind_name,
@@ -91,9 +90,43 @@ def test_dn_normalisation() -> None:
 
 def test_escape_value_round_trips() -> None:
     for value in ["a+b@x.org", "#hash", " lead", "trail ", 'q"uote', "semi;colon,comma",
-                  "plain@x.org", "mid#dle sp@x.org", "back\\slash<>", "nul\0", "nl \n"]:
+                  "plain@x.org", "mid#dle sp@x.org", "back\\slash<>", "nul\0", "nl \n",
+                  "Straße@X.org"]:
         dn = f"mail={escape_value(value)},dc=keypost"
-        assert parse_dn(dn)[0] == (("mail", value.casefold()),)
+        [ava] = parse_dn(dn)[0]
+        assert (ava.type, ava.value) == ("mail", value)
+
+
+def test_dn_values_are_kept_as_written() -> None:
+    """parse_dn keeps each value as written (unescaped, case kept): it used to hand back
+    case-folded values only, so `mail=Straße@x` became `strasse@x`, another mailbox."""
+    dn = parse_dn(r"MAIL=Stra\c3\9fe@X.org , DC=KeyPost,o=Example\, Inc.")
+    assert [[(a.type, a.value) for a in rdn] for rdn in dn] == [
+        [("mail", "Straße@X.org")], [("dc", "KeyPost")], [("o", "Example, Inc.")]]
+    assert parse_dn('cn=" Quoted Value "')[0][0].value == " Quoted Value "
+
+
+@pytest.mark.parametrize(
+    ("one", "other", "same"),
+    [
+        # mail values compare as Address.key does: the local part lower-cased, the domain
+        # as lower-case A-labels; never case-folded (ß is not ss, ſ is not s)
+        ("mail=BOB@X.ORG,dc=keypost", "mail=bob@x.org,dc=keypost", True),
+        ("mail=Straße@x.org,dc=keypost", "mail=strasse@x.org,dc=keypost", False),
+        ("mail=ſam@x.org,dc=keypost", "mail=sam@x.org,dc=keypost", False),
+        ("mail=Straße@x.org,dc=keypost", r"mail=STRA\C3\9FE@X.org,dc=keypost", True),
+        ("mail=a@Bücher.example,dc=keypost", "mail=a@xn--bcher-kva.example,dc=keypost", True),
+        # the naming attributes of suffixes (dc, o, ou, cn, uid) match case-insensitively
+        ("DC=KEYPOST", "dc=keypost", True),
+        ("dc=keypost,  DC=Example", "dc=KeyPost,dc=example", True),
+        (r"dc=key\70ost", "dc=keypost", True),
+        (r"o=Example\, Inc.,dc=x", 'o="example, inc.",dc=x', True),
+        (r"o=Stra\c3\9fe", "o=STRASSE", True),  # caseIgnoreMatch folds (RFC 4518 2.2)
+        ("dc=keypost", "dc=other", False),
+    ],
+)
+def test_dn_comparison(one: str, other: str, same: bool) -> None:
+    assert (parse_dn(one) == parse_dn(other)) is same
 
 
 @pytest.mark.parametrize(
@@ -106,6 +139,8 @@ def test_escape_value_round_trips() -> None:
         ("alice", "alice"),
         (" alice ", "alice"),
         ("uid = alice , dc=keypost", "alice"),
+        ('uid="Alice Smith",dc=keypost', "Alice Smith"),
+        ("uid=J\\c3\\b6rg,dc=keypost", "Jörg"),
         ("mail=a@x.org,dc=keypost", "mail=a@x.org,dc=keypost"),
     ],
 )
@@ -171,6 +206,45 @@ def test_plan_reads_entry_by_dn_without_address_in_filter() -> None:
     assert (plan.kind, plan.addresses) == (PlanKind.ENTRIES, ("a@x.org",))
 
 
+@pytest.mark.parametrize(
+    ("base", "address"),
+    [
+        # the address as written in the base: case-folding it read another mailbox's entry
+        ("mail=Straße@x.org,dc=keypost", "Straße@x.org"),
+        (r"mail=Stra\c3\9fe@x.org, DC=KEYPOST", "Straße@x.org"),
+        ("mail=ſam@x.org,dc=keypost", "ſam@x.org"),
+        ("mail=BOB@X.org,dc=keypost", "BOB@X.org"),
+        (r"MAIL=a\+b@x.org , dc=KeyPost", "a+b@x.org"),
+    ],
+)
+def test_plan_reads_entry_by_dn_as_written(base: str, address: str) -> None:
+    plan = plan_search(search(base, Scope.BASE, F.Present("objectClass")), SUFFIX, 100)
+    assert (plan.kind, plan.addresses) == (PlanKind.ENTRIES, (address,))
+
+
+@pytest.mark.parametrize(
+    ("base", "asked", "addresses"),
+    [
+        # the filter's spelling of the base's address, compared as Address.key compares
+        ("mail=bob@x.org,dc=keypost", "BOB@X.ORG", ("BOB@X.ORG",)),
+        ("mail=BOB@X.org,dc=keypost", "bob@x.org", ("bob@x.org",)),
+        ("mail=Straße@x.org,dc=keypost", "STRAßE@x.org", ("STRAßE@x.org",)),
+        ("mail=a@bücher.example,dc=keypost", "a@xn--bcher-kva.example",
+         ("a@xn--bcher-kva.example",)),
+        # other mailboxes are out of scope, however case folding would join them
+        ("mail=Straße@x.org,dc=keypost", "strasse@x.org", ()),
+        ("mail=strasse@x.org,dc=keypost", "Straße@x.org", ()),
+        ("mail=sam@x.org,dc=keypost", "ſam@x.org", ()),
+    ],
+)
+def test_plan_entry_base_and_filter_name_one_mailbox(
+    base: str, asked: str, addresses: tuple[str, ...]
+) -> None:
+    plan = plan_search(search(base, Scope.BASE, eq("mail", asked)), SUFFIX, 100)
+    assert plan.addresses == addresses
+    assert plan.kind is (PlanKind.ENTRIES if addresses else PlanKind.RESULT)
+
+
 def test_plan_substring_gives_nothing() -> None:
     f = F.Substrings("mail", ((F.SubstringKind.INITIAL, b"a"),))
     plan = plan_search(search("dc=keypost", Scope.SUB, f), SUFFIX, 100)
@@ -233,6 +307,18 @@ def test_evaluate_three_valued() -> None:
     assert (ev(F.And(())), ev(F.Or(()))) == (True, False)  # RFC 4526 absolute true/false
 
 
+def test_evaluate_compares_by_the_attributes_matching_rule() -> None:
+    """Equality compares as DNs do: caseIgnoreMatch (case folding) for naming attributes,
+    Address.key for mail, where case folding would join two mailboxes."""
+    entry = {"mail": ("Straße@x.org",), "cn": ("Straße",), "objectclass": ("top",)}
+
+    def ev(attr: str, value: str) -> bool | None:
+        return F.evaluate(eq(attr, value), entry, normalise_type)
+
+    assert (ev("mail", "STRAßE@X.org"), ev("mail", "strasse@x.org")) == (True, False)
+    assert (ev("cn", "STRASSE"), ev("objectClass", "TOP")) == (True, True)
+
+
 @pytest.mark.parametrize(
     ("suffix", "attributes"),
     [
@@ -249,4 +335,4 @@ def test_evaluate_three_valued() -> None:
 def test_suffix_entry_attributes(
     suffix: str, attributes: tuple[tuple[str, tuple[str, ...]], ...]
 ) -> None:
-    assert suffix_attributes(leading_rdn(suffix)) == attributes
+    assert suffix_attributes(parse_dn(suffix)[0]) == attributes

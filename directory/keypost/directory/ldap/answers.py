@@ -26,9 +26,9 @@ from keypost.directory.ldap.dn import (
     Rdn,
     escape_value,
     is_within,
-    leading_rdn,
     normalise_type,
     parse_dn,
+    value_key,
 )
 from keypost.directory.ldap.filters import addresses_from_filter, evaluate
 from keypost.directory.ldap.messages import (
@@ -165,23 +165,24 @@ def plan_search(request: SearchRequest, suffix: Dn, max_addresses: int) -> Searc
     if not (is_within(base, suffix) or is_within(suffix, base)):
         return SearchPlan(PlanKind.RESULT, code=ResultCode.NO_SUCH_OBJECT)
     depth = len(base) - len(suffix)  # entries are at depth 1 below the suffix
-    if depth == 1 and base[0][0][0] == "mail":
+    if depth == 1 and base[0][0].type == "mail":
         # The base is an entry: only it can be in scope, and only for BASE and SUB.
         if scope not in (Scope.BASE, Scope.SUB):
             return _EMPTY
-        entry_address = base[0][0][1]  # case-folded by parse_dn
+        entry = base[0][0]
         asked = addresses_from_filter(request.filter, max_addresses + 1)
         if len(asked) > max_addresses:
             return _too_many(max_addresses)
-        if not asked:
-            return SearchPlan(PlanKind.ENTRIES, (entry_address,))
-        # the entry, under the filter's spelling of its address; other addresses are out
-        # of scope (they are entries of their own)
-        spelt = next((a for a in asked if a.casefold() == entry_address), None)
+        if not asked:  # the address as written in the base
+            return SearchPlan(PlanKind.ENTRIES, (entry.value,))
+        # the entry, under the filter's spelling of its address (the same mailbox by
+        # Address.key, never by case folding: strasse@ is not Straße@); other addresses
+        # are out of scope (they are entries of their own)
+        spelt = next((a for a in asked if value_key("mail", a) == entry.key), None)
         return _EMPTY if spelt is None else SearchPlan(PlanKind.ENTRIES, (spelt,))
     if depth == 0 and scope == Scope.BASE:  # the base is the suffix
-        entry = suffix_attributes(suffix[0])
-        matched = evaluate(request.filter, dict(entry), normalise_type)
+        attributes = suffix_attributes(suffix[0])
+        matched = evaluate(request.filter, dict(attributes), normalise_type)
         return SearchPlan(PlanKind.SUFFIX) if matched else _EMPTY
     # The base is the suffix (or inside it, treated alike) or above it.
     depth = min(depth, 0)
@@ -301,10 +302,10 @@ def suffix_attributes(rdn: Rdn) -> tuple[tuple[str, tuple[str, ...]], ...]:
     addresses: it is what the root DSE's namingContexts promises exists, as slapd's
     suffix entry does.
     """
-    kind = next((_SUFFIX_CLASSES[t] for t, _ in rdn if t in _SUFFIX_CLASSES), None)
+    kind = next((_SUFFIX_CLASSES[a.type] for a in rdn if a.type in _SUFFIX_CLASSES), None)
     out: dict[str, tuple[str, ...]] = {"objectclass": ("top", kind or "extensibleObject")}
-    for attr, value in rdn:
-        out[attr] = (*out.get(attr, ()), value)
+    for ava in rdn:
+        out[ava.type] = (*out.get(ava.type, ()), ava.value)
     return tuple(out.items())
 
 
@@ -317,7 +318,7 @@ def suffix_entry(suffix: str, requested: tuple[str, ...], types_only: bool) -> b
     All attributes for an empty list or `*`; otherwise those named (any case, by OID),
     under the name asked for; `+` adds nothing (they are user attributes).
     """
-    attributes = suffix_attributes(leading_rdn(suffix))
+    attributes = suffix_attributes(parse_dn(suffix)[0])
     wanted = {normalise_type(name): name for name in reversed(requested)}
     everything = not requested or "*" in requested
     parts = []

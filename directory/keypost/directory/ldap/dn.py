@@ -1,18 +1,33 @@
 """Distinguished names (RFC 4514) as far as the directory needs them: compare, nest, escape.
 
-DNs are compared in a normalised form: attribute types lower-cased (and a few well-known
-OIDs and aliases mapped to their short names), values unescaped and case-folded (every
-naming attribute the directory uses - dc, mail, cn, uid, o, ou - matches case-insensitively).
+A parsed DN keeps every value as written (unescaped) and compares by a key per value:
+attribute types lower-cased (a few well-known OIDs and aliases mapped to their short
+names); `mail` values by Address.key (the local part lower-cased, the domain as A-labels),
+the other naming attributes (dc, o, ou, cn, uid...) case-folded, as caseIgnoreMatch
+does (RFC 4518 2.2). Not a case-folded `mail`: that joins other mailboxes (`Straße@`
+and `strasse@`), and a base read of `mail=Straße@x,<suffix>` answered for strasse@.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
 
+from keypost.core.address import parse_address
 from keypost.core.errors import KeypostError
 
-Rdn = tuple[tuple[str, str], ...]  # sorted (type, value) pairs of one RDN
+
+@dataclasses.dataclass(frozen=True, order=True, slots=True)
+class Ava:
+    """One attribute=value of an RDN: equal, hashed and ordered by (type, key) only."""
+
+    type: str  # normalise_type()d
+    key: str  # the value as its matching rule compares it (value_key)
+    value: str = dataclasses.field(compare=False)  # as written, unescaped
+
+
+Rdn = tuple[Ava, ...]  # the AVAs of one RDN, sorted (RDNs compare as sets of AVAs)
 Dn = tuple[Rdn, ...]  # most specific RDN first, as written
 
 _TYPE_ALIASES = {
@@ -68,7 +83,7 @@ def _parse_dn(text: str) -> Dn:
     if not text.strip():
         return ()
     rdns: list[Rdn] = []
-    avas: list[tuple[str, str]] = []
+    avas: list[Ava] = []
     i, n = 0, len(text)
     while True:
         eq = text.find("=", i)
@@ -78,7 +93,9 @@ def _parse_dn(text: str) -> Dn:
         if not attr or not all(c.isalnum() or c in "-." for c in attr):
             raise InvalidDN(f"invalid DN {text!r}: bad attribute type")
         value, i = _read_value(text, eq + 1)
-        avas.append((attr, value))
+        key = value_key(attr, value)
+        # one string when they are equal (the usual lower-case DN): parsed DNs are kept
+        avas.append(Ava(attr, value if key == value else key, value))
         if i >= n:
             rdns.append(tuple(sorted(avas)))
             return tuple(rdns)
@@ -95,24 +112,25 @@ def normalise_type(name: str) -> str:
     return _TYPE_ALIASES.get(attr, attr)
 
 
-def leading_rdn(text: str) -> Rdn:
-    """The first RDN of a valid DN string with its values as written (unescaped, case
-    kept), unlike parse_dn's case-folded ones: the suffix entry shows them."""
-    avas: list[tuple[str, str]] = []
-    i = 0
-    while True:
-        eq = text.index("=", i)
-        _, end = _read_value(text, eq + 1)
-        raw = text[eq + 1 : end].strip()
-        value = raw[1:-1] if len(raw) > 1 and raw[0] == raw[-1] == '"' else _unescape(raw)
-        avas.append((normalise_type(text[i:eq]), value))
-        if end >= len(text) or text[end] != "+":
-            return tuple(avas)
-        i = end + 1
+def value_key(attr: str, value: str) -> str:
+    """`value` of attribute type `attr` (normalised) as compared with other values.
+
+    `mail`: Address.key, the directory's one identity of a mailbox (an unparsable value
+    lower-cased; it names no mailbox the directory serves). Every other naming attribute
+    the directory meets (dc, o, ou, c, l, cn, uid) has caseIgnoreMatch (or its IA5 form),
+    whose case folding (RFC 4518 2.2) casefold() follows.
+    """
+    if attr == "mail":
+        try:
+            return parse_address(value).key()
+        except KeypostError:
+            return value.lower()
+    return value.casefold()
 
 
 def _read_value(text: str, i: int) -> tuple[str, int]:
-    """Read one attribute value starting at `i`; return (normalised value, separator index)."""
+    """Read one attribute value starting at `i`; return (value as written, unescaped;
+    separator index)."""
     n = len(text)
     while i < n and text[i] == " ":
         i += 1
@@ -129,7 +147,7 @@ def _read_value(text: str, i: int) -> tuple[str, int]:
             i += 1
         if i < n and text[i] not in ",;+":
             raise InvalidDN(f"invalid DN {text!r}: text after a quoted value")
-        return "".join(out).casefold(), i
+        return "".join(out), i
     while i < n:
         c = text[i]
         if c in ",;+":
@@ -160,7 +178,7 @@ def _read_value(text: str, i: int) -> tuple[str, int]:
     value = "".join(out)
     if trailing:
         value = value[:-trailing]
-    return value.casefold(), i
+    return value, i
 
 
 def _flush(raw: list[int], out: list[str], text: str) -> None:
@@ -209,31 +227,10 @@ def reduce_bind_name(name: str) -> str:
     attr, eq, _ = stripped.partition("=")
     if not eq or attr.strip().lower() not in ("uid", "cn"):
         return stripped
-    start = len(attr) + 1
     try:
-        _, end = _read_value(stripped, start)
+        value, end = _read_value(stripped, len(attr) + 1)
     except InvalidDN:
         return stripped
     if end < len(stripped) and stripped[end] == "+":
         return stripped  # multi-valued RDN: not an account name form we know
-    # _read_value case-folds; re-read the same span without folding to keep the case.
-    return _unescape(stripped[start:end].strip())
-
-
-def _unescape(text: str) -> str:
-    raw = bytearray()
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if c == "\\" and i + 1 < len(text):
-            d = text[i + 1]
-            if d in _HEX and i + 2 < len(text) and text[i + 2] in _HEX:
-                raw.append(int(text[i + 1 : i + 3], 16))
-                i += 3
-                continue
-            raw += d.encode("utf-8")
-            i += 2
-            continue
-        raw += c.encode("utf-8")
-        i += 1
-    return raw.decode("utf-8", errors="replace")
+    return value

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from keypost.directory.ldap import ber
 from keypost.directory.ldap.ber import ProtocolError
+from keypost.directory.ldap.dn import value_key
 
 # Filter CHOICE tags (RFC 4511 4.5.1); all constructed except `present`.
 TAG_AND = 0xA0
@@ -346,8 +347,8 @@ def evaluate(
     """Whether `f` matches a small entry of text values: True, False or None (Undefined).
 
     RFC 4511 4.5.1.7's three-valued logic for presence, equality, AND, OR and NOT; values
-    compare case-insensitively (caseIgnoreMatch, the rule of every attribute the
-    directory evaluates this way: objectClass and naming attributes). An attribute the
+    compare as in DNs (`dn.value_key`: case-insensitively, the caseIgnoreMatch of
+    objectClass and naming attributes, and `mail` by Address.key). An attribute the
     entry lacks is False; substring, ordering, approximate and extensible assertions are
     Undefined. `attribute_type` maps a name as sent to the entry's keys. Only the suffix
     entry is evaluated so; address entries are chosen by `addresses_from_filter`. Filters
@@ -356,9 +357,9 @@ def evaluate(
     if isinstance(f, Present):
         return attribute_type(f.attribute) in entry
     if isinstance(f, EqualityMatch):
-        values = entry.get(attribute_type(f.attribute), ())
-        wanted = f.value.decode("utf-8", errors="replace").casefold()
-        return any(v.casefold() == wanted for v in values)
+        attr = attribute_type(f.attribute)
+        wanted = value_key(attr, f.value.decode("utf-8", errors="replace"))
+        return any(value_key(attr, v) == wanted for v in entry.get(attr, ()))
     if isinstance(f, Not):
         inner = evaluate(f.filter, entry, attribute_type)
         return None if inner is None else not inner
