@@ -9,6 +9,7 @@ import re
 import socket
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 from urllib.parse import urlsplit
 
 import requests
@@ -187,16 +188,18 @@ def _errors_in_source() -> list[tuple[str, int, str]]:
 def test_openapi_documents_every_error_the_server_can_send() -> None:
     """Each code the source can emit is in the Error enum (and the enum holds no other),
     and each status the /v1/containers handlers send is among its documented responses;
-    only the middleware's generic 404/405/500 belong to no one path."""
+    only the generic 404/405/500 of the middleware and of aiohttp's handler (handle_error)
+    belong to no one path."""
     doc = openapi_document()
     errors = _errors_in_source()
     enum = doc["components"]["schemas"]["Error"]["properties"]["error"]["properties"]["code"][
         "enum"]
-    assert {"tls_required", "too_many_addresses", "not_found", "busy"} <= {c for _, _, c in errors}
+    assert {"tls_required", "too_many_addresses", "not_found", "busy", "malformed_request"} <= {
+        c for _, _, c in errors}
     assert {c for _, _, c in errors} == set(enum)
     documented = set(doc["paths"]["/v1/containers"]["get"]["responses"])
     for func, status, code in errors:
-        if func != "errors_middleware" or status == 400:
+        if func not in ("errors_middleware", "handle_error") or status == 400:
             assert str(status) in documented, (func, status, code)
     # /metrics checks Basic credentials of non-loopback peers with the same function
     documented = set(doc["paths"]["/metrics"]["get"]["responses"])
@@ -246,8 +249,36 @@ def test_unparsable_requests_leave_no_credentials_or_addresses_in_the_log(
     assert log.count("event=unparsable_request protocol=http") == before + len(unparsable)
 
 
+def test_unparsable_requests_get_the_apis_json_error(directory: Directory) -> None:
+    """A request aiohttp cannot parse never reaches the app's middleware: aiohttp answered
+    it itself, `text/plain` with the parser's message (the bytes it choked on). It gets
+    the API's error envelope like every other bad request (400, a stable code, no bytes of
+    the request); the server then closes the connection (_raw_http_answer reads until it
+    does), as where the next request would start is lost."""
+    unparsable = (
+        b"GET /v1/containers?address=a@example.com HTTP/1.1\r\nHost: x\r\nX: \x01echo\r\n\r\n",
+        b"NOT-HTTP\x00\xff echo\r\n\r\n",
+        b"GET /v1/containers?address=" + b"echo" * 3000 + b"@example.com HTTP/1.1\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\necho",
+    )
+    for raw in unparsable:
+        head, body = _raw_http_answer(directory, raw)
+        headers = head.decode("latin-1").lower().split("\r\n")
+        assert headers[0].split()[1] == "400", head
+        assert "content-type: application/json; charset=utf-8" in headers, head
+        assert json.loads(body) == {"error": {"code": "malformed_request", "message": ANY}}
+        assert b"echo" not in body and b"\\x" not in body, body
+        assert_documented(400, json.loads(body), "/v1/containers")
+
+
 def _raw_http(directory: Directory, request: bytes) -> tuple[int, bytes]:
     """Send `request` as is; (status, body) of the answer, read until the server closes."""
+    head, body = _raw_http_answer(directory, request)
+    return int(head.split()[1]), body
+
+
+def _raw_http_answer(directory: Directory, request: bytes) -> tuple[bytes, bytes]:
+    """Send `request` as is; (status line and headers, body), read until the server closes."""
     host, port = urlsplit(directory.http).hostname, urlsplit(directory.http).port
     assert host is not None and port is not None
     with socket.create_connection((host, port), timeout=10) as sock:
@@ -256,7 +287,7 @@ def _raw_http(directory: Directory, request: bytes) -> tuple[int, bytes]:
         while chunk := sock.recv(65536):
             answer += chunk
     head, _, body = answer.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
+    return head, body
 
 
 def test_padded_addresses_share_one_cached_answer(directory: Directory) -> None:

@@ -10,6 +10,7 @@ import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -255,9 +256,46 @@ server_log = logging.getLogger("keypost.directory.http.server")
 server_log.addFilter(_UnparsableRequests())
 
 
-def make_runner(app: web.Application, idle_seconds: float = IDLE_SECONDS) -> web.AppRunner:
-    return web.AppRunner(app, access_log=None, handle_signals=False,
-                         keepalive_timeout=idle_seconds, logger=server_log)
+class _JsonErrors(web.RequestHandler):
+    """aiohttp's handler of one connection, answering what never reaches the app as the
+    API answers its errors: JSON `{"error": {"code", "message"}}`.
+
+    A request aiohttp cannot parse (and, were one to escape errors_middleware, an
+    exception or a timeout) is answered by the handler's `handle_error`, in text/plain
+    with the parser's message, i.e. bytes of the request; no middleware sees it (aiohttp
+    offers no other hook: aio-libs/aiohttp#3287). The base method still logs the error
+    (through _UnparsableRequests) and refuses to answer once a response has begun; its
+    text answer is replaced, and the connection is closed as it would have been.
+    """
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None, message: str | None = None
+                     ) -> web.StreamResponse:
+        super().handle_error(request, status, exc, message)
+        if status == 400:  # the parser's; the exception's name holds no request bytes
+            kind = type(exc).__name__ if exc is not None else "BadHttpMessage"
+            answer = _error(400, "malformed_request", f"malformed HTTP request ({kind})")
+        else:
+            answer = _error(500, "internal", "internal error")
+        answer.force_close()
+        return answer
+
+
+class ApiRunner(web.AppRunner):
+    """The HTTP API's runner. Its sites (PeerCappedSite) make each connection's handler
+    themselves, a _JsonErrors with `handler_options`, the options the runner hands
+    aiohttp's own handlers (so that they stay one set)."""
+
+    def __init__(self, app: web.Application, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.handler_options: dict[str, Any] = {
+            "keepalive_timeout": idle_seconds, "logger": server_log, "access_log": None}
+        super().__init__(app, handle_signals=False, **self.handler_options)
+
+
+def make_runner(app: web.Application, idle_seconds: float = IDLE_SECONDS) -> ApiRunner:
+    return ApiRunner(app, idle_seconds)
 
 
 class PeerCappedSite(web.TCPSite):
@@ -265,22 +303,30 @@ class PeerCappedSite(web.TCPSite):
     may be shared by several sites (http and https).
 
     aiohttp has no hook before a connection is handed to its handler, so each handler
-    is wrapped (`_PeerCapped`) in the listener's protocol factory.
+    is wrapped (`_PeerCapped`) in the listener's protocol factory; the handler is a
+    _JsonErrors (see there), made with the runner's options.
     """
 
-    def __init__(self, runner: web.BaseRunner, host: str, port: int, *, max_per_peer: int,
+    def __init__(self, runner: ApiRunner, host: str, port: int, *, max_per_peer: int,
                  counts: PeerCounts, ssl_context: ssl.SSLContext | None = None) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
+        self.api_runner = runner
         self.max_per_peer = max_per_peer
         self.counts = counts
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers with the runner; TCPSite.start listens
-        handlers = self._runner.server
-        assert handlers is not None
+        manager = self.api_runner.server
+        assert manager is not None
+        options = self.api_runner.handler_options
         loop = asyncio.get_running_loop()
+
+        def handler() -> _PeerCapped:
+            inner = _JsonErrors(manager, loop=loop, **options)
+            return _PeerCapped(inner, self.counts, self.max_per_peer)
+
         self._server = await loop.create_server(
-            lambda: _PeerCapped(handlers(), self.counts, self.max_per_peer),
+            handler,
             self._host, self._port, ssl=self._ssl_context, backlog=self._backlog,
             reuse_address=self._reuse_address, reuse_port=self._reuse_port)
         self._bound_port = self._server.sockets[0].getsockname()[1]
