@@ -7,7 +7,6 @@ genuine certificate; dave@nowhere.test has nothing; eve@partner.org has no genui
 
 from __future__ import annotations
 
-import base64
 import logging
 import shutil
 import subprocess
@@ -31,6 +30,7 @@ from gw_support import (
     send,
     write_private,
 )
+from gw_verify import gpgsm_verify, openssl_verify
 from pki_util import email_cert, key_pem, make_ca, rsa_key
 
 from keypost.core import smime
@@ -76,14 +76,6 @@ def gw(pki: Pki, world: DirectoryWorld, sink: Sink) -> Iterator[RunningGateway]:
         yield g
 
 
-def openssl_verify(message: bytes, ca: Path, tmp: Path) -> subprocess.CompletedProcess[bytes]:
-    (tmp / "signed.eml").write_bytes(message)
-    return subprocess.run(
-        ["openssl", "cms", "-verify", "-in", str(tmp / "signed.eml"), "-CAfile", str(ca)],
-        capture_output=True, timeout=60, check=False,
-    )
-
-
 # --- Fig. 3: signing ---------------------------------------------------------------
 
 
@@ -112,28 +104,7 @@ def test_signature_verifies_with_gpgsm(
         pytest.skip("gpgsm not installed")
     msg = plain_message(sender=ALICE, to=CAROL, subject="[sign] gpgsm", body="for gpgsm")
     assert send(gw.port, ALICE, [CAROL], msg)[0] == 250
-    data = sink.handler.messages[0].data
-    boundary = data.split(b'boundary="', 1)[1].split(b'"', 1)[0]
-    parts = data.split(b"--" + boundary)
-    signed = parts[1][2:-2]  # between the CRLF after the delimiter and the CRLF before the next
-    sig_b64 = parts[2].split(b"\r\n\r\n", 1)[1]
-    (tmp_path / "content").write_bytes(signed)
-    (tmp_path / "sig").write_bytes(base64.b64decode(b"".join(sig_b64.split())))
-    home = tmp_path / "gnupg"
-    home.mkdir(mode=0o700)
-    (home / "gpgsm.conf").write_text("disable-crl-checks\ndisable-policy-checks\n")
-    env = {"GNUPGHOME": str(home), "PATH": "/usr/bin:/bin"}
-    ca = x509.load_pem_x509_certificate(world.ca_pem.read_bytes())
-    fpr = ca.fingerprint(__import__("cryptography.hazmat.primitives.hashes",
-                                     fromlist=["SHA1"]).SHA1()).hex(":").upper()
-    (home / "trustlist.txt").write_text(f"{fpr} S relax\n")
-    subprocess.run(["gpgsm", "--batch", "--import", str(world.ca_pem)], env=env,
-                   capture_output=True, timeout=60, check=True)
-    done = subprocess.run(
-        ["gpgsm", "--batch", "--verify", str(tmp_path / "sig"), str(tmp_path / "content")],
-        env=env, capture_output=True, timeout=60, check=False,
-    )
-    subprocess.run(["gpgconf", "--kill", "all"], env=env, capture_output=True, check=False)
+    done = gpgsm_verify(sink.handler.messages[0].data, world.ca_pem, tmp_path)
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert b"Good signature" in done.stderr
 

@@ -31,7 +31,8 @@ from keypost.gateway.config import load_config
 from keypost.gateway.directory import CachingDirectory, LdapFetcher, load_trust_anchors
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.pipeline import DECRYPTED_HEADER
-from keypost.gateway.quarantine import PRIVATE, Maildir, make_private_dirs
+from keypost.gateway.files import PRIVATE, make_private_dirs
+from keypost.gateway.quarantine import Maildir
 from keypost.gateway.serve import build, quiet_smtp_logging, run
 
 DEMO_PORT = 10025

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -16,27 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from keypost.gateway.errors import ReleaseRefused, TempFailure
+from keypost.gateway.files import folder_problem, fsync_folder, make_private_dirs, write_synced
 
-PRIVATE = 0o700  # held and demo-inbox mail is decrypted: for the gateway's user alone
 ONWARD_HEADER = "X-Keypost-Onward"  # the outbound steps a release must still apply
-
-
-def make_private_dirs(path: Path) -> None:
-    """Create `path` and its missing parents, each 0700. mkdir's mode is masked by the
-    umask, so every folder created here is chmod-ed; folders that exist are left alone."""
-    missing = []
-    parent = path
-    while not parent.exists():
-        missing.append(parent)
-        parent = parent.parent
-    for folder in reversed(missing):
-        try:
-            folder.mkdir(mode=PRIVATE)
-        except FileExistsError:
-            continue  # created meanwhile by someone else: theirs to set
-        os.chmod(folder, PRIVATE)
-    if not path.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
 
 
 def open_to_others(path: Path) -> int | None:
@@ -94,14 +75,7 @@ class Maildir:
         for folder in self.folders:
             if folder.exists() and not folder.is_dir():
                 return f"{folder} is not a folder"
-        parent = self.root
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir():
-            return f"{parent} is not a folder"
-        if parent != self.root and not os.access(parent, os.W_OK | os.X_OK):
-            return f"cannot create folders in {parent}"
-        return None
+        return folder_problem(self.root)
 
     def loose_folders(self) -> list[tuple[Path, int]]:
         """Existing folders of this Maildir that group or other may enter, with their mode."""
@@ -132,17 +106,9 @@ class Maildir:
         try:
             self.ensure()
             tmp = self.root / "tmp" / qid
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(message)
-                f.flush()
-                os.fsync(f.fileno())
+            write_synced(tmp, message)
             os.rename(tmp, self.root / "new" / qid)
-            dfd = os.open(self.root / "new", os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            fsync_folder(self.root / "new")
         except OSError as exc:
             raise TempFailure(f"quarantine unavailable ({exc.strerror})", "4.3.0") from None
         return qid
