@@ -153,7 +153,11 @@ class Pki:
         return self.ca.issue(request, now=issued)
 
     def config(self, next_hop: int, listen: int = 0, extra: str = "", domain_extra: str = "",
-               directory: str = "", quarantine: str = "quarantine") -> Path:
+               directory: str = "", quarantine: str = "quarantine",
+               folder: Path | None = None) -> Path:
+        """A gateway.toml in `folder` (default: next to the keys), whose relative paths
+        (quarantine, state) then lie in that folder."""
+        keys = "" if folder is None else f"{self.root}/"
         text = f"""
 listen = "127.0.0.1:{listen or free_port()}"
 next_hop = "127.0.0.1:{next_hop}"
@@ -161,14 +165,14 @@ hostname = "gw.example.com"
 quarantine_dir = "{quarantine}"
 {extra}
 [directory]
-{directory or 'trust_anchor = "ca.pem"'}
+{directory or f'trust_anchor = "{keys}ca.pem"'}
 [[domain]]
 name = "example.com"
-encryption_keys = ["enc-current.key", "enc-retired.key"]
-signing_key = "sign.key"
+encryption_keys = ["{keys}enc-current.key", "{keys}enc-retired.key"]
+signing_key = "{keys}sign.key"
 {domain_extra}
 """
-        p = self.root / f"gateway-{free_port()}.toml"
+        p = (folder or self.root) / f"gateway-{free_port()}.toml"
         p.write_text(text)
         return p
 

@@ -41,6 +41,7 @@ def test_sample_config_parses_with_documented_values() -> None:
     assert cfg.policy.outbound_no_genuine is NoGenuinePolicy.ENCRYPT_ONLY
     assert cfg.policy.malformed is MalformedPolicy.REJECT
     assert cfg.timeouts.directory == 10
+    assert cfg.state_dir == base / "state"
 
 
 def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
@@ -49,6 +50,7 @@ def test_defaults_match_the_dataclass_defaults(tmp_path: Path) -> None:
     assert cfg.listen == default.listen and cfg.next_hop == default.next_hop
     assert cfg.policy == default.policy and cfg.timeouts == default.timeouts
     assert cfg.quarantine_dir == tmp_path / "quarantine"
+    assert cfg.state_dir == tmp_path / "state"
     assert cfg.directory.url is None and cfg.domains == ()
 
 

@@ -49,7 +49,8 @@ def test_demo_gateway_decrypts_what_an_outsider_sends(
     assert b"decrypted by the gateway" in data and b"pkcs7-mime" not in data
     gwdir = tmp_path / "gateway"
     folders = [p for p in (gwdir, *gwdir.rglob("*")) if p.is_dir()]
-    assert len(folders) == 9  # gateway/, inbox/ and quarantine/ with tmp, new, cur each
+    # gateway/, inbox/ and quarantine/ with tmp, new, cur each, state/signing-containers
+    assert len(folders) == 11
     assert {str(p): oct(stat.S_IMODE(p.stat().st_mode)) for p in folders} == {
         str(p): "0o700" for p in folders}
 

@@ -12,6 +12,8 @@ from keypost.gateway.clients import describe_clients
 from keypost.gateway.config import GatewayConfig, load_config
 from keypost.gateway.demo import register_demo
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
+from keypost.gateway.files import folder_problem
+from keypost.gateway.kept import FOLDER as KEPT_FOLDER
 from keypost.gateway.pipeline import same_public_key
 from keypost.gateway.quarantine import Maildir, claimed, held_messages, loose_warning
 from keypost.gateway.release import release_held
@@ -67,12 +69,14 @@ def describe(cfg: GatewayConfig) -> list[str]:
            f"when Subject has {p.sign_subject_tag!r} or {p.sign_header}: yes"),
         f"malformed or undecryptable mail: {p.malformed.value}; quarantine {cfg.quarantine_dir}",
     ]
+    if d.url:
+        lines.append(f"signing containers kept across restarts in {cfg.state_dir / KEPT_FOLDER}")
     return lines
 
 
 def _check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    gw = build(cfg)  # loads keys and secrets: the same checks as serve
+    gw = build(cfg, keep_state=False)  # loads keys and secrets: the same checks as serve
     for line in describe(gw.config):
         print(line)
     if not cfg.domains:
@@ -80,6 +84,10 @@ def _check(args: argparse.Namespace) -> int:
               "mail through unchanged")
     for folder, mode in Maildir(cfg.quarantine_dir).loose_folders():
         print(f"warning: {loose_warning(folder, mode)}")
+    state_problem = folder_problem(cfg.state_dir / KEPT_FOLDER) if cfg.directory.url else None
+    if state_problem:
+        print(f"warning: state_dir: {state_problem}: senders' previous signing containers "
+              "will be forgotten at each restart")
     if args.connect:
         for line in probe(gw):
             print(line)

@@ -28,6 +28,7 @@ DEFAULT_LISTEN = "127.0.0.1:10025"
 DEFAULT_NEXT_HOP = "127.0.0.1:10026"
 DEFAULT_MAX_MESSAGE_SIZE = 25 * 1024 * 1024
 DEFAULT_QUARANTINE = "quarantine"
+DEFAULT_STATE = "state"
 DEFAULT_LDAP_BASE = "dc=keypost"
 DEFAULT_HOSTNAME = "keypost-gateway"
 MAX_SECONDS = 86400.0  # timeouts and cache times: a day at most
@@ -124,6 +125,8 @@ class GatewayConfig:
     hostname: str = DEFAULT_HOSTNAME
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
+    # what the gateway keeps across restarts: its senders' signing containers (public)
+    state_dir: Path = Path(DEFAULT_STATE)
     log_level: str = "info"
     directory: DirectoryConfig = field(default_factory=DirectoryConfig)
     domains: tuple[DomainConfig, ...] = ()
@@ -466,6 +469,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         hostname=_hostname(top.text("hostname", DEFAULT_HOSTNAME) or DEFAULT_HOSTNAME),
         max_message_size=int(size),
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,
+        state_dir=top.path("state_dir") or base / DEFAULT_STATE,
         log_level=level,
         directory=directory,
         domains=domains,

@@ -30,8 +30,9 @@ from keypost.gateway import headers
 from keypost.gateway.config import load_config
 from keypost.gateway.directory import CachingDirectory, LdapFetcher, load_trust_anchors
 from keypost.gateway.errors import ConfigError
-from keypost.gateway.pipeline import DECRYPTED_HEADER
 from keypost.gateway.files import PRIVATE, make_private_dirs
+from keypost.gateway.kept import FOLDER as KEPT_FOLDER
+from keypost.gateway.pipeline import DECRYPTED_HEADER
 from keypost.gateway.quarantine import Maildir
 from keypost.gateway.serve import build, quiet_smtp_logging, run
 
@@ -74,11 +75,13 @@ def _trust_anchor(directory_data: Path) -> bytes:
 
 
 def tighten_demo_folders(gwdir: Path) -> None:
-    """keypost-data/gateway is keypost's own (`keypost start` made it), and its inbox and
-    quarantine hold decrypted mail: folders an older version left open to others are
-    tightened to 0700, not just warned about as a configured quarantine is."""
+    """keypost-data/gateway is keypost's own (`keypost start` made it), its inbox and
+    quarantine hold decrypted mail and its state the names of senders: folders an older
+    version left open to others are tightened to 0700, not just warned about as a
+    configured quarantine is."""
     for folder in (gwdir, *Maildir(gwdir / "inbox").folders,
-                   *Maildir(gwdir / "quarantine").folders):
+                   *Maildir(gwdir / "quarantine").folders,
+                   gwdir / "state", gwdir / "state" / KEPT_FOLDER):
         if folder.is_dir() and not folder.is_symlink():
             os.chmod(folder, PRIVATE)
 
@@ -95,6 +98,7 @@ def write_demo_config(args: argparse.Namespace, sink_port: int) -> Path:
         f'next_hop = "127.0.0.1:{sink_port}"\n'
         'hostname = "gateway.demo.invalid"\n'
         f'quarantine_dir = "{gwdir / "quarantine"}"\n'
+        f'state_dir = "{gwdir / "state"}"\n'
         "[directory]\n"
         f'url = "{args.directory}"\n'
         f'username = "{args.account}"\n'

@@ -4,7 +4,8 @@ Everything the directory sends is verified against the pinned trust anchor (cont
 or the configured roots (genuine certificates) before use, and cached until half of
 its life has passed (the directory itself renews at that point); certificates to encrypt
 to, for an hour at most (ENCRYPTION_CACHE_LIMIT). A sender's previous signing containers
-are kept beside the new one while they are valid (MAX_SIGNING_CONTAINERS in all).
+are kept beside the new one while they are valid (MAX_SIGNING_CONTAINERS in all), also
+on disk (kept.KeptContainers) for after a restart.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from keypost.core.errors import ContainerError
 from keypost.core.types import Purpose, Role
 from keypost.gateway.config import DirectoryConfig, directory_url, transport_refusal
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable, PermFailure
+from keypost.gateway.kept import KeptContainers
 from keypost.gateway.keys import read_secret
 
 log = logging.getLogger("keypost.gateway.directory")
@@ -262,8 +264,10 @@ class CachingDirectory:
         genuine_roots: Sequence[x509.Certificate] = (),
         negative_cache: float = 60.0,
         clock: Clock = _utcnow,
+        kept: KeptContainers | None = None,
     ) -> None:
         self.fetcher = fetcher
+        self.kept = kept  # signing containers on disk, for after a restart
         self.anchors = list(trust_anchors)
         self.genuine_roots = list(genuine_roots)
         self.negative = dt.timedelta(seconds=negative_cache)
@@ -293,18 +297,39 @@ class CachingDirectory:
         ]
         limit = [now + ENCRYPTION_CACHE_LIMIT] if lives and purpose is Purpose.ENCRYPT else []
         fresh = min(lives + limit) if lives else now + self.negative
-        if entry is not None and certs.signing:
+        if purpose is Purpose.SIGN:
             # Freshness comes from the new answer alone (above): a kept container past its
             # half-life must not make every message fetch again.
-            certs = Certificates(signing=_with_previous(certs.signing, entry.certs.signing, now))
+            certs = Certificates(signing=self._with_kept(address, certs.signing, entry, now))
         with self.lock:
             if len(self.cache) > 10_000:  # bounded: a flood of new addresses cannot grow it
                 self.cache.clear()
             self.cache[key] = _Entry(certs, fresh)
         return certs
 
+    def _with_kept(
+        self, address: Address, fetched: tuple[x509.Certificate, ...], entry: _Entry | None,
+        now: dt.datetime,
+    ) -> tuple[x509.Certificate, ...]:
+        """The directory's signing containers and the sender's previous ones (from the cache,
+        else from the state folder, verified like an answer), written back when they change."""
+        previous: tuple[x509.Certificate, ...] = ()
+        if entry is not None:
+            previous = entry.certs.signing
+        elif self.kept is not None and fetched:
+            loaded = self.kept.load(address, now)
+            previous = self._verify(address, Purpose.SIGN, loaded, now,
+                                    "kept in the state folder").signing
+        # Only beside a new answer: when the directory stops handing out a signing
+        # container, the kept ones go too (also a file from before a restart).
+        merged = _with_previous(fetched, previous, now) if fetched else ()
+        if self.kept is not None and (merged != previous or (entry is None and not fetched)):
+            self.kept.save(address, merged)
+        return merged
+
     def _verify(
-        self, address: Address, purpose: Purpose, found: list[x509.Certificate], now: dt.datetime
+        self, address: Address, purpose: Purpose, found: list[x509.Certificate], now: dt.datetime,
+        source: str = "from the directory",
     ) -> Certificates:
         gateways: list[x509.Certificate] = []
         genuine: list[x509.Certificate] = []
@@ -336,8 +361,7 @@ class CachingDirectory:
                 bucket.append(cert)
             else:
                 log.warning(
-                    "certificate for %s from the directory rejected: %s",
-                    address, "; ".join(res.reasons),
+                    "certificate for %s %s rejected: %s", address, source, "; ".join(res.reasons),
                 )
         return Certificates(tuple(gateways), tuple(genuine), tuple(signing))
 
@@ -370,7 +394,8 @@ def check_tls_ca(path: Path) -> None:
 
 
 def make_directory(
-    cfg: DirectoryConfig, timeout: float, anchors: Sequence[x509.Certificate]
+    cfg: DirectoryConfig, timeout: float, anchors: Sequence[x509.Certificate],
+    kept: KeptContainers | None = None,
 ) -> DirectoryClient:
     if cfg.url is None:
         return NoDirectory()
@@ -390,4 +415,4 @@ def make_directory(
         fetcher = HttpFetcher(cfg, pw, timeout)
     else:
         fetcher = LdapFetcher(cfg, pw, timeout)
-    return CachingDirectory(fetcher, anchors, roots, cfg.negative_cache)
+    return CachingDirectory(fetcher, anchors, roots, cfg.negative_cache, kept=kept)

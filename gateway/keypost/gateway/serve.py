@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,8 @@ from keypost.gateway.config import GatewayConfig
 from keypost.gateway.directory import DirectoryClient, load_trust_anchors, make_directory
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.handler import GatewayHandler
+from keypost.gateway.kept import FOLDER as KEPT_FOLDER
+from keypost.gateway.kept import KeptContainers
 from keypost.gateway.keys import DomainKeys, load_all_keys
 from keypost.gateway.pipeline import Pipeline
 from keypost.gateway.quarantine import Maildir, loose_warning
@@ -46,14 +49,18 @@ class Gateway:
     directory: DirectoryClient
     pipeline: Pipeline
     handler: GatewayHandler
+    kept: KeptContainers | None  # signing containers on disk (None: not kept)
 
 
-def build(config: GatewayConfig) -> Gateway:
-    """Load keys and secrets, connect nothing yet. Raises ConfigError."""
+def build(config: GatewayConfig, keep_state: bool = True) -> Gateway:
+    """Load keys and secrets, connect nothing yet. Raises ConfigError. `keep_state` False:
+    signing containers are not written to (nor read from) `state_dir` (check-config)."""
     keys = dict(load_all_keys(config))
     scanner = make_scanner(config.scan, config.timeouts.scan)
     anchors = load_trust_anchors(config.directory)
-    directory = make_directory(config.directory, config.timeouts.directory, anchors)
+    kept = (KeptContainers(config.state_dir / KEPT_FOLDER)
+            if keep_state and config.directory.url is not None else None)
+    directory = make_directory(config.directory, config.timeouts.directory, anchors, kept)
     pipeline = Pipeline(
         keys,
         config.policy,
@@ -75,7 +82,20 @@ def build(config: GatewayConfig) -> Gateway:
         config.timeouts.processing,
         lmtp=config.protocol == "lmtp",
     )
-    return Gateway(config, keys, scanner, directory, pipeline, handler)
+    return Gateway(config, keys, scanner, directory, pipeline, handler, kept)
+
+
+def start_kept(kept: KeptContainers) -> None:
+    """Create the state folder and drop what is of no more use. A folder that cannot be
+    made costs a warning, not the start: signing works, only a restart forgets more."""
+    try:
+        kept.ensure()
+    except OSError as exc:
+        log.warning("state_dir: cannot create %s (%s): the previous signing containers of "
+                    "senders will be forgotten at each restart", kept.folder,
+                    exc.strerror or exc)
+        return
+    kept.prune(dt.datetime.now(dt.UTC))
 
 
 def smtp_kwargs(cfg: GatewayConfig) -> dict[str, Any]:
@@ -159,6 +179,8 @@ async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
         # Not tightened: an existing folder's mode is the administrator's choice (e.g. a
         # review group); but held mail is decrypted, so it must not pass unremarked.
         log.warning("%s", loose_warning(folder, mode))
+    if gw.kept is not None:
+        start_kept(gw.kept)
     loop = asyncio.get_running_loop()
     # Worker threads mostly wait on the next hop, the directory or a scanner process;
     # the default pool (cores + 4) would queue concurrent sessions behind a few of them.
