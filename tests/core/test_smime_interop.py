@@ -433,6 +433,47 @@ def test_openssl_signed_message_verifies_with_our_verifier(
     assert result.signer == signing
 
 
+@pytest.mark.parametrize("opts", [(), ("-stream",), ("-binary",)], ids=["der", "ber", "binary"])
+def test_openssl_opaque_signed_data_verifies_with_our_verifier(
+    tmp_path: Path, opts: tuple[str, ...]
+) -> None:
+    """application/pkcs7-mime; smime-type=signed-data (`-nodetach`): the content travels
+    inside the SignedData, as DER or as BER with the content in chunks (`-stream`)."""
+    message, signing = _openssl_signed(tmp_path, "-nodetach", *opts)
+    assert b"smime-type=signed-data" in message
+    result = smime.verify_signed(message, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    assert result.signer == signing and result.content == ENTITY
+    unwrapped = smime.unsigned(message)
+    assert unwrapped is not None
+    assert unwrapped.endswith(ENTITY) and b"pkcs7" not in unwrapped
+    assert unwrapped.startswith(b"From: Alice <alice@a.example>\r\n")
+
+
+def test_opaque_signed_data_with_changed_content_fails(tmp_path: Path) -> None:
+    message, _ = _openssl_signed(tmp_path, "-nodetach")
+    head, b64 = message.split(b"\n\n", 1)
+    der = base64.b64decode(b64)
+    changed = head + b"\n\n" + base64.encodebytes(der.replace(b"meet at noon", b"meet at nine"))
+    result = smime.verify_signed(changed, [directory_ca().certificate])
+    assert not result.ok
+    assert "the content was changed after signing (messageDigest mismatch)" in result.reasons
+
+
+def test_unsigned_takes_the_signature_layer_off_and_nothing_else(tmp_path: Path) -> None:
+    message, _ = _openssl_signed(tmp_path)
+    unwrapped = smime.unsigned(message)
+    assert unwrapped is not None
+    outer, entity = unwrapped.split(b"\r\n\r\n", 1)
+    assert b"Subject: interop" in outer and b"multipart/signed" not in outer
+    assert outer.endswith(b"Content-Type: text/plain; charset=us-ascii")
+    assert entity == b"meet at noon\r\nbring the keys\r\n"
+    assert smime.unsigned(_message()) is None  # not signed
+    pgp = _message().replace(b"Content-Type: text/plain; charset=us-ascii", (
+        b'Content-Type: multipart/signed; protocol="application/pgp-signature"; boundary=b'))
+    assert smime.unsigned(pgp) is None  # signed, but not S/MIME
+
+
 PSS = ("-keyopt", "rsa_padding_mode:pss")
 
 

@@ -579,6 +579,7 @@ class SignedData:
     signers: tuple[SignerInfo, ...]
     detached: bool
     content_type: bytes = OID_DATA  # eContentType (OID content octets)
+    content: bytes = b""  # eContent, the signed bytes (opaque signing; b"" when detached)
 
 
 def parse_signed(der: bytes | memoryview) -> SignedData:
@@ -591,6 +592,12 @@ def parse_signed(der: bytes | memoryview) -> SignedData:
         if not encap or encap[0].tag != T_OID:
             raise _bad()
         detached = len(encap) < 2
+        econtent = b""
+        if not detached:  # [0] EXPLICIT OCTET STRING, chunked in BER (openssl -stream)
+            inner = children(buf, encap[1])
+            if encap[1].tag != T_CTX0 or len(inner) != 1 or inner[0].tag & 0x1F != T_OCTETS:
+                raise _bad()
+            econtent = bytes(octets(buf, inner[0]))
         certs: list[bytes] = []
         signer_set: Tlv | None = None
         for field in fields[3:]:
@@ -605,7 +612,7 @@ def parse_signed(der: bytes | memoryview) -> SignedData:
         signers = tuple(_signer_info(buf, si) for si in children(buf, signer_set))
     except IndexError as exc:
         raise _bad() from exc
-    return SignedData(tuple(certs), signers, detached, bytes(content(buf, encap[0])))
+    return SignedData(tuple(certs), signers, detached, bytes(content(buf, encap[0])), econtent)
 
 
 _SINGLE_ATTRIBUTES = {

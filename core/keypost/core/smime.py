@@ -208,6 +208,11 @@ def _der_of_parts(headers: Sequence[m.Header], body: memoryview) -> bytes | memo
     smime_type = (ctype.param("smime-type") or "enveloped-data").lower()
     if smime_type not in _ENCRYPTED_SMIME_TYPES:
         raise SmimeError(f"not an S/MIME encrypted message (smime-type={smime_type})")
+    return _decoded(headers, body)
+
+
+def _decoded(headers: Sequence[m.Header], body: memoryview) -> bytes | memoryview:
+    """An application/pkcs7-mime body as DER (base64 decoded when so encoded)."""
     cte = m.find_header(headers, "Content-Transfer-Encoding")
     if cte is not None and cte.value.lower() == "base64":
         return m.b64_decode(body)
@@ -587,7 +592,8 @@ class SignatureResult:
 def verify_signed(
     message: bytes, trust_anchors: Sequence[x509.Certificate], now: dt.datetime | None = None
 ) -> SignatureResult:
-    """Check a multipart/signed message: the signature over the signed attributes, the
+    """Check a multipart/signed message (or an application/pkcs7-mime signed-data one,
+    whose content is inside the SignedData): the signature over the signed attributes, the
     messageDigest over the content, the signer's chain to `trust_anchors` (directly or
     through intermediates carried in the SignedData), its validity at the signing time,
     key usage, that it names the From address and that signingTime matches Date.
@@ -600,20 +606,67 @@ def verify_signed(
         return _failed(checks.failure_reason(exc, "certificate in the signature"))
 
 
+def unsigned(message: bytes) -> bytes | None:
+    """The message without its S/MIME signature layer: its header fields but Content-*,
+    then the Content-* fields and body of the signed entity (multipart/signed: the first
+    part; application/pkcs7-mime signed-data: the content inside). None when the message
+    is not signed so. The signature is not checked (verify_signed does). Raises SmimeError
+    for a signature layer that cannot be read."""
+    try:
+        headers, entity, der = _signed_parts(message)
+    except _NotSigned:
+        return None
+    if entity is None:
+        signed = cms.parse_signed(der)
+        if signed.detached:
+            raise SmimeError("signed-data without its content (a detached signature)")
+        entity = m.canonical(signed.content)
+    inner, start = m.split_entity_at(entity)
+    outer = m.header_lines(h for h in headers if not m.is_content_header(h))
+    return outer + m.canonical_entity([h for h in inner if m.is_content_header(h)], entity, start)
+
+
 def _failed(reason: str, content: bytes = b"") -> SignatureResult:
     return SignatureResult(False, None, None, (reason,), content)
 
 
-def _signed_parts(message: bytes) -> tuple[list[m.Header], bytes, bytes]:
-    """(outer headers, signed entity, SignedData DER) of a multipart/signed message."""
+def _opaque_signed(headers: Sequence[m.Header], body: memoryview) -> bytes | memoryview | None:
+    """The SignedData DER of an application/pkcs7-mime signed-data message (old clients
+    omit smime-type: then the CMS content type decides), else None."""
+    ctype = m.content_type_of(headers)
+    if ctype.mime_type not in _PKCS7_MIME_TYPES:
+        return None
+    smime_type = (ctype.param("smime-type") or "").lower()
+    if smime_type not in ("signed-data", ""):
+        return None
+    der = _decoded(headers, body)
+    if not smime_type:
+        try:
+            cms.parse_signed(der)
+        except SmimeError:
+            return None
+    return der
+
+
+class _NotSigned(SmimeError):
+    """The message is no S/MIME signature layer at all (rather than a broken one)."""
+
+
+def _signed_parts(message: bytes) -> tuple[list[m.Header], bytes | None, bytes]:
+    """(outer headers, signed entity, SignedData DER) of a multipart/signed message, or
+    (outer headers, None, SignedData DER) of an application/pkcs7-mime signed-data one,
+    whose entity is inside the DER."""
     headers, body = m.split_entity(m.to_crlf(message))
+    opaque = _opaque_signed(headers, body)
+    if opaque is not None:
+        return headers, None, bytes(opaque)
     ctype = m.content_type_of(headers)
     boundary = ctype.param("boundary")
     if ctype.mime_type != "multipart/signed" or not boundary:
-        raise SmimeError("not a multipart/signed message")
+        raise _NotSigned("not a multipart/signed message")
     protocol = (ctype.param("protocol") or "").lower()
-    if protocol not in _PKCS7_SIG_TYPES:
-        raise SmimeError(f"multipart/signed with protocol {protocol or '(none)'}, not S/MIME")
+    if protocol not in _PKCS7_SIG_TYPES:  # e.g. PGP/MIME
+        raise _NotSigned(f"multipart/signed with protocol {protocol or '(none)'}, not S/MIME")
     split = m.split_multipart(bytes(body), boundary)
     if len(split.parts) != 2:
         raise SmimeError("multipart/signed must have exactly two parts")
@@ -746,9 +799,10 @@ def _verify(
     if at_now.tzinfo is None:  # a naive time is taken as UTC, as everywhere in keypost
         at_now = at_now.replace(tzinfo=dt.UTC)
     try:
-        headers, content, der = _signed_parts(message)
+        headers, entity, der = _signed_parts(message)
     except SmimeError as exc:
         return _failed(str(exc))
+    content = entity or b""
     try:
         signed = cms.parse_signed(der)
         certs = [x509.load_der_x509_certificate(c) for c in signed.certificates]
@@ -756,7 +810,11 @@ def _verify(
         return _failed(str(exc), content)
     except checks.PARSE_ERRORS as exc:
         return _failed(checks.failure_reason(exc, "certificate in the signature"), content)
-    if not signed.detached:
+    if entity is None:  # application/pkcs7-mime: the content travels inside
+        if signed.detached:
+            return _failed("signed-data without its content (a detached signature)")
+        content = signed.content
+    elif not signed.detached:
         return _failed("the signature carries its own content (not detached)", content)
     if len(signed.signers) != 1:
         return _failed(f"expected one signer, found {len(signed.signers)}", content)
