@@ -382,6 +382,11 @@ def load_trust_anchors(cfg: DirectoryConfig) -> list[x509.Certificate]:
     return _load_pem_files([cfg.trust_anchor] if cfg.trust_anchor else [], "trust_anchor")
 
 
+def load_genuine_roots(cfg: DirectoryConfig) -> list[x509.Certificate]:
+    """The CAs of `genuine_roots` (empty when none are configured)."""
+    return _load_pem_files(cfg.genuine_roots, "genuine_roots")
+
+
 def check_tls_ca(path: Path) -> None:
     """Load `tls_ca` as the TLS clients will (ldap3 would raise at start, requests on
     every request), so a bad file stops check-config and serve in one line."""
@@ -407,7 +412,7 @@ def make_directory(
         pw = password.decode() if password is not None else None
     except UnicodeDecodeError:
         raise ConfigError("directory password: not UTF-8 text") from None
-    roots = _load_pem_files(cfg.genuine_roots, "genuine_roots")
+    roots = load_genuine_roots(cfg)
     if cfg.tls_ca is not None:
         check_tls_ca(cfg.tls_ca)
     fetcher: _Fetcher

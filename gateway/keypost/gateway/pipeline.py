@@ -33,6 +33,7 @@ from keypost.gateway.config import MalformedPolicy, NoGenuinePolicy, PolicyConfi
 from keypost.gateway.directory import DirectoryClient
 from keypost.gateway.errors import PermFailure, TempFailure
 from keypost.gateway.keys import DomainKeys
+from keypost.gateway.layers import OUTER_SIGNATURE_HEADER, signed_envelope, verdict
 from keypost.gateway.quarantine import Onward
 from keypost.gateway.scan import Scanner, Verdict
 
@@ -100,6 +101,7 @@ class Pipeline:
         directory_issuers: Sequence[x509.Name] = (),
         scan_plain: bool = False,
         max_message_size: int = 25 * 1024 * 1024,
+        signature_anchors: Sequence[x509.Certificate] = (),
     ) -> None:
         self.domains = dict(domains)
         self.policy = policy
@@ -108,6 +110,8 @@ class Pipeline:
         self.issuers = list(directory_issuers)
         self.scan_plain = scan_plain
         self.max_size = max_message_size
+        # what outer signature layers taken off to decrypt are verified against
+        self.signature_anchors = list(signature_anchors)
 
     # --- entry point -------------------------------------------------------------
 
@@ -144,21 +148,30 @@ class Pipeline:
         self, keys: DomainKeys, rcpts: tuple[str, ...], mail_from: str, data: bytes,
         encrypted: bool,
     ) -> list[Outcome]:
-        if headers.get(data, DECRYPTED_HEADER) is not None:
-            # Only this gateway may say what it decrypted: a forged claim is removed.
-            data = headers.remove(data, DECRYPTED_HEADER)
-        if not encrypted:
+        data = _without_claims(data)  # only this gateway may say what it decrypted
+        wrapped = None if encrypted else signed_envelope(data)
+        if isinstance(wrapped, str):
+            return [self._malformed(rcpts, wrapped, data, rcpts)]
+        if not encrypted and wrapped is None:
             return self._scanned(rcpts, mail_from, data, rcpts, self.scan_plain, "plain")
-        opened = self._open(keys, data)
+        opened = self._open(keys, wrapped.envelope if wrapped else data)
         if isinstance(opened, str):
             return [self._malformed(rcpts, opened, data, rcpts)]
-        if opened is None:
+        if opened is None:  # signature layers and all: they are the recipient's to check
             return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
         value = f"{keys.describe_key(opened.key_index)}, alg={opened.algorithm}"
         # The encrypted entity's own fields join the header block: a claim may hide there.
-        clear = headers.prepend(headers.remove(opened.clear, DECRYPTED_HEADER),
-                                DECRYPTED_HEADER, value)
-        return self._scanned(rcpts, mail_from, clear, rcpts, True, f"decrypted {value}")
+        clear = _without_claims(opened.clear)
+        note = f"decrypted {value}"
+        if wrapped is not None:
+            # Decrypting invalidates the layers around the envelope (they signed the
+            # ciphertext): the recipient learns from us what they said, outermost first.
+            for layer in reversed(wrapped.layers):
+                clear = headers.prepend(clear, OUTER_SIGNATURE_HEADER,
+                                        verdict(layer, self.signature_anchors))
+            note += f"; {len(wrapped.layers)} signature layer(s) removed"
+        clear = headers.prepend(clear, DECRYPTED_HEADER, value)
+        return self._scanned(rcpts, mail_from, clear, rcpts, True, note)
 
     # --- outbound (Figs. 2 and 3) -------------------------------------------------
 
@@ -168,13 +181,16 @@ class Pipeline:
     ) -> list[Outcome]:
         data, sign = self._sign_request(data)
         notify = (mail_from,)
-        if not encrypted:
+        wrapped = None if encrypted else signed_envelope(data)
+        if isinstance(wrapped, str):
+            return [self._malformed(rcpts, wrapped, data, notify, Onward())]
+        if not encrypted and wrapped is None:
             scanned = self._scanned(rcpts, mail_from, data, notify, self.scan_plain, "plain",
                                     Onward(sign=sign))
             if sign:
                 return [self._signed(o, sender, keys) for o in scanned]
             return scanned
-        opened = self._open(keys, data)
+        opened = self._open(keys, wrapped.envelope if wrapped else data)
         if isinstance(opened, str):
             # held as the sender sent it (never decrypted): it may leave as it is
             return [self._malformed(rcpts, opened, data, notify, Onward())]
@@ -183,10 +199,13 @@ class Pipeline:
             # either: a multipart/signed around it would hide the enveloped data from the
             # receiving gateway, which looks for a top-level application/pkcs7-mime.
             return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
-        verdict = self._scanned(rcpts, mail_from, opened.clear, notify, True, "decrypted",
+        # The sender's signature around the envelope does not survive re-encryption (it
+        # signed the ciphertext); the whole-path original, forwarded, keeps it.
+        note = "decrypted" + ("; outer signature removed" if wrapped else "")
+        scanned = self._scanned(rcpts, mail_from, opened.clear, notify, True, note,
                                 Onward(encrypt=True, sign=sign))
-        if verdict[0].action is not Action.RELAY:
-            return verdict
+        if scanned[0].action is not Action.RELAY:
+            return scanned
         theirs = {(rid.issuer, rid.serial) for rid in opened.rids}
         return self._sealed(sender, keys, rcpts, data, opened.clear, theirs, sign)
 
@@ -382,6 +401,15 @@ class Pipeline:
             return [Outcome(rcpts, Action.REJECT, reply=f"554 5.7.1 {reason}")]
         return [Outcome(rcpts, Action.QUARANTINE, message, reason, notify, note="scan",
                         onward=onward)]
+
+
+def _without_claims(message: bytes) -> bytes:
+    """The message without the fields only this gateway may write (what it decrypted, what
+    the signatures it took off said): from outside they are forged."""
+    for name in (DECRYPTED_HEADER, OUTER_SIGNATURE_HEADER):
+        if headers.get(message, name) is not None:
+            message = headers.remove(message, name)
+    return message
 
 
 def from_problem(message: bytes, sender: Address) -> str | None:

@@ -15,7 +15,12 @@ from aiosmtpd.smtp import SMTP
 
 from keypost.gateway.clients import Network, admits
 from keypost.gateway.config import GatewayConfig
-from keypost.gateway.directory import DirectoryClient, load_trust_anchors, make_directory
+from keypost.gateway.directory import (
+    DirectoryClient,
+    load_genuine_roots,
+    load_trust_anchors,
+    make_directory,
+)
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.handler import GatewayHandler
 from keypost.gateway.kept import FOLDER as KEPT_FOLDER
@@ -69,6 +74,8 @@ def build(config: GatewayConfig, keep_state: bool = True) -> Gateway:
         directory_issuers=[c.subject for c in anchors],
         scan_plain=config.scan.scan_plain,
         max_message_size=config.max_message_size,
+        # a signature taken off to decrypt is checked against every CA the gateway trusts
+        signature_anchors=anchors + load_genuine_roots(config.directory),
     )
     quarantine = Maildir(config.quarantine_dir)  # created on first use (or by `run`)
     problem = quarantine.problem()

@@ -1,0 +1,94 @@
+"""Signature layers around encrypted mail: encrypt-then-sign, and RFC 2634's triple wrap
+(sign, encrypt, sign), whose outer signature covers the envelope rather than the text.
+
+Such mail arrives as multipart/signed or application/pkcs7-mime signed-data whose content
+is an application/pkcs7-mime envelope. Left as it is, the envelope for the gateway's own
+container would reach the recipient unopened (unreadable) and the scanner would see
+ciphertext. So the gateway takes the signature layers off (decrypting invalidates them:
+the signed bytes are the ciphertext), says in a header per layer whether the signature
+verified and who signed, and decrypts what was inside. Only when there is an envelope
+inside: plain signed mail keeps its signature. At most MAX_SIGNATURE_LAYERS are taken
+off; a message nested deeper is malformed (no client writes that; each layer costs a
+decode and a parse, and a hostile message could nest thousands).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from keypost.core import smime
+from keypost.core.containers import describe
+from keypost.core.errors import ContainerError, SmimeError
+
+MAX_SIGNATURE_LAYERS = 3
+OUTER_SIGNATURE_HEADER = "X-Keypost-Outer-Signature"
+TOO_DEEP = f"more than {MAX_SIGNATURE_LAYERS} signature layers around the content"
+# The header carries the verifier's reasons, which may quote what the sender wrote (a From
+# address): one line of printable ASCII, bounded.
+MAX_VALUE = 400
+
+
+@dataclass(frozen=True)
+class Wrapped:
+    """An envelope inside signature layers."""
+
+    envelope: bytes  # the encrypted message, under the original message's outer fields
+    layers: tuple[bytes, ...]  # each signature layer taken off, outermost first
+
+
+def signed_envelope(message: bytes) -> Wrapped | str | None:
+    """The envelope inside the message's signature layers; None when there is none (not
+    signed, signed plain content, a layer that cannot be read), or the reason the message
+    is malformed (TOO_DEEP)."""
+    layers: list[bytes] = []
+    current = message
+    while True:
+        try:
+            inner = smime.unsigned(current)
+        except SmimeError:
+            return None  # a broken signature: what it holds cannot be told, nor opened
+        if inner is None:
+            break
+        if len(layers) == MAX_SIGNATURE_LAYERS:
+            return TOO_DEEP
+        layers.append(current)
+        current = inner
+    if not layers or not _encrypted(current):
+        return None
+    return Wrapped(current, tuple(layers))
+
+
+def _encrypted(message: bytes) -> bool:
+    try:
+        return smime.is_encrypted(message)
+    except (SmimeError, ValueError):
+        return False
+
+
+def verdict(layer: bytes, anchors: Sequence[x509.Certificate]) -> str:
+    """The OUTER_SIGNATURE_HEADER value for one layer taken off: `verified` or `not
+    verified (reasons)`, the signer's addresses, and that the layer was removed."""
+    result = smime.verify_signed(layer, anchors)
+    parts = ["verified" if result.ok else f"not verified ({'; '.join(result.reasons)})"]
+    signer = _addresses(result.signer)
+    if signer:
+        parts.append(f"signer={signer}")
+    parts.append("removed to decrypt")
+    return _one_line("; ".join(parts))
+
+
+def _addresses(cert: x509.Certificate | None) -> str:
+    if cert is None:
+        return ""
+    try:
+        return ",".join(describe(cert).addresses)
+    except ContainerError:
+        return ""
+
+
+def _one_line(text: str) -> str:
+    clean = "".join(ch if " " <= ch <= "~" else "?" for ch in " ".join(text.split()))
+    return clean if len(clean) <= MAX_VALUE else clean[: MAX_VALUE - 3] + "..."
