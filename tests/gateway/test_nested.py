@@ -16,6 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from gw_directory import DirectoryWorld
 from gw_support import Pki, Sink, body_of, plain_message, running_gateway, send, write_private
+from gw_verify import openssl_verify
 from pki_util import email_cert, key_pem, make_ca, rsa_key
 
 from keypost.core import smime
@@ -33,14 +34,16 @@ def _run(args: list[str]) -> bytes:
     return re.sub(rb"(?<!\r)\n", b"\r\n", done.stdout)
 
 
-def _enveloped(tmp: Path, recipient: x509.Certificate) -> Path:
+def _enveloped(tmp: Path, recipient: x509.Certificate, entity: Path | None = None) -> Path:
     """An application/pkcs7-mime enveloped-data entity for `recipient` (no From/To: the
-    signature layer around it carries them)."""
-    (tmp / "entity").write_bytes(
-        f"Content-Type: text/plain; charset=us-ascii\r\n\r\n{SECRET}\r\n".encode())
+    signature layer around it carries them) holding `entity` (default: SECRET as text)."""
+    if entity is None:
+        entity = tmp / "entity"
+        entity.write_bytes(
+            f"Content-Type: text/plain; charset=us-ascii\r\n\r\n{SECRET}\r\n".encode())
     (tmp / "recipient.pem").write_bytes(to_pem(recipient))
     out = tmp / "enveloped.eml"
-    out.write_bytes(_run(["openssl", "cms", "-encrypt", "-aes256", "-in", str(tmp / "entity"),
+    out.write_bytes(_run(["openssl", "cms", "-encrypt", "-aes256", "-in", str(entity),
                           str(tmp / "recipient.pem")]))
     return out
 
@@ -119,6 +122,26 @@ def test_an_outer_signature_that_does_not_verify_is_recorded_and_the_mail_delive
     assert value.startswith(f"{HEADER}: not verified (".encode()), value
     assert b"not issued by a trusted" in value
     assert f"signer={BOB}; removed to decrypt".encode() in value
+
+
+def test_a_triple_wrap_keeps_its_inner_signature_for_the_recipient(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """RFC 2634 sign-encrypt-sign: the outer signature goes (it signed the ciphertext), the
+    inner one, over the text, reaches the recipient and verifies with openssl."""
+    bob = _bob(world, tmp_path)
+    (tmp_path / "text").write_bytes(f"Content-Type: text/plain\r\n\r\n{SECRET}\r\n".encode())
+    signed_text = bob.sign(tmp_path / "text", "detached", outer=False)
+    message = bob.sign(_enveloped(tmp_path, pki.container(pki.current), signed_text), "opaque")
+    with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
+        code, text = send(gw.port, BOB, [ALICE], message.read_bytes())
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert got.data.count(f"{HEADER}: verified; signer={BOB}".encode()) == 1
+    assert b"multipart/signed" in got.data and b"X-Keypost-Decrypted" in got.data
+    done = openssl_verify(got.data, world.genuine_ca_pem, tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert SECRET.encode() in done.stdout
 
 
 def test_three_signature_layers_are_unwrapped_and_a_fourth_is_refused(
