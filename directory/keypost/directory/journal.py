@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
 
+from keypost.core.durable import fsync_folder, write_synced
 from keypost.directory.errors import DirectoryError
 from keypost.directory.store import AuditRecord, CacheKey, IssuedRecord
 
@@ -120,15 +121,6 @@ def decode(data: bytes) -> Batch:
         raise JournalError(f"unreadable ({exc.__class__.__name__}: {exc})") from None
 
 
-def _sync_folder(folder: Path) -> None:
-    """A rename or an unlink survives a power loss only once the folder is synced."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class Journal:
     """The pending-batch files of one store, in the store's folder."""
 
@@ -148,17 +140,13 @@ class Journal:
         path = self._folder / f"{self._prefix}{stamp}-{secrets.token_hex(4)}.json"
         temporary = path.with_name(path.name + ".tmp")
         data = encode(issued, audit)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
+            write_synced(temporary, data)
             os.replace(temporary, path)
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
-        _sync_folder(self._folder)
+        fsync_folder(self._folder)
         return path
 
     def read(self, path: Path) -> Batch:
@@ -171,10 +159,10 @@ class Journal:
         """Rename a file that did not read, so that no start reads it again -> new path."""
         aside = path.with_name(path.name + CORRUPT)
         os.replace(path, aside)
-        _sync_folder(self._folder)
+        fsync_folder(self._folder)
         return aside
 
     def remove(self, path: Path) -> None:
         """Once its records are committed to the store (gone already: removed by hand)."""
         path.unlink(missing_ok=True)
-        _sync_folder(self._folder)
+        fsync_folder(self._folder)

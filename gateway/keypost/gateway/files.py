@@ -6,6 +6,10 @@ import errno
 import os
 from pathlib import Path
 
+from keypost.core.durable import fsync_folder, write_synced
+
+__all__ = ["PRIVATE", "folder_problem", "fsync_folder", "make_private_dirs", "write_synced"]
+
 PRIVATE = 0o700  # held and demo-inbox mail is decrypted: for the gateway's user alone
 
 
@@ -37,22 +41,3 @@ def folder_problem(path: Path) -> str | None:
     if parent != path and not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot create folders in {parent}"
     return None
-
-
-def write_synced(path: Path, data: bytes) -> None:
-    """Create `path` (it must not exist), mode 0600, with `data` on the disk (fsync) before
-    it returns: the caller renames it into place. Raises OSError."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def fsync_folder(folder: Path) -> None:
-    """Make a rename into `folder` durable. Raises OSError."""
-    dfd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
