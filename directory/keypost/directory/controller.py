@@ -29,6 +29,7 @@ from functools import lru_cache
 from cryptography import x509
 
 from keypost.core.address import Address, parse_address
+from keypost.core.bindings import Binding
 from keypost.core.containers import (
     ContainerRequest,
     DirectoryCA,
@@ -533,6 +534,59 @@ class Controller:
                          for a in answers) or "-"
         log.info("event=lookup protocol=%s requestor=%s addresses=%s roles=%s ms=%.2f",
                  protocol, requestor_label(requestor), hashes, roles, elapsed * 1000)
+
+    # bindings ----------------------------------------------------------------------
+    def bindings(self, account: AccountRecord, serials: Sequence[int],
+                 addresses: Sequence[Address]) -> list[list[Binding]]:
+        """Was the container with each serial issued for each address? One row per serial,
+        one Binding per address (GET /v1/bindings; `account` is a gateway account).
+
+        Only containers of the asking gateway's keys are answered: those of its domain's
+        keys, current or retired, and of any domain registered with one of them (one
+        gateway serving it). Any other serial is UNKNOWN, as a serial never issued is, so
+        the answer tells no other domain's containers apart from made-up serials.
+
+        A container is looked up where it is kept until it expires: not yet written
+        (issued within the last second) or in the store; BOUND or NOT_BOUND. Once the
+        purge dropped it, the audit (audit_retention_days) keeps its serial with the
+        address's hash only: that can confirm a pair for an address of the gateway's
+        domain(s) (BOUND), never say whose else the serial was (UNKNOWN). Either way the
+        asker learns nothing it did not name: the address and the serial come from it.
+        """
+        started = time.perf_counter()
+        fingerprints, domains = self._gateway_scope(account.domain)
+        keys = [a.key() for a in addresses]
+        rows: list[list[Binding]] = []
+        for serial in serials:
+            issued = {r.key.address_key for r in self._pending_issued
+                      if r.serial == serial and r.key.gateway_fingerprint in fingerprints}
+            issued |= {key for key, fp in self.store.issued_with_serial(serial)
+                       if fp in fingerprints}
+            if issued:
+                rows.append([Binding.BOUND if k in issued else Binding.NOT_BOUND for k in keys])
+                continue
+            hashes = {a.address_hash for a in self._pending_audit if serial in a.serials}
+            hashes |= self.store.audit_hashes(serial)
+            rows.append([
+                Binding.BOUND if a.domain in domains and address_hash(k) in hashes
+                else Binding.UNKNOWN
+                for a, k in zip(addresses, keys, strict=True)])
+        elapsed = time.perf_counter() - started
+        if log.isEnabledFor(logging.INFO):
+            bound = sum(b is Binding.BOUND for row in rows for b in row)
+            log.info("event=bindings protocol=http requestor=gateway:%s serials=%d "
+                     "addresses=%d bound=%d ms=%.2f", account.domain, len(serials),
+                     len(addresses), bound, elapsed * 1000)
+        self.metrics.request("http", "ok")  # not a look-up: kept out of its histogram
+        return rows
+
+    def _gateway_scope(self, domain: str) -> tuple[set[str], set[str]]:
+        """(fingerprints of `domain`'s keys ever registered, the domains registered with
+        any of them): the containers a gateway account of `domain` may ask about."""
+        records = self.store.domain_keys(history=True)
+        fingerprints = {r.fingerprint for r in records if r.domain == domain}
+        return fingerprints, {domain} | {r.domain for r in records
+                                         if r.fingerprint in fingerprints}
 
     # persistence -------------------------------------------------------------------
     def take_pending(self) -> tuple[list[IssuedRecord], list[AuditRecord]]:

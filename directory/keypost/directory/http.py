@@ -15,7 +15,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from keypost.core.address import parse_address
+from keypost.core.address import Address, parse_address
+from keypost.core.bindings import parse_serial_hex, serial_hex
 from keypost.core.containers import to_pem
 from keypost.core.errors import AddressError
 from keypost.core.netaddr import is_loopback_host
@@ -105,7 +106,8 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
     return account
 
 
-def _parse_query(request: web.Request, max_addresses: int) -> tuple[list[str], Purpose]:
+def _addresses(request: web.Request, max_addresses: int) -> list[tuple[str, Address]]:
+    """The address= parameters, each as asked (stripped) and parsed."""
     # whitespace around an address is none of it (LDAP's filter reading drops it too); kept,
     # it made each padding an answer cache key of its own, of up to ~8 KB
     addresses = [a.strip() for a in request.query.getall("address", [])]
@@ -113,11 +115,17 @@ def _parse_query(request: web.Request, max_addresses: int) -> tuple[list[str], P
         raise RequestError("missing_address", "give at least one address=")
     if len(addresses) > max_addresses:
         raise RequestError("too_many_addresses", f"at most {max_addresses} addresses per request")
+    parsed: list[tuple[str, Address]] = []
     for text in addresses:
         try:
-            parse_address(text)
+            parsed.append((text, parse_address(text)))
         except AddressError as exc:
             raise RequestError("invalid_address", str(exc)) from None
+    return parsed
+
+
+def _parse_query(request: web.Request, max_addresses: int) -> tuple[list[str], Purpose]:
+    addresses = [text for text, _ in _addresses(request, max_addresses)]
     purposes = request.query.getall("purpose", ["encrypt"])
     if len(purposes) != 1 or purposes[0] not in {p.value for p in Purpose}:
         raise RequestError("invalid_purpose", "purpose must be encrypt or sign")
@@ -160,6 +168,44 @@ async def containers(request: web.Request) -> web.StreamResponse:
     return web.json_response({"results": [_result(a, url) for a in answers]})
 
 
+def _serials(request: web.Request, max_serials: int) -> list[int]:
+    texts = request.query.getall("serial", [])
+    if not texts:
+        raise RequestError("missing_serial", "give at least one serial= (hex)")
+    if len(texts) > max_serials:
+        raise RequestError("too_many_serials", f"at most {max_serials} serials per request")
+    serials: list[int] = []
+    for text in texts:
+        serial = parse_serial_hex(text.strip())
+        if serial is None:
+            raise RequestError("invalid_serial",
+                               "a serial is a positive number of at most 40 hex digits")
+        serials.append(serial)
+    return serials
+
+
+async def bindings(request: web.Request) -> web.StreamResponse:
+    """GET /v1/bindings?serial=HEX[&serial=...]&address=A[&address=...]: for every pair,
+    was that container issued for that address (Controller.bindings)? Gateway accounts only:
+    the gateway's recipient_binding policy asks it for the mail it decrypted."""
+    max_addresses = request.app[SETTINGS]["max_addresses"]
+    assert isinstance(max_addresses, int)
+    serials = _serials(request, max_addresses)
+    addresses = _addresses(request, max_addresses)
+    account = await _requestor_account(request)
+    if isinstance(account, web.Response):
+        return account
+    if account is None or account.role is not AccountRole.GATEWAY:
+        request.app[CONTROLLER].metrics.request("http", "forbidden")
+        return _error(403, "forbidden", "bindings are answered to gateway accounts only")
+    rows = request.app[CONTROLLER].bindings(account, serials, [a for _, a in addresses])
+    return web.json_response({"results": [
+        {"serial": serial_hex(serial), "address": text, "binding": binding.value}
+        for serial, row in zip(serials, rows, strict=True)
+        for (text, _), binding in zip(addresses, row, strict=True)
+    ]})
+
+
 async def trust_anchor(request: web.Request) -> web.StreamResponse:
     pem = to_pem(request.app[CONTROLLER].ca.certificate)
     return web.Response(body=pem, content_type="application/x-pem-file")
@@ -199,6 +245,7 @@ async def openapi(request: web.Request) -> web.StreamResponse:
 
 ROUTES: tuple[tuple[str, Handler], ...] = (
     ("/v1/containers", containers),
+    ("/v1/bindings", bindings),
     ("/v1/ca", trust_anchor),
     ("/healthz", healthz),
     ("/metrics", metrics),

@@ -177,6 +177,11 @@ class Store(Protocol):
         (the controller asks the store per miss only for these)."""
         ...
 
+    def issued_with_serial(self, serial: int) -> list[tuple[str, str]]:
+        """(address key, gateway key fingerprint) of each stored container with this
+        serial, for every requestor (GET /v1/bindings)."""
+        ...
+
     def purge_issued(self, now: dt.datetime) -> int:
         """Delete expired containers; returns how many."""
         ...
@@ -193,6 +198,11 @@ class Store(Protocol):
     def append_audit(self, records: Sequence[AuditRecord]) -> None: ...
 
     def audit(self, since: dt.datetime | None = None) -> list[AuditRecord]: ...
+
+    def audit_hashes(self, serial: int) -> set[str]:
+        """The address hashes of the audit records naming this serial. Only records that
+        name it alone are searched: the controller writes one record per container."""
+        ...
 
     def purge_audit(self, older_than: dt.datetime) -> int:
         """Delete audit records older than the given time; returns how many."""

@@ -197,6 +197,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     _strip_gateway_keys,
     # 5: address keys lower-cased instead of case-folded (Address.key)
     _rekey_addresses,
+    # 6: GET /v1/bindings looks containers and audit records up by serial
+    """
+    CREATE INDEX issued_serial ON issued (serial);
+    CREATE INDEX audit_serials ON audit (serials);
+    """,
 )
 
 
@@ -511,6 +516,12 @@ class SqliteStore:
             "SELECT DISTINCT address_key FROM issued WHERE not_after > ?", (_ts(now),))
         return {r[0] for r in rows}
 
+    def issued_with_serial(self, serial: int) -> list[tuple[str, str]]:
+        rows = self._db.execute(
+            "SELECT address_key, gateway_fingerprint FROM issued WHERE serial = ?",
+            (str(serial),))
+        return [(str(key), str(fp)) for key, fp in rows]
+
     def purge_issued(self, now: dt.datetime) -> int:
         with self._tx():
             n = self._db.execute("DELETE FROM issued WHERE not_after <= ?", (_ts(now),)).rowcount
@@ -562,6 +573,12 @@ class SqliteStore:
                         tuple(int(s) for s in serials.split(",") if s))
             for t, req, h, roles, serials in rows
         ]
+
+    def audit_hashes(self, serial: int) -> set[str]:
+        # `serials = ?` uses the index; a record naming several serials is not found
+        rows = self._db.execute("SELECT address_hash FROM audit WHERE serials = ?",
+                                (str(serial),))
+        return {str(r[0]) for r in rows}
 
     def purge_audit(self, older_than: dt.datetime) -> int:
         with self._tx():

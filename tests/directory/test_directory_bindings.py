@@ -1,0 +1,185 @@
+"""GET /v1/bindings: whether a container serial was issued for an address, answered to
+gateway accounts for their own domain's containers only; through a real HTTP client
+against `keypost directory serve`, and after the purge against a real store."""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from dir_support import (
+    GATEWAY,
+    GATEWAY_PW,
+    OTHER,
+    USER,
+    USER_PW,
+    Directory,
+    assert_documented,
+)
+
+from keypost.core.address import parse_address
+from keypost.core.containers import DirectoryCA, GatewayKey
+from keypost.core.types import Purpose
+from keypost.directory.controller import Controller, requestor_of
+from keypost.directory.store import (
+    AccountRecord,
+    AccountRole,
+    GatewayKeyRecord,
+    KeyUse,
+    PasswordHash,
+)
+from keypost.directory.store.sqlite import SqliteStore
+
+BOB, MALLORY = "bob@example.com", "mallory@example.com"
+
+
+def serial_of(d: Directory, address: str, auth: tuple[str, str] | None = None) -> int:
+    """The serial of the encryption container `address` gets from the directory."""
+    resp = requests.get(d.http + "v1/containers", params={"address": address}, auth=auth,
+                        timeout=30)
+    assert resp.status_code == 200, resp.text
+    pem = resp.json()["results"][0]["containers"][-1]["pem"]
+    return int(x509.load_pem_x509_certificate(pem.encode()).serial_number)
+
+
+def ask(d: Directory, serials: list[str], addresses: list[str],
+        auth: tuple[str, str] | None = (GATEWAY, GATEWAY_PW)) -> requests.Response:
+    params = [("serial", s) for s in serials] + [("address", a) for a in addresses]
+    return requests.get(d.http + "v1/bindings", params=params, auth=auth, timeout=30)
+
+
+def answers(resp: requests.Response) -> dict[tuple[str, str], str]:
+    assert resp.status_code == 200, resp.text
+    assert_documented(resp.status_code, resp.json(), "/v1/bindings")
+    return {(r["serial"], r["address"]): r["binding"] for r in resp.json()["results"]}
+
+
+def test_a_serial_is_bound_to_its_address_only(directory: Directory) -> None:
+    bob = f"{serial_of(directory, BOB):X}"
+    got = answers(ask(directory, [bob], [BOB, MALLORY, "BOB@Example.COM"]))
+    assert got == {(bob, BOB): "bound", (bob, MALLORY): "not_bound",
+                   (bob, "BOB@Example.COM"): "bound"}  # Address.key(): one mailbox
+
+
+def test_every_pair_of_serials_and_addresses_is_answered(directory: Directory) -> None:
+    bob = f"{serial_of(directory, BOB, (USER, USER_PW)):x}"  # lower-case hex too
+    mallory = f"{serial_of(directory, MALLORY):X}"
+    got = answers(ask(directory, [bob, mallory], [BOB, MALLORY]))
+    bob = bob.upper()  # as the answer writes it
+    assert got == {(bob, BOB): "bound", (bob, MALLORY): "not_bound",
+                   (mallory, BOB): "not_bound", (mallory, MALLORY): "bound"}
+
+
+def test_a_serial_never_issued_is_unknown(directory: Directory) -> None:
+    made_up = f"{secrets.randbits(120) | 1 << 119:X}"
+    assert answers(ask(directory, [made_up], [BOB])) == {(made_up, BOB): "unknown"}
+
+
+def test_another_domains_container_is_unknown_to_this_gateway(directory: Directory) -> None:
+    """The gateway of example.com learns nothing of example.org's containers: neither
+    whether a serial is one nor for whom (bound and not_bound alike would tell)."""
+    theirs = f"{serial_of(directory, 'carol@' + OTHER):X}"
+    got = answers(ask(directory, [theirs], ["carol@" + OTHER, BOB]))
+    assert set(got.values()) == {"unknown"}
+
+
+@pytest.mark.parametrize("auth", [None, (USER, USER_PW)])
+def test_only_gateway_accounts_may_ask(directory: Directory,
+                                       auth: tuple[str, str] | None) -> None:
+    bob = f"{serial_of(directory, BOB):X}"
+    resp = ask(directory, [bob], [BOB], auth=auth)
+    assert resp.status_code == 403
+    assert resp.json()["error"]["code"] == "forbidden"
+    assert_documented(resp.status_code, resp.json(), "/v1/bindings")
+
+
+def test_wrong_credentials_are_401(directory: Directory) -> None:
+    resp = ask(directory, ["1A"], [BOB], auth=(GATEWAY, "wrong"))
+    assert resp.status_code == 401 and "WWW-Authenticate" in resp.headers
+    assert_documented(resp.status_code, resp.json(), "/v1/bindings")
+
+
+@pytest.mark.parametrize(("serials", "addresses", "code"), [
+    ([], [BOB], "missing_serial"),
+    (["1A"], [], "missing_address"),
+    (["xyz"], [BOB], "invalid_serial"),
+    (["-1"], [BOB], "invalid_serial"),
+    (["1" * 41], [BOB], "invalid_serial"),
+    (["1A"], ["not an address"], "invalid_address"),
+    ([f"{n:X}" for n in range(1, 102)], [BOB], "too_many_serials"),
+])
+def test_malformed_questions_are_400(directory: Directory, serials: list[str],
+                                     addresses: list[str], code: str) -> None:
+    resp = ask(directory, serials, addresses)
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == code
+    assert_documented(resp.status_code, resp.json(), "/v1/bindings")
+
+
+# --- the controller over a real store: not yet written, and after the purge ------------
+
+NOW = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+
+def _record(domain: str, key: rsa.RSAPrivateKey) -> GatewayKeyRecord:
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    return GatewayKeyRecord(domain, KeyUse.ENCRYPTION, pem, GatewayKey.from_pem(pem).fingerprint,
+                            ("aes256-cbc",), NOW)
+
+
+def _gateway(domain: str) -> AccountRecord:
+    return AccountRecord("gw", AccountRole.GATEWAY, domain, PasswordHash(b"s", 2, 1, 1, b"d"),
+                         NOW)
+
+
+@pytest.fixture()
+def controller(tmp_path: Path) -> Controller:
+    store = SqliteStore(tmp_path / "d.db")
+    for domain in ("example.com", "example.org"):
+        store.add_domain(domain, [_record(domain, rsa.generate_private_key(65537, 2048))])
+    return Controller(store, DirectoryCA.generate("ecdsa-p256"), recheck_seconds=0)
+
+
+def _issue(controller: Controller, address: str) -> int:
+    [answer] = controller.answer(requestor_of(None, "192.0.2.1"), [address], Purpose.ENCRYPT,
+                                 "http", now=NOW)
+    return answer.containers[-1].serial
+
+
+def _bindings(controller: Controller, serial: int, *addresses: str,
+              domain: str = "example.com") -> list[str]:
+    got = controller.bindings(_gateway(domain), [serial],
+                              [parse_address(a) for a in addresses])
+    return [b.value for b in got[0]]
+
+
+def test_a_container_not_yet_written_is_known(controller: Controller) -> None:
+    """The server writes new containers once a second: a message can be faster."""
+    serial = _issue(controller, BOB)
+    assert _bindings(controller, serial, BOB, MALLORY) == ["bound", "not_bound"]
+    controller.flush()
+    assert _bindings(controller, serial, BOB, MALLORY) == ["bound", "not_bound"]
+
+
+def test_after_the_purge_the_audit_confirms_but_never_denies(controller: Controller) -> None:
+    """The issued table forgets a container when it expires; the audit keeps its serial
+    with the address's hash for audit_retention_days, which can confirm a pair the asker
+    names (bound) but not say whose else the serial was (unknown, not not_bound)."""
+    serial = _issue(controller, BOB)
+    theirs = _issue(controller, "carol@example.org")
+    controller.flush()
+    controller.purge(dt.timedelta(days=90), now=NOW + dt.timedelta(days=2))
+    assert _bindings(controller, serial, BOB, MALLORY) == ["bound", "unknown"]
+    # an address of another domain is never confirmed from the audit either
+    assert _bindings(controller, theirs, "carol@example.org") == ["unknown"]
+    assert _bindings(controller, theirs, "carol@example.org", domain="example.org") == [
+        "bound"]
+    controller.purge(dt.timedelta(days=90), now=NOW + dt.timedelta(days=91))
+    assert _bindings(controller, serial, BOB) == ["unknown"]
