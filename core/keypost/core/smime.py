@@ -246,11 +246,28 @@ def is_encrypted(message: bytes) -> bool:
     return True
 
 
+_Recipients = tuple[cms.KeyTransRecipient, ...]
+
+
+@dataclass(frozen=True)
+class OpenedBy:
+    """A RecipientInfo whose wrapped key is the content key: issuer and serial of the
+    certificate it names, or the SubjectKeyIdentifier (then issuer and serial are None)."""
+
+    issuer: x509.Name | None
+    serial: int | None
+    ski: bytes | None
+
+
 @dataclass(frozen=True)
 class DecryptResult:
     message: bytes  # the decrypted message: original outer headers + the clear MIME content
     key_index: int  # which of the Decryptor's keys opened it (0 = current)
     algorithm: str  # e.g. "aes256-cbc"
+    # The RecipientInfos the content key came out of with one of our keys, in message
+    # order: every container of our key the sender encrypted to (one per recipient it
+    # meant), none of anyone else's.
+    opened_by: tuple[OpenedBy, ...] = ()
 
 
 def _block_padding_ok(key: bytes, previous: bytes, last: bytes) -> bool:
@@ -358,8 +375,9 @@ class Decryptor:
             rsa_keys.append(key)
         self._keys = tuple(rsa_keys)
 
-    def _open(self, der: bytes | memoryview) -> tuple[bytearray, int, int, str]:
-        """-> (padded plaintext, pad length, key index, algorithm). Raises DecryptError."""
+    def _open(self, der: bytes | memoryview) -> tuple[bytearray, int, int, str, _Recipients]:
+        """-> (padded plaintext, pad length, key index, algorithm, the RecipientInfos that
+        yield its content key). Raises DecryptError."""
         try:
             env = cms.parse_enveloped(der)
         except SmimeError:
@@ -380,7 +398,9 @@ class Decryptor:
         last = bytes(ct[-16:])
         best: tuple[bytes, int] | None = None  # passed the padding probe, looks like MIME
         fallback: tuple[bytes, int] | None = None  # passed the padding probe only
-        for cek, right_length, index in self._candidates(env, key_len):
+        tried: list[tuple[bytes, int]] = []  # (content key, RecipientInfo position)
+        for cek, right_length, index, position in self._candidates(env, key_len):
+            tried.append((cek, position))
             # Every pair gets both probes. A wrong key passes the padding probe about
             # once in 256 tries, so the probe alone would pick a wrong key for some
             # messages when several keys meet several RecipientInfos; the second probe
@@ -403,16 +423,17 @@ class Decryptor:
         valid = 1 <= pad <= 16 and hmac.compare_digest(plain[-pad:], bytes((pad,)) * pad)
         if not valid or index < 0:
             raise DecryptError()
-        return plain, pad, index, name
+        return plain, pad, index, name, _yielding(env, cek, tried)
 
     def _candidates(self, env: cms.Enveloped,
-                    key_len: int) -> Iterator[tuple[bytes, bool, int]]:
-        """(content key, whether it had the right length, key index) for every key and
+                    key_len: int) -> Iterator[tuple[bytes, bool, int, int]]:
+        """(content key, whether it had the right length, key index, RecipientInfo
+        position) for every key and
         usable RecipientInfo, all of them decrypted whatever the outcome; a result of the
         wrong length comes as a random key (drawn every time: both outcomes cost the same),
         one of the right length may still be wrong (RSA implicit rejection)."""
         for index, key in enumerate(self._keys):
-            for ri in env.recipients:
+            for position, ri in enumerate(env.recipients):
                 # An SKI RecipientInfo is not used to skip keys: SKI methods differ between
                 # issuers (SHA-1 of the key, RFC 7093 variants), a mismatch proves nothing.
                 if ri.padding is None:
@@ -426,9 +447,9 @@ class Decryptor:
                     # failure continues exactly like a wrong key.
                     cek = b""
                 right_length = len(cek) == key_len
-                yield (cek if right_length else filler), right_length, index
+                yield (cek if right_length else filler), right_length, index, position
 
-    def _open_gcm(self, env: cms.Enveloped) -> tuple[bytearray, int, int, str]:
+    def _open_gcm(self, env: cms.Enveloped) -> tuple[bytearray, int, int, str, _Recipients]:
         """AuthEnvelopedData with AES-GCM (RFC 5083/5084). GCM authenticates the content:
         nothing is returned unless the tag verifies, and a modified ciphertext, key or tag
         all end in the same DecryptError, so there is no padding oracle to hide. The
@@ -445,8 +466,9 @@ class Decryptor:
             raise DecryptError()
         name, key_len = cipher
         first = bytes(ct[:16])
-        ranked = sorted(((cek, index) for cek, right_length, index
-                         in self._candidates(env, key_len) if right_length),
+        tried = [(cek, index, position) for cek, right_length, index, position
+                 in self._candidates(env, key_len) if right_length]
+        ranked = sorted(((cek, index) for cek, index, _ in tried),
                         key=lambda c: not _looks_like_mime(c[0], modes.GCM(env.iv), first))
         tries = ranked[:MAX_GCM_TRIES] or [(os.urandom(key_len), -1)]
         plain = bytearray(len(ct) + 15)
@@ -461,13 +483,13 @@ class Decryptor:
                 continue
             if index >= 0:
                 del plain[written:]
-                return plain, 0, index, name
+                return plain, 0, index, name, _yielding(env, cek, [(c, p) for c, _, p in tried])
         plain[:] = b""  # unauthenticated text is never kept
         raise DecryptError()
 
     def decrypt_der(self, der: bytes) -> tuple[bytes, int, str]:
         """EnvelopedData DER -> (clear content, key index, algorithm)."""
-        plain, pad, index, name = self._open(der)
+        plain, pad, index, name, _ = self._open(der)
         del plain[len(plain) - pad :]
         return bytes(plain), index, name
 
@@ -477,7 +499,11 @@ class Decryptor:
             der = _der_of_parts(headers, body)
         except SmimeError:
             raise DecryptError() from None
-        plain, pad, index, name = self._open(der)
+        plain, pad, index, name, recipients = self._open(der)
+        opened_by = tuple(
+            OpenedBy(None if r.issuer_der is None else cms.name_from_der(r.issuer_der),
+                     r.serial, r.ski)
+            for r in recipients)
         end = len(plain) - pad
         kept, deduplicated = _merge_fields(
             [h for h in headers if not m.is_content_header(h)], plain, end)
@@ -488,11 +514,20 @@ class Decryptor:
         if deduplicated is not None:
             inner = deduplicated
             if m.is_canonical(inner):
-                return DecryptResult(outer + inner, index, name)
+                return DecryptResult(outer + inner, index, name, opened_by)
         elif m.is_canonical(plain, 0, end):
-            return DecryptResult(b"".join((outer, inner)), index, name)
+            return DecryptResult(b"".join((outer, inner)), index, name, opened_by)
         # a sender that encrypted LF text (openssl cms -binary): fix it up
-        return DecryptResult(outer + m.canonical(bytes(inner)), index, name)
+        return DecryptResult(outer + m.canonical(bytes(inner)), index, name, opened_by)
+
+
+def _yielding(env: cms.Enveloped, cek: bytes,
+              tried: Sequence[tuple[bytes, int]]) -> _Recipients:
+    """The RecipientInfos that yielded `cek` (after the content opened with it). Every
+    candidate is compared, in constant time: a wrong key's candidate is random (RSA
+    implicit rejection, or the filler), so only RecipientInfos of our key match."""
+    matches = {position for candidate, position in tried if hmac.compare_digest(candidate, cek)}
+    return tuple(env.recipients[p] for p in sorted(matches))
 
 
 # Signing -------------------------------------------------------------------------------
