@@ -9,7 +9,7 @@ from pathlib import Path
 
 from keypost.core.address import parse_address
 from keypost.gateway.clients import describe_clients
-from keypost.gateway.config import GatewayConfig, load_config
+from keypost.gateway.config import GatewayConfig, RecipientBinding, load_config
 from keypost.gateway.demo import register_demo
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 from keypost.gateway.files import folder_problem
@@ -68,6 +68,10 @@ def describe(cfg: GatewayConfig) -> list[str]:
         + ("always" if p.sign_all_outbound else
            f"when Subject has {p.sign_subject_tag!r} or {p.sign_header}: yes"),
         f"malformed or undecryptable mail: {p.malformed.value}; quarantine {cfg.quarantine_dir}",
+        "decrypted inbound mail goes to: "
+        + ("only the recipients its containers were issued for (recipient_binding = enforce, "
+           "asked of the directory)" if p.recipient_binding is RecipientBinding.ENFORCE
+           else "every envelope recipient of the domain (recipient_binding = off)"),
     ]
     if d.url:
         lines.append(f"signing containers kept across restarts in {cfg.state_dir / KEPT_FOLDER}")
@@ -101,6 +105,11 @@ def probe(gw: Gateway) -> list[str]:
     if gw.config.directory.url is None:
         return ["directory: none configured"]
     lines = []
+    if gw.pipeline.bindings is not None:
+        # a serial no container has (serials are positive): a 403 says the account is no
+        # gateway account, which would defer every decrypted message
+        gw.pipeline.bindings.bindings([1], [parse_address("probe@keypost.invalid")])
+        lines.append("directory: recipient bindings answered (GET /v1/bindings)")
     for name, keys in gw.keys.items():
         sender = parse_address(f"postmaster@{name}")
         if keys.signing_key is None:

@@ -52,6 +52,13 @@ class MalformedPolicy(enum.Enum):
     QUARANTINE = "quarantine"  # keep it in the quarantine maildir, notify the recipients
 
 
+class RecipientBinding(enum.Enum):
+    """Inbound mail the gateway decrypted: to whom it may go (README: Recipient binding)."""
+
+    OFF = "off"  # every envelope recipient of the domain (a RecipientInfo names no mailbox)
+    ENFORCE = "enforce"  # only those its containers were issued for (asks the directory)
+
+
 @dataclass(frozen=True)
 class HostPort:
     host: str
@@ -111,6 +118,7 @@ class PolicyConfig:
     sign_subject_tag: str = "[sign]"  # "" disables the subject tag
     sign_header: str = "X-Keypost-Sign"  # "" disables the header
     malformed: MalformedPolicy = MalformedPolicy.REJECT
+    recipient_binding: RecipientBinding = RecipientBinding.OFF
 
 
 @dataclass(frozen=True)
@@ -360,6 +368,20 @@ def _scan(t: _Table) -> ScanConfig:
     return s
 
 
+def _check_binding_directory(directory: DirectoryConfig) -> None:
+    """recipient_binding = "enforce" asks the directory's GET /v1/bindings, which answers
+    gateway accounts over HTTP only."""
+    where = "policy.recipient_binding: enforce asks the directory for whom each container was"
+    if directory.url is None:
+        raise ConfigError(f"{where} issued: set [directory] url (https://)")
+    if directory_url(directory.url).is_ldap:
+        raise ConfigError(f"{where} issued, which it answers over HTTP only: set [directory] "
+                          "url to its https:// address (the gateway then asks everything there)")
+    if not directory.username:
+        raise ConfigError(f"{where} issued, which it answers to gateway accounts only: set "
+                          "[directory] username and password_file")
+
+
 def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     """Build the configuration from parsed TOML; `base` resolves relative paths."""
     top = _Table(data, "", base)
@@ -437,8 +459,14 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         malformed=_enum(
             MalformedPolicy, pt.text("malformed"), MalformedPolicy.REJECT, "policy.malformed"
         ),
+        recipient_binding=_enum(
+            RecipientBinding, pt.text("recipient_binding"), RecipientBinding.OFF,
+            "policy.recipient_binding",
+        ),
     )
     pt.finish()
+    if policy.recipient_binding is RecipientBinding.ENFORCE:
+        _check_binding_directory(directory)
     if policy.sign_all_outbound and any(d.signing_key is None for d in domains):
         raise ConfigError("policy.sign_all_outbound: every domain needs a signing_key")
     if policy.sign_all_outbound and directory.url is None:

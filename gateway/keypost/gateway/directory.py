@@ -212,8 +212,9 @@ class LdapFetcher:
         return certs
 
 
-class HttpFetcher:
-    """GET /v1/containers with HTTP Basic credentials of the gateway account."""
+class HttpDirectory:
+    """GET requests to the directory's HTTP API with HTTP Basic credentials of the gateway
+    account (one requests.Session per thread), TLS checked against `tls_ca`."""
 
     def __init__(self, cfg: DirectoryConfig, password: str | None, timeout: float) -> None:
         self.base = directory_url(cfg.url or "").http_base
@@ -222,22 +223,27 @@ class HttpFetcher:
         self.verify: str | bool = str(cfg.tls_ca) if cfg.tls_ca else True
         self.local = threading.local()
 
-    def fetch(self, address: Address, purpose: Purpose) -> list[x509.Certificate]:
+    def get(self, path: str, params: Sequence[tuple[str, str]]) -> requests.Response:
+        """The 200 answer to GET `path`; anything else raises DirectoryUnavailable."""
         session = getattr(self.local, "session", None)
         if session is None:
             session = self.local.session = requests.Session()
         try:
-            resp = session.get(
-                f"{self.base}/v1/containers",
-                params={"address": str(address), "purpose": purpose.value},
-                auth=self.auth,
-                timeout=self.timeout,
-                verify=self.verify,
-            )
+            resp = session.get(f"{self.base}{path}", params=list(params), auth=self.auth,
+                               timeout=self.timeout, verify=self.verify)
         except requests.RequestException as exc:
             raise DirectoryUnavailable(f"directory unreachable: {type(exc).__name__}") from None
         if resp.status_code != 200:
             raise DirectoryUnavailable(f"directory answered HTTP {resp.status_code}")
+        return resp
+
+
+class HttpFetcher(HttpDirectory):
+    """GET /v1/containers with HTTP Basic credentials of the gateway account."""
+
+    def fetch(self, address: Address, purpose: Purpose) -> list[x509.Certificate]:
+        resp = self.get("/v1/containers",
+                        [("address", str(address)), ("purpose", purpose.value)])
         certs: list[x509.Certificate] = []
         try:
             for result in resp.json().get("results", []):
@@ -398,6 +404,15 @@ def check_tls_ca(path: Path) -> None:
         raise ConfigError(f"directory.tls_ca: cannot read {path}: {exc.strerror}") from None
 
 
+def directory_password(cfg: DirectoryConfig) -> str | None:
+    """The gateway account's password from `password_file` or `password_env`."""
+    password = read_secret(cfg.password_file, cfg.password_env, "directory password")
+    try:
+        return password.decode() if password is not None else None
+    except UnicodeDecodeError:
+        raise ConfigError("directory password: not UTF-8 text") from None
+
+
 def make_directory(
     cfg: DirectoryConfig, timeout: float, anchors: Sequence[x509.Certificate],
     kept: KeptContainers | None = None,
@@ -407,11 +422,7 @@ def make_directory(
     refusal = transport_refusal(cfg.url, cfg.starttls)  # also for a config built in code
     if refusal:
         raise ConfigError(refusal)
-    password = read_secret(cfg.password_file, cfg.password_env, "directory password")
-    try:
-        pw = password.decode() if password is not None else None
-    except UnicodeDecodeError:
-        raise ConfigError("directory password: not UTF-8 text") from None
+    pw = directory_password(cfg)
     roots = load_genuine_roots(cfg)
     if cfg.tls_ca is not None:
         check_tls_ca(cfg.tls_ca)

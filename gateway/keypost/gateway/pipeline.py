@@ -29,6 +29,7 @@ from keypost.core.errors import (
     UnsupportedCipherError,
 )
 from keypost.gateway import headers, mimecheck
+from keypost.gateway.binding import BindingSource, bind_recipients
 from keypost.gateway.config import MalformedPolicy, NoGenuinePolicy, PolicyConfig
 from keypost.gateway.directory import DirectoryClient
 from keypost.gateway.errors import PermFailure, TempFailure
@@ -66,6 +67,7 @@ class _Opened:
     key_index: int
     algorithm: str
     rids: tuple[smime.RecipientId, ...]
+    opened_by: tuple[smime.OpenedBy, ...]  # the RecipientInfos of the key that opened it
 
 
 def _address(text: str) -> Address | None:
@@ -102,6 +104,7 @@ class Pipeline:
         scan_plain: bool = False,
         max_message_size: int = 25 * 1024 * 1024,
         signature_anchors: Sequence[x509.Certificate] = (),
+        bindings: BindingSource | None = None,
     ) -> None:
         self.domains = dict(domains)
         self.policy = policy
@@ -112,6 +115,8 @@ class Pipeline:
         self.max_size = max_message_size
         # what outer signature layers taken off to decrypt are verified against
         self.signature_anchors = list(signature_anchors)
+        # policy.recipient_binding = "enforce" (None: off); built by serve from the config
+        self.bindings = bindings
 
     # --- entry point -------------------------------------------------------------
 
@@ -159,6 +164,17 @@ class Pipeline:
             return [self._malformed(rcpts, opened, data, rcpts)]
         if opened is None:  # signature layers and all: they are the recipient's to check
             return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
+        refused: list[Outcome] = []
+        if self.bindings is not None:
+            # before the scan: what goes to nobody is not scanned (nor held) for anybody
+            bound = bind_recipients(self.bindings, self.issuers, opened.opened_by, rcpts)
+            refused = [Outcome((r,), Action.REJECT, reply=why) for r, why in bound.refused]
+            if bound.refused:
+                log.warning("decrypted mail refused for %d of %d recipient(s): "
+                            "policy.recipient_binding", len(bound.refused), len(rcpts))
+            if not bound.recipients:
+                return refused
+            rcpts = bound.recipients
         value = f"{keys.describe_key(opened.key_index)}, alg={opened.algorithm}"
         # The encrypted entity's own fields join the header block: a claim may hide there.
         clear = _without_claims(opened.clear)
@@ -171,7 +187,7 @@ class Pipeline:
                                         verdict(layer, self.signature_anchors))
             note += f"; {len(wrapped.layers)} signature layer(s) removed"
         clear = headers.prepend(clear, DECRYPTED_HEADER, value)
-        return self._scanned(rcpts, mail_from, clear, rcpts, True, note)
+        return refused + self._scanned(rcpts, mail_from, clear, rcpts, True, note)
 
     # --- outbound (Figs. 2 and 3) -------------------------------------------------
 
@@ -371,7 +387,7 @@ class Pipeline:
         problem = mimecheck.problem(res.message)
         if problem is not None:
             return f"decrypted content is not a readable message: {problem}"
-        return _Opened(res.message, res.key_index, res.algorithm, rids)
+        return _Opened(res.message, res.key_index, res.algorithm, rids, res.opened_by)
 
     def _ours(self, rids: Sequence[smime.RecipientId]) -> bool:
         """Were all RecipientInfos issued by our directory (asked only when decryption

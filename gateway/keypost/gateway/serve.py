@@ -13,8 +13,9 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from keypost.gateway.binding import make_bindings
 from keypost.gateway.clients import Network, admits
-from keypost.gateway.config import GatewayConfig
+from keypost.gateway.config import GatewayConfig, RecipientBinding
 from keypost.gateway.directory import (
     DirectoryClient,
     load_genuine_roots,
@@ -76,6 +77,8 @@ def build(config: GatewayConfig, keep_state: bool = True) -> Gateway:
         max_message_size=config.max_message_size,
         # a signature taken off to decrypt is checked against every CA the gateway trusts
         signature_anchors=anchors + load_genuine_roots(config.directory),
+        bindings=(make_bindings(config.directory, config.timeouts.directory)
+                  if config.policy.recipient_binding is RecipientBinding.ENFORCE else None),
     )
     quarantine = Maildir(config.quarantine_dir)  # created on first use (or by `run`)
     problem = quarantine.problem()
