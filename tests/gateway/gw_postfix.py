@@ -89,15 +89,17 @@ def available() -> bool:
 class Postfix:
     def __init__(self, root: Path, port: int, reinject_port: int, gateway_port: int,
                  sink_port: int, transport: str = "keypost",
-                 reinject_options: Sequence[str] = ()) -> None:
+                 reinject_options: Sequence[str] = (), main_extra: str = "") -> None:
         """`reinject_options`: extra `name=value` settings of the re-injection smtpd (the
-        gateway's next hop), e.g. a smaller message_size_limit."""
+        gateway's next hop), e.g. a smaller message_size_limit; `main_extra`: lines
+        appended to main.cf."""
         self.root = root
         self.port, self.reinject_port = port, reinject_port
         self.etc = root / "etc"
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "main.cf").write_text(
             MAIN_CF.format(root=root, sink=sink_port, gateway=gateway_port, transport=transport)
+            + main_extra
         )
         extra = "".join(f"  -o {opt}\n" for opt in reinject_options)
         (self.etc / "master.cf").write_text(

@@ -12,6 +12,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
+from cryptography import x509
+from gw_directory import DirectoryWorld
 from gw_postfix import Postfix, available
 from gw_support import KEYPOST, Pki, Sink, free_port, wait_port
 
@@ -61,9 +64,11 @@ Mta = tuple[Postfix, GatewayProcess, Sink]
 
 @contextmanager
 def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
-                reinject_options: tuple[str, ...] = ()) -> Iterator[Mta]:
+                reinject_options: tuple[str, ...] = (), main_extra: str = "",
+                gateway_extra: str = "", directory: str = "") -> Iterator[Mta]:
     gw_port, reinject = free_port(), free_port()
-    cfg = pki.config(next_hop=reinject, listen=gw_port, extra=f'protocol = "{protocol}"')
+    cfg = pki.config(next_hop=reinject, listen=gw_port, directory=directory,
+                     extra=f'protocol = "{protocol}"\n{gateway_extra}')
     gateway = GatewayProcess(cfg, gw_port)
     # Postfix opens its data directory as the postfix user, who cannot enter pytest's
     # private (0700) tmp_path: use a traversable temporary directory of its own.
@@ -72,7 +77,7 @@ def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
     # the README's set-up: a dedicated smtp client (`keypost` in master.cf) or lmtp
     transport = "keypost" if protocol == "smtp" else protocol
     postfix = Postfix(root, free_port(), reinject, gw_port, sink.port, transport=transport,
-                      reinject_options=reinject_options)
+                      reinject_options=reinject_options, main_extra=main_extra)
     gateway.start()
     postfix.start()
     try:
@@ -167,3 +172,36 @@ def test_next_hop_enhanced_status_code_reaches_postfix(pki: Pki, sink: Sink) -> 
     [line] = [x for x in log.splitlines() if "status=bounced" in x and "alice@example.com" in x]
     assert "dsn=5.3.4" in line, log
     assert "552 5.3.4 next hop refused: Message size exceeds fixed limit" in line, log
+
+
+@pytest.mark.parametrize("mappings_before_filter", [True, False])
+def test_recipient_binding_needs_the_alias_unexpanded_at_the_gateway(
+    pki: Pki, world: DirectoryWorld, sink: Sink, mappings_before_filter: bool,
+) -> None:
+    """The sender encrypts for team@example.com, a virtual alias of bob. By default Postfix
+    expands it before the content filter: under recipient_binding = "enforce" the gateway
+    sees bob, whom no container of the message names, and refuses (Postfix bounces). With
+    `receive_override_options = no_address_mappings` (the README's advice) it sees team@,
+    delivers, and the re-injection smtpd expands the alias after it."""
+    team = "team@example.com"
+    found = requests.get(f"http://127.0.0.1:{world.http_port}/v1/containers",
+                         params={"address": team}, timeout=30).json()
+    [pem] = [c["pem"] for c in found["results"][0]["containers"]]
+    msg = smime.encrypt_message(PLAIN.replace(b"alice@example.com", team.encode()),
+                                [x509.load_pem_x509_certificate(pem.encode())])
+    main_extra = f"virtual_alias_maps = inline:{{ {team}=bob@example.com }}\n" + (
+        "" if mappings_before_filter else "receive_override_options = no_address_mappings\n")
+    directory = world.gateway_directory_lines(f"http://127.0.0.1:{world.http_port}")
+    with running_mta(pki, sink, main_extra=main_extra, directory=directory,
+                     gateway_extra='[policy]\nrecipient_binding = "enforce"\n') as (pf, _, _):
+        submit(pf, msg, rcpt=team)
+        [got] = sink.handler.wait(1, timeout=60) or [None]
+        assert got is not None, pf.log()
+    if mappings_before_filter:
+        assert got.mail_from in ("", "<>") and got.rcpt_tos == ["sender@outside.test"]
+        assert b"5.7.1" in got.data and b"encrypted for another mailbox" in got.data
+        assert b"plain body through postfix" not in got.data
+    else:
+        assert got.rcpt_tos == ["bob@example.com"]
+        assert b"plain body through postfix" in got.data
+        assert b"X-Keypost-Decrypted: key=current" in got.data
