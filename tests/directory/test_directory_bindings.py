@@ -141,9 +141,13 @@ def _gateway(domain: str) -> AccountRecord:
 
 @pytest.fixture()
 def controller(tmp_path: Path) -> Controller:
+    """example.com and example.net are served by one gateway (one key), example.org by
+    another."""
     store = SqliteStore(tmp_path / "d.db")
-    for domain in ("example.com", "example.org"):
-        store.add_domain(domain, [_record(domain, rsa.generate_private_key(65537, 2048))])
+    shared = rsa.generate_private_key(65537, 2048)
+    for domain, key in (("example.com", shared), ("example.net", shared),
+                        ("example.org", rsa.generate_private_key(65537, 2048))):
+        store.add_domain(domain, [_record(domain, key)])
     return Controller(store, DirectoryCA.generate("ecdsa-p256"), recheck_seconds=0)
 
 
@@ -183,3 +187,16 @@ def test_after_the_purge_the_audit_confirms_but_never_denies(controller: Control
         "bound"]
     controller.purge(dt.timedelta(days=90), now=NOW + dt.timedelta(days=91))
     assert _bindings(controller, serial, BOB) == ["unknown"]
+
+
+def test_domains_of_one_gateway_key_are_answered_to_each_of_its_accounts(
+        controller: Controller) -> None:
+    """A gateway account asks for its domain's key, and so for every domain registered with
+    that key (one gateway serves them); never for another key's domain."""
+    net = _issue(controller, "dave@example.net")
+    assert _bindings(controller, net, "dave@example.net") == ["bound"]
+    assert _bindings(controller, net, "dave@example.net", domain="example.org") == ["unknown"]
+    controller.flush()
+    controller.purge(dt.timedelta(days=90), now=NOW + dt.timedelta(days=2))
+    assert _bindings(controller, net, "dave@example.net") == ["bound"]
+    assert _bindings(controller, net, "dave@example.net", domain="example.org") == ["unknown"]
