@@ -16,11 +16,14 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gw_directory import GATEWAY_ACCOUNT, USER_ACCOUNT, USER_PW, DirectoryWorld
+from gw_directory import GATEWAY_ACCOUNT, GATEWAY_PW, USER_ACCOUNT, USER_PW, DirectoryWorld
 from gw_support import KEYPOST, Pki, Sink, free_port, running_gateway, send, write_private
 
+from keypost.core.address import parse_address
+from keypost.core.bindings import Binding
 from keypost.core.containers import to_pem
-from keypost.gateway.config import RecipientBinding, parse_config
+from keypost.gateway.binding import HttpBindings
+from keypost.gateway.config import RecipientBinding, load_config, parse_config
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.pipeline import DECRYPTED_HEADER
 
@@ -224,3 +227,16 @@ def test_check_config_connect_asks_the_bindings_as_the_account(
     done = subprocess.run([*KEYPOST, "gateway", "check-config", "--connect", "--config",
                            str(cfg)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 1 and "HTTP 403" in done.stderr, done.stdout + done.stderr
+
+
+def test_many_recipients_are_asked_in_parts_the_directory_takes(
+        pki: Pki, world: DirectoryWorld, sink: Sink) -> None:
+    """The directory refuses more than max_addresses (100) serials or addresses at once
+    (400, which would defer the message for good): the gateway asks in parts."""
+    cfg = load_config(gateway_config(pki, world, sink, "enforce"))
+    bob = x509.load_pem_x509_certificate(container(world, BOB)).serial_number
+    others = [parse_address(f"user{i}@example.com") for i in range(130)]
+    source = HttpBindings(cfg.directory, GATEWAY_PW, 10.0)
+    [row] = source.bindings([bob], [*others[:70], parse_address(BOB), *others[70:]])
+    assert row[70] is Binding.BOUND
+    assert row[:70] + row[71:] == [Binding.NOT_BOUND] * 130

@@ -34,6 +34,9 @@ from keypost.gateway.errors import DirectoryUnavailable
 # starts over, so a flood of made-up serials cannot grow it.
 MAX_CACHED_SERIALS = 10_000
 REPLY = "554 5.7.1"
+# Serials and addresses per request: the directory refuses more than its max_addresses
+# (100 by default) of either with 400, which would defer such mail for good.
+CHUNK = 20
 
 
 class BindingSource(Protocol):
@@ -46,10 +49,20 @@ class BindingSource(Protocol):
 
 
 class HttpBindings(HttpDirectory):
-    """GET /v1/bindings as the gateway account."""
+    """GET /v1/bindings as the gateway account, CHUNK serials and addresses at a time."""
 
     def bindings(self, serials: Sequence[int],
                  addresses: Sequence[Address]) -> list[list[Binding]]:
+        rows: list[list[Binding]] = [[] for _ in serials]
+        for s in range(0, len(serials), CHUNK):
+            for a in range(0, len(addresses), CHUNK):
+                part = self._ask(serials[s:s + CHUNK], addresses[a:a + CHUNK])
+                for i, row in enumerate(part):
+                    rows[s + i] += row
+        return rows
+
+    def _ask(self, serials: Sequence[int],
+             addresses: Sequence[Address]) -> list[list[Binding]]:
         asked = [(serial_hex(s), str(a)) for s in serials for a in addresses]
         resp = self.get("/v1/bindings", [("serial", serial_hex(s)) for s in serials]
                         + [("address", str(a)) for a in addresses])
