@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import stat
 import subprocess
 from pathlib import Path
 
 from gw_directory import GATEWAY_PW, DirectoryWorld, keypost
 from gw_support import KEYPOST, Pki, write_private
+from port_util import plain_bind_fails, port_in_time_wait
+
+from keypost.gateway import demo
 
 
 def test_demo_gateway_decrypts_what_an_outsider_sends(
@@ -65,3 +69,13 @@ def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
         assert done.returncode == 2, done.stderr
         assert len(done.stderr.splitlines()) == 1 and "--port" in done.stderr, done.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_port_left_in_time_wait_by_the_last_run_is_kept() -> None:
+    """`--port 10025` (what `keypost start` asks for) moved to a random port when the last
+    run's connections still waited in TIME_WAIT: the probe bound without SO_REUSEADDR."""
+    port = port_in_time_wait()
+    assert plain_bind_fails(port)  # the state a restart meets
+    assert demo._port(port) == port
+    with socket.create_server(("127.0.0.1", port)):  # a port in use is still busy
+        assert demo._port(port) != port

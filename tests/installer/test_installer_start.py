@@ -3,9 +3,11 @@ finished demo by the next start (whose gateway then never came up)."""
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
+from port_util import plain_bind_fails, port_in_time_wait
 
 from keypost.installer import start
 
@@ -38,3 +40,13 @@ def test_a_set_up_killed_half_way_is_named_not_started(tmp_path: Path) -> None:
     (layout.directory / "directory.toml").write_text("", "utf-8")
     with pytest.raises(start.StartError, match="did not finish"):
         start.first_run(layout)
+
+
+def test_a_port_left_in_time_wait_by_the_last_run_is_kept() -> None:
+    """Restarting `keypost start` within a minute of a lookup moved the directory to a
+    random port: the probe bound without SO_REUSEADDR, which the server itself uses."""
+    port = port_in_time_wait()
+    assert plain_bind_fails(port)  # the state a restart meets
+    assert start.free_port(port) == port
+    with socket.create_server(("127.0.0.1", port)):  # a port in use is still busy
+        assert start.free_port(port) == 0

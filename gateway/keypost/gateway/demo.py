@@ -52,6 +52,10 @@ class InboxHandler:
 
 def _port(preferred: int) -> int:
     with socket.socket() as s:
+        # aiosmtpd binds with SO_REUSEADDR (asyncio's default on POSIX): a port left in
+        # TIME_WAIT by the last run is free to it, so it is to this probe as well.
+        if os.name == "posix":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", preferred))
         except OSError:

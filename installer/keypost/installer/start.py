@@ -135,6 +135,10 @@ def free_port(preferred: int) -> int:
     if preferred == 0:
         return 0
     with socket.socket() as s:
+        # As the servers bind (asyncio sets it on POSIX): a port whose last connections
+        # wait in TIME_WAIT after a restart is free to them, and must be to this probe.
+        if os.name == "posix":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", preferred))
         except OSError:

@@ -1,0 +1,29 @@
+"""A loopback port that a server just stopped using: what a restart finds."""
+
+from __future__ import annotations
+
+import socket
+
+
+def port_in_time_wait() -> int:
+    """A port nothing listens on whose last connection the server side closed first, so the
+    kernel keeps it in TIME_WAIT (60 s on Linux): a stopped `keypost start` after a client
+    talked to it. asyncio's servers bind such a port again (SO_REUSEADDR); a plain bind
+    does not, which the caller's test asserts before relying on it."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = int(listener.getsockname()[1])
+        client = socket.create_connection(("127.0.0.1", port))
+        served, _ = listener.accept()
+        served.close()  # the server closes first: its side waits in TIME_WAIT
+        client.recv(1)  # the FIN arrived
+        client.close()
+    return port
+
+
+def plain_bind_fails(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
