@@ -20,6 +20,7 @@ import pytest
 from gw_support import KEYPOST, Pki
 
 from keypost.core.address import parse_address
+from keypost.core.types import Purpose
 from keypost.gateway.config import DirectoryConfig, parse_config
 from keypost.gateway.directory import LdapFetcher, make_directory
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
@@ -228,3 +229,17 @@ def test_ldap_base_and_port_come_from_the_url() -> None:
     assert fetcher.base == "ou=key post,dc=x"  # RFC 4516: the DN is percent-encoded
     assert (fetcher.server.host, fetcher.server.port, fetcher.server.ssl) == ("::1", 636, True)
     assert LdapFetcher(DirectoryConfig(url="ldap://[::1]", base="dc=y"), None, 1.0).base == "dc=y"
+
+
+def test_a_directory_that_refuses_connections_is_named_so_every_time() -> None:
+    """ldap3 remembers an address that refused a connection for 5 s and then answers "invalid
+    server address" without trying: the fetcher's retry, and every message in those
+    seconds, logged that instead of the refused connection (and gave up untried)."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]  # nothing listens there once closed: connection refused
+    fetcher = LdapFetcher(DirectoryConfig(url=f"ldap://127.0.0.1:{port}"), None, 2.0)
+    for _ in range(2):
+        with pytest.raises(DirectoryUnavailable) as err:
+            fetcher.fetch(parse_address("bob@partner.org"), Purpose.ENCRYPT)
+        assert "invalid server address" not in str(err.value)
+        assert "refused" in str(err.value), err.value

@@ -134,6 +134,9 @@ class LdapFetcher:
         self.conn: ldap3.Connection | None = None
 
     def _connect(self) -> ldap3.Connection:
+        # ldap3 skips an address that refused a connection in the last 5 s and says only
+        # "invalid server address": every attempt is a real one, with the real reason.
+        self.server.reset_availability()
         conn = ldap3.Connection(
             self.server,
             user=self.cfg.username,
