@@ -90,9 +90,8 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
     keypost("directory", "account", "add", USER_ACCOUNT, "--role", "user",
             "--domain", "example.com", "--password-stdin", "--data", str(data),
             stdin=USER_PW + "\n")
-    export = keypost("directory", "ca", "export", "--data", str(data))
-    pem = export[export.index("-----BEGIN") : export.index("-----END CERTIFICATE-----") + 25]
-    (root / "directory-ca.pem").write_text(pem + "\n")
+    anchor = keypost("directory", "ca", "export", "--data", str(data))
+    (root / "directory-ca.pem").write_text(anchor)
     pw = write_private(root / "gw.pass", GATEWAY_PW.encode() + b"\n")
     tls_key, tls_cert = server_cert(ca, key=rsa_key())  # the genuine test CA doubles as TLS CA
     write_private(root / "tls.key", key_pem(tls_key))

@@ -166,11 +166,16 @@ def cmd_ca_export(args: argparse.Namespace) -> int:
     data = _data(args)
     ca = admin.load_ca(data, load_settings(data))
     pem = to_pem(ca.certificate)
+    fingerprint = f"SHA-256 fingerprint: {sha256_fingerprint(ca.certificate)}"
     if args.out:
         Path(args.out).write_bytes(pem)
+        print(fingerprint)
     else:
+        # stdout is the PEM alone, so `ca export > ca.pem` writes the trust anchor and
+        # nothing else; the fingerprint, to compare by eye, goes beside it on stderr.
         sys.stdout.write(pem.decode("ascii"))
-    print(f"SHA-256 fingerprint: {sha256_fingerprint(ca.certificate)}")
+        sys.stdout.flush()
+        print(fingerprint, file=sys.stderr)
     return 0
 
 
@@ -279,7 +284,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     ca = sub.add_parser("ca", help="the directory CA")
     csub = ca.add_subparsers(dest="ca_command", metavar="COMMAND", required=True)
-    p = add(csub, "export", cmd_ca_export, "print the trust anchor PEM and fingerprint")
+    p = add(csub, "export", cmd_ca_export, "print the trust anchor PEM (its fingerprint on stderr)")
     p.add_argument("--out", help="write the PEM to this file instead of stdout")
 
     p = add(sub, "serve", cmd_serve, "serve LDAP (and HTTP) from --data")

@@ -70,12 +70,9 @@ def _trust_anchor(directory_data: Path) -> bytes:
          "--data", str(directory_data)],
         capture_output=True, check=False, timeout=60,
     )
-    out = done.stdout
-    if done.returncode != 0 or b"-----BEGIN CERTIFICATE-----" not in out:
+    if done.returncode != 0 or not done.stdout.startswith(b"-----BEGIN CERTIFICATE-----"):
         raise ConfigError("cannot export the directory CA for the demo gateway")
-    start = out.index(b"-----BEGIN CERTIFICATE-----")
-    end = out.index(b"-----END CERTIFICATE-----") + len(b"-----END CERTIFICATE-----")
-    return out[start:end] + b"\n"
+    return done.stdout  # the PEM alone (the fingerprint goes to stderr)
 
 
 def tighten_demo_folders(gwdir: Path) -> None:
