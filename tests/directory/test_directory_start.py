@@ -53,6 +53,14 @@ def test_keypost_start_prints_a_working_ldapsearch_line(tmp_path: Path) -> None:
         assert cert.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo) == public
 
+        # The demo's password file as ldapsearch takes one (-y: the whole file, no newline)
+        argv = shlex.split(lines[-1].strip())
+        bound = subprocess.run(
+            [*argv[:2], "-D", "uid=alice,dc=keypost", "-y", str(data / "demo/alice-password"),
+             *argv[2:]], capture_output=True, text=True, timeout=60)
+        assert bound.returncode == 0, bound.stderr
+        assert "dn: mail=alice@example.com,dc=keypost" in bound.stdout
+
         for secret in ("demo/gateway-encryption-key.pem", "demo/gateway-signing-key.pem",
                        "demo/alice-password", "directory/ca-key.pem"):
             assert stat.S_IMODE((data / secret).stat().st_mode) == 0o600, secret

@@ -92,7 +92,9 @@ def _account(layout: Layout, name: str, role: str) -> None:
     run_step(keypost("directory", "account", "add", name, "--role", role, "--domain",
                      DEMO_DOMAIN, "--password-stdin", "--data", str(layout.directory)),
              stdin=password.encode() + b"\n")
-    write_private(layout.demo / f"{name}-password", password.encode() + b"\n")
+    # No newline: `ldapsearch -y FILE` sends the file whole (a newline made it a wrong
+    # password); the gateway's password_file reads the first line either way.
+    write_private(layout.demo / f"{name}-password", password.encode())
 
 
 def first_run(layout: Layout) -> bool:
