@@ -271,3 +271,16 @@ def test_purge_removes_the_hosts_own_folders_under_their_default_names(
     assert not config.exists() and not cache.exists()
     assert (other / "file").read_text("utf-8") == "x"
     assert f"removed {cache}" in lines and any(f"left {other} in place" in x for x in lines)
+
+
+def test_no_profile_says_the_asked_for_prefs_were_not_set(tmp_path: Path) -> None:
+    """--send-in-background and --auto-enable go into a profile's user.js: with no profile
+    found they were dropped without a word, and encrypted mail then waited in the Outbox."""
+    lines: list[str] = []
+    install(Environment("linux", tmp_path, {}),
+            InstallOptions(send_in_background=True, auto_enable=True), log=lines.append)
+    [note] = [line for line in lines if "mailnews.sendInBackground" in line]
+    assert "not set" in note and "extensions.autoDisableScopes" in note, note
+    lines.clear()
+    install(Environment("linux", tmp_path, {}), InstallOptions(), log=lines.append)
+    assert not any("not set" in line for line in lines)  # nothing asked, nothing to say

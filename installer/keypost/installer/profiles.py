@@ -76,14 +76,17 @@ def find_profiles(env: Environment) -> list[Profile]:
     return out
 
 
-def pref_line(name: str, value: bool | int | str) -> str:
+def pref_value(value: bool | int | str) -> str:
+    """A pref's value as prefs.js and Thunderbird's Config Editor write it."""
     if isinstance(value, bool):
-        v = "true" if value else "false"
-    elif isinstance(value, int):
-        v = str(value)
-    else:
-        v = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return f'user_pref("{name}", {v});'
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def pref_line(name: str, value: bool | int | str) -> str:
+    return f'user_pref("{name}", {pref_value(value)});'
 
 
 def strip_block(text: str) -> str:

@@ -21,7 +21,7 @@ from keypost.installer.native_manifest import (
     launcher_name,
     managed_storage_manifest,
 )
-from keypost.installer.profiles import find_profiles, write_user_prefs
+from keypost.installer.profiles import find_profiles, pref_value, write_user_prefs
 from keypost.installer.registry import RegistryWriter
 from keypost.installer.xpi import build_xpi, find_extension_dir
 
@@ -127,6 +127,10 @@ def _install(
         log(f"installed into profile {profile}")
     if not installed:
         log(f"no Thunderbird profile found: install {xpi} from Thunderbird's Add-ons Manager")
+        if prefs:  # they live in a profile's user.js: say so rather than drop them
+            asked = ", ".join(f"{name} = {pref_value(value)}" for name, value in prefs.items())
+            log(f"not set, as there is no profile: {asked} (set it in Thunderbird's Config"
+                " Editor, or run the install again once Thunderbird has made a profile)")
     elif not opts.send_in_background:
         log(
             "tip: --send-in-background lets Thunderbird send encrypted mail at once"
