@@ -355,6 +355,8 @@ def main() -> int:
     bench_keyring = PlaintextKeyring()
     bench_keyring.file_path = str(base / "keyring.cfg")
     keyring.set_keyring(bench_keyring)
+    # named on purpose: the host uses a fallback backend only when told to
+    os.environ["PYTHON_KEYRING_BACKEND"] = "keyrings.alt.file.PlaintextKeyring"
     os.environ["KEYPOST_CONFIG_DIR"] = str(base / "config")
     os.environ["KEYPOST_CACHE_DIR"] = str(base / "cache")
     proc, direct_url, anchor_pem = start_directory(base)

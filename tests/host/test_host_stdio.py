@@ -11,6 +11,7 @@ import os
 import re
 import struct
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -156,14 +157,10 @@ def test_host_process_end_to_end(
     assert checked >= 4  # host.toml, trust anchor, containers.json, host.log
 
 
-@pytest.mark.parametrize("backend", ["", "no.such.module.Keyring"])
-def test_keyring_backend_that_cannot_be_loaded(tmp_path: Path, backend: str,
-                                               directory: Directory) -> None:
-    """PYTHON_KEYRING_BACKEND naming nothing loadable: status still answers (password state
-    unknown) and configure with a password says the keyring is unavailable, code 6, instead
-    of an internal error."""
-    env = host_env(tmp_path / "config", tmp_path / "cache", tmp_path / "data")
-    env["PYTHON_KEYRING_BACKEND"] = backend
+def _configure_with_password(tmp_path: Path, env: dict[str, str],
+                             directory: Directory) -> dict[str, Any]:
+    """A `keypost host` in `env`: status must answer, then configure alice with a password;
+    returns configure's reply."""
     proc = subprocess.Popen(
         [KEYPOST, "host", str(tmp_path / "keypost.json"), "keypost@example.org"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
@@ -174,14 +171,10 @@ def test_keyring_backend_that_cannot_be_loaded(tmp_path: Path, backend: str,
         host = HostProcess(proc)
         status = host.request(1, "status")
         assert status["ok"], status
-        configured = host.request(2, "configure", directory=directory.ldap_url,
-                                  username="alice", password=PASSWORD,
-                                  trust_anchor_pem=directory.anchor_pem,
-                                  trust_anchor_fingerprint=directory.fingerprint)
-        assert not configured["ok"]
-        assert configured["error"]["code"] == 6, configured
-        assert "PYTHON_KEYRING_BACKEND" in configured["error"]["message"]
-        assert PASSWORD not in str(configured)
+        return host.request(2, "configure", directory=directory.ldap_url,
+                            username="alice", password=PASSWORD,
+                            trust_anchor_pem=directory.anchor_pem,
+                            trust_anchor_fingerprint=directory.fingerprint)
     finally:
         timer.cancel()
         proc.kill()
@@ -189,3 +182,45 @@ def test_keyring_backend_that_cannot_be_loaded(tmp_path: Path, backend: str,
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
+
+
+@pytest.mark.parametrize("backend", ["", "no.such.module.Keyring"])
+def test_keyring_backend_that_cannot_be_loaded(tmp_path: Path, backend: str,
+                                               directory: Directory) -> None:
+    """PYTHON_KEYRING_BACKEND naming nothing loadable: status still answers (password state
+    unknown) and configure with a password says the keyring is unavailable, code 6, instead
+    of an internal error."""
+    env = host_env(tmp_path / "config", tmp_path / "cache", tmp_path / "data")
+    env["PYTHON_KEYRING_BACKEND"] = backend
+    configured = _configure_with_password(tmp_path, env, directory)
+    assert not configured["ok"]
+    assert configured["error"]["code"] == 6, configured
+    assert "PYTHON_KEYRING_BACKEND" in configured["error"]["message"]
+    assert PASSWORD not in str(configured)
+
+
+def test_a_plain_file_keyring_chosen_by_default_is_refused(tmp_path: Path,
+                                                           directory: Directory) -> None:
+    """With keyrings.alt installed (the test extra puts it into the same .venv that
+    `keypost start` uses) and no OS keyring running, keyring's own choice is its
+    PlaintextKeyring: the password went into ~/.local/share/python_keyring/keyring_pass.cfg
+    in base64, and `configure` said it was in the OS keyring. Now refused, code 6; naming
+    the backend in PYTHON_KEYRING_BACKEND (as the other tests do) still accepts it."""
+    env = host_env(tmp_path / "config", tmp_path / "cache", tmp_path / "data")
+    del env["PYTHON_KEYRING_BACKEND"]
+    env.pop("DBUS_SESSION_BUS_ADDRESS", None)  # no Secret Service: keyring picks by priority
+    env["XDG_CONFIG_HOME"] = str(tmp_path / "xdg-config")  # and no keyringrc.cfg
+    chosen = subprocess.run(
+        [sys.executable, "-c", "import keyring; print(type(keyring.get_keyring()).__name__)"],
+        capture_output=True, text=True, env=env, timeout=60, check=True).stdout.strip()
+    assert chosen == "PlaintextKeyring"  # the situation this test is about
+    configured = _configure_with_password(tmp_path, env, directory)
+    assert not configured["ok"]
+    assert configured["error"]["code"] == 6, configured
+    assert "plain file" in configured["error"]["message"], configured
+    assert "PYTHON_KEYRING_BACKEND" in configured["error"]["message"]
+    encoded = base64.b64encode(PASSWORD.encode()).decode()
+    for f in (tmp_path / "data").rglob("*"):
+        if f.is_file():
+            text = f.read_text(errors="replace")
+            assert encoded not in text and PASSWORD not in text, f

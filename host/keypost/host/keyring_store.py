@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import keyring
 import keyring.backend
+import keyring.backends.fail
+import keyring.core
 import keyring.errors
 
 from keypost.host.errors import KeyringUnavailable
@@ -24,14 +28,33 @@ def _backend() -> keyring.backend.KeyringBackend:
         ) from None
 
 
-def backend_name() -> str:
-    kr = _backend()
+def _name(kr: keyring.backend.KeyringBackend) -> str:
     return f"{type(kr).__module__}.{type(kr).__name__}"
+
+
+def backend_name() -> str:
+    return _name(_backend())
+
+
+def _os_keyring() -> keyring.backend.KeyringBackend:
+    """The backend to keep the password in. With no OS keyring running, keyring falls back
+    on its own to the best of the rest, e.g. keyrings.alt's PlaintextKeyring (a base64 file
+    in the home folder) when that package is installed, as the test extra installs it:
+    such a backend (one keyring does not recommend) is used only when named on purpose."""
+    kr = _backend()
+    named = bool(os.environ.get("PYTHON_KEYRING_BACKEND")) or keyring.core.load_config()
+    if named or keyring.core.recommended(kr) or isinstance(kr, keyring.backends.fail.Keyring):
+        return kr  # the fail backend speaks for itself (NoKeyringError)
+    raise KeyringUnavailable(
+        f"no OS keyring is running, and keyring's fallback {_name(kr)} is not one (keyrings.alt's"
+        " file backends keep the password in a plain file): start GNOME Keyring or KWallet,"
+        " or name a backend in PYTHON_KEYRING_BACKEND to use it anyway"
+    )
 
 
 def get_password(username: str) -> str | None:
     try:
-        value: str | None = _backend().get_password(SERVICE, username)
+        value: str | None = _os_keyring().get_password(SERVICE, username)
     except keyring.errors.KeyringError as exc:
         raise KeyringUnavailable(f"the OS keyring cannot be read: {type(exc).__name__}") from None
     return value
@@ -39,7 +62,7 @@ def get_password(username: str) -> str | None:
 
 def set_password(username: str, password: str) -> None:
     try:
-        _backend().set_password(SERVICE, username, password)
+        _os_keyring().set_password(SERVICE, username, password)
     except keyring.errors.KeyringError as exc:
         # The exception text could in principle echo what was stored: report the type only.
         raise KeyringUnavailable(
@@ -49,6 +72,7 @@ def set_password(username: str, password: str) -> None:
 
 def delete_password(username: str) -> None:
     try:
+        # any backend: a purge also removes what an older host kept in a fallback file
         _backend().delete_password(SERVICE, username)
     except keyring.errors.PasswordDeleteError:
         pass  # nothing stored: already the wanted state
