@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e .
+# pip's own chatter (setuptools' notes on editable installs) is kept in a log and shown
+# only when the install fails, so the first screen is keypost's.
+log=.venv/keypost-install.log
+echo "installing keypost into .venv (log: $log) ..."
+if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+       .venv/bin/python -m pip install -q -e .; } >"$log" 2>&1; then
+  cat "$log" >&2
+  echo "start.sh: installing keypost failed (the log above is in $log)" >&2
+  exit 1
+fi
 exec .venv/bin/keypost start --data ./keypost-data "$@"
