@@ -114,6 +114,9 @@ def test_error_paths_are_one_line(data: Path, tmp_path: Path, args: list[str],
 def test_uninitialised_data_dir(tmp_path: Path) -> None:
     line = one_line_error("directory", "account", "list", "--data", str(tmp_path / "none"))
     assert "not an initialised directory" in line
+    # the way out, for a new operator who ran init elsewhere or not at all
+    assert f"keypost directory init --data {tmp_path / 'none'}" in line
+    assert "$KEYPOST_DIRECTORY_DATA" in line
     line = one_line_error("directory", "serve", "--data", str(tmp_path / "none"))
     assert "not an initialised directory" in line
 

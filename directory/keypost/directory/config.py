@@ -86,7 +86,11 @@ class DataDir:
     def require(self) -> None:
         """Fail with one line unless `init` has run here."""
         if not self.settings.is_file() or not self.ca_cert.is_file():
-            raise ConfigError(f"{self.root} is not an initialised directory (run `init` first)")
+            raise ConfigError(
+                f"{self.root} is not an initialised directory: run `keypost directory init"
+                f" --data {self.root}` first, or point --data (or $KEYPOST_DIRECTORY_DATA) at"
+                " the folder init made"
+            )
 
 
 def load_settings(data: DataDir) -> Settings:
