@@ -127,6 +127,11 @@ def test_bad_input_is_400(directory: Directory) -> None:
         assert resp.json()["error"]["message"]
         assert_documented(resp.status_code, resp.json(), "/v1/containers")
     assert requests.get(directory.http + "nope", timeout=10).json()["error"]["code"] == "not_found"
+    # `keypost start` and `serve` print the API's root URL: opened as it is, it shows the way
+    root = requests.get(directory.http, timeout=10)
+    assert root.status_code == 404 and root.json()["error"]["code"] == "not_found"
+    assert "/v1/containers" in root.json()["error"]["message"]
+    assert "/openapi.json" in root.json()["error"]["message"]
 
 
 def test_trust_anchor_health_and_metrics(directory: Directory) -> None:

@@ -60,7 +60,10 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return _error(400, exc.code, str(exc))
     except web.HTTPException as exc:
         if exc.status == 404:
-            return _error(404, "not_found", f"no such resource: {request.path}")
+            # The root URL is what `start` and `serve` print: say where the API is.
+            return _error(404, "not_found", f"no such resource: {request.path} (the API is"
+                          " GET /v1/containers?address=..., /v1/ca, /healthz, /metrics;"
+                          " described in /openapi.json)")
         if exc.status == 405:  # RFC 9110 15.5.6: a 405 names the methods there are
             return _error(405, "method_not_allowed", f"{request.method} is not allowed here",
                           {"Allow": exc.headers["Allow"]})
