@@ -159,6 +159,9 @@ def test_serve_refuses_bad_setups_in_one_line(tmp_path: Path) -> None:
                                                           str(data), "--ldap", "127.0.0.1:0")
     settings.write_text(settings.read_text() + "\nbogus = 1\n")
     assert "unknown setting" in one_line_error("directory", "serve", "--data", str(data))
+    settings.write_text(settings.read_text().replace("bogus = 1", "cache_sise = 10"))
+    assert "unknown setting 'cache_sise' (did you mean cache_size?)" in one_line_error(
+        "directory", "serve", "--data", str(data))
 
 
 def test_serve_shuts_down_cleanly_and_flushes(tmp_path: Path) -> None:

@@ -106,6 +106,23 @@ def test_bad_settings_are_refused_with_the_setting_named(
         parse_config(data, tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"lisen": "1.2.3.4:5"}, "unknown setting lisen (did you mean listen?)"),
+        ({"policy": {"sign_subjet_tag": ""}},
+         "unknown setting policy.sign_subjet_tag (did you mean sign_subject_tag?)"),
+        ({"xyzzy": 1}, "unknown setting xyzzy"),  # nothing like it: no guess
+    ],
+)
+def test_a_mistyped_setting_is_named_with_the_one_meant(
+    tmp_path: Path, data: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, tmp_path)
+    assert str(err.value) == message
+
+
 def test_loopback_listen_addresses_and_host_names_are_accepted(tmp_path: Path) -> None:
     for listen in ("127.0.0.1:2525", "[::1]:2525", "localhost:2525"):
         assert parse_config({"listen": listen}, tmp_path).listen.port == 2525

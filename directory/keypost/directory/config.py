@@ -9,6 +9,7 @@ from pathlib import Path
 
 from keypost.core.containers import check_directory_url
 from keypost.core.errors import ContainerError
+from keypost.core.hints import did_you_mean
 from keypost.directory.errors import ConfigError
 from keypost.directory.ldap.dn import InvalidDN, parse_dn
 
@@ -103,7 +104,8 @@ def load_settings(data: DataDir) -> Settings:
     values: dict[str, object] = {}
     for key, value in raw.items():
         if key not in known:
-            raise ConfigError(f"{data.settings}: unknown setting {key!r}")
+            raise ConfigError(
+                f"{data.settings}: unknown setting {key!r}{did_you_mean(key, known)}")
         default = getattr(Settings(), key)
         if type(value) is not type(default):
             raise ConfigError(f"{data.settings}: {key} must be a {type(default).__name__}")

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 from keypost.core.address import normalize_domain
 from keypost.core.dirurl import DirectoryUrl, DirectoryUrlError, UrlProblem, parse_directory_url
 from keypost.core.errors import AddressError
+from keypost.core.hints import did_you_mean
 from keypost.core.netaddr import is_loopback_host
 from keypost.gateway.clients import LOOPBACK_CLIENTS, Network, parse_allowed_clients
 from keypost.gateway.errors import ConfigError
@@ -295,7 +296,9 @@ class _Table:
     def finish(self) -> None:
         unknown = sorted(set(self.data) - self.used)
         if unknown:
-            raise ConfigError(f"unknown setting {self.where}{unknown[0]}")
+            # every setting of this table has been read by now: the closest is the one meant
+            hint = did_you_mean(unknown[0], self.used)
+            raise ConfigError(f"unknown setting {self.where}{unknown[0]}{hint}")
 
 
 # letters, digits and inner hyphens per label (RFC 1123); it goes into EHLO, the greeting
