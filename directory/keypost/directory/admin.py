@@ -205,12 +205,31 @@ def _cert_addresses(cert: x509.Certificate) -> list[str]:
     return out
 
 
+_NAME_SPECIALS = ',=+<>#;\\":'
+
+
+def _name_problem(name: str) -> str | None:
+    """What makes `name` unusable as an account name, in words; None when it is fine.
+    DN specials would need escaping in a bind DN; ':' ends the user-id of HTTP Basic
+    credentials (RFC 7617); control characters cannot be typed into a client."""
+    if not name:
+        return "empty"
+    if len(name) > MAX_NAME:
+        return f"longer than {MAX_NAME} characters"
+    if not name.isprintable():
+        return "a control or other non-printing character"
+    if name != name.strip():
+        return "spaces around it"
+    special = next((c for c in name if c in _NAME_SPECIALS), None)
+    if special is not None:
+        return f"{special!r} is not allowed (none of {' '.join(_NAME_SPECIALS)})"
+    return None
+
+
 def account_record(name: str, role: str, domain: str, password: bytes) -> AccountRecord:
-    # DN specials would need escaping in a bind DN; ':' ends the user-id of HTTP Basic
-    # credentials (RFC 7617); control characters cannot be typed into a client.
-    bad = any(c in name for c in ',=+<>#;\\":') or not name.isprintable()
-    if not name or len(name) > MAX_NAME or bad or name != name.strip():
-        raise DirectoryError(f"invalid account name {name!r}")
+    problem = _name_problem(name)
+    if problem is not None:
+        raise DirectoryError(f"invalid account name {name!r}: {problem}")
     if not password:
         raise DirectoryError("empty password")
     if len(password) > MAX_PASSWORD:  # no login could ever send it (check_password)
