@@ -84,7 +84,14 @@ def test_genuine_add_and_remove(data: Path, tmp_path: Path) -> None:
     path.write_bytes(to_pem(cert))
     out = keypost("directory", "genuine", "add", str(path), "--data", str(data)).stdout
     assert "dora@example.net" in out
+    from keypost.core.containers import sha256_fingerprint
+
+    listed = keypost("directory", "genuine", "list", "--data", str(data)).stdout
+    assert listed.splitlines() == [
+        f"dora@example.net\t{sha256_fingerprint(cert)}\t"
+        f"{cert.not_valid_after_utc:%Y-%m-%d}"]
     keypost("directory", "genuine", "remove", "dora@example.net", "--data", str(data))
+    assert keypost("directory", "genuine", "list", "--data", str(data)).stdout == ""
     assert "no genuine certificate" in one_line_error(
         "directory", "genuine", "remove", "dora@example.net", "--data", str(data))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import getpass
 import os
 import sqlite3
@@ -98,6 +99,17 @@ def cmd_genuine_add(args: argparse.Namespace, store: SqliteStore) -> int:
     store.add_genuine(records)
     for a in added:
         print(f"genuine certificate {a.fingerprint} for {', '.join(a.addresses)}")
+    return 0
+
+
+@_with_store
+def cmd_genuine_list(args: argparse.Namespace, store: SqliteStore) -> int:
+    """One line per kept certificate: address, SHA-256 fingerprint, last day (an expired
+    one is kept but no longer handed out: said so)."""
+    now = dt.datetime.now(dt.UTC)
+    for g in store.genuine():
+        expired = " expired" if g.not_after <= now else ""
+        print(f"{g.address_key}\t{g.fingerprint}\t{g.not_after:%Y-%m-%d}{expired}")
     return 0
 
 
@@ -268,6 +280,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     gsub = genuine.add_subparsers(dest="genuine_command", metavar="COMMAND", required=True)
     p = add(gsub, "add", cmd_genuine_add, "keep a certificate to hand out (role genuine)")
     p.add_argument("cert")
+    add(gsub, "list", cmd_genuine_list, "list the kept certificates")
     p = add(gsub, "remove", cmd_genuine_remove, "forget the certificates of an address")
     p.add_argument("address")
 
