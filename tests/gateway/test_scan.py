@@ -109,3 +109,22 @@ def test_check_config_refuses_a_scan_command_that_cannot_run(pki: Pki, tmp_path:
                         capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stderr
     assert "scan hook: command true --via-path" in ok.stdout
+
+
+def test_a_relative_scan_command_is_found_next_to_the_config_file(
+    pki: Pki, tmp_path: Path
+) -> None:
+    """Like every other path in gateway.toml, a scan program named with a folder is
+    relative to the config file, not to wherever the gateway was started; a bare name is
+    still looked up in PATH."""
+    folder = tmp_path / "etc"
+    (folder / "scanners").mkdir(parents=True)
+    program = folder / "scanners" / "scan.sh"
+    program.write_text("#!/bin/sh\nexit 0\n")
+    program.chmod(0o755)
+    for command in ('"scanners/scan.sh --fast"', '["./scanners/scan.sh", "--fast"]'):
+        cfg = pki.config(free_port(), extra=f"[scan]\ncommand = {command}", folder=folder)
+        done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config", str(cfg)],
+                              capture_output=True, text=True, timeout=60, cwd="/")
+        assert done.returncode == 0, done.stderr
+        assert f"scan hook: command {program} --fast" in done.stdout.replace("/./", "/")

@@ -364,6 +364,10 @@ def _scan(t: _Table) -> ScanConfig:
         command = tuple(raw)
     else:
         raise ConfigError(f"{t.where}command: expected a string or a list of strings")
+    if command and "/" in command[0] and not Path(command[0]).is_absolute():
+        # like every other path here: relative to this file, not to where serve started
+        # (a bare name is left to the PATH lookup)
+        command = (str(t.base / command[0]), *command[1:])
     s = ScanConfig(command, t.text("entry_point"), t.flag("scan_plain", False))
     if s.command and s.entry_point:
         raise ConfigError(f"{t.where}: set either command or entry_point, not both")
