@@ -9,13 +9,12 @@ import gc
 import logging
 import signal
 import ssl
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from aiohttp import web
 
+from keypost.core import logfmt
 from keypost.core.containers import sha256_fingerprint
 from keypost.directory import admin
 from keypost.directory.accounts import Authenticator
@@ -77,33 +76,8 @@ def _tls_context(options: ServeOptions) -> ssl.SSLContext | None:
     return context
 
 
-class _UtcFormatter(logging.Formatter):
-    """logfmt-style lines with an ISO UTC time, formatted once per second."""
-
-    _second = -1
-    _text = ""
-
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._second = second
-            self._text = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(second))
-        return self._text
-
-
 def _configure_logging(level: str) -> None:
-    # One line per request: skip what LogRecord would otherwise look up each time
-    # (caller frame, thread, process), the documented knobs for hot loggers.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        _UtcFormatter("time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(getattr(logging, level.upper()))
+    logfmt.configure(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 from pathlib import Path
 
+from keypost.core import logfmt
 from keypost.core.address import parse_address
 from keypost.gateway.clients import describe_clients
 from keypost.gateway.config import GatewayConfig, RecipientBinding, load_config
@@ -129,9 +129,7 @@ def probe(gw: Gateway) -> list[str]:
 
 def _serve(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    logging.basicConfig(
-        level=cfg.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logfmt.configure(cfg.log_level)
     gw = build(cfg)
     asyncio.run(run(gw))
     return 0
