@@ -328,6 +328,14 @@ def test_quarantined_message_can_be_listed_and_released(
     assert bare.returncode == 2, bare.stderr
     assert len(bare.stderr.splitlines()) == 1 and "release needs the IDs" in bare.stderr
     assert len(sink.handler.messages) == sent
+    # Released once: a second release says so (it is kept in cur/), and sends nothing.
+    again = subprocess.run(
+        [*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "release", held.name],
+        capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1
+    assert again.stderr.splitlines() == [
+        f"keypost: error: {held.name} was released already (kept in {qdir / 'cur'})"]
+    assert len(sink.handler.messages) == sent
 
 
 def test_lmtp_gives_one_reply_per_recipient(pki: Pki, sink: Sink) -> None:

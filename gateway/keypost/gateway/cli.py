@@ -15,7 +15,13 @@ from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 from keypost.gateway.files import folder_problem
 from keypost.gateway.kept import FOLDER as KEPT_FOLDER
 from keypost.gateway.pipeline import same_public_key
-from keypost.gateway.quarantine import Maildir, claimed, held_messages, loose_warning
+from keypost.gateway.quarantine import (
+    Maildir,
+    claimed,
+    held_messages,
+    loose_warning,
+    released_already,
+)
 from keypost.gateway.release import release_held
 from keypost.gateway.serve import Gateway, build, run
 
@@ -150,6 +156,8 @@ def _quarantine(args: argparse.Namespace) -> int:
         return 0
     missing = [qid for qid in args.ids if qid not in held]
     if missing:
+        if released_already(root, missing[0]):
+            raise ConfigError(f"{missing[0]} was released already (kept in {root / 'cur'})")
         raise ConfigError(f"no held message {missing[0]} in {root}")
     gw = build(cfg)  # keys and directory: outbound mail gets the steps the hold interrupted
     for qid in args.ids:

@@ -191,6 +191,11 @@ def claimed(root: Path, qid: str) -> Iterator[Held]:
         os.close(fd)  # releases the lock
 
 
+def released_already(root: Path, qid: str) -> bool:
+    """Whether `qid` is a released entry (mark_released's name for it in cur/)."""
+    return "/" not in qid and (root / "cur" / f"{qid}:2,S").is_file()
+
+
 def mark_released(root: Path, qid: str) -> None:
     """Move a released message to cur/ with the Maildir 'seen' flag (kept, not deleted)."""
     os.rename(root / "new" / qid, root / "cur" / f"{qid}:2,S")
