@@ -132,26 +132,34 @@ def test_issue_accepts_gateway_certificate(work: Path, tmp_path: Path) -> None:
     assert kc.describe(cert).gateway_fingerprint == gw.fingerprint
 
 
-def test_issue_for_an_ec_gateway_key_says_the_engine_cannot_use_it(
-    work: Path, tmp_path: Path
-) -> None:
-    ec_pub = tmp_path / "ec.pub"
-    ec_pub.write_bytes(
-        ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+def _ec_public(path: Path, curve: ec.EllipticCurve) -> Path:
+    path.write_bytes(
+        ec.generate_private_key(curve).public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
+    return path
+
+
+def test_issue_for_an_ec_gateway_key_off_the_agreement_curves_says_so(
+    work: Path, tmp_path: Path
+) -> None:
+    """P-256/384/521 gateway keys are usable by the S/MIME engine (ECDH key agreement):
+    issued without a note. A P-224 key is issued as asked, with a note on stderr."""
+    p224 = _ec_public(tmp_path / "p224.pub", ec.SECP224R1())
     base = ["issue", "--ca-cert", work / "ca.pem", "--ca-key", work / "ca.key",
             "--address", "a@b.example"]  # fmt: skip
-    res = keypost(*base, "--gateway-cert", ec_pub)
+    res = keypost(*base, "--gateway-cert", p224)
     assert res.returncode == 0, res.stderr
     (cert,) = kc.load_certificates(res.stdout.encode())  # stdout is the PEM alone
-    assert kc.describe(cert).key_description == "EC P-256"
+    assert kc.describe(cert).key_description == "EC P-224"
     note = assert_one_line_error(res, 0)
-    assert "EC P-256" in note and "cannot encrypt" in note and "Traceback" not in note
-    # an RSA gateway key, or a signing container, gets no note
+    assert "EC P-224" in note and "cannot encrypt" in note and "Traceback" not in note
+    # an RSA or EC P-256/384 gateway key, or a signing container, gets no note
     for extra in (["--gateway-cert", work / "gw.pub"],
-                  ["--gateway-cert", ec_pub, "--purpose", "sign"]):  # fmt: skip
+                  ["--gateway-cert", _ec_public(tmp_path / "p256.pub", ec.SECP256R1())],
+                  ["--gateway-cert", _ec_public(tmp_path / "p384.pub", ec.SECP384R1())],
+                  ["--gateway-cert", p224, "--purpose", "sign"]):  # fmt: skip
         quiet = keypost(*base, *extra)
         assert quiet.returncode == 0 and quiet.stderr == "", quiet.stderr
 

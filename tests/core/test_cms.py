@@ -68,11 +68,14 @@ def test_each_envelope_has_its_own_key_and_iv() -> None:
     assert first.recipients[0].encrypted_key != second.recipients[0].encrypted_key
 
 
-def test_non_rsa_recipient_is_refused() -> None:
-    from test_smime_pki import ec_certificate
+def test_a_recipient_on_a_curve_without_key_agreement_is_refused() -> None:
+    """EC P-256/384/521 get a KeyAgreeRecipientInfo (test_smime_ecdh.py); P-224 none."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from pki_util import self_signed
 
-    with pytest.raises(SmimeError):
-        cms.build_enveloped(b"x", [ec_certificate()], Capability.AES256_CBC)
+    p224 = self_signed(ec.generate_private_key(ec.SECP224R1()), "p224 recipient")
+    with pytest.raises(SmimeError, match="RSA or EC P-256/384/521"):
+        cms.build_enveloped(b"x", [p224], Capability.AES256_CBC)
 
 
 def _enveloped_with_infos(infos: bytes) -> bytes:

@@ -198,7 +198,9 @@ def test_signing_container(ca: kc.DirectoryCA, gw: kc.GatewayKey) -> None:
 def test_ec_gateway_key(ca: kc.DirectoryCA) -> None:
     key = ec.generate_private_key(ec.SECP256R1()).public_key()
     gw = kc.GatewayKey(key)
-    assert gw.smime_usable is False
+    assert gw.smime_usable is True  # ECDH key agreement (test_smime_ecdh.py)
+    p224 = kc.GatewayKey(ec.generate_private_key(ec.SECP224R1()).public_key())
+    assert p224.smime_usable is False  # accepted as a key, but no S/MIME key agreement
     cert = issue(ca, gw)
     ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
     assert ku.key_agreement and not ku.key_encipherment

@@ -177,9 +177,9 @@ def test_negotiated_cipher_is_what_the_envelope_uses() -> None:
     assert smime.Decryptor([gw.key]).decrypt_message(out).algorithm == "aes128-cbc"
 
 
-def test_ec_recipient_is_refused_clearly() -> None:
-    with pytest.raises(SmimeError, match="RSA"):
-        smime.encrypt_message(MESSAGE, [ec_certificate()])
+def test_ec_recipient_gets_key_agreement_and_no_recipient_is_refused() -> None:
+    out = smime.encrypt_message(MESSAGE, [ec_certificate()])  # more in test_smime_ecdh.py
+    assert len(smime.recipient_ids(out)) == 1
     with pytest.raises(SmimeError):
         smime.encrypt_message(MESSAGE, [])
 
@@ -337,11 +337,13 @@ def test_not_encrypted_input() -> None:
     assert not smime.is_encrypted(out.replace(b"enveloped-data", b"signed-data"))
 
 
-def test_decryptor_refuses_ec_keys() -> None:
-    from cryptography.hazmat.primitives.asymmetric import ec
+def test_decryptor_refuses_weak_and_unusable_keys() -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-    with pytest.raises(SmimeError, match="RSA"):
-        smime.Decryptor([ec.generate_private_key(ec.SECP256R1())])
+    with pytest.raises(SmimeError, match="P-256, P-384 or P-521"):
+        smime.Decryptor([ec.generate_private_key(ec.SECP224R1())])
+    with pytest.raises(SmimeError, match="RSA or EC"):
+        smime.Decryptor([ed25519.Ed25519PrivateKey.generate()])  # type: ignore[list-item]
     with pytest.raises(SmimeError):
         smime.Decryptor([])
 

@@ -12,7 +12,7 @@ from functools import cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 from pki_util import ec_key, key_pem, self_signed
 
@@ -23,7 +23,7 @@ from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose
 
 @dataclass(frozen=True)
 class Gateway:
-    key: rsa.RSAPrivateKey
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     cert: x509.Certificate  # the gateway's own certificate (its own internal CA)
 
     def gateway_key(self, caps: tuple[Capability, ...] = DEFAULT_CAPABILITIES) -> GatewayKey:
@@ -33,7 +33,9 @@ class Gateway:
         return key_pem(self.key)
 
 
-def _gateway_cert(key: rsa.RSAPrivateKey, name: str) -> x509.Certificate:
+def _gateway_cert(
+    key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, name: str
+) -> x509.Certificate:
     """Self-issued by a "gateway internal CA" name with its own serial: never the
     container's issuer+serial."""
     now = dt.datetime.now(dt.UTC)
@@ -59,6 +61,16 @@ def directory_ca() -> DirectoryCA:
 @cache
 def gateway(name: str = "gw.b.example") -> Gateway:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return Gateway(key, _gateway_cert(key, name))
+
+
+EC_CURVES = {"P-256": ec.SECP256R1(), "P-384": ec.SECP384R1(), "P-521": ec.SECP521R1()}
+
+
+@cache
+def ec_gateway(curve: str = "P-256", name: str = "gw-ec.b.example") -> Gateway:
+    """A gateway whose encryption key is EC (ECDH key agreement, RFC 5753)."""
+    key = ec.generate_private_key(EC_CURVES[curve])
     return Gateway(key, _gateway_cert(key, name))
 
 

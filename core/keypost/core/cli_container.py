@@ -124,10 +124,12 @@ def cmd_issue(args: argparse.Namespace) -> int:
     sys.stdout.buffer.write(kc.to_pem(ca.issue(request)))
     if purpose is Purpose.ENCRYPT and not gateway.smime_usable:
         # Issued as asked (keyAgreement), but the operator must know senders using
-        # keypost's engine cannot encrypt to it yet; stdout stays the bare PEM.
+        # keypost's engine cannot encrypt to it (a curve without S/MIME key agreement,
+        # such as P-224); stdout stays the bare PEM.
         print(
             f"keypost: note: {key_description(gateway.public_key)} gateway key: "
-            "keypost's S/MIME engine cannot encrypt to it yet (RSA key transport only)",
+            "keypost's S/MIME engine cannot encrypt to it (RSA >= 2048, or EC P-256, "
+            "P-384, P-521)",
             file=sys.stderr,
         )
     return 0

@@ -18,9 +18,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.x963kdf import X963KDF
+from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
 from keypost.core.errors import SmimeError
 from keypost.core.types import Capability
+from keypost.core.x509_checks import SMIME_EC_CURVES
 from keypost.core.x509_ext import der_oid, der_tlv, encode_smime_capabilities
 
 MAX_DEPTH = 24  # nesting limit: hostile BER must not exhaust the stack
@@ -83,6 +86,36 @@ WRITTEN_CIPHERS: dict[Capability, tuple[bytes, int]] = {
     Capability.AES128_CBC: (OID_AES128_CBC, 16),
 }
 
+# Key agreement (RFC 5652 6.2.2) with ephemeral-static ECDH (RFC 5753, RFC 8551 2.7.1.2):
+# the KDF scheme OID -> the hash of its ANSI X9.63 KDF. sha256 is written; the others are
+# read. SHA-1 too: it is what `openssl cms` writes unless told otherwise, and the KDF
+# needs no collision resistance (as OAEP's SHA-1 above). cofactorDH equals stdDH on the
+# curves used (P-256/384/521 have cofactor 1), so both are read.
+OID_EC_PUBLIC_KEY = _oid("1.2.840.10045.2.1")
+OID_ECDH_SHA256_KDF = _oid("1.3.132.1.11.1")  # dhSinglePass-stdDH-sha256kdf-scheme
+KEY_AGREEMENT_KDFS: dict[bytes, hashes.HashAlgorithm] = {
+    _oid("1.3.133.16.840.63.0.2"): hashes.SHA1(),  # stdDH-sha1kdf
+    _oid("1.3.132.1.11.0"): hashes.SHA224(),
+    OID_ECDH_SHA256_KDF: hashes.SHA256(),
+    _oid("1.3.132.1.11.2"): hashes.SHA384(),
+    _oid("1.3.132.1.11.3"): hashes.SHA512(),
+    _oid("1.3.133.16.840.63.0.3"): hashes.SHA1(),  # cofactorDH-sha1kdf
+    _oid("1.3.132.1.14.0"): hashes.SHA224(),
+    _oid("1.3.132.1.14.1"): hashes.SHA256(),
+    _oid("1.3.132.1.14.2"): hashes.SHA384(),
+    _oid("1.3.132.1.14.3"): hashes.SHA512(),
+}
+# AES key wrap (RFC 3394) OID -> key-encryption key length; written: the wrap as long as
+# the content key (aes128-wrap for AES-128, aes256-wrap for AES-256), as openssl does.
+OID_AES128_WRAP = _oid("2.16.840.1.101.3.4.1.5")
+OID_AES256_WRAP = _oid("2.16.840.1.101.3.4.1.45")
+KEY_WRAPS: dict[bytes, int] = {
+    OID_AES128_WRAP: 16,
+    _oid("2.16.840.1.101.3.4.1.25"): 24,
+    OID_AES256_WRAP: 32,
+}
+EC_CURVE_OIDS: dict[str, bytes] = {name: _oid(dotted) for name, dotted in SMIME_EC_CURVES.items()}
+
 DIGESTS: dict[bytes, hashes.HashAlgorithm] = {
     _oid("2.16.840.1.101.3.4.2.1"): hashes.SHA256(),
     _oid("2.16.840.1.101.3.4.2.2"): hashes.SHA384(),
@@ -102,6 +135,7 @@ SIGNATURE_ALGORITHMS: dict[bytes, tuple[str, hashes.HashAlgorithm | None]] = {
 }
 
 T_INTEGER, T_OCTETS, T_NULL, T_OID = 0x02, 0x04, 0x05, 0x06
+T_BIT_STRING = 0x03
 T_UTCTIME, T_GENTIME, T_SEQUENCE, T_SET = 0x17, 0x18, 0x30, 0x31
 T_CTX0, T_CTX1, T_CTX2, T_CTX3, T_CTX0_PRIM = 0xA0, 0xA1, 0xA2, 0xA3, 0x80
 
@@ -228,8 +262,34 @@ class KeyTransRecipient:
 
 
 @dataclass(frozen=True)
+class RecipientEncryptedKey:
+    """One recipient of a KeyAgreeRecipientInfo: issuer+serial (or rKeyId's SKI) and the
+    wrapped content key."""
+
+    issuer_der: bytes | None
+    serial: int | None
+    ski: bytes | None
+    encrypted_key: bytes
+
+
+@dataclass(frozen=True)
+class KeyAgreeRecipient:
+    """KeyAgreeRecipientInfo (RFC 5652 6.2.2) as ECDH ephemeral-static (RFC 5753 3.1):
+    the sender's ephemeral public point, the optional ukm, the KDF's hash and the key
+    wrap. `kdf` None: a form we do not read (static originator, another scheme or
+    wrap, explicit curve parameters): its keys are still listed, never unwrapped."""
+
+    point: bytes  # ECPoint octets of the originatorKey
+    curve_oid: bytes | None  # its namedCurve parameter; None: absent or NULL (the recipient's)
+    ukm: bytes | None
+    kdf: hashes.HashAlgorithm | None
+    wrap_oid: bytes
+    keys: tuple[RecipientEncryptedKey, ...]
+
+
+@dataclass(frozen=True)
 class Enveloped:
-    recipients: tuple[KeyTransRecipient, ...]  # other RecipientInfo kinds are skipped
+    recipients: tuple[KeyTransRecipient, ...]  # KeyTransRecipientInfos
     cipher_oid: bytes
     iv: bytes  # CBC: the IV; GCM: the nonce
     ciphertext: bytes | memoryview
@@ -238,6 +298,8 @@ class Enveloped:
     mac: bytes | None = None
     mac_length: int = 0
     aad: bytes = b""
+    agreements: tuple[KeyAgreeRecipient, ...] = ()  # KeyAgreeRecipientInfos (ECDH)
+    # other RecipientInfo kinds (KEK, password, other) are skipped
 
 
 _ENVELOPED_KINDS = (OID_ENVELOPED_DATA, OID_AUTH_ENVELOPED_DATA)
@@ -259,6 +321,7 @@ def parse_enveloped(der: bytes | memoryview) -> Enveloped:
         if len(infos) > MAX_RECIPIENT_INFOS:
             raise _bad(f"more than {MAX_RECIPIENT_INFOS} RecipientInfos")
         recipients = tuple(_key_trans(buf, ri) for ri in infos if ri.tag == T_SEQUENCE)
+        agreements = _key_agreements(buf, [ri for ri in infos if ri.tag == T_CTX1])
         eci = expect(buf, fields[i + 1], [T_OID, T_SEQUENCE])
         alg = expect(buf, eci[1], [T_OID])
         cipher_oid = bytes(content(buf, alg[0]))
@@ -267,7 +330,7 @@ def parse_enveloped(der: bytes | memoryview) -> Enveloped:
             raise _bad("EnvelopedData without encrypted content")
         ciphertext = octets(buf, eci[2])
         if not authenticated:
-            return Enveloped(recipients, cipher_oid, iv, ciphertext)
+            return Enveloped(recipients, cipher_oid, iv, ciphertext, agreements=agreements)
         mac_length = GCM_DEFAULT_ICV
         if len(alg) > 1 and alg[1].tag == T_SEQUENCE:  # GCMParameters
             params = expect(buf, alg[1], [T_OCTETS])
@@ -275,7 +338,8 @@ def parse_enveloped(der: bytes | memoryview) -> Enveloped:
             if len(params) > 1:
                 mac_length = integer(buf, params[1])
         mac, aad = _auth_tail(buf, fields[i + 2 :])
-        return Enveloped(recipients, cipher_oid, iv, ciphertext, mac, mac_length, aad)
+        return Enveloped(recipients, cipher_oid, iv, ciphertext, mac, mac_length, aad,
+                         agreements)
     except IndexError as exc:  # defensive: offsets are checked, but never leak IndexError
         raise _bad() from exc
 
@@ -368,6 +432,106 @@ def _hash_params(buf: memoryview, alg: Tlv) -> tuple[bytes, bytes | None, dict[i
     return digest, mgf, rest
 
 
+def _key_agreements(buf: memoryview, infos: list[Tlv]) -> tuple[KeyAgreeRecipient, ...]:
+    """The KeyAgreeRecipientInfos ([1] IMPLICIT). Their RecipientEncryptedKeys count
+    against MAX_RECIPIENT_INFOS together: each costs a key unwrap per EC key, and one
+    RecipientInfo could otherwise carry any number of them."""
+    out: list[KeyAgreeRecipient] = []
+    budget = MAX_RECIPIENT_INFOS
+    for ri in infos:
+        kari = _key_agree(buf, ri, budget)
+        budget -= len(kari.keys)
+        out.append(kari)
+    return tuple(out)
+
+
+def _key_agree(buf: memoryview, ri: Tlv, budget: int) -> KeyAgreeRecipient:
+    """KeyAgreeRecipientInfo ::= SEQUENCE { version, originator [0] EXPLICIT, ukm [1]
+    EXPLICIT OPTIONAL, keyEncryptionAlgorithm, recipientEncryptedKeys }."""
+    kids = children(buf, ri)
+    if len(kids) < 4 or kids[0].tag != T_INTEGER or kids[1].tag != T_CTX0:
+        raise _bad()
+    rest = kids[2:]
+    ukm: bytes | None = None
+    if rest[0].tag == T_CTX1:
+        ukm = bytes(octets(buf, expect(buf, rest.pop(0), [T_OCTETS])[0]))
+    if len(rest) < 2 or rest[0].tag != T_SEQUENCE or rest[1].tag != T_SEQUENCE:
+        raise _bad()
+    keys = _encrypted_keys(buf, rest[1], budget)
+    usable = True
+    point, curve_oid = b"", None
+    originator = children(buf, kids[1])
+    if len(originator) != 1:
+        raise _bad()
+    if originator[0].tag == T_CTX1:  # originatorKey: ephemeral-static
+        point, curve_oid, usable = _originator_key(buf, originator[0])
+    else:  # issuerAndSerialNumber or SKI: static-static ECDH, which RFC 8551 does not use
+        usable = False
+    algorithm = expect(buf, rest[0], [T_OID])
+    kdf = KEY_AGREEMENT_KDFS.get(bytes(content(buf, algorithm[0])))
+    wrap_oid = b""
+    if len(algorithm) > 1 and algorithm[1].tag == T_SEQUENCE:  # KeyWrapAlgorithm
+        wrap = expect(buf, algorithm[1], [T_OID])
+        wrap_oid = bytes(content(buf, wrap[0]))
+        usable &= len(wrap) == 1  # RFC 5753 7.2: the AES wraps' parameters are absent
+    usable &= wrap_oid in KEY_WRAPS
+    return KeyAgreeRecipient(point, curve_oid, ukm, kdf if usable else None, wrap_oid, keys)
+
+
+def _originator_key(buf: memoryview, key: Tlv) -> tuple[bytes, bytes | None, bool]:
+    """OriginatorPublicKey ([1] IMPLICIT SEQUENCE { algorithm, publicKey BIT STRING }) ->
+    (ECPoint octets, namedCurve OID or None, whether it is an EC key we can read)."""
+    parts = expect(buf, key, [T_SEQUENCE, T_BIT_STRING])
+    algorithm = expect(buf, parts[0], [T_OID])
+    bits = content(buf, parts[1])
+    if not len(bits) or bits[0] != 0:
+        return b"", None, False  # no octets, or unused bits: no ECPoint
+    point = bytes(bits[1:])
+    if content(buf, algorithm[0]) != OID_EC_PUBLIC_KEY:
+        return point, None, False
+    if len(algorithm) == 1 or algorithm[1].tag == T_NULL:
+        return point, None, True
+    if algorithm[1].tag == T_OID:
+        return point, bytes(content(buf, algorithm[1])), True
+    return point, None, False  # explicit curve parameters: refused, as RFC 5480 does
+
+
+def _encrypted_keys(buf: memoryview, keys: Tlv, budget: int) -> tuple[RecipientEncryptedKey, ...]:
+    """RecipientEncryptedKeys: SEQUENCE OF { rid (IssuerAndSerialNumber or rKeyId [0]
+    IMPLICIT RecipientKeyIdentifier), encryptedKey OCTET STRING }."""
+    items = children(buf, keys, at_most=budget + 1)
+    if len(items) > budget:
+        raise _bad(f"more than {MAX_RECIPIENT_INFOS} RecipientInfos")
+    out: list[RecipientEncryptedKey] = []
+    for item in items:
+        parts = children(buf, item) if item.tag == T_SEQUENCE else []
+        if len(parts) < 2 or parts[1].tag & 0x1F != T_OCTETS:
+            raise _bad()
+        rid, key = parts[0], parts[1]
+        wrapped = bytes(octets(buf, key))
+        if rid.tag == T_CTX0:  # rKeyId: its subjectKeyIdentifier
+            ski = bytes(content(buf, expect(buf, rid, [T_OCTETS])[0]))
+            out.append(RecipientEncryptedKey(None, None, ski, wrapped))
+        else:
+            issuer, serial, _ = _identifier(buf, rid)
+            out.append(RecipientEncryptedKey(issuer, serial, None, wrapped))
+    return tuple(out)
+
+
+def shared_kek(
+    secret: bytes, kdf: hashes.HashAlgorithm, wrap_oid: bytes, ukm: bytes | None
+) -> bytes:
+    """The key-encryption key from an ECDH shared secret: ANSI X9.63 KDF over
+    ECC-CMS-SharedInfo { keyInfo (the wrap algorithm, parameters absent), entityUInfo [0]
+    (the ukm, when sent), suppPubInfo [2] (the key length in bits) } (RFC 5753 7.2)."""
+    length = KEY_WRAPS[wrap_oid]
+    info = der_tlv(T_SEQUENCE, der_tlv(T_OID, wrap_oid))
+    if ukm is not None:
+        info += der_tlv(T_CTX0, der_tlv(T_OCTETS, ukm))
+    info += der_tlv(T_CTX2, der_tlv(T_OCTETS, (length * 8).to_bytes(4, "big")))
+    return X963KDF(kdf, length, der_tlv(T_SEQUENCE, info)).derive(secret)
+
+
 def name_from_der(der: bytes) -> x509.Name:
     try:
         return x509.Name.from_bytes(der)
@@ -389,6 +553,11 @@ def _der_head(tag: int, length: int) -> bytes:
 _RSA_KEY_TRANSPORT = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_RSA_ENCRYPTION) + der_tlv(T_NULL, b""))
 # Fixed elements written once (each der_tlv call costs ~0.5 us, ~1/4 of the DER work)
 _VERSION_0 = der_tlv(T_INTEGER, b"\x00")
+_VERSION_2 = der_tlv(T_INTEGER, b"\x02")  # EnvelopedData with a KeyAgreeRecipientInfo
+_VERSION_3 = der_tlv(T_INTEGER, b"\x03")  # KeyAgreeRecipientInfo
+# originatorKey's algorithm: id-ecPublicKey with NULL parameters (RFC 5753 7.1.1)
+_EC_ORIGINATOR_ALG = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_EC_PUBLIC_KEY) + der_tlv(T_NULL, b""))
+_WRAP_FOR_KEY = {16: OID_AES128_WRAP, 32: OID_AES256_WRAP}
 _DATA_TYPE = der_tlv(T_OID, OID_DATA)
 _ENVELOPED_TYPE = der_tlv(T_OID, OID_ENVELOPED_DATA)
 _CIPHER_OIDS = {oid: der_tlv(T_OID, oid) for oid, _ in WRITTEN_CIPHERS.values()}
@@ -411,18 +580,25 @@ def build_enveloped(
     recipient (~0.025 ms) and a few small DER headers. The content is not copied before
     AES (the padding is a part of its own) and AES writes the ciphertext into
     the result (a bytearray: bytes() of it would copy 10 MB once more for nothing).
-    Recipients must be RSA (callers check and explain)."""
+    An EC certificate gets a KeyAgreeRecipientInfo instead (`_key_agree_info`), and the
+    EnvelopedData is then version 2 (RFC 5652 6.1). Recipients must be RSA or EC on
+    P-256/384/521 (callers check and explain)."""
     oid, key_len = WRITTEN_CIPHERS[cipher]
     secret = os.urandom(key_len + 16)
     cek, iv = secret[:key_len], secret[key_len:]
     infos: list[bytes] = []
+    version = _VERSION_0
     for cert in recipients:
         key = cert.public_key()
-        if not isinstance(key, rsa.RSAPublicKey):
-            raise SmimeError("EnvelopedData recipients must have RSA keys")
         rid = der_tlv(T_SEQUENCE, cert.issuer.public_bytes() + _der_int(cert.serial_number))
-        wrapped = der_tlv(T_OCTETS, key.encrypt(cek, padding.PKCS1v15()))
-        infos.append(der_tlv(T_SEQUENCE, _VERSION_0 + rid + _RSA_KEY_TRANSPORT + wrapped))
+        if isinstance(key, rsa.RSAPublicKey):
+            wrapped = der_tlv(T_OCTETS, key.encrypt(cek, padding.PKCS1v15()))
+            infos.append(der_tlv(T_SEQUENCE, _VERSION_0 + rid + _RSA_KEY_TRANSPORT + wrapped))
+        elif isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name in EC_CURVE_OIDS:
+            infos.append(_key_agree_info(key, rid, cek))
+            version = _VERSION_2
+        else:
+            raise SmimeError("EnvelopedData recipients must have RSA or EC P-256/384/521 keys")
     pad = 16 - (len(head) + len(content)) % 16
     size = len(head) + len(content) + pad
     eci = (
@@ -430,7 +606,7 @@ def build_enveloped(
         + der_tlv(T_SEQUENCE, _CIPHER_OIDS[oid] + der_tlv(T_OCTETS, iv))
         + _der_head(T_CTX0_PRIM, size)  # encryptedContent [0] IMPLICIT OCTET STRING
     )
-    env = _VERSION_0 + _der_set(infos) + _der_head(T_SEQUENCE, len(eci) + size) + eci
+    env = version + _der_set(infos) + _der_head(T_SEQUENCE, len(eci) + size) + eci
     env = _der_head(T_SEQUENCE, len(env) + size) + env
     info = _ENVELOPED_TYPE + _der_head(T_CTX0, len(env) + size) + env
     der = _der_head(T_SEQUENCE, len(info) + size) + info
@@ -449,6 +625,25 @@ def build_enveloped(
     view.release()
     del out[at:]
     return out
+
+
+def _key_agree_info(key: ec.EllipticCurvePublicKey, rid: bytes, cek: bytes) -> bytes:
+    """KeyAgreeRecipientInfo ([1] IMPLICIT) for one EC recipient (RFC 5753 3.1.1): a fresh
+    ephemeral key on its curve (originatorKey), no ukm, dhSinglePass-stdDH-sha256kdf-scheme
+    (RFC 8551 2.7.1.2) and the AES key wrap as long as the content key, one
+    RecipientEncryptedKey naming the certificate by issuer+serial."""
+    ephemeral = ec.generate_private_key(key.curve)
+    wrap_oid = _WRAP_FOR_KEY[len(cek)]
+    kek = shared_kek(ephemeral.exchange(ec.ECDH(), key), hashes.SHA256(), wrap_oid, None)
+    point = ephemeral.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    public = der_tlv(T_BIT_STRING, b"\x00" + point)
+    originator = der_tlv(T_CTX0, der_tlv(T_CTX1, _EC_ORIGINATOR_ALG + public))
+    wrap = der_tlv(T_SEQUENCE, der_tlv(T_OID, wrap_oid))
+    algorithm = der_tlv(T_SEQUENCE, der_tlv(T_OID, OID_ECDH_SHA256_KDF) + wrap)
+    encrypted = der_tlv(T_SEQUENCE, rid + der_tlv(T_OCTETS, aes_key_wrap(kek, cek)))
+    return der_tlv(T_CTX1, _VERSION_3 + originator + algorithm + der_tlv(T_SEQUENCE, encrypted))
 
 
 # SignedData: writing ------------------------------------------------------------------

@@ -186,11 +186,10 @@ class GatewayKey:
 
     @property
     def smime_usable(self) -> bool:
-        """True for RSA >= 2048 (the S/MIME engine only does RSA key transport so far)."""
-        return (
-            isinstance(self.public_key, rsa.RSAPublicKey)
-            and self.public_key.key_size >= checks.MIN_RSA_BITS
-        )
+        """Can the S/MIME engine encrypt to it? RSA >= 2048 (key transport) and EC on
+        P-256, P-384 or P-521 (ECDH key agreement); a P-224 or other curve's key is
+        accepted as a gateway key but not."""
+        return checks.smime_key_problem(self.public_key, "the gateway key") is None
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from keypost.core import cms
 from keypost.core import mime as m
@@ -59,7 +60,7 @@ FUTURE_SKEW = dt.timedelta(minutes=5)
 MAX_RECIPIENT_INFOS = cms.MAX_RECIPIENT_INFOS
 
 
-def _check_rsa_recipient(cert: x509.Certificate) -> None:
+def _check_recipient(cert: x509.Certificate) -> None:
     key = checks.public_key(cert)
     if isinstance(key, rsa.RSAPublicKey) and key.key_size >= checks.MIN_RSA_BITS:
         return  # the usual case: the name (~8 us to format) is only needed to explain
@@ -67,15 +68,11 @@ def _check_rsa_recipient(cert: x509.Certificate) -> None:
     if isinstance(key, checks.UnusableKey):  # was cryptography's exception, not SmimeError
         raise SmimeError(
             f"recipient {who} has a key that cannot be loaded ({key.detail}); the S/MIME "
-            "engine encrypts only to RSA (>= 2048) keys"
+            "engine encrypts to RSA (>= 2048) and EC (P-256, P-384, P-521) keys"
         )
-    if not isinstance(key, rsa.RSAPublicKey):
-        raise SmimeError(
-            f"recipient {who} has a {checks.key_description(key)} key; the S/MIME engine "
-            "encrypts only to RSA (>= 2048) keys so far"
-        )
-    if key.key_size < checks.MIN_RSA_BITS:
-        raise SmimeError(f"recipient {who} has an RSA-{key.key_size} key; RSA-2048+ required")
+    problem = checks.smime_key_problem(key, f"recipient {who}")
+    if problem is not None:
+        raise SmimeError(problem)
 
 
 _MAX_CACHED_CAPABILITIES = 512  # bytes: a directory's containers all carry the same short value
@@ -124,7 +121,8 @@ def envelope_der(
 ) -> bytearray:
     """A canonical CRLF entity (`head` + `entity`: a header block may come separately, so
     that the body need not be joined to it) -> EnvelopedData DER for `recipients` (RSA >=
-    2048 only), with the best content cipher they all accept. Raises SmimeError."""
+    2048: key transport; EC P-256/384/521: key agreement), with the best content cipher
+    they all accept. Raises SmimeError."""
     if not recipients:
         raise SmimeError("no recipient certificates to encrypt for")
     if len(recipients) > MAX_RECIPIENT_INFOS:
@@ -132,7 +130,7 @@ def envelope_der(
         raise SmimeError(f"{len(recipients)} recipient certificates: at most "
                          f"{MAX_RECIPIENT_INFOS} per message; split the recipients")
     for cert in recipients:
-        _check_rsa_recipient(cert)
+        _check_recipient(cert)
     return cms.build_enveloped(entity, recipients, choose_cipher(recipients), head)
 
 
@@ -221,12 +219,16 @@ def _decoded(headers: Sequence[m.Header], body: memoryview) -> bytes | memoryvie
 
 def recipient_ids(message_or_der: bytes) -> list[RecipientId]:
     """The issuer+serial RecipientIdentifiers of an enveloped message (whole message or
-    raw DER). Raises SmimeError when it is not EnvelopedData."""
+    raw DER): of the key-transport recipients, then of the key-agreement ones. Raises
+    SmimeError when it is not EnvelopedData."""
     env = cms.parse_enveloped(_enveloped_der(message_or_der))
+    named: list[tuple[bytes | None, int | None]] = [(ri.issuer_der, ri.serial)
+                                                     for ri in env.recipients]
+    named += [(k.issuer_der, k.serial) for kari in env.agreements for k in kari.keys]
     return [
-        RecipientId(cms.name_from_der(ri.issuer_der), ri.serial)
-        for ri in env.recipients
-        if ri.issuer_der is not None and ri.serial is not None
+        RecipientId(cms.name_from_der(issuer), serial)
+        for issuer, serial in named
+        if issuer is not None and serial is not None
     ]
 
 
@@ -246,7 +248,7 @@ def is_encrypted(message: bytes) -> bool:
     return True
 
 
-_Recipients = tuple[cms.KeyTransRecipient, ...]
+_Recipients = tuple[cms.KeyTransRecipient | cms.RecipientEncryptedKey, ...]
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,38 @@ def _looks_like_mime(key: bytes, mode: modes.CBC | modes.GCM, first: bytes) -> b
     it before the tag is checked.)"""
     block = Cipher(algorithms.AES(key), mode).decryptor().update(first)
     return not block.translate(None, _HEADER_TEXT)
+
+
+def _agreed_keys(
+    key: ec.EllipticCurvePrivateKey, agreements: Sequence[cms.KeyAgreeRecipient], key_len: int
+) -> Iterator[tuple[bytes, bool, int]]:
+    """(content key, whether it unwrapped to the right length, the RecipientEncryptedKey's
+    position among all of `agreements`' keys) for every
+    RecipientEncryptedKey of every KeyAgreeRecipientInfo `key` can agree with: one ECDH
+    and KDF per KeyAgreeRecipientInfo, one AES key unwrap per RecipientEncryptedKey (their
+    number is bounded by cms.MAX_RECIPIENT_INFOS). The container the sender used is not
+    known, so its issuer+serial cannot pick the RecipientEncryptedKey: all are tried. A
+    failed unwrap comes as a random key, like a wrong RSA result."""
+    curve_oid = cms.EC_CURVE_OIDS[key.curve.name]
+    first = 0
+    for kari in agreements:
+        first, position = first + len(kari.keys), first
+        if kari.kdf is None or kari.curve_oid not in (None, curve_oid):
+            continue  # public facts: a form or curve this key cannot agree with
+        try:
+            peer = ec.EllipticCurvePublicKey.from_encoded_point(key.curve, kari.point)
+            secret = key.exchange(ec.ECDH(), peer)
+        except ValueError:
+            continue  # not a point on this key's curve: public, it is the sender's key
+        kek = cms.shared_kek(secret, kari.kdf, kari.wrap_oid, kari.ukm)
+        for n, rek in enumerate(kari.keys):
+            filler = os.urandom(key_len)
+            try:
+                cek = aes_key_unwrap(kek, rek.encrypted_key)
+            except (InvalidUnwrap, ValueError):
+                cek = b""
+            right_length = len(cek) == key_len
+            yield (cek if right_length else filler), right_length, position + n
 
 
 # Full AES-GCM passes per message at most: the right key's content key comes first in
@@ -345,19 +379,22 @@ def _merge_fields(
 
 
 class Decryptor:
-    """Decrypts as a gateway holding one or more RSA keys (current first, then retired)
-    without knowing which container the sender used. All failures raise the same
+    """Decrypts as a gateway holding one or more keys (current first, then retired; RSA
+    or EC) without knowing which container the sender used. All failures raise the same
     DecryptError (no padding oracle).
 
     How it stays uniform: a RecipientInfo names the container (issuer+serial), never the
-    gateway key, so every key is tried against every RSA RecipientInfo, always all of
-    them. RSA PKCS#1 v1.5 decryption runs with OpenSSL's implicit rejection (3.2+, bundled
-    in cryptography's wheels): a wrong key or bad padding yields a pseudo-random "key"
-    instead of an error, in constant time. A result of the wrong length is replaced by a
-    random key, and every candidate gets the same two one-block probes (last block: PKCS#7
-    padding; first block: header text). Then exactly one full AES-CBC decryption runs, with
-    the best candidate or a random key when none passed, and its padding is checked once
-    more. So "wrong key",
+    gateway key, so every RSA key is tried against every RSA RecipientInfo, and every EC
+    key against every RecipientEncryptedKey of every KeyAgreeRecipientInfo on its curve,
+    always all of them. RSA PKCS#1 v1.5 decryption runs with OpenSSL's implicit rejection
+    (3.2+, bundled in cryptography's wheels): a wrong key or bad padding yields a
+    pseudo-random "key" instead of an error, in constant time. ECDH needs no such care
+    (the sender's point is checked to lie on the curve; a wrong key fails the key wrap's
+    integrity check, which says nothing about the private key). A result of the wrong
+    length, or a failed unwrap, is replaced by a random key, and every candidate gets the
+    same two one-block probes (last block: PKCS#7 padding; first block: header text).
+    Then exactly one full AES-CBC decryption runs, with the best candidate or a random key
+    when none passed, and its padding is checked once more. So "wrong key",
     "garbled key", "tampered padding" all take the same steps and end in the same
     DecryptError; only public facts (structure, number of keys and recipients) shape the
     work. CBC without a MAC cannot detect tampering elsewhere in the content: that is
@@ -366,14 +403,13 @@ class Decryptor:
     def __init__(self, keys: Sequence[PrivateKey]) -> None:
         if not keys:
             raise SmimeError("a Decryptor needs at least one private key")
-        rsa_keys: list[rsa.RSAPrivateKey] = []
         for key in keys:
-            if not isinstance(key, rsa.RSAPrivateKey):
-                raise SmimeError("only RSA keys can decrypt S/MIME so far (EC key given)")
-            if key.key_size < checks.MIN_RSA_BITS:
-                raise SmimeError(f"RSA-{key.key_size} key refused; RSA-2048+ required")
-            rsa_keys.append(key)
-        self._keys = tuple(rsa_keys)
+            if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+                raise SmimeError("a Decryptor takes RSA or EC private keys")
+            problem = checks.smime_key_problem(key.public_key(), "a decryption key")
+            if problem is not None:
+                raise SmimeError(problem)
+        self._keys = tuple(keys)
 
     def _open(self, der: bytes | memoryview) -> tuple[bytearray, int, int, str, _Recipients]:
         """-> (padded plaintext, pad length, key index, algorithm, the RecipientInfos that
@@ -427,12 +463,17 @@ class Decryptor:
 
     def _candidates(self, env: cms.Enveloped,
                     key_len: int) -> Iterator[tuple[bytes, bool, int, int]]:
-        """(content key, whether it had the right length, key index, RecipientInfo
-        position) for every key and
-        usable RecipientInfo, all of them decrypted whatever the outcome; a result of the
-        wrong length comes as a random key (drawn every time: both outcomes cost the same),
-        one of the right length may still be wrong (RSA implicit rejection)."""
+        """(content key, whether it had the right length, key index, recipient position:
+        see _recipient_ids) for every key and usable RecipientInfo (EC keys: every
+        RecipientEncryptedKey), all of them decrypted whatever the outcome; a result of
+        the wrong length comes as a random key (drawn every time: both outcomes cost the
+        same), one of the right length may still be wrong (RSA implicit rejection)."""
         for index, key in enumerate(self._keys):
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                first = len(env.recipients)  # the agreements' keys come after the KTRIs
+                for cek, right_length, n in _agreed_keys(key, env.agreements, key_len):
+                    yield cek, right_length, index, first + n
+                continue
             for position, ri in enumerate(env.recipients):
                 # An SKI RecipientInfo is not used to skip keys: SKI methods differ between
                 # issuers (SHA-1 of the key, RFC 7093 variants), a mismatch proves nothing.
@@ -527,7 +568,15 @@ def _yielding(env: cms.Enveloped, cek: bytes,
     candidate is compared, in constant time: a wrong key's candidate is random (RSA
     implicit rejection, or the filler), so only RecipientInfos of our key match."""
     matches = {position for candidate, position in tried if hmac.compare_digest(candidate, cek)}
-    return tuple(env.recipients[p] for p in sorted(matches))
+    ids = _recipient_ids(env)
+    return tuple(ids[p] for p in sorted(matches))
+
+
+def _recipient_ids(env: cms.Enveloped) -> _Recipients:
+    """Who each candidate position names: the KeyTransRecipientInfos in message order,
+    then every KeyAgreeRecipientInfo's RecipientEncryptedKeys (each names a container by
+    issuer+serial or SKI, as a KTRI does)."""
+    return (*env.recipients, *(rek for kari in env.agreements for rek in kari.keys))
 
 
 # Signing -------------------------------------------------------------------------------

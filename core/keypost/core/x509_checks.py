@@ -35,6 +35,13 @@ from keypost.core.x509_ext import (
 
 MIN_RSA_BITS = 2048
 MIN_EC_BITS = 224  # 112-bit security, as RSA-2048: P-192 and smaller curves are refused
+# Curves the S/MIME engine agrees keys on (ECDH, RFC 5753): the NIST curves RFC 8551,
+# openssl cms and gpgsm have in common. cryptography's name -> the namedCurve OID.
+SMIME_EC_CURVES = {
+    "secp256r1": "1.2.840.10045.3.1.7",
+    "secp384r1": "1.3.132.0.34",
+    "secp521r1": "1.3.132.0.35",
+}
 # What cryptography raises while lazily parsing a hostile certificate (found by fuzzing in
 # tests/core/test_containers.py): callers turn these into reasons or ContainerError.
 PARSE_ERRORS: tuple[type[Exception], ...] = (
@@ -88,7 +95,8 @@ def key_description(key: object) -> str:
     if isinstance(key, rsa.RSAPublicKey):
         return f"RSA-{key.key_size}"
     if isinstance(key, ec.EllipticCurvePublicKey):
-        names = {"secp256r1": "P-256", "secp384r1": "P-384", "secp521r1": "P-521"}
+        names = {"secp224r1": "P-224", "secp256r1": "P-256", "secp384r1": "P-384",
+                 "secp521r1": "P-521"}
         return f"EC {names.get(key.curve.name, key.curve.name)}"
     if isinstance(key, UnusableKey):
         return "unsupported key" if key.unsupported else "malformed key"
@@ -111,6 +119,22 @@ def key_problem(key: object, what: str) -> str | None:
             return f"{what} key uses an unsupported algorithm ({key.detail}); RSA or EC only"
         return f"malformed certificate: {what} public key does not decode ({key.detail})"
     return f"{what} key type {key_description(key)} is not accepted (RSA or EC only)"
+
+
+def smime_key_problem(key: object, what: str) -> str | None:
+    """Why the S/MIME engine cannot encrypt to `key` (a public key) or decrypt with its
+    private half, or None: RSA >= 2048 key transport, ECDH on P-256, P-384 or P-521."""
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size >= MIN_RSA_BITS:
+            return None
+        return f"{what} has an RSA-{key.key_size} key; RSA-{MIN_RSA_BITS}+ required"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        if key.curve.name in SMIME_EC_CURVES:
+            return None
+        return (f"{what} has an {key_description(key)} key; S/MIME key agreement uses "
+                "P-256, P-384 or P-521")
+    return (f"{what} has a {key_description(key)} key; the S/MIME engine uses RSA (>= "
+            f"{MIN_RSA_BITS}) and EC (P-256, P-384 or P-521) keys")
 
 
 def _content_start(der: bytes) -> int:
