@@ -128,18 +128,6 @@ def test_uninitialised_data_dir(tmp_path: Path) -> None:
     assert "not an initialised directory" in line
 
 
-def test_ec_encryption_key_is_refused(data: Path, tmp_path: Path) -> None:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    pub = tmp_path / "ec.pem"
-    pub.write_bytes(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
-    line = one_line_error("directory", "domain", "add", "ec.example", "--encryption-cert",
-                          str(pub), "--data", str(data))
-    assert "RSA" in line
-
-
 def test_serve_refuses_bad_setups_in_one_line(tmp_path: Path) -> None:
     data = tmp_path / "d"
     keypost("directory", "init", "--data", str(data))
@@ -427,3 +415,30 @@ def test_init_writes_settings_it_can_read_back(tmp_path: Path) -> None:
     odd = Settings(suffix='dc=a\\"b\\,c')
     write_settings(data, odd)
     assert load_settings(data) == odd
+
+
+def _ec_public(path: Path, curve: object) -> Path:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    assert isinstance(curve, ec.EllipticCurve)
+    path.write_bytes(ec.generate_private_key(curve).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    return path
+
+
+def test_an_ec_encryption_key_is_registered_and_one_without_key_agreement_refused(
+    data: Path, tmp_path: Path
+) -> None:
+    """The S/MIME engine agrees keys with EC P-256/384/521 gateway keys (ECDH): they are
+    encryption keys like RSA-2048+. A P-224 key is a valid key but no S/MIME one."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    p384 = _ec_public(tmp_path / "p384.pub", ec.SECP384R1())
+    keypost("directory", "domain", "add", "ec.example", "--encryption-cert", str(p384),
+            "--data", str(data))
+    assert "ec.example" in keypost("directory", "domain", "list", "--data", str(data)).stdout
+    p224 = _ec_public(tmp_path / "p224.pub", ec.SECP224R1())
+    line = one_line_error("directory", "domain", "add", "p224.example", "--encryption-cert",
+                          str(p224), "--data", str(data))
+    assert "EC P-224" in line and "P-256, P-384 or P-521" in line, line

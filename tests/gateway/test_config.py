@@ -219,9 +219,11 @@ def test_key_files_readable_by_others_are_refused(tmp_path: Path, pki: Pki) -> N
 
 
 @pytest.mark.parametrize("which", [0, 1])  # the current key, a retired key
-def test_an_ec_encryption_key_is_refused_naming_its_file_and_domain(
+def test_an_ec_encryption_key_is_loaded_and_one_off_the_agreement_curves_refused(
         tmp_path: Path, which: int) -> None:
-    """A retired EC key was refused by the S/MIME engine with a message naming neither."""
+    """EC P-256/384/521 keys decrypt (ECDH key agreement) beside RSA ones, current or
+    retired; a P-224 key cannot, and the refusal names its file and domain (the S/MIME
+    engine's own message named neither)."""
     from cryptography.hazmat.primitives.asymmetric import ec, rsa
     from pki_util import key_pem
 
@@ -229,13 +231,20 @@ def test_an_ec_encryption_key_is_refused_naming_its_file_and_domain(
     from keypost.gateway.keys import load_domain_keys
 
     paths = [tmp_path / "current.key", tmp_path / "retired.key"]
-    for i, path in enumerate(paths):
-        key = ec.generate_private_key(ec.SECP256R1()) if i == which else \
-            rsa.generate_private_key(65537, 2048)
-        write_private(path, key_pem(key))
-    with pytest.raises(ConfigError) as caught:
-        load_domain_keys(DomainConfig(name="example.com", encryption_keys=tuple(paths)))
-    assert str(paths[which]) in str(caught.value) and "example.com" in str(caught.value)
+    for curve, loads in ((ec.SECP384R1(), True), (ec.SECP224R1(), False)):
+        for i, path in enumerate(paths):
+            key = ec.generate_private_key(curve) if i == which else \
+                rsa.generate_private_key(65537, 2048)
+            write_private(path, key_pem(key))
+        domain = DomainConfig(name="example.com", encryption_keys=tuple(paths))
+        if loads:
+            assert len(load_domain_keys(domain).fingerprints) == 2
+            continue
+        with pytest.raises(ConfigError) as caught:
+            load_domain_keys(domain)
+        message = str(caught.value)
+        assert str(paths[which]) in message and "example.com" in message
+        assert "P-224" in message and "P-256, P-384 or P-521" in message
 
 
 def test_check_config_warns_when_no_domain_is_served(tmp_path: Path) -> None:

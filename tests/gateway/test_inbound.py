@@ -553,3 +553,47 @@ def test_8bit_content_the_next_hop_cannot_take_is_refused_not_sent(pki: Pki) -> 
     assert seven[0] == 250
     [got] = handler.messages
     assert b"secret quarterly figures" in got.data
+
+
+def test_a_gateway_with_an_ec_key_decrypts_mail_to_its_ec_container(
+    pki: Pki, sink: Sink, tmp_path: Path
+) -> None:
+    """`keypost gateway serve` whose current encryption key is EC P-256 (the retired one
+    RSA): mail a keypost sender encrypted to the EC container (a KeyAgreeRecipientInfo,
+    next to an RSA recipient's KeyTransRecipientInfo) arrives decrypted, the EC key named;
+    mail to the retired RSA key still opens."""
+    import shutil
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from gw_support import serving_gateway, write_private
+    from pki_util import key_pem
+
+    from keypost.core.address import parse_address
+    from keypost.core.containers import ContainerRequest, GatewayKey
+    from keypost.core.types import Purpose
+
+    keys = tmp_path / "keys"
+    shutil.copytree(pki.root, keys)
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    write_private(keys / "enc-current.key", key_pem(ec_key))
+    ec_pki = Pki(keys, pki.ca, pki.current, pki.retired, pki.signing, pki.stranger)
+    ec_container = pki.ca.issue(ContainerRequest(parse_address(ALICE), Purpose.ENCRYPT,
+                                                 GatewayKey(ec_key.public_key())))
+    other = pki.container(pki.stranger, "bob@elsewhere.test")  # an RSA gateway's container
+    to_ec = smime.encrypt_message(plain_message(body="figures for the EC key"),
+                                  [ec_container, other])
+    assert b"pkcs7-mime" in to_ec
+    port = free_port()
+    with serving_gateway(ec_pki.config(sink.port, listen=port,
+                                       quarantine=str(tmp_path / "q")), tmp_path / "gw.log"):
+        code, text = send(port, "sender@outside.test", [ALICE], to_ec)
+        assert code == 250, text
+        code, text = send(port, "sender@outside.test", [ALICE],
+                          encrypted_for(pki, pki.retired, "figures for the retired key"))
+        assert code == 250, text
+    first, second = sink.handler.wait(2)
+    assert b"figures for the EC key" in first.data and b"pkcs7-mime" not in first.data
+    header = f"X-Keypost-Decrypted: key=current fingerprint={spki_fingerprint(ec_key)}"
+    assert header.encode() in first.data
+    assert b"figures for the retired key" in second.data
+    assert b"X-Keypost-Decrypted: key=retired-1" in second.data

@@ -310,3 +310,29 @@ def test_compose_choices_are_clear_outer_headers(
     inner = inner_entity(result["message"], gateway_keys.keys["example.org"])
     inner_head = inner.split(b"\r\n\r\n", 1)[0]
     assert b"X-Priority" not in inner_head and b"Disposition-Notification-To" not in inner_head
+
+
+def test_a_recipient_gateway_with_an_ec_key_is_encrypted_to(
+    host_dirs: Any, memory_keyring: Any, ca: DirectoryCA, gateway_keys: GatewayKeys
+) -> None:
+    """example.org's gateway holds an EC P-256 key: its containers get a
+    KeyAgreeRecipientInfo beside the sender's gateway's RSA KeyTransRecipientInfo, and
+    both gateways open the message. (Refused as "RSA only" before.)"""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from host_support import Factory, PolicyDirectory
+
+    from keypost.host.actions import Host
+
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    keys = GatewayKeys({"example.com": gateway_keys.keys["example.com"],
+                        "example.org": ec_key})  # type: ignore[dict-item]
+    host = Host(host_dirs[0], host_dirs[1],
+                client_factory=Factory(PolicyDirectory(ca, keys, "example.com")))
+    assert configure(host, ca)["ok"]
+    result = ok(host, "encrypt", **params(cc=[], bcc=[]))
+    assert {r["status"] for r in result["recipients"]} == {"ok"}
+    message = result["message"].encode()
+    assert result["key_count"] == 2 and len(smime.recipient_ids(message)) == 2
+    for key in keys.keys.values():
+        clear = smime.Decryptor([key]).decrypt_message(message).message
+        assert parse(clear)["Subject"] == "Quarterly figures"

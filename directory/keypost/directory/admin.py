@@ -28,6 +28,7 @@ from keypost.core.containers import (
 )
 from keypost.core.errors import AddressError, KeypostError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability
+from keypost.core.x509_checks import smime_key_problem
 from keypost.directory.accounts import MAX_NAME, MAX_PASSWORD, hash_password
 from keypost.directory.config import (
     DataDir,
@@ -105,7 +106,9 @@ def _key_record(domain: str, use: KeyUse, path: Path | str,
     _one_public_key(path, data)
     gateway = GatewayKey.from_pem(data, caps)
     if use is KeyUse.ENCRYPTION and not gateway.smime_usable:
-        raise DirectoryError(f"{path}: the encryption key must be RSA with at least 2048 bits")
+        # senders could not encrypt to it: RSA >= 2048 or EC P-256/384/521 only
+        problem = smime_key_problem(gateway.public_key, "the encryption key file")
+        raise DirectoryError(f"{path}: {problem}")
     now = dt.datetime.now(dt.UTC)
     if gateway.certificate is not None:
         _refuse_expired(path, gateway.certificate, now)

@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from keypost.core.smime import Decryptor, PrivateKey
+from keypost.core.x509_checks import smime_key_problem
 from keypost.gateway.config import DomainConfig, GatewayConfig
 from keypost.gateway.errors import ConfigError
 
@@ -99,9 +100,11 @@ def load_domain_keys(domain: DomainConfig) -> DomainKeys:
     )
     keys = [load_private_key(p, passphrase) for p in domain.encryption_keys]
     for path, key in zip(domain.encryption_keys, keys, strict=True):
-        if not isinstance(key, rsa.RSAPrivateKey):  # current or retired alike
-            raise ConfigError(f"{path}: domain {domain.name}'s encryption keys must be RSA "
-                              "(S/MIME decryption is RSA key transport)")
+        # current or retired alike: RSA key transport or EC P-256/384/521 key agreement
+        # (the Decryptor would refuse the rest naming neither file nor domain)
+        problem = smime_key_problem(key.public_key(), f"domain {domain.name}'s encryption key")
+        if problem is not None:
+            raise ConfigError(f"{path}: {problem}")
     signing = (
         load_private_key(domain.signing_key, passphrase) if domain.signing_key else None
     )

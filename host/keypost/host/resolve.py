@@ -14,12 +14,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keypost.core.address import Address, parse_address
 from keypost.core.containers import sha256_fingerprint, verify_container
 from keypost.core.errors import KeypostError
 from keypost.core.types import Purpose, Role
+from keypost.core.x509_checks import public_key, smime_key_problem
 from keypost.host.cache import ContainerCache
 from keypost.host.config import HostConfig
 from keypost.host.directory_client import DirectoryClient, RawContainer
@@ -306,8 +306,11 @@ def _verify_one(
         result = verify_container(cert, (anchor,), target, Purpose.ENCRYPT, at,
                                   (Role.PROXY_ENCRYPTION,))
     reasons = list(result.reasons)
-    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
-        reasons.append(f"{info.key_description} keys cannot be encrypted to yet (RSA only)")
+    # verify_container accepts keys (an EC P-224 one, say) the S/MIME engine cannot
+    # encrypt to: RSA >= 2048 key transport, EC P-256/384/521 key agreement
+    problem = smime_key_problem(public_key(cert), "the certificate")
+    if problem is not None:
+        reasons.append(problem)
     if reasons:
         return cert, role, info.gateway_fingerprint, tuple(reasons), None
     if len(memo) >= MAX_VERIFIED:
