@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_smime_pki import container, gateway, pem
+from test_smime_pki import container, ec_gateway, gateway, pem
 
 from keypost.core import smime
 
@@ -32,6 +32,20 @@ def test_every_recipient_info_of_the_key_that_opened_it_and_no_other() -> None:
     assert _ids(result) == sorted([(bob.serial_number, False), (carol.serial_number, False)])
     assert {r.issuer for r in result.opened_by} == {bob.issuer}
     other = smime.Decryptor([theirs.key]).decrypt_message(message)
+    assert _ids(other) == [(dave.serial_number, False)]
+
+
+def test_an_ec_key_names_its_recipient_encrypted_keys() -> None:
+    """ECDH key agreement: each RecipientEncryptedKey names a container like a KTRI does;
+    those of an RSA gateway in the same message are not ours."""
+    ours, rsa_gateway = ec_gateway("P-384", "gw-ec-opened.b.example"), gateway("gw.c.example")
+    bob, carol = container("bob@b.example", ours), container("carol@b.example", ours)
+    dave = container("dave@c.example", rsa_gateway)
+    message = smime.encrypt_message(MESSAGE, [bob, dave, carol])
+    result = smime.Decryptor([ours.key]).decrypt_message(message)
+    assert _ids(result) == sorted([(bob.serial_number, False), (carol.serial_number, False)])
+    assert {r.issuer for r in result.opened_by} == {bob.issuer}
+    other = smime.Decryptor([rsa_gateway.key]).decrypt_message(message)
     assert _ids(other) == [(dave.serial_number, False)]
 
 
