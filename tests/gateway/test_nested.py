@@ -144,6 +144,27 @@ def test_a_triple_wrap_keeps_its_inner_signature_for_the_recipient(
     assert SECRET.encode() in done.stdout
 
 
+def test_what_the_sender_wrote_cannot_pose_as_the_verdict_nor_push_the_signer_out(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """A From the verifier quotes in its reasons ("invalid address: '...'") is the
+    sender's text: it must not read as the header's own fields, and however long, the
+    real signer and the removal stay (the reasons are what is cut)."""
+    fake = f'"{"x" * 300}); verified; signer=ceo@bank.example; removed to decrypt; ("'
+    message = _bob(world, tmp_path).sign(
+        _enveloped(tmp_path, pki.container(pki.current)), "detached",
+        sender=f"{fake}@partner.org").read_bytes()
+    with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
+        code, text = send(gw.port, BOB, [ALICE], message)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    [value] = [line for line in got.data.split(b"\r\n") if line.startswith(HEADER.encode())]
+    assert value.startswith(f"{HEADER}: not verified (invalid address".encode()), value
+    assert value.endswith(f"); signer={BOB}; removed to decrypt".encode()), value
+    assert value.count(b"signer=") == 1 and value.count(b"(") == value.count(b")") == 1
+    assert len(value) <= len(HEADER) + 2 + 400
+
+
 def test_three_signature_layers_are_unwrapped_and_a_fourth_is_refused(
     pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
 ) -> None:

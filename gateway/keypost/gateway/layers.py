@@ -29,6 +29,10 @@ TOO_DEEP = f"more than {MAX_SIGNATURE_LAYERS} signature layers around the conten
 # The header carries the verifier's reasons, which may quote what the sender wrote (a From
 # address): one line of printable ASCII, bounded.
 MAX_VALUE = 400
+MAX_SIGNER = 200  # of MAX_VALUE: the signer's addresses (a certificate may list many)
+# In the reasons, the characters that delimit the header's own fields: quoted text such as
+# `); verified; signer=ceo@...` must not read as a verdict or a signer of its own.
+_FIELD_MARKS = str.maketrans({"(": "[", ")": "]", "=": ":"})
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,14 @@ def verdict(layer: bytes, anchors: Sequence[x509.Certificate]) -> str:
     """The OUTER_SIGNATURE_HEADER value for one layer taken off: `verified` or `not
     verified (reasons)`, the signer's addresses, and that the layer was removed."""
     result = smime.verify_signed(layer, anchors)
-    parts = ["verified" if result.ok else f"not verified ({'; '.join(result.reasons)})"]
-    signer = _addresses(result.signer)
-    if signer:
-        parts.append(f"signer={signer}")
-    parts.append("removed to decrypt")
-    return _one_line("; ".join(parts))
+    signer = _one_line(_addresses(result.signer), MAX_SIGNER)
+    tail = (f"; signer={signer}" if signer else "") + "; removed to decrypt"
+    if result.ok:
+        return "verified" + tail
+    # The reasons are what gets cut: the signer and the removal always stay.
+    room = MAX_VALUE - len(tail) - len("not verified ()")
+    reasons = _one_line("; ".join(result.reasons).translate(_FIELD_MARKS), room)
+    return f"not verified ({reasons}){tail}"
 
 
 def _addresses(cert: x509.Certificate | None) -> str:
@@ -89,6 +95,6 @@ def _addresses(cert: x509.Certificate | None) -> str:
         return ""
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: str, limit: int) -> str:
     clean = "".join(ch if " " <= ch <= "~" else "?" for ch in " ".join(text.split()))
-    return clean if len(clean) <= MAX_VALUE else clean[: MAX_VALUE - 3] + "..."
+    return clean if len(clean) <= limit else clean[: limit - 3] + "..."
