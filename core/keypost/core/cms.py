@@ -35,6 +35,14 @@ MAX_DEPTH = 24  # nesting limit: hostile BER must not exhaust the stack
 # keypost client sends is refused. More is refused before they are read (not only before
 # RSA): recipient_ids and the Decryptor both parse them.
 MAX_RECIPIENT_INFOS = 1024
+# Elements (tag-length-value) in one CMS structure, counted in one pass before it is read:
+# each costs Python work, and a walk per indefinite-length ancestor, so 1,000,000 two-byte
+# chunks took 9 s and 380 MB, and a 25 MB message holds ten times as many. Real senders
+# write few: chunks of 4096 bytes (openssl -stream, gpgsm; ~6,400 in 25 MB), ~13 per
+# RecipientInfo and per RecipientEncryptedKey (~27,000 at both limits), some hundreds per
+# certificate. (A CRL of 20,000 revocations inside a SignedData, which nothing here reads,
+# would exceed it: that message is refused as malformed, not misread.)
+MAX_ELEMENTS = 100_000
 
 
 def _oid(dotted: str) -> bytes:
@@ -231,9 +239,47 @@ def integer(buf: memoryview, t: Tlv) -> int:
     return int.from_bytes(buf[t.start : t.end], "big", signed=True)
 
 
+def _count_elements(buf: memoryview) -> None:
+    """Refuse a structure of more than MAX_ELEMENTS elements, walking it once (each element
+    read once, however nested) before read_tlv and children() walk parts of it again.
+    Only the count is checked here: what the framing means, the reader decides."""
+    count = 0
+    ends: list[int | None] = []  # open constructed elements: content end, None = indefinite
+    pos, limit = 0, len(buf)
+    while pos + 2 <= limit and (ends or pos == 0):
+        if ends and ends[-1] is not None and pos >= ends[-1]:
+            ends.pop()
+            continue
+        tag, first = buf[pos], buf[pos + 1]
+        if ends and ends[-1] is None and tag == 0 and first == 0:
+            ends.pop()  # end-of-contents of an indefinite-length element
+            pos += 2
+            continue
+        count += 1
+        if count > MAX_ELEMENTS:
+            raise _bad(f"more than {MAX_ELEMENTS} BER elements in one CMS structure")
+        start, length = pos + 2, -1
+        if first > 0x80:
+            n = first & 0x7F
+            if n > 8 or start + n > limit:
+                return  # the reader says what is wrong
+            length = int.from_bytes(buf[start : start + n], "big")
+            start += n
+        elif first < 0x80:
+            length = first
+        if tag & 0x20 and len(ends) <= MAX_DEPTH:
+            ends.append(None if length < 0 else start + length)
+            pos = start
+        elif length < 0:
+            return
+        else:
+            pos = start + length
+
+
 def _content_info(buf: memoryview, oids: Sequence[bytes], what: str) -> tuple[bytes, Tlv]:
     """ContentInfo { contentType, [0] EXPLICIT content } whose type is one of `oids` ->
     (that type, the content's SEQUENCE)."""
+    _count_elements(buf)
     top = read_tlv(buf, 0, len(buf))
     if top.tag != T_SEQUENCE:
         raise _bad(f"not CMS {what}")
