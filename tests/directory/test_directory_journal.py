@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sqlite3
 from pathlib import Path
 
@@ -174,3 +175,42 @@ def test_a_batch_neither_store_nor_journal_takes_is_reported_lost(
     finally:
         lock.execute("COMMIT")
     assert f"event=batch_lost issued={len(issued)} audit={len(audit)}" in caplog.text
+
+
+@pytest.mark.parametrize("planted", ["symlink", "writable_by_others", "other_owner"])
+def test_a_journal_file_the_directory_did_not_write_is_not_replayed(
+        controller: Controller, tmp_path: Path, caplog: pytest.LogCaptureFixture,
+        planted: str) -> None:
+    """Replayed records go into the store unchecked (the containers in them are served as
+    issued), so a file is replayed only as spill writes it: a regular file of this user,
+    writable by no one else. One another user could plant or change (the store's folder
+    shared, sticky, as /tmp is) is left alone, unread, and logged."""
+    if planted == "other_owner" and os.geteuid() != 0:
+        pytest.skip("giving a file to another user takes root")
+    issued, audit = _batch(controller)
+    path = tmp_path / "d.db"  # the controller's store
+    journal = Journal(path)
+    if planted == "symlink":
+        elsewhere = Journal(tmp_path / "elsewhere" / "d.db")
+        (tmp_path / "elsewhere").mkdir()
+        target = elsewhere.spill(issued, audit)
+        file = path.with_name(target.name)
+        file.symlink_to(target)
+    else:
+        file = journal.spill(issued, audit)
+        if planted == "writable_by_others":
+            file.chmod(0o666)
+        else:
+            os.chown(file, 65534, 65534)
+
+    async def start() -> None:
+        writer = sqlite_writer(path)
+        await writer.replay()
+        await writer.close()
+
+    with caplog.at_level(logging.INFO, "keypost.directory"):
+        asyncio.run(start())
+    assert controller.store.audit() == []
+    assert all(controller.store.issued(r.key) is None for r in issued)
+    assert file.is_symlink() if planted == "symlink" else file.is_file()  # left alone
+    assert f"event=journal_refused file={file.name}" in caplog.text

@@ -9,7 +9,10 @@ still written for its owner only (0600), as the store is. One file per shutdown,
 `<store>.pending-<UTC time, to the microsecond>-<random>.json`: several may wait, and
 they sort in the order they were written. A file is written whole or not at all (a
 temporary file, fsync, rename) and carries a SHA-256 of its records: one cut short or
-changed reads as corrupt, never as fewer records.
+changed reads as corrupt, never as fewer records. The digest proves no origin, and what a
+file holds goes into the store unchecked (its containers are then served as issued): so
+only a file as `spill` writes it is read, a regular file of this user that no one else may
+write, never a symbolic link. Another one (planted in a shared folder) is left alone.
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
 import secrets
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -37,6 +42,10 @@ CORRUPT = ".corrupt"  # the suffix of a file set aside (never read again)
 
 class JournalError(DirectoryError):
     """A journal file that does not read whole: cut short, changed or not ours."""
+
+
+class ForeignFile(DirectoryError):
+    """A file named as a journal file that this directory did not write: not read."""
 
 
 class Batch(NamedTuple):
@@ -121,6 +130,17 @@ def decode(data: bytes) -> Batch:
         raise JournalError(f"unreadable ({exc.__class__.__name__}: {exc})") from None
 
 
+def _foreign(st: os.stat_result) -> str | None:
+    """Why a file is not one `spill` wrote (0600, this user's), or None."""
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
+        return f"owned by uid {st.st_uid}, not by this user"
+    if st.st_mode & 0o022:
+        return f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
+
+
 class Journal:
     """The pending-batch files of one store, in the store's folder."""
 
@@ -150,8 +170,21 @@ class Journal:
         return path
 
     def read(self, path: Path) -> Batch:
+        """The file's batch. Raises ForeignFile for a file `spill` cannot have written (left
+        alone), JournalError for one that does not read whole, OSError."""
         try:
-            return decode(path.read_bytes())
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ForeignFile(f"{path.name}: a symbolic link") from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            problem = _foreign(os.fstat(f.fileno()))
+            if problem is not None:
+                raise ForeignFile(f"{path.name}: {problem}")
+            data = f.read()
+        try:
+            return decode(data)
         except JournalError as exc:
             raise JournalError(f"{path.name}: {exc}") from None
 

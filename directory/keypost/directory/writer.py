@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from keypost.directory.errors import StoreBusy
-from keypost.directory.journal import Batch, Journal, JournalError
+from keypost.directory.journal import Batch, ForeignFile, Journal, JournalError
 from keypost.directory.store import AuditRecord, IssuedRecord, Store
 
 log = logging.getLogger("keypost.directory")
@@ -123,6 +123,10 @@ class BatchWriter:
         for path in self._journal.files():
             try:
                 self._kept.append((path, self._journal.read(path)))
+            except (ForeignFile, OSError) as exc:  # a symbolic link fails to open
+                log.error('event=journal_refused file=%s error="%s" (not read: not a file'
+                          ' this directory wrote; see README, Cache, store and audit)',
+                          path.name, exc)
             except JournalError as exc:
                 # Written in part, the rest could never be told from what was written;
                 # dropped, it would be lost: kept under a name no start reads again.
