@@ -23,7 +23,7 @@ from test_smime_pki import Gateway, container, directory_ca, gateway, pem
 from keypost.core import smime
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest
-from keypost.core.errors import UnsupportedCipherError
+from keypost.core.errors import SmimeError, UnsupportedCipherError
 from keypost.core.types import Purpose
 
 pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl not installed")
@@ -458,6 +458,26 @@ def test_opaque_signed_data_with_changed_content_fails(tmp_path: Path) -> None:
     result = smime.verify_signed(changed, [directory_ca().certificate])
     assert not result.ok
     assert "the content was changed after signing (messageDigest mismatch)" in result.reasons
+
+
+def test_opaque_signed_data_without_its_content_does_not_verify(tmp_path: Path) -> None:
+    """application/pkcs7-mime signed-data whose SignedData is detached carries no content: a
+    valid signature over the empty string (here) must not pass for a signed message."""
+    gw = gateway("gw.a.example")
+    (tmp_path / "signer.pem").write_bytes(pem(container("alice@a.example", gw, Purpose.SIGN)))
+    (tmp_path / "signer.key").write_bytes(gw.key_pem())
+    (tmp_path / "empty").write_bytes(b"")
+    res = _run("openssl", "cms", "-sign", "-binary", "-outform", "DER", "-signer",
+               tmp_path / "signer.pem", "-inkey", tmp_path / "signer.key",
+               "-in", tmp_path / "empty")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    message = (_message().split(b"MIME-Version: 1.0\r\n")[0] + b"MIME-Version: 1.0\r\n"
+               b"Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(res.stdout))
+    result = smime.verify_signed(message, [directory_ca().certificate])
+    assert result.reasons == ("signed-data without its content (a detached signature)",)
+    with pytest.raises(SmimeError, match="detached"):
+        smime.unsigned(message)
 
 
 def test_unsigned_takes_the_signature_layer_off_and_nothing_else(tmp_path: Path) -> None:
