@@ -214,3 +214,26 @@ def test_a_journal_file_the_directory_did_not_write_is_not_replayed(
     assert all(controller.store.issued(r.key) is None for r in issued)
     assert file.is_symlink() if planted == "symlink" else file.is_file()  # left alone
     assert f"event=journal_refused file={file.name}" in caplog.text
+
+
+def test_a_journal_file_of_the_stores_owner_is_replayed_by_root(
+        controller: Controller, tmp_path: Path) -> None:
+    """`serve` run as root on a store of the service's user (or the other way round for
+    the files) reads that user's files: the store's owner wrote them, not a stranger."""
+    if os.geteuid() != 0:
+        pytest.skip("giving files to another user takes root")
+    issued, audit = _batch(controller)
+    path = tmp_path / "d.db"
+    file = Journal(path).spill(issued, audit)
+    for owned in (path, file):
+        os.chown(owned, 65534, 65534)
+
+    async def start() -> None:
+        writer = sqlite_writer(path)
+        await writer.replay()
+        await writer.close()
+
+    asyncio.run(start())
+    assert not file.exists()
+    assert sorted(a.serials for a in controller.store.audit()) == sorted(
+        a.serials for a in audit)

@@ -11,14 +11,16 @@ they sort in the order they were written. A file is written whole or not at all 
 temporary file, fsync, rename) and carries a SHA-256 of its records: one cut short or
 changed reads as corrupt, never as fewer records. The digest proves no origin, and what a
 file holds goes into the store unchecked (its containers are then served as issued): so
-only a file as `spill` writes it is read, a regular file of this user that no one else may
-write, never a symbolic link. Another one (planted in a shared folder) is left alone.
+only a file as `spill` writes it is read, a regular file of this user (or of the store's
+owner) that no one else may write, never a symbolic link. Another one (planted in a shared
+folder) is left alone.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import errno
 import hashlib
@@ -130,12 +132,12 @@ def decode(data: bytes) -> Batch:
         raise JournalError(f"unreadable ({exc.__class__.__name__}: {exc})") from None
 
 
-def _foreign(st: os.stat_result) -> str | None:
-    """Why a file is not one `spill` wrote (0600, this user's), or None."""
+def _foreign(st: os.stat_result, owners: set[int]) -> str | None:
+    """Why a file is not one `spill` wrote (0600, of a user in `owners`), or None."""
     if not stat.S_ISREG(st.st_mode):
         return "not a regular file"
-    if hasattr(os, "geteuid") and st.st_uid != os.geteuid():
-        return f"owned by uid {st.st_uid}, not by this user"
+    if owners and st.st_uid not in owners:
+        return f"owned by uid {st.st_uid}, neither this user nor the store's owner"
     if st.st_mode & 0o022:
         return f"writable by others (mode {stat.S_IMODE(st.st_mode):o})"
     return None
@@ -145,6 +147,7 @@ class Journal:
     """The pending-batch files of one store, in the store's folder."""
 
     def __init__(self, database: Path) -> None:
+        self._database = database
         self._folder = database.parent
         self._prefix = database.name + PENDING
 
@@ -179,7 +182,7 @@ class Journal:
                 raise ForeignFile(f"{path.name}: a symbolic link") from None
             raise
         with os.fdopen(fd, "rb") as f:
-            problem = _foreign(os.fstat(f.fileno()))
+            problem = _foreign(os.fstat(f.fileno()), self._owners())
             if problem is not None:
                 raise ForeignFile(f"{path.name}: {problem}")
             data = f.read()
@@ -187,6 +190,16 @@ class Journal:
             return decode(data)
         except JournalError as exc:
             raise JournalError(f"{path.name}: {exc}") from None
+
+    def _owners(self) -> set[int]:
+        """Who may have written a journal file: this user and the store's owner (`serve`
+        run as root once on a store of the service's user, or the other way round)."""
+        if not hasattr(os, "geteuid"):
+            return set()
+        owners = {os.geteuid()}
+        with contextlib.suppress(OSError):
+            owners.add(self._database.stat().st_uid)
+        return owners
 
     def set_aside(self, path: Path) -> Path:
         """Rename a file that did not read, so that no start reads it again -> new path."""
