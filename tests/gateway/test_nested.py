@@ -162,6 +162,7 @@ def test_what_the_sender_wrote_cannot_pose_as_the_verdict_nor_push_the_signer_ou
     assert value.startswith(f"{HEADER}: not verified (invalid address".encode()), value
     assert value.endswith(f"); signer={BOB}; removed to decrypt".encode()), value
     assert value.count(b"signer=") == 1 and value.count(b"(") == value.count(b")") == 1
+    assert b"; verified" not in value and b"; removed" not in value[:-40]
     assert len(value) <= len(HEADER) + 2 + 400
 
 

@@ -30,9 +30,9 @@ TOO_DEEP = f"more than {MAX_SIGNATURE_LAYERS} signature layers around the conten
 # address): one line of printable ASCII, bounded.
 MAX_VALUE = 400
 MAX_SIGNER = 200  # of MAX_VALUE: the signer's addresses (a certificate may list many)
-# In the reasons, the characters that delimit the header's own fields: quoted text such as
+# In a reason, the characters that delimit the header's own fields: quoted text such as
 # `); verified; signer=ceo@...` must not read as a verdict or a signer of its own.
-_FIELD_MARKS = str.maketrans({"(": "[", ")": "]", "=": ":"})
+_FIELD_MARKS = str.maketrans({"(": "[", ")": "]", "=": ":", ";": ","})
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def verdict(layer: bytes, anchors: Sequence[x509.Certificate]) -> str:
         return "verified" + tail
     # The reasons are what gets cut: the signer and the removal always stay.
     room = MAX_VALUE - len(tail) - len("not verified ()")
-    reasons = _one_line("; ".join(result.reasons).translate(_FIELD_MARKS), room)
+    reasons = _one_line("; ".join(r.translate(_FIELD_MARKS) for r in result.reasons), room)
     return f"not verified ({reasons}){tail}"
 
 
