@@ -72,6 +72,11 @@ def test_windows_launcher_refuses_a_path_its_code_page_cannot_hold() -> None:
     assert "--python" in str(caught.value)
 
 
+def test_windows_launcher_refuses_a_code_page_python_cannot_write() -> None:
+    with pytest.raises(InstallError, match="code page 708"):
+        launcher_bytes("win32", "C:\\Python\\python.exe", codepage=708)
+
+
 def test_posix_launcher_is_utf8() -> None:
     path = "/home/j\u00fcrgen/.venv/bin/python"
     assert launcher_bytes("linux", path) == launcher_script("linux", path).encode("utf-8")

@@ -76,6 +76,11 @@ def launcher_bytes(os_name: OS, python: str | None = None, codepage: int | None 
     cp = codepage or oem_codepage()
     try:
         return text.encode(f"cp{cp}")
+    except LookupError:  # a code page Python has no codec for (708, ASMO Arabic)
+        raise InstallError(
+            f"the console code page {cp}, the one cmd reads the launcher in, is one Python"
+            " cannot write; switch the system locale's code page (e.g. to 720 or 65001)"
+        ) from None
     except UnicodeEncodeError:
         raise InstallError(
             f"the interpreter path {python or sys.executable} cannot be written in code page"
