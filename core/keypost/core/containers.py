@@ -38,6 +38,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from keypost.core import x509_checks as checks
 from keypost.core.address import Address, parse_address, u_labels
+from keypost.core.derived import derived_public_key
 from keypost.core.dirurl import DirectoryUrlError, parse_directory_url
 from keypost.core.errors import AddressError, ContainerError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose, Role
@@ -124,10 +125,21 @@ class GatewayKey:
     public_key: PublicKey
     certificate: x509.Certificate | None = None
     capabilities: tuple[Capability, ...] = DEFAULT_CAPABILITIES
+    # Encryption containers carry the per-address derived key P_A (keypost.core.derived)
+    # instead of this key itself: EC P-256/384/521 only. Signing containers never do.
+    derived: bool = False
+
+    def __post_init__(self) -> None:
+        if self.derived:
+            problem = checks.smime_key_problem(self.public_key, "the gateway key")
+            if not isinstance(self.public_key, ec.EllipticCurvePublicKey) or problem:
+                raise ContainerError("derived keys need an EC gateway key on P-256, P-384 "
+                                     "or P-521")
 
     @staticmethod
     def from_pem(
-        data: bytes, capabilities: Sequence[Capability] = DEFAULT_CAPABILITIES
+        data: bytes, capabilities: Sequence[Capability] = DEFAULT_CAPABILITIES,
+        derived: bool = False,
     ) -> GatewayKey:
         """Load a certificate or SubjectPublicKeyInfo PEM (or DER). Raises ContainerError."""
         cert: x509.Certificate | None = None
@@ -162,7 +174,7 @@ class GatewayKey:
                 "gateway key is restricted to RSASSA-PSS signatures (id-RSASSA-PSS); "
                 "an rsaEncryption or EC key is needed"
             )
-        return GatewayKey(_check_public_key(key), cert, tuple(capabilities))
+        return GatewayKey(_check_public_key(key), cert, tuple(capabilities), derived)
 
     @cached_property
     def fingerprint(self) -> str:
@@ -486,12 +498,18 @@ class DirectoryCA:
 
         subject, san = _address_parts(request.address)
         extensions = [*self._fixed, san, *self._gateway_parts(gateway, purpose)]
+        public_key = gateway.public_key
+        if gateway.derived and purpose is Purpose.ENCRYPT:
+            # P_A for this mailbox; the SKI stays the gateway key's (the same in every
+            # container of the key), which also tells a reader the key is a derived one
+            assert isinstance(public_key, ec.EllipticCurvePublicKey)  # __post_init__
+            public_key = derived_public_key(public_key, request.address)
         # The constructor takes everything at once: the fluent setters would copy the
         # builder and re-check duplicate extensions once per call.
         builder = x509.CertificateBuilder(
             issuer_name=issuer,
             subject_name=subject,
-            public_key=gateway.public_key,
+            public_key=public_key,
             serial_number=serial,
             not_valid_before=(start - self.skew).replace(tzinfo=None),
             not_valid_after=not_after.replace(tzinfo=None),

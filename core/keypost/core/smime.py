@@ -249,6 +249,9 @@ def is_encrypted(message: bytes) -> bool:
 
 
 _Recipients = tuple[cms.KeyTransRecipient | cms.RecipientEncryptedKey, ...]
+# (padded plaintext, pad length, key index, algorithm, the RecipientInfos that yield its
+# content key, the indices of every key that yields it)
+_Opened = tuple[bytearray, int, int, str, _Recipients, frozenset[int]]
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,10 @@ class DecryptResult:
     # order: every container of our key the sender encrypted to (one per recipient it
     # meant), none of anyone else's.
     opened_by: tuple[OpenedBy, ...] = ()
+    # The indices of every one of the Decryptor's keys that yields the content key from
+    # some RecipientInfo: with per-address derived keys, the mailboxes the message was
+    # encrypted to (each one's key opens only its own container's RecipientInfo).
+    opened_keys: frozenset[int] = frozenset()
 
 
 def _block_padding_ok(key: bytes, previous: bytes, last: bytes) -> bool:
@@ -411,9 +418,9 @@ class Decryptor:
                 raise SmimeError(problem)
         self._keys = tuple(keys)
 
-    def _open(self, der: bytes | memoryview) -> tuple[bytearray, int, int, str, _Recipients]:
+    def _open(self, der: bytes | memoryview) -> _Opened:
         """-> (padded plaintext, pad length, key index, algorithm, the RecipientInfos that
-        yield its content key). Raises DecryptError."""
+        yield its content key, the keys that do). Raises DecryptError."""
         try:
             env = cms.parse_enveloped(der)
         except SmimeError:
@@ -434,9 +441,9 @@ class Decryptor:
         last = bytes(ct[-16:])
         best: tuple[bytes, int] | None = None  # passed the padding probe, looks like MIME
         fallback: tuple[bytes, int] | None = None  # passed the padding probe only
-        tried: list[tuple[bytes, int]] = []  # (content key, RecipientInfo position)
+        tried: list[tuple[bytes, int, int]] = []  # (content key, key index, position)
         for cek, right_length, index, position in self._candidates(env, key_len):
-            tried.append((cek, position))
+            tried.append((cek, index, position))
             # Every pair gets both probes. A wrong key passes the padding probe about
             # once in 256 tries, so the probe alone would pick a wrong key for some
             # messages when several keys meet several RecipientInfos; the second probe
@@ -459,7 +466,7 @@ class Decryptor:
         valid = 1 <= pad <= 16 and hmac.compare_digest(plain[-pad:], bytes((pad,)) * pad)
         if not valid or index < 0:
             raise DecryptError()
-        return plain, pad, index, name, _yielding(env, cek, tried)
+        return plain, pad, index, name, *_yielding(env, cek, tried)
 
     def _candidates(self, env: cms.Enveloped,
                     key_len: int) -> Iterator[tuple[bytes, bool, int, int]]:
@@ -490,7 +497,7 @@ class Decryptor:
                 right_length = len(cek) == key_len
                 yield (cek if right_length else filler), right_length, index, position
 
-    def _open_gcm(self, env: cms.Enveloped) -> tuple[bytearray, int, int, str, _Recipients]:
+    def _open_gcm(self, env: cms.Enveloped) -> _Opened:
         """AuthEnvelopedData with AES-GCM (RFC 5083/5084). GCM authenticates the content:
         nothing is returned unless the tag verifies, and a modified ciphertext, key or tag
         all end in the same DecryptError, so there is no padding oracle to hide. The
@@ -524,13 +531,13 @@ class Decryptor:
                 continue
             if index >= 0:
                 del plain[written:]
-                return plain, 0, index, name, _yielding(env, cek, [(c, p) for c, _, p in tried])
+                return plain, 0, index, name, *_yielding(env, cek, tried)
         plain[:] = b""  # unauthenticated text is never kept
         raise DecryptError()
 
     def decrypt_der(self, der: bytes) -> tuple[bytes, int, str]:
         """EnvelopedData DER -> (clear content, key index, algorithm)."""
-        plain, pad, index, name, _ = self._open(der)
+        plain, pad, index, name, _, _ = self._open(der)
         del plain[len(plain) - pad :]
         return bytes(plain), index, name
 
@@ -540,7 +547,7 @@ class Decryptor:
             der = _der_of_parts(headers, body)
         except SmimeError:
             raise DecryptError() from None
-        plain, pad, index, name, recipients = self._open(der)
+        plain, pad, index, name, recipients, keys = self._open(der)
         opened_by = tuple(
             OpenedBy(None if r.issuer_der is None else cms.name_from_der(r.issuer_der),
                      r.serial, r.ski)
@@ -555,21 +562,25 @@ class Decryptor:
         if deduplicated is not None:
             inner = deduplicated
             if m.is_canonical(inner):
-                return DecryptResult(outer + inner, index, name, opened_by)
+                return DecryptResult(outer + inner, index, name, opened_by, keys)
         elif m.is_canonical(plain, 0, end):
-            return DecryptResult(b"".join((outer, inner)), index, name, opened_by)
+            return DecryptResult(b"".join((outer, inner)), index, name, opened_by, keys)
         # a sender that encrypted LF text (openssl cms -binary): fix it up
-        return DecryptResult(outer + m.canonical(bytes(inner)), index, name, opened_by)
+        return DecryptResult(outer + m.canonical(bytes(inner)), index, name, opened_by, keys)
 
 
 def _yielding(env: cms.Enveloped, cek: bytes,
-              tried: Sequence[tuple[bytes, int]]) -> _Recipients:
-    """The RecipientInfos that yielded `cek` (after the content opened with it). Every
-    candidate is compared, in constant time: a wrong key's candidate is random (RSA
-    implicit rejection, or the filler), so only RecipientInfos of our key match."""
-    matches = {position for candidate, position in tried if hmac.compare_digest(candidate, cek)}
+              tried: Sequence[tuple[bytes, int, int]]) -> tuple[_Recipients, frozenset[int]]:
+    """The RecipientInfos that yielded `cek` (after the content opened with it), and the
+    indices of the keys that did. Every (candidate, key index, position) is compared, in
+    constant time: a wrong key's candidate is random (RSA implicit rejection, or the
+    filler), so only RecipientInfos of our key match, and only the keys they were
+    encrypted to."""
+    hits = [(index, position) for candidate, index, position in tried
+            if hmac.compare_digest(candidate, cek)]
     ids = _recipient_ids(env)
-    return tuple(ids[p] for p in sorted(matches))
+    return (tuple(ids[p] for p in sorted({p for _, p in hits})),
+            frozenset(i for i, _ in hits))
 
 
 def _recipient_ids(env: cms.Enveloped) -> _Recipients:
