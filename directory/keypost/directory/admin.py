@@ -101,10 +101,15 @@ def parse_capabilities(text: str | None) -> tuple[Capability, ...]:
 
 
 def _key_record(domain: str, use: KeyUse, path: Path | str,
-                caps: Sequence[Capability]) -> GatewayKeyRecord:
+                caps: Sequence[Capability], derived: bool = False) -> GatewayKeyRecord:
     data = read_file(path, f"{use.value} key")
     _one_public_key(path, data)
     gateway = GatewayKey.from_pem(data, caps)
+    if derived:
+        try:  # the same check the controller's GatewayKey makes: refused here, not there
+            GatewayKey(gateway.public_key, derived=True)
+        except KeypostError as exc:
+            raise DirectoryError(f"{path}: {exc}") from None
     if use is KeyUse.ENCRYPTION and not gateway.smime_usable:
         # senders could not encrypt to it: RSA >= 2048 or EC P-256/384/521 only
         problem = smime_key_problem(gateway.public_key, "the encryption key file")
@@ -114,7 +119,7 @@ def _key_record(domain: str, use: KeyUse, path: Path | str,
         _refuse_expired(path, gateway.certificate, now)
     # What was parsed, not the file: nothing else in it reaches the store.
     return GatewayKeyRecord(domain, use, _spki_or_cert_pem(gateway), gateway.fingerprint,
-                            tuple(c.value for c in caps), now)
+                            tuple(c.value for c in caps), now, derived=derived)
 
 
 def _one_public_key(path: Path | str, data: bytes) -> None:
@@ -144,8 +149,10 @@ def _spki_or_cert_pem(gateway: GatewayKey) -> bytes:
 
 
 def gateway_keys(domain: str, encryption: Path | str, signing: Path | str | None,
-                 caps: Sequence[Capability]) -> list[GatewayKeyRecord]:
-    keys = [_key_record(domain, KeyUse.ENCRYPTION, encryption, caps)]
+                 caps: Sequence[Capability], derived: bool = False) -> list[GatewayKeyRecord]:
+    """`derived`: the encryption key's containers carry per-address derived keys (an EC
+    key only); signing containers always carry the signing key itself."""
+    keys = [_key_record(domain, KeyUse.ENCRYPTION, encryption, caps, derived)]
     if signing is not None:
         keys.append(_key_record(domain, KeyUse.SIGNING, signing, caps))
     return keys

@@ -17,6 +17,7 @@ from keypost.directory import admin
 from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.config import DataDir, load_settings
 from keypost.directory.errors import DirectoryError
+from keypost.directory.store import KeyUse
 from keypost.directory.store.sqlite import SqliteStore
 
 DATA_ENV = "KEYPOST_DIRECTORY_DATA"
@@ -49,7 +50,8 @@ def cmd_init(args: argparse.Namespace) -> int:
 def cmd_domain_add(args: argparse.Namespace, store: SqliteStore) -> int:
     domain = admin.domain_name(args.domain)
     caps = admin.parse_capabilities(args.capabilities)
-    keys = admin.gateway_keys(domain, args.encryption_cert, args.signing_cert, caps)
+    keys = admin.gateway_keys(domain, args.encryption_cert, args.signing_cert, caps,
+                              bool(args.derived_keys))
     store.add_domain(domain, keys)
     for k in keys:
         print(f"{domain}: {k.use.value} key {k.fingerprint}")
@@ -64,7 +66,10 @@ def cmd_domain_rekey(args: argparse.Namespace, store: SqliteStore) -> int:
         caps = admin.parse_capabilities(",".join(current[0].capabilities))
     else:
         caps = admin.parse_capabilities(args.capabilities)
-    keys = admin.gateway_keys(domain, args.encryption_cert, args.signing_cert, caps)
+    derived = args.derived_keys
+    if derived is None:  # neither flag: the mode stays what it was
+        derived = any(k.derived for k in current if k.use is KeyUse.ENCRYPTION)
+    keys = admin.gateway_keys(domain, args.encryption_cert, args.signing_cert, caps, derived)
     retired = store.rekey_domain(domain, keys)
     for k in keys:
         print(f"{domain}: new {k.use.value} key {k.fingerprint}")
@@ -81,7 +86,9 @@ def cmd_domain_list(args: argparse.Namespace, store: SqliteStore) -> int:
         for k in keys:
             if k.domain == domain:
                 state = "current" if k.retired is None else f"retired {k.retired:%Y-%m-%d}"
-                print(f"  {k.use.value:10} {k.fingerprint} {state} [{','.join(k.capabilities)}]")
+                mode = " derived-keys" if k.derived else ""
+                print(f"  {k.use.value:10} {k.fingerprint} {state} "
+                      f"[{','.join(k.capabilities)}]{mode}")
     return 0
 
 
@@ -271,6 +278,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         p.add_argument("--signing-cert", metavar="FILE",
                        help="gateway signing certificate or public key (PEM)")
         p.add_argument("--capabilities", help="e.g. aes256-cbc,aes128-cbc")
+        p.add_argument("--derived-keys", action=argparse.BooleanOptionalAction, default=None,
+                       help="encryption containers carry a key derived per address "
+                            "(EC keys only; the gateway needs derived_keys = true); "
+                            "rekey keeps the current mode unless told")
     p = add(dsub, "list", cmd_domain_list, "list served domains and their keys")
     p.add_argument("--history", action="store_true", help="show retired keys too")
     p = add(dsub, "remove", cmd_domain_remove, "stop serving a domain (removes its accounts)")

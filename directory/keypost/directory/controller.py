@@ -377,7 +377,8 @@ class Controller:
         keys: dict[tuple[str, KeyUse], tuple[GatewayKey, str]] = {}
         for rec in self.store.domain_keys():
             caps = tuple(Capability(c) for c in rec.capabilities)
-            keys[(rec.domain, rec.use)] = (GatewayKey.from_pem(rec.pem, caps), rec.fingerprint)
+            keys[(rec.domain, rec.use)] = (GatewayKey.from_pem(rec.pem, caps, rec.derived),
+                                           rec.fingerprint)
         now = dt.datetime.now(dt.UTC)
         genuine: dict[str, list[Container]] = {}
         for g in self.store.genuine():
@@ -400,10 +401,11 @@ class Controller:
     def _drop_stale(self, old: _Snapshot, snap: _Snapshot) -> None:
         """After a rekey or removal, containers of keys no longer current go at once, also
         those not yet written. So do those of a key registered again with other
-        capabilities: the containers carry them, the cache keys only the fingerprint."""
-        before = {(fp, gateway.capabilities) for gateway, fp in old.keys.values()}
+        capabilities or another mode (derived keys or not): the containers carry them,
+        the cache keys only the fingerprint."""
+        before = {(fp, gateway.capabilities, gateway.derived) for gateway, fp in old.keys.values()}
         current = {fp for gateway, fp in snap.keys.values()
-                   if (fp, gateway.capabilities) in before}
+                   if (fp, gateway.capabilities, gateway.derived) in before}
         self._cache.drop_other_gateways(current)
         self._pending_issued = [r for r in self._pending_issued
                                 if r.key.gateway_fingerprint in current]

@@ -35,6 +35,8 @@ class GatewayKeyRecord:
     capabilities: tuple[str, ...]  # Capability values in preference order
     added: dt.datetime
     retired: dt.datetime | None = None
+    # encryption containers carry per-address derived keys (keypost.core.derived)
+    derived: bool = False
 
 
 @dataclass(frozen=True)

@@ -202,6 +202,10 @@ MIGRATIONS: tuple[Migration, ...] = (
     CREATE INDEX issued_serial ON issued (serial);
     CREATE INDEX audit_serials ON audit (serials);
     """,
+    # 7: per-address derived keys (`domain add/rekey --derived-keys`); keys before: plain
+    """
+    ALTER TABLE gateway_keys ADD COLUMN derived INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 
 
@@ -245,6 +249,9 @@ class SqliteStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate(migrations)
             self._wipe_free_pages()
+            # False only for a store opened at an older schema (the migration tests do)
+            self._derived_column = any(
+                row[1] == "derived" for row in self._db.execute("PRAGMA table_info(gateway_keys)"))
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._data_version = -1
@@ -345,12 +352,15 @@ class SqliteStore:
     # domains and gateway keys --------------------------------------------------------
     def _insert_keys(self, keys: Sequence[GatewayKeyRecord]) -> None:
         for k in keys:
+            row: dict[str, object] = {
+                "domain": k.domain, "use": k.use.value, "pem": k.pem,
+                "fingerprint": k.fingerprint, "capabilities": ",".join(k.capabilities),
+                "added": _ts(k.added)}
+            if self._derived_column:
+                row["derived"] = int(k.derived)
             self._db.execute(
-                "INSERT INTO gateway_keys (domain, use, pem, fingerprint, capabilities, added)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (k.domain, k.use.value, k.pem, k.fingerprint, ",".join(k.capabilities),
-                 _ts(k.added)),
-            )
+                f"INSERT INTO gateway_keys ({', '.join(row)})"
+                f" VALUES ({', '.join(':' + name for name in row)})", row)
 
     def add_domain(self, domain: str, keys: Sequence[GatewayKeyRecord]) -> None:
         with self._tx():
@@ -409,7 +419,9 @@ class SqliteStore:
     def domain_keys(
         self, domain: str | None = None, history: bool = False
     ) -> list[GatewayKeyRecord]:
-        sql = "SELECT domain, use, pem, fingerprint, capabilities, added, retired FROM gateway_keys"
+        derived = "derived" if self._derived_column else "0"
+        sql = ("SELECT domain, use, pem, fingerprint, capabilities, added, retired, "
+               f"{derived} FROM gateway_keys")
         where: list[str] = []
         params: list[object] = []
         if domain is not None:
@@ -425,8 +437,9 @@ class SqliteStore:
                 domain=d, use=KeyUse(u), pem=bytes(pem), fingerprint=fp,
                 capabilities=tuple(c for c in caps.split(",") if c),
                 added=_dt(added), retired=None if retired is None else _dt(retired),
+                derived=bool(derived),
             )
-            for d, u, pem, fp, caps, added, retired in self._db.execute(sql, params)
+            for d, u, pem, fp, caps, added, retired, derived in self._db.execute(sql, params)
         ]
 
     # accounts ------------------------------------------------------------------------
