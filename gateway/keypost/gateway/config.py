@@ -103,6 +103,12 @@ class DomainConfig:
     signing_key: Path | None = None
     key_passphrase_file: Path | None = None
     key_passphrase_env: str | None = None
+    # the directory issues this domain's containers with per-address derived keys
+    # (`domain add --derived-keys`): decrypt for each recipient with that recipient's key
+    derived_keys: bool = False
+    # with derived_keys: mail encrypted to the keys themselves (containers issued before
+    # the switch) is still opened, for every recipient as before (a migration's days)
+    accept_plain_keys: bool = False
 
 
 @dataclass(frozen=True)
@@ -347,7 +353,12 @@ def _domain(t: _Table) -> DomainConfig:
         signing_key=t.path("signing_key"),
         key_passphrase_file=t.path("key_passphrase_file"),
         key_passphrase_env=t.text("key_passphrase_env"),
+        derived_keys=t.flag("derived_keys", False),
+        accept_plain_keys=t.flag("accept_plain_keys", False),
     )
+    if d.accept_plain_keys and not d.derived_keys:
+        raise ConfigError(f"{t.where}accept_plain_keys: only with derived_keys = true "
+                          "(without it every key is a plain one)")
     _one_source(d.key_passphrase_file, d.key_passphrase_env, t.where.rstrip("."),
                 "key_passphrase")
     t.finish()

@@ -5,17 +5,34 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from keypost.core.address import Address
+from keypost.core.derived import derived_private_key
 from keypost.core.smime import Decryptor, PrivateKey
 from keypost.core.x509_checks import smime_key_problem
 from keypost.gateway.config import DomainConfig, GatewayConfig
 from keypost.gateway.errors import ConfigError
+
+# Derived private keys kept per domain (address, key): one EC scalar multiplication each
+# to make; past this many the cache starts over, so made-up recipients cannot grow it.
+MAX_DERIVED_KEYS = 10_000
+
+
+@dataclass(frozen=True)
+class Opener:
+    """A Decryptor for one message's recipients, and whose each of its keys is: (index of
+    the configured encryption key, index of the recipient whose derived key it is, or None
+    for the configured key itself)."""
+
+    decryptor: Decryptor
+    owners: tuple[tuple[int, int | None], ...]
 
 
 @dataclass(frozen=True)
@@ -26,11 +43,52 @@ class DomainKeys:
     decryptor: Decryptor
     fingerprints: tuple[str, ...]  # parallel to the configured encryption_keys
     signing_key: PrivateKey | None
+    # [[domain]] derived_keys: the keys below, tweaked per recipient (keypost.core.derived)
+    derived: bool = False
+    accept_plain: bool = False  # derived_keys' accept_plain_keys
+    keys: tuple[PrivateKey, ...] = ()  # the configured encryption keys, current first
+    _derived_keys: dict[tuple[str, int], PrivateKey] = field(
+        default_factory=dict, compare=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
 
     def describe_key(self, index: int) -> str:
         """What the X-Keypost-Decrypted header says about key `index` (no secrets)."""
         which = "current" if index == 0 else f"retired-{index}"
         return f"key={which} fingerprint={self.fingerprints[index]}"
+
+    def opener(self, recipients: Sequence[Address | None]) -> Opener:
+        """The keys to try on a message for `recipients`: the configured ones, or with
+        derived keys each recipient's key of each configured key (plus the configured ones
+        under accept_plain_keys). One ECDH per key and KeyAgreeRecipientInfo."""
+        if not self.derived:
+            return Opener(self.decryptor, tuple((i, None) for i in range(len(self.fingerprints))))
+        keys: list[PrivateKey] = []
+        owners: list[tuple[int, int | None]] = []
+        for n, rcpt in enumerate(recipients):
+            if rcpt is None:
+                continue  # not a mailbox (an outbound recipient): it has no key
+            for i in range(len(self.keys)):
+                keys.append(self._derived_key(rcpt, i))
+                owners.append((i, n))
+        if self.accept_plain or not keys:
+            # (no recipients: outbound mail names none of ours; only the plain keys can try)
+            keys += self.keys
+            owners += [(i, None) for i in range(len(self.keys))]
+        return Opener(Decryptor(keys), tuple(owners))
+
+    def _derived_key(self, address: Address, index: int) -> PrivateKey:
+        cache_key = (address.key(), index)
+        with self._lock:
+            found = self._derived_keys.get(cache_key)
+        if found is None:
+            base = self.keys[index]
+            assert isinstance(base, ec.EllipticCurvePrivateKey)  # load_domain_keys checked
+            found = derived_private_key(base, address)
+            with self._lock:
+                if len(self._derived_keys) >= MAX_DERIVED_KEYS:
+                    self._derived_keys.clear()
+                self._derived_keys[cache_key] = found
+        return found
 
 
 def check_private_file(path: Path) -> bytes:
@@ -105,6 +163,9 @@ def load_domain_keys(domain: DomainConfig) -> DomainKeys:
         problem = smime_key_problem(key.public_key(), f"domain {domain.name}'s encryption key")
         if problem is not None:
             raise ConfigError(f"{path}: {problem}")
+        if domain.derived_keys and not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{path}: derived_keys needs EC encryption keys (P-256, P-384 "
+                              f"or P-521), and this is an RSA key (domain {domain.name})")
     signing = (
         load_private_key(domain.signing_key, passphrase) if domain.signing_key else None
     )
@@ -113,6 +174,9 @@ def load_domain_keys(domain: DomainConfig) -> DomainKeys:
         decryptor=Decryptor(keys),
         fingerprints=tuple(spki_fingerprint(k) for k in keys),
         signing_key=signing,
+        derived=domain.derived_keys,
+        accept_plain=domain.accept_plain_keys,
+        keys=tuple(keys),
     )
 
 

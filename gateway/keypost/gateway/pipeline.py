@@ -64,10 +64,18 @@ class Outcome:
 @dataclass(frozen=True)
 class _Opened:
     clear: bytes
-    key_index: int
+    key_index: int  # of the configured encryption keys
     algorithm: str
     rids: tuple[smime.RecipientId, ...]
     opened_by: tuple[smime.OpenedBy, ...]  # the RecipientInfos of the key that opened it
+    # derived_keys: the recipients (positions in the list given to _open) whose own key
+    # yields the content key, and whether a configured key itself does (plain)
+    derived_for: frozenset[int] = frozenset()
+    plain: bool = True
+
+
+# What _open says of mail from our directory that none of the keys tried opens
+NO_KEY = "encrypted to a key this gateway does not hold"
 
 
 def _address(text: str) -> Address | None:
@@ -159,23 +167,35 @@ class Pipeline:
             return [self._malformed(rcpts, wrapped, data, rcpts)]
         if not encrypted and wrapped is None:
             return self._scanned(rcpts, mail_from, data, rcpts, self.scan_plain, "plain")
-        opened = self._open(keys, wrapped.envelope if wrapped else data)
+        opened = self._open(keys, wrapped.envelope if wrapped else data, rcpts)
+        if opened == NO_KEY and keys.derived:
+            # no recipient's key opens it: each is refused as one it was not meant for
+            return self._not_derived_for(rcpts, rcpts)
         if isinstance(opened, str):
             return [self._malformed(rcpts, opened, data, rcpts)]
         if opened is None:  # signature layers and all: they are the recipient's to check
             return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
         refused: list[Outcome] = []
-        if self.bindings is not None:
-            # before the scan: what goes to nobody is not scanned (nor held) for anybody
-            bound = bind_recipients(self.bindings, self.issuers, opened.opened_by, rcpts)
-            refused = [Outcome((r,), Action.REJECT, reply=why) for r, why in bound.refused]
+        own = tuple(r for n, r in enumerate(rcpts) if n in opened.derived_for)
+        rest = tuple(r for n, r in enumerate(rcpts) if n not in opened.derived_for)
+        if keys.derived and rest and not opened.plain:
+            # before the scan, like the binding's refusals: never decrypted for them
+            refused, rest = self._not_derived_for(rest, rcpts), ()
+        if self.bindings is not None and rest:
+            # before the scan: what goes to nobody is not scanned (nor held) for anybody.
+            # Under derived_keys only mail a plain key opened (accept_plain_keys) is asked.
+            bound = bind_recipients(self.bindings, self.issuers, opened.opened_by, rest)
+            refused += [Outcome((r,), Action.REJECT, reply=why) for r, why in bound.refused]
             if bound.refused:
                 log.warning("decrypted mail refused for %d of %d recipient(s): "
                             "policy.recipient_binding", len(bound.refused), len(rcpts))
-            if not bound.recipients:
-                return refused
-            rcpts = bound.recipients
+            rest = bound.recipients
+        if not own and not rest:
+            return refused
+        rcpts = own + rest if keys.derived else rest
         value = f"{keys.describe_key(opened.key_index)}, alg={opened.algorithm}"
+        if opened.derived_for:
+            value += ", derived-keys"
         # The encrypted entity's own fields join the header block: a claim may hide there.
         clear = _without_claims(opened.clear)
         note = f"decrypted {value}"
@@ -206,7 +226,7 @@ class Pipeline:
             if sign:
                 return [self._signed(o, sender, keys) for o in scanned]
             return scanned
-        opened = self._open(keys, wrapped.envelope if wrapped else data)
+        opened = self._open(keys, wrapped.envelope if wrapped else data, rcpts)
         if isinstance(opened, str):
             # held as the sender sent it (never decrypted): it may leave as it is
             return [self._malformed(rcpts, opened, data, notify, Onward())]
@@ -369,17 +389,20 @@ class Pipeline:
         except (SmimeError, ValueError):
             return False
 
-    def _open(self, keys: DomainKeys, data: bytes) -> _Opened | str | None:
-        """Decrypt with the domain's keys: the clear message, None when the message is not
-        for us (no RecipientInfo issued by our directory), or a reason it is malformed."""
+    def _open(self, keys: DomainKeys, data: bytes,
+              rcpts: Sequence[str]) -> _Opened | str | None:
+        """Decrypt with the domain's keys (with derived_keys: each of `rcpts`' own): the
+        clear message, None when the message is not for us (no RecipientInfo issued by our
+        directory), or a reason it is malformed (NO_KEY: none of the keys opens it)."""
         try:
             rids = tuple(smime.recipient_ids(data))
         except (SmimeError, ValueError):
             return "not a readable S/MIME message"
+        opener = keys.opener([_address(r) for r in rcpts] if keys.derived else ())
         try:
-            res = keys.decryptor.decrypt_message(data)
+            res = opener.decryptor.decrypt_message(data)
         except DecryptError:
-            return "encrypted to a key this gateway does not hold" if self._ours(rids) else None
+            return NO_KEY if self._ours(rids) else None
         except UnsupportedCipherError as exc:  # e.g. 3DES: say so, if it was meant for us
             return str(exc) if self._ours(rids) else None
         except (SmimeError, ValueError):
@@ -387,7 +410,20 @@ class Pipeline:
         problem = mimecheck.problem(res.message)
         if problem is not None:
             return f"decrypted content is not a readable message: {problem}"
-        return _Opened(res.message, res.key_index, res.algorithm, rids, res.opened_by)
+        owners = [opener.owners[i] for i in res.opened_keys]
+        return _Opened(res.message, opener.owners[res.key_index][0], res.algorithm, rids,
+                       res.opened_by,
+                       frozenset(n for _, n in owners if n is not None),
+                       not keys.derived or any(n is None for _, n in owners))
+
+    @staticmethod
+    def _not_derived_for(refuse: Sequence[str], rcpts: Sequence[str]) -> list[Outcome]:
+        """derived_keys: the recipients whose own key does not open the message."""
+        log.warning("encrypted mail refused for %d of %d recipient(s): not encrypted to "
+                    "their derived key (derived_keys)", len(refuse), len(rcpts))
+        return [Outcome((r,), Action.REJECT, reply=(
+            f"554 5.7.1 {r}: not delivered, the message was not encrypted to this mailbox's "
+            "key (derived_keys)")) for r in refuse]
 
     def _ours(self, rids: Sequence[smime.RecipientId]) -> bool:
         """Were all RecipientInfos issued by our directory (asked only when decryption
