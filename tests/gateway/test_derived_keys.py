@@ -61,10 +61,11 @@ class World:
     key: ec.EllipticCurvePrivateKey  # the gateway's EC encryption key
     key_file: Path
 
-    def container(self, address: str) -> bytes:
-        """The encryption container an outside sender's client gets for `address`."""
+    def container(self, address: str, auth: tuple[str, str] | None = None) -> bytes:
+        """The encryption container an outside sender's client gets for `address` (with
+        `auth`: the one a user of the domain gets, from its own gateway)."""
         resp = requests.get(f"{self.http}/v1/containers", params={"address": address},
-                            timeout=30)
+                            auth=auth, timeout=30)
         assert resp.status_code == 200, resp.text
         [found] = resp.json()["results"][0]["containers"]
         return str(found["pem"]).encode()
@@ -100,6 +101,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     (root / "enc.pub").write_bytes(pub_pem(key))  # type: ignore[arg-type]
     _run("directory", "domain", "add", DOMAIN, "--encryption-cert", str(root / "enc.pub"),
          "--derived-keys", "--data", str(data))
+    _run("directory", "account", "add", "alice", "--role", "user", "--domain", DOMAIN,
+         "--password-stdin", "--data", str(data), stdin="alice-pw\n")
     ldap, http = free_port(), free_port()
     proc = subprocess.Popen([*KEYPOST, "directory", "serve", "--data", str(data),
                              "--ldap", f"127.0.0.1:{ldap}", "--http", f"127.0.0.1:{http}"],
@@ -258,6 +261,37 @@ def test_without_derived_keys_the_gateway_cannot_open_them(
     with serving_gateway(world.config(sink, port, ""), tmp_path / "gw.log"):
         code, text = send(port, SENDER, [BOB], mail(der))
     assert code == 554 and "5.6.0" in text and "does not hold" in text, text
+
+
+def test_outbound_mail_encrypted_to_the_gateway_opens(
+        world: World, sink: Sink, tmp_path: Path) -> None:
+    """Fig. 2: alice's client gets her own gateway's container for the outside recipient,
+    which carries that recipient's derived key; the gateway opens it with the outbound
+    recipient's key (and sends it on in clear here: no directory, policy clear)."""
+    outside = "ext@outside.test"
+    pem = world.container(outside, auth=("alice", "alice-pw"))
+    theirs = derived_private_key(world.key, parse_address(outside)).public_key()
+    assert x509.load_pem_x509_certificate(pem).public_key() == theirs
+    sealed = smime.encrypt_message(plain_message(sender=f"alice@{DOMAIN}", to=outside,
+                                                 body="outbound via derived"),
+                                   [x509.load_pem_x509_certificate(pem)])
+    port = free_port()
+    cfg = world.config(sink, port)
+    cfg.write_text(cfg.read_text() + '\n[policy]\noutbound_no_genuine = "clear"\n')
+    with serving_gateway(cfg, tmp_path / "gw.log"):
+        code, text = send(port, f"alice@{DOMAIN}", [outside], sealed)
+        assert code == 250, text
+        sink.handler.wait(1)
+    [got] = sink.handler.messages
+    assert b"outbound via derived" in got.data and b"pkcs7-mime" not in got.data
+
+
+def test_check_config_names_the_mode(world: World, sink: Sink) -> None:
+    done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config",
+                           str(world.config(sink, free_port()))],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "derived keys: each recipient's mail opens with that recipient's key" in done.stdout
 
 
 def test_config_rules(tmp_path: Path) -> None:

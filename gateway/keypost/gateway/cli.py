@@ -62,6 +62,9 @@ def describe(cfg: GatewayConfig) -> list[str]:
             f"domain {dom.name}: decrypt with current key {dom.encryption_keys[0].name}"
             + (f" and {retired} retired key(s)" if retired else "")
             + (f"; sign with {dom.signing_key.name}" if dom.signing_key else "; no signing key")
+            + ("; derived keys: each recipient's mail opens with that recipient's key only"
+               + (", mail to the plain keys for every recipient (accept_plain_keys)"
+                  if dom.accept_plain_keys else "") if dom.derived_keys else "")
         )
     scan = (
         f"command {' '.join(cfg.scan.command)}" if cfg.scan.command
