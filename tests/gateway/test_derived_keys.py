@@ -58,6 +58,7 @@ class World:
     root: Path
     data: Path
     http: str
+    ldap: str
     key: ec.EllipticCurvePrivateKey  # the gateway's EC encryption key
     key_file: Path
 
@@ -109,7 +110,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         wait_port(http)
-        yield World(root, data, f"http://127.0.0.1:{http}", key, key_file)
+        wait_port(ldap)
+        yield World(root, data, f"http://127.0.0.1:{http}", f"ldap://127.0.0.1:{ldap}", key,
+                    key_file)
     finally:
         stop(proc, timeout=20)
 
@@ -292,6 +295,28 @@ def test_check_config_names_the_mode(world: World, sink: Sink) -> None:
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "derived keys: each recipient's mail opens with that recipient's key" in done.stdout
+
+
+@pytest.mark.parametrize("scheme", ["http", "ldap"])
+def test_check_config_connect_compares_the_mode_with_the_directory(
+        world: World, sink: Sink, scheme: str) -> None:
+    """The container an outside sender gets for postmaster@ carries P_A: derived_keys on
+    agrees, off is a one-line error (every message to the domain would stay shut)."""
+    url = world.http if scheme == "http" else world.ldap
+
+    def check(domain_extra: str) -> subprocess.CompletedProcess[str]:
+        cfg = world.config(sink, free_port(), domain_extra)
+        cfg.write_text(cfg.read_text().replace("[directory]\n", f'[directory]\nurl = "{url}"\n'))
+        return subprocess.run([*KEYPOST, "gateway", "check-config", "--connect", "--config",
+                               str(cfg)], capture_output=True, text=True, timeout=60)
+
+    done = check("derived_keys = true\n")
+    assert done.returncode == 0, done.stderr
+    assert f"{DOMAIN}'s containers carry derived keys, as derived_keys says" in done.stdout
+    done = check("")
+    assert done.returncode == 1, done.stdout
+    assert "carry derived keys, but derived_keys is off" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 
 def test_config_rules(tmp_path: Path) -> None:

@@ -132,3 +132,20 @@ def derived_private_key(private: ec.EllipticCurvePrivateKey,
     if d == 0:
         raise ContainerError(f"the gateway key has no derived key for {address}")
     return ec.derive_private_key(d, public.curve)
+
+
+def carried_key(carried: object, gateway: ec.EllipticCurvePublicKey | object,
+                address: Address) -> str | None:
+    """Which key a container for `address` carries: "plain" (the gateway key itself),
+    "derived" (its P_A) or None (neither: another key). For checking that a gateway and its
+    directory agree on the mode."""
+    if not isinstance(carried, ec.EllipticCurvePublicKey):
+        return None
+    if not isinstance(gateway, ec.EllipticCurvePublicKey):
+        return None
+    if carried == gateway:
+        return "plain"
+    try:
+        return "derived" if carried == derived_public_key(gateway, address) else None
+    except ContainerError:  # a curve derived keys do not use
+        return None

@@ -6,14 +6,19 @@ import argparse
 import asyncio
 from pathlib import Path
 
+from cryptography import x509
+
 from keypost.core import logfmt
 from keypost.core.address import parse_address
+from keypost.core.derived import carried_key
 from keypost.gateway.clients import describe_clients
 from keypost.gateway.config import GatewayConfig, RecipientBinding, load_config
 from keypost.gateway.demo import register_demo
+from keypost.gateway.directory import anonymous_fetch
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 from keypost.gateway.files import folder_problem
 from keypost.gateway.kept import FOLDER as KEPT_FOLDER
+from keypost.gateway.keys import DomainKeys
 from keypost.gateway.pipeline import same_public_key
 from keypost.gateway.quarantine import (
     Maildir,
@@ -120,6 +125,7 @@ def probe(gw: Gateway) -> list[str]:
         gw.pipeline.bindings.bindings([1], [parse_address("probe@keypost.invalid")])
         lines.append("directory: recipient bindings answered (GET /v1/bindings)")
     for name, keys in gw.keys.items():
+        lines += _compare_mode(gw, keys)
         sender = parse_address(f"postmaster@{name}")
         if keys.signing_key is None:
             gw.directory.encryption_certificates(parse_address("probe@keypost.invalid"))
@@ -134,6 +140,37 @@ def probe(gw: Gateway) -> list[str]:
         lines.append(f"directory: signing container for {sender} valid until "
                      f"{cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, matches the signing key")
     return lines
+
+
+def _compare_mode(gw: Gateway, keys: DomainKeys) -> list[str]:
+    """Does the directory issue this domain's containers in the mode derived_keys says?
+    Compared on the container an outside sender gets for postmaster@domain, of our current
+    key (by SKI). Raises DirectoryUnavailable on a mismatch, which would leave every
+    message to the domain unopened."""
+    probe_address = parse_address(f"postmaster@{keys.name}")
+    current = keys.keys[0].public_key()
+    ski = x509.SubjectKeyIdentifier.from_public_key(current)
+    ours = []
+    for cert in anonymous_fetch(gw.config.directory, probe_address,
+                                gw.config.timeouts.directory):
+        try:
+            if cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value == ski:
+                ours.append(cert)
+        except x509.ExtensionNotFound:
+            continue
+    modes = {carried_key(c.public_key(), current, probe_address) for c in ours}
+    if not ours or modes == {None}:
+        return [f"directory: no container of {keys.name}'s current key for {probe_address} "
+                "to compare derived_keys with"]
+    wanted = "derived" if keys.derived else "plain"
+    if wanted not in modes:
+        found = "derived keys" if "derived" in modes else "the key itself"
+        raise DirectoryUnavailable(
+            f"the directory's containers for {keys.name} carry {found}, but derived_keys is "
+            f"{'on' if keys.derived else 'off'}: mail to them would not open "
+            "(match `domain add/rekey --derived-keys` and [[domain]] derived_keys)")
+    return [f"directory: {keys.name}'s containers carry "
+            f"{'derived keys' if keys.derived else 'the key itself'}, as derived_keys says"]
 
 
 def _serve(args: argparse.Namespace) -> int:

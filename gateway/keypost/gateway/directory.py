@@ -11,6 +11,7 @@ on disk (kept.KeptContainers) for after a restart.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -414,6 +415,18 @@ def directory_password(cfg: DirectoryConfig) -> str | None:
         return password.decode() if password is not None else None
     except UnicodeDecodeError:
         raise ConfigError("directory password: not UTF-8 text") from None
+
+
+def anonymous_fetch(cfg: DirectoryConfig, address: Address,
+                    timeout: float) -> list[x509.Certificate]:
+    """The encryption containers an outside sender gets for `address` (no account: a
+    gateway account is given no encryption container of its own domain), unverified."""
+    assert cfg.url is not None
+    anonymous = dataclasses.replace(cfg, username=None, password_file=None, password_env=None)
+    fetcher: _Fetcher = (HttpFetcher(anonymous, None, timeout)
+                         if not directory_url(cfg.url).is_ldap
+                         else LdapFetcher(anonymous, None, timeout))
+    return fetcher.fetch(address, Purpose.ENCRYPT)
 
 
 def make_directory(
