@@ -364,6 +364,9 @@ class DirectoryCA:
             tuple[bytes, tuple[Capability, ...], Purpose],
             tuple[x509.Extension[x509.ExtensionType], ...],
         ] = {}
+        # P_A per (gateway key, address): every requestor gets a container of its own, and
+        # each would cost a scalar multiplication and a point check again
+        self._derived: dict[tuple[bytes, str], ec.EllipticCurvePublicKey] = {}
         self._ku = {
             (Purpose.ENCRYPT, True): _key_usage(key_encipherment=True),
             (Purpose.ENCRYPT, False): _key_usage(key_agreement=True),
@@ -475,6 +478,17 @@ class DirectoryCA:
             self._per_gateway[key] = parts
         return parts
 
+    def _derived_key(self, fingerprint: bytes, public_key: ec.EllipticCurvePublicKey,
+                     address: Address) -> ec.EllipticCurvePublicKey:
+        key = (fingerprint, address.key())
+        found = self._derived.get(key)
+        if found is None:
+            found = derived_public_key(public_key, address)
+            if len(self._derived) >= _CACHE_SIZE:
+                self._derived.clear()
+            self._derived[key] = found
+        return found
+
     def issue(self, request: ContainerRequest, now: dt.datetime | None = None) -> x509.Certificate:
         """Make an encryption (role proxy-encryption) or signing (proxy-signing) container."""
         gateway = request.gateway
@@ -503,7 +517,8 @@ class DirectoryCA:
             # P_A for this mailbox; the SKI stays the gateway key's (the same in every
             # container of the key), which also tells a reader the key is a derived one
             assert isinstance(public_key, ec.EllipticCurvePublicKey)  # __post_init__
-            public_key = derived_public_key(public_key, request.address)
+            public_key = self._derived_key(gateway.fingerprint_bytes, public_key,
+                                           request.address)
         # The constructor takes everything at once: the fluent setters would copy the
         # builder and re-check duplicate extensions once per call.
         builder = x509.CertificateBuilder(
