@@ -1,7 +1,7 @@
 """Per-address derived keys: an EC gateway key (d, P) tweaked once per mailbox address.
 
-    t_A = OS2IP(HKDF-SHA-512(ikm = LABEL || DER SPKI of P || UTF-8 A.key(),
-                             L = byte length of the group order n + 16)) mod n
+    t_A = OS2IP(HKDF-SHA-512(ikm = LABEL || DER SPKI of P || UTF-8 A.key(), no salt,
+                             info = LABEL, L = byte length of the group order n + 16)) mod n
     P_A = P + t_A * G    (the directory: public values only)
     d_A = d + t_A mod n  (the gateway, which alone holds d)
 
