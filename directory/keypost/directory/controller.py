@@ -556,6 +556,7 @@ class Controller:
         asker learns nothing it did not name: the address and the serial come from it.
         """
         started = time.perf_counter()
+        self.store.ensure_serial_indexes()
         fingerprints, domains = self._gateway_scope(account.domain)
         keys = [a.key() for a in addresses]
         rows: list[list[Binding]] = []

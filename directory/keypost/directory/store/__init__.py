@@ -179,6 +179,11 @@ class Store(Protocol):
         (the controller asks the store per miss only for these)."""
         ...
 
+    def ensure_serial_indexes(self) -> None:
+        """Make the lookups by serial fast (issued_with_serial, audit_hashes); called before
+        them. Not kept up by default: every new container would pay for it."""
+        ...
+
     def issued_with_serial(self, serial: int) -> list[tuple[str, str]]:
         """(address key, gateway key fingerprint) of each stored container with this
         serial, for every requestor (GET /v1/bindings)."""
