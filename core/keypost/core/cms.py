@@ -331,6 +331,9 @@ class KeyAgreeRecipient:
     kdf: hashes.HashAlgorithm | None
     wrap_oid: bytes
     keys: tuple[RecipientEncryptedKey, ...]
+    # the wrap's parameters were an explicit NULL (NSS, so Thunderbird, writes it; RFC 5753
+    # says absent): ECC-CMS-SharedInfo's keyInfo carries the AlgorithmIdentifier as sent
+    wrap_null: bool = False
 
 
 @dataclass(frozen=True)
@@ -516,12 +519,16 @@ def _key_agree(buf: memoryview, ri: Tlv, budget: int) -> KeyAgreeRecipient:
     algorithm = expect(buf, rest[0], [T_OID])
     kdf = KEY_AGREEMENT_KDFS.get(bytes(content(buf, algorithm[0])))
     wrap_oid = b""
+    wrap_null = False
     if len(algorithm) > 1 and algorithm[1].tag == T_SEQUENCE:  # KeyWrapAlgorithm
         wrap = expect(buf, algorithm[1], [T_OID])
         wrap_oid = bytes(content(buf, wrap[0]))
-        usable &= len(wrap) == 1  # RFC 5753 7.2: the AES wraps' parameters are absent
+        # RFC 5753 7.2: the AES wraps' parameters are absent; NSS sends NULL
+        wrap_null = len(wrap) == 2 and wrap[1].tag == T_NULL and wrap[1].start == wrap[1].end
+        usable &= len(wrap) == 1 or wrap_null
     usable &= wrap_oid in KEY_WRAPS
-    return KeyAgreeRecipient(point, curve_oid, ukm, kdf if usable else None, wrap_oid, keys)
+    return KeyAgreeRecipient(point, curve_oid, ukm, kdf if usable else None, wrap_oid, keys,
+                             wrap_null)
 
 
 def _originator_key(buf: memoryview, key: Tlv) -> tuple[bytes, bytes | None, bool]:
@@ -565,13 +572,16 @@ def _encrypted_keys(buf: memoryview, keys: Tlv, budget: int) -> tuple[RecipientE
 
 
 def shared_kek(
-    secret: bytes, kdf: hashes.HashAlgorithm, wrap_oid: bytes, ukm: bytes | None
+    secret: bytes, kdf: hashes.HashAlgorithm, wrap_oid: bytes, ukm: bytes | None,
+    wrap_null: bool = False,
 ) -> bytes:
     """The key-encryption key from an ECDH shared secret: ANSI X9.63 KDF over
-    ECC-CMS-SharedInfo { keyInfo (the wrap algorithm, parameters absent), entityUInfo [0]
-    (the ukm, when sent), suppPubInfo [2] (the key length in bits) } (RFC 5753 7.2)."""
+    ECC-CMS-SharedInfo { keyInfo (the wrap algorithm as the message names it: parameters
+    absent, or NULL where the sender wrote NULL), entityUInfo [0] (the ukm, when sent),
+    suppPubInfo [2] (the key length in bits) } (RFC 5753 7.2)."""
     length = KEY_WRAPS[wrap_oid]
-    info = der_tlv(T_SEQUENCE, der_tlv(T_OID, wrap_oid))
+    null = der_tlv(T_NULL, b"") if wrap_null else b""
+    info = der_tlv(T_SEQUENCE, der_tlv(T_OID, wrap_oid) + null)
     if ukm is not None:
         info += der_tlv(T_CTX0, der_tlv(T_OCTETS, ukm))
     info += der_tlv(T_CTX2, der_tlv(T_OCTETS, (length * 8).to_bytes(4, "big")))

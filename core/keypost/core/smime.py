@@ -324,7 +324,7 @@ def _agreed_keys(
             secret = key.exchange(ec.ECDH(), peer)
         except ValueError:
             continue  # not a point on this key's curve: public, it is the sender's key
-        kek = cms.shared_kek(secret, kari.kdf, kari.wrap_oid, kari.ukm)
+        kek = cms.shared_kek(secret, kari.kdf, kari.wrap_oid, kari.ukm, kari.wrap_null)
         for n, rek in enumerate(kari.keys):
             filler = os.urandom(key_len)
             try:
