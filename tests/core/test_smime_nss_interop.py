@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import pkcs12
 from test_smime_interop import ENTITY, _message
-from test_smime_pki import container, directory_ca, ec_gateway, pem
+from test_smime_pki import container, directory_ca, ec_gateway, gateway, pem
 
 from keypost.core import smime
 from keypost.core.address import parse_address
@@ -94,11 +94,11 @@ def _as_message(der: bytes) -> bytes:
             b" name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n" + body)
 
 
-@pytest.mark.parametrize("curve", ["P-256", "P-384"])
-def test_thunderbirds_nss_encrypts_to_an_ec_container_the_gateway_opens(
+@pytest.mark.parametrize("curve", ["P-256", "P-384", "RSA-2048"])
+def test_thunderbirds_nss_encrypts_to_a_container_the_gateway_opens(
     nss: dict[str, str], tmp_path: Path, curve: str
 ) -> None:
-    gw = ec_gateway(curve)
+    gw = gateway() if curve == "RSA-2048" else ec_gateway(curve)
     der = _nss_encrypt(nss, tmp_path, container("bob@b.example", gw))
     result = smime.Decryptor([gw.key]).decrypt_message(_as_message(der))
     assert result.message.endswith(ENTITY)
