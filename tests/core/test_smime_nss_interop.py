@@ -137,3 +137,37 @@ def test_thunderbirds_nss_decrypts_our_key_agreement(nss: dict[str, str],
     der.write_bytes(base64.b64decode(message.split(b"\r\n\r\n", 1)[1]))
     out = _nss(nss, "cmsutil", "-D", "-d", nss["KEYPOST_TEST_NSSDB"], "-i", der)
     assert out.replace(b"\r\n", b"\n") == ENTITY.replace(b"\r\n", b"\n")
+
+
+@pytest.mark.parametrize("kind", ["RSA-2048", "P-256"])
+def test_thunderbirds_nss_verifies_the_gateways_signature(
+    nss: dict[str, str], tmp_path: Path, kind: str
+) -> None:
+    """What a recipient's Thunderbird checks on mail the gateway signed (Fig. 3): the
+    detached SignedData over the first part, the signer's chain to the directory CA
+    (trusted for e-mail) and its use for e-mail signing (certUsageEmailSigner, -u 4)."""
+    import email
+    import email.utils
+
+    from keypost.core.types import Purpose
+
+    gw = gateway() if kind == "RSA-2048" else ec_gateway("P-256")
+    signer = container("alice@a.example", gw, Purpose.SIGN)
+    date = email.utils.formatdate(usegmt=True).encode()
+    message = (b"From: alice@a.example\r\nTo: bob@b.example\r\nSubject: signed\r\nDate: "
+               + date + b"\r\nMIME-Version: 1.0\r\n" + ENTITY)
+    signed = smime.sign_message(message, gw.key, signer)
+    parsed = email.message_from_bytes(signed)
+    boundary = b"--" + parsed.get_boundary().encode()  # type: ignore[union-attr]
+    content = signed.split(boundary)[1][2:-2]  # the first part as signed: CRLF to CRLF
+    signature = parsed.get_payload()[1].get_payload(decode=True)  # type: ignore[index]
+    _add_certificate(nss, tmp_path, "ca", directory_ca().certificate, "C,C,C")
+    (tmp_path / "content").write_bytes(content)
+    (tmp_path / "sig.p7s").write_bytes(signature)
+    verify = ["cmsutil", "-D", "-d", nss["KEYPOST_TEST_NSSDB"], "-u", "4",
+              "-c", str(tmp_path / "content"), "-i", str(tmp_path / "sig.p7s")]
+    assert _nss(nss, *verify).endswith(b"bring the keys\r\n")  # verified, content out
+    assert b"meet at noon" in content
+    (tmp_path / "content").write_bytes(content.replace(b"meet at noon", b"meet at dawn"))
+    spoilt = subprocess.run(verify, env=nss, capture_output=True, timeout=60, check=False)
+    assert spoilt.returncode != 0 and b"BAD_SIGNATURE" in spoilt.stderr
