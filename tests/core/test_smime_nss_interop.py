@@ -124,9 +124,12 @@ def test_thunderbirds_nss_encrypts_to_a_derived_container_only_its_key_opens(
             smime.Decryptor([wrong]).decrypt_message(message)
 
 
-def test_thunderbirds_nss_decrypts_our_key_agreement(nss: dict[str, str],
-                                                     tmp_path: Path) -> None:
-    gw = ec_gateway("P-256")
+@pytest.mark.parametrize("kind", ["P-256", "RSA-2048"])
+def test_thunderbirds_nss_decrypts_what_we_write(nss: dict[str, str], tmp_path: Path,
+                                                 kind: str) -> None:
+    """A recipient's Thunderbird opens what keypost wrote: key agreement to an EC key, key
+    transport to an RSA one (a genuine certificate's holder reads the host's mail so)."""
+    gw = gateway() if kind == "RSA-2048" else ec_gateway("P-256")
     cert = container("bob@b.example", gw)
     _add_certificate(nss, tmp_path, "ca", directory_ca().certificate, "C,C,C")
     _add_key(nss, tmp_path, gw.key, cert)  # type: ignore[arg-type]
