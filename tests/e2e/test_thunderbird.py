@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 import tbharness as tb
+from cryptography.hazmat.primitives import serialization
 from proc_util import stop
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -263,31 +264,22 @@ def install_keypost(
     return _run(args, env, stdin)
 
 
-@contextlib.contextmanager
-def launch(
-    version: str,
-    tmp_path_factory: pytest.TempPathFactory,
-    base_env: dict[str, str],
-    smtp: SmtpCapture,
-    directory: Directory,
-    send_in_background: bool = True,
-) -> Iterator[Session]:
-    """A fresh profile with the add-on installed, Thunderbird started, Marionette attached."""
+def thunderbird_binary(version: str) -> str:
+    """The Thunderbird `version` binary, or skip the test when it is not installed."""
     binary = tb.thunderbird_binary(version)
     if binary is None:
         fetch = " (fetch it with tests/e2e/fetch-thunderbird-140.sh)" if version == "140" else ""
         pytest.skip(f"Thunderbird {version} is not installed{fetch}")
+    return binary
+
+
+@contextlib.contextmanager
+def marionette_session(
+    binary: str, profile: Path, base_env: dict[str, str], port: int
+) -> Iterator[Session]:
+    """Thunderbird started on a prepared profile, Marionette attached in chrome context."""
     from marionette_driver.marionette import Marionette
 
-    profile = tmp_path_factory.mktemp("profile")
-    port = tb.free_port()
-    prefs = tb.profile_prefs(smtp.port, port, SENDER, "Alice")
-    prefs["mailnews.sendInBackground"] = send_in_background
-    tb.write_profile(profile, prefs)
-    # The user's host talks LDAP (StartTLS is skipped only for loopback, as PROTOCOL.md says).
-    install_keypost(
-        base_env, profile, directory.ldap_url, directory.ca_pem, "alice", send_in_background
-    )
     log = profile.parent / f"thunderbird-{profile.name}.log"
     proc = tb.start(binary, profile, base_env, port, log)
     client = None
@@ -302,6 +294,30 @@ def launch(
             with contextlib.suppress(Exception):
                 client.delete_session()
         proc.stop()
+
+
+@contextlib.contextmanager
+def launch(
+    version: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    base_env: dict[str, str],
+    smtp: SmtpCapture,
+    directory: Directory,
+    send_in_background: bool = True,
+) -> Iterator[Session]:
+    """A fresh profile with the add-on installed, Thunderbird started, Marionette attached."""
+    binary = thunderbird_binary(version)
+    profile = tmp_path_factory.mktemp("profile")
+    port = tb.free_port()
+    prefs = tb.profile_prefs(smtp.port, port, SENDER, "Alice")
+    prefs["mailnews.sendInBackground"] = send_in_background
+    tb.write_profile(profile, prefs)
+    # The user's host talks LDAP (StartTLS is skipped only for loopback, as PROTOCOL.md says).
+    install_keypost(
+        base_env, profile, directory.ldap_url, directory.ca_pem, "alice", send_in_background
+    )
+    with marionette_session(binary, profile, base_env, port) as session:
+        yield session
 
 
 @pytest.fixture(scope="module", params=["153", "140"])
@@ -1029,3 +1045,146 @@ def test_recipient_without_container_blocks_sending(
     m.switch_to_window(handle)
     assert _button(m, "badge") == "ON"
     assert subject not in sent_folder_text(thunderbird.profile)
+
+
+# ---- Thunderbird's own LDAP certificate fetch (no add-on) ------------------------------------
+
+ADD_LDAP_BOOK = """
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+// What File > New > LDAP Directory does, then Composition > Addressing > Directory Server.
+const pref = MailServices.ab.newAddressBook(
+  arguments[0], arguments[1], Ci.nsIAbManager.LDAP_DIRECTORY_TYPE);
+Services.prefs.setBoolPref("ldap_2.autoComplete.useDirectory", true);
+Services.prefs.setCharPref("ldap_2.autoComplete.directoryServer", pref);
+return pref;
+"""
+
+# Certificate Manager > Authorities > Import, "trust this CA to identify email users".
+TRUST_CA = """
+Cc["@mozilla.org/security/x509certdb;1"].getService(Ci.nsIX509CertDB)
+  .addCertFromBase64(arguments[0], ",C,");
+"""
+
+# How the compose window decides it can encrypt to a recipient (MsgComposeCommands.js's
+# checkRecipientCerts): a certificate NSS finds for the address and verifies for e-mail.
+VALID_CERT_FOR = """
+const [address, done] = arguments;
+Cc["@mozilla.org/messengercompose/composesecure;1"].createInstance(Ci.nsIMsgComposeSecure)
+  .asyncFindCertByEmailAddr(address, {
+    QueryInterface: ChromeUtils.generateQI(["nsIDoneFindCertForEmailCallback"]),
+    findCertDone(email, cert) { done(cert ? cert.getBase64DERString() : null); },
+  });
+"""
+
+# What MsgComposeCommands.js's onSendSMIME does for recipients without a certificate: pick
+# the identity's directory or the global one, then open certFetchingStatus.xhtml with it
+# and the addresses. It opens the dialog modal; here it is not, so that Marionette can wait
+# for the window to close (the dialog closes itself when the search is done).
+FETCH_CERTS = """
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+const identity = MailServices.accounts.getIdentity("id1");
+let directory = null;
+if (identity.overrideGlobalPref) {
+  directory = identity.directoryServer;
+} else if (Services.prefs.getBoolPref("ldap_2.autoComplete.useDirectory")) {
+  directory = Services.prefs.getCharPref("ldap_2.autoComplete.directoryServer");
+}
+if (!directory) return "no directory";
+window.keypostFetch = window.openDialog(
+  "chrome://messenger-smime/content/certFetchingStatus.xhtml", "",
+  "chrome,resizable,centerscreen", directory, arguments[0]);
+return directory;
+"""
+
+CERTS_FOR = """
+const certdb = Cc["@mozilla.org/security/x509certdb;1"].getService(Ci.nsIX509CertDB);
+const addresses = (c) => (c.getEmailAddresses ? c.getEmailAddresses() : [c.emailAddress]);
+return certdb.getCerts().filter((c) => addresses(c).includes(arguments[0])).map(
+  (c) => ({der: c.getBase64DERString(), issuer: c.issuerName, email: c.emailAddress}));
+"""
+
+
+def _containers_over_http(directory: Directory, address: str) -> list[bytes]:
+    """The DER of every encryption container the HTTP API gives an anonymous caller."""
+    import urllib.parse
+    import urllib.request
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    query = urllib.parse.urlencode({"address": address, "purpose": "encrypt"})
+    with urllib.request.urlopen(f"{directory.http_url}/v1/containers?{query}", timeout=30) as r:
+        body = json.load(r)
+    (result,) = body["results"]
+    return [
+        x509.load_pem_x509_certificate(c["pem"].encode()).public_bytes(Encoding.DER)
+        for c in result["containers"]
+    ]
+
+
+def _fetch(m: Any, addresses: list[str]) -> None:
+    """Thunderbird's own fetch for `addresses`, waited for until its dialog has closed."""
+    m.switch_to_window(m.chrome_window_handles[0])
+    assert m.execute_script(FETCH_CERTS, script_args=[addresses]) != "no directory"
+    tb.wait_for(
+        lambda: m.execute_script("return window.keypostFetch.closed"),
+        60,
+        "Thunderbird's certificate fetch to finish",
+    )
+
+
+@pytest.mark.parametrize("version", ["153", "140"])
+def test_thunderbirds_own_ldap_certificate_fetch(
+    version: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    base_env: dict[str, str],
+    smtp: SmtpCapture,
+    directory: Directory,
+) -> None:
+    """A Thunderbird without keypost, its LDAP directory set to `keypost directory serve`
+    (anonymous bind), fetches recipients' certificates the way it does before an S/MIME
+    send (certFetchingStatus.xhtml, its filter and `usercertificate;binary`): what lands in
+    its NSS certificate database is exactly what the directory's HTTP API gives anonymous
+    callers for the same addresses, issued by the directory CA; once the user trusts that
+    CA, the compose window's own check finds them valid to encrypt to."""
+    from cryptography import x509
+
+    binary = thunderbird_binary(version)
+    profile = tmp_path_factory.mktemp("plain-profile")
+    port = tb.free_port()
+    tb.write_profile(profile, tb.profile_prefs(smtp.port, port, SENDER, "Alice"))
+    with marionette_session(binary, profile, base_env, port) as session:
+        m = session.marionette
+        m.switch_to_window(m.chrome_window_handles[0])
+        uri = f"{directory.ldap_url}??sub?(objectclass=*)"  # ldap://127.0.0.1:P/dc=keypost
+        ca = x509.load_pem_x509_certificate(directory.ca_pem.read_bytes())
+        m.execute_script(ADD_LDAP_BOOK, script_args=["keypost", uri])
+        fetched = [SERVED, "dave@example.org"]
+        _fetch(m, fetched)
+        for address in fetched:
+            got = m.execute_script(CERTS_FOR, script_args=[address])
+            expected = _containers_over_http(directory, address)
+            assert expected, address
+            assert sorted(base64.b64decode(c["der"]) for c in got) == sorted(expected), address
+            for c in got:
+                assert c["email"] == address
+                assert c["issuer"] == ca.subject.rfc4514_string(), c["issuer"]
+        # Imported, but not usable to encrypt until the user trusts the directory CA.
+        assert m.execute_async_script(VALID_CERT_FOR, script_args=[SERVED]) is None
+        ca_der = ca.public_bytes(serialization.Encoding.DER)
+        m.execute_script(TRUST_CA, script_args=[base64.b64encode(ca_der).decode()])
+        for address in fetched:
+            valid = m.execute_async_script(VALID_CERT_FOR, script_args=[address])
+            assert valid is not None, address
+            assert [base64.b64decode(valid)] == _containers_over_http(directory, address)
+        # Not asked for, not fetched.
+        other = "erin@example.org"
+        assert m.execute_script(CERTS_FOR, script_args=[other]) == []
+        # A directory whose URL names a filter: Thunderbird sends
+        # (&(objectClass=inetOrgPerson)(mail=erin@example.org)).
+        people = uri.replace("(objectclass=*)", "(objectClass=inetOrgPerson)")
+        m.execute_script(ADD_LDAP_BOOK, script_args=["keypost people", people])
+        _fetch(m, [other])
+        valid = m.execute_async_script(VALID_CERT_FOR, script_args=[other])
+        assert valid is not None
+        assert [base64.b64decode(valid)] == _containers_over_http(directory, other)
