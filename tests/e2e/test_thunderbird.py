@@ -385,8 +385,10 @@ def open_compose(
     attach: Path | None = None,
     html: bool = False,
     newsgroups: str = "",
+    addon: bool = True,
 ) -> str:
-    """Open a compose window; returns its chrome window handle (Marionette is switched to it)."""
+    """Open a compose window; returns its chrome window handle (Marionette is switched to it).
+    It is ready once the add-on's button is there (`addon`) or else once it has loaded."""
     m = session.marionette
     m.switch_to_window(m.chrome_window_handles[0])
     before = set(m.chrome_window_handles)
@@ -399,11 +401,12 @@ def open_compose(
     m.switch_to_window(new)
     tb.wait_for(
         lambda: m.execute_script(
-            "return document.readyState == 'complete' && !!document.getElementById(arguments[0])",
-            script_args=[tb.COMPOSE_BUTTON],
+            "return document.readyState == 'complete' && gLoadingComplete"
+            " && (!arguments[0] || !!document.getElementById(arguments[0]))",
+            script_args=[tb.COMPOSE_BUTTON if addon else ""],
         ),
         60,
-        "the add-on's compose button",
+        "the add-on's compose button" if addon else "the compose window",
     )
     return str(new)
 
@@ -1188,3 +1191,93 @@ def test_thunderbirds_own_ldap_certificate_fetch(
         valid = m.execute_async_script(VALID_CERT_FOR, script_args=[other])
         assert valid is not None
         assert [base64.b64decode(valid)] == _containers_over_http(directory, other)
+
+
+def _nss_profile(binary: str, profile: Path, work: Path, trusted: list[Path], p12: Path) -> None:
+    """The profile's NSS database made before Thunderbird starts, with NSS's own tools on
+    that Thunderbird's libraries: CAs trusted for e-mail, the user's key and certificate."""
+    env = {**os.environ, "LD_LIBRARY_PATH": str(Path(binary).resolve().parent)}
+    db = f"sql:{profile}"
+    commands = [["certutil", "-N", "-d", db, "--empty-password"]]
+    commands += [
+        ["certutil", "-A", "-d", db, "-n", ca.stem, "-t", ",C,", "-a", "-i", str(ca)]
+        for ca in trusted
+    ]
+    commands.append(["pk12util", "-i", str(p12), "-d", db, "-W", "pw", "-K", ""])
+    for argv in commands:
+        done = subprocess.run(argv, env=env, capture_output=True, timeout=60, check=False)
+        assert done.returncode == 0, (argv, done.stderr.decode(errors="replace"))
+
+
+USE_OWN_CERT = """
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+// Account Settings > End-To-End Encryption > S/MIME: the user's own certificate.
+const cert = Cc["@mozilla.org/security/x509certdb;1"].getService(Ci.nsIX509CertDB)
+  .getCerts().find((c) => c.emailAddress === arguments[0]);
+if (!cert) return null;
+const identity = MailServices.accounts.getIdentity("id1");
+identity.setUnicharAttribute("encryption_cert_name", cert.displayName);
+identity.setCharAttribute("encryption_cert_dbkey", cert.dbKey);
+return cert.displayName;
+"""
+
+
+@pytest.mark.parametrize("version", ["153", "140"])
+def test_thunderbird_without_keypost_encrypts_to_a_container_it_fetched(
+    version: str,
+    tmp_path_factory: pytest.TempPathFactory,
+    base_env: dict[str, str],
+    smtp: SmtpCapture,
+    directory: Directory,
+) -> None:
+    """The whole standard-client path: a Thunderbird without keypost, with its own S/MIME
+    certificate and encryption turned on automatically when possible (mail.e2ee.auto_enable),
+    composes to a served address it has no certificate for; its compose window fetches the
+    container from `keypost directory serve` over LDAP by itself, turns encryption on, and
+    Send encrypts with Thunderbird's own S/MIME to it: the recipient domain's gateway key
+    opens the message."""
+    import pki_util
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    binary = thunderbird_binary(version)
+    profile = tmp_path_factory.mktemp("smime-profile")
+    work = tmp_path_factory.mktemp("smime-keys")
+    user_ca = pki_util.make_ca("Alice's CA")
+    key, cert = pki_util.email_cert(user_ca, SENDER)
+    (work / "user-ca.pem").write_bytes(user_ca[1].public_bytes(serialization.Encoding.PEM))
+    p12 = work / "alice.p12"
+    p12.write_bytes(
+        pkcs12.serialize_key_and_certificates(
+            b"alice", key, cert, None, serialization.BestAvailableEncryption(b"pw")
+        )
+    )
+    _nss_profile(binary, profile, work, [work / "user-ca.pem", directory.ca_pem], p12)
+    port = tb.free_port()
+    prefs = tb.profile_prefs(smtp.port, port, SENDER, "Alice")
+    prefs["mail.e2ee.auto_enable"] = True
+    tb.write_profile(profile, prefs)
+    with marionette_session(binary, profile, base_env, port) as session:
+        m = session.marionette
+        m.switch_to_window(m.chrome_window_handles[0])
+        assert m.execute_script(USE_OWN_CERT, script_args=[SENDER]) is not None
+        m.execute_script(ADD_LDAP_BOOK, script_args=["keypost", f"{directory.ldap_url}??sub"])
+        assert m.execute_script(CERTS_FOR, script_args=[SERVED]) == []
+        subject = "encrypted by Thunderbird itself"
+        body = "Hello Bob, Thunderbird found your certificate in the keypost directory."
+        open_compose(session, SERVED, subject, body, addon=False)
+        tb.wait_for(
+            lambda: m.execute_script("return gSendEncrypted"),
+            60,
+            "the compose window to fetch the certificate and turn encryption on",
+        )
+        assert len(m.execute_script(CERTS_FOR, script_args=[SERVED])) == 1
+        sent = len(smtp.snapshot())
+        m.find_element("id", "button-send").click()
+        got = tb.wait_for(lambda: smtp.snapshot()[sent:], 120, "the message at the SMTP server")
+        (captured,) = got
+        assert captured.rcpt_tos == [SERVED]
+        outer = email.message_from_bytes(captured.data)
+        assert outer.get_content_type() == "application/pkcs7-mime"
+        assert body.encode() not in captured.data
+        clear = _decrypt(captured.data, directory.gateway_keys["example.org"])
+        assert body.encode() in clear.replace(b"\r\n", b"\n")
