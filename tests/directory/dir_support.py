@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pki_util import key_pem, make_ca, rsa_key, server_cert
-from proc_util import stop
+from proc_util import start_directory_serve, stop
 
 from keypost.core.containers import to_pem
 
@@ -127,26 +126,9 @@ def serving(data: Path, log: Path, *extra: str) -> Iterator[dict[str, str]]:
 def serve_process(data: Path, log: Path, *extra: str
                   ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     """`serving`, with the process too (for tests that signal it themselves)."""
-    tls = "--tls-cert" in extra
-    listeners = ["--ldap", "127.0.0.1:0", "--http", "127.0.0.1:0"]
-    if tls:
-        listeners += ["--ldaps", "127.0.0.1:0", "--https", "127.0.0.1:0"]
-    with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [*KEYPOST, "directory", "serve", "--data", str(data), *listeners, *extra],
-            stdout=subprocess.PIPE, stderr=err, text=True)
+    proc, urls = start_directory_serve(data, log, *extra)
     try:
-        urls: list[str] = []
-        assert proc.stdout is not None
-        deadline = time.monotonic() + 60
-        for line in proc.stdout:
-            if line.startswith("listening "):
-                urls.append(line.split()[1])
-            if line.strip() == "ready" or time.monotonic() > deadline:
-                break
-        else:
-            raise AssertionError("serve exited: " + log.read_text())
-        yield proc, {u.split("://")[0]: u for u in urls}
+        yield proc, urls
     finally:
         stop(proc, timeout=10)
 

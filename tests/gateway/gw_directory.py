@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from gw_support import KEYPOST, Pki, free_port, pub_pem, wait_port, write_private
+from gw_support import KEYPOST, Pki, pub_pem, write_private
 from pki_util import email_cert, key_pem, make_ca, rsa_key, server_cert
-from proc_util import stop
+from proc_util import port_of, start_directory_serve, stop
 
 from keypost.core.containers import to_pem
 
@@ -96,26 +96,11 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
     tls_key, tls_cert = server_cert(ca, key=rsa_key())  # the genuine test CA doubles as TLS CA
     write_private(root / "tls.key", key_pem(tls_key))
     (root / "tls.pem").write_bytes(to_pem(tls_cert))
-    ldap_port, http_port, ldaps_port, https_port = (free_port() for _ in range(4))
-    proc = subprocess.Popen(
-        [*KEYPOST, "directory", "serve", "--data", str(data),
-         "--ldap", f"127.0.0.1:{ldap_port}", "--http", f"127.0.0.1:{http_port}",
-         "--ldaps", f"127.0.0.1:{ldaps_port}", "--https", f"127.0.0.1:{https_port}",
-         "--tls-cert", str(root / "tls.pem"),
-         "--tls-key", str(root / "tls.key")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    world = DirectoryWorld(root, ldap_port, http_port, ldaps_port, https_port,
-                           root / "genuine-ca.pem",
-                           root / "directory-ca.pem",
-                           root / "genuine-ca.pem", pw, partner,
-                           keys["bob@partner.org"], keys["carol@elsewhere.net"], proc)
-    try:
-        wait_port(ldap_port)
-        wait_port(http_port)
-        wait_port(ldaps_port)
-        wait_port(https_port)
-    except TimeoutError:
-        world.stop()
-        raise
-    return world
+    proc, urls = start_directory_serve(data, root / "serve.log", "--tls-cert",
+                                       str(root / "tls.pem"), "--tls-key", str(root / "tls.key"))
+    ldap, http, ldaps, https = (port_of(urls[s]) for s in ("ldap", "http", "ldaps", "https"))
+    return DirectoryWorld(root, ldap, http, ldaps, https,
+                          root / "genuine-ca.pem",
+                          root / "directory-ca.pem",
+                          root / "genuine-ca.pem", pw, partner,
+                          keys["bob@partner.org"], keys["carol@elsewhere.net"], proc)

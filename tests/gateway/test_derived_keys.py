@@ -25,11 +25,10 @@ from gw_support import (
     pub_pem,
     send,
     serving_gateway,
-    wait_port,
     write_private,
 )
 from pki_util import key_pem
-from proc_util import stop
+from proc_util import port_of, start_directory_serve, stop
 
 from keypost.core import smime
 from keypost.core.address import parse_address
@@ -104,13 +103,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
          "--derived-keys", "--data", str(data))
     _run("directory", "account", "add", "alice", "--role", "user", "--domain", DOMAIN,
          "--password-stdin", "--data", str(data), stdin="alice-pw\n")
-    ldap, http = free_port(), free_port()
-    proc = subprocess.Popen([*KEYPOST, "directory", "serve", "--data", str(data),
-                             "--ldap", f"127.0.0.1:{ldap}", "--http", f"127.0.0.1:{http}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, urls = start_directory_serve(data, root / "serve.log")
+    ldap, http = port_of(urls["ldap"]), port_of(urls["http"])
     try:
-        wait_port(http)
-        wait_port(ldap)
         yield World(root, data, f"http://127.0.0.1:{http}", f"ldap://127.0.0.1:{ldap}", key,
                     key_file)
     finally:
