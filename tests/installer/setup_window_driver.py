@@ -86,7 +86,12 @@ def drive(window: Any, scenario: str, answers: dict[str, str], seen: dict[str, A
             seen["close_label"] = window.evaluate_js("document.getElementById('close').textContent")
         if answers.get("pause"):
             time.sleep(float(answers["pause"]))  # lets a screenshot be taken by hand
-        click(window, "close")  # Cancel before saving, Close after
+        # Cancel before saving, Close after. Clicked from a timer, not by evaluate_js
+        # itself: the click destroys the window, and an evaluate_js still waiting for its
+        # result then waits forever in this (non-daemon) thread, so the process printed
+        # its RESULT but never exited (a CI run timed out after 150 s).
+        window.evaluate_js(
+            "setTimeout(() => document.getElementById('close').click(), 0); true")
     except Exception as exc:  # reported to the test; the window must still close
         seen["error"] = f"{type(exc).__name__}: {exc}"
         window.destroy()
@@ -97,7 +102,10 @@ def main() -> int:
     seen: dict[str, Any] = {}
     status = open_window(None, lambda window: drive(window, scenario, answers, seen))
     print("RESULT " + json.dumps(seen), flush=True)
-    return status
+    sys.stderr.flush()
+    # Nothing is left to do: skip interpreter shutdown, which waits for every non-daemon
+    # thread and runs Qt WebEngine's teardown, either of which can hang in a test run.
+    os._exit(status)
 
 
 if __name__ == "__main__":
