@@ -41,10 +41,22 @@ def _enveloped(tmp: Path, recipient: x509.Certificate, entity: Path | None = Non
         entity = tmp / "entity"
         entity.write_bytes(
             f"Content-Type: text/plain; charset=us-ascii\r\n\r\n{SECRET}\r\n".encode())
-    (tmp / "recipient.pem").write_bytes(to_pem(recipient))
-    out = tmp / "enveloped.eml"
-    out.write_bytes(_run(["openssl", "cms", "-encrypt", "-aes256", "-in", str(entity),
-                          str(tmp / "recipient.pem")]))
+    return _encrypt(entity, recipient)
+
+
+def _encrypt(src: Path, recipient: x509.Certificate, outer: bool = False,
+             also: x509.Certificate | None = None) -> Path:
+    """`src` (a MIME entity) in an enveloped-data entity for `recipient` (and `also`), by
+    `openssl cms -encrypt`; an `outer` envelope gets From, To and Subject."""
+    pems: list[str] = []
+    for cert in (recipient, also) if also else (recipient,):
+        pem = src.with_name(f"{src.stem}.recipient-{cert.serial_number}.pem")
+        pem.write_bytes(to_pem(cert))
+        pems.append(str(pem))
+    envelope = ["-from", BOB, "-to", ALICE, "-subject", "Nested"] if outer else []
+    out = src.with_name(f"{src.stem}.enveloped{'' if outer else '-inner'}.eml")
+    out.write_bytes(_run(["openssl", "cms", "-encrypt", "-aes256", "-in", str(src), *envelope,
+                          *pems]))
     return out
 
 
@@ -181,7 +193,8 @@ def test_three_signature_layers_are_unwrapped_and_a_fourth_is_refused(
     [got] = sink.handler.messages
     assert SECRET.encode() in got.data
     assert got.data.count(f"{HEADER}: verified; signer={BOB}".encode()) == 3
-    assert refused == (554, "5.6.0 more than 3 signature layers around the content")
+    assert refused == (554, "5.6.0 more than 4 layers (signatures and envelopes) around the "
+                       "content")
 
 
 def test_a_signed_envelope_for_someone_else_passes_unchanged(
@@ -245,3 +258,148 @@ def test_outbound_a_signed_envelope_for_our_gateway_is_opened_scanned_and_reencr
     clear = smime.Decryptor([world.carol_key]).decrypt_message(got.data).message
     assert SECRET.encode() in clear and b"pkcs7" not in clear.lower()
     assert SECRET.encode() in (tmp_path / "scanned").read_bytes()
+
+
+# --- envelopes inside envelopes ---------------------------------------------------------
+
+DECRYPTED = "X-Keypost-Decrypted"
+
+
+def _claims(message: bytes) -> list[str]:
+    """The gateway's own header fields, in order, by name and verdict."""
+    head = message.split(b"\r\n\r\n", 1)[0].decode()
+    return [("signature " + line.split(": ", 1)[1].split(";")[0]
+             if line.startswith(HEADER) else "decrypted")
+            for line in head.split("\r\n")
+            if line.startswith((HEADER, DECRYPTED))]
+
+
+def _text(tmp: Path) -> Path:
+    entity = tmp / "text"
+    entity.write_bytes(f"Content-Type: text/plain; charset=us-ascii\r\n\r\n{SECRET}\r\n".encode())
+    return entity
+
+
+@pytest.mark.parametrize("inner", ["envelope", "signed envelope"])
+def test_an_envelope_inside_an_envelope_is_opened_too(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path, inner: str
+) -> None:
+    """encrypt(encrypt(text)) and encrypt(sign(encrypt(text))), all to our containers: the
+    recipient and the scanner get the text, and every layer is recorded, outermost first."""
+    ours = pki.container(pki.current)
+    middle = _encrypt(_text(tmp_path), ours)
+    if inner == "signed envelope":
+        middle = _bob(world, tmp_path).sign(middle, "opaque", outer=False)
+    message = _encrypt(middle, ours, outer=True).read_bytes()
+    with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
+        code, text = send(gw.port, BOB, [ALICE], message)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert SECRET.encode() in got.data and b"pkcs7" not in got.data.lower()
+    assert b"From: " + BOB.encode() in got.data and b"Subject: Nested" in got.data
+    expected = ["decrypted", "decrypted"]
+    if inner == "signed envelope":
+        expected = ["decrypted", "signature verified", "decrypted"]
+    assert _claims(got.data) == expected
+    scanned = (tmp_path / "scanned").read_bytes()
+    assert SECRET.encode() in scanned and b"pkcs7" not in scanned.lower()
+
+
+def test_four_layers_are_opened_and_a_fifth_follows_policy_malformed(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """sign(encrypt(sign(encrypt(text)))) is 4 layers and opens; encrypt() around it is a
+    fifth: rejected with the reason, or held under malformed = "quarantine", and never
+    delivered as ciphertext."""
+    bob, ours = _bob(world, tmp_path), pki.container(pki.current)
+    two = bob.sign(_encrypt(_text(tmp_path), ours), "opaque", outer=False)
+    four = bob.sign(_encrypt(two, ours), "detached")
+    five = _encrypt(bob.sign(_encrypt(two, ours), "opaque", outer=False), ours, outer=True)
+    reason = "more than 4 layers (signatures and envelopes) around the content"
+    with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
+        ok = send(gw.port, BOB, [ALICE], four.read_bytes())
+        refused = send(gw.port, BOB, [ALICE], five.read_bytes())
+    assert ok[0] == 250, ok
+    [got] = sink.handler.messages
+    assert SECRET.encode() in got.data and b"pkcs7" not in got.data.lower()
+    assert _claims(got.data) == ["signature verified", "decrypted", "signature verified",
+                                 "decrypted"]
+    assert refused == (554, f"5.6.0 {reason}")
+    sink.handler.messages.clear()
+    held = pki.config(sink.port, directory=world.gateway_directory_lines(), folder=tmp_path,
+                      extra=_scanner(tmp_path) + '[policy]\nmalformed = "quarantine"\n',
+                      quarantine=str(tmp_path / "q"))
+    with running_gateway(held) as gw:
+        code, text = send(gw.port, BOB, [ALICE], five.read_bytes())
+    assert code == 250 and "quarantined=1" in text, text
+    [kept] = list((tmp_path / "q" / "new").iterdir())
+    assert body_of(kept.read_bytes()) == body_of(five.read_bytes())  # as it came
+    [notice] = sink.handler.messages
+    assert reason.encode() in notice.data and SECRET.encode() not in notice.data
+
+
+@pytest.mark.parametrize("inner", ["envelope", "signed envelope"])
+def test_an_end_to_end_envelope_inside_ours_stays_encrypted_and_is_delivered(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path, inner: str
+) -> None:
+    """The gateway layer outside, alice's own certificate inside: only the outer layer is
+    ours to open. What is inside reaches her as it was (a signature around it too), and
+    her key opens it."""
+    alices_key, alices_own = email_cert(make_ca("Alice's CA", rsa_key()), ALICE)
+    middle = _encrypt(_text(tmp_path), alices_own)
+    if inner == "signed envelope":
+        middle = _bob(world, tmp_path).sign(middle, "detached", outer=False)
+    message = _encrypt(middle, pki.container(pki.current), outer=True).read_bytes()
+    with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
+        code, text = send(gw.port, BOB, [ALICE], message)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert _claims(got.data) == ["decrypted"] and SECRET.encode() not in got.data
+    envelope = got.data
+    if inner == "signed envelope":
+        assert b"multipart/signed" in got.data
+        done = openssl_verify(got.data, world.genuine_ca_pem, tmp_path)
+        assert done.returncode == 0, done.stderr
+        envelope = done.stdout
+    assert smime.is_encrypted(envelope)
+    clear = smime.Decryptor([alices_key]).decrypt_message(envelope).message
+    assert SECRET.encode() in clear
+
+
+def test_outbound_an_envelope_inside_an_envelope_for_our_gateway_is_opened_too(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """alice's client encrypted twice to the gateway's container for carol: carol gets the
+    text re-encrypted for her, never an envelope she cannot open, and the scanner the text."""
+    carol = "carol@elsewhere.net"
+    ours = pki.container(pki.current, carol)
+    message = _encrypt(_encrypt(_text(tmp_path), ours), ours, outer=True).read_bytes()
+    message = message.replace(f"From: {BOB}".encode(), f"From: {ALICE}".encode())
+    with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
+        code, text = send(gw.port, ALICE, [carol], message)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    clear = smime.Decryptor([world.carol_key]).decrypt_message(got.data).message
+    assert SECRET.encode() in clear and b"pkcs7" not in clear.lower()
+    scanned = (tmp_path / "scanned").read_bytes()
+    assert SECRET.encode() in scanned and b"pkcs7" not in scanned.lower()
+
+
+def test_outbound_a_whole_path_envelope_around_one_for_our_gateway_alone_is_reencrypted(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """The outer envelope names carol's own certificate too, the inner one only the
+    gateway: carol could open the original but not what is inside it, so it is not
+    forwarded as it came (every envelope opened must name her) but re-encrypted."""
+    carol = "carol@elsewhere.net"
+    ours = pki.container(pki.current, carol)
+    genuine = x509.load_pem_x509_certificate((world.root / f"{carol}.pem").read_bytes())
+    message = _encrypt(_encrypt(_text(tmp_path), ours), ours, outer=True, also=genuine)
+    data = message.read_bytes().replace(f"From: {BOB}".encode(), f"From: {ALICE}".encode())
+    with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
+        code, text = send(gw.port, ALICE, [carol], data)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert body_of(got.data) != body_of(data)
+    clear = smime.Decryptor([world.carol_key]).decrypt_message(got.data).message
+    assert SECRET.encode() in clear and b"pkcs7" not in clear.lower()

@@ -34,7 +34,7 @@ from keypost.gateway.config import MalformedPolicy, NoGenuinePolicy, PolicyConfi
 from keypost.gateway.directory import DirectoryClient
 from keypost.gateway.errors import PermFailure, TempFailure
 from keypost.gateway.keys import DomainKeys
-from keypost.gateway.layers import OUTER_SIGNATURE_HEADER, signed_envelope, verdict
+from keypost.gateway.layers import OUTER_SIGNATURE_HEADER, Peeled, peel, verdict
 from keypost.gateway.quarantine import Onward
 from keypost.gateway.scan import Scanner, Verdict
 
@@ -145,105 +145,129 @@ class Pipeline:
                 outbound.append(r)
             else:
                 foreign.append(r)
-        encrypted = self._is_encrypted(data)
         out: list[Outcome] = []
         if foreign:
             out.append(Outcome(tuple(foreign), Action.RELAY, data, note="not for us"))
         for domain, group in inbound.items():
-            out += self._inbound(self.domains[domain], tuple(group), mail_from, data, encrypted)
+            out += self._inbound(self.domains[domain], tuple(group), mail_from, data)
         if outbound and sender is not None and sender_keys is not None:
-            out += self._outbound(sender, sender_keys, tuple(outbound), mail_from, data, encrypted)
+            out += self._outbound(sender, sender_keys, tuple(outbound), mail_from, data)
         return merge(out)
 
     # --- inbound (Fig. 1) ---------------------------------------------------------
 
     def _inbound(
         self, keys: DomainKeys, rcpts: tuple[str, ...], mail_from: str, data: bytes,
-        encrypted: bool,
     ) -> list[Outcome]:
         data = _without_claims(data)  # only this gateway may say what it decrypted
-        wrapped = None if encrypted else signed_envelope(data)
-        if isinstance(wrapped, str):
-            return [self._malformed(rcpts, wrapped, data, rcpts)]
-        if not encrypted and wrapped is None:
-            return self._scanned(rcpts, mail_from, data, rcpts, self.scan_plain, "plain")
-        opened = self._open(keys, wrapped.envelope if wrapped else data, rcpts)
-        if opened == NO_KEY and keys.derived:
+        peeled = self._peel(keys, data, rcpts)
+        if peeled == NO_KEY and keys.derived:
             # no recipient's key opens it: each is refused as one it was not meant for
             return self._not_derived_for(rcpts, rcpts)
-        if isinstance(opened, str):
-            return [self._malformed(rcpts, opened, data, rcpts)]
-        if opened is None:  # signature layers and all: they are the recipient's to check
+        if isinstance(peeled, str):
+            return [self._malformed(rcpts, peeled, data, rcpts)]
+        if peeled.foreign and not peeled.layers:
+            # signature layers and all: they are the recipient's to check
             return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
+        if not peeled.layers:
+            return self._scanned(rcpts, mail_from, data, rcpts, self.scan_plain, "plain")
+        # Before the scan: what goes to nobody is not scanned (nor held) for anybody. Every
+        # envelope opened must admit a recipient (the stricter wins): were the outermost
+        # enough, wrapping a colleague's ciphertext in an envelope to one's own container
+        # would launder it past recipient_binding and derived_keys.
         refused: list[Outcome] = []
-        own = tuple(r for n, r in enumerate(rcpts) if n in opened.derived_for)
-        rest = tuple(r for n, r in enumerate(rcpts) if n not in opened.derived_for)
+        admitted = list(range(len(rcpts)))
+        for opened in peeled.envelopes:
+            if admitted:
+                admitted, refusals = self._admitted(keys, opened, rcpts, admitted)
+                refused += refusals
+        if not admitted:
+            return refused
+        rcpts = tuple(rcpts[n] for n in admitted)
+        # The encrypted entities' own fields join the header block: a claim may hide there.
+        clear = self._recorded(keys, peeled, _without_claims(peeled.content))
+        note = f"decrypted {len(peeled.envelopes)} envelope(s)"
+        if len(peeled.layers) > len(peeled.envelopes):
+            note += f"; {len(peeled.layers) - len(peeled.envelopes)} signature layer(s) removed"
+        return refused + self._scanned(rcpts, mail_from, clear, rcpts, True, note)
+
+    def _admitted(
+        self, keys: DomainKeys, opened: _Opened, rcpts: tuple[str, ...],
+        candidates: list[int],
+    ) -> tuple[list[int], list[Outcome]]:
+        """Of `candidates` (positions in `rcpts`), those this opened envelope admits, and
+        the others' refusals. Raises TempFailure (directory)."""
+        own = [n for n in candidates if n in opened.derived_for]
+        rest = [n for n in candidates if n not in opened.derived_for]
+        refused: list[Outcome] = []
         if keys.derived and rest and not opened.plain:
-            # before the scan, like the binding's refusals: never decrypted for them
-            refused, rest = self._not_derived_for(rest, rcpts), ()
+            refused += self._not_derived_for([rcpts[n] for n in rest], rcpts)
+            rest = []
         if self.bindings is not None and rest:
-            # before the scan: what goes to nobody is not scanned (nor held) for anybody.
             # Under derived_keys only mail a plain key opened (accept_plain_keys) is asked.
-            bound = bind_recipients(self.bindings, self.issuers, opened.opened_by, rest)
+            bound = bind_recipients(self.bindings, self.issuers, opened.opened_by,
+                                    [rcpts[n] for n in rest])
             refused += [Outcome((r,), Action.REJECT, reply=why) for r, why in bound.refused]
             if bound.refused:
                 log.warning("decrypted mail refused for %d of %d recipient(s): "
                             "policy.recipient_binding", len(bound.refused), len(rcpts))
-            rest = bound.recipients
-        if not own and not rest:
-            return refused
-        rcpts = own + rest if keys.derived else rest
-        value = f"{keys.describe_key(opened.key_index)}, alg={opened.algorithm}"
-        if opened.derived_for:
-            value += ", derived-keys"
-        # The encrypted entity's own fields join the header block: a claim may hide there.
-        clear = _without_claims(opened.clear)
-        note = f"decrypted {value}"
-        if wrapped is not None:
-            # Decrypting invalidates the layers around the envelope (they signed the
-            # ciphertext): the recipient learns from us what they said, outermost first.
-            for layer in reversed(wrapped.layers):
+            rest = [n for n in rest if rcpts[n] in bound.recipients]
+        return sorted(own + rest), refused
+
+    def _recorded(self, keys: DomainKeys, peeled: Peeled[_Opened], clear: bytes) -> bytes:
+        """`clear` with a header per layer taken off, outermost first: what each envelope
+        was opened with (X-Keypost-Decrypted), and what each signature layer said. The
+        signatures cannot stay (they signed ciphertext that decryption replaces): the
+        recipient learns from us what they said."""
+        for layer in reversed(peeled.layers):
+            if layer.opened is not None:
+                value = f"{keys.describe_key(layer.opened.key_index)}, alg={layer.opened.algorithm}"
+                if layer.opened.derived_for:
+                    value += ", derived-keys"
+                clear = headers.prepend(clear, DECRYPTED_HEADER, value)
+            elif layer.signed is not None:
                 clear = headers.prepend(clear, OUTER_SIGNATURE_HEADER,
-                                        verdict(layer, self.signature_anchors))
-            note += f"; {len(wrapped.layers)} signature layer(s) removed"
-        clear = headers.prepend(clear, DECRYPTED_HEADER, value)
-        return refused + self._scanned(rcpts, mail_from, clear, rcpts, True, note)
+                                        verdict(layer.signed, self.signature_anchors))
+        return clear
 
     # --- outbound (Figs. 2 and 3) -------------------------------------------------
 
     def _outbound(
         self, sender: Address, keys: DomainKeys, rcpts: tuple[str, ...], mail_from: str,
-        data: bytes, encrypted: bool,
+        data: bytes,
     ) -> list[Outcome]:
         data, sign = self._sign_request(data)
         notify = (mail_from,)
-        wrapped = None if encrypted else signed_envelope(data)
-        if isinstance(wrapped, str):
-            return [self._malformed(rcpts, wrapped, data, notify, Onward())]
-        if not encrypted and wrapped is None:
+        peeled = self._peel(keys, data, rcpts)
+        if isinstance(peeled, str):
+            # held as the sender sent it (never decrypted): it may leave as it is
+            return [self._malformed(rcpts, peeled, data, notify, Onward())]
+        if peeled.foreign and not peeled.layers:
+            # End-to-end encrypted past us: nothing to scan, nothing to change. Not signed
+            # either: a multipart/signed around it would hide the enveloped data from the
+            # receiving gateway, which looks for a top-level application/pkcs7-mime.
+            return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
+        if not peeled.layers:
             scanned = self._scanned(rcpts, mail_from, data, notify, self.scan_plain, "plain",
                                     Onward(sign=sign))
             if sign:
                 return [self._signed(o, sender, keys) for o in scanned]
             return scanned
-        opened = self._open(keys, wrapped.envelope if wrapped else data, rcpts)
-        if isinstance(opened, str):
-            # held as the sender sent it (never decrypted): it may leave as it is
-            return [self._malformed(rcpts, opened, data, notify, Onward())]
-        if opened is None:
-            # End-to-end encrypted past us: nothing to scan, nothing to change. Not signed
-            # either: a multipart/signed around it would hide the enveloped data from the
-            # receiving gateway, which looks for a top-level application/pkcs7-mime.
-            return [Outcome(rcpts, Action.RELAY, data, note="encrypted for others; unchanged")]
-        # The sender's signature around the envelope does not survive re-encryption (it
-        # signed the ciphertext); the whole-path original, forwarded, keeps it.
-        note = "decrypted" + ("; outer signature removed" if wrapped else "")
-        scanned = self._scanned(rcpts, mail_from, opened.clear, notify, True, note,
+        # The sender's signatures around an envelope do not survive re-encryption (they
+        # signed the ciphertext); the whole-path original, forwarded, keeps them.
+        envelopes = peeled.envelopes
+        note = f"decrypted {len(envelopes)} envelope(s)"
+        if len(peeled.layers) > len(envelopes):
+            note += "; outer signature removed"
+        scanned = self._scanned(rcpts, mail_from, peeled.content, notify, True, note,
                                 Onward(encrypt=True, sign=sign))
         if scanned[0].action is not Action.RELAY:
             return scanned
-        theirs = {(rid.issuer, rid.serial) for rid in opened.rids}
-        return self._sealed(sender, keys, rcpts, data, opened.clear, theirs, sign)
+        # Whom the original was encrypted for: a recipient reads it only if every envelope
+        # we opened names them (an inner one for our gateway alone would stop them).
+        theirs = set.intersection(*({(rid.issuer, rid.serial) for rid in e.rids}
+                                    for e in envelopes))
+        return self._sealed(sender, keys, rcpts, data, peeled.content, theirs, sign)
 
     def _sealed(
         self, sender: Address, keys: DomainKeys, rcpts: tuple[str, ...], original: bytes,
@@ -382,12 +406,11 @@ class Pipeline:
 
     # --- shared steps -------------------------------------------------------------
 
-    @staticmethod
-    def _is_encrypted(data: bytes) -> bool:
-        try:
-            return smime.is_encrypted(data)
-        except (SmimeError, ValueError):
-            return False
+    def _peel(self, keys: DomainKeys, data: bytes,
+              rcpts: Sequence[str]) -> Peeled[_Opened] | str:
+        """The layers around the content that our keys open (keypost.gateway.layers), or
+        the reason the message is malformed (NO_KEY: an envelope none of the keys opens)."""
+        return peel(data, lambda envelope: self._open(keys, envelope, rcpts))
 
     def _open(self, keys: DomainKeys, data: bytes,
               rcpts: Sequence[str]) -> _Opened | str | None:
