@@ -282,3 +282,15 @@ def body_of(message: bytes) -> bytes:
     """Everything after the header block (CRLF-normalised)."""
     m = message.replace(b"\r\n", b"\n")
     return m.split(b"\n\n", 1)[1] if b"\n\n" in m else b""
+
+
+def encrypted_again(tmp: Path, pem: bytes, message: bytes, sender: str, rcpt: str) -> bytes:
+    """`message` encrypted once more, whole, to the certificate `pem` by `openssl cms
+    -encrypt` (as one who wraps someone else's ciphertext in an envelope of their own)."""
+    (tmp / "inner.eml").write_bytes(message)
+    (tmp / "outer.pem").write_bytes(pem)
+    done = subprocess.run(["openssl", "cms", "-encrypt", "-aes256", "-in", str(tmp / "inner.eml"),
+                           "-from", sender, "-to", rcpt, "-subject", "figures",
+                           str(tmp / "outer.pem")],
+                          capture_output=True, timeout=60, check=True)
+    return done.stdout.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from gw_support import (
     KEYPOST,
     Sink,
+    encrypted_again,
     free_port,
     plain_message,
     pub_pem,
@@ -192,6 +193,26 @@ def test_an_edited_serial_does_not_help(world: World, sink: Sink, tmp_path: Path
         assert code == 250, text
         sink.handler.wait(1)
     assert delivered_to(sink, "for bob, edited") == [BOB]
+
+
+def test_every_envelope_opened_must_be_for_the_recipients_key(
+        world: World, sink: Sink, tmp_path: Path) -> None:
+    """mallory encrypts bob's ciphertext once more, to her own container: her key opens the
+    outer envelope, not the inner one, so she is refused; bob's twice-encrypted mail opens."""
+    for_bob = mail(encrypt_der(tmp_path, [world.container(BOB)], "for bob, wrapped"))
+    laundered = encrypted_again(tmp_path, world.container(MALLORY), for_bob, SENDER, MALLORY)
+    twice = encrypted_again(tmp_path, world.container(BOB), for_bob, SENDER, BOB)
+    port = free_port()
+    with serving_gateway(world.config(sink, port), tmp_path / "gw.log"):
+        code, text = send(port, SENDER, [MALLORY], laundered)
+        assert code == 554 and "5.7.1" in text and MALLORY in text, text
+        assert "derived_keys" in text and sink.handler.messages == []
+        code, text = send(port, SENDER, [BOB], twice)
+        assert code == 250, text
+        sink.handler.wait(1)
+    assert delivered_to(sink, "for bob, wrapped") == [BOB]
+    [got] = sink.handler.messages
+    assert got.data.count(b"derived-keys") == 2 and b"pkcs7" not in got.data.lower()
 
 
 def test_keypost_encrypted_mail_for_two(world: World, sink: Sink, tmp_path: Path) -> None:

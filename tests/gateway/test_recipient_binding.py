@@ -17,7 +17,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import rsa
 from gw_directory import GATEWAY_ACCOUNT, GATEWAY_PW, USER_ACCOUNT, USER_PW, DirectoryWorld
-from gw_support import KEYPOST, Pki, Sink, free_port, running_gateway, send, write_private
+from gw_support import (
+    KEYPOST,
+    Pki,
+    Sink,
+    encrypted_again,
+    free_port,
+    running_gateway,
+    send,
+    write_private,
+)
 
 from keypost.core.address import parse_address
 from keypost.core.bindings import Binding
@@ -240,3 +249,21 @@ def test_many_recipients_are_asked_in_parts_the_directory_takes(
     [row] = source.bindings([bob], [*others[:70], parse_address(BOB), *others[70:]])
     assert row[70] is Binding.BOUND
     assert row[:70] + row[71:] == [Binding.NOT_BOUND] * 130
+
+
+def test_enforce_binds_every_envelope_the_gateway_opens(
+        pki: Pki, world: DirectoryWorld, sink: Sink, for_bob: bytes, tmp_path: Path) -> None:
+    """mallory encrypts bob's ciphertext once more, to her own container, and mails it to
+    herself: the outer envelope names her, the inner one bob. Every envelope opened must
+    name the recipient (the stricter wins), or the wrap would launder any ciphertext."""
+    laundered = encrypted_again(tmp_path, container(world, MALLORY), for_bob, SENDER, MALLORY)
+    twice = encrypted_again(tmp_path, container(world, BOB), for_bob, SENDER, BOB)
+    with running_gateway(gateway_config(pki, world, sink, "enforce")) as g:
+        code, text = send(g.port, SENDER, [MALLORY], laundered)
+        assert code == 554 and MALLORY in text and "another mailbox" in text, text
+        assert sink.handler.messages == []
+        code, text = send(g.port, SENDER, [BOB], twice)
+    assert code == 250, text
+    assert delivered_to(sink, "for bob only") == [BOB]
+    [got] = sink.handler.messages
+    assert got.data.count(DECRYPTED_HEADER.encode()) == 2 and b"pkcs7" not in got.data.lower()
