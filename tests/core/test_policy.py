@@ -22,11 +22,15 @@ ANON = Requestor.anonymous()
 
 
 def user(domain: str) -> Requestor:
-    return Requestor(RequestorKind.USER, domain)
+    return Requestor.user(domain)
 
 
-def gateway(domain: str) -> Requestor:
-    return Requestor(RequestorKind.GATEWAY, domain)
+def gateway(*domains: str) -> Requestor:
+    return Requestor.gateway(*domains)
+
+
+# One gateway account standing for a.example and b.example (keys of their own each).
+BOTH = gateway("a.example", "b.example")
 
 
 @dataclass(frozen=True)
@@ -174,6 +178,61 @@ CASES = [
         ENC,
         ((GEN, None),),
     ),
+    # A gateway account of several domains: each is its own domain (signing, never itself).
+    Case(
+        "gateway of {A, B} -> sender of A (sign)",
+        BOTH,
+        "ann@a.example",
+        SIGN,
+        ((PS, "a.example"),),
+    ),
+    Case(
+        "gateway of {A, B} -> sender of B without a signing key (sign)",
+        BOTH,
+        "bob@b.example",
+        SIGN,
+        (),
+        refused="no signing key",
+    ),
+    Case(
+        "gateway of {A, B} -> sender of another domain (sign)",
+        BOTH,
+        "x@xn--bcher-kva.example",
+        SIGN,
+        (),
+        refused="a.example,b.example cannot sign",
+    ),
+    Case(
+        "gateway of {B, C} -> sender of A, which it does not stand for (sign)",
+        gateway("b.example", "xn--bcher-kva.example"),
+        "ann@a.example",
+        SIGN,
+        (),
+        refused="cannot sign for a.example",
+    ),
+    Case("gateway of {A, B} -> own domain B", BOTH, "zed@b.example", ENC, (), note="own domain"),
+    Case(
+        "gateway of {A, B} -> own domain B, genuine known",
+        BOTH,
+        "carol@b.example",
+        ENC,
+        ((GEN, None),),
+    ),
+    Case(
+        "gateway of {A, B} -> served C (re-encrypt)",
+        BOTH,
+        "x@bücher.example",
+        ENC,
+        ((PE, "xn--bcher-kva.example"),),
+    ),
+    Case(
+        "gateway of {A, B} -> unserved domain",
+        BOTH,
+        "x@nobody.example",
+        ENC,
+        (),
+        note="no gateway",
+    ),
     # A user of a domain nobody serves is treated like an outsider.
     Case(
         "user of unserved U -> served B",
@@ -244,3 +303,11 @@ def test_genuine_certificates_of_served_mailboxes_can_be_kept_from_outsiders() -
     assert roles(PRIVATE, user("a.example"), "carol@b.example") == [PE, PE, GEN]
     assert roles(PRIVATE, gateway("a.example"), "carol@b.example") == [PE, GEN]
     assert roles(PRIVATE, ANON, "dave@elsewhere.example") == [GEN]
+
+
+def test_a_requestor_takes_its_domains_as_a_set_never_as_one_text() -> None:
+    """A str is iterable: Requestor(USER, "a.example") would test substrings."""
+    with pytest.raises(TypeError, match="frozenset"):
+        Requestor(RequestorKind.USER, "a.example")  # type: ignore[arg-type]
+    assert gateway("b.example", "a.example").named_domains == "a.example,b.example"
+    assert ANON.named_domains == ""

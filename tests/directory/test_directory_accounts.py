@@ -42,7 +42,7 @@ def store(tmp_path: Path) -> SqliteStore:
     s = SqliteStore(tmp_path / "d.db")
     s.add_domain("example.com", [GatewayKeyRecord("example.com", KeyUse.ENCRYPTION, b"x", "fp",
                                                   (), dt.datetime.now(dt.UTC))])
-    s.add_account(AccountRecord("alice", AccountRole.USER, "example.com",
+    s.add_account(AccountRecord("alice", AccountRole.USER, ("example.com",),
                                 hash_password(b"right"), dt.datetime.now(dt.UTC)))
     return s
 

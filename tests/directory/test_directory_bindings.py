@@ -135,9 +135,9 @@ def _record(domain: str, key: rsa.RSAPrivateKey) -> GatewayKeyRecord:
                             ("aes256-cbc",), NOW)
 
 
-def _gateway(domain: str) -> AccountRecord:
-    return AccountRecord("gw", AccountRole.GATEWAY, domain, PasswordHash(b"s", 2, 1, 1, b"d"),
-                         NOW)
+def _gateway(*domains: str) -> AccountRecord:
+    return AccountRecord("gw", AccountRole.GATEWAY, tuple(sorted(domains)),
+                         PasswordHash(b"s", 2, 1, 1, b"d"), NOW)
 
 
 @pytest.fixture()
@@ -159,8 +159,9 @@ def _issue(controller: Controller, address: str) -> int:
 
 
 def _bindings(controller: Controller, serial: int, *addresses: str,
-              domain: str = "example.com") -> list[str]:
-    got = controller.bindings(_gateway(domain), [serial],
+              domain: str | tuple[str, ...] = "example.com") -> list[str]:
+    domains = (domain,) if isinstance(domain, str) else domain
+    got = controller.bindings(_gateway(*domains), [serial],
                               [parse_address(a) for a in addresses])
     return [b.value for b in got[0]]
 
@@ -201,6 +202,73 @@ def test_domains_of_one_gateway_key_are_answered_to_each_of_its_accounts(
     controller.purge(dt.timedelta(days=90), now=NOW + dt.timedelta(days=2))
     assert _bindings(controller, net, "dave@example.net") == ["bound"]
     assert _bindings(controller, net, "dave@example.net", domain="example.org") == ["unknown"]
+
+
+def test_a_gateway_account_of_two_domains_is_answered_for_both_keys(
+        controller: Controller) -> None:
+    """One gateway serving example.com and example.org, each with a key of its own, asks
+    with one account of both: the containers of both keys are answered, from the store and
+    after the purge from the audit; an account of example.com alone still learns nothing
+    of example.org's."""
+    both = ("example.com", "example.org")
+    org = _issue(controller, "carol@example.org")
+    com = _issue(controller, BOB)
+    assert _bindings(controller, org, "carol@example.org", BOB, domain=both) == [
+        "bound", "not_bound"]
+    assert _bindings(controller, com, BOB, domain=both) == ["bound"]
+    assert _bindings(controller, org, "carol@example.org") == ["unknown"]
+    controller.flush()
+    controller.purge(dt.timedelta(days=90), now=NOW + dt.timedelta(days=2))
+    assert _bindings(controller, org, "carol@example.org", domain=both) == ["bound"]
+    assert _bindings(controller, org, "carol@example.org") == ["unknown"]
+
+
+class CountingStore(SqliteStore):
+    """The store, counting how often the whole key history is read."""
+
+    history_reads = 0
+
+    def domain_keys(self, domain: str | None = None,
+                    history: bool = False) -> list[GatewayKeyRecord]:
+        self.history_reads += history
+        return super().domain_keys(domain, history)
+
+
+def test_the_gateway_scope_is_made_once_per_store_change_and_follows_it(
+        controller: Controller, tmp_path: Path) -> None:
+    """GET /v1/bindings read the whole key history on every request; now once per store
+    change. A change another process makes (the CLI's rekey, domain add) counts from the
+    next request on, also for a server whose look-ups recheck the store only now and then."""
+    db = tmp_path / "d.db"
+    store = CountingStore(db)
+    server = Controller(store, DirectoryCA.generate("ecdsa-p256"), recheck_seconds=3600)
+    old = _issue(controller, BOB)
+    controller.flush()
+    assert _bindings(server, old, BOB) == ["bound"]
+    assert _bindings(server, old, BOB, MALLORY) == ["bound", "not_bound"]
+    assert store.history_reads == 1
+    cli = SqliteStore(db)
+    cli.rekey_domain("example.com", [_record("example.com", rsa.generate_private_key(65537,
+                                                                                     2048))])
+    new = _issue(controller, BOB)  # a container of the new key, written at once
+    controller.flush()
+    assert new != old
+    # not_bound: the new key's container is found as issued (the audit could only confirm)
+    assert _bindings(server, new, BOB, MALLORY) == ["bound", "not_bound"]
+    # the rekey dropped the retired key's containers: the audit still confirms the pair
+    assert _bindings(server, old, BOB, MALLORY) == ["bound", "unknown"]
+    assert store.history_reads == 2
+    # example.de joins example.com's gateway, with its key: a container of it that only the
+    # audit still knows is confirmed to the example.com account from the next request on
+    [current] = cli.domain_keys("example.com")
+    cli.add_domain("example.de", [GatewayKeyRecord("example.de", KeyUse.ENCRYPTION,
+                                                   current.pem, current.fingerprint,
+                                                   current.capabilities, NOW)])
+    de = _issue(controller, "dave@example.de")
+    controller.flush()
+    controller.purge(dt.timedelta(days=90), now=NOW + dt.timedelta(days=2))
+    assert _bindings(server, de, "dave@example.de") == ["bound"]
+    assert store.history_reads == 3
 
 
 def _indexes(path: Path) -> set[str]:

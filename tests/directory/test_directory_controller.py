@@ -67,7 +67,7 @@ def fp(key: rsa.RSAPrivateKey) -> str:
 
 def account(name: str, role: AccountRole = AccountRole.USER,
             domain: str = "example.com") -> AccountRecord:
-    return AccountRecord(name, role, domain, PasswordHash(b"s", 2, 1, 1, b"d"), NOW)
+    return AccountRecord(name, role, (domain,), PasswordHash(b"s", 2, 1, 1, b"d"), NOW)
 
 
 # Requestors as the servers name them: the cache reuses a container for one of them only.

@@ -440,7 +440,7 @@ def test_metrics_access(tmp_path: Path, remote: str, credentials: tuple[str, str
                                                       "fp", (), now)])
     for name, role, pw in (("alice", AccountRole.USER, b"alice-pw"),
                            ("gw", AccountRole.GATEWAY, b"gw-pw")):
-        store.add_account(AccountRecord(name, role, "example.com", hash_password(pw), now))
+        store.add_account(AccountRecord(name, role, ("example.com",), hash_password(pw), now))
     controller = Controller(store, DirectoryCA.generate("ecdsa-p256"))
 
     @web.middleware

@@ -33,7 +33,7 @@ class RemovedDuringCheck(Authenticator):
 def test_an_account_removed_during_its_bind_is_not_kept(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "d.db")
     store.add_domain("example.com", [])  # the account's domain; no gateway key needed here
-    store.add_account(AccountRecord("gw", AccountRole.GATEWAY, "example.com",
+    store.add_account(AccountRecord("gw", AccountRole.GATEWAY, ("example.com",),
                                     hash_password(b"right"), dt.datetime.now(dt.UTC)))
     controller = Controller(store, DirectoryCA.generate("ecdsa-p256"), recheck_seconds=0)
     backend = DirectoryLdapBackend(

@@ -98,7 +98,7 @@ def test_change_counter_sees_other_connections(tmp_path: Path) -> None:
 def test_accounts(tmp_path: Path) -> None:
     store = SqliteStore(tmp_path / "d.db")
     h = PasswordHash(b"salt", 2**14, 8, 1, b"d" * 32)
-    acct = AccountRecord("alice", AccountRole.USER, "example.com", h, NOW)
+    acct = AccountRecord("alice", AccountRole.USER, ("example.com",), h, NOW)
     with pytest.raises(StoreError, match="unknown domain"):
         store.add_account(acct)
     store.add_domain("example.com", [key("example.com", "k")])
@@ -110,6 +110,67 @@ def test_accounts(tmp_path: Path) -> None:
     assert store.remove_domain("example.com") == 1
     assert store.account("alice") is None
     assert store.remove_account("alice") is False
+
+
+def test_a_gateway_account_of_several_domains(tmp_path: Path) -> None:
+    """A gateway account stands for a set of domains; `domain remove` of one of them takes
+    it from the account, and removes only the accounts left without any."""
+    store = SqliteStore(tmp_path / "d.db")
+    h = PasswordHash(b"salt", 2**14, 8, 1, b"d" * 32)
+    for d in ("example.com", "example.de", "example.org"):
+        store.add_domain(d, [key(d, "k-" + d)])
+    gw = AccountRecord("gw", AccountRole.GATEWAY, ("example.com", "example.de"), h, NOW)
+    store.add_account(gw)
+    store.add_account(AccountRecord("alice", AccountRole.USER, ("example.de",), h, NOW))
+    assert store.account("GW") == gw
+    before = store.change_counter()
+    store.set_account_domains("Gw", ["example.com", "example.de", "example.org"])
+    assert store.change_counter() != before  # a server re-reads bound accounts
+    assert store.account("gw") == AccountRecord(
+        "gw", AccountRole.GATEWAY, ("example.com", "example.de", "example.org"), h, NOW)
+    with pytest.raises(StoreError, match=r"unknown domain nope\.example"):
+        store.set_account_domains("gw", ["example.com", "nope.example"])
+    with pytest.raises(StoreError, match="no account named nobody"):
+        store.set_account_domains("nobody", ["example.com"])
+    with pytest.raises(StoreError, match="needs a domain"):
+        store.set_account_domains("gw", [])
+    assert [a.domains for a in store.accounts() if a.name == "gw"] == [
+        ("example.com", "example.de", "example.org")]
+    assert store.remove_domain("example.de") == 1  # alice, not gw
+    assert [(a.name, a.domains) for a in store.accounts()] == [
+        ("gw", ("example.com", "example.org"))]
+    store.set_account_domains("gw", ["example.org"])
+    assert store.remove_domain("example.org") == 1
+    assert store.accounts() == []
+
+
+def test_migration_9_gives_every_account_its_one_domain(tmp_path: Path) -> None:
+    """A store of the previous schema (one domain column per account) opens with each
+    account standing for that domain; removing the account or the domain still removes
+    what hangs on it (the rebuilt table's foreign keys)."""
+    old = SqliteStore(tmp_path / "d.db", migrations=MIGRATIONS[:8])
+    old.add_domain("example.com", [key("example.com", "c")])
+    old.add_domain("example.de", [key("example.de", "d")])
+    for name, role, domain in (("gw", "gateway", "example.com"), ("Alice", "user", "example.de"),
+                               ("bob", "user", "example.com")):
+        old._db.execute("INSERT INTO accounts VALUES (?, ?, ?, ?, 16384, 8, 1, ?, ?)",
+                        (name, role, domain, b"salt-" + name.encode(), b"d" * 32, 1767323045))
+    old.close()
+    store = SqliteStore(tmp_path / "d.db")
+    assert store.schema_version() == len(MIGRATIONS) == 9
+    got = {a.name: (a.role, a.domains, a.password.salt, a.created) for a in store.accounts()}
+    assert got == {
+        "gw": (AccountRole.GATEWAY, ("example.com",), b"salt-gw", NOW),
+        "Alice": (AccountRole.USER, ("example.de",), b"salt-Alice", NOW),
+        "bob": (AccountRole.USER, ("example.com",), b"salt-bob", NOW)}
+    assert store.account("alice") is not None  # names still compare without case
+    store.set_account_domains("gw", ["example.com", "example.de"])
+    assert store.remove_account("ALICE")
+    links = sqlite3.connect(tmp_path / "d.db").execute(
+        "SELECT account, domain FROM account_domains ORDER BY account, domain").fetchall()
+    assert links == [("bob", "example.com"), ("gw", "example.com"), ("gw", "example.de")]
+    assert store.remove_domain("example.com") == 1  # bob; gw keeps example.de
+    assert [(a.name, a.domains) for a in store.accounts()] == [("gw", ("example.de",))]
 
 
 def test_audit_retention(tmp_path: Path) -> None:

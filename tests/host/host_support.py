@@ -33,7 +33,7 @@ from keypost.core.containers import (
 )
 from keypost.core.dirurl import DirectoryUrl
 from keypost.core.policy import DirectoryView, decide
-from keypost.core.types import Purpose, Requestor, RequestorKind, Role
+from keypost.core.types import Purpose, Requestor, Role
 from keypost.host.actions import Host
 from keypost.host.directory_client import RawContainer
 
@@ -214,7 +214,7 @@ class PolicyDirectory:
             while_waiting()  # as the LDAP client does between request and answer
         view = DirectoryView(frozenset(self.keys.keys),
                              frozenset(parse_address(a).key() for a in self.genuine))
-        requestor = (Requestor(RequestorKind.USER, self.requestor_domain)
+        requestor = (Requestor.user(self.requestor_domain)
                      if self.requestor_domain else Requestor.anonymous())
         out: dict[str, list[RawContainer]] = {}
         for text in addresses:

@@ -12,6 +12,9 @@ Encryption (the whole delivery path, in path order, each party once):
   target's gateway (when served and not itself) and the genuine certificate.
 Signing (Fig. 3): only the gateway of D, only for senders of D, only when D has a
 signing key. Everyone else is refused with a reason.
+A gateway account may stand for several domains (one gateway serving example.com and
+example.de): each of them is "D" above, i.e. its own domain for signing and for never
+getting itself; a user account has exactly one domain.
 """
 
 from __future__ import annotations
@@ -70,19 +73,19 @@ def decide(
             return Decision(
                 (), refused="signing containers are issued only to the sender's gateway"
             )
-        if requestor.domain != target:
+        if target not in requestor.domains:
             return Decision(
-                (), refused=f"the gateway of {requestor.domain} cannot sign for {target}"
+                (), refused=f"the gateway of {requestor.named_domains} cannot sign for {target}"
             )
         if target not in view.signing_domains:
             return Decision((), refused=f"no signing key is registered for {target}")
         add(Role.PROXY_SIGNING, target)
         return Decision(tuple(specs), note=f"signing container of {target}'s gateway")
 
-    own = requestor.domain if requestor.kind is RequestorKind.USER else None
-    if own is not None and own in view.served_domains:
-        add(Role.PROXY_ENCRYPTION, own)
-    own_gateway = requestor.kind is RequestorKind.GATEWAY and requestor.domain == target
+    if requestor.kind is RequestorKind.USER:
+        for own in sorted(requestor.domains & view.served_domains):  # one: a user's domain
+            add(Role.PROXY_ENCRYPTION, own)
+    own_gateway = requestor.kind is RequestorKind.GATEWAY and target in requestor.domains
     if target in view.served_domains and not own_gateway:
         add(Role.PROXY_ENCRYPTION, target)
     if address.key() in view.genuine_addresses and (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from functools import cached_property
 
 
 class Role(enum.Enum):
@@ -36,15 +37,36 @@ DEFAULT_CAPABILITIES: tuple[Capability, ...] = (Capability.AES256_CBC, Capabilit
 
 class RequestorKind(enum.Enum):
     ANONYMOUS = "anonymous"  # an outsider: no credentials
-    USER = "user"  # a user account of `domain`
-    GATEWAY = "gateway"  # the gateway account of `domain`
+    USER = "user"  # a user account of its one domain
+    GATEWAY = "gateway"  # the gateway account of its domains (one gateway may serve several)
 
 
 @dataclass(frozen=True)
 class Requestor:
     kind: RequestorKind
-    domain: str | None = None  # lower-case A-label; None only for ANONYMOUS
+    # lower-case A-labels: a user's one domain, the domains a gateway account stands for;
+    # empty only for ANONYMOUS
+    domains: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        # a str is iterable too: Requestor(kind, "a.example") would test substrings
+        if not isinstance(self.domains, frozenset):
+            raise TypeError("Requestor.domains is a frozenset of domains")
 
     @staticmethod
     def anonymous() -> Requestor:
         return Requestor(RequestorKind.ANONYMOUS)
+
+    @staticmethod
+    def user(domain: str) -> Requestor:
+        return Requestor(RequestorKind.USER, frozenset((domain,)))
+
+    @staticmethod
+    def gateway(*domains: str) -> Requestor:
+        return Requestor(RequestorKind.GATEWAY, frozenset(domains))
+
+    @cached_property  # once per requestor: the directory keeps them (its LDAP hot path)
+    def named_domains(self) -> str:
+        """The domains as one text, sorted and comma-joined ("" for anonymous): for logs,
+        the audit and cache keys."""
+        return ",".join(sorted(self.domains))

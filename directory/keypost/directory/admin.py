@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,16 +236,31 @@ def _name_problem(name: str) -> str | None:
     return None
 
 
-def account_record(name: str, role: str, domain: str, password: bytes) -> AccountRecord:
+def account_domains(role: AccountRole, domains: Iterable[str]) -> tuple[str, ...]:
+    """The normalised, sorted domains of an account of `role`: a gateway account stands
+    for one or more (one gateway serving several domains), a user account for exactly one
+    (its add-on's mail leaves through that domain's gateway: policy)."""
+    found = tuple(sorted({domain_name(d) for d in domains}))
+    if not found:
+        raise DirectoryError(f"a {role.value} account needs a domain")
+    if role is AccountRole.USER and len(found) > 1:
+        raise DirectoryError(f"a user account has exactly one domain, not {len(found)} "
+                             f"({', '.join(found)}); only gateway accounts may have several")
+    return found
+
+
+def account_record(name: str, role: str, domains: Iterable[str],
+                   password: bytes) -> AccountRecord:
     problem = _name_problem(name)
     if problem is not None:
         raise DirectoryError(f"invalid account name {name!r}: {problem}")
+    kind = AccountRole(role)
+    names = account_domains(kind, domains)  # before the password: a mistake costs no hash
     if not password:
         raise DirectoryError("empty password")
     if len(password) > MAX_PASSWORD:  # no login could ever send it (check_password)
         raise DirectoryError(f"password longer than {MAX_PASSWORD} bytes")
-    return AccountRecord(name, AccountRole(role), domain_name(domain), hash_password(password),
-                         dt.datetime.now(dt.UTC))
+    return AccountRecord(name, kind, names, hash_password(password), dt.datetime.now(dt.UTC))
 
 
 def ensure_private(path: Path) -> None:

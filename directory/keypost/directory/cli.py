@@ -17,7 +17,7 @@ from keypost.directory import admin
 from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.config import DataDir, load_settings
 from keypost.directory.errors import DirectoryError
-from keypost.directory.store import KeyUse
+from keypost.directory.store import AccountRole, KeyUse
 from keypost.directory.store.sqlite import SqliteStore
 
 DATA_ENV = "KEYPOST_DIRECTORY_DATA"
@@ -159,17 +159,44 @@ def _read_password(args: argparse.Namespace) -> bytes:
 
 @_with_store
 def cmd_account_add(args: argparse.Namespace, store: SqliteStore) -> int:
+    # the domains first: a user account given two is refused before the password prompt
+    admin.account_domains(AccountRole(args.role), args.domain)
     password = _read_password(args)
     record = admin.account_record(args.name, args.role, args.domain, password)
     store.add_account(record)
-    print(f"account {record.name}: {record.role.value} of {record.domain}")
+    print(f"account {record.name}: {record.role.value} of {', '.join(record.domains)}")
     return 0
 
 
 @_with_store
 def cmd_account_list(args: argparse.Namespace, store: SqliteStore) -> int:
+    # tab-separated; a gateway account's domains comma-joined in the third column
     for a in store.accounts():
-        print(f"{a.name}\t{a.role.value}\t{a.domain}\t{a.created:%Y-%m-%d}")
+        print(f"{a.name}\t{a.role.value}\t{','.join(a.domains)}\t{a.created:%Y-%m-%d}")
+    return 0
+
+
+@_with_store
+def cmd_account_domains(args: argparse.Namespace, store: SqliteStore) -> int:
+    """Add domains to an account and remove others (none given: show them)."""
+    account = store.account(args.name)
+    if account is None:
+        raise DirectoryError(f"no account named {args.name}")
+    add = {admin.domain_name(d) for d in args.add}
+    remove = {admin.domain_name(d) for d in args.remove}
+    if add & remove:
+        raise DirectoryError(f"both added and removed: {', '.join(sorted(add & remove))}")
+    unknown = remove - set(account.domains)
+    if unknown:
+        raise DirectoryError(f"account {account.name} does not have {', '.join(sorted(unknown))}")
+    remaining = (set(account.domains) | add) - remove
+    if not remaining:
+        raise DirectoryError(f"account {account.name} would have no domain left "
+                             f"(`account remove {account.name}` removes it)")
+    domains = admin.account_domains(account.role, remaining)
+    if domains != account.domains:
+        store.set_account_domains(account.name, domains)
+    print(f"account {account.name}: {account.role.value} of {', '.join(domains)}")
     return 0
 
 
@@ -300,9 +327,18 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = add(asub, "add", cmd_account_add, "add an account (password prompted or from stdin)")
     p.add_argument("name")
     p.add_argument("--role", choices=["user", "gateway"], required=True)
-    p.add_argument("--domain", required=True)
+    p.add_argument("--domain", required=True, action="append", metavar="DOMAIN",
+                   help="the account's domain; a gateway account may have several "
+                        "(--domain a.example --domain b.example)")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
     add(asub, "list", cmd_account_list, "list accounts")
+    p = add(asub, "domains", cmd_account_domains,
+            "change the domains a gateway account stands for (none given: show them)")
+    p.add_argument("name")
+    p.add_argument("--add", action="append", default=[], metavar="DOMAIN",
+                   help="a served domain the account stands for from now on (repeatable)")
+    p.add_argument("--remove", action="append", default=[], metavar="DOMAIN",
+                   help="a domain it no longer stands for (repeatable)")
     p = add(asub, "remove", cmd_account_remove, "remove an account")
     p.add_argument("name")
 

@@ -1,8 +1,8 @@
 """The directory's brain: requestor class, policy, CA, cache, audit and the request log.
 
 Purpose rule where the protocol cannot say (LDAP has no purpose parameter): a gateway
-account asking for an address of its own domain gets the signing container (that is
-the only thing a gateway needs for its own senders); everything else is a request for
+account asking for an address of one of its own domains gets the signing container (that
+is the only thing a gateway needs for its own senders); everything else is a request for
 encryption containers. HTTP callers state the purpose explicitly.
 
 Cache rule: a container is reused for the same (address, role, gateway key, purpose)
@@ -102,11 +102,12 @@ def _anonymous(host: str) -> Requestor:
     identity = peer_identity(host)
     if identity is None:
         return Requestor.anonymous()
-    return KnownRequestor(RequestorKind.ANONYMOUS, None, requestor_key(identity))
+    return KnownRequestor(RequestorKind.ANONYMOUS, frozenset(), requestor_key(identity))
 
 
 def requestor_of(account: AccountRecord | None, peer: str | None = None) -> Requestor:
-    """Anonymous -> external; a user of D -> internal to D; a gateway of D -> gateway of D.
+    """Anonymous -> external; a user of D -> internal to D; a gateway account of D1, D2...
+    -> the gateway of each of them.
 
     The result names who asks: every account (user or gateway, of any domain, from any
     address) is one requestor, "the directory's accounts"; an anonymous requestor is its
@@ -124,19 +125,26 @@ def requestor_of(account: AccountRecord | None, peer: str | None = None) -> Requ
     """
     if account is None:
         return Requestor.anonymous() if peer is None else _anonymous(peer)
-    kind = RequestorKind.GATEWAY if account.role is AccountRole.GATEWAY else RequestorKind.USER
-    return KnownRequestor(kind, account.domain, _ACCOUNTS)
+    return _account_requestor(account.role, account.domains)
+
+
+@lru_cache(maxsize=4096)
+def _account_requestor(role: AccountRole, domains: tuple[str, ...]) -> Requestor:
+    # one frozenset per account's domains, not per search (the LDAP hot path)
+    kind = RequestorKind.GATEWAY if role is AccountRole.GATEWAY else RequestorKind.USER
+    return KnownRequestor(kind, frozenset(domains), _ACCOUNTS)
 
 
 def requestor_label(requestor: Requestor) -> str:
-    if requestor.domain is None:
+    """"anonymous", "user:example.com", "gateway:example.com,example.de" (logs, audit)."""
+    if not requestor.domains:
         return requestor.kind.value
-    return f"{requestor.kind.value}:{requestor.domain}"
+    return f"{requestor.kind.value}:{requestor.named_domains}"
 
 
 def ldap_purpose(requestor: Requestor, address: Address) -> Purpose:
     """The LDAP purpose rule (module docstring)."""
-    if requestor.kind is RequestorKind.GATEWAY and requestor.domain == address.domain:
+    if requestor.kind is RequestorKind.GATEWAY and address.domain in requestor.domains:
         return Purpose.SIGN
     return Purpose.ENCRYPT
 
@@ -346,6 +354,9 @@ class Controller:
         # an operator whose CLI command takes longer than that to start).
         self.recheck_seconds = recheck_seconds
         self._checked = -1e9
+        # GET /v1/bindings: the gateway scope per account's domains, made from the key
+        # history once per store change (not read whole on every request)
+        self._scopes: dict[frozenset[str], tuple[frozenset[str], frozenset[str]]] = {}
 
     def _cache_sizes(self) -> dict[str, tuple[int, int]]:
         """(entries, capacity) of the in-memory caches, for /metrics."""
@@ -370,6 +381,7 @@ class Controller:
             if old is not None:
                 self._drop_stale(old, snap)
             self._answers.clear()
+            self._scopes.clear()
             self._snapshot = snap
         return snap
 
@@ -428,8 +440,8 @@ class Controller:
         who = requestor.who or None if isinstance(requestor, KnownRequestor) else None
         # The answer cache's key: strings only (an exact tuple the GC stops tracking, see
         # ContainerLru) naming everything the answer depends on: the requestor's class,
-        # domain and identity, the address as asked and the purpose.
-        asker = f"{requestor.kind.value}\0{requestor.domain or ''}\0{who}"
+        # domains and identity, the address as asked and the purpose.
+        asker = f"{requestor.kind.value}\0{requestor.named_domains}\0{who}"
         wanted = purpose.value if purpose is not None else ""
         answers: list[Answer] = []
         for text in addresses:
@@ -557,7 +569,9 @@ class Controller:
         """
         started = time.perf_counter()
         self.store.ensure_serial_indexes()
-        fingerprints, domains = self._gateway_scope(account.domain)
+        # without the requests' interval: a rekey or domain change just made counts at once
+        self._recheck()
+        fingerprints, domains = self._gateway_scope(frozenset(account.domains))
         keys = [a.key() for a in addresses]
         rows: list[list[Binding]] = []
         for serial in serials:
@@ -577,19 +591,24 @@ class Controller:
         elapsed = time.perf_counter() - started
         if log.isEnabledFor(logging.INFO):
             bound = sum(b is Binding.BOUND for row in rows for b in row)
-            log.info("event=bindings protocol=http requestor=gateway:%s serials=%d "
-                     "addresses=%d bound=%d ms=%.2f", account.domain, len(serials),
-                     len(addresses), bound, elapsed * 1000)
+            log.info("event=bindings protocol=http requestor=%s serials=%d "
+                     "addresses=%d bound=%d ms=%.2f", requestor_label(requestor_of(account)),
+                     len(serials), len(addresses), bound, elapsed * 1000)
         self.metrics.request("http", "ok")  # not a look-up: kept out of its histogram
         return rows
 
-    def _gateway_scope(self, domain: str) -> tuple[set[str], set[str]]:
-        """(fingerprints of `domain`'s keys ever registered, the domains registered with
-        any of them): the containers a gateway account of `domain` may ask about."""
-        records = self.store.domain_keys(history=True)
-        fingerprints = {r.fingerprint for r in records if r.domain == domain}
-        return fingerprints, {domain} | {r.domain for r in records
-                                         if r.fingerprint in fingerprints}
+    def _gateway_scope(self, domains: frozenset[str]) -> tuple[frozenset[str], frozenset[str]]:
+        """(fingerprints of the keys ever registered for any of `domains`, the domains
+        registered with any of them): the containers a gateway account of `domains` may
+        ask about. Made once per store change and set of domains (_recheck clears them)."""
+        scope = self._scopes.get(domains)
+        if scope is None:
+            records = self.store.domain_keys(history=True)
+            fingerprints = frozenset(r.fingerprint for r in records if r.domain in domains)
+            scope = fingerprints, domains | {r.domain for r in records
+                                             if r.fingerprint in fingerprints}
+            self._scopes[domains] = scope
+        return scope
 
     # persistence -------------------------------------------------------------------
     def take_pending(self) -> tuple[list[IssuedRecord], list[AuditRecord]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from keypost.directory.accounts import Authenticator
 from keypost.directory.controller import Controller, requestor_of
@@ -60,9 +60,10 @@ class DirectoryLdapBackend:
         if change == bound.change:
             return bound.account
         now = self.controller.store.account(bound.account.name)
-        if now != bound.account:
-            return None  # removed, or re-created (new password, role or domain): rebind
-        bound.change = change
+        if now is None or replace(now, domains=bound.account.domains) != bound.account:
+            return None  # removed, or re-created (new password or role): rebind
+        # the same account, its domains perhaps changed (`account domains`): they count now
+        bound.account, bound.change = now, change
         return now
 
     async def lookup(

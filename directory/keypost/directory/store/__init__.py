@@ -54,7 +54,9 @@ class PasswordHash:
 class AccountRecord:
     name: str
     role: AccountRole
-    domain: str
+    # sorted A-labels: a user account has exactly one, a gateway account one or more (one
+    # gateway serving several domains: keypost.directory.admin.account_domains)
+    domains: tuple[str, ...]
     password: PasswordHash
     created: dt.datetime
 
@@ -107,7 +109,7 @@ class AuditRecord:
     """One answer that handed out containers. The address is only kept as a hash."""
 
     time: dt.datetime
-    requestor: str  # "anonymous", "user:example.com", "gateway:example.com"
+    requestor: str  # "anonymous", "user:example.com", "gateway:example.com,example.de"
     address_hash: str
     roles: tuple[str, ...]
     serials: tuple[int, ...]
@@ -139,7 +141,8 @@ class Store(Protocol):
         ...
 
     def remove_domain(self, domain: str) -> int:
-        """Remove a domain, its key history, issued containers and accounts; returns the
+        """Remove a domain, its key history and issued containers, the accounts that have
+        no other domain, and the domain from the gateway accounts that have; returns the
         number of accounts removed."""
         ...
 
@@ -153,6 +156,11 @@ class Store(Protocol):
 
     # accounts -------------------------------------------------------------------------
     def add_account(self, account: AccountRecord) -> None: ...
+
+    def set_account_domains(self, name: str, domains: Sequence[str]) -> None:
+        """Make `domains` (registered ones) the account's domains (the caller checks the
+        role's rule: admin.account_domains)."""
+        ...
 
     def account(self, name: str) -> AccountRecord | None: ...
 

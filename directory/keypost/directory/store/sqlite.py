@@ -214,6 +214,30 @@ MIGRATIONS: tuple[Migration, ...] = (
     DROP INDEX IF EXISTS issued_serial;
     DROP INDEX IF EXISTS audit_serials;
     """,
+    # 9: an account has a set of domains (a gateway account may stand for several, each
+    # user account keeps its one). The accounts table is rebuilt without its domain column
+    # (SQLite cannot drop a column a foreign key names), the domains move to
+    # account_domains: removing a domain then removes only the links to it.
+    """
+    CREATE TABLE accounts_9 (
+        name TEXT PRIMARY KEY COLLATE NOCASE,
+        role TEXT NOT NULL CHECK (role IN ('user', 'gateway')),
+        salt BLOB NOT NULL, n INTEGER NOT NULL, r INTEGER NOT NULL, p INTEGER NOT NULL,
+        digest BLOB NOT NULL,
+        created INTEGER NOT NULL
+    );
+    INSERT INTO accounts_9 SELECT name, role, salt, n, r, p, digest, created FROM accounts;
+    CREATE TABLE account_domains_9 AS SELECT name AS account, domain FROM accounts;
+    DROP TABLE accounts;
+    ALTER TABLE accounts_9 RENAME TO accounts;
+    CREATE TABLE account_domains (
+        account TEXT NOT NULL COLLATE NOCASE REFERENCES accounts(name) ON DELETE CASCADE,
+        domain TEXT NOT NULL REFERENCES domains(name) ON DELETE CASCADE,
+        PRIMARY KEY (account, domain)
+    );
+    INSERT INTO account_domains SELECT account, domain FROM account_domains_9;
+    DROP TABLE account_domains_9;
+    """,
 )
 
 _SERIAL_INDEXES = """
@@ -263,9 +287,11 @@ class SqliteStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._migrate(migrations)
             self._wipe_free_pages()
-            # False only for a store opened at an older schema (the migration tests do)
+            # Both False only for a store opened at an older schema (migration tests do)
             self._derived_column = any(
                 row[1] == "derived" for row in self._db.execute("PRAGMA table_info(gateway_keys)"))
+            self._account_domains = self._db.execute(
+                "SELECT 1 FROM sqlite_master WHERE name = 'account_domains'").fetchone() is not None
         except sqlite3.Error as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
         self._data_version = -1
@@ -422,7 +448,13 @@ class SqliteStore:
                 "SELECT fingerprint FROM gateway_keys WHERE domain = ?", (domain,))]
             for fp in fps:
                 self._db.execute("DELETE FROM issued WHERE gateway_fingerprint = ?", (fp,))
-            n = self._db.execute("DELETE FROM accounts WHERE domain = ?", (domain,)).rowcount
+            # accounts of this domain alone go; the others only lose it (cascade)
+            n = self._db.execute(
+                "DELETE FROM accounts WHERE name IN"
+                " (SELECT account FROM account_domains WHERE domain = ?1) AND name NOT IN"
+                " (SELECT account FROM account_domains WHERE domain != ?1)"
+                if self._account_domains else "DELETE FROM accounts WHERE domain = ?1",
+                (domain,)).rowcount
             self._db.execute("DELETE FROM domains WHERE name = ?", (domain,))
             self._bump()
         return int(n)
@@ -457,32 +489,57 @@ class SqliteStore:
         ]
 
     # accounts ------------------------------------------------------------------------
+    def _require_domains(self, domains: Sequence[str]) -> None:
+        if not domains:
+            raise StoreError("an account needs a domain")
+        for domain in domains:
+            self._require_domain(domain)
+
+    def _link_domains(self, name: str, domains: Sequence[str]) -> None:
+        self._db.executemany("INSERT OR IGNORE INTO account_domains VALUES (?, ?)",
+                             [(name, d) for d in domains])
+
     def add_account(self, account: AccountRecord) -> None:
         with self._tx():
-            self._require_domain(account.domain)
+            self._require_domains(account.domains)
             if self.account(account.name) is not None:
                 raise StoreError(f"account {account.name} already exists")
             h = account.password
             self._db.execute(
-                "INSERT INTO accounts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (account.name, account.role.value, account.domain, h.salt, h.n, h.r, h.p,
-                 h.digest, _ts(account.created)),
+                "INSERT INTO accounts (name, role, salt, n, r, p, digest, created)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (account.name, account.role.value, h.salt, h.n, h.r, h.p, h.digest,
+                 _ts(account.created)),
             )
+            self._link_domains(account.name, account.domains)
+
+    def set_account_domains(self, name: str, domains: Sequence[str]) -> None:
+        with self._tx():
+            found = self.account(name)
+            if found is None:
+                raise StoreError(f"no account named {name}")
+            self._require_domains(domains)
+            self._db.execute("DELETE FROM account_domains WHERE account = ?", (found.name,))
+            self._link_domains(found.name, domains)
+            self._bump()  # a running server re-reads accounts bound on open connections
 
     def _account_rows(self, where: str = "", params: Sequence[object] = ()) -> list[AccountRecord]:
+        # the domains as one space-separated text (no domain holds a space), sorted below
         rows = self._db.execute(
-            "SELECT name, role, domain, salt, n, r, p, digest, created FROM accounts"
-            + where + " ORDER BY name",
+            "SELECT a.name, a.role, group_concat(d.domain, ' '), a.salt, a.n, a.r, a.p,"
+            " a.digest, a.created FROM accounts a"
+            " LEFT JOIN account_domains d ON d.account = a.name"
+            + where + " GROUP BY a.name ORDER BY a.name",
             tuple(params),
         )
         return [
-            AccountRecord(name, AccountRole(role), domain,
+            AccountRecord(name, AccountRole(role), tuple(sorted((domains or "").split())),
                           PasswordHash(bytes(salt), n, r, p, bytes(digest)), _dt(created))
-            for name, role, domain, salt, n, r, p, digest, created in rows
+            for name, role, domains, salt, n, r, p, digest, created in rows
         ]
 
     def account(self, name: str) -> AccountRecord | None:
-        found = self._account_rows(" WHERE name = ?", (name,))
+        found = self._account_rows(" WHERE a.name = ?", (name,))
         return found[0] if found else None
 
     def accounts(self) -> list[AccountRecord]:
