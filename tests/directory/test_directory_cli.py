@@ -442,3 +442,69 @@ def test_an_ec_encryption_key_is_registered_and_one_without_key_agreement_refuse
     line = one_line_error("directory", "domain", "add", "p224.example", "--encryption-cert",
                           str(p224), "--data", str(data))
     assert "EC P-224" in line and "P-256, P-384 or P-521" in line, line
+
+
+def test_a_gateway_account_of_several_domains_is_added_listed_and_changed(
+        tmp_path: Path) -> None:
+    """One gateway serving several domains has one account standing for all of them;
+    a user account keeps exactly one domain."""
+    data = str(tmp_path / "d")
+    keypost("directory", "init", "--data", data)
+    _, pub = write_rsa(tmp_path / "gw.pem")
+    for domain in ("example.com", "example.de", "bücher.example"):
+        keypost("directory", "domain", "add", domain, "--encryption-cert", str(pub),
+                "--data", data)
+
+    def account(*args: str, stdin: str | None = None) -> str:
+        return str(keypost("directory", "account", *args, "--data", data, stdin=stdin).stdout)
+
+    def listed() -> list[str]:
+        return [line.rsplit("\t", 1)[0] for line in account("list").splitlines()]
+
+    out = account("add", "gw", "--role", "gateway", "--domain", "Example.DE", "--domain",
+                  "example.com", "--password-stdin", stdin="pw\n")
+    assert out == "account gw: gateway of example.com, example.de\n"
+    account("add", "alice", "--role", "user", "--domain", "example.de", "--password-stdin",
+            stdin="pw\n")
+    assert listed() == ["alice\tuser\texample.de", "gw\tgateway\texample.com,example.de"]
+    out = account("domains", "GW", "--add", "Bücher.example", "--remove", "example.com")
+    assert out == "account gw: gateway of example.de, xn--bcher-kva.example\n"
+    assert account("domains", "gw") == out  # none given: shows them
+    assert listed()[1] == "gw\tgateway\texample.de,xn--bcher-kva.example"
+    # a user account moves to another domain, never to two
+    assert account("domains", "alice", "--add", "example.com", "--remove", "example.de") == (
+        "account alice: user of example.com\n")
+    errors = [
+        (("domains", "alice", "--add", "example.de"), "a user account has exactly one domain"),
+        (("domains", "gw", "--remove", "example.de", "--remove", "bücher.example"),
+         "account gw would have no domain left (`account remove gw` removes it)"),
+        (("domains", "gw", "--add", "nope.example"), "unknown domain nope.example"),
+        (("domains", "gw", "--remove", "example.com"), "account gw does not have example.com"),
+        (("domains", "gw", "--add", "example.com", "--remove", "example.com"),
+         "both added and removed: example.com"),
+        (("domains", "nobody"), "no account named nobody"),
+        (("add", "bob", "--role", "user", "--domain", "example.com", "--domain", "example.de",
+          "--password-stdin"), "a user account has exactly one domain, not 2 "
+                               "(example.com, example.de); only gateway accounts may have several"),
+    ]
+    for args, expected in errors:
+        assert expected in one_line_error("directory", "account", *args, "--data", data,
+                                          stdin="pw\n"), args
+    assert listed() == ["alice\tuser\texample.com", "gw\tgateway\texample.de,xn--bcher-kva.example"]
+    # removing one of its domains leaves the gateway account the others
+    assert "(0 account(s) of it removed too)" in keypost(
+        "directory", "domain", "remove", "example.de", "--data", data).stdout
+    assert listed() == ["alice\tuser\texample.com", "gw\tgateway\txn--bcher-kva.example"]
+
+
+def test_a_user_account_of_two_domains_is_refused_before_the_password_is_asked(
+        tmp_path: Path) -> None:
+    """No terminal and no --password-stdin: the refusal names the domains, not the prompt."""
+    data = tmp_path / "d"
+    keypost("directory", "init", "--data", str(data))
+    done = subprocess.run([*KEYPOST, "directory", "account", "add", "erin", "--role", "user",
+                           "--domain", "a.example", "--domain", "b.example", "--data", str(data)],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, start_new_session=True)
+    assert done.returncode == 1
+    assert "a user account has exactly one domain" in done.stderr, done.stderr
