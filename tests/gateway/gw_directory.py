@@ -51,12 +51,14 @@ class DirectoryWorld:
     def ldap_url(self) -> str:
         return f"ldap://127.0.0.1:{self.ldap_port}"
 
-    def gateway_directory_lines(self, url: str | None = None, tls_ca: bool = True) -> str:
+    def gateway_directory_lines(self, url: str | None = None, tls_ca: bool = True,
+                                username: str = GATEWAY_ACCOUNT,
+                                password_file: Path | None = None) -> str:
         return (
             (f'tls_ca = "{self.tls_ca_pem}"\n' if tls_ca else "")
             + f'url = "{url or self.ldap_url}"\n'
-            f'username = "{GATEWAY_ACCOUNT}"\n'
-            f'password_file = "{self.gateway_pw_file}"\n'
+            f'username = "{username}"\n'
+            f'password_file = "{password_file or self.gateway_pw_file}"\n'
             f'trust_anchor = "{self.ca_pem}"\n'
             f'genuine_roots = ["{self.genuine_ca_pem}"]\n'
         )

@@ -10,10 +10,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 
-def openssl_verify(message: bytes, ca: Path, tmp: Path) -> subprocess.CompletedProcess[bytes]:
+def openssl_verify(message: bytes, ca: Path, tmp: Path,
+                   *extra: str) -> subprocess.CompletedProcess[bytes]:
+    """`openssl cms -verify` of a signed message against the CA `ca` (`extra`: more
+    options, e.g. `-signer FILE` to write out the signer's certificate)."""
     (tmp / "signed.eml").write_bytes(message)
     return subprocess.run(
-        ["openssl", "cms", "-verify", "-in", str(tmp / "signed.eml"), "-CAfile", str(ca)],
+        ["openssl", "cms", "-verify", "-in", str(tmp / "signed.eml"), "-CAfile", str(ca),
+         *extra],
         capture_output=True, timeout=60, check=False,
     )
 
