@@ -111,6 +111,24 @@ def test_ldap_purpose_rule_gives_gateway_its_signing_container(
     assert r.containers == () and r.refused
 
 
+def test_a_gateway_account_of_two_domains_signs_for_both_and_is_audited_as_such(
+        controller: Controller) -> None:
+    """LDAP's purpose rule takes an address of any of the account's domains as its own
+    sender's; the audit and the request log name the requestor with all its domains."""
+    from keypost.core.address import parse_address
+    both = requestor_of(AccountRecord("gw2", AccountRole.GATEWAY, ("example.com", "example.org"),
+                                      PasswordHash(b"s", 2, 1, 1, b"d"), NOW))
+    assert ldap_purpose(both, parse_address("a@example.org")) is Purpose.SIGN
+    assert ldap_purpose(both, parse_address("a@example.net")) is Purpose.ENCRYPT
+    com, org, net = controller.answer(both, ["alice@example.com", "olga@example.org",
+                                             "nat@example.net"], None, "test")
+    assert [c.role for c in com.containers] == [Role.PROXY_SIGNING]
+    assert org.containers == () and org.refused == "no signing key is registered for example.org"
+    assert net.containers == () and net.refused is None  # nobody serves it: nothing to encrypt to
+    _, audit = controller.take_pending()
+    assert [a.requestor for a in audit] == ["gateway:example.com,example.org"]
+
+
 def test_no_existence_oracle(controller: Controller) -> None:
     real, made_up = controller.answer(
         ANON, ["alice@example.com", "zq9-nobody@example.com"], None, "test")

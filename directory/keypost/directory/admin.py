@@ -240,6 +240,8 @@ def account_domains(role: AccountRole, domains: Iterable[str]) -> tuple[str, ...
     """The normalised, sorted domains of an account of `role`: a gateway account stands
     for one or more (one gateway serving several domains), a user account for exactly one
     (its add-on's mail leaves through that domain's gateway: policy)."""
+    if isinstance(domains, str):  # a str is an Iterable[str] too: its letters
+        raise TypeError("account_domains takes a collection of domains")
     found = tuple(sorted({domain_name(d) for d in domains}))
     if not found:
         raise DirectoryError(f"a {role.value} account needs a domain")
