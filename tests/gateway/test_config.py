@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from gw_support import KEYPOST, Pki, write_private
 
+from keypost.core.containers import DirectoryCA, to_pem
 from keypost.gateway.config import (
     GatewayConfig,
     MalformedPolicy,
@@ -19,6 +21,7 @@ from keypost.gateway.config import (
 )
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.keys import check_private_file, load_private_key, read_secret
+from keypost.gateway.serve import build
 
 SAMPLE = Path(__file__).resolve().parents[2] / "gateway" / "gateway.toml"
 
@@ -328,3 +331,41 @@ def test_directory_settings_serve_would_fail_on_are_refused_by_check_config(
     assert done.returncode == 1, done.stdout
     assert len(done.stderr.splitlines()) == 1, done.stderr
     assert re.search(message, done.stderr), done.stderr
+
+
+# Start-up reads each [directory] file once -----------------------------------------
+
+_opened: list[str] | None = None  # paths the audit hook records while a test watches
+
+
+def _record_open(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and _opened is not None and isinstance(args[0], str | bytes | Path):
+        _opened.append(os.fsdecode(args[0]))
+
+
+sys.addaudithook(_record_open)  # (cannot be removed: records only while _opened is a list)
+
+
+def test_start_reads_the_password_and_the_genuine_roots_once(tmp_path: Path, pki: Pki) -> None:
+    """build read genuine_roots twice (the directory client's and the signature check's
+    copy) and the password twice (the container fetcher's and the bindings client's): a
+    file replaced in between gave the gateway two views, a password was held twice. Every
+    open() is seen through Python's audit hook, the code under test is not touched."""
+    global _opened
+    password = write_private(tmp_path / "directory.pw", b"pw\n")
+    roots = tmp_path / "genuine-roots.pem"
+    roots.write_bytes(to_pem(DirectoryCA.generate().certificate))
+    cfg = load_config(pki.config(2525, extra='[policy]\nrecipient_binding = "enforce"',
+                                 directory=f'url = "http://127.0.0.1:8080"\n'
+                                           f'trust_anchor = "ca.pem"\nusername = "gw"\n'
+                                           f'password_file = "{password}"\n'
+                                           f'genuine_roots = ["{roots}"]'))
+    _opened = []
+    try:
+        gw = build(cfg, keep_state=False)
+    finally:
+        seen, _opened = _opened, None
+    assert gw.pipeline.bindings is not None  # the bindings client needs the password too
+    assert seen.count(str(password)) == 1, seen
+    assert seen.count(str(roots)) == 1, seen
+    assert seen.count(str(pki.path("ca.pem"))) == 1, seen

@@ -22,7 +22,12 @@ from gw_support import KEYPOST, Pki
 from keypost.core.address import parse_address
 from keypost.core.types import Purpose
 from keypost.gateway.config import DirectoryConfig, parse_config
-from keypost.gateway.directory import LdapFetcher, make_directory
+from keypost.gateway.directory import (
+    DirectoryFiles,
+    LdapFetcher,
+    load_directory_files,
+    make_directory,
+)
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
 
 PASSWORD = "gw-directory-secret-4711"
@@ -124,7 +129,7 @@ def test_ldap_to_another_host_sends_starttls_before_any_bind(
     monkeypatch.setenv("GW_TEST_PASSWORD", PASSWORD)
     with recorder() as wire:
         cfg = parse_config(_directory(f"ldap://127.1:{wire.port}/dc=keypost"), pki.root)
-        directory = make_directory(cfg.directory, 2.0, [pki.ca.certificate])
+        directory = make_directory(cfg.directory, 2.0, load_directory_files(cfg.directory))
         with pytest.raises(DirectoryUnavailable):  # the recorder never answers StartTLS
             directory.encryption_certificates(parse_address("bob@partner.org"))
     assert wire.connections >= 1
@@ -143,7 +148,8 @@ def test_http_to_another_host_built_in_code_never_connects(
         cfg = DirectoryConfig(url=f"http://127.1:{wire.port}", username="gw-example",
                               password_env="GW_TEST_PASSWORD", trust_anchor=pki.path("ca.pem"))
         with pytest.raises(ConfigError, match="use https://"):
-            make_directory(cfg, 2.0, [pki.ca.certificate]).encryption_certificates(
+            files = DirectoryFiles((pki.ca.certificate,), (), PASSWORD)
+            make_directory(cfg, 2.0, files).encryption_certificates(
                 parse_address("bob@partner.org"))
     assert wire.connections == 0 and not wire.received
 
@@ -220,7 +226,7 @@ def test_an_unreadable_url_built_in_code_is_a_config_error(pki: Pki) -> None:
     for url in ("ldaps://[::1", f"ldaps://gw:{SECRET}"):
         cfg = DirectoryConfig(url=url, trust_anchor=pki.path("ca.pem"))
         with pytest.raises(ConfigError, match=r"^directory\.url: ") as err:
-            make_directory(cfg, 2.0, [pki.ca.certificate])
+            make_directory(cfg, 2.0, DirectoryFiles((pki.ca.certificate,)))
         assert SECRET not in str(err.value)
 
 

@@ -27,7 +27,7 @@ from keypost.core.bindings import Binding, serial_hex
 from keypost.core.errors import AddressError
 from keypost.core.smime import OpenedBy
 from keypost.gateway.config import DirectoryConfig
-from keypost.gateway.directory import HttpDirectory, directory_password
+from keypost.gateway.directory import HttpDirectory
 from keypost.gateway.errors import DirectoryUnavailable
 
 # Answers kept (a serial's address never changes); past this many serials the cache
@@ -156,6 +156,7 @@ def bind_recipients(source: BindingSource, issuers: Sequence[x509.Name],
     return Bound(tuple(allowed), tuple(refused))
 
 
-def make_bindings(cfg: DirectoryConfig, timeout: float) -> CachingBindings:
-    """The directory's /v1/bindings behind a cache (config.py checked the URL and account)."""
-    return CachingBindings(HttpBindings(cfg, directory_password(cfg), timeout))
+def make_bindings(cfg: DirectoryConfig, password: str | None, timeout: float) -> CachingBindings:
+    """The directory's /v1/bindings behind a cache (config.py checked the URL and account;
+    `password` is the one load_directory_files read for the container fetcher too)."""
+    return CachingBindings(HttpBindings(cfg, password, timeout))

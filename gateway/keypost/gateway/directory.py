@@ -392,9 +392,26 @@ def load_trust_anchors(cfg: DirectoryConfig) -> list[x509.Certificate]:
     return _load_pem_files([cfg.trust_anchor] if cfg.trust_anchor else [], "trust_anchor")
 
 
-def load_genuine_roots(cfg: DirectoryConfig) -> list[x509.Certificate]:
-    """The CAs of `genuine_roots` (empty when none are configured)."""
-    return _load_pem_files(cfg.genuine_roots, "genuine_roots")
+@dataclass(frozen=True)
+class DirectoryFiles:
+    """What `[directory]` names outside the configuration file, read once at start: the
+    directory CA(s), the genuine roots and the gateway account's password. Every part of
+    the gateway that needs one gets it from here, so a file replaced while the gateway
+    starts cannot give two parts two views of it, and the password is read once."""
+
+    trust_anchors: tuple[x509.Certificate, ...] = ()
+    genuine_roots: tuple[x509.Certificate, ...] = ()
+    password: str | None = dataclasses.field(default=None, repr=False)
+
+
+def load_directory_files(cfg: DirectoryConfig) -> DirectoryFiles:
+    """Read them (the password only with a `url`: nothing else would use it). Raises
+    ConfigError naming the setting."""
+    return DirectoryFiles(
+        tuple(load_trust_anchors(cfg)),
+        tuple(_load_pem_files(cfg.genuine_roots, "genuine_roots")),
+        directory_password(cfg) if cfg.url is not None else None,
+    )
 
 
 def check_tls_ca(path: Path) -> None:
@@ -430,21 +447,21 @@ def anonymous_fetch(cfg: DirectoryConfig, address: Address,
 
 
 def make_directory(
-    cfg: DirectoryConfig, timeout: float, anchors: Sequence[x509.Certificate],
+    cfg: DirectoryConfig, timeout: float, files: DirectoryFiles,
     kept: KeptContainers | None = None,
 ) -> DirectoryClient:
+    """The directory client of `cfg`, with what load_directory_files read for it."""
     if cfg.url is None:
         return NoDirectory()
     refusal = transport_refusal(cfg.url, cfg.starttls)  # also for a config built in code
     if refusal:
         raise ConfigError(refusal)
-    pw = directory_password(cfg)
-    roots = load_genuine_roots(cfg)
     if cfg.tls_ca is not None:
         check_tls_ca(cfg.tls_ca)
     fetcher: _Fetcher
     if not directory_url(cfg.url).is_ldap:
-        fetcher = HttpFetcher(cfg, pw, timeout)
+        fetcher = HttpFetcher(cfg, files.password, timeout)
     else:
-        fetcher = LdapFetcher(cfg, pw, timeout)
-    return CachingDirectory(fetcher, anchors, roots, cfg.negative_cache, kept=kept)
+        fetcher = LdapFetcher(cfg, files.password, timeout)
+    return CachingDirectory(fetcher, files.trust_anchors, files.genuine_roots,
+                            cfg.negative_cache, kept=kept)

@@ -18,8 +18,7 @@ from keypost.gateway.clients import Network, admits
 from keypost.gateway.config import GatewayConfig, RecipientBinding
 from keypost.gateway.directory import (
     DirectoryClient,
-    load_genuine_roots,
-    load_trust_anchors,
+    load_directory_files,
     make_directory,
 )
 from keypost.gateway.errors import ConfigError
@@ -63,21 +62,22 @@ def build(config: GatewayConfig, keep_state: bool = True) -> Gateway:
     signing containers are not written to (nor read from) `state_dir` (check-config)."""
     keys = dict(load_all_keys(config))
     scanner = make_scanner(config.scan, config.timeouts.scan)
-    anchors = load_trust_anchors(config.directory)
+    # read once: every part below gets the same certificates and the one password
+    files = load_directory_files(config.directory)
     kept = (KeptContainers(config.state_dir / KEPT_FOLDER)
             if keep_state and config.directory.url is not None else None)
-    directory = make_directory(config.directory, config.timeouts.directory, anchors, kept)
+    directory = make_directory(config.directory, config.timeouts.directory, files, kept)
     pipeline = Pipeline(
         keys,
         config.policy,
         scanner,
         directory,
-        directory_issuers=[c.subject for c in anchors],
+        directory_issuers=[c.subject for c in files.trust_anchors],
         scan_plain=config.scan.scan_plain,
         max_message_size=config.max_message_size,
         # a signature taken off to decrypt is checked against every CA the gateway trusts
-        signature_anchors=anchors + load_genuine_roots(config.directory),
-        bindings=(make_bindings(config.directory, config.timeouts.directory)
+        signature_anchors=[*files.trust_anchors, *files.genuine_roots],
+        bindings=(make_bindings(config.directory, files.password, config.timeouts.directory)
                   if config.policy.recipient_binding is RecipientBinding.ENFORCE else None),
     )
     quarantine = Maildir(config.quarantine_dir)  # created on first use (or by `run`)
