@@ -9,26 +9,31 @@ import base64
 import datetime as dt
 import http.client
 import json
+import logging
 import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from dir_support import SUFFIX, USER, USER_PW, Directory, assert_documented, serving
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import MemoryBackend, ServerThread
 
-from keypost.core.containers import DirectoryCA
+from keypost.core.containers import DirectoryCA, GatewayKey
 from keypost.directory.accounts import (
     PER_SOURCE_WAITING,
     Admission,
     Authenticator,
     PasswordChecksBusy,
+    Throttle,
     hash_password,
 )
 from keypost.directory.cleartext import CleartextPolicy
@@ -421,6 +426,21 @@ def test_metrics_from_loopback_only_or_a_gateway(flooded: dict[str, str]) -> Non
     assert r.status == 200 and b"keypost" in r.read()
 
 
+def _accounts_store(tmp_path: Path) -> SqliteStore:
+    """example.com with a user account (alice, alice-pw) and a gateway account (gw, gw-pw)."""
+    store = SqliteStore(tmp_path / "d.db")
+    now = dt.datetime.now(dt.UTC)
+    pem = ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    store.add_domain("example.com", [GatewayKeyRecord(
+        "example.com", KeyUse.ENCRYPTION, pem, GatewayKey.from_pem(pem).fingerprint,
+        ("aes256-cbc",), now)])
+    for name, role, pw in (("alice", AccountRole.USER, b"alice-pw"),
+                           ("gw", AccountRole.GATEWAY, b"gw-pw")):
+        store.add_account(AccountRecord(name, role, ("example.com",), hash_password(pw), now))
+    return store
+
+
 @pytest.mark.parametrize(("remote", "credentials", "policy", "status", "code"), [
     ("192.0.2.7", None, CleartextPolicy.ANYWHERE, 403, "forbidden"),
     ("192.0.2.7", ("alice", "alice-pw"), CleartextPolicy.ANYWHERE, 403, "forbidden"),  # user
@@ -434,13 +454,7 @@ def test_metrics_access(tmp_path: Path, remote: str, credentials: tuple[str, str
                         policy: CleartextPolicy, status: int, code: str | None) -> None:
     """The real app, its peer address replaced (tests bind loopback only): a non-loopback
     peer needs a gateway account's credentials, under the cleartext policy as elsewhere."""
-    store = SqliteStore(tmp_path / "d.db")
-    now = dt.datetime.now(dt.UTC)
-    store.add_domain("example.com", [GatewayKeyRecord("example.com", KeyUse.ENCRYPTION, b"x",
-                                                      "fp", (), now)])
-    for name, role, pw in (("alice", AccountRole.USER, b"alice-pw"),
-                           ("gw", AccountRole.GATEWAY, b"gw-pw")):
-        store.add_account(AccountRecord(name, role, ("example.com",), hash_password(pw), now))
+    store = _accounts_store(tmp_path)
     controller = Controller(store, DirectoryCA.generate("ecdsa-p256"))
 
     @web.middleware
@@ -465,3 +479,42 @@ def test_metrics_access(tmp_path: Path, remote: str, credentials: tuple[str, str
     else:
         assert body["error"]["code"] == code  # type: ignore[index]
         assert_documented(got, body, "/metrics")
+
+
+# --------------------------------------------------------------------------- time budget
+
+def test_a_request_past_its_time_budget_is_504_json_and_the_next_is_served(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The real app over a real socket, made slow through its own construction: the
+    failure throttle holds alice's next login back 5 s, the API's budget is 0.3 s. That
+    request is answered 504 `timeout` in the API's JSON error shape (it waited, unanswered,
+    for the 5 s), one log line names it without password or address, and the next
+    request is served."""
+    store = _accounts_store(tmp_path)
+    controller = Controller(store, DirectoryCA.generate("ecdsa-p256"))
+    wrong = "not-alices-password-4711"
+
+    async def run() -> list[tuple[int, Any]]:
+        authenticator = Authenticator(store, throttle=Throttle(base=5.0, cap=5.0, free=1))
+        app = make_app(controller, authenticator, "", 100, request_seconds=0.3)
+        got = []
+        async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+            for credentials in (("alice", wrong), ("alice", wrong), None):
+                headers = _basic(*credentials) if credentials else {}
+                r = await client.get("/v1/containers", params={"address": "bob@example.com"},
+                                     headers=headers)
+                got.append((r.status, await r.json()))
+        authenticator.close()
+        return got
+
+    with caplog.at_level(logging.INFO):
+        (first, _), (status, body), (after, answer) = asyncio.run(run())
+    assert first == 401  # a failure: the throttle now holds alice back
+    assert status == 504 and body["error"]["code"] == "timeout", body
+    assert_documented(status, body, "/v1/containers")
+    assert after == 200 and answer["results"][0]["address"] == "bob@example.com"
+    lines = [r.getMessage() for r in caplog.records if "event=timeout" in r.getMessage()]
+    assert len(lines) == 1 and "path=/v1/containers" in lines[0], lines
+    assert not any(wrong in r.getMessage() or "bob@" in r.getMessage() or r.exc_info
+                   for r in caplog.records if r.name.startswith("keypost.directory.http"))

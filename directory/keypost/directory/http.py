@@ -41,6 +41,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # An HTTP connection with no request in progress is closed after this long, also one
 # that never sent a request (aiohttp's default of 3630 s let idle sockets pile up).
 IDLE_SECONDS = 15.0
+# A request still waiting after this long (a throttled login, queued password checks) is
+# answered 504 `timeout`: the LDAP server's cap on one backend call (Limits.operation_timeout).
+REQUEST_SECONDS = 30.0
 
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None
@@ -51,10 +54,25 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error leaves as JSON with a stable code; no traceback reaches a client."""
+    """Every error leaves as JSON with a stable code; no traceback reaches a client. A
+    handler gets SETTINGS' `request_seconds`; it can run out only where the handler waits
+    (the controller's own work does not), and the waits are made to be left early: a
+    password check still running frees its slot when it ends (Authenticator)."""
     metrics = request.app[CONTROLLER].metrics
+    budget = request.app[SETTINGS]["request_seconds"]
+    assert isinstance(budget, float)
+    timer = asyncio.timeout(budget)
     try:
-        return await handler(request)
+        async with timer:
+            return await handler(request)
+    except TimeoutError:
+        if not timer.expired():
+            raise  # a TimeoutError of the handler's own: an internal error, below
+        # the path alone: the query holds addresses, the headers credentials
+        log.warning("event=timeout protocol=http path=%s source=%s seconds=%g",
+                    request.path, request.remote, budget)
+        metrics.request("http", "timeout")
+        return _error(504, "timeout", f"no answer within {budget:g} s: retry later")
     except RequestError as exc:
         metrics.request("http", "bad_request")
         return _error(400, exc.code, str(exc))
@@ -258,11 +276,13 @@ ROUTES: tuple[tuple[str, Handler], ...] = (
 
 def make_app(controller: Controller, authenticator: Authenticator, url: str,
              max_addresses: int,
-             cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK) -> web.Application:
+             cleartext_passwords: CleartextPolicy = CleartextPolicy.LOOPBACK,
+             request_seconds: float = REQUEST_SECONDS) -> web.Application:
     app = web.Application(middlewares=[errors_middleware])
     app[CONTROLLER] = controller
     app[AUTHENTICATOR] = authenticator
-    app[SETTINGS] = {"url": url, "max_addresses": max_addresses}
+    app[SETTINGS] = {"url": url, "max_addresses": max_addresses,
+                     "request_seconds": float(request_seconds)}
     app[CLEARTEXT] = cleartext_passwords
     for path, handler in ROUTES:
         app.router.add_get(path, handler)
