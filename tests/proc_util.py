@@ -1,4 +1,5 @@
-"""Stopping the real servers the tests start: politely first, then for sure."""
+"""Starting the real keypost servers the tests run, on ports the kernel picks, and stopping
+them: politely first, then for sure."""
 
 from __future__ import annotations
 
@@ -19,22 +20,16 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float =
         proc.wait()
 
 
-def start_directory_serve(data: Path, log: Path, *extra: str,
-                          timeout: float = 60) -> tuple[subprocess.Popen[str], dict[str, str]]:
-    """`keypost directory serve --data DATA` with every listener on an ephemeral loopback
-    port (`--ldap/--http` always, `--ldaps/--https` when `extra` gives --tls-cert): the
-    server binds port 0 and prints `listening <url>` lines, then `ready`. No port is picked
-    beforehand, so none can be taken in between (a free-port probe raced with other
-    processes' outgoing connections). stderr goes to `log`, read when it fails to start.
-    -> (process, {scheme: URL as printed}); `port_of` reads a port from one."""
-    listeners = ["--ldap", "127.0.0.1:0", "--http", "127.0.0.1:0"]
-    if "--tls-cert" in extra:
-        listeners += ["--ldaps", "127.0.0.1:0", "--https", "127.0.0.1:0"]
+def _serving(argv: list[str], log: Path, what: str,
+             timeout: float) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """Start a keypost server whose listeners all bind port 0 and read what it prints
+    until `ready`: each `listening <url>` line names a port the kernel gave it, so no port
+    is picked beforehand and none can be taken in between (a free-port probe raced with
+    other processes' outgoing connections). stderr goes to `log`, read when it fails to
+    start. -> (process, {scheme: URL as printed})."""
     with open(log, "wb") as err:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "keypost.core.cli", "directory", "serve", "--data",
-             str(data), *listeners, *extra],
-            stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen([sys.executable, "-m", "keypost.core.cli", *argv],
+                                stdout=subprocess.PIPE, stderr=err, text=True)
     urls: dict[str, str] = {}
     deadline = time.monotonic() + timeout
     assert proc.stdout is not None
@@ -46,12 +41,39 @@ def start_directory_serve(data: Path, log: Path, *extra: str,
             break
     else:
         stop(proc)
-        raise AssertionError("directory serve exited: " + log.read_text(errors="replace"))
+        raise AssertionError(f"{what} exited: " + log.read_text(errors="replace"))
+    return proc, urls
+
+
+def start_directory_serve(data: Path, log: Path, *extra: str,
+                          timeout: float = 60) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    """`keypost directory serve --data DATA` with every listener on an ephemeral loopback
+    port (`--ldap/--http` always, `--ldaps/--https` when `extra` gives --tls-cert), started
+    by `_serving`. -> (process, {scheme: URL as printed}); `port_of` reads a port from one."""
+    listeners = ["--ldap", "127.0.0.1:0", "--http", "127.0.0.1:0"]
+    if "--tls-cert" in extra:
+        listeners += ["--ldaps", "127.0.0.1:0", "--https", "127.0.0.1:0"]
+    proc, urls = _serving(["directory", "serve", "--data", str(data), *listeners, *extra],
+                          log, "directory serve", timeout)
     if len(urls) < len(listeners) // 2:
         stop(proc)
         raise AssertionError(f"directory serve listens on {urls} only: "
                              + log.read_text(errors="replace"))
     return proc, urls
+
+
+def start_gateway_serve(config: Path, log: Path,
+                        timeout: float = 60) -> tuple[subprocess.Popen[str], int]:
+    """`keypost gateway serve --config CONFIG`, whose `listen` names port 0 (as the tests'
+    configurations do unless a fixed port is the point), started by `_serving`: the port
+    comes from its `listening smtp://HOST:PORT` line. -> (process, port)."""
+    proc, urls = _serving(["gateway", "serve", "--config", str(config)], log,
+                          "gateway serve", timeout)
+    if "smtp" not in urls:
+        stop(proc)
+        raise AssertionError("gateway serve printed no listening line: "
+                             + log.read_text(errors="replace"))
+    return proc, port_of(urls["smtp"])
 
 
 def port_of(url: str) -> int:

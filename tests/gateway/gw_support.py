@@ -1,13 +1,16 @@
-"""Helpers for the gateway tests: free ports, an aiosmtpd sink, key files, a local CA, a gateway."""
+"""Helpers for the gateway tests: an aiosmtpd sink, key files, a local CA, a gateway (in this
+process or `keypost gateway serve`), each server on a port the kernel picks (port 0)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import email.utils
 import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pki_util import key_pem
+from proc_util import start_gateway_serve, stop
 
 from keypost.core.address import parse_address
 from keypost.core.containers import ContainerRequest, DirectoryCA, GatewayKey, to_pem
@@ -33,6 +37,9 @@ KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
 
 
 def free_port() -> int:
+    """A port nothing listens on right now, for a next hop or directory that is down (or
+    comes up there later). Servers the tests start bind port 0 instead (running_sink,
+    running_gateway, serving_gateway): a port picked beforehand can be taken in between."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -93,6 +100,17 @@ class SinkHandler:
         return list(self.messages)
 
 
+class EphemeralController(Controller):
+    """An aiosmtpd Controller that may listen on port 0: `port` becomes the one the kernel
+    gave before start() connects to it (aiosmtpd's start-up check, which would try port
+    0). A fixed port works as before."""
+
+    def _trigger_server(self) -> None:
+        assert isinstance(self.server, asyncio.Server) and self.server.sockets
+        self.port = int(self.server.sockets[0].getsockname()[1])
+        super()._trigger_server()
+
+
 @dataclass
 class Sink:
     handler: SinkHandler
@@ -101,13 +119,13 @@ class Sink:
 
 @contextmanager
 def running_sink(port: int = 0) -> Iterator[Sink]:
+    """The next hop, on `port` (0: one the kernel picks)."""
     handler = SinkHandler()
-    port = port or free_port()
-    ctl = Controller(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True,
-                     data_size_limit=0)
+    ctl = EphemeralController(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True,
+                              data_size_limit=0)
     ctl.start()
     try:
-        yield Sink(handler, port)
+        yield Sink(handler, ctl.port)
     finally:
         ctl.stop()
 
@@ -156,10 +174,11 @@ class Pki:
                directory: str = "", quarantine: str = "quarantine",
                folder: Path | None = None) -> Path:
         """A gateway.toml in `folder` (default: next to the keys), whose relative paths
-        (quarantine, state) then lie in that folder."""
+        (quarantine, state) then lie in that folder. `listen` 0: a port the kernel picks,
+        which the gateway's `listening` line names (RunningGateway/ServingGateway.port)."""
         keys = "" if folder is None else f"{self.root}/"
         text = f"""
-listen = "127.0.0.1:{listen or free_port()}"
+listen = "127.0.0.1:{listen}"
 next_hop = "127.0.0.1:{next_hop}"
 hostname = "gw.example.com"
 quarantine_dir = "{quarantine}"
@@ -172,9 +191,15 @@ encryption_keys = ["{keys}enc-current.key", "{keys}enc-retired.key"]
 signing_key = "{keys}sign.key"
 {domain_extra}
 """
-        p = (folder or self.root) / f"gateway-{free_port()}.toml"
-        p.write_text(text)
-        return p
+        return unique_file(folder or self.root, "gateway", ".toml", text)
+
+
+def unique_file(folder: Path, prefix: str, suffix: str, text: str) -> Path:
+    """A new file named `prefix`-<random>`suffix` in `folder` holding `text`."""
+    fd, name = tempfile.mkstemp(suffix, f"{prefix}-", folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return Path(name)
 
 
 class Rolling:
@@ -200,7 +225,7 @@ def make_pki(root: Path) -> Pki:
     return Pki(root, ca, *keys)
 
 
-class GatewayController(Controller):
+class GatewayController(EphemeralController):
     """Serves each connection with the protocol object `serve` makes (smtp_factory)."""
 
     def __init__(self, gw: Gateway) -> None:
@@ -220,31 +245,31 @@ class RunningGateway:
 @contextmanager
 def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
     """The gateway in this process (aiosmtpd Controller thread), built like `serve` builds it."""
-    cfg = load_config(config_path)
-    gw = build(cfg)
+    gw = build(load_config(config_path))
     ctl = GatewayController(gw)
     ctl.start()
     try:
-        yield RunningGateway(gw, cfg.listen.port)
+        yield RunningGateway(gw, ctl.port)
     finally:
         ctl.stop()
 
 
+@dataclass
+class ServingGateway:
+    proc: subprocess.Popen[str]
+    port: int  # from its `listening` line
+
+
 @contextmanager
-def serving_gateway(config_path: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`keypost gateway serve` in a process of its own, its log (stderr) in `log`; yields
-    once it printed `ready`, which needs no probe connection (one could be refused)."""
-    with log.open("wb") as err:
-        proc = subprocess.Popen([*KEYPOST, "gateway", "serve", "--config", str(config_path)],
-                                stdout=subprocess.PIPE, stderr=err)
+def serving_gateway(config_path: Path, log: Path) -> Iterator[ServingGateway]:
+    """`keypost gateway serve` in a process of its own (proc_util.start_gateway_serve), its
+    log (stderr) in `log`; yields once it printed `ready`, which needs no probe connection
+    (one could be refused)."""
+    proc, port = start_gateway_serve(config_path, log)
     try:
-        assert proc.stdout is not None
-        if b"ready\n" not in iter(proc.stdout.readline, b""):  # b"": it exited
-            raise RuntimeError(f"the gateway did not start: {log.read_text()}")
-        yield proc
+        yield ServingGateway(proc, port)
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc, timeout=60)
 
 
 def send(port: int, mail_from: str, rcpts: list[str], data: bytes) -> tuple[int, str]:

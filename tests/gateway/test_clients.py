@@ -11,7 +11,6 @@ import pytest
 from gw_support import (
     Pki,
     Sink,
-    free_port,
     plain_message,
     running_gateway,
     send,
@@ -30,12 +29,12 @@ OTHER = ("127.0.0.1", 0)
 def test_a_peer_outside_allowed_clients_gets_554_and_the_gateway_serves_the_others(
     pki: Pki, sink: Sink, tmp_path: Path, protocol: str
 ) -> None:
-    port = free_port()
-    cfg = pki.config(sink.port, listen=port, quarantine=str(tmp_path / "q"),
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"),
                      extra=f'protocol = "{protocol}"\nallowed_clients = ["127.0.0.2"]')
     client = smtplib.LMTP if protocol == "lmtp" else smtplib.SMTP
     log = tmp_path / "gateway.log"
-    with serving_gateway(cfg, log):
+    with serving_gateway(cfg, log) as gw:
+        port = gw.port
         with pytest.raises(smtplib.SMTPConnectError) as refused:
             client("127.0.0.1", port, source_address=OTHER, timeout=30)
         assert refused.value.smtp_code == 554

@@ -21,11 +21,11 @@ from gw_support import (
     KEYPOST,
     Sink,
     encrypted_again,
-    free_port,
     plain_message,
     pub_pem,
     send,
     serving_gateway,
+    unique_file,
     write_private,
 )
 from pki_util import key_pem
@@ -75,10 +75,10 @@ class World:
         return DirectoryCA.load((self.data / "ca.pem").read_bytes(),
                                 (self.data / "ca-key.pem").read_bytes())
 
-    def config(self, sink: Sink, port: int, domain_extra: str = "derived_keys = true\n") -> Path:
-        path = self.root / f"gateway-{port}.toml"
-        path.write_text(f"""
-listen = "127.0.0.1:{port}"
+    def config(self, sink: Sink, domain_extra: str = "derived_keys = true\n") -> Path:
+        """A gateway.toml listening on a port the kernel picks (ServingGateway.port)."""
+        return unique_file(self.root, "gateway", ".toml", f"""
+listen = "127.0.0.1:0"
 next_hop = "127.0.0.1:{sink.port}"
 hostname = "gw.{DOMAIN}"
 quarantine_dir = "{self.root / 'quarantine'}"
@@ -89,7 +89,6 @@ trust_anchor = "{self.data / 'ca.pem'}"
 name = "{DOMAIN}"
 encryption_keys = ["{self.key_file}"]
 {domain_extra}""")
-        return path
 
 
 @pytest.fixture(scope="module")
@@ -149,19 +148,18 @@ def serial_der(serial: int) -> bytes:
 def test_mail_for_bob_reaches_bob_and_never_mallory(
         world: World, sink: Sink, tmp_path: Path) -> None:
     der = encrypt_der(tmp_path, [world.container(BOB)], "for bob only")
-    port = free_port()
-    with serving_gateway(world.config(sink, port), tmp_path / "gw.log"):
-        code, text = send(port, SENDER, [MALLORY], mail(der))
+    with serving_gateway(world.config(sink), tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [MALLORY], mail(der))
         assert code == 554 and "5.7.1" in text and MALLORY in text, text
         assert "derived_keys" in text
         assert sink.handler.messages == []
-        code, text = send(port, SENDER, [BOB], mail(der))
+        code, text = send(gw.port, SENDER, [BOB], mail(der))
         assert code == 250, text
         sink.handler.wait(1)
         assert delivered_to(sink, "for bob only") == [BOB]
         sink.handler.messages.clear()
         # both at once: bob gets it, mallory is refused alone, the sender told of her
-        code, text = send(port, SENDER, [MALLORY, BOB], mail(der))
+        code, text = send(gw.port, SENDER, [MALLORY, BOB], mail(der))
         assert code == 250 and "refused=1" in text, text
         sink.handler.wait(2)
     assert delivered_to(sink, "for bob only") == [BOB]
@@ -185,11 +183,10 @@ def test_an_edited_serial_does_not_help(world: World, sink: Sink, tmp_path: Path
     assert serial_der(theirs) in edited and edited != der
     rids = smime.recipient_ids(mail(edited))
     assert [r.serial for r in rids] == [theirs]  # the RecipientInfo now names her container
-    port = free_port()
-    with serving_gateway(world.config(sink, port), tmp_path / "gw.log"):
-        code, text = send(port, SENDER, [MALLORY], mail(edited))
+    with serving_gateway(world.config(sink), tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [MALLORY], mail(edited))
         assert code == 554 and "5.7.1" in text and MALLORY in text, text
-        code, text = send(port, SENDER, [BOB], mail(der))
+        code, text = send(gw.port, SENDER, [BOB], mail(der))
         assert code == 250, text
         sink.handler.wait(1)
     assert delivered_to(sink, "for bob, edited") == [BOB]
@@ -202,12 +199,11 @@ def test_every_envelope_opened_must_be_for_the_recipients_key(
     for_bob = mail(encrypt_der(tmp_path, [world.container(BOB)], "for bob, wrapped"))
     laundered = encrypted_again(tmp_path, world.container(MALLORY), for_bob, SENDER, MALLORY)
     twice = encrypted_again(tmp_path, world.container(BOB), for_bob, SENDER, BOB)
-    port = free_port()
-    with serving_gateway(world.config(sink, port), tmp_path / "gw.log"):
-        code, text = send(port, SENDER, [MALLORY], laundered)
+    with serving_gateway(world.config(sink), tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [MALLORY], laundered)
         assert code == 554 and "5.7.1" in text and MALLORY in text, text
         assert "derived_keys" in text and sink.handler.messages == []
-        code, text = send(port, SENDER, [BOB], twice)
+        code, text = send(gw.port, SENDER, [BOB], twice)
         assert code == 250, text
         sink.handler.wait(1)
     assert delivered_to(sink, "for bob, wrapped") == [BOB]
@@ -220,9 +216,8 @@ def test_keypost_encrypted_mail_for_two(world: World, sink: Sink, tmp_path: Path
     mallory beside them does not."""
     certs = [x509.load_pem_x509_certificate(world.container(a)) for a in (BOB, CAROL)]
     sealed = smime.encrypt_message(plain_message(to=BOB, body="for bob and carol"), certs)
-    port = free_port()
-    with serving_gateway(world.config(sink, port), tmp_path / "gw.log"):
-        code, text = send(port, SENDER, [BOB, MALLORY, CAROL], sealed)
+    with serving_gateway(world.config(sink), tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [BOB, MALLORY, CAROL], sealed)
         assert code == 250 and "refused=1" in text, text
         sink.handler.wait(2)
     assert sorted(delivered_to(sink, "for bob and carol")) == [BOB, CAROL]
@@ -255,18 +250,16 @@ def test_plain_key_mail_needs_accept_plain_keys(
     plain = world.ca().issue(ContainerRequest(parse_address(BOB), Purpose.ENCRYPT,
                                               GatewayKey(world.key.public_key())))
     der = encrypt_der(tmp_path, [to_pem(plain)], "to the plain key")
-    port = free_port()
-    with serving_gateway(world.config(sink, port), tmp_path / "gw.log"):
-        code, text = send(port, SENDER, [BOB], mail(der))
+    with serving_gateway(world.config(sink), tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [BOB], mail(der))
         assert code == 554 and "5.7.1" in text, text
-    port = free_port()
     extra = "derived_keys = true\naccept_plain_keys = true\n"
-    with serving_gateway(world.config(sink, port, extra), tmp_path / "gw2.log"):
-        code, text = send(port, SENDER, [BOB, MALLORY], mail(der))
+    with serving_gateway(world.config(sink, extra), tmp_path / "gw2.log") as gw:
+        code, text = send(gw.port, SENDER, [BOB, MALLORY], mail(der))
         assert code == 250, text
         sink.handler.wait(1)
         bob_der = encrypt_der(tmp_path, [world.container(BOB)], "derived, beside plain")
-        code, text = send(port, SENDER, [MALLORY], mail(bob_der))
+        code, text = send(gw.port, SENDER, [MALLORY], mail(bob_der))
         assert code == 554 and "5.7.1" in text, text
     assert sorted(delivered_to(sink, "to the plain key")) == [BOB, MALLORY]
 
@@ -276,9 +269,8 @@ def test_without_derived_keys_the_gateway_cannot_open_them(
     """A gateway configured without derived_keys for a domain the directory derives keys for
     opens nothing addressed to the containers (the modes must match)."""
     der = encrypt_der(tmp_path, [world.container(BOB)], "mode mismatch")
-    port = free_port()
-    with serving_gateway(world.config(sink, port, ""), tmp_path / "gw.log"):
-        code, text = send(port, SENDER, [BOB], mail(der))
+    with serving_gateway(world.config(sink, ""), tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [BOB], mail(der))
     assert code == 554 and "5.6.0" in text and "does not hold" in text, text
 
 
@@ -294,11 +286,10 @@ def test_outbound_mail_encrypted_to_the_gateway_opens(
     sealed = smime.encrypt_message(plain_message(sender=f"alice@{DOMAIN}", to=outside,
                                                  body="outbound via derived"),
                                    [x509.load_pem_x509_certificate(pem)])
-    port = free_port()
-    cfg = world.config(sink, port)
+    cfg = world.config(sink)
     cfg.write_text(cfg.read_text() + '\n[policy]\noutbound_no_genuine = "clear"\n')
-    with serving_gateway(cfg, tmp_path / "gw.log"):
-        code, text = send(port, f"alice@{DOMAIN}", [outside], sealed)
+    with serving_gateway(cfg, tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, f"alice@{DOMAIN}", [outside], sealed)
         assert code == 250, text
         sink.handler.wait(1)
     [got] = sink.handler.messages
@@ -307,7 +298,7 @@ def test_outbound_mail_encrypted_to_the_gateway_opens(
 
 def test_check_config_names_the_mode(world: World, sink: Sink) -> None:
     done = subprocess.run([*KEYPOST, "gateway", "check-config", "--config",
-                           str(world.config(sink, free_port()))],
+                           str(world.config(sink))],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "derived keys: each recipient's mail opens with that recipient's key" in done.stdout
@@ -321,7 +312,7 @@ def test_check_config_connect_compares_the_mode_with_the_directory(
     url = world.http if scheme == "http" else world.ldap
 
     def check(domain_extra: str) -> subprocess.CompletedProcess[str]:
-        cfg = world.config(sink, free_port(), domain_extra)
+        cfg = world.config(sink, domain_extra)
         cfg.write_text(cfg.read_text().replace("[directory]\n", f'[directory]\nurl = "{url}"\n'))
         return subprocess.run([*KEYPOST, "gateway", "check-config", "--connect", "--config",
                                str(cfg)], capture_output=True, text=True, timeout=60)

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import aiosmtplib
 import pytest
-from aiosmtpd.controller import Controller
 from gw_support import (
+    EphemeralController,
     Pki,
     Sink,
     SinkHandler,
@@ -187,7 +187,7 @@ def test_scanner_failure_and_timeout_answer_451(pki: Pki, sink: Sink, scanned) -
 
 
 def test_next_hop_down_answers_451_then_delivers_on_retry(pki: Pki) -> None:
-    hop = free_port()
+    hop = free_port()  # the point: the next hop comes up on the port configured
     enc = encrypted_for(pki, pki.current)
     with running_gateway(pki.config(hop)) as gw:
         code, _ = send(gw.port, "s@outside.test", [ALICE], enc)
@@ -446,11 +446,11 @@ def test_a_report_to_an_smtputf8_sender_is_sent_once(pki: Pki, sink: Sink) -> No
 def test_a_utf8_address_the_next_hop_cannot_take_is_refused_not_retried(pki: Pki) -> None:
     import smtplib
 
-    handler, hop = SinkHandler(), free_port()
-    ctl = Controller(handler, hostname="127.0.0.1", port=hop, enable_SMTPUTF8=False)
+    handler = SinkHandler()
+    ctl = EphemeralController(handler, hostname="127.0.0.1", port=0, enable_SMTPUTF8=False)
     ctl.start()
     try:
-        with running_gateway(pki.config(hop)) as gw, smtplib.SMTP(
+        with running_gateway(pki.config(ctl.port)) as gw, smtplib.SMTP(
             "127.0.0.1", gw.port, timeout=60
         ) as s:
             s.ehlo()
@@ -539,11 +539,12 @@ def test_decrypted_8bit_content_is_relayed_with_body_8bitmime(pki: Pki, sink: Si
 def test_8bit_content_the_next_hop_cannot_take_is_refused_not_sent(pki: Pki) -> None:
     """A next hop without 8BITMIME must not get 8-bit bytes (RFC 6152); a retry could not
     fare better, so the refusal is permanent and the sender's MTA bounces with the reason."""
-    handler, hop = SinkHandler(), free_port()
-    ctl = Controller(handler, hostname="127.0.0.1", port=hop, decode_data=True)  # no 8BITMIME
+    handler = SinkHandler()
+    ctl = EphemeralController(handler, hostname="127.0.0.1", port=0,
+                              decode_data=True)  # no 8BITMIME
     ctl.start()
     try:
-        with running_gateway(pki.config(hop)) as gw:
+        with running_gateway(pki.config(ctl.port)) as gw:
             eight = send(gw.port, "s@outside.test", [ALICE],
                          encrypted_for(pki, pki.current, body="Grüße"))
             seven = send(gw.port, "s@outside.test", [ALICE], encrypted_for(pki, pki.current))
@@ -583,12 +584,11 @@ def test_a_gateway_with_an_ec_key_decrypts_mail_to_its_ec_container(
     to_ec = smime.encrypt_message(plain_message(body="figures for the EC key"),
                                   [ec_container, other])
     assert b"pkcs7-mime" in to_ec
-    port = free_port()
-    with serving_gateway(ec_pki.config(sink.port, listen=port,
-                                       quarantine=str(tmp_path / "q")), tmp_path / "gw.log"):
-        code, text = send(port, "sender@outside.test", [ALICE], to_ec)
+    with serving_gateway(ec_pki.config(sink.port, quarantine=str(tmp_path / "q")),
+                         tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, "sender@outside.test", [ALICE], to_ec)
         assert code == 250, text
-        code, text = send(port, "sender@outside.test", [ALICE],
+        code, text = send(gw.port, "sender@outside.test", [ALICE],
                           encrypted_for(pki, pki.retired, "figures for the retired key"))
         assert code == 250, text
     first, second = sink.handler.wait(2)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
-from gw_support import KEYPOST, Pki, Sink, free_port, plain_message, send, wait_port
+from gw_support import Pki, Sink, plain_message, send
+from proc_util import start_gateway_serve, stop
 
 MARKER = "body-marker-7f3a9c"
 RCPT = "marker.rcpt.5e1d@example.com"
@@ -15,20 +15,15 @@ RCPT = "marker.rcpt.5e1d@example.com"
 def test_debug_log_level_logs_no_bodies_and_no_smtp_commands(
     pki: Pki, sink: Sink, tmp_path: Path
 ) -> None:
-    port = free_port()
-    cfg = pki.config(sink.port, listen=port, extra='log_level = "debug"',
+    cfg = pki.config(sink.port, extra='log_level = "debug"',
                      quarantine=str(tmp_path / "q"))
-    log = tmp_path / "gateway.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([*KEYPOST, "gateway", "serve", "--config", str(cfg)],
-                                stdout=out, stderr=subprocess.STDOUT)
+    log = tmp_path / "gateway.log"  # its stderr; stdout has the listening and ready lines
+    proc, port = start_gateway_serve(cfg, log)
     try:
-        wait_port(port, timeout=30)
         msg = plain_message(sender="s@outside.test", to=RCPT, body=MARKER)
         assert send(port, "s@outside.test", [RCPT], msg)[0] == 250
     finally:
-        proc.terminate()
-        proc.wait(timeout=60)
+        stop(proc, timeout=60)
     text = log.read_text(errors="replace")
     [line] = [x for x in text.splitlines() if "from=<s@outside.test>" in x]
     assert "rcpts=1" in line and "-> 250" in line  # the gateway's own line stays

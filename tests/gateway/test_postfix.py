@@ -16,7 +16,8 @@ import requests
 from cryptography import x509
 from gw_directory import DirectoryWorld
 from gw_postfix import Postfix, available
-from gw_support import KEYPOST, Pki, Sink, free_port, wait_port
+from gw_support import Pki, Sink, free_port, wait_port
+from proc_util import start_gateway_serve, stop
 
 from keypost.core import smime
 
@@ -32,30 +33,24 @@ PLAIN = (
 
 
 class GatewayProcess:
-    """`keypost gateway serve` as a child process (so it can be stopped and restarted)."""
+    """`keypost gateway serve` as a child process (so it can be stopped and restarted). It
+    first listens on a port the kernel picks; a restart takes that port again (Postfix's
+    content_filter names it: there a fixed port is the point)."""
 
-    def __init__(self, config: Path, port: int) -> None:
-        self.config, self.port = config, port
-        self.proc: subprocess.Popen[bytes] | None = None
+    def __init__(self, config: Path) -> None:
+        self.config, self.port = config, 0
+        self.proc: subprocess.Popen[str] | None = None
 
     def start(self) -> None:
-        log = self.config.with_suffix(".log")
-        with log.open("ab") as out:  # a file, not a pipe nobody reads (it would fill up)
-            self.proc = subprocess.Popen(
-                [*KEYPOST, "gateway", "serve", "--config", str(self.config)],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        try:
-            wait_port(self.port, timeout=20)
-        except TimeoutError:
-            self.proc.kill()
-            self.proc.wait()
-            raise AssertionError(f"gateway did not start: {log.read_text()}") from None
+        if self.port:
+            text = self.config.read_text()
+            self.config.write_text(text.replace('listen = "127.0.0.1:0"',
+                                                f'listen = "127.0.0.1:{self.port}"'))
+        self.proc, self.port = start_gateway_serve(self.config, self.config.with_suffix(".log"))
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=30)
+            stop(self.proc, timeout=30)
             self.proc = None
 
 
@@ -66,25 +61,28 @@ Mta = tuple[Postfix, GatewayProcess, Sink]
 def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
                 reinject_options: tuple[str, ...] = (), main_extra: str = "",
                 gateway_extra: str = "", directory: str = "") -> Iterator[Mta]:
-    gw_port, reinject = free_port(), free_port()
-    cfg = pki.config(next_hop=reinject, listen=gw_port, directory=directory,
+    reinject = free_port()  # Postfix's ports: it cannot say which one it got for port 0
+    cfg = pki.config(next_hop=reinject, directory=directory,
                      extra=f'protocol = "{protocol}"\n{gateway_extra}')
-    gateway = GatewayProcess(cfg, gw_port)
+    gateway = GatewayProcess(cfg)
+    gateway.start()  # first: Postfix's content_filter names the port it got
     # Postfix opens its data directory as the postfix user, who cannot enter pytest's
     # private (0700) tmp_path: use a traversable temporary directory of its own.
     root = Path(tempfile.mkdtemp(prefix="keypost-postfix-"))
     root.chmod(0o755)
-    # the README's set-up: a dedicated smtp client (`keypost` in master.cf) or lmtp
-    transport = "keypost" if protocol == "smtp" else protocol
-    postfix = Postfix(root, free_port(), reinject, gw_port, sink.port, transport=transport,
-                      reinject_options=reinject_options, main_extra=main_extra)
-    gateway.start()
-    postfix.start()
     try:
-        wait_port(postfix.port)
-        yield postfix, gateway, sink
+        # the README's set-up: a dedicated smtp client (`keypost` in master.cf) or lmtp
+        transport = "keypost" if protocol == "smtp" else protocol
+        postfix = Postfix(root, free_port(), reinject, gateway.port, sink.port,
+                          transport=transport, reinject_options=reinject_options,
+                          main_extra=main_extra)
+        postfix.start()
+        try:
+            wait_port(postfix.port)
+            yield postfix, gateway, sink
+        finally:
+            postfix.stop()
     finally:
-        postfix.stop()
         gateway.stop()
         shutil.rmtree(root, ignore_errors=True)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from gw_support import KEYPOST, Pki, Sink, free_port
+from proc_util import start_gateway_serve, stop
 
 from keypost.gateway.quarantine import Maildir, Onward, held_messages
 
@@ -62,17 +63,9 @@ def test_check_config_and_serve_warn_about_a_loose_quarantine(tmp_path: Path, pk
                              capture_output=True, text=True, timeout=60)
     assert checked.returncode == 0, checked.stderr
     assert f"warning: {warning}; chmod 700 it" in checked.stdout
-    proc = subprocess.Popen([*KEYPOST, "gateway", "serve", "--config", str(cfg)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.strip() == "ready":
-                break
-    finally:
-        proc.terminate()
-        _out, err = proc.communicate(timeout=60)
-    assert warning in err
+    proc, _ = start_gateway_serve(cfg, tmp_path / "gateway.log")
+    stop(proc, timeout=60)
+    assert warning in (tmp_path / "gateway.log").read_text()
     assert _mode(qdir) == 0o755
 
 

@@ -22,7 +22,6 @@ from gw_support import (
     Pki,
     Rolling,
     Sink,
-    free_port,
     plain_message,
     pub_pem,
     send,
@@ -65,11 +64,10 @@ def test_a_previous_signing_container_still_signs_after_a_restart(
     (tmp_path / "directory").mkdir()
     world = start_directory(tmp_path / "directory", pki)  # its own: it is rekeyed below
     try:
-        port = free_port()
-        cfg = pki.config(sink.port, listen=port, directory=world.gateway_directory_lines(),
+        cfg = pki.config(sink.port, directory=world.gateway_directory_lines(),
                          folder=tmp_path)
-        with serving_gateway(cfg, tmp_path / "first.log"):
-            code, text = send(port, ALICE, [CAROL], _dated(dt.datetime.now(dt.UTC), "first"))
+        with serving_gateway(cfg, tmp_path / "first.log") as gw:
+            code, text = send(gw.port, ALICE, [CAROL], _dated(dt.datetime.now(dt.UTC), "first"))
         assert code == 250, text
         first = _signed_by(sink.handler.messages[0].data, world.ca_pem)
         # The directory hands out a new container (in production at half-life; here the
@@ -82,10 +80,10 @@ def test_a_previous_signing_container_still_signs_after_a_restart(
                 seconds=1):
             time.sleep(0.1)
         queued = first.not_valid_before_utc  # a Date only the first container covers
-        with serving_gateway(cfg, tmp_path / "second.log"):
-            code, text = send(port, ALICE, [CAROL], _dated(queued, "queued"))
+        with serving_gateway(cfg, tmp_path / "second.log") as gw:
+            code, text = send(gw.port, ALICE, [CAROL], _dated(queued, "queued"))
             assert code == 250, text
-            code, text = send(port, ALICE, [CAROL], _dated(dt.datetime.now(dt.UTC), "new"))
+            code, text = send(gw.port, ALICE, [CAROL], _dated(dt.datetime.now(dt.UTC), "new"))
             assert code == 250, text
         old, new = (m.data for m in sink.handler.messages[1:])
         newest = _signed_by(new, world.ca_pem)
@@ -110,16 +108,15 @@ def test_a_previous_signing_container_still_signs_after_a_restart(
 def test_a_corrupt_state_file_is_logged_and_the_gateway_starts_without_it(
     pki: Pki, sink: Sink, world: DirectoryWorld, tmp_path: Path
 ) -> None:
-    port = free_port()
-    cfg = pki.config(sink.port, listen=port, directory=world.gateway_directory_lines(),
+    cfg = pki.config(sink.port, directory=world.gateway_directory_lines(),
                      folder=tmp_path)
     folder = tmp_path / "state" / "signing-containers"
     folder.mkdir(parents=True)
     corrupt = folder / (KeptContainers(folder).name(parse_address(ALICE)))
     corrupt.write_bytes(b"-----BEGIN CERTIFICATE-----\nnot base64 at all\n")
     log = tmp_path / "gateway.log"
-    with serving_gateway(cfg, log):
-        code, text = send(port, ALICE, [CAROL], _dated(dt.datetime.now(dt.UTC), "after"))
+    with serving_gateway(cfg, log) as gw:
+        code, text = send(gw.port, ALICE, [CAROL], _dated(dt.datetime.now(dt.UTC), "after"))
     assert code == 250, text
     _signed_by(sink.handler.messages[0].data, world.ca_pem)
     lines = [line for line in log.read_text().splitlines() if corrupt.name in line]
