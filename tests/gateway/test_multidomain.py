@@ -33,7 +33,6 @@ from pki_util import key_pem, rsa_key
 from test_recipient_binding import delivered_to, encrypted
 
 from keypost.core.containers import describe
-from keypost.gateway.config import load_config
 
 BOTH, BOTH_PW = "gw-both", "both-pw-1"
 CAROL = "carol@elsewhere.net"  # outside: a genuine certificate only
@@ -90,8 +89,8 @@ def config(pki: Pki, two: TwoDomains, sink: Sink, account: str = BOTH, policy: s
 def serving(pki: Pki, two: TwoDomains, sink: Sink, tmp_path: Path) -> Iterator[int]:
     """`keypost gateway serve` of both domains with the account of both: its port."""
     cfg = config(pki, two, sink)
-    with serving_gateway(cfg, tmp_path / "gateway.log"):
-        yield load_config(cfg).listen.port
+    with serving_gateway(cfg, tmp_path / "gateway.log") as gw:
+        yield gw.port
 
 
 def spki_pem(cert: x509.Certificate) -> bytes:
@@ -124,9 +123,9 @@ def test_an_account_of_one_domain_gets_no_signature_for_the_other(
         pki: Pki, two: TwoDomains, sink: Sink, tmp_path: Path) -> None:
     """The limit this lifts: the same gateway asking as the account of example.com alone."""
     cfg = config(pki, two, sink, account="gw-example")
-    with serving_gateway(cfg, tmp_path / "gateway.log"):
+    with serving_gateway(cfg, tmp_path / "gateway.log") as gw:
         msg = plain_message(sender=HANS, to=CAROL, subject="[sign] Offer", body="unsigned")
-        code, text = send(load_config(cfg).listen.port, HANS, [CAROL], msg)
+        code, text = send(gw.port, HANS, [CAROL], msg)
     assert code != 250, text
     assert all(b"multipart/signed" not in m.data for m in sink.handler.messages)
 
@@ -150,8 +149,8 @@ def test_enforce_binds_the_second_domains_mail_to_its_mailbox(
     for_dave = encrypted(tmp_path, [container(two, DAVE)], "for dave only")
     url = f"http://127.0.0.1:{two.world.http_port}"
     cfg = config(pki, two, sink, account, '[policy]\nrecipient_binding = "enforce"\n', url)
-    with serving_gateway(cfg, tmp_path / "gateway.log"):
-        port = load_config(cfg).listen.port
+    with serving_gateway(cfg, tmp_path / "gateway.log") as gw:
+        port = gw.port
         mallory = send(port, SENDER, [MALLORY], for_dave)
         dave = send(port, SENDER, [DAVE], for_dave)
     if account == BOTH:
