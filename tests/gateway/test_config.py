@@ -21,7 +21,7 @@ from keypost.gateway.config import (
 )
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.keys import check_private_file, load_private_key, read_secret
-from keypost.gateway.serve import build
+from keypost.gateway.serve import build, check_bound_ports
 
 SAMPLE = Path(__file__).resolve().parents[2] / "gateway" / "gateway.toml"
 
@@ -369,3 +369,12 @@ def test_start_reads_the_password_and_the_genuine_roots_once(tmp_path: Path, pki
     assert seen.count(str(password)) == 1, seen
     assert seen.count(str(roots)) == 1, seen
     assert seen.count(str(pki.path("ca.pem"))) == 1, seen
+
+
+def test_a_port_the_kernel_picked_must_not_be_the_next_hop(tmp_path: Path) -> None:
+    """`listen = "...:0"` passes the load-time loop check; the port the kernel then hands
+    out is checked again: the next hop's (free, in the ephemeral range) would be a loop."""
+    cfg = parse_config({"listen": "127.0.0.1:0", "next_hop": "127.0.0.1:40123"}, tmp_path)
+    check_bound_ports(cfg, [40124])  # any other port is fine
+    with pytest.raises(ConfigError, match=r"next_hop: 127.0.0.1:40123 is where the gateway"):
+        check_bound_ports(cfg, [40123])

@@ -15,7 +15,7 @@ from aiosmtpd.smtp import SMTP
 
 from keypost.gateway.binding import make_bindings
 from keypost.gateway.clients import Network, admits
-from keypost.gateway.config import GatewayConfig, RecipientBinding
+from keypost.gateway.config import GatewayConfig, HostPort, RecipientBinding, check_addresses
 from keypost.gateway.directory import (
     DirectoryClient,
     load_directory_files,
@@ -180,6 +180,15 @@ def smtp_factory(gw: Gateway) -> SMTP:
                         **smtp_kwargs(gw.config))
 
 
+def check_bound_ports(config: GatewayConfig, ports: list[int]) -> None:
+    """`listen` on port 0: the kernel may hand out the next hop's port when nothing listens
+    there (one in the ephemeral range), and relaying to ourselves would loop every message.
+    Raises ConfigError, as the same setting written out would at load."""
+    for port in ports:
+        check_addresses(HostPort(config.listen.host, port), config.next_hop,
+                        clients_listed=True)
+
+
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT. Prints `listening smtp://HOST:PORT` lines, then `ready`
     (what `keypost start` waits for)."""
@@ -198,6 +207,11 @@ async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     server = await loop.create_server(
         lambda: smtp_factory(gw), host=gw.config.listen.host, port=gw.config.listen.port
     )
+    try:
+        check_bound_ports(gw.config, [sock.getsockname()[1] for sock in server.sockets])
+    except ConfigError:
+        server.close()
+        raise
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
