@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
+import threading
 import urllib.parse
 from pathlib import Path
 
@@ -31,17 +31,23 @@ def _serving(argv: list[str], log: Path, what: str,
         proc = subprocess.Popen([sys.executable, "-m", "keypost.core.cli", *argv],
                                 stdout=subprocess.PIPE, stderr=err, text=True)
     urls: dict[str, str] = {}
-    deadline = time.monotonic() + timeout
     assert proc.stdout is not None
-    for line in proc.stdout:
-        if line.startswith("listening "):
-            url = line.split()[1]
-            urls[url.split("://")[0]] = url
-        if line.strip() == "ready" or time.monotonic() > deadline:
-            break
-    else:
-        stop(proc)
-        raise AssertionError(f"{what} exited: " + log.read_text(errors="replace"))
+    # a start that hangs without printing must not hang the session: killed, it ends stdout
+    timer = threading.Timer(timeout, proc.kill)
+    timer.start()
+    try:
+        for line in proc.stdout:
+            if line.startswith("listening "):
+                url = line.split()[1]
+                urls[url.split("://")[0]] = url
+            if line.strip() == "ready":
+                break
+        else:
+            stop(proc)
+            raise AssertionError(f"{what} exited or hung ({timeout} s): "
+                                 + log.read_text(errors="replace"))
+    finally:
+        timer.cancel()
     return proc, urls
 
 
@@ -78,3 +84,10 @@ def start_gateway_serve(config: Path, log: Path,
 
 def port_of(url: str) -> int:
     return int(urllib.parse.urlsplit(url).port or 0)
+
+
+def origin_of(url: str) -> str:
+    """`scheme://host:port` of a URL as printed (`ldap://127.0.0.1:N/dc=keypost` -> without
+    the base, `http://127.0.0.1:N/` -> without the slash)."""
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"

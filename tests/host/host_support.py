@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
@@ -18,9 +17,11 @@ from typing import Any
 
 import keyring
 import keyring.backend
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from pki_util import key_pem, make_ca, server_cert
+from proc_util import origin_of, start_directory_serve
 
 from keypost.core.address import parse_address
 from keypost.core.containers import (
@@ -146,35 +147,12 @@ def start_directory(
     anchor = base / "anchor.pem"
     cert_file, key_file, tls_ca = tls_files(base)
     _run("ca", "export", "--data", str(data), "--out", str(anchor))
-    proc = subprocess.Popen(
-        [KEYPOST, "directory", "serve", "--data", str(data), "--ldap", "127.0.0.1:0",
-         "--ldaps", "127.0.0.1:0", "--tls-cert", str(cert_file), "--tls-key", str(key_file),
-         "--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--log-level", "warning",
-         *serve_options],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    timer = threading.Timer(30, proc.kill)  # a hung start must not hang the test session
-    timer.start()
-    try:
-        for line in proc.stdout:
-            lines.append(line.strip())
-            if line.strip() == "ready":
-                break
-    finally:
-        timer.cancel()
-    text = "\n".join(lines)
-    ldap = re.search(r"listening (ldap://127\.0\.0\.1:\d+)", text)
-    http = re.search(r"listening (http://127\.0\.0\.1:\d+)", text)
-    ldaps = re.search(r"listening (ldaps://127\.0\.0\.1:\d+)", text)
-    https = re.search(r"listening (https://127\.0\.0\.1:\d+)", text)
-    fp = re.search(r"trust anchor SHA-256 (\S+)", text)
-    if not (ldap and http and fp and ldaps and https):
-        proc.kill()
-        raise RuntimeError(f"directory did not start: {text}")
-    directory = Directory(ldap.group(1), http.group(1), anchor.read_text(), fp.group(1), data,
-                          ldaps.group(1), tls_ca, https.group(1))
+    proc, urls = start_directory_serve(
+        data, base / "directory.log", "--tls-cert", str(cert_file), "--tls-key", str(key_file),
+        "--log-level", "warning", *serve_options)
+    fp = sha256_fingerprint(x509.load_pem_x509_certificate(anchor.read_bytes()))
+    ldap, http, ldaps, https = (origin_of(urls[s]) for s in ("ldap", "http", "ldaps", "https"))
+    directory = Directory(ldap, http, anchor.read_text(), fp, data, ldaps, tls_ca, https)
     return directory, proc
 
 
