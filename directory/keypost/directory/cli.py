@@ -95,8 +95,13 @@ def cmd_domain_list(args: argparse.Namespace, store: SqliteStore) -> int:
 @_with_store
 def cmd_domain_remove(args: argparse.Namespace, store: SqliteStore) -> int:
     domain = admin.domain_name(args.domain)
+    # the gateway accounts that keep other domains are named: an operator removing a
+    # domain should see whose scope shrank, not only how many accounts went
+    shrunk = [a.name for a in store.accounts() if domain in a.domains and len(a.domains) > 1]
     n = store.remove_domain(domain)
     print(f"removed {domain} ({n} account(s) of it removed too)")
+    if shrunk:
+        print(f"account(s) {', '.join(shrunk)} keep their other domain(s)")
     return 0
 
 
