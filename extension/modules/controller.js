@@ -216,6 +216,8 @@ export async function encryptParams(tab, details, identity) {
     bcc: toList(details.bcc),
     reply_to: toList(details.replyTo), // all of them: an older host keeps the first
     subject: details.subject ?? "",
+    // plainTextBody as it is: the host writes Thunderbird's format=flowed text from it and
+    // reads body_html null as "written as plain text" (PROTOCOL.md, "The plain text body").
     body_plain: plainOnly ? (details.plainTextBody ?? details.body ?? "") : (details.plainTextBody ?? null),
     body_html: plainOnly ? null : (details.body ?? null),
     delivery_format: deliveryFormatOf(details),

@@ -31,6 +31,7 @@ from keypost.core.errors import AddressError
 from keypost.core.mime import b64_lines
 from keypost.host.address_list import split_address_list
 from keypost.host.errors import BadRequest
+from keypost.host.flowed import drop_self_link_addresses, flow_plain
 from keypost.host.inline_images import InlineImage, extract_inline_images, media_type_or_default
 
 # The compat32 classes (email.mime) rather than EmailMessage: the header objects of the
@@ -194,6 +195,16 @@ def _bodies(params: dict[str, Any]) -> tuple[str | None, str | None]:
     return plain, html
 
 
+def _flowed(plain: str, written_html: str | None) -> str:
+    """The plain text as Thunderbird sends it (format=flowed, see `flowed`): the add-on's
+    body_plain is the compose API's plainTextBody, the editor's text for a message written
+    as plain text (body_html null) and Thunderbird's flowed rendering of the HTML else."""
+    plain = _LINE_END.sub("\n", plain)
+    if written_html is None:
+        return flow_plain(plain)
+    return drop_self_link_addresses(plain, written_html)
+
+
 def parse_compose(params: dict[str, Any]) -> Compose:
     """Check the `encrypt` params (PROTOCOL.md). Raises BadRequest naming the parameter."""
     sender_text = _opt_str(params, "from")
@@ -204,7 +215,10 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     to, cc, bcc = (_recipients(params.get(p), p) for p in ("to", "cc", "bcc"))
     if not (to or cc or bcc):
         raise BadRequest("at least one recipient (to, cc or bcc) is required", {"param": "to"})
+    written_as_html = params.get("body_html") is not None
     plain, html = _bodies(params)
+    if plain is not None:
+        plain = _flowed(plain, params["body_html"] if written_as_html else None)
     attachments = []
     raw_atts = params.get("attachments") or []
     if not isinstance(raw_atts, list):
@@ -281,11 +295,17 @@ def _seven_bit(text: str) -> bool:
 
 
 def _text(text: str, subtype: str) -> Message:
-    """7bit when it is short-lined ASCII, else UTF-8 quoted-printable."""
+    """7bit when it is short-lined ASCII, else UTF-8 quoted-printable. Plain text is
+    format=flowed (RFC 3676, delsp=no), as Thunderbird writes it (`_flowed` made it so).
+    Quoted-printable keeps a flowed line's trailing space (as =20) and the message is
+    encrypted, so no relay sees the encoding (RFC 3676 4.2's reason to avoid it)."""
     if _seven_bit(text):
-        return MIMEText(text, subtype, "us-ascii")
-    part = MIMENonMultipart("text", subtype)
-    part.set_payload(text, _QP_UTF8)
+        part: Message = MIMEText(text, subtype, "us-ascii")
+    else:
+        part = MIMENonMultipart("text", subtype)
+        part.set_payload(text, _QP_UTF8)
+    if subtype == "plain":
+        part.set_param("format", "flowed", requote=False)
     return part
 
 
