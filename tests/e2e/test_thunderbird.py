@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -705,26 +705,84 @@ def _compose_auto(session: Session, subject: str, body: str) -> str:
     return handle
 
 
+def own_then_keypost(
+    session: Session, smtp: SmtpCapture, directory: Directory, compose: Callable[[str], str]
+) -> tuple[email.message.Message, email.message.Message]:
+    """The same compose window content sent twice: by Thunderbird itself (Encrypt off), then
+    by keypost. `compose(who)` opens the window; returns Thunderbird's message and the
+    clear content of keypost's."""
+    m = session.marionette
+    handle = compose("Thunderbird")
+    before = len(smtp.snapshot())
+    click_send(session)
+    own = tb.wait_for(lambda: smtp.snapshot()[before:], 120, "Thunderbird's own message")[0]
+    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+    handle = compose("keypost")
+    captured = encrypt_send_capture(session, smtp)
+    clear = _decrypt(captured.data, directory.gateway_keys["example.org"])
+    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+    return email.message_from_bytes(own.data), email.message_from_bytes(clear)
+
+
 @pytest.mark.parametrize("case", sorted(AUTO_FORMAT_BODIES))
 def test_automatic_send_format_is_thunderbirds_own(
     thunderbird: Session, smtp: SmtpCapture, directory: Directory, case: str
 ) -> None:
     """With "Automatic", the encrypted message holds the bodies Thunderbird's own send would
     have written: first Thunderbird sends the body itself (Encrypt off), then keypost does."""
-    m = thunderbird.marionette
     body, types = AUTO_FORMAT_BODIES[case]
-    handle = _compose_auto(thunderbird, f"auto format {case}, Thunderbird", body)
-    before = len(smtp.snapshot())
-    click_send(thunderbird)
-    own = tb.wait_for(lambda: smtp.snapshot()[before:], 120, "Thunderbird's own message")[0]
-    assert _types(email.message_from_bytes(own.data)) == types
-    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
-
-    handle = _compose_auto(thunderbird, f"auto format {case}, keypost", body)
-    captured = encrypt_send_capture(thunderbird, smtp)
-    inner = email.message_from_bytes(_decrypt(captured.data, directory.gateway_keys["example.org"]))
+    own, inner = own_then_keypost(thunderbird, smtp, directory, lambda who: _compose_auto(
+        thunderbird, f"auto format {case}, {who}", body))
+    assert _types(own) == types
     assert _types(inner) == types
-    tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
+
+
+def _plain_text(message: email.message.Message) -> tuple[str | None, str]:
+    """The text/plain part's format parameter and its text after transfer decoding, without
+    the line ends at the very end (the compose API's plainTextBody has none)."""
+    (part,) = [p for p in message.walk() if p.get_content_type() == "text/plain"]
+    payload = part.get_payload(decode=True)
+    assert isinstance(payload, bytes)
+    return part.get_param("format"), payload.decode("utf-8").rstrip("\r\n")
+
+
+# A message written as plain text (long lines, a line to space-stuff, a signature) and an HTML
+# one sent as both (a link whose text is its address inside a paragraph to wrap, a quote).
+PLAIN_TEXT_BODIES = {
+    "plain text": (
+        False,
+        "From the minutes: " + " ".join(["figures"] * 20) + "\n -- indented\n-- \nAlice",
+    ),
+    "html": (
+        True,
+        "<p>" + " ".join(["figures"] * 9) + ' <a href="https://e.example/minutes">'
+        "https://e.example/minutes</a> " + " ".join(["words"] * 12) + "</p>"
+        '<blockquote type="cite">' + " ".join(["quoted"] * 15) + "</blockquote>",
+    ),
+}
+
+
+def _compose_plain_text_case(session: Session, case: str, who: str) -> str:
+    html, body = PLAIN_TEXT_BODIES[case]
+    subject = f"plain text part {case}, {who}"
+    handle = open_compose(session, SERVED, subject, body, html=html)
+    if html:
+        set_compose_details(session.marionette, subject, {"deliveryFormat": "both"})
+        session.marionette.switch_to_window(handle)
+    return handle
+
+
+@pytest.mark.parametrize("case", sorted(PLAIN_TEXT_BODIES))
+def test_plain_text_part_is_thunderbirds_own(
+    thunderbird: Session, smtp: SmtpCapture, directory: Directory, case: str
+) -> None:
+    """The encrypted message's text/plain part is the one Thunderbird's own send writes for
+    the same compose window: format=flowed, wrapped and stuffed alike, a self-link's address
+    once (tests/data/thunderbird_plaintext.json has many more bodies, checked offline)."""
+    own, inner = own_then_keypost(thunderbird, smtp, directory, lambda who: (
+        _compose_plain_text_case(thunderbird, case, who)))
+    assert _plain_text(own)[0] == "flowed"
+    assert _plain_text(inner) == _plain_text(own)
 
 
 CONVERTIBILITY = """
