@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import email
 import email.utils
 import functools
 import re
@@ -1061,3 +1062,32 @@ def test_no_signed_attributes_is_said_without_claiming_tampering() -> None:
         "no signed attributes (messageDigest is required)",
         "no signingTime attribute",
     )
+
+
+# A format=flowed body as Thunderbird (and keypost's host) writes it: soft breaks are a
+# trailing space, hard line ends have none, "From " and a leading space are stuffed.
+FLOWED_BODY = (b"word word word word word word word word word word word word word word \r\n"
+               b"word word\r\n From the minutes\r\n  indented\r\n-- \r\nAlice\r\n")
+FLOWED = (b"From: Alice <alice@a.example>\r\nTo: bob@b.example\r\nSubject: flowed\r\n"
+          b"Date: Sat, 28 Nov 2026 14:00:00 +0000\r\nMessage-ID: <f@a.example>\r\n"
+          b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=\"us-ascii\"; format=flowed\r\n"
+          b"Content-Transfer-Encoding: 7bit\r\n\r\n" + FLOWED_BODY)
+
+
+def test_format_flowed_text_survives_encryption_and_signing_byte_for_byte() -> None:
+    """Trailing spaces carry meaning in format=flowed: enveloping keeps every byte, and
+    signing (which must protect them from relays) re-encodes them, the decoded text equal."""
+    gw = gateway("gw.b.example")
+    out = smime.encrypt_message(FLOWED, [container("bob@b.example", gw)])
+    clear = smime.Decryptor([gw.key]).decrypt_message(out).message
+    assert clear.endswith(b"format=flowed\r\nContent-Transfer-Encoding: 7bit\r\n\r\n" + FLOWED_BODY)
+
+    signer = gateway("gw.a.example")
+    signed = smime.sign_message(FLOWED.replace(b"Sat, 28 Nov 2026 14:00:00 +0000", _now_date()),
+                                signer.key, container("alice@a.example", signer, Purpose.SIGN))
+    assert b" \r\n" not in signed  # no trailing space left for a relay to strip
+    result = smime.verify_signed(signed, [directory_ca().certificate])
+    assert result.ok, result.reasons
+    part = email.message_from_bytes(result.content)
+    assert part.get_param("format") == "flowed"
+    assert part.get_payload(decode=True) == FLOWED_BODY
