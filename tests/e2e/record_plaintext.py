@@ -15,7 +15,8 @@ installed but Encrypt off:
   quoted text (the editor's insertTextWithQuotations, which is what
   `compose.setComposeDetails({plainTextBody})` calls and how a reply's quote goes in: lines
   starting with '>' become quotations); in an HTML window as the document given to the
-  compose window;
+  compose window; for "identity signature" the identity has a plain-text signature, which
+  Thunderbird puts into the new window itself, and the body goes above it;
 - `compose.getComposeDetails` is read in the add-on's background page: `body` and
   `plainTextBody` are exactly what the add-on hands the host (extension/modules/controller.js);
 - Thunderbird's own Send (send format "both" for HTML, so the plain text is the alternative
@@ -128,10 +129,14 @@ ABOUT = (
 )
 
 INSERT = """
-const [text, quoted] = arguments;
+const [text, quoted, keep] = arguments;
 const editor = GetCurrentEditor();
-editor.selectAll();
-editor.deleteSelection(editor.eNone, editor.eStrip);
+if (keep) {
+  editor.beginningOfDocument(); // typed above what is there (the identity's signature)
+} else {
+  editor.selectAll();
+  editor.deleteSelection(editor.eNone, editor.eStrip);
+}
 if (quoted) {
   editor.QueryInterface(Ci.nsIEditorMailSupport).insertTextWithQuotations(text);
 } else {
@@ -141,6 +146,17 @@ if (quoted) {
   });
 }
 return true;
+"""
+
+
+# The identity's own signature, which Thunderbird inserts below "-- " in a new message.
+SIGNED = "identity signature"
+SIGNATURE_TEXT = "Alice Example\n" + " ".join(["Signature"] * 12) + "   \nFrom the desk"
+SIGNATURE = """
+const { MailServices } = ChromeUtils.importESModule("resource:///modules/MailServices.sys.mjs");
+const identity = MailServices.accounts.getIdentity("id1");
+identity.htmlSigFormat = false;
+identity.htmlSigText = arguments[0];
 """
 
 
@@ -161,11 +177,19 @@ def _record_one(session: Session, smtp: SmtpCapture, name: str, how: str,
     m = session.marionette
     subject = f"plaintext record: {name} ({how})"
     html = how == "html"
-    handle = open_compose(session, SERVED, subject, body if html else "", html=html)
+    signed = name == SIGNED
+    if signed:
+        m.switch_to_window(m.chrome_window_handles[0])
+        m.execute_script(SIGNATURE, script_args=[SIGNATURE_TEXT])
+    try:
+        handle = open_compose(session, SERVED, subject, body if html else "", html=html)
+    finally:
+        if signed:
+            m.execute_script(SIGNATURE, script_args=[""])
     if how in ("typed", "quoted"):
         # Straight in the compose window: not through a frame script's data: URL, which
         # would read non-ASCII text as Latin-1.
-        m.execute_script(INSERT, script_args=[body, how == "quoted"])
+        m.execute_script(INSERT, script_args=[body, how == "quoted", signed])
         details = set_compose_details(m, subject, {})
     else:
         details = set_compose_details(m, subject, {"deliveryFormat": "both"})
@@ -208,6 +232,8 @@ def test_record(tmp_path_factory: pytest.TempPathFactory, base_env: dict[str, st
             versions[version] = m.session_capabilities["browserVersion"]
             cases = [(n, h, b) for n, b in PLAIN for h in ("typed", "quoted")]
             cases += [(n, "html", b) for n, b in HTML]
+            cases += [(SIGNED, "typed", "Hello,\n" + LONG)]
+            cases += [(SIGNED, "html", f"<p>Hello,</p><p>{LONG}</p>")]
             by_version[version] = [_record_one(session, smtp, *case) for case in cases]
     DATA.write_text(json.dumps({
         "about": ABOUT,
