@@ -83,6 +83,24 @@ def profile_prefs(smtp_port: int, marionette_port: int, email: str, name: str) -
     }
 
 
+def isolated_env(home: Path) -> dict[str, str]:
+    """The environment for Thunderbird, the host and keypost's CLI: a HOME of its own
+    (keypost's config, cache and a file keyring below it), no XDG_/KEYPOST_/MOZ_ settings
+    of the caller's."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KEYPOST_", "MOZ_"))}
+    env.update(
+        {
+            "HOME": str(home),
+            "KEYPOST_CONFIG_DIR": str(home / ".config/keypost"),
+            "KEYPOST_CACHE_DIR": str(home / ".cache/keypost"),
+            "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
+            "MOZ_CRASHREPORTER_DISABLE": "1",
+            "TZ": "UTC",
+        }
+    )
+    return env
+
+
 def write_profile(profile: Path, prefs: Mapping[str, Any]) -> None:
     profile.mkdir(parents=True, exist_ok=True)
     lines = [pref_line(k, v) for k, v in prefs.items()]

@@ -129,19 +129,7 @@ def _gateway_key(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def base_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("home")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("XDG_", "KEYPOST_", "MOZ_"))}
-    env.update(
-        {
-            "HOME": str(home),
-            "KEYPOST_CONFIG_DIR": str(home / ".config/keypost"),
-            "KEYPOST_CACHE_DIR": str(home / ".cache/keypost"),
-            "PYTHON_KEYRING_BACKEND": "keyrings.alt.file.PlaintextKeyring",
-            "MOZ_CRASHREPORTER_DISABLE": "1",
-            "TZ": "UTC",
-        }
-    )
-    return env
+    return tb.isolated_env(tmp_path_factory.mktemp("home"))
 
 
 @pytest.fixture(scope="module")
