@@ -16,9 +16,11 @@ we started.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import email
 import email.message
+import email.policy
 import hashlib
 import os
 import re
@@ -287,29 +289,46 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
 
 @dataclass
 class Hops:
+    """What each hop saw of one message Thunderbird sent."""
+
     from_thunderbird: bytes  # the message Thunderbird handed gateway A
-    a_to_b: bytes  # every byte gateway A sent gateway B for it (one SMTP session)
-    between: bytes  # the message in that session
-    mailbox: Received  # what the mailbox got
+    streams: list[bytes]  # every byte gateway A sent gateway B for it, one per SMTP session
+    mailbox: list[Received]  # what the mailboxes got
+
+    @property
+    def a_to_b(self) -> bytes:
+        (stream,) = self.streams
+        return stream
+
+    @property
+    def between(self) -> bytes:
+        """The one message A handed B."""
+        (message,) = smtp_data(self.a_to_b)
+        return message
+
+    @property
+    def delivered(self) -> Received:
+        (got,) = self.mailbox
+        return got
 
 
-def send_through(chain: Chain, to: str, subject: str, body: str, attach: Path) -> Hops:
-    """Compose in Thunderbird, Encrypt on, Send; wait for the mailbox."""
+def send_through(chain: Chain, to: str, subject: str, body: str, attach: Path,
+                 html: bool = False, deliveries: int = 1) -> Hops:
+    """Compose in Thunderbird, Encrypt on, Send; wait for `deliveries` messages at the
+    mailboxes (no more)."""
     m = chain.session.marionette
-    handle = tbt.open_compose(chain.session, to, subject, body, attach=attach)
+    handle = tbt.open_compose(chain.session, to, subject, body, attach=attach, html=html)
     tbt.turn_encrypt_on(chain.session, ready=True)
-    before = (len(chain.sink.handler.messages), len(chain.to_a.messages()),
-              len(chain.a_to_b.sent()))
+    box, sent, crossed = (len(chain.sink.handler.messages), len(chain.to_a.messages()),
+                          len(chain.a_to_b.sent()))
     tbt.click_send(chain.session)
-    got = chain.sink.handler.wait(before[0] + 1, timeout=120)[before[0]:]
-    assert got, "nothing reached the mailbox:\n" + chain.log_text()
-    time.sleep(1)  # a second message (there must be none) would arrive right behind it
-    assert len(chain.sink.handler.messages) == before[0] + 1, chain.sink.handler.messages
+    got = chain.sink.handler.wait(box + deliveries, timeout=120)[box:]
+    assert len(got) == deliveries, f"{len(got)} delivered:\n" + chain.log_text()
+    time.sleep(1)  # another message (there must be none) would arrive right behind it
+    assert len(chain.sink.handler.messages) == box + deliveries, chain.sink.handler.messages
     tb.wait_for(lambda: handle not in m.chrome_window_handles, 30, "the compose window to close")
-    (sent,) = chain.to_a.messages()[before[1]:]
-    (stream,) = chain.a_to_b.sent()[before[2]:]
-    (between,) = smtp_data(stream)
-    return Hops(sent, stream, between, got[0])
+    (message,) = chain.to_a.messages()[sent:]
+    return Hops(message, chain.a_to_b.sent()[crossed:], got)
 
 
 def openssl_decrypt(message: bytes, cert: Path, key: Path, tmp: Path) -> bytes:
@@ -346,10 +365,10 @@ def _text(message: email.message.Message) -> str:
     return payload.decode()
 
 
-def _blob(tmp: Path, name: str) -> tuple[Path, bytes]:
-    data = b"%PDF-1.4 figures\n" + os.urandom(40_000)
-    (tmp / name).write_bytes(data)
-    return tmp / name, data
+def _blob(tmp: Path, name: str) -> Path:
+    """An attachment of 40 KB random bytes (a file Thunderbird sends base64-encoded)."""
+    (tmp / name).write_bytes(b"%PDF-1.4 figures\n" + os.urandom(40_000))
+    return tmp / name
 
 
 def _spki_sha256(key: Path) -> str:
@@ -358,24 +377,24 @@ def _spki_sha256(key: Path) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()
 
 
-def assert_delivered_clear(chain: Chain, hops: Hops, to: str, subject: str, body: str,
-                           attachment: bytes, name: str) -> email.message.Message:
+def assert_delivered_clear(chain: Chain, got: Received, a_to_b: bytes, to: str, subject: str,
+                           body: str, attach: Path) -> email.message.EmailMessage:
     """B opened it: the mailbox has the clear message, B's key named, attachment whole
-    (and none of it went clear from A to B)."""
-    got = hops.mailbox
+    (and none of it went clear from A to B: `a_to_b`)."""
     assert got.mail_from == SENDER and got.rcpt_tos == [to]
-    delivered = email.message_from_bytes(got.data)
+    delivered = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert isinstance(delivered, email.message.EmailMessage)
     assert delivered.get_content_type() != "application/pkcs7-mime"
     assert delivered["Subject"] == subject
     (decrypted,) = delivered.get_all("X-Keypost-Decrypted") or []
     fingerprint = _spki_sha256(chain.keys["b"])
     assert decrypted.startswith(f"key=current fingerprint={fingerprint}, alg="), decrypted
     assert body in _text(delivered)
-    assert _attachment(delivered, name) == attachment
+    assert _attachment(delivered, attach.name) == attach.read_bytes()
     # The attachment as Thunderbird encoded it never crossed from A to B in clear either.
-    (part,) = [p for p in delivered.walk() if p.get_filename() == name]
+    (part,) = [p for p in delivered.walk() if p.get_filename() == attach.name]
     encoded = str(part.get_payload()).split()[1].encode()
-    assert len(encoded) > 60 and encoded not in hops.a_to_b
+    assert len(encoded) > 60 and encoded not in a_to_b
     return delivered
 
 
@@ -391,7 +410,7 @@ def test_to_a_recipient_with_a_genuine_certificate(chain: Chain, tmp_path: Path)
     The envelope that reached example.org is also bob's own: his key opens it (openssl)."""
     subject = "Figures for Bob, whole path"
     body = "Hello Bob, the figures are attached. Whole-path marker 7d1f."
-    attach, blob = _blob(tmp_path, "figures.pdf")
+    attach = _blob(tmp_path, "figures.pdf")
     hops = send_through(chain, f"Bob <{BOB}>", subject, body, attach)
 
     sent = _enveloped(hops.from_thunderbird)
@@ -409,30 +428,41 @@ def test_to_a_recipient_with_a_genuine_certificate(chain: Chain, tmp_path: Path)
     # What reached example.org is bob's own envelope too.
     own = email.message_from_bytes(
         openssl_decrypt(hops.between, chain.bob_cert, chain.keys["bob"], tmp_path))
-    assert body in _text(own) and _attachment(own, attach.name) == blob
+    assert body in _text(own) and _attachment(own, attach.name) == attach.read_bytes()
 
-    assert_delivered_clear(chain, hops, BOB, subject, body, blob, attach.name)
+    assert_delivered_clear(
+        chain, hops.delivered, hops.a_to_b, BOB, subject, body, attach)
 
 
 def test_to_a_recipient_without_a_genuine_certificate(chain: Chain, tmp_path: Path) -> None:
     """dave has no certificate of his own: Thunderbird encrypts for the two gateways'
-    containers only, A forwards that unchanged, B decrypts for dave's mailbox."""
-    subject = "Figures for Dave, whole path"
-    body = "Hello Dave, the figures are attached. Proxy-path marker 93ac."
-    attach, blob = _blob(tmp_path, "dave.pdf")
-    hops = send_through(chain, DAVE, subject, body, attach)
+    containers only, A forwards that unchanged, B decrypts for dave's mailbox. An HTML
+    message this time, with non-ASCII text and an image in the text (multipart/related):
+    both gateways read the MIME Thunderbird wrote, and it arrives whole."""
+    subject = "Grüße an Dave, whole path"
+    text = "Grüße, Dave: die Zahlen hängen an. Proxy-path marker 93ac."
+    image = tbt._png(48)
+    image_url = "data:image/png;base64," + base64.b64encode(image).decode()
+    html = f'<p>{text}</p><p><img src="{image_url}" alt="chart"></p>'
+    attach = _blob(tmp_path, "dave.pdf")
+    hops = send_through(chain, DAVE, subject, html, attach, html=True)
 
     _enveloped(hops.from_thunderbird)
     assert len(smime.recipient_ids(hops.from_thunderbird)) == 2
     for gateway in ("a", "b"):
-        assert body in _text(email.message_from_bytes(
+        assert text in _text(email.message_from_bytes(
             tbt._decrypt(hops.from_thunderbird, chain.keys[gateway]))), gateway
 
     _enveloped(hops.between)
     assert body_of(hops.between) == body_of(hops.from_thunderbird)
-    assert body.encode() not in hops.a_to_b and b"Proxy-path marker" not in hops.a_to_b
+    assert text.encode() not in hops.a_to_b and b"Proxy-path marker" not in hops.a_to_b
 
-    assert_delivered_clear(chain, hops, DAVE, subject, body, blob, attach.name)
+    delivered = assert_delivered_clear(
+        chain, hops.delivered, hops.a_to_b, DAVE, subject, text, attach)
+    related = next(p for p in delivered.walk() if p.get_content_type() == "multipart/related")
+    assert [p.get_content_type() for p in related.iter_parts()] == ["text/html", "image/png"]
+    page, picture = related.iter_parts()
+    assert text in page.get_content() and picture.get_content() == image
 
 
 def test_signing_request_on_the_whole_path(chain: Chain, tmp_path: Path) -> None:
@@ -443,7 +473,7 @@ def test_signing_request_on_the_whole_path(chain: Chain, tmp_path: Path) -> None
     against the directory CA, and a Subject without the tag."""
     subject = "Offer for Bob"
     body = "Hello Bob, this offer is signed by our gateway. Signed marker 51e0."
-    attach, blob = _blob(tmp_path, "offer.pdf")
+    attach = _blob(tmp_path, "offer.pdf")
     hops = send_through(chain, BOB, f"[sign] {subject}", body, attach)
 
     assert _enveloped(hops.from_thunderbird)["Subject"] == f"[sign] {subject}"
@@ -458,13 +488,50 @@ def test_signing_request_on_the_whole_path(chain: Chain, tmp_path: Path) -> None
     assert b"multipart/signed" in for_bob
     assert b"[sign]" not in for_bob
 
-    delivered = assert_delivered_clear(chain, hops, BOB, subject, body, blob, attach.name)
+    delivered = assert_delivered_clear(
+        chain, hops.delivered, hops.a_to_b, BOB, subject, body, attach)
+    assert_signed_by_alice(chain, delivered, hops.delivered.data, body, tmp_path)
+
+
+def assert_signed_by_alice(chain: Chain, delivered: email.message.EmailMessage, data: bytes,
+                           body: str, tmp: Path) -> None:
+    """`openssl cms -verify` against the directory CA; the signer is alice."""
     assert delivered.get_content_type() == "multipart/signed"
-    signer = tmp_path / "signer.pem"
-    done = openssl_verify(hops.mailbox.data, chain.ca_pem, tmp_path, "-signer", str(signer))
+    signer = tmp / "signer.pem"
+    done = openssl_verify(data, chain.ca_pem, tmp, "-signer", str(signer))
     assert done.returncode == 0, done.stderr.decode(errors="replace")
     assert body.encode() in done.stdout.replace(b"\r\n", b"\n")
     names = subprocess.run(["openssl", "x509", "-in", str(signer), "-noout", "-ext",
                             "subjectAltName"], capture_output=True, text=True, check=True)
     assert f"email:{SENDER}" in names.stdout, names.stdout
 
+
+_RCPT = re.compile(rb"^RCPT TO:<([^>]*)>", re.M | re.I)
+
+
+def test_one_signed_message_to_two_mailboxes(chain: Chain, tmp_path: Path) -> None:
+    """[sign] to bob and dave at once: A signs once and encrypts for each recipient what the
+    directory gives it for that one (bob: B's container and his certificate; dave: B's
+    container), so two messages cross to B, none clear; each mailbox gets its own, signed
+    by alice."""
+    subject = "Minutes for both"
+    body = "Hello Bob and Dave, the signed minutes. Two-mailbox marker c2b8."
+    attach = _blob(tmp_path, "minutes.pdf")
+    hops = send_through(chain, f"{BOB}, {DAVE}", f"[sign] {subject}", body, attach,
+                        deliveries=2)
+    assert sorted(got.rcpt_tos[0] for got in hops.mailbox) == [BOB, DAVE]
+    crossed = {}
+    for stream in hops.streams:
+        (rcpt,) = _RCPT.findall(stream)
+        (message,) = smtp_data(stream)
+        _enveloped(message)
+        assert body.encode() not in stream and b"Two-mailbox marker" not in stream
+        crossed[rcpt.decode()] = (stream, message)
+    assert sorted(crossed) == [BOB, DAVE]
+    assert len(smime.recipient_ids(crossed[BOB][1])) == 2
+    assert len(smime.recipient_ids(crossed[DAVE][1])) == 1
+    for got in hops.mailbox:
+        (rcpt,) = got.rcpt_tos
+        delivered = assert_delivered_clear(chain, got, crossed[rcpt][0], rcpt, subject, body,
+                                           attach)
+        assert_signed_by_alice(chain, delivered, got.data, body, tmp_path)
