@@ -193,7 +193,8 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.principal: object | None = None
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.blocked = False  # a bind or StartTLS is in progress: no new operations
-        self.paused = False
+        self.paused = False  # reading is paused
+        self.write_paused = False  # asyncio's write buffer is full: the client reads slowly
         self.closing = False
         self.last_activity = 0.0
         self.idle_timer: asyncio.TimerHandle | None = None
@@ -263,19 +264,25 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         for task in self.tasks.values():
             task.cancel()
 
-    def pause_writing(self) -> None:  # the client does not read: stop reading its requests
+    def pause_writing(self) -> None:
+        """The client does not read its answers: answer nothing more and read no more
+        requests until it has (_pump stops), so what it costs stays one buffer."""
+        self.write_paused = True
         self._set_paused(True)
 
     def resume_writing(self) -> None:
-        self._set_paused(False)
+        self.write_paused = False
         self._pump()
 
     # -- event handling ------------------------------------------------------------
 
     def _pump(self) -> None:
-        """Handle events until more data is needed or a limit stops us."""
-        while not self.closing and not self.blocked:
-            if len(self.tasks) >= self.limits.max_outstanding:
+        """Handle events until more data is needed or a limit stops us. Reading resumes
+        only here, once every request read is handled and the client reads its answers."""
+        while not self.closing:
+            # A bind or StartTLS in progress, answers the client has not read, or the
+            # cap on operations: requests wait in the socket, not in our memory.
+            if self.blocked or self.write_paused or len(self.tasks) >= self.limits.max_outstanding:
                 self._set_paused(True)
                 return
             event = self.conn.next_event()

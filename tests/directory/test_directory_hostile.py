@@ -1,0 +1,134 @@
+"""Hostile and broken clients against the LDAP server and the HTTP API, over real sockets:
+clients that never read their answers, dribble a request, nest filters, half-close,
+send bytes that are not UTF-8. What each must cost the server is bounded, and everyone
+else is still served.
+
+No assertion is on time: waits only bound a test that would otherwise hang."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+from test_ldap_server import ALICE, messages_of, raw_exchange
+from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
+
+from keypost.directory.ldap import filters as F
+from keypost.directory.ldap import messages as M
+from keypost.directory.ldap.server import LdapServer
+
+
+def _search(message_id: int, f: F.Filter) -> bytes:
+    request = M.SearchRequest(SUFFIX, M.Scope.SUB, M.DerefAliases.NEVER, 0, 0, False, f,
+                              ("userCertificate;binary",))
+    return M.encode_message(M.LDAPMessage(message_id, request))
+
+
+def _hundred(message_id: int) -> bytes:
+    """A search for 100 addresses: ~3 KB asking for ~70 KB of entries."""
+    return _search(message_id, F.Or(tuple(
+        F.EqualityMatch("mail", f"u{i}@example.com".encode()) for i in range(100))))
+
+
+def _reader_that_never_reads(port: int) -> socket.socket:
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", port))
+    return s
+
+
+def _send_until_stalled(s: socket.socket, data: bytes, most: int) -> int:
+    """Send `data` repeatedly, up to `most` bytes or until the peer reads no more for a
+    second; -> bytes sent."""
+    s.settimeout(1.0)
+    sent = 0
+    try:
+        while sent < most:
+            s.sendall(data)
+            sent += len(data)
+    except TimeoutError:
+        pass
+    return sent
+
+
+def _buffered_answers(server: LdapServer) -> int:
+    """Bytes of answers the server holds for its clients (asyncio's write buffers)."""
+    return sum(c.transport.get_write_buffer_size() for c in server._connections
+               if c.transport is not None)
+
+
+def _wait_for(check: Callable[[], bool], seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_ldap_client_that_never_reads_costs_bounded_memory() -> None:
+    """Pipelined searches from a client that reads none of the answers: the server stops
+    reading once asyncio's write buffer is full. It used to resume reading whenever it
+    had handled what it had read, so the answers piled up in memory (4 such clients of
+    one address, 64 MB of requests: 840 MB in `keypost directory serve`)."""
+    thread = ServerThread(MemoryBackend())
+    try:
+        pipelined = b"".join(_hundred(i) for i in range(1, 33))
+        with _reader_that_never_reads(thread.port) as s:
+            sender = threading.Thread(target=_send_until_stalled,
+                                      args=(s, pipelined, 4 << 20), daemon=True)
+            sender.start()
+            most = 0
+            while sender.is_alive() or not most:
+                most = max(most, thread.call(_async(_buffered_answers, thread.server)))
+                time.sleep(0.05)
+            sender.join()
+            most = max(most, thread.call(_async(_buffered_answers, thread.server)))
+        # the high-water mark (64 KiB) plus the answer that crossed it (~70 KB)
+        assert 0 < most < 1 << 20, most
+        # and another client is served meanwhile (the event loop was not hogged)
+        got = messages_of(raw_exchange(thread.port, _search(1, F.EqualityMatch(
+            "mail", ALICE.encode())) + M.encode_message(M.LDAPMessage(2, M.UnbindRequest()))))
+        assert [type(m.op).__name__ for m in got] == ["SearchResultEntry", "SearchResultDone"]
+    finally:
+        thread.stop()
+
+
+def _async(fn: Callable[[LdapServer], int], server: LdapServer) -> object:
+    async def run() -> int:
+        return fn(server)
+    return run()
+
+
+class _SlowBinds(MemoryBackend):
+    """Binds take a while (a queue of password checks, a slow store)."""
+
+    async def authenticate(self, name: str, password: bytes, peer: str) -> object | None:
+        await asyncio.sleep(1.0)
+        return await super().authenticate(name, password, peer)
+
+
+def _buffered_requests(server: LdapServer) -> int:
+    return sum(c.conn.buffered for c in server._connections)
+
+
+def test_ldap_requests_behind_a_bind_are_not_read_while_it_runs() -> None:
+    """Nothing runs during a bind (RFC 4511 4.2.1), and nothing more is read either: the
+    requests pipelined behind it wait in the socket, not in the server's memory."""
+    thread = ServerThread(_SlowBinds())
+    try:
+        bind = M.encode_message(M.LDAPMessage(1, M.BindRequest(3, "uid=alice," + SUFFIX,
+                                                                b"right-password")))
+        with socket.create_connection(("127.0.0.1", thread.port), timeout=10) as s:
+            s.sendall(bind)
+            sender = threading.Thread(target=_send_until_stalled,
+                                      args=(s, _hundred(2) * 32, 8 << 20), daemon=True)
+            sender.start()
+            sender.join()  # sent what the kernel takes, before the bind ends
+            held = thread.call(_async(_buffered_requests, thread.server))
+        assert held < 1 << 20, held
+    finally:
+        thread.stop()
