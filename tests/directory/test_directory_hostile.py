@@ -13,12 +13,13 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
 
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
-from keypost.directory.ldap.server import LdapServer
+from keypost.directory.ldap.server import LdapServer, Limits
 
 
 def _search(message_id: int, f: F.Filter) -> bytes:
@@ -130,5 +131,43 @@ def test_ldap_requests_behind_a_bind_are_not_read_while_it_runs() -> None:
             sender.join()  # sent what the kernel takes, before the bind ends
             held = thread.call(_async(_buffered_requests, thread.server))
         assert held < 1 << 20, held
+    finally:
+        thread.stop()
+
+
+def test_ldap_client_that_never_reads_is_dropped() -> None:
+    """Closing a connection waits for its answers to be sent, up to `close_timeout`:
+    a client that reads nothing held its connection (and its slot of the per-address
+    cap) for ever after the idle timeout had closed it."""
+    limits = Limits(idle_timeout=0.5, close_timeout=0.5, max_per_peer=1)
+    thread = ServerThread(MemoryBackend(), limits=limits)
+    try:
+        with _reader_that_never_reads(thread.port) as s:
+            _send_until_stalled(s, b"".join(_hundred(i) for i in range(1, 33)), 4 << 20)
+            assert thread.server.connection_count == 1
+            assert _wait_for(lambda: thread.server.connection_count == 0)
+        # the address has its slot back
+        got = messages_of(raw_exchange(thread.port, _search(1, F.EqualityMatch(
+            "mail", ALICE.encode())) + M.encode_message(M.LDAPMessage(2, M.UnbindRequest()))))
+        assert [type(m.op).__name__ for m in got] == ["SearchResultEntry", "SearchResultDone"]
+    finally:
+        thread.stop()
+
+
+def test_ldap_partial_request_does_not_keep_a_connection_open() -> None:
+    """The idle timeout counts from the last complete request: a client that answered
+    the first-request deadline and then sends a PDU a byte at a time is closed once it
+    runs out, as an idle one is (every byte used to restart it)."""
+    thread = ServerThread(MemoryBackend(), limits=Limits(idle_timeout=0.5))
+    try:
+        pdu = _search(2, F.Or(tuple(  # ~300 bytes: 15 s at 20 a second
+            F.EqualityMatch("mail", f"u{i}@example.com".encode()) for i in range(12))))
+        with socket.create_connection(("127.0.0.1", thread.port), timeout=10) as s:
+            s.sendall(_search(1, F.EqualityMatch("mail", ALICE.encode())))
+            assert s.recv(65536)  # answered
+            with pytest.raises(OSError):  # the server hangs up mid-PDU (broken pipe / reset)
+                for byte in pdu[:-1]:
+                    s.sendall(bytes([byte]))
+                    time.sleep(0.05)
     finally:
         thread.stop()

@@ -80,6 +80,10 @@ class Limits:
     first_request_timeout: float = 10.0
     operation_timeout: float = 30.0  # cap on one backend call
     tls_handshake_timeout: float = 10.0
+    # Closing waits this long for the last answers to be sent (a Notice of Disconnection,
+    # the answers before an unbind), then drops the connection: a client that reads
+    # nothing held it for ever.
+    close_timeout: float = 10.0
 
 
 class LdapServer:
@@ -196,8 +200,9 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.paused = False  # reading is paused
         self.write_paused = False  # asyncio's write buffer is full: the client reads slowly
         self.closing = False
-        self.last_activity = 0.0
+        self.last_activity = 0.0  # of the last complete request, or the client reading
         self.idle_timer: asyncio.TimerHandle | None = None
+        self.close_timer: asyncio.TimerHandle | None = None
         self.counted = False  # in the server's per-peer count
         self.requests = 0  # complete requests received (only whether any is read)
         self.eof = False  # the client shut down its write side
@@ -229,8 +234,8 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         log.warning("event=refused reason=%s peer=%s", reason, self.peer)
         assert self.transport is not None
         self.transport.write(notice_of_disconnection(ResultCode.BUSY, diagnostic))
-        self.transport.close()
         self.closing = True
+        self._close_transport()
 
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.read_buffer
@@ -238,7 +243,6 @@ class _LdapProtocol(asyncio.BufferedProtocol):
     def buffer_updated(self, nbytes: int) -> None:
         if self.closing:
             return
-        self.last_activity = self.loop.time()
         self.conn.receive_data(self.read_buffer[:nbytes].tobytes())
         self._pump()
 
@@ -261,6 +265,8 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             self.server._per_peer.release(self.peer_host)
         if self.idle_timer is not None:
             self.idle_timer.cancel()
+        if self.close_timer is not None:
+            self.close_timer.cancel()
         for task in self.tasks.values():
             task.cancel()
 
@@ -272,6 +278,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.last_activity = self.loop.time()  # reading its answers is no idleness
         self._pump()
 
     # -- event handling ------------------------------------------------------------
@@ -292,6 +299,9 @@ class _LdapProtocol(asyncio.BufferedProtocol):
             self._handle(event)
 
     def _handle(self, event: Event) -> None:
+        # The idle timeout counts from here: bytes of a request not yet complete do not
+        # count, or a client sending one byte a minute would keep its connection for ever.
+        self.last_activity = self.loop.time()
         self.requests += 1
         if isinstance(event, Search):
             self._search(event)
@@ -601,8 +611,16 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.closing = True
         for task in self.tasks.values():
             task.cancel()
-        if self.transport is not None:
-            self.transport.close()
+        self._close_transport()
+
+    def _close_transport(self) -> None:
+        """Close after what is written is sent, or drop the connection once
+        `close_timeout` has passed without the client reading it."""
+        transport = self.transport
+        if transport is None or self.close_timer is not None:
+            return
+        transport.close()
+        self.close_timer = self.loop.call_later(self.limits.close_timeout, transport.abort)
 
 
 @types.coroutine
