@@ -17,6 +17,7 @@ import pytest
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
 
+from keypost.directory.ldap import ber
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
 from keypost.directory.ldap.server import LdapServer, Limits
@@ -169,5 +170,43 @@ def test_ldap_partial_request_does_not_keep_a_connection_open() -> None:
                 for byte in pdu[:-1]:
                     s.sendall(bytes([byte]))
                     time.sleep(0.05)
+    finally:
+        thread.stop()
+
+
+def _nested_search(message_id: int, depth: int) -> bytes:
+    """A search whose filter is `depth` ANDs around (mail=ALICE), encoded by hand (the
+    encoder recurses)."""
+    f = F.encode_filter(F.EqualityMatch("mail", ALICE.encode()))
+    for _ in range(depth):
+        f = ber.tlv(F.TAG_AND, f)
+    placeholder = F.encode_filter(F.Present("x"))
+    pdu = _search(message_id, F.Present("x"))
+    _, start, end = ber.read_header(pdu, 0, len(pdu))  # the LDAPMessage
+    _, op_start = ber.take_int(pdu, start, end)  # the messageID
+    tag, content, content_end = ber.read_header(pdu, op_start, end)  # the SearchRequest
+    op = ber.tlv(tag, pdu[content:content_end].replace(placeholder, f))
+    return ber.tlv(ber.SEQUENCE, pdu[start:op_start] + op)
+
+
+@pytest.mark.parametrize(("depth", "diagnostic"), [
+    (40, "nested too deeply"), (1000, "nested too deeply"), (10_000, "1024 terms")])
+def test_ldap_deeply_nested_filter_is_unwilling_and_the_connection_stays(
+        depth: int, diagnostic: str) -> None:
+    """A well-formed filter nested deeper than the decoder goes (32) is refused like one
+    with too many terms: unwillingToPerform (53), and the connection goes on. It got a
+    Notice of Disconnection (protocolError), which RFC 4511 4.1.1 keeps for PDUs that
+    cannot be parsed."""
+    thread = ServerThread(MemoryBackend())
+    try:
+        got = messages_of(raw_exchange(thread.port, _nested_search(1, depth) + _search(
+            2, F.EqualityMatch("mail", ALICE.encode())) + M.encode_message(
+                M.LDAPMessage(3, M.UnbindRequest()))))
+        first = got[0]
+        assert first.message_id == 1 and isinstance(first.op, M.SearchResultDone)
+        assert first.op.result.code == M.ResultCode.UNWILLING_TO_PERFORM
+        assert diagnostic in first.op.result.diagnostic
+        assert [(m.message_id, type(m.op).__name__) for m in got[1:]] == [
+            (2, "SearchResultEntry"), (2, "SearchResultDone")]
     finally:
         thread.stop()

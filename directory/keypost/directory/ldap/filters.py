@@ -46,8 +46,9 @@ _MIN_NODE_BYTES = 2  # the smallest filter element, e.g. an empty AND (a0 00)
 
 
 class FilterTooComplex(ProtocolError):
-    """A well-formed filter with more than MAX_FILTER_NODES terms: the search is refused
-    (unwillingToPerform), the connection stays. `message_id` is set by the message decoder."""
+    """A well-formed filter with more than MAX_FILTER_NODES terms, or nested deeper than
+    ber.MAX_DEPTH: the search is refused (unwillingToPerform), the connection stays.
+    `message_id` is set by the message decoder."""
 
     message_id = -1
 
@@ -177,7 +178,9 @@ def check_filter_size(data: bytes, pos: int, end: int, limit: int = MAX_FILTER_N
 def decode_filter(data: bytes, pos: int, end: int, depth: int = 0) -> tuple[Filter, int]:
     """Decode the filter element at `pos`; return it and the position after it."""
     if depth > ber.MAX_DEPTH:
-        raise ProtocolError("search filter nested too deeply")
+        # Well-formed as far as its container's length says: refused like too many
+        # terms (unwillingToPerform, the connection goes on), not a broken PDU.
+        raise FilterTooComplex(f"search filter nested too deeply (more than {ber.MAX_DEPTH})")
     tag, s, e = ber.read_header(data, pos, end)
     if tag in _AVA_TYPES:
         attribute, p = ber.take_str(data, s, e)
