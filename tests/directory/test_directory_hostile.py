@@ -8,19 +8,26 @@ No assertion is on time: waits only bound a test that would otherwise hang."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import socket
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 import pytest
+from aiohttp import web
+from dir_support import USER, USER_PW, Directory, assert_documented
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
 
+from keypost.directory.http import PeerCappedSite, make_runner
 from keypost.directory.ldap import ber
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
 from keypost.directory.ldap.server import LdapServer, Limits
+from keypost.directory.peer_counts import PeerCounts
 
 
 def _search(message_id: int, f: F.Filter) -> bytes:
@@ -210,3 +217,92 @@ def test_ldap_deeply_nested_filter_is_unwilling_and_the_connection_stays(
             (2, "SearchResultEntry"), (2, "SearchResultDone")]
     finally:
         thread.stop()
+
+
+# --------------------------------------------------------------------------- HTTP
+
+def _http_answers(directory: Directory, request: bytes, count: int,
+                  half_close: bool = False) -> list[tuple[int, bytes]]:
+    """Send `request` as is (shutting down the write side after it if `half_close`);
+    read `count` answers (by their Content-Length) -> [(status, body)]."""
+    url = urlsplit(directory.http)
+    assert url.hostname is not None and url.port is not None
+    answers: list[tuple[int, bytes]] = []
+    with socket.create_connection((url.hostname, url.port), timeout=30) as s:
+        s.sendall(request)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        buf = b""
+        while len(answers) < count:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                           if line.lower().startswith(b"content-length:")), None)
+            if sep and length is not None and len(rest) >= length:
+                answers.append((int(head.split()[1]), rest[:length]))
+                buf = rest[length:]
+                continue
+            chunk = s.recv(65536)
+            assert chunk, f"the server closed after {len(answers)} answers: {buf!r}"
+            buf += chunk
+    return answers
+
+
+def test_http_half_closed_connection_gets_its_answers(directory: Directory) -> None:
+    """A client that shuts down its write side after its requests gets them answered
+    (as LDAP clients do); aiohttp took the EOF for a closed connection and dropped what
+    was not answered yet (here: behind a password check, ~50 ms)."""
+    credentials = base64.b64encode(f"{USER}:{USER_PW}".encode())
+    request = (b"GET /v1/containers?address=bob@example.org HTTP/1.1\r\nHost: x\r\n"
+               b"Authorization: Basic " + credentials + b"\r\n\r\n")
+    answers = _http_answers(directory, request * 2, 2, half_close=True)
+    assert [(status, json.loads(body)["results"][0]["address"])
+            for status, body in answers] == [(200, "bob@example.org")] * 2
+
+
+@pytest.mark.parametrize("query", [
+    b"address=a%ff@example.com", b"address=a%c3@example.com&address=b@example.com",
+    b"address=a@example.com&purpose=encrypt%80", b"addr%fess=a@example.com"])
+def test_http_query_that_is_not_utf8_is_400(directory: Directory, query: bytes) -> None:
+    """Percent-escapes that are no UTF-8 became U+FFFD, and `a%ff@example.com` was
+    answered with a container for a\\ufffd@example.com, an address nobody asked for."""
+    [(status, body)] = _http_answers(
+        directory, b"GET /v1/containers?" + query + b" HTTP/1.1\r\nHost: x\r\n\r\n", 1)
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert error["code"] == "malformed_request" and "UTF-8" in error["message"]
+    assert_documented(400, json.loads(body), "/v1/containers")
+
+
+def test_http_client_that_never_reads_is_dropped() -> None:
+    """A client that reads none of an answer held its connection (and its slot of the
+    per-address cap) for ever: aiohttp waits for the write buffer to drain without a
+    limit. Writes that stall for a whole idle period now drop the connection."""
+    async def run() -> dict[str, int]:
+        app = web.Application()
+        app.router.add_get("/", _sixteen_megabytes)
+        runner = make_runner(app, idle_seconds=0.3)
+        await runner.setup()
+        counts = PeerCounts()
+        site = PeerCappedSite(runner, "127.0.0.1", 0, max_per_peer=2, counts=counts)
+        await site.start()
+        loop = asyncio.get_running_loop()
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.setblocking(False)
+        try:
+            await loop.sock_connect(s, ("127.0.0.1", site.port))
+            await loop.sock_sendall(s, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            for _ in range(300):  # 15 s at most
+                await asyncio.sleep(0.05)
+                if not counts.snapshot():
+                    break
+            return counts.snapshot()
+        finally:
+            s.close()
+            await runner.cleanup()
+
+    assert asyncio.run(run()) == {}
+
+
+async def _sixteen_megabytes(request: web.Request) -> web.Response:
+    return web.Response(body=b"x" * (16 << 20))  # more than the kernel buffers hold

@@ -9,6 +9,7 @@ import importlib.resources
 import json
 import logging
 import ssl
+import urllib.parse
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -127,6 +128,17 @@ async def _requestor_account(request: web.Request) -> AccountRecord | web.Respon
     return account
 
 
+def _check_query(request: web.Request) -> None:
+    """The query must be UTF-8 once percent-decoded: aiohttp makes each escape that is not
+    (`%ff`) U+FFFD, so `a%ff@example.com` was answered for a\ufffd@example.com, an
+    address nobody asked for."""
+    try:
+        urllib.parse.unquote_to_bytes(request.rel_url.raw_query_string).decode("utf-8")
+    except UnicodeDecodeError:
+        raise RequestError("malformed_request",
+                           "the query is not UTF-8 once percent-decoded") from None
+
+
 def _addresses(request: web.Request, max_addresses: int) -> list[tuple[str, Address]]:
     """The address= parameters, each as asked (stripped) and parsed."""
     # whitespace around an address is none of it (LDAP's filter reading drops it too); kept,
@@ -175,6 +187,7 @@ def _result(answer: Answer, directory_url: str) -> dict[str, object]:
 
 async def containers(request: web.Request) -> web.StreamResponse:
     """GET /v1/containers?address=A[&address=B...]&purpose=encrypt|sign"""
+    _check_query(request)
     settings = request.app[SETTINGS]
     max_addresses = settings["max_addresses"]
     assert isinstance(max_addresses, int)
@@ -209,6 +222,7 @@ async def bindings(request: web.Request) -> web.StreamResponse:
     """GET /v1/bindings?serial=HEX[&serial=...]&address=A[&address=...]: for every pair,
     was that container issued for that address (Controller.bindings)? Gateway accounts only:
     the gateway's recipient_binding policy asks it for the mail it decrypted."""
+    _check_query(request)
     max_addresses = request.app[SETTINGS]["max_addresses"]
     assert isinstance(max_addresses, int)
     serials = _serials(request, max_addresses)
@@ -393,7 +407,8 @@ class PeerCappedSite(web.TCPSite):
 
         def handler() -> _PeerCapped:
             inner = _JsonErrors(manager, loop=loop, **options)
-            return _PeerCapped(inner, self.counts, self.max_per_peer)
+            return _PeerCapped(inner, self.counts, self.max_per_peer,
+                               options["keepalive_timeout"])
 
         self._server = await loop.create_server(
             handler,
@@ -404,41 +419,81 @@ class PeerCappedSite(web.TCPSite):
 
 class _PeerCapped(asyncio.Protocol):
     """Counts its peer's connections; beyond the cap answers 503 busy and hangs up
-    before aiohttp's handler sees the connection, else passes everything through."""
+    before aiohttp's handler sees the connection, else passes everything through.
 
-    def __init__(self, inner: asyncio.Protocol, counts: PeerCounts, cap: int) -> None:
+    Two things aiohttp does not do are done here. A client that shuts down its write
+    side (EOF) still gets its answers: aiohttp took the EOF for a closed connection and
+    dropped them; the idle timeout then closes it. And a client that reads nothing is
+    dropped: aiohttp waits for its write buffer to drain, and a closing connection for
+    its last bytes to be sent, without a limit (a connection, and a slot of the cap,
+    held for ever). A check every `stall_seconds` drops a connection that was closing,
+    or could not be written to, at two checks in a row.
+    """
+
+    def __init__(self, inner: asyncio.Protocol, counts: PeerCounts, cap: int,
+                 stall_seconds: float) -> None:
         self.inner, self.counts, self.cap = inner, counts, cap
+        self.stall_seconds = stall_seconds
         self.host: str | None = None  # set while counted
+        self.transport: asyncio.Transport | None = None
+        self.write_paused = False
+        self.stalled = False  # closing or paused at the last check
+        self.check: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) else ""
         if not self.counts.admit(host, self.cap):
             log.warning("event=refused reason=too_many_from_peer source=%s", host)
-            assert isinstance(transport, asyncio.Transport)
             transport.write(_BUSY_RESPONSE)
             transport.close()
             return
         self.host = host
+        self.transport = transport
+        self._arm()
         self.inner.connection_made(transport)
+
+    def _arm(self) -> None:
+        self.check = asyncio.get_running_loop().call_later(self.stall_seconds, self._check)
+
+    def _check(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        stalled = transport.is_closing() or self.write_paused
+        if stalled and self.stalled:
+            log.info("event=stalled_reader protocol=http source=%s", self.host)
+            transport.abort()
+            return
+        self.stalled = stalled
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
         if self.host is not None:
             self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.inner.eof_received() if self.host is not None else None
+        if self.host is None:
+            return None
+        self.inner.eof_received()
+        return True  # keep writing: the requests before the EOF are answered
 
     def pause_writing(self) -> None:
         if self.host is not None:
+            self.write_paused = True
             self.inner.pause_writing()
 
     def resume_writing(self) -> None:
         if self.host is not None:
+            self.write_paused = self.stalled = False
             self.inner.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
         host, self.host = self.host, None
+        self.transport = None
+        if self.check is not None:
+            self.check.cancel()
         if host is None:
             return
         self.counts.release(host)
