@@ -34,6 +34,11 @@ DEFAULT_LDAP_BASE = "dc=keypost"
 DEFAULT_HOSTNAME = "keypost-gateway"
 MAX_SECONDS = 86400.0  # timeouts and cache times: a day at most
 MAX_MESSAGE_SIZE = 2.0**40
+# Recipients of one transaction: RFC 5321 4.5.3.1.8 wants at least 100 taken; the default
+# is Postfix's smtpd_recipient_limit. Beyond it a RCPT gets 452 4.5.3 (4.5.3.1.10).
+DEFAULT_MAX_RECIPIENTS = 1000
+MIN_RECIPIENTS = 100
+MAX_RECIPIENTS = 1 << 20
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -139,6 +144,7 @@ class GatewayConfig:
     allowed_clients: tuple[Network, ...] = LOOPBACK_CLIENTS
     hostname: str = DEFAULT_HOSTNAME
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    max_recipients: int = DEFAULT_MAX_RECIPIENTS  # per transaction
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
     # what the gateway keeps across restarts: its senders' signing containers (public)
     state_dir: Path = Path(DEFAULT_STATE)
@@ -412,6 +418,11 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
     if size != int(size):
         raise ConfigError("max_message_size: expected a whole number of bytes")
+    recipients = top.number("max_recipients", DEFAULT_MAX_RECIPIENTS, MIN_RECIPIENTS - 1,
+                            MAX_RECIPIENTS)
+    if recipients != int(recipients):
+        raise ConfigError(f"max_recipients: expected a whole number from {MIN_RECIPIENTS} "
+                          f"to {MAX_RECIPIENTS}")
 
     dt = top.table("directory")
     url = dt.text("url")
@@ -514,6 +525,7 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         allowed_clients=allowed_clients,
         hostname=_hostname(top.text("hostname", DEFAULT_HOSTNAME) or DEFAULT_HOSTNAME),
         max_message_size=int(size),
+        max_recipients=int(recipients),
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,
         state_dir=top.path("state_dir") or base / DEFAULT_STATE,
         log_level=level,

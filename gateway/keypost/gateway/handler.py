@@ -32,8 +32,10 @@ class GatewayHandler:
         hostname: str,
         processing_timeout: float = 120.0,
         lmtp: bool = False,
+        max_recipients: int = 1000,
     ) -> None:
         self.lmtp = lmtp  # LMTP: one DATA reply per recipient (RFC 2033)
+        self.max_recipients = max_recipients
         self.process = process
         self.relay = relay
         self.quarantine = quarantine
@@ -47,6 +49,17 @@ class GatewayHandler:
         deadline = asyncio.get_running_loop().time() + timeout
         while self.inflight and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        """aiosmtpd takes any number of recipients; beyond `max_recipients` the sender is
+        told to send them in another transaction (RFC 5321 4.5.3.1.10)."""
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return (f"452 4.5.3 too many recipients: at most {self.max_recipients} per "
+                    "message, send the others in another transaction")
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         self.inflight += 1

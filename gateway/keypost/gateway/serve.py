@@ -91,6 +91,7 @@ def build(config: GatewayConfig, keep_state: bool = True) -> Gateway:
         config.hostname,
         config.timeouts.processing,
         lmtp=config.protocol == "lmtp",
+        max_recipients=config.max_recipients,
     )
     return Gateway(config, keys, scanner, directory, pipeline, handler, kept)
 
@@ -129,9 +130,11 @@ REFUSED_WAIT = 10.0  # seconds, for each of them
 # GatewaySMTP hooks aiosmtpd's private session coroutine: were it renamed in a later
 # aiosmtpd, the override would never run and every peer would be served. Fail at import
 # instead (the tests of allowed_clients would fail too, but only where they run).
-if not callable(getattr(SMTP, "_handle_client", None)):  # pragma: no cover
-    raise ImportError("this aiosmtpd has no SMTP._handle_client, which keypost's "
-                      "allowed_clients check hooks: use aiosmtpd 1.4")
+# The same for _timeout_cb, which GatewaySMTP extends to drop clients that read nothing.
+for _hook in ("_handle_client", "_timeout_cb"):
+    if not callable(getattr(SMTP, _hook, None)):  # pragma: no cover
+        raise ImportError(f"this aiosmtpd has no SMTP.{_hook}, which keypost's gateway "
+                          "hooks: use aiosmtpd 1.4")
 
 
 class GatewaySMTP(SMTP):
@@ -167,6 +170,18 @@ class GatewaySMTP(SMTP):
             pass  # silent, over-long (ValueError) or gone: hang up all the same
         finally:
             self.transport.close()
+
+
+    def _timeout_cb(self) -> None:
+        """The session timeout closes the connection, and a close waits until every reply
+        is sent: a client that reads none of them (pipelined commands; aiosmtpd then
+        stops reading) held its connection for ever. Replies it has left unread for a
+        whole session timeout are dropped with the connection."""
+        transport = self.transport
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+        if isinstance(transport, asyncio.Transport) and transport.get_write_buffer_size():
+            log.info("dropped a client that reads no replies")
+            transport.abort()
 
 
 class GatewayLMTP(GatewaySMTP, LMTP):

@@ -1,0 +1,89 @@
+"""Hostile and broken SMTP clients against the gateway's real listener: floods of
+recipients, clients that never read their replies. What each may cost is bounded and
+the next client is served.
+
+No assertion is on time: waits only bound a test that would otherwise hang."""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from gw_support import Pki, Sink, plain_message, running_gateway
+
+from keypost.gateway.config import GatewayConfig, parse_config
+from keypost.gateway.errors import ConfigError
+
+ALICE = "alice@example.com"
+
+
+def test_recipients_beyond_max_recipients_get_452(pki: Pki, sink: Sink, tmp_path: Path) -> None:
+    """RFC 5321 4.5.3.1.10: 452 for a recipient beyond the limit; the sender sends the
+    others later. aiosmtpd takes any number: 5,000 RCPT were one transaction, each one a
+    lookup for the gateway (and its directory)."""
+    cfg = pki.config(sink.port, extra="max_recipients = 100", quarantine=str(tmp_path / "q"))
+    with running_gateway(cfg) as gw, smtplib.SMTP("127.0.0.1", gw.port, timeout=60) as s:
+        s.ehlo()
+        s.mail("s@outside.test")
+        codes = [s.rcpt(f"u{i}@example.com") for i in range(102)]
+        assert [c for c, _ in codes[:100]] == [250] * 100
+        assert [c for c, _ in codes[100:]] == [452, 452]
+        assert codes[100][1].startswith(b"4.5.3 ")
+        assert s.data(plain_message())[0] == 250
+        s.rset()
+        # the limit is per transaction
+        s.mail("s@outside.test")
+        assert s.rcpt(ALICE)[0] == 250
+    [got] = sink.handler.messages
+    assert got.rcpt_tos == [f"u{i}@example.com" for i in range(100)]
+
+
+@pytest.mark.parametrize(("value", "ok"), [(100, True), (99, False), (True, False),
+                                           (1.5, False), (1 << 20, True)])
+def test_max_recipients_is_checked(tmp_path: Path, value: object, ok: bool) -> None:
+    """At least 100 (RFC 5321 4.5.3.1.8: fewer is a violation)."""
+    data = {"max_recipients": value}
+    if ok:
+        assert parse_config(data, tmp_path).max_recipients == value
+    else:
+        with pytest.raises(ConfigError, match="max_recipients"):
+            parse_config(data, tmp_path)
+    assert GatewayConfig().max_recipients == 1000  # Postfix's smtpd_recipient_limit
+
+
+def test_client_that_never_reads_is_dropped(pki: Pki, sink: Sink, tmp_path: Path) -> None:
+    """Commands pipelined by a client that reads none of the replies: aiosmtpd stops
+    reading when its replies do not drain, and its session timeout closed the
+    connection, but a close waits for the replies to be sent: the connection was held
+    for ever. It is now dropped."""
+    cfg = pki.config(sink.port, extra="[timeouts]\nsmtp_session = 0.5",
+                     quarantine=str(tmp_path / "q"))
+    with running_gateway(cfg) as gw:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", gw.port))
+        s.settimeout(1.0)
+        dropped = False
+        try:
+            for _ in range(10_000):  # 60 MB at most; the kernel takes a few
+                s.sendall(b"NOOP\r\n" * 1000)
+        except TimeoutError:
+            pass  # the gateway reads no more
+        except (ConnectionResetError, BrokenPipeError):
+            dropped = True  # already
+        s.setblocking(False)
+        deadline = time.monotonic() + 15
+        while not dropped and time.monotonic() < deadline:
+            try:
+                s.send(b"NOOP\r\n")
+            except BlockingIOError:
+                time.sleep(0.05)  # still open, still not reading
+            except (ConnectionResetError, BrokenPipeError):
+                dropped = True
+        s.close()
+        assert dropped
+        with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as other:
+            assert other.noop()[0] == 250
