@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from aiohttp import web
-from dir_support import USER, USER_PW, Directory, assert_documented
+from dir_support import GATEWAY, GATEWAY_PW, USER, USER_PW, Directory, assert_documented, serving
+from proc_util import port_of
 from test_ldap_server import ALICE, messages_of, raw_exchange
 from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
 
@@ -306,3 +307,54 @@ def test_http_client_that_never_reads_is_dropped() -> None:
 
 async def _sixteen_megabytes(request: web.Request) -> web.Response:
     return web.Response(body=b"x" * (16 << 20))  # more than the kernel buffers hold
+
+
+# --------------------------------------------------------------------------- logs
+
+def _exchange(port: int, data: bytes, half_close: bool = True) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(data)
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
+        return b"".join(iter(lambda: s.recv(65536), b""))
+
+
+def test_debug_log_holds_no_password_under_abuse(directory: Directory,
+                                                 tmp_path_factory: pytest.TempPathFactory
+                                                 ) -> None:
+    """`keypost directory serve --log-level debug` while clients send passwords every way
+    a broken or hostile one might: right and wrong binds, a bind cut off by the EOF, one
+    followed by garbage or by an over-long PDU, one on the ldaps port without TLS, HTTP
+    Basic right, wrong, and in requests aiohttp cannot parse. No password, nor its base64
+    or hex, is in any log line."""
+    log = tmp_path_factory.mktemp("debug") / "serve.log"
+    with serving(directory.data, log, "--log-level", "debug", "--tls-cert",
+                 str(directory.data.parent / "tls-cert.pem"), "--tls-key",
+                 str(directory.data.parent / "tls-key.pem")) as urls:
+        ldap, ldaps = port_of(urls["ldap"]), port_of(urls["ldaps"])
+        http = port_of(urls["http"])
+        secrets: list[str] = []
+        for name, password in ((GATEWAY, GATEWAY_PW), (GATEWAY, "wrong-" + GATEWAY_PW),
+                               (USER, USER_PW)):
+            bind = M.encode_message(M.LDAPMessage(1, M.BindRequest(
+                3, f"uid={name},{SUFFIX}", password.encode())))
+            search = _search(2, F.EqualityMatch("mail", ALICE.encode()))
+            assert messages_of(_exchange(ldap, bind + search))[0].op.result.code in (
+                M.ResultCode.SUCCESS, M.ResultCode.INVALID_CREDENTIALS)
+            _exchange(ldap, bind[:-3])  # cut off by the EOF
+            _exchange(ldap, bind + b"\x30\x03\x02\x01\x05" + b"garbage")
+            _exchange(ldap, bind + b"\x30\x84\x7f\xff\xff\xff")
+            _exchange(ldaps, bind)  # not a TLS handshake
+            basic = base64.b64encode(f"{name}:{password}".encode())
+            request = (b"GET /v1/containers?address=a@example.com HTTP/1.1\r\nHost: x\r\n"
+                       b"Authorization: Basic " + basic + b"\r\n")
+            answer = _exchange(http, request + b"Connection: close\r\n\r\n")
+            assert answer.split()[1] in (b"200", b"401")
+            _exchange(http, request + b"X: \x01\r\n\r\n")  # unparsable
+            _exchange(http, request + b"X: " + b"x" * 9000 + b"\r\n\r\n")  # too long
+            secrets += [password, basic.decode(), password.encode().hex()]
+    text = log.read_text(errors="replace")
+    assert " level=DEBUG " in text and "event=protocol_error" in text
+    assert "event=unparsable_request" in text
+    for secret in secrets:
+        assert secret not in text, secret

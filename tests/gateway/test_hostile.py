@@ -6,13 +6,15 @@ No assertion is on time: waits only bound a test that would otherwise hang."""
 
 from __future__ import annotations
 
+import base64
 import smtplib
 import socket
 import time
 from pathlib import Path
 
 import pytest
-from gw_support import Pki, Sink, plain_message, running_gateway
+from gw_directory import GATEWAY_ACCOUNT, GATEWAY_PW, DirectoryWorld
+from gw_support import Pki, Sink, plain_message, running_gateway, send, serving_gateway
 
 from keypost.gateway.config import GatewayConfig, parse_config
 from keypost.gateway.errors import ConfigError
@@ -87,3 +89,33 @@ def test_client_that_never_reads_is_dropped(pki: Pki, sink: Sink, tmp_path: Path
         assert dropped
         with smtplib.SMTP("127.0.0.1", gw.port, timeout=30) as other:
             assert other.noop()[0] == 250
+
+
+@pytest.mark.parametrize("scheme", ["ldap", "http"])
+def test_debug_log_holds_no_directory_password(pki: Pki, world: DirectoryWorld, sink: Sink,
+                                               tmp_path: Path, scheme: str) -> None:
+    """`keypost gateway serve` at log level debug logs in to the directory with its
+    password (LDAP simple bind, HTTP Basic) for a sender's signing container; neither the
+    password nor its base64 (what HTTP Basic sends) is in any log line, also with a client
+    sending it in an AUTH the gateway refuses. (test_outbound checks the in-process
+    loggers over LDAP; this is the real process and its log handler.)"""
+    url = world.ldap_url if scheme == "ldap" else f"http://127.0.0.1:{world.http_port}"
+    cfg = pki.config(sink.port, extra='log_level = "debug"', quarantine=str(tmp_path / "q"),
+                     directory=world.gateway_directory_lines(url))
+    log = tmp_path / "gateway.log"
+    listen = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
+    with serving_gateway(cfg, log):
+        message = plain_message(sender=ALICE, to="bob@partner.org", subject="[sign] hi")
+        assert send(listen, ALICE, ["bob@partner.org"], message)[0] == 250
+        with socket.create_connection(("127.0.0.1", listen), timeout=30) as s:
+            s.sendall(b"EHLO x\r\nAUTH PLAIN " + base64.b64encode(
+                b"\0gw\0" + GATEWAY_PW.encode()) + b"\r\nMAIL FROM:<" + b"x" * 2000
+                + b">\r\n\0\xff\r\nQUIT\r\n")
+            s.recv(65536)
+    [signed] = sink.handler.messages  # with the signing container from the directory
+    assert b"multipart/signed" in signed.data
+    text = log.read_text(errors="replace")
+    assert " level=DEBUG " in text
+    basic = base64.b64encode(f"{GATEWAY_ACCOUNT}:{GATEWAY_PW}".encode()).decode()
+    for secret in (GATEWAY_PW, basic, GATEWAY_PW.encode().hex()):
+        assert secret not in text, secret
