@@ -18,6 +18,7 @@ from gw_support import Pki, Sink, plain_message, running_gateway, send, serving_
 
 from keypost.gateway.config import GatewayConfig, parse_config
 from keypost.gateway.errors import ConfigError
+from keypost.gateway.serve import REFUSED_AT_ONCE
 
 ALICE = "alice@example.com"
 
@@ -119,3 +120,52 @@ def test_debug_log_holds_no_directory_password(pki: Pki, world: DirectoryWorld, 
     basic = base64.b64encode(f"{GATEWAY_ACCOUNT}:{GATEWAY_PW}".encode()).decode()
     for secret in (GATEWAY_PW, basic, GATEWAY_PW.encode().hex()):
         assert secret not in text, secret
+
+
+def _greeting(source: str, port: int) -> tuple[socket.socket, bytes]:
+    s = socket.create_connection(("127.0.0.1", port), timeout=30, source_address=(source, 0))
+    return s, s.makefile("rb").readline()
+
+
+def test_connections_beyond_max_connections_get_421(pki: Pki, sink: Sink,
+                                                     tmp_path: Path) -> None:
+    """The gateway took every connection until the process ran out of file descriptors;
+    then a client got no greeting at all (and the log a traceback per accept). Beyond
+    max_connections a client is greeted with 421 (RFC 5321 3.8) and hung up on; peers
+    outside allowed_clients have slots of their own (REFUSED_AT_ONCE), so they cannot
+    crowd out the MTA, and beyond those they are hung up on after the 554 greeting
+    instead of being waited for."""
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"),
+                     extra='max_connections = 2\nallowed_clients = ["127.0.0.2"]')
+    with running_gateway(cfg) as gw:
+        held = [_greeting("127.0.0.2", gw.port) for _ in range(2)]
+        assert [g[:4] for _, g in held] == [b"220 "] * 2
+        extra, greeting = _greeting("127.0.0.2", gw.port)
+        assert greeting.startswith(b"421 4.3.2 ")
+        assert extra.recv(100) == b""
+        refused = [_greeting("127.0.0.1", gw.port) for _ in range(REFUSED_AT_ONCE)]
+        assert {g[:10] for _, g in refused} == {b"554 5.7.1 "}
+        one_more, greeting = _greeting("127.0.0.1", gw.port)
+        assert greeting.startswith(b"554 5.7.1 ")
+        with pytest.raises(OSError):  # hung up on at once: not waiting for a QUIT
+            one_more.sendall(b"NOOP\r\n")
+            assert one_more.recv(100) == b""
+            one_more.sendall(b"NOOP\r\n")
+        # the refused peers' slots did not take the MTA's
+        held[0][0].close()
+        deadline = time.monotonic() + 15
+        while True:
+            s, greeting = _greeting("127.0.0.2", gw.port)
+            s.close()
+            if greeting.startswith(b"220 ") or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert greeting.startswith(b"220 ")
+        for s, _ in [*held, *refused, (extra, b""), (one_more, b"")]:
+            s.close()
+        # every slot is given back as its connection ends
+        sessions = gw.gateway.sessions
+        deadline = time.monotonic() + 15
+        while (sessions.admitted or sessions.refused) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (sessions.admitted, sessions.refused) == (0, 0)

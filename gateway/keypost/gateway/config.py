@@ -39,6 +39,10 @@ MAX_MESSAGE_SIZE = 2.0**40
 DEFAULT_MAX_RECIPIENTS = 1000
 MIN_RECIPIENTS = 100
 MAX_RECIPIENTS = 1 << 20
+# Sessions of allowed clients at once; more are greeted with 421. Postfix opens at most
+# 20 to one content filter by default (default_destination_concurrency_limit).
+DEFAULT_MAX_CONNECTIONS = 100
+MAX_CONNECTIONS = 1 << 16
 
 E = TypeVar("E", bound=enum.Enum)
 
@@ -145,6 +149,7 @@ class GatewayConfig:
     hostname: str = DEFAULT_HOSTNAME
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     max_recipients: int = DEFAULT_MAX_RECIPIENTS  # per transaction
+    max_connections: int = DEFAULT_MAX_CONNECTIONS  # sessions of allowed clients at once
     quarantine_dir: Path = Path(DEFAULT_QUARANTINE)
     # what the gateway keeps across restarts: its senders' signing containers (public)
     state_dir: Path = Path(DEFAULT_STATE)
@@ -283,6 +288,14 @@ class _Table:
             raise self._fail(key, f"a number > {minimum:g} and <= {maximum:.0f}")
         return float(v)
 
+    def whole(self, key: str, default: int, minimum: int, maximum: int) -> int:
+        v = self._get(key)
+        if v is None:
+            return default
+        if isinstance(v, bool) or not isinstance(v, int) or not minimum <= v <= maximum:
+            raise self._fail(key, f"a whole number from {minimum} to {maximum}")
+        return v
+
     def path(self, key: str) -> Path | None:
         v = self.text(key)
         return None if v is None else (self.base / v)
@@ -418,11 +431,9 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     size = top.number("max_message_size", DEFAULT_MAX_MESSAGE_SIZE, 1024, MAX_MESSAGE_SIZE)
     if size != int(size):
         raise ConfigError("max_message_size: expected a whole number of bytes")
-    recipients = top.number("max_recipients", DEFAULT_MAX_RECIPIENTS, MIN_RECIPIENTS - 1,
-                            MAX_RECIPIENTS)
-    if recipients != int(recipients):
-        raise ConfigError(f"max_recipients: expected a whole number from {MIN_RECIPIENTS} "
-                          f"to {MAX_RECIPIENTS}")
+    recipients = top.whole("max_recipients", DEFAULT_MAX_RECIPIENTS, MIN_RECIPIENTS,
+                           MAX_RECIPIENTS)
+    connections = top.whole("max_connections", DEFAULT_MAX_CONNECTIONS, 1, MAX_CONNECTIONS)
 
     dt = top.table("directory")
     url = dt.text("url")
@@ -525,7 +536,8 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
         allowed_clients=allowed_clients,
         hostname=_hostname(top.text("hostname", DEFAULT_HOSTNAME) or DEFAULT_HOSTNAME),
         max_message_size=int(size),
-        max_recipients=int(recipients),
+        max_recipients=recipients,
+        max_connections=connections,
         quarantine_dir=top.path("quarantine_dir") or base / DEFAULT_QUARANTINE,
         state_dir=top.path("state_dir") or base / DEFAULT_STATE,
         log_level=level,

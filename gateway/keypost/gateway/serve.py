@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import signal
@@ -46,6 +47,35 @@ def quiet_smtp_logging() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+@dataclass
+class Sessions:
+    """SMTP sessions open at once: of allowed clients (at most `limit`; more get 421), and
+    of refused peers waited for until they say QUIT (at most REFUSED_AT_ONCE). Without a
+    limit the process ran out of file descriptors and then greeted nobody at all."""
+
+    limit: int
+    admitted: int = 0
+    refused: int = 0
+
+    def take(self, admitted: bool) -> bool:
+        """Count one more session of its kind, if there is room for it."""
+        if admitted:
+            if self.admitted >= self.limit:
+                return False
+            self.admitted += 1
+        else:
+            if self.refused >= REFUSED_AT_ONCE:
+                return False
+            self.refused += 1
+        return True
+
+    def release(self, admitted: bool) -> None:
+        if admitted:
+            self.admitted -= 1
+        else:
+            self.refused -= 1
+
+
 @dataclass(frozen=True)
 class Gateway:
     config: GatewayConfig
@@ -55,6 +85,7 @@ class Gateway:
     pipeline: Pipeline
     handler: GatewayHandler
     kept: KeptContainers | None  # signing containers on disk (None: not kept)
+    sessions: Sessions
 
 
 def build(config: GatewayConfig, keep_state: bool = True) -> Gateway:
@@ -93,7 +124,8 @@ def build(config: GatewayConfig, keep_state: bool = True) -> Gateway:
         lmtp=config.protocol == "lmtp",
         max_recipients=config.max_recipients,
     )
-    return Gateway(config, keys, scanner, directory, pipeline, handler, kept)
+    return Gateway(config, keys, scanner, directory, pipeline, handler, kept,
+                   Sessions(config.max_connections))
 
 
 def start_kept(kept: KeptContainers) -> None:
@@ -125,6 +157,8 @@ def smtp_kwargs(cfg: GatewayConfig) -> dict[str, Any]:
 # for it and answers anything else with 503); these bound what it costs the gateway.
 REFUSED_COMMANDS = 5
 REFUSED_WAIT = 10.0  # seconds, for each of them
+# Refused peers waited for at once; any more are hung up on after the 554 greeting.
+REFUSED_AT_ONCE = 16
 
 
 # GatewaySMTP hooks aiosmtpd's private session coroutine: were it renamed in a later
@@ -143,22 +177,38 @@ class GatewaySMTP(SMTP):
     connection before the greeting (a failed PROXY handshake): the start of the session."""
 
     def __init__(self, handler: Any, *, allowed_clients: tuple[Network, ...],
-                 **kwargs: Any) -> None:
+                 sessions: Sessions, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
         self.allowed_clients = allowed_clients
+        self.sessions = sessions
+        self.counted: bool | None = None  # counted in `sessions` as admitted (True) or not
 
     async def _handle_client(self) -> None:
         assert self.session is not None and self.transport is not None
+        # kept: connection_lost sets self.transport to None (and cancels this coroutine)
+        transport = self.transport
         peer = self.session.peer
         host = peer[0] if isinstance(peer, tuple) and peer else None
-        if admits(self.allowed_clients, host):
-            await super()._handle_client()
+        admitted = admits(self.allowed_clients, host)
+        counted = self.sessions.take(admitted)
+        if counted:
+            self.counted = admitted
+        if admitted:
+            if counted:
+                await super()._handle_client()
+                return
+            log.warning("refused a connection from %s: %d sessions open (max_connections)",
+                        host, self.sessions.limit)
+            with contextlib.suppress(ConnectionError):
+                await self.push(f"421 4.3.2 {self.hostname} has too many connections, "
+                                "try again later")
+            transport.close()
             return
         log.warning("refused a connection from %s: not in allowed_clients", host)
         try:
             await self.push(f"554 5.7.1 {self.hostname} takes no mail from {host}: "
                             "not in allowed_clients")
-            for _ in range(REFUSED_COMMANDS):
+            for _ in range(REFUSED_COMMANDS if counted else 0):
                 line = await asyncio.wait_for(self._reader.readline(), REFUSED_WAIT)
                 if not line:
                     break
@@ -169,8 +219,13 @@ class GatewaySMTP(SMTP):
         except (TimeoutError, ValueError, ConnectionError):
             pass  # silent, over-long (ValueError) or gone: hang up all the same
         finally:
-            self.transport.close()
+            transport.close()
 
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        if self.counted is not None:
+            self.sessions.release(self.counted)
+            self.counted = None
 
     def _timeout_cb(self) -> None:
         """The session timeout closes the connection, and a close waits until every reply
@@ -192,7 +247,7 @@ def smtp_factory(gw: Gateway) -> SMTP:
     """The protocol object for one incoming connection (`loop.create_server`'s factory)."""
     server_class = GatewayLMTP if gw.config.protocol == "lmtp" else GatewaySMTP
     return server_class(gw.handler, allowed_clients=gw.config.allowed_clients,
-                        **smtp_kwargs(gw.config))
+                        sessions=gw.sessions, **smtp_kwargs(gw.config))
 
 
 def check_bound_ports(config: GatewayConfig, ports: list[int]) -> None:
