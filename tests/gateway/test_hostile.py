@@ -16,6 +16,7 @@ import pytest
 from gw_directory import GATEWAY_ACCOUNT, GATEWAY_PW, DirectoryWorld
 from gw_support import Pki, Sink, plain_message, running_gateway, send, serving_gateway
 
+from keypost.gateway.cli import describe
 from keypost.gateway.config import GatewayConfig, parse_config
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.serve import REFUSED_AT_ONCE
@@ -50,7 +51,9 @@ def test_max_recipients_is_checked(tmp_path: Path, value: object, ok: bool) -> N
     """At least 100 (RFC 5321 4.5.3.1.8: fewer is a violation)."""
     data = {"max_recipients": value}
     if ok:
-        assert parse_config(data, tmp_path).max_recipients == value
+        cfg = parse_config(data, tmp_path)
+        assert cfg.max_recipients == value
+        assert f"at most {value} recipients per message (452 beyond)" in " ".join(describe(cfg))
     else:
         with pytest.raises(ConfigError, match="max_recipients"):
             parse_config(data, tmp_path)

@@ -58,6 +58,8 @@ def describe(cfg: GatewayConfig) -> list[str]:
         f"listen on {cfg.listen}; relay to next hop {cfg.next_hop}",
         f"clients allowed to connect: {describe_clients(cfg.allowed_clients)}",
         f"messages over {cfg.max_message_size} bytes are refused (552/554)",
+        f"at most {cfg.max_recipients} recipients per message (452 beyond), "
+        f"{cfg.max_connections} sessions at once (421 beyond)",
         f"directory: {d.url or 'none (no signing, no re-encryption)'}"
         + (f" as {d.username}" if d.username else ""),
     ]
