@@ -11,9 +11,11 @@ import asyncio
 import base64
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,7 +23,7 @@ from aiohttp import web
 from dir_support import GATEWAY, GATEWAY_PW, USER, USER_PW, Directory, assert_documented, serving
 from proc_util import port_of
 from test_ldap_server import ALICE, messages_of, raw_exchange
-from test_ldap_support import SUFFIX, MemoryBackend, ServerThread
+from test_ldap_support import SUFFIX, MemoryBackend, ServerThread, tls_files
 
 from keypost.directory.http import PeerCappedSite, make_runner
 from keypost.directory.ldap import ber
@@ -220,6 +222,57 @@ def test_ldap_deeply_nested_filter_is_unwilling_and_the_connection_stays(
         thread.stop()
 
 
+def test_ldap_pipelined_abandon_unbind_and_starttls_races(tmp_path: Path) -> None:
+    """Requests pipelined behind slow searches: a StartTLS while they run gets
+    operationsError (RFC 4511 4.14.1) and the connection goes on; an abandon cancels its
+    search (no answer), an unbind cancels the rest and ends the session (nothing after it
+    is answered, no lookup is left running). Held; kept for the combination."""
+    thread = ServerThread(MemoryBackend(delay=2.0), tls=tls_files(tmp_path)[1])
+    try:
+        alice = F.EqualityMatch("mail", ALICE.encode())
+        start_tls = M.encode_message(M.LDAPMessage(3, M.ExtendedRequest(M.OID_START_TLS)))
+        with socket.create_connection(("127.0.0.1", thread.port), timeout=30) as s:
+            s.sendall(_search(1, alice) + _search(2, alice) + start_tls)
+            first = messages_of(s.recv(65536))  # the StartTLS refusal comes at once
+            s.sendall(M.encode_message(M.LDAPMessage(4, M.AbandonRequest(1)))
+                      + M.encode_message(M.LDAPMessage(5, M.UnbindRequest()))
+                      + _search(6, alice))
+            rest = b"".join(iter(lambda: s.recv(65536), b""))  # until the server closes
+        assert [(m.message_id, m.op.result.code) for m in first] == [  # type: ignore[union-attr]
+            (3, M.ResultCode.OPERATIONS_ERROR)]
+        assert rest == b""
+        assert _wait_for(lambda: thread.backend.cancelled == 2)
+        assert len(thread.backend.lookups) == 2
+    finally:
+        thread.stop()
+
+
+def test_ldaps_handshake_garbage_is_dropped_and_others_served(tmp_path: Path) -> None:
+    """Bytes that are no TLS handshake (an LDAP PDU in clear, a record header claiming
+    a huge ClientHello, half a ClientHello then EOF) on the ldaps port: closed, and the
+    next TLS client is served. Held; kept as nothing else sends it garbage."""
+    ca_file, context = tls_files(tmp_path)
+    thread = ServerThread(MemoryBackend(), tls=context)
+    try:
+        clear = _search(1, F.EqualityMatch("mail", ALICE.encode()))
+        for garbage in (clear, b"\x16\x03\x01\xff\xff" + b"\x01" * 600,
+                        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"):
+            with socket.create_connection(("127.0.0.1", thread.ldaps_port), timeout=30) as s:
+                s.sendall(garbage)
+                s.shutdown(socket.SHUT_WR)
+                reply = b"".join(iter(lambda: s.recv(65536), b""))
+                assert reply[:1] in (b"", b"\x15"), reply  # nothing, or a TLS alert
+        client = ssl.create_default_context(cafile=str(ca_file))
+        with socket.create_connection(("127.0.0.1", thread.ldaps_port), timeout=30) as raw, \
+                client.wrap_socket(raw, server_hostname="127.0.0.1") as s:
+            s.sendall(clear)
+            got = messages_of(s.recv(65536))
+        assert [type(m.op).__name__ for m in got] == ["SearchResultEntry", "SearchResultDone"]
+        assert _wait_for(lambda: thread.server.connection_count == 0)
+    finally:
+        thread.stop()
+
+
 # --------------------------------------------------------------------------- HTTP
 
 def _http_answers(directory: Directory, request: bytes, count: int,
@@ -272,6 +325,33 @@ def test_http_query_that_is_not_utf8_is_400(directory: Directory, query: bytes) 
     error = json.loads(body)["error"]
     assert error["code"] == "malformed_request" and "UTF-8" in error["message"]
     assert_documented(400, json.loads(body), "/v1/containers")
+
+
+def test_http_headers_sent_a_byte_at_a_time_are_cut_off() -> None:
+    """aiohttp's idle timeout is not restarted by bytes of a request that is not complete
+    (a slow-loris client): the connection closes. Held; the existing test covers a
+    client that sends nothing."""
+    async def run() -> bool:
+        app = web.Application()
+        app.router.add_get("/", _sixteen_megabytes)
+        runner = make_runner(app, idle_seconds=0.3)
+        await runner.setup()
+        site = PeerCappedSite(runner, "127.0.0.1", 0, max_per_peer=2, counts=PeerCounts())
+        await site.start()
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", site.port)
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 300:  # 15 s
+                if reader.at_eof():
+                    break
+                writer.write(bytes([byte]))
+                await asyncio.sleep(0.05)
+            closed = await asyncio.wait_for(reader.read(), 10) == b""
+            writer.close()
+            return closed
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(run())
 
 
 def test_http_client_that_never_reads_is_dropped() -> None:
