@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -20,16 +21,19 @@ def stop(proc: subprocess.Popen[bytes] | subprocess.Popen[str], timeout: float =
         proc.wait()
 
 
-def _serving(argv: list[str], log: Path, what: str,
-             timeout: float) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def _serving(argv: list[str], log: Path, what: str, timeout: float,
+             preexec_fn: Callable[[], None] | None = None,
+             ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """Start a keypost server whose listeners all bind port 0 and read what it prints
     until `ready`: each `listening <url>` line names a port the kernel gave it, so no port
     is picked beforehand and none can be taken in between (a free-port probe raced with
     other processes' outgoing connections). stderr goes to `log`, read when it fails to
-    start. -> (process, {scheme: URL as printed})."""
+    start. `preexec_fn` runs in the child before it starts (e.g. to set a resource
+    limit). -> (process, {scheme: URL as printed})."""
     with open(log, "wb") as err:
         proc = subprocess.Popen([sys.executable, "-m", "keypost.core.cli", *argv],
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+                                stdout=subprocess.PIPE, stderr=err, text=True,
+                                preexec_fn=preexec_fn)
     urls: dict[str, str] = {}
     assert proc.stdout is not None
     # a start that hangs without printing must not hang the session: killed, it ends stdout
@@ -51,8 +55,9 @@ def _serving(argv: list[str], log: Path, what: str,
     return proc, urls
 
 
-def start_directory_serve(data: Path, log: Path, *extra: str,
-                          timeout: float = 60) -> tuple[subprocess.Popen[str], dict[str, str]]:
+def start_directory_serve(data: Path, log: Path, *extra: str, timeout: float = 60,
+                          preexec_fn: Callable[[], None] | None = None,
+                          ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """`keypost directory serve --data DATA` with every listener on an ephemeral loopback
     port (`--ldap/--http` always, `--ldaps/--https` when `extra` gives --tls-cert), started
     by `_serving`. -> (process, {scheme: URL as printed}); `port_of` reads a port from one."""
@@ -60,7 +65,7 @@ def start_directory_serve(data: Path, log: Path, *extra: str,
     if "--tls-cert" in extra:
         listeners += ["--ldaps", "127.0.0.1:0", "--https", "127.0.0.1:0"]
     proc, urls = _serving(["directory", "serve", "--data", str(data), *listeners, *extra],
-                          log, "directory serve", timeout)
+                          log, "directory serve", timeout, preexec_fn)
     if len(urls) < len(listeners) // 2:
         stop(proc)
         raise AssertionError(f"directory serve listens on {urls} only: "
@@ -68,13 +73,14 @@ def start_directory_serve(data: Path, log: Path, *extra: str,
     return proc, urls
 
 
-def start_gateway_serve(config: Path, log: Path,
-                        timeout: float = 60) -> tuple[subprocess.Popen[str], int]:
+def start_gateway_serve(config: Path, log: Path, timeout: float = 60,
+                        preexec_fn: Callable[[], None] | None = None,
+                        ) -> tuple[subprocess.Popen[str], int]:
     """`keypost gateway serve --config CONFIG`, whose `listen` names port 0 (as the tests'
     configurations do unless a fixed port is the point), started by `_serving`: the port
     comes from its `listening smtp://HOST:PORT` line. -> (process, port)."""
     proc, urls = _serving(["gateway", "serve", "--config", str(config)], log,
-                          "gateway serve", timeout)
+                          "gateway serve", timeout, preexec_fn)
     if "smtp" not in urls:
         stop(proc)
         raise AssertionError("gateway serve printed no listening line: "

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,18 +115,20 @@ def directory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Directory]:
 
 
 @contextlib.contextmanager
-def serving(data: Path, log: Path, *extra: str) -> Iterator[dict[str, str]]:
+def serving(data: Path, log: Path, *extra: str,
+            preexec_fn: Callable[[], None] | None = None) -> Iterator[dict[str, str]]:
     """`keypost directory serve` on ephemeral loopback ports: every listener (ldaps and
     https when `extra` gives TLS material) -> {scheme: URL}, until the block ends."""
-    with serve_process(data, log, *extra) as (_, urls):
+    with serve_process(data, log, *extra, preexec_fn=preexec_fn) as (_, urls):
         yield urls
 
 
 @contextlib.contextmanager
-def serve_process(data: Path, log: Path, *extra: str
+def serve_process(data: Path, log: Path, *extra: str,
+                  preexec_fn: Callable[[], None] | None = None,
                   ) -> Iterator[tuple[subprocess.Popen[str], dict[str, str]]]:
     """`serving`, with the process too (for tests that signal it themselves)."""
-    proc, urls = start_directory_serve(data, log, *extra)
+    proc, urls = start_directory_serve(data, log, *extra, preexec_fn=preexec_fn)
     try:
         yield proc, urls
     finally:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import resource
 import socket
 import ssl
 import threading
@@ -387,6 +388,71 @@ def test_http_client_that_never_reads_is_dropped() -> None:
 
 async def _sixteen_megabytes(request: web.Request) -> web.Response:
     return web.Response(body=b"x" * (16 << 20))  # more than the kernel buffers hold
+
+
+# --------------------------------------------------------------------------- files
+
+FILES = 512  # the open files limit (soft and hard) of the serve below
+
+
+def _few_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FILES, FILES))
+
+
+def _busy_or_open(s: socket.socket, kind: str) -> str:
+    """What a connection that sent nothing gets within 1 s: "busy" (a Notice of
+    Disconnection busy / 503 busy, then EOF) or "open" (nothing: it is held)."""
+    s.settimeout(1.0)
+    try:
+        reply = b"".join(iter(lambda: s.recv(65536), b""))
+    except TimeoutError:
+        return "open"
+    if kind == "ldap":
+        notice = M.decode_message(reply)
+        assert notice.op.result.code == M.ResultCode.BUSY, notice  # type: ignore[union-attr]
+    else:
+        assert reply.startswith(b"HTTP/1.1 503 ") and b'"busy"' in reply, reply
+    return "busy"
+
+
+def test_connection_caps_fit_the_open_files_limit(directory: Directory,
+                                                  tmp_path_factory: pytest.TempPathFactory
+                                                  ) -> None:
+    """With an open files limit below what the caps allow (4096 LDAP connections, HTTP
+    ones per address only), idle connections from many addresses ran the process out of
+    descriptors: then a client got no answer at all (and the log a traceback per accept).
+    The caps now fit the limit, so the next client is told busy and nobody is left
+    hanging; a client is served again once connections close."""
+    log = tmp_path_factory.mktemp("files") / "serve.log"
+    with serving(directory.data, log, "--max-connections-per-peer", "4",
+                 preexec_fn=_few_files) as urls:
+        held: list[socket.socket] = []
+        try:
+            for kind in ("ldap", "http"):
+                port = port_of(urls[kind])
+                for i in range(40):  # 4 from each address: 160, above the cap (96)
+                    for _ in range(4):
+                        s = socket.create_connection(("127.0.0.1", port), timeout=30,
+                                                     source_address=(f"127.0.3.{i + 1}", 0))
+                        held.append(s)
+                    if i == 7:  # 32 connections: held
+                        assert _busy_or_open(s, kind) == "open"
+                with socket.create_connection(("127.0.0.1", port), timeout=30,
+                                              source_address=("127.0.4.1", 0)) as other:
+                    assert _busy_or_open(other, kind) == "busy"
+        finally:
+            for s in held:
+                s.close()
+        assert _wait_for(lambda: _answers_a_search(port_of(urls["ldap"])))
+    text = log.read_text()
+    assert "Too many open files" not in text
+    assert "event=refused reason=too_many_connections" in text
+
+
+def _answers_a_search(port: int) -> bool:
+    got = messages_of(raw_exchange(port, _search(1, F.EqualityMatch("mail", ALICE.encode()))
+                                   + M.encode_message(M.LDAPMessage(2, M.UnbindRequest()))))
+    return [type(m.op).__name__ for m in got] == ["SearchResultEntry", "SearchResultDone"]
 
 
 # --------------------------------------------------------------------------- logs

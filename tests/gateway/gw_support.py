@@ -261,11 +261,13 @@ class ServingGateway:
 
 
 @contextmanager
-def serving_gateway(config_path: Path, log: Path) -> Iterator[ServingGateway]:
+def serving_gateway(config_path: Path, log: Path,
+                    preexec_fn: Callable[[], None] | None = None) -> Iterator[ServingGateway]:
     """`keypost gateway serve` in a process of its own (proc_util.start_gateway_serve), its
     log (stderr) in `log`; yields once it printed `ready`, which needs no probe connection
-    (one could be refused)."""
-    proc, port = start_gateway_serve(config_path, log)
+    (one could be refused). `preexec_fn` runs in the child before it starts (e.g. to set a
+    resource limit)."""
+    proc, port = start_gateway_serve(config_path, log, preexec_fn=preexec_fn)
     try:
         yield ServingGateway(proc, port)
     finally:

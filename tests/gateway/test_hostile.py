@@ -7,6 +7,7 @@ No assertion is on time: waits only bound a test that would otherwise hang."""
 from __future__ import annotations
 
 import base64
+import resource
 import smtplib
 import socket
 import time
@@ -14,7 +15,15 @@ from pathlib import Path
 
 import pytest
 from gw_directory import GATEWAY_ACCOUNT, GATEWAY_PW, DirectoryWorld
-from gw_support import Pki, Sink, plain_message, running_gateway, send, serving_gateway
+from gw_support import (
+    Pki,
+    Sink,
+    free_port,
+    plain_message,
+    running_gateway,
+    send,
+    serving_gateway,
+)
 
 from keypost.gateway.cli import describe
 from keypost.gateway.config import GatewayConfig, parse_config
@@ -199,3 +208,32 @@ def test_slow_commands_and_data_are_cut_off(pki: Pki, sink: Sink, tmp_path: Path
                 s.sendall(piece)
                 time.sleep(0.1)
     assert sink.handler.messages == []
+
+
+def _few_files() -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512))
+
+
+def test_max_connections_is_lowered_to_fit_the_open_files_limit(
+        pki: Pki, sink: Sink, tmp_path: Path) -> None:
+    """Under an open files limit of 512 (soft and hard: it cannot be raised) the default
+    100 sessions do not fit (6 descriptors each at most): `serve` says so and takes 37,
+    greeting the next client with 421 rather than running out of descriptors."""
+    port = free_port()
+    cfg = pki.config(sink.port, listen=port, quarantine=str(tmp_path / "q"))
+    log = tmp_path / "gateway.log"
+    held: list[socket.socket] = []
+    try:
+        with serving_gateway(cfg, log, preexec_fn=_few_files):
+            for _ in range(37):
+                s, greeting = _greeting("127.0.0.1", port)
+                held.append(s)
+                assert greeting.startswith(b"220 ")
+            extra, greeting = _greeting("127.0.0.1", port)
+            held.append(extra)
+            assert greeting.startswith(b"421 4.3.2 ")
+    finally:
+        for s in held:
+            s.close()
+    assert ("max_connections 100 does not fit the open files limit (512): at most 37 "
+            "sessions at once") in log.read_text()

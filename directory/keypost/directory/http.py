@@ -305,12 +305,18 @@ def make_app(controller: Controller, authenticator: Authenticator, url: str,
 
 # --------------------------------------------------------------------------- connections
 
-_BUSY_BODY = json.dumps({"error": {
-    "code": "busy", "message": "too many connections from your address"}}).encode()
-_BUSY_RESPONSE = (
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-    b"Retry-After: 5\r\nConnection: close\r\nContent-Length: "
-    + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY)
+def _busy_response(message: str) -> bytes:
+    body = json.dumps({"error": {"code": "busy", "message": message}}).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+            b"Retry-After: 5\r\nConnection: close\r\nContent-Length: "
+            + str(len(body)).encode() + b"\r\n\r\n" + body)
+
+
+_BUSY_PEER = _busy_response("too many connections from your address")
+_BUSY_ALL = _busy_response("too many connections")
+# Connections of all addresses together, as for LDAP (Limits.max_connections); `serve`
+# lowers it to fit the open files limit.
+MAX_CONNECTIONS = 4096
 
 
 class _UnparsableRequests(logging.Filter):
@@ -392,10 +398,12 @@ class PeerCappedSite(web.TCPSite):
     """
 
     def __init__(self, runner: ApiRunner, host: str, port: int, *, max_per_peer: int,
-                 counts: PeerCounts, ssl_context: ssl.SSLContext | None = None) -> None:
+                 counts: PeerCounts, ssl_context: ssl.SSLContext | None = None,
+                 max_connections: int = MAX_CONNECTIONS) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context, reuse_address=True)
         self.api_runner = runner
         self.max_per_peer = max_per_peer
+        self.max_connections = max_connections
         self.counts = counts
 
     async def start(self) -> None:
@@ -408,7 +416,7 @@ class PeerCappedSite(web.TCPSite):
         def handler() -> _PeerCapped:
             inner = _JsonErrors(manager, loop=loop, **options)
             return _PeerCapped(inner, self.counts, self.max_per_peer,
-                               options["keepalive_timeout"])
+                               options["keepalive_timeout"], self.max_connections)
 
         self._server = await loop.create_server(
             handler,
@@ -418,8 +426,9 @@ class PeerCappedSite(web.TCPSite):
 
 
 class _PeerCapped(asyncio.Protocol):
-    """Counts its peer's connections; beyond the cap answers 503 busy and hangs up
-    before aiohttp's handler sees the connection, else passes everything through.
+    """Counts its peer's connections; beyond the cap, or the cap on all connections (of
+    every site sharing `counts`), answers 503 busy and hangs up before aiohttp's handler
+    sees the connection, else passes everything through.
 
     Two things aiohttp does not do are done here. A client that shuts down its write
     side (EOF) still gets its answers: aiohttp took the EOF for a closed connection and
@@ -431,8 +440,9 @@ class _PeerCapped(asyncio.Protocol):
     """
 
     def __init__(self, inner: asyncio.Protocol, counts: PeerCounts, cap: int,
-                 stall_seconds: float) -> None:
+                 stall_seconds: float, max_connections: int = MAX_CONNECTIONS) -> None:
         self.inner, self.counts, self.cap = inner, counts, cap
+        self.max_connections = max_connections
         self.stall_seconds = stall_seconds
         self.host: str | None = None  # set while counted
         self.transport: asyncio.Transport | None = None
@@ -444,9 +454,14 @@ class _PeerCapped(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         peer = transport.get_extra_info("peername")
         host = str(peer[0]) if isinstance(peer, tuple) else ""
-        if not self.counts.admit(host, self.cap):
-            log.warning("event=refused reason=too_many_from_peer source=%s", host)
-            transport.write(_BUSY_RESPONSE)
+        refusal = None
+        if self.counts.total >= self.max_connections:
+            refusal = "too_many_connections", _BUSY_ALL
+        elif not self.counts.admit(host, self.cap):
+            refusal = "too_many_from_peer", _BUSY_PEER
+        if refusal is not None:
+            log.warning("event=refused reason=%s source=%s", refusal[0], host)
+            transport.write(refusal[1])
             transport.close()
             return
         self.host = host

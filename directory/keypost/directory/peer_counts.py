@@ -10,6 +10,7 @@ from __future__ import annotations
 class PeerCounts:
     def __init__(self) -> None:
         self._open: dict[str, int] = {}
+        self.total = 0  # connections counted, of every address
 
     def admit(self, host: str, cap: int) -> bool:
         """Count one more connection of `host`, unless it already holds `cap`."""
@@ -17,10 +18,12 @@ class PeerCounts:
         if held >= cap:
             return False
         self._open[host] = held + 1
+        self.total += 1
         return True
 
     def release(self, host: str) -> None:
         """One connection `admit` counted has closed."""
+        self.total -= 1
         left = self._open[host] - 1
         if left:
             self._open[host] = left

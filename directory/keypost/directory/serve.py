@@ -16,6 +16,7 @@ from aiohttp import web
 
 from keypost.core import logfmt
 from keypost.core.containers import sha256_fingerprint
+from keypost.core.fdlimit import connection_budget, raise_open_files_limit
 from keypost.directory import admin
 from keypost.directory.accounts import Authenticator
 from keypost.directory.cleartext import CleartextPolicy
@@ -124,8 +125,16 @@ async def serve(options: ServeOptions) -> None:
     controller.snapshot()  # fail now, not on the first request, when a stored key is bad
     authenticator = Authenticator(store)
     backend = DirectoryLdapBackend(controller, authenticator, settings.suffix)
+    # LDAP and HTTP(S) share the process's descriptors: each gets half of what the open
+    # files limit leaves (4096 each at most), so that the next client is told busy
+    files = raise_open_files_limit()
+    listeners = sum(where is not None for where in (options.ldap, options.ldaps, options.http,
+                                                    options.https))
+    cap = min(Limits.max_connections, connection_budget(files, listeners, shares=2))
+    log.info("event=limits open_files=%d ldap_connections=%d http_connections=%d",
+             files, cap, cap)
     ldap = LdapServer(backend, tls=tls, max_addresses=settings.max_addresses,
-                      limits=Limits(max_per_peer=options.max_per_peer),
+                      limits=Limits(max_per_peer=options.max_per_peer, max_connections=cap),
                       cleartext_passwords=options.cleartext_passwords,
                       on_bind_refused=lambda reason: controller.metrics.request(
                           "ldap", f"bind_{reason}"))
@@ -169,7 +178,8 @@ async def serve(options: ServeOptions) -> None:
                     continue
                 known = len(runner.addresses)
                 await PeerCappedSite(runner, *where, max_per_peer=options.max_per_peer,
-                                     counts=http_peers, ssl_context=context).start()
+                                     counts=http_peers, ssl_context=context,
+                                     max_connections=cap).start()
                 sock_host, sock_port, *_ = runner.addresses[known]  # this site's first socket
                 _say(f"listening {scheme}://{sock_host}:{sock_port}/")
         _say(f"trust anchor SHA-256 {sha256_fingerprint(ca.certificate)}")

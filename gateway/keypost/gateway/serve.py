@@ -14,6 +14,7 @@ from typing import Any
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP
 
+from keypost.core.fdlimit import connection_budget, raise_open_files_limit
 from keypost.gateway.binding import make_bindings
 from keypost.gateway.clients import Network, admits
 from keypost.gateway.config import GatewayConfig, HostPort, RecipientBinding, check_addresses
@@ -259,10 +260,28 @@ def check_bound_ports(config: GatewayConfig, ports: list[int]) -> None:
                         clients_listed=True)
 
 
+# Descriptors one session may hold at once: its connection, the next hop's, the
+# directory's, a scan command's three pipes.
+FILES_PER_SESSION = 6
+
+
+def fit_open_files(sessions: Sessions) -> None:
+    """Raise the open files limit, and lower `sessions.limit` (max_connections) to what
+    fits in it, with a warning: past the limit nobody gets a greeting at all."""
+    files = raise_open_files_limit()
+    fits = max(1, connection_budget(files, 1) // FILES_PER_SESSION - REFUSED_AT_ONCE)
+    if sessions.limit > fits:
+        log.warning("max_connections %d does not fit the open files limit (%d): at most %d "
+                    "sessions at once (raise the limit, e.g. LimitNOFILE in a systemd unit)",
+                    sessions.limit, files, fits)
+        sessions.limit = fits
+
+
 async def run(gw: Gateway, ready: asyncio.Event | None = None) -> None:
     """Serve until SIGTERM/SIGINT. Prints `listening smtp://HOST:PORT` lines, then `ready`
     (what `keypost start` waits for)."""
     quiet_smtp_logging()
+    fit_open_files(gw.sessions)
     gw.handler.quarantine.ensure()  # a quarantine that cannot be created stops the start
     for folder, mode in gw.handler.quarantine.loose_folders():
         # Not tightened: an existing folder's mode is the administrator's choice (e.g. a
