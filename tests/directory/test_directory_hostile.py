@@ -312,6 +312,16 @@ def test_http_half_closed_connection_gets_its_answers(directory: Directory) -> N
     answers = _http_answers(directory, request * 2, 2, half_close=True)
     assert [(status, json.loads(body)["results"][0]["address"])
             for status, body in answers] == [(200, "bob@example.org")] * 2
+    # over TLS the EOF (close_notify) closes: asyncio warned of each such connection
+    url = urlsplit(directory.https)
+    assert url.hostname is not None and url.port is not None
+    context = ssl.create_default_context(cafile=str(directory.tls_ca))
+    with socket.create_connection((url.hostname, url.port), timeout=30) as raw, \
+            context.wrap_socket(raw, server_hostname=url.hostname) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert s.recv(65536).startswith(b"HTTP/1.1 200 ")
+        s.unwrap()
+    assert "has no effect when using ssl" not in directory.log.read_text()
 
 
 @pytest.mark.parametrize("query", [

@@ -446,6 +446,7 @@ class _PeerCapped(asyncio.Protocol):
         self.stall_seconds = stall_seconds
         self.host: str | None = None  # set while counted
         self.transport: asyncio.Transport | None = None
+        self.tls = False  # a TLS transport closes at the EOF whatever eof_received says
         self.write_paused = False
         self.stalled = False  # closing or paused at the last check
         self.check: asyncio.TimerHandle | None = None
@@ -466,6 +467,7 @@ class _PeerCapped(asyncio.Protocol):
             return
         self.host = host
         self.transport = transport
+        self.tls = transport.get_extra_info("sslcontext") is not None
         self._arm()
         self.inner.connection_made(transport)
 
@@ -492,7 +494,9 @@ class _PeerCapped(asyncio.Protocol):
         if self.host is None:
             return None
         self.inner.eof_received()
-        return True  # keep writing: the requests before the EOF are answered
+        # keep writing: the requests before the EOF are answered (over TLS asyncio closes
+        # anyway, and warns of a True)
+        return None if self.tls else True
 
     def pause_writing(self) -> None:
         if self.host is not None:
