@@ -18,7 +18,6 @@ from gw_directory import GATEWAY_ACCOUNT, GATEWAY_PW, DirectoryWorld
 from gw_support import (
     Pki,
     Sink,
-    free_port,
     plain_message,
     running_gateway,
     send,
@@ -116,8 +115,8 @@ def test_debug_log_holds_no_directory_password(pki: Pki, world: DirectoryWorld, 
     cfg = pki.config(sink.port, extra='log_level = "debug"', quarantine=str(tmp_path / "q"),
                      directory=world.gateway_directory_lines(url))
     log = tmp_path / "gateway.log"
-    listen = int(cfg.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
-    with serving_gateway(cfg, log):
+    with serving_gateway(cfg, log) as gw:
+        listen = gw.port
         message = plain_message(sender=ALICE, to="bob@partner.org", subject="[sign] hi")
         assert send(listen, ALICE, ["bob@partner.org"], message)[0] == 250
         with socket.create_connection(("127.0.0.1", listen), timeout=30) as s:
@@ -219,12 +218,12 @@ def test_max_connections_is_lowered_to_fit_the_open_files_limit(
     """Under an open files limit of 512 (soft and hard: it cannot be raised) the default
     100 sessions do not fit (6 descriptors each at most): `serve` says so and takes 37,
     greeting the next client with 421 rather than running out of descriptors."""
-    port = free_port()
-    cfg = pki.config(sink.port, listen=port, quarantine=str(tmp_path / "q"))
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"))
     log = tmp_path / "gateway.log"
     held: list[socket.socket] = []
     try:
-        with serving_gateway(cfg, log, preexec_fn=_few_files):
+        with serving_gateway(cfg, log, preexec_fn=_few_files) as gw:
+            port = gw.port
             for _ in range(37):
                 s, greeting = _greeting("127.0.0.1", port)
                 held.append(s)
