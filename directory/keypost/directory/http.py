@@ -430,13 +430,11 @@ class _PeerCapped(asyncio.Protocol):
     every site sharing `counts`), answers 503 busy and hangs up before aiohttp's handler
     sees the connection, else passes everything through.
 
-    Two things aiohttp does not do are done here. A client that shuts down its write
-    side (EOF) still gets its answers: aiohttp took the EOF for a closed connection and
-    dropped them; the idle timeout then closes it. And a client that reads nothing is
-    dropped: aiohttp waits for its write buffer to drain, and a closing connection for
-    its last bytes to be sent, without a limit (a connection, and a slot of the cap,
-    held for ever). A check every `stall_seconds` drops a connection that was closing,
-    or could not be written to, at two checks in a row.
+    A client that reads nothing is dropped, which aiohttp does not do: it waits for its
+    write buffer to drain, and a closing connection for its last bytes to be sent,
+    without a limit (a connection, and a slot of the cap, held for ever). A check every
+    `stall_seconds` drops a connection that was closing, or could not be written to, at
+    two checks in a row.
     """
 
     def __init__(self, inner: asyncio.Protocol, counts: PeerCounts, cap: int,
@@ -446,7 +444,6 @@ class _PeerCapped(asyncio.Protocol):
         self.stall_seconds = stall_seconds
         self.host: str | None = None  # set while counted
         self.transport: asyncio.Transport | None = None
-        self.tls = False  # a TLS transport closes at the EOF whatever eof_received says
         self.write_paused = False
         self.stalled = False  # closing or paused at the last check
         self.check: asyncio.TimerHandle | None = None
@@ -467,7 +464,6 @@ class _PeerCapped(asyncio.Protocol):
             return
         self.host = host
         self.transport = transport
-        self.tls = transport.get_extra_info("sslcontext") is not None
         self._arm()
         self.inner.connection_made(transport)
 
@@ -491,12 +487,7 @@ class _PeerCapped(asyncio.Protocol):
             self.inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        if self.host is None:
-            return None
-        self.inner.eof_received()
-        # keep writing: the requests before the EOF are answered (over TLS asyncio closes
-        # anyway, and warns of a True)
-        return None if self.tls else True
+        return self.inner.eof_received() if self.host is not None else None
 
     def pause_writing(self) -> None:
         if self.host is not None:
