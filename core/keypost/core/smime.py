@@ -221,15 +221,23 @@ def recipient_ids(message_or_der: bytes) -> list[RecipientId]:
     """The issuer+serial RecipientIdentifiers of an enveloped message (whole message or
     raw DER): of the key-transport recipients, then of the key-agreement ones. Raises
     SmimeError when it is not EnvelopedData."""
+    return recipient_identifiers(message_or_der)[0]
+
+
+def recipient_identifiers(message_or_der: bytes) -> tuple[list[RecipientId], list[bytes]]:
+    """All RecipientIdentifiers of an enveloped message, from one parse: the issuer+serial
+    ones (as recipient_ids) and the subjectKeyIdentifiers. Raises SmimeError when it is
+    not EnvelopedData."""
     env = cms.parse_enveloped(_enveloped_der(message_or_der))
-    named: list[tuple[bytes | None, int | None]] = [(ri.issuer_der, ri.serial)
-                                                     for ri in env.recipients]
-    named += [(k.issuer_der, k.serial) for kari in env.agreements for k in kari.keys]
-    return [
+    named: list[tuple[bytes | None, int | None, bytes | None]] = [
+        (ri.issuer_der, ri.serial, ri.ski) for ri in env.recipients]
+    named += [(k.issuer_der, k.serial, k.ski) for kari in env.agreements for k in kari.keys]
+    ids = [
         RecipientId(cms.name_from_der(issuer), serial)
-        for issuer, serial in named
+        for issuer, serial, _ in named
         if issuer is not None and serial is not None
     ]
+    return ids, [ski for _, _, ski in named if ski is not None]
 
 
 def is_encrypted(message: bytes) -> bool:
