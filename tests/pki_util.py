@@ -101,15 +101,19 @@ def server_cert(ca: KeyCert, hosts: Sequence[str] = ("127.0.0.1", "localhost"),
 
 
 def email_cert(ca: KeyCert, address: str, key: rsa.RSAPrivateKey | None = None, *,
-               days: float = 30) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
-    """A genuine S/MIME certificate for `address` (RSA: what S/MIME encrypts to)."""
+               days: float = 30, ski: bool = False) -> tuple[rsa.RSAPrivateKey, x509.Certificate]:
+    """A genuine S/MIME certificate for `address` (RSA: what S/MIME encrypts to); `ski`:
+    with a subjectKeyIdentifier, which `openssl cms -encrypt -keyid` needs."""
     key = key or rsa_key()
-    return key, _issue(ca, name(address, address), key, days, [
+    extensions: list[tuple[x509.ExtensionType, bool]] = [
         (x509.BasicConstraints(ca=False, path_length=None), True),
         (x509.KeyUsage(True, False, True, False, False, False, False, False, False), True),
         (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), False),
         (x509.SubjectAlternativeName([x509.RFC822Name(address)]), False),
-    ])
+    ]
+    if ski:
+        extensions.append((x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False))
+    return key, _issue(ca, name(address, address), key, days, extensions)
 
 
 def self_signed(key: PrivateKey, common_name: str, email: str | None = None, *,

@@ -1,7 +1,8 @@
 """A real `keypost directory serve` for the gateway tests (D's CLI, driven like a stranger).
 
 Serves example.com (the gateway under test: its keys come from the Pki) and partner.org
-(another gateway), keeps genuine certificates for bob@partner.org and carol@elsewhere.net
+(another gateway), keeps genuine certificates for bob@partner.org, carol@elsewhere.net and
+gina@example.com (a mailbox of the gateway's own domain; hers has a subjectKeyIdentifier)
 issued by a test CA, and has the accounts gw-example (gateway of example.com) and alice
 (a user of example.com).
 """
@@ -45,6 +46,7 @@ class DirectoryWorld:
     partner_key: rsa.RSAPrivateKey  # partner.org's gateway key
     bob_key: rsa.RSAPrivateKey  # bob@partner.org's own key (genuine certificate)
     carol_key: rsa.RSAPrivateKey  # carol@elsewhere.net's own key (genuine certificate)
+    gina_key: rsa.RSAPrivateKey  # gina@example.com's own key (genuine certificate)
     proc: subprocess.Popen[bytes]
 
     @property
@@ -80,8 +82,8 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
     ca = make_ca("Genuine Test CA", rsa_key())
     (root / "genuine-ca.pem").write_bytes(to_pem(ca[1]))
     keys = {}
-    for who in ("bob@partner.org", "carol@elsewhere.net"):
-        key, cert = email_cert(ca, who)
+    for who in ("bob@partner.org", "carol@elsewhere.net", "gina@example.com"):
+        key, cert = email_cert(ca, who, ski=who == "gina@example.com")
         keys[who] = key
         path = root / f"{who}.pem"
         path.write_bytes(to_pem(cert))
@@ -105,4 +107,5 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
                           root / "genuine-ca.pem",
                           root / "directory-ca.pem",
                           root / "genuine-ca.pem", pw, partner,
-                          keys["bob@partner.org"], keys["carol@elsewhere.net"], proc)
+                          keys["bob@partner.org"], keys["carol@elsewhere.net"],
+                          keys["gina@example.com"], proc)

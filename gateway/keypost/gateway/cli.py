@@ -12,7 +12,7 @@ from keypost.core import logfmt
 from keypost.core.address import parse_address
 from keypost.core.derived import carried_key
 from keypost.gateway.clients import describe_clients
-from keypost.gateway.config import GatewayConfig, RecipientBinding, load_config
+from keypost.gateway.config import GatewayConfig, InboundGenuine, RecipientBinding, load_config
 from keypost.gateway.demo import register_demo
 from keypost.gateway.directory import anonymous_fetch
 from keypost.gateway.errors import ConfigError, DirectoryUnavailable
@@ -88,6 +88,10 @@ def describe(cfg: GatewayConfig) -> list[str]:
         + ("only the recipients its containers were issued for (recipient_binding = enforce, "
            "asked of the directory)" if p.recipient_binding is RecipientBinding.ENFORCE
            else "every envelope recipient of the domain (recipient_binding = off)"),
+        "inbound mail also encrypted to the recipient's genuine certificate: "
+        + ("delivered as it arrived, after the scan (inbound_genuine = keep, certificates "
+           "asked of the directory)" if p.inbound_genuine is InboundGenuine.KEEP
+           else "delivered decrypted (inbound_genuine = clear)"),
     ]
     if d.url:
         lines.append(f"signing containers kept across restarts in {cfg.state_dir / KEPT_FOLDER}")

@@ -69,6 +69,14 @@ class RecipientBinding(enum.Enum):
     ENFORCE = "enforce"  # only those its containers were issued for (asks the directory)
 
 
+class InboundGenuine(enum.Enum):
+    """Inbound mail the gateway decrypted that the sender also encrypted to the recipient's
+    genuine certificate: what that recipient gets (README: Direction and what happens)."""
+
+    CLEAR = "clear"  # the decrypted message, as every other recipient
+    KEEP = "keep"  # the message as it arrived, which the recipient's own key opens
+
+
 @dataclass(frozen=True)
 class HostPort:
     host: str
@@ -135,6 +143,7 @@ class PolicyConfig:
     sign_header: str = "X-Keypost-Sign"  # "" disables the header
     malformed: MalformedPolicy = MalformedPolicy.REJECT
     recipient_binding: RecipientBinding = RecipientBinding.OFF
+    inbound_genuine: InboundGenuine = InboundGenuine.CLEAR
 
 
 @dataclass(frozen=True)
@@ -409,14 +418,35 @@ def _check_binding_directory(directory: DirectoryConfig) -> None:
     """recipient_binding = "enforce" asks the directory's GET /v1/bindings, which answers
     gateway accounts over HTTP only."""
     where = "policy.recipient_binding: enforce asks the directory for whom each container was"
-    if directory.url is None:
-        raise ConfigError(f"{where} issued: set [directory] url (https://)")
-    if directory_url(directory.url).is_ldap:
-        raise ConfigError(f"{where} issued, which it answers over HTTP only: set [directory] "
-                          "url to its https:// address (the gateway then asks everything there)")
+    _check_http_directory(directory, f"{where} issued")
     if not directory.username:
         raise ConfigError(f"{where} issued, which it answers to gateway accounts only: set "
                           "[directory] username and password_file")
+
+
+def _check_genuine_directory(directory: DirectoryConfig) -> None:
+    """inbound_genuine = "keep" asks the directory for genuine certificates of the served
+    domains' mailboxes (over LDAP a gateway account asking for its own domain's address
+    gets its signing container instead) and accepts those chaining to genuine_roots:
+    without any of that it would never keep anything."""
+    where = "policy.inbound_genuine: keep asks the directory for the recipients' genuine"
+    _check_http_directory(directory, f"{where} certificates")
+    if not directory.username:
+        raise ConfigError(f"{where} certificates as the gateway account: set [directory] "
+                          "username and password_file")
+    if not directory.genuine_roots:
+        raise ConfigError(f"{where} certificates, and with no [directory] genuine_roots every "
+                          "genuine certificate is ignored: set it")
+
+
+def _check_http_directory(directory: DirectoryConfig, where: str) -> None:
+    """A question the directory answers over HTTP only (`where`: the setting and what it
+    asks)."""
+    if directory.url is None:
+        raise ConfigError(f"{where}: set [directory] url (https://)")
+    if directory_url(directory.url).is_ldap:
+        raise ConfigError(f"{where}, which it answers over HTTP only: set [directory] url to "
+                          "its https:// address (the gateway then asks everything there)")
 
 
 def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
@@ -503,10 +533,16 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
             RecipientBinding, pt.text("recipient_binding"), RecipientBinding.OFF,
             "policy.recipient_binding",
         ),
+        inbound_genuine=_enum(
+            InboundGenuine, pt.text("inbound_genuine"), InboundGenuine.CLEAR,
+            "policy.inbound_genuine",
+        ),
     )
     pt.finish()
     if policy.recipient_binding is RecipientBinding.ENFORCE:
         _check_binding_directory(directory)
+    if policy.inbound_genuine is InboundGenuine.KEEP:
+        _check_genuine_directory(directory)
     if policy.sign_all_outbound and any(d.signing_key is None for d in domains):
         raise ConfigError("policy.sign_all_outbound: every domain needs a signing_key")
     if policy.sign_all_outbound and directory.url is None:

@@ -15,7 +15,7 @@ import email.utils
 import enum
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -30,7 +30,7 @@ from keypost.core.errors import (
 )
 from keypost.gateway import headers, mimecheck
 from keypost.gateway.binding import BindingSource, bind_recipients
-from keypost.gateway.config import MalformedPolicy, NoGenuinePolicy, PolicyConfig
+from keypost.gateway.config import InboundGenuine, MalformedPolicy, NoGenuinePolicy, PolicyConfig
 from keypost.gateway.directory import DirectoryClient
 from keypost.gateway.errors import PermFailure, TempFailure
 from keypost.gateway.keys import DomainKeys
@@ -41,6 +41,9 @@ from keypost.gateway.scan import Scanner, Verdict
 log = logging.getLogger("keypost.gateway.pipeline")
 
 DECRYPTED_HEADER = "X-Keypost-Decrypted"
+# policy.inbound_genuine = "keep": what the gateway opened, on the message it delivered as
+# it arrived (still encrypted, to the recipient's own certificate among others)
+KEPT_HEADER = "X-Keypost-Kept-Encrypted"
 
 
 class Action(enum.Enum):
@@ -68,6 +71,7 @@ class _Opened:
     algorithm: str
     rids: tuple[smime.RecipientId, ...]
     opened_by: tuple[smime.OpenedBy, ...]  # the RecipientInfos of the key that opened it
+    skis: tuple[bytes, ...]  # the RecipientInfos naming a certificate by subjectKeyIdentifier
     # derived_keys: the recipients (positions in the list given to _open) whose own key
     # yields the content key, and whether a configured key itself does (plain)
     derived_for: frozenset[int] = frozenset()
@@ -189,7 +193,48 @@ class Pipeline:
         note = f"decrypted {len(peeled.envelopes)} envelope(s)"
         if len(peeled.layers) > len(peeled.envelopes):
             note += f"; {len(peeled.layers) - len(peeled.envelopes)} signature layer(s) removed"
-        return refused + self._scanned(rcpts, mail_from, clear, rcpts, True, note)
+        scanned = self._scanned(rcpts, mail_from, clear, rcpts, True, note)
+        if self.policy.inbound_genuine is InboundGenuine.KEEP and scanned[0].action is Action.RELAY:
+            return refused + self._kept(keys, peeled, data, scanned[0])
+        return refused + scanned
+
+    def _kept(self, keys: DomainKeys, peeled: Peeled[_Opened], original: bytes,
+              delivered: Outcome) -> list[Outcome]:
+        """policy.inbound_genuine = "keep", after the scan accepted the clear text in
+        `delivered`: the recipients whose own key opens every envelope we opened get
+        `original` as it arrived (a header per envelope saying what we opened it with),
+        the others `delivered`. Raises TempFailure (directory)."""
+        envelopes = peeled.envelopes
+        if not all(self._names_others(e) for e in envelopes):
+            return [delivered]  # each RecipientInfo of some envelope is one of our containers
+        keep = [r for r in delivered.recipients if self._opens_for(r, envelopes)]
+        if not keep:
+            return [delivered]
+        kept = original
+        for opened in reversed(envelopes):
+            kept = headers.prepend(kept, KEPT_HEADER, f"{self._opened_with(keys, opened)}; scanned")
+        out = [Outcome(tuple(keep), Action.RELAY, kept,
+                       note=f"{delivered.note}; kept encrypted to the genuine certificate")]
+        rest = tuple(r for r in delivered.recipients if r not in keep)
+        return out + ([replace(delivered, recipients=rest)] if rest else [])
+
+    def _names_others(self, opened: _Opened) -> bool:
+        """Does the envelope name any certificate not issued by our directory CA? Asked
+        before the directory: mail only to our containers costs no directory question."""
+        return bool(opened.skis) or any(r.issuer not in self.issuers for r in opened.rids)
+
+    def _opens_for(self, rcpt: str, envelopes: Sequence[_Opened]) -> bool:
+        """Does every envelope name one of `rcpt`'s genuine certificates (what the directory
+        gave us, verified against genuine_roots), by issuer and serial or by
+        subjectKeyIdentifier? Every one: an inner envelope for our key alone would leave
+        the recipient ciphertext their key cannot open. Raises TempFailure (directory)."""
+        addr = _address(rcpt)
+        genuine = self.directory.encryption_certificates(addr).genuine if addr else ()
+        names = {(c.issuer, c.serial_number) for c in genuine}
+        skis = {ski for c in genuine if (ski := _ski(c)) is not None}
+        return bool(genuine) and all(
+            any((r.issuer, r.serial) in names for r in e.rids) or not skis.isdisjoint(e.skis)
+            for e in envelopes)
 
     def _admitted(
         self, keys: DomainKeys, opened: _Opened, rcpts: tuple[str, ...],
@@ -221,14 +266,18 @@ class Pipeline:
         recipient learns from us what they said."""
         for layer in reversed(peeled.layers):
             if layer.opened is not None:
-                value = f"{keys.describe_key(layer.opened.key_index)}, alg={layer.opened.algorithm}"
-                if layer.opened.derived_for:
-                    value += ", derived-keys"
-                clear = headers.prepend(clear, DECRYPTED_HEADER, value)
+                clear = headers.prepend(clear, DECRYPTED_HEADER,
+                                        self._opened_with(keys, layer.opened))
             elif layer.signed is not None:
                 clear = headers.prepend(clear, OUTER_SIGNATURE_HEADER,
                                         verdict(layer.signed, self.signature_anchors))
         return clear
+
+    @staticmethod
+    def _opened_with(keys: DomainKeys, opened: _Opened) -> str:
+        """What a header says one envelope was opened with (no secrets)."""
+        value = f"{keys.describe_key(opened.key_index)}, alg={opened.algorithm}"
+        return value + (", derived-keys" if opened.derived_for else "")
 
     # --- outbound (Figs. 2 and 3) -------------------------------------------------
 
@@ -418,9 +467,10 @@ class Pipeline:
         clear message, None when the message is not for us (no RecipientInfo issued by our
         directory), or a reason it is malformed (NO_KEY: none of the keys opens it)."""
         try:
-            rids = tuple(smime.recipient_ids(data))
+            ids, skis = smime.recipient_identifiers(data)
         except (SmimeError, ValueError):
             return "not a readable S/MIME message"
+        rids = tuple(ids)
         opener = keys.opener([_address(r) for r in rcpts] if keys.derived else ())
         try:
             res = opener.decryptor.decrypt_message(data)
@@ -435,7 +485,7 @@ class Pipeline:
             return f"decrypted content is not a readable message: {problem}"
         owners = [opener.owners[i] for i in res.opened_keys]
         return _Opened(res.message, opener.owners[res.key_index][0], res.algorithm, rids,
-                       res.opened_by,
+                       res.opened_by, tuple(skis),
                        frozenset(n for _, n in owners if n is not None),
                        not keys.derived or any(n is None for _, n in owners))
 
@@ -481,10 +531,18 @@ class Pipeline:
 def _without_claims(message: bytes) -> bytes:
     """The message without the fields only this gateway may write (what it decrypted, what
     the signatures it took off said): from outside they are forged."""
-    for name in (DECRYPTED_HEADER, OUTER_SIGNATURE_HEADER):
+    for name in (DECRYPTED_HEADER, OUTER_SIGNATURE_HEADER, KEPT_HEADER):
         if headers.get(message, name) is not None:
             message = headers.remove(message, name)
     return message
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    """The certificate's subjectKeyIdentifier extension, which an SKI RecipientInfo names."""
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return None
 
 
 def from_problem(message: bytes, sender: Address) -> str | None:
