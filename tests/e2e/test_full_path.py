@@ -24,6 +24,7 @@ import email.policy
 import hashlib
 import os
 import re
+import smtplib
 import socket
 import subprocess
 import threading
@@ -60,6 +61,7 @@ SENDER = tbt.SENDER  # alice@example.com, a user account of example.com
 BOB = "bob@example.org"  # has a genuine certificate in the directory
 DAVE = "dave@example.org"  # has none: the gateways' containers only
 GATEWAY_A, GATEWAY_A_PW = "gw-example-com", "gateway-a-pw-1"
+GATEWAY_B, GATEWAY_B_PW = "gw-example-org", "gateway-b-pw-1"  # B with inbound_genuine = keep
 
 
 # ---- what one hop puts on the wire ----------------------------------------------------------
@@ -166,6 +168,8 @@ class Chain:
     bob_cert: Path
     ca_pem: Path  # the directory CA
     logs: list[Path]
+    work: Path  # key files, directory CA, genuine CA, gateway configurations
+    directory_http: str  # the directory's http:// URL
 
     def log_text(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')}" for p in self.logs)
@@ -204,6 +208,9 @@ def _directory_data(work: Path) -> tuple[Path, dict[str, Path], Path]:
     keypost("directory", "account", "add", GATEWAY_A, "--role", "gateway", "--domain",
             "example.com", "--password-stdin", "--data", str(data), stdin=GATEWAY_A_PW + "\n")
     write_private(work / "gw-a.pass", GATEWAY_A_PW.encode() + b"\n")
+    keypost("directory", "account", "add", GATEWAY_B, "--role", "gateway", "--domain",
+            "example.org", "--password-stdin", "--data", str(data), stdin=GATEWAY_B_PW + "\n")
+    write_private(work / "gw-b.pass", GATEWAY_B_PW.encode() + b"\n")
     (work / "directory-ca.pem").write_text(keypost("directory", "ca", "export", "--data",
                                                    str(data)))
     keys = {"a": a_enc, "a-sign": a_sign, "b": b_enc, "bob": work / "bob.key"}
@@ -211,9 +218,9 @@ def _directory_data(work: Path) -> tuple[Path, dict[str, Path], Path]:
 
 
 def _gateway(work: Path, name: str, domain: str, next_hop: int, directory: str,
-             domain_extra: str = "") -> Path:
-    """gateway-NAME.toml in `work`: `domain` with NAME-enc.key, listening on a port the
-    kernel picks, re-injecting at `next_hop`."""
+             domain_extra: str = "", key: str | None = None) -> Path:
+    """gateway-NAME.toml in `work`: `domain` with NAME-enc.key (KEY-enc.key), listening on
+    a port the kernel picks, re-injecting at `next_hop`."""
     config = work / f"gateway-{name}.toml"
     config.write_text(f"""
 listen = "127.0.0.1:0"
@@ -225,7 +232,7 @@ state_dir = "state-{name}"
 {directory}
 [[domain]]
 name = "{domain}"
-encryption_keys = ["{name}-enc.key"]
+encryption_keys = ["{key or name}-enc.key"]
 {domain_extra}
 """)
     return config
@@ -281,7 +288,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         tb.wait_for(lambda: tbt._addon_state(session.marionette), 60, "the add-on")
         yield Chain(session, sink, to_a, a_to_b, keys, work / "bob.pem",
                     work / "directory-ca.pem",
-                    [work / "gateway-a.log", work / "gateway-b.log", work / "directory.log"])
+                    [work / "gateway-a.log", work / "gateway-b.log", work / "directory.log"],
+                    work, urls["http"])
 
 
 # ---- sending and looking -------------------------------------------------------------------
@@ -535,3 +543,49 @@ def test_one_signed_message_to_two_mailboxes(chain: Chain, tmp_path: Path) -> No
         delivered = assert_delivered_clear(chain, got, crossed[rcpt][0], rcpt, subject, body,
                                            attach)
         assert_signed_by_alice(chain, delivered, got.data, body, tmp_path)
+
+
+def test_b_keeps_bobs_envelope_and_decrypts_daves(chain: Chain, tmp_path: Path) -> None:
+    """Thunderbird's envelope for bob (A's key, B's key, bob's certificate), as it crossed
+    from A to B, handed to a second `keypost gateway serve` of example.org with
+    `inbound_genuine = "keep"` for bob and dave at once (as an outside sender's one envelope
+    to both would come): bob's mailbox gets the envelope as it came, which his key opens,
+    dave's the decrypted message."""
+    subject = "Figures for both, kept"
+    body = "Hello Bob and Dave, the figures. Kept-envelope marker 5e0a."
+    attach = _blob(tmp_path, "kept.pdf")
+    hops = send_through(chain, f"{BOB}, {DAVE}", subject, body, attach, deliveries=2)
+    # The host encrypts once per key (A's, B's, bob's): A forwards that original to bob and
+    # re-encrypts for dave, whose container it does not name.
+    (crossed,) = [smtp_data(st)[0] for st in hops.streams if _RCPT.findall(st) == [BOB.encode()]]
+    assert body_of(crossed) == body_of(hops.from_thunderbird)
+    _enveloped(crossed)
+
+    with running_sink() as mailbox:
+        keep = _gateway(chain.work, "b-keep", "example.org", mailbox.port, f"""
+url = "{chain.directory_http}"
+username = "{GATEWAY_B}"
+password_file = "gw-b.pass"
+trust_anchor = "directory-ca.pem"
+genuine_roots = ["genuine-ca.pem"]
+""", '[policy]\ninbound_genuine = "keep"', key="b")
+        with serving_gateway(keep, tmp_path / "gateway-b-keep.log") as b, \
+                smtplib.SMTP("127.0.0.1", b.port, timeout=120) as smtp:
+            smtp.sendmail(SENDER, [BOB, DAVE], crossed)
+        got = {r: m for m in mailbox.handler.messages for r in m.rcpt_tos}
+    assert sorted(got) == [BOB, DAVE] and len(mailbox.handler.messages) == 2
+
+    kept = got[BOB].data
+    _enveloped(kept)
+    assert body_of(kept) == body_of(crossed) and body.encode() not in kept
+    (trace,) = email.message_from_bytes(kept).get_all("X-Keypost-Kept-Encrypted") or []
+    assert trace.startswith(f"key=current fingerprint={_spki_sha256(chain.keys['b'])}, alg=")
+    own = email.message_from_bytes(
+        openssl_decrypt(kept, chain.bob_cert, chain.keys["bob"], tmp_path))
+    assert body in _text(own) and _attachment(own, attach.name) == attach.read_bytes()
+
+    clear = email.message_from_bytes(got[DAVE].data, policy=email.policy.default)
+    assert isinstance(clear, email.message.EmailMessage)
+    assert clear.get_content_type() != "application/pkcs7-mime"
+    assert body in _text(clear) and _attachment(clear, attach.name) == attach.read_bytes()
+    assert clear["X-Keypost-Decrypted"] and not clear["X-Keypost-Kept-Encrypted"]

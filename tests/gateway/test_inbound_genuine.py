@@ -171,6 +171,22 @@ def test_a_rejected_scan_delivers_nothing_to_either(
     assert SECRET.encode() in (tmp_path / "scanned").read_bytes()
 
 
+def test_a_held_scan_holds_the_clear_text_for_both(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """As without the setting: the decrypted message is held once for both, and each gets
+    a notice (no content); nothing is delivered."""
+    enveloped = encrypt(tmp_path, TEXT, certificates(world, GINA))
+    with serving_gateway(config(pki, world, sink, tmp_path, verdict=2),
+                         tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [GINA, DAVE], mail(enveloped))
+    assert code == 250 and "quarantined=2" in text, text
+    [held] = list((tmp_path / "quarantine" / "new").iterdir())
+    assert SECRET.encode() in held.read_bytes()
+    assert all(SECRET.encode() not in m.data and b"pkcs7" not in m.data.lower()
+               for m in sink.handler.messages)
+
+
 @pytest.mark.parametrize("policy", [None, "clear"])
 def test_clear_decrypts_for_gina_too(
     pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path, policy: str | None
