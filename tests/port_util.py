@@ -1,8 +1,11 @@
-"""A loopback port that a server just stopped using: what a restart finds."""
+"""Loopback ports with a known state: one a server just stopped using (what a restart
+finds), one that refuses connections."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 
 
 def port_in_time_wait() -> int:
@@ -27,3 +30,15 @@ def plain_bind_fails(port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+@contextlib.contextmanager
+def refusing_port() -> Iterator[int]:
+    """A loopback port that refuses connections for as long as the block runs: bound and
+    never listening, so the kernel hands it to nobody else. For a next hop or directory
+    that must stay down: a port that was merely free when picked (free_port) can be given
+    to a server another test starts on port 0 meanwhile, which then answers (CI: a
+    quarantine release meant to fail went to another test's sink)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])

@@ -37,9 +37,10 @@ KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
 
 
 def free_port() -> int:
-    """A port nothing listens on right now, for a next hop or directory that is down (or
-    comes up there later). Servers the tests start bind port 0 instead (running_sink,
-    running_gateway, serving_gateway): a port picked beforehand can be taken in between."""
+    """A port nothing listens on right now, for a server that comes up there later or a
+    configuration never connected to (a port that must stay down: refusing_port). Servers
+    the tests start bind port 0 instead (running_sink, running_gateway, serving_gateway):
+    a port picked beforehand can be taken in between."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])

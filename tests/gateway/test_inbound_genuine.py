@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import requests
 from gw_directory import DirectoryWorld
-from gw_support import Pki, Sink, body_of, free_port, send, serving_gateway, write_private
+from gw_support import Pki, Sink, body_of, send, serving_gateway, write_private
 from gw_verify import openssl_verify
 from pki_util import key_pem
+from port_util import refusing_port
 
 from keypost.gateway.config import load_config
 from keypost.gateway.errors import ConfigError
@@ -231,9 +232,9 @@ def test_directory_down_defers_what_it_could_keep_only(
     cannot answer, such mail gets 451 (the MTA retries). Mail whose RecipientInfos are all
     our containers needs no question and is delivered decrypted."""
     ours, genuine = certificates(world, GINA)
-    down = f"http://127.0.0.1:{free_port()}"
-    with serving_gateway(config(pki, world, sink, tmp_path, url=down),
-                         tmp_path / "gw.log") as gw:
+    with refusing_port() as port, serving_gateway(
+            config(pki, world, sink, tmp_path, url=f"http://127.0.0.1:{port}"),
+            tmp_path / "gw.log") as gw:
         code, text = send(gw.port, SENDER, [GINA, DAVE],
                           mail(encrypt(tmp_path, TEXT, [ours, genuine])))
         assert code == 451 and "directory" in text, text

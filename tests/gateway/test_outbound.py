@@ -24,7 +24,6 @@ from gw_support import (
     RunningGateway,
     Sink,
     body_of,
-    free_port,
     plain_message,
     running_gateway,
     send,
@@ -32,6 +31,7 @@ from gw_support import (
 )
 from gw_verify import gpgsm_verify, openssl_verify
 from pki_util import email_cert, key_pem, make_ca, rsa_key
+from port_util import refusing_port
 
 from keypost.core import smime
 from keypost.core.containers import describe, to_pem
@@ -266,9 +266,9 @@ def test_sign_and_reencrypt(
 def test_directory_down_defers_only_mail_that_needs_it(
     pki: Pki, world: DirectoryWorld, sink: Sink
 ) -> None:
-    cfg = config(pki, world, sink, url=f"ldap://127.0.0.1:{free_port()}")
     fig2 = _only_to_our_gateway(world, CAROL, "needs the directory")
-    with running_gateway(cfg) as g:
+    with refusing_port() as down, running_gateway(
+            config(pki, world, sink, url=f"ldap://127.0.0.1:{down}")) as g:
         assert send(g.port, ALICE, [CAROL], fig2)[0] == 451
         signed = plain_message(sender=ALICE, to=CAROL, subject="[sign] x")
         assert send(g.port, ALICE, [CAROL], signed)[0] == 451

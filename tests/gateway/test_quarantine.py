@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from gw_support import KEYPOST, Pki, Sink, free_port
+from port_util import refusing_port
 from proc_util import start_gateway_serve, stop
 
 from keypost.gateway.quarantine import Maildir, Onward, held_messages
@@ -200,7 +201,8 @@ def test_a_release_the_next_hop_refuses_entirely_keeps_the_entry(
     box = Maildir(tmp_path / "q")
     qid = box.store(b"Subject: x\r\n\r\nreviewed\r\n", "s@outside.test", ["alice@example.com"],
                     "scan: held", None)
-    done = _release(pki.config(free_port(), quarantine=str(box.root)), qid)  # nobody there
+    with refusing_port() as nobody:
+        done = _release(pki.config(nobody, quarantine=str(box.root)), qid)
     assert done.returncode == 1, done.stderr
     assert f"{qid} not released (still held)" in done.stderr.splitlines()[-1]
     assert [h.qid for h in held_messages(box.root)] == [qid]

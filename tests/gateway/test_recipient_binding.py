@@ -22,11 +22,11 @@ from gw_support import (
     Pki,
     Sink,
     encrypted_again,
-    free_port,
     running_gateway,
     send,
     write_private,
 )
+from port_util import refusing_port
 
 from keypost.core.address import parse_address
 from keypost.core.bindings import Binding
@@ -167,7 +167,8 @@ def test_enforce_refuses_what_names_no_known_container(
 
 def test_enforce_with_the_directory_down_is_451(
         pki: Pki, world: DirectoryWorld, sink: Sink, for_bob: bytes) -> None:
-    with running_gateway(gateway_config(pki, world, sink, "enforce", free_port())) as g:
+    with refusing_port() as down, running_gateway(
+            gateway_config(pki, world, sink, "enforce", down)) as g:
         code, text = send(g.port, SENDER, [BOB], for_bob)
     assert code == 451 and "4.4.3" in text, text
     assert sink.handler.messages == []
@@ -177,7 +178,8 @@ def test_plain_mail_needs_no_directory_under_enforce(
         pki: Pki, world: DirectoryWorld, sink: Sink) -> None:
     """Only what the gateway decrypted is checked: plain mail flows with the directory down."""
     plain = (f"From: {SENDER}\r\nTo: {MALLORY}\r\nSubject: hi\r\n\r\nplain\r\n").encode()
-    with running_gateway(gateway_config(pki, world, sink, "enforce", free_port())) as g:
+    with refusing_port() as down, running_gateway(
+            gateway_config(pki, world, sink, "enforce", down)) as g:
         code, text = send(g.port, SENDER, [MALLORY], plain)
     assert code == 250, text
     assert [m.rcpt_tos for m in sink.handler.messages] == [[MALLORY]]

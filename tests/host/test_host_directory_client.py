@@ -19,6 +19,7 @@ from host_support import (
     start_directory,
     tls_files,
 )
+from port_util import refusing_port
 from proc_util import stop
 
 from keypost.core.containers import describe, load_certificates, verify_container
@@ -102,14 +103,13 @@ def test_wrong_password_is_authentication_failed(url: str) -> None:
 
 
 def test_unreachable_directory(url: str) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nobody listens here once closed
     scheme = url.split(":", 1)[0]
-    c = make_client(parse_directory_url(f"{scheme}://127.0.0.1:{port}"), None, None, None, 2.0)
-    with pytest.raises(DirectoryUnreachable):
-        c.fetch(["bob@example.org"])
-    c.close()
+    with refusing_port() as port:
+        c = make_client(parse_directory_url(f"{scheme}://127.0.0.1:{port}"), None, None, None,
+                        2.0)
+        with pytest.raises(DirectoryUnreachable):
+            c.fetch(["bob@example.org"])
+        c.close()
 
 
 def answered(directory: Directory, protocol: str) -> int:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from port_util import refusing_port
 
 from keypost.core.containers import DirectoryCA, sha256_fingerprint, to_pem
 
@@ -40,11 +41,9 @@ def anchor(tmp_path: Path) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+def closed_port() -> Iterator[int]:
+    with refusing_port() as port:  # bound for the whole test: no other server gets it
+        yield port
 
 
 @pytest.fixture
