@@ -245,28 +245,31 @@ def test_directory_down_defers_what_it_could_keep_only(
     assert SECRET.encode() in got.data and KEPT_HEADER.encode() not in got.data
 
 
+@pytest.mark.parametrize("policy", ["keep", "reencrypt"])
 @pytest.mark.parametrize(("url", "roots", "problem"), [
     (None, True, "set [directory] url (https://)"),
     ("ldap", True, "which it answers over HTTP only"),
     ("http", False, "with no [directory] genuine_roots every genuine certificate is ignored"),
 ])
-def test_keep_needs_the_directory_over_http_and_genuine_roots(
-    pki: Pki, world: DirectoryWorld, tmp_path: Path, url: str | None, roots: bool, problem: str
+def test_keep_and_reencrypt_need_the_directory_over_http_and_genuine_roots(
+    pki: Pki, world: DirectoryWorld, tmp_path: Path, url: str | None, roots: bool, problem: str,
+    policy: str,
 ) -> None:
     lines = (f'trust_anchor = "{world.ca_pem}"' if url is None else
              world.gateway_directory_lines(world.ldap_url if url == "ldap"
                                            else f"http://127.0.0.1:{world.http_port}"))
     if not roots:
         lines = lines.replace(f'genuine_roots = ["{world.genuine_ca_pem}"]', "")
-    path = pki.config(2525, extra='[policy]\ninbound_genuine = "keep"\n', directory=lines,
-                      folder=tmp_path)
+    path = pki.config(2525, extra=f'[policy]\ninbound_genuine = "{policy}"\n',
+                      directory=lines, folder=tmp_path)
     with pytest.raises(ConfigError) as failed:
         load_config(path)
-    assert str(failed.value).startswith("policy.inbound_genuine: keep asks the directory")
+    assert str(failed.value).startswith(f"policy.inbound_genuine: {policy} asks the directory")
     assert problem in str(failed.value)
 
 
 def test_an_unknown_value_names_the_choices(pki: Pki, tmp_path: Path) -> None:
     path = pki.config(2525, extra='[policy]\ninbound_genuine = "encrypted"\n', folder=tmp_path)
-    with pytest.raises(ConfigError, match=re.escape("expected one of 'clear' | 'keep', got")):
+    choices = "expected one of 'clear' | 'keep' | 'reencrypt', got"
+    with pytest.raises(ConfigError, match=re.escape(choices)):
         load_config(path)

@@ -7,10 +7,11 @@ import datetime as dt
 import pytest
 from cryptography import x509
 from gw_support import Pki, Rolling, plain_message
+from pki_util import email_cert, make_ca, rsa_key
 
 from keypost.core import smime
 from keypost.core.address import Address, parse_address
-from keypost.gateway.config import DomainConfig, PolicyConfig
+from keypost.gateway.config import DomainConfig, InboundGenuine, PolicyConfig
 from keypost.gateway.directory import CachingDirectory, Certificates
 from keypost.gateway.errors import DirectoryUnavailable
 from keypost.gateway.keys import load_domain_keys
@@ -144,3 +145,31 @@ def test_mail_dated_before_a_new_signing_container_is_signed_with_the_previous(
                     _dated(first.not_valid_before_utc - dt.timedelta(minutes=1)))
     assert o.action is Action.REJECT
     assert o.reply.startswith("554 5.6.0 message cannot be signed: the signing container is valid")
+
+
+def test_reencrypt_treats_a_certificate_it_cannot_encrypt_to_as_none(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    """inbound_genuine = "reencrypt": a genuine certificate the engine refuses (RSA-1024)
+    counts as no certificate, as one that fails verification does: the recipient gets the
+    decrypted message, and the log says why. The other recipient's copy is encrypted to
+    theirs, its Bcc field dropped (it must never travel, as outbound)."""
+    ca = make_ca("Genuine CA")
+    _, weak = email_cert(ca, "alice@example.com", rsa_key(1024))
+    _, good = email_cert(ca, "bob@example.com")
+    d = FixedDirectory({"alice@example.com": Certificates(genuine=(weak,)),
+                        "bob@example.com": Certificates(genuine=(good,))})
+    p = pipeline(pki, d)
+    p.policy = PolicyConfig(inbound_genuine=InboundGenuine.REENCRYPT)
+    enc = smime.encrypt_message(plain_message(), [pki.container(pki.current)])
+    # encrypt_message drops Bcc: put one back outside, as a sender's MTA may leave it
+    enc = b"Bcc: carol@example.com\r\n" + enc
+    with caplog.at_level("WARNING", logger="keypost.gateway.pipeline"):
+        outs = p.process("x@outside.test", ["alice@example.com", "bob@example.com"], enc)
+    by = {o.recipients: o for o in outs}
+    assert b"secret quarterly" in by[("alice@example.com",)].message
+    assert "genuine certificate(s) of alice@example.com unusable" in caplog.text
+    assert "secret" not in caplog.text
+    sealed = by[("bob@example.com",)].message
+    assert smime.recipient_ids(sealed) == [smime.RecipientId(good.issuer, good.serial_number)]
+    assert b"Bcc" not in sealed and b"Bcc" in by[("alice@example.com",)].message

@@ -51,6 +51,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     q.set_defaults(func=_quarantine, usage_error=q.error)
 
 
+# check-config's words for each policy.inbound_genuine (the directory is asked for keep and
+# reencrypt only)
+_INBOUND_GENUINE = {
+    InboundGenuine.CLEAR: "delivered decrypted, as to everyone",
+    InboundGenuine.KEEP: ("delivered as it arrived when every envelope names that certificate, "
+                          "after the scan; certificates asked of the directory"),
+    InboundGenuine.REENCRYPT: ("the scanned message encrypted anew to that certificate alone; "
+                               "certificates asked of the directory"),
+}
+
+
 def describe(cfg: GatewayConfig) -> list[str]:
     """What the gateway would do, in words (no secrets)."""
     d, p = cfg.directory, cfg.policy
@@ -88,10 +99,8 @@ def describe(cfg: GatewayConfig) -> list[str]:
         + ("only the recipients its containers were issued for (recipient_binding = enforce, "
            "asked of the directory)" if p.recipient_binding is RecipientBinding.ENFORCE
            else "every envelope recipient of the domain (recipient_binding = off)"),
-        "inbound mail also encrypted to the recipient's genuine certificate: "
-        + ("delivered as it arrived, after the scan (inbound_genuine = keep, certificates "
-           "asked of the directory)" if p.inbound_genuine is InboundGenuine.KEEP
-           else "delivered decrypted (inbound_genuine = clear)"),
+        "decrypted inbound mail, to a recipient with a genuine certificate: "
+        + _INBOUND_GENUINE[p.inbound_genuine] + f" (inbound_genuine = {p.inbound_genuine.value})",
     ]
     if d.url:
         lines.append(f"signing containers kept across restarts in {cfg.state_dir / KEPT_FOLDER}")

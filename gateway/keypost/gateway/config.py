@@ -75,6 +75,9 @@ class InboundGenuine(enum.Enum):
 
     CLEAR = "clear"  # the decrypted message, as every other recipient
     KEEP = "keep"  # the message as it arrived, which the recipient's own key opens
+    # the scanned clear message encrypted anew to the recipient's genuine certificate(s),
+    # whether or not the sender had encrypted to it
+    REENCRYPT = "reencrypt"
 
 
 @dataclass(frozen=True)
@@ -424,12 +427,13 @@ def _check_binding_directory(directory: DirectoryConfig) -> None:
                           "[directory] username and password_file")
 
 
-def _check_genuine_directory(directory: DirectoryConfig) -> None:
-    """inbound_genuine = "keep" asks the directory for genuine certificates of the served
-    domains' mailboxes (over LDAP a gateway account asking for its own domain's address
-    gets its signing container instead) and accepts those chaining to genuine_roots:
-    without any of that it would never keep anything."""
-    where = "policy.inbound_genuine: keep asks the directory for the recipients' genuine"
+def _check_genuine_directory(directory: DirectoryConfig, value: InboundGenuine) -> None:
+    """inbound_genuine = "keep" and "reencrypt" ask the directory for genuine certificates
+    of the served domains' mailboxes (over LDAP a gateway account asking for its own
+    domain's address gets its signing container instead) and accept those chaining to
+    genuine_roots: without any of that they would never keep or encrypt anything."""
+    where = (f"policy.inbound_genuine: {value.value} asks the directory for the recipients' "
+             "genuine")
     _check_http_directory(directory, f"{where} certificates")
     if not directory.username:
         raise ConfigError(f"{where} certificates as the gateway account: set [directory] "
@@ -541,8 +545,8 @@ def parse_config(data: Mapping[str, Any], base: Path) -> GatewayConfig:
     pt.finish()
     if policy.recipient_binding is RecipientBinding.ENFORCE:
         _check_binding_directory(directory)
-    if policy.inbound_genuine is InboundGenuine.KEEP:
-        _check_genuine_directory(directory)
+    if policy.inbound_genuine is not InboundGenuine.CLEAR:
+        _check_genuine_directory(directory, policy.inbound_genuine)
     if policy.sign_all_outbound and any(d.signing_key is None for d in domains):
         raise ConfigError("policy.sign_all_outbound: every domain needs a signing_key")
     if policy.sign_all_outbound and directory.url is None:

@@ -194,9 +194,43 @@ class Pipeline:
         if len(peeled.layers) > len(peeled.envelopes):
             note += f"; {len(peeled.layers) - len(peeled.envelopes)} signature layer(s) removed"
         scanned = self._scanned(rcpts, mail_from, clear, rcpts, True, note)
-        if self.policy.inbound_genuine is InboundGenuine.KEEP and scanned[0].action is Action.RELAY:
+        if scanned[0].action is not Action.RELAY:
+            return refused + scanned
+        if self.policy.inbound_genuine is InboundGenuine.KEEP:
             return refused + self._kept(keys, peeled, data, scanned[0])
+        if self.policy.inbound_genuine is InboundGenuine.REENCRYPT:
+            return refused + self._reencrypted(scanned[0])
         return refused + scanned
+
+    def _reencrypted(self, delivered: Outcome) -> list[Outcome]:
+        """policy.inbound_genuine = "reencrypt", after the scan accepted the decrypted
+        message in `delivered`: each recipient with a genuine certificate gets that message
+        (the bytes the scanner judged) encrypted anew to their genuine certificate(s) alone,
+        in an envelope of their own (one per recipient: a shared envelope's RecipientInfos
+        would tell each who else has a certificate, and a Bcc recipient's would show), the
+        others `delivered`. Raises TempFailure (directory), before anything is encrypted."""
+        found = [(r, self._genuine(r)) for r in delivered.recipients]
+        out: list[Outcome] = []
+        rest: list[str] = []
+        for rcpt, genuine in found:
+            sealed = _encrypted(delivered.message, genuine) if genuine else None
+            if isinstance(sealed, bytes):
+                out.append(Outcome((rcpt,), Action.RELAY, sealed, note=(
+                    f"{delivered.note}; re-encrypted to {len(genuine)} genuine certificate(s)")))
+                continue
+            if sealed is not None:
+                # as a certificate that fails verification: counts as none (README)
+                log.warning("genuine certificate(s) of %s unusable (%s); delivered decrypted",
+                            rcpt, sealed)
+            rest.append(rcpt)
+        return out + ([replace(delivered, recipients=tuple(rest))] if rest else [])
+
+    def _genuine(self, rcpt: str) -> tuple[x509.Certificate, ...]:
+        """`rcpt`'s genuine certificates: what the directory gave us, verified against
+        genuine_roots (those that fail are logged and left out by the client). Raises
+        TempFailure (directory)."""
+        addr = _address(rcpt)
+        return self.directory.encryption_certificates(addr).genuine if addr else ()
 
     def _kept(self, keys: DomainKeys, peeled: Peeled[_Opened], original: bytes,
               delivered: Outcome) -> list[Outcome]:
@@ -228,8 +262,7 @@ class Pipeline:
         gave us, verified against genuine_roots), by issuer and serial or by
         subjectKeyIdentifier? Every one: an inner envelope for our key alone would leave
         the recipient ciphertext their key cannot open. Raises TempFailure (directory)."""
-        addr = _address(rcpt)
-        genuine = self.directory.encryption_certificates(addr).genuine if addr else ()
+        genuine = self._genuine(rcpt)
         names = {(c.issuer, c.serial_number) for c in genuine}
         skis = {ski for c in genuine if (ski := _ski(c)) is not None}
         return bool(genuine) and all(
@@ -399,13 +432,12 @@ class Pipeline:
             )
         if not targets:
             return Outcome(one, Action.RELAY, body, note="decrypted; sent clear by policy")
-        try:
-            return Outcome(
-                one, Action.RELAY, smime.encrypt_message(body, targets),
-                note=f"re-encrypted for {len(targets)} certificate(s)",
-            )
-        except SmimeError as exc:
-            return Outcome(one, Action.REJECT, reply=f"554 5.7.1 cannot encrypt for {rcpt}: {exc}")
+        sealed = _encrypted(body, targets)
+        if isinstance(sealed, str):
+            return Outcome(one, Action.REJECT,
+                           reply=f"554 5.7.1 cannot encrypt for {rcpt}: {sealed}")
+        return Outcome(one, Action.RELAY, sealed,
+                       note=f"re-encrypted for {len(targets)} certificate(s)")
 
     def _sign_request(self, data: bytes) -> tuple[bytes, bool]:
         """Strip the user's signing request (subject tag, header); say whether there was one."""
@@ -535,6 +567,16 @@ def _without_claims(message: bytes) -> bytes:
         if headers.get(message, name) is not None:
             message = headers.remove(message, name)
     return message
+
+
+def _encrypted(message: bytes, targets: Sequence[x509.Certificate]) -> bytes | str:
+    """`message` encrypted to `targets` as the gateway encrypts any message (keypost.core:
+    the fields other than Content-* stay outside, Bcc is dropped, the content cipher is
+    the best all targets announce), or why the engine cannot encrypt to them."""
+    try:
+        return smime.encrypt_message(message, targets)
+    except SmimeError as exc:
+        return str(exc)
 
 
 def _ski(cert: x509.Certificate) -> bytes | None:
