@@ -35,6 +35,7 @@ from test_inbound_genuine import (
 
 from keypost.core import smime
 from keypost.gateway.pipeline import DECRYPTED_HEADER, KEPT_HEADER
+from keypost.gateway.quarantine import held_messages
 
 
 def split(message: bytes) -> tuple[list[bytes], list[bytes], bytes]:
@@ -163,6 +164,31 @@ def test_a_rejected_scan_delivers_nothing(
     assert code == 554 and "refused by test" in text, text
     assert sink.handler.messages == []
     assert SECRET.encode() in (tmp_path / "scanned").read_bytes()
+
+
+def test_a_held_message_released_goes_to_gina_encrypted(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """A holding scan keeps the decrypted message once for both (nothing delivered); the
+    administrator's release (`keypost gateway quarantine release`) then sends it on as an
+    accepting scan would have: encrypted to gina's certificate, clear text to dave."""
+    ours, _ = certificates(world, GINA)
+    cfg = config(pki, world, sink, tmp_path, "reencrypt", verdict=2)
+    with serving_gateway(cfg, tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [GINA, DAVE], mail(encrypt(tmp_path, TEXT, [ours])))
+    assert code == 250 and "quarantined=2" in text, text
+    assert all(SECRET.encode() not in m.data for m in sink.handler.messages)  # notices only
+    notices = len(sink.handler.messages)
+    [held] = held_messages(tmp_path / "quarantine")
+    done = subprocess.run([*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "release",
+                           held.qid], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    released = sink.handler.messages[notices:]
+    got = {r: m.data for m in released for r in m.rcpt_tos}
+    assert len(released) == 2 and sorted(got) == [DAVE, GINA]
+    assert SECRET.encode() not in got[GINA]
+    assert gina_opens(world, tmp_path, got[GINA]) == entity(held.message)
+    assert SECRET.encode() in got[DAVE]
 
 
 def test_directory_down_defers_all_decrypted_mail(

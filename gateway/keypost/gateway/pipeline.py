@@ -372,14 +372,21 @@ class Pipeline:
     ) -> list[Outcome]:
         """What releasing a held message does (the administrator overrides the scan).
         Recipients in the served domains, and all recipients of mail from outside, get it
-        as held. Recipients outside of mail from a served domain get the outbound steps
-        the hold interrupted (sign, re-encrypt per outbound_no_genuine): the held bytes
-        may be decrypted clear text. Raises TempFailure when the directory cannot answer."""
+        as held; with inbound_genuine = "reencrypt", a message the gateway decrypted goes
+        to those with a genuine certificate encrypted to it, as had the scan accepted it.
+        Recipients outside of mail from a served domain get the outbound steps the hold
+        interrupted (sign, re-encrypt per outbound_no_genuine): the held bytes may be
+        decrypted clear text. Raises TempFailure when the directory cannot answer."""
         sender = _address(mail_from) if mail_from else None
         keys = self.domains.get(sender.domain) if sender else None
         outside = tuple(r for r in rcpts if keys is not None and not self._served(r))
         ours = tuple(r for r in rcpts if r not in outside)
         out = [Outcome(ours, Action.RELAY, message, note="released")] if ours else []
+        # Only this gateway writes X-Keypost-Decrypted (one arriving from outside is removed
+        # before anything is held), so it marks held clear text that arrived encrypted.
+        if (out and self.policy.inbound_genuine is InboundGenuine.REENCRYPT
+                and headers.get(message, DECRYPTED_HEADER) is not None):
+            out = self._reencrypted(out[0])
         if outside and sender is not None and keys is not None:
             out += self._released_outbound(sender, keys, outside, message, onward)
         return out
