@@ -195,14 +195,19 @@ def test_directory_down_defers_all_decrypted_mail(
     pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
 ) -> None:
     """Whether a recipient has a genuine certificate needs the directory for every message
-    the gateway decrypted (unlike keep, which asks only about mail that names one): 451."""
+    the gateway decrypted (unlike keep, which asks only about mail that names one): 451.
+    Plain mail is not encrypted by the setting and asks nothing: delivered."""
     ours, _ = certificates(world, GINA)
     down = f"http://127.0.0.1:{free_port()}"
     with serving_gateway(config(pki, world, sink, tmp_path, "reencrypt", url=down),
                          tmp_path / "gw.log") as gw:
         code, text = send(gw.port, SENDER, [GINA, DAVE], mail(encrypt(tmp_path, TEXT, [ours])))
-    assert code == 451 and "directory" in text, text
-    assert sink.handler.messages == []
+        assert code == 451 and "directory" in text, text
+        assert sink.handler.messages == []
+        code, text = send(gw.port, SENDER, [GINA, DAVE], mail(TEXT, forged=False))
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert SECRET.encode() in got.data and DECRYPTED_HEADER.encode() not in got.data
 
 
 def test_check_config_says_which_way(pki: Pki, world: DirectoryWorld, tmp_path: Path) -> None:
