@@ -16,9 +16,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from gw_directory import DirectoryWorld
-from gw_support import KEYPOST, Pki, Sink, body_of, free_port, send, serving_gateway, write_private
+from gw_support import KEYPOST, Pki, Sink, body_of, send, serving_gateway, write_private
 from gw_verify import openssl_verify
 from pki_util import key_pem
+from port_util import refusing_port
 from test_inbound_genuine import (
     DAVE,
     GINA,
@@ -202,9 +203,9 @@ def test_directory_down_defers_all_decrypted_mail(
     the gateway decrypted (unlike keep, which asks only about mail that names one): 451.
     Plain mail is not encrypted by the setting and asks nothing: delivered."""
     ours, _ = certificates(world, GINA)
-    down = f"http://127.0.0.1:{free_port()}"
-    with serving_gateway(config(pki, world, sink, tmp_path, "reencrypt", url=down),
-                         tmp_path / "gw.log") as gw:
+    with refusing_port() as port, serving_gateway(
+            config(pki, world, sink, tmp_path, "reencrypt", url=f"http://127.0.0.1:{port}"),
+            tmp_path / "gw.log") as gw:
         code, text = send(gw.port, SENDER, [GINA, DAVE], mail(encrypt(tmp_path, TEXT, [ours])))
         assert code == 451 and "directory" in text, text
         assert sink.handler.messages == []
