@@ -83,6 +83,11 @@ class _Serializer:
     width: int = 0  # of content
     stuffed: bool = False
     lines: list[str] = field(default_factory=list)
+    # The fragments after `content` once its one break within the wrap column is its first
+    # character: Gecko never takes that break, and text added at the end cannot move it,
+    # so the rest of the line is one output line. Kept apart rather than joined and
+    # searched again per fragment (quadratic: minutes for a pasted megabyte).
+    stuck: list[str] | None = None
 
     def _prefix_width(self) -> int:
         return (self.depth + 1 if self.depth else 0) + int(self.stuffed)
@@ -91,6 +96,9 @@ class _Serializer:
         """AddToLine of text[start:end] (Gecko checks the text on from there for "From ",
         past the fragment's end)."""
         if start == end:
+            return
+        if self.stuck is not None:
+            self.stuck.append(text[start:end])
             return
         if not self.content:
             self.stuffed = _stuffable(text, start) and self.depth == 0
@@ -101,7 +109,9 @@ class _Serializer:
 
     def _break_at(self) -> int | None:
         """FindWrapIndexForContent without the line breaker (OutputDisallowLineBreaking):
-        the index (in characters) of the break, or None when there is none yet."""
+        the index (in characters) of the break, None when there is none yet, or 0 when
+        there never will be on this line (the break found is the first character and the
+        search window is full)."""
         content = self.content
         prefix = self._prefix_width()
         offsets = _utf16_offsets(content)
@@ -111,6 +121,8 @@ class _Serializer:
             last = min(self.wrap - prefix, length - 1)  # a UTF-16 offset
             limit = last + 1 if offsets is None else bisect.bisect_right(offsets, last)
             found = max(content.rfind(ch, 0, limit) for ch in _BREAKS)
+            if found == 0 and last == self.wrap - prefix:
+                return 0
         if found < 0:
             first = 1 if prefix > self.wrap else self.wrap - prefix
             begin = first if offsets is None else bisect.bisect_left(offsets, first)
@@ -124,6 +136,9 @@ class _Serializer:
             index = self._break_at()
             if index is None:
                 return  # no place to break yet: perhaps after more text
+            if index == 0:
+                self.stuck = []
+                return
             rest = self.content[index + 1:]
             self.content = self.content[:index]
             self.end_line(soft=True)
@@ -134,7 +149,8 @@ class _Serializer:
     def end_line(self, soft: bool) -> None:
         """EndLine: a soft break keeps one trailing space (delsp=no), a hard one none,
         except on a signature separator."""
-        text = self.content
+        text = self.content + "".join(self.stuck or ())
+        self.stuck = None
         if soft or text not in _SIGNATURE_SEPARATORS:
             text = text.rstrip(" ")
         if soft:
