@@ -32,6 +32,7 @@ from test_inbound_genuine import (
     encrypt,
     gina_opens,
     mail,
+    scanner,
 )
 
 from keypost.core import smime
@@ -194,6 +195,29 @@ def test_a_held_message_released_goes_to_gina_encrypted(
     assert SECRET.encode() not in got[GINA]
     assert gina_opens(world, tmp_path, got[GINA]) == entity(held.message)
     assert SECRET.encode() in got[DAVE]
+
+
+def test_held_plain_mail_is_released_plain(
+    pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path
+) -> None:
+    """Release encrypts only what the gateway decrypted (README: plain inbound mail stays
+    plain), which it tells by its own X-Keypost-Decrypted: one the sender wrote into plain
+    mail was removed before the hold, so gina gets the held plain message as it is."""
+    extra = (scanner(tmp_path, 2) + "scan_plain = true\n"
+             + '[policy]\ninbound_genuine = "reencrypt"\n')
+    cfg = pki.config(sink.port, extra=extra, folder=tmp_path,
+                     directory=world.gateway_directory_lines(f"http://127.0.0.1:{world.http_port}"))
+    with serving_gateway(cfg, tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [GINA], mail(TEXT))  # with forged fields
+    assert code == 250 and "quarantined=1" in text, text
+    notices = len(sink.handler.messages)
+    [held] = held_messages(tmp_path / "quarantine")
+    assert DECRYPTED_HEADER.encode() not in held.message
+    done = subprocess.run([*KEYPOST, "gateway", "quarantine", "--config", str(cfg), "release",
+                           held.qid], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    [released] = sink.handler.messages[notices:]
+    assert released.rcpt_tos == [GINA] and released.data == held.message
 
 
 def test_directory_down_defers_all_decrypted_mail(
