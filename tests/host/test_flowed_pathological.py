@@ -49,3 +49,30 @@ def test_long_lines_and_combining_marks_are_scanned_once(scanned: list[int]) -> 
         scanned.clear()
         flowed.flow_plain(line)
         assert sum(scanned) <= 4 * len(line), line[:3]
+
+
+class _CountingPattern:
+    """flowed._ANCHOR_END, counting the characters its searches are handed."""
+
+    def __init__(self, scanned: list[int]) -> None:
+        self.pattern = flowed._ANCHOR_END
+        self.scanned = scanned
+
+    def search(self, text: str, pos: int = 0) -> object:
+        self.scanned.append(len(text) - pos)
+        return self.pattern.search(text, pos)
+
+    def finditer(self, text: str, pos: int = 0) -> object:
+        self.scanned.append(len(text) - pos)
+        return self.pattern.finditer(text, pos)
+
+
+def test_links_without_an_end_tag_cost_one_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each <a> looked for its </a> from where it starts, to the end of the document when
+    none follows: quadratic in the links of HTML that does not close them."""
+    scanned: list[int] = []
+    monkeypatch.setattr(flowed, "_ANCHOR_END", _CountingPattern(scanned))
+    document = '<a href="https://x.example/">' * 2_000 + '<a href="https://y.example/">' \
+        'https://y.example/</a>'
+    assert flowed.self_links(document) == [("https://y.example/", "https://y.example/")]
+    assert sum(scanned) <= 2 * len(document)

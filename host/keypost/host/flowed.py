@@ -241,12 +241,16 @@ def self_links(document: str) -> list[tuple[str, str]]:
     """(text as the plain text shows it, href as written) of each link whose text is its
     address, in document order."""
     found: list[tuple[str, str]] = []
+    # every end tag's place, found in one pass: searched from each <a> instead, links
+    # that are not closed cost a scan to the end of the document each
+    ends = [(end.start(), end) for end in _ANCHOR_END.finditer(document)]
     for tag in start_tags(document, ("href",)):
         if tag.name != "a":
             continue
         attrs = {a.name: a.value for a in attributes(document, tag)}
         href = attrs.get("href", "")
-        end = _ANCHOR_END.search(document, tag.end)
+        at = bisect.bisect_left(ends, tag.end, key=lambda pair: pair[0])
+        end = ends[at][1] if at < len(ends) else None
         if not href or end is None or attrs.get("class", "").lower().startswith("moz-txt"):
             continue  # a link Thunderbird made of typed text: written without its address
         inner = document[tag.end:end.start()]
