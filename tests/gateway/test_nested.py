@@ -186,15 +186,18 @@ def test_three_signature_layers_are_unwrapped_and_a_fourth_is_refused(
     two = bob.sign(bob.sign(inner, "opaque", outer=False), "detached", outer=False)
     three = bob.sign(two, "opaque")
     four = bob.sign(bob.sign(two, "opaque", outer=False), "detached")
+    # five: the walk through the signatures stops at the bound, before the envelope
+    five = bob.sign(bob.sign(bob.sign(two, "opaque", outer=False), "opaque", outer=False),
+                    "detached")
     with running_gateway(_config(pki, world, sink, tmp_path)) as gw:
         ok = send(gw.port, BOB, [ALICE], three.read_bytes())
-        refused = send(gw.port, BOB, [ALICE], four.read_bytes())
+        refused = [send(gw.port, BOB, [ALICE], m.read_bytes()) for m in (four, five)]
     assert ok[0] == 250, ok
     [got] = sink.handler.messages
     assert SECRET.encode() in got.data
     assert got.data.count(f"{HEADER}: verified; signer={BOB}".encode()) == 3
-    assert refused == (554, "5.6.0 more than 4 layers (signatures and envelopes) around the "
-                       "content")
+    assert refused == [(554, "5.6.0 more than 4 layers (signatures and envelopes) around the "
+                        "content")] * 2
 
 
 def test_a_signed_envelope_for_someone_else_passes_unchanged(
