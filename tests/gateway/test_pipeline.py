@@ -157,8 +157,11 @@ def test_reencrypt_treats_a_certificate_it_cannot_encrypt_to_as_none(
     ca = make_ca("Genuine CA")
     _, weak = email_cert(ca, "alice@example.com", rsa_key(1024))
     _, good = email_cert(ca, "bob@example.com")
+    # bob's answer holds a gateway container too (as for a gateway account that does not
+    # stand for his domain): his copy is encrypted to his genuine certificate alone
     d = FixedDirectory({"alice@example.com": Certificates(genuine=(weak,)),
-                        "bob@example.com": Certificates(genuine=(good,))})
+                        "bob@example.com": Certificates(
+                            gateways=(pki.container(pki.current),), genuine=(good,))})
     p = pipeline(pki, d)
     p.policy = PolicyConfig(inbound_genuine=InboundGenuine.REENCRYPT)
     enc = smime.encrypt_message(plain_message(), [pki.container(pki.current)])
