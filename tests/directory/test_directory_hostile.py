@@ -314,6 +314,18 @@ def test_http_query_that_is_not_utf8_is_400(directory: Directory, query: bytes) 
     assert_documented(400, json.loads(body), "/v1/containers")
 
 
+def test_http_bindings_query_that_is_not_utf8_is_400(directory: Directory) -> None:
+    """The same for the gateway's question GET /v1/bindings (asked as the gateway)."""
+    auth = base64.b64encode(f"{GATEWAY}:{GATEWAY_PW}".encode())
+    [(status, body)] = _http_answers(
+        directory, b"GET /v1/bindings?serial=1A&address=a%ff@example.com HTTP/1.1\r\n"
+        b"Host: x\r\nAuthorization: Basic " + auth + b"\r\n\r\n", 1)
+    assert status == 400, body
+    error = json.loads(body)["error"]
+    assert error["code"] == "malformed_request" and "UTF-8" in error["message"]
+    assert_documented(400, json.loads(body), "/v1/bindings")
+
+
 def test_http_headers_sent_a_byte_at_a_time_are_cut_off() -> None:
     """aiohttp's idle timeout is not restarted by bytes of a request that is not complete
     (a slow-loris client): the connection closes. Held; the existing test covers a
