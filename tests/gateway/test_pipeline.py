@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import pytest
 from cryptography import x509
@@ -11,11 +12,12 @@ from pki_util import email_cert, make_ca, rsa_key
 
 from keypost.core import smime
 from keypost.core.address import Address, parse_address
+from keypost.core.bindings import Binding
 from keypost.gateway.config import DomainConfig, InboundGenuine, PolicyConfig
 from keypost.gateway.directory import CachingDirectory, Certificates
 from keypost.gateway.errors import DirectoryUnavailable
 from keypost.gateway.keys import load_domain_keys
-from keypost.gateway.pipeline import Action, Pipeline
+from keypost.gateway.pipeline import KEPT_HEADER, Action, Pipeline
 from keypost.gateway.scan import NullScanner
 
 
@@ -176,3 +178,35 @@ def test_reencrypt_treats_a_certificate_it_cannot_encrypt_to_as_none(
     sealed = by[("bob@example.com",)].message
     assert smime.recipient_ids(sealed) == [smime.RecipientId(good.issuer, good.serial_number)]
     assert b"Bcc" not in sealed and b"Bcc" in by[("alice@example.com",)].message
+
+
+class FixedBindings:
+    """recipient_binding's directory question: the addresses in `bound` are bound to every
+    serial, all others not."""
+
+    def __init__(self, bound: set[str]) -> None:
+        self.bound = bound
+
+    def bindings(self, serials: Sequence[int],
+                 addresses: Sequence[Address]) -> list[list[Binding]]:
+        return [[Binding.BOUND if str(a) in self.bound else Binding.NOT_BOUND
+                 for a in addresses] for _ in serials]
+
+
+def test_keep_goes_on_for_the_admitted_when_binding_refuses_another(pki: Pki) -> None:
+    """inbound_genuine = "keep" with recipient_binding: the container was issued for alice,
+    so bob is refused; alice, whose genuine certificate the envelope names too, still gets
+    the message as it arrived."""
+    ca = make_ca("Genuine CA")
+    _, genuine = email_cert(ca, "alice@example.com")
+    d = FixedDirectory({"alice@example.com": Certificates(genuine=(genuine,))})
+    p = pipeline(pki, d)
+    p.policy = PolicyConfig(inbound_genuine=InboundGenuine.KEEP)
+    p.bindings = FixedBindings({"alice@example.com"})
+    enc = smime.encrypt_message(plain_message(), [pki.container(pki.current), genuine])
+    outs = p.process("x@outside.test", ["alice@example.com", "bob@example.com"], enc)
+    by = {o.recipients: o for o in outs}
+    assert by[("bob@example.com",)].action is Action.REJECT
+    kept = by[("alice@example.com",)]
+    assert kept.action is Action.RELAY and KEPT_HEADER.encode() in kept.message
+    assert smime.is_encrypted(kept.message) and d.asked == ["alice@example.com"]
