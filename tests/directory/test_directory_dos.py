@@ -315,6 +315,48 @@ def test_idle_http_connections_are_closed() -> None:
     assert closed and during == {"127.0.0.1": 1} and after == {}
 
 
+def test_the_cap_on_all_connections_admits_exactly_its_number() -> None:
+    """max_connections = 3, one connection per address: three are held open, the fourth
+    is told busy at once (a cap checked with > let a fourth in: the review's surviving
+    mutation), and a slot freed by a close admits the next."""
+    async def state(reader: asyncio.StreamReader) -> str:
+        try:
+            data = await asyncio.wait_for(reader.read(), 0.5)
+        except TimeoutError:
+            return "open"
+        return "busy" if data.startswith(b"HTTP/1.1 503 ") and b'"busy"' in data else repr(data)
+
+    async def run() -> tuple[list[str], str, str]:
+        app = web.Application()
+        app.router.add_get("/", lambda request: web.Response(text="ok"))  # type: ignore
+        runner = make_runner(app, idle_seconds=30)
+        await runner.setup()
+        site = PeerCappedSite(runner, "127.0.0.1", 0, max_per_peer=2, counts=PeerCounts(),
+                              max_connections=3)
+        await site.start()
+        opened = []
+        try:
+            for i in range(4):
+                opened.append(await asyncio.open_connection(
+                    "127.0.0.1", site.port, local_addr=(f"127.0.5.{i + 1}", 0)))
+                await asyncio.sleep(0.05)
+            states = [await state(reader) for reader, _ in opened[:3]]
+            fourth = await state(opened[3][0])
+            opened[0][1].close()
+            await asyncio.sleep(0.1)
+            again = await asyncio.open_connection("127.0.0.1", site.port,
+                                                  local_addr=("127.0.5.9", 0))
+            opened.append(again)
+            return states, fourth, await state(again[0])
+        finally:
+            for _, writer in opened:
+                writer.close()
+            await runner.cleanup()
+
+    held, fourth, after_close = asyncio.run(run())
+    assert held == ["open"] * 3 and fourth == "busy" and after_close == "open"
+
+
 # --------------------------------------------------------------------------- passwords
 
 def test_admission_bounds_checks_per_source_and_overall() -> None:
