@@ -25,6 +25,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import chain
 
 from cryptography import x509
 
@@ -344,6 +345,10 @@ class Controller:
         self._answers: OrderedDict[tuple[str, str, str], Answer] = OrderedDict()
         self._pending_issued: list[IssuedRecord] = []
         self._pending_audit: list[AuditRecord] = []
+        # Taken by the writer (take_pending) and not yet reported written (written): in
+        # neither the lists above nor the store, but a bindings question must see them.
+        self._writing_issued: list[IssuedRecord] = []
+        self._writing_audit: list[AuditRecord] = []
         # Address keys the store may hold a container for (loaded on the first miss,
         # grown on every issue, reloaded after a purge): a miss for a new address then
         # skips the store query, which cost as much as a fifth of signing the container.
@@ -575,14 +580,15 @@ class Controller:
         keys = [a.key() for a in addresses]
         rows: list[list[Binding]] = []
         for serial in serials:
-            issued = {r.key.address_key for r in self._pending_issued
+            issued = {r.key.address_key for r in chain(self._pending_issued, self._writing_issued)
                       if r.serial == serial and r.key.gateway_fingerprint in fingerprints}
             issued |= {key for key, fp in self.store.issued_with_serial(serial)
                        if fp in fingerprints}
             if issued:
                 rows.append([Binding.BOUND if k in issued else Binding.NOT_BOUND for k in keys])
                 continue
-            hashes = {a.address_hash for a in self._pending_audit if serial in a.serials}
+            hashes = {a.address_hash for a in chain(self._pending_audit, self._writing_audit)
+                      if serial in a.serials}
             hashes |= self.store.audit_hashes(serial)
             rows.append([
                 Binding.BOUND if a.domain in domains and address_hash(k) in hashes
@@ -620,11 +626,21 @@ class Controller:
         self._recheck()
         issued, self._pending_issued = self._pending_issued, []
         audit, self._pending_audit = self._pending_audit, []
+        self._writing_issued += issued
+        self._writing_audit += audit
         return issued, audit
+
+    def written(self) -> None:
+        """Everything taken so far is in the store. The writer writes in order, and what an
+        earlier batch failed to write goes first in the next, so one success covers every
+        batch taken before it."""
+        self._writing_issued = []
+        self._writing_audit = []
 
     def flush(self) -> None:
         """Write the pending records through this controller's own store, at once."""
         write_batch(self.store, *self.take_pending())
+        self.written()
 
     def purge(self, retention: dt.timedelta, now: dt.datetime | None = None) -> tuple[int, int]:
         """Drop expired containers and audit records older than `retention` (through this
@@ -638,7 +654,7 @@ class Controller:
         """The stored containers were purged at `now`: the set of stored addresses shrinks
         with the table (those not yet flushed stay)."""
         self._stored = self.store.issued_addresses(now) | {
-            r.key.address_key for r in self._pending_issued}
+            r.key.address_key for r in chain(self._pending_issued, self._writing_issued)}
 
 
 def _half_life(container: Container) -> dt.datetime:

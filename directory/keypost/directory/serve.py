@@ -95,6 +95,7 @@ async def _maintain(controller: Controller, writer: BatchWriter,
         await asyncio.sleep(FLUSH_SECONDS)
         try:
             await writer.write(*controller.take_pending())
+            controller.written()
             since_purge += FLUSH_SECONDS
             if since_purge >= PURGE_SECONDS:
                 since_purge = 0.0
