@@ -580,15 +580,14 @@ class Controller:
         keys = [a.key() for a in addresses]
         rows: list[list[Binding]] = []
         for serial in serials:
-            issued = {r.key.address_key for r in chain(self._pending_issued, self._writing_issued)
+            issued = {r.key.address_key for r in self._unwritten_issued()
                       if r.serial == serial and r.key.gateway_fingerprint in fingerprints}
             issued |= {key for key, fp in self.store.issued_with_serial(serial)
                        if fp in fingerprints}
             if issued:
                 rows.append([Binding.BOUND if k in issued else Binding.NOT_BOUND for k in keys])
                 continue
-            hashes = {a.address_hash for a in chain(self._pending_audit, self._writing_audit)
-                      if serial in a.serials}
+            hashes = {a.address_hash for a in self._unwritten_audit() if serial in a.serials}
             hashes |= self.store.audit_hashes(serial)
             rows.append([
                 Binding.BOUND if a.domain in domains and address_hash(k) in hashes
@@ -630,6 +629,13 @@ class Controller:
         self._writing_audit += audit
         return issued, audit
 
+    def _unwritten_issued(self) -> Iterator[IssuedRecord]:
+        """New containers not in the store yet: pending, or taken by the writer."""
+        return chain(self._pending_issued, self._writing_issued)
+
+    def _unwritten_audit(self) -> Iterator[AuditRecord]:
+        return chain(self._pending_audit, self._writing_audit)
+
     def written(self) -> None:
         """Everything taken so far is in the store. The writer writes in order, and what an
         earlier batch failed to write goes first in the next, so one success covers every
@@ -654,7 +660,7 @@ class Controller:
         """The stored containers were purged at `now`: the set of stored addresses shrinks
         with the table (those not yet flushed stay)."""
         self._stored = self.store.issued_addresses(now) | {
-            r.key.address_key for r in chain(self._pending_issued, self._writing_issued)}
+            r.key.address_key for r in self._unwritten_issued()}
 
 
 def _half_life(container: Container) -> dt.datetime:
