@@ -8,6 +8,7 @@ so a test module importing it does not gain a test of that name.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import ipaddress
 from collections.abc import Sequence
@@ -44,6 +45,33 @@ def key_pem(key: PrivateKey) -> bytes:
     """The private key as unencrypted PKCS#8 PEM (what servers load with --tls-key)."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
+
+
+def secret_values(key: PrivateKey) -> list[bytes]:
+    """The numbers only the key's holder knows, big-endian: what a leak would have to hold.
+
+    Tests look for these rather than for lines of the key's PEM: PKCS#8 carries the public
+    modulus too, and a certificate of the same key can happen to share a base64 line."""
+    def raw(n: int) -> bytes:
+        return n.to_bytes((n.bit_length() + 7) // 8, "big")
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return [raw(key.private_numbers().private_value)]
+    n = key.private_numbers()
+    return [raw(v) for v in (n.d, n.p, n.q, n.dmp1, n.dmq1, n.iqmp)]
+
+
+def holds_secret(blob: bytes, key: PrivateKey) -> bool:
+    """True when `blob` holds one of the key's secret numbers, raw or in base64 at any of
+    the three byte alignments (the last, partial group of four is left out), also when
+    broken into lines as in PEM."""
+    flat = b"".join(blob.split())
+    for secret in secret_values(key):
+        if secret in blob:
+            return True
+        for shift in range(3):
+            if base64.b64encode(secret[shift:])[:-4] in flat:
+                return True
+    return False
 
 
 def _builder(subject: x509.Name, issuer: x509.Name, key: PrivateKey, days: float,

@@ -5,6 +5,7 @@ restores them exactly once (tests through a real serve: test_directory_shutdown)
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -12,8 +13,9 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from pki_util import key_pem
+from pki_util import holds_secret, key_pem
 from test_directory_controller import ANON, GATEWAY, USER, Controller, fp, record
 
 from keypost.directory.journal import Journal, JournalError, decode, encode
@@ -62,8 +64,22 @@ def test_a_journal_holds_no_key_and_no_password(controller: Controller, tmp_path
         "requestor", "role", "serial")}
     assert {tuple(sorted(a)) for a in top["records"]["audit"]} == {(
         "address_hash", "requestor", "roles", "serials", "time")}
-    for key in [controller.ca._key, *keys]:  # not one base64 line of their PEM
-        assert not [line for line in key_pem(key).splitlines() if line in data]
+    ders = [base64.b64decode(r["der"]) for r in top["records"]["issued"]]
+    for key in [controller.ca._key, *keys]:  # not one of their secret numbers, in any form
+        assert not holds_secret(data, key)
+        assert not [der for der in ders if holds_secret(der, key)]
+
+
+def test_the_secret_check_finds_a_key_in_a_journal(keys: list[rsa.RSAPrivateKey]) -> None:
+    """The check above can fail: a key's PEM, or its DER in base64, is found."""
+    assert holds_secret(key_pem(keys[0]), keys[0])
+    der = keys[1].private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    for pad in (b"", b"x", b"xy"):
+        assert holds_secret(json.dumps({"der": base64.b64encode(pad + der).decode()}).encode(),
+                            keys[1])
+        assert holds_secret(pad + der, keys[1])
+    assert not holds_secret(key_pem(keys[0]), keys[1])
 
 
 @pytest.mark.parametrize("damage", ["cut", "flip", "format", "version", "type", "naive"])
