@@ -39,7 +39,7 @@ from keypost.directory.accounts import (
 from keypost.directory.cleartext import CleartextPolicy
 from keypost.directory.controller import Controller
 from keypost.directory.http import Handler, PeerCappedSite, make_app, make_runner
-from keypost.directory.ldap import answers
+from keypost.directory.ldap import answers, ber
 from keypost.directory.ldap import filters as F
 from keypost.directory.ldap import messages as M
 from keypost.directory.ldap.answers import entry_dn
@@ -225,6 +225,58 @@ def test_ldap_connections_per_peer_are_capped(capped: dict[str, str]) -> None:
     finally:
         for s in idle:
             s.close()
+
+
+def _await(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def _next_message(s: socket.socket) -> M.LDAPMessage:
+    buf = b""
+    while (n := ber.frame_length(buf)) is None:
+        chunk = s.recv(65536)
+        assert chunk, "closed before a whole message"
+        buf += chunk
+    return M.decode_message(buf[:n])
+
+
+def test_unfinished_requests_share_one_budget() -> None:
+    """Openers that declare large requests and send them slowly hold memory until their
+    timeout. Past the server's budget for such bytes, the connection holding the most is
+    told busy and dropped; the others keep theirs, finish their requests and are answered,
+    and new clients are served."""
+    budget = 200_000
+    thread = ServerThread(MemoryBackend(), limits=Limits(max_unfinished_bytes=budget))
+    server = thread.server
+    pdu = _search(1, F.EqualityMatch("cn", b"x" * 150_000))  # a legal 150 KB search
+    try:
+        held = 0
+        clients = []
+        for size in (100_000, 60_000):
+            s = _from("127.0.0.1", thread.port)
+            s.sendall(pdu[:size])
+            clients.append(s)
+            held += size
+            _await(lambda want=held: server.unfinished_bytes == want, f"the server holds {held}")
+        first, second = clients
+        third = _from("127.0.0.2", thread.port)
+        third.sendall(pdu[:50_000])  # 210,000 held: over, and `first` holds the most
+        assert _refused_busy(first)
+        _await(lambda: server.unfinished_bytes == 110_000, "first's bytes are freed")
+        for s, sent in ((second, 60_000), (third, 50_000)):
+            s.sendall(pdu[sent:])
+            done = _next_message(s).op  # cn=... matches no address: no entries
+            assert isinstance(done, M.SearchResultDone)
+            assert done.result.code == M.ResultCode.SUCCESS
+        assert _answers_search("127.0.0.3", thread.port)
+        for s in [*clients, third]:
+            s.close()
+        _await(lambda: server.unfinished_bytes == 0, "nothing is held once all are answered")
+    finally:
+        thread.stop()
 
 
 def _closed_within(s: socket.socket, seconds: float) -> bool:

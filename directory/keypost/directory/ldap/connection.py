@@ -201,6 +201,11 @@ class ServerConnection:
         """Bytes received but not yet returned as events."""
         return len(self._buf)
 
+    def discard_input(self) -> None:
+        """Forget what was received and end the connection's events (the server hangs up)."""
+        self._buf = b""
+        self._finished = True
+
     def receive_data(self, data: bytes) -> None:
         """Feed bytes from the peer; b"" means the peer closed the stream."""
         if not data:

@@ -73,6 +73,12 @@ class Limits:
     max_per_peer: int = 64
     max_outstanding: int = 32  # operations in progress per connection before reading pauses
     max_message_size: int = ber.DEFAULT_MAX_MESSAGE
+    # Bytes of requests not yet complete, all connections together. Each connection may
+    # hold a request of up to max_message_size in the making, so without this 4096
+    # openers declaring 1 MiB each and sending slowly would hold 4 GiB until their idle
+    # timeout. Past it the connection holding the most is dropped: the openers, since a
+    # mail client's requests are a few KiB and arrive whole.
+    max_unfinished_bytes: int = 64 << 20
     max_addresses: int = 100  # addresses taken from one filter
     idle_timeout: float = 300.0  # seconds without a request before the server closes
     # A new connection must complete its first request within this; openers that send
@@ -119,6 +125,7 @@ class LdapServer:
         self._servers: list[asyncio.Server] = []
         self._connections: set[_LdapProtocol] = set()
         self._per_peer = PeerCounts()  # peer address -> its connections
+        self._held = 0  # bytes all connections hold unhandled (Limits.max_unfinished_bytes)
 
     async def listen(self, host: str, port: int, *, implicit_tls: bool = False) -> tuple[str, int]:
         """Start a listener (port 0 = any free port); return the address it is bound to.
@@ -150,6 +157,20 @@ class LdapServer:
             plan = plan_search(request, self.suffix_dn, self.limits.max_addresses)
             self._plans.put(request, plan)
         return plan
+
+    def _shed_unfinished(self) -> None:
+        """Over Limits.max_unfinished_bytes: drop the connections holding the most until
+        under it. A scan of all connections, but only when a flood is on."""
+        while self._held > self.limits.max_unfinished_bytes:
+            largest = max(self._connections, key=lambda c: c.held, default=None)
+            if largest is None or not largest.held:
+                return
+            largest.drop_unfinished()
+
+    @property
+    def unfinished_bytes(self) -> int:
+        """Bytes the connections hold unhandled, all together."""
+        return self._held
 
     @property
     def connection_count(self) -> int:
@@ -206,6 +227,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.counted = False  # in the server's per-peer count
         self.requests = 0  # complete requests received (only whether any is read)
         self.eof = False  # the client shut down its write side
+        self.held = 0  # this connection's share of server._held
 
     # -- asyncio callbacks ---------------------------------------------------------
 
@@ -237,6 +259,14 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self.closing = True
         self._close_transport()
 
+    def drop_unfinished(self) -> None:
+        """Hang up on a connection for the unfinished input it holds (_shed_unfinished);
+        its requests in progress are answered no more."""
+        self._refuse("unfinished_input", "too much unfinished input: send requests whole")
+        self.server._held -= self.held
+        self.held = 0
+        self.conn.discard_input()  # freed now, not once the notice is sent
+
     def get_buffer(self, sizehint: int) -> memoryview:
         return self.read_buffer
 
@@ -260,6 +290,8 @@ class _LdapProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server._connections.discard(self)
+        self.server._held -= self.held
+        self.held = 0
         if self.counted:
             self.counted = False
             self.server._per_peer.release(self.peer_host)
@@ -284,6 +316,17 @@ class _LdapProtocol(asyncio.BufferedProtocol):
     # -- event handling ------------------------------------------------------------
 
     def _pump(self) -> None:
+        """Handle what can be handled, then account for the bytes left over."""
+        self._handle_events()
+        held = self.conn.buffered
+        if held != self.held:
+            server = self.server
+            server._held += held - self.held
+            self.held = held
+            if server._held > self.limits.max_unfinished_bytes:
+                server._shed_unfinished()
+
+    def _handle_events(self) -> None:
         """Handle events until more data is needed or a limit stops us. Reading resumes
         only here, once every request read is handled and the client reads its answers."""
         while not self.closing:
