@@ -255,6 +255,17 @@ def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
         ctl.stop()
 
 
+@contextmanager
+def unread_client(config_path: Path) -> Iterator[tuple[RunningGateway, socket.socket]]:
+    """The gateway in this process (running_gateway, whose config should set a short
+    `smtp_session`) and a client connection to it that will read none of its replies: its
+    receive buffer is made small before it connects, so they pile up at the gateway."""
+    with running_gateway(config_path) as gw, socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", gw.port))
+        yield gw, s
+
+
 @dataclass
 class ServingGateway:
     proc: subprocess.Popen[str]

@@ -22,6 +22,7 @@ from gw_support import (
     running_gateway,
     send,
     serving_gateway,
+    unread_client,
 )
 
 from keypost.gateway.cli import describe
@@ -75,10 +76,7 @@ def test_client_that_never_reads_is_dropped(pki: Pki, sink: Sink, tmp_path: Path
     for ever. It is now dropped."""
     cfg = pki.config(sink.port, extra="[timeouts]\nsmtp_session = 0.5",
                      quarantine=str(tmp_path / "q"))
-    with running_gateway(cfg) as gw:
-        s = socket.socket()
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        s.connect(("127.0.0.1", gw.port))
+    with unread_client(cfg) as (gw, s):
         s.settimeout(1.0)
         dropped = False
         try:
