@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(openssl gpgsm gnupg dirmngr slapd ldap-utils postfix xvfb thunderbird
-              sqlite3 nodejs python3-venv zip libnss3-tools
+              sqlite3 nodejs python3-venv zip libnss3-tools netcat-openbsd
               libnss3 libxcb-cursor0 libxkbcommon-x11-0 libxcb-icccm4 libxcb-keysyms1
               libxcb-image0 libxcb-render-util0 libxcb-shape0 libxcb-randr0 libxcb-xkb1
               libegl1 libgbm1 libfontconfig1 libxkbfile1 libxcomposite1 libxdamage1

@@ -165,21 +165,50 @@ REFUSED_AT_ONCE = 16
 # GatewaySMTP hooks aiosmtpd's private session coroutine: were it renamed in a later
 # aiosmtpd, the override would never run and every peer would be served. Fail at import
 # instead (the tests of allowed_clients would fail too, but only where they run).
-# The same for _timeout_cb, which GatewaySMTP extends to drop clients that read nothing.
-for _hook in ("_handle_client", "_timeout_cb"):
+# The same for _timeout_cb, which GatewaySMTP extends to drop clients that read nothing,
+# and _cb_client_connected, which it hands to the reader it installs (SessionInput).
+for _hook in ("_handle_client", "_timeout_cb", "_cb_client_connected"):
     if not callable(getattr(SMTP, _hook, None)):  # pragma: no cover
         raise ImportError(f"this aiosmtpd has no SMTP.{_hook}, which keypost's gateway "
                           "hooks: use aiosmtpd 1.4")
 
 
+class EndOfInput(ConnectionResetError):
+    """The client's input ended where the session needed more of it. A ConnectionResetError
+    because aiosmtpd's session loop ends the session on one (closing the connection once
+    the replies already written are sent), wherever it is raised, in DATA too."""
+
+
+class SessionInput(asyncio.StreamReader):
+    """The reader of one session's input, under which the end of input ends the session
+    only once a read needs more than was received: everything before it is handled."""
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:  # Any: 3.13 takes tuples
+        try:
+            return await super().readuntil(separator)
+        except asyncio.IncompleteReadError:
+            # a command line or a message cut off (or nothing left): the end has come
+            # where nothing can complete it. aiosmtpd would take this for a fault of the
+            # command and answer it with a 500 (then read again, and again).
+            raise EndOfInput("end of input") from None
+
+
 class GatewaySMTP(SMTP):
     """aiosmtpd's SMTP server, but a peer outside `allowed_clients` is greeted with 554 and
     never gets to a transaction. The check sits where aiosmtpd itself turns away a
-    connection before the greeting (a failed PROXY handshake): the start of the session."""
+    connection before the greeting (a failed PROXY handshake): the start of the session.
+
+    And a client that half-closes (shuts its sending side once its commands are sent) gets
+    a reply to each of them: see eof_received."""
 
     def __init__(self, handler: Any, *, allowed_clients: tuple[Network, ...],
                  sessions: Sessions, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
+        # aiosmtpd made a plain StreamReader; the protocol feeds the reader it is given,
+        # so it is set up again with one of ours (as aiosmtpd did, before any connection)
+        asyncio.StreamReaderProtocol.__init__(
+            self, SessionInput(loop=self.loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected, loop=self.loop)
         self.allowed_clients = allowed_clients
         self.sessions = sessions
         self.counted: bool | None = None  # counted in `sessions` as admitted (True) or not
@@ -196,7 +225,8 @@ class GatewaySMTP(SMTP):
             self.counted = admitted
         if admitted:
             if counted:
-                await super()._handle_client()
+                with contextlib.suppress(EndOfInput):  # the session's normal end
+                    await super()._handle_client()
                 return
             log.warning("refused a connection from %s: %d sessions open (max_connections)",
                         host, self.sessions.limit)
@@ -221,6 +251,20 @@ class GatewaySMTP(SMTP):
             pass  # silent, over-long (ValueError) or gone: hang up all the same
         finally:
             transport.close()
+
+    def eof_received(self) -> bool | None:
+        """The client shut its sending side. aiosmtpd cancels the session here: a message
+        being handled was relayed (the work in the worker thread runs on) without its 250
+        reaching the client, which kept it and sent it again; pipelined commands behind
+        the EOF went unanswered. Here the reader is only told that the input ended: the
+        session answers what was received, in order, and the first read that needs more
+        ends it (SessionInput), the connection closing once the replies are sent. A
+        client that does not read them is dropped by the session timeout (_timeout_cb)."""
+        asyncio.StreamReaderProtocol.eof_received(self)  # the reader sees the end of input
+        # True keeps the socket open for our replies. A TLS connection cannot stay
+        # half-open (asyncio's TLS transport closes at the end of input, and warns at
+        # True); the gateway offers no STARTTLS anyway (aiosmtpd answers 454).
+        return self.session is None or self.session.ssl is None
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
