@@ -346,6 +346,14 @@ server_log = logging.getLogger("keypost.directory.http.server")
 server_log.addFilter(_UnparsableRequests())
 
 
+# _JsonErrors reads these of aiohttp's handler to tell whether it is between requests
+# (eof_received); were they renamed, half-closing clients would lose their answers again.
+for _slot in ("_waiter", "_messages"):
+    if _slot not in web.RequestHandler.__slots__:  # pragma: no cover
+        raise ImportError(f"aiohttp's RequestHandler has no {_slot}, which keypost's "
+                          "directory reads: use aiohttp 3.9 to 3.14")
+
+
 class _JsonErrors(web.RequestHandler):
     """aiohttp's handler of one connection, answering what never reaches the app as the
     API answers its errors: JSON `{"error": {"code", "message"}}`.
@@ -358,7 +366,37 @@ class _JsonErrors(web.RequestHandler):
     text answer is replaced, and the connection is closed as it would have been.
     """
 
-    __slots__ = ()
+    __slots__ = ("_input_ended",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._input_ended = False
+
+    # aiohttp annotates it `-> None`; asyncio.Protocol's is `bool | None`, and True is
+    # what keeps the socket open for the answers.
+    def eof_received(self) -> bool | None:  # type: ignore[override]
+        """The client shut down its sending side (`nc -N`, scripts). aiohttp closed the
+        connection here, so what it had not answered yet was dropped: every login (a
+        password check), any pipelined request. Now each request received is answered, in
+        order, and then the connection closes. Idle (aiohttp waiting for a request, none
+        queued), or over TLS (asyncio's TLS transport cannot stay half-open), it closes at
+        once as before: held open, it would keep its slot of the per-address cap until the
+        idle timeout."""
+        waiting = self._waiter is not None and not self._waiter.done()
+        if (waiting and not self._messages) or self.transport is None or \
+                self.transport.get_extra_info("sslcontext") is not None:
+            return None
+        self._input_ended = True
+        if not self._messages:
+            self.close()  # after the request in hand is answered (aiohttp's own meaning)
+        return True
+
+    async def finish_response(self, request: web.BaseRequest, resp: web.StreamResponse,
+                              start_time: float | None) -> tuple[web.StreamResponse, bool]:
+        answered = await super().finish_response(request, resp, start_time)
+        if self._input_ended and not self._messages:
+            self.close()  # the last request received before the end of input is answered
+        return answered
 
     def handle_error(self, request: web.BaseRequest, status: int = 500,
                      exc: BaseException | None = None, message: str | None = None
