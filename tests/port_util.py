@@ -42,3 +42,17 @@ def refusing_port() -> Iterator[int]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         yield int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def held(*ports: int) -> Iterator[None]:
+    """These loopback ports refuse connections, and no other server is handed one, for as
+    long as the block runs (as refusing_port): for a server stopped in a test that starts
+    it again on the same ports after the block. SO_REUSEADDR: the stopped server's closed
+    connections may still hold a port in TIME_WAIT, where a plain bind fails."""
+    with contextlib.ExitStack() as stack:
+        for port in ports:
+            s = stack.enter_context(socket.socket())
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", port))
+        yield

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 
@@ -57,13 +57,16 @@ def _serving(argv: list[str], log: Path, what: str, timeout: float,
 
 def start_directory_serve(data: Path, log: Path, *extra: str, timeout: float = 60,
                           preexec_fn: Callable[[], None] | None = None,
+                          ports: Mapping[str, int] | None = None,
                           ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     """`keypost directory serve --data DATA` with every listener on an ephemeral loopback
     port (`--ldap/--http` always, `--ldaps/--https` when `extra` gives --tls-cert), started
-    by `_serving`. -> (process, {scheme: URL as printed}); `port_of` reads a port from one."""
-    listeners = ["--ldap", "127.0.0.1:0", "--http", "127.0.0.1:0"]
-    if "--tls-cert" in extra:
-        listeners += ["--ldaps", "127.0.0.1:0", "--https", "127.0.0.1:0"]
+    by `_serving`; `ports` ({scheme: port}) fixes some, for a restart where the last run
+    listened (the clients' configurations name those). -> (process, {scheme: URL as
+    printed}); `port_of` reads a port from one."""
+    schemes = ["ldap", "http"] + (["ldaps", "https"] if "--tls-cert" in extra else [])
+    listeners = [arg for scheme in schemes
+                 for arg in (f"--{scheme}", f"127.0.0.1:{(ports or {}).get(scheme, 0)}")]
     proc, urls = _serving(["directory", "serve", "--data", str(data), *listeners, *extra],
                           log, "directory serve", timeout, preexec_fn)
     if len(urls) < len(listeners) // 2:

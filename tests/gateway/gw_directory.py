@@ -47,7 +47,7 @@ class DirectoryWorld:
     bob_key: rsa.RSAPrivateKey  # bob@partner.org's own key (genuine certificate)
     carol_key: rsa.RSAPrivateKey  # carol@elsewhere.net's own key (genuine certificate)
     gina_key: rsa.RSAPrivateKey  # gina@example.com's own key (genuine certificate)
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[str]
 
     @property
     def ldap_url(self) -> str:
@@ -67,6 +67,26 @@ class DirectoryWorld:
 
     def stop(self) -> None:
         stop(self.proc, timeout=20)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        return {"ldap": self.ldap_port, "http": self.http_port, "ldaps": self.ldaps_port,
+                "https": self.https_port}
+
+    def restart(self) -> None:
+        """`directory serve` again, after stop(), on the same ports (every client's
+        configuration names them)."""
+        self.proc = _serve(self.root, self.ports)[0]
+
+
+def _serve(root: Path, ports: dict[str, int] | None = None,
+           ) -> tuple[subprocess.Popen[str], dict[str, int]]:
+    """`directory serve` of root/data with the TLS listeners, on `ports` (else ones the
+    kernel picks). -> (process, {scheme: port})."""
+    proc, urls = start_directory_serve(root / "data", root / "serve.log", "--tls-cert",
+                                       str(root / "tls.pem"), "--tls-key", str(root / "tls.key"),
+                                       ports=ports)
+    return proc, {scheme: port_of(url) for scheme, url in urls.items()}
 
 
 def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
@@ -100,9 +120,8 @@ def start_directory(root: Path, pki: Pki) -> DirectoryWorld:
     tls_key, tls_cert = server_cert(ca, key=rsa_key())  # the genuine test CA doubles as TLS CA
     write_private(root / "tls.key", key_pem(tls_key))
     (root / "tls.pem").write_bytes(to_pem(tls_cert))
-    proc, urls = start_directory_serve(data, root / "serve.log", "--tls-cert",
-                                       str(root / "tls.pem"), "--tls-key", str(root / "tls.key"))
-    ldap, http, ldaps, https = (port_of(urls[s]) for s in ("ldap", "http", "ldaps", "https"))
+    proc, ports = _serve(root)
+    ldap, http, ldaps, https = (ports[s] for s in ("ldap", "http", "ldaps", "https"))
     return DirectoryWorld(root, ldap, http, ldaps, https,
                           root / "genuine-ca.pem",
                           root / "directory-ca.pem",

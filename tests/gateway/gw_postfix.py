@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 POSTFIX = "/usr/sbin/postfix"
@@ -22,7 +22,7 @@ MASTER_CF = """\
 127.0.0.1:{reinject} inet  n       -       n       -       -       smtpd
   -o content_filter=
   -o receive_override_options=no_unknown_recipient_checks,no_header_body_checks,no_milters
-{reinject_options}keypost   unix  -       -       n       -       10      smtp
+{reinject_options}{entries}keypost   unix  -       -       n       -       10      smtp
   -o smtp_tls_security_level=none
   -o smtp_dns_support_level=disabled
   -o max_use=20
@@ -89,12 +89,16 @@ def available() -> bool:
 class Postfix:
     def __init__(self, root: Path, port: int, reinject_port: int, gateway_port: int,
                  sink_port: int, transport: str = "keypost",
-                 reinject_options: Sequence[str] = (), main_extra: str = "") -> None:
+                 reinject_options: Sequence[str] = (), main_extra: str = "",
+                 entries: Mapping[int, int] | None = None) -> None:
         """`reinject_options`: extra `name=value` settings of the re-injection smtpd (the
         gateway's next hop), e.g. a smaller message_size_limit; `main_extra`: lines
-        appended to main.cf."""
+        appended to main.cf; `entries` ({smtpd port: gateway port}): more smtpd listeners,
+        each with a content filter (gateway) of its own, so that one Postfix serves gateways
+        of different settings."""
         self.root = root
         self.port, self.reinject_port = port, reinject_port
+        self.ports = [port, *(entries or {})]  # where mail enters, one per content filter
         self.etc = root / "etc"
         self.etc.mkdir(parents=True, exist_ok=True)
         (self.etc / "main.cf").write_text(
@@ -102,8 +106,12 @@ class Postfix:
             + main_extra
         )
         extra = "".join(f"  -o {opt}\n" for opt in reinject_options)
+        more = "".join(f"127.0.0.1:{entry} inet n - n - - smtpd\n"
+                       f"  -o content_filter={transport}:[127.0.0.1]:{gateway}\n"
+                       for entry, gateway in (entries or {}).items())
         (self.etc / "master.cf").write_text(
-            MASTER_CF.format(port=port, reinject=reinject_port, reinject_options=extra)
+            MASTER_CF.format(port=port, reinject=reinject_port, reinject_options=extra,
+                             entries=more)
         )
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

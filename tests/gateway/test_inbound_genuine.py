@@ -54,16 +54,21 @@ def encrypt(tmp: Path, entity: bytes, recipients: list[bytes], *options: str) ->
     return done.stdout.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-def mail(enveloped: bytes, forged: bool = True) -> bytes:
+def mail(enveloped: bytes, forged: bool = True, message_id: str = "ig@outside.test") -> bytes:
     """The message a sender mails; `forged`: with the gateway's own fields written in."""
     head = (f"From: {SENDER}\r\nTo: {GINA}, {DAVE}\r\nSubject: figures\r\n"
-            "Date: Mon, 2 Mar 2026 10:00:00 +0000\r\nMessage-ID: <ig@outside.test>\r\n")
+            f"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\nMessage-ID: <{message_id}>\r\n")
     if forged:
         head += f"{KEPT_HEADER}: forged\r\n{DECRYPTED_HEADER}: forged\r\n"
     return head.encode() + enveloped
 
 
-TEXT = f"Content-Type: text/plain; charset=utf-8\r\n\r\n{SECRET}\r\n".encode()
+def text(secret: str) -> bytes:
+    """A text/plain entity holding `secret`."""
+    return f"Content-Type: text/plain; charset=utf-8\r\n\r\n{secret}\r\n".encode()
+
+
+TEXT = text(SECRET)
 
 
 def scanner(tmp: Path, verdict: int = 0) -> str:
@@ -77,12 +82,20 @@ def scanner(tmp: Path, verdict: int = 0) -> str:
 
 def config(pki: Pki, world: DirectoryWorld, sink: Sink, tmp: Path, policy: str | None = "keep",
            verdict: int = 0, url: str | None = None) -> Path:
+    return gateway_config(pki, world, sink.port, tmp, policy, verdict, url)
+
+
+def gateway_config(pki: Pki, world: DirectoryWorld, next_hop: int, tmp: Path,
+                   policy: str | None = "keep", verdict: int = 0, url: str | None = None,
+                   ) -> Path:
+    """gateway.toml in `tmp`: the scanner, the policy, the directory `url` (default: the
+    world's over HTTP) as the gateway account."""
     extra = scanner(tmp, verdict)
     if policy is not None:
         extra += f'[policy]\ninbound_genuine = "{policy}"\n'
     # over HTTP: on LDAP the gateway account is given its own domain's signing containers
     url = url or f"http://127.0.0.1:{world.http_port}"
-    return pki.config(sink.port, extra=extra, folder=tmp,
+    return pki.config(next_hop, extra=extra, folder=tmp,
                       directory=world.gateway_directory_lines(url))
 
 

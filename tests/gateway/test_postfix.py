@@ -7,7 +7,8 @@ import smtplib
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -58,33 +59,52 @@ Mta = tuple[Postfix, GatewayProcess, Sink]
 
 
 @contextmanager
-def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
-                reinject_options: tuple[str, ...] = (), main_extra: str = "",
-                gateway_extra: str = "", directory: str = "") -> Iterator[Mta]:
+def postfix_in_front(sink: Sink, configs: Callable[[int], Sequence[Path]],
+                     protocol: str = "smtp", reinject_options: tuple[str, ...] = (),
+                     main_extra: str = "") -> Iterator[tuple[Postfix, list[GatewayProcess]]]:
+    """A real Postfix with a `keypost serve` for each of `configs(reinject port)` (their
+    next_hop) as content filter: the first behind `postfix.port`, each other behind an
+    smtpd of its own, `postfix.ports[i]`. All stopped at the end."""
     reinject = free_port()  # Postfix's ports: it cannot say which one it got for port 0
-    cfg = pki.config(next_hop=reinject, directory=directory,
-                     extra=f'protocol = "{protocol}"\n{gateway_extra}')
-    gateway = GatewayProcess(cfg)
-    gateway.start()  # first: Postfix's content_filter names the port it got
+    gateways = [GatewayProcess(cfg) for cfg in configs(reinject)]
     # Postfix opens its data directory as the postfix user, who cannot enter pytest's
     # private (0700) tmp_path: use a traversable temporary directory of its own.
     root = Path(tempfile.mkdtemp(prefix="keypost-postfix-"))
     root.chmod(0o755)
     try:
+        # first: Postfix's content_filter names the port each got (at once: each start
+        # is mostly Python importing, and the machine has more than one core)
+        with ThreadPoolExecutor(len(gateways)) as starting:
+            list(starting.map(GatewayProcess.start, gateways))
         # the README's set-up: a dedicated smtp client (`keypost` in master.cf) or lmtp
         transport = "keypost" if protocol == "smtp" else protocol
-        postfix = Postfix(root, free_port(), reinject, gateway.port, sink.port,
+        entries = {free_port(): gateway.port for gateway in gateways[1:]}
+        postfix = Postfix(root, free_port(), reinject, gateways[0].port, sink.port,
                           transport=transport, reinject_options=reinject_options,
-                          main_extra=main_extra)
+                          main_extra=main_extra, entries=entries)
         postfix.start()
         try:
-            wait_port(postfix.port)
-            yield postfix, gateway, sink
+            for port in postfix.ports:
+                wait_port(port)
+            yield postfix, gateways
         finally:
             postfix.stop()
     finally:
-        gateway.stop()
+        for gateway in gateways:
+            gateway.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
+                reinject_options: tuple[str, ...] = (), main_extra: str = "",
+                gateway_extra: str = "", directory: str = "") -> Iterator[Mta]:
+    def config(reinject: int) -> list[Path]:
+        return [pki.config(next_hop=reinject, directory=directory,
+                           extra=f'protocol = "{protocol}"\n{gateway_extra}')]
+
+    with postfix_in_front(sink, config, protocol, reinject_options, main_extra) as (pf, [gw]):
+        yield pf, gw, sink
 
 
 @pytest.fixture
