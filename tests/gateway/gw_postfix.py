@@ -90,12 +90,12 @@ class Postfix:
     def __init__(self, root: Path, port: int, reinject_port: int, gateway_port: int,
                  sink_port: int, transport: str = "keypost",
                  reinject_options: Sequence[str] = (), main_extra: str = "",
-                 entries: Mapping[int, int] | None = None) -> None:
+                 entries: Mapping[int, tuple[str, int]] | None = None) -> None:
         """`reinject_options`: extra `name=value` settings of the re-injection smtpd (the
         gateway's next hop), e.g. a smaller message_size_limit; `main_extra`: lines
-        appended to main.cf; `entries` ({smtpd port: gateway port}): more smtpd listeners,
-        each with a content filter (gateway) of its own, so that one Postfix serves gateways
-        of different settings."""
+        appended to main.cf; `entries` ({smtpd port: (transport, gateway port)}): more
+        smtpd listeners, each with a content filter (gateway) of its own, so that one
+        Postfix serves gateways of different settings."""
         self.root = root
         self.port, self.reinject_port = port, reinject_port
         self.ports = [port, *(entries or {})]  # where mail enters, one per content filter
@@ -107,8 +107,8 @@ class Postfix:
         )
         extra = "".join(f"  -o {opt}\n" for opt in reinject_options)
         more = "".join(f"127.0.0.1:{entry} inet n - n - - smtpd\n"
-                       f"  -o content_filter={transport}:[127.0.0.1]:{gateway}\n"
-                       for entry, gateway in (entries or {}).items())
+                       f"  -o content_filter={via}:[127.0.0.1]:{gateway}\n"
+                       for entry, (via, gateway) in (entries or {}).items())
         (self.etc / "master.cf").write_text(
             MASTER_CF.format(port=port, reinject=reinject_port, reinject_options=extra,
                              entries=more)

@@ -87,10 +87,10 @@ def config(pki: Pki, world: DirectoryWorld, sink: Sink, tmp: Path, policy: str |
 
 def gateway_config(pki: Pki, world: DirectoryWorld, next_hop: int, tmp: Path,
                    policy: str | None = "keep", verdict: int = 0, url: str | None = None,
-                   ) -> Path:
-    """gateway.toml in `tmp`: the scanner, the policy, the directory `url` (default: the
-    world's over HTTP) as the gateway account."""
-    extra = scanner(tmp, verdict)
+                   protocol: str = "smtp") -> Path:
+    """gateway.toml in `tmp`: the protocol, the scanner, the policy, the directory `url`
+    (default: the world's over HTTP) as the gateway account."""
+    extra = f'protocol = "{protocol}"\n' + scanner(tmp, verdict)
     if policy is not None:
         extra += f'[policy]\ninbound_genuine = "{policy}"\n'
     # over HTTP: on LDAP the gateway account is given its own domain's signing containers

@@ -7,6 +7,7 @@ import smtplib
 import subprocess
 import tempfile
 import time
+import tomllib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -42,6 +43,13 @@ class GatewayProcess:
         self.config, self.port = config, 0
         self.proc: subprocess.Popen[str] | None = None
 
+    @property
+    def transport(self) -> str:
+        """Postfix's transport to the gateway, as the README sets it up: the dedicated smtp
+        client (`keypost` in master.cf) for `protocol = "smtp"`, else `lmtp`."""
+        protocol = tomllib.loads(self.config.read_text()).get("protocol", "smtp")
+        return "keypost" if protocol == "smtp" else str(protocol)
+
     def start(self) -> None:
         if self.port:
             text = self.config.read_text()
@@ -60,11 +68,12 @@ Mta = tuple[Postfix, GatewayProcess, Sink]
 
 @contextmanager
 def postfix_in_front(sink: Sink, configs: Callable[[int], Sequence[Path]],
-                     protocol: str = "smtp", reinject_options: tuple[str, ...] = (),
+                     reinject_options: tuple[str, ...] = (),
                      main_extra: str = "") -> Iterator[tuple[Postfix, list[GatewayProcess]]]:
     """A real Postfix with a `keypost serve` for each of `configs(reinject port)` (their
-    next_hop) as content filter: the first behind `postfix.port`, each other behind an
-    smtpd of its own, `postfix.ports[i]`. All stopped at the end."""
+    next_hop) as content filter, over the SMTP or LMTP their `protocol` says: the first
+    behind `postfix.port`, each other behind an smtpd of its own, `postfix.ports[i]`. All
+    stopped at the end."""
     reinject = free_port()  # Postfix's ports: it cannot say which one it got for port 0
     gateways = [GatewayProcess(cfg) for cfg in configs(reinject)]
     # Postfix opens its data directory as the postfix user, who cannot enter pytest's
@@ -76,11 +85,9 @@ def postfix_in_front(sink: Sink, configs: Callable[[int], Sequence[Path]],
         # is mostly Python importing, and the machine has more than one core)
         with ThreadPoolExecutor(len(gateways)) as starting:
             list(starting.map(GatewayProcess.start, gateways))
-        # the README's set-up: a dedicated smtp client (`keypost` in master.cf) or lmtp
-        transport = "keypost" if protocol == "smtp" else protocol
-        entries = {free_port(): gateway.port for gateway in gateways[1:]}
+        entries = {free_port(): (gateway.transport, gateway.port) for gateway in gateways[1:]}
         postfix = Postfix(root, free_port(), reinject, gateways[0].port, sink.port,
-                          transport=transport, reinject_options=reinject_options,
+                          transport=gateways[0].transport, reinject_options=reinject_options,
                           main_extra=main_extra, entries=entries)
         postfix.start()
         try:
@@ -103,7 +110,7 @@ def running_mta(pki: Pki, sink: Sink, protocol: str = "smtp",
         return [pki.config(next_hop=reinject, directory=directory,
                            extra=f'protocol = "{protocol}"\n{gateway_extra}')]
 
-    with postfix_in_front(sink, config, protocol, reinject_options, main_extra) as (pf, [gw]):
+    with postfix_in_front(sink, config, reinject_options, main_extra) as (pf, [gw]):
         yield pf, gw, sink
 
 

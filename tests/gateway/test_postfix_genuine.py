@@ -4,9 +4,10 @@ gateway serve` (its content filter), the gateway re-injects into Postfix, and Po
 delivers to the mailbox (an aiosmtpd sink, its relayhost). Every peer real: Postfix,
 `keypost directory serve` holding gina@example.com's genuine certificate, the gateway with
 a `[scan] command`, `openssl cms -encrypt` for the sender and `openssl cms -decrypt` with
-gina's own key. One Postfix for the module, in front of four gateways (keep and reencrypt,
+gina's own key. One Postfix for the module, in front of five gateways (keep and reencrypt,
 each once with the session's directory and once with a directory of this module's that
-the tests stop and start again), each behind an smtpd of its own."""
+the tests stop and start again, and keep over LMTP with the latter), each behind an smtpd
+of its own."""
 
 from __future__ import annotations
 
@@ -66,9 +67,10 @@ class Mta:
     stoppable: DirectoryWorld  # the directory the "-down" gateways ask
 
 
-# name -> (policy, whether it asks the stoppable directory)
-GATEWAYS = {"keep": ("keep", False), "reencrypt": ("reencrypt", False),
-            "keep-down": ("keep", True), "reencrypt-down": ("reencrypt", True)}
+# name -> (policy, whether it asks the stoppable directory, protocol)
+GATEWAYS = {"keep": ("keep", False, "smtp"), "reencrypt": ("reencrypt", False, "smtp"),
+            "keep-down": ("keep", True, "smtp"), "reencrypt-down": ("reencrypt", True, "smtp"),
+            "keep-lmtp-down": ("keep", True, "lmtp")}
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +78,13 @@ def mta(pki: Pki, world: DirectoryWorld, tmp_path_factory: pytest.TempPathFactor
         ) -> Iterator[Mta]:
     stoppable = start_directory(tmp_path_factory.mktemp("stoppable"), pki)
     try:
-        worlds = {name: stoppable if down else world for name, (_, down) in GATEWAYS.items()}
+        worlds = {name: stoppable if down else world for name, (_, down, _) in GATEWAYS.items()}
         folders = {name: tmp_path_factory.mktemp(name) for name in GATEWAYS}
 
         def configs(reinject: int) -> list[Path]:
-            return [gateway_config(pki, worlds[name], reinject, folders[name], policy)
-                    for name, (policy, _) in GATEWAYS.items()]
+            return [gateway_config(pki, worlds[name], reinject, folders[name], policy,
+                                   protocol=protocol)
+                    for name, (policy, _, protocol) in GATEWAYS.items()]
 
         with running_sink() as sink, postfix_in_front(sink, configs) as (postfix, _):
             yield Mta(postfix, sink, {
@@ -227,17 +230,18 @@ def attempts(postfix: Postfix, queue_id: str, count: int = 1, status: str = "") 
     return lines(logged(postfix, done))
 
 
-@pytest.mark.parametrize("policy", ["keep", "reencrypt"])
+@pytest.mark.parametrize("gateway", ["keep-down", "reencrypt-down", "keep-lmtp-down"])
 def test_directory_down_postfix_defers_then_delivers(
-    mta: Mta, tmp_path: Path, policy: str,
+    mta: Mta, tmp_path: Path, gateway: str,
 ) -> None:
-    """The gateway answers 451 while its directory is stopped: Postfix keeps the message
-    in its queue (deferred, a retry deferred again), bounces nothing and delivers nothing,
-    clear text least of all; once the directory is back, a flush delivers it as when the
-    directory was up. (A gateway of its own for each policy: it has never asked the
-    directory, whose answers it would cache.)"""
-    behind = mta.gateways[f"{policy}-down"]
-    secret, message_id = f"deferred {policy} figures", f"down-{policy}@outside.test"
+    """The gateway answers 451 while its directory is stopped (over LMTP once for each
+    recipient): Postfix keeps the message in its queue (deferred, a retry deferred again),
+    bounces nothing and delivers nothing, clear text least of all; once the directory is
+    back, a flush delivers it as when the directory was up. (A gateway of its own for each
+    case: it has never asked the directory, whose answers it would cache.)"""
+    behind = mta.gateways[gateway]
+    policy, _, protocol = GATEWAYS[gateway]
+    secret, message_id = f"deferred {gateway} figures", f"{gateway}@outside.test"
     inner, sent = enveloped_for_gina(behind, tmp_path, secret, message_id)
     with directory_down(mta.stoppable):
         queue_id = submit(behind, sent)
@@ -248,6 +252,7 @@ def test_directory_down_postfix_defers_then_delivers(
             assert len(lines) >= 2 * count, mta.postfix.log()
             assert all("status=deferred" in line and "said: 451 4.4.3 directory unreachable"
                        in line for line in lines), lines
+            assert all((" postfix/lmtp[" in line) == (protocol == "lmtp") for line in lines)
             queue = mta.postfix.queue()
             assert queue_id in queue and GINA in queue and DAVE in queue, queue
             assert "said: 451 4.4.3 directory unreachable" in queue, queue
