@@ -106,12 +106,13 @@ def submit(behind: Behind, message: bytes) -> str:
 
 def delivered(mta: Mta, message_id: str, timeout: float = 60) -> dict[str, bytes]:
     """What each recipient's mailbox got of the message `message_id` (its header, or the
-    headers a bounce returns, name it), once two copies arrived: each recipient once."""
+    headers a bounce returns, name it), once two recipients got it: each recipient once."""
     mark = f"<{message_id}>".encode()
     handler = mta.sink.handler
     with handler.arrived:
         handler.arrived.wait_for(
-            lambda: sum(mark in m.data for m in handler.messages) >= 2, timeout)
+            lambda: sum(len(m.rcpt_tos) for m in handler.messages if mark in m.data) >= 2,
+            timeout)
         got = [(r, m.data) for m in handler.messages if mark in m.data for r in m.rcpt_tos]
     assert sorted(r for r, _ in got) == [DAVE, GINA], (got, mta.postfix.log())
     return dict(got)
@@ -135,8 +136,8 @@ def fields(message: bytes, prefix: bytes) -> list[bytes]:
 
 def check_kept(behind: Behind, tmp: Path, got: dict[str, bytes], sent: bytes, inner: bytes,
                secret: str) -> None:
-    """gina: the sender's ciphertext as it came (Postfix's Received fields added), marked
-    kept after the scan, and her own key opens it to the sender's entity; dave: the
+    """gina: the sender's ciphertext as it came (below the header block), marked kept
+    after the scan, and her own key opens it to the sender's entity; dave: the
     decrypted message, as under clear."""
     kept, clear = got[GINA], got[DAVE]
     assert body_of(kept) == body_of(sent)
