@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -336,3 +337,35 @@ def test_a_recipient_gateway_with_an_ec_key_is_encrypted_to(
     for key in keys.keys.values():
         clear = smime.Decryptor([key]).decrypt_message(message).message
         assert parse(clear)["Subject"] == "Quarterly figures"
+
+
+# Characters Python's email header folding splits lines at besides CR and LF (str.splitlines):
+# written into a header they became bare line breaks.
+HEADER_BREAKS = ["\x0b", "\x0c", "\x1c", "\x1d", "\x1e"]
+TEXT_FILE = {"content_type": "text/plain", "data_base64": "aGk="}
+
+
+@pytest.mark.parametrize("char", HEADER_BREAKS, ids=lambda c: f"U+{ord(c):04X}")
+@pytest.mark.parametrize(("param", "value"), [
+    ("subject", "Figures{c}Bcc: eve@evil.example"),
+    ("subject", "Figures{c}{c}the rest"),
+    ("to", ['"Bob{c}B" <bob@example.org>']),
+    ("from", '"Alice{c}A" <alice@example.com>'),
+    ("reply_to", ['"Reply{c}R" <alice@example.com>']),
+    ("headers", {"X-Note": "a{c}b"}),
+    ("attachments", [{"name": "report{c}.txt", **TEXT_FILE}]),
+])
+def test_a_control_character_a_header_would_break_at_is_a_bad_request(
+    setup: Any, ca: DirectoryCA, char: str, param: str, value: Any
+) -> None:
+    """VT, FF, FS, GS and RS in a header value were written as line breaks: "To: Bob" and a
+    line "B <bob@example.org>" lost Bob's address from the outer To (Thunderbird's Outbox
+    reads its recipients there), a subject's second line ended the header block, and text
+    shaped like a field after one gave `internal` (12) instead of `bad_request`."""
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    filled = json.loads(json.dumps(value).replace("{c}", json.dumps(char)[1:-1]))
+    reply = call(host, "encrypt", **params(**{param: filled}))
+    assert code(reply) == 1, reply
+    assert reply["error"]["details"] == {"param": param}
+    assert "control character" in reply["error"]["message"]

@@ -56,9 +56,17 @@ PRIORITIES = {"highest": "1 (Highest)", "high": "2 (High)", "normal": None,
               "low": "4 (Low)", "lowest": "5 (Lowest)"}
 
 
-def _clean(value: str, what: str) -> str:
-    if "\r" in value or "\n" in value or "\0" in value:
-        raise BadRequest(f"{what} must not contain line breaks", {"param": "headers"})
+# CR, LF and NUL, and the controls the email package's header folding also ends lines at
+# (str.splitlines: VT, FF, FS, GS, RS): in a header value each one was written as a bare line
+# break, so the rest of the value became a line of its own (no field, or another field).
+_HEADER_BREAKS = re.compile("[\r\n\0\x0b\x0c\x1c-\x1e]")
+
+
+def _clean(value: str, what: str, param: str = "headers") -> str:
+    found = _HEADER_BREAKS.search(value)
+    if found is not None:
+        raise BadRequest(f"{what} must not contain line breaks or control characters "
+                         f"(U+{ord(found.group()):04X})", {"param": param})
     return value
 
 
@@ -164,7 +172,10 @@ def _strings(value: Any, param: str) -> list[str]:
 
 
 def _recipients(value: Any, param: str) -> tuple[Mailbox, ...]:
-    return tuple(m for text in _strings(value, param) for m in recipient_mailboxes(text))
+    boxes = tuple(m for text in _strings(value, param) for m in recipient_mailboxes(text))
+    for box in boxes:  # the addresses are the resolver's to judge (per recipient, with why)
+        _clean(box.display, "a display name", param)
+    return boxes
 
 
 def _opt_str(params: dict[str, Any], name: str) -> str | None:
@@ -211,6 +222,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     if not sender_text:
         raise BadRequest("from is required", {"param": "from"})
     sender = parse_mailbox(sender_text)
+    _clean(sender.display, "a display name", "from")
     reply = _recipients(params.get("reply_to"), "reply_to")
     to, cc, bcc = (_recipients(params.get(p), p) for p in ("to", "cc", "bcc"))
     if not (to or cc or bcc):
@@ -233,6 +245,7 @@ def parse_compose(params: dict[str, Any]) -> Compose:
                 "each attachment needs name and data_base64 (valid base64)",
                 {"param": "attachments"},
             ) from None
+        _clean(name, "an attachment name", "attachments")
         attachments.append(Attachment(name, media_type_or_default(ctype), data))
     headers = params.get("headers") or {}
     if not isinstance(headers, dict):
@@ -251,11 +264,11 @@ def parse_compose(params: dict[str, Any]) -> Compose:
                 f"header {name!r} is not allowed (X-*, In-Reply-To, References only)",
                 {"param": "headers"},
             )
-        extra.append((name, value))
+        extra.append((name, _clean(value, f"header {name}")))
     receipt = params.get("return_receipt")
     if receipt is not None and not isinstance(receipt, bool):
         raise BadRequest("return_receipt must be true, false or null", {"param": "return_receipt"})
-    subject = _opt_str(params, "subject") or ""
+    subject = _clean(_opt_str(params, "subject") or "", "the subject", "subject")
     inline: tuple[InlineImage, ...] = ()
     remote: tuple[str, ...] = ()
     if html is not None:
