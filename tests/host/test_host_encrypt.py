@@ -369,3 +369,22 @@ def test_a_control_character_a_header_would_break_at_is_a_bad_request(
     assert code(reply) == 1, reply
     assert reply["error"]["details"] == {"param": param}
     assert "control character" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize(("param", "value"), [
+    # bool("false") is True: a caller meaning "no Outbox" got the Bcc line in `message`.
+    ("for_outbox", "false"),
+    ("for_outbox", 0),
+    ("attachments", [{"name": None, **TEXT_FILE}]),  # was sent as a file named "None"
+    ("attachments", [{"name": 5, **TEXT_FILE}]),
+    ("attachments", [{"name": "a.txt", "content_type": ["text/plain"], "data_base64": "aGk="}]),
+    ("attachments", ["a.txt"]),
+])
+def test_a_parameter_of_the_wrong_type_is_a_bad_request(
+    setup: Any, ca: DirectoryCA, param: str, value: Any
+) -> None:
+    host, _, _ = setup
+    assert configure(host, ca)["ok"]
+    reply = call(host, "encrypt", **params(**{param: value}))
+    assert code(reply) == 1, reply
+    assert reply["error"]["details"] == {"param": param}

@@ -185,6 +185,14 @@ def _opt_str(params: dict[str, Any], name: str) -> str | None:
     return value
 
 
+def _opt_bool(params: dict[str, Any], name: str) -> bool:
+    """A bool parameter; absent or null is false (bool("false") would be true)."""
+    value = params.get(name)
+    if value is not None and not isinstance(value, bool):
+        raise BadRequest(f"{name} must be true, false or null", {"param": name})
+    return bool(value)
+
+
 def _bodies(params: dict[str, Any]) -> tuple[str | None, str | None]:
     """The plain and HTML bodies to send, as the delivery format chooses (Thunderbird
     ignores it for a message written as plain text)."""
@@ -238,11 +246,14 @@ def parse_compose(params: dict[str, Any]) -> Compose:
     for item in raw_atts:
         try:
             data = base64.b64decode(item["data_base64"], validate=True)
-            ctype = str(item.get("content_type") or "application/octet-stream")
-            name = str(item["name"])
+            ctype = item.get("content_type") or OCTET_STREAM
+            name = item["name"]
+            if not isinstance(name, str) or not isinstance(ctype, str):
+                raise TypeError
         except (KeyError, TypeError, AttributeError, binascii.Error, ValueError):
             raise BadRequest(
-                "each attachment needs name and data_base64 (valid base64)",
+                "each attachment needs name and data_base64 (valid base64) as strings, "
+                "content_type a string or null",
                 {"param": "attachments"},
             ) from None
         _clean(name, "an attachment name", "attachments")
@@ -265,9 +276,6 @@ def parse_compose(params: dict[str, Any]) -> Compose:
                 {"param": "headers"},
             )
         extra.append((name, _clean(value, f"header {name}")))
-    receipt = params.get("return_receipt")
-    if receipt is not None and not isinstance(receipt, bool):
-        raise BadRequest("return_receipt must be true, false or null", {"param": "return_receipt"})
     subject = _clean(_opt_str(params, "subject") or "", "the subject", "subject")
     inline: tuple[InlineImage, ...] = ()
     remote: tuple[str, ...] = ()
@@ -287,11 +295,11 @@ def parse_compose(params: dict[str, Any]) -> Compose:
         headers=tuple(extra),
         identity_key=_opt_str(params, "identity_key"),
         account_key=_opt_str(params, "account_key"),
-        for_outbox=bool(params.get("for_outbox", False)),
+        for_outbox=_opt_bool(params, "for_outbox"),
         inline_images=inline,
         remote_images=remote,
         x_priority=None if priority is None else PRIORITIES[priority],
-        return_receipt=bool(receipt),
+        return_receipt=_opt_bool(params, "return_receipt"),
     )
 
 
