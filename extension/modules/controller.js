@@ -8,7 +8,7 @@ import { buttonLook, carryOver, describeError, statusList } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
 import { normalizeFingerprint } from "./fingerprint.js";
-import { composeNotices, remoteImagesOf, sameNotices } from "./notices.js";
+import { composeNotices, ownSecurityOf, remoteImagesOf, sameNotices, vCardRequested } from "./notices.js";
 import { deliveryFormatOf } from "./compose_choices.js";
 
 const POLL_MS = 1500;
@@ -306,6 +306,17 @@ async function sendEncrypted(tab, details) {
     const remote = remoteImagesOf(details);
     if (remote.length > 0) {
       await failSend(tab, msg("errorRemoteImages"), [msg("reasonRemoteImages", [remote.join(", ")])]);
+      return { cancel: true };
+    }
+    // Thunderbird's own encryption or signature, or the vCard it would attach: keypost's
+    // message cannot carry them, and sending it without would drop them silently.
+    const own = ownSecurityOf(details);
+    if (own) {
+      await failSend(tab, msg("errorOwnSecurity"), [msg("noticeOwnSecurity", [own])]);
+      return { cancel: true };
+    }
+    if (vCardRequested(details)) {
+      await failSend(tab, msg("errorVCard"), [msg("noticeVCard")]);
       return { cancel: true };
     }
     const rcpts = collectRecipients(details);

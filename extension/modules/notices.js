@@ -45,6 +45,28 @@ export function remoteImagesOf(details) {
 }
 
 /**
+ * The name of Thunderbird's own end-to-end technology ("OpenPGP", "S/MIME") when the compose
+ * window asks it to encrypt or sign, else "". keypost's message replaces Thunderbird's own:
+ * sent anyway it would carry no signature, and be encrypted to the gateways rather than
+ * end to end as the user asked.
+ * @param {{selectedEncryptionTechnology?: {name?: string, encryptBody?: boolean, signMessage?: boolean}}} details
+ */
+export function ownSecurityOf(details) {
+  const own = details?.selectedEncryptionTechnology;
+  if (!own || (own.encryptBody !== true && own.signMessage !== true)) return "";
+  return String(own.name || "OpenPGP / S/MIME");
+}
+
+/**
+ * Whether "Attach My vCard" is ticked: Thunderbird's own send attaches the identity's vCard,
+ * which no MailExtension API reads, so keypost's message would go without it.
+ * @param {{attachVCard?: boolean}} details
+ */
+export function vCardRequested(details) {
+  return details?.attachVCard === true;
+}
+
+/**
  * Notices for compose details with Encrypt on: each a _locales key and its substitutions.
  * A notice means Send will be refused until the user acts, unless it says `refuses: false`
  * (a choice that cannot be honoured but need not stop the mail).
@@ -57,6 +79,9 @@ export function composeNotices(details) {
   if (groups.length > 0) notices.push({ key: "noticeNewsgroups", subs: [groups.join(", ")] });
   const images = remoteImagesOf(details);
   if (images.length > 0) notices.push({ key: "noticeRemoteImages", subs: [images.join(", ")] });
+  const own = ownSecurityOf(details);
+  if (own) notices.push({ key: "noticeOwnSecurity", subs: [own] });
+  if (vCardRequested(details)) notices.push({ key: "noticeVCard", subs: [] });
   // Thunderbird's Outbox sends with fresh compose fields (nsMsgSendLater): no DSN is asked for
   // any queued message, so neither for the encrypted one. Said, not refused.
   if (details?.deliveryStatusNotification === true) notices.push({ key: "noticeNoDsn", subs: [], refuses: false });

@@ -602,3 +602,43 @@ test("a queued send closes its window only after the listener has answered, howe
   // would close it mid-send (see sendEncrypted).
   assert.deepEqual(order, ["answered", "closeWindow"]);
 });
+
+// What Thunderbird's own send would have added or done, which keypost's message cannot: sent
+// without it, the mail would silently lack a part or a protection the user asked for.
+for (const [what, extra, title, reason] of [
+  ["Attach My vCard", { attachVCard: true }, "errorVCard", /^noticeVCard$/],
+  [
+    "Thunderbird's own OpenPGP encryption",
+    { selectedEncryptionTechnology: { name: "OpenPGP", encryptBody: true, encryptSubject: true, signMessage: false } },
+    "errorOwnSecurity",
+    /^noticeOwnSecurity:OpenPGP$/,
+  ],
+  [
+    "Thunderbird's own S/MIME signature",
+    { selectedEncryptionTechnology: { name: "S/MIME", encryptBody: false, signMessage: true } },
+    "errorOwnSecurity",
+    /^noticeOwnSecurity:S\/MIME$/,
+  ],
+]) {
+  test(`${what} with Encrypt on: refused before the host is asked, said why`, async () => {
+    await encryptOn();
+    hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+    assert.deepEqual(await c.onBeforeSend(TAB, { ...DETAILS, ...extra }), { cancel: true });
+    assert.equal(calls.filter((x) => x[0] === "host").length, 0);
+    assert.equal(calls.filter((x) => x[0] === "import").length, 0);
+    const [head, ...lines] = calls.find((x) => x[0] === "notify")[1].split("\n");
+    assert.equal(head, title);
+    assert.match(lines.join("\n"), reason);
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+  });
+}
+
+test("Thunderbird's own security configured but off, no vCard: sent as usual", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const off = { name: "S/MIME", encryptBody: false, signMessage: false };
+  const details = { ...DETAILS, attachVCard: false, selectedEncryptionTechnology: off };
+  assert.deepEqual(await c.onBeforeSend(TAB, details), { cancel: true });
+  assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
+});

@@ -61,11 +61,13 @@ test("every notice has a text in en and de", () => {
   const root = join(dirname(fileURLToPath(import.meta.url)), "..");
   const source = readFileSync(join(root, "modules", "notices.js"), "utf8");
   const keys = [...source.matchAll(/key: "(\w+)"/g)].map((m) => m[1]);
-  assert.deepEqual(keys, ["noticeNewsgroups", "noticeRemoteImages", "noticeNoDsn"]);
+  assert.deepEqual(keys, ["noticeNewsgroups", "noticeRemoteImages", "noticeOwnSecurity", "noticeVCard", "noticeNoDsn"]);
   for (const lang of ["en", "de"]) {
     const messages = JSON.parse(readFileSync(join(root, "_locales", lang, "messages.json"), "utf8"));
     for (const key of keys.slice(0, 2)) assert.match(messages[key].message, /\$(GROUPS|URLS)\$/, `${lang}: ${key}`);
     assert.ok(messages.noticeNoDsn.message, lang);
+    assert.match(messages.noticeOwnSecurity.message, /\$TECHNOLOGY\$/, lang);
+    assert.ok(messages.noticeVCard.message, lang);
   }
 });
 
@@ -82,4 +84,15 @@ test("a delivery status notification request: a notice that refuses nothing", ()
   const details = { to: ["bob@example.org"], body: "<p>hi</p>", deliveryStatusNotification: true };
   assert.deepEqual(composeNotices(details), [{ key: "noticeNoDsn", subs: [], refuses: false }]);
   assert.deepEqual(composeNotices({ ...details, deliveryStatusNotification: false }), []);
+});
+
+test("Thunderbird's own encryption or signature, and Attach My vCard: notices that refuse Send", () => {
+  const details = { to: ["bob@example.org"], body: "<p>hi</p>", attachVCard: true,
+    selectedEncryptionTechnology: { name: "OpenPGP", encryptBody: false, encryptSubject: false, signMessage: true } };
+  assert.deepEqual(composeNotices(details), [
+    { key: "noticeOwnSecurity", subs: ["OpenPGP"] },
+    { key: "noticeVCard", subs: [] },
+  ]);
+  const off = { ...details, attachVCard: false, selectedEncryptionTechnology: { name: "S/MIME", encryptBody: false, signMessage: false } };
+  assert.deepEqual(composeNotices(off), []);
 });
