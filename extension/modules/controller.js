@@ -8,7 +8,7 @@ import { buttonLook, carryOver, describeError, statusList } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
 import { normalizeFingerprint } from "./fingerprint.js";
-import { composeNotices, ownSecurityOf, remoteImagesOf, sameNotices, vCardRequested } from "./notices.js";
+import { composeNotices, ownSendOnly, remoteImagesOf, sameNotices } from "./notices.js";
 import { deliveryFormatOf } from "./compose_choices.js";
 
 const POLL_MS = 1500;
@@ -308,15 +308,11 @@ async function sendEncrypted(tab, details) {
       await failSend(tab, msg("errorRemoteImages"), [msg("reasonRemoteImages", [remote.join(", ")])]);
       return { cancel: true };
     }
-    // Thunderbird's own encryption or signature, or the vCard it would attach: keypost's
-    // message cannot carry them, and sending it without would drop them silently.
-    const own = ownSecurityOf(details);
-    if (own) {
-      await failSend(tab, msg("errorOwnSecurity"), [msg("noticeOwnSecurity", [own])]);
-      return { cancel: true };
-    }
-    if (vCardRequested(details)) {
-      await failSend(tab, msg("errorVCard"), [msg("noticeVCard")]);
+    // A redirect, Thunderbird's own encryption or signature, the vCard it would attach:
+    // keypost's message cannot be or carry them, and sent without, they would be dropped.
+    const only = ownSendOnly(details);
+    if (only.length > 0) {
+      await failSend(tab, msg(only[0].error), only.map((n) => msg(n.key, n.subs.length > 0 ? n.subs : undefined)));
       return { cancel: true };
     }
     const rcpts = collectRecipients(details);

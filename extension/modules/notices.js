@@ -51,19 +51,28 @@ export function remoteImagesOf(details) {
  * end to end as the user asked.
  * @param {{selectedEncryptionTechnology?: {name?: string, encryptBody?: boolean, signMessage?: boolean}}} details
  */
-export function ownSecurityOf(details) {
+function ownSecurityOf(details) {
   const own = details?.selectedEncryptionTechnology;
   if (!own || (own.encryptBody !== true && own.signMessage !== true)) return "";
   return String(own.name || "OpenPGP / S/MIME");
 }
 
 /**
- * Whether "Attach My vCard" is ticked: Thunderbird's own send attaches the identity's vCard,
- * which no MailExtension API reads, so keypost's message would go without it.
- * @param {{attachVCard?: boolean}} details
+ * What only Thunderbird's own send can do, each a notice with the title of the refusal at Send
+ * (`error`): Redirect (it resends the original message as it is, From its author, with
+ * Resent-* fields; built anew from the compose details it would be another message), its own
+ * OpenPGP or S/MIME, and "Attach My vCard" (no MailExtension API reads the identity's vCard).
+ * Sent by keypost without them, the mail would silently lack what the user asked for.
+ * @param {object} details  compose.getComposeDetails
+ * @returns {{key: string, subs: string[], error: string}[]}
  */
-export function vCardRequested(details) {
-  return details?.attachVCard === true;
+export function ownSendOnly(details) {
+  const found = [];
+  if (details?.type === "redirect") found.push({ key: "noticeRedirect", subs: [], error: "errorRedirect" });
+  const own = ownSecurityOf(details);
+  if (own) found.push({ key: "noticeOwnSecurity", subs: [own], error: "errorOwnSecurity" });
+  if (details?.attachVCard === true) found.push({ key: "noticeVCard", subs: [], error: "errorVCard" });
+  return found;
 }
 
 /**
@@ -79,9 +88,7 @@ export function composeNotices(details) {
   if (groups.length > 0) notices.push({ key: "noticeNewsgroups", subs: [groups.join(", ")] });
   const images = remoteImagesOf(details);
   if (images.length > 0) notices.push({ key: "noticeRemoteImages", subs: [images.join(", ")] });
-  const own = ownSecurityOf(details);
-  if (own) notices.push({ key: "noticeOwnSecurity", subs: [own] });
-  if (vCardRequested(details)) notices.push({ key: "noticeVCard", subs: [] });
+  for (const { key, subs } of ownSendOnly(details)) notices.push({ key, subs });
   // Thunderbird's Outbox sends with fresh compose fields (nsMsgSendLater): no DSN is asked for
   // any queued message, so neither for the encrypted one. Said, not refused.
   if (details?.deliveryStatusNotification === true) notices.push({ key: "noticeNoDsn", subs: [], refuses: false });

@@ -607,6 +607,9 @@ test("a queued send closes its window only after the listener has answered, howe
 // without it, the mail would silently lack a part or a protection the user asked for.
 for (const [what, extra, title, reason] of [
   ["Attach My vCard", { attachVCard: true }, "errorVCard", /^noticeVCard$/],
+  // Redirect resends the original message as it is (Resent-* fields, From its author): built
+  // anew from the compose details it would go out as a new message From the original author.
+  ["Redirect", { type: "redirect", from: "Carol <carol@example.net>" }, "errorRedirect", /^noticeRedirect$/],
   [
     "Thunderbird's own OpenPGP encryption",
     { selectedEncryptionTechnology: { name: "OpenPGP", encryptBody: true, encryptSubject: true, signMessage: false } },
