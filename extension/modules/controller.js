@@ -291,6 +291,7 @@ export async function onBeforeSend(tab, details) {
 /** onBeforeSend with Encrypt on; always answers `{cancel: true}`. */
 async function sendEncrypted(tab, details) {
   let sentCopyId = null; // the clear copy filed in Sent, taken back out if nothing is queued
+  let sentCopyMissing = ""; // why the clear copy is not in Sent, told once the mail is queued
   let outgoing;
   let outbox;
   try {
@@ -362,9 +363,11 @@ async function sendEncrypted(tab, details) {
         const copy = setHeaders(result.sent_copy, { "X-Identity-Key": null, "X-Account-Key": null });
         const file = new File([copy], "keypost-sent.eml", { type: "message/rfc822" });
         if (sent) sentCopyId = (await messenger.messages.import(file, sent.id, { read: true }))?.id ?? null;
+        else sentCopyMissing = msg("reasonNoSentFolder");
       } catch (e) {
         // The message itself still goes out; only the readable copy is missing.
         console.error("keypost: filing the Sent copy failed", e);
+        sentCopyMissing = String(e?.message ?? e);
       }
     }
     try {
@@ -385,22 +388,24 @@ async function sendEncrypted(tab, details) {
   // "not sent" (the user would send it a second time).
   await saveTabState(tab.id, { error: "" }).catch(console.error);
   const messageId = getHeader(outgoing, "Message-ID") ?? "";
-  if (details.deliveryStatusNotification === true) {
-    // Said in the popup before Send too: the Outbox cannot ask the server for a DSN.
-    messenger.notifications
-      .create(`keypost-nodsn-${tab.id}`, {
-        type: "basic",
-        iconUrl: messenger.runtime.getURL("icons/keypost.svg"),
-        title: msg("noDsnTitle"),
-        message: msg("noticeNoDsn"),
-      })
-      .catch(console.error);
+  // Said in the popup before Send too: the Outbox cannot ask the server for a DSN.
+  if (details.deliveryStatusNotification === true) tellQueued(`keypost-nodsn-${tab.id}`, "noDsnTitle", msg("noticeNoDsn"));
+  // Thunderbird's own Sent copy is the encrypted message, which the sender cannot read.
+  if (sentCopyMissing) {
+    tellQueued(`keypost-nosent-${tab.id}`, "noSentCopyTitle", msg("noticeNoSentCopy", [sentCopyMissing]));
   }
   setTimeout(() => remindIfQueued(outbox.id, messageId).catch(console.error), timing.queueCheckMs);
   // Close after this listener has returned its cancel, so Thunderbird is not mid-send: the
   // timer is set after the last await, or it could fire while that await waits.
   setTimeout(() => closeCompose(tab).catch(console.error), 0);
   return { cancel: true };
+}
+
+/** A notification about a message that is queued (never awaited: the send is done). */
+function tellQueued(id, titleKey, message) {
+  messenger.notifications
+    .create(id, { type: "basic", iconUrl: messenger.runtime.getURL("icons/keypost.svg"), title: msg(titleKey), message })
+    .catch(console.error);
 }
 
 /**

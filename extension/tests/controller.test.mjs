@@ -645,3 +645,23 @@ test("Thunderbird's own security configured but off, no vCard: sent as usual", a
   assert.deepEqual(await c.onBeforeSend(TAB, details), { cancel: true });
   assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
 });
+
+test("the readable Sent copy not filed: the message still goes, and the user is told where it is missing", async () => {
+  await encryptOn();
+  hostReply = () => ({ ok: true, result: { message: ENCRYPTED, sent_copy: CLEAR } });
+  const original = messenger.messages.import;
+  messenger.messages.import = async (file, folderId) => {
+    if (folderId === "sent-id") throw new Error("the Sent folder is read-only");
+    return original(file, folderId);
+  };
+  try {
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  } finally {
+    messenger.messages.import = original;
+  }
+  assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["outbox-id"]);
+  // Thunderbird's own Sent copy is the encrypted one, which the sender cannot read.
+  assert.deepEqual(calls.filter((x) => x[0] === "notify").map((x) => x[1]), ["noticeNoSentCopy:the Sent folder is read-only"]);
+  await new Promise((r) => setTimeout(r, 10));
+  assert.deepEqual(calls.find((x) => x[0] === "closeWindow"), ["closeWindow", 30]);
+});
