@@ -2,7 +2,7 @@
 // Everything that touches `messenger.*` lives here; decisions are made by the pure modules.
 
 import { HostClient, HOST_NAME, PROTOCOL_VERSION } from "./host.js";
-import { bufferToBase64, getHeader, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
+import { bufferToBase64, getHeader, isEnveloped, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
 import { collectNewsgroups, collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
 import { buttonLook, carryOver, describeError, statusList } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
@@ -344,6 +344,8 @@ async function sendEncrypted(tab, details) {
       await failSend(tab, msg("errorRemoteImages"), [msg("reasonRemoteImages", [result.remote_images.join(", ")])]);
       return { cancel: true };
     }
+    // Fail closed on the host's word too: only an envelope goes into the Outbox.
+    if (!isEnveloped(result?.message)) throw new Error("the keypost host answered with a message that is not encrypted");
     const sender = extractAddress(details.from ?? "");
     outgoing = prepareForOutbox(result.message, {
       identityKey: identity.id,

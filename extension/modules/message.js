@@ -47,6 +47,22 @@ export function getHeader(message, name) {
 }
 
 /**
+ * Whether a message is an S/MIME envelope (RFC 8551 application/pkcs7-mime with smime-type
+ * enveloped-data or authEnveloped-data), as the host's `encrypt` writes it: what the add-on
+ * queues when Encrypt is on must be, whatever the host answered.
+ * @param {string} message
+ * @returns {boolean}
+ */
+export function isEnveloped(message) {
+  if (typeof message !== "string") return false;
+  const type = (getHeader(message, "Content-Type") ?? "").toLowerCase();
+  return (
+    /^application\/(x-)?pkcs7-mime\s*(;|$)/.test(type) &&
+    /;\s*smime-type\s*=\s*"?(auth)?enveloped-data"?\s*(;|$)/.test(type)
+  );
+}
+
+/**
  * A fresh Message-ID on the sender's domain (Thunderbird refuses to import a Message-ID the
  * folder already holds, so every import needs its own).
  * @param {string} sender  bare address or mailbox

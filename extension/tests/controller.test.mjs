@@ -95,7 +95,8 @@ const DETAILS = {
   isPlainText: true,
   plainTextBody: "hi",
 };
-const ENCRYPTED = "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nContent-Type: application/pkcs7-mime\r\n\r\nMIAG\r\n";
+const ENCRYPTED =
+  "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n\r\nMIAG\r\n";
 const CLEAR = "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nX-Keypost-Encrypted: yes\r\n\r\nhi\r\n";
 
 beforeEach(async () => {
@@ -664,4 +665,28 @@ test("the readable Sent copy not filed: the message still goes, and the user is 
   assert.deepEqual(calls.filter((x) => x[0] === "notify").map((x) => x[1]), ["noticeNoSentCopy:the Sent folder is read-only"]);
   await new Promise((r) => setTimeout(r, 10));
   assert.deepEqual(calls.find((x) => x[0] === "closeWindow"), ["closeWindow", 30]);
+});
+
+test("a host answer whose message is not enveloped (a bug, another version): nothing is queued", async () => {
+  for (const message of [
+    "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\nContent-Type: text/plain\r\n\r\nhi in the clear\r\n",
+    "Message-ID: <m1@example.com>\r\nFrom: Alice <alice@example.com>\r\n\r\nhi in the clear\r\n",
+    "Message-ID: <m1@example.com>\r\nContent-Type: application/pkcs7-mime; smime-type=signed-data\r\n\r\nMIAG\r\n",
+  ]) {
+    calls.length = 0;
+    await encryptOn();
+    hostReply = () => ({ ok: true, result: { message, sent_copy: CLEAR } });
+    assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+    assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), [], message);
+    assert.match(calls.find((x) => x[0] === "notify")[1], /^errorInternal\n/);
+    await new Promise((r) => setTimeout(r, 10));
+    assert.equal(calls.filter((x) => x[0] === "closeWindow").length, 0);
+  }
+  // What the host writes (smime.encrypt_message) passes.
+  calls.length = 0;
+  await encryptOn();
+  const real = "Message-ID: <m1@example.com>\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m\r\n\r\nMIAG\r\n";
+  hostReply = () => ({ ok: true, result: { message: real, sent_copy: CLEAR } });
+  assert.deepEqual(await c.onBeforeSend(TAB, DETAILS), { cancel: true });
+  assert.deepEqual(calls.filter((x) => x[0] === "import").map((x) => x[1]), ["sent-id", "outbox-id"]);
 });
