@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from email.header import decode_header, make_header
 from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,35 @@ def test_header_block_is_one_folded_header() -> None:
     assert b"\r\n\r\n" not in block
     assert all(len(line) <= 78 for line in block.split(b"\r\n"))
     assert parse(block + b"\r\n")["Bcc"].addresses[19].addr_spec == "user19@example.org"
+
+
+@pytest.mark.parametrize("name", [
+    "Ä" * 400, "x" * 1500, ("Müller " * 200).strip(), 'a "quoted" ' + "é" * 300, "Jörg",
+    "Doe, Carol"])
+def test_long_display_names_stay_within_the_line_limit(name: str) -> None:
+    """A display name became one encoded word of any length: a 400-character name made a
+    To line of 1,081 characters, over RFC 5322's 998. Now encoded words of at most 75,
+    which an RFC 2047 reader joins back to the very name (whitespace between encoded
+    words is no part of it; Python's own address parser adds spaces there, so the check
+    decodes the words itself)."""
+    to = f"{name} <bob@example.org>" if "," not in name and '"' not in name else (
+        '"' + name.replace('"', '\\"') + '" <bob@example.org>')
+    c = parse_compose(params(to=[to, "carol@example.net"], **{"from": to.replace(
+        "bob@example.org", "alice@example.com")}))
+    data = build_message(c)
+    head = data.partition(b"\r\n\r\n")[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 78
+    for field, address in (("To", "bob@example.org"), ("From", "alice@example.com")):
+        written = next(line for line in _unfolded(head) if line.startswith(f"{field}: "))
+        shown, addr = parseaddr(written.split(": ", 1)[1])
+        assert addr == address
+        assert str(make_header(decode_header(shown))) == name
+    assert [a.addr_spec for a in parse(data)["To"].addresses] == [
+        "bob@example.org", "carol@example.net"]
+
+
+def _unfolded(head: bytes) -> list[str]:
+    return head.decode("ascii").replace("\r\n ", " ").split("\r\n")
 
 
 @pytest.mark.parametrize("bad", [

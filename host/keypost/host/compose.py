@@ -44,6 +44,8 @@ _QP_UTF8 = email.charset.Charset("utf-8")
 _QP_UTF8.header_encoding = email.charset.QP
 _QP_UTF8.body_encoding = email.charset.QP
 MAX_LINE = 998
+# A word no fold can break must leave room on its line for a field name or a fold's space.
+_LONGEST_WORD = MAX_LINE - 100
 _LINE_END = re.compile(r"\r\n|\r|\n")
 OCTET_STREAM = "application/octet-stream"
 # ComposeDetails.deliveryFormat. "auto" is Thunderbird's converter deciding from the editor's
@@ -80,8 +82,13 @@ class Mailbox:
         _clean(self.address, "an address")
         if any(ch in self.address for ch in " <>,;\""):
             raise BadRequest(f"cannot write the address {self.address!r} in a header")
-        return formataddr((_clean(self.display, "a display name"), self.header_address),
-                          "utf-8")
+        display = _clean(self.display, "a display name")
+        if display.isascii() and all(len(word) < _LONGEST_WORD for word in display.split()):
+            return formataddr((display, self.header_address))  # foldable at its spaces
+        # formataddr makes one encoded word of any length: a long name gave a line of
+        # thousands of characters. Encoded words of at most 75, folded between them.
+        words = Header(display, "utf-8", header_name="To").encode(linesep="\r\n")
+        return f"{words} <{self.header_address}>"
 
     @property
     def header_address(self) -> str:
@@ -335,7 +342,7 @@ def _encoded(value: str, name: str) -> str:
     no fold can bring under RFC 5322's 998 characters a line; folded here into encoded
     words of at most 75 characters (one unbounded word made lines of thousands)."""
     _clean(value, f"header {name}")
-    if value.isascii() and all(len(word) < MAX_LINE - len(name) - 2 for word in value.split()):
+    if value.isascii() and all(len(word) < _LONGEST_WORD for word in value.split()):
         return value
     return Header(value, _QP_UTF8, header_name=name).encode(linesep="\r\n")
 
