@@ -12,8 +12,15 @@ from proc_util import start_gateway_serve, stop
 
 
 def test_sigterm_lets_the_message_in_hand_finish(pki: Pki, sink: Sink, tmp_path: Path) -> None:
+    # The scanner says when it has the message and runs until the test has sent SIGTERM
+    # (a fixed sleep before SIGTERM was a guess: on a loaded machine the signal could
+    # come before the message was in hand).
+    scanning, signalled = tmp_path / "scanning", tmp_path / "signalled"
     script = tmp_path / "slow.py"
-    script.write_text("import sys, time\nsys.stdin.buffer.read()\ntime.sleep(2)\n")
+    script.write_text(
+        "import pathlib, sys, time\nsys.stdin.buffer.read()\n"
+        f"pathlib.Path({str(scanning)!r}).touch()\n"
+        f"while not pathlib.Path({str(signalled)!r}).exists():\n    time.sleep(0.05)\n")
     cfg = pki.config(sink.port, extra=(
         f'[scan]\ncommand = ["{sys.executable}", "{script}"]\nscan_plain = true\n'
     ))
@@ -23,11 +30,16 @@ def test_sigterm_lets_the_message_in_hand_finish(pki: Pki, sink: Sink, tmp_path:
         t = threading.Thread(target=lambda: result.append(
             send(port, "s@outside.test", ["alice@example.com"], plain_message())))
         t.start()
-        time.sleep(0.8)  # the scanner is running now
+        deadline = time.monotonic() + 60
+        while not scanning.exists():
+            assert t.is_alive() and time.monotonic() < deadline, "the scanner never ran"
+            time.sleep(0.05)
         proc.terminate()
+        signalled.touch()
         t.join(timeout=30)
         assert proc.wait(timeout=30) == 0
     finally:
+        signalled.touch()  # also when the test failed: no scanner is left waiting
         stop(proc)
     assert result and result[0][0] == 250
     assert len(sink.handler.messages) == 1
