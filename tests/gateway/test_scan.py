@@ -43,10 +43,14 @@ def test_exit_two_quarantines(tmp_path: Path) -> None:
     assert scanner.scan(MSG, "", []) == ScanResult(Verdict.QUARANTINE, "suspicious")
 
 
-@pytest.mark.parametrize("body", ["sys.exit(3)\n", "import time; time.sleep(5)\n"])
-def test_other_exits_and_timeouts_are_temporary(tmp_path: Path, body: str) -> None:
-    scanner = CommandScanner(script(tmp_path, body), timeout=1)
-    with pytest.raises(TempFailure):
+@pytest.mark.parametrize(("body", "timeout", "reason"), [
+    ("sys.exit(3)\n", 30, "scan failed"),  # 30 s: a slow start must not turn it into a timeout
+    ("import time; time.sleep(30)\n", 1, "timed out"),
+])
+def test_other_exits_and_timeouts_are_temporary(tmp_path: Path, body: str, timeout: float,
+                                                reason: str) -> None:
+    scanner = CommandScanner(script(tmp_path, body), timeout=timeout)
+    with pytest.raises(TempFailure, match=reason):
         scanner.scan(MSG, "", [])
 
 
