@@ -39,9 +39,18 @@ def refusing_port() -> Iterator[int]:
     that must stay down: a port that was merely free when picked (free_port) can be given
     to a server another test starts on port 0 meanwhile, which then answers (CI: a
     quarantine release meant to fail went to another test's sink)."""
+    with refusing_socket() as s:
+        yield int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def refusing_socket() -> Iterator[socket.socket]:
+    """refusing_port's socket itself: for a server that must come up later on the very
+    port that refused (a next hop back up), by listening on this socket, so that no other
+    process can take the port in between."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        yield int(s.getsockname()[1])
+        yield s
 
 
 @contextlib.contextmanager

@@ -37,10 +37,11 @@ KEYPOST = [sys.executable, "-m", "keypost.core.cli"]
 
 
 def free_port() -> int:
-    """A port nothing listens on right now, for a server that comes up there later or a
-    configuration never connected to (a port that must stay down: refusing_port). Servers
-    the tests start bind port 0 instead (running_sink, running_gateway, serving_gateway):
-    a port picked beforehand can be taken in between."""
+    """A port nothing listens on right now, for a configuration never connected to, or a
+    server that cannot be told to bind port 0 (Postfix). A port that must stay down is
+    port_util.refusing_port; one that comes up later, refusing_socket. Servers the tests
+    start bind port 0 instead (running_sink, running_gateway, serving_gateway): a port
+    picked beforehand can be taken in between."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -104,7 +105,17 @@ class SinkHandler:
 class EphemeralController(Controller):
     """An aiosmtpd Controller that may listen on port 0: `port` becomes the one the kernel
     gave before start() connects to it (aiosmtpd's start-up check, which would try port
-    0). A fixed port works as before."""
+    0). A fixed port works as before; `sock`, a bound socket, is listened on instead."""
+
+    def __init__(self, *args: Any, sock: socket.socket | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sock = sock
+
+    def _create_server(self) -> Any:
+        if self.sock is None:
+            return super()._create_server()
+        return self.loop.create_server(self._factory_invoker, sock=self.sock,
+                                       ssl=self.ssl_context)
 
     def _trigger_server(self) -> None:
         assert isinstance(self.server, asyncio.Server) and self.server.sockets
@@ -119,11 +130,12 @@ class Sink:
 
 
 @contextmanager
-def running_sink(port: int = 0) -> Iterator[Sink]:
-    """The next hop, on `port` (0: one the kernel picks)."""
+def running_sink(sock: socket.socket | None = None) -> Iterator[Sink]:
+    """The next hop, on a port the kernel picks, or listening on `sock` (bound already:
+    port_util.refusing_socket, for a next hop that comes up on the port configured)."""
     handler = SinkHandler()
-    ctl = EphemeralController(handler, hostname="127.0.0.1", port=port, enable_SMTPUTF8=True,
-                              data_size_limit=0)
+    ctl = EphemeralController(handler, hostname="127.0.0.1", port=0, enable_SMTPUTF8=True,
+                              data_size_limit=0, sock=sock)
     ctl.start()
     try:
         yield Sink(handler, ctl.port)

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from gw_support import KEYPOST, Pki
+from port_util import refusing_port
 
 from keypost.core.address import parse_address
 from keypost.core.types import Purpose
@@ -241,11 +242,10 @@ def test_a_directory_that_refuses_connections_is_named_so_every_time() -> None:
     """ldap3 remembers an address that refused a connection for 5 s and then answers "invalid
     server address" without trying: the fetcher's retry, and every message in those
     seconds, logged that instead of the refused connection (and gave up untried)."""
-    with socket.create_server(("127.0.0.1", 0)) as s:
-        port = s.getsockname()[1]  # nothing listens there once closed: connection refused
-    fetcher = LdapFetcher(DirectoryConfig(url=f"ldap://127.0.0.1:{port}"), None, 2.0)
-    for _ in range(2):
-        with pytest.raises(DirectoryUnavailable) as err:
-            fetcher.fetch(parse_address("bob@partner.org"), Purpose.ENCRYPT)
-        assert "invalid server address" not in str(err.value)
-        assert "refused" in str(err.value), err.value
+    with refusing_port() as port:  # held: no other process's server can answer there
+        fetcher = LdapFetcher(DirectoryConfig(url=f"ldap://127.0.0.1:{port}"), None, 2.0)
+        for _ in range(2):
+            with pytest.raises(DirectoryUnavailable) as err:
+                fetcher.fetch(parse_address("bob@partner.org"), Purpose.ENCRYPT)
+            assert "invalid server address" not in str(err.value)
+            assert "refused" in str(err.value), err.value

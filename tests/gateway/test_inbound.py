@@ -16,12 +16,12 @@ from gw_support import (
     Sink,
     SinkHandler,
     body_of,
-    free_port,
     plain_message,
     running_gateway,
     running_sink,
     send,
 )
+from port_util import refusing_socket
 
 from keypost.core import cms, mime, smime
 from keypost.core.containers import DirectoryCA
@@ -187,12 +187,13 @@ def test_scanner_failure_and_timeout_answer_451(pki: Pki, sink: Sink, scanned) -
 
 
 def test_next_hop_down_answers_451_then_delivers_on_retry(pki: Pki) -> None:
-    hop = free_port()  # the point: the next hop comes up on the port configured
+    # The point: the next hop comes up on the port configured. Held from the start (a port
+    # merely free when picked could go to another process's server in between).
     enc = encrypted_for(pki, pki.current)
-    with running_gateway(pki.config(hop)) as gw:
+    with refusing_socket() as hop, running_gateway(pki.config(hop.getsockname()[1])) as gw:
         code, _ = send(gw.port, "s@outside.test", [ALICE], enc)
         assert code == 451
-        with running_sink(port=hop) as sink:
+        with running_sink(hop) as sink:
             code, _ = send(gw.port, "s@outside.test", [ALICE], enc)
             assert code == 250
             assert len(sink.handler.messages) == 1
