@@ -7,7 +7,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Mapping
@@ -22,14 +21,7 @@ ADDON_ID = "keypost@keypost.example"
 COMPOSE_BUTTON = "keypost_keypost_example-composeAction-toolbarbutton"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def profile_prefs(smtp_port: int, marionette_port: int, email: str, name: str) -> dict[str, Any]:
+def profile_prefs(smtp_port: int, email: str, name: str) -> dict[str, Any]:
     """A POP account that never polls, Local Folders, one identity, one SMTP server."""
     return {
         "mail.accountmanager.accounts": "account1,account2",
@@ -64,7 +56,10 @@ def profile_prefs(smtp_port: int, marionette_port: int, email: str, name: str) -
         "mail.smtpserver.smtp1.username": "",
         "mailnews.sendInBackground": True,
         "extensions.autoDisableScopes": 0,
-        "marionette.port": marionette_port,
+        # A port the kernel picks, which Marionette writes to MarionetteActivePort in the
+        # profile (Thunderbird.marionette_port): one picked beforehand could be taken by
+        # another process before Thunderbird bound it.
+        "marionette.port": 0,
         "mail.provider.enabled": False,
         "mailnews.start_page.enabled": False,
         "mail.shell.checkDefaultClient": False,
@@ -112,8 +107,20 @@ class Thunderbird:
     """A running Thunderbird; `stop` kills exactly the process (group) it started."""
 
     proc: subprocess.Popen[bytes]
-    marionette_port: int
+    profile: Path
     log: Path
+
+    def marionette_port(self, timeout: float = 90) -> int:
+        """The port Marionette listens on, once it has written it into the profile."""
+        def written() -> int | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"Thunderbird exited ({self.proc.returncode}) before "
+                                     f"Marionette listened: {self.log_text()[-2000:]}")
+            text = (self.profile / ACTIVE_PORT).read_text() if (
+                self.profile / ACTIVE_PORT).exists() else ""
+            return int(text) if text.strip().isdigit() else None
+        port: int = wait_for(written, timeout, "Marionette's port (MarionetteActivePort)")
+        return port
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -170,9 +177,11 @@ def thunderbird_binary(version: str) -> str | None:
     return os.environ.get("KEYPOST_THUNDERBIRD") or shutil.which("thunderbird")
 
 
-def start(
-    binary: str, profile: Path, env: Mapping[str, str], marionette_port: int, log: Path
-) -> Thunderbird:
+ACTIVE_PORT = "MarionetteActivePort"  # a file Marionette writes into the profile
+
+
+def start(binary: str, profile: Path, env: Mapping[str, str], log: Path) -> Thunderbird:
+    (profile / ACTIVE_PORT).unlink(missing_ok=True)  # a killed run's would name its port
     with log.open("ab") as out:
         proc = subprocess.Popen(
             [
@@ -189,7 +198,7 @@ def start(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    return Thunderbird(proc, marionette_port, log)
+    return Thunderbird(proc, profile, log)
 
 
 def wait_for(

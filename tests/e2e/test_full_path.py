@@ -276,15 +276,14 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Chain]:
         stack.callback(to_a.close)
 
         profile = tmp_path_factory.mktemp("profile")
-        marionette_port = tb.free_port()
-        tb.write_profile(profile, tb.profile_prefs(to_a.port, marionette_port, SENDER, "Alice"))
+        tb.write_profile(profile, tb.profile_prefs(to_a.port, SENDER, "Alice"))
         tbt.install_keypost(env, profile, urls["ldap"], work / "directory-ca.pem", "alice")
         # The roots bob's genuine certificate chains to, as the options page's `configure`
         # saves them next to the host's trust anchor (PROTOCOL.md: extra_roots_pem).
         write_private(Path(env["KEYPOST_CONFIG_DIR"]) / "extra-roots.pem",
                       genuine_ca.read_bytes())
         session = stack.enter_context(
-            tbt.marionette_session(binary, profile, env, marionette_port))
+            tbt.marionette_session(binary, profile, env))
         tb.wait_for(lambda: tbt._addon_state(session.marionette), 60, "the add-on")
         yield Chain(session, sink, to_a, a_to_b, keys, work / "bob.pem",
                     work / "directory-ca.pem",

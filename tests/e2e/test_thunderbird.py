@@ -71,11 +71,12 @@ class _Handler:
 
 @pytest.fixture(scope="module")
 def smtp() -> Iterator[SmtpCapture]:
-    from aiosmtpd.controller import Controller
+    from gw_support import EphemeralController
 
-    sink = SmtpCapture(tb.free_port())
-    controller = Controller(_Handler(sink), hostname="127.0.0.1", port=sink.port)
+    sink = SmtpCapture(0)
+    controller = EphemeralController(_Handler(sink), hostname="127.0.0.1", port=0)
     controller.start()
+    sink.port = controller.port  # the kernel's pick (a port picked beforehand can be taken)
     try:
         yield sink
     finally:
@@ -263,16 +264,16 @@ def thunderbird_binary(version: str) -> str:
 
 @contextlib.contextmanager
 def marionette_session(
-    binary: str, profile: Path, base_env: dict[str, str], port: int
+    binary: str, profile: Path, base_env: dict[str, str]
 ) -> Iterator[Session]:
     """Thunderbird started on a prepared profile, Marionette attached in chrome context."""
     from marionette_driver.marionette import Marionette
 
     log = profile.parent / f"thunderbird-{profile.name}.log"
-    proc = tb.start(binary, profile, base_env, port, log)
+    proc = tb.start(binary, profile, base_env, log)
     client = None
     try:
-        client = Marionette(host="127.0.0.1", port=port)
+        client = Marionette(host="127.0.0.1", port=proc.marionette_port())
         client.raise_for_port(timeout=90)
         client.start_session()
         client.set_context(client.CONTEXT_CHROME)
@@ -296,15 +297,14 @@ def launch(
     """A fresh profile with the add-on installed, Thunderbird started, Marionette attached."""
     binary = thunderbird_binary(version)
     profile = tmp_path_factory.mktemp("profile")
-    port = tb.free_port()
-    prefs = tb.profile_prefs(smtp.port, port, SENDER, "Alice")
+    prefs = tb.profile_prefs(smtp.port, SENDER, "Alice")
     prefs["mailnews.sendInBackground"] = send_in_background
     tb.write_profile(profile, prefs)
     # The user's host talks LDAP (StartTLS is skipped only for loopback, as PROTOCOL.md says).
     install_keypost(
         base_env, profile, directory.ldap_url, directory.ca_pem, "alice", send_in_background
     )
-    with marionette_session(binary, profile, base_env, port) as session:
+    with marionette_session(binary, profile, base_env) as session:
         yield session
 
 
@@ -1200,9 +1200,8 @@ def test_thunderbirds_own_ldap_certificate_fetch(
 
     binary = thunderbird_binary(version)
     profile = tmp_path_factory.mktemp("plain-profile")
-    port = tb.free_port()
-    tb.write_profile(profile, tb.profile_prefs(smtp.port, port, SENDER, "Alice"))
-    with marionette_session(binary, profile, base_env, port) as session:
+    tb.write_profile(profile, tb.profile_prefs(smtp.port, SENDER, "Alice"))
+    with marionette_session(binary, profile, base_env) as session:
         m = session.marionette
         m.switch_to_window(m.chrome_window_handles[0])
         uri = f"{directory.ldap_url}??sub?(objectclass=*)"  # ldap://127.0.0.1:P/dc=keypost
@@ -1298,11 +1297,10 @@ def test_thunderbird_without_keypost_encrypts_to_a_container_it_fetched(
         )
     )
     _nss_profile(binary, profile, work, [work / "user-ca.pem", directory.ca_pem], p12)
-    port = tb.free_port()
-    prefs = tb.profile_prefs(smtp.port, port, SENDER, "Alice")
+    prefs = tb.profile_prefs(smtp.port, SENDER, "Alice")
     prefs["mail.e2ee.auto_enable"] = True
     tb.write_profile(profile, prefs)
-    with marionette_session(binary, profile, base_env, port) as session:
+    with marionette_session(binary, profile, base_env) as session:
         m = session.marionette
         m.switch_to_window(m.chrome_window_handles[0])
         assert m.execute_script(USE_OWN_CERT, script_args=[SENDER]) is not None
