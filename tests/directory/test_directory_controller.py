@@ -15,7 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keypost.core.containers import DirectoryCA, GatewayKey, describe
 from keypost.core.types import Purpose, Role
-from keypost.directory.controller import Controller, address_hash, ldap_purpose, requestor_of
+from keypost.directory.controller import (
+    Container,
+    Controller,
+    address_hash,
+    ldap_purpose,
+    requestor_of,
+)
 from keypost.directory.store import (
     AccountRecord,
     AccountRole,
@@ -510,3 +516,46 @@ def test_rekey_to_other_capabilities_drops_unwritten_containers(
     assert again.serial != before.serial
     cert = x509.load_der_x509_certificate(again.der)
     assert [c.value for c in describe(cert).capabilities] == ["aes128-cbc"]
+
+
+def test_rekey_while_the_writer_holds_a_batch_keeps_its_old_containers_out_of_the_store(
+        tmp_path: Path, controller: Controller, keys: list[rsa.RSAPrivateKey],
+        ca: DirectoryCA) -> None:
+    """The writer has taken a batch (take_pending) when the CLI's rekey to other
+    capabilities commits (it deletes the key's stored containers), and writes the batch
+    after it, as it does when the rekey held the store's lock; no request comes in
+    between. The containers issued before the rekey must not be served from the store,
+    by the running server or after a restart (they were, until their half-life)."""
+    import asyncio
+
+    from keypost.directory.writer import sqlite_writer
+
+    [before] = controller.answer(ANON, ["q@example.com"], None, "t")[0].containers
+
+    def ask(answering: Controller) -> Container:
+        answering._cache.clear()  # a miss: from the store, or issued anew
+        answering._answers.clear()
+        [got] = answering.answer(ANON, ["q@example.com"], None, "t")[0].containers
+        return got
+
+    async def serve_two_batches() -> Container:
+        writer = sqlite_writer(tmp_path / "d.db")
+        taken = controller.take_pending()  # the writer's batch
+        cli = SqliteStore(tmp_path / "d.db")
+        same = record("example.com", keys[0], KeyUse.ENCRYPTION)
+        cli.rekey_domain("example.com", [GatewayKeyRecord(
+            same.domain, same.use, same.pem, same.fingerprint, ("aes128-cbc",), NOW)])
+        await writer.write(*taken)  # after the rekey's commit
+        controller.written()
+        between = ask(controller)  # before the next batch
+        issued, audit = controller.take_pending()  # the next batch, as serve's loop takes it
+        await writer.write(issued, audit, controller.take_retracted())
+        controller.written()
+        await writer.close()
+        return between
+
+    between = asyncio.run(serve_two_batches())
+    for got in (between, ask(controller), ask(Controller(controller.store, ca))):
+        assert got.serial != before.serial
+        cert = x509.load_der_x509_certificate(got.der)
+        assert [c.value for c in describe(cert).capabilities] == ["aes128-cbc"]

@@ -349,6 +349,12 @@ class Controller:
         # neither the lists above nor the store, but a bindings question must see them.
         self._writing_issued: list[IssuedRecord] = []
         self._writing_audit: list[AuditRecord] = []
+        # Of those, the ones a rekey retired meanwhile (_drop_stale): the writer writes them
+        # after the rekey deleted the key's other containers, and must delete them again,
+        # or a restart serves them from the store (take_retracted); until then, and in
+        # case it cannot, a miss here does not take them from the store (by serial).
+        self._retracted: list[IssuedRecord] = []
+        self._retracted_serials: set[int] = set()
         # Address keys the store may hold a container for (loaded on the first miss,
         # grown on every issue, reloaded after a purge): a miss for a new address then
         # skips the store query, which cost as much as a fifth of signing the container.
@@ -425,6 +431,11 @@ class Controller:
                    if (fp, gateway.capabilities, gateway.derived) in before}
         self._cache.drop_other_gateways(current)
         self._pending_issued = [r for r in self._pending_issued
+                                if r.key.gateway_fingerprint in current]
+        retracted = [r for r in self._writing_issued if r.key.gateway_fingerprint not in current]
+        self._retracted += retracted
+        self._retracted_serials.update(r.serial for r in retracted)
+        self._writing_issued = [r for r in self._writing_issued
                                 if r.key.gateway_fingerprint in current]
 
     # answering ---------------------------------------------------------------------
@@ -512,7 +523,7 @@ class Controller:
         if known is None:
             known = self._stored = self.store.issued_addresses(now)
         stored = self.store.issued(key) if key.address_key in known else None
-        if stored is not None:
+        if stored is not None and stored.serial not in self._retracted_serials:
             c = Container(role, stored.der, stored.serial, stored.not_before, stored.not_after,
                           domain)
             if _fresh(c, now):
@@ -629,6 +640,12 @@ class Controller:
         self._writing_audit += audit
         return issued, audit
 
+    def take_retracted(self) -> list[IssuedRecord]:
+        """Containers the writer had taken when a rekey retired their key (after
+        take_pending, which notices the rekey): for the writer to delete once written."""
+        retracted, self._retracted = self._retracted, []
+        return retracted
+
     def _unwritten_issued(self) -> Iterator[IssuedRecord]:
         """New containers not in the store yet: pending, or taken by the writer."""
         return chain(self._pending_issued, self._writing_issued)
@@ -640,12 +657,16 @@ class Controller:
         """Everything taken so far is in the store. The writer writes in order, and what an
         earlier batch failed to write goes first in the next, so one success covers every
         batch taken before it."""
+        # A rekey that committed while the batch was written (its write waited for the
+        # rekey's lock, say) retires some of it: noticed now, while they are still here.
+        self._recheck()
         self._writing_issued = []
         self._writing_audit = []
 
     def flush(self) -> None:
         """Write the pending records through this controller's own store, at once."""
         write_batch(self.store, *self.take_pending())
+        self.store.forget_issued(self.take_retracted())
         self.written()
 
     def purge(self, retention: dt.timedelta, now: dt.datetime | None = None) -> tuple[int, int]:

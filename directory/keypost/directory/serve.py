@@ -94,16 +94,17 @@ async def _maintain(controller: Controller, writer: BatchWriter,
     while True:
         await asyncio.sleep(FLUSH_SECONDS)
         try:
-            await writer.write(*controller.take_pending())
+            issued, audit = controller.take_pending()  # after a recheck: a rekey retires some
+            await writer.write(issued, audit, controller.take_retracted())
             controller.written()
             since_purge += FLUSH_SECONDS
             if since_purge >= PURGE_SECONDS:
                 since_purge = 0.0
                 now = dt.datetime.now(dt.UTC)
-                issued, audit = await writer.purge(now, retention)
+                purged = await writer.purge(now, retention)
                 controller.purged(now)
-                if issued or audit:
-                    log.info("event=purge issued=%d audit=%d", issued, audit)
+                if any(purged):
+                    log.info("event=purge issued=%d audit=%d", *purged)
         except Exception:
             log.exception("event=maintenance_failed")
 
@@ -197,8 +198,9 @@ async def serve(options: ServeOptions) -> None:
             await runner.cleanup()
         # nothing issued is lost: a batch in flight finishes first, then the rest, into
         # the store or, locked past the wait, a journal file the next start writes
-        kept = await writer.drain(*controller.take_pending(),
-                                  wait=options.shutdown_store_wait)
+        issued, audit = controller.take_pending()
+        kept = await writer.drain(issued, audit, wait=options.shutdown_store_wait,
+                                  retracted=controller.take_retracted())
         await writer.close()
         authenticator.close()
         store.close()

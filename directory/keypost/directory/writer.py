@@ -62,6 +62,7 @@ class BatchWriter:
         # `_kept`: journal files read at start whose records are not in the store yet.
         self._issued: list[IssuedRecord] = []
         self._audit: list[AuditRecord] = []
+        self._retracted: list[IssuedRecord] = []  # Controller.take_retracted: to delete
         self._kept: list[tuple[Path, Batch]] = []
         self._hurry = threading.Event()
 
@@ -90,10 +91,23 @@ class BatchWriter:
         self._issued = []
         store.append_audit(self._audit)
         self._audit = []
+        store.forget_issued(self._retracted)  # after the batch that may have written them
+        self._retracted = []
 
-    def _write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> None:
+    def _add(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord],
+             retracted: Sequence[IssuedRecord]) -> None:
         self._issued += issued
         self._audit += audit
+        if retracted:
+            gone = {(r.serial, r.key.gateway_fingerprint) for r in retracted}
+            # still unwritten (an earlier batch failed): then they are never written
+            self._issued = [r for r in self._issued
+                            if (r.serial, r.key.gateway_fingerprint) not in gone]
+            self._retracted += retracted
+
+    def _write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord],
+               retracted: Sequence[IssuedRecord]) -> None:
+        self._add(issued, audit, retracted)
         self._flush()
 
     def _purge(self, now: dt.datetime, retention: dt.timedelta) -> tuple[int, int]:
@@ -107,12 +121,15 @@ class BatchWriter:
         job = self._pool.submit(self._purge, now, retention)
         return await asyncio.shield(asyncio.wrap_future(job))
 
-    async def write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord]) -> None:
-        """Write a batch, after what earlier failed batches left; raises if the store
-        refuses (those records are then tried again with the next batch)."""
+    async def write(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord],
+                    retracted: Sequence[IssuedRecord] = ()) -> None:
+        """Write a batch, after what earlier failed batches left, then delete `retracted`
+        (Controller.take_retracted); raises if the store refuses (those records are then
+        tried again with the next batch)."""
         # the worker's lists, read here: at worst a stale look that waits a batch longer
-        if issued or audit or self._issued or self._audit or self._kept:
-            batch = asyncio.wrap_future(self._pool.submit(self._write, issued, audit))
+        if issued or audit or retracted or self._issued or self._audit or self._kept:
+            batch = asyncio.wrap_future(self._pool.submit(self._write, issued, audit,
+                                                          retracted))
             # A caller cancelled at shutdown must not cancel a batch still queued: its
             # records would be lost. Shielded, it stays queued ahead of close().
             await asyncio.shield(batch)
@@ -154,10 +171,9 @@ class BatchWriter:
         await asyncio.wrap_future(self._pool.submit(self._replay, wait))
 
     def _drain(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord],
-               deadline: float, wait: float) -> bool:
-        self._issued += issued
-        self._audit += audit
-        if not (self._issued or self._audit or self._kept):
+               retracted: Sequence[IssuedRecord], deadline: float, wait: float) -> bool:
+        self._add(issued, audit, retracted)
+        if not (self._issued or self._audit or self._retracted or self._kept):
             return True
         started, waiting = time.monotonic(), False
         while True:
@@ -204,13 +220,15 @@ class BatchWriter:
         return True
 
     async def drain(self, issued: Sequence[IssuedRecord], audit: Sequence[AuditRecord],
-                    wait: float) -> bool:
+                    wait: float, retracted: Sequence[IssuedRecord] = ()) -> bool:
         """At shutdown, after every batch handed over so far: write this last one and what
-        is left over, waiting up to `wait` seconds (from now) for a store another process
-        holds locked, then put what is still unwritten into a journal file. -> False only
-        when records were lost (neither the store nor a journal file took them)."""
+        is left over (deleting `retracted`, as `write`), waiting up to `wait` seconds (from
+        now) for a store another process holds locked, then put what is still unwritten
+        into a journal file (retracted containers not written yet are not among it). ->
+        False only when records were lost (neither the store nor a journal file took
+        them)."""
         deadline = time.monotonic() + wait
-        job = self._pool.submit(self._drain, issued, audit, deadline, wait)
+        job = self._pool.submit(self._drain, issued, audit, retracted, deadline, wait)
         return await asyncio.shield(asyncio.wrap_future(job))
 
     def hurry(self) -> None:

@@ -201,6 +201,11 @@ class Store(Protocol):
         """Delete expired containers; returns how many."""
         ...
 
+    def forget_issued(self, records: Sequence[IssuedRecord]) -> None:
+        """Delete these containers (by serial and key), if stored: a rekey retired their key
+        while the writer held them, so they were written after the rekey deleted the rest."""
+        ...
+
     def restore_batch(self, issued: Sequence[IssuedRecord],
                       audit: Sequence[AuditRecord]) -> tuple[int, int]:
         """Write a batch kept outside the store (keypost.directory.journal) in one durable

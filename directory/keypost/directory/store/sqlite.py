@@ -622,6 +622,14 @@ class SqliteStore:
             n = self._db.execute("DELETE FROM issued WHERE not_after <= ?", (_ts(now),)).rowcount
         return int(n)
 
+    def forget_issued(self, records: Sequence[IssuedRecord]) -> None:
+        if not records:
+            return
+        with self._tx():
+            self._db.executemany(
+                "DELETE FROM issued WHERE serial = ? AND gateway_fingerprint = ?",
+                [(str(r.serial), r.key.gateway_fingerprint) for r in records])
+
     def restore_batch(self, issued: Sequence[IssuedRecord],
                       audit: Sequence[AuditRecord]) -> tuple[int, int]:
         # The caller deletes its only other copy once this returns: FULL makes the commit
