@@ -56,8 +56,10 @@ class Recorder:
                 continue
             self.connections += 1
             with conn:
-                conn.settimeout(1.0)
-                # the first request only: nothing is answered, the peer gives up
+                # the first request only: nothing is answered, the peer gives up (and
+                # closes, which ends the wait; 1 s here missed a request sent later than
+                # that by a client on a loaded machine)
+                conn.settimeout(30)
                 with contextlib.suppress(OSError):
                     self.received += conn.recv(65536)
 
