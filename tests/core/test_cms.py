@@ -84,7 +84,7 @@ def _enveloped_with_infos(infos: bytes) -> bytes:
     der = bytes(cms.build_enveloped(b"hi", [container("bob@b.example", gw)],
                                     Capability.AES256_CBC))
     buf = memoryview(der)
-    version, _, eci = cms.children(buf, cms._content_info(buf, (cms.OID_ENVELOPED_DATA,), "x")[1])
+    version, _, eci = cms.children(buf, cms.content_info(buf, (cms.OID_ENVELOPED_DATA,), "x")[1])
     env = der_tlv(cms.T_SEQUENCE, bytes(buf[version.head : version.next])
                   + der_tlv(cms.T_SET, infos) + bytes(buf[eci.head : eci.next]))
     return der_tlv(cms.T_SEQUENCE, der_tlv(0x06, cms.OID_ENVELOPED_DATA)
@@ -95,7 +95,7 @@ def _one_info() -> bytes:
     der = bytes(cms.build_enveloped(b"hi", [container("bob@b.example", gateway())],
                                     Capability.AES256_CBC))
     buf = memoryview(der)
-    _, infos, _ = cms.children(buf, cms._content_info(buf, (cms.OID_ENVELOPED_DATA,), "x")[1])
+    _, infos, _ = cms.children(buf, cms.content_info(buf, (cms.OID_ENVELOPED_DATA,), "x")[1])
     [info] = cms.children(buf, infos)
     return bytes(buf[info.head : info.next])
 

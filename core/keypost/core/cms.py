@@ -276,7 +276,7 @@ def _count_elements(buf: memoryview) -> None:
             pos = start + length
 
 
-def _content_info(buf: memoryview, oids: Sequence[bytes], what: str) -> tuple[bytes, Tlv]:
+def content_info(buf: memoryview, oids: Sequence[bytes], what: str) -> tuple[bytes, Tlv]:
     """ContentInfo { contentType, [0] EXPLICIT content } whose type is one of `oids` ->
     (that type, the content's SEQUENCE)."""
     _count_elements(buf)
@@ -358,7 +358,7 @@ def parse_enveloped(der: bytes | memoryview) -> Enveloped:
     """Read a ContentInfo holding EnvelopedData or AuthEnvelopedData. Raises SmimeError."""
     buf = memoryview(der)
     try:
-        kind, env = _content_info(buf, _ENVELOPED_KINDS, "EnvelopedData")
+        kind, env = content_info(buf, _ENVELOPED_KINDS, "EnvelopedData")
         authenticated = kind == OID_AUTH_ENVELOPED_DATA
         fields = children(buf, env)
         i = 1  # after version
@@ -408,7 +408,7 @@ def _auth_tail(buf: memoryview, rest: list[Tlv]) -> tuple[bytes, bytes]:
     return bytes(content(buf, rest[0])), aad
 
 
-def _identifier(buf: memoryview, t: Tlv) -> tuple[bytes | None, int | None, bytes | None]:
+def identifier(buf: memoryview, t: Tlv) -> tuple[bytes | None, int | None, bytes | None]:
     """RecipientIdentifier / SignerIdentifier: IssuerAndSerialNumber or [0] SKI ->
     (issuer Name DER, serial, SKI)."""
     if t.tag == T_SEQUENCE:
@@ -424,7 +424,7 @@ def _key_trans(buf: memoryview, ri: Tlv) -> KeyTransRecipient:
     if len(kids) < 4:
         raise _bad()
     rid, alg, key = kids[1], kids[2], kids[3]
-    issuer, serial, ski = _identifier(buf, rid)
+    issuer, serial, ski = identifier(buf, rid)
     if alg.tag != T_SEQUENCE or key.tag & 0x1F != T_OCTETS:
         raise _bad()
     return KeyTransRecipient(issuer, serial, ski, _key_transport(buf, alg), bytes(octets(buf, key)))
@@ -566,7 +566,7 @@ def _encrypted_keys(buf: memoryview, keys: Tlv, budget: int) -> tuple[RecipientE
             ski = bytes(content(buf, expect(buf, rid, [T_OCTETS])[0]))
             out.append(RecipientEncryptedKey(None, None, ski, wrapped))
         else:
-            issuer, serial, _ = _identifier(buf, rid)
+            issuer, serial, _ = identifier(buf, rid)
             out.append(RecipientEncryptedKey(issuer, serial, None, wrapped))
     return tuple(out)
 
@@ -598,7 +598,7 @@ def name_from_der(der: bytes) -> x509.Name:
 # EnvelopedData: writing ---------------------------------------------------------------
 
 
-def _der_head(tag: int, length: int) -> bytes:
+def der_head(tag: int, length: int) -> bytes:
     """Tag and definite length of an element whose content is written separately."""
     if length < 0x80:
         return bytes((tag, length))
@@ -660,12 +660,12 @@ def build_enveloped(
     eci = (
         _DATA_TYPE
         + der_tlv(T_SEQUENCE, _CIPHER_OIDS[oid] + der_tlv(T_OCTETS, iv))
-        + _der_head(T_CTX0_PRIM, size)  # encryptedContent [0] IMPLICIT OCTET STRING
+        + der_head(T_CTX0_PRIM, size)  # encryptedContent [0] IMPLICIT OCTET STRING
     )
-    env = version + _der_set(infos) + _der_head(T_SEQUENCE, len(eci) + size) + eci
-    env = _der_head(T_SEQUENCE, len(env) + size) + env
-    info = _ENVELOPED_TYPE + _der_head(T_CTX0, len(env) + size) + env
-    der = _der_head(T_SEQUENCE, len(info) + size) + info
+    env = version + _der_set(infos) + der_head(T_SEQUENCE, len(eci) + size) + eci
+    env = der_head(T_SEQUENCE, len(env) + size) + env
+    info = _ENVELOPED_TYPE + der_head(T_CTX0, len(env) + size) + env
+    der = der_head(T_SEQUENCE, len(info) + size) + info
     # AES writes straight after the DER header: no join copies the ciphertext afterwards.
     # update_into wants block_size - 1 spare bytes, cut off at the end; a part that ends
     # inside a block is held back by the encryptor until the next one completes it.
@@ -837,7 +837,7 @@ def parse_signed(der: bytes | memoryview) -> SignedData:
     """Read a ContentInfo holding SignedData. Raises SmimeError."""
     buf = memoryview(der)
     try:
-        _, sd = _content_info(buf, (OID_SIGNED_DATA,), "SignedData")
+        _, sd = content_info(buf, (OID_SIGNED_DATA,), "SignedData")
         fields = expect(buf, sd, [T_INTEGER, T_SET, T_SEQUENCE])
         encap = children(buf, fields[2])
         if not encap or encap[0].tag != T_OID:
@@ -883,7 +883,7 @@ def _signer_info(buf: memoryview, si: Tlv) -> SignerInfo:
     if len(kids) < 5 or kids[0].tag != T_INTEGER or kids[2].tag != T_SEQUENCE:
         raise _bad()
     sid, digest_alg = kids[1], kids[2]
-    issuer, serial, ski = _identifier(buf, sid)
+    issuer, serial, ski = identifier(buf, sid)
     rest = kids[3:]
     attrs_tlv = rest.pop(0) if rest and rest[0].tag == T_CTX0 else None
     if len(rest) < 2 or rest[0].tag != T_SEQUENCE or rest[1].tag != T_OCTETS:

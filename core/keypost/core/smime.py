@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
-from keypost.core import cms
+from keypost.core import cms, cms_trim
 from keypost.core import mime as m
 from keypost.core import x509_checks as checks
 from keypost.core.address import parse_address
@@ -211,10 +211,12 @@ def _der_of_parts(headers: Sequence[m.Header], body: memoryview) -> bytes | memo
 
 def _decoded(headers: Sequence[m.Header], body: memoryview) -> bytes | memoryview:
     """An application/pkcs7-mime body as DER (base64 decoded when so encoded)."""
+    return m.b64_decode(body) if _base64(headers) else body
+
+
+def _base64(headers: Sequence[m.Header]) -> bool:
     cte = m.find_header(headers, "Content-Transfer-Encoding")
-    if cte is not None and cte.value.lower() == "base64":
-        return m.b64_decode(body)
-    return body
+    return cte is not None and cte.value.lower() == "base64"
 
 
 def recipient_ids(message_or_der: bytes) -> list[RecipientId]:
@@ -254,6 +256,33 @@ def is_encrypted(message: bytes) -> bool:
     except SmimeError:
         return False
     return True
+
+
+def trim_recipients(message: bytes, certificates: Sequence[x509.Certificate]) -> bytes:
+    """`message` whose envelope names only `certificates` (keypost.core.cms_trim): the
+    same header fields, the body the cut-down envelope, in base64 (76-column lines, the
+    line ends the message has) or binary as it came. `message` itself when it names no
+    other certificate, or when its top level is no application/pkcs7-mime envelope: a
+    signature around the envelope covers its bytes, which must then stay as they are.
+    Raises SmimeError: malformed, or the envelope names none of `certificates`."""
+    headers, start = m.split_entity_at(message)
+    ctype = m.content_type_of(headers)
+    smime_type = ctype.param("smime-type")
+    if ctype.mime_type not in _PKCS7_MIME_TYPES or (
+            smime_type is None and not is_encrypted(message)):  # old clients omit it
+        return message
+    if smime_type is not None and smime_type.lower() not in _ENCRYPTED_SMIME_TYPES:
+        return message
+    body = memoryview(message)[start:]
+    der = cms_trim.trim(_decoded(headers, body), cms_trim.Kept.of(certificates))
+    if der is None:
+        return message
+    if not _base64(headers):
+        return message[:start] + der
+    text = m.b64_lines(der)
+    if message[start - 2 : start] != m.CRLF:
+        text = text.replace(m.CRLF, b"\n")
+    return message[:start] + text
 
 
 _Recipients = tuple[cms.KeyTransRecipient | cms.RecipientEncryptedKey, ...]
