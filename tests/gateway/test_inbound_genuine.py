@@ -16,12 +16,15 @@ from pathlib import Path
 
 import pytest
 import requests
+from cryptography import x509
 from gw_directory import DirectoryWorld
 from gw_support import Pki, Sink, body_of, send, serving_gateway, write_private
 from gw_verify import openssl_verify
-from pki_util import key_pem
+from pki_util import email_cert, key_pem, make_ca
 from port_util import refusing_port
 
+from keypost.core import smime
+from keypost.core.containers import to_pem
 from keypost.gateway.config import load_config
 from keypost.gateway.errors import ConfigError
 from keypost.gateway.pipeline import DECRYPTED_HEADER, KEPT_HEADER
@@ -122,7 +125,9 @@ def test_keep_delivers_the_original_to_gina_and_clear_text_to_dave(
     pki: Pki, world: DirectoryWorld, sink: Sink, tmp_path: Path, identify: list[str]
 ) -> None:
     ours, genuine = certificates(world, GINA)  # her gateway container, her own certificate
-    enveloped = encrypt(tmp_path, TEXT, [ours, genuine], *identify)
+    # and a Bcc recipient elsewhere, by their own certificate
+    _, bcc = email_cert(make_ca("Elsewhere CA"), "bcc@elsewhere.test", ski=True)
+    enveloped = encrypt(tmp_path, TEXT, [ours, genuine, to_pem(bcc)], *identify)
     sent = mail(enveloped)
     with serving_gateway(config(pki, world, sink, tmp_path), tmp_path / "gw.log") as gw:
         code, text = send(gw.port, SENDER, [GINA, DAVE], sent)
@@ -130,8 +135,17 @@ def test_keep_delivers_the_original_to_gina_and_clear_text_to_dave(
     assert len(sink.handler.messages) == 2  # one transaction per distinct content
     got = by_recipient(sink)
     kept, clear = got[GINA], got[DAVE]
-    # gina: the ciphertext as it came, byte for byte; her key opens it
-    assert body_of(kept) == body_of(sent)
+    # gina: the ciphertext as it came, naming her own certificate alone (not the gateway's
+    # container, not bob's); her key opens it
+    theirs = x509.load_pem_x509_certificate(genuine)
+    ids, skis = smime.recipient_identifiers(kept)
+    if identify:
+        assert ids == [] and skis == [theirs.extensions.get_extension_for_class(
+            x509.SubjectKeyIdentifier).value.digest]
+    else:
+        assert skis == [] and [(r.issuer, r.serial) for r in ids] == [
+            (theirs.issuer, theirs.serial_number)]
+    assert len(smime.recipient_identifiers(sent)[int(bool(identify))]) == 3
     assert SECRET.encode() not in kept
     assert SECRET.encode() in gina_opens(world, tmp_path, kept)
     # what the gateway opened it with, scanned; the forged fields are gone

@@ -192,7 +192,17 @@ def test_fig2_reencrypts_for_the_recipients_gateway_and_genuine(
     assert len(smime.recipient_ids(got.data)) == 2
 
 
-def test_whole_path_message_is_forwarded_untouched(
+def _names(message: bytes) -> set[tuple[x509.Name, int]]:
+    return {(r.issuer, r.serial) for r in smime.recipient_ids(message)}
+
+
+def _theirs(world: DirectoryWorld, path: list[x509.Certificate]) -> list[x509.Certificate]:
+    """A path without the sending gateway's own container (its key opened the message)."""
+    return [c for c in path
+            if describe(c).role is not Role.PROXY_ENCRYPTION or _is_partner(c, world)]
+
+
+def test_whole_path_message_is_forwarded_without_our_own_recipient_info(
     gw: RunningGateway, sink: Sink, world: DirectoryWorld, pki: Pki
 ) -> None:
     path = user_containers(world, BOB)  # own gateway + partner gateway + bob's genuine
@@ -200,7 +210,47 @@ def test_whole_path_message_is_forwarded_untouched(
     enc = smime.encrypt_message(plain_message(sender=ALICE, to=BOB, body="whole path"), path)
     assert send(gw.port, ALICE, [BOB], enc)[0] == 250
     [got] = sink.handler.messages
-    assert body_of(got.data) == body_of(enc)
+    # the original ciphertext, not re-encrypted: the same content key opens it
+    theirs = _theirs(world, path)
+    assert len(theirs) == 2
+    assert _names(got.data) == {(c.issuer, c.serial_number) for c in theirs}
+    for key in (world.bob_key, world.partner_key):
+        res = smime.Decryptor([key]).decrypt_message(got.data)
+        assert b"whole path" in res.message
+        assert res.message == smime.Decryptor([pki.current]).decrypt_message(enc).message
+    with pytest.raises(DecryptError):
+        smime.Decryptor([pki.current]).decrypt_message(got.data)
+
+
+def test_each_whole_path_copy_names_only_its_own_recipients_certificates(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, pki: Pki
+) -> None:
+    """alice writes to bob (partner.org) and carol (elsewhere.net), eve (partner.org) in
+    Bcc, and her client encrypts one envelope to all three paths. Relayed as it came, every
+    copy named every recipient's certificates: carol's gateway would see that bob and eve
+    got it, and eve is in Bcc. Each copy names its own recipient's path alone."""
+    paths = {r: user_containers(world, r) for r in (BOB, CAROL, EVE)}
+    every = list({c.serial_number: c for p in paths.values() for c in p}.values())
+    msg = plain_message(sender=ALICE, to=f"{BOB}, {CAROL}", body="three paths")
+    enc = smime.encrypt_message(msg, every)
+    assert send(gw.port, ALICE, [BOB, CAROL, EVE], enc)[0] == 250
+    got = {r: m.data for m in sink.handler.messages for r in m.rcpt_tos}
+    assert sorted(got) == sorted([BOB, CAROL, EVE]) and len(sink.handler.messages) == 3
+    own_keys = {BOB: [world.bob_key, world.partner_key], CAROL: [world.carol_key],
+                EVE: [world.partner_key]}
+    for rcpt, data in got.items():
+        assert _names(data) == {(c.issuer, c.serial_number) for c in _theirs(world, paths[rcpt])}
+        for key in own_keys[rcpt]:
+            assert b"three paths" in smime.Decryptor([key]).decrypt_message(data).message
+        with pytest.raises(DecryptError):
+            smime.Decryptor([pki.current]).decrypt_message(data)
+    for key in (world.bob_key, world.partner_key):  # carol's copy: hers alone
+        with pytest.raises(DecryptError):
+            smime.Decryptor([key]).decrypt_message(got[CAROL])
+    with pytest.raises(DecryptError):
+        smime.Decryptor([world.carol_key]).decrypt_message(got[BOB])
+    # eve's and bob's copies name different partner containers: neither names the other
+    assert not _names(got[EVE]) & _names(got[BOB])
 
 
 def test_fig2_scan_rejects_before_anything_leaves(
@@ -517,15 +567,18 @@ def test_signing_is_refused_when_from_is_not_the_envelope_sender(
     assert f"not signed for <{ALICE}>" in caplog.text
 
 
-def test_whole_path_message_without_a_genuine_certificate_is_forwarded_untouched(
+def test_whole_path_message_without_a_genuine_certificate_is_forwarded(
     gw: RunningGateway, sink: Sink, world: DirectoryWorld
 ) -> None:
     """The path of a recipient with no genuine certificate is the two gateways' containers:
     the gateway must recognise the partner gateway's container alice's add-on used (it asks
-    the directory as its own account), so the original goes on unchanged."""
+    the directory as its own account), so the original goes on."""
     path = user_containers(world, EVE)  # own gateway + partner gateway, nothing genuine
     assert len(path) == 2
     enc = smime.encrypt_message(plain_message(sender=ALICE, to=EVE, body="proxy path"), path)
     assert send(gw.port, ALICE, [EVE], enc)[0] == 250
     [got] = sink.handler.messages
-    assert body_of(got.data) == body_of(enc)
+    # the original, to the partner gateway's container alone (ours is taken out)
+    [partner] = _theirs(world, path)
+    assert _names(got.data) == {(partner.issuer, partner.serial_number)}
+    assert b"proxy path" in smime.Decryptor([world.partner_key]).decrypt_message(got.data).message

@@ -72,8 +72,13 @@ def test_outbound_groups_recipients_and_forwards_whole_path_originals(pki: Pki) 
                         "z@else.test": Certificates(genuine=(theirs,))})
     enc = smime.encrypt_message(plain_message(), [pki.container(pki.current), theirs])
     outs = pipeline(pki, d).process("bob@example.com", ["y@else.test", "z@else.test"], enc)
-    assert len(outs) == 1  # the same untouched original for both: one relay
-    assert outs[0].recipients == ("y@else.test", "z@else.test") and outs[0].message == enc
+    assert len(outs) == 1  # the same original for both: one relay
+    assert outs[0].recipients == ("y@else.test", "z@else.test")
+    # less our own RecipientInfo: it names their certificate alone
+    assert [(r.issuer, r.serial) for r in smime.recipient_ids(outs[0].message)] == [
+        (theirs.issuer, theirs.serial_number)]
+    assert smime.Decryptor([pki.stranger]).decrypt_message(outs[0].message).message == (
+        smime.Decryptor([pki.current]).decrypt_message(enc).message)
 
 
 def test_directory_down_is_a_temporary_failure_for_outbound_only(pki: Pki) -> None:
@@ -210,3 +215,27 @@ def test_keep_goes_on_for_the_admitted_when_binding_refuses_another(pki: Pki) ->
     kept = by[("alice@example.com",)]
     assert kept.action is Action.RELAY and KEPT_HEADER.encode() in kept.message
     assert smime.is_encrypted(kept.message) and d.asked == ["alice@example.com"]
+
+
+def test_keep_gives_each_kept_recipient_a_copy_naming_their_own_certificates(pki: Pki) -> None:
+    """inbound_genuine = "keep" for two recipients with genuine certificates: one copy each,
+    naming that recipient's certificate alone (neither learns the other's; neither sees
+    the gateway's container)."""
+    ca = make_ca("Genuine CA")
+    (alice_key, alice), (bob_key, bob) = (email_cert(ca, f"{n}@example.com")
+                                          for n in ("alice", "bob"))
+    d = FixedDirectory({"alice@example.com": Certificates(genuine=(alice,)),
+                        "bob@example.com": Certificates(genuine=(bob,))})
+    p = pipeline(pki, d)
+    p.policy = PolicyConfig(inbound_genuine=InboundGenuine.KEEP)
+    enc = smime.encrypt_message(plain_message(), [pki.container(pki.current), alice, bob])
+    outs = p.process("x@outside.test", ["alice@example.com", "bob@example.com"], enc)
+    by = {o.recipients: o for o in outs}
+    assert set(by) == {("alice@example.com",), ("bob@example.com",)}
+    for rcpt, cert, key in (("alice@example.com", alice, alice_key),
+                            ("bob@example.com", bob, bob_key)):
+        kept = by[(rcpt,)].message
+        assert by[(rcpt,)].action is Action.RELAY and KEPT_HEADER.encode() in kept
+        assert [(r.issuer, r.serial) for r in smime.recipient_ids(kept)] == [
+            (cert.issuer, cert.serial_number)]
+        assert b"secret quarterly" in smime.Decryptor([key]).decrypt_message(kept).message

@@ -236,19 +236,24 @@ class Pipeline:
               delivered: Outcome) -> list[Outcome]:
         """policy.inbound_genuine = "keep", after the scan accepted the clear text in
         `delivered`: the recipients whose own key opens every envelope we opened get
-        `original` as it arrived (a header per envelope saying what we opened it with),
-        the others `delivered`. Raises TempFailure (directory)."""
+        `original` as it arrived, its envelope naming their genuine certificates alone
+        (a header per envelope saying what we opened it with), the others `delivered`.
+        Raises TempFailure (directory)."""
         envelopes = peeled.envelopes
         if not all(self._names_others(e) for e in envelopes):
             return [delivered]  # each RecipientInfo of some envelope is one of our containers
-        keep = [r for r in delivered.recipients if self._opens_for(r, envelopes)]
+        genuine = {r: self._genuine(r) for r in delivered.recipients}
+        keep = [r for r in delivered.recipients if self._opens_for(genuine[r], envelopes)]
         if not keep:
             return [delivered]
-        kept = original
-        for opened in reversed(envelopes):
-            kept = headers.prepend(kept, KEPT_HEADER, f"{self._opened_with(keys, opened)}; scanned")
-        out = [Outcome(tuple(keep), Action.RELAY, kept,
-                       note=f"{delivered.note}; kept encrypted to the genuine certificate")]
+        out: list[Outcome] = []
+        for rcpt in keep:  # each their own copy: one recipient's certificate is theirs to see
+            kept = _only_for(original, genuine[rcpt])
+            for opened in reversed(envelopes):
+                kept = headers.prepend(kept, KEPT_HEADER,
+                                       f"{self._opened_with(keys, opened)}; scanned")
+            out.append(Outcome((rcpt,), Action.RELAY, kept,
+                               note=f"{delivered.note}; kept encrypted to the genuine certificate"))
         rest = tuple(r for r in delivered.recipients if r not in keep)
         return out + ([replace(delivered, recipients=rest)] if rest else [])
 
@@ -257,12 +262,12 @@ class Pipeline:
         before the directory: mail only to our containers costs no directory question."""
         return bool(opened.skis) or any(r.issuer not in self.issuers for r in opened.rids)
 
-    def _opens_for(self, rcpt: str, envelopes: Sequence[_Opened]) -> bool:
-        """Does every envelope name one of `rcpt`'s genuine certificates (what the directory
-        gave us, verified against genuine_roots), by issuer and serial or by
+    @staticmethod
+    def _opens_for(genuine: Sequence[x509.Certificate], envelopes: Sequence[_Opened]) -> bool:
+        """Does every envelope name one of a recipient's `genuine` certificates (what the
+        directory gave us, verified against genuine_roots), by issuer and serial or by
         subjectKeyIdentifier? Every one: an inner envelope for our key alone would leave
-        the recipient ciphertext their key cannot open. Raises TempFailure (directory)."""
-        genuine = self._genuine(rcpt)
+        the recipient ciphertext their key cannot open."""
         names = {(c.issuer, c.serial_number) for c in genuine}
         skis = {ski for c in genuine if (ski := _ski(c)) is not None}
         return bool(genuine) and all(
@@ -424,9 +429,11 @@ class Pipeline:
         }
         if readable and not signed:
             # Fig. 2 whole-path message: the next gateway or the recipient can read the
-            # original; forward it untouched ("the gateways need not re-encrypt"). A
+            # original; forward it ("the gateways need not re-encrypt"), naming only this
+            # recipient's path: not the other recipients' (a Bcc one's among them). A
             # signature must go inside, so a signing request means sign and re-encrypt.
-            return Outcome(one, Action.RELAY, original, note="scanned; original ciphertext")
+            forwarded = _only_for(original, found.encryption if found else ())
+            return Outcome(one, Action.RELAY, forwarded, note="scanned; original ciphertext")
         policy = self.policy.outbound_no_genuine
         targets: tuple[x509.Certificate, ...] = ()
         if found is not None and (found.genuine or policy is not NoGenuinePolicy.REFUSE):
@@ -574,6 +581,17 @@ def _without_claims(message: bytes) -> bytes:
         if headers.get(message, name) is not None:
             message = headers.remove(message, name)
     return message
+
+
+def _only_for(original: bytes, certificates: Sequence[x509.Certificate]) -> bytes:
+    """The original ciphertext naming only `certificates` among its recipients (the
+    envelope's other RecipientInfos taken out, keypost.core.smime.trim_recipients); as it
+    came when a signature around it covers the envelope's bytes."""
+    try:
+        return smime.trim_recipients(original, certificates)
+    except SmimeError as exc:  # it opened, so this is not expected: still no reason to lose it
+        log.warning("original ciphertext relayed with all its recipients: %s", exc)
+        return original
 
 
 def _encrypted(message: bytes, targets: Sequence[x509.Certificate]) -> bytes | str:
