@@ -36,6 +36,7 @@ from pathlib import Path
 import pytest
 import tbharness as tb
 import test_thunderbird as tbt
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from gw_directory import keypost
@@ -52,8 +53,9 @@ from gw_verify import openssl_verify
 from pki_util import email_cert, key_pem, make_ca, rsa_key
 from proc_util import start_directory_serve, stop
 
-from keypost.core import smime
+from keypost.core import cms, smime
 from keypost.core.containers import to_pem
+from keypost.core.errors import DecryptError
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -357,6 +359,18 @@ def _enveloped(message: bytes) -> email.message.Message:
     return outer
 
 
+def _ciphertext(message: bytes) -> bytes:
+    """The encrypted content of an enveloped message: what a gateway forwarding the
+    original leaves as the sender made it (the RecipientInfos it may cut down)."""
+    der = _enveloped(message).get_payload(decode=True)
+    assert isinstance(der, bytes)
+    return bytes(cms.parse_enveloped(der).ciphertext)
+
+
+def _names(message: bytes) -> set[tuple[object, int]]:
+    return {(r.issuer, r.serial) for r in smime.recipient_ids(message)}
+
+
 def _attachment(message: email.message.Message, name: str) -> bytes:
     parts = [p for p in message.walk() if p.get_filename() == name]
     assert len(parts) == 1, [p.get_content_type() for p in message.walk()]
@@ -411,7 +425,8 @@ def assert_delivered_clear(chain: Chain, got: Received, a_to_b: bytes, to: str, 
 def test_to_a_recipient_with_a_genuine_certificate(chain: Chain, tmp_path: Path) -> None:
     """Thunderbird encrypts for A's container, B's container and bob's own certificate; A
     opens it, scans, finds B's container among the RecipientInfos and forwards the original
-    untouched; nothing crosses from A to B in clear; B opens it and bob's mailbox gets the
+    ciphertext, naming B's container and bob's certificate (its own RecipientInfo taken
+    out); nothing crosses from A to B in clear; B opens it and bob's mailbox gets the
     clear text with X-Keypost-Decrypted, the attachment byte for byte (inbound, a gateway
     opens every envelope one of its keys is in, bob's certificate beside it or not).
     The envelope that reached example.org is also bob's own: his key opens it (openssl)."""
@@ -428,9 +443,13 @@ def test_to_a_recipient_with_a_genuine_certificate(chain: Chain, tmp_path: Path)
         inner = email.message_from_bytes(tbt._decrypt(hops.from_thunderbird, chain.keys[gateway]))
         assert body in _text(inner), gateway
 
-    # A forwarded the whole-path message: the same ciphertext, nothing clear on the wire.
-    _enveloped(hops.between)
-    assert body_of(hops.between) == body_of(hops.from_thunderbird)
+    # A forwarded the whole-path message: the same ciphertext, nothing clear on the wire,
+    # naming bob's path only (B's container and bob's certificate, not A's container).
+    assert _ciphertext(hops.between) == _ciphertext(hops.from_thunderbird)
+    assert len(_names(hops.between)) == 2 and _names(hops.between) < _names(
+        hops.from_thunderbird)
+    with pytest.raises(DecryptError):  # A's own key: not named any more
+        tbt._decrypt(hops.between, chain.keys["a"])
     assert body.encode() not in hops.a_to_b and b"Whole-path marker" not in hops.a_to_b
     # What reached example.org is bob's own envelope too.
     own = email.message_from_bytes(
@@ -443,7 +462,8 @@ def test_to_a_recipient_with_a_genuine_certificate(chain: Chain, tmp_path: Path)
 
 def test_to_a_recipient_without_a_genuine_certificate(chain: Chain, tmp_path: Path) -> None:
     """dave has no certificate of his own: Thunderbird encrypts for the two gateways'
-    containers only, A forwards that unchanged, B decrypts for dave's mailbox. An HTML
+    containers only, A forwards that less its own RecipientInfo, B decrypts for dave's
+    mailbox. An HTML
     message this time, with non-ASCII text and an image in the text (multipart/related):
     both gateways read the MIME Thunderbird wrote, and it arrives whole."""
     subject = "Grüße an Dave, whole path"
@@ -460,8 +480,9 @@ def test_to_a_recipient_without_a_genuine_certificate(chain: Chain, tmp_path: Pa
         assert text in _text(email.message_from_bytes(
             tbt._decrypt(hops.from_thunderbird, chain.keys[gateway]))), gateway
 
-    _enveloped(hops.between)
-    assert body_of(hops.between) == body_of(hops.from_thunderbird)
+    assert _ciphertext(hops.between) == _ciphertext(hops.from_thunderbird)
+    assert len(_names(hops.between)) == 1 and _names(hops.between) < _names(
+        hops.from_thunderbird)
     assert text.encode() not in hops.a_to_b and b"Proxy-path marker" not in hops.a_to_b
 
     delivered = assert_delivered_clear(
@@ -548,17 +569,17 @@ def test_b_keeps_bobs_envelope_and_decrypts_daves(chain: Chain, tmp_path: Path) 
     """Thunderbird's envelope for bob (A's key, B's key, bob's certificate), as it crossed
     from A to B, handed to a second `keypost gateway serve` of example.org with
     `inbound_genuine = "keep"` for bob and dave at once (as an outside sender's one envelope
-    to both would come): bob's mailbox gets the envelope as it came, which his key opens,
-    dave's the decrypted message."""
+    to both would come): bob's mailbox gets the envelope as it came, naming his certificate
+    alone, which his key opens, dave's the decrypted message."""
     subject = "Figures for both, kept"
     body = "Hello Bob and Dave, the figures. Kept-envelope marker 5e0a."
     attach = _blob(tmp_path, "kept.pdf")
     hops = send_through(chain, f"{BOB}, {DAVE}", subject, body, attach, deliveries=2)
-    # The host encrypts once per key (A's, B's, bob's): A forwards that original to bob and
-    # re-encrypts for dave, whose container it does not name.
+    # The host encrypts once per key (A's, B's, bob's): A forwards that original to bob
+    # (less its own RecipientInfo) and re-encrypts for dave, whose container it does not name.
     (crossed,) = [smtp_data(st)[0] for st in hops.streams if _RCPT.findall(st) == [BOB.encode()]]
-    assert body_of(crossed) == body_of(hops.from_thunderbird)
-    _enveloped(crossed)
+    assert _ciphertext(crossed) == _ciphertext(hops.from_thunderbird)
+    assert len(_names(crossed)) == 2
 
     with running_sink() as mailbox:
         keep = _gateway(chain.work, "b-keep", "example.org", mailbox.port, f"""
@@ -575,8 +596,10 @@ genuine_roots = ["genuine-ca.pem"]
     assert sorted(got) == [BOB, DAVE] and len(mailbox.handler.messages) == 2
 
     kept = got[BOB].data
-    _enveloped(kept)
-    assert body_of(kept) == body_of(crossed) and body.encode() not in kept
+    # the same ciphertext, naming bob's certificate alone (not B's container)
+    assert _ciphertext(kept) == _ciphertext(crossed) and body.encode() not in kept
+    bob_cert = x509.load_pem_x509_certificate(chain.bob_cert.read_bytes())
+    assert _names(kept) == {(bob_cert.issuer, bob_cert.serial_number)}
     (trace,) = email.message_from_bytes(kept).get_all("X-Keypost-Kept-Encrypted") or []
     assert trace.startswith(f"key=current fingerprint={_spki_sha256(chain.keys['b'])}, alg=")
     own = email.message_from_bytes(

@@ -37,7 +37,7 @@ from test_inbound_genuine import (
 from test_inbound_reencrypt import entity, gina_certificate
 from test_postfix import postfix_in_front
 
-from keypost.core import smime
+from keypost.core import cms, mime, smime
 from keypost.gateway.pipeline import DECRYPTED_HEADER, KEPT_HEADER
 
 pytestmark = [
@@ -129,6 +129,11 @@ def enveloped_for_gina(behind: Behind, tmp: Path, secret: str, message_id: str,
                        message_id=message_id)
 
 
+def ciphertext(message: bytes) -> bytes:
+    """The encrypted content of a base64 enveloped message."""
+    return bytes(cms.parse_enveloped(mime.b64_decode(body_of(message))).ciphertext)
+
+
 def fields(message: bytes, prefix: bytes) -> list[bytes]:
     return [line for line in message.split(b"\r\n\r\n")[0].split(b"\r\n")
             if line.startswith(prefix)]
@@ -136,11 +141,14 @@ def fields(message: bytes, prefix: bytes) -> list[bytes]:
 
 def check_kept(behind: Behind, tmp: Path, got: dict[str, bytes], sent: bytes, inner: bytes,
                secret: str) -> None:
-    """gina: the sender's ciphertext as it came (below the header block), marked kept
-    after the scan, and her own key opens it to the sender's entity; dave: the
-    decrypted message, as under clear."""
+    """gina: the sender's ciphertext as it came, naming her genuine certificate alone (the
+    gateway's container taken out), marked kept after the scan, and her own key opens it
+    to the sender's entity; dave: the decrypted message, as under clear."""
     kept, clear = got[GINA], got[DAVE]
-    assert body_of(kept) == body_of(sent)
+    assert ciphertext(kept) == ciphertext(sent)
+    cert = gina_certificate(behind.world)
+    assert smime.recipient_identifiers(kept) == (
+        [smime.RecipientId(cert.issuer, cert.serial_number)], [])
     assert secret.encode() not in kept
     assert gina_opens(behind.world, tmp, kept) == inner
     [mark] = fields(kept, KEPT_HEADER.encode())
