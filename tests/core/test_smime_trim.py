@@ -259,3 +259,44 @@ def test_binary_der_stays_binary(tmp_path: Path) -> None:
                 _pem(tmp_path, "b.der", body), "-inkey",
                 _pem(tmp_path, "a.key", key_pem(ann_key)))
     assert done.returncode == 0 and done.stdout == ENTITY, done.stderr
+
+
+def _with_fields(der: bytes, originator: bytes, unprotected: bytes) -> bytes:
+    """`der` (EnvelopedData) with an originatorInfo and unprotectedAttrs written in."""
+    buf = memoryview(der)
+    kind, env = cms.content_info(buf, (cms.OID_ENVELOPED_DATA,), "x")
+    version, infos, eci = cms.children(buf, env)
+    body = (bytes(buf[version.head : version.next]) + originator
+            + bytes(buf[infos.head : eci.next]) + unprotected)
+    return der_tlv(0x30, der_tlv(0x06, kind) + der_tlv(0xA0, der_tlv(0x30, body)))
+
+
+@pytest.mark.parametrize(("certificate_tag", "version"), [(0x30, 2), (0xA2, 3), (0xA3, 4)],
+                         ids=["certificate", "v2-attribute-certificate", "other"])
+def test_the_version_counts_originator_info_and_unprotected_attributes(
+    tmp_path: Path, certificate_tag: int, version: int
+) -> None:
+    """RFC 5652 6.1: originatorInfo or unprotectedAttrs make a v0-only envelope version 2,
+    a v2 attribute certificate 3, an `other` certificate 4. (Written in by hand: openssl
+    writes neither; it reads both.)"""
+    (ann_key, ann), (_, ben), _ = RSA
+    der = encrypted(tmp_path, [ann, ben], "-aes256", "-outform", "DER")
+    cert = ann.public_bytes(serialization.Encoding.DER)
+    choice = cert if certificate_tag == 0x30 else der_tlv(certificate_tag, b"")  # its tag counts
+    originator = der_tlv(0xA0, der_tlv(0xA0, choice))
+    attribute = der_tlv(0x30, der_oid("1.2.840.113549.1.9.3") + der_tlv(0x31, der_oid(
+        "1.2.840.113549.1.7.1")))
+    for extra, unprotected in ((originator, b""), (b"", der_tlv(0xA1, attribute))):
+        message = (b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+                   b"Content-Transfer-Encoding: binary\r\n\r\n"
+                   + _with_fields(der, extra, unprotected))
+        trimmed = smime.trim_recipients(message, [ann]).partition(b"\r\n\r\n")[2]
+        buf = memoryview(trimmed)
+        env = cms.children(buf, cms.content_info(buf, (cms.OID_ENVELOPED_DATA,), "x")[1])
+        assert cms.integer(buf, env[0]) == (version if extra else 2)
+        assert [r.serial for r in smime.recipient_ids(trimmed)] == [ann.serial_number]
+        if certificate_tag == 0x30:  # openssl reads these and opens them
+            done = _run("openssl", "cms", "-decrypt", "-inform", "DER", "-in",
+                        _pem(tmp_path, "v.der", trimmed), "-inkey",
+                        _pem(tmp_path, "a.key", key_pem(ann_key)))
+            assert done.returncode == 0 and done.stdout == ENTITY, done.stderr
