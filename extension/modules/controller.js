@@ -3,7 +3,7 @@
 
 import { HostClient, HOST_NAME, PROTOCOL_VERSION } from "./host.js";
 import { bufferToBase64, getHeader, isEnveloped, prepareForOutbox, replyHeaders, setHeaders } from "./message.js";
-import { collectNewsgroups, collectRecipients, extractAddress, recipientsKey } from "./recipients.js";
+import { collectNewsgroups, collectRecipients, extractAddress, invalidReason, recipientsKey } from "./recipients.js";
 import { buttonLook, carryOver, describeError, statusList } from "./status.js";
 import { dropTabState, getTabState, updateTabState } from "./tabstate.js";
 import { keyedDebounce } from "./debounce.js";
@@ -91,7 +91,7 @@ export async function checkRecipients(tabId, immediately = false) {
   }
   const statuses = carryOver(rcpts.all, state.statuses);
   for (const bad of rcpts.invalid) {
-    statuses.push({ address: bad, state: "invalid_address", gateways: [], reason: msg("reasonInvalidAddress") });
+    statuses.push({ address: bad, state: "invalid_address", gateways: [], reason: msg(invalidReason(bad)) });
   }
   // retryAt also spaces out retries while a lookup is still under way.
   const next = await saveTabState(tabId, {
@@ -319,7 +319,7 @@ async function sendEncrypted(tab, details) {
     const rcpts = collectRecipients(details);
     if (rcpts.unresolved > 0 || rcpts.invalid.length > 0) {
       await failSend(tab, msg("errorRecipients"), [
-        ...rcpts.invalid.map((a) => `${a}: ${msg("reasonInvalidAddress")}`),
+        ...rcpts.invalid.map((a) => `${a}: ${msg(invalidReason(a))}`),
         ...(rcpts.unresolved > 0 ? [msg("reasonAddressBookEntry")] : []),
       ]);
       return { cancel: true };

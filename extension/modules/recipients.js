@@ -128,6 +128,18 @@ export function collectRecipients(details) {
 }
 
 /**
+ * The message key saying why `raw` (one of collectRecipients' `invalid`) is no recipient.
+ * Thunderbird hands an address book list to onBeforeSend as its name, unexpanded ("Team" or
+ * "Team <Team>"), and expands it only in its own send: text without an "@" is most likely
+ * one, and "not a valid mail address" left the user guessing.
+ * @param {string} raw
+ * @returns {string}
+ */
+export function invalidReason(raw) {
+  return raw.includes("@") ? "reasonInvalidAddress" : "reasonNoAtSign";
+}
+
+/**
  * The newsgroups of compose details (`newsgroups` and `followupTo`; each a string, possibly
  * comma-separated, or an array of strings). Encrypted posting is not supported: a non-empty
  * result means the send must be refused rather than the groups silently dropped.

@@ -5,6 +5,7 @@ import {
   collectNewsgroups,
   collectRecipients,
   extractAddress,
+  invalidReason,
   normalizeAddress,
   recipientsKey,
   splitAddressList,
@@ -82,4 +83,10 @@ test("collectNewsgroups: newsgroups and followupTo, arrays or comma lists, each 
     collectNewsgroups({ newsgroups: ["comp.mail.misc", " de.comm.misc "], followupTo: "comp.mail.misc, alt.test" }),
     ["comp.mail.misc", "de.comm.misc", "alt.test"],
   );
+});
+
+test("invalidReason: an unexpanded address book list (no @) is told apart from a bad address", () => {
+  const r = collectRecipients({ to: ["Team <Team>", "Project Team"], cc: ["bob@"] });
+  assert.deepEqual(r.invalid, ["Team", "Project Team", "bob@"]);
+  assert.deepEqual(r.invalid.map(invalidReason), ["reasonNoAtSign", "reasonNoAtSign", "reasonInvalidAddress"]);
 });
