@@ -124,3 +124,20 @@ def test_malformed_goes_to_quarantine_when_policy_says_so(
     assert len(held) == 1 and body_of(held[0].read_bytes()) == body_of(bad)
     [notice] = sink.handler.messages
     assert notice.rcpt_tos == [ALICE] and b"not a readable S/MIME message" in notice.data
+
+
+@pytest.mark.parametrize("line", [b"Subject", b"Subject \t", b"subject"])
+def test_a_header_line_named_subject_without_a_colon_is_no_subject(
+    line: bytes, gw: RunningGateway, sink: Sink
+) -> None:
+    """Outbound mail (the subject tag is looked for) whose header block holds a line that
+    is only a field name: it is no field (RFC 5322 2.2), and Postfix's cleanup lets it
+    through. The tag search took it for the Subject field and looked for its colon: a
+    ValueError, so a 451 on every retry until the sender's MTA gave up days later."""
+    msg = (b"From: alice@example.com\r\nTo: carol@elsewhere.net\r\n" + line + b"\r\n"
+           b"Date: Mon, 30 Nov 2026 10:00:00 +0000\r\n\r\nhello\r\n")
+    code, text = send(gw.port, ALICE, ["carol@elsewhere.net"], msg)
+    assert code == 250, text  # plain outbound mail: it leaves as it came
+    [got] = sink.handler.messages
+    assert got.data.rstrip(b"\r\n") == msg.rstrip(b"\r\n")
+    _alive(gw, sink)

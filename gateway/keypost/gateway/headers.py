@@ -50,8 +50,11 @@ def fields(head: bytes) -> list[bytes]:
 
 
 def _name(field: bytes) -> str:
-    name, _, _ = field.partition(b":")
-    return name.strip().decode("ascii", "replace").lower()
+    """The field's name, lower-cased; "" for a line without a colon, which is no field
+    (RFC 5322 2.2) whatever it says: mail in the wild has such lines in its header block,
+    and the MTA passes them on."""
+    name, colon, _ = field.partition(b":")
+    return name.strip().decode("ascii", "replace").lower() if colon else ""
 
 
 def _value(field: bytes) -> str:
