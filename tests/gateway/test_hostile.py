@@ -234,3 +234,30 @@ def test_max_connections_is_lowered_to_fit_the_open_files_limit(
             s.close()
     assert ("max_connections 100 does not fit the open files limit (512): at most 37 "
             "sessions at once") in log.read_text()
+
+
+def test_a_message_of_the_advertised_size_is_taken_whatever_its_lines_begin_with(
+    pki: Pki, sink: Sink, tmp_path: Path
+) -> None:
+    """RFC 1870 4: SIZE counts the message, not the dots that quote its lines in DATA.
+    aiosmtpd counted them: a message of exactly max_message_size bytes whose lines began
+    with a dot got 552 after MAIL FROM SIZE= had been accepted. One byte more is refused."""
+    cfg = pki.config(sink.port, extra="max_message_size = 2000", quarantine=str(tmp_path / "q"))
+    head = b"From: s@outside.test\r\nTo: alice@example.com\r\nSubject: dots\r\n\r\n"
+    dotted = head + b".\r\n" * ((2000 - len(head)) // 3 - 1)
+    exact = dotted + b"x" * (2000 - len(dotted) - 2) + b"\r\n"
+    assert len(exact) == 2000
+    with running_gateway(cfg) as gw, smtplib.SMTP("127.0.0.1", gw.port, timeout=60) as s:
+        s.ehlo()
+        assert s.esmtp_features["size"] == "2000"
+        for msg, code in ((exact, 250), (exact[:-2] + b"x\r\n", None)):
+            assert s.mail("s@outside.test", [f"SIZE={min(len(msg), 2000)}"])[0] == 250
+            assert s.rcpt(ALICE)[0] == 250
+            got, text = s.data(msg)
+            if code is None:
+                assert got in (552, 554), text
+                s.rset()
+            else:
+                assert got == code, text
+    [delivered] = sink.handler.messages
+    assert delivered.data == exact

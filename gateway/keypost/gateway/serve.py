@@ -252,6 +252,20 @@ class GatewaySMTP(SMTP):
         finally:
             transport.close()
 
+    async def smtp_DATA(self, arg: str) -> None:
+        """RFC 1870 4: the SIZE limit counts the message, not the dots that quote its lines
+        in DATA. aiosmtpd counts what arrives, dots included, so a message of the advertised
+        size whose lines began with dots got 552. What arrives is at most a third more than
+        the message (a line "." comes as ".."): aiosmtpd's count stops only that, and the
+        pipeline refuses a message over the limit itself (554 5.3.4)."""
+        limit = self.data_size_limit
+        if limit:
+            self.data_size_limit = limit + -(-limit // 3)
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self.data_size_limit = limit
+
     def eof_received(self) -> bool | None:
         """The client shut its sending side. aiosmtpd cancels the session here: a message
         being handled was relayed (the work in the worker thread runs on) without its 250
