@@ -338,3 +338,31 @@ def test_config_rules(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="derived_keys: expected true or false"):
         parse_config({"domain": [{**domain, "derived_keys": "yes"}]}, tmp_path)
 
+
+
+def test_one_derived_key_per_mailbox_however_often_it_is_a_recipient(world: World) -> None:
+    """Each derived key costs an ECDH per KeyAgreeRecipientInfo of every message (up to
+    1024 of them). The same mailbox named again, or in another case (Postfix removes exact
+    duplicates only), got a key of its own each time: one valid address written 1000 ways
+    made a message cost 1000 x 1024 ECDH (over two minutes of CPU at P-256, past the
+    processing timeout: a 451, and the same again at every retry)."""
+    cfg = parse_config({"domain": [{"name": DOMAIN, "encryption_keys": [str(world.key_file)],
+                                    "derived_keys": True}]}, world.root)
+    keys = load_domain_keys(cfg.domains[0])
+    named = [BOB, BOB.upper(), "Bob@" + DOMAIN, CAROL, BOB]
+    opener = keys.opener([parse_address(a) for a in named])
+    assert len(opener.owners) == 2  # bob's key and carol's
+    assert sorted(opener.owners) == [(0, frozenset({0, 1, 2, 4})), (0, frozenset({3}))]
+
+
+def test_the_same_mailbox_in_two_cases_gets_its_copy_at_each(
+        world: World, sink: Sink, tmp_path: Path) -> None:
+    """Both spellings of bob are delivered (one derived key serves both), mallory beside
+    them is refused."""
+    der = encrypt_der(tmp_path, [world.container(BOB)], "for bob twice")
+    bob2 = "Bob@" + DOMAIN
+    with serving_gateway(world.config(sink), tmp_path / "gw.log") as gw:
+        code, text = send(gw.port, SENDER, [BOB, MALLORY, bob2], mail(der))
+        assert code == 250 and "refused=1" in text, text
+        sink.handler.wait(2)
+    assert sorted(delivered_to(sink, "for bob twice")) == sorted([BOB, bob2])

@@ -28,11 +28,11 @@ MAX_DERIVED_KEYS = 10_000
 @dataclass(frozen=True)
 class Opener:
     """A Decryptor for one message's recipients, and whose each of its keys is: (index of
-    the configured encryption key, index of the recipient whose derived key it is, or None
-    for the configured key itself)."""
+    the configured encryption key, the indices of the recipients whose derived key it is,
+    or None for the configured key itself)."""
 
     decryptor: Decryptor
-    owners: tuple[tuple[int, int | None], ...]
+    owners: tuple[tuple[int, frozenset[int] | None], ...]
 
 
 @dataclass(frozen=True)
@@ -59,17 +59,20 @@ class DomainKeys:
     def opener(self, recipients: Sequence[Address | None]) -> Opener:
         """The keys to try on a message for `recipients`: the configured ones, or with
         derived keys each recipient's key of each configured key (plus the configured ones
-        under accept_plain_keys). One ECDH per key and KeyAgreeRecipientInfo."""
+        under accept_plain_keys). One ECDH per key and KeyAgreeRecipientInfo, so one key
+        per mailbox: the same one named twice, or in another case, shares it."""
         if not self.derived:
             return Opener(self.decryptor, tuple((i, None) for i in range(len(self.fingerprints))))
-        keys: list[PrivateKey] = []
-        owners: list[tuple[int, int | None]] = []
+        mailboxes: dict[str, tuple[Address, list[int]]] = {}
         for n, rcpt in enumerate(recipients):
-            if rcpt is None:
-                continue  # not a mailbox (an outbound recipient): it has no key
+            if rcpt is not None:  # None: not a mailbox (an outbound recipient), no key
+                mailboxes.setdefault(rcpt.key(), (rcpt, []))[1].append(n)
+        keys: list[PrivateKey] = []
+        owners: list[tuple[int, frozenset[int] | None]] = []
+        for rcpt, positions in mailboxes.values():
             for i in range(len(self.keys)):
                 keys.append(self._derived_key(rcpt, i))
-                owners.append((i, n))
+                owners.append((i, frozenset(positions)))
         if self.accept_plain or not keys:
             # (no recipients: outbound mail names none of ours; only the plain keys can try)
             keys += self.keys

@@ -532,8 +532,8 @@ class Pipeline:
         owners = [opener.owners[i] for i in res.opened_keys]
         return _Opened(res.message, opener.owners[res.key_index][0], res.algorithm, rids,
                        res.opened_by, tuple(skis),
-                       frozenset(n for _, n in owners if n is not None),
-                       not keys.derived or any(n is None for _, n in owners))
+                       frozenset(n for _, ns in owners if ns is not None for n in ns),
+                       not keys.derived or any(ns is None for _, ns in owners))
 
     @staticmethod
     def _not_derived_for(refuse: Sequence[str], rcpts: Sequence[str]) -> list[Outcome]:
