@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import email.header
+
 import pytest
 
 from keypost.gateway import headers, mimecheck
@@ -91,3 +93,31 @@ def test_lf_only_messages_and_header_only_messages() -> None:
 )
 def test_mimecheck_tells_messages_from_garbage(message: bytes, ok: bool) -> None:
     assert (mimecheck.problem(message) is None) is ok
+
+
+@pytest.mark.parametrize(
+    ("subject", "expected", "readable"),
+    [
+        (b"=?UTF-8?Q?=5bsign=5d_Gr=c3=bc=c3=9fe?=", b"=?utf-8?b?R3LDvMOfZQ==?=", "Grüße"),
+        (b"=?UTF-8?Q?Gr=c3=bc=c3=9fe_=5bSIGN=5d?=", b"=?utf-8?b?R3LDvMOfZQ==?=", "Grüße"),
+        (b"=?UTF-8?Q?=5bsign=5d?=", b"", ""),
+        (b"=?UTF-8?Q?=5bsign=5d_hello?=", b"hello", "hello"),  # plain ASCII left: as it is
+        (b"=?utf-8?q?=5Bsign=5D?=\r\n =?utf-8?q?_=C3=BC?=", b"=?utf-8?b?w7w=?=", "ü"),
+    ],
+)
+def test_subject_tag_in_encoded_words_is_found_and_the_field_written_anew(
+    subject: bytes, expected: bytes, readable: str
+) -> None:
+    msg = b"From: a@b.example\r\nSubject: " + subject + b"\r\nTo: c@d.example\r\n\r\nbody\r\n"
+    out, found = headers.strip_subject_tag(msg, "[sign]")
+    assert found
+    head = b"Subject: " + expected if expected else b"Subject:"
+    assert out == msg.replace(b"Subject: " + subject + b"\r\n", head + b"\r\n")
+    assert str(email.header.make_header(email.header.decode_header(
+        headers.get(out, "Subject") or ""))) == readable
+
+
+def test_encoded_words_without_the_tag_or_unreadable_are_left_alone() -> None:
+    for subject in (b"=?UTF-8?Q?Gr=c3=bc=c3=9fe?=", b"=?x-unknown?q?=5bsign=5d?="):
+        msg = b"Subject: " + subject + b"\r\n\r\nbody =5bsign=5d\r\n"
+        assert headers.strip_subject_tag(msg, "[sign]") == (msg, False)

@@ -7,6 +7,8 @@ genuine certificate; dave@nowhere.test has nothing; eve@partner.org has no genui
 
 from __future__ import annotations
 
+import email
+import email.policy
 import logging
 import shutil
 import subprocess
@@ -95,6 +97,29 @@ def test_subject_tag_asks_for_a_signature_that_openssl_verifies(
     assert res.ok, res.reasons
     assert res.signer is not None
     assert ALICE in describe(res.signer).addresses
+
+
+@pytest.mark.parametrize("encoded", [
+    "=?UTF-8?Q?=5bsign=5d_Gr=c3=bc=c3=9fe?=",  # Thunderbird: the whole Subject encoded
+    "=?utf-8?b?W3NpZ25dIEdyw7zDn2U=?=",  # the same in base64
+    "=?UTF-8?Q?Gr=c3=bc=c3=9fe_=5bsign=5d?=",  # the tag at the end
+    "[sign] =?utf-8?q?Gr=C3=BC=C3=9Fe?=",  # Python's email: only the word that needs it
+])
+def test_subject_tag_inside_an_encoded_word_asks_for_a_signature(
+    gw: RunningGateway, sink: Sink, world: DirectoryWorld, tmp_path: Path, encoded: str
+) -> None:
+    """A Subject with non-ASCII text is sent as RFC 2047 encoded-words, and Thunderbird
+    encodes all of it, "[sign]" included (=5bsign=5d): the tag was looked for in the raw
+    bytes only, so the message left unsigned with the tag in its Subject."""
+    msg = plain_message(sender=ALICE, to=CAROL, subject=encoded, body="signed offer")
+    code, text = send(gw.port, ALICE, [CAROL], msg)
+    assert code == 250, text
+    [got] = sink.handler.messages
+    assert b"multipart/signed" in got.data
+    parsed = email.message_from_bytes(got.data, policy=email.policy.default)
+    assert parsed["Subject"] == "Grüße"
+    done = openssl_verify(got.data, world.ca_pem, tmp_path)
+    assert done.returncode == 0, done.stderr
 
 
 def test_signature_verifies_with_gpgsm(

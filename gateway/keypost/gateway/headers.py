@@ -1,11 +1,14 @@
 """Raw header surgery on message bytes: read, add, remove fields without re-serialising.
 
 The gateway keeps the original header bytes (DKIM signatures and odd-but-valid
-formatting survive); only the fields it adds or removes change.
+formatting survive); only the fields it adds or removes change, and a Subject whose sign
+tag it takes out of RFC 2047 encoded-words.
 """
 
 from __future__ import annotations
 
+import email.errors
+import email.header
 import re
 from dataclasses import dataclass
 
@@ -108,8 +111,42 @@ def strip_subject_tag(message: bytes, tag: str) -> tuple[bytes, bool]:
             if m:
                 found = True
                 f = f[: _cut_start(f, m.start(), m.end())] + f[_cut_end(f, m.end()) :]
+            elif (rewritten := _encoded_without_tag(f, tag, parts.eol)) is not None:
+                found, f = True, rewritten
         out.append(f)
     return join(Split(b"".join(out), parts.body, parts.eol)), found
+
+
+def _encoded_without_tag(field: bytes, tag: str, eol: bytes) -> bytes | None:
+    """A Subject field whose tag lies in RFC 2047 encoded-words (a Subject with non-ASCII
+    text in it is sent so, and Thunderbird encodes all of it: "[sign]" is "=5bsign=5d"),
+    written anew from its decoded text without the tag and the one space that separated
+    it; None when the decoded text holds no tag. Only then is the field rewritten."""
+    name, _, raw = field.partition(b":")
+    if b"=?" not in raw:
+        return None
+    try:
+        text = str(email.header.make_header(email.header.decode_header(
+            " ".join(raw.decode("utf-8", "replace").split()))))
+    except (email.errors.HeaderParseError, LookupError, ValueError):
+        return None  # unreadable words (an unknown charset): no request can be read there
+    start = text.lower().find(tag.lower())
+    if start < 0:
+        return None
+    end = start + len(tag)
+    if text[end : end + 1].isspace():
+        end += 1
+    elif text[start - 1 : start].isspace():
+        start -= 1
+    rest = text[:start] + text[end:]
+    if not rest:
+        return name + b":" + eol
+    if rest.isascii() and "=?" not in rest:
+        value = rest
+    else:
+        value = email.header.Header(rest, "utf-8", header_name=name.decode("ascii", "replace")
+                                    ).encode(linesep=eol.decode("ascii"))
+    return name + b": " + value.encode("ascii") + eol
 
 
 def _cut_end(field: bytes, end: int) -> int:
