@@ -118,6 +118,17 @@ def test_subject_tag_in_encoded_words_is_found_and_the_field_written_anew(
 
 
 def test_encoded_words_without_the_tag_or_unreadable_are_left_alone() -> None:
-    for subject in (b"=?UTF-8?Q?Gr=c3=bc=c3=9fe?=", b"=?x-unknown?q?=5bsign=5d?="):
+    for subject in (b"=?UTF-8?Q?Gr=c3=bc=c3=9fe?=", b"=?x-unknown?q?=5bsign=5d?=",
+                    b"=?\xff?q?=5bsign=5d?="):  # not a charset name: CharsetError
         msg = b"Subject: " + subject + b"\r\n\r\nbody =5bsign=5d\r\n"
         assert headers.strip_subject_tag(msg, "[sign]") == (msg, False)
+
+
+def test_a_line_break_in_the_decoded_subject_stays_encoded() -> None:
+    """Decoded text holding CR LF (=0D=0A) written as it is would start a field of its own."""
+    msg = b"Subject: =?UTF-8?Q?=5bsign=5d_hi=0D=0ABcc:_x@y.test?=\r\n\r\nbody\r\n"
+    out, found = headers.strip_subject_tag(msg, "[sign]")
+    assert found and headers.values(out, "Bcc") == []
+    assert len(headers.fields(headers.split(out).head)) == 1  # folded, one field
+    assert "Bcc: x@y.test" in str(email.header.make_header(email.header.decode_header(
+        headers.get(out, "Subject") or "")))

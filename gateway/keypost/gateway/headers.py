@@ -128,7 +128,7 @@ def _encoded_without_tag(field: bytes, tag: str, eol: bytes) -> bytes | None:
     try:
         text = str(email.header.make_header(email.header.decode_header(
             " ".join(raw.decode("utf-8", "replace").split()))))
-    except (email.errors.HeaderParseError, LookupError, ValueError):
+    except (email.errors.MessageError, LookupError, ValueError):
         return None  # unreadable words (an unknown charset): no request can be read there
     start = text.lower().find(tag.lower())
     if start < 0:
@@ -141,8 +141,8 @@ def _encoded_without_tag(field: bytes, tag: str, eol: bytes) -> bytes | None:
     rest = text[:start] + text[end:]
     if not rest:
         return name + b":" + eol
-    if rest.isascii() and "=?" not in rest:
-        value = rest
+    if rest.isascii() and rest.isprintable() and "=?" not in rest:
+        value = rest  # as it reads (a line break, even encoded, must stay encoded)
     else:
         value = email.header.Header(rest, "utf-8", header_name=name.decode("ascii", "replace")
                                     ).encode(linesep=eol.decode("ascii"))
