@@ -598,3 +598,19 @@ def test_a_gateway_with_an_ec_key_decrypts_mail_to_its_ec_container(
     assert header.encode() in first.data
     assert b"figures for the retired key" in second.data
     assert b"X-Keypost-Decrypted: key=retired-1" in second.data
+
+
+def test_a_recipient_named_twice_is_given_to_the_next_hop_once(pki: Pki, sink: Sink) -> None:
+    """smtplib counts the recipients it refused per address: a recipient named twice and
+    refused by the next hop was one refusal for two recipients, so it went on to DATA with
+    none, and the sender got the next hop's '503 need RCPT command' instead of its 550. A
+    next hop that takes it delivers one copy, not two."""
+    sink.handler.refuse = {"gone@example.com"}
+    enc = encrypted_for(pki, pki.current)
+    with running_gateway(pki.config(sink.port)) as gw:
+        code, text = send(gw.port, "s@outside.test", ["gone@example.com"] * 2, enc)
+        assert f"{code} {text}".startswith("550 5.1.1 next hop refused"), text
+        code, text = send(gw.port, "s@outside.test", [ALICE, ALICE], enc)
+        assert code == 250, text
+    [got] = sink.handler.messages
+    assert got.rcpt_tos == [ALICE]

@@ -72,7 +72,10 @@ class Relay:
                         raise PermFailure("the next hop offers no 8BITMIME for 8-bit content",
                                           "5.6.3")
                     opts = [o for o in opts if not o.upper().startswith("BODY=")]
-                refused = smtp.sendmail(mail_from, list(rcpts), message, opts)
+                # Each address once: smtplib counts its refusals per address, and took a
+                # recipient named twice and refused for one refusal of two (on to DATA
+                # with no recipient: the next hop's 503 instead of its refusal)
+                refused = smtp.sendmail(mail_from, list(dict.fromkeys(rcpts)), message, opts)
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             if all(code >= 500 for code in codes):
