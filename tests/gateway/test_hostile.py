@@ -261,3 +261,28 @@ def test_a_message_of_the_advertised_size_is_taken_whatever_its_lines_begin_with
                 assert got == code, text
     [delivered] = sink.handler.messages
     assert delivered.data == exact
+
+
+def test_the_gateways_own_work_on_a_message_is_not_the_clients_silence(
+    pki: Pki, sink: Sink, tmp_path: Path
+) -> None:
+    """smtp_session bounds a client's silence, but aiosmtpd's timer ran on while the
+    gateway handled the DATA it had received (scan, next hop): a slow scan or next hop
+    closed the connection before the reply. Cut during the scan, nothing was relayed and
+    each retry fared the same; cut during the relay, the copy went on and the sender,
+    left without a 250, sent it again. Here the scan outlasts the session timeout."""
+    scan = tmp_path / "slow-scan"
+    scan.write_text("#!/bin/sh\ncat >/dev/null\nsleep 2\nexit 0\n")
+    scan.chmod(0o755)
+    cfg = pki.config(sink.port, quarantine=str(tmp_path / "q"), extra=(
+        "[timeouts]\nsmtp_session = 0.5\n"
+        f'[scan]\ncommand = "{scan}"\nscan_plain = true'))
+    with running_gateway(cfg) as gw, smtplib.SMTP("127.0.0.1", gw.port, timeout=60) as s:
+        s.ehlo()
+        s.mail("s@outside.test")
+        s.rcpt(ALICE)
+        code, text = s.data(plain_message(body="scanned slowly"))
+        assert code == 250, text
+        assert s.noop()[0] == 250  # the session goes on: its timer started again
+    [got] = sink.handler.messages
+    assert b"scanned slowly" in got.data

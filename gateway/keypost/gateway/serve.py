@@ -166,8 +166,10 @@ REFUSED_AT_ONCE = 16
 # aiosmtpd, the override would never run and every peer would be served. Fail at import
 # instead (the tests of allowed_clients would fail too, but only where they run).
 # The same for _timeout_cb, which GatewaySMTP extends to drop clients that read nothing,
-# and _cb_client_connected, which it hands to the reader it installs (SessionInput).
-for _hook in ("_handle_client", "_timeout_cb", "_cb_client_connected"):
+# and _cb_client_connected, which it hands to the reader it installs (SessionInput); and
+# _call_handler_hook and _reset_timeout, around which it stops the session timer.
+for _hook in ("_handle_client", "_timeout_cb", "_cb_client_connected", "_call_handler_hook",
+              "_reset_timeout"):
     if not callable(getattr(SMTP, _hook, None)):  # pragma: no cover
         raise ImportError(f"this aiosmtpd has no SMTP.{_hook}, which keypost's gateway "
                           "hooks: use aiosmtpd 1.4")
@@ -265,6 +267,22 @@ class GatewaySMTP(SMTP):
             await super().smtp_DATA(arg)
         finally:
             self.data_size_limit = limit
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        """`smtp_session` bounds the client's silence, not the gateway's own work: while
+        the handler works on the message the client sent (scan, directory, next hop: each
+        bounded by its own timeout), the session timer is stopped, and it starts again,
+        whole, once the reply is ready. aiosmtpd's ran on: a slow scan or next hop closed
+        the connection before the reply, and a copy already relayed was sent again."""
+        if command != "DATA":
+            return await super()._call_handler_hook(command, *args)
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            if self.transport is not None:
+                self._reset_timeout()
 
     def eof_received(self) -> bool | None:
         """The client shut its sending side. aiosmtpd cancels the session here: a message
