@@ -103,6 +103,8 @@ def test_mimecheck_tells_messages_from_garbage(message: bytes, ok: bool) -> None
         (b"=?UTF-8?Q?=5bsign=5d?=", b"", ""),
         (b"=?UTF-8?Q?=5bsign=5d_hello?=", b"hello", "hello"),  # plain ASCII left: as it is
         (b"=?utf-8?q?=5Bsign=5D?=\r\n =?utf-8?q?_=C3=BC?=", b"=?utf-8?b?w7w=?=", "ü"),
+        # "İ".lower() is two characters: a search in the lower-cased text cut one too early
+        (b"=?UTF-8?Q?=C4=B0stanbul_=5bsign=5d_x?=", b"=?utf-8?q?=C4=B0stanbul_x?=", "İstanbul x"),
     ],
 )
 def test_subject_tag_in_encoded_words_is_found_and_the_field_written_anew(

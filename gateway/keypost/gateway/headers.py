@@ -130,10 +130,11 @@ def _encoded_without_tag(field: bytes, tag: str, eol: bytes) -> bytes | None:
             " ".join(raw.decode("utf-8", "replace").split()))))
     except (email.errors.MessageError, LookupError, ValueError):
         return None  # unreadable words (an unknown charset): no request can be read there
-    start = text.lower().find(tag.lower())
-    if start < 0:
+    # a case-blind search in the text itself: lower-casing may change its length ("İ")
+    found = re.search(re.escape(tag), text, re.IGNORECASE)
+    if found is None:
         return None
-    end = start + len(tag)
+    start, end = found.span()
     if text[end : end + 1].isspace():
         end += 1
     elif text[start - 1 : start].isspace():
