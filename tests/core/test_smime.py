@@ -12,6 +12,7 @@ import functools
 import re
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.padding import AsymmetricPadding
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.serialization import (
 )
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from pki_util import PrivateKey
 from pyasn1.codec.der import decoder as der_decoder
 from pyasn1_modules import rfc5652
 from test_smime_pki import Gateway, container, directory_ca, ec_certificate, gateway
@@ -1091,3 +1093,82 @@ def test_format_flowed_text_survives_encryption_and_signing_byte_for_byte() -> N
     part = email.message_from_bytes(result.content)
     assert part.get_param("format") == "flowed"
     assert part.get_payload(decode=True) == FLOWED_BODY
+
+
+def _openssl_sha1_intermediate(
+    root: x509.Certificate, root_key: PrivateKey, inter_key: rsa.RSAPrivateKey
+) -> x509.Certificate:
+    """An intermediate CA certificate the root signs with sha1WithRSA/ecdsa-with-SHA1:
+    cryptography no longer signs with SHA-1, openssl still does."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from pki_util import key_pem
+
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
+        (d / "root.key").write_bytes(key_pem(root_key))
+        (d / "inter.key").write_bytes(key_pem(inter_key))
+        (d / "ext").write_text("basicConstraints=critical,CA:TRUE\n"
+                               "keyUsage=critical,keyCertSign,cRLSign\n")
+        csr = subprocess.run(["openssl", "req", "-new", "-key", d / "inter.key", "-subj",
+                              "/CN=genuine intermediate"], capture_output=True, check=True)
+        subprocess.run(["openssl", "x509", "-req", "-sha1", "-days", "20", "-CA", d / "root.pem",
+                        "-CAkey", d / "root.key", "-set_serial", "7", "-extfile", d / "ext",
+                        "-out", d / "inter.pem"], input=csr.stdout, capture_output=True,
+                       check=True)
+        return x509.load_pem_x509_certificate((d / "inter.pem").read_bytes())
+
+
+def _through_intermediate(
+    inter_key_bits: int = 2048, sha1: bool = False, root_path_length: int | None = None,
+) -> smime.SignatureResult:
+    """alice's genuine certificate from an intermediate the SignedData carries, under a
+    root given as the only anchor; the intermediate's key size, the hash the root signs it
+    with and the root's pathLenConstraint as asked."""
+    from pki_util import _builder, email_cert, make_ca, name, rsa_key
+
+    root_key, root = make_ca("genuine root", rsa_key())  # openssl and cryptography verify
+    # sha1WithRSAEncryption; ecdsa-with-SHA1 cryptography refuses to verify at all
+    if root_path_length is not None:
+        root = (_builder(root.subject, root.subject, root_key, 30)
+                .add_extension(x509.BasicConstraints(True, root_path_length), critical=True)
+                .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                             False, False), critical=True)
+                .sign(root_key, hashes.SHA256()))
+    inter_key = rsa_key(inter_key_bits)
+    builder = (_builder(name("genuine intermediate"), root.subject, inter_key, 20)
+               .add_extension(x509.BasicConstraints(True, None), critical=True)
+               .add_extension(x509.KeyUsage(False, False, False, False, False, True, True,
+                                            False, False), critical=True))
+    inter = (builder.sign(root_key, hashes.SHA256()) if not sha1 else
+             _openssl_sha1_intermediate(root, root_key, inter_key))
+    alice_key, alice = email_cert((inter_key, inter), "alice@a.example")
+    signed = smime.sign_message(_fresh_message(), alice_key, alice, [inter])
+    return smime.verify_signed(signed, [root])
+
+
+def test_a_weak_intermediate_is_refused() -> None:
+    """The algorithm floor holds for every certificate of the path: an RSA-1024
+    intermediate, or one its root signed with SHA-1, vouched for the signer as if it
+    were strong (only the signer and the anchor were checked)."""
+    assert _through_intermediate().ok, _through_intermediate().reasons
+    weak_key = _through_intermediate(inter_key_bits=1024)
+    assert not weak_key.ok
+    assert ("intermediate certificate key is RSA-1024; at least RSA-2048 is required"
+            in weak_key.reasons)
+    sha1 = _through_intermediate(sha1=True)
+    assert not sha1.ok
+    assert "intermediate certificate is signed with SHA1, which is not accepted" in sha1.reasons
+
+
+def test_an_intermediate_under_a_root_with_path_length_zero_is_refused() -> None:
+    """RFC 5280 4.2.1.9: a root with pathLenConstraint 0 issues end entities only (the
+    directory CA is one); an intermediate under it passed."""
+    assert _through_intermediate(root_path_length=1).ok
+    result = _through_intermediate(root_path_length=0)
+    assert not result.ok
+    assert ("trust anchor's pathLenConstraint 0 allows no intermediate certificate"
+            in result.reasons)

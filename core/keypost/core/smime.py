@@ -893,7 +893,10 @@ def _chain_problems(
             if anchor is not None:
                 reasons = (inter_reasons + checks.validity_problems(inter, now)
                            + checks.ca_problems(inter, "intermediate certificate")
-                           + checks.critical_problems(inter))
+                           + checks.critical_problems(inter)
+                           # the algorithm floor holds for the whole path, not only its ends
+                           + checks.algorithm_problems(inter, "intermediate certificate")
+                           + checks.path_length_problems(anchor))
                 break
     if anchor is None:
         return reasons

@@ -247,6 +247,18 @@ def ca_problems(cert: x509.Certificate, what: str) -> list[str]:
     return reasons
 
 
+def path_length_problems(anchor: x509.Certificate) -> list[str]:
+    """Why `anchor` may not issue an intermediate certificate: RFC 5280 4.2.1.9, a
+    pathLenConstraint of 0 allows end-entity certificates only (the directory CA's)."""
+    try:
+        constraints = anchor.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        return []  # ca_problems refuses such an anchor
+    if constraints.path_length == 0:
+        return ["trust anchor's pathLenConstraint 0 allows no intermediate certificate"]
+    return []
+
+
 def _anchor_named(anchor: x509.Certificate, issuer: x509.Name) -> bool | None:
     """Is `issuer` the anchor's subject? None: the anchor's name cannot be read."""
     try:
