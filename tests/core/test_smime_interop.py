@@ -540,6 +540,33 @@ def test_openssl_rsa_pss_with_a_changed_signature_fails(tmp_path: Path) -> None:
     assert "the signature does not verify with the signer's certificate" in result.reasons
 
 
+@pytest.mark.parametrize("salt", [2**31, 2**64, 10**40])
+def test_openssl_rsa_pss_with_a_huge_salt_length_is_a_reason(tmp_path: Path, salt: int) -> None:
+    """A saltLength no RSA key can hold: cryptography raised OverflowError converting it
+    (no ValueError), and verify_signed, which never raises for a bad message, raised it."""
+    from pyasn1.codec.ber import decoder as ber_decoder
+    from pyasn1.codec.der import encoder as der_encoder
+    from pyasn1_modules import rfc5652
+
+    from keypost.core import cms
+    from keypost.core.x509_ext import der_tlv
+
+    message, _ = _openssl_signed(tmp_path, "-md", "sha256", *PSS)
+    head, b64, tail = re.split(rb"(?<=\n\n)([A-Za-z0-9+/=\n]{300,})(?=\n-)", message)
+    info, _ = ber_decoder.decode(base64.b64decode(b64), asn1Spec=rfc5652.ContentInfo())
+    signed, _ = ber_decoder.decode(info["content"], asn1Spec=rfc5652.SignedData())
+    sha256 = der_tlv(0x30, der_tlv(0x06, cms.OID_SHA256))
+    params = der_tlv(0x30, der_tlv(0xA0, sha256)
+                     + der_tlv(0xA1, der_tlv(0x30, der_tlv(0x06, cms.OID_MGF1) + sha256))
+                     + der_tlv(0xA2, cms._der_int(salt)))
+    signed["signerInfos"][0]["signatureAlgorithm"]["parameters"] = params
+    info["content"] = der_encoder.encode(signed)
+    changed = head + base64.encodebytes(der_encoder.encode(info)) + tail
+    result = smime.verify_signed(changed, [directory_ca().certificate])
+    assert not result.ok
+    assert "unsupported RSASSA-PSS parameters: a salt of more than 2048 octets" in result.reasons
+
+
 def test_openssl_rsa_pss_with_sha1_is_refused(tmp_path: Path) -> None:
     """SHA-1 is refused in PSS as everywhere else in signatures, also when only MGF1 uses it."""
     for opts in (("-md", "sha1", *PSS), ("-md", "sha256", *PSS, "-keyopt", "rsa_mgf1_md:sha1")):

@@ -828,12 +828,21 @@ def _find_signer(
     return None
 
 
+# The longest salt a PSS signature can carry: less than the modulus, and RSA keys have
+# at most 16384 bits in practice (OpenSSL's own limit for RSA operations).
+MAX_PSS_SALT = 2048
+
+
 def _pss_scheme(params: cms.PssParams) -> tuple[padding.PSS, hashes.HashAlgorithm] | str:
     """RSASSA-PSS-params as cryptography's padding and hash, or why they are refused. SHA-1
     is refused here as in every signature (also as MGF1's hash, though MGF1 needs no
     collision resistance: no signer needs it, openssl uses the signature's hash)."""
     if cms.OID_SHA1 in (params.digest_oid, params.mgf_digest_oid):
         return "RSASSA-PSS with SHA-1 is refused (SHA-256/384/512)"
+    if params.salt_length > MAX_PSS_SALT:
+        # cryptography converts it to a C int: a larger one raised OverflowError, which
+        # no caller expects (a salt longer than the modulus is refused by its own check)
+        return f"unsupported RSASSA-PSS parameters: a salt of more than {MAX_PSS_SALT} octets"
     digest = cms.DIGESTS.get(params.digest_oid)
     mgf_digest = cms.DIGESTS.get(params.mgf_digest_oid or b"")
     if digest is None or mgf_digest is None or params.trailer_field != 1:
