@@ -332,3 +332,46 @@ def test_transport_safe_keeps_an_attached_message_a_message() -> None:
     headers, body = mime.split_entity(mime.transport_safe(part + raw_subject))
     assert mime.find_header(headers, "Content-Transfer-Encoding").value == "base64"  # type: ignore[union-attr]
     assert base64.b64decode(bytes(body)) == raw_subject
+
+
+def _nested(depth: int, leaf: bytes, newline: bytes = b"\n") -> bytes:
+    """`leaf` inside `depth` multipart/mixed levels, with `newline` line ends."""
+    entity = leaf
+    for level in range(depth):
+        b = b"b%d" % level
+        entity = (b"Content-Type: multipart/mixed; boundary=" + b + b"\n\n--" + b + b"\n"
+                  + entity + b"\n--" + b + b"--\n")
+    return entity.replace(b"\n", newline)
+
+
+_BINARY_LEAF = b"Content-Type: application/octet-stream\nContent-Transfer-Encoding: binary\n\nx\n"
+_8BIT_LEAF = (b"Content-Type: text/plain; charset=utf-8\nContent-Transfer-Encoding: 8bit\n\n"
+              b"\xc3\xa4\n")
+
+
+def test_mime_nested_beyond_the_limit_is_a_clear_error_not_a_recursion_error() -> None:
+    """canonical() (LF text with a binary part) and transport_safe() (an 8-bit leaf)
+    recursed once per multipart level: ~1,000 levels (76 KB) raised RecursionError, from
+    decrypt_message too, for a message anyone can encrypt to a gateway's container."""
+    ok = _nested(mime.MAX_DEPTH, _BINARY_LEAF)
+    done = mime.canonical(ok)  # every line CRLF but the binary part's bytes
+    assert b"binary\r\n\r\nx\n\r\n--b0--\r\n" in done and done.endswith(b"--b29--\r\n")
+    assert b"quoted-printable" in mime.transport_safe(_nested(mime.MAX_DEPTH, _8BIT_LEAF, b"\r\n"))
+    for depth in (mime.MAX_DEPTH + 1, 1200):
+        with pytest.raises(SmimeError, match="MIME parts nested deeper than"):
+            mime.canonical(_nested(depth, _BINARY_LEAF))
+        with pytest.raises(SmimeError, match="MIME parts nested deeper than"):
+            mime.transport_safe(_nested(depth, _8BIT_LEAF, b"\r\n"))
+
+
+def test_decrypting_mime_nested_too_deep_is_an_smime_error() -> None:
+    from keypost.core import cms
+
+    gw = gateway()
+    bob = container("bob@b.example", gw)
+    der = cms.build_enveloped(_nested(1200, _BINARY_LEAF), [bob], smime.choose_cipher([bob]))
+    message = (b"From: a@a.example\r\nTo: bob@b.example\r\nMIME-Version: 1.0\r\n"
+               b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+               b"Content-Transfer-Encoding: base64\r\n\r\n" + mime.b64_lines(der))
+    with pytest.raises(SmimeError, match="MIME parts nested deeper than"):
+        smime.Decryptor([gw.key]).decrypt_message(message)

@@ -23,6 +23,9 @@ from keypost.core.errors import SmimeError
 
 CRLF = b"\r\n"
 LINE = 76  # RFC 2045 6.8: encoded lines are at most 76 characters
+# Multipart (and message/rfc822) levels the recursive walks below descend: no client
+# nests this deep, and ~1,000 levels (76 KB of mail) exhausted Python's stack.
+MAX_DEPTH = 30
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,13 @@ def canonical(entity: bytes) -> bytes:
     return _canonical_parts(entity)
 
 
-def _canonical_parts(entity: bytes) -> bytes:
+def _too_deep(depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise SmimeError(f"MIME parts nested deeper than {MAX_DEPTH} levels")
+
+
+def _canonical_parts(entity: bytes, depth: int = 0) -> bytes:
+    _too_deep(depth)
     headers, view = split_entity(entity)
     head = header_lines(headers) + CRLF
     if is_binary(headers):
@@ -153,7 +162,7 @@ def _canonical_parts(entity: bytes) -> bytes:
     if content_type_of(headers).mime_type.startswith("multipart/") and boundary:
         split = split_multipart(body, boundary)
         if split.parts:
-            parts = [_canonical_parts(p) for p in split.parts]
+            parts = [_canonical_parts(p, depth + 1) for p in split.parts]
             return head + join_multipart(to_crlf(split.preamble), parts, boundary)
     return head + to_crlf(body)
 
@@ -501,11 +510,12 @@ def _seven_bit_safe(body: bytes) -> bool:
 _BARE_CR = re.compile(rb"\r(?!\n)")
 
 
-def transport_safe(entity: bytes) -> bytes:
+def transport_safe(entity: bytes, depth: int = 0) -> bytes:
     """Re-encode a CRLF entity so that transport cannot alter it (RFC 8551 3.1.2): unsafe
     text leaves become quoted-printable, other unsafe leaves base64; multiparts recurse.
     Safe entities come back unchanged, and so does a multipart/signed: a byte changed
     inside it would break the signature it carries."""
+    _too_deep(depth)
     headers, view = split_entity(entity)
     ctype = content_type_of(headers)
     if ctype.mime_type == "multipart/signed":
@@ -516,7 +526,7 @@ def transport_safe(entity: bytes) -> bytes:
         split = split_multipart(body, boundary)
         if not split.parts:
             return entity
-        parts = [transport_safe(p) for p in split.parts]
+        parts = [transport_safe(p, depth + 1) for p in split.parts]
         if parts == split.parts and split.closed:
             return entity
         preamble = split.preamble if _seven_bit_safe(split.preamble) else b""
@@ -525,20 +535,20 @@ def transport_safe(entity: bytes) -> bytes:
     encoding = cte.value.lower() if cte else "7bit"
     if encoding in ("base64", "quoted-printable") or _seven_bit_safe(body):
         return entity
-    new_cte, encoded = _safe_body(ctype.mime_type, body)
+    new_cte, encoded = _safe_body(ctype.mime_type, body, depth)
     kept = [h for h in headers if h.key != "content-transfer-encoding"]
     field = f"Content-Transfer-Encoding: {new_cte}".encode()
     kept.append(Header("Content-Transfer-Encoding", field))
     return header_lines(kept) + CRLF + encoded
 
 
-def _safe_body(mime_type: str, body: bytes) -> tuple[str, bytes]:
+def _safe_body(mime_type: str, body: bytes, depth: int) -> tuple[str, bytes]:
     """(Content-Transfer-Encoding, encoded body) for a leaf that transport could alter."""
     if mime_type == "message/rfc822":
         # RFC 2046 5.2.1: no base64 or quoted-printable for an attached message; its own
         # parts are made safe instead. An 8-bit header block inside cannot be (RFC 2047
         # would change it): base64 then, which readers still open, rather than 8-bit mail.
-        inner = transport_safe(body)
+        inner = transport_safe(body, depth + 1)
         if _seven_bit_safe(inner):
             return "7bit", inner
     if not mime_type.startswith("text/"):
