@@ -284,3 +284,20 @@ def test_no_profile_says_the_asked_for_prefs_were_not_set(tmp_path: Path) -> Non
     lines.clear()
     install(Environment("linux", tmp_path, {}), InstallOptions(), log=lines.append)
     assert not any("not set" in line for line in lines)  # nothing asked, nothing to say
+
+
+def test_relative_xdg_variables_are_ignored(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """XDG Base Directory spec: a relative XDG_DATA_HOME or XDG_CONFIG_HOME is invalid and
+    ignored. Taken as it was, install failed with "launcher path must be absolute" after
+    writing nothing useful, and profiles were looked for (and the add-on and user.js
+    written) under whatever folder the installer happened to be started in."""
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    profile = _profile_home(home)
+    stray = _profile_home(cwd, "cfg/thunderbird")  # a profiles.ini relative to the cwd
+    monkeypatch.chdir(cwd)
+    env = Environment("linux", home, {"XDG_DATA_HOME": "data", "XDG_CONFIG_HOME": "cfg"})
+    result = install(env, InstallOptions(python="/opt/py/bin/python3"), log=_quiet)
+    assert result.launcher == home / ".local/share/keypost/keypost-host"
+    assert result.profiles == (profile,)
+    assert not (stray / "extensions").exists() and not (cwd / "data").exists()

@@ -106,10 +106,15 @@ class Environment:
         return Environment(current_os(), Path.home(), dict(os.environ))
 
     def expand(self, template: str, name: str = HOST_NAME) -> Path:
-        """Fill {HOME}, {XDG_*}, {APPDATA}, ... ; empty environment values count as unset."""
+        """Fill {HOME}, {XDG_*}, {APPDATA}, ... ; empty environment values count as unset,
+        and so do relative XDG_* ones (the XDG Base Directory spec: such a path is invalid
+        and ignored); taken as they were, they named folders under the current directory."""
         values: dict[str, str] = {"HOME": str(self.home), "name": name}
         for var, default in _DEFAULTS.items():
-            values[var] = self.environ.get(var) or default.format(HOME=self.home)
+            value = self.environ.get(var, "")
+            if var.startswith("XDG_") and not value.startswith("/"):
+                value = ""
+            values[var] = value or default.format(HOME=self.home)
         return Path(template.format(**values))
 
     def native_host_dirs(self, scope: Scope) -> list[Path]:
