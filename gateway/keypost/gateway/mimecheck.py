@@ -11,7 +11,9 @@ import re
 from keypost.core import mime
 from keypost.gateway import headers
 
-MAX_DEPTH = 30  # nested multiparts deeper than this are not mail but an attack on parsers
+# Nested multiparts deeper than the core's walks descend are not mail but an attack on
+# parsers; one limit, so what this check admits the core can decrypt, sign and re-encrypt.
+MAX_DEPTH = mime.MAX_DEPTH
 _FIELD = re.compile(rb"^[!-9;-~]+[ \t]*:")
 _BASE64 = re.compile(rb"[A-Za-z0-9+/]*=*")
 
