@@ -53,6 +53,18 @@ def test_environment_overrides(clean_env: Path, monkeypatch: pytest.MonkeyPatch)
     assert paths.cache_dir() == clean_env / "k"
 
 
+def test_relative_xdg_variables_are_ignored(clean_env: Path, monkeypatch: pytest.MonkeyPatch
+                                            ) -> None:
+    """The XDG Base Directory spec: a relative path is invalid and must be ignored. Taken
+    as it was, the host (started by Thunderbird in whatever folder) kept its configuration
+    and container cache under its current directory."""
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setenv("XDG_CACHE_HOME", "xc")
+    monkeypatch.setenv("XDG_CONFIG_HOME", "./xf")
+    assert paths.cache_dir() == clean_env / ".cache/keypost"
+    assert paths.config_dir() == clean_env / ".config/keypost"
+
+
 def test_a_default_host_caches_containers_in_the_user_cache_dir(
     clean_env: Path, monkeypatch: pytest.MonkeyPatch, memory_keyring: MemoryKeyring,
     ca: DirectoryCA, gateway_keys: Any,

@@ -21,7 +21,7 @@ def config_dir() -> Path:
         return Path(os.environ.get("APPDATA") or home / "AppData" / "Roaming") / APP
     if sys.platform == "darwin":
         return home / "Library" / "Application Support" / APP
-    return Path(os.environ.get("XDG_CONFIG_HOME") or home / ".config") / APP
+    return _xdg("XDG_CONFIG_HOME", home / ".config") / APP
 
 
 def cache_dir() -> Path:
@@ -35,7 +35,14 @@ def cache_dir() -> Path:
         return Path(local) / APP / "Cache"
     if sys.platform == "darwin":
         return home / "Library" / "Caches" / APP
-    return Path(os.environ.get("XDG_CACHE_HOME") or home / ".cache") / APP
+    return _xdg("XDG_CACHE_HOME", home / ".cache") / APP
+
+
+def _xdg(variable: str, default: Path) -> Path:
+    """An XDG base directory: unset, empty and relative values are ignored, as the XDG Base
+    Directory spec says (a relative one would put our files under the current folder)."""
+    value = os.environ.get(variable, "")
+    return Path(value) if os.path.isabs(value) else default
 
 
 def write_private(path: Path, data: bytes) -> None:
