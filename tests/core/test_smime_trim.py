@@ -65,7 +65,13 @@ def encrypted(tmp: Path, certs: list[x509.Certificate], *options: str) -> bytes:
 def opens(tmp: Path, message: bytes, key: Key, cert: x509.Certificate | None = None
           ) -> bytes | None:
     """`openssl cms -decrypt` with `key` alone (tried on every RecipientInfo; with `cert`,
-    on those naming it): the content, or None when it does not open."""
+    on those naming it): the content, or None when it does not open.
+
+    Without `cert` a key that no RecipientInfo names can still "open" the message to
+    garbage: a failed RSA unwrap goes on with a random content key (openssl's
+    Bleichenbacher countermeasure), and a random key passes AES-CBC's padding check about
+    once in 256. So checks that a key cannot read the message compare with the content
+    (`!= ENTITY`); `is None` holds only with `cert`."""
     msg = _pem(tmp, "trimmed.eml", message)
     named = ["-recip", str(_cert_file(tmp, cert))] if cert is not None else []
     done = _run("openssl", "cms", "-decrypt", "-in", msg, "-inkey",
@@ -114,7 +120,7 @@ def test_only_the_kept_recipients_are_named_and_each_still_opens_it(
     assert text.count("d.ktri:") == 2
     assert opens(tmp_path, trimmed, ann_key) == ENTITY
     assert opens(tmp_path, trimmed, cat_key) == ENTITY
-    assert opens(tmp_path, trimmed, ben_key) is None
+    assert opens(tmp_path, trimmed, ben_key) != ENTITY
     # the headers as they were, the body base64 in 76-column lines with the message's LF
     head, _, body = trimmed.partition(b"\n\n")
     assert head == message.partition(b"\n\n")[0]
@@ -135,8 +141,8 @@ def test_recipients_named_by_key_identifier(tmp_path: Path) -> None:
     # only v2 (SKI) KeyTransRecipientInfos remain: EnvelopedData version 2 (RFC 5652 6.1)
     assert "version: 2" in text.split("recipientInfos:")[0]
     assert opens(tmp_path, trimmed, ben_key) == ENTITY
-    assert opens(tmp_path, trimmed, ann_key) is None
-    assert opens(tmp_path, trimmed, cat_key) is None
+    assert opens(tmp_path, trimmed, ann_key) != ENTITY
+    assert opens(tmp_path, trimmed, cat_key) != ENTITY
 
 
 @pytest.mark.parametrize("options", [["-aes256"], ["-aes-128-gcm", "-stream"]],
@@ -155,7 +161,7 @@ def test_key_agreement_recipients_go_and_the_version_follows(
     assert "d.kari:" not in text and serials(text) == {ann.serial_number}
     assert "version: 0" in text.split("recipientInfos:")[0]
     assert opens(tmp_path, trimmed, ann_key) == ENTITY
-    assert opens(tmp_path, trimmed, dan_key) is None
+    assert opens(tmp_path, trimmed, dan_key) != ENTITY
     kept = smime.trim_recipients(message, [eli])
     text = printed(tmp_path, kept)
     assert text.count("d.kari:") == 1 and "d.ktri:" not in text and serials(text) == {
@@ -163,7 +169,7 @@ def test_key_agreement_recipients_go_and_the_version_follows(
     if "gcm" not in options[0]:  # AuthEnvelopedData is always version 0 (RFC 5083)
         assert "version: 2" in text.split("recipientInfos:")[0]
     assert opens(tmp_path, kept, eli_key) == ENTITY
-    assert opens(tmp_path, kept, dan_key) is None and opens(tmp_path, kept, ann_key) is None
+    assert opens(tmp_path, kept, dan_key) != ENTITY and opens(tmp_path, kept, ann_key) != ENTITY
 
 
 def _shared_agreement(certs: list[x509.Certificate], cek: bytes) -> bytes:
@@ -218,7 +224,7 @@ def test_keys_inside_one_key_agreement_are_kept_one_by_one(tmp_path: Path) -> No
     assert opens(tmp_path, trimmed, eli_key) == ENTITY  # now the first one
     assert opens(tmp_path, trimmed, eli_key, eli) == ENTITY
     assert opens(tmp_path, trimmed, dan_key, dan) is None
-    assert opens(tmp_path, trimmed, dan_key) is None
+    assert opens(tmp_path, trimmed, dan_key) != ENTITY
 
 
 def test_what_names_no_one_else_is_returned_as_it_is(tmp_path: Path) -> None:
