@@ -140,7 +140,46 @@ def test_a_requestor_without_identity_never_gets_a_kept_container(
     controller.flush()
     assert len(controller._cache) == 0 and controller._answers == {}
     assert len(controller.store.audit()) == 4  # audited all the same
-    assert controller.store.issued_addresses(NOW) == set()
+    assert controller.store.issued_holders(NOW) == set()
+
+
+def test_a_miss_costs_the_same_whoever_else_looked_the_address_up(
+        controller: Controller, ca: DirectoryCA) -> None:
+    """A miss asks the store only when it may hold a container of *this* requestor: keyed by
+    the address alone, a prober's first look-up of an address someone else had looked up
+    cost one more SQLite query than that of an address nobody had, a timing oracle for
+    "this mailbox is in use" (the very fact per-requestor containers keep from probers).
+    Counted on the real store, before and after a restart, instead of timed."""
+    queries: list[CacheKey] = []
+
+    def counting(store: SqliteStore) -> None:
+        real = store.issued
+
+        def issued(key: CacheKey) -> IssuedRecord | None:
+            queries.append(key)
+            return real(key)
+        store.issued = issued  # type: ignore[method-assign]
+
+    assert isinstance(controller.store, SqliteStore)
+    counting(controller.store)
+    victim, prober = requestor_of(None, "192.0.2.1"), requestor_of(None, "192.0.2.66")
+    serial(controller, victim)
+    controller.flush()
+    serial(controller, prober)  # its first look-up of an address in use
+    assert queries == []
+    restarted = Controller(controller.store, ca, recheck_seconds=0)
+    serial(restarted, requestor_of(None, "192.0.2.67"))
+    assert queries == []
+    # ... while a requestor's own container is still taken from the store
+    first = serial(restarted, victim)
+    assert [q.requestor for q in queries] == [requestor_key("peer:192.0.2.1")]
+    restarted.purged(NOW)  # the set reloaded after a purge keeps the same rule
+    restarted._cache.clear()
+    restarted._answers.clear()
+    queries.clear()
+    serial(restarted, requestor_of(None, "192.0.2.68"))
+    assert queries == []
+    assert serial(restarted, victim) == first
 
 
 def test_rekey_drops_the_containers_of_every_requestor(
@@ -214,7 +253,7 @@ def test_migration_drops_containers_issued_before_the_requestor_key(tmp_path: Pa
     db.close()
     store = SqliteStore(tmp_path / "d.db")
     assert store.schema_version() == len(MIGRATIONS) >= 3
-    assert store.issued_addresses(NOW) == set()  # shared rows are gone, not adopted
+    assert store.issued_holders(NOW) == set()  # shared rows are gone, not adopted
     # a row without a requestor (the column's default) is served to nobody
     store._db.execute("INSERT INTO issued (address_key, role, gateway_fingerprint, purpose,"
                       " serial, der, not_before, not_after) VALUES ('a@example.com',"

@@ -355,10 +355,13 @@ class Controller:
         # case it cannot, a miss here does not take them from the store (by serial).
         self._retracted: list[IssuedRecord] = []
         self._retracted_serials: set[int] = set()
-        # Address keys the store may hold a container for (loaded on the first miss,
-        # grown on every issue, reloaded after a purge): a miss for a new address then
-        # skips the store query, which cost as much as a fifth of signing the container.
-        self._stored: set[str] | None = None
+        # (address key, requestor) pairs the store may hold a container for (loaded on the
+        # first miss, grown on every issue, reloaded after a purge): a miss for a new
+        # address then skips the store query, which cost as much as a fifth of signing the
+        # container. Per requestor, not per address: else a prober's miss cost that query
+        # for an address someone else had looked up, and not for one nobody had, a timing
+        # oracle for "this mailbox is in use" (what per-requestor containers hide).
+        self._stored: set[tuple[str, str]] | None = None
         self._snapshot: _Snapshot | None = None
         # How often to ask the store whether the CLI changed keys (a cheap query, but
         # not free at tens of thousands of searches a second; 50 ms is "at once" for
@@ -521,8 +524,9 @@ class Controller:
             return hit
         known = self._stored
         if known is None:
-            known = self._stored = self.store.issued_addresses(now)
-        stored = self.store.issued(key) if key.address_key in known else None
+            known = self._stored = self.store.issued_holders(now)
+        holder = (key.address_key, who)
+        stored = self.store.issued(key) if holder in known else None
         if stored is not None and stored.serial not in self._retracted_serials:
             c = Container(role, stored.der, stored.serial, stored.not_before, stored.not_after,
                           domain)
@@ -532,7 +536,7 @@ class Controller:
                 return c
         c = self._issue(requestor, address, role, domain, purpose, gateway, now)
         self._pending_issued.append(IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
-        known.add(key.address_key)
+        known.add(holder)
         self._remember(key, c)
         return c
 
@@ -678,10 +682,10 @@ class Controller:
         return dropped
 
     def purged(self, now: dt.datetime) -> None:
-        """The stored containers were purged at `now`: the set of stored addresses shrinks
-        with the table (those not yet flushed stay)."""
-        self._stored = self.store.issued_addresses(now) | {
-            r.key.address_key for r in self._unwritten_issued()}
+        """The stored containers were purged at `now`: the set of stored (address,
+        requestor) pairs shrinks with the table (those not yet flushed stay)."""
+        self._stored = self.store.issued_holders(now) | {
+            (r.key.address_key, r.key.requestor) for r in self._unwritten_issued()}
 
 
 def _half_life(container: Container) -> dt.datetime:

@@ -182,9 +182,10 @@ class Store(Protocol):
         """The latest stored container for `key` (all five parts equal), if any."""
         ...
 
-    def issued_addresses(self, now: dt.datetime) -> set[str]:
-        """Address keys with an issued container still valid at `now`, for any requestor
-        (the controller asks the store per miss only for these)."""
+    def issued_holders(self, now: dt.datetime) -> set[tuple[str, str]]:
+        """(address key, requestor) of every issued container still valid at `now` (the
+        controller asks the store on a miss only for these: per requestor, so that whether
+        it asks does not depend on what others looked up)."""
         ...
 
     def ensure_serial_indexes(self) -> None:

@@ -595,10 +595,11 @@ class SqliteStore:
             return None
         return IssuedRecord(key, bytes(row[1]), int(row[0]), _dt(row[2]), _dt(row[3]))
 
-    def issued_addresses(self, now: dt.datetime) -> set[str]:
+    def issued_holders(self, now: dt.datetime) -> set[tuple[str, str]]:
         rows = self._db.execute(
-            "SELECT DISTINCT address_key FROM issued WHERE not_after > ?", (_ts(now),))
-        return {r[0] for r in rows}
+            "SELECT DISTINCT address_key, requestor FROM issued WHERE not_after > ?",
+            (_ts(now),))
+        return {(str(key), str(who)) for key, who in rows}
 
     def ensure_serial_indexes(self) -> None:
         """Index containers and audit records by serial, once (the first GET /v1/bindings;
