@@ -509,3 +509,30 @@ def test_a_user_account_of_two_domains_is_refused_before_the_password_is_asked(
                           timeout=60, start_new_session=True)
     assert done.returncode == 1
     assert "a user account has exactly one domain" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("key", "extensions", "problem"), [
+    ("rsa:1024", [], "RSA-1024"),
+    ("ec:P-224", [], "P-224"),
+    ("rsa:2048", ["keyUsage=critical,digitalSignature"], "keyEncipherment"),
+    ("rsa:2048", ["extendedKeyUsage=serverAuth"], "emailProtection"),
+    ("rsa:2048", ["basicConstraints=critical,CA:TRUE"], "CA certificate"),
+])
+def test_genuine_add_refuses_a_certificate_nobody_can_encrypt_to(
+        data: Path, tmp_path: Path, key: str, extensions: list[str], problem: str) -> None:
+    """It was stored and handed out to everyone as the mailbox's end-to-end certificate:
+    the host skips it (its own check), other clients fail to encrypt to it or refuse the
+    whole message. Certificates made by openssl req, as an operator would."""
+    algorithm, _, size = key.partition(":")
+    new_key = ["-newkey", f"rsa:{size}"] if algorithm == "rsa" else [
+        "-newkey", "ec", "-pkeyopt", f"ec_paramgen_curve:{size}"]
+    path = tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", *new_key, "-nodes", "-keyout",
+                    str(tmp_path / "key.pem"), "-out", str(path), "-subj", "/CN=Gil",
+                    "-days", "30", "-addext", "subjectAltName=email:gil@example.net",
+                    *[arg for ext in extensions for arg in ("-addext", ext)]],
+                   check=True, capture_output=True)
+    line = one_line_error("directory", "genuine", "add", str(path), "--data", str(data))
+    assert problem in line and str(path) in line, line
+    assert "no genuine certificate" in one_line_error(
+        "directory", "genuine", "remove", "gil@example.net", "--data", str(data))

@@ -27,8 +27,8 @@ from keypost.core.containers import (
     to_pem,
 )
 from keypost.core.errors import AddressError, KeypostError
-from keypost.core.types import DEFAULT_CAPABILITIES, Capability
-from keypost.core.x509_checks import smime_key_problem
+from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose
+from keypost.core.x509_checks import public_key, smime_key_problem, usage_problems
 from keypost.directory.accounts import MAX_NAME, MAX_PASSWORD, hash_password
 from keypost.directory.config import (
     DataDir,
@@ -191,6 +191,7 @@ def genuine_records(path: Path | str) -> tuple[list[GenuineRecord], list[Genuine
         if cert.not_valid_before_utc > now + CLOCK_SKEW:
             raise DirectoryError(f"{path}: certificate not valid before "
                                  f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: add it then")
+        _refuse_unusable(path, cert)
         keys = tuple(dict.fromkeys(_cert_addresses(cert)))
         if not keys:
             raise DirectoryError(f"{path}: certificate names no e-mail address (SAN rfc822Name)")
@@ -199,6 +200,18 @@ def genuine_records(path: Path | str) -> tuple[list[GenuineRecord], list[Genuine
         records += [GenuineRecord(k, der, fp, cert.not_valid_after_utc) for k in keys]
         added.append(GenuineAdded(keys, fp))
     return records, added
+
+
+def _refuse_unusable(path: Path | str, cert: x509.Certificate) -> None:
+    """A genuine certificate is handed to everyone to encrypt to: one the S/MIME engine
+    cannot encrypt to (an RSA-1024 or EC P-224 key) or that its key usage, extended key
+    usage or CA flag keeps from encrypting mail is refused, by the checks the host applies
+    to what the directory sends (it skips such a certificate; other clients failed)."""
+    problems = [p for p in (smime_key_problem(public_key(cert), "the certificate"),)
+                if p is not None] + usage_problems(cert, Purpose.ENCRYPT, required=False)
+    if problems:
+        raise DirectoryError(f"{path}: not a certificate to encrypt mail to: "
+                             + "; ".join(problems))
 
 
 def _cert_addresses(cert: x509.Certificate) -> list[str]:
