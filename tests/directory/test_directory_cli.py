@@ -444,6 +444,28 @@ def test_an_ec_encryption_key_is_registered_and_one_without_key_agreement_refuse
     assert "EC P-224" in line and "P-256, P-384 or P-521" in line, line
 
 
+def test_a_signing_key_on_a_curve_mail_clients_cannot_verify_is_refused(
+    data: Path, tmp_path: Path
+) -> None:
+    """A P-224 or secp256k1 signing key was registered, and the domain's gateway signed
+    mail with its containers that Thunderbird (NSS) and other mail clients cannot verify:
+    they know ECDSA on P-256, P-384 and P-521 only (RFC 8551 2.2 requires P-256)."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    _, enc = write_rsa(tmp_path / "enc.pem")
+    for curve, shown in ((ec.SECP224R1(), "EC P-224"), (ec.SECP256K1(), "secp256k1")):
+        signing = _ec_public(tmp_path / f"{curve.name}.pub", curve)
+        line = one_line_error("directory", "domain", "add", "sig224.example",
+                              "--encryption-cert", str(enc), "--signing-cert", str(signing),
+                              "--data", str(data))
+        assert shown in line and "P-256, P-384 or P-521" in line and str(signing) in line, line
+    assert "sig224.example" not in keypost("directory", "domain", "list",
+                                           "--data", str(data)).stdout
+    p256 = _ec_public(tmp_path / "p256.pub", ec.SECP256R1())
+    keypost("directory", "domain", "add", "sig256.example", "--encryption-cert", str(enc),
+            "--signing-cert", str(p256), "--data", str(data))
+
+
 def test_a_gateway_account_of_several_domains_is_added_listed_and_changed(
         tmp_path: Path) -> None:
     """One gateway serving several domains has one account standing for all of them;
