@@ -98,7 +98,11 @@ def test_genuine_add_and_remove(data: Path, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args, expected", [
     (["domain", "add", "x.org", "--encryption-cert", "/nonexistent.pem"], "cannot read"),
-    (["domain", "add", "x.org", "--encryption-cert", "/etc/hostname"], "unreadable"),
+    (["domain", "add", "x.org", "--encryption-cert", "/etc/hostname"],
+     "/etc/hostname: unreadable"),
+    # which of the two files it was (the line named neither)
+    (["domain", "add", "x.org", "--encryption-cert", "@PUB", "--signing-cert",
+      "/etc/hostname"], "/etc/hostname: unreadable"),
     (["domain", "rekey", "nope.org", "--encryption-cert", "@PUB"], "unknown domain"),
     (["domain", "remove", "nope.org"], "unknown domain"),
     (["domain", "add", "example.net", "--encryption-cert", "@PUB"], "already registered"),

@@ -111,7 +111,10 @@ def _key_record(domain: str, use: KeyUse, path: Path | str,
                 caps: Sequence[Capability], derived: bool = False) -> GatewayKeyRecord:
     data = read_file(path, f"{use.value} key")
     _one_public_key(path, data)
-    gateway = GatewayKey.from_pem(data, caps)
+    try:
+        gateway = GatewayKey.from_pem(data, caps)
+    except KeypostError as exc:  # which file: --encryption-cert and --signing-cert alike
+        raise DirectoryError(f"{path}: {exc}") from None
     if derived:
         try:  # the same check the controller's GatewayKey makes: refused here, not there
             GatewayKey(gateway.public_key, derived=True)
