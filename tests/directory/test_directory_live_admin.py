@@ -83,6 +83,42 @@ def test_genuine_certificate_is_handed_out(directory: Directory, tmp_path: Path)
     assert [c["role"] for c in lookup(directory, "gina@example.com")] == ["proxy-encryption"]
 
 
+def test_genuine_certificate_of_an_smtputf8_mailbox_is_handed_out(
+        directory: Directory, tmp_path: Path) -> None:
+    """RFC 9598: a mailbox with a UTF-8 local part is named by an SmtpUTF8Mailbox otherName
+    (rfc822Name cannot hold it). `genuine add` read rfc822Name only and refused such a
+    certificate ("names no e-mail address"), although the host and the store's migrations
+    read both, as the directory's own containers are written."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import hashes
+    from pki_util import name
+
+    utf8 = "jörg@example.com".encode()
+    key = rsa_key()
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name("Jörg")).issuer_name(name("Jörg"))
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName([x509.OtherName(
+                x509.ObjectIdentifier("1.3.6.1.5.5.7.8.9"),
+                bytes([0x0C, len(utf8)]) + utf8)]), critical=False)  # DER UTF8String
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / "joerg.pem"
+    path.write_bytes(to_pem(cert))
+    data = str(directory.data)
+    out = keypost("directory", "genuine", "add", str(path), "--data", data).stdout
+    assert "jörg@example.com" in out, out
+    got = lookup(directory, "Jörg@Example.com")
+    assert [c["role"] for c in got] == ["proxy-encryption", "genuine"]
+    assert spki_of(got[1]["pem"]) == spki_of(to_pem(cert).decode())
+    ldap = ldif_certs(ldapsearch(directory, "jörg@example.com").stdout)
+    assert [c.serial_number for c in ldap][1] == cert.serial_number
+    keypost("directory", "genuine", "remove", "jörg@example.com", "--data", data)
+    assert [c["role"] for c in lookup(directory, "jörg@example.com")] == ["proxy-encryption"]
+
+
 def test_genuine_certificates_can_be_kept_from_anonymous_requestors(
     directory: Directory, tmp_path: Path
 ) -> None:

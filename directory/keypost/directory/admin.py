@@ -22,6 +22,7 @@ from keypost.core.containers import (
     DirectoryCA,
     GatewayKey,
     check_directory_url,
+    describe,
     load_certificates,
     sha256_fingerprint,
     to_der,
@@ -209,9 +210,10 @@ def genuine_records(path: Path | str) -> tuple[list[GenuineRecord], list[Genuine
             raise DirectoryError(f"{path}: certificate not valid before "
                                  f"{cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC: add it then")
         _refuse_unusable(path, cert)
-        keys = tuple(dict.fromkeys(_cert_addresses(cert)))
+        keys = tuple(dict.fromkeys(_cert_addresses(path, cert)))
         if not keys:
-            raise DirectoryError(f"{path}: certificate names no e-mail address (SAN rfc822Name)")
+            raise DirectoryError(f"{path}: certificate names no e-mail address (SAN "
+                                 "rfc822Name or SmtpUTF8Mailbox)")
         fp = sha256_fingerprint(cert)
         der = to_der(cert)
         records += [GenuineRecord(k, der, fp, cert.not_valid_after_utc) for k in keys]
@@ -231,13 +233,17 @@ def _refuse_unusable(path: Path | str, cert: x509.Certificate) -> None:
                              + "; ".join(problems))
 
 
-def _cert_addresses(cert: x509.Certificate) -> list[str]:
+def _cert_addresses(path: Path | str, cert: x509.Certificate) -> list[str]:
+    """The address keys a certificate names, read as the host reads them (describe): SAN
+    rfc822Name and SmtpUTF8Mailbox (RFC 9598, a UTF-8 local part, which rfc822Name cannot
+    hold; such certificates were refused as naming no address), else the subject's
+    emailAddress."""
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except x509.ExtensionNotFound:
-        return []
+        written = describe(cert).addresses
+    except KeypostError as exc:
+        raise DirectoryError(f"{path}: {exc}") from None
     out = []
-    for text in san.get_values_for_type(x509.RFC822Name):
+    for text in written:
         try:
             out.append(parse_address(text).key())
         except KeypostError:
