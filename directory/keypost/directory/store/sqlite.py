@@ -599,7 +599,9 @@ class SqliteStore:
         rows = self._db.execute(
             "SELECT DISTINCT address_key, requestor FROM issued WHERE not_after > ?",
             (_ts(now),))
-        return {(str(key), str(who)) for key, who in rows}
+        # one str per requestor, not per row: a few requestors hold most containers
+        requestors: dict[str, str] = {}
+        return {(str(key), requestors.setdefault(who, str(who))) for key, who in rows}
 
     def ensure_serial_indexes(self) -> None:
         """Index containers and audit records by serial, once (the first GET /v1/bindings;
