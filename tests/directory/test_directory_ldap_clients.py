@@ -398,3 +398,20 @@ def test_half_closed_connection_is_answered(directory: Directory) -> None:
     assert got == [(1, "BindResponse")] + [
         (i, kind) for i in (2, 3, 4) for kind in ("SearchResultEntry", "SearchResultDone")]
     assert M.decode_message(first).op == M.BindResponse(M.LDAPResult(M.ResultCode.SUCCESS))
+
+
+def test_one_entry_per_mailbox_however_often_the_filter_spells_it(directory: Directory) -> None:
+    """`a@x`, `a@x.` and `<a@x>` (or U-labels and A-labels of one domain) are one mailbox:
+    the search returned the entry `mail=a@x,<suffix>` once per spelling, one DN several
+    times in one answer (an entry matches a filter or not), and each spelling counted
+    against max_addresses. ldapsearch against a real serve."""
+    terms = ("dup@example.com", "dup@example.com.", "<Dup@example.com>", "dup@EXAMPLE.com",
+             "dup@bücher.example", "dup@xn--bcher-kva.example")
+    done = subprocess.run(
+        ["ldapsearch", "-x", "-LLL", "-o", "ldif-wrap=no", "-H", directory.ldap_url, "-b",
+         SUFFIX, "(|" + "".join(f"(mail={t})" for t in terms) + ")", "mail"],
+        capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    dns = [line for line in done.stdout.splitlines() if line.startswith("dn:")]
+    assert dns == [f"dn: mail=dup@example.com,{SUFFIX}",
+                   f"dn: mail=dup@xn--bcher-kva.example,{SUFFIX}"], done.stdout

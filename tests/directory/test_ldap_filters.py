@@ -47,6 +47,11 @@ def eq(attr: str, value: str) -> F.EqualityMatch:
         (eq("0.9.2342.19200300.100.1.3", "a@x.org"), ["a@x.org"]),
         # duplicates (case-insensitive) once, first spelling wins
         (F.Or((eq("mail", "A@x.org"), eq("mail", "a@X.org"))), ["A@x.org"]),
+        # ... also spelt otherwise: one mailbox (Address.key) is one entry, not one per
+        # spelling (a trailing dot, angle brackets, the domain's U-labels or A-labels)
+        (F.Or((eq("mail", "a@x.org"), eq("mail", "a@x.org."), eq("mail", "<A@x.org>"),
+               eq("mail", "a@bücher.example"), eq("mail", "a@xn--bcher-kva.example"))),
+         ["a@x.org", "a@bücher.example"]),
         # lower-cased as Address.key does, not case-folded: these are two mailboxes each
         (F.Or((eq("mail", "straße@x.org"), eq("mail", "strasse@x.org"))),
          ["straße@x.org", "strasse@x.org"]),

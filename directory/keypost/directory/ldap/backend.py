@@ -54,7 +54,7 @@ class LdapBackend(Protocol):
       server with unwillingToPerform (53) without calling the backend.
     - `lookup` gets the principal of the connection's last successful bind (None =
       anonymous), the addresses taken from the search filter (as written by the
-      client, deduplicated case-insensitively, in order, at most `max_addresses`
+      client, one per mailbox (Address.key), in order, at most `max_addresses`
       of the server), and the peer ("host:port"). It returns the entries to send, in
       order; the server sends them as returned (size limits applied by the server).
       Addresses the backend cannot serve (malformed, foreign) are simply left out.

@@ -313,7 +313,8 @@ MAIL_ATTRIBUTES = frozenset(
 def addresses_from_filter(f: Filter, limit: int | None = None) -> list[str]:
     """Addresses asked for by equality on a mail attribute, in filter order, each once.
 
-    Duplicates are dropped lower-cased (the first spelling wins); at most `limit`
+    Duplicates (one mailbox by Address.key, as `dn.value_key` compares `mail`; an
+    unparsable value lower-cased) are dropped, the first spelling wins; at most `limit`
     addresses are returned. See the module docstring for AND, OR and NOT.
     """
     found: list[str] = []
@@ -329,8 +330,10 @@ def addresses_from_filter(f: Filter, limit: int | None = None) -> list[str]:
                 address = node.value.decode("utf-8").strip()
             except UnicodeDecodeError:
                 continue
-            # lower(), as Address.key: casefold() would drop strasse@ after straße@
-            key = address.lower()
+            # one entry per mailbox: Address.key (a@x, a@x., <A@x> and the domain's U- or
+            # A-labels are one), as base DNs compare; lower(), not casefold(), which would
+            # drop strasse@ after straße@
+            key = value_key("mail", address)
             if address and key not in seen:
                 seen.add(key)
                 found.append(address)
