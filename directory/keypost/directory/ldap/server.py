@@ -121,7 +121,9 @@ class LdapServer:
         self.suffix_dn = parse_dn(backend.suffix)
         self.entries = EntryCache(backend.suffix)
         self.searches = SearchCache()
-        self._plans: FifoCache[SearchRequest, SearchPlan] = FifoCache(SearchCache.MAX_ENTRIES)
+        # by (peer address, request), as `searches` are keyed: see SearchCache
+        self._plans: FifoCache[tuple[str, SearchRequest], SearchPlan] = FifoCache(
+            SearchCache.MAX_ENTRIES)
         self._servers: list[asyncio.Server] = []
         self._connections: set[_LdapProtocol] = set()
         self._per_peer = PeerCounts()  # peer address -> its connections
@@ -148,14 +150,16 @@ class LdapServer:
         bound = server.sockets[0].getsockname()
         return str(bound[0]), int(bound[1])
 
-    def plan(self, request: SearchRequest, small: bool) -> SearchPlan:
-        """plan_search, memoised for small requests: clients repeat them (see SearchCache)."""
+    def plan(self, request: SearchRequest, small: bool, peer_host: str = "") -> SearchPlan:
+        """plan_search, memoised for small requests of each peer address: clients repeat
+        them, and no peer may tell by the time that another sent one (see SearchCache)."""
         if not small:
             return plan_search(request, self.suffix_dn, self.limits.max_addresses)
-        plan = self._plans.get(request)
+        key = (peer_host, request)
+        plan = self._plans.get(key)
         if plan is None:
             plan = plan_search(request, self.suffix_dn, self.limits.max_addresses)
-            self._plans.put(request, plan)
+            self._plans.put(key, plan)
         return plan
 
     def _shed_unfinished(self) -> None:
@@ -238,6 +242,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         if isinstance(peer, tuple):
             host = self.peer_host = str(peer[0])
             self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+            self.conn.cache_scope = host.encode() + b"\0"
         server = self.server
         if len(server._connections) >= self.limits.max_connections:
             self._refuse("too_many_connections", "too many connections")
@@ -477,7 +482,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         """
         request = event.request
         mid = event.message_id
-        plan = self.server.plan(request, event.small)
+        plan = self.server.plan(request, event.small, self.peer_host)
         if plan.kind is PlanKind.ROOT_DSE:
             op = root_dse(
                 self.server.suffix,
