@@ -182,6 +182,48 @@ def test_a_miss_costs_the_same_whoever_else_looked_the_address_up(
     assert serial(restarted, victim) == first
 
 
+def test_an_issue_costs_the_same_whoever_else_had_one_for_the_address(
+        tmp_path: Path, ca: DirectoryCA, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CA memoised an address's derived key P_A (~87 us of EC arithmetic) and its
+    subject and SAN (~8 us) for everyone: a prober's container for an address someone else
+    had just been issued one for took that much less time, which told him the mailbox was
+    in use. Memoised per requestor now; counted through the real CA, not timed."""
+    import dataclasses
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from keypost.core import containers
+    from keypost.core.containers import GatewayKey
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo)
+    store = SqliteStore(tmp_path / "d.db")
+    store.add_domain("example.com", [dataclasses.replace(
+        record("example.com", rsa.generate_private_key(public_exponent=65537, key_size=2048),
+               KeyUse.ENCRYPTION),
+        pem=pem, fingerprint=GatewayKey.from_pem(pem).fingerprint, derived=True)])
+    fresh = DirectoryCA.generate("ecdsa-p256", directory_url="ldap://dir.test")
+    controller = Controller(store, fresh, recheck_seconds=0)
+    derivations: list[str] = []
+    real = containers.derived_public_key
+
+    def counting(public: ec.EllipticCurvePublicKey, address: object) -> object:
+        derivations.append(str(address))
+        return real(public, address)  # type: ignore[arg-type]
+    monkeypatch.setattr(containers, "derived_public_key", counting)
+    containers._address_parts.cache_clear()
+    serial(controller, requestor_of(None, "192.0.2.1"))
+    built = containers._address_parts.cache_info().misses
+    serial(controller, requestor_of(None, "192.0.2.66"))  # another requestor: all anew
+    assert derivations == [ADDRESS, ADDRESS]
+    assert containers._address_parts.cache_info().misses == built + 1
+    # the accounts are one requestor: theirs are memoised for each other
+    serial(controller, requestor_of(account("alice")))
+    serial(controller, requestor_of(account("bob")))
+    assert derivations == [ADDRESS] * 3
+
+
 def test_rekey_drops_the_containers_of_every_requestor(
         tmp_path: Path, controller: Controller) -> None:
     requestors = [requestor_of(None, "192.0.2.1"), requestor_of(None, "2001:db8::1"),

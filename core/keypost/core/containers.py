@@ -246,6 +246,12 @@ class ContainerRequest:
     # through its authority key identifier. Off by default.
     compat_issuer_serial: bool = False
     extra: dict[str, str] = field(default_factory=dict)
+    # Whose memo the address's constant parts (subject, SAN, a derived key P_A) are kept
+    # in: a directory issuing to several requestors names the requestor, so that an issue
+    # costs one requestor no less for another's earlier issue for that address (the time
+    # would tell that someone had looked the address up: ~87 us for a derived key). None:
+    # kept nowhere.
+    memo_scope: str | None = ""
 
 
 def _raw_extension(oid: x509.ObjectIdentifier, der: bytes) -> x509.Extension[x509.ExtensionType]:
@@ -262,10 +268,12 @@ def _display_address(address: Address) -> str:
 
 
 @functools.lru_cache(maxsize=_CACHE_SIZE)
-def _address_parts(address: Address) -> tuple[x509.Name, x509.Extension[x509.ExtensionType]]:
-    """Subject and SAN for an address. Cached: x509.Name and cryptography's RFC822Name
-    validation cost more than the rest of issuing put together (see bench/bench_issue.py);
-    the SAN is DER-encoded here (its value is already validated by parse_address)."""
+def _address_parts(address: Address, scope: str = ""
+                   ) -> tuple[x509.Name, x509.Extension[x509.ExtensionType]]:
+    """Subject and SAN for an address. Cached per `scope` (ContainerRequest.memo_scope):
+    x509.Name and cryptography's RFC822Name validation cost more than the rest of issuing
+    put together (see bench/bench_issue.py); the SAN is DER-encoded here (its value is
+    already validated by parse_address)."""
     display = _display_address(address)
     attrs: list[x509.NameAttribute[str]] = []
     if len(display.encode("utf-8")) <= MAX_CN:  # octets: 64 characters may be 256 of them
@@ -366,7 +374,7 @@ class DirectoryCA:
         ] = {}
         # P_A per (gateway key, address): every requestor gets a container of its own, and
         # each would cost a scalar multiplication and a point check again
-        self._derived: dict[tuple[bytes, str], ec.EllipticCurvePublicKey] = {}
+        self._derived: dict[tuple[bytes, str, str], ec.EllipticCurvePublicKey] = {}
         self._ku = {
             (Purpose.ENCRYPT, True): _key_usage(key_encipherment=True),
             (Purpose.ENCRYPT, False): _key_usage(key_agreement=True),
@@ -479,8 +487,10 @@ class DirectoryCA:
         return parts
 
     def _derived_key(self, fingerprint: bytes, public_key: ec.EllipticCurvePublicKey,
-                     address: Address) -> ec.EllipticCurvePublicKey:
-        key = (fingerprint, address.key())
+                     address: Address, scope: str | None) -> ec.EllipticCurvePublicKey:
+        if scope is None:
+            return derived_public_key(public_key, address)
+        key = (fingerprint, address.key(), scope)
         found = self._derived.get(key)
         if found is None:
             found = derived_public_key(public_key, address)
@@ -510,7 +520,9 @@ class DirectoryCA:
                 raise ContainerError("compatibility mode needs the gateway's certificate")
             issuer, serial = gateway.certificate.issuer, gateway.certificate.serial_number
 
-        subject, san = _address_parts(request.address)
+        scope = request.memo_scope
+        subject, san = (_address_parts.__wrapped__(request.address) if scope is None
+                        else _address_parts(request.address, scope))
         extensions = [*self._fixed, san, *self._gateway_parts(gateway, purpose)]
         public_key = gateway.public_key
         if gateway.derived and purpose is Purpose.ENCRYPT:
@@ -518,7 +530,7 @@ class DirectoryCA:
             # container of the key), which also tells a reader the key is a derived one
             assert isinstance(public_key, ec.EllipticCurvePublicKey)  # __post_init__
             public_key = self._derived_key(gateway.fingerprint_bytes, public_key,
-                                           request.address)
+                                           request.address, scope)
         # The constructor takes everything at once: the fluent setters would copy the
         # builder and re-check duplicate extensions once per call.
         builder = x509.CertificateBuilder(

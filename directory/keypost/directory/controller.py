@@ -514,7 +514,7 @@ class Controller:
         now: dt.datetime,
     ) -> Container:
         if who is None:  # an unknown requestor: a container of its own, kept nowhere
-            return self._issue(requestor, address, role, domain, purpose, gateway, now)
+            return self._issue(requestor, who, address, role, domain, purpose, gateway, now)
         # The four parts the issue names, plus the requestor (module docstring: never
         # one container for two requestors).
         key = CacheKey(address.key(), role.value, fingerprint, purpose.value, who)
@@ -534,20 +534,23 @@ class Controller:
                 self._remember(key, c)
                 self.metrics.cache_hits += 1
                 return c
-        c = self._issue(requestor, address, role, domain, purpose, gateway, now)
+        c = self._issue(requestor, who, address, role, domain, purpose, gateway, now)
         self._pending_issued.append(IssuedRecord(key, c.der, c.serial, c.not_before, c.not_after))
         known.add(holder)
         self._remember(key, c)
         return c
 
     def _issue(
-        self, requestor: Requestor, address: Address, role: Role, domain: str,
-        purpose: Purpose, gateway: GatewayKey, now: dt.datetime,
+        self, requestor: Requestor, who: str | None, address: Address, role: Role,
+        domain: str, purpose: Purpose, gateway: GatewayKey, now: dt.datetime,
     ) -> Container:
         """Sign a new container, count it and audit it (a cache miss)."""
         self.metrics.cache_misses += 1
         lifetime = self.lifetimes.sign if purpose is Purpose.SIGN else self.lifetimes.encrypt
-        cert = self.ca.issue(ContainerRequest(address, purpose, gateway, lifetime), now=now)
+        # its constant parts memoised for this requestor only (ContainerRequest.memo_scope),
+        # for an unknown one (no `who`) nowhere
+        cert = self.ca.issue(ContainerRequest(address, purpose, gateway, lifetime,
+                                              memo_scope=who), now=now)
         c = Container(role, to_der(cert), cert.serial_number, cert.not_valid_before_utc,
                       cert.not_valid_after_utc, domain)
         self.metrics.issued[role.value] += 1
