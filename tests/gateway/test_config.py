@@ -250,6 +250,34 @@ def test_an_ec_encryption_key_is_loaded_and_one_off_the_agreement_curves_refused
         assert "P-224" in message and "P-256, P-384 or P-521" in message
 
 
+def test_a_signing_key_no_mail_client_verifies_is_refused(tmp_path: Path) -> None:
+    """A P-224 or secp256k1 signing key was loaded, and the gateway signed mail whose
+    signatures Thunderbird (NSS) and other clients cannot verify; the directory already
+    refuses to register such a key. P-256 and RSA-2048 load."""
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+    from pki_util import key_pem
+
+    from keypost.gateway.config import DomainConfig
+    from keypost.gateway.keys import load_domain_keys
+
+    enc, sig = tmp_path / "enc.key", tmp_path / "sig.key"
+    write_private(enc, key_pem(rsa.generate_private_key(65537, 2048)))
+    for key, shown in ((ec.generate_private_key(ec.SECP224R1()), "EC P-224"),
+                       (ec.generate_private_key(ec.SECP256K1()), "secp256k1"),
+                       (ec.generate_private_key(ec.SECP256R1()), None),
+                       (rsa.generate_private_key(65537, 2048), None)):
+        write_private(sig, key_pem(key))
+        domain = DomainConfig(name="example.com", encryption_keys=(enc,), signing_key=sig)
+        if shown is None:
+            assert load_domain_keys(domain).signing_key is not None
+            continue
+        with pytest.raises(ConfigError) as caught:
+            load_domain_keys(domain)
+        message = str(caught.value)
+        assert str(sig) in message and "example.com" in message and shown in message
+        assert "P-256, P-384 or P-521" in message
+
+
 def test_check_config_warns_when_no_domain_is_served(tmp_path: Path) -> None:
     cfg = tmp_path / "gw.toml"
     cfg.write_text('listen = "127.0.0.1:10025"\nnext_hop = "127.0.0.1:10026"\n')

@@ -137,6 +137,17 @@ def smime_key_problem(key: object, what: str) -> str | None:
             f"{MIN_RSA_BITS}) and EC (P-256, P-384 or P-521) keys")
 
 
+def signing_key_problem(key: object, what: str) -> str | None:
+    """Why mail clients could not verify S/MIME signatures made with `key` (a public key),
+    or None: RSA >= 2048, or ECDSA on P-256, P-384 or P-521 (what Thunderbird's NSS and
+    other clients know; RFC 8551 2.2 requires P-256). A gateway signing with another curve
+    sends mail whose signatures verify nowhere."""
+    if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.name not in SMIME_EC_CURVES:
+        return (f"{what} has an {key_description(key)} key; mail clients verify ECDSA on "
+                "P-256, P-384 or P-521")
+    return key_problem(key, what)
+
+
 def _content_start(der: bytes) -> int:
     """Offset of the first content byte of the DER element at the start of `der`."""
     return 2 if der[1] < 0x80 else 2 + (der[1] & 0x7F)

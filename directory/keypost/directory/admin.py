@@ -14,7 +14,6 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from keypost.core.address import parse_address
 from keypost.core.containers import (
@@ -31,9 +30,8 @@ from keypost.core.containers import (
 from keypost.core.errors import AddressError, KeypostError
 from keypost.core.types import DEFAULT_CAPABILITIES, Capability, Purpose
 from keypost.core.x509_checks import (
-    SMIME_EC_CURVES,
-    key_description,
     public_key,
+    signing_key_problem,
     smime_key_problem,
     usage_problems,
 )
@@ -125,13 +123,12 @@ def _key_record(domain: str, use: KeyUse, path: Path | str,
         # senders could not encrypt to it: RSA >= 2048 or EC P-256/384/521 only
         problem = smime_key_problem(gateway.public_key, "the encryption key file")
         raise DirectoryError(f"{path}: {problem}")
-    key = gateway.public_key
-    if use is KeyUse.SIGNING and isinstance(key, ec.EllipticCurvePublicKey) and \
-            key.curve.name not in SMIME_EC_CURVES:
-        # the gateway's signatures would verify nowhere: Thunderbird (NSS) and other mail
-        # clients know ECDSA on these curves only (RFC 8551 2.2 requires P-256)
-        raise DirectoryError(f"{path}: the signing key file has an {key_description(key)} "
-                             "key; mail clients verify ECDSA on P-256, P-384 or P-521")
+    if use is KeyUse.SIGNING:
+        # the gateway's signatures would verify nowhere (keypost.core's rule, which the
+        # gateway applies to its signing key too)
+        problem = signing_key_problem(gateway.public_key, "the signing key file")
+        if problem is not None:
+            raise DirectoryError(f"{path}: {problem}")
     now = dt.datetime.now(dt.UTC)
     if gateway.certificate is not None:
         _refuse_expired(path, gateway.certificate, now)

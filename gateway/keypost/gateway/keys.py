@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from keypost.core.address import Address
 from keypost.core.derived import derived_private_key
 from keypost.core.smime import Decryptor, PrivateKey
-from keypost.core.x509_checks import smime_key_problem
+from keypost.core.x509_checks import signing_key_problem, smime_key_problem
 from keypost.gateway.config import DomainConfig, GatewayConfig
 from keypost.gateway.errors import ConfigError
 
@@ -172,6 +172,11 @@ def load_domain_keys(domain: DomainConfig) -> DomainKeys:
     signing = (
         load_private_key(domain.signing_key, passphrase) if domain.signing_key else None
     )
+    if signing is not None:
+        # as the directory refuses to register it: signatures no mail client verifies
+        problem = signing_key_problem(signing.public_key(), f"domain {domain.name}'s signing key")
+        if problem is not None:
+            raise ConfigError(f"{domain.signing_key}: {problem}")
     return DomainKeys(
         name=domain.name,
         decryptor=Decryptor(keys),
