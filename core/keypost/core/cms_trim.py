@@ -17,7 +17,6 @@ RecipientInfos (RFC 5083 2.1), so every kept recipient still opens it.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +25,7 @@ from cryptography import x509
 from keypost.core import cms
 from keypost.core.cms import T_CTX0, T_CTX1, T_INTEGER, T_OCTETS, T_OID, T_SEQUENCE, T_SET, Tlv
 from keypost.core.errors import SmimeError
+from keypost.core.x509_checks import ski_extension
 from keypost.core.x509_ext import der_tlv
 
 # OriginatorInfo's CertificateChoices and RevocationInfoChoice tags that set the version
@@ -42,13 +42,8 @@ class Kept:
 
     @classmethod
     def of(cls, certificates: Sequence[x509.Certificate]) -> Kept:
-        skis: set[bytes] = set()
-        for cert in certificates:
-            with contextlib.suppress(x509.ExtensionNotFound):
-                skis.add(cert.extensions.get_extension_for_class(
-                    x509.SubjectKeyIdentifier).value.digest)
         return cls(frozenset((c.issuer, c.serial_number) for c in certificates),
-                   frozenset(skis))
+                   frozenset(ski for c in certificates if (ski := ski_extension(c)) is not None))
 
     def named(self, buf: memoryview, rid: Tlv) -> bool:
         """Does a RecipientIdentifier (or a KeyAgreeRecipientIdentifier) name one of them?"""

@@ -209,14 +209,25 @@ def signature_valid(cert: x509.Certificate, issuer_key: object) -> bool:
     return False
 
 
-def _ski(cert: x509.Certificate) -> bytes | None:
+def ski_extension(cert: x509.Certificate) -> bytes | None:
+    """The certificate's subjectKeyIdentifier extension, which a RecipientInfo by key
+    identifier names (`openssl cms -keyid`); None without one. Not computed from the key:
+    SKI methods differ between issuers, and a computed one would name what no sender did."""
     try:
         return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
+        return None
+
+
+def _ski(cert: x509.Certificate) -> bytes | None:
+    """The extension, else the key's SHA-1 (RFC 5280 4.2.1.2): what an AKI is compared to."""
+    found = ski_extension(cert)
+    if found is None:
         key = public_key(cert)
         if isinstance(key, UnusableKey):
             return None
-        return x509.SubjectKeyIdentifier.from_public_key(key).digest
+        found = x509.SubjectKeyIdentifier.from_public_key(key).digest
+    return found
 
 
 def _aki(cert: x509.Certificate) -> bytes | None:

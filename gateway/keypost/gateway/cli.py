@@ -11,6 +11,7 @@ from cryptography import x509
 from keypost.core import logfmt
 from keypost.core.address import parse_address
 from keypost.core.derived import carried_key
+from keypost.core.x509_checks import ski_extension
 from keypost.gateway.clients import describe_clients
 from keypost.gateway.config import GatewayConfig, InboundGenuine, RecipientBinding, load_config
 from keypost.gateway.demo import register_demo
@@ -164,15 +165,10 @@ def _compare_mode(gw: Gateway, keys: DomainKeys) -> list[str]:
     message to the domain unopened."""
     probe_address = parse_address(f"postmaster@{keys.name}")
     current = keys.keys[0].public_key()
-    ski = x509.SubjectKeyIdentifier.from_public_key(current)
-    ours = []
-    for cert in anonymous_fetch(gw.config.directory, probe_address,
-                                gw.config.timeouts.directory):
-        try:
-            if cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value == ski:
-                ours.append(cert)
-        except x509.ExtensionNotFound:
-            continue
+    ski = x509.SubjectKeyIdentifier.from_public_key(current).digest
+    ours = [cert for cert in anonymous_fetch(gw.config.directory, probe_address,
+                                             gw.config.timeouts.directory)
+            if ski_extension(cert) == ski]
     modes = {carried_key(c.public_key(), current, probe_address) for c in ours}
     if not ours or modes == {None}:
         return [f"directory: no container of {keys.name}'s current key for {probe_address} "

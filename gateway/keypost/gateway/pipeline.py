@@ -28,6 +28,7 @@ from keypost.core.errors import (
     SmimeError,
     UnsupportedCipherError,
 )
+from keypost.core.x509_checks import ski_extension
 from keypost.gateway import headers, mimecheck
 from keypost.gateway.binding import BindingSource, bind_recipients
 from keypost.gateway.config import InboundGenuine, MalformedPolicy, NoGenuinePolicy, PolicyConfig
@@ -246,12 +247,12 @@ class Pipeline:
         keep = [r for r in delivered.recipients if self._opens_for(genuine[r], envelopes)]
         if not keep:
             return [delivered]
+        claims = [f"{self._opened_with(keys, opened)}; scanned" for opened in reversed(envelopes)]
         out: list[Outcome] = []
         for rcpt in keep:  # each their own copy: one recipient's certificate is theirs to see
             kept = _only_for(original, genuine[rcpt])
-            for opened in reversed(envelopes):
-                kept = headers.prepend(kept, KEPT_HEADER,
-                                       f"{self._opened_with(keys, opened)}; scanned")
+            for claim in claims:
+                kept = headers.prepend(kept, KEPT_HEADER, claim)
             out.append(Outcome((rcpt,), Action.RELAY, kept,
                                note=f"{delivered.note}; kept encrypted to the genuine certificate"))
         rest = tuple(r for r in delivered.recipients if r not in keep)
@@ -269,7 +270,7 @@ class Pipeline:
         subjectKeyIdentifier? Every one: an inner envelope for our key alone would leave
         the recipient ciphertext their key cannot open."""
         names = {(c.issuer, c.serial_number) for c in genuine}
-        skis = {ski for c in genuine if (ski := _ski(c)) is not None}
+        skis = {ski for c in genuine if (ski := ski_extension(c)) is not None}
         return bool(genuine) and all(
             any((r.issuer, r.serial) in names for r in e.rids) or not skis.isdisjoint(e.skis)
             for e in envelopes)
@@ -602,14 +603,6 @@ def _encrypted(message: bytes, targets: Sequence[x509.Certificate]) -> bytes | s
         return smime.encrypt_message(message, targets)
     except SmimeError as exc:
         return str(exc)
-
-
-def _ski(cert: x509.Certificate) -> bytes | None:
-    """The certificate's subjectKeyIdentifier extension, which an SKI RecipientInfo names."""
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        return None
 
 
 def from_problem(message: bytes, sender: Address) -> str | None:
