@@ -83,8 +83,8 @@ class Mailbox:
         if any(ch in self.address for ch in " <>,;\""):
             raise BadRequest(f"cannot write the address {self.address!r} in a header")
         display = _clean(self.display, "a display name")
-        if display.isascii() and all(len(word) < _LONGEST_WORD for word in display.split()):
-            return formataddr((display, self.header_address))  # foldable at its spaces
+        if _foldable(display):
+            return formataddr((display, self.header_address))
         # formataddr makes one encoded word of any length: a long name gave a line of
         # thousands of characters. Encoded words of at most 75, folded between them.
         words = Header(display, "utf-8", header_name="To").encode(linesep="\r\n")
@@ -337,12 +337,18 @@ def _text(text: str, subtype: str) -> Message:
     return part
 
 
+def _foldable(text: str) -> bool:
+    """Can `text` go into a header as it is: ASCII, and foldable at its spaces to lines
+    within RFC 5322's 998 characters? Else it is written as RFC 2047 encoded words."""
+    return text.isascii() and all(len(word) < _LONGEST_WORD for word in text.split())
+
+
 def _encoded(value: str, name: str) -> str:
     """A header value: checked, and RFC 2047 encoded when it is not ASCII or has a word
     no fold can bring under RFC 5322's 998 characters a line; folded here into encoded
     words of at most 75 characters (one unbounded word made lines of thousands)."""
     _clean(value, f"header {name}")
-    if value.isascii() and all(len(word) < _LONGEST_WORD for word in value.split()):
+    if _foldable(value):
         return value
     return Header(value, _QP_UTF8, header_name=name).encode(linesep="\r\n")
 
