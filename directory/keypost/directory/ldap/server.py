@@ -268,8 +268,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         """Hang up on a connection for the unfinished input it holds (_shed_unfinished);
         its requests in progress are answered no more."""
         self._refuse("unfinished_input", "too much unfinished input: send requests whole")
-        self.server._held -= self.held
-        self.held = 0
+        self._hold(0)
         self.conn.discard_input()  # freed now, not once the notice is sent
 
     def get_buffer(self, sizehint: int) -> memoryview:
@@ -295,8 +294,7 @@ class _LdapProtocol(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closing = True
         self.server._connections.discard(self)
-        self.server._held -= self.held
-        self.held = 0
+        self._hold(0)
         if self.counted:
             self.counted = False
             self.server._per_peer.release(self.peer_host)
@@ -325,11 +323,14 @@ class _LdapProtocol(asyncio.BufferedProtocol):
         self._handle_events()
         held = self.conn.buffered
         if held != self.held:
-            server = self.server
-            server._held += held - self.held
-            self.held = held
-            if server._held > self.limits.max_unfinished_bytes:
-                server._shed_unfinished()
+            self._hold(held)
+            if self.server._held > self.limits.max_unfinished_bytes:
+                self.server._shed_unfinished()
+
+    def _hold(self, held: int) -> None:
+        """This connection now holds `held` bytes unhandled (server._held is their sum)."""
+        self.server._held += held - self.held
+        self.held = held
 
     def _handle_events(self) -> None:
         """Handle events until more data is needed or a limit stops us. Reading resumes
