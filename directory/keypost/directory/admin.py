@@ -223,8 +223,9 @@ def _refuse_unusable(path: Path | str, cert: x509.Certificate) -> None:
     cannot encrypt to (an RSA-1024 or EC P-224 key) or that its key usage, extended key
     usage or CA flag keeps from encrypting mail is refused, by the checks the host applies
     to what the directory sends (it skips such a certificate; other clients failed)."""
-    problems = [p for p in (smime_key_problem(public_key(cert), "the certificate"),)
-                if p is not None] + usage_problems(cert, Purpose.ENCRYPT, required=False)
+    key_problem = smime_key_problem(public_key(cert), "the certificate")
+    problems = ([key_problem] if key_problem else []) + usage_problems(
+        cert, Purpose.ENCRYPT, required=False)
     if problems:
         raise DirectoryError(f"{path}: not a certificate to encrypt mail to: "
                              + "; ".join(problems))
